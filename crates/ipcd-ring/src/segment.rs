@@ -1,0 +1,300 @@
+//! A connection segment: header, two rings, their data areas; created by the
+//! monitor, attached by both ends, validated on every attach.
+
+use core::num::NonZeroU32;
+use core::ptr::NonNull;
+
+use crate::consumer::Consumer;
+use crate::error::Error;
+use crate::layout::{
+    Line, RingControl, SegmentControl, SegmentHeader, CACHE_LINE, DATA_START, FLAG_CLOSED, FLAG_RESET,
+    MAX_CAPACITY, SEGMENT_ALIGN, SEGMENT_MAGIC, SEGMENT_VERSION,
+};
+use crate::producer::Producer;
+use crate::span::DataArea;
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::wait::{close_reader, close_writer};
+
+/// One end of a connection. `A` is the connecting side, `B` the accepting
+/// side; A writes ring 0 and reads ring 1, B the reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The side that called `connect`.
+    A,
+    /// The side that `accept`ed.
+    B,
+}
+
+impl Side {
+    /// The other end.
+    pub fn peer(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+
+    /// Index of the ring this side writes.
+    fn tx(self) -> usize {
+        match self {
+            Side::A => 0,
+            Side::B => 1,
+        }
+    }
+
+    fn index(self) -> usize {
+        self.tx()
+    }
+}
+
+/// One of the four per-end locks, taken only when an end is shared between
+/// threads or processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndLock {
+    /// Serialises writers of this side.
+    Send(Side),
+    /// Serialises readers of this side.
+    Recv(Side),
+}
+
+impl EndLock {
+    fn index(self) -> usize {
+        match self {
+            EndLock::Send(s) => 2 * s.index(),
+            EndLock::Recv(s) => 2 * s.index() + 1,
+        }
+    }
+}
+
+/// A validated view of a connection segment in memory this process maps.
+///
+/// The view copies the layout (capacities, offsets) out of the header once,
+/// at [`Segment::init`] or [`Segment::attach`]; a peer that later rewrites
+/// the header cannot move the rings under us.
+#[derive(Debug, Clone, Copy)]
+pub struct Segment {
+    base: NonNull<u8>,
+    len: usize,
+    conn_id: u64,
+    caps: [u64; 2],
+}
+
+// SAFETY: the view holds a pointer to a mapping that the creator keeps valid
+// (contract of `init`/`attach`) and touches it only through atomics.
+unsafe impl Send for Segment {}
+// SAFETY: as above; `&Segment` only performs atomic operations.
+unsafe impl Sync for Segment {}
+
+fn check_capacity(cap: u64) -> Result<(), Error> {
+    if cap == 0 || !cap.is_power_of_two() || cap > MAX_CAPACITY {
+        return Err(Error::BadCapacity(cap));
+    }
+    Ok(())
+}
+
+/// Offsets of the two data areas for capacities `caps`, and the total length.
+fn data_layout(caps: [u64; 2]) -> Result<([usize; 2], usize), Error> {
+    check_capacity(caps[0])?;
+    check_capacity(caps[1])?;
+    // Both capacities are at most 2^40, so nothing here can overflow a u64;
+    // the try_from catches 32-bit targets.
+    let line = CACHE_LINE as u64;
+    let first = DATA_START as u64;
+    let second = first + caps[0].div_ceil(line) * line;
+    let total = second + caps[1];
+    let conv = |v: u64| usize::try_from(v).map_err(|_| Error::BadCapacity(caps[0].max(caps[1])));
+    Ok(([conv(first)?, conv(second)?], conv(total)?))
+}
+
+fn check_region(base: NonNull<u8>, len: usize, need: usize) -> Result<(), Error> {
+    if base.as_ptr() as usize % SEGMENT_ALIGN != 0 {
+        return Err(Error::Misaligned);
+    }
+    if len < need {
+        return Err(Error::RegionTooSmall { need, have: len });
+    }
+    Ok(())
+}
+
+impl Segment {
+    /// Bytes a segment with ring capacities `caps` (A→B, B→A) needs.
+    ///
+    /// ```
+    /// let len = ipcd_ring::Segment::required_len([4096, 4096]).unwrap();
+    /// assert!(len >= 8192);
+    /// assert!(ipcd_ring::Segment::required_len([3, 4096]).is_err());
+    /// ```
+    pub fn required_len(caps: [u64; 2]) -> Result<usize, Error> {
+        Ok(data_layout(caps)?.1)
+    }
+
+    /// Writes a fresh header and two empty rings into the region.
+    ///
+    /// # Safety
+    /// `base..base + len` must be valid for reads and writes, aligned to
+    /// [`SEGMENT_ALIGN`] (checked), not in use by anyone else during this
+    /// call, and must stay mapped for as long as this view or any handle made
+    /// from it exists.
+    pub unsafe fn init(base: NonNull<u8>, len: usize, conn_id: u64, caps: [u64; 2]) -> Result<Segment, Error> {
+        let (_, total) = data_layout(caps)?;
+        check_region(base, len, total)?;
+        let control = SegmentControl {
+            header: Line(SegmentHeader {
+                magic: AtomicU64::new(SEGMENT_MAGIC),
+                version: AtomicU32::new(SEGMENT_VERSION),
+                data_start: AtomicU32::new(DATA_START as u32),
+                conn_id: AtomicU64::new(conn_id),
+                total_len: AtomicU64::new(total as u64),
+                capacity: [AtomicU64::new(caps[0]), AtomicU64::new(caps[1])],
+                holders: [AtomicU32::new(1), AtomicU32::new(1)],
+                locks: [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)],
+            }),
+            rings: [RingControl::new(0), RingControl::new(0)],
+        };
+        // SAFETY: the region is valid, aligned and large enough (checked above,
+        // validity by contract), and nobody else uses it during init.
+        unsafe { base.cast::<SegmentControl>().as_ptr().write(control) };
+        Ok(Segment { base, len, conn_id, caps })
+    }
+
+    /// Validates a segment another process initialised and returns a view.
+    /// Magic, version, offsets and capacities are checked against `len`; the
+    /// content is otherwise untrusted and every later index read is validated.
+    ///
+    /// # Safety
+    /// `base..base + len` must be valid for reads and writes, aligned to
+    /// [`SEGMENT_ALIGN`] (checked), hold a value written by [`Segment::init`]
+    /// (in any state a peer may have left it: all bit patterns are accepted
+    /// or rejected, never trusted) and stay mapped while the view or any
+    /// handle made from it exists.
+    pub unsafe fn attach(base: NonNull<u8>, len: usize) -> Result<Segment, Error> {
+        check_region(base, len, DATA_START)?;
+        // SAFETY: the control area lies within the region (checked), every
+        // field is an atomic integer for which any bit pattern is valid.
+        let header = unsafe { &base.cast::<SegmentControl>().as_ref().header.0 };
+        let magic = header.magic.load(Ordering::Acquire);
+        if magic != SEGMENT_MAGIC {
+            return Err(Error::BadMagic(magic));
+        }
+        let version = header.version.load(Ordering::Relaxed);
+        if version != SEGMENT_VERSION {
+            return Err(Error::BadVersion(version));
+        }
+        if header.data_start.load(Ordering::Relaxed) as usize != DATA_START {
+            return Err(Error::BadLayout);
+        }
+        let caps = [header.capacity[0].load(Ordering::Relaxed), header.capacity[1].load(Ordering::Relaxed)];
+        let (_, total) = data_layout(caps)?;
+        if header.total_len.load(Ordering::Relaxed) != total as u64 {
+            return Err(Error::BadLayout);
+        }
+        check_region(base, len, total)?;
+        let conn_id = header.conn_id.load(Ordering::Relaxed);
+        Ok(Segment { base, len, conn_id, caps })
+    }
+
+    /// The connection id the monitor assigned.
+    pub fn conn_id(&self) -> u64 {
+        self.conn_id
+    }
+
+    /// Length of the region the view was made over.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a segment holds at least its control area.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Capacity of the ring `side` writes.
+    pub fn capacity(&self, side: Side) -> u64 {
+        self.caps[side.tx()]
+    }
+
+    fn control(&self) -> &SegmentControl {
+        // SAFETY: validated to lie in the region, valid per the contract of
+        // `init`/`attach`; all fields are atomics.
+        unsafe { self.base.cast::<SegmentControl>().as_ref() }
+    }
+
+    fn ring(&self, ring: usize) -> (NonNull<RingControl>, DataArea) {
+        let (offsets, _) = data_layout(self.caps).unwrap_or(([DATA_START, DATA_START], 0));
+        let ctrl = NonNull::from(&self.control().rings[ring]);
+        // SAFETY: `offsets[ring] + caps[ring] <= total <= len` was checked when
+        // the view was made, so the pointer stays inside the region.
+        let base = unsafe { self.base.add(offsets[ring]) };
+        (ctrl, DataArea { base, cap: self.caps[ring] })
+    }
+
+    /// The writing handle of `side` (on the ring `side` writes).
+    pub fn producer(&self, side: Side) -> Result<Producer, Error> {
+        let (ctrl, data) = self.ring(side.tx());
+        // SAFETY: both point into the region this view keeps valid by contract.
+        unsafe { Producer::new(ctrl, data) }
+    }
+
+    /// The reading handle of `side` (on the ring the peer writes).
+    pub fn consumer(&self, side: Side) -> Result<Consumer, Error> {
+        let (ctrl, data) = self.ring(side.peer().tx());
+        // SAFETY: as in `producer`.
+        unsafe { Consumer::new(ctrl, data) }
+    }
+
+    /// Both handles of `side`.
+    pub fn endpoint(&self, side: Side) -> Result<(Producer, Consumer), Error> {
+        Ok((self.producer(side)?, self.consumer(side)?))
+    }
+
+    /// Marks every handle of `side` gone at once, as when its last process
+    /// died: its writing side is reset, its reading side closed. Returns
+    /// whether the peer's doorbell must be rung. Works on a corrupted ring.
+    pub fn mark_gone(&self, side: Side) -> bool {
+        let rings = &self.control().rings;
+        let woke_reader = close_writer(&rings[side.tx()], FLAG_CLOSED | FLAG_RESET);
+        let woke_writer = close_reader(&rings[side.peer().tx()]);
+        woke_reader | woke_writer
+    }
+
+    /// Records one more process holding `side` (after fork). Returns the new count.
+    pub fn add_holder(&self, side: Side) -> u32 {
+        // Relaxed: the count decides only who closes last, published by the
+        // AcqRel decrement below.
+        self.control().header.0.holders[side.index()].fetch_add(1, Ordering::Relaxed).wrapping_add(1)
+    }
+
+    /// Records that one process let go of `side`. Returns how many still hold
+    /// it; 0 means the caller was the last and must close the end. Never
+    /// underflows, whatever the peer wrote.
+    pub fn release_holder(&self, side: Side) -> u32 {
+        let holders = &self.control().header.0.holders[side.index()];
+        // AcqRel: the last releaser sees everything earlier holders did.
+        match holders.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)) {
+            Ok(prev) => prev - 1,
+            Err(_) => 0,
+        }
+    }
+
+    /// Tries to take `lock` for `owner` (a process-unique id such as a tid).
+    /// On failure returns the current owner, so the caller can check whether
+    /// it is still alive and [`Segment::break_lock`] if not.
+    pub fn try_lock(&self, lock: EndLock, owner: NonZeroU32) -> Result<(), u32> {
+        let word = &self.control().header.0.locks[lock.index()];
+        // Acquire pairs with the Release in `unlock`: the previous holder's
+        // writes (its resynced indices) are visible.
+        word.compare_exchange(0, owner.get(), Ordering::Acquire, Ordering::Relaxed).map(|_| ())
+    }
+
+    /// Releases `lock` if `owner` holds it; returns whether it did.
+    pub fn unlock(&self, lock: EndLock, owner: NonZeroU32) -> bool {
+        let word = &self.control().header.0.locks[lock.index()];
+        word.compare_exchange(owner.get(), 0, Ordering::Release, Ordering::Relaxed).is_ok()
+    }
+
+    /// Frees `lock` if it is still held by `dead_owner`; returns whether it did.
+    pub fn break_lock(&self, lock: EndLock, dead_owner: u32) -> bool {
+        let word = &self.control().header.0.locks[lock.index()];
+        dead_owner != 0 && word.compare_exchange(dead_owner, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }
+}

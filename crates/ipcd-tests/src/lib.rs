@@ -1,0 +1,1 @@
+//! Shared helpers of ipcd's integration tests.
