@@ -49,12 +49,20 @@ impl fmt::Display for Error {
                 write!(f, "segment region too small: need {need} bytes, have {have}")
             }
             Error::Misaligned => write!(f, "segment region is not {}-byte aligned", crate::SEGMENT_ALIGN),
-            Error::BadCapacity(c) => write!(f, "bad ring capacity {c}: must be a power of two in 1..={}", crate::MAX_CAPACITY),
+            Error::BadCapacity(c) => {
+                write!(f, "bad ring capacity {c}: must be a power of two in 1..={}", crate::MAX_CAPACITY)
+            }
             Error::BadMagic(m) => write!(f, "bad segment magic {m:#018x}"),
-            Error::BadVersion(v) => write!(f, "unsupported segment version {v} (this build speaks {})", crate::SEGMENT_VERSION),
+            Error::BadVersion(v) => {
+                write!(f, "unsupported segment version {v} (this build speaks {})", crate::SEGMENT_VERSION)
+            }
             Error::BadLayout => write!(f, "segment header offsets disagree with the layout"),
-            Error::Corrupt(Corruption::Head { found }) => write!(f, "ring corrupted by peer: head {found} out of range"),
-            Error::Corrupt(Corruption::Tail { found }) => write!(f, "ring corrupted by peer: tail {found} out of range"),
+            Error::Corrupt(Corruption::Head { found }) => {
+                write!(f, "ring corrupted by peer: head {found} out of range")
+            }
+            Error::Corrupt(Corruption::Tail { found }) => {
+                write!(f, "ring corrupted by peer: tail {found} out of range")
+            }
         }
     }
 }

@@ -7,8 +7,8 @@ use core::ptr::NonNull;
 use crate::consumer::Consumer;
 use crate::error::Error;
 use crate::layout::{
-    Line, RingControl, SegmentControl, SegmentHeader, CACHE_LINE, DATA_START, FLAG_CLOSED, FLAG_RESET,
-    MAX_CAPACITY, SEGMENT_ALIGN, SEGMENT_MAGIC, SEGMENT_VERSION,
+    Line, RingControl, SegmentControl, SegmentHeader, CACHE_LINE, DATA_START, FLAG_CLOSED, FLAG_RESET, MAX_CAPACITY,
+    SEGMENT_ALIGN, SEGMENT_MAGIC, SEGMENT_VERSION,
 };
 use crate::producer::Producer;
 use crate::span::DataArea;

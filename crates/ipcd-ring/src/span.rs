@@ -41,9 +41,7 @@ impl DataArea {
             // valid per this function's contract; `src` is a separate local
             // buffer, so the ranges do not overlap. The bytes are plain `u8`,
             // so whatever a peer scribbles there concurrently is still a valid value.
-            unsafe {
-                core::ptr::copy_nonoverlapping(src.as_ptr().add(done), self.base.as_ptr().add(off), len)
-            };
+            unsafe { core::ptr::copy_nonoverlapping(src.as_ptr().add(done), self.base.as_ptr().add(off), len) };
             done += len;
         }
     }
@@ -61,9 +59,7 @@ impl DataArea {
             }
             // SAFETY: as in `copy_in`: in bounds by `spans`, valid by contract,
             // `dst` is local memory distinct from the shared area.
-            unsafe {
-                core::ptr::copy_nonoverlapping(self.base.as_ptr().add(off), dst.as_mut_ptr().add(done), len)
-            };
+            unsafe { core::ptr::copy_nonoverlapping(self.base.as_ptr().add(off), dst.as_mut_ptr().add(done), len) };
             done += len;
         }
     }

@@ -1,0 +1,66 @@
+//! Test helpers: an aligned heap region, and pokes that play a hostile peer.
+#![allow(dead_code)]
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use ipcd_ring::{Segment, SEGMENT_ALIGN};
+
+/// Zeroed heap memory aligned like an mmap'd segment.
+pub struct Region {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+impl Region {
+    pub fn new(len: usize) -> Region {
+        let layout = Layout::from_size_align(len.max(1), SEGMENT_ALIGN).unwrap();
+        // SAFETY: non-zero size.
+        let ptr = NonNull::new(unsafe { alloc_zeroed(layout) }).expect("allocation failed");
+        Region { ptr, layout }
+    }
+
+    pub fn ptr(&self) -> NonNull<u8> {
+        self.ptr
+    }
+
+    pub fn len(&self) -> usize {
+        self.layout.size()
+    }
+
+    /// A hostile peer storing a u64 anywhere in the segment.
+    pub fn poke_u64(&self, off: usize, v: u64) {
+        assert!(off + 8 <= self.len() && off % 8 == 0);
+        // SAFETY: in bounds and aligned (asserted); the location is an AtomicU64.
+        unsafe { (*self.ptr.as_ptr().add(off).cast::<AtomicU64>()).store(v, Ordering::SeqCst) }
+    }
+
+    pub fn poke_u32(&self, off: usize, v: u32) {
+        assert!(off + 4 <= self.len() && off % 4 == 0);
+        // SAFETY: in bounds and aligned (asserted); the location is an AtomicU32.
+        unsafe { (*self.ptr.as_ptr().add(off).cast::<AtomicU32>()).store(v, Ordering::SeqCst) }
+    }
+
+    pub fn peek_u32(&self, off: usize) -> u32 {
+        assert!(off + 4 <= self.len() && off % 4 == 0);
+        // SAFETY: as in poke_u32.
+        unsafe { (*self.ptr.as_ptr().add(off).cast::<AtomicU32>()).load(Ordering::SeqCst) }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// A fresh segment over a new region; the region must outlive the segment.
+pub fn segment(caps: [u64; 2]) -> (Region, Segment) {
+    let region = Region::new(Segment::required_len(caps).unwrap());
+    // SAFETY: the region is returned with the view and the tests keep it alive
+    // for as long as they use the view or its handles.
+    let seg = unsafe { Segment::init(region.ptr(), region.len(), 42, caps) }.unwrap();
+    (region, seg)
+}
