@@ -89,19 +89,24 @@ fn a_header_rewritten_after_attach_cannot_move_the_rings() {
 
 #[test]
 fn attach_to_garbage_never_panics() {
-    let r = Region::new(8192);
     for seed in 0..64u64 {
+        // A fresh region per seed, filled with plain byte writes: a peer's
+        // garbage, not a sequence of differently sized atomic stores.
+        let r = Region::new(8192);
         let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        for off in (0..2048).step_by(8) {
+        let mut garbage = vec![0u8; 2048];
+        for b in garbage.iter_mut() {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            r.poke_u64(off, x);
+            *b = x as u8;
         }
         if seed % 2 == 0 {
-            r.poke_u64(offsets::MAGIC, SEGMENT_MAGIC);
-            r.poke_u32(offsets::VERSION, SEGMENT_VERSION);
+            garbage[offsets::MAGIC..offsets::MAGIC + 8].copy_from_slice(&SEGMENT_MAGIC.to_le_bytes());
+            garbage[offsets::VERSION..offsets::VERSION + 4].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
         }
+        // SAFETY: 2048 bytes fit in the 8192-byte region; nothing else uses it yet.
+        unsafe { std::ptr::copy_nonoverlapping(garbage.as_ptr(), r.ptr().as_ptr(), garbage.len()) };
         let _ = attach(&r);
     }
 }
