@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::sync::Arc as StdArc;
-
 use common::Region;
 use ipcd_ring::{Consumer, Producer, Segment, Side, Wait};
 use loom::sync::{Arc, Condvar, Mutex};
@@ -40,16 +38,16 @@ impl Doorbell {
 
 /// A segment with tiny rings, the memory it lives in, and one doorbell per side.
 struct Setup {
-    _region: StdArc<Region>,
+    _region: Region,
     seg: Segment,
     bell_a: Arc<Doorbell>,
     bell_b: Arc<Doorbell>,
 }
 
 fn setup(cap: u64) -> Setup {
-    let region = StdArc::new(Region::new(Segment::required_len([cap, cap]).unwrap()));
-    // SAFETY: the region is kept alive by `Setup` (and clones in threads) past
-    // every handle's last use.
+    let region = Region::new(Segment::required_len([cap, cap]).unwrap());
+    // SAFETY: the heap block is owned by `Setup`, which every model keeps
+    // until its threads have joined, past every handle's last use.
     let seg = unsafe { Segment::init(region.ptr(), region.len(), 1, [cap, cap]) }.unwrap();
     Setup { _region: region, seg, bell_a: Arc::default(), bell_b: Arc::default() }
 }

@@ -246,7 +246,7 @@ fn a_handle_made_over_corrupted_indices_is_refused() {
 fn flags_written_by_a_hostile_peer_only_change_state() {
     let (r, seg) = segment([8, 8]);
     let mut tx = seg.producer(Side::A).unwrap();
-    let mut rx = seg.consumer(Side::B).unwrap();
+    let rx = seg.consumer(Side::B).unwrap();
     r.poke_u32(offsets::ring(0) + offsets::WRITER_FLAGS, u32::MAX);
     assert_eq!(rx.peer_state(), PeerState::Reset);
     r.poke_u32(offsets::ring(0) + offsets::READER_FLAGS, u32::MAX);
@@ -259,7 +259,7 @@ fn flags_written_by_a_hostile_peer_only_change_state() {
 fn mark_gone_resets_the_dead_side_for_its_peer() {
     let (_r, seg) = segment([8, 8]);
     let mut b_rx = seg.consumer(Side::B).unwrap();
-    let mut b_tx = seg.producer(Side::B).unwrap();
+    let b_tx = seg.producer(Side::B).unwrap();
     assert_eq!(b_rx.prepare_wait().unwrap(), Wait::Sleep);
     assert!(seg.mark_gone(Side::A));
     assert_eq!(b_rx.peer_state(), PeerState::Reset);

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what ipcd's build, tests and benchmarks need on a fresh Debian
+# machine. Idempotent: quick when everything is already there. Called by the
+# README's commands and by scripts/test.sh (and so by CI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+# System packages. Keep this list the one place they are named.
+APT_PACKAGES=(build-essential pkg-config ca-certificates curl)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    SUDO=""
+    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    log "installing ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+# Rust: the stable toolchain pinned in rust-toolchain.toml, plus a nightly
+# with Miri (UB checks of ipcd-ring) and rust-src (Miri's sysroot, cargo-fuzz).
+if ! command -v rustup >/dev/null; then
+    log "installing rustup"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain none
+    # shellcheck disable=SC1091
+    source "$HOME/.cargo/env"
+fi
+rustup show active-toolchain >/dev/null # installs the pinned toolchain if absent
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^miri'; then
+    log "installing nightly with miri and rust-src"
+    rustup toolchain install nightly --profile minimal --component miri,rust-src
+fi
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    log "installing cargo-fuzz"
+    cargo install --locked cargo-fuzz
+fi
+log "ok"
