@@ -12,9 +12,11 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 
 stage "format"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
 stage "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo +nightly clippy --manifest-path fuzz/Cargo.toml --locked -- -D warnings
 
 stage "tests (release)"
 cargo test --workspace --release --locked

@@ -1,0 +1,386 @@
+//! The framed control channel: one message per `SOCK_SEQPACKET` packet, its
+//! fds beside it (`SCM_RIGHTS`, received with `MSG_CMSG_CLOEXEC`), and the
+//! peer's credentials (`SO_PEERCRED`) on both ends.
+//!
+//! Everything received is checked before use: a packet longer than
+//! [`MAX_FRAME`] or with truncated control data is an error, and fds beyond
+//! what the message defines are closed, never leaked.
+
+use std::fmt;
+use std::io;
+use std::mem::{size_of, MaybeUninit};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::error::{DecodeError, EncodeError};
+use crate::message::{Request, Response, MAX_FDS, MAX_FRAME};
+
+/// Fds room in the receive buffer: more than any message carries, so extra
+/// fds are seen (and closed) rather than silently cut off.
+const FD_ROOM: usize = 16;
+
+/// Why a channel operation failed.
+#[derive(Debug)]
+pub enum ChannelError {
+    /// The system call failed (`WouldBlock` on a non-blocking channel with
+    /// nothing to do: see [`ChannelError::is_would_block`]).
+    Io(io::Error),
+    /// The peer closed the channel.
+    Closed,
+    /// A packet longer than the frame limit (its tail was discarded).
+    Truncated,
+    /// More fds arrived than fit the control buffer; all were closed.
+    ControlTruncated,
+    /// The packet did not decode; its fds were closed.
+    Decode(DecodeError),
+    /// The message did not encode.
+    Encode(EncodeError),
+    /// Wrong number of fds handed to a send.
+    FdCount {
+        /// Fds the message's definition requires.
+        expected: usize,
+        /// Fds given.
+        got: usize,
+    },
+}
+
+impl ChannelError {
+    /// True for `EAGAIN` on a non-blocking channel.
+    pub fn is_would_block(&self) -> bool {
+        matches!(self, ChannelError::Io(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+impl fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChannelError::Io(e) => write!(f, "control channel: {e}"),
+            ChannelError::Closed => f.write_str("control channel closed by the peer"),
+            ChannelError::Truncated => write!(f, "control packet longer than {MAX_FRAME} bytes"),
+            ChannelError::ControlTruncated => f.write_str("control packet carried too many fds"),
+            ChannelError::Decode(e) => write!(f, "bad control message: {e}"),
+            ChannelError::Encode(e) => write!(f, "cannot encode control message: {e}"),
+            ChannelError::FdCount { expected, got } => {
+                write!(f, "message carries {expected} fds, {got} given")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ChannelError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ChannelError::Io(e) => Some(e),
+            ChannelError::Decode(e) => Some(e),
+            ChannelError::Encode(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for ChannelError {
+    fn from(e: io::Error) -> Self {
+        ChannelError::Io(e)
+    }
+}
+
+/// The peer's credentials as the kernel recorded them at connect time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Process id.
+    pub pid: u32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// Fds received with a message, in the order its definition gives.
+#[derive(Debug, Default)]
+pub struct Fds(Vec<OwnedFd>);
+
+impl Fds {
+    /// Number of fds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// No fds.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Takes all fds out, in order.
+    pub fn into_vec(self) -> Vec<OwnedFd> {
+        self.0
+    }
+}
+
+/// One end of a control channel.
+#[derive(Debug)]
+pub struct Channel {
+    fd: OwnedFd,
+}
+
+impl AsFd for Channel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// Most fds `send_packet` passes (tests send more than `FD_ROOM` to check
+/// the receiver's handling of a truncated control buffer).
+const SEND_FD_LIMIT: usize = 64;
+const CMSG_BYTES: usize = 32 + SEND_FD_LIMIT * size_of::<RawFd>();
+
+/// Control buffer, aligned for `cmsghdr`.
+#[repr(C)]
+struct CmsgBuf {
+    _align: [libc::cmsghdr; 0],
+    bytes: [u8; CMSG_BYTES],
+}
+
+impl Channel {
+    /// A connected pair (for tests, and for a monitor talking to itself).
+    pub fn pair() -> io::Result<(Channel, Channel)> {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors socketpair writes.
+        cvt(unsafe {
+            libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+        })?;
+        // SAFETY: socketpair succeeded: both fds are open and ours alone.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok((Channel { fd: a }, Channel { fd: b }))
+    }
+
+    /// Wraps a connected `SOCK_SEQPACKET` socket (accepted by the monitor).
+    pub fn from_fd(fd: OwnedFd) -> Channel {
+        Channel { fd }
+    }
+
+    /// Connects to the monitor listening on the abstract Unix name `name`
+    /// (scoped by network namespace, as the design wants).
+    pub fn connect_abstract(name: &[u8]) -> io::Result<Channel> {
+        let (addr, len) = abstract_addr(name)?;
+        // SAFETY: plain socket creation.
+        let fd = cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) })?;
+        // SAFETY: socket succeeded: the fd is open and ours.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
+        cvt(unsafe { libc::connect(fd.as_raw_fd(), (&raw const addr).cast(), len) })?;
+        Ok(Channel { fd })
+    }
+
+    /// Switches `O_NONBLOCK`.
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: F_GETFL/F_SETFL on our own open fd.
+        unsafe {
+            let flags = cvt(libc::fcntl(fd, libc::F_GETFL))?;
+            let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+            cvt(libc::fcntl(fd, libc::F_SETFL, flags))?;
+        }
+        Ok(())
+    }
+
+    /// The peer's pid, uid and gid (`SO_PEERCRED`).
+    pub fn peer_cred(&self) -> io::Result<PeerCred> {
+        let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+        let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: `cred` and `len` describe a writable ucred.
+        cvt(unsafe {
+            libc::getsockopt(self.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &mut len)
+        })?;
+        Ok(PeerCred { pid: cred.pid as u32, uid: cred.uid, gid: cred.gid })
+    }
+
+    /// Sends one packet with `fds` beside it.
+    pub fn send_packet(&self, packet: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
+        if fds.len() > SEND_FD_LIMIT {
+            return Err(ChannelError::FdCount { expected: SEND_FD_LIMIT, got: fds.len() });
+        }
+        let mut iov = libc::iovec { iov_base: packet.as_ptr() as *mut _, iov_len: packet.len() };
+        let mut cbuf = CmsgBuf { _align: [], bytes: [0; CMSG_BYTES] };
+        // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+        let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if !fds.is_empty() {
+            let data_len = (fds.len() * size_of::<RawFd>()) as u32;
+            // SAFETY: CMSG_SPACE is a pure size computation.
+            let space = unsafe { libc::CMSG_SPACE(data_len) } as usize;
+            msg.msg_control = cbuf.bytes.as_mut_ptr().cast();
+            msg.msg_controllen = space;
+            // SAFETY: the control buffer is aligned for cmsghdr and `space`
+            // bytes long (≤ its size), so the first header and its data fit.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                (*cmsg).cmsg_level = libc::SOL_SOCKET;
+                (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(data_len) as usize;
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                for (i, fd) in fds.iter().enumerate() {
+                    data.add(i).write_unaligned(fd.as_raw_fd());
+                }
+            }
+        }
+        // SAFETY: `msg` points at live buffers for the duration of the call.
+        let n = cvt_size(unsafe { libc::sendmsg(self.fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })?;
+        debug_assert_eq!(n, packet.len(), "SOCK_SEQPACKET sends whole packets");
+        Ok(())
+    }
+
+    /// Receives one packet into `buf` (at least [`MAX_FRAME`] bytes) and
+    /// the fds that came with it.
+    pub fn recv_packet(&self, buf: &mut [u8]) -> Result<(usize, Fds), ChannelError> {
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        let mut cbuf = CmsgBuf { _align: [], bytes: [0; CMSG_BYTES] };
+        // SAFETY: an all-zero msghdr is valid.
+        let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.bytes.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE((FD_ROOM * size_of::<RawFd>()) as u32) } as usize;
+        // SAFETY: `msg` points at live, writable buffers of the stated sizes.
+        let n = cvt_size(unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) })?;
+        // Take ownership of every fd first, so every error path closes them.
+        let mut fds = Vec::new();
+        // SAFETY: the kernel filled `msg_controllen` bytes of well-formed
+        // cmsgs; we walk them with the libc macros and read each SCM_RIGHTS
+        // payload within its stated length.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                    let bytes = (*cmsg).cmsg_len - (data as usize - cmsg as usize);
+                    for i in 0..bytes / size_of::<RawFd>() {
+                        fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            return Err(ChannelError::ControlTruncated);
+        }
+        if msg.msg_flags & libc::MSG_TRUNC != 0 || n > MAX_FRAME {
+            return Err(ChannelError::Truncated);
+        }
+        if n == 0 {
+            return Err(ChannelError::Closed);
+        }
+        Ok((n, Fds(fds)))
+    }
+
+    fn send_with(
+        &self,
+        fds: &[BorrowedFd<'_>],
+        expected: usize,
+        encode: impl FnOnce(&mut [u8]) -> Result<usize, EncodeError>,
+    ) -> Result<(), ChannelError> {
+        if fds.len() != expected {
+            return Err(ChannelError::FdCount { expected, got: fds.len() });
+        }
+        let mut buf = [0u8; MAX_FRAME];
+        let n = encode(&mut buf).map_err(ChannelError::Encode)?;
+        self.send_packet(&buf[..n], fds)
+    }
+
+    /// Sends a request (process side).
+    pub fn send_request(&self, seq: u32, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
+        self.send_with(fds, req.fd_count(), |buf| req.encode(seq, buf))
+    }
+
+    /// Sends a response or event (monitor side).
+    pub fn send_response(&self, seq: u32, resp: &Response, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
+        self.send_with(fds, resp.fd_count(), |buf| resp.encode(seq, buf))
+    }
+
+    /// Receives a request (monitor side).
+    pub fn recv_request(&self) -> Result<(u32, Request, Fds), ChannelError> {
+        let mut buf = [0u8; MAX_FRAME + 1];
+        let (n, fds) = self.recv_packet(&mut buf)?;
+        let (seq, req) = Request::decode(&buf[..n], fds.len()).map_err(ChannelError::Decode)?;
+        Ok((seq, req, fds))
+    }
+
+    /// Receives a response or event (process side).
+    pub fn recv_response(&self) -> Result<(u32, Response, Fds), ChannelError> {
+        let mut buf = [0u8; MAX_FRAME + 1];
+        let (n, fds) = self.recv_packet(&mut buf)?;
+        let (seq, resp) = Response::decode(&buf[..n], fds.len()).map_err(ChannelError::Decode)?;
+        Ok((seq, resp, fds))
+    }
+}
+
+/// A listening SEQPACKET socket on an abstract Unix name (monitor side).
+#[derive(Debug)]
+pub struct Listener {
+    fd: OwnedFd,
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Listener {
+    /// Binds and listens on the abstract name `name`.
+    pub fn bind_abstract(name: &[u8]) -> io::Result<Listener> {
+        let (addr, len) = abstract_addr(name)?;
+        // SAFETY: plain socket creation.
+        let fd = cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) })?;
+        // SAFETY: socket succeeded: the fd is open and ours.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
+        cvt(unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) })?;
+        // SAFETY: listen on our bound socket.
+        cvt(unsafe { libc::listen(fd.as_raw_fd(), 128) })?;
+        Ok(Listener { fd })
+    }
+
+    /// Accepts one channel (`O_CLOEXEC`; non-blocking if `nonblocking`).
+    pub fn accept(&self, nonblocking: bool) -> io::Result<Channel> {
+        let flags = libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+        // SAFETY: accept4 on our listening socket, no address wanted.
+        let fd = cvt(unsafe { libc::accept4(self.fd.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), flags) })?;
+        // SAFETY: accept4 succeeded: the fd is open and ours.
+        Ok(Channel { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+}
+
+/// `sockaddr_un` for an abstract name (leading NUL, not NUL-terminated).
+fn abstract_addr(name: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: an all-zero sockaddr_un is valid.
+    let mut addr: libc::sockaddr_un = unsafe { MaybeUninit::zeroed().assume_init() };
+    if name.is_empty() || name.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "abstract socket name empty or too long"));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, &b) in addr.sun_path[1..].iter_mut().zip(name) {
+        *dst = b as libc::c_char;
+    }
+    let len = size_of::<libc::sa_family_t>() + 1 + name.len();
+    Ok((addr, len as libc::socklen_t))
+}
+
+// Extra fds must be seen to be closed: leave room beyond the largest message.
+const _: () = assert!(MAX_FDS < FD_ROOM);

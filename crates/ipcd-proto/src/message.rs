@@ -1,0 +1,596 @@
+//! Control messages and their codec.
+//!
+//! A frame is one `SOCK_SEQPACKET` packet:
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 2 | magic [`FRAME_MAGIC`] |
+//! | 2 | 1 | codec version [`CODEC_VERSION`] |
+//! | 3 | 1 | reserved, 0 |
+//! | 4 | 2 | message type |
+//! | 6 | 2 | reserved, 0 |
+//! | 8 | 4 | sequence number (a reply carries its request's; events 0) |
+//! | 12 | 4 | body length |
+//! | 16 | n | body |
+//!
+//! all little-endian, at most [`MAX_FRAME`] bytes. Requests (process →
+//! monitor) use types `0x01xx`, responses and events (monitor → process)
+//! `0x02xx`; each side decodes only the other's range. The fds that travel
+//! with a message (`SCM_RIGHTS`) are part of its definition
+//! ([`Request::fd_count`], [`Response::fd_count`]) and their count is checked
+//! on decode; their order is given on each variant.
+
+use bitflags::bitflags;
+
+use crate::addr::SockAddr;
+use crate::error::{DecodeError, EncodeError};
+use crate::wire::{Reader, Writer};
+
+/// First two bytes of every frame ("ID" in ASCII, little-endian).
+pub const FRAME_MAGIC: u16 = u16::from_le_bytes(*b"ID");
+/// Version of the frame layout and codec.
+pub const CODEC_VERSION: u8 = 1;
+/// Bytes of the frame header.
+pub const HEADER_LEN: usize = 16;
+/// Largest frame either side sends or accepts.
+pub const MAX_FRAME: usize = 1024;
+/// Most fds any message carries.
+pub const MAX_FDS: usize = 3;
+
+bitflags! {
+    /// What a process or the monitor can do, exchanged in the handshake.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct Caps: u32 {
+        /// Registered for `membarrier` global expedited fences: its ring
+        /// publishes may use compiler-only barriers.
+        const ASYM_FENCE = 1 << 0;
+        /// Can hand connections across fork.
+        const FORK = 1 << 1;
+        /// Can re-attach connections after exec.
+        const EXEC = 1 << 2;
+    }
+}
+
+bitflags! {
+    /// Options of a listening socket that change who may share its port.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct ListenFlags: u32 {
+        /// `SO_REUSEPORT`: several listeners share the port.
+        const REUSEPORT = 1 << 0;
+        /// `SO_REUSEADDR`.
+        const REUSEADDR = 1 << 1;
+        /// `IPV6_V6ONLY` on an IPv6 listener.
+        const V6ONLY = 1 << 2;
+    }
+}
+
+/// Which end of a segment a process holds (side A wrote ring 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The connecting end.
+    A,
+    /// The accepting end.
+    B,
+}
+
+/// Why the monitor sends a connection to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fallback {
+    /// No ipcd listener at the destination.
+    NoListener,
+    /// The listener belongs to another user.
+    OtherUser,
+    /// The listener's accept queue is full.
+    BacklogFull,
+    /// The destination is not on this host.
+    NotLocal,
+    /// The monitor is out of memory for segments, or at its limit.
+    NoMemory,
+    /// Acceleration is turned off for this process or port.
+    Disabled,
+}
+
+/// Error codes of [`Response::Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// No protocol version in common.
+    VersionMismatch,
+    /// A request before `Hello`, or a second `Hello`.
+    NotRegistered,
+    /// Malformed or out-of-place request.
+    BadRequest,
+    /// The passed fd is not the listening socket claimed, or the
+    /// connection is not held by this process.
+    NotOwner,
+    /// An ipcd listener already owns the address.
+    AddrInUse,
+    /// No such listener of this process.
+    NoSuchListener,
+    /// No such connection of this process.
+    NoSuchConnection,
+    /// A per-user limit was reached.
+    Limit,
+    /// The monitor failed; the request may be retried through the kernel.
+    Internal,
+}
+
+/// A connection as the monitor hands it to one end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnInfo {
+    /// Connection id, unique on the host; also in the segment header.
+    pub conn: u64,
+    /// Which end this process holds.
+    pub side: Side,
+    /// This end's address (`getsockname`).
+    pub local: SockAddr,
+    /// The other end's address (`getpeername`).
+    pub peer: SockAddr,
+    /// Segment length in bytes.
+    pub segment_len: u64,
+}
+
+/// Counters for `ipcd status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Status {
+    /// Monitor process id.
+    pub monitor_pid: u32,
+    /// Processes with an open channel.
+    pub processes: u32,
+    /// ipcd listeners.
+    pub listeners: u32,
+    /// Live connections.
+    pub connections: u32,
+    /// Bytes of live segments.
+    pub segment_bytes: u64,
+    /// Connections set up through ipcd since start.
+    pub connects_total: u64,
+    /// Connects sent to the kernel since start.
+    pub fallbacks_total: u64,
+    /// Milliseconds since the monitor started.
+    pub uptime_ms: u64,
+}
+
+/// A request from a process to the monitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Request {
+    /// First message on a channel. No fds.
+    Hello {
+        /// Lowest protocol version the process speaks.
+        version_min: u16,
+        /// Highest protocol version the process speaks.
+        version_max: u16,
+        /// Process id as the process sees it (checked against `SO_PEERCRED`).
+        pid: u32,
+        /// User id (checked against `SO_PEERCRED`).
+        uid: u32,
+        /// What the process can do.
+        caps: Caps,
+    },
+    /// The process listens in the kernel on `addr`; route local connects to it.
+    /// Fds: `[listening socket]`, which proves the ownership.
+    Listen {
+        /// The process's id for this listener, echoed in `Incoming`.
+        listener: u64,
+        /// Bound address (`getsockname`).
+        addr: SockAddr,
+        /// `listen` backlog.
+        backlog: u32,
+        /// Port-sharing options.
+        flags: ListenFlags,
+    },
+    /// Stop routing to a listener. No fds.
+    Unlisten {
+        /// Id given in `Listen`.
+        listener: u64,
+    },
+    /// Connect to `dest` through ipcd if possible. No fds.
+    Connect {
+        /// Destination.
+        dest: SockAddr,
+        /// The socket's own address if it was bound.
+        source: Option<SockAddr>,
+        /// The socket is non-blocking.
+        nonblocking: bool,
+    },
+    /// This process shut one direction of its end (for the monitor's books). No fds.
+    Shutdown {
+        /// Connection.
+        conn: u64,
+        /// 0 read, 1 write, 2 both.
+        how: u8,
+    },
+    /// This process no longer holds its end. No fds.
+    Close {
+        /// Connection.
+        conn: u64,
+    },
+    /// First request of a forked child after `Hello`: it holds what the
+    /// parent held at the fork. No fds.
+    Forked {
+        /// Parent's process id.
+        parent_pid: u32,
+    },
+    /// The process is about to exec: keep its holdings while its channel
+    /// closes, until the new image says `Reopen` (or a timeout). No fds.
+    ExecPrepare,
+    /// After exec: map this held connection again. No fds.
+    Reopen {
+        /// Connection.
+        conn: u64,
+    },
+    /// Counters for `ipcd status`. No fds.
+    Status,
+}
+
+/// A reply or event from the monitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Response {
+    /// Answer to `Hello`. No fds.
+    Welcome {
+        /// Protocol version chosen.
+        version: u16,
+        /// Monitor process id.
+        monitor_pid: u32,
+        /// What the monitor can do.
+        caps: Caps,
+        /// Default capacity of each ring of a new segment.
+        ring_bytes: u64,
+    },
+    /// The request succeeded. No fds.
+    Ok,
+    /// The request failed. No fds.
+    Error {
+        /// What went wrong.
+        code: ErrorCode,
+    },
+    /// Answer to `Connect`: an ipcd connection.
+    /// Fds: `[segment memfd, own doorbell, peer doorbell]`.
+    Connected(ConnInfo),
+    /// Answer to `Connect`: use the kernel. No fds.
+    UseKernel {
+        /// Why.
+        reason: Fallback,
+    },
+    /// Event: a connection arrived for a listener.
+    /// Fds: `[segment memfd, own doorbell, peer doorbell]`.
+    Incoming {
+        /// Listener id from `Listen`.
+        listener: u64,
+        /// The new connection.
+        info: ConnInfo,
+    },
+    /// Event: the process holding the other end died. No fds.
+    PeerGone {
+        /// Connection.
+        conn: u64,
+    },
+    /// Answer to `Reopen`. Fds: `[segment memfd, own doorbell, peer doorbell]`.
+    Reopened(ConnInfo),
+    /// Answer to `Status`. No fds.
+    Status(Status),
+}
+
+// ---- framing shared by both directions -------------------------------
+
+/// Encodes one frame around `body`.
+fn encode_frame(kind: u16, seq: u32, buf: &mut [u8], body: impl FnOnce(&mut Writer<'_>)) -> Result<usize, EncodeError> {
+    let mut w = Writer::new(buf);
+    w.u16(FRAME_MAGIC);
+    w.u8(CODEC_VERSION);
+    w.u8(0);
+    w.u16(kind);
+    w.u16(0);
+    w.u32(seq);
+    w.u32(0);
+    body(&mut w);
+    let body_len = w.pos().saturating_sub(HEADER_LEN);
+    w.patch_u32(12, body_len as u32);
+    let n = w.finish()?;
+    if n > MAX_FRAME {
+        return Err(EncodeError::BufferTooSmall { need: n });
+    }
+    Ok(n)
+}
+
+/// Checks a frame's header; returns (type, seq, body reader).
+fn decode_frame(packet: &[u8]) -> Result<(u16, u32, Reader<'_>), DecodeError> {
+    if packet.len() > MAX_FRAME {
+        return Err(DecodeError::TooLong(packet.len()));
+    }
+    let mut r = Reader::new(packet);
+    let magic = r.u16()?;
+    if magic != FRAME_MAGIC {
+        return Err(DecodeError::BadMagic(magic));
+    }
+    let version = r.u8()?;
+    if version != CODEC_VERSION {
+        return Err(DecodeError::UnknownVersion(version));
+    }
+    if r.u8()? != 0 {
+        return Err(DecodeError::BadValue("reserved"));
+    }
+    let kind = r.u16()?;
+    if r.u16()? != 0 {
+        return Err(DecodeError::BadValue("reserved"));
+    }
+    let seq = r.u32()?;
+    let declared = r.u32()? as usize;
+    if declared != r.remaining() {
+        return Err(DecodeError::BadLength { declared, actual: r.remaining() });
+    }
+    Ok((kind, seq, r))
+}
+
+fn check_fds(expected: usize, got: usize) -> Result<(), DecodeError> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(DecodeError::FdCount { expected, got })
+    }
+}
+
+/// A small enum as one byte; `ALL` lists the variants in code order.
+trait Code: Sized + Copy + PartialEq + 'static {
+    const ALL: &'static [Self];
+    const FIELD: &'static str;
+    fn encode(self, w: &mut Writer<'_>) {
+        let i = Self::ALL.iter().position(|v| *v == self).unwrap_or(0);
+        w.u8(i as u8);
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Self::ALL.get(usize::from(r.u8()?)).copied().ok_or(DecodeError::BadValue(Self::FIELD))
+    }
+}
+
+impl Code for Side {
+    const ALL: &'static [Self] = &[Side::A, Side::B];
+    const FIELD: &'static str = "side";
+}
+
+impl Code for Fallback {
+    const ALL: &'static [Self] = &[
+        Fallback::NoListener,
+        Fallback::OtherUser,
+        Fallback::BacklogFull,
+        Fallback::NotLocal,
+        Fallback::NoMemory,
+        Fallback::Disabled,
+    ];
+    const FIELD: &'static str = "fallback reason";
+}
+
+impl Code for ErrorCode {
+    const ALL: &'static [Self] = &[
+        ErrorCode::VersionMismatch,
+        ErrorCode::NotRegistered,
+        ErrorCode::BadRequest,
+        ErrorCode::NotOwner,
+        ErrorCode::AddrInUse,
+        ErrorCode::NoSuchListener,
+        ErrorCode::NoSuchConnection,
+        ErrorCode::Limit,
+        ErrorCode::Internal,
+    ];
+    const FIELD: &'static str = "error code";
+}
+
+impl ConnInfo {
+    fn encode(&self, w: &mut Writer<'_>) {
+        w.u64(self.conn);
+        self.side.encode(w);
+        self.local.encode(w);
+        self.peer.encode(w);
+        w.u64(self.segment_len);
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<ConnInfo, DecodeError> {
+        Ok(ConnInfo {
+            conn: r.u64()?,
+            side: Side::decode(r)?,
+            local: SockAddr::decode(r)?,
+            peer: SockAddr::decode(r)?,
+            segment_len: r.u64()?,
+        })
+    }
+}
+
+fn flags<F: bitflags::Flags<Bits = u32>>(r: &mut Reader<'_>, field: &'static str) -> Result<F, DecodeError> {
+    F::from_bits(r.u32()?).ok_or(DecodeError::BadValue(field))
+}
+
+// ---- requests ---------------------------------------------------------
+
+impl Request {
+    fn kind(&self) -> u16 {
+        match self {
+            Request::Hello { .. } => 0x0101,
+            Request::Listen { .. } => 0x0102,
+            Request::Unlisten { .. } => 0x0103,
+            Request::Connect { .. } => 0x0104,
+            Request::Shutdown { .. } => 0x0105,
+            Request::Close { .. } => 0x0106,
+            Request::Forked { .. } => 0x0107,
+            Request::ExecPrepare => 0x0108,
+            Request::Reopen { .. } => 0x0109,
+            Request::Status => 0x010a,
+        }
+    }
+
+    /// Fds that travel with this message.
+    pub fn fd_count(&self) -> usize {
+        match self {
+            Request::Listen { .. } => 1,
+            _ => 0,
+        }
+    }
+
+    /// Encodes the frame into `buf`; returns its length.
+    pub fn encode(&self, seq: u32, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        encode_frame(self.kind(), seq, buf, |w| match *self {
+            Request::Hello { version_min, version_max, pid, uid, caps } => {
+                w.u16(version_min);
+                w.u16(version_max);
+                w.u32(pid);
+                w.u32(uid);
+                w.u32(caps.bits());
+            }
+            Request::Listen { listener, addr, backlog, flags } => {
+                w.u64(listener);
+                addr.encode(w);
+                w.u32(backlog);
+                w.u32(flags.bits());
+            }
+            Request::Unlisten { listener } => w.u64(listener),
+            Request::Connect { dest, source, nonblocking } => {
+                dest.encode(w);
+                SockAddr::encode_opt(&source, w);
+                w.bool(nonblocking);
+            }
+            Request::Shutdown { conn, how } => {
+                w.u64(conn);
+                w.u8(how);
+            }
+            Request::Close { conn } | Request::Reopen { conn } => w.u64(conn),
+            Request::Forked { parent_pid } => w.u32(parent_pid),
+            Request::ExecPrepare | Request::Status => {}
+        })
+    }
+
+    /// Decodes one packet that arrived with `fds` file descriptors; returns
+    /// the sequence number and the request.
+    pub fn decode(packet: &[u8], fds: usize) -> Result<(u32, Request), DecodeError> {
+        let (kind, seq, mut r) = decode_frame(packet)?;
+        let r = &mut r;
+        let msg = match kind {
+            0x0101 => Request::Hello {
+                version_min: r.u16()?,
+                version_max: r.u16()?,
+                pid: r.u32()?,
+                uid: r.u32()?,
+                caps: flags(r, "caps")?,
+            },
+            0x0102 => Request::Listen {
+                listener: r.u64()?,
+                addr: SockAddr::decode(r)?,
+                backlog: r.u32()?,
+                flags: flags(r, "listen flags")?,
+            },
+            0x0103 => Request::Unlisten { listener: r.u64()? },
+            0x0104 => Request::Connect {
+                dest: SockAddr::decode(r)?,
+                source: SockAddr::decode_opt(r)?,
+                nonblocking: r.bool("nonblocking")?,
+            },
+            0x0105 => {
+                let conn = r.u64()?;
+                let how = r.u8()?;
+                if how > 2 {
+                    return Err(DecodeError::BadValue("how"));
+                }
+                Request::Shutdown { conn, how }
+            }
+            0x0106 => Request::Close { conn: r.u64()? },
+            0x0107 => Request::Forked { parent_pid: r.u32()? },
+            0x0108 => Request::ExecPrepare,
+            0x0109 => Request::Reopen { conn: r.u64()? },
+            0x010a => Request::Status,
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        r.finish()?;
+        check_fds(msg.fd_count(), fds)?;
+        Ok((seq, msg))
+    }
+}
+
+// ---- responses and events ---------------------------------------------
+
+impl Response {
+    fn kind(&self) -> u16 {
+        match self {
+            Response::Welcome { .. } => 0x0201,
+            Response::Ok => 0x0202,
+            Response::Error { .. } => 0x0203,
+            Response::Connected(_) => 0x0204,
+            Response::UseKernel { .. } => 0x0205,
+            Response::Incoming { .. } => 0x0206,
+            Response::PeerGone { .. } => 0x0207,
+            Response::Reopened(_) => 0x0208,
+            Response::Status(_) => 0x0209,
+        }
+    }
+
+    /// Fds that travel with this message.
+    pub fn fd_count(&self) -> usize {
+        match self {
+            Response::Connected(_) | Response::Incoming { .. } | Response::Reopened(_) => 3,
+            _ => 0,
+        }
+    }
+
+    /// Encodes the frame into `buf`; returns its length.
+    pub fn encode(&self, seq: u32, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        encode_frame(self.kind(), seq, buf, |w| match *self {
+            Response::Welcome { version, monitor_pid, caps, ring_bytes } => {
+                w.u16(version);
+                w.u32(monitor_pid);
+                w.u32(caps.bits());
+                w.u64(ring_bytes);
+            }
+            Response::Ok => {}
+            Response::Error { code } => code.encode(w),
+            Response::Connected(info) | Response::Reopened(info) => info.encode(w),
+            Response::UseKernel { reason } => reason.encode(w),
+            Response::Incoming { listener, info } => {
+                w.u64(listener);
+                info.encode(w);
+            }
+            Response::PeerGone { conn } => w.u64(conn),
+            Response::Status(s) => {
+                w.u32(s.monitor_pid);
+                w.u32(s.processes);
+                w.u32(s.listeners);
+                w.u32(s.connections);
+                w.u64(s.segment_bytes);
+                w.u64(s.connects_total);
+                w.u64(s.fallbacks_total);
+                w.u64(s.uptime_ms);
+            }
+        })
+    }
+
+    /// Decodes one packet that arrived with `fds` file descriptors; returns
+    /// the sequence number and the response.
+    pub fn decode(packet: &[u8], fds: usize) -> Result<(u32, Response), DecodeError> {
+        let (kind, seq, mut r) = decode_frame(packet)?;
+        let r = &mut r;
+        let msg = match kind {
+            0x0201 => Response::Welcome {
+                version: r.u16()?,
+                monitor_pid: r.u32()?,
+                caps: flags(r, "caps")?,
+                ring_bytes: r.u64()?,
+            },
+            0x0202 => Response::Ok,
+            0x0203 => Response::Error { code: ErrorCode::decode(r)? },
+            0x0204 => Response::Connected(ConnInfo::decode(r)?),
+            0x0205 => Response::UseKernel { reason: Fallback::decode(r)? },
+            0x0206 => Response::Incoming { listener: r.u64()?, info: ConnInfo::decode(r)? },
+            0x0207 => Response::PeerGone { conn: r.u64()? },
+            0x0208 => Response::Reopened(ConnInfo::decode(r)?),
+            0x0209 => Response::Status(Status {
+                monitor_pid: r.u32()?,
+                processes: r.u32()?,
+                listeners: r.u32()?,
+                connections: r.u32()?,
+                segment_bytes: r.u64()?,
+                connects_total: r.u64()?,
+                fallbacks_total: r.u64()?,
+                uptime_ms: r.u64()?,
+            }),
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        r.finish()?;
+        check_fds(msg.fd_count(), fds)?;
+        Ok((seq, msg))
+    }
+}

@@ -1,0 +1,143 @@
+//! The SEQPACKET channel: messages with their fds, credentials, and every
+//! malformed arrival turned into an error without leaking an fd.
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+use ipcd_proto::channel::{Channel, ChannelError, Listener};
+use ipcd_proto::message::*;
+use ipcd_proto::{DecodeError, SockAddr};
+
+/// A pipe: (read end, write end), read end non-blocking.
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for two descriptors.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) }, 0);
+    // SAFETY: pipe2 succeeded; both fds are ours.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// Reads one byte: Some(byte), None at EOF; panics on EAGAIN.
+fn read_byte(fd: &OwnedFd) -> Option<u8> {
+    let mut b = 0u8;
+    // SAFETY: one writable byte.
+    let n = unsafe { libc::read(fd.as_raw_fd(), (&raw mut b).cast(), 1) };
+    assert!(n >= 0, "read: {}", std::io::Error::last_os_error());
+    (n == 1).then_some(b)
+}
+
+fn write_byte(fd: &OwnedFd, b: u8) {
+    // SAFETY: one readable byte.
+    assert_eq!(unsafe { libc::write(fd.as_raw_fd(), (&raw const b).cast(), 1) }, 1);
+}
+
+fn is_cloexec(fd: &OwnedFd) -> bool {
+    // SAFETY: F_GETFD on an open fd.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) & libc::FD_CLOEXEC != 0 }
+}
+
+const LOCAL: SockAddr = SockAddr::V4 { ip: [127, 0, 0, 1], port: 8080 };
+
+#[test]
+fn a_listen_request_carries_its_socket() {
+    let (a, b) = Channel::pair().unwrap();
+    let (r, w) = pipe();
+    let req = Request::Listen { listener: 9, addr: LOCAL, backlog: 128, flags: ListenFlags::REUSEPORT };
+    a.send_request(5, &req, &[w.as_fd()]).unwrap();
+    drop(w);
+    let (seq, got, fds) = b.recv_request().unwrap();
+    assert_eq!((seq, got), (5, req));
+    let fds = fds.into_vec();
+    assert_eq!(fds.len(), 1);
+    assert!(is_cloexec(&fds[0]), "received fds are close-on-exec");
+    write_byte(&fds[0], 42);
+    assert_eq!(read_byte(&r), Some(42), "the received fd is the same pipe");
+}
+
+#[test]
+fn connected_carries_three_fds_in_order() {
+    let (a, b) = Channel::pair().unwrap();
+    let pipes: Vec<_> = (0..3).map(|_| pipe()).collect();
+    let info = ConnInfo { conn: 77, side: Side::A, local: LOCAL, peer: LOCAL, segment_len: 1 << 20 };
+    let ws: Vec<_> = pipes.iter().map(|(_, w)| w.as_fd()).collect();
+    b.send_response(0, &Response::Connected(info), &ws).unwrap();
+    let (_, resp, fds) = a.recv_response().unwrap();
+    assert_eq!(resp, Response::Connected(info));
+    for (i, fd) in fds.into_vec().iter().enumerate() {
+        write_byte(fd, i as u8);
+        assert_eq!(read_byte(&pipes[i].0), Some(i as u8));
+    }
+}
+
+#[test]
+fn both_ends_see_each_others_credentials() {
+    let name = format!("ipcd-test-{}-{:?}", std::process::id(), std::thread::current().id());
+    let listener = Listener::bind_abstract(name.as_bytes()).unwrap();
+    let client = Channel::connect_abstract(name.as_bytes()).unwrap();
+    let server = listener.accept(false).unwrap();
+    // SAFETY: getpid/getuid cannot fail.
+    let (pid, uid) = unsafe { (libc::getpid() as u32, libc::getuid()) };
+    for ch in [&client, &server] {
+        let cred = ch.peer_cred().unwrap();
+        assert_eq!((cred.pid, cred.uid), (pid, uid));
+    }
+    let hello = Request::Hello { version_min: 1, version_max: 1, pid, uid, caps: Caps::FORK | Caps::EXEC };
+    client.send_request(1, &hello, &[]).unwrap();
+    assert_eq!(server.recv_request().unwrap().1, hello);
+    // A second listener on the same name is refused by the kernel.
+    assert!(Listener::bind_abstract(name.as_bytes()).is_err());
+}
+
+#[test]
+fn extra_fds_are_closed_not_leaked() {
+    let (a, b) = Channel::pair().unwrap();
+    let (r, w) = pipe();
+    let mut buf = [0u8; MAX_FRAME];
+    let n = Request::Status.encode(3, &mut buf).unwrap();
+    // Status carries no fds: send it with two copies of the pipe's write end.
+    a.send_packet(&buf[..n], &[w.as_fd(), w.as_fd()]).unwrap();
+    drop(w);
+    match b.recv_request() {
+        Err(ChannelError::Decode(DecodeError::FdCount { expected: 0, got: 2 })) => {}
+        other => panic!("expected an fd-count error, got {other:?}"),
+    }
+    assert_eq!(read_byte(&r), None, "every copy of the write end was closed");
+}
+
+#[test]
+fn too_many_fds_are_refused_and_all_closed() {
+    let (a, b) = Channel::pair().unwrap();
+    let (r, w) = pipe();
+    let mut buf = [0u8; MAX_FRAME];
+    let n = Request::Status.encode(3, &mut buf).unwrap();
+    let many: Vec<_> = (0..40).map(|_| w.as_fd()).collect();
+    a.send_packet(&buf[..n], &many).unwrap();
+    drop(w);
+    assert!(matches!(b.recv_request(), Err(ChannelError::ControlTruncated)));
+    assert_eq!(read_byte(&r), None, "no copy of the write end survived");
+}
+
+#[test]
+fn oversized_packets_and_wrong_fd_counts_are_errors() {
+    let (a, b) = Channel::pair().unwrap();
+    a.send_packet(&[0u8; MAX_FRAME + 100], &[]).unwrap();
+    assert!(matches!(b.recv_request(), Err(ChannelError::Truncated)));
+    // Garbage of legal size is a decode error, and the channel still works after it.
+    a.send_packet(&[0xffu8; 40], &[]).unwrap();
+    assert!(matches!(b.recv_request(), Err(ChannelError::Decode(DecodeError::BadMagic(_)))));
+    let (_, w) = pipe();
+    let err = a.send_request(1, &Request::Status, &[w.as_fd()]).unwrap_err();
+    assert!(matches!(err, ChannelError::FdCount { expected: 0, got: 1 }));
+    a.send_request(2, &Request::Status, &[]).unwrap();
+    assert_eq!(b.recv_request().unwrap().1, Request::Status);
+}
+
+#[test]
+fn nonblocking_and_closed_channels() {
+    let (a, b) = Channel::pair().unwrap();
+    b.set_nonblocking(true).unwrap();
+    assert!(b.recv_response().unwrap_err().is_would_block());
+    a.send_response(4, &Response::Ok, &[]).unwrap();
+    assert_eq!(b.recv_response().unwrap().0, 4);
+    drop(a);
+    assert!(matches!(b.recv_response(), Err(ChannelError::Closed)));
+}
