@@ -86,3 +86,88 @@ impl SockAddr {
         SockAddr::decode_opt(r)?.ok_or(DecodeError::BadValue("address family"))
     }
 }
+
+#[cfg(feature = "std")]
+impl SockAddr {
+    /// Reads a `sockaddr_in`/`sockaddr_in6` of `len` bytes; `None` for other
+    /// families or short lengths.
+    ///
+    /// # Safety
+    /// `addr` must point at `len` readable bytes.
+    pub unsafe fn from_raw(addr: *const libc::sockaddr, len: libc::socklen_t) -> Option<SockAddr> {
+        let len = len as usize;
+        if addr.is_null() || len < core::mem::size_of::<libc::sa_family_t>() {
+            return None;
+        }
+        // SAFETY: at least the family field is readable (checked above); each
+        // arm checks the full length before reading the struct, unaligned.
+        unsafe {
+            match i32::from((*addr).sa_family) {
+                libc::AF_INET if len >= core::mem::size_of::<libc::sockaddr_in>() => {
+                    let sin = addr.cast::<libc::sockaddr_in>().read_unaligned();
+                    Some(SockAddr::V4 { ip: sin.sin_addr.s_addr.to_ne_bytes(), port: u16::from_be(sin.sin_port) })
+                }
+                libc::AF_INET6 if len >= core::mem::size_of::<libc::sockaddr_in6>() => {
+                    let sin6 = addr.cast::<libc::sockaddr_in6>().read_unaligned();
+                    Some(SockAddr::V6 {
+                        ip: sin6.sin6_addr.s6_addr,
+                        port: u16::from_be(sin6.sin6_port),
+                        flowinfo: sin6.sin6_flowinfo,
+                        scope_id: sin6.sin6_scope_id,
+                    })
+                }
+                _ => None,
+            }
+        }
+    }
+
+    /// As a `sockaddr_storage` and its length, for the socket calls.
+    pub fn to_raw(&self) -> (libc::sockaddr_storage, libc::socklen_t) {
+        // SAFETY: an all-zero sockaddr_storage is valid.
+        let mut ss: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
+        let len = match *self {
+            SockAddr::V4 { ip, port } => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: port.to_be(),
+                    sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(ip) },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+                unsafe { (&raw mut ss).cast::<libc::sockaddr_in>().write(sin) };
+                core::mem::size_of::<libc::sockaddr_in>()
+            }
+            SockAddr::V6 { ip, port, flowinfo, scope_id } => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: port.to_be(),
+                    sin6_flowinfo: flowinfo,
+                    sin6_addr: libc::in6_addr { s6_addr: ip },
+                    sin6_scope_id: scope_id,
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+                unsafe { (&raw mut ss).cast::<libc::sockaddr_in6>().write(sin6) };
+                core::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        (ss, len as libc::socklen_t)
+    }
+}
+
+impl core::fmt::Display for SockAddr {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            SockAddr::V4 { ip, port } => write!(f, "{}.{}.{}.{}:{port}", ip[0], ip[1], ip[2], ip[3]),
+            SockAddr::V6 { ip, port, .. } => {
+                f.write_str("[")?;
+                for (i, pair) in ip.chunks(2).enumerate() {
+                    if i > 0 {
+                        f.write_str(":")?;
+                    }
+                    write!(f, "{:x}", u16::from_be_bytes([pair[0], pair[1]]))?;
+                }
+                write!(f, "]:{port}")
+            }
+        }
+    }
+}

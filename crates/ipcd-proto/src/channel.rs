@@ -188,14 +188,7 @@ impl Channel {
 
     /// Switches `O_NONBLOCK`.
     pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
-        let fd = self.fd.as_raw_fd();
-        // SAFETY: F_GETFL/F_SETFL on our own open fd.
-        unsafe {
-            let flags = cvt(libc::fcntl(fd, libc::F_GETFL))?;
-            let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
-            cvt(libc::fcntl(fd, libc::F_SETFL, flags))?;
-        }
-        Ok(())
+        set_nonblocking(self.fd.as_raw_fd(), on)
     }
 
     /// The peer's pid, uid and gid (`SO_PEERCRED`).
@@ -357,6 +350,11 @@ impl Listener {
         Ok(Listener { fd })
     }
 
+    /// Switches `O_NONBLOCK` on the listening socket (for an event loop).
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        set_nonblocking(self.fd.as_raw_fd(), on)
+    }
+
     /// Accepts one channel (`O_CLOEXEC`; non-blocking if `nonblocking`).
     pub fn accept(&self, nonblocking: bool) -> io::Result<Channel> {
         let flags = libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
@@ -365,6 +363,16 @@ impl Listener {
         // SAFETY: accept4 succeeded: the fd is open and ours.
         Ok(Channel { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
     }
+}
+
+fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL on an open fd the caller owns.
+    unsafe {
+        let flags = cvt(libc::fcntl(fd, libc::F_GETFL))?;
+        let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+        cvt(libc::fcntl(fd, libc::F_SETFL, flags))?;
+    }
+    Ok(())
 }
 
 /// `sockaddr_un` for an abstract name (leading NUL, not NUL-terminated).

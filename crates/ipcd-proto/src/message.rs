@@ -18,7 +18,9 @@
 //! `0x02xx`; each side decodes only the other's range. The fds that travel
 //! with a message (`SCM_RIGHTS`) are part of its definition
 //! ([`Request::fd_count`], [`Response::fd_count`]) and their count is checked
-//! on decode; their order is given on each variant.
+//! on decode; their order is given on each variant. Every request gets one
+//! reply carrying its sequence number, except the notifications marked
+//! "no reply" (so `close` never waits for the monitor).
 
 use bitflags::bitflags;
 
@@ -150,6 +152,36 @@ pub struct Status {
     pub uptime_ms: u64,
 }
 
+/// One listener, in the listing that follows [`Response::Status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenerStatus {
+    /// Owning process.
+    pub pid: u32,
+    /// Bound address.
+    pub addr: SockAddr,
+    /// `listen` backlog.
+    pub backlog: u32,
+    /// Connections brokered and not yet accepted.
+    pub pending: u32,
+    /// Member of an `SO_REUSEPORT` group.
+    pub reuseport: bool,
+}
+
+/// One connection, in the listing that follows [`Response::Status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnStatus {
+    /// Connection id.
+    pub conn: u64,
+    /// Process holding side A (the connector) and side B; 0 once gone.
+    pub pids: [u32; 2],
+    /// Address of side A and of side B.
+    pub addrs: [SockAddr; 2],
+    /// Bytes written by side A and by side B so far.
+    pub bytes: [u64; 2],
+    /// Segment length in bytes.
+    pub segment_len: u64,
+}
+
 /// A request from a process to the monitor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Request {
@@ -192,14 +224,15 @@ pub enum Request {
         /// The socket is non-blocking.
         nonblocking: bool,
     },
-    /// This process shut one direction of its end (for the monitor's books). No fds.
+    /// This process shut one direction of its end (for the monitor's books).
+    /// No fds, no reply.
     Shutdown {
         /// Connection.
         conn: u64,
         /// 0 read, 1 write, 2 both.
         how: u8,
     },
-    /// This process no longer holds its end. No fds.
+    /// This process no longer holds its end. No fds, no reply.
     Close {
         /// Connection.
         conn: u64,
@@ -211,15 +244,23 @@ pub enum Request {
         parent_pid: u32,
     },
     /// The process is about to exec: keep its holdings while its channel
-    /// closes, until the new image says `Reopen` (or a timeout). No fds.
+    /// closes, until the new image says `Reopen` (or a timeout). No fds, no reply.
     ExecPrepare,
     /// After exec: map this held connection again. No fds.
     Reopen {
         /// Connection.
         conn: u64,
     },
-    /// Counters for `ipcd status`. No fds.
+    /// Counters for `ipcd status`, then one entry per listener and per
+    /// connection, then `Ok`. No fds.
     Status,
+    /// A brokered connection left the listener's accept queue. No fds, no reply.
+    Accepted {
+        /// Connection.
+        conn: u64,
+    },
+    /// Stop the monitor (same user or root). No fds.
+    Stop,
 }
 
 /// A reply or event from the monitor.
@@ -268,6 +309,10 @@ pub enum Response {
     Reopened(ConnInfo),
     /// Answer to `Status`. No fds.
     Status(Status),
+    /// A listener in the `Status` listing. No fds.
+    ListenerEntry(ListenerStatus),
+    /// A connection in the `Status` listing. No fds.
+    ConnEntry(ConnStatus),
 }
 
 // ---- framing shared by both directions -------------------------------
@@ -413,6 +458,8 @@ impl Request {
             Request::ExecPrepare => 0x0108,
             Request::Reopen { .. } => 0x0109,
             Request::Status => 0x010a,
+            Request::Accepted { .. } => 0x010b,
+            Request::Stop => 0x010c,
         }
     }
 
@@ -450,9 +497,9 @@ impl Request {
                 w.u64(conn);
                 w.u8(how);
             }
-            Request::Close { conn } | Request::Reopen { conn } => w.u64(conn),
+            Request::Close { conn } | Request::Reopen { conn } | Request::Accepted { conn } => w.u64(conn),
             Request::Forked { parent_pid } => w.u32(parent_pid),
-            Request::ExecPrepare | Request::Status => {}
+            Request::ExecPrepare | Request::Status | Request::Stop => {}
         })
     }
 
@@ -494,6 +541,8 @@ impl Request {
             0x0108 => Request::ExecPrepare,
             0x0109 => Request::Reopen { conn: r.u64()? },
             0x010a => Request::Status,
+            0x010b => Request::Accepted { conn: r.u64()? },
+            0x010c => Request::Stop,
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;
@@ -516,6 +565,8 @@ impl Response {
             Response::PeerGone { .. } => 0x0207,
             Response::Reopened(_) => 0x0208,
             Response::Status(_) => 0x0209,
+            Response::ListenerEntry(_) => 0x020a,
+            Response::ConnEntry(_) => 0x020b,
         }
     }
 
@@ -555,6 +606,23 @@ impl Response {
                 w.u64(s.fallbacks_total);
                 w.u64(s.uptime_ms);
             }
+            Response::ListenerEntry(l) => {
+                w.u32(l.pid);
+                l.addr.encode(w);
+                w.u32(l.backlog);
+                w.u32(l.pending);
+                w.bool(l.reuseport);
+            }
+            Response::ConnEntry(c) => {
+                w.u64(c.conn);
+                w.u32(c.pids[0]);
+                w.u32(c.pids[1]);
+                c.addrs[0].encode(w);
+                c.addrs[1].encode(w);
+                w.u64(c.bytes[0]);
+                w.u64(c.bytes[1]);
+                w.u64(c.segment_len);
+            }
         })
     }
 
@@ -586,6 +654,20 @@ impl Response {
                 connects_total: r.u64()?,
                 fallbacks_total: r.u64()?,
                 uptime_ms: r.u64()?,
+            }),
+            0x020a => Response::ListenerEntry(ListenerStatus {
+                pid: r.u32()?,
+                addr: SockAddr::decode(r)?,
+                backlog: r.u32()?,
+                pending: r.u32()?,
+                reuseport: r.bool("reuseport")?,
+            }),
+            0x020b => Response::ConnEntry(ConnStatus {
+                conn: r.u64()?,
+                pids: [r.u32()?, r.u32()?],
+                addrs: [SockAddr::decode(r)?, SockAddr::decode(r)?],
+                bytes: [r.u64()?, r.u64()?],
+                segment_len: r.u64()?,
             }),
             other => return Err(DecodeError::UnknownType(other)),
         };

@@ -141,3 +141,27 @@ fn nonblocking_and_closed_channels() {
     drop(a);
     assert!(matches!(b.recv_response(), Err(ChannelError::Closed)));
 }
+
+#[test]
+fn socket_addresses_convert_both_ways() {
+    let v6 = SockAddr::V6 { ip: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], port: 443, flowinfo: 0, scope_id: 0 };
+    for a in [LOCAL, v6] {
+        let (ss, len) = a.to_raw();
+        // SAFETY: `ss` holds `len` bytes.
+        assert_eq!(unsafe { SockAddr::from_raw((&raw const ss).cast(), len) }, Some(a));
+        // SAFETY: as above; a short length is refused.
+        assert_eq!(unsafe { SockAddr::from_raw((&raw const ss).cast(), len - 1) }, None);
+    }
+    // The kernel agrees: bind a real socket and read it back.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    // SAFETY: an all-zero sockaddr_storage is valid; getsockname fills it.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of_val(&ss) as libc::socklen_t;
+    // SAFETY: `ss` and `len` describe a writable buffer.
+    assert_eq!(unsafe { libc::getsockname(l.as_raw_fd(), (&raw mut ss).cast(), &mut len) }, 0);
+    // SAFETY: the kernel wrote `len` bytes.
+    let got = unsafe { SockAddr::from_raw((&raw const ss).cast(), len) };
+    assert_eq!(got, Some(SockAddr::V4 { ip: [127, 0, 0, 1], port }));
+    assert_eq!(got.unwrap().to_string(), format!("127.0.0.1:{port}"));
+}

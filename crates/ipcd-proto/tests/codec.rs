@@ -48,6 +48,8 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::ExecPrepare),
         any::<u64>().prop_map(|conn| Request::Reopen { conn }),
         Just(Request::Status),
+        any::<u64>().prop_map(|conn| Request::Accepted { conn }),
+        Just(Request::Stop),
     ]
 }
 
@@ -92,6 +94,18 @@ fn response() -> impl Strategy<Value = Response> {
             fallbacks_total: v[6],
             uptime_ms: v[7],
         })),
+        (any::<u32>(), addr(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(
+            |(pid, addr, backlog, pending, reuseport)| Response::ListenerEntry(ListenerStatus {
+                pid,
+                addr,
+                backlog,
+                pending,
+                reuseport
+            })
+        ),
+        (any::<u64>(), any::<[u32; 2]>(), addr(), addr(), any::<[u64; 3]>()).prop_map(|(conn, pids, a, b, n)| {
+            Response::ConnEntry(ConnStatus { conn, pids, addrs: [a, b], bytes: [n[0], n[1]], segment_len: n[2] })
+        }),
     ]
 }
 

@@ -257,6 +257,12 @@ impl Segment {
         woke_reader | woke_writer
     }
 
+    /// Bytes `side` has written so far (its ring's `tail`), for reports.
+    /// Read as published, not validated: never use it to index.
+    pub fn written(&self, side: Side) -> u64 {
+        self.control().rings[side.tx()].writer.0.tail.load(Ordering::Relaxed)
+    }
+
     /// Records one more process holding `side` (after fork). Returns the new count.
     pub fn add_holder(&self, side: Side) -> u32 {
         // Relaxed: the count decides only who closes last, published by the

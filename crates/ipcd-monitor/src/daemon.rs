@@ -1,0 +1,787 @@
+//! The monitor daemon: one thread, one epoll set holding the control
+//! listener, a signalfd for SIGTERM/SIGINT, and every client channel.
+//!
+//! It is on the control path only. A client that misbehaves (bad message,
+//! wrong fds, lying credentials, not reading its replies) is dropped alone,
+//! with a log line; its drop is handled exactly as its death.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use ipcd_proto::channel::{Channel, ChannelError, Fds, Listener as ChannelListener};
+use ipcd_proto::message::{ConnInfo, ConnStatus, ErrorCode, Fallback, ListenerStatus, Request, Response, Side, Status};
+use ipcd_proto::{Caps, SockAddr, PROTOCOL_VERSIONS};
+
+use crate::config::Config;
+use crate::local_addrs::LocalAddrs;
+use crate::log;
+use crate::log::Level;
+use crate::registry::{Listener, Registry};
+use crate::segment::{doorbell, ring, SharedSegment};
+
+const TOKEN_LISTENER: u64 = 0;
+const TOKEN_SIGNAL: u64 = 1;
+const FIRST_CLIENT: u64 = 2;
+
+/// Why the daemon could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A monitor already answers on this socket name.
+    AlreadyRunning(String),
+    /// A system call failed.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::AlreadyRunning(name) => {
+                write!(f, "a monitor already answers on @{name}; stop it with `ipcd stop` or pick another --socket")
+            }
+            StartError::Io(e) => write!(f, "cannot start the monitor: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<io::Error> for StartError {
+    fn from(e: io::Error) -> Self {
+        StartError::Io(e)
+    }
+}
+
+struct Client {
+    chan: Channel,
+    pid: u32,
+    uid: u32,
+    hello: bool,
+    exec_pending: bool,
+    holdings: Vec<(u64, Side)>,
+}
+
+/// A process that announced an exec and whose channel closed: its holdings
+/// wait for the new image (same pid) until `deadline`.
+struct Orphan {
+    token: u64,
+    pid: u32,
+    uid: u32,
+    holdings: Vec<(u64, Side)>,
+    deadline: Instant,
+}
+
+struct ConnRec {
+    seg: SharedSegment,
+    bells: [OwnedFd; 2],
+    info: [ConnInfo; 2],
+    holders: [Vec<u64>; 2],
+    gone: [bool; 2],
+    /// The listener whose accept queue this connection still sits in.
+    pending_in: Option<(u64, u64)>,
+}
+
+fn idx(side: Side) -> usize {
+    match side {
+        Side::A => 0,
+        Side::B => 1,
+    }
+}
+
+fn ring_side(side: Side) -> ipcd_ring::Side {
+    match side {
+        Side::A => ipcd_ring::Side::A,
+        Side::B => ipcd_ring::Side::B,
+    }
+}
+
+fn other(side: Side) -> Side {
+    match side {
+        Side::A => Side::B,
+        Side::B => Side::A,
+    }
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// The running monitor.
+pub struct Daemon {
+    cfg: Config,
+    listener: ChannelListener,
+    epoll: OwnedFd,
+    signals: OwnedFd,
+    clients: HashMap<u64, Client>,
+    next_token: u64,
+    registry: Registry,
+    conns: HashMap<u64, ConnRec>,
+    next_conn: u64,
+    orphans: Vec<Orphan>,
+    local: LocalAddrs,
+    started: Instant,
+    connects_total: u64,
+    fallbacks_total: u64,
+    uid: u32,
+    running: bool,
+    /// Clients to drop after the current event (with the reason).
+    doomed: Vec<(u64, String)>,
+}
+
+impl Daemon {
+    /// Binds the control socket and sets up the event loop. SIGTERM and
+    /// SIGINT stop it: their handler rings an eventfd in the epoll set.
+    /// (A signalfd in epoll was tried first; on this kernel a signal sent
+    /// while the loop slept in epoll_wait did not wake it.)
+    pub fn bind(cfg: Config) -> Result<Daemon, StartError> {
+        if Channel::connect_abstract(cfg.socket.as_bytes()).is_ok() {
+            return Err(StartError::AlreadyRunning(cfg.socket.clone()));
+        }
+        let listener = match ChannelListener::bind_abstract(cfg.socket.as_bytes()) {
+            Ok(l) => l,
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+                return Err(StartError::AlreadyRunning(cfg.socket.clone()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        listener.set_nonblocking(true)?;
+        // SAFETY: plain epoll creation.
+        let epoll = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
+        let signals = doorbell()?;
+        install_stop_handler(&signals)?;
+        let d = Daemon {
+            cfg,
+            listener,
+            epoll,
+            signals,
+            clients: HashMap::new(),
+            next_token: FIRST_CLIENT,
+            registry: Registry::default(),
+            conns: HashMap::new(),
+            next_conn: 1,
+            orphans: Vec::new(),
+            local: LocalAddrs::default(),
+            started: Instant::now(),
+            connects_total: 0,
+            fallbacks_total: 0,
+            // SAFETY: getuid cannot fail.
+            uid: unsafe { libc::getuid() },
+            running: true,
+            doomed: Vec::new(),
+        };
+        d.watch(d.listener.as_fd(), TOKEN_LISTENER)?;
+        d.watch(d.signals.as_fd(), TOKEN_SIGNAL)?;
+        Ok(d)
+    }
+
+    fn watch(&self, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
+        // SAFETY: adds an open fd to our epoll set.
+        cvt(unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd.as_raw_fd(), &mut ev) })?;
+        Ok(())
+    }
+
+    /// Serves until SIGTERM, SIGINT or a `Stop` request.
+    pub fn run(&mut self) -> io::Result<()> {
+        log!(Level::Info, "msg=\"monitor started\" socket=@{} poll={}", self.cfg.socket, self.cfg.poll);
+        if self.cfg.poll {
+            pin_to_last_cpu();
+        }
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
+        while self.running {
+            let timeout = if self.cfg.poll { 0 } else { 1000 };
+            // SAFETY: `events` has room for 64 entries.
+            let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 64, timeout) };
+            if STOP.load(std::sync::atomic::Ordering::Relaxed) {
+                log!(Level::Info, "msg=\"signal received, stopping\"");
+                self.running = false;
+                break;
+            }
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for ev in &events[..n as usize] {
+                match ev.u64 {
+                    TOKEN_LISTENER => self.accept_all(),
+                    TOKEN_SIGNAL => {}
+                    token => self.serve(token),
+                }
+                self.drop_doomed();
+            }
+            self.expire_orphans();
+            if self.cfg.poll && n == 0 {
+                std::hint::spin_loop();
+            }
+        }
+        log!(Level::Info, "msg=\"monitor stopped\" connections={} clients={}", self.conns.len(), self.clients.len());
+        Ok(())
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept(true) {
+                Ok(chan) => {
+                    let cred = match chan.peer_cred() {
+                        Ok(c) => c,
+                        Err(e) => {
+                            log!(Level::Warn, "msg=\"no peer credentials, refusing\" err=\"{e}\"");
+                            continue;
+                        }
+                    };
+                    let token = self.next_token;
+                    self.next_token += 1;
+                    if let Err(e) = self.watch(chan.as_fd(), token) {
+                        log!(Level::Error, "msg=\"epoll_ctl failed\" err=\"{e}\"");
+                        continue;
+                    }
+                    log!(Level::Debug, "msg=\"client connected\" client={token} pid={} uid={}", cred.pid, cred.uid);
+                    let client = Client {
+                        chan,
+                        pid: cred.pid,
+                        uid: cred.uid,
+                        hello: false,
+                        exec_pending: false,
+                        holdings: Vec::new(),
+                    };
+                    self.clients.insert(token, client);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log!(Level::Warn, "msg=\"accept failed\" err=\"{e}\"");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads every request a client has queued.
+    fn serve(&mut self, token: u64) {
+        // A bounded batch keeps one flooding client from starving the others.
+        for _ in 0..256 {
+            let Some(client) = self.clients.get(&token) else { return };
+            match client.chan.recv_request() {
+                Ok((seq, req, fds)) => {
+                    log!(Level::Debug, "msg=request client={token} seq={seq} req=\"{req:?}\"");
+                    self.handle(token, seq, req, fds);
+                    if self.doomed.iter().any(|(t, _)| *t == token) {
+                        return;
+                    }
+                }
+                Err(e) if e.is_would_block() => return,
+                // A reset is how a process that exits with requests unread
+                // looks: a close like any other.
+                Err(ChannelError::Closed) => {
+                    self.doom(token, "channel closed".into());
+                    return;
+                }
+                Err(ChannelError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {
+                    self.doom(token, "channel closed".into());
+                    return;
+                }
+                Err(e) => {
+                    self.doom(token, format!("bad input: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn doom(&mut self, token: u64, why: String) {
+        if !self.doomed.iter().any(|(t, _)| *t == token) {
+            self.doomed.push((token, why));
+        }
+    }
+
+    fn reply(&mut self, token: u64, seq: u32, resp: &Response, fds: &[BorrowedFd<'_>]) {
+        let Some(client) = self.clients.get(&token) else { return };
+        if let Err(e) = client.chan.send_response(seq, resp, fds) {
+            // A client that does not read its replies is not served on.
+            self.doom(token, format!("cannot reply: {e}"));
+        }
+    }
+
+    fn fail(&mut self, token: u64, seq: u32, code: ErrorCode) {
+        self.reply(token, seq, &Response::Error { code }, &[]);
+    }
+
+    fn handle(&mut self, token: u64, seq: u32, req: Request, fds: Fds) {
+        let (pid, uid, hello) = match self.clients.get(&token) {
+            Some(c) => (c.pid, c.uid, c.hello),
+            None => return,
+        };
+        if !hello && !matches!(req, Request::Hello { .. }) {
+            self.fail(token, seq, ErrorCode::NotRegistered);
+            self.doom(token, "request before hello".into());
+            return;
+        }
+        match req {
+            Request::Hello { version_min, version_max, pid: claimed_pid, uid: claimed_uid, caps } => {
+                if hello {
+                    self.fail(token, seq, ErrorCode::NotRegistered);
+                    self.doom(token, "second hello".into());
+                    return;
+                }
+                if claimed_pid != pid || claimed_uid != uid {
+                    self.fail(token, seq, ErrorCode::BadRequest);
+                    self.doom(
+                        token,
+                        format!("hello claims pid {claimed_pid} uid {claimed_uid}, kernel says {pid} {uid}"),
+                    );
+                    return;
+                }
+                let version = (version_min.max(*PROTOCOL_VERSIONS.start())..=version_max.min(*PROTOCOL_VERSIONS.end()))
+                    .next_back();
+                let Some(version) = version else {
+                    self.fail(token, seq, ErrorCode::VersionMismatch);
+                    self.doom(token, format!("no common version in {version_min}..={version_max}"));
+                    return;
+                };
+                if let Some(c) = self.clients.get_mut(&token) {
+                    c.hello = true;
+                }
+                self.adopt_orphans(token, pid, uid);
+                log!(Level::Debug, "msg=\"process registered\" client={token} pid={pid} uid={uid} caps={caps:?}");
+                let welcome = Response::Welcome {
+                    version,
+                    monitor_pid: std::process::id(),
+                    caps: Caps::FORK | Caps::EXEC,
+                    ring_bytes: self.cfg.ring_bytes,
+                };
+                self.reply(token, seq, &welcome, &[]);
+            }
+            Request::Listen { listener, addr, backlog, flags } => {
+                let fds = fds.into_vec();
+                if let Err(why) = verify_listening_socket(&fds[0], &addr) {
+                    log!(Level::Warn, "msg=\"listen refused\" client={token} pid={pid} addr={addr} why=\"{why}\"");
+                    self.fail(token, seq, ErrorCode::NotOwner);
+                    return;
+                }
+                let entry = Listener { owner: token, id: listener, pid, uid, addr, backlog, flags, pending: 0 };
+                for stale in self.registry.add(entry) {
+                    log!(Level::Info, "msg=\"stale listener replaced\" addr={addr} old_pid={}", stale.pid);
+                }
+                log!(Level::Info, "msg=listening client={token} pid={pid} addr={addr} backlog={backlog}");
+                self.reply(token, seq, &Response::Ok, &[]);
+            }
+            Request::Unlisten { listener } => {
+                if self.registry.remove(token, listener) {
+                    self.reply(token, seq, &Response::Ok, &[]);
+                } else {
+                    self.fail(token, seq, ErrorCode::NoSuchListener);
+                }
+            }
+            Request::Connect { dest, source, .. } => self.broker(token, seq, pid, uid, dest, source),
+            Request::Accepted { conn } => {
+                if let Some(rec) = self.conns.get_mut(&conn) {
+                    if rec.holders[1].contains(&token) {
+                        if let Some((owner, id)) = rec.pending_in.take() {
+                            if let Some(l) = self.registry.get_mut(owner, id) {
+                                l.pending = l.pending.saturating_sub(1);
+                            }
+                        }
+                    }
+                }
+            }
+            Request::Shutdown { .. } => {}
+            Request::Close { conn } => {
+                let side = self.clients.get(&token).and_then(|c| c.holdings.iter().find(|h| h.0 == conn).map(|h| h.1));
+                match side {
+                    Some(side) => {
+                        if let Some(c) = self.clients.get_mut(&token) {
+                            c.holdings.retain(|h| *h != (conn, side));
+                        }
+                        self.release(token, conn, side, false);
+                    }
+                    None => log!(Level::Warn, "msg=\"close of a connection not held\" client={token} conn={conn}"),
+                }
+            }
+            Request::Forked { parent_pid } => self.forked(token, seq, pid, uid, parent_pid),
+            Request::ExecPrepare => {
+                if let Some(c) = self.clients.get_mut(&token) {
+                    c.exec_pending = true;
+                }
+            }
+            Request::Reopen { conn } => {
+                let side = self.clients.get(&token).and_then(|c| c.holdings.iter().find(|h| h.0 == conn).map(|h| h.1));
+                match (side, self.conns.get(&conn)) {
+                    (Some(side), Some(rec)) => {
+                        let resp = Response::Reopened(rec.info[idx(side)]);
+                        let fds = [rec.seg.fd(), rec.bells[idx(side)].as_fd(), rec.bells[idx(other(side))].as_fd()];
+                        let Some(client) = self.clients.get(&token) else { return };
+                        if let Err(e) = client.chan.send_response(seq, &resp, &fds) {
+                            self.doom(token, format!("cannot reply: {e}"));
+                        }
+                    }
+                    _ => self.fail(token, seq, ErrorCode::NoSuchConnection),
+                }
+            }
+            Request::Status => self.status(token, seq),
+            Request::Stop => {
+                if uid == self.uid || uid == 0 {
+                    log!(Level::Info, "msg=\"stop requested\" pid={pid}");
+                    self.reply(token, seq, &Response::Ok, &[]);
+                    self.running = false;
+                } else {
+                    self.fail(token, seq, ErrorCode::NotOwner);
+                }
+            }
+        }
+    }
+
+    fn broker(&mut self, token: u64, seq: u32, pid: u32, uid: u32, dest: SockAddr, source: Option<SockAddr>) {
+        let local = &mut self.local;
+        let found = self.registry.lookup(&dest, |ip| local.is_local(ip)).map(|l| l.clone());
+        let fallback = match &found {
+            None => Some(Fallback::NoListener),
+            Some(l) if l.uid != uid && !self.cfg.cross_uid => Some(Fallback::OtherUser),
+            Some(l) if l.pending >= l.backlog.max(1) => Some(Fallback::BacklogFull),
+            Some(_) => None,
+        };
+        if let Some(reason) = fallback {
+            self.fallbacks_total += 1;
+            log!(Level::Debug, "msg=\"use kernel\" pid={pid} dest={dest} reason={reason:?}");
+            self.reply(token, seq, &Response::UseKernel { reason }, &[]);
+            return;
+        }
+        let l = found.expect("checked above");
+        let conn = self.next_conn;
+        let made = SharedSegment::create(conn, self.cfg.ring_bytes).and_then(|s| Ok((s, [doorbell()?, doorbell()?])));
+        let (seg, bells) = match made {
+            Ok(m) => m,
+            Err(e) => {
+                log!(Level::Error, "msg=\"cannot create segment\" err=\"{e}\"");
+                self.fallbacks_total += 1;
+                self.reply(token, seq, &Response::UseKernel { reason: Fallback::NoMemory }, &[]);
+                return;
+            }
+        };
+        self.next_conn += 1;
+        let a_addr = source.unwrap_or(match dest {
+            SockAddr::V4 { ip, .. } => SockAddr::V4 { ip, port: 0 },
+            SockAddr::V6 { ip, .. } => SockAddr::V6 { ip, port: 0, flowinfo: 0, scope_id: 0 },
+        });
+        let segment_len = seg.len() as u64;
+        let info_a = ConnInfo { conn, side: Side::A, local: a_addr, peer: dest, segment_len };
+        let info_b = ConnInfo { conn, side: Side::B, local: dest, peer: a_addr, segment_len };
+        // The listener first: if it cannot take the connection, the
+        // connector still gets the kernel's answer.
+        let incoming = Response::Incoming { listener: l.id, info: info_b };
+        let sent = match self.clients.get(&l.owner) {
+            Some(owner) => owner.chan.send_response(0, &incoming, &[seg.fd(), bells[1].as_fd(), bells[0].as_fd()]),
+            None => Err(ChannelError::Closed),
+        };
+        if let Err(e) = sent {
+            log!(Level::Warn, "msg=\"listener cannot take a connection\" pid={} err=\"{e}\"", l.pid);
+            if !e.is_would_block() {
+                self.doom(l.owner, format!("cannot deliver: {e}"));
+            }
+            self.fallbacks_total += 1;
+            self.reply(token, seq, &Response::UseKernel { reason: Fallback::BacklogFull }, &[]);
+            return;
+        }
+        if let Some(entry) = self.registry.get_mut(l.owner, l.id) {
+            entry.pending += 1;
+        }
+        let connected = Response::Connected(info_a);
+        self.reply(token, seq, &connected, &[seg.fd(), bells[0].as_fd(), bells[1].as_fd()]);
+        self.connects_total += 1;
+        log!(Level::Debug, "msg=brokered conn={conn} from_pid={pid} to_pid={} dest={dest}", l.pid);
+        for (t, side) in [(token, Side::A), (l.owner, Side::B)] {
+            if let Some(c) = self.clients.get_mut(&t) {
+                c.holdings.push((conn, side));
+            }
+        }
+        let rec = ConnRec {
+            seg,
+            bells,
+            info: [info_a, info_b],
+            holders: [vec![token], vec![l.owner]],
+            gone: [false; 2],
+            pending_in: Some((l.owner, l.id)),
+        };
+        self.conns.insert(conn, rec);
+    }
+
+    /// `token` lets go of its hold on `side` of `conn`. When the last holder
+    /// of a side goes without closing (`died`), the monitor closes the end
+    /// in the ring the way the kernel closes a dead process's socket, and
+    /// tells the peer.
+    fn release(&mut self, token: u64, conn: u64, side: Side, died: bool) {
+        let Some(rec) = self.conns.get_mut(&conn) else { return };
+        let i = idx(side);
+        rec.holders[i].retain(|&t| t != token);
+        if !rec.holders[i].is_empty() || rec.gone[i] {
+            return;
+        }
+        rec.gone[i] = true;
+        if side == Side::B {
+            if let Some((owner, id)) = rec.pending_in.take() {
+                if let Some(l) = self.registry.get_mut(owner, id) {
+                    l.pending = l.pending.saturating_sub(1);
+                }
+            }
+        }
+        if died {
+            end_gone(&rec.seg, side);
+            ring(rec.bells[idx(other(side))].as_fd());
+            let peers = rec.holders[idx(other(side))].clone();
+            for p in peers {
+                if let Some(c) = self.clients.get(&p) {
+                    let _ = c.chan.send_response(0, &Response::PeerGone { conn }, &[]);
+                }
+            }
+        }
+        if rec.gone == [true, true] {
+            self.conns.remove(&conn);
+            log!(Level::Debug, "msg=\"connection freed\" conn={conn}");
+        }
+    }
+
+    fn forked(&mut self, token: u64, seq: u32, pid: u32, uid: u32, parent_pid: u32) {
+        if parent_of(pid) != Some(parent_pid) {
+            self.fail(token, seq, ErrorCode::NotOwner);
+            return;
+        }
+        let parent = self
+            .clients
+            .iter()
+            .find(|(&t, c)| t != token && c.pid == parent_pid && c.uid == uid)
+            .map(|(_, c)| c.holdings.clone());
+        let Some(holdings) = parent else {
+            self.fail(token, seq, ErrorCode::NotOwner);
+            return;
+        };
+        for &(conn, side) in &holdings {
+            if let Some(rec) = self.conns.get_mut(&conn) {
+                rec.holders[idx(side)].push(token);
+            }
+        }
+        if let Some(c) = self.clients.get_mut(&token) {
+            c.holdings.extend(holdings);
+        }
+        self.reply(token, seq, &Response::Ok, &[]);
+    }
+
+    fn adopt_orphans(&mut self, token: u64, pid: u32, uid: u32) {
+        let (mine, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.orphans).into_iter().partition(|o| o.pid == pid && o.uid == uid);
+        self.orphans = rest;
+        for o in mine {
+            for &(conn, side) in &o.holdings {
+                if let Some(rec) = self.conns.get_mut(&conn) {
+                    for h in rec.holders[idx(side)].iter_mut().filter(|h| **h == o.token) {
+                        *h = token;
+                    }
+                }
+            }
+            log!(Level::Info, "msg=\"exec'd process re-registered\" pid={pid} connections={}", o.holdings.len());
+            if let Some(c) = self.clients.get_mut(&token) {
+                c.holdings.extend(o.holdings);
+            }
+        }
+    }
+
+    fn expire_orphans(&mut self) {
+        let now = Instant::now();
+        let (expired, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.orphans).into_iter().partition(|o| o.deadline <= now);
+        self.orphans = rest;
+        for o in expired {
+            log!(Level::Info, "msg=\"exec'd process did not come back\" pid={}", o.pid);
+            for (conn, side) in o.holdings {
+                self.release(o.token, conn, side, true);
+            }
+        }
+    }
+
+    fn drop_doomed(&mut self) {
+        while let Some((token, why)) = self.doomed.pop() {
+            let Some(client) = self.clients.remove(&token) else { continue };
+            // SAFETY: removes an fd we added; a null event is allowed for DEL.
+            unsafe {
+                libc::epoll_ctl(
+                    self.epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_DEL,
+                    client.chan.as_fd().as_raw_fd(),
+                    std::ptr::null_mut(),
+                )
+            };
+            let listeners = self.registry.remove_owner(token);
+            let level = if why == "channel closed" { Level::Debug } else { Level::Warn };
+            log!(
+                level,
+                "msg=\"client dropped\" client={token} pid={} why=\"{why}\" listeners={listeners} connections={}",
+                client.pid,
+                client.holdings.len()
+            );
+            if client.exec_pending && why == "channel closed" {
+                self.orphans.push(Orphan {
+                    token,
+                    pid: client.pid,
+                    uid: client.uid,
+                    holdings: client.holdings,
+                    deadline: Instant::now() + Duration::from_secs(self.cfg.exec_grace_secs),
+                });
+                continue;
+            }
+            for (conn, side) in client.holdings {
+                self.release(token, conn, side, true);
+            }
+        }
+    }
+
+    fn status(&mut self, token: u64, seq: u32) {
+        let status = Status {
+            monitor_pid: std::process::id(),
+            processes: self.clients.values().filter(|c| c.hello).count() as u32,
+            listeners: self.registry.len() as u32,
+            connections: self.conns.len() as u32,
+            segment_bytes: self.conns.values().map(|c| c.seg.len() as u64).sum(),
+            connects_total: self.connects_total,
+            fallbacks_total: self.fallbacks_total,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+        };
+        let mut out = vec![Response::Status(status)];
+        out.extend(self.registry.iter().map(|l| {
+            Response::ListenerEntry(ListenerStatus {
+                pid: l.pid,
+                addr: l.addr,
+                backlog: l.backlog,
+                pending: l.pending,
+                reuseport: l.flags.contains(ipcd_proto::ListenFlags::REUSEPORT),
+            })
+        }));
+        let pid_of = |t: Option<&u64>| t.and_then(|t| self.clients.get(t)).map_or(0, |c| c.pid);
+        let mut conns: Vec<_> = self.conns.iter().collect();
+        conns.sort_by_key(|(id, _)| **id);
+        out.extend(conns.into_iter().map(|(&conn, rec)| {
+            Response::ConnEntry(ConnStatus {
+                conn,
+                pids: [pid_of(rec.holders[0].first()), pid_of(rec.holders[1].first())],
+                addrs: [rec.info[0].local, rec.info[1].local],
+                bytes: [rec.seg.view().written(ipcd_ring::Side::A), rec.seg.view().written(ipcd_ring::Side::B)],
+                segment_len: rec.seg.len() as u64,
+            })
+        }));
+        out.push(Response::Ok);
+        for resp in out {
+            self.reply(token, seq, &resp, &[]);
+        }
+    }
+}
+
+/// Closes a dead process's end as the kernel closes its socket: a reset if
+/// it left bytes unread, else a FIN; on a corrupt ring, a reset.
+fn end_gone(seg: &SharedSegment, side: Side) {
+    let view = seg.view();
+    let s = ring_side(side);
+    let unread = view.consumer(s).and_then(|mut c| c.readable()).map_or(true, |n| n > 0);
+    if unread {
+        let _ = view.mark_gone(s);
+        return;
+    }
+    match (view.producer(s), view.consumer(s)) {
+        (Ok(mut p), Ok(mut c)) => {
+            let _ = p.close();
+            let _ = c.close();
+        }
+        _ => {
+            let _ = view.mark_gone(s);
+        }
+    }
+}
+
+/// The parent pid of `pid`, from /proc.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: skip past the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Proves the passed fd is a listening TCP socket bound to `claimed`.
+fn verify_listening_socket(fd: &OwnedFd, claimed: &SockAddr) -> Result<(), &'static str> {
+    let opt = |level, name| -> Result<libc::c_int, &'static str> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `v`/`len` describe a writable int.
+        let r = unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, (&raw mut v).cast(), &mut len) };
+        if r < 0 {
+            Err("not a socket")
+        } else {
+            Ok(v)
+        }
+    };
+    if opt(libc::SOL_SOCKET, libc::SO_TYPE)? != libc::SOCK_STREAM
+        || opt(libc::SOL_SOCKET, libc::SO_PROTOCOL)? != libc::IPPROTO_TCP
+    {
+        return Err("not a TCP socket");
+    }
+    if opt(libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 1 {
+        return Err("not listening");
+    }
+    // SAFETY: an all-zero sockaddr_storage is valid; getsockname fills it.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of_val(&ss) as libc::socklen_t;
+    // SAFETY: `ss`/`len` describe a writable buffer.
+    if unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut ss).cast(), &mut len) } < 0 {
+        return Err("getsockname failed");
+    }
+    // SAFETY: the kernel wrote `len` bytes into `ss`.
+    let bound = unsafe { SockAddr::from_raw((&raw const ss).cast(), len) }.ok_or("not an inet socket")?;
+    let same = match (bound, *claimed) {
+        (SockAddr::V4 { ip: a, port: p }, SockAddr::V4 { ip: b, port: q }) => a == b && p == q,
+        (SockAddr::V6 { ip: a, port: p, .. }, SockAddr::V6 { ip: b, port: q, .. }) => a == b && p == q,
+        _ => false,
+    };
+    if same {
+        Ok(())
+    } else {
+        Err("bound elsewhere")
+    }
+}
+
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static STOP_BELL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    // Async-signal-safe only: an atomic store and a write(2).
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+    let fd = STOP_BELL.load(std::sync::atomic::Ordering::Relaxed);
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64 to the eventfd (or fails harmlessly).
+    let _ = unsafe { libc::write(fd, (&raw const one).cast(), 8) };
+}
+
+fn install_stop_handler(bell: &OwnedFd) -> io::Result<()> {
+    STOP_BELL.store(bell.as_raw_fd(), std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: installs a handler that only touches atomics and write(2).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_stop_signal as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        for sig in [libc::SIGTERM, libc::SIGINT] {
+            cvt(libc::sigaction(sig, &sa, std::ptr::null_mut()))?;
+        }
+    }
+    Ok(())
+}
+
+fn pin_to_last_cpu() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: cpu_set_t is plain data; pins this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpus - 1, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}

@@ -1,0 +1,256 @@
+//! The ipcd listeners of this monitor and how a connect's destination finds
+//! one, the way the kernel's socket lookup would: an exact address beats a
+//! wildcard of the same family, which beats a dual-stack `::` listener;
+//! IPv4-mapped IPv6 addresses count as IPv4; wildcards match only this
+//! host's own addresses; an `SO_REUSEPORT` group takes turns.
+
+use std::net::IpAddr;
+
+use ipcd_proto::{ListenFlags, SockAddr};
+
+/// One registered listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// The client (control channel) that registered it.
+    pub owner: u64,
+    /// The client's id for it.
+    pub id: u64,
+    /// Owning process and user.
+    pub pid: u32,
+    /// Owning user.
+    pub uid: u32,
+    /// Bound address as the kernel reported it.
+    pub addr: SockAddr,
+    /// `listen` backlog.
+    pub backlog: u32,
+    /// Port-sharing options.
+    pub flags: ListenFlags,
+    /// Brokered connections not yet accepted.
+    pub pending: u32,
+}
+
+/// All listeners.
+#[derive(Debug, Default)]
+pub struct Registry {
+    entries: Vec<Listener>,
+    turn: usize,
+}
+
+/// An address reduced to what matching needs: mapped IPv6 is IPv4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ip {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+fn norm(a: &SockAddr) -> Ip {
+    match *a {
+        SockAddr::V4 { ip, .. } => Ip::V4(ip),
+        SockAddr::V6 { ip, .. } => match IpAddr::from(ip) {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Ip::V4(v4.octets()),
+                None => Ip::V6(ip),
+            },
+            IpAddr::V4(_) => unreachable!("from [u8; 16] is always V6"),
+        },
+    }
+}
+
+impl Ip {
+    fn unspecified(self) -> bool {
+        match self {
+            Ip::V4(ip) => ip == [0; 4],
+            Ip::V6(ip) => ip == [0; 16],
+        }
+    }
+    fn to_std(self) -> IpAddr {
+        match self {
+            Ip::V4(ip) => IpAddr::from(ip),
+            Ip::V6(ip) => IpAddr::from(ip),
+        }
+    }
+}
+
+/// How well listener address `l` matches destination `d` (0: not at all).
+fn score(l: &Listener, d: Ip, is_local: &mut impl FnMut(IpAddr) -> bool) -> u8 {
+    let la = norm(&l.addr);
+    let v6_wild = matches!(l.addr, SockAddr::V6 { ip, .. } if ip == [0; 16]);
+    match (la, d) {
+        _ if la == d => 4,
+        (Ip::V4(_), Ip::V4(_)) | (Ip::V6(_), Ip::V6(_)) if la.unspecified() && is_local(d.to_std()) => 2,
+        (Ip::V6(_), Ip::V4(_)) if v6_wild && !l.flags.contains(ListenFlags::V6ONLY) && is_local(d.to_std()) => 1,
+        _ => 0,
+    }
+}
+
+impl Registry {
+    /// Registers a listener whose ownership was already proven. A listener
+    /// at the same address that is not in a reuseport group with it is
+    /// stale (the kernel let the new one bind, so the old one is gone) and
+    /// is replaced; the replaced entries are returned.
+    pub fn add(&mut self, l: Listener) -> Vec<Listener> {
+        let group = |a: &Listener| {
+            a.flags.contains(ListenFlags::REUSEPORT) && l.flags.contains(ListenFlags::REUSEPORT) && a.uid == l.uid
+        };
+        let (stale, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.entries).into_iter().partition(|a| a.addr == l.addr && !group(a));
+        self.entries = keep;
+        self.entries.push(l);
+        stale
+    }
+
+    /// Removes one listener; returns whether it existed.
+    pub fn remove(&mut self, owner: u64, id: u64) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|l| !(l.owner == owner && l.id == id));
+        self.entries.len() != before
+    }
+
+    /// Removes every listener of a client; returns how many.
+    pub fn remove_owner(&mut self, owner: u64) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|l| l.owner != owner);
+        before - self.entries.len()
+    }
+
+    /// The listener a connect to `dest` reaches, if any.
+    pub fn lookup(&mut self, dest: &SockAddr, mut is_local: impl FnMut(IpAddr) -> bool) -> Option<&mut Listener> {
+        let d = norm(dest);
+        let port = dest.port();
+        let mut best = 0;
+        let mut group: Vec<usize> = Vec::new();
+        for (i, l) in self.entries.iter().enumerate() {
+            if l.addr.port() != port {
+                continue;
+            }
+            let s = score(l, d, &mut is_local);
+            if s > best {
+                best = s;
+                group.clear();
+            }
+            if s == best && s > 0 && group.first().is_none_or(|&g| self.entries[g].addr == l.addr) {
+                group.push(i);
+            }
+        }
+        if group.is_empty() {
+            return None;
+        }
+        self.turn = self.turn.wrapping_add(1);
+        let pick = group[self.turn % group.len()];
+        self.entries.get_mut(pick)
+    }
+
+    /// The listener registered by `owner` under `id`.
+    pub fn get_mut(&mut self, owner: u64, id: u64) -> Option<&mut Listener> {
+        self.entries.iter_mut().find(|l| l.owner == owner && l.id == id)
+    }
+
+    /// Every listener.
+    pub fn iter(&self) -> impl Iterator<Item = &Listener> {
+        self.entries.iter()
+    }
+
+    /// Number of listeners.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// No listeners.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(ip: [u8; 4], port: u16) -> SockAddr {
+        SockAddr::V4 { ip, port }
+    }
+    fn v6(ip: [u8; 16], port: u16) -> SockAddr {
+        SockAddr::V6 { ip, port, flowinfo: 0, scope_id: 0 }
+    }
+    fn mapped(ip: [u8; 4]) -> [u8; 16] {
+        let mut m = [0u8; 16];
+        m[10] = 0xff;
+        m[11] = 0xff;
+        m[12..].copy_from_slice(&ip);
+        m
+    }
+    const LOOP6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    const HOST: [u8; 4] = [10, 1, 2, 3];
+
+    fn listener(owner: u64, addr: SockAddr, flags: ListenFlags) -> Listener {
+        Listener { owner, id: owner, pid: owner as u32, uid: 1000, addr, backlog: 16, flags, pending: 0 }
+    }
+
+    fn local(ip: IpAddr) -> bool {
+        ip.is_loopback() || ip == IpAddr::from(HOST)
+    }
+
+    fn owner_for(r: &mut Registry, dest: SockAddr) -> Option<u64> {
+        r.lookup(&dest, local).map(|l| l.owner)
+    }
+
+    #[test]
+    fn exact_beats_wildcard_and_ports_must_match() {
+        let mut r = Registry::default();
+        r.add(listener(1, v4([0, 0, 0, 0], 80), ListenFlags::empty()));
+        r.add(listener(2, v4([127, 0, 0, 1], 80), ListenFlags::empty()));
+        assert_eq!(owner_for(&mut r, v4([127, 0, 0, 1], 80)), Some(2));
+        assert_eq!(owner_for(&mut r, v4([127, 0, 0, 2], 80)), Some(1));
+        assert_eq!(owner_for(&mut r, v4(HOST, 80)), Some(1));
+        assert_eq!(owner_for(&mut r, v4([0, 0, 0, 0], 80)), Some(1), "connect to 0.0.0.0 is local");
+        assert_eq!(owner_for(&mut r, v4([8, 8, 8, 8], 80)), None, "not this host");
+        assert_eq!(owner_for(&mut r, v4([127, 0, 0, 1], 81)), None);
+    }
+
+    #[test]
+    fn mapped_addresses_are_ipv4() {
+        let mut r = Registry::default();
+        r.add(listener(1, v4([127, 0, 0, 1], 80), ListenFlags::empty()));
+        assert_eq!(owner_for(&mut r, v6(mapped([127, 0, 0, 1]), 80)), Some(1));
+        let mut r = Registry::default();
+        r.add(listener(1, v6(mapped([127, 0, 0, 1]), 80), ListenFlags::empty()));
+        assert_eq!(owner_for(&mut r, v4([127, 0, 0, 1], 80)), Some(1));
+    }
+
+    #[test]
+    fn dual_stack_wildcard_takes_ipv4_unless_v6only() {
+        let mut r = Registry::default();
+        r.add(listener(1, v6([0; 16], 80), ListenFlags::empty()));
+        assert_eq!(owner_for(&mut r, v4([127, 0, 0, 1], 80)), Some(1));
+        assert_eq!(owner_for(&mut r, v6(LOOP6, 80)), Some(1));
+        // An IPv4 wildcard on the same port is preferred for IPv4.
+        r.add(listener(2, v4([0, 0, 0, 0], 80), ListenFlags::empty()));
+        assert_eq!(owner_for(&mut r, v4([127, 0, 0, 1], 80)), Some(2));
+        assert_eq!(owner_for(&mut r, v6(LOOP6, 80)), Some(1));
+        let mut r = Registry::default();
+        r.add(listener(1, v6([0; 16], 80), ListenFlags::V6ONLY));
+        assert_eq!(owner_for(&mut r, v4([127, 0, 0, 1], 80)), None);
+        // An IPv4 listener never takes IPv6.
+        let mut r = Registry::default();
+        r.add(listener(1, v4([0; 4], 80), ListenFlags::empty()));
+        assert_eq!(owner_for(&mut r, v6(LOOP6, 80)), None);
+    }
+
+    #[test]
+    fn reuseport_groups_take_turns_and_others_replace() {
+        let mut r = Registry::default();
+        let a = v4([127, 0, 0, 1], 80);
+        r.add(listener(1, a, ListenFlags::REUSEPORT));
+        r.add(listener(2, a, ListenFlags::REUSEPORT));
+        r.add(listener(3, a, ListenFlags::REUSEPORT));
+        let mut seen: Vec<u64> = (0..6).filter_map(|_| owner_for(&mut r, a)).collect();
+        seen.sort();
+        assert_eq!(seen, [1, 1, 2, 2, 3, 3], "each member gets its turn");
+        // A member of another user cannot join: the old group is stale.
+        let mut other = listener(4, a, ListenFlags::REUSEPORT);
+        other.uid = 1001;
+        assert_eq!(r.add(other).len(), 3);
+        assert_eq!(owner_for(&mut r, a), Some(4));
+        assert_eq!(r.remove_owner(4), 1);
+        assert!(r.is_empty());
+    }
+}

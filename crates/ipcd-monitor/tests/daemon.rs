@@ -1,0 +1,477 @@
+//! A real monitor process driven by test clients through ipcd-proto's
+//! channel: brokering, address matching, ownership proofs, bad clients,
+//! dying clients, other users and network namespaces.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ipcd_monitor::client::MonitorClient;
+use ipcd_proto::channel::Channel;
+use ipcd_proto::message::{ErrorCode, Fallback, Request, Response, Side};
+use ipcd_proto::{ListenFlags, SockAddr};
+use ipcd_ring::{PeerState, Segment};
+use memmap2::MmapMut;
+
+const IPCD: &str = env!("CARGO_BIN_EXE_ipcd");
+
+/// A monitor on a socket name of its own, stopped on drop.
+struct Monitor {
+    child: Child,
+    socket: String,
+}
+
+impl Monitor {
+    fn start() -> Monitor {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let socket = format!("ipcd-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        Monitor::start_with(Command::new(IPCD), socket)
+    }
+
+    fn start_with(mut cmd: Command, socket: String) -> Monitor {
+        // SAFETY: prctl in the child before exec: if the test process dies
+        // (a crash skips Drop), the monitor goes with it instead of holding
+        // the test runner's output pipes open.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .args(["daemon", "--socket", &socket, "--ring-bytes", "4096"])
+            .env("IPCD_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn ipcd daemon");
+        let m = Monitor { child, socket };
+        m.wait_ready();
+        m
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Channel::connect_abstract(self.socket.as_bytes()).is_err() {
+            assert!(Instant::now() < deadline, "monitor did not come up");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn client(&self) -> MonitorClient {
+        MonitorClient::connect(&self.socket).expect("register with the monitor")
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("the monitor ignored SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+fn sockaddr(a: SocketAddr) -> SockAddr {
+    match a {
+        SocketAddr::V4(a) => SockAddr::V4 { ip: a.ip().octets(), port: a.port() },
+        SocketAddr::V6(a) => SockAddr::V6 { ip: a.ip().octets(), port: a.port(), flowinfo: 0, scope_id: 0 },
+    }
+}
+
+/// A kernel listener with options, returned as an fd and its address.
+fn tcp_listener(addr: &str, reuseport: bool) -> (OwnedFd, SockAddr) {
+    let sa: SocketAddr = addr.parse().unwrap();
+    let family = if sa.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket calls on a fresh fd with valid buffers.
+    unsafe {
+        let fd = OwnedFd::from_raw_fd(libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0));
+        let one: libc::c_int = 1;
+        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        if reuseport {
+            libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, (&raw const one).cast(), len);
+        }
+        let (ss, slen) = sockaddr(sa).to_raw();
+        assert_eq!(libc::bind(fd.as_raw_fd(), (&raw const ss).cast(), slen), 0, "bind {addr}");
+        assert_eq!(libc::listen(fd.as_raw_fd(), 16), 0);
+        let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+        let mut slen = std::mem::size_of_val(&ss) as libc::socklen_t;
+        libc::getsockname(fd.as_raw_fd(), (&raw mut ss).cast(), &mut slen);
+        (fd, SockAddr::from_raw((&raw const ss).cast(), slen).unwrap())
+    }
+}
+
+fn listen(c: &mut MonitorClient, id: u64, fd: &OwnedFd, addr: SockAddr, flags: ListenFlags) -> Response {
+    c.call(&Request::Listen { listener: id, addr, backlog: 16, flags }, &[fd.as_fd()]).unwrap().0
+}
+
+fn connect(c: &mut MonitorClient, dest: SockAddr) -> (Response, Vec<OwnedFd>) {
+    let (r, fds) = c.call(&Request::Connect { dest, source: None, nonblocking: false }, &[]).unwrap();
+    (r, fds.into_vec())
+}
+
+/// The next event (seq 0) on a client's channel, waiting up to 5 s.
+fn next_event(c: &MonitorClient) -> (Response, Vec<OwnedFd>) {
+    let ch = c.channel();
+    ch.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match ch.recv_response() {
+            Ok((0, r, fds)) => {
+                ch.set_nonblocking(false).unwrap();
+                return (r, fds.into_vec());
+            }
+            Ok(other) => panic!("unexpected reply {other:?}"),
+            Err(e) if e.is_would_block() && Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) => panic!("no event: {e}"),
+        }
+    }
+}
+
+/// A mapped segment received from the monitor.
+struct Mapped {
+    _map: MmapMut,
+    seg: Segment,
+}
+
+fn map(fd: &OwnedFd) -> Mapped {
+    let file = std::fs::File::from(fd.try_clone().unwrap());
+    // SAFETY: a sealed memfd the monitor made; mapped shared.
+    let mut map = unsafe { MmapMut::map_mut(&file).unwrap() };
+    let base = NonNull::new(map.as_mut_ptr()).unwrap();
+    // SAFETY: the mapping lives in `Mapped` with the view.
+    let seg = unsafe { Segment::attach(base, map.len()) }.unwrap();
+    Mapped { _map: map, seg }
+}
+
+fn bell_count(fd: &OwnedFd) -> u64 {
+    let mut v = 0u64;
+    // SAFETY: reads 8 bytes from a non-blocking eventfd.
+    let n = unsafe { libc::read(fd.as_raw_fd(), (&raw mut v).cast(), 8) };
+    if n == 8 {
+        v
+    } else {
+        0
+    }
+}
+
+#[test]
+fn a_connect_is_brokered_with_a_working_segment_and_doorbells() {
+    let m = Monitor::start();
+    let mut server = m.client();
+    let mut client = m.client();
+    let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
+    assert_eq!(listen(&mut server, 7, &lfd, addr, ListenFlags::empty()), Response::Ok);
+
+    let (resp, cfds) = connect(&mut client, addr);
+    let Response::Connected(cinfo) = resp else { panic!("expected Connected, got {resp:?}") };
+    assert_eq!((cinfo.side, cinfo.peer, cfds.len()), (Side::A, addr, 3));
+    let (event, sfds) = next_event(&server);
+    let Response::Incoming { listener: 7, info: sinfo } = event else { panic!("expected Incoming, got {event:?}") };
+    assert_eq!((sinfo.conn, sinfo.side, sinfo.local, sfds.len()), (cinfo.conn, Side::B, addr, 3));
+
+    // Both ends map the same segment: bytes written by A arrive at B.
+    let (a, b) = (map(&cfds[0]), map(&sfds[0]));
+    assert_eq!(a.seg.conn_id(), cinfo.conn);
+    let mut tx = a.seg.producer(ipcd_ring::Side::A).unwrap();
+    let mut rx = b.seg.consumer(ipcd_ring::Side::B).unwrap();
+    assert_eq!(tx.write(b"hello").unwrap().len, 5);
+    let mut buf = [0u8; 8];
+    assert_eq!(rx.read(&mut buf).unwrap().len, 5);
+    assert_eq!(&buf[..5], b"hello");
+    // A's "peer doorbell" is B's "own doorbell".
+    ipcd_monitor::segment::ring(cfds[2].as_fd());
+    assert_eq!(bell_count(&sfds[1]), 1);
+    ipcd_monitor::segment::ring(sfds[2].as_fd());
+    assert_eq!(bell_count(&cfds[1]), 1);
+
+    let report = client.status().unwrap();
+    assert_eq!((report.status.connections, report.status.listeners, report.status.connects_total), (1, 1, 1));
+    assert_eq!(report.listeners[0].pending, 1, "not yet accepted");
+    server.notify(&Request::Accepted { conn: cinfo.conn }).unwrap();
+    client.notify(&Request::Close { conn: cinfo.conn }).unwrap();
+    server.notify(&Request::Close { conn: cinfo.conn }).unwrap();
+    // Notifications have no reply; a round trip on each channel orders them
+    // before the check (the monitor serves each channel in order).
+    let _ = server.status().unwrap();
+    let report = client.status().unwrap();
+    assert_eq!((report.status.connections, report.listeners[0].pending), (0, 0), "freed once both ends closed");
+}
+
+#[test]
+fn addresses_match_as_the_kernel_would() {
+    let m = Monitor::start();
+    let mut server = m.client();
+    let mut client = m.client();
+    let (wild, waddr) = tcp_listener("0.0.0.0:0", false);
+    assert_eq!(listen(&mut server, 1, &wild, waddr, ListenFlags::empty()), Response::Ok);
+    let port = waddr.port();
+    let v4 = |ip: [u8; 4]| SockAddr::V4 { ip, port };
+    for dest in [v4([127, 0, 0, 1]), v4([127, 9, 9, 9]), v4([0, 0, 0, 0])] {
+        assert!(matches!(connect(&mut client, dest).0, Response::Connected(_)), "{dest} reaches 0.0.0.0");
+        let _ = next_event(&server);
+    }
+    // Not this host, another port, or IPv6 to an IPv4 listener: the kernel decides.
+    let mut loop6 = [0u8; 16];
+    loop6[15] = 1;
+    for dest in [
+        v4([192, 0, 2, 1]),
+        SockAddr::V4 { ip: [127, 0, 0, 1], port: port.wrapping_add(1) },
+        SockAddr::V6 { ip: loop6, port, flowinfo: 0, scope_id: 0 },
+    ] {
+        assert_eq!(connect(&mut client, dest).0, Response::UseKernel { reason: Fallback::NoListener }, "{dest}");
+    }
+    // A specific listener takes only its own address.
+    let (one, oaddr) = tcp_listener("127.0.0.2:0", false);
+    assert_eq!(listen(&mut server, 2, &one, oaddr, ListenFlags::empty()), Response::Ok);
+    let other = SockAddr::V4 { ip: [127, 0, 0, 3], port: oaddr.port() };
+    assert_eq!(connect(&mut client, other).0, Response::UseKernel { reason: Fallback::NoListener });
+    // IPv4-mapped IPv6 reaches the IPv4 listener.
+    let mut mapped = [0u8; 16];
+    mapped[10..].copy_from_slice(&[0xff, 0xff, 127, 0, 0, 2]);
+    let dest = SockAddr::V6 { ip: mapped, port: oaddr.port(), flowinfo: 0, scope_id: 0 };
+    assert!(matches!(connect(&mut client, dest).0, Response::Connected(_)));
+}
+
+#[test]
+fn a_dual_stack_listener_takes_ipv4_too() {
+    if TcpListener::bind("[::1]:0").is_err() {
+        println!("skipped: no IPv6 loopback here");
+        return;
+    }
+    let m = Monitor::start();
+    let mut server = m.client();
+    let mut client = m.client();
+    let (fd, addr) = tcp_listener("[::]:0", false);
+    assert_eq!(listen(&mut server, 1, &fd, addr, ListenFlags::empty()), Response::Ok);
+    let mut loop6 = [0u8; 16];
+    loop6[15] = 1;
+    for dest in [
+        SockAddr::V4 { ip: [127, 0, 0, 1], port: addr.port() },
+        SockAddr::V6 { ip: loop6, port: addr.port(), flowinfo: 0, scope_id: 0 },
+    ] {
+        assert!(matches!(connect(&mut client, dest).0, Response::Connected(_)), "{dest}");
+    }
+}
+
+#[test]
+fn a_reuseport_group_shares_new_connections() {
+    let m = Monitor::start();
+    let mut servers = [m.client(), m.client()];
+    let mut client = m.client();
+    let (fd0, addr) = tcp_listener("127.0.0.1:0", true);
+    let (fd1, addr1) = tcp_listener(&format!("127.0.0.1:{}", addr.port()), true);
+    assert_eq!(addr, addr1);
+    assert_eq!(listen(&mut servers[0], 1, &fd0, addr, ListenFlags::REUSEPORT), Response::Ok);
+    assert_eq!(listen(&mut servers[1], 1, &fd1, addr, ListenFlags::REUSEPORT), Response::Ok);
+    for _ in 0..4 {
+        assert!(matches!(connect(&mut client, addr).0, Response::Connected(_)));
+    }
+    for s in &servers {
+        for _ in 0..2 {
+            assert!(matches!(next_event(s).0, Response::Incoming { .. }), "each member gets two");
+        }
+    }
+}
+
+#[test]
+fn ownership_must_be_proven_with_the_listening_socket() {
+    let m = Monitor::start();
+    let mut c = m.client();
+    let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
+    let (_, elsewhere) = tcp_listener("127.0.0.1:0", false);
+    // The right socket but a claimed address it is not bound to.
+    assert_eq!(listen(&mut c, 1, &lfd, elsewhere, ListenFlags::empty()), Response::Error { code: ErrorCode::NotOwner });
+    // A socket that is bound but not listening.
+    let bound = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let uaddr = sockaddr(bound.local_addr().unwrap());
+    let ufd = OwnedFd::from(bound);
+    assert_eq!(listen(&mut c, 2, &ufd, uaddr, ListenFlags::empty()), Response::Error { code: ErrorCode::NotOwner });
+    // Not a socket at all.
+    let file = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+    assert_eq!(listen(&mut c, 3, &file, addr, ListenFlags::empty()), Response::Error { code: ErrorCode::NotOwner });
+    // Nothing was registered, and the client is still served.
+    assert_eq!(c.status().unwrap().status.listeners, 0);
+    assert_eq!(listen(&mut c, 4, &lfd, addr, ListenFlags::empty()), Response::Ok);
+}
+
+#[test]
+fn bad_clients_are_dropped_alone() {
+    let m = Monitor::start();
+    let mut good = m.client();
+    // Garbage bytes.
+    let raw = Channel::connect_abstract(m.socket.as_bytes()).unwrap();
+    raw.send_packet(&[0xde, 0xad, 0xbe, 0xef], &[]).unwrap();
+    assert!(raw.recv_response().is_err(), "the monitor closes a client that sends garbage");
+    // A request before hello.
+    let raw = Channel::connect_abstract(m.socket.as_bytes()).unwrap();
+    raw.send_request(1, &Request::Status, &[]).unwrap();
+    assert_eq!(raw.recv_response().unwrap().1, Response::Error { code: ErrorCode::NotRegistered });
+    assert!(raw.recv_response().is_err());
+    // A hello that lies about its pid.
+    let raw = Channel::connect_abstract(m.socket.as_bytes()).unwrap();
+    // SAFETY: getuid cannot fail.
+    let hello = Request::Hello {
+        version_min: 1,
+        version_max: 1,
+        pid: 1,
+        uid: unsafe { libc::getuid() },
+        caps: ipcd_proto::Caps::empty(),
+    };
+    raw.send_request(1, &hello, &[]).unwrap();
+    assert_eq!(raw.recv_response().unwrap().1, Response::Error { code: ErrorCode::BadRequest });
+    // No common version.
+    let raw = Channel::connect_abstract(m.socket.as_bytes()).unwrap();
+    // SAFETY: getpid/getuid cannot fail.
+    let (pid, uid) = unsafe { (libc::getpid() as u32, libc::getuid()) };
+    let hello = Request::Hello { version_min: 9, version_max: 12, pid, uid, caps: ipcd_proto::Caps::empty() };
+    raw.send_request(1, &hello, &[]).unwrap();
+    assert_eq!(raw.recv_response().unwrap().1, Response::Error { code: ErrorCode::VersionMismatch });
+    // A listen request with extra fds.
+    let c = m.client();
+    let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
+    let mut buf = [0u8; 1024];
+    let req = Request::Listen { listener: 1, addr, backlog: 1, flags: ListenFlags::empty() };
+    let n = req.encode(5, &mut buf).unwrap();
+    c.channel().send_packet(&buf[..n], &[lfd.as_fd(), lfd.as_fd()]).unwrap();
+    assert!(c.channel().recv_response().is_err(), "dropped for the wrong fd count");
+    // The well-behaved client never noticed.
+    let report = good.status().unwrap();
+    assert_eq!((report.status.processes, report.status.listeners), (1, 0));
+}
+
+#[test]
+fn a_dying_client_loses_its_listeners_and_its_peers_are_told() {
+    let m = Monitor::start();
+    let mut server = m.client();
+    let mut client = m.client();
+    let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
+    assert_eq!(listen(&mut server, 1, &lfd, addr, ListenFlags::empty()), Response::Ok);
+    let (resp, cfds) = connect(&mut client, addr);
+    let Response::Connected(info) = resp else { panic!("{resp:?}") };
+    let (_, sfds) = next_event(&server);
+    let a = map(&cfds[0]);
+    // The server had written something before it died, and read all it got.
+    let b = map(&sfds[0]);
+    let mut stx = b.seg.producer(ipcd_ring::Side::B).unwrap();
+    assert_eq!(stx.write(b"bye").unwrap().len, 3);
+    drop(server);
+    drop(sfds);
+    let (event, _) = next_event(&client);
+    assert_eq!(event, Response::PeerGone { conn: info.conn });
+    assert_eq!(bell_count(&cfds[1]), 1, "the client's doorbell was rung");
+    let mut rx = a.seg.consumer(ipcd_ring::Side::A).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(rx.read(&mut buf).unwrap().len, 3, "bytes sent before death are still there");
+    assert_eq!(rx.peer_state(), PeerState::Closed, "a clean death is a FIN");
+    assert!(a.seg.producer(ipcd_ring::Side::A).unwrap().is_reader_closed());
+    let report = client.status().unwrap();
+    assert_eq!(report.status.listeners, 0);
+    assert_eq!(report.connections[0].pids[1], 0, "side B shows as gone");
+    assert_eq!(connect(&mut client, addr).0, Response::UseKernel { reason: Fallback::NoListener });
+}
+
+#[test]
+fn a_process_of_another_user_gets_the_kernel() {
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } != 0 {
+        println!("skipped: needs root to run a client as another user");
+        return;
+    }
+    let m = Monitor::start();
+    let mut server = m.client();
+    let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
+    assert_eq!(listen(&mut server, 1, &lfd, addr, ListenFlags::empty()), Response::Ok);
+    let out = std::process::Command::new(IPCD)
+        .args(["debug-connect", "--socket", &m.socket, &addr.to_string()])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("UseKernel { reason: OtherUser }"), "{text}");
+    // The same request from our own user is brokered.
+    let out = Command::new(IPCD).args(["debug-connect", "--socket", &m.socket, &addr.to_string()]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Connected"));
+}
+
+use std::os::unix::process::CommandExt;
+
+#[test]
+fn each_network_namespace_has_its_own_monitor() {
+    if !Command::new("unshare").args(["-n", "true"]).status().is_ok_and(|s| s.success()) {
+        println!("skipped: unshare -n is not permitted here");
+        return;
+    }
+    let root = Monitor::start();
+    // A monitor with the same name in a new namespace starts: the names do
+    // not collide, because abstract sockets are scoped by namespace. The
+    // child enters its namespace itself, so its pid is the monitor's.
+    let mut cmd = Command::new(IPCD);
+    cmd.args(["daemon", "--socket", &root.socket]).env("IPCD_LOG", "warn").stdin(Stdio::null());
+    // SAFETY: unshare and prctl in the child before exec; both are plain
+    // system calls.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut inner = cmd.spawn().unwrap();
+    let outer_pid = root.client().status().unwrap().status.monitor_pid;
+    assert_eq!(outer_pid, root.child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let inner_pid = loop {
+        let out = Command::new("nsenter")
+            .args(["-t", &inner.id().to_string(), "-n", IPCD, "status", "--json", "--socket", &root.socket])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let pid = text.split("\"monitor_pid\":").nth(1).unwrap().split(',').next().unwrap().parse::<u32>().unwrap();
+            // Until the child has entered its namespace, nsenter lands in ours.
+            if pid != outer_pid {
+                break pid;
+            }
+        }
+        assert!(Instant::now() < deadline, "inner monitor did not come up: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(root.client().status().unwrap().status.monitor_pid, outer_pid, "no cross-talk between namespaces");
+    assert_eq!(inner_pid, inner.id());
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(inner.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while inner.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stopped = inner.try_wait().ok().flatten().is_some();
+    let _ = inner.kill();
+    let _ = inner.wait();
+    assert!(stopped, "the namespaced monitor did not stop on SIGTERM");
+}
+
+#[test]
+fn a_second_monitor_on_the_same_name_refuses_to_start() {
+    let m = Monitor::start();
+    let out = Command::new(IPCD).args(["daemon", "--socket", &m.socket]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already answers"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
