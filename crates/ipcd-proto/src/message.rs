@@ -92,6 +92,18 @@ pub enum Fallback {
     Disabled,
 }
 
+impl Fallback {
+    /// Every value, in wire-code order.
+    pub const ALL: &'static [Fallback] = &[
+        Fallback::NoListener,
+        Fallback::OtherUser,
+        Fallback::BacklogFull,
+        Fallback::NotLocal,
+        Fallback::NoMemory,
+        Fallback::Disabled,
+    ];
+}
+
 /// Error codes of [`Response::Error`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
@@ -114,6 +126,21 @@ pub enum ErrorCode {
     Limit,
     /// The monitor failed; the request may be retried through the kernel.
     Internal,
+}
+
+impl ErrorCode {
+    /// Every value, in wire-code order.
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::VersionMismatch,
+        ErrorCode::NotRegistered,
+        ErrorCode::BadRequest,
+        ErrorCode::NotOwner,
+        ErrorCode::AddrInUse,
+        ErrorCode::NoSuchListener,
+        ErrorCode::NoSuchConnection,
+        ErrorCode::Limit,
+        ErrorCode::Internal,
+    ];
 }
 
 /// A connection as the monitor hands it to one end.
@@ -393,29 +420,12 @@ impl Code for Side {
 }
 
 impl Code for Fallback {
-    const ALL: &'static [Self] = &[
-        Fallback::NoListener,
-        Fallback::OtherUser,
-        Fallback::BacklogFull,
-        Fallback::NotLocal,
-        Fallback::NoMemory,
-        Fallback::Disabled,
-    ];
+    const ALL: &'static [Self] = Fallback::ALL;
     const FIELD: &'static str = "fallback reason";
 }
 
 impl Code for ErrorCode {
-    const ALL: &'static [Self] = &[
-        ErrorCode::VersionMismatch,
-        ErrorCode::NotRegistered,
-        ErrorCode::BadRequest,
-        ErrorCode::NotOwner,
-        ErrorCode::AddrInUse,
-        ErrorCode::NoSuchListener,
-        ErrorCode::NoSuchConnection,
-        ErrorCode::Limit,
-        ErrorCode::Internal,
-    ];
+    const ALL: &'static [Self] = ErrorCode::ALL;
     const FIELD: &'static str = "error code";
 }
 

@@ -54,25 +54,7 @@ fn request() -> impl Strategy<Value = Request> {
 }
 
 fn response() -> impl Strategy<Value = Response> {
-    let codes = [
-        ErrorCode::VersionMismatch,
-        ErrorCode::NotRegistered,
-        ErrorCode::BadRequest,
-        ErrorCode::NotOwner,
-        ErrorCode::AddrInUse,
-        ErrorCode::NoSuchListener,
-        ErrorCode::NoSuchConnection,
-        ErrorCode::Limit,
-        ErrorCode::Internal,
-    ];
-    let reasons = [
-        Fallback::NoListener,
-        Fallback::OtherUser,
-        Fallback::BacklogFull,
-        Fallback::NotLocal,
-        Fallback::NoMemory,
-        Fallback::Disabled,
-    ];
+    let (codes, reasons) = (ErrorCode::ALL, Fallback::ALL);
     prop_oneof![
         (any::<u16>(), any::<u32>(), 0u32..8, any::<u64>()).prop_map(|(version, monitor_pid, caps, ring_bytes)| {
             Response::Welcome { version, monitor_pid, caps: Caps::from_bits_truncate(caps), ring_bytes }
