@@ -19,7 +19,7 @@ use crate::local_addrs::LocalAddrs;
 use crate::log;
 use crate::log::Level;
 use crate::registry::{Listener, Registry};
-use crate::segment::{doorbell, ring, SharedSegment};
+use crate::segment::{cvt, doorbell, ring, SharedSegment};
 
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_SIGNAL: u64 = 1;
@@ -100,14 +100,6 @@ fn other(side: Side) -> Side {
     match side {
         Side::A => Side::B,
         Side::B => Side::A,
-    }
-}
-
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
     }
 }
 
@@ -393,7 +385,7 @@ impl Daemon {
             }
             Request::Shutdown { .. } => {}
             Request::Close { conn } => {
-                let side = self.clients.get(&token).and_then(|c| c.holdings.iter().find(|h| h.0 == conn).map(|h| h.1));
+                let side = self.held_side(token, conn);
                 match side {
                     Some(side) => {
                         if let Some(c) = self.clients.get_mut(&token) {
@@ -411,7 +403,7 @@ impl Daemon {
                 }
             }
             Request::Reopen { conn } => {
-                let side = self.clients.get(&token).and_then(|c| c.holdings.iter().find(|h| h.0 == conn).map(|h| h.1));
+                let side = self.held_side(token, conn);
                 match (side, self.conns.get(&conn)) {
                     (Some(side), Some(rec)) => {
                         let resp = Response::Reopened(rec.info[idx(side)]);
@@ -435,6 +427,11 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Which side of `conn` the client `token` holds, if any.
+    fn held_side(&self, token: u64, conn: u64) -> Option<Side> {
+        self.clients.get(&token)?.holdings.iter().find(|h| h.0 == conn).map(|h| h.1)
     }
 
     fn broker(&mut self, token: u64, seq: u32, pid: u32, uid: u32, dest: SockAddr, source: Option<SockAddr>) {

@@ -22,7 +22,8 @@ impl std::fmt::Debug for SharedSegment {
     }
 }
 
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+/// A libc return value as an io::Result (negative: errno).
+pub(crate) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
