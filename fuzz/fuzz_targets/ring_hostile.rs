@@ -9,11 +9,11 @@ use std::collections::VecDeque;
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "region.rs"]
-mod region;
+#[path = "../../crates/ipcd-ring/tests/common/mod.rs"]
+mod common;
 
+use common::Region;
 use ipcd_ring::{Segment, Side};
-use region::Region;
 
 /// Control area size: the header line plus two rings of four lines each.
 const CONTROL: usize = 9 * 128;
@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     let len = Segment::required_len(caps).unwrap();
     let region = Region::new(len);
     // SAFETY: the region is ours, aligned, large enough, and outlives `seg`.
-    let seg = unsafe { Segment::init(region.ptr, len, 1, caps) }.unwrap();
+    let seg = unsafe { Segment::init(region.ptr(), len, 1, caps) }.unwrap();
     let (mut tx, _) = seg.endpoint(Side::A).unwrap();
     let (_, mut rx) = seg.endpoint(Side::B).unwrap();
     let mut model = VecDeque::new();

@@ -5,11 +5,11 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "region.rs"]
-mod region;
+#[path = "../../crates/ipcd-ring/tests/common/mod.rs"]
+mod common;
 
+use common::Region;
 use ipcd_ring::{Segment, Side};
-use region::Region;
 
 fuzz_target!(|data: &[u8]| {
     // The first two bytes pick the region length (up to 64 KiB), the rest is
@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(total) = Segment::required_len(caps) {
         if total <= len {
             // SAFETY: the region is ours, aligned and large enough.
-            let _ = unsafe { Segment::init(region.ptr, len, 7, caps) };
+            let _ = unsafe { Segment::init(region.ptr(), len, 7, caps) };
         }
     }
     for (i, chunk) in data[2..].chunks(9).enumerate() {
@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
         region.scribble(usize::from(chunk[0]) * 8 + (i % 2) * 4, &chunk[1..]);
     }
     // SAFETY: the region outlives the view and its handles.
-    let Ok(seg) = (unsafe { Segment::attach(region.ptr, region.len()) }) else {
+    let Ok(seg) = (unsafe { Segment::attach(region.ptr(), region.len()) }) else {
         return;
     };
     for side in [Side::A, Side::B] {

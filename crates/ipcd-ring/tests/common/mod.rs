@@ -1,4 +1,5 @@
 //! Test helpers: an aligned heap region, and pokes that play a hostile peer.
+//! Also compiled into the fuzz targets (`fuzz/fuzz_targets`).
 #![allow(dead_code)]
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
@@ -40,6 +41,16 @@ impl Region {
         assert!(off + 4 <= self.len() && off % 4 == 0);
         // SAFETY: in bounds and aligned (asserted); the location is an AtomicU32.
         unsafe { (*self.ptr.as_ptr().add(off).cast::<AtomicU32>()).store(v, Ordering::SeqCst) }
+    }
+
+    /// A hostile peer overwriting bytes anywhere (offset taken modulo the
+    /// length). Plain byte stores: only for single-threaded callers, where
+    /// no access races them (the fuzz targets).
+    pub fn scribble(&self, off: usize, bytes: &[u8]) {
+        let off = off % self.len();
+        let n = bytes.len().min(self.len() - off);
+        // SAFETY: `off..off + n` lies within the allocation.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr().add(off), n) }
     }
 
     pub fn peek_u32(&self, off: usize) -> u32 {
