@@ -1,3 +1,37 @@
-//! The ipcd preload library.
-//! (Built out by the data-path issue; this crate holds the workspace slot.)
+//! The ipcd preload library: loaded with `LD_PRELOAD` into unmodified
+//! programs, it moves their TCP connections to other ipcd processes on this
+//! host onto shared-memory rings, and leaves every other fd to libc.
+//!
+//! Layout: [`real`] resolves the libc functions we stand in for; `ffi_*`
+//! are the interposed symbols (thin: find the fd, call in, set `errno`);
+//! [`table`] maps fds to [`socket::Socket`] objects; [`setup`] does
+//! connect/listen/accept through the monitor ([`control`]); [`stream`] is
+//! the data path over a [`link::Link`], waiting with [`wait`].
 #![warn(missing_docs)]
+
+pub mod config;
+pub mod control;
+mod ffi_io;
+mod ffi_socket;
+pub mod iov;
+pub mod link;
+pub mod log;
+pub mod real;
+pub mod setup;
+pub mod socket;
+pub mod stream;
+pub mod table;
+pub mod wait;
+
+/// Runs `f`, turning a panic into `fail` with `errno = EIO`: a bug of ours
+/// must never unwind into C or abort the program.
+#[inline]
+pub(crate) fn guarded<R>(fail: R, f: impl FnOnce() -> R) -> R {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(_) => {
+            real::set_errno(libc::EIO);
+            fail
+        }
+    }
+}

@@ -192,6 +192,13 @@ impl Consumer {
         }
     }
 
+    /// Whether the writer closed its side in order (a FIN), whatever
+    /// happened after: a reset alone leaves this false.
+    pub fn peer_fin(&self) -> bool {
+        // Acquire as in `peer_state`.
+        self.ctrl().writer.0.flags.load(Ordering::Acquire) & FLAG_CLOSED != 0
+    }
+
     /// True when the writer has closed (or reset) and every byte it wrote has
     /// been read: a read now returns end-of-stream.
     pub fn at_eof(&mut self) -> Result<bool, Error> {

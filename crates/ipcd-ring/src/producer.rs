@@ -162,9 +162,12 @@ impl Producer {
         close_writer(self.ctrl(), FLAG_CLOSED)
     }
 
-    /// Closes the writing side abortively: the reader reports a reset.
+    /// Closes the writing side abortively: the reader reports a reset. Only
+    /// the reset flag is set, so the reader can still tell whether a FIN
+    /// ([`Producer::close`]) came first, which decides `EPIPE` against
+    /// `ECONNRESET` on its side.
     pub fn reset(&mut self) -> bool {
-        close_writer(self.ctrl(), FLAG_CLOSED | FLAG_RESET)
+        close_writer(self.ctrl(), FLAG_RESET)
     }
 
     /// Step 1 of the wait protocol for space: arms the writer's waiting flag

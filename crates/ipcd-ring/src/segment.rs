@@ -7,8 +7,8 @@ use core::ptr::NonNull;
 use crate::consumer::Consumer;
 use crate::error::Error;
 use crate::layout::{
-    Line, RingControl, SegmentControl, SegmentHeader, CACHE_LINE, DATA_START, FLAG_CLOSED, FLAG_RESET, MAX_CAPACITY,
-    SEGMENT_ALIGN, SEGMENT_MAGIC, SEGMENT_VERSION,
+    Line, RingControl, SegmentControl, SegmentHeader, CACHE_LINE, DATA_START, FLAG_RESET, MAX_CAPACITY, SEGMENT_ALIGN,
+    SEGMENT_MAGIC, SEGMENT_VERSION,
 };
 use crate::producer::Producer;
 use crate::span::DataArea;
@@ -252,7 +252,7 @@ impl Segment {
     /// whether the peer's doorbell must be rung. Works on a corrupted ring.
     pub fn mark_gone(&self, side: Side) -> bool {
         let rings = &self.control().rings;
-        let woke_reader = close_writer(&rings[side.tx()], FLAG_CLOSED | FLAG_RESET);
+        let woke_reader = close_writer(&rings[side.tx()], FLAG_RESET);
         let woke_writer = close_reader(&rings[side.peer().tx()]);
         woke_reader | woke_writer
     }

@@ -1,0 +1,197 @@
+//! The control channel to the monitor: opened on first need, one per
+//! process, shared by every thread. Replies are matched to requests by
+//! sequence number; events (`Incoming`, `PeerGone`) that arrive in between
+//! are queued for `accept`.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use ipcd_proto::channel::{Channel, ChannelError, Fds};
+use ipcd_proto::message::{ConnInfo, Request, Response};
+use ipcd_proto::{Caps, PROTOCOL_VERSIONS};
+
+use crate::log::{log, Level};
+use crate::real;
+
+/// A connection waiting in a listener's accept queue.
+pub type Pending = (ConnInfo, Vec<OwnedFd>);
+
+/// The open channel and what arrived on it.
+pub struct Control {
+    chan: Channel,
+    seq: u32,
+    pid: u32,
+    incoming: HashMap<u64, VecDeque<Pending>>,
+}
+
+static CONTROL: Mutex<Option<Control>> = Mutex::new(None);
+/// Monotonic milliseconds before which we do not try the monitor again.
+static RETRY_AFTER_MS: AtomicU64 = AtomicU64::new(0);
+/// How long to leave a missing monitor alone before trying again.
+const RETRY: Duration = Duration::from_secs(1);
+
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// An eventfd rung whenever an `Incoming` is queued, so a thread sleeping
+/// in `accept` wakes even when another thread read the message.
+pub fn event_bell() -> RawFd {
+    static BELL: OnceLock<Option<OwnedFd>> = OnceLock::new();
+    BELL.get_or_init(|| {
+        // SAFETY: plain eventfd creation.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        // SAFETY: a fresh fd we own.
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    })
+    .as_ref()
+    .map_or(-1, |fd| fd.as_raw_fd())
+}
+
+/// Runs `f` on the channel, opening it first if needed. `None`: no monitor
+/// (logged once per attempt), or the channel broke.
+pub fn with<R>(f: impl FnOnce(&mut Control) -> Result<R, ChannelError>) -> Option<R> {
+    let mut guard = CONTROL.lock().unwrap_or_else(|p| p.into_inner());
+    // SAFETY: getpid cannot fail.
+    let pid = unsafe { libc::getpid() } as u32;
+    if guard.as_ref().is_some_and(|c| c.pid != pid) {
+        // A forked child: the channel is the parent's. Our copy of its fd is
+        // closed; the child registers on its own.
+        *guard = None;
+    }
+    if guard.is_none() {
+        if now_ms() < RETRY_AFTER_MS.load(Ordering::Relaxed) {
+            return None;
+        }
+        match Control::open(pid) {
+            Ok(c) => *guard = Some(c),
+            Err(e) => {
+                log!(Level::Warn, "no monitor on @{} ({e}); using kernel sockets", crate::config::get().socket);
+                RETRY_AFTER_MS.store(now_ms() + RETRY.as_millis() as u64, Ordering::Relaxed);
+                return None;
+            }
+        }
+    }
+    let c = guard.as_mut()?;
+    match f(c) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            log!(Level::Warn, "monitor channel failed ({e}); new connections use the kernel");
+            *guard = None;
+            RETRY_AFTER_MS.store(now_ms() + RETRY.as_millis() as u64, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+impl Control {
+    fn open(pid: u32) -> Result<Control, String> {
+        let name = &crate::config::get().socket;
+        let chan = Channel::connect_abstract(name.as_bytes()).map_err(|e| e.to_string())?;
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let cred = chan.peer_cred().map_err(|e| e.to_string())?;
+        if cred.uid != uid && cred.uid != 0 {
+            return Err(format!("the monitor runs as uid {}, not {uid} or root", cred.uid));
+        }
+        chan.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let mut c = Control { chan, seq: 0, pid, incoming: HashMap::new() };
+        let hello = Request::Hello {
+            version_min: *PROTOCOL_VERSIONS.start(),
+            version_max: *PROTOCOL_VERSIONS.end(),
+            pid,
+            uid,
+            caps: Caps::empty(),
+        };
+        match c.call(&hello, &[]).map_err(|e| e.to_string())?.0 {
+            Response::Welcome { .. } => Ok(c),
+            other => Err(format!("monitor refused: {other:?}")),
+        }
+    }
+
+    /// The channel's fd (readable when a message waits).
+    pub fn fd(&self) -> RawFd {
+        self.chan.as_fd().as_raw_fd()
+    }
+
+    /// Sends a request and waits for its reply, queuing events meanwhile.
+    pub fn call(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<(Response, Fds), ChannelError> {
+        self.send(req, fds)?;
+        let want = self.seq;
+        loop {
+            match self.chan.recv_response() {
+                Ok((seq, resp, fds)) if seq == want => return Ok((resp, fds)),
+                Ok((_, resp, fds)) => self.event(resp, fds),
+                Err(e) if e.is_would_block() => wait_readable(self.fd()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends a request that has no reply.
+    pub fn notify(&mut self, req: &Request) -> Result<(), ChannelError> {
+        self.send(req, &[])
+    }
+
+    fn send(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        loop {
+            match self.chan.send_request(self.seq, req, fds) {
+                Err(e) if e.is_would_block() => wait_writable(self.fd()),
+                other => return other,
+            }
+        }
+    }
+
+    /// Reads every message already waiting (non-blocking).
+    pub fn drain(&mut self) -> Result<(), ChannelError> {
+        loop {
+            match self.chan.recv_response() {
+                Ok((_, resp, fds)) => self.event(resp, fds),
+                Err(e) if e.is_would_block() => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn event(&mut self, resp: Response, fds: Fds) {
+        match resp {
+            Response::Incoming { listener, info } => {
+                self.incoming.entry(listener).or_default().push_back((info, fds.into_vec()));
+                crate::link::ring(event_bell());
+            }
+            // The monitor already closed the dead end in the ring and rang
+            // us; the ring is where our sockets learn it.
+            Response::PeerGone { .. } => {}
+            other => log!(Level::Debug, "unexpected message from the monitor: {other:?}"),
+        }
+    }
+
+    /// The next connection queued for `listener`.
+    pub fn pop_incoming(&mut self, listener: u64) -> Option<Pending> {
+        self.incoming.get_mut(&listener)?.pop_front()
+    }
+
+    /// Everything still queued for `listener` (it is closing).
+    pub fn take_incoming(&mut self, listener: u64) -> VecDeque<Pending> {
+        self.incoming.remove(&listener).unwrap_or_default()
+    }
+}
+
+fn wait_readable(fd: RawFd) {
+    poll1(fd, libc::POLLIN);
+}
+
+fn wait_writable(fd: RawFd) {
+    poll1(fd, libc::POLLOUT);
+}
+
+fn poll1(fd: RawFd, events: libc::c_short) {
+    let mut p = libc::pollfd { fd, events, revents: 0 };
+    // SAFETY: one live pollfd. EINTR just means we look again.
+    unsafe { real::poll(&mut p, 1, -1) };
+}

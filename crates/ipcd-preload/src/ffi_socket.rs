@@ -1,0 +1,485 @@
+//! Interposed socket life-cycle and option calls: socket, listen, accept,
+//! connect, close, shutdown, the dup family, fcntl, ioctl, socket options
+//! and names.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipcd_proto::message::Request;
+use ipcd_proto::SockAddr;
+use libc::{c_int, c_void, sockaddr, socklen_t};
+
+use crate::setup::{self, Connect};
+use crate::socket::{Socket, State};
+use crate::{control, guarded, real, stream, table};
+
+fn fail(e: c_int) -> c_int {
+    real::set_errno(e);
+    -1
+}
+
+/// Interposed `socket(2)`: TCP sockets of IPv4 and IPv6 become ours (still
+/// real kernel sockets underneath); everything else is untouched.
+///
+/// # Safety
+/// As for `socket(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int {
+    // SAFETY: the caller's arguments, unchanged.
+    let fd = unsafe { real::socket(domain, ty, proto) };
+    let tcp = matches!(domain, libc::AF_INET | libc::AF_INET6)
+        && ty & 0xf == libc::SOCK_STREAM
+        && (proto == 0 || proto == libc::IPPROTO_TCP);
+    if fd >= 0 && tcp && !crate::config::get().disabled {
+        let err = real::errno();
+        guarded((), || {
+            let sock = Arc::new(Socket::new(domain, ty & libc::SOCK_NONBLOCK != 0, State::Fresh));
+            // An fd beyond the table stays a plain kernel socket.
+            let _ = table::install(fd, sock);
+        });
+        real::set_errno(err);
+    }
+    fd
+}
+
+/// Interposed `listen(2)`: the kernel listens (and stays the authority on
+/// ports); then the monitor learns of it.
+///
+/// # Safety
+/// As for `listen(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    // SAFETY: the caller's arguments, unchanged.
+    let r = unsafe { real::listen(fd, backlog) };
+    if r == 0 {
+        if let Some(s) = table::get(fd) {
+            let err = real::errno();
+            if !guarded(false, || setup::listen(fd, &s, backlog)) {
+                forget(fd);
+            }
+            real::set_errno(err);
+        }
+    }
+    r
+}
+
+/// Interposed `accept(2)`.
+///
+/// # Safety
+/// As for `accept(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: as the caller's contract.
+    unsafe { accept4(fd, addr, len, 0) }
+}
+
+/// Interposed `accept4(2)`: an ipcd connection or a kernel one, whichever
+/// comes first.
+///
+/// # Safety
+/// As for `accept4(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+    let listener = table::get(fd).and_then(|s| match *s.lock() {
+        State::Listening { id } => Some((Arc::clone(&s), id)),
+        _ => None,
+    });
+    match listener {
+        Some((s, id)) => {
+            if flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
+                return fail(libc::EINVAL);
+            }
+            // SAFETY: the caller's address buffers.
+            guarded(-1, || match unsafe { setup::accept(fd, &s, id, addr, len, flags) } {
+                Ok(newfd) => newfd,
+                Err(e) => fail(e),
+            })
+        }
+        // SAFETY: the caller's arguments, unchanged.
+        None => unsafe { real::accept4(fd, addr, len, flags) },
+    }
+}
+
+/// Interposed `connect(2)`: through the monitor to an ipcd listener on this
+/// host, else the kernel.
+///
+/// # Safety
+/// As for `connect(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    if let Some(s) = table::get(fd) {
+        // SAFETY: the caller's address of `len` bytes.
+        if let Some(dest) = unsafe { SockAddr::from_raw(addr, len) } {
+            let err = real::errno();
+            match guarded(Connect::Kernel, || setup::connect(fd, &s, dest)) {
+                Connect::Done(Ok(())) => return 0,
+                Connect::Done(Err(e)) => return fail(e),
+                Connect::Kernel => {
+                    if s.is_stream() {
+                        return fail(libc::EISCONN);
+                    }
+                    forget(fd);
+                    real::set_errno(err);
+                }
+            }
+        }
+    }
+    // SAFETY: the caller's arguments, unchanged.
+    unsafe { real::connect(fd, addr, len) }
+}
+
+/// Drops `fd` from the table: from now on the kernel serves it alone.
+fn forget(fd: c_int) {
+    if let Some(s) = table::remove(fd) {
+        if s.drop_fd() {
+            *s.lock() = State::Closed;
+        }
+    }
+}
+
+/// The last fd of `sock` is gone: FIN or reset, unregister, unmap.
+fn last_close(sock: &Socket) {
+    let old = std::mem::replace(&mut *sock.lock(), State::Closed);
+    match old {
+        State::Stream(mut st) => {
+            let conn = stream::close(&mut st, sock.linger_zero());
+            let _ = control::with(|c| c.notify(&Request::Close { conn }));
+        }
+        State::Listening { id } => setup::close_listener(id),
+        State::Fresh | State::Closed => {}
+    }
+}
+
+/// Our bookkeeping for an fd about to be closed (by close, or implicitly by
+/// dup2/dup3 onto it).
+fn release(fd: c_int) {
+    if let Some(s) = table::remove(fd) {
+        if s.drop_fd() {
+            guarded((), || last_close(&s));
+        }
+    }
+}
+
+/// Interposed `close(2)`.
+///
+/// # Safety
+/// As for `close(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    release(fd);
+    // SAFETY: the caller's fd.
+    unsafe { real::close(fd) }
+}
+
+/// Interposed `shutdown(2)`.
+///
+/// # Safety
+/// As for `shutdown(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
+    match table::get(fd).filter(|s| s.is_stream()) {
+        Some(s) => guarded(-1, || match stream::shutdown(&s, how) {
+            Ok(()) => 0,
+            Err(e) => fail(e),
+        }),
+        // SAFETY: the caller's arguments, unchanged.
+        None => unsafe { real::shutdown(fd, how) },
+    }
+}
+
+/// After the kernel made `new` a copy of `old`: `new` refers to our object too.
+fn copied(old: &Arc<Socket>, new: c_int) {
+    let _ = table::install(new, Arc::clone(old));
+}
+
+/// Interposed `dup(2)`.
+///
+/// # Safety
+/// As for `dup(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    // SAFETY: the caller's fd.
+    let r = unsafe { real::dup(fd) };
+    if r >= 0 {
+        if let Some(s) = table::get(fd) {
+            copied(&s, r);
+        }
+    }
+    r
+}
+
+/// Interposed `dup2(2)`.
+///
+/// # Safety
+/// As for `dup2(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn dup2(fd: c_int, new: c_int) -> c_int {
+    // SAFETY: as dup3, which differs only for fd == new.
+    unsafe { dup_onto(fd, new, None) }
+}
+
+/// Interposed `dup3(2)`.
+///
+/// # Safety
+/// As for `dup3(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
+    // SAFETY: as the caller's contract.
+    unsafe { dup_onto(fd, new, Some(flags)) }
+}
+
+/// dup2 (`flags` None) or dup3.
+unsafe fn dup_onto(fd: c_int, new: c_int, flags: Option<c_int>) -> c_int {
+    let src = table::get(fd);
+    if src.is_none() && table::get(new).is_none() {
+        // SAFETY: the caller's arguments, unchanged.
+        return unsafe {
+            match flags {
+                None => real::dup2(fd, new),
+                Some(f) => real::dup3(fd, new, f),
+            }
+        };
+    }
+    // SAFETY: the caller's arguments, unchanged.
+    let r = unsafe {
+        match flags {
+            None => real::dup2(fd, new),
+            Some(f) => real::dup3(fd, new, f),
+        }
+    };
+    if r >= 0 && fd != new {
+        // The kernel closed whatever `new` was: so do we.
+        release(new);
+        if let Some(s) = src {
+            copied(&s, new);
+        }
+    }
+    r
+}
+
+/// Interposed `fcntl(2)`. Variadic in C; every command takes at most one
+/// integer or pointer argument, which the x86-64 and AArch64 Linux calling
+/// conventions pass in the same register either way.
+///
+/// # Safety
+/// As for `fcntl(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
+    let Some(s) = table::get(fd) else {
+        // SAFETY: the caller's arguments, unchanged.
+        return unsafe { real::fcntl(fd, cmd, arg) };
+    };
+    match cmd {
+        libc::F_GETFL => {
+            // SAFETY: F_GETFL takes no argument.
+            let r = unsafe { real::fcntl(fd, cmd, 0) };
+            if r < 0 {
+                return r;
+            }
+            (r & !libc::O_NONBLOCK) | if s.nonblocking() { libc::O_NONBLOCK } else { 0 }
+        }
+        libc::F_SETFL => {
+            let listening = matches!(*s.lock(), State::Listening { .. });
+            let mut flags = arg as c_int;
+            if listening {
+                flags |= libc::O_NONBLOCK;
+            }
+            // SAFETY: F_SETFL with an int argument.
+            let r = unsafe { real::fcntl(fd, cmd, flags as usize) };
+            if r == 0 {
+                s.set_nonblocking(arg as c_int & libc::O_NONBLOCK != 0);
+            }
+            r
+        }
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
+            // SAFETY: the caller's arguments, unchanged.
+            let r = unsafe { real::fcntl(fd, cmd, arg) };
+            if r >= 0 {
+                copied(&s, r);
+            }
+            r
+        }
+        // SAFETY: the caller's arguments, unchanged.
+        _ => unsafe { real::fcntl(fd, cmd, arg) },
+    }
+}
+
+/// Interposed `fcntl64` (glibc's name for `fcntl` with large-file offsets).
+///
+/// # Safety
+/// As for `fcntl(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: usize) -> c_int {
+    // SAFETY: the same call.
+    unsafe { fcntl(fd, cmd, arg) }
+}
+
+/// Interposed `ioctl(2)`: `FIONBIO`, `FIONREAD` and `SIOCOUTQ` on ipcd
+/// sockets; everything else reaches the kernel socket.
+///
+/// # Safety
+/// As for `ioctl(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn ioctl(fd: c_int, req: libc::c_ulong, arg: usize) -> c_int {
+    let Some(s) = table::get(fd) else {
+        // SAFETY: the caller's arguments, unchanged.
+        return unsafe { real::ioctl(fd, req, arg) };
+    };
+    let out = arg as *mut c_int;
+    match req {
+        libc::FIONBIO => {
+            if out.is_null() {
+                return fail(libc::EFAULT);
+            }
+            // SAFETY: FIONBIO's argument is an int pointer.
+            let on = unsafe { *out } != 0;
+            if !matches!(*s.lock(), State::Listening { .. }) {
+                // SAFETY: as the caller's contract.
+                let r = unsafe { real::ioctl(fd, req, arg) };
+                if r != 0 {
+                    return r;
+                }
+            }
+            s.set_nonblocking(on);
+            0
+        }
+        libc::FIONREAD | libc::TIOCOUTQ if s.is_stream() => {
+            if out.is_null() {
+                return fail(libc::EFAULT);
+            }
+            let n = match &mut *s.lock() {
+                State::Stream(st) if req == libc::FIONREAD => stream::readable(st),
+                State::Stream(st) => stream::unread_by_peer(st),
+                _ => return fail(libc::EBADF),
+            };
+            // SAFETY: these requests' argument is an int pointer.
+            unsafe { *out = n.min(c_int::MAX as usize) as c_int };
+            0
+        }
+        // SAFETY: the caller's arguments, unchanged.
+        _ => unsafe { real::ioctl(fd, req, arg) },
+    }
+}
+
+/// Interposed `getsockopt(2)`: `SO_ERROR` of an ipcd stream comes from the
+/// connection; every other option from the kernel socket, where
+/// `setsockopt` put it.
+///
+/// # Safety
+/// As for `getsockopt(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *mut c_void,
+    len: *mut socklen_t,
+) -> c_int {
+    if level == libc::SOL_SOCKET && name == libc::SO_ERROR {
+        if let Some(s) = table::get(fd).filter(|s| s.is_stream()) {
+            if val.is_null() || len.is_null() {
+                return fail(libc::EFAULT);
+            }
+            // SAFETY: the caller's length pointer.
+            let l = unsafe { *len };
+            if (l as i32) < 0 {
+                return fail(libc::EINVAL);
+            }
+            let e = match &mut *s.lock() {
+                State::Stream(st) => stream::so_error(st),
+                _ => 0,
+            };
+            let n = (l as usize).min(std::mem::size_of::<c_int>());
+            // SAFETY: copies at most the caller's length from a live int.
+            unsafe {
+                std::ptr::copy_nonoverlapping((&raw const e).cast::<u8>(), val.cast::<u8>(), n);
+                *len = n as socklen_t;
+            }
+            return 0;
+        }
+    }
+    // SAFETY: the caller's arguments, unchanged.
+    unsafe { real::getsockopt(fd, level, name, val, len) }
+}
+
+/// Interposed `setsockopt(2)`: the kernel socket validates and keeps every
+/// option; we also note the ones that change what ipcd does.
+///
+/// # Safety
+/// As for `setsockopt(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
+    // SAFETY: the caller's arguments, unchanged.
+    let r = unsafe { real::setsockopt(fd, level, name, val, len) };
+    if r != 0 || level != libc::SOL_SOCKET {
+        return r;
+    }
+    let Some(s) = table::get(fd) else { return r };
+    match name {
+        libc::SO_RCVTIMEO | libc::SO_SNDTIMEO if len as usize >= std::mem::size_of::<libc::timeval>() => {
+            // SAFETY: the kernel accepted it as a timeval.
+            let tv = unsafe { val.cast::<libc::timeval>().read_unaligned() };
+            let t = Duration::from_secs(tv.tv_sec.max(0) as u64) + Duration::from_micros(tv.tv_usec.max(0) as u64);
+            s.set_timeout(name == libc::SO_RCVTIMEO, t);
+        }
+        libc::SO_LINGER if len as usize >= std::mem::size_of::<libc::linger>() => {
+            // SAFETY: the kernel accepted it as a linger.
+            let l = unsafe { val.cast::<libc::linger>().read_unaligned() };
+            s.set_linger_zero(l.l_onoff != 0 && l.l_linger == 0);
+        }
+        _ => {}
+    }
+    r
+}
+
+/// Which name `getsockname`/`getpeername` asks for.
+#[derive(Clone, Copy)]
+enum Name {
+    Local,
+    Peer,
+}
+
+unsafe fn name_of(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, which: Name) -> Option<c_int> {
+    let s = table::get(fd).filter(|s| s.is_stream())?;
+    if addr.is_null() || len.is_null() {
+        return Some(fail(libc::EFAULT));
+    }
+    let a = match &*s.lock() {
+        State::Stream(st) => match which {
+            Name::Local => st.info.local,
+            Name::Peer => st.info.peer,
+        },
+        _ => return Some(fail(libc::EBADF)),
+    };
+    // SAFETY: the caller's buffers.
+    unsafe { setup::write_addr(setup::for_family(a, s.family), addr, len) };
+    Some(0)
+}
+
+/// Interposed `getsockname(2)`.
+///
+/// # Safety
+/// As for `getsockname(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: the caller's buffers.
+    match unsafe { name_of(fd, addr, len, Name::Local) } {
+        Some(r) => r,
+        // SAFETY: the caller's arguments, unchanged.
+        None => unsafe { real::getsockname(fd, addr, len) },
+    }
+}
+
+/// Interposed `getpeername(2)`.
+///
+/// # Safety
+/// As for `getpeername(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: the caller's buffers.
+    match unsafe { name_of(fd, addr, len, Name::Peer) } {
+        Some(r) => r,
+        // SAFETY: the caller's arguments, unchanged.
+        None => unsafe { real::getpeername(fd, addr, len) },
+    }
+}

@@ -1,0 +1,142 @@
+//! The libc functions we interpose, resolved with `dlsym(RTLD_NEXT)` on
+//! first use: the next definition after ours in the lookup order, normally
+//! glibc's. The library's own calls go straight through these, so a socket
+//! call made while handling another never re-enters the interposition.
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+use libc::{c_int, c_uint, c_void, iovec, mmsghdr, msghdr, nfds_t, pollfd, size_t, sockaddr, socklen_t, ssize_t};
+
+/// A symbol resolved once; 0 until then.
+struct Sym {
+    name: &'static [u8],
+    addr: AtomicUsize,
+}
+
+impl Sym {
+    const fn new(name: &'static [u8]) -> Sym {
+        Sym { name, addr: AtomicUsize::new(0) }
+    }
+
+    #[inline]
+    fn get(&self) -> usize {
+        // Relaxed: the address is the same whichever thread resolves it, and
+        // dlsym's own locking publishes the code it points at.
+        let a = self.addr.load(Ordering::Relaxed);
+        if a != 0 {
+            return a;
+        }
+        self.resolve()
+    }
+
+    #[cold]
+    fn resolve(&self) -> usize {
+        // SAFETY: `name` is NUL-terminated (built by the macro below).
+        let a = unsafe { libc::dlsym(libc::RTLD_NEXT, self.name.as_ptr().cast()) } as usize;
+        if a == 0 {
+            // Every symbol here is in every glibc; without it nothing can go on.
+            let msg = b"ipcd: libc lacks a socket function; aborting\n";
+            // SAFETY: raw write of a static buffer to stderr, then abort.
+            unsafe {
+                libc::syscall(libc::SYS_write, 2, msg.as_ptr(), msg.len());
+                libc::abort();
+            }
+        }
+        self.addr.store(a, Ordering::Relaxed);
+        a
+    }
+}
+
+macro_rules! real {
+    ($( $name:ident ( $($arg:ident : $t:ty),* ) -> $r:ty; )*) => {
+        $(
+            #[doc = concat!("The real `", stringify!($name), "`.")]
+            ///
+            /// # Safety
+            /// As for the libc function of that name.
+            #[inline]
+            pub unsafe fn $name($($arg: $t),*) -> $r {
+                static SYM: Sym = Sym::new(concat!(stringify!($name), "\0").as_bytes());
+                // SAFETY: dlsym returned the address of the libc function of
+                // this name, whose C signature is the one written here.
+                let f: unsafe extern "C" fn($($t),*) -> $r = unsafe { core::mem::transmute(SYM.get()) };
+                // SAFETY: the caller upholds the function's contract.
+                unsafe { f($($arg),*) }
+            }
+        )*
+    };
+}
+
+real! {
+    socket(domain: c_int, ty: c_int, proto: c_int) -> c_int;
+    bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    listen(fd: c_int, backlog: c_int) -> c_int;
+    accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int;
+    connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t;
+    write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t;
+    readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t;
+    writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t;
+    send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t;
+    recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t;
+    sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t;
+    recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> ssize_t;
+    sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t;
+    recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t;
+    sendmmsg(fd: c_int, msgs: *mut mmsghdr, n: c_uint, flags: c_int) -> c_int;
+    recvmmsg(fd: c_int, msgs: *mut mmsghdr, n: c_uint, flags: c_int, timeout: *mut libc::timespec) -> c_int;
+    sendfile(out_fd: c_int, in_fd: c_int, offset: *mut libc::off_t, n: size_t) -> ssize_t;
+    sendfile64(out_fd: c_int, in_fd: c_int, offset: *mut libc::off64_t, n: size_t) -> ssize_t;
+    splice(fd_in: c_int, off_in: *mut libc::loff_t, fd_out: c_int, off_out: *mut libc::loff_t, n: size_t, flags: c_uint) -> ssize_t;
+    close(fd: c_int) -> c_int;
+    shutdown(fd: c_int, how: c_int) -> c_int;
+    dup(fd: c_int) -> c_int;
+    dup2(fd: c_int, new: c_int) -> c_int;
+    dup3(fd: c_int, new: c_int, flags: c_int) -> c_int;
+    getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int;
+    setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int;
+    getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+    getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+    poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_int;
+    ppoll(fds: *mut pollfd, n: nfds_t, timeout: *const libc::timespec, mask: *const libc::sigset_t) -> c_int;
+}
+
+/// The real `fcntl`, called with one integer or pointer argument (every
+/// command takes at most one).
+///
+/// # Safety
+/// As for `fcntl(2)`.
+#[inline]
+pub unsafe fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
+    static SYM: Sym = Sym::new(b"fcntl\0");
+    // SAFETY: dlsym gave the address of the variadic libc `fcntl`.
+    let f: unsafe extern "C" fn(c_int, c_int, ...) -> c_int = unsafe { core::mem::transmute(SYM.get()) };
+    // SAFETY: the caller upholds fcntl's contract for `cmd`.
+    unsafe { f(fd, cmd, arg) }
+}
+
+/// The real `ioctl`, with its one argument.
+///
+/// # Safety
+/// As for `ioctl(2)`.
+#[inline]
+pub unsafe fn ioctl(fd: c_int, req: libc::c_ulong, arg: usize) -> c_int {
+    static SYM: Sym = Sym::new(b"ioctl\0");
+    // SAFETY: dlsym gave the address of the variadic libc `ioctl`.
+    let f: unsafe extern "C" fn(c_int, libc::c_ulong, ...) -> c_int = unsafe { core::mem::transmute(SYM.get()) };
+    // SAFETY: the caller upholds ioctl's contract for `req`.
+    unsafe { f(fd, req, arg) }
+}
+
+/// The calling thread's `errno`.
+#[inline]
+pub fn errno() -> c_int {
+    // SAFETY: __errno_location always returns the thread's errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Sets the calling thread's `errno`.
+#[inline]
+pub fn set_errno(e: c_int) {
+    // SAFETY: as in `errno`.
+    unsafe { *libc::__errno_location() = e };
+}

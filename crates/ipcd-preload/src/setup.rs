@@ -1,0 +1,391 @@
+//! Connection set-up through the monitor: `connect`, `listen`, `accept`, and
+//! closing a listener. Whatever the monitor cannot do goes to the kernel.
+
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use ipcd_proto::message::{Request, Response};
+use ipcd_proto::{Conn, ListenFlags, SockAddr};
+
+use crate::control::{self, Pending};
+use crate::link::{self, Link};
+use crate::log::{log, Level};
+use crate::real;
+use crate::socket::{Socket, State, Stream};
+use crate::table;
+
+/// What `connect` decided.
+pub enum Connect {
+    /// Done through ipcd: return this (0, or `EINPROGRESS` as errno).
+    Done(Result<(), libc::c_int>),
+    /// Let the kernel connect (the fd is no longer ours).
+    Kernel,
+}
+
+/// `getsockname` of a kernel fd.
+fn sockname(fd: libc::c_int) -> Option<SockAddr> {
+    // SAFETY: zeroed storage and its length as out parameters.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: valid out pointers of the stated size.
+    if unsafe { real::getsockname(fd, (&raw mut ss).cast(), &mut len) } != 0 {
+        return None;
+    }
+    // SAFETY: the kernel wrote `len` bytes.
+    unsafe { SockAddr::from_raw((&raw const ss).cast(), len) }
+}
+
+fn int_opt(fd: libc::c_int, level: libc::c_int, name: libc::c_int) -> bool {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: an int-sized out buffer.
+    let r = unsafe { real::getsockopt(fd, level, name, (&raw mut v).cast(), &mut len) };
+    r == 0 && v != 0
+}
+
+/// The host's own addresses (cached: interfaces rarely change under a
+/// running program, and the monitor has the last word anyway).
+fn local_ips() -> &'static [SockAddr] {
+    static IPS: OnceLock<Vec<SockAddr>> = OnceLock::new();
+    IPS.get_or_init(|| {
+        let mut out = Vec::new();
+        let mut ifs: *mut libc::ifaddrs = std::ptr::null_mut();
+        // SAFETY: getifaddrs fills a list that we free below.
+        if unsafe { libc::getifaddrs(&mut ifs) } != 0 {
+            return out;
+        }
+        let mut p = ifs;
+        while !p.is_null() {
+            // SAFETY: a node of the list getifaddrs returned.
+            let ifa = unsafe { &*p };
+            let len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            // SAFETY: ifa_addr is null or a sockaddr of its family's size.
+            if let Some(a) = unsafe { SockAddr::from_raw(ifa.ifa_addr, len) } {
+                out.push(a);
+            }
+            p = ifa.ifa_next;
+        }
+        // SAFETY: the list from getifaddrs, freed once.
+        unsafe { libc::freeifaddrs(ifs) };
+        out
+    })
+}
+
+fn v4_of(a: &SockAddr) -> Option<[u8; 4]> {
+    match *a {
+        SockAddr::V4 { ip, .. } => Some(ip),
+        SockAddr::V6 { ip, .. } if ip[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] => {
+            Some([ip[12], ip[13], ip[14], ip[15]])
+        }
+        SockAddr::V6 { .. } => None,
+    }
+}
+
+fn is_unspecified(a: &SockAddr) -> bool {
+    match *a {
+        SockAddr::V4 { ip, .. } => ip == [0; 4],
+        SockAddr::V6 { ip, .. } => ip == [0; 16],
+    }
+}
+
+/// Could a listener on this host be at `dest`?
+fn is_local(dest: &SockAddr) -> bool {
+    if dest.is_loopback() || is_unspecified(dest) {
+        return true;
+    }
+    local_ips().iter().any(|l| match (v4_of(l), v4_of(dest)) {
+        (Some(a), Some(b)) => a == b,
+        _ => matches!((l, dest), (SockAddr::V6 { ip: a, .. }, SockAddr::V6 { ip: b, .. }) if a == b),
+    })
+}
+
+/// The address a kernel connect to `dest` would bind us to: the
+/// destination itself for a local address, loopback for the unspecified one.
+fn source_for(dest: &SockAddr) -> SockAddr {
+    match *dest {
+        SockAddr::V4 { ip, .. } if ip == [0; 4] => SockAddr::V4 { ip: [127, 0, 0, 1], port: 0 },
+        SockAddr::V4 { ip, .. } => SockAddr::V4 { ip, port: 0 },
+        SockAddr::V6 { ip, .. } if ip == [0; 16] => {
+            let mut lo = [0; 16];
+            lo[15] = 1;
+            SockAddr::V6 { ip: lo, port: 0, flowinfo: 0, scope_id: 0 }
+        }
+        SockAddr::V6 { ip, scope_id, .. } => SockAddr::V6 { ip, port: 0, flowinfo: 0, scope_id },
+    }
+}
+
+/// `addr` as a socket of `family` reports it: IPv4 peers of an IPv6 socket
+/// appear IPv4-mapped, mapped peers of an IPv4 socket plain.
+pub fn for_family(addr: SockAddr, family: libc::c_int) -> SockAddr {
+    match (addr, family) {
+        (SockAddr::V4 { ip, port }, libc::AF_INET6) => {
+            let mut m = [0u8; 16];
+            m[10] = 0xff;
+            m[11] = 0xff;
+            m[12..].copy_from_slice(&ip);
+            SockAddr::V6 { ip: m, port, flowinfo: 0, scope_id: 0 }
+        }
+        (a @ SockAddr::V6 { port, .. }, libc::AF_INET) => match v4_of(&a) {
+            Some(ip) => SockAddr::V4 { ip, port },
+            None => a,
+        },
+        (a, _) => a,
+    }
+}
+
+/// Writes `addr` to a caller's `(sockaddr*, socklen_t*)` pair the way the
+/// kernel does: truncated to the caller's length, full length reported.
+///
+/// # Safety
+/// `out` must be null or hold `*len` writable bytes; `len` null or valid.
+pub unsafe fn write_addr(addr: SockAddr, out: *mut libc::sockaddr, len: *mut libc::socklen_t) {
+    if out.is_null() || len.is_null() {
+        return;
+    }
+    let (ss, full) = addr.to_raw();
+    // SAFETY: the caller's length says how much `out` holds.
+    unsafe {
+        let n = (*len).min(full) as usize;
+        std::ptr::copy_nonoverlapping((&raw const ss).cast::<u8>(), out.cast::<u8>(), n);
+        *len = full;
+    }
+}
+
+/// `connect` of one of our fresh sockets to `dest`.
+pub fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect {
+    let family_ok =
+        matches!((sock.family, dest), (libc::AF_INET, SockAddr::V4 { .. }) | (libc::AF_INET6, SockAddr::V6 { .. }));
+    if !family_ok || !is_local(&dest) {
+        return Connect::Kernel;
+    }
+    let mut state = sock.lock();
+    match &*state {
+        State::Fresh => {}
+        State::Stream(s) => {
+            return Connect::Done(Err(if s.conn.phase() == ipcd_proto::Phase::Connecting {
+                libc::EALREADY
+            } else {
+                libc::EISCONN
+            }));
+        }
+        State::Listening { .. } | State::Closed => return Connect::Kernel,
+    }
+    // The kernel reserves our port: bind as its connect would, if the
+    // program did not bind.
+    let mut source = sockname(fd);
+    if source.is_none_or(|s| s.port() == 0) {
+        let (ss, len) = match source {
+            // Bound to an address but port 0: keep the address.
+            Some(s) if !is_unspecified(&s) => s.to_raw(),
+            _ => source_for(&for_family(dest, sock.family)).to_raw(),
+        };
+        // SAFETY: a sockaddr of the length to_raw gives.
+        if unsafe { real::bind(fd, (&raw const ss).cast(), len) } != 0 {
+            log!(Level::Debug, "cannot reserve a port for {dest} (errno {}); kernel connect", real::errno());
+            return Connect::Kernel;
+        }
+        source = sockname(fd);
+    }
+    let req = Request::Connect { dest, source, nonblocking: sock.nonblocking() };
+    let Some((resp, fds)) = control::with(|c| c.call(&req, &[])) else { return Connect::Kernel };
+    let info = match resp {
+        Response::Connected(info) => info,
+        Response::UseKernel { reason } => {
+            log!(Level::Debug, "connect to {dest}: kernel ({reason:?})");
+            return Connect::Kernel;
+        }
+        other => {
+            log!(Level::Warn, "connect to {dest}: unexpected answer {other:?}; kernel connect");
+            return Connect::Kernel;
+        }
+    };
+    match Link::attach(&info, fds.into_vec()) {
+        Ok(link) => {
+            sock.become_stream(&mut state, Stream { conn: Conn::established(), link, info });
+            // A non-blocking connect to a loopback listener still answers
+            // EINPROGRESS on Linux; the brokering is already done, so the
+            // connection is writable at once.
+            Connect::Done(if sock.nonblocking() { Err(libc::EINPROGRESS) } else { Ok(()) })
+        }
+        Err(e) => {
+            log!(Level::Error, "connect to {dest}: cannot map the connection ({e}); kernel connect");
+            let _ = control::with(|c| c.notify(&Request::Close { conn: info.conn }));
+            Connect::Kernel
+        }
+    }
+}
+
+/// After a successful kernel `listen`: registers the listener with the
+/// monitor. Returns false when the monitor will not route to it (the socket
+/// is then a plain kernel listener).
+pub fn listen(fd: libc::c_int, sock: &Socket, backlog: libc::c_int) -> bool {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let mut state = sock.lock();
+    match &*state {
+        State::Listening { .. } => return true,
+        State::Fresh => {}
+        _ => return false,
+    }
+    let Some(addr) = sockname(fd) else { return false };
+    let mut flags = ListenFlags::empty();
+    if int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) {
+        flags |= ListenFlags::REUSEPORT;
+    }
+    if int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR) {
+        flags |= ListenFlags::REUSEADDR;
+    }
+    if sock.family == libc::AF_INET6 && int_opt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) {
+        flags |= ListenFlags::V6ONLY;
+    }
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let req = Request::Listen { listener: id, addr, backlog: backlog.max(0) as u32, flags };
+    // SAFETY: `fd` is the open listening socket this call is about.
+    let proof = unsafe { BorrowedFd::borrow_raw(fd) };
+    match control::with(|c| c.call(&req, &[proof])) {
+        Some((Response::Ok, _)) => {}
+        Some((other, _)) => {
+            log!(Level::Warn, "listener {addr} not registered ({other:?}); kernel only");
+            return false;
+        }
+        None => return false,
+    }
+    // accept waits on the kernel fd and the monitor together, so the kernel
+    // fd never blocks; the program's O_NONBLOCK is kept in `sock`.
+    // SAFETY: F_GETFL/F_SETFL on our own fd.
+    unsafe {
+        let fl = real::fcntl(fd, libc::F_GETFL, 0);
+        real::fcntl(fd, libc::F_SETFL, (fl | libc::O_NONBLOCK) as usize);
+    }
+    *state = State::Listening { id };
+    log!(Level::Debug, "listening on {addr} through ipcd (listener {id})");
+    true
+}
+
+/// Makes an accepted ipcd connection into a new fd.
+fn accepted(sock: &Socket, (info, fds): Pending, flags: libc::c_int) -> Result<(libc::c_int, SockAddr), libc::c_int> {
+    let conn = info.conn;
+    let fail = |e: libc::c_int| {
+        let _ = control::with(|c| c.notify(&Request::Close { conn }));
+        e
+    };
+    let link = Link::attach(&info, fds).map_err(|e| {
+        log!(Level::Error, "cannot map accepted connection {conn}: {e}");
+        fail(libc::ECONNABORTED)
+    })?;
+    // A fresh kernel socket under the fd keeps fstat, SO_TYPE and
+    // /proc/self/fd right; it never connects.
+    // SAFETY: plain socket creation.
+    let fd = unsafe { real::socket(sock.family, libc::SOCK_STREAM | (flags & libc::SOCK_CLOEXEC), 0) };
+    if fd < 0 {
+        let e = real::errno();
+        drop(reset_link(link));
+        return Err(fail(e));
+    }
+    let peer = info.peer;
+    let stream = Stream { conn: Conn::established(), link, info };
+    let new = Arc::new(Socket::new(sock.family, flags & libc::SOCK_NONBLOCK != 0, State::Stream(Box::new(stream))));
+    if let Err(new) = table::install(fd, new) {
+        // An fd beyond the table: we cannot serve it.
+        if let State::Stream(s) = std::mem::replace(&mut *new.lock(), State::Closed) {
+            drop(reset_link(s.link));
+        }
+        // SAFETY: the socket made above.
+        unsafe { real::close(fd) };
+        return Err(fail(libc::EMFILE));
+    }
+    let _ = control::with(|c| c.notify(&Request::Accepted { conn }));
+    Ok((fd, for_family(peer, sock.family)))
+}
+
+/// Resets a connection we will not serve: the connector sees `ECONNRESET`.
+fn reset_link(mut link: Link) -> Link {
+    if link.tx.reset() | link.rx.close() {
+        link.ring_peer();
+    }
+    link
+}
+
+/// `accept4` on one of our listeners: the first of an ipcd connection and a
+/// kernel one (from a program not under ipcd).
+///
+/// # Safety
+/// `addr`/`len` as for `accept4`.
+pub unsafe fn accept(
+    fd: libc::c_int,
+    sock: &Socket,
+    id: u64,
+    addr: *mut libc::sockaddr,
+    len: *mut libc::socklen_t,
+    flags: libc::c_int,
+) -> Result<libc::c_int, libc::c_int> {
+    let deadline = sock.rcvtimeo().map(|t| Instant::now() + t);
+    loop {
+        let next = control::with(|c| {
+            c.drain()?;
+            Ok(c.pop_incoming(id))
+        });
+        if let Some(Some(pending)) = next {
+            match accepted(sock, pending, flags) {
+                Ok((newfd, peer)) => {
+                    // SAFETY: the caller's buffers.
+                    unsafe { write_addr(peer, addr, len) };
+                    return Ok(newfd);
+                }
+                Err(libc::ECONNABORTED) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        // SAFETY: the caller's buffers; the kernel fd is non-blocking.
+        let r = unsafe { real::accept4(fd, addr, len, flags) };
+        if r >= 0 {
+            return Ok(r);
+        }
+        let e = real::errno();
+        if e != libc::EAGAIN {
+            return Err(e);
+        }
+        if sock.nonblocking() {
+            return Err(libc::EAGAIN);
+        }
+        let chan = control::with(|c| Ok(c.fd())).unwrap_or(-1);
+        let bell = control::event_bell();
+        let mut pfds = [
+            libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: bell, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: chan, events: libc::POLLIN, revents: 0 },
+        ];
+        let timeout = match deadline {
+            None => -1,
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) => left.as_millis().clamp(1, i32::MAX as u128) as i32,
+                None => return Err(libc::EAGAIN),
+            },
+        };
+        // SAFETY: three live pollfds (a negative fd is ignored by poll).
+        let n = unsafe { real::poll(pfds.as_mut_ptr(), 3, timeout) };
+        if n < 0 && real::errno() == libc::EINTR {
+            return Err(libc::EINTR);
+        }
+        if pfds[1].revents != 0 {
+            link::drain(bell);
+        }
+    }
+}
+
+/// The last fd of a listener closed: unregister, and reset whatever still
+/// waits in its ipcd accept queue (as Linux resets its accept queue).
+pub fn close_listener(id: u64) {
+    let _ = control::with(|c| {
+        c.call(&Request::Unlisten { listener: id }, &[])?;
+        c.drain()?;
+        for (info, fds) in c.take_incoming(id) {
+            if let Ok(link) = Link::attach(&info, fds) {
+                drop(reset_link(link));
+            }
+            c.notify(&Request::Close { conn: info.conn })?;
+        }
+        Ok(())
+    });
+}

@@ -1,0 +1,143 @@
+//! A socket object: what one open TCP socket of ours is (fresh, listening,
+//! an ipcd connection) and the options we emulate for it.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use ipcd_proto::message::ConnInfo;
+use ipcd_proto::Conn;
+
+use crate::link::Link;
+use crate::wait::Sleepers;
+
+/// An ipcd connection end.
+pub struct Stream {
+    /// Linux TCP's answers for this end.
+    pub conn: Conn,
+    /// The mapped rings.
+    pub link: Link,
+    /// Addresses and ids from the monitor.
+    pub info: ConnInfo,
+}
+
+/// What the socket is now.
+pub enum State {
+    /// Made by `socket()`, maybe bound: `connect` or `listen` decides.
+    Fresh,
+    /// Listening in the kernel and registered with the monitor.
+    Listening {
+        /// Our id for it in the monitor.
+        id: u64,
+    },
+    /// An ipcd connection.
+    Stream(Box<Stream>),
+    /// Its last fd was closed.
+    Closed,
+}
+
+/// One socket object, shared by every fd that `dup` made of it.
+pub struct Socket {
+    /// `AF_INET` or `AF_INET6`.
+    pub family: libc::c_int,
+    /// What it is; held only for short sections, never while sleeping.
+    pub state: Mutex<State>,
+    /// Threads blocked on this end's doorbell.
+    pub sleepers: Sleepers,
+    /// `O_NONBLOCK` as the program set it (the kernel fd of a listener is
+    /// always non-blocking underneath).
+    nonblock: AtomicBool,
+    /// Fds referring to this object.
+    fds: AtomicU32,
+    /// The state is (or was) a stream: data calls are ours. Set once.
+    stream: AtomicBool,
+    /// `SO_RCVTIMEO` / `SO_SNDTIMEO` in microseconds (0: none).
+    rcvtimeo_us: AtomicU64,
+    sndtimeo_us: AtomicU64,
+    /// `SO_LINGER` on with a zero timeout: close resets.
+    linger_zero: AtomicBool,
+}
+
+impl Socket {
+    /// A fresh socket of `family`.
+    pub fn new(family: libc::c_int, nonblock: bool, state: State) -> Socket {
+        Socket {
+            family,
+            stream: AtomicBool::new(matches!(state, State::Stream(_))),
+            state: Mutex::new(state),
+            sleepers: Sleepers::default(),
+            nonblock: AtomicBool::new(nonblock),
+            fds: AtomicU32::new(0),
+            rcvtimeo_us: AtomicU64::new(0),
+            sndtimeo_us: AtomicU64::new(0),
+            linger_zero: AtomicBool::new(false),
+        }
+    }
+
+    /// The state, locked. A panic in another thread while holding it does
+    /// not make the socket unusable: the state is still consistent (every
+    /// update is a single assignment).
+    #[inline]
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether data calls go through ipcd (the socket is or was a stream).
+    #[inline]
+    pub fn is_stream(&self) -> bool {
+        self.stream.load(Ordering::Acquire)
+    }
+
+    /// Makes `state` (locked by the caller) a stream.
+    pub fn become_stream(&self, state: &mut State, stream: Stream) {
+        *state = State::Stream(Box::new(stream));
+        self.stream.store(true, Ordering::Release);
+    }
+
+    /// Program-visible `O_NONBLOCK`.
+    #[inline]
+    pub fn nonblocking(&self) -> bool {
+        self.nonblock.load(Ordering::Relaxed)
+    }
+
+    /// Sets the program-visible `O_NONBLOCK`.
+    pub fn set_nonblocking(&self, on: bool) {
+        self.nonblock.store(on, Ordering::Relaxed);
+    }
+
+    /// One more fd refers to this object.
+    pub fn add_fd(&self) {
+        self.fds.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One fd less; true when it was the last (the socket is closed now).
+    pub fn drop_fd(&self) -> bool {
+        self.fds.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+
+    /// `SO_RCVTIMEO` (`None`: wait forever).
+    pub fn rcvtimeo(&self) -> Option<Duration> {
+        Some(self.rcvtimeo_us.load(Ordering::Relaxed)).filter(|&us| us != 0).map(Duration::from_micros)
+    }
+
+    /// `SO_SNDTIMEO` (`None`: wait forever).
+    pub fn sndtimeo(&self) -> Option<Duration> {
+        Some(self.sndtimeo_us.load(Ordering::Relaxed)).filter(|&us| us != 0).map(Duration::from_micros)
+    }
+
+    /// Records `SO_RCVTIMEO` (`rcv`) or `SO_SNDTIMEO`.
+    pub fn set_timeout(&self, rcv: bool, t: Duration) {
+        let us = u64::try_from(t.as_micros()).unwrap_or(u64::MAX);
+        if rcv { &self.rcvtimeo_us } else { &self.sndtimeo_us }.store(us, Ordering::Relaxed);
+    }
+
+    /// Whether `SO_LINGER` asks for an abortive close.
+    pub fn linger_zero(&self) -> bool {
+        self.linger_zero.load(Ordering::Relaxed)
+    }
+
+    /// Records `SO_LINGER`.
+    pub fn set_linger_zero(&self, on: bool) {
+        self.linger_zero.store(on, Ordering::Relaxed);
+    }
+}

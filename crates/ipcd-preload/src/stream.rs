@@ -1,0 +1,319 @@
+//! The data path of an ipcd connection: send, receive, shutdown and close
+//! of a [`Stream`], answering as Linux TCP would (the state machine in
+//! ipcd-proto decides, this module moves the bytes and waits).
+
+use std::time::Instant;
+
+use ipcd_proto::{CloseAction, Errno, How, Recv, Ring, Send};
+use ipcd_ring::Wait;
+
+use crate::iov::IoCursor;
+use crate::socket::{Socket, State, Stream};
+use crate::wait::{self, Woken};
+
+/// A call's outcome: bytes moved, or an errno.
+pub type IoResult = Result<usize, libc::c_int>;
+
+/// `MSG_*` flags that change how we behave.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Flags {
+    /// `MSG_DONTWAIT`, or the socket is non-blocking.
+    pub nonblock: bool,
+    /// `MSG_PEEK`.
+    pub peek: bool,
+    /// `MSG_WAITALL`.
+    pub waitall: bool,
+    /// `MSG_NOSIGNAL`.
+    pub nosignal: bool,
+}
+
+impl Flags {
+    /// From a call's `flags` and the socket's mode.
+    pub fn new(sock: &Socket, flags: libc::c_int) -> Flags {
+        Flags {
+            nonblock: sock.nonblocking() || flags & libc::MSG_DONTWAIT != 0,
+            peek: flags & libc::MSG_PEEK != 0,
+            waitall: flags & libc::MSG_WAITALL != 0,
+            nosignal: flags & libc::MSG_NOSIGNAL != 0,
+        }
+    }
+}
+
+fn errno(e: Errno) -> libc::c_int {
+    e.code()
+}
+
+impl Stream {
+    /// What the rings say, or — on a ring the peer corrupted — the
+    /// connection is reset and the state machine is told.
+    fn observe(&mut self) -> Ring {
+        match self.link.observe() {
+            Some(r) => r,
+            None => {
+                self.abort();
+                Ring { peer_reset: true, ..Ring::default() }
+            }
+        }
+    }
+
+    /// Resets our end: the peer sees `ECONNRESET`, we stop reading.
+    fn abort(&mut self) {
+        self.conn.on_abort();
+        let w = self.link.tx.reset() | self.link.rx.close();
+        if w {
+            self.link.ring_peer();
+        }
+    }
+
+    /// Brings the rings in line with the state machine after a call: a FIN
+    /// goes out once our writing side is shut; the reader closes once we no
+    /// longer read.
+    fn settle(&mut self, fin: bool) {
+        let mut wake = false;
+        if fin {
+            wake |= self.link.tx.close();
+        }
+        if self.conn.stops_reading() {
+            wake |= self.link.rx.close();
+        }
+        if wake {
+            self.link.ring_peer();
+        }
+    }
+}
+
+/// Which way a blocked call waits.
+#[derive(Clone, Copy)]
+enum Dir {
+    Recv,
+    Send(usize),
+}
+
+/// Runs `f` on the socket's stream. `Err(EBADF)` when it was closed meanwhile.
+fn with_stream<R>(sock: &Socket, f: impl FnOnce(&mut Stream) -> R) -> Result<R, libc::c_int> {
+    match &mut *sock.lock() {
+        State::Stream(s) => Ok(f(s)),
+        _ => Err(libc::EBADF),
+    }
+}
+
+/// Blocks until the ring may let `dir` progress: spins first, then sleeps on
+/// the doorbell with the ring's protocol. `Err` is the errno to give up with.
+fn block(sock: &Socket, dir: Dir, deadline: Option<Instant>) -> Result<(), libc::c_int> {
+    let ready = |s: &mut Stream| match dir {
+        Dir::Recv => {
+            s.link.rx.readable().map_or(true, |n| n > 0) || s.link.rx.peer_state() != ipcd_ring::PeerState::Open
+        }
+        Dir::Send(_) => {
+            s.link.tx.writable().map_or(true, |n| n > 0)
+                || s.link.tx.is_reader_closed()
+                || s.link.rx.peer_state() == ipcd_ring::PeerState::Reset
+        }
+    };
+    if wait::spin(|| with_stream(sock, ready).unwrap_or(true)) {
+        return Ok(());
+    }
+    let prepared = with_stream(sock, |s| {
+        let w = match dir {
+            Dir::Recv => s.link.rx.prepare_wait(),
+            // Wait for a quarter ring at least, so a large send moves in
+            // batches instead of waking per byte freed.
+            Dir::Send(want) => s.link.tx.prepare_wait(want.min(s.link.tx.capacity() / 4)),
+        };
+        (w, s.link.bell())
+    })?;
+    let (Ok(Wait::Sleep), bell) = prepared else { return Ok(()) };
+    let woken = sock.sleepers.sleep(bell, deadline);
+    let _ = with_stream(sock, |s| match dir {
+        Dir::Recv => s.link.rx.cancel_wait(),
+        Dir::Send(_) => s.link.tx.cancel_wait(),
+    });
+    match woken {
+        Woken::Retry => Ok(()),
+        Woken::Timeout => Err(libc::EAGAIN),
+        Woken::Interrupted => Err(libc::EINTR),
+    }
+}
+
+fn deadline(t: Option<std::time::Duration>) -> Option<Instant> {
+    t.map(|t| Instant::now() + t)
+}
+
+/// `send`/`write`/`sendmsg` of the bytes in `iov`.
+///
+/// # Safety
+/// `iov` must describe readable memory.
+pub unsafe fn send(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult {
+    let mut cur = IoCursor::new(iov);
+    let total = cur.total();
+    let deadline = deadline(sock.sndtimeo());
+    let mut done = 0;
+    loop {
+        let step = with_stream(sock, |s| {
+            let ring = s.observe();
+            match s.conn.send(&ring, total - done, flags.nosignal) {
+                Send::Write(n) => {
+                    // SAFETY: the caller's iovecs are readable.
+                    match unsafe { cur.write_to(&mut s.link.tx, n) } {
+                        Ok(wake) => {
+                            if wake {
+                                s.link.ring_peer();
+                            }
+                            Ok(n)
+                        }
+                        Err(_) => {
+                            s.abort();
+                            Ok(0)
+                        }
+                    }
+                }
+                Send::Discard(n) => {
+                    cur.skip(n);
+                    if s.link.tx.reset() {
+                        s.link.ring_peer();
+                    }
+                    Ok(n)
+                }
+                Send::WouldBlock => Err(None),
+                Send::Fail { errno: e, sigpipe } => Err(Some((errno(e), sigpipe))),
+            }
+        })?;
+        match step {
+            Ok(n) => {
+                done += n;
+                if done >= total {
+                    return Ok(done);
+                }
+            }
+            Err(Some((e, sigpipe))) => {
+                if done > 0 {
+                    return Ok(done);
+                }
+                if sigpipe {
+                    raise_sigpipe();
+                }
+                return Err(e);
+            }
+            Err(None) => {
+                if flags.nonblock {
+                    return if done > 0 { Ok(done) } else { Err(libc::EAGAIN) };
+                }
+                if let Err(e) = block(sock, Dir::Send(total - done), deadline) {
+                    return if done > 0 { Ok(done) } else { Err(e) };
+                }
+            }
+        }
+    }
+}
+
+/// `recv`/`read`/`recvmsg` into the buffers of `iov`.
+///
+/// # Safety
+/// `iov` must describe writable memory.
+pub unsafe fn recv(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult {
+    let mut cur = IoCursor::new(iov);
+    let total = cur.total();
+    if total == 0 {
+        // Linux returns 0 at once for an empty buffer on a connected socket.
+        return with_stream(sock, |_| 0);
+    }
+    let deadline = deadline(sock.rcvtimeo());
+    let mut done = 0;
+    loop {
+        let step = with_stream(sock, |s| {
+            let ring = s.observe();
+            match s.conn.recv(&ring, total - done) {
+                Recv::Read(n) => {
+                    // SAFETY: the caller's iovecs are writable.
+                    match unsafe { cur.read_from(&mut s.link.rx, n, flags.peek) } {
+                        Ok(wake) => {
+                            if wake {
+                                s.link.ring_peer();
+                            }
+                            Ok(n)
+                        }
+                        Err(_) => {
+                            s.abort();
+                            Ok(0)
+                        }
+                    }
+                }
+                Recv::Eof => Err(None),
+                Recv::WouldBlock => Err(Some(libc::EAGAIN)),
+                Recv::Fail(e) => Err(Some(errno(e))),
+            }
+        })?;
+        match step {
+            Ok(n) => {
+                done += n;
+                // MSG_WAITALL waits for the whole buffer (not with PEEK, as Linux).
+                if !flags.waitall || flags.peek || done >= total {
+                    return Ok(done);
+                }
+            }
+            Err(None) => return Ok(done),
+            Err(Some(libc::EAGAIN)) => {
+                if flags.nonblock {
+                    return if done > 0 { Ok(done) } else { Err(libc::EAGAIN) };
+                }
+                if let Err(e) = block(sock, Dir::Recv, deadline) {
+                    return if done > 0 { Ok(done) } else { Err(e) };
+                }
+            }
+            Err(Some(e)) => return if done > 0 { Ok(done) } else { Err(e) },
+        }
+    }
+}
+
+/// `shutdown(how)`.
+pub fn shutdown(sock: &Socket, how: libc::c_int) -> Result<(), libc::c_int> {
+    let how = How::from_raw(how).map_err(errno)?;
+    let bell = with_stream(sock, |s| {
+        let ring = s.observe();
+        let (res, fin) = s.conn.shutdown(&ring, how);
+        s.settle(fin);
+        res.map(|()| s.link.bell())
+    })?
+    .map_err(errno)?;
+    // Wake our own blocked readers and writers: they return now, as on Linux.
+    crate::link::ring(bell);
+    Ok(())
+}
+
+/// The last fd of a stream closed: FIN or reset as Linux would, then let go.
+/// Returns the connection id, for the monitor.
+pub fn close(stream: &mut Stream, linger_zero: bool) -> u64 {
+    let ring = stream.observe();
+    let wake = match stream.conn.close(&ring, linger_zero) {
+        CloseAction::Fin => stream.link.tx.close(),
+        CloseAction::Reset => stream.link.tx.reset(),
+        CloseAction::Quiet => false,
+    } | stream.link.rx.close();
+    if wake {
+        stream.link.ring_peer();
+    }
+    crate::link::ring(stream.link.bell());
+    stream.link.conn
+}
+
+/// `getsockopt(SO_ERROR)`: the pending error, cleared.
+pub fn so_error(stream: &mut Stream) -> libc::c_int {
+    let ring = stream.observe();
+    stream.conn.so_error(&ring).map_or(0, errno)
+}
+
+/// `FIONREAD`: bytes readable now.
+pub fn readable(stream: &mut Stream) -> usize {
+    stream.link.rx.readable().unwrap_or(0)
+}
+
+/// `SIOCOUTQ`: bytes sent and not yet read by the peer.
+pub fn unread_by_peer(stream: &mut Stream) -> usize {
+    stream.link.tx.unread().unwrap_or(0)
+}
+
+/// SIGPIPE for the calling thread, as the kernel raises it.
+fn raise_sigpipe() {
+    // SAFETY: tgkill to ourselves with a valid signal.
+    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), libc::SIGPIPE) };
+}

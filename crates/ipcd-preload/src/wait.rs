@@ -1,0 +1,118 @@
+//! Sleeping until the peer rings our doorbell, for the blocking calls.
+//!
+//! The ring's protocol (ipcd-ring's `wait` module) decides *whether* to
+//! sleep; this module does the sleeping. One end has one doorbell but may
+//! have several threads waiting on it (a reader and a writer, or several
+//! readers). Whoever drains the eventfd would steal the wake-up meant for
+//! another, so exactly one thread at a time (the drainer) sleeps on the
+//! eventfd; the others sleep on a futex over a generation counter that the
+//! drainer bumps each time it wakes. Everyone then re-checks the ring.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Instant;
+
+use crate::link;
+use crate::real;
+
+/// Waiters of one connection end.
+#[derive(Debug, Default)]
+pub struct Sleepers {
+    generation: AtomicU32,
+    drainer: AtomicBool,
+}
+
+/// Why a sleep ended without the ring telling us anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woken {
+    /// Something may have changed: re-check.
+    Retry,
+    /// The deadline passed.
+    Timeout,
+    /// A signal handler ran.
+    Interrupted,
+}
+
+impl Sleepers {
+    /// Sleeps until the doorbell `bell` is rung, a sibling drainer wakes, the
+    /// deadline passes, or a signal arrives. The caller has armed its
+    /// waiting flag in the ring and got `Wait::Sleep`.
+    pub fn sleep(&self, bell: i32, deadline: Option<Instant>) -> Woken {
+        let seen = self.generation.load(Ordering::Acquire);
+        let timeout = match deadline {
+            None => None,
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(timespec(left)),
+                _ => return Woken::Timeout,
+            },
+        };
+        let tp = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        if self.drainer.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            let mut pfd = libc::pollfd { fd: bell, events: libc::POLLIN, revents: 0 };
+            // SAFETY: one live pollfd; a null timeout means no deadline.
+            let r = unsafe { real::ppoll(&mut pfd, 1, tp, std::ptr::null()) };
+            let err = real::errno();
+            if r > 0 {
+                link::drain(bell);
+            }
+            self.drainer.store(false, Ordering::Release);
+            self.generation.fetch_add(1, Ordering::Release);
+            futex_wake_all(&self.generation);
+            return match r {
+                0 => Woken::Timeout,
+                r if r < 0 && err == libc::EINTR => Woken::Interrupted,
+                _ => Woken::Retry,
+            };
+        }
+        // A drainer sleeps on the bell already; it bumps `generation` when it
+        // wakes (or gives up the role), so a bump between our load and the
+        // futex call makes the futex return at once.
+        // SAFETY: futex wait on a live, aligned u32 with an optional relative timeout.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.generation.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                seen,
+                tp,
+            )
+        };
+        match (r, real::errno()) {
+            (0, _) => Woken::Retry,
+            (_, libc::ETIMEDOUT) => Woken::Timeout,
+            (_, libc::EINTR) => Woken::Interrupted,
+            _ => Woken::Retry,
+        }
+    }
+}
+
+fn futex_wake_all(word: &AtomicU32) {
+    // SAFETY: futex wake on a live, aligned u32.
+    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX) };
+}
+
+fn timespec(d: std::time::Duration) -> libc::timespec {
+    libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: libc::c_long::from(d.subsec_nanos() as i32) }
+}
+
+/// Spins while `ready` says no, for at most the configured spin time.
+/// Returns whether it became ready.
+#[inline]
+pub fn spin(mut ready: impl FnMut() -> bool) -> bool {
+    let budget = crate::config::get().spin;
+    if budget.is_zero() {
+        return false;
+    }
+    let start = Instant::now();
+    loop {
+        // Check the clock only every few rounds: a round is a few loads.
+        for _ in 0..64 {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= budget {
+            return false;
+        }
+    }
+}
