@@ -19,6 +19,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo +nightly clippy --manifest-path fuzz/Cargo.toml --locked -- -D warnings
 
 stage "tests (release)"
+# The integration tests run the built `ipcd` and `libipcd_preload.so`
+# (artifacts of other packages, which `cargo test` alone does not promise).
+cargo build --workspace --release --locked
 cargo test --workspace --release --locked
 
 stage "loom models (LOOM_MAX_PREEMPTIONS=3)"

@@ -161,14 +161,11 @@ pub fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect {
         return Connect::Kernel;
     }
     let mut state = sock.lock();
-    match &*state {
+    match &mut *state {
         State::Fresh => {}
         State::Stream(s) => {
-            return Connect::Done(Err(if s.conn.phase() == ipcd_proto::Phase::Connecting {
-                libc::EALREADY
-            } else {
-                libc::EISCONN
-            }));
+            let pending = std::mem::take(&mut s.connect_pending);
+            return Connect::Done(if pending { Ok(()) } else { Err(libc::EISCONN) });
         }
         State::Listening { .. } | State::Closed => return Connect::Kernel,
     }
@@ -203,7 +200,11 @@ pub fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect {
     };
     match Link::attach(&info, fds.into_vec()) {
         Ok(link) => {
-            sock.become_stream(&mut state, Stream { conn: Conn::established(), link, info });
+            let nonblocking = sock.nonblocking();
+            sock.become_stream(
+                &mut state,
+                Stream { conn: Conn::established(), link, info, connect_pending: nonblocking },
+            );
             // A non-blocking connect to a loopback listener still answers
             // EINPROGRESS on Linux; the brokering is already done, so the
             // connection is writable at once.
@@ -284,7 +285,7 @@ fn accepted(sock: &Socket, (info, fds): Pending, flags: libc::c_int) -> Result<(
         return Err(fail(e));
     }
     let peer = info.peer;
-    let stream = Stream { conn: Conn::established(), link, info };
+    let stream = Stream { conn: Conn::established(), link, info, connect_pending: false };
     let new = Arc::new(Socket::new(sock.family, flags & libc::SOCK_NONBLOCK != 0, State::Stream(Box::new(stream))));
     if let Err(new) = table::install(fd, new) {
         // An fd beyond the table: we cannot serve it.

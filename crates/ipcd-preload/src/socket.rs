@@ -19,6 +19,9 @@ pub struct Stream {
     pub link: Link,
     /// Addresses and ids from the monitor.
     pub info: ConnInfo,
+    /// A non-blocking connect answered EINPROGRESS and no later `connect`
+    /// has reported the completion yet (Linux answers that one with 0).
+    pub connect_pending: bool,
 }
 
 /// What the socket is now.

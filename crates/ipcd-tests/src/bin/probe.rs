@@ -1,0 +1,610 @@
+//! A test program that uses only the ordinary socket API. The integration
+//! tests run it under the kernel and under ipcd and expect the same
+//! answers: each `check` scenario asserts exactly what Linux TCP does.
+//!
+//! Usage:
+//!   probe check NAME            one scenario, server and client in-process
+//!   probe serve [N]             echo server on loopback; prints its port;
+//!                               serves N connections (default: forever)
+//!   probe client PORT ROUNDS SEED   echo rounds of random sizes, hashed
+//!   probe hold PORT             connects, then waits for stdin to close
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ipcd_tests::data::{Fnv, Prng};
+use ipcd_tests::net::{self, cvt, Fail};
+
+type Res = Result<(), String>;
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)*) => {
+        if !$cond {
+            return Err(format!("{} (line {}): {}", stringify!($cond), line!(), format!($($msg)*)));
+        }
+    };
+}
+
+fn f(e: Fail) -> String {
+    e.to_string()
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// A connected pair through a fresh listener: (client, server).
+fn pair(v6: bool) -> Result<(i32, i32), String> {
+    let (l, port) = net::listen_loopback(v6).map_err(f)?;
+    let c = net::connect_loopback(v6, port).map_err(f)?;
+    let s = net::accept(l).map_err(f)?;
+    net::close(l);
+    Ok((c, s))
+}
+
+fn recv(fd: i32, buf: &mut [u8], flags: i32) -> isize {
+    // SAFETY: a live buffer.
+    unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) }
+}
+
+fn send(fd: i32, buf: &[u8], flags: i32) -> isize {
+    // SAFETY: a live buffer.
+    unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), flags) }
+}
+
+fn int_opt(fd: i32, level: i32, name: i32) -> Result<i32, String> {
+    let mut v: i32 = 0;
+    let mut len = 4 as libc::socklen_t;
+    // SAFETY: an int-sized out buffer.
+    cvt("getsockopt", unsafe { libc::getsockopt(fd, level, name, (&raw mut v).cast(), &mut len) }).map_err(f)?;
+    Ok(v)
+}
+
+/// Echo of random sizes in both directions, checked by hash (a writer
+/// thread and a reader on the client, an echo thread on the server side).
+fn echo(v6: bool, rounds: usize, seed: u64) -> Res {
+    let (c, s) = pair(v6)?;
+    let server = std::thread::spawn(move || echo_loop(s));
+    client_rounds(c, rounds, seed)?;
+    net::close(c);
+    server.join().map_err(|_| "echo thread panicked".to_string())?.map_err(f)
+}
+
+fn echo_loop(s: i32) -> Result<(), Fail> {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = net::read_some(s, &mut buf)?;
+        if n == 0 {
+            net::close(s);
+            return Ok(());
+        }
+        net::send_all(s, &buf[..n])?;
+    }
+}
+
+fn client_rounds(c: i32, rounds: usize, seed: u64) -> Res {
+    let mut rng = Prng::new(seed);
+    let sizes: Vec<usize> = (0..rounds).map(|_| rng.range(1, 300_000)).collect();
+    let total: usize = sizes.iter().sum();
+    let writer = std::thread::spawn(move || -> Result<Fnv, Fail> {
+        let mut rng = Prng::new(seed ^ 0x5eed);
+        let mut h = Fnv::default();
+        for n in sizes {
+            let mut buf = vec![0u8; n];
+            rng.fill(&mut buf);
+            h.update(&buf);
+            net::send_all(c, &buf)?;
+        }
+        Ok(h)
+    });
+    let mut h = Fnv::default();
+    let mut got = 0;
+    let mut buf = vec![0u8; 128 * 1024];
+    while got < total {
+        let n = net::read_some(c, &mut buf).map_err(f)?;
+        ensure!(n > 0, "end of stream after {got} of {total} bytes");
+        h.update(&buf[..n]);
+        got += n;
+    }
+    let sent = writer.join().map_err(|_| "writer panicked".to_string())?.map_err(f)?;
+    ensure!(sent == h, "hash of echoed bytes differs ({total} bytes)");
+    // SAFETY: shutdown of our socket.
+    cvt("shutdown", unsafe { libc::shutdown(c, libc::SHUT_WR) }).map_err(f)?;
+    ensure!(net::read_some(c, &mut buf).map_err(f)? == 0, "no end of stream after the echo");
+    Ok(())
+}
+
+/// 1 GiB one way, byte-exact (generated and checked on the fly).
+fn large() -> Res {
+    const TOTAL: u64 = 1 << 30;
+    let (c, s) = pair(false)?;
+    let writer = std::thread::spawn(move || -> Result<(), Fail> {
+        let mut rng = Prng::new(7);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = TOTAL;
+        while left > 0 {
+            rng.fill(&mut buf);
+            net::send_all(c, &buf)?;
+            left -= buf.len() as u64;
+        }
+        net::close(c);
+        Ok(())
+    });
+    let mut rng = Prng::new(7);
+    let mut want = vec![0u8; 1 << 20];
+    let mut wpos = want.len();
+    let mut buf = vec![0u8; 300_007];
+    let mut got: u64 = 0;
+    loop {
+        let n = net::read_some(s, &mut buf).map_err(f)?;
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            if wpos == want.len() {
+                rng.fill(&mut want);
+                wpos = 0;
+            }
+            ensure!(b == want[wpos], "byte {} differs", got);
+            wpos += 1;
+            got += 1;
+        }
+    }
+    writer.join().map_err(|_| "writer panicked".to_string())?.map_err(f)?;
+    ensure!(got == TOTAL, "got {got} of {TOTAL} bytes");
+    net::close(s);
+    Ok(())
+}
+
+/// Many connections open at once, each echoing its own bytes.
+fn many() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let clients: Vec<i32> = (0..64).map(|_| net::connect_loopback(false, port)).collect::<Result<_, _>>().map_err(f)?;
+    let servers: Vec<i32> = (0..64).map(|_| net::accept(l)).collect::<Result<_, _>>().map_err(f)?;
+    for (i, &c) in clients.iter().enumerate() {
+        net::send_all(c, format!("client {i:03}").as_bytes()).map_err(f)?;
+    }
+    // Which server fd got which client is for accept order to say: check
+    // each message arrives whole on exactly one, and echo it back.
+    let mut seen = [false; 64];
+    for &s in &servers {
+        let mut buf = [0u8; 10];
+        net::read_exact(s, &mut buf).map_err(f)?;
+        let i: usize =
+            std::str::from_utf8(&buf[7..]).map_err(|e| e.to_string())?.parse().map_err(|e| format!("{e:?}"))?;
+        ensure!(!seen[i], "message {i} twice");
+        seen[i] = true;
+        net::send_all(s, &buf).map_err(f)?;
+    }
+    for (i, &c) in clients.iter().enumerate() {
+        let mut buf = [0u8; 10];
+        net::read_exact(c, &mut buf).map_err(f)?;
+        ensure!(buf == *format!("client {i:03}").as_bytes(), "client {i} got another's echo");
+    }
+    for fd in clients.into_iter().chain(servers).chain([l]) {
+        net::close(fd);
+    }
+    Ok(())
+}
+
+fn set_nonblocking(fd: i32, on: bool) -> Res {
+    // SAFETY: F_GETFL/F_SETFL on our fd.
+    unsafe {
+        let fl = cvt("fcntl", libc::fcntl(fd, libc::F_GETFL)).map_err(f)?;
+        let fl = if on { fl | libc::O_NONBLOCK } else { fl & !libc::O_NONBLOCK };
+        cvt("fcntl", libc::fcntl(fd, libc::F_SETFL, fl)).map_err(f)?;
+    }
+    Ok(())
+}
+
+/// Non-blocking connect: EINPROGRESS, then SO_ERROR 0 and a usable socket;
+/// the next connect says 0, a third EISCONN. Non-blocking reads say EAGAIN.
+fn nonblock() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let c = net::tcp_socket(false).map_err(f)?;
+    set_nonblocking(c, true)?;
+    // SAFETY: F_GETFL on our fd.
+    ensure!(unsafe { libc::fcntl(c, libc::F_GETFL) } & libc::O_NONBLOCK != 0, "O_NONBLOCK not reported");
+    let (ss, len) = net::loopback(false, port);
+    // SAFETY: a sockaddr of `len` bytes.
+    let r = unsafe { libc::connect(c, (&raw const ss).cast(), len) };
+    ensure!(r == -1 && errno() == libc::EINPROGRESS, "connect gave {r}/{}", errno());
+    std::thread::sleep(Duration::from_millis(50));
+    ensure!(int_opt(c, libc::SOL_SOCKET, libc::SO_ERROR)? == 0, "SO_ERROR after connect");
+    // The connect that sees the completion says 0, every later one EISCONN.
+    // SAFETY: as above.
+    let r = unsafe { libc::connect(c, (&raw const ss).cast(), len) };
+    ensure!(r == 0, "second connect gave {r}/{}", errno());
+    // SAFETY: as above.
+    let r = unsafe { libc::connect(c, (&raw const ss).cast(), len) };
+    ensure!(r == -1 && errno() == libc::EISCONN, "third connect gave {r}/{}", errno());
+    let s = net::accept(l).map_err(f)?;
+    let mut buf = [0u8; 8];
+    let r = recv(c, &mut buf, 0);
+    ensure!(r == -1 && errno() == libc::EAGAIN, "empty non-blocking recv gave {r}/{}", errno());
+    let r = recv(s, &mut buf, libc::MSG_DONTWAIT);
+    ensure!(r == -1 && errno() == libc::EAGAIN, "MSG_DONTWAIT recv gave {r}/{}", errno());
+    ensure!(send(c, b"ping", 0) == 4, "send");
+    std::thread::sleep(Duration::from_millis(20));
+    ensure!(recv(s, &mut buf, libc::MSG_DONTWAIT) == 4 && &buf[..4] == b"ping", "data after connect");
+    // Fill the send side: a non-blocking send stops with EAGAIN, never blocks.
+    let chunk = vec![7u8; 65536];
+    let mut sent = 0usize;
+    loop {
+        let r = send(c, &chunk, 0);
+        if r < 0 {
+            ensure!(errno() == libc::EAGAIN, "full send gave {}", errno());
+            break;
+        }
+        sent += r as usize;
+        ensure!(sent < 1 << 30, "send never filled up");
+    }
+    for fd in [c, s, l] {
+        net::close(fd);
+    }
+    Ok(())
+}
+
+/// MSG_PEEK leaves the bytes; MSG_WAITALL waits for the whole buffer.
+fn peek_waitall() -> Res {
+    let (c, s) = pair(false)?;
+    ensure!(send(c, b"hello", 0) == 5, "send");
+    let mut buf = [0u8; 16];
+    let r = recv(s, &mut buf, libc::MSG_PEEK);
+    ensure!(r == 5 && &buf[..5] == b"hello", "peek gave {r}");
+    let r = recv(s, &mut buf[..3], 0);
+    ensure!(r == 3 && &buf[..3] == b"hel", "read after peek gave {r}");
+    let r = recv(s, &mut buf, 0);
+    ensure!(r == 2 && &buf[..2] == b"lo", "rest gave {r}");
+    let writer = std::thread::spawn(move || {
+        for part in [&b"abcd"[..], b"efgh", b"ijkl"] {
+            std::thread::sleep(Duration::from_millis(20));
+            send(c, part, 0);
+        }
+    });
+    let r = recv(s, &mut buf[..12], libc::MSG_WAITALL);
+    writer.join().map_err(|_| "writer panicked")?;
+    ensure!(r == 12 && &buf[..12] == b"abcdefghijkl", "WAITALL gave {r}");
+    net::close(c);
+    net::close(s);
+    Ok(())
+}
+
+static SIGNALS: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn count_signal(_: i32) {
+    SIGNALS.fetch_add(1, Ordering::Relaxed);
+}
+
+fn handle(sig: i32, restart: bool) {
+    // SAFETY: installs a handler that only touches an atomic.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = count_signal as *const () as usize;
+        sa.sa_flags = if restart { libc::SA_RESTART } else { 0 };
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
+}
+
+/// Sending to a closed peer: the first send is accepted (the peer answers
+/// with a reset), then EPIPE — with SIGPIPE unless MSG_NOSIGNAL.
+fn sigpipe() -> Res {
+    handle(libc::SIGPIPE, true);
+    let (c, s) = pair(false)?;
+    net::close(s);
+    std::thread::sleep(Duration::from_millis(20));
+    ensure!(send(c, b"x", libc::MSG_NOSIGNAL) == 1, "first send after the peer closed");
+    std::thread::sleep(Duration::from_millis(20));
+    let r = send(c, b"x", libc::MSG_NOSIGNAL);
+    ensure!(r == -1 && errno() == libc::EPIPE, "second send gave {r}/{}", errno());
+    ensure!(SIGNALS.load(Ordering::Relaxed) == 0, "SIGPIPE despite MSG_NOSIGNAL");
+    let r = send(c, b"x", 0);
+    ensure!(r == -1 && errno() == libc::EPIPE, "third send gave {r}/{}", errno());
+    ensure!(SIGNALS.load(Ordering::Relaxed) == 1, "no SIGPIPE without MSG_NOSIGNAL");
+    // write(2) raises it too.
+    // SAFETY: a live buffer.
+    let r = unsafe { libc::write(c, b"x".as_ptr().cast(), 1) };
+    ensure!(r == -1 && errno() == libc::EPIPE && SIGNALS.load(Ordering::Relaxed) == 2, "write gave {r}");
+    net::close(c);
+    Ok(())
+}
+
+/// Closing with unread data resets: the peer's next call says ECONNRESET.
+fn reset() -> Res {
+    let (c, s) = pair(false)?;
+    ensure!(send(c, b"unread", 0) == 6, "send");
+    std::thread::sleep(Duration::from_millis(20));
+    net::close(s);
+    std::thread::sleep(Duration::from_millis(20));
+    let mut buf = [0u8; 8];
+    let r = recv(c, &mut buf, 0);
+    ensure!(r == -1 && errno() == libc::ECONNRESET, "recv after reset gave {r}/{}", errno());
+    ensure!(recv(c, &mut buf, 0) == 0, "second recv after reset is end of stream");
+    net::close(c);
+    // SO_LINGER 0 resets too, even with nothing unread.
+    let (c, s) = pair(false)?;
+    let lg = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a linger struct of its size.
+    cvt("setsockopt", unsafe {
+        libc::setsockopt(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const lg).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    })
+    .map_err(f)?;
+    net::close(s);
+    std::thread::sleep(Duration::from_millis(20));
+    ensure!(int_opt(c, libc::SOL_SOCKET, libc::SO_ERROR)? == libc::ECONNRESET, "SO_ERROR after linger-0 close");
+    ensure!(int_opt(c, libc::SOL_SOCKET, libc::SO_ERROR)? == 0, "SO_ERROR clears once read");
+    net::close(c);
+    Ok(())
+}
+
+/// Half-close: after SHUT_WR the peer reads end of stream and may still
+/// send; our writes fail with EPIPE.
+fn half_close() -> Res {
+    let (c, s) = pair(false)?;
+    ensure!(send(c, b"last", 0) == 4, "send");
+    // SAFETY: shutdown of our socket.
+    cvt("shutdown", unsafe { libc::shutdown(c, libc::SHUT_WR) }).map_err(f)?;
+    let mut buf = [0u8; 8];
+    ensure!(recv(s, &mut buf, 0) == 4, "data before FIN");
+    ensure!(recv(s, &mut buf, 0) == 0, "FIN reads as end of stream");
+    ensure!(send(s, b"reply", 0) == 5, "the other way still works");
+    ensure!(recv(c, &mut buf, 0) == 5 && &buf[..5] == b"reply", "reply after SHUT_WR");
+    let r = send(c, b"x", libc::MSG_NOSIGNAL);
+    ensure!(r == -1 && errno() == libc::EPIPE, "send after SHUT_WR gave {r}/{}", errno());
+    // SAFETY: as above, with a bad `how`.
+    let r = unsafe { libc::shutdown(c, 7) };
+    ensure!(r == -1 && errno() == libc::EINVAL, "bad how gave {r}/{}", errno());
+    net::close(s);
+    ensure!(recv(c, &mut buf, 0) == 0, "peer close reads as end of stream");
+    net::close(c);
+    Ok(())
+}
+
+/// SO_RCVTIMEO: a blocking recv gives up with EAGAIN after the timeout;
+/// a signal handler without SA_RESTART interrupts a blocked recv (EINTR).
+fn timeouts() -> Res {
+    let (c, s) = pair(false)?;
+    let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+    // SAFETY: a timeval of its size.
+    cvt("setsockopt", unsafe {
+        libc::setsockopt(
+            c,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    })
+    .map_err(f)?;
+    let mut buf = [0u8; 8];
+    let t = Instant::now();
+    let r = recv(c, &mut buf, 0);
+    let took = t.elapsed();
+    ensure!(r == -1 && errno() == libc::EAGAIN, "timed-out recv gave {r}/{}", errno());
+    ensure!(took >= Duration::from_millis(90), "gave up after {took:?}, before the timeout");
+    handle(libc::SIGUSR1, false);
+    // SAFETY: pthread_self cannot fail.
+    let me = unsafe { libc::pthread_self() };
+    let kicker = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        // SAFETY: signals a live thread of ours (it waits in recv).
+        unsafe { libc::pthread_kill(me, libc::SIGUSR1) };
+    });
+    let r = recv(s, &mut buf, 0);
+    let e = errno();
+    kicker.join().map_err(|_| "kicker panicked")?;
+    ensure!(r == -1 && e == libc::EINTR, "interrupted recv gave {r}/{e}");
+    net::close(c);
+    net::close(s);
+    Ok(())
+}
+
+/// Names: each end's local address is the other's peer; the client's port
+/// is really reserved in the kernel; the fd is a socket of the right kind.
+fn names(v6: bool) -> Res {
+    let (c, s) = pair(v6)?;
+    let (cl, sp) = (net::name(c, false).map_err(f)?, net::name(s, true).map_err(f)?);
+    let (cp, sl) = (net::name(c, true).map_err(f)?, net::name(s, false).map_err(f)?);
+    ensure!(cl == sp, "client local {cl:?} vs server's peer {sp:?}");
+    ensure!(cp == sl, "client peer {cp:?} vs server local {sl:?}");
+    ensure!(cl.1 != 0 && cl.1 != sl.1, "client port {}", cl.1);
+    let other = net::tcp_socket(v6).map_err(f)?;
+    let (ss, len) = net::loopback(v6, cl.1);
+    // SAFETY: a sockaddr of `len` bytes.
+    let r = unsafe { libc::bind(other, (&raw const ss).cast(), len) };
+    ensure!(r == -1 && errno() == libc::EADDRINUSE, "client port not reserved: bind gave {r}/{}", errno());
+    net::close(other);
+    ensure!(int_opt(c, libc::SOL_SOCKET, libc::SO_TYPE)? == libc::SOCK_STREAM, "SO_TYPE");
+    let fam = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+    ensure!(int_opt(s, libc::SOL_SOCKET, libc::SO_DOMAIN)? == fam, "SO_DOMAIN");
+    ensure!(int_opt(s, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? == 0, "SO_ACCEPTCONN on a connection");
+    // SAFETY: fstat into a zeroed struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and out pointer.
+    cvt("fstat", unsafe { libc::fstat(s, &mut st) }).map_err(f)?;
+    ensure!(st.st_mode & libc::S_IFMT == libc::S_IFSOCK, "fstat is not a socket");
+    net::close(c);
+    net::close(s);
+    Ok(())
+}
+
+/// FIONREAD, SIOCOUTQ, TCP_NODELAY and SO_KEEPALIVE round trips, FIONBIO.
+fn options() -> Res {
+    let (c, s) = pair(false)?;
+    ensure!(send(c, b"0123456789", 0) == 10, "send");
+    std::thread::sleep(Duration::from_millis(20));
+    let mut n: i32 = -1;
+    // SAFETY: FIONREAD's int out pointer.
+    cvt("ioctl", unsafe { libc::ioctl(s, libc::FIONREAD, &mut n) }).map_err(f)?;
+    ensure!(n == 10, "FIONREAD {n}");
+    for (level, opt) in [(libc::IPPROTO_TCP, libc::TCP_NODELAY), (libc::SOL_SOCKET, libc::SO_KEEPALIVE)] {
+        let one: i32 = 1;
+        // SAFETY: an int option.
+        cvt("setsockopt", unsafe { libc::setsockopt(c, level, opt, (&raw const one).cast(), 4) }).map_err(f)?;
+        ensure!(int_opt(c, level, opt)? == 1, "option {opt} did not stick");
+    }
+    let on: i32 = 1;
+    // SAFETY: FIONBIO's int pointer.
+    cvt("ioctl", unsafe { libc::ioctl(s, libc::FIONBIO, &on) }).map_err(f)?;
+    let mut buf = [0u8; 16];
+    ensure!(recv(s, &mut buf, 0) == 10, "read");
+    let r = recv(s, &mut buf, 0);
+    ensure!(r == -1 && errno() == libc::EAGAIN, "FIONBIO did not make it non-blocking: {r}/{}", errno());
+    net::close(c);
+    net::close(s);
+    Ok(())
+}
+
+/// dup keeps the connection open until the last fd closes; readv/writev,
+/// sendmsg/recvmsg and sendmmsg move the same bytes as read/write.
+fn dup_vectored() -> Res {
+    let (c, s) = pair(false)?;
+    // SAFETY: dup of our fd.
+    let c2 = cvt("dup", unsafe { libc::dup(c) }).map_err(f)?;
+    net::close(c);
+    let a = *b"vec";
+    let b = *b"tored";
+    let iov = [
+        libc::iovec { iov_base: a.as_ptr() as *mut _, iov_len: 3 },
+        libc::iovec { iov_base: b.as_ptr() as *mut _, iov_len: 5 },
+    ];
+    // SAFETY: two live iovecs.
+    ensure!(unsafe { libc::writev(c2, iov.as_ptr(), 2) } == 8, "writev");
+    let mut x = [0u8; 2];
+    let mut y = [0u8; 6];
+    let riov = [
+        libc::iovec { iov_base: x.as_mut_ptr().cast(), iov_len: 2 },
+        libc::iovec { iov_base: y.as_mut_ptr().cast(), iov_len: 6 },
+    ];
+    // SAFETY: a msghdr over two live iovecs.
+    let r = unsafe {
+        let mut m: libc::msghdr = std::mem::zeroed();
+        m.msg_iov = riov.as_ptr() as *mut _;
+        m.msg_iovlen = 2;
+        libc::recvmsg(s, &mut m, libc::MSG_WAITALL)
+    };
+    ensure!(r == 8 && &x == b"ve" && &y == b"ctored", "recvmsg gave {r}");
+    // SAFETY: a zeroed mmsghdr array over live iovecs.
+    let r = unsafe {
+        let mut msgs: [libc::mmsghdr; 2] = std::mem::zeroed();
+        msgs[0].msg_hdr.msg_iov = iov.as_ptr() as *mut _;
+        msgs[0].msg_hdr.msg_iovlen = 1;
+        msgs[1].msg_hdr.msg_iov = iov[1..].as_ptr() as *mut _;
+        msgs[1].msg_hdr.msg_iovlen = 1;
+        libc::sendmmsg(s, msgs.as_mut_ptr(), 2, 0)
+    };
+    ensure!(r == 2, "sendmmsg gave {r}");
+    let mut buf = [0u8; 8];
+    // SAFETY: a live iovec.
+    let r = unsafe {
+        let v = [libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: 8 }];
+        libc::readv(c2, v.as_ptr(), 1)
+    };
+    ensure!(r > 0, "readv gave {r}");
+    let mut got = r as usize;
+    while got < 8 {
+        got += net::read_some(c2, &mut buf[got..]).map_err(f)?;
+    }
+    ensure!(&buf == b"vectored", "readv bytes");
+    net::close(c2);
+    ensure!(recv(s, &mut buf, 0) == 0, "closing the last dup is the FIN");
+    net::close(s);
+    Ok(())
+}
+
+/// sendfile from a file to the socket, then a plain read of the rest.
+fn sendfile() -> Res {
+    let (c, s) = pair(false)?;
+    let path = std::env::temp_dir().join(format!("ipcd-probe-{}", std::process::id()));
+    let mut data = vec![0u8; 200_000];
+    Prng::new(3).fill(&mut data);
+    std::fs::write(&path, &data).map_err(|e| e.to_string())?;
+    let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&path);
+    use std::os::fd::AsRawFd;
+    let mut off: libc::off_t = 1000;
+    let reader = std::thread::spawn(move || -> Result<Vec<u8>, Fail> {
+        let mut out = vec![0u8; 199_000];
+        net::read_exact(s, &mut out)?;
+        net::close(s);
+        Ok(out)
+    });
+    // SAFETY: a live offset; the file and the socket are open.
+    let r = unsafe { libc::sendfile(c, file.as_raw_fd(), &mut off, 199_000) };
+    ensure!(r == 199_000 && off == 200_000, "sendfile gave {r}, offset {off}");
+    let out = reader.join().map_err(|_| "reader panicked")?.map_err(f)?;
+    ensure!(out == data[1000..], "sendfile bytes differ");
+    net::close(c);
+    Ok(())
+}
+
+fn check(name: &str) -> Res {
+    match name {
+        "echo" => echo(false, 200, 1),
+        "echo6" => echo(true, 50, 2),
+        "large" => large(),
+        "many" => many(),
+        "nonblock" => nonblock(),
+        "peek-waitall" => peek_waitall(),
+        "sigpipe" => sigpipe(),
+        "reset" => reset(),
+        "half-close" => half_close(),
+        "timeouts" => timeouts(),
+        "names" => names(false),
+        "names6" => names(true),
+        "options" => options(),
+        "dup-vectored" => dup_vectored(),
+        "sendfile" => sendfile(),
+        other => Err(format!("unknown check {other}")),
+    }
+}
+
+fn serve(count: Option<usize>) -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    println!("{port}");
+    let mut threads = Vec::new();
+    let mut served = 0;
+    while count.is_none_or(|n| served < n) {
+        let s = net::accept(l).map_err(f)?;
+        threads.push(std::thread::spawn(move || echo_loop(s)));
+        served += 1;
+    }
+    for t in threads {
+        t.join().map_err(|_| "echo thread panicked")?.map_err(f)?;
+    }
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    let num = |i: usize| arg(i).parse::<u64>().unwrap_or_else(|_| panic!("argument {i} must be a number"));
+    let res = match arg(0).as_str() {
+        "check" => check(&arg(1)),
+        "serve" => serve(args.get(1).map(|_| num(1) as usize)),
+        "client" => net::connect_loopback(false, num(1) as u16).map_err(f).and_then(|c| {
+            let r = client_rounds(c, num(2) as usize, num(3));
+            net::close(c);
+            r
+        }),
+        "hold" => net::connect_loopback(false, num(1) as u16).map_err(f).map(|c| {
+            let _ = send(c, b"!", 0);
+            // Read the echo: closing with it unread would reset the server.
+            let _ = recv(c, &mut [0u8; 1], libc::MSG_WAITALL);
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            net::close(c);
+        }),
+        other => Err(format!("unknown command {other:?}; see the module docs")),
+    };
+    if let Err(e) = res {
+        eprintln!("probe {}: {e}", args.join(" "));
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,192 @@
+//! Programs under the preload library against a real monitor. Every
+//! semantic scenario of the probe runs twice — on kernel TCP and through
+//! ipcd — and must pass both ways, so what it asserts is what Linux does;
+//! the monitor's counters prove the ipcd run really used shared memory.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ipcd_tests::harness::{die_with_parent, Monitor};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_probe");
+/// Small rings, so that the scenarios cross wrap-around and full-ring
+/// waits many times.
+const RING_BYTES: u64 = 64 * 1024;
+
+fn probe(args: &[&str]) -> Command {
+    let mut cmd = Command::new(PROBE);
+    die_with_parent(&mut cmd).args(args).stdin(Stdio::null()).env_remove("LD_PRELOAD").env("IPCD_LOG", "warn");
+    cmd
+}
+
+fn must_pass(what: &str, out: Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{what}: {}\n{stderr}", out.status);
+    stderr
+}
+
+/// Runs `probe check NAME` on the kernel, then under ipcd, and checks that
+/// the ipcd run set up its connections through the monitor.
+fn check(name: &str) {
+    must_pass(&format!("{name} on kernel TCP"), probe(&["check", name]).output().expect("run probe"));
+    let mon = Monitor::start(RING_BYTES);
+    let out = mon.under(&mut probe(&["check", name])).output().expect("run probe");
+    let stderr = must_pass(&format!("{name} under ipcd"), out);
+    let st = mon.status().status;
+    assert!(st.connects_total >= 1, "{name}: nothing went through ipcd ({st:?})\n{stderr}");
+    assert_eq!(st.fallbacks_total, 0, "{name}: some connects fell back to the kernel\n{stderr}");
+    assert!(!stderr.contains("ipcd["), "{name}: the library complained:\n{stderr}");
+}
+
+macro_rules! checks {
+    ($($test:ident => $name:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                check($name);
+            }
+        )*
+    };
+}
+
+checks! {
+    echo_random_sizes_v4 => "echo",
+    echo_random_sizes_v6 => "echo6",
+    one_gibibyte_byte_exact => "large",
+    many_connections_at_once => "many",
+    nonblocking_connect_and_eagain => "nonblock",
+    msg_peek_and_waitall => "peek-waitall",
+    sigpipe_and_epipe => "sigpipe",
+    close_with_unread_data_resets => "reset",
+    half_close => "half-close",
+    rcvtimeo_and_eintr => "timeouts",
+    names_and_reserved_port_v4 => "names",
+    names_v6 => "names6",
+    ioctl_and_options => "options",
+    dup_and_vectored_io => "dup-vectored",
+    sendfile_to_socket => "sendfile",
+}
+
+/// A `probe serve` that has printed its port.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(mut cmd: Command) -> Server {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("port line");
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("server printed {line:?}"));
+        Server { child, port }
+    }
+
+    fn finish(mut self) {
+        let status = self.child.wait().expect("wait server");
+        assert!(status.success(), "server: {status}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client(port: u16) -> Command {
+    probe(&["client", &port.to_string(), "20", "9"])
+}
+
+#[test]
+fn listener_not_under_ipcd_gets_kernel_connections() {
+    let mon = Monitor::start(RING_BYTES);
+    let server = Server::start(probe(&["serve", "1"]));
+    must_pass("ipcd client to a kernel listener", mon.under(&mut client(server.port)).output().expect("client"));
+    server.finish();
+    let st = mon.status().status;
+    assert_eq!((st.connects_total, st.fallbacks_total), (0, 1), "{st:?}");
+}
+
+#[test]
+fn one_server_serves_ipcd_and_kernel_clients() {
+    let mon = Monitor::start(RING_BYTES);
+    let server =
+        Server::start(mon.under(&mut probe(&["serve", "2"])).stdin(Stdio::null()).env("IPCD_LOG", "warn").clone_cmd());
+    must_pass("ipcd client", mon.under(&mut client(server.port)).output().expect("client"));
+    must_pass("kernel client", client(server.port).output().expect("client"));
+    server.finish();
+    let st = mon.status().status;
+    assert_eq!((st.connects_total, st.fallbacks_total), (1, 0), "{st:?}");
+}
+
+#[test]
+fn no_monitor_means_kernel_sockets_and_one_log_line() {
+    let socket = format!("ipcd-absent-{}", std::process::id());
+    let preload = ipcd_tests::harness::artifacts().preload;
+    let under = |mut c: Command| {
+        c.env("LD_PRELOAD", &preload).env("IPCD_SOCKET", &socket);
+        c
+    };
+    let server = Server::start(under(probe(&["serve", "1"])));
+    let out = under(client(server.port)).output().expect("client");
+    let stderr = must_pass("client without a monitor", out);
+    server.finish();
+    assert_eq!(stderr.matches("no monitor").count(), 1, "expected one log line, got:\n{stderr}");
+}
+
+#[test]
+fn ipcd_disable_passes_everything_through() {
+    let mon = Monitor::start(RING_BYTES);
+    let mut cmd = probe(&["check", "echo"]);
+    mon.under(&mut cmd).env("IPCD_DISABLE", "1");
+    must_pass("echo with IPCD_DISABLE=1", cmd.output().expect("probe"));
+    let st = mon.status().status;
+    assert_eq!((st.connects_total, st.fallbacks_total, st.listeners), (0, 0, 0), "{st:?}");
+}
+
+#[test]
+fn status_shows_a_program_and_its_connection() {
+    let mon = Monitor::start(RING_BYTES);
+    let server = Server::start(mon.under(&mut probe(&["serve", "1"])).clone_cmd());
+    let mut hold =
+        mon.under(&mut probe(&["hold", &server.port.to_string()])).stdin(Stdio::piped()).spawn().expect("hold");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let conn = loop {
+        let report = mon.status();
+        if let Some(c) = report.connections.first() {
+            break *c;
+        }
+        assert!(Instant::now() < deadline, "no connection in status: {report:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(conn.pids, [hold.id(), server.child.id()], "{conn:?}");
+    assert_eq!(conn.addrs[1].port(), server.port);
+    let report = mon.status();
+    assert_eq!(report.listeners.len(), 1, "{report:?}");
+    assert_eq!(report.listeners[0].pid, server.child.id());
+    drop(hold.stdin.take().map(|mut s| s.write_all(b"\n")));
+    assert!(hold.wait().expect("hold").success());
+    server.finish();
+}
+
+/// `Command` has no Clone; this rebuilds one from a configured command.
+trait CloneCmd {
+    fn clone_cmd(&mut self) -> Command;
+}
+
+impl CloneCmd for Command {
+    fn clone_cmd(&mut self) -> Command {
+        let mut c = Command::new(self.get_program());
+        die_with_parent(&mut c).args(self.get_args()).stdin(Stdio::null());
+        for (k, v) in self.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c
+    }
+}
