@@ -114,12 +114,19 @@ impl Link {
     /// What the rings say now, for the state machine. `None`: the ring is
     /// corrupt (the peer broke the protocol); the caller resets.
     pub fn observe(&mut self) -> Option<Ring> {
+        let peer_fin = self.rx.peer_fin();
+        let peer_reset = self.rx.peer_state() == ipcd_ring::PeerState::Reset;
         Some(Ring {
             readable: self.rx.readable().ok()?,
             writable: self.tx.writable().ok()?,
-            peer_fin: self.rx.peer_fin(),
-            peer_reset: self.rx.peer_state() == ipcd_ring::PeerState::Reset,
-            peer_reader_closed: self.tx.is_reader_closed(),
+            peer_fin,
+            peer_reset,
+            // Every end closes its writing side before its reading side (the
+            // preload library and the monitor alike), so a closed reader is
+            // only possible once a FIN or reset is visible. Checking it only
+            // then keeps each send off the line the peer's reads keep
+            // writing (its `head`), which would cost a cache miss per send.
+            peer_reader_closed: (peer_fin || peer_reset) && self.tx.is_reader_closed(),
         })
     }
 }

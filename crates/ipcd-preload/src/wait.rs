@@ -102,16 +102,19 @@ pub fn spin(mut ready: impl FnMut() -> bool) -> bool {
     if budget.is_zero() {
         return false;
     }
-    let start = Instant::now();
+    // The clock is read only after each batch of rounds, and started after
+    // the first: most waits end within it (a round trip is a fraction of a
+    // microsecond) and never pay for reading the clock.
+    let mut start = None;
     loop {
-        // Check the clock only every few rounds: a round is a few loads.
         for _ in 0..64 {
             if ready() {
                 return true;
             }
             std::hint::spin_loop();
         }
-        if start.elapsed() >= budget {
+        let now = Instant::now();
+        if now.duration_since(*start.get_or_insert(now)) >= budget {
             return false;
         }
     }

@@ -8,6 +8,13 @@
 //!                               serves N connections (default: forever)
 //!   probe client PORT ROUNDS SEED   echo rounds of random sizes, hashed
 //!   probe hold PORT             connects, then waits for stdin to close
+//!   probe bench-server tcp|unix CPU         one benchmark connection; prints
+//!                               its port or socket path
+//!   probe bench-client tcp|unix ADDR CPU MODE SIZE COUNT
+//!                               MODE rtt: COUNT round trips of SIZE bytes,
+//!                               prints nanoseconds per round trip; MODE
+//!                               stream: COUNT sends of SIZE bytes, prints
+//!                               nanoseconds for all of them
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -581,6 +588,116 @@ fn serve(count: Option<usize>) -> Res {
     Ok(())
 }
 
+fn pin(cpu: u64) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, applied to this process.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn unix_addr(path: &str) -> (libc::sockaddr_un, libc::socklen_t) {
+    // SAFETY: all-zero sockaddr_un is valid.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in a.sun_path.iter_mut().zip(path.bytes()) {
+        *d = s as libc::c_char;
+    }
+    (a, std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t)
+}
+
+/// The benchmark server: one connection; the client's first byte says the
+/// mode ('r': echo fixed-size messages, 's': sink until end of stream).
+fn bench_server(kind: &str, cpu: u64) -> Res {
+    pin(cpu);
+    let l = if kind == "unix" {
+        let path = std::env::temp_dir().join(format!("ipcd-bench-{}.sock", std::process::id()));
+        let path = path.to_string_lossy().into_owned();
+        let _ = std::fs::remove_file(&path);
+        // SAFETY: plain socket creation.
+        let l = cvt("socket", unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) }).map_err(f)?;
+        let (a, len) = unix_addr(&path);
+        // SAFETY: a sockaddr_un of its size.
+        cvt("bind", unsafe { libc::bind(l, (&raw const a).cast(), len) }).map_err(f)?;
+        // SAFETY: a bound socket.
+        cvt("listen", unsafe { libc::listen(l, 1) }).map_err(f)?;
+        println!("{path}");
+        l
+    } else {
+        let (l, port) = net::listen_loopback(false).map_err(f)?;
+        println!("{port}");
+        l
+    };
+    let s = net::accept(l).map_err(f)?;
+    let mut hdr = [0u8; 9];
+    net::read_exact(s, &mut hdr).map_err(f)?;
+    let size = u64::from_le_bytes(hdr[1..].try_into().map_err(|_| "header")?) as usize;
+    let mut buf = vec![0u8; size.max(1 << 16)];
+    if hdr[0] == b'r' {
+        loop {
+            match net::read_exact(s, &mut buf[..size]) {
+                Ok(()) => net::send_all(s, &buf[..size]).map_err(f)?,
+                Err(_) => break,
+            }
+        }
+    } else {
+        let mut total = 0u64;
+        loop {
+            let n = net::read_some(s, &mut buf).map_err(f)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        net::send_all(s, &total.to_le_bytes()).map_err(f)?;
+    }
+    net::close(s);
+    net::close(l);
+    Ok(())
+}
+
+fn bench_client(kind: &str, addr: &str, cpu: u64, mode: &str, size: usize, count: u64) -> Res {
+    pin(cpu);
+    let c = if kind == "unix" {
+        // SAFETY: plain socket creation.
+        let c = cvt("socket", unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) }).map_err(f)?;
+        let (a, len) = unix_addr(addr);
+        // SAFETY: a sockaddr_un of its size.
+        cvt("connect", unsafe { libc::connect(c, (&raw const a).cast(), len) }).map_err(f)?;
+        c
+    } else {
+        let c = net::connect_loopback(false, addr.parse().map_err(|_| "port")?).map_err(f)?;
+        let one: i32 = 1;
+        // SAFETY: an int option; small messages must not wait for Nagle.
+        unsafe { libc::setsockopt(c, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&raw const one).cast(), 4) };
+        c
+    };
+    let mut hdr = vec![if mode == "rtt" { b'r' } else { b's' }];
+    hdr.extend_from_slice(&(size as u64).to_le_bytes());
+    net::send_all(c, &hdr).map_err(f)?;
+    let mut buf = vec![0u8; size];
+    let start = Instant::now();
+    if mode == "rtt" {
+        for _ in 0..count {
+            net::send_all(c, &buf).map_err(f)?;
+            net::read_exact(c, &mut buf).map_err(f)?;
+        }
+    } else {
+        for _ in 0..count {
+            net::send_all(c, &buf).map_err(f)?;
+        }
+        // SAFETY: shutdown of our socket.
+        cvt("shutdown", unsafe { libc::shutdown(c, libc::SHUT_WR) }).map_err(f)?;
+        let mut total = [0u8; 8];
+        net::read_exact(c, &mut total).map_err(f)?;
+        ensure!(u64::from_le_bytes(total) == size as u64 * count, "sink counted {total:?}");
+    }
+    println!("{}", start.elapsed().as_nanos());
+    net::close(c);
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
@@ -601,6 +718,8 @@ fn main() {
             let _ = std::io::stdin().read_line(&mut line);
             net::close(c);
         }),
+        "bench-server" => bench_server(&arg(1), num(2)),
+        "bench-client" => bench_client(&arg(1), &arg(2), num(3), &arg(4), num(5) as usize, num(6)),
         other => Err(format!("unknown command {other:?}; see the module docs")),
     };
     if let Err(e) = res {
