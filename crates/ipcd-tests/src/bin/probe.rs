@@ -635,11 +635,9 @@ fn bench_server(kind: &str, cpu: u64) -> Res {
     let size = u64::from_le_bytes(hdr[1..].try_into().map_err(|_| "header")?) as usize;
     let mut buf = vec![0u8; size.max(1 << 16)];
     if hdr[0] == b'r' {
-        loop {
-            match net::read_exact(s, &mut buf[..size]) {
-                Ok(()) => net::send_all(s, &buf[..size]).map_err(f)?,
-                Err(_) => break,
-            }
+        // Until the client's end of stream.
+        while net::read_exact(s, &mut buf[..size]).is_ok() {
+            net::send_all(s, &buf[..size]).map_err(f)?;
         }
     } else {
         let mut total = 0u64;
