@@ -46,7 +46,7 @@ pub fn event_bell() -> RawFd {
         // SAFETY: plain eventfd creation.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         // SAFETY: a fresh fd we own.
-        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+        (fd >= 0).then(|| crate::fds::hide(unsafe { OwnedFd::from_raw_fd(fd) }))
     })
     .as_ref()
     .map_or(-1, |fd| fd.as_raw_fd())
@@ -92,6 +92,7 @@ impl Control {
     fn open(pid: u32) -> Result<Control, String> {
         let name = &crate::config::get().socket;
         let chan = Channel::connect_abstract(name.as_bytes()).map_err(|e| e.to_string())?;
+        let chan = Channel::from_fd(crate::fds::hide(OwnedFd::from(chan)));
         // SAFETY: getuid cannot fail.
         let uid = unsafe { libc::getuid() };
         let cred = chan.peer_cred().map_err(|e| e.to_string())?;

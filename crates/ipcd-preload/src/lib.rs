@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod control;
+pub mod fds;
 mod ffi_io;
 mod ffi_socket;
 pub mod iov;

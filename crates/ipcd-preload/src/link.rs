@@ -8,7 +8,7 @@ use ipcd_proto::message::{ConnInfo, Side};
 use ipcd_proto::Ring;
 use ipcd_ring::{Consumer, Producer, Segment};
 
-use crate::real;
+use crate::{fds, real};
 
 /// Why a connection from the monitor could not be attached.
 #[derive(Debug)]
@@ -98,7 +98,7 @@ impl Link {
             Side::B => ipcd_ring::Side::B,
         };
         let (tx, rx) = seg.endpoint(side).map_err(|e| unmap(AttachError::Ring(e)))?;
-        Ok(Link { base, len, tx, rx, bell, peer_bell, conn: info.conn })
+        Ok(Link { base, len, tx, rx, bell: fds::hide(bell), peer_bell: fds::hide(peer_bell), conn: info.conn })
     }
 
     /// The doorbell this end sleeps on.

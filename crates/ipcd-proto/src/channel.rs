@@ -127,6 +127,13 @@ impl AsFd for Channel {
     }
 }
 
+impl From<Channel> for OwnedFd {
+    /// The channel's socket, e.g. to move it to another fd number.
+    fn from(chan: Channel) -> OwnedFd {
+        chan.fd
+    }
+}
+
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())

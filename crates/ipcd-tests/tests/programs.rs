@@ -1,0 +1,76 @@
+//! Whole programs under ipcd: a fortified C binary (the `_chk` entry points
+//! and a socket made before `main`), and `ipcd run` of a test program.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use ipcd_monitor::client::MonitorClient;
+use ipcd_tests::harness::{artifacts, die_with_parent, Monitor};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_probe");
+
+/// Builds `c/<name>.c` as Debian builds packages (-O2 -D_FORTIFY_SOURCE=2).
+fn build_c(name: &str) -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("c").join(format!("{name}.c"));
+    let out = std::env::temp_dir().join(format!("ipcd-{name}-{}", std::process::id()));
+    let status = Command::new("cc")
+        .args(["-O2", "-D_FORTIFY_SOURCE=2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("run cc (scripts/setup.sh installs build-essential)");
+    assert!(status.success(), "cc {}", src.display());
+    out
+}
+
+fn imports(bin: &PathBuf) -> String {
+    let out = Command::new("nm").args(["-D", "--undefined-only"]).arg(bin).output().expect("nm");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn fortified_c_program_runs_through_ipcd() {
+    let bin = build_c("fortified");
+    let syms = imports(&bin);
+    for chk in ["__read_chk", "__recv_chk", "__recvfrom_chk"] {
+        assert!(syms.contains(chk), "the build did not fortify ({chk} missing):\n{syms}");
+    }
+    let plain = Command::new(&bin).output().expect("run on the kernel");
+    assert!(plain.status.success(), "on the kernel: {}", String::from_utf8_lossy(&plain.stderr));
+    let mon = Monitor::start(64 * 1024);
+    let mut cmd = Command::new(&bin);
+    let out = mon.under(die_with_parent(&mut cmd)).output().expect("run under ipcd");
+    let _ = std::fs::remove_file(&bin);
+    assert!(out.status.success(), "under ipcd: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    assert_eq!(mon.status().status.connects_total, 1, "the connection did not go through ipcd");
+}
+
+#[test]
+fn ipcd_run_starts_a_monitor_and_accelerates_the_command() {
+    let a = artifacts();
+    let socket = format!("ipcd-run-{}", std::process::id());
+    let mut cmd = Command::new(&a.ipcd);
+    let out = die_with_parent(&mut cmd)
+        .args(["run", "--socket", &socket, "--", PROBE, "check", "echo"])
+        .env_remove("LD_PRELOAD")
+        .stdin(Stdio::null())
+        .output()
+        .expect("ipcd run");
+    // The monitor `ipcd run` started keeps serving; stop it whatever happens.
+    let report = MonitorClient::connect(&socket).and_then(|mut c| c.status());
+    let _ = MonitorClient::connect(&socket).and_then(|mut c| c.stop());
+    assert!(out.status.success(), "ipcd run: {}", String::from_utf8_lossy(&out.stderr));
+    let report = report.expect("the monitor started by ipcd run answers");
+    assert!(report.status.connects_total >= 1, "{:?}", report.status);
+
+    // The command's exit status comes back.
+    let mut cmd = Command::new(&a.ipcd);
+    let out = die_with_parent(&mut cmd)
+        .args(["run", "--socket", &socket, "--", PROBE, "check", "no-such-check"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("ipcd run");
+    let _ = MonitorClient::connect(&socket).and_then(|mut c| c.stop());
+    assert_eq!(out.status.code(), Some(1));
+}
