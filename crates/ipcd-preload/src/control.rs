@@ -52,6 +52,13 @@ pub fn event_bell() -> RawFd {
     .map_or(-1, |fd| fd.as_raw_fd())
 }
 
+/// Runs `f` on the channel if it is open (never opens it, never waits for
+/// the monitor).
+pub fn peek<R>(f: impl FnOnce(&Control) -> R) -> Option<R> {
+    let guard = CONTROL.lock().unwrap_or_else(|p| p.into_inner());
+    guard.as_ref().map(f)
+}
+
 /// Runs `f` on the channel, opening it first if needed. `None`: no monitor
 /// (logged once per attempt), or the channel broke.
 pub fn with<R>(f: impl FnOnce(&mut Control) -> Result<R, ChannelError>) -> Option<R> {
@@ -170,6 +177,11 @@ impl Control {
             Response::PeerGone { .. } => {}
             other => log!(Level::Debug, "unexpected message from the monitor: {other:?}"),
         }
+    }
+
+    /// Whether a connection is queued for `listener`.
+    pub fn has_incoming(&self, listener: u64) -> bool {
+        self.incoming.get(&listener).is_some_and(|q| !q.is_empty())
     }
 
     /// The next connection queued for `listener`.

@@ -167,6 +167,7 @@ fn release(fd: c_int) {
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     release(fd);
+    crate::epoll::forget(fd);
     // SAFETY: the caller's fd.
     unsafe { real::close(fd) }
 }
@@ -192,6 +193,14 @@ fn copied(old: &Arc<Socket>, new: c_int) {
     let _ = table::install(new, Arc::clone(old));
 }
 
+/// After the kernel made `new` a copy of `fd`, whatever `fd` is.
+fn copied_fd(fd: c_int, new: c_int) {
+    if let Some(s) = table::get(fd) {
+        copied(&s, new);
+    }
+    crate::epoll::copied(fd, new);
+}
+
 /// Interposed `dup(2)`.
 ///
 /// # Safety
@@ -201,9 +210,7 @@ pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
     // SAFETY: the caller's fd.
     let r = unsafe { real::dup(fd) };
     if r >= 0 {
-        if let Some(s) = table::get(fd) {
-            copied(&s, r);
-        }
+        copied_fd(fd, r);
     }
     r
 }
@@ -231,7 +238,8 @@ pub unsafe extern "C" fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
 /// dup2 (`flags` None) or dup3.
 unsafe fn dup_onto(fd: c_int, new: c_int, flags: Option<c_int>) -> c_int {
     let src = table::get(fd);
-    if src.is_none() && table::get(new).is_none() {
+    if src.is_none() && table::get(new).is_none() && crate::epoll::get(fd).is_none() && crate::epoll::get(new).is_none()
+    {
         // SAFETY: the caller's arguments, unchanged.
         return unsafe {
             match flags {
@@ -250,9 +258,11 @@ unsafe fn dup_onto(fd: c_int, new: c_int, flags: Option<c_int>) -> c_int {
     if r >= 0 && fd != new {
         // The kernel closed whatever `new` was: so do we.
         release(new);
+        crate::epoll::forget(new);
         if let Some(s) = src {
             copied(&s, new);
         }
+        crate::epoll::copied(fd, new);
     }
     r
 }
@@ -267,7 +277,11 @@ unsafe fn dup_onto(fd: c_int, new: c_int, flags: Option<c_int>) -> c_int {
 pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
     let Some(s) = table::get(fd) else {
         // SAFETY: the caller's arguments, unchanged.
-        return unsafe { real::fcntl(fd, cmd, arg) };
+        let r = unsafe { real::fcntl(fd, cmd, arg) };
+        if r >= 0 && matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) {
+            crate::epoll::copied(fd, r);
+        }
+        return r;
     };
     match cmd {
         libc::F_GETFL => {

@@ -11,12 +11,16 @@
 
 pub mod config;
 pub mod control;
+pub mod epoll;
 pub mod fds;
 mod ffi_io;
+mod ffi_poll;
 mod ffi_socket;
 pub mod iov;
 pub mod link;
 pub mod log;
+pub mod poll;
+pub mod readiness;
 pub mod real;
 pub mod setup;
 pub mod socket;

@@ -118,7 +118,7 @@ impl Link {
         let peer_reset = self.rx.peer_state() == ipcd_ring::PeerState::Reset;
         Some(Ring {
             readable: self.rx.readable().ok()?,
-            writable: self.tx.writable().ok()?,
+            writable: self.tx.writable_cached().ok()?,
             peer_fin,
             peer_reset,
             // Every end closes its writing side before its reading side (the

@@ -98,6 +98,12 @@ real! {
     getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
     poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_int;
     ppoll(fds: *mut pollfd, n: nfds_t, timeout: *const libc::timespec, mask: *const libc::sigset_t) -> c_int;
+    select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, timeout: *mut libc::timeval) -> c_int;
+    pselect(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, timeout: *const libc::timespec, mask: *const libc::sigset_t) -> c_int;
+    epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int;
+    epoll_wait(epfd: c_int, evs: *mut libc::epoll_event, n: c_int, timeout: c_int) -> c_int;
+    epoll_pwait(epfd: c_int, evs: *mut libc::epoll_event, n: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int;
+    epoll_pwait2(epfd: c_int, evs: *mut libc::epoll_event, n: c_int, timeout: *const libc::timespec, mask: *const libc::sigset_t) -> c_int;
 }
 
 /// The real `fcntl`, called with one integer or pointer argument (every

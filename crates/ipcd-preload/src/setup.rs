@@ -322,9 +322,15 @@ pub unsafe fn accept(
     flags: libc::c_int,
 ) -> Result<libc::c_int, libc::c_int> {
     let deadline = sock.rcvtimeo().map(|t| Instant::now() + t);
+    // Already queued ipcd connections first (no system call), then the
+    // kernel's queue, and only when both are empty the control channel:
+    // one system call per accept while connections keep coming.
+    let mut drain = false;
     loop {
         let next = control::with(|c| {
-            c.drain()?;
+            if drain {
+                c.drain()?;
+            }
             Ok(c.pop_incoming(id))
         });
         if let Some(Some(pending)) = next {
@@ -347,6 +353,11 @@ pub unsafe fn accept(
         if e != libc::EAGAIN {
             return Err(e);
         }
+        if !drain {
+            drain = true;
+            continue;
+        }
+        drain = false;
         if sock.nonblocking() {
             return Err(libc::EAGAIN);
         }

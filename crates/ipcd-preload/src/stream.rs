@@ -296,6 +296,12 @@ pub fn close(stream: &mut Stream, linger_zero: bool) -> u64 {
     stream.link.conn
 }
 
+/// The poll mask (`tcp_poll`'s answer) from the rings.
+pub fn poll(stream: &mut Stream) -> ipcd_proto::Readiness {
+    let ring = stream.observe();
+    stream.conn.poll(&ring)
+}
+
 /// `getsockopt(SO_ERROR)`: the pending error, cleared.
 pub fn so_error(stream: &mut Stream) -> libc::c_int {
     let ring = stream.observe();

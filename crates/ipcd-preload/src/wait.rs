@@ -85,6 +85,16 @@ impl Sleepers {
     }
 }
 
+impl Sleepers {
+    /// A poll or epoll caller drained `bell`: if a blocked call sleeps on it
+    /// as drainer, ring it again so that thread wakes and re-checks too.
+    pub fn pass_on(&self, bell: i32) {
+        if self.drainer.load(Ordering::Acquire) {
+            link::ring(bell);
+        }
+    }
+}
+
 fn futex_wake_all(word: &AtomicU32) {
     // SAFETY: futex wake on a live, aligned u32.
     unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX) };

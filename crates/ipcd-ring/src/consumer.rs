@@ -107,6 +107,13 @@ impl Consumer {
         self.tail_cache.wrapping_sub(self.head) as usize
     }
 
+    /// The writer's `tail` as this handle last read it: bytes ever written.
+    /// It only grows, so a change means new bytes arrived (edge-triggered
+    /// readiness is built on that).
+    pub fn tail_seen(&self) -> u64 {
+        self.tail_cache
+    }
+
     /// Bytes that can be read now (`FIONREAD`).
     pub fn readable(&mut self) -> Result<usize, Error> {
         self.refresh_tail()?;

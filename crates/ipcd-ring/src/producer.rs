@@ -105,6 +105,16 @@ impl Producer {
         Ok(self.free() as usize)
     }
 
+    /// Like [`Producer::writable`], but rereads the reader's `head` only
+    /// when the cached view shows no space: a lower bound that costs no
+    /// cache miss while the reader is busy moving `head`.
+    pub fn writable_cached(&mut self) -> Result<usize, Error> {
+        if self.free() == 0 {
+            self.refresh_head()?;
+        }
+        Ok(self.free() as usize)
+    }
+
     /// Bytes written but not yet read by the peer (`SIOCOUTQ`).
     pub fn unread(&mut self) -> Result<usize, Error> {
         self.refresh_head()?;

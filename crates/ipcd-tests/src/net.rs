@@ -66,7 +66,7 @@ pub fn listen_loopback(v6: bool) -> Result<(i32, u16), Fail> {
     // SAFETY: a sockaddr of `len` bytes.
     cvt("bind", unsafe { libc::bind(fd, (&raw const ss).cast(), len) })?;
     // SAFETY: a bound socket.
-    cvt("listen", unsafe { libc::listen(fd, 128) })?;
+    cvt("listen", unsafe { libc::listen(fd, 1024) })?;
     let port = local_port(fd)?;
     Ok((fd, port))
 }

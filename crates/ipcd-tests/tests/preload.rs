@@ -66,6 +66,35 @@ checks! {
     ioctl_and_options => "options",
     dup_and_vectored_io => "dup-vectored",
     sendfile_to_socket => "sendfile",
+    poll_over_mixed_fds => "poll",
+    select_over_mixed_fds => "select",
+    epoll_level_triggered => "epoll-level",
+    epoll_edge_oneshot_connect_close => "epoll-edge",
+}
+
+/// An epoll echo server under ipcd with a thousand clients at once, half
+/// of them under ipcd and half on the kernel.
+fn epoll_server(mode: &str) {
+    let mon = Monitor::start(RING_BYTES);
+    let server = Server::start(mon.under(&mut probe(&["epoll-serve", "1000", mode])).clone_cmd());
+    let port = server.port.to_string();
+    let ipcd = mon.under(&mut probe(&["many-clients", &port, "500"])).spawn().expect("ipcd clients");
+    let kernel = probe(&["many-clients", &port, "500"]).output().expect("kernel clients");
+    must_pass("kernel clients", kernel);
+    must_pass("ipcd clients", ipcd.wait_with_output().expect("ipcd clients"));
+    server.finish();
+    let st = mon.status().status;
+    assert_eq!((st.connects_total, st.fallbacks_total), (500, 0), "{st:?}");
+}
+
+#[test]
+fn epoll_server_level_triggered_mixed_clients() {
+    epoll_server("level");
+}
+
+#[test]
+fn epoll_server_edge_triggered_mixed_clients() {
+    epoll_server("edge");
 }
 
 /// A `probe serve` that has printed its port.

@@ -8,6 +8,9 @@
 //!                               serves N connections (default: forever)
 //!   probe client PORT ROUNDS SEED   echo rounds of random sizes, hashed
 //!   probe hold PORT             connects, then waits for stdin to close
+//!   probe epoll-serve N [edge]  epoll echo server; prints its port; exits
+//!                               after N connections closed
+//!   probe many-clients PORT N   N connections at once, echoes on each
 //!   probe bench-server tcp|unix CPU         one benchmark connection; prints
 //!                               its port or socket path
 //!   probe bench-client tcp|unix ADDR CPU MODE SIZE COUNT
@@ -551,6 +554,343 @@ fn sendfile() -> Res {
     Ok(())
 }
 
+fn pollfd(fd: i32, events: i16) -> libc::pollfd {
+    libc::pollfd { fd, events, revents: 0 }
+}
+
+fn poll_n(fds: &mut [libc::pollfd], timeout: i32) -> i32 {
+    // SAFETY: a live array of pollfds.
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) }
+}
+
+fn pipe() -> Result<(i32, i32), String> {
+    let mut p = [0i32; 2];
+    // SAFETY: a live array of two ints.
+    cvt("pipe", unsafe { libc::pipe(p.as_mut_ptr()) }).map_err(f)?;
+    Ok((p[0], p[1]))
+}
+
+/// poll over an ipcd socket, a pipe and a listener: timeouts, data,
+/// writability, a waiting connection, the peer's FIN (POLLRDHUP), and a
+/// sleeping poll woken by the peer.
+fn poll_mixed() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let c = net::connect_loopback(false, port).map_err(f)?;
+    let mut fds = [pollfd(l, libc::POLLIN)];
+    ensure!(
+        poll_n(&mut fds, 1000) == 1 && fds[0].revents == libc::POLLIN,
+        "listener with a waiting connection: {}",
+        fds[0].revents
+    );
+    let s = net::accept(l).map_err(f)?;
+    let mut fds = [pollfd(l, libc::POLLIN)];
+    ensure!(poll_n(&mut fds, 0) == 0, "listener after accept");
+    let (pr, pw) = pipe()?;
+    let in_rdhup = libc::POLLIN | libc::POLLRDHUP;
+    let mut fds = [pollfd(s, in_rdhup), pollfd(pr, libc::POLLIN)];
+    let t = Instant::now();
+    ensure!(poll_n(&mut fds, 60) == 0, "nothing ready yet");
+    ensure!(t.elapsed() >= Duration::from_millis(55), "poll returned early: {:?}", t.elapsed());
+    // SAFETY: a live one-byte buffer.
+    ensure!(unsafe { libc::write(pw, b"p".as_ptr().cast(), 1) } == 1, "pipe write");
+    ensure!(poll_n(&mut fds, 1000) == 1 && fds[0].revents == 0 && fds[1].revents == libc::POLLIN, "pipe readable only");
+    ensure!(send(c, b"data", 0) == 4, "send");
+    let mut fds = [pollfd(s, in_rdhup), pollfd(pr, libc::POLLIN), pollfd(c, libc::POLLOUT)];
+    ensure!(poll_n(&mut fds, 1000) == 3, "all three ready");
+    ensure!(
+        fds[0].revents == libc::POLLIN && fds[2].revents == libc::POLLOUT,
+        "masks {} {}",
+        fds[0].revents,
+        fds[2].revents
+    );
+    let mut buf = [0u8; 8];
+    ensure!(recv(s, &mut buf, 0) == 4, "read");
+    // A poll that sleeps is woken by the peer.
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(80));
+        send(c, b"late", 0)
+    });
+    let mut fds = [pollfd(s, libc::POLLIN)];
+    let r = poll_n(&mut fds, 5000);
+    ensure!(writer.join().map_err(|_| "writer panicked")? == 4, "late send");
+    ensure!(r == 1 && fds[0].revents == libc::POLLIN, "sleeping poll: {r} {}", fds[0].revents);
+    ensure!(recv(s, &mut buf, 0) == 4, "late read");
+    // SAFETY: shutdown of our socket.
+    cvt("shutdown", unsafe { libc::shutdown(c, libc::SHUT_WR) }).map_err(f)?;
+    let mut fds = [pollfd(s, in_rdhup)];
+    ensure!(poll_n(&mut fds, 1000) == 1 && fds[0].revents == in_rdhup, "FIN: {}", fds[0].revents);
+    // SAFETY: shutdown of our socket.
+    cvt("shutdown", unsafe { libc::shutdown(s, libc::SHUT_WR) }).map_err(f)?;
+    let mut fds = [pollfd(c, libc::POLLIN | libc::POLLOUT)];
+    ensure!(poll_n(&mut fds, 1000) == 1, "both shut");
+    let want = libc::POLLIN | libc::POLLOUT | libc::POLLHUP;
+    ensure!(fds[0].revents == want, "both shut: {:#x} vs {want:#x}", fds[0].revents);
+    for fd in [c, s, l, pr, pw] {
+        net::close(fd);
+    }
+    Ok(())
+}
+
+/// select on an ipcd socket and a pipe: timeout (and the time left written
+/// back), readable and writable sets.
+fn select_mixed() -> Res {
+    let (c, s) = pair(false)?;
+    let (pr, pw) = pipe()?;
+    let sel = |r: &[i32], w: &[i32], ms: i64| -> (i32, Vec<i32>, Vec<i32>, libc::timeval) {
+        // SAFETY: zeroed fd_sets and FD_SET on fds below FD_SETSIZE.
+        unsafe {
+            let mut rs: libc::fd_set = std::mem::zeroed();
+            let mut ws: libc::fd_set = std::mem::zeroed();
+            let mut nfds = 0;
+            for &fd in r {
+                libc::FD_SET(fd, &mut rs);
+                nfds = nfds.max(fd + 1);
+            }
+            for &fd in w {
+                libc::FD_SET(fd, &mut ws);
+                nfds = nfds.max(fd + 1);
+            }
+            let mut tv = libc::timeval { tv_sec: ms / 1000, tv_usec: (ms % 1000 * 1000) as libc::suseconds_t };
+            let n = libc::select(nfds, &mut rs, &mut ws, std::ptr::null_mut(), &mut tv);
+            let rr = r.iter().copied().filter(|&fd| libc::FD_ISSET(fd, &rs)).collect();
+            let ww = w.iter().copied().filter(|&fd| libc::FD_ISSET(fd, &ws)).collect();
+            (n, rr, ww, tv)
+        }
+    };
+    let (n, rr, _, tv) = sel(&[s, pr], &[], 50);
+    ensure!(n == 0 && rr.is_empty(), "nothing ready: {n}");
+    ensure!(tv.tv_sec == 0 && tv.tv_usec == 0, "time left after a timeout");
+    ensure!(send(c, b"x", 0) == 1, "send");
+    let (n, rr, ww, tv) = sel(&[s, pr], &[c], 1000);
+    ensure!(n == 2 && rr == [s] && ww == [c], "readable and writable: {n} {rr:?} {ww:?}");
+    ensure!(tv.tv_sec == 0 && tv.tv_usec > 0, "time left written back");
+    // SAFETY: a live one-byte buffer.
+    ensure!(unsafe { libc::write(pw, b"p".as_ptr().cast(), 1) } == 1, "pipe write");
+    let (n, rr, _, _) = sel(&[s, pr], &[], 1000);
+    ensure!(n == 2 && rr == [s, pr], "both readable: {rr:?}");
+    for fd in [c, s, pr, pw] {
+        net::close(fd);
+    }
+    Ok(())
+}
+
+fn epoll_add(ep: i32, fd: i32, events: u32, data: u64) -> Res {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: a live event.
+    cvt("epoll_ctl", unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) }).map_err(f)?;
+    Ok(())
+}
+
+fn epoll_mod(ep: i32, fd: i32, events: u32, data: u64) -> Res {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: a live event.
+    cvt("epoll_ctl", unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_MOD, fd, &mut ev) }).map_err(f)?;
+    Ok(())
+}
+
+/// (events, data) pairs from one epoll_wait, sorted by data.
+fn epoll_get(ep: i32, timeout: i32) -> Result<Vec<(u32, u64)>, String> {
+    let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 16];
+    // SAFETY: a live event array.
+    let n = cvt("epoll_wait", unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 16, timeout) }).map_err(f)?;
+    let mut v: Vec<(u32, u64)> = evs[..n as usize].iter().map(|e| (e.events, e.u64)).collect();
+    v.sort_by_key(|e| e.1);
+    Ok(v)
+}
+
+const IN: u32 = libc::EPOLLIN as u32;
+const OUT: u32 = libc::EPOLLOUT as u32;
+const ET: u32 = libc::EPOLLET as u32;
+
+/// Level-triggered epoll over an ipcd socket, a pipe and a listener; user
+/// data comes back unchanged; EPOLL_CTL_DEL; a sleeping wait is woken.
+fn epoll_level() -> Res {
+    // SAFETY: plain epoll creation.
+    let ep = cvt("epoll_create1", unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }).map_err(f)?;
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    epoll_add(ep, l, IN, 0xdead_0001)?;
+    let c = net::connect_loopback(false, port).map_err(f)?;
+    ensure!(epoll_get(ep, 1000)? == [(IN, 0xdead_0001)], "listener readable");
+    let s = net::accept(l).map_err(f)?;
+    let (pr, pw) = pipe()?;
+    epoll_add(ep, s, IN, 0xdead_0002)?;
+    epoll_add(ep, pr, IN, 0xdead_0003)?;
+    let t = Instant::now();
+    ensure!(epoll_get(ep, 60)?.is_empty(), "nothing ready");
+    ensure!(t.elapsed() >= Duration::from_millis(55), "epoll_wait returned early");
+    ensure!(send(c, b"0123456789", 0) == 10, "send");
+    // SAFETY: a live one-byte buffer.
+    ensure!(unsafe { libc::write(pw, b"p".as_ptr().cast(), 1) } == 1, "pipe write");
+    ensure!(epoll_get(ep, 1000)? == [(IN, 0xdead_0002), (IN, 0xdead_0003)], "socket and pipe");
+    let mut buf = [0u8; 16];
+    ensure!(recv(s, &mut buf[..4], 0) == 4, "partial read");
+    // SAFETY: a live buffer.
+    ensure!(unsafe { libc::read(pr, buf.as_mut_ptr().cast(), 1) } == 1, "pipe read");
+    ensure!(epoll_get(ep, 1000)? == [(IN, 0xdead_0002)], "level-triggered: still readable");
+    ensure!(recv(s, &mut buf, 0) == 6, "rest");
+    ensure!(epoll_get(ep, 0)?.is_empty(), "drained");
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(80));
+        send(c, b"late", 0)
+    });
+    let got = epoll_get(ep, 5000)?;
+    ensure!(writer.join().map_err(|_| "writer panicked")? == 4, "late send");
+    ensure!(got == [(IN, 0xdead_0002)], "sleeping wait woken: {got:?}");
+    ensure!(recv(s, &mut buf, 0) == 4, "late read");
+    let mut ev = libc::epoll_event { events: 0, u64: 0 };
+    // SAFETY: a live event.
+    cvt("epoll_ctl", unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, s, &mut ev) }).map_err(f)?;
+    // SAFETY: as above.
+    let r = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, s, &mut ev) };
+    ensure!(r == -1 && errno() == libc::ENOENT, "second DEL: {r}/{}", errno());
+    ensure!(send(c, b"more", 0) == 4, "send");
+    ensure!(epoll_get(ep, 50)?.is_empty(), "deleted fd reported");
+    epoll_add(ep, s, IN | OUT, 0xdead_0004)?;
+    // SAFETY: as above.
+    let r = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, s, &mut ev) };
+    ensure!(r == -1 && errno() == libc::EEXIST, "second ADD: {r}/{}", errno());
+    ensure!(epoll_get(ep, 1000)? == [(IN | OUT, 0xdead_0004)], "readable and writable");
+    for fd in [c, s, l, pr, pw, ep] {
+        net::close(fd);
+    }
+    Ok(())
+}
+
+/// Edge-triggered and one-shot entries; a non-blocking connect watched
+/// for EPOLLOUT; closing the fd (and the dup caveat).
+fn epoll_edge() -> Res {
+    // SAFETY: plain epoll creation.
+    let ep = cvt("epoll_create1", unsafe { libc::epoll_create1(0) }).map_err(f)?;
+    let (c, s) = pair(false)?;
+    epoll_add(ep, s, IN | ET, 1)?;
+    ensure!(send(c, b"abc", 0) == 3, "send");
+    ensure!(epoll_get(ep, 1000)? == [(IN, 1)], "edge");
+    ensure!(epoll_get(ep, 30)?.is_empty(), "no second edge without new data");
+    ensure!(send(c, b"def", 0) == 3, "send");
+    ensure!(epoll_get(ep, 1000)? == [(IN, 1)], "new data is a new edge, even unread before");
+    let mut buf = [0u8; 16];
+    ensure!(recv(s, &mut buf, 0) == 6, "drain");
+    ensure!(epoll_get(ep, 30)?.is_empty(), "drained");
+    epoll_mod(ep, s, IN | libc::EPOLLONESHOT as u32, 2)?;
+    ensure!(send(c, b"g", 0) == 1, "send");
+    ensure!(epoll_get(ep, 1000)? == [(IN, 2)], "one-shot fires");
+    ensure!(send(c, b"h", 0) == 1, "send");
+    ensure!(epoll_get(ep, 30)?.is_empty(), "one-shot is disarmed");
+    epoll_mod(ep, s, IN | libc::EPOLLONESHOT as u32, 3)?;
+    ensure!(epoll_get(ep, 1000)? == [(IN, 3)], "re-armed by MOD");
+    // Non-blocking connect: EPOLLOUT once connected.
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let nc = net::tcp_socket(false).map_err(f)?;
+    set_nonblocking(nc, true)?;
+    epoll_add(ep, nc, OUT | ET, 4)?;
+    let (ss, len) = net::loopback(false, port);
+    // SAFETY: a sockaddr of `len` bytes.
+    let r = unsafe { libc::connect(nc, (&raw const ss).cast(), len) };
+    ensure!(r == -1 && errno() == libc::EINPROGRESS, "connect: {r}/{}", errno());
+    let got = epoll_get(ep, 1000)?;
+    ensure!(got.contains(&(OUT, 4)), "connected socket writable: {got:?}");
+    let a = net::accept(l).map_err(f)?;
+    // Closing the only fd removes it from the set; with a dup it stays.
+    epoll_mod(ep, s, IN, 5)?;
+    // SAFETY: dup of our fd.
+    let s2 = cvt("dup", unsafe { libc::dup(s) }).map_err(f)?;
+    net::close(s);
+    ensure!(epoll_get(ep, 1000)?.contains(&(IN, 5)), "the dup keeps the entry alive");
+    net::close(s2);
+    ensure!(!epoll_get(ep, 30)?.iter().any(|e| e.1 == 5), "closed fd still reported");
+    for fd in [c, nc, a, l, ep] {
+        net::close(fd);
+    }
+    Ok(())
+}
+
+fn raise_nofile() {
+    // SAFETY: get/setrlimit on live structs.
+    unsafe {
+        let mut rl: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
+        rl.rlim_cur = rl.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+    }
+}
+
+/// A single-threaded epoll echo server (non-blocking, level-triggered):
+/// prints its port, then serves until `count` connections have closed.
+fn epoll_serve(count: usize, edge: bool) -> Res {
+    raise_nofile();
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    set_nonblocking(l, true)?;
+    println!("{port}");
+    // SAFETY: plain epoll creation.
+    let ep = cvt("epoll_create1", unsafe { libc::epoll_create1(0) }).map_err(f)?;
+    epoll_add(ep, l, IN, u64::MAX)?;
+    let mode = if edge { IN | ET } else { IN };
+    let mut closed = 0;
+    let mut buf = vec![0u8; 65536];
+    let mut evs = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    while closed < count {
+        // SAFETY: a live event array.
+        let n = cvt("epoll_wait", unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 256, -1) }).map_err(f)?;
+        for e in &evs[..n as usize] {
+            let data = e.u64;
+            if data == u64::MAX {
+                loop {
+                    // SAFETY: null address buffers are allowed.
+                    let s =
+                        unsafe { libc::accept4(l, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK) };
+                    if s < 0 {
+                        ensure!(errno() == libc::EAGAIN, "accept: {}", errno());
+                        break;
+                    }
+                    epoll_add(ep, s, mode, s as u64)?;
+                }
+                continue;
+            }
+            let fd = data as i32;
+            loop {
+                let r = recv(fd, &mut buf, 0);
+                if r > 0 {
+                    net::send_all(fd, &buf[..r as usize]).map_err(f)?;
+                    if !edge {
+                        break;
+                    }
+                    continue;
+                }
+                if r == 0 {
+                    net::close(fd);
+                    closed += 1;
+                } else {
+                    ensure!(errno() == libc::EAGAIN, "recv: {}", errno());
+                }
+                break;
+            }
+        }
+    }
+    net::close(ep);
+    net::close(l);
+    Ok(())
+}
+
+/// Opens `n` connections at once, then echoes a distinct message on each.
+fn many_clients(port: u16, n: usize) -> Res {
+    raise_nofile();
+    let fds: Vec<i32> = (0..n).map(|_| net::connect_loopback(false, port)).collect::<Result<_, _>>().map_err(f)?;
+    for round in 0..3 {
+        for (i, &c) in fds.iter().enumerate() {
+            net::send_all(c, format!("{round}:{i:06}").as_bytes()).map_err(f)?;
+        }
+        for (i, &c) in fds.iter().enumerate() {
+            let mut buf = [0u8; 8];
+            net::read_exact(c, &mut buf).map_err(f)?;
+            ensure!(buf == *format!("{round}:{i:06}").as_bytes(), "connection {i} got {buf:?}");
+        }
+    }
+    for c in fds {
+        net::close(c);
+    }
+    Ok(())
+}
+
 fn check(name: &str) -> Res {
     match name {
         "echo" => echo(false, 200, 1),
@@ -568,6 +908,10 @@ fn check(name: &str) -> Res {
         "options" => options(),
         "dup-vectored" => dup_vectored(),
         "sendfile" => sendfile(),
+        "poll" => poll_mixed(),
+        "select" => select_mixed(),
+        "epoll-level" => epoll_level(),
+        "epoll-edge" => epoll_edge(),
         other => Err(format!("unknown check {other}")),
     }
 }
@@ -716,6 +1060,8 @@ fn main() {
             let _ = std::io::stdin().read_line(&mut line);
             net::close(c);
         }),
+        "epoll-serve" => epoll_serve(num(1) as usize, arg(2) == "edge"),
+        "many-clients" => many_clients(num(1) as u16, num(2) as usize),
         "bench-server" => bench_server(&arg(1), num(2)),
         "bench-client" => bench_client(&arg(1), &arg(2), num(3), &arg(4), num(5) as usize, num(6)),
         other => Err(format!("unknown command {other:?}; see the module docs")),

@@ -1,0 +1,412 @@
+//! epoll over a mix of ipcd sockets and kernel fds.
+//!
+//! The kernel epoll instance stays the program's; its kernel fds are in it
+//! as usual. Our fds are kept beside it, in user space, with their events
+//! and data: their readiness comes from the rings. To sleep on both at
+//! once, the wake-up sources of our fds (their doorbells; for listeners the
+//! kernel fd, the control channel and the event doorbell) are added to the
+//! kernel instance under tagged data that `epoll_wait` never hands to the
+//! program.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use libc::{c_int, epoll_event};
+
+use crate::readiness::{self, Kind};
+use crate::socket::{Socket, State};
+use crate::{control, real};
+
+/// High bits of the data of our own entries in a kernel epoll set. A
+/// program's data never looks like this in practice (pointers on x86-64
+/// and AArch64 Linux stay below 2^48; small integers far below).
+const TAG: u64 = 0x1bcd_0000_0000_0000;
+const TAG_MASK: u64 = 0xffff_0000_0000_0000;
+
+/// What a tagged entry is.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Source {
+    Bell = 1,
+    Channel = 2,
+    Events = 3,
+    Kernel = 4,
+}
+
+fn tag(src: Source, fd: c_int) -> u64 {
+    TAG | (src as u64) << 32 | fd as u32 as u64
+}
+
+fn untag(data: u64) -> Option<(u64, c_int)> {
+    (data & TAG_MASK == TAG).then_some(((data >> 32) & 0xffff, data as u32 as c_int))
+}
+
+/// Rounds of the spin between two looks at the kernel.
+const KERNEL_EVERY: u32 = 32;
+
+/// One of our fds in a set.
+struct Member {
+    fd: c_int,
+    sock: Arc<Socket>,
+    events: u32,
+    data: u64,
+    /// `EPOLLONESHOT` fired: silent until `EPOLL_CTL_MOD`.
+    disarmed: bool,
+    /// For edge-triggered entries: the mask and the received-bytes count
+    /// last reported, so an event is reported once per change.
+    last_mask: u32,
+    last_gen: u64,
+    /// The kernel's readiness of a listener's or a not-yet-connected
+    /// socket's kernel fd, as last asked (asking costs a system call).
+    kernel_cache: u32,
+}
+
+/// The user-space part of one epoll instance.
+#[derive(Default)]
+pub struct EpollSet {
+    members: Mutex<Vec<Member>>,
+    /// Tagged fds in the kernel instance, with what identifies the owner
+    /// (an fd number may be closed and reused by another doorbell).
+    sources: Mutex<HashMap<c_int, (Source, u64)>>,
+    /// Where the next scan starts, so no member starves the others.
+    cursor: AtomicUsize,
+}
+
+static SETS: Mutex<Option<HashMap<c_int, Arc<EpollSet>>>> = Mutex::new(None);
+/// Number of epoll fds with a user-space part: zero keeps epoll_wait of
+/// programs without ipcd sockets on the direct path.
+static ANY: AtomicUsize = AtomicUsize::new(0);
+
+fn sets() -> MutexGuard<'static, Option<HashMap<c_int, Arc<EpollSet>>>> {
+    SETS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The user-space part of `epfd`, if it has one.
+#[inline]
+pub fn get(epfd: c_int) -> Option<Arc<EpollSet>> {
+    if ANY.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    sets().as_ref()?.get(&epfd).cloned()
+}
+
+fn get_or_make(epfd: c_int) -> Arc<EpollSet> {
+    let mut g = sets();
+    let map = g.get_or_insert_with(HashMap::new);
+    Arc::clone(map.entry(epfd).or_insert_with(|| {
+        ANY.fetch_add(1, Ordering::Relaxed);
+        Arc::default()
+    }))
+}
+
+/// `epfd` was closed (or replaced by dup2).
+pub fn forget(epfd: c_int) {
+    if ANY.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    if let Some(map) = sets().as_mut() {
+        if map.remove(&epfd).is_some() {
+            ANY.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `new` is a dup of `epfd`: the same instance.
+pub fn copied(epfd: c_int, new: c_int) {
+    if let Some(set) = get(epfd) {
+        let mut g = sets();
+        if let Some(map) = g.as_mut() {
+            if map.insert(new, set).is_none() {
+                ANY.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// `epoll_ctl` for one of our fds. Returns 0 or an errno.
+pub fn ctl(epfd: c_int, op: c_int, fd: c_int, sock: Arc<Socket>, ev: Option<&epoll_event>) -> Result<(), c_int> {
+    if epfd == fd {
+        return Err(libc::EINVAL);
+    }
+    let set = get_or_make(epfd);
+    let mut members = lock(&set.members);
+    members.retain(|m| !closed(&m.sock));
+    let pos = members.iter().position(|m| m.fd == fd && Arc::ptr_eq(&m.sock, &sock));
+    match op {
+        libc::EPOLL_CTL_ADD => {
+            let ev = ev.ok_or(libc::EFAULT)?;
+            if pos.is_some() {
+                return Err(libc::EEXIST);
+            }
+            members.push(Member {
+                fd,
+                sock,
+                events: ev.events,
+                data: ev.u64,
+                disarmed: false,
+                last_mask: 0,
+                last_gen: 0,
+                kernel_cache: 0,
+            });
+        }
+        libc::EPOLL_CTL_MOD => {
+            let ev = ev.ok_or(libc::EFAULT)?;
+            let m = &mut members[pos.ok_or(libc::ENOENT)?];
+            if ev.events & libc::EPOLLEXCLUSIVE as u32 != 0 {
+                return Err(libc::EINVAL);
+            }
+            m.events = ev.events;
+            m.data = ev.u64;
+            m.disarmed = false;
+            m.last_mask = 0;
+        }
+        libc::EPOLL_CTL_DEL => {
+            members.remove(pos.ok_or(libc::ENOENT)?);
+        }
+        _ => return Err(libc::EINVAL),
+    }
+    Ok(())
+}
+
+fn closed(sock: &Socket) -> bool {
+    matches!(*sock.lock(), State::Closed)
+}
+
+/// The events a member reports now, or 0. `kernel`: ask the kernel about
+/// kernel fds now rather than use the last answer.
+fn report(m: &mut Member, kernel: bool) -> u32 {
+    if m.disarmed {
+        return 0;
+    }
+    let want = m.events | (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+    let (mask, gen) = match readiness::kind(&m.sock) {
+        Kind::Stream => readiness::stream_mask(&m.sock).unwrap_or((0, 0)),
+        Kind::Listener(id) => {
+            if kernel {
+                m.kernel_cache = kernel_mask(m.fd, m.events);
+            }
+            let mut mask = m.kernel_cache;
+            if readiness::listener_pending(id) {
+                mask |= libc::EPOLLIN as u32;
+            }
+            (mask, 0)
+        }
+        Kind::Kernel => {
+            if kernel {
+                m.kernel_cache = kernel_mask(m.fd, m.events);
+            }
+            (m.kernel_cache, 0)
+        }
+    };
+    let mask = mask & want;
+    if m.events & libc::EPOLLET as u32 != 0 {
+        // Report what is newly set, or new bytes while readable.
+        let fresh = mask & !m.last_mask;
+        let more = gen != m.last_gen && mask & libc::EPOLLIN as u32 != 0;
+        m.last_mask = mask;
+        m.last_gen = gen;
+        if fresh == 0 && !more {
+            return 0;
+        }
+    }
+    if mask != 0 && m.events & libc::EPOLLONESHOT as u32 != 0 {
+        m.disarmed = true;
+    }
+    mask
+}
+
+/// The kernel's readiness of a kernel fd of ours (a listener's own
+/// connections, a socket not set up yet), without waiting.
+fn kernel_mask(fd: c_int, events: u32) -> u32 {
+    let mut p = libc::pollfd { fd, events: (events & 0xffff) as libc::c_short, revents: 0 };
+    // SAFETY: one live pollfd, no waiting.
+    if unsafe { real::poll(&mut p, 1, 0) } > 0 {
+        p.revents as u16 as u32
+    } else {
+        0
+    }
+}
+
+impl EpollSet {
+    /// Our members' events into `out`; returns how many.
+    fn scan(&self, out: &mut [epoll_event], kernel: bool) -> usize {
+        let mut members = lock(&self.members);
+        members.retain(|m| !closed(&m.sock));
+        let n = members.len();
+        if n == 0 {
+            return 0;
+        }
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
+        let mut k = 0;
+        for j in 0..n {
+            if k == out.len() {
+                break;
+            }
+            let m = &mut members[(start + j) % n];
+            let ev = report(m, kernel);
+            if ev != 0 {
+                out[k] = epoll_event { events: ev, u64: m.data };
+                k += 1;
+            }
+        }
+        k
+    }
+
+    /// Makes sure the kernel instance holds every wake-up source of our
+    /// members, and arms the streams. `false`: something became ready.
+    fn arm(&self, epfd: c_int) -> bool {
+        let members = lock(&self.members);
+        let mut sources = lock(&self.sources);
+        let mut want: Vec<(c_int, Source, u64, u32)> = Vec::new();
+        let mut listener = false;
+        for m in members.iter().filter(|m| !m.disarmed) {
+            match readiness::kind(&m.sock) {
+                Kind::Stream => match readiness::arm(&m.sock, m.events) {
+                    Some(bell) => want.push((bell, Source::Bell, Arc::as_ptr(&m.sock) as u64, libc::EPOLLIN as u32)),
+                    None => return false,
+                },
+                Kind::Listener(_) => {
+                    listener = true;
+                    want.push((m.fd, Source::Kernel, Arc::as_ptr(&m.sock) as u64, libc::EPOLLIN as u32));
+                }
+                Kind::Kernel => want.push((m.fd, Source::Kernel, Arc::as_ptr(&m.sock) as u64, m.events & 0xffff)),
+            }
+        }
+        if listener {
+            if let Some(chan) = control::peek(|c| c.fd()) {
+                want.push((chan, Source::Channel, 0, libc::EPOLLIN as u32));
+            }
+            want.push((control::event_bell(), Source::Events, 0, libc::EPOLLIN as u32));
+        }
+        for (fd, src, id, events) in want {
+            if sources.get(&fd) == Some(&(src, id)) {
+                continue;
+            }
+            let mut ev = epoll_event { events, u64: tag(src, fd) };
+            // SAFETY: a live event; the fd is ours or the program's kernel fd.
+            let mut r = unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+            if r != 0 && real::errno() == libc::EEXIST {
+                // SAFETY: as above.
+                r = unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, &mut ev) };
+            }
+            if r == 0 {
+                sources.insert(fd, (src, id));
+            }
+        }
+        true
+    }
+
+    /// Handles a tagged event from the kernel instance.
+    fn woke(&self, data: u64) {
+        let Some((src, fd)) = untag(data) else { return };
+        if src == Source::Bell as u64 {
+            let members = lock(&self.members);
+            match members.iter().find(|m| stream_bell(&m.sock) == Some(fd)) {
+                Some(m) => readiness::drained(&m.sock, fd),
+                None => crate::link::drain(fd),
+            }
+        } else if src == Source::Events as u64 {
+            crate::link::drain(fd);
+        } else if src == Source::Channel as u64 {
+            let _ = control::with(|c| c.drain());
+        }
+    }
+}
+
+fn stream_bell(sock: &Socket) -> Option<c_int> {
+    match &*sock.lock() {
+        State::Stream(s) => Some(s.link.bell()),
+        _ => None,
+    }
+}
+
+/// Moves the program's events out of `buf[..n]` into `out[at..]`, handling
+/// (and dropping) our tagged ones. Returns the new fill of `out`.
+fn take_kernel(set: &EpollSet, buf: &[epoll_event], out: &mut [epoll_event], mut at: usize) -> usize {
+    for ev in buf {
+        let data = ev.u64;
+        if untag(data).is_some() {
+            set.woke(data);
+        } else if at < out.len() {
+            out[at] = epoll_event { events: ev.events, u64: data };
+            at += 1;
+        }
+    }
+    at
+}
+
+/// `epoll_wait`/`epoll_pwait` on a set with our members.
+pub fn wait(
+    epfd: c_int,
+    set: &EpollSet,
+    out: &mut [epoll_event],
+    deadline: Option<Instant>,
+    sigmask: Option<&libc::sigset_t>,
+) -> Result<c_int, c_int> {
+    if out.is_empty() {
+        return Err(libc::EINVAL);
+    }
+    // Never fetch more kernel events than `out` can take: an event taken
+    // from the kernel and dropped would be lost for edge-triggered and
+    // one-shot entries. Our tagged events share the room.
+    let mut buf = vec![epoll_event { events: 0, u64: 0 }; out.len()];
+    let spin = crate::config::get().spin;
+    let mut spin_start: Option<Instant> = None;
+    let mut round: u32 = 0;
+    loop {
+        let look = round % KERNEL_EVERY == 0;
+        let mut n = set.scan(out, look);
+        if n < out.len() && look {
+            let cap = out.len() - n;
+            // SAFETY: a live buffer of `cap` events, no waiting.
+            let r = unsafe { real::epoll_wait(epfd, buf.as_mut_ptr(), cap as c_int, 0) };
+            if r < 0 {
+                return Err(real::errno());
+            }
+            n = take_kernel(set, &buf[..r as usize], out, n);
+        }
+        round = round.wrapping_add(1);
+        if n > 0 {
+            return Ok(n as c_int);
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| d <= now) {
+            if round % KERNEL_EVERY != 1 {
+                round = 0;
+                continue;
+            }
+            return Ok(0);
+        }
+        if now.duration_since(*spin_start.get_or_insert(now)) < spin {
+            std::hint::spin_loop();
+            continue;
+        }
+        if !set.arm(epfd) {
+            round = 0;
+            continue;
+        }
+        let timeout = deadline.map_or(-1, |d| {
+            let left = d.saturating_duration_since(Instant::now());
+            // Round up: waking early only costs another round.
+            left.as_micros().div_ceil(1000).min(i32::MAX as u128) as c_int
+        });
+        let mp = sigmask.map_or(std::ptr::null(), |m| m as *const libc::sigset_t);
+        // SAFETY: a live buffer; null mask means none.
+        let r = unsafe { real::epoll_pwait(epfd, buf.as_mut_ptr(), buf.len() as c_int, timeout, mp) };
+        if r < 0 {
+            return Err(real::errno());
+        }
+        let n = take_kernel(set, &buf[..r as usize], out, 0);
+        let n = n + set.scan(&mut out[n..], true);
+        if n > 0 {
+            return Ok(n as c_int);
+        }
+        round = 1;
+        spin_start = None;
+    }
+}

@@ -1,0 +1,94 @@
+//! Readiness of our sockets for poll, select and epoll, from ring state
+//! (never from the idle kernel socket underneath), and arming their
+//! doorbells before a sleep.
+
+use std::sync::Arc;
+
+use ipcd_ring::Wait;
+
+use crate::control;
+use crate::socket::{Socket, State};
+
+/// `POLLIN`-like bits a caller can ask for.
+const IN_BITS: u32 = (libc::POLLIN | libc::POLLRDNORM) as u32;
+/// `POLLOUT`-like bits.
+const OUT_BITS: u32 = (libc::POLLOUT | libc::POLLWRNORM) as u32;
+
+/// How one of our fds is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An ipcd connection: the ring says.
+    Stream,
+    /// A listener: its ipcd queue, and the kernel fd for kernel clients.
+    Listener(u64),
+    /// Not set up yet (or a kernel-only listener): the kernel says.
+    Kernel,
+}
+
+/// What a socket is, for readiness.
+pub fn kind(sock: &Socket) -> Kind {
+    match &*sock.lock() {
+        State::Stream(_) => Kind::Stream,
+        State::Listening { id } => Kind::Listener(*id),
+        State::Fresh | State::Closed => Kind::Kernel,
+    }
+}
+
+/// A stream's poll mask now and the count of bytes ever received (it
+/// changes exactly when new bytes arrive: edge-triggered epoll uses it).
+pub fn stream_mask(sock: &Socket) -> Option<(u32, u64)> {
+    match &mut *sock.lock() {
+        State::Stream(s) => {
+            let mask = crate::stream::poll(s);
+            Some((mask.bits(), s.link.rx.tail_seen()))
+        }
+        // Closed under us: as Linux reports a socket whose file is gone.
+        State::Closed => Some((libc::POLLNVAL as u32, 0)),
+        _ => None,
+    }
+}
+
+/// Whether an ipcd connection waits in listener `id`'s queue (no system
+/// call: what the control channel already delivered).
+pub fn listener_pending(id: u64) -> bool {
+    control::peek(|c| c.has_incoming(id)).unwrap_or(false)
+}
+
+/// Arms the ring's waiting flags for `events` on a stream and returns its
+/// doorbell; `None` when something became ready meanwhile (do not sleep).
+/// The flags are left armed after the sleep: another waiter on the same
+/// socket may still rely on them, and a stale flag costs the peer one
+/// doorbell ring, never a lost wake-up.
+pub fn arm(sock: &Socket, events: u32) -> Option<i32> {
+    match &mut *sock.lock() {
+        State::Stream(s) => {
+            if events & IN_BITS != 0 && s.link.rx.prepare_wait() != Ok(Wait::Sleep) {
+                return None;
+            }
+            if events & OUT_BITS != 0 && s.link.tx.prepare_wait(1) != Ok(Wait::Sleep) {
+                return None;
+            }
+            Some(s.link.bell())
+        }
+        _ => None,
+    }
+}
+
+/// After a sleep in which `bell` (ours) fired: empty it, and pass the
+/// wake-up on if a thread blocked in recv/send sleeps on it too.
+pub fn drained(sock: &Socket, bell: i32) {
+    crate::link::drain(bell);
+    sock.sleepers.pass_on(bell);
+}
+
+/// Our sockets among `fds`, with what each is.
+pub fn ours(fds: impl Iterator<Item = i32>) -> Vec<(usize, Arc<Socket>, Kind)> {
+    fds.enumerate().filter_map(|(i, fd)| crate::table::get(fd).map(|s| (i, Arc::clone(&s), kind(&s)))).collect()
+}
+
+/// The poll mask of a stream with only the bits Linux would report for
+/// `events` (errors and hang-ups always).
+pub fn filter(mask: u32, events: u32) -> u32 {
+    let always = (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) as u32;
+    mask & (events | always)
+}
