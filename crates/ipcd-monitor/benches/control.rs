@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipcd_monitor::client::MonitorClient;
-use ipcd_proto::message::{Request, Response};
+use ipcd_proto::message::{Request, Response, Side};
 use ipcd_proto::{ListenFlags, SockAddr};
 
 fn main() {
@@ -47,8 +47,8 @@ fn main() {
         let (_, ev, _sfds) = server.channel().recv_response().unwrap();
         assert!(matches!(ev, Response::Incoming { .. }));
         server.notify(&Request::Accepted { conn: info.conn }).unwrap();
-        client.notify(&Request::Close { conn: info.conn }).unwrap();
-        server.notify(&Request::Close { conn: info.conn }).unwrap();
+        client.notify(&Request::Close { conn: info.conn, side: Side::A }).unwrap();
+        server.notify(&Request::Close { conn: info.conn, side: Side::B }).unwrap();
     }
     let ipcd = t.elapsed() / n;
 

@@ -10,6 +10,9 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+/// Why an exec'd process's old channel is dropped when its new image says Hello.
+const EXECED: &str = "replaced by its exec'd image";
+
 use ipcd_proto::channel::{Channel, ChannelError, Fds, Listener as ChannelListener};
 use ipcd_proto::message::{ConnInfo, ConnStatus, ErrorCode, Fallback, ListenerStatus, Request, Response, Side, Status};
 use ipcd_proto::{Caps, SockAddr, PROTOCOL_VERSIONS};
@@ -340,6 +343,18 @@ impl Daemon {
                 if let Some(c) = self.clients.get_mut(&token) {
                     c.hello = true;
                 }
+                // The same process again after ExecPrepare: its old channel
+                // closed at the exec even if we have not read the hang-up yet.
+                let replaced: Vec<u64> = self
+                    .clients
+                    .iter()
+                    .filter(|(&t, c)| t != token && c.pid == pid && c.uid == uid && c.exec_pending)
+                    .map(|(&t, _)| t)
+                    .collect();
+                for t in replaced {
+                    self.doom(t, EXECED.into());
+                }
+                self.drop_doomed();
                 self.adopt_orphans(token, pid, uid);
                 log!(Level::Debug, "msg=\"process registered\" client={token} pid={pid} uid={uid} caps={caps:?}");
                 let welcome = Response::Welcome {
@@ -357,7 +372,8 @@ impl Daemon {
                     self.fail(token, seq, ErrorCode::NotOwner);
                     return;
                 }
-                let entry = Listener { owner: token, id: listener, pid, uid, addr, backlog, flags, pending: 0 };
+                let entry =
+                    Listener { owner: token, id: listener, pid, uid, addr, backlog, flags, pending: 0, forked: false };
                 for stale in self.registry.add(entry) {
                     log!(Level::Info, "msg=\"stale listener replaced\" addr={addr} old_pid={}", stale.pid);
                 }
@@ -384,38 +400,32 @@ impl Daemon {
                 }
             }
             Request::Shutdown { .. } => {}
-            Request::Close { conn } => {
-                let side = self.held_side(token, conn);
-                match side {
-                    Some(side) => {
-                        if let Some(c) = self.clients.get_mut(&token) {
-                            c.holdings.retain(|h| *h != (conn, side));
-                        }
-                        self.release(token, conn, side, false);
+            Request::Close { conn, side } => match self.holds(token, conn, side) {
+                true => {
+                    if let Some(c) = self.clients.get_mut(&token) {
+                        c.holdings.retain(|h| *h != (conn, side));
                     }
-                    None => log!(Level::Warn, "msg=\"close of a connection not held\" client={token} conn={conn}"),
+                    self.release(token, conn, side, false);
                 }
-            }
+                false => log!(Level::Warn, "msg=\"close of a connection not held\" client={token} conn={conn}"),
+            },
             Request::Forked { parent_pid } => self.forked(token, seq, pid, uid, parent_pid),
             Request::ExecPrepare => {
                 if let Some(c) = self.clients.get_mut(&token) {
                     c.exec_pending = true;
                 }
             }
-            Request::Reopen { conn } => {
-                let side = self.held_side(token, conn);
-                match (side, self.conns.get(&conn)) {
-                    (Some(side), Some(rec)) => {
-                        let resp = Response::Reopened(rec.info[idx(side)]);
-                        let fds = [rec.seg.fd(), rec.bells[idx(side)].as_fd(), rec.bells[idx(other(side))].as_fd()];
-                        let Some(client) = self.clients.get(&token) else { return };
-                        if let Err(e) = client.chan.send_response(seq, &resp, &fds) {
-                            self.doom(token, format!("cannot reply: {e}"));
-                        }
+            Request::Reopen { conn, side } => match (self.holds(token, conn, side), self.conns.get(&conn)) {
+                (true, Some(rec)) => {
+                    let resp = Response::Reopened(rec.info[idx(side)]);
+                    let fds = [rec.seg.fd(), rec.bells[idx(side)].as_fd(), rec.bells[idx(other(side))].as_fd()];
+                    let Some(client) = self.clients.get(&token) else { return };
+                    if let Err(e) = client.chan.send_response(seq, &resp, &fds) {
+                        self.doom(token, format!("cannot reply: {e}"));
                     }
-                    _ => self.fail(token, seq, ErrorCode::NoSuchConnection),
                 }
-            }
+                _ => self.fail(token, seq, ErrorCode::NoSuchConnection),
+            },
             Request::Status => self.status(token, seq),
             Request::Stop => {
                 if uid == self.uid || uid == 0 {
@@ -429,9 +439,9 @@ impl Daemon {
         }
     }
 
-    /// Which side of `conn` the client `token` holds, if any.
-    fn held_side(&self, token: u64, conn: u64) -> Option<Side> {
-        self.clients.get(&token)?.holdings.iter().find(|h| h.0 == conn).map(|h| h.1)
+    /// Whether the client `token` holds `side` of `conn`.
+    fn holds(&self, token: u64, conn: u64, side: Side) -> bool {
+        self.clients.get(&token).is_some_and(|c| c.holdings.contains(&(conn, side)))
     }
 
     fn broker(&mut self, token: u64, seq: u32, pid: u32, uid: u32, dest: SockAddr, source: Option<SockAddr>) {
@@ -441,6 +451,7 @@ impl Daemon {
             None => Some(Fallback::NoListener),
             Some(l) if l.uid != uid && !self.cfg.cross_uid => Some(Fallback::OtherUser),
             Some(l) if l.pending >= l.backlog.max(1) => Some(Fallback::BacklogFull),
+            Some(l) if l.forked => Some(Fallback::Disabled),
             Some(_) => None,
         };
         if let Some(reason) = fallback {
@@ -517,6 +528,12 @@ impl Daemon {
         let i = idx(side);
         rec.holders[i].retain(|&t| t != token);
         if !rec.holders[i].is_empty() || rec.gone[i] {
+            if died && !rec.gone[i] {
+                // A holder that dies never closes: give back its share of
+                // the segment's holder count, so the survivor's last close
+                // is seen as the last.
+                rec.seg.view().release_holder(ring_side(side));
+            }
             return;
         }
         rec.gone[i] = true;
@@ -561,6 +578,11 @@ impl Daemon {
             if let Some(rec) = self.conns.get_mut(&conn) {
                 rec.holders[idx(side)].push(token);
             }
+        }
+        if let Some((&parent_token, _)) =
+            self.clients.iter().find(|(&t, c)| t != token && c.pid == parent_pid && c.uid == uid)
+        {
+            self.registry.mark_forked(parent_token);
         }
         if let Some(c) = self.clients.get_mut(&token) {
             c.holdings.extend(holdings);
@@ -613,14 +635,14 @@ impl Daemon {
                 )
             };
             let listeners = self.registry.remove_owner(token);
-            let level = if why == "channel closed" { Level::Debug } else { Level::Warn };
+            let level = if why == "channel closed" || why == EXECED { Level::Debug } else { Level::Warn };
             log!(
                 level,
                 "msg=\"client dropped\" client={token} pid={} why=\"{why}\" listeners={listeners} connections={}",
                 client.pid,
                 client.holdings.len()
             );
-            if client.exec_pending && why == "channel closed" {
+            if client.exec_pending && (why == "channel closed" || why == EXECED) {
                 self.orphans.push(Orphan {
                     token,
                     pid: client.pid,

@@ -27,6 +27,11 @@ pub struct Listener {
     pub flags: ListenFlags,
     /// Brokered connections not yet accepted.
     pub pending: u32,
+    /// The owner forked while listening: several processes hold the kernel
+    /// socket and any of them may accept. Without a way to hand a
+    /// connection to whichever accepts first, connects go to the kernel,
+    /// which does exactly that.
+    pub forked: bool,
 }
 
 /// All listeners.
@@ -84,6 +89,13 @@ fn score(l: &Listener, d: Ip, is_local: &mut impl FnMut(IpAddr) -> bool) -> u8 {
 }
 
 impl Registry {
+    /// Marks every listener of `owner` as shared with a forked child.
+    pub fn mark_forked(&mut self, owner: u64) {
+        for l in self.entries.iter_mut().filter(|l| l.owner == owner) {
+            l.forked = true;
+        }
+    }
+
     /// Registers a listener whose ownership was already proven. A listener
     /// at the same address that is not in a reuseport group with it is
     /// stale (the kernel let the new one bind, so the old one is gone) and
@@ -182,7 +194,7 @@ mod tests {
     const HOST: [u8; 4] = [10, 1, 2, 3];
 
     fn listener(owner: u64, addr: SockAddr, flags: ListenFlags) -> Listener {
-        Listener { owner, id: owner, pid: owner as u32, uid: 1000, addr, backlog: 16, flags, pending: 0 }
+        Listener { owner, id: owner, pid: owner as u32, uid: 1000, addr, backlog: 16, flags, pending: 0, forked: false }
     }
 
     fn local(ip: IpAddr) -> bool {

@@ -198,8 +198,8 @@ fn a_connect_is_brokered_with_a_working_segment_and_doorbells() {
     assert_eq!((report.status.connections, report.status.listeners, report.status.connects_total), (1, 1, 1));
     assert_eq!(report.listeners[0].pending, 1, "not yet accepted");
     server.notify(&Request::Accepted { conn: cinfo.conn }).unwrap();
-    client.notify(&Request::Close { conn: cinfo.conn }).unwrap();
-    server.notify(&Request::Close { conn: cinfo.conn }).unwrap();
+    client.notify(&Request::Close { conn: cinfo.conn, side: Side::A }).unwrap();
+    server.notify(&Request::Close { conn: cinfo.conn, side: Side::B }).unwrap();
     // Notifications have no reply; a round trip on each channel orders them
     // before the check (the monitor serves each channel in order).
     let _ = server.status().unwrap();

@@ -116,9 +116,17 @@ impl Control {
             caps: Caps::empty(),
         };
         match c.call(&hello, &[]).map_err(|e| e.to_string())?.0 {
-            Response::Welcome { .. } => Ok(c),
-            other => Err(format!("monitor refused: {other:?}")),
+            Response::Welcome { .. } => {}
+            other => return Err(format!("monitor refused: {other:?}")),
         }
+        if let Some(parent_pid) = crate::fork::take_parent() {
+            // A forked child: it holds what the parent held at the fork.
+            match c.call(&Request::Forked { parent_pid }, &[]).map_err(|e| e.to_string())?.0 {
+                Response::Ok => {}
+                other => log!(Level::Warn, "monitor did not take the fork from {parent_pid}: {other:?}"),
+            }
+        }
+        Ok(c)
     }
 
     /// The channel's fd (readable when a message waits).

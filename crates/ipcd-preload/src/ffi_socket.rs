@@ -81,7 +81,7 @@ pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut sockle
 #[no_mangle]
 pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
     let listener = table::get(fd).and_then(|s| match *s.lock() {
-        State::Listening { id } => Some((Arc::clone(&s), id)),
+        State::Listening { id, .. } => Some((Arc::clone(&s), id)),
         _ => None,
     });
     match listener {
@@ -142,10 +142,10 @@ fn last_close(sock: &Socket) {
     let old = std::mem::replace(&mut *sock.lock(), State::Closed);
     match old {
         State::Stream(mut st) => {
-            let conn = stream::close(&mut st, sock.linger_zero());
-            let _ = control::with(|c| c.notify(&Request::Close { conn }));
+            let (conn, side) = (stream::close(&mut st, sock.linger_zero()), st.info.side);
+            let _ = control::with(|c| c.notify(&Request::Close { conn, side }));
         }
-        State::Listening { id } => setup::close_listener(id),
+        State::Listening { id, .. } => setup::close_listener(id),
         State::Fresh | State::Closed => {}
     }
 }
@@ -361,10 +361,9 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: libc::c_ulong, arg: usize) -> c_i
             if out.is_null() {
                 return fail(libc::EFAULT);
             }
-            let n = match &mut *s.lock() {
-                State::Stream(st) if req == libc::FIONREAD => stream::readable(st),
-                State::Stream(st) => stream::unread_by_peer(st),
-                _ => return fail(libc::EBADF),
+            let n = match if req == libc::FIONREAD { stream::readable(&s) } else { stream::unread_by_peer(&s) } {
+                Ok(n) => n,
+                Err(e) => return fail(e),
             };
             // SAFETY: these requests' argument is an int pointer.
             unsafe { *out = n.min(c_int::MAX as usize) as c_int };
@@ -399,10 +398,7 @@ pub unsafe extern "C" fn getsockopt(
             if (l as i32) < 0 {
                 return fail(libc::EINVAL);
             }
-            let e = match &mut *s.lock() {
-                State::Stream(st) => stream::so_error(st),
-                _ => 0,
-            };
+            let e = stream::so_error(&s).unwrap_or(0);
             let n = (l as usize).min(std::mem::size_of::<c_int>());
             // SAFETY: copies at most the caller's length from a live int.
             unsafe {

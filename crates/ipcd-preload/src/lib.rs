@@ -12,10 +12,12 @@
 pub mod config;
 pub mod control;
 pub mod epoll;
+pub mod exec;
 pub mod fds;
 mod ffi_io;
 mod ffi_poll;
 mod ffi_socket;
+pub mod fork;
 pub mod iov;
 pub mod link;
 pub mod log;
@@ -27,6 +29,21 @@ pub mod socket;
 pub mod stream;
 pub mod table;
 pub mod wait;
+
+/// The library's constructor: fork handlers, and connections handed over
+/// by the image that exec'd us.
+extern "C" fn init() {
+    guarded((), || {
+        if !config::get().disabled {
+            fork::install();
+            exec::restore();
+        }
+    });
+}
+
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = init;
 
 /// Runs `f`, turning a panic into `fail` with `errno = EIO`: a bug of ours
 /// must never unwind into C or abort the program.

@@ -6,7 +6,7 @@ use std::ptr::NonNull;
 
 use ipcd_proto::message::{ConnInfo, Side};
 use ipcd_proto::Ring;
-use ipcd_ring::{Consumer, Producer, Segment};
+use ipcd_ring::{Consumer, EndLock, Producer, Segment};
 
 use crate::{fds, real};
 
@@ -46,6 +46,11 @@ pub struct Link {
     peer_bell: OwnedFd,
     /// The monitor's connection id.
     pub conn: u64,
+    seg: Segment,
+    side: ipcd_ring::Side,
+    /// Another process holds this end too (after fork): every use takes
+    /// the end's locks in the segment and resyncs the handles first.
+    shared: bool,
 }
 
 // SAFETY: the mapping is owned by the Link and only touched through `tx`/`rx`,
@@ -98,7 +103,65 @@ impl Link {
             Side::B => ipcd_ring::Side::B,
         };
         let (tx, rx) = seg.endpoint(side).map_err(|e| unmap(AttachError::Ring(e)))?;
-        Ok(Link { base, len, tx, rx, bell: fds::hide(bell), peer_bell: fds::hide(peer_bell), conn: info.conn })
+        Ok(Link {
+            base,
+            len,
+            tx,
+            rx,
+            bell: fds::hide(bell),
+            peer_bell: fds::hide(peer_bell),
+            conn: info.conn,
+            seg,
+            side,
+            shared: false,
+        })
+    }
+
+    /// A process is about to fork: one more holder of this end.
+    pub fn add_holder(&self) {
+        self.seg.add_holder(self.side);
+    }
+
+    /// This process lets go of the end; true if it was the last holder
+    /// (the caller then closes the end as Linux would).
+    pub fn release_holder(&self) -> bool {
+        self.seg.release_holder(self.side) == 0
+    }
+
+    /// Whether another process may hold this end.
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// The end is (from now on) held by more than one process.
+    pub fn set_shared(&mut self) {
+        self.shared = true;
+    }
+
+    /// Before using the handles: with a shared end, takes both of its locks
+    /// and rereads the indices another process may have moved.
+    pub fn enter(&mut self) {
+        if !self.shared {
+            return;
+        }
+        let me = crate::fork::owner_id();
+        for lock in [EndLock::Send(self.side), EndLock::Recv(self.side)] {
+            take(&self.seg, lock, me);
+        }
+        if self.tx.resync().is_err() || self.rx.resync().is_err() {
+            // A corrupt ring shows up again in `observe`, which resets.
+        }
+    }
+
+    /// After using the handles: releases what `enter` took.
+    pub fn leave(&mut self) {
+        if !self.shared {
+            return;
+        }
+        let me = crate::fork::owner_id();
+        for lock in [EndLock::Recv(self.side), EndLock::Send(self.side)] {
+            self.seg.unlock(lock, me);
+        }
     }
 
     /// The doorbell this end sleeps on.
@@ -136,6 +199,27 @@ impl Drop for Link {
         // SAFETY: the mapping made in `attach`; `tx`/`rx` die with `self`
         // and are not used after this point.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Takes `lock`, breaking it if its holder died (a process that crashed
+/// while holding an end's lock must not stall the others forever).
+fn take(seg: &Segment, lock: EndLock, me: std::num::NonZeroU32) {
+    let mut spins = 0u32;
+    while let Err(owner) = seg.try_lock(lock, me) {
+        spins += 1;
+        if spins % 1024 == 0 {
+            // SAFETY: signal 0 only checks whether the process exists.
+            let gone =
+                owner != 0 && unsafe { libc::kill(owner as libc::pid_t, 0) } != 0 && real::errno() == libc::ESRCH;
+            if gone {
+                seg.break_lock(lock, owner);
+            } else {
+                std::thread::yield_now();
+            }
+        } else {
+            std::hint::spin_loop();
+        }
     }
 }
 

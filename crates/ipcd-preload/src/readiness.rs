@@ -29,23 +29,16 @@ pub enum Kind {
 pub fn kind(sock: &Socket) -> Kind {
     match &*sock.lock() {
         State::Stream(_) => Kind::Stream,
-        State::Listening { id } => Kind::Listener(*id),
+        State::Listening { id, .. } => Kind::Listener(*id),
         State::Fresh | State::Closed => Kind::Kernel,
     }
 }
 
 /// A stream's poll mask now and the count of bytes ever received (it
 /// changes exactly when new bytes arrive: edge-triggered epoll uses it).
+/// A stream closed under us reports `POLLNVAL`, as for a closed file.
 pub fn stream_mask(sock: &Socket) -> Option<(u32, u64)> {
-    match &mut *sock.lock() {
-        State::Stream(s) => {
-            let mask = crate::stream::poll(s);
-            Some((mask.bits(), s.link.rx.tail_seen()))
-        }
-        // Closed under us: as Linux reports a socket whose file is gone.
-        State::Closed => Some((libc::POLLNVAL as u32, 0)),
-        _ => None,
-    }
+    Some(crate::stream::poll(sock).unwrap_or((libc::POLLNVAL as u32, 0)))
 }
 
 /// Whether an ipcd connection waits in listener `id`'s queue (no system
@@ -60,18 +53,17 @@ pub fn listener_pending(id: u64) -> bool {
 /// socket may still rely on them, and a stale flag costs the peer one
 /// doorbell ring, never a lost wake-up.
 pub fn arm(sock: &Socket, events: u32) -> Option<i32> {
-    match &mut *sock.lock() {
-        State::Stream(s) => {
-            if events & IN_BITS != 0 && s.link.rx.prepare_wait() != Ok(Wait::Sleep) {
-                return None;
-            }
-            if events & OUT_BITS != 0 && s.link.tx.prepare_wait(1) != Ok(Wait::Sleep) {
-                return None;
-            }
-            Some(s.link.bell())
+    crate::stream::with_stream(sock, |s| {
+        if events & IN_BITS != 0 && s.link.rx.prepare_wait() != Ok(Wait::Sleep) {
+            return None;
         }
-        _ => None,
-    }
+        if events & OUT_BITS != 0 && s.link.tx.prepare_wait(1) != Ok(Wait::Sleep) {
+            return None;
+        }
+        Some(s.link.bell())
+    })
+    .ok()
+    .flatten()
 }
 
 /// After a sleep in which `bell` (ours) fired: empty it, and pass the

@@ -212,7 +212,7 @@ pub fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect {
         }
         Err(e) => {
             log!(Level::Error, "connect to {dest}: cannot map the connection ({e}); kernel connect");
-            let _ = control::with(|c| c.notify(&Request::Close { conn: info.conn }));
+            let _ = control::with(|c| c.notify(&Request::Close { conn: info.conn, side: info.side }));
             Connect::Kernel
         }
     }
@@ -259,16 +259,16 @@ pub fn listen(fd: libc::c_int, sock: &Socket, backlog: libc::c_int) -> bool {
         let fl = real::fcntl(fd, libc::F_GETFL, 0);
         real::fcntl(fd, libc::F_SETFL, (fl | libc::O_NONBLOCK) as usize);
     }
-    *state = State::Listening { id };
+    *state = State::Listening { id, backlog };
     log!(Level::Debug, "listening on {addr} through ipcd (listener {id})");
     true
 }
 
 /// Makes an accepted ipcd connection into a new fd.
 fn accepted(sock: &Socket, (info, fds): Pending, flags: libc::c_int) -> Result<(libc::c_int, SockAddr), libc::c_int> {
-    let conn = info.conn;
+    let (conn, side) = (info.conn, info.side);
     let fail = |e: libc::c_int| {
-        let _ = control::with(|c| c.notify(&Request::Close { conn }));
+        let _ = control::with(|c| c.notify(&Request::Close { conn, side }));
         e
     };
     let link = Link::attach(&info, fds).map_err(|e| {
@@ -276,9 +276,12 @@ fn accepted(sock: &Socket, (info, fds): Pending, flags: libc::c_int) -> Result<(
         fail(libc::ECONNABORTED)
     })?;
     // A fresh kernel socket under the fd keeps fstat, SO_TYPE and
-    // /proc/self/fd right; it never connects.
+    // /proc/self/fd right; it never connects. Its O_NONBLOCK is the
+    // program's, so an exec'd image can read it back.
     // SAFETY: plain socket creation.
-    let fd = unsafe { real::socket(sock.family, libc::SOCK_STREAM | (flags & libc::SOCK_CLOEXEC), 0) };
+    let fd = unsafe {
+        real::socket(sock.family, libc::SOCK_STREAM | (flags & (libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)), 0)
+    };
     if fd < 0 {
         let e = real::errno();
         drop(reset_link(link));
@@ -396,7 +399,7 @@ pub fn close_listener(id: u64) {
             if let Ok(link) = Link::attach(&info, fds) {
                 drop(reset_link(link));
             }
-            c.notify(&Request::Close { conn: info.conn })?;
+            c.notify(&Request::Close { conn: info.conn, side: info.side })?;
         }
         Ok(())
     });

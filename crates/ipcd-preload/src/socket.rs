@@ -32,6 +32,8 @@ pub enum State {
     Listening {
         /// Our id for it in the monitor.
         id: u64,
+        /// `listen`'s backlog (registered again after exec).
+        backlog: libc::c_int,
     },
     /// An ipcd connection.
     Stream(Box<Stream>),

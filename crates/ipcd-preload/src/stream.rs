@@ -89,10 +89,16 @@ enum Dir {
     Send(usize),
 }
 
-/// Runs `f` on the socket's stream. `Err(EBADF)` when it was closed meanwhile.
-fn with_stream<R>(sock: &Socket, f: impl FnOnce(&mut Stream) -> R) -> Result<R, libc::c_int> {
+/// Runs `f` on the socket's stream, inside the end's locks if another
+/// process shares it. `Err(EBADF)` when it was closed meanwhile.
+pub fn with_stream<R>(sock: &Socket, f: impl FnOnce(&mut Stream) -> R) -> Result<R, libc::c_int> {
     match &mut *sock.lock() {
-        State::Stream(s) => Ok(f(s)),
+        State::Stream(s) => {
+            s.link.enter();
+            let r = f(s);
+            s.link.leave();
+            Ok(r)
+        }
         _ => Err(libc::EBADF),
     }
 }
@@ -280,9 +286,14 @@ pub fn shutdown(sock: &Socket, how: libc::c_int) -> Result<(), libc::c_int> {
     Ok(())
 }
 
-/// The last fd of a stream closed: FIN or reset as Linux would, then let go.
-/// Returns the connection id, for the monitor.
+/// The last fd of a stream closed in this process. If another process
+/// (a fork) still holds the end, nothing goes out; otherwise FIN or reset
+/// as Linux would. Returns the connection id, for the monitor.
 pub fn close(stream: &mut Stream, linger_zero: bool) -> u64 {
+    if !stream.link.release_holder() {
+        return stream.link.conn;
+    }
+    stream.link.enter();
     let ring = stream.observe();
     let wake = match stream.conn.close(&ring, linger_zero) {
         CloseAction::Fin => stream.link.tx.close(),
@@ -293,29 +304,35 @@ pub fn close(stream: &mut Stream, linger_zero: bool) -> u64 {
         stream.link.ring_peer();
     }
     crate::link::ring(stream.link.bell());
+    stream.link.leave();
     stream.link.conn
 }
 
-/// The poll mask (`tcp_poll`'s answer) from the rings.
-pub fn poll(stream: &mut Stream) -> ipcd_proto::Readiness {
-    let ring = stream.observe();
-    stream.conn.poll(&ring)
+/// The poll mask (`tcp_poll`'s answer) from the rings, and the count of
+/// bytes ever received.
+pub fn poll(sock: &Socket) -> Result<(u32, u64), libc::c_int> {
+    with_stream(sock, |s| {
+        let ring = s.observe();
+        (s.conn.poll(&ring).bits(), s.link.rx.tail_seen())
+    })
 }
 
 /// `getsockopt(SO_ERROR)`: the pending error, cleared.
-pub fn so_error(stream: &mut Stream) -> libc::c_int {
-    let ring = stream.observe();
-    stream.conn.so_error(&ring).map_or(0, errno)
+pub fn so_error(sock: &Socket) -> Result<libc::c_int, libc::c_int> {
+    with_stream(sock, |s| {
+        let ring = s.observe();
+        s.conn.so_error(&ring).map_or(0, errno)
+    })
 }
 
 /// `FIONREAD`: bytes readable now.
-pub fn readable(stream: &mut Stream) -> usize {
-    stream.link.rx.readable().unwrap_or(0)
+pub fn readable(sock: &Socket) -> Result<usize, libc::c_int> {
+    with_stream(sock, |s| s.link.rx.readable().unwrap_or(0))
 }
 
 /// `SIOCOUTQ`: bytes sent and not yet read by the peer.
-pub fn unread_by_peer(stream: &mut Stream) -> usize {
-    stream.link.tx.unread().unwrap_or(0)
+pub fn unread_by_peer(sock: &Socket) -> Result<usize, libc::c_int> {
+    with_stream(sock, |s| s.link.tx.unread().unwrap_or(0))
 }
 
 /// SIGPIPE for the calling thread, as the kernel raises it.

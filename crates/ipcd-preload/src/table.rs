@@ -72,3 +72,23 @@ fn retire(old: epoch::Shared<'_, Entry>, guard: &epoch::Guard) -> Option<Arc<Soc
     unsafe { guard.defer_destroy(old) };
     Some(sock)
 }
+
+/// Calls `f` for every fd's socket (a socket with several fds, once per fd).
+pub fn for_each(mut f: impl FnMut(&Arc<Socket>)) {
+    for_each_fd(|_, s| f(s));
+}
+
+/// Calls `f` with every fd of ours and its socket.
+pub fn for_each_fd(mut f: impl FnMut(libc::c_int, &Arc<Socket>)) {
+    let guard = epoch::pin();
+    for (fd, slot) in TABLE.iter().enumerate() {
+        // SAFETY: null check only, as in `get`.
+        if slot.load(std::sync::atomic::Ordering::Relaxed, unsafe { epoch::unprotected() }).is_null() {
+            continue;
+        }
+        // SAFETY: loaded under a live guard, as in `get`.
+        if let Some(e) = unsafe { slot.load(std::sync::atomic::Ordering::Acquire, &guard).as_ref() } {
+            f(fd as libc::c_int, &e.0);
+        }
+    }
+}

@@ -263,6 +263,8 @@ pub enum Request {
     Close {
         /// Connection.
         conn: u64,
+        /// Which end (a process may hold both ends of one connection).
+        side: Side,
     },
     /// First request of a forked child after `Hello`: it holds what the
     /// parent held at the fork. No fds.
@@ -273,10 +275,12 @@ pub enum Request {
     /// The process is about to exec: keep its holdings while its channel
     /// closes, until the new image says `Reopen` (or a timeout). No fds, no reply.
     ExecPrepare,
-    /// After exec: map this held connection again. No fds.
+    /// After exec: map this held connection end again. No fds.
     Reopen {
         /// Connection.
         conn: u64,
+        /// Which end.
+        side: Side,
     },
     /// Counters for `ipcd status`, then one entry per listener and per
     /// connection, then `Ok`. No fds.
@@ -507,7 +511,11 @@ impl Request {
                 w.u64(conn);
                 w.u8(how);
             }
-            Request::Close { conn } | Request::Reopen { conn } | Request::Accepted { conn } => w.u64(conn),
+            Request::Close { conn, side } | Request::Reopen { conn, side } => {
+                w.u64(conn);
+                side.encode(w);
+            }
+            Request::Accepted { conn } => w.u64(conn),
             Request::Forked { parent_pid } => w.u32(parent_pid),
             Request::ExecPrepare | Request::Status | Request::Stop => {}
         })
@@ -546,10 +554,10 @@ impl Request {
                 }
                 Request::Shutdown { conn, how }
             }
-            0x0106 => Request::Close { conn: r.u64()? },
+            0x0106 => Request::Close { conn: r.u64()?, side: Side::decode(r)? },
             0x0107 => Request::Forked { parent_pid: r.u32()? },
             0x0108 => Request::ExecPrepare,
-            0x0109 => Request::Reopen { conn: r.u64()? },
+            0x0109 => Request::Reopen { conn: r.u64()?, side: Side::decode(r)? },
             0x010a => Request::Status,
             0x010b => Request::Accepted { conn: r.u64()? },
             0x010c => Request::Stop,

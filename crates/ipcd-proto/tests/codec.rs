@@ -43,10 +43,12 @@ fn request() -> impl Strategy<Value = Request> {
             nonblocking
         }),
         (any::<u64>(), 0u8..3).prop_map(|(conn, how)| Request::Shutdown { conn, how }),
-        any::<u64>().prop_map(|conn| Request::Close { conn }),
+        (any::<u64>(), any::<bool>())
+            .prop_map(|(conn, b)| Request::Close { conn, side: if b { Side::B } else { Side::A } }),
         any::<u32>().prop_map(|parent_pid| Request::Forked { parent_pid }),
         Just(Request::ExecPrepare),
-        any::<u64>().prop_map(|conn| Request::Reopen { conn }),
+        (any::<u64>(), any::<bool>())
+            .prop_map(|(conn, b)| Request::Reopen { conn, side: if b { Side::B } else { Side::A } }),
         Just(Request::Status),
         any::<u64>().prop_map(|conn| Request::Accepted { conn }),
         Just(Request::Stop),

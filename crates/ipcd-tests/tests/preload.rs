@@ -70,6 +70,9 @@ checks! {
     select_over_mixed_fds => "select",
     epoll_level_triggered => "epoll-level",
     epoll_edge_oneshot_connect_close => "epoll-edge",
+    fork_both_use_one_connection => "fork-share",
+    fork_parent_closes_child_serves => "fork-handoff",
+    exec_hands_a_connection_over => "exec-handoff",
 }
 
 /// An epoll echo server under ipcd with a thousand clients at once, half

@@ -891,6 +891,157 @@ fn many_clients(port: u16, n: usize) -> Res {
     Ok(())
 }
 
+fn fork() -> Result<i32, String> {
+    // SAFETY: the probe is single-threaded here; the child only uses
+    // async-signal-safe calls or execs (and its own fresh allocations).
+    cvt("fork", unsafe { libc::fork() }).map_err(f)
+}
+
+fn wait_child(pid: i32) -> Res {
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    cvt("waitpid", unsafe { libc::waitpid(pid, &mut status, 0) }).map_err(f)?;
+    ensure!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status:#x}");
+    Ok(())
+}
+
+/// Runs `body` in a forked child and exits with its verdict.
+fn in_child(body: impl FnOnce() -> Res) -> ! {
+    let code = match body() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("child: {e}");
+            1
+        }
+    };
+    // SAFETY: leaves the child without running the parent's atexit work.
+    unsafe { libc::_exit(code) }
+}
+
+fn set_timeout(fd: i32, secs: i64) -> Res {
+    let tv = libc::timeval { tv_sec: secs, tv_usec: 0 };
+    // SAFETY: a timeval of its size.
+    cvt("setsockopt", unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    })
+    .map_err(f)?;
+    Ok(())
+}
+
+/// After fork both processes use one connection end in turn; the peer sees
+/// the end of stream only when the last of them closed it (the child by
+/// exiting without closing).
+fn fork_share() -> Res {
+    let (c, s) = pair(false)?;
+    set_timeout(s, 10)?;
+    let pid = fork()?;
+    if pid == 0 {
+        in_child(|| {
+            ensure!(send(c, b"from child ", 0) == 11, "child send");
+            let mut buf = [0u8; 5];
+            net::read_exact(c, &mut buf).map_err(f)?;
+            ensure!(&buf == b"reply", "child got {buf:?}");
+            Ok(())
+        });
+    }
+    let mut buf = [0u8; 11];
+    net::read_exact(s, &mut buf).map_err(f)?;
+    ensure!(&buf == b"from child ", "parent got {buf:?}");
+    ensure!(send(s, b"reply", 0) == 5, "reply");
+    wait_child(pid)?;
+    ensure!(send(c, b"from parent", 0) == 11, "parent send after the child");
+    net::read_exact(s, &mut buf).map_err(f)?;
+    ensure!(&buf == b"from parent", "second message {buf:?}");
+    net::close(c);
+    ensure!(recv(s, &mut buf, 0) == 0, "end of stream once the last holder closed: {}", errno());
+    net::close(s);
+    Ok(())
+}
+
+/// Accept-then-fork: the parent closes its copy at once (no FIN goes out),
+/// the child serves the connection and exits.
+fn fork_handoff() -> Res {
+    let (c, s) = pair(false)?;
+    set_timeout(c, 10)?;
+    let pid = fork()?;
+    if pid == 0 {
+        in_child(|| {
+            let mut buf = [0u8; 5];
+            net::read_exact(s, &mut buf).map_err(f)?;
+            ensure!(&buf == b"hello", "child got {buf:?}");
+            ensure!(send(s, b"world", 0) == 5, "child reply");
+            net::close(s);
+            Ok(())
+        });
+    }
+    net::close(s);
+    ensure!(send(c, b"hello", 0) == 5, "send to the child");
+    let mut buf = [0u8; 5];
+    net::read_exact(c, &mut buf).map_err(f)?;
+    ensure!(&buf == b"world", "parent got {buf:?}");
+    wait_child(pid)?;
+    ensure!(recv(c, &mut buf, 0) == 0, "end of stream after the child closed: {}", errno());
+    net::close(c);
+    Ok(())
+}
+
+fn clear_cloexec(fd: i32) -> Res {
+    // SAFETY: F_SETFD on our fd.
+    cvt("fcntl", unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }).map_err(f)?;
+    Ok(())
+}
+
+/// inetd style: a forked child execs a new program with the connection on
+/// an inherited fd; a close-on-exec connection closes at the exec.
+fn exec_handoff() -> Res {
+    let (c, s) = pair(false)?;
+    let (c2, s2) = pair(false)?;
+    clear_cloexec(s)?;
+    set_timeout(c, 10)?;
+    set_timeout(c2, 10)?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = std::ffi::CString::new(exe.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    let args: Vec<std::ffi::CString> =
+        ["probe", "exec-child", &s.to_string()].iter().map(|a| std::ffi::CString::new(*a).expect("no NUL")).collect();
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let pid = fork()?;
+    if pid == 0 {
+        // SAFETY: execv with NUL-terminated strings and a null-terminated argv.
+        unsafe { libc::execv(exe.as_ptr(), argv.as_ptr()) };
+        in_child(|| Err(format!("execv failed: {}", errno())));
+    }
+    net::close(s);
+    net::close(s2);
+    let mut buf = [0u8; 4];
+    ensure!(recv(c2, &mut buf, 0) == 0, "the close-on-exec connection ends at the exec: {}", errno());
+    ensure!(send(c, b"ping", 0) == 4, "send to the exec'd child");
+    net::read_exact(c, &mut buf).map_err(f)?;
+    ensure!(&buf == b"pong", "parent got {buf:?}");
+    wait_child(pid)?;
+    ensure!(recv(c, &mut buf, 0) == 0, "end of stream after the exec'd child: {}", errno());
+    net::close(c);
+    net::close(c2);
+    Ok(())
+}
+
+/// The exec'd side of `exec_handoff`.
+fn exec_child(fd: i32) -> Res {
+    let (_, port) = net::name(fd, true).map_err(f)?;
+    ensure!(port != 0, "peer name");
+    let mut buf = [0u8; 4];
+    net::read_exact(fd, &mut buf).map_err(f)?;
+    ensure!(&buf == b"ping", "exec'd child got {buf:?}");
+    ensure!(send(fd, b"pong", 0) == 4, "pong");
+    Ok(())
+}
+
 fn check(name: &str) -> Res {
     match name {
         "echo" => echo(false, 200, 1),
@@ -912,6 +1063,9 @@ fn check(name: &str) -> Res {
         "select" => select_mixed(),
         "epoll-level" => epoll_level(),
         "epoll-edge" => epoll_edge(),
+        "fork-share" => fork_share(),
+        "fork-handoff" => fork_handoff(),
+        "exec-handoff" => exec_handoff(),
         other => Err(format!("unknown check {other}")),
     }
 }
@@ -1060,6 +1214,7 @@ fn main() {
             let _ = std::io::stdin().read_line(&mut line);
             net::close(c);
         }),
+        "exec-child" => exec_child(num(1) as i32),
         "epoll-serve" => epoll_serve(num(1) as usize, arg(2) == "edge"),
         "many-clients" => many_clients(num(1) as u16, num(2) as usize),
         "bench-server" => bench_server(&arg(1), num(2)),

@@ -1,0 +1,273 @@
+//! exec: ipcd sockets without `FD_CLOEXEC` keep working in the new image.
+//!
+//! Before the exec, the library writes its table of such fds into the
+//! environment (`IPCD_FDS`) and tells the monitor (`ExecPrepare`), which
+//! keeps the process's connections while its old control channel closes.
+//! The new image (under the library too, since `LD_PRELOAD` is inherited)
+//! reads the table in its constructor, says `Hello` as the same pid, and
+//! maps each connection again (`Reopen`). Close-on-exec sockets are mapped
+//! and closed there, as the kernel closes them at exec. `execl`-style
+//! variadic calls cannot be defined in stable Rust and are not caught; a
+//! program using them gets its sockets reset in the new image, not
+//! corrupted (the monitor's grace period ends them).
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CStr, CString};
+use std::sync::Arc;
+
+use ipcd_proto::message::{Request, Response, Side};
+use ipcd_proto::Conn;
+use libc::{c_char, c_int};
+
+use crate::link::Link;
+use crate::log::{log, Level};
+use crate::socket::{Socket, State, Stream};
+use crate::{control, real, setup, table};
+
+/// The environment variable that carries the table across exec.
+pub const VAR: &str = "IPCD_FDS";
+
+/// `fd:kind:value:side:shared` entries, `;`-separated. Kinds: `s` a stream
+/// to keep, `d` a stream the exec closes (value: connection id, side `a`
+/// or `b`), `l` a listener (value: backlog).
+fn describe() -> String {
+    let mut out = String::new();
+    table::for_each_fd(|fd, sock| {
+        // SAFETY: F_GETFD on an fd in our table.
+        let cloexec = unsafe { real::fcntl(fd, libc::F_GETFD, 0) } & libc::FD_CLOEXEC != 0;
+        let entry = match &*sock.lock() {
+            State::Stream(s) => format!(
+                "{fd}:{}:{}:{}:{}",
+                if cloexec { 'd' } else { 's' },
+                s.link.conn,
+                if s.info.side == Side::A { 'a' } else { 'b' },
+                u8::from(s.link.is_shared())
+            ),
+            State::Listening { backlog, .. } if !cloexec => format!("{fd}:l:{backlog}:a:0"),
+            _ => return,
+        };
+        if !out.is_empty() {
+            out.push(';');
+        }
+        out.push_str(&entry);
+    });
+    out
+}
+
+/// Before an exec: the table for the new image, if there is anything to
+/// hand over; the monitor is told to keep our connections.
+fn prepare() -> Option<CString> {
+    let table = crate::guarded(String::new(), describe);
+    if table.is_empty() {
+        return None;
+    }
+    let _ = control::with(|c| c.notify(&Request::ExecPrepare));
+    CString::new(format!("{VAR}={table}")).ok()
+}
+
+/// `envp` with our entry instead of any inherited one.
+///
+/// # Safety
+/// `envp` null or a null-terminated array of C strings.
+unsafe fn with_entry(envp: *const *const c_char, entry: &CString) -> Vec<*const c_char> {
+    let mut v = Vec::new();
+    let prefix = format!("{VAR}=");
+    let mut p = envp;
+    while !p.is_null() {
+        // SAFETY: walking the caller's null-terminated array.
+        let s = unsafe { *p };
+        if s.is_null() {
+            break;
+        }
+        // SAFETY: each entry is a C string.
+        if !unsafe { CStr::from_ptr(s) }.to_bytes().starts_with(prefix.as_bytes()) {
+            v.push(s);
+        }
+        // SAFETY: still inside the array (not past its null).
+        p = unsafe { p.add(1) };
+    }
+    v.push(entry.as_ptr());
+    v.push(std::ptr::null());
+    v
+}
+
+extern "C" {
+    static environ: *const *const c_char;
+}
+
+/// Interposed `execve(2)`.
+///
+/// # Safety
+/// As for `execve(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    match prepare() {
+        // SAFETY: the caller's arguments, with our entry added to a copy of envp.
+        Some(entry) => unsafe { real::execve(path, argv, with_entry(envp, &entry).as_ptr()) },
+        // SAFETY: the caller's arguments, unchanged.
+        None => unsafe { real::execve(path, argv, envp) },
+    }
+}
+
+/// Interposed `execv(3)`.
+///
+/// # Safety
+/// As for `execv(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: execv is execve with the current environment.
+    unsafe { execve(path, argv, environ) }
+}
+
+/// Interposed `execvpe(3)`.
+///
+/// # Safety
+/// As for `execvpe(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    match prepare() {
+        // SAFETY: the caller's arguments, with our entry added to a copy of envp.
+        Some(entry) => unsafe { real::execvpe(file, argv, with_entry(envp, &entry).as_ptr()) },
+        // SAFETY: the caller's arguments, unchanged.
+        None => unsafe { real::execvpe(file, argv, envp) },
+    }
+}
+
+/// Interposed `execvp(3)`.
+///
+/// # Safety
+/// As for `execvp(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: execvp is execvpe with the current environment.
+    unsafe { execvpe(file, argv, environ) }
+}
+
+/// Interposed `fexecve(3)`.
+///
+/// # Safety
+/// As for `fexecve(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    match prepare() {
+        // SAFETY: the caller's arguments, with our entry added to a copy of envp.
+        Some(entry) => unsafe { real::fexecve(fd, argv, with_entry(envp, &entry).as_ptr()) },
+        // SAFETY: the caller's arguments, unchanged.
+        None => unsafe { real::fexecve(fd, argv, envp) },
+    }
+}
+
+/// In the new image's constructor: takes over what the old image left.
+pub fn restore() {
+    let Ok(table) = std::env::var(VAR) else { return };
+    // Not for our own children: they get a table of their own, or none.
+    std::env::remove_var(VAR);
+    let mut entries = Vec::new();
+    for entry in table.split(';').filter(|e| !e.is_empty()) {
+        let parts: Vec<&str> = entry.split(':').collect();
+        match parts.as_slice() {
+            [fd, kind @ ("s" | "d" | "l"), value, side @ ("a" | "b"), shared] => {
+                match (fd.parse::<c_int>(), value.parse::<u64>()) {
+                    (Ok(fd), Ok(value)) => {
+                        let side = if *side == "a" { Side::A } else { Side::B };
+                        entries.push((fd, kind.as_bytes()[0], value, side, *shared == "1"));
+                    }
+                    _ => log!(Level::Warn, "ignoring malformed {VAR} entry {entry:?}"),
+                }
+            }
+            _ => log!(Level::Warn, "ignoring malformed {VAR} entry {entry:?}"),
+        }
+    }
+    // Kept streams first: several fds (dups) of one connection share one
+    // socket object; a close-on-exec dup of a kept one closes nothing.
+    let mut kept: HashMap<(u64, Side), Arc<Socket>> = HashMap::new();
+    for &(fd, kind, value, side, shared) in &entries {
+        match kind {
+            b's' => match kept.get(&(value, side)) {
+                Some(sock) => {
+                    let _ = table::install(fd, Arc::clone(sock));
+                }
+                None => {
+                    if let Some(sock) = reopen(fd, value, side, shared) {
+                        kept.insert((value, side), sock);
+                    }
+                }
+            },
+            b'l' => relisten(fd, value as c_int),
+            _ => {}
+        }
+    }
+    let mut dropped = HashSet::new();
+    for &(fd, kind, value, side, shared) in &entries {
+        if kind == b'd' && !kept.contains_key(&(value, side)) && dropped.insert((value, side)) {
+            drop_conn(fd, value, side, shared);
+        }
+    }
+}
+
+/// The connection `conn`, mapped again from the monitor.
+fn remap(fd: c_int, conn: u64, side: Side, shared: bool) -> Option<Stream> {
+    let answer = control::with(|c| c.call(&Request::Reopen { conn, side }, &[]));
+    let Some((Response::Reopened(info), fds)) = answer else {
+        log!(Level::Warn, "connection {conn} (fd {fd}) not handed over by the monitor: {answer:?}");
+        return None;
+    };
+    let mut link = match Link::attach(&info, fds.into_vec()) {
+        Ok(l) => l,
+        Err(e) => {
+            log!(Level::Error, "connection {conn} (fd {fd}) cannot be mapped again: {e}");
+            return None;
+        }
+    };
+    if shared {
+        link.set_shared();
+    }
+    Some(Stream { conn: Conn::established(), link, info, connect_pending: false })
+}
+
+/// Maps connection `conn` again at `fd`.
+fn reopen(fd: c_int, conn: u64, side: Side, shared: bool) -> Option<Arc<Socket>> {
+    let stream = remap(fd, conn, side, shared)?;
+    let family = int_opt(fd, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
+    // SAFETY: F_GETFL on the inherited fd, whose O_NONBLOCK is the program's.
+    let nonblock = unsafe { real::fcntl(fd, libc::F_GETFL, 0) } & libc::O_NONBLOCK != 0;
+    let sock = Arc::new(Socket::new(family, nonblock, State::Stream(Box::new(stream))));
+    match table::install(fd, Arc::clone(&sock)) {
+        Ok(_) => Some(sock),
+        Err(_) => {
+            log!(Level::Error, "connection {conn}: fd {fd} is beyond the table");
+            None
+        }
+    }
+}
+
+/// A close-on-exec connection: gone in this image, closed as the kernel
+/// closes it at exec.
+fn drop_conn(fd: c_int, conn: u64, side: Side, shared: bool) {
+    if let Some(mut stream) = remap(fd, conn, side, shared) {
+        let conn = crate::stream::close(&mut stream, false);
+        let _ = control::with(|c| c.notify(&Request::Close { conn, side }));
+    }
+}
+
+fn int_opt(fd: c_int, name: c_int) -> Option<c_int> {
+    let mut v: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: an int-sized out buffer.
+    (unsafe { real::getsockopt(fd, libc::SOL_SOCKET, name, (&raw mut v).cast(), &mut len) } == 0).then_some(v)
+}
+
+/// Registers an inherited listener again.
+fn relisten(fd: c_int, backlog: c_int) {
+    let family = int_opt(fd, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
+    // SAFETY: F_GETFL on the inherited fd. Our listeners' kernel fds are
+    // always non-blocking underneath; the program's flag was not kept, so
+    // blocking is assumed, as a listener handed to an exec'd server is.
+    let _ = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+    let sock = Arc::new(Socket::new(family, false, State::Fresh));
+    if table::install(fd, Arc::clone(&sock)).is_ok() && !setup::listen(fd, &sock, backlog) {
+        if let Some(s) = table::remove(fd) {
+            s.drop_fd();
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! fork (and vfork, daemon): both processes keep every connection.
+//!
+//! Before the fork, each ipcd connection end gains a holder in its segment,
+//! so whichever process closes first does not end the connection for the
+//! other; after it, both mark their ends shared, which makes every use
+//! take the end's locks and resync. The child then registers with the
+//! monitor as the parent's fork (`Forked`), which makes it a holder in the
+//! monitor's books too, so its death is noticed. Handlers are installed
+//! with `pthread_atfork`, so forks made inside libc (`daemon`) count too.
+
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::socket::{Socket, State};
+use crate::{real, table};
+
+/// This process's id, refreshed in the child (used as lock owner).
+static PID: AtomicU32 = AtomicU32::new(0);
+/// The parent's pid in a forked child that has not registered yet.
+static PARENT: AtomicU32 = AtomicU32::new(0);
+/// Ends that gained a holder for the fork in progress (undone if it fails).
+static PENDING: Mutex<Vec<Arc<Socket>>> = Mutex::new(Vec::new());
+/// A pipe the parent waits on until the child has registered with the
+/// monitor: otherwise the parent could close a connection before the
+/// monitor learns that the child holds it too, and the monitor would end
+/// it. -1 when the process holds nothing of ours.
+static SYNC: [AtomicI32; 2] = [AtomicI32::new(-1), AtomicI32::new(-1)];
+
+/// This process's id as a lock owner.
+pub fn owner_id() -> NonZeroU32 {
+    let mut pid = PID.load(Ordering::Relaxed);
+    if pid == 0 {
+        // SAFETY: getpid cannot fail.
+        pid = unsafe { libc::getpid() } as u32;
+        PID.store(pid, Ordering::Relaxed);
+    }
+    NonZeroU32::new(pid).unwrap_or(NonZeroU32::MIN)
+}
+
+/// The parent to name in `Forked`, once (the first channel of a child).
+pub fn take_parent() -> Option<u32> {
+    Some(PARENT.swap(0, Ordering::Relaxed)).filter(|&p| p != 0)
+}
+
+/// Every distinct socket in the table.
+fn sockets() -> Vec<Arc<Socket>> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    table::for_each(|s| {
+        if seen.insert(Arc::as_ptr(s) as usize) {
+            out.push(Arc::clone(s));
+        }
+    });
+    out
+}
+
+fn streams(f: impl Fn(&mut crate::socket::Stream)) -> bool {
+    let mut any = false;
+    for s in sockets() {
+        match &mut *s.lock() {
+            State::Stream(st) => {
+                f(st);
+                any = true;
+            }
+            State::Listening { .. } => any = true,
+            _ => {}
+        }
+    }
+    any
+}
+
+extern "C" fn prepare() {
+    crate::guarded((), || {
+        let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
+        pending.clear();
+        let mut ours = false;
+        for s in sockets() {
+            match &*s.lock() {
+                State::Stream(st) => st.link.add_holder(),
+                State::Listening { .. } => {
+                    ours = true;
+                    continue;
+                }
+                _ => continue,
+            }
+            ours = true;
+            pending.push(s);
+        }
+        if ours && crate::control::peek(|_| ()).is_some() {
+            let mut p = [-1; 2];
+            // SAFETY: a pipe into a live array.
+            if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } == 0 {
+                SYNC[0].store(p[0], Ordering::Relaxed);
+                SYNC[1].store(p[1], Ordering::Relaxed);
+            }
+        }
+    });
+}
+
+extern "C" fn parent() {
+    crate::guarded((), || {
+        streams(|st| st.link.set_shared());
+        let (r, w) = (SYNC[0].swap(-1, Ordering::Relaxed), SYNC[1].swap(-1, Ordering::Relaxed));
+        if r >= 0 {
+            // SAFETY: our pipe's ends. With the write end closed here, the
+            // read ends when the child wrote its byte, closed its copy, or
+            // never existed (a failed fork).
+            unsafe {
+                real::close(w);
+                let mut b = 0u8;
+                while real::read(r, (&raw mut b).cast(), 1) < 0 && real::errno() == libc::EINTR {}
+                real::close(r);
+            }
+        }
+    });
+}
+
+extern "C" fn child() {
+    crate::guarded((), || {
+        PID.store(0, Ordering::Relaxed);
+        PENDING.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        if streams(|st| st.link.set_shared()) {
+            // SAFETY: getppid cannot fail.
+            let parent = unsafe { libc::getppid() } as u32;
+            PARENT.store(parent, Ordering::Relaxed);
+            // Register now: the monitor must know this process holds the
+            // connections before it can die or the parent can close them.
+            let _ = crate::control::with(|_| Ok(()));
+        }
+        let (r, w) = (SYNC[0].swap(-1, Ordering::Relaxed), SYNC[1].swap(-1, Ordering::Relaxed));
+        if w >= 0 {
+            // SAFETY: our pipe's ends: one byte tells the parent to go on.
+            unsafe {
+                real::close(r);
+                real::write(w, b"r".as_ptr().cast(), 1);
+                real::close(w);
+            }
+        }
+    });
+}
+
+/// Installs the fork handlers (from the library's constructor).
+pub fn install() {
+    // SAFETY: registers three extern "C" functions that live as long as the library.
+    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+}
+
+/// A failed fork: the holders added for the child that never came.
+fn undo() {
+    let pending = std::mem::take(&mut *PENDING.lock().unwrap_or_else(|p| p.into_inner()));
+    for s in pending {
+        if let State::Stream(st) = &*s.lock() {
+            st.link.release_holder();
+        }
+    }
+}
+
+/// Interposed `fork(2)`: the atfork handlers do the work; a failure undoes
+/// the holders added for the child.
+///
+/// # Safety
+/// As for `fork(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn fork() -> libc::pid_t {
+    // SAFETY: plain fork.
+    let pid = unsafe { real::fork() };
+    if pid < 0 {
+        let e = real::errno();
+        crate::guarded((), undo);
+        real::set_errno(e);
+    }
+    pid
+}
+
+/// Interposed `vfork(2)`: a real fork. A vfork child shares the parent's
+/// memory, where our tables live; a fork keeps both processes' books
+/// apart, and a program that uses vfork correctly (exec or _exit at once)
+/// cannot tell the difference.
+///
+/// # Safety
+/// As for `vfork(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn vfork() -> libc::pid_t {
+    // SAFETY: as the caller's contract.
+    unsafe { fork() }
+}
