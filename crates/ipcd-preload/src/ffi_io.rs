@@ -49,14 +49,27 @@ fn one(buf: *const c_void, n: size_t) -> [iovec; 1] {
     [iovec { iov_base: buf.cast_mut(), iov_len: n }]
 }
 
+/// Runs a data call on `sock`, counted as in progress (see `Socket::defer_close`).
+#[inline]
+fn call(sock: &Socket, f: impl FnOnce() -> ssize_t) -> ssize_t {
+    sock.enter_call();
+    let r = guarded(-1, f);
+    if sock.leave_call() {
+        let e = real::errno();
+        guarded((), || crate::ffi_socket::close_now(sock));
+        real::set_errno(e);
+    }
+    r
+}
+
 fn do_send(sock: &Socket, iov: &[iovec], flags: c_int) -> ssize_t {
     // SAFETY: the iovecs come from the program's call, which promises them readable.
-    guarded(-1, || ret(unsafe { stream::send(sock, iov, Flags::new(sock, flags)) }))
+    call(sock, || ret(unsafe { stream::send(sock, iov, Flags::new(sock, flags)) }))
 }
 
 fn do_recv(sock: &Socket, iov: &[iovec], flags: c_int) -> ssize_t {
     // SAFETY: the iovecs come from the program's call, which promises them writable.
-    guarded(-1, || ret(unsafe { stream::recv(sock, iov, Flags::new(sock, flags)) }))
+    call(sock, || ret(unsafe { stream::recv(sock, iov, Flags::new(sock, flags)) }))
 }
 
 /// Interposed `read(2)`.

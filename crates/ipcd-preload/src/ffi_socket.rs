@@ -137,8 +137,17 @@ fn forget(fd: c_int) {
     }
 }
 
-/// The last fd of `sock` is gone: FIN or reset, unregister, unmap.
+/// The last fd of `sock` is gone: FIN or reset, unregister, unmap —
+/// unless a call in another thread still uses it, which then does this.
 fn last_close(sock: &Socket) {
+    if sock.defer_close() {
+        return;
+    }
+    close_now(sock);
+}
+
+/// What the last close does (also run by a call that outlived the close).
+pub(crate) fn close_now(sock: &Socket) {
     let old = std::mem::replace(&mut *sock.lock(), State::Closed);
     match old {
         State::Stream(mut st) => {

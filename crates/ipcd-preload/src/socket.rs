@@ -61,6 +61,12 @@ pub struct Socket {
     sndtimeo_us: AtomicU64,
     /// `SO_LINGER` on with a zero timeout: close resets.
     linger_zero: AtomicBool,
+    /// Data calls in progress. A close while one is in progress (another
+    /// thread blocked in recv) waits for it to end, as Linux's close only
+    /// drops the fd and the blocked call keeps the socket open.
+    inflight: AtomicU32,
+    /// The last fd was closed during a call: the call's end closes.
+    close_deferred: AtomicBool,
 }
 
 impl Socket {
@@ -76,6 +82,8 @@ impl Socket {
             rcvtimeo_us: AtomicU64::new(0),
             sndtimeo_us: AtomicU64::new(0),
             linger_zero: AtomicBool::new(false),
+            inflight: AtomicU32::new(0),
+            close_deferred: AtomicBool::new(false),
         }
     }
 
@@ -134,6 +142,29 @@ impl Socket {
     pub fn set_timeout(&self, rcv: bool, t: Duration) {
         let us = u64::try_from(t.as_micros()).unwrap_or(u64::MAX);
         if rcv { &self.rcvtimeo_us } else { &self.sndtimeo_us }.store(us, Ordering::Relaxed);
+    }
+
+    /// A data call starts.
+    #[inline]
+    pub fn enter_call(&self) {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A data call ends; true if it must now do a close deferred to it.
+    #[inline]
+    pub fn leave_call(&self) -> bool {
+        self.inflight.fetch_sub(1, Ordering::SeqCst) == 1 && self.close_deferred.swap(false, Ordering::SeqCst)
+    }
+
+    /// The last fd is closing: true if a call in progress will do the
+    /// close when it ends, false if the caller must do it now. Exactly one
+    /// side does it: the closer announces, then looks again.
+    pub fn defer_close(&self) -> bool {
+        if self.inflight.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        self.close_deferred.store(true, Ordering::SeqCst);
+        !(self.inflight.load(Ordering::SeqCst) == 0 && self.close_deferred.swap(false, Ordering::SeqCst))
     }
 
     /// Whether `SO_LINGER` asks for an abortive close.

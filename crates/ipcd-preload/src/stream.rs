@@ -110,8 +110,8 @@ fn block(sock: &Socket, dir: Dir, deadline: Option<Instant>) -> Result<(), libc:
         Dir::Recv => {
             s.link.rx.readable().map_or(true, |n| n > 0) || s.link.rx.peer_state() != ipcd_ring::PeerState::Open
         }
-        Dir::Send(_) => {
-            s.link.tx.writable().map_or(true, |n| n > 0)
+        Dir::Send(want) => {
+            s.link.tx.writable().map_or(true, |n| n >= want)
                 || s.link.tx.is_reader_closed()
                 || s.link.rx.peer_state() == ipcd_ring::PeerState::Reset
         }
@@ -122,9 +122,7 @@ fn block(sock: &Socket, dir: Dir, deadline: Option<Instant>) -> Result<(), libc:
     let prepared = with_stream(sock, |s| {
         let w = match dir {
             Dir::Recv => s.link.rx.prepare_wait(),
-            // Wait for a quarter ring at least, so a large send moves in
-            // batches instead of waking per byte freed.
-            Dir::Send(want) => s.link.tx.prepare_wait(want.min(s.link.tx.capacity() / 4)),
+            Dir::Send(want) => s.link.tx.prepare_wait(want),
         };
         (w, s.link.bell())
     })?;
@@ -147,6 +145,9 @@ fn deadline(t: Option<std::time::Duration>) -> Option<Instant> {
 
 /// `send`/`write`/`sendmsg` of the bytes in `iov`.
 ///
+/// A blocking send that fits in the ring goes in whole (it waits for room
+/// for all of it), so sends from several threads never interleave.
+///
 /// # Safety
 /// `iov` must describe readable memory.
 pub unsafe fn send(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult {
@@ -155,9 +156,12 @@ pub unsafe fn send(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
     let deadline = deadline(sock.sndtimeo());
     let mut done = 0;
     loop {
-        let step = with_stream(sock, |s| {
+        let (step, cap) = with_stream(sock, |s| {
+            let cap = s.link.tx.capacity();
+            let whole = !flags.nonblock && total <= cap;
             let ring = s.observe();
-            match s.conn.send(&ring, total - done, flags.nosignal) {
+            let step = match s.conn.send(&ring, total - done, flags.nosignal) {
+                Send::Write(n) if whole && n < total => Err(None),
                 Send::Write(n) => {
                     // SAFETY: the caller's iovecs are readable.
                     match unsafe { cur.write_to(&mut s.link.tx, n) } {
@@ -182,7 +186,8 @@ pub unsafe fn send(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
                 }
                 Send::WouldBlock => Err(None),
                 Send::Fail { errno: e, sigpipe } => Err(Some((errno(e), sigpipe))),
-            }
+            };
+            (step, cap)
         })?;
         match step {
             Ok(n) => {
@@ -204,7 +209,11 @@ pub unsafe fn send(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
                 if flags.nonblock {
                     return if done > 0 { Ok(done) } else { Err(libc::EAGAIN) };
                 }
-                if let Err(e) = block(sock, Dir::Send(total - done), deadline) {
+                // Room for all of a whole send; for a larger one a quarter
+                // ring at least, so it moves in batches instead of waking
+                // per byte freed.
+                let want = if total <= cap { total } else { (total - done).min(cap / 4) }.max(1);
+                if let Err(e) = block(sock, Dir::Send(want), deadline) {
                     return if done > 0 { Ok(done) } else { Err(e) };
                 }
             }

@@ -73,6 +73,26 @@ checks! {
     fork_both_use_one_connection => "fork-share",
     fork_parent_closes_child_serves => "fork-handoff",
     exec_hands_a_connection_over => "exec-handoff",
+    thread_per_connection_and_whole_concurrent_sends => "threads",
+    close_while_another_thread_is_blocked => "close-race",
+    signals_interrupt_accept_poll_epoll => "eintr",
+}
+
+/// A pre-fork server under ipcd (the children accept on the parent's
+/// listener) serves ipcd clients: through the kernel, which hands each
+/// connection to whichever child accepts first.
+#[test]
+fn prefork_server_serves_ipcd_clients() {
+    let mon = Monitor::start(RING_BYTES);
+    let mut cmd = mon.under(&mut probe(&["prefork-serve", "3"])).clone_cmd();
+    cmd.stdin(Stdio::piped());
+    let mut server = Server::start(cmd);
+    let out = mon.under(&mut probe(&["prefork-clients", &server.port.to_string(), "30"])).output().expect("clients");
+    must_pass("clients of a pre-fork server", out);
+    drop(server.child.stdin.take());
+    server.finish();
+    let st = mon.status().status;
+    assert_eq!((st.connects_total, st.fallbacks_total), (0, 30), "{st:?}");
 }
 
 /// An epoll echo server under ipcd with a thousand clients at once, half

@@ -11,6 +11,10 @@
 //!   probe epoll-serve N [edge]  epoll echo server; prints its port; exits
 //!                               after N connections closed
 //!   probe many-clients PORT N   N connections at once, echoes on each
+//!   probe prefork-serve W       pre-fork echo server with W workers;
+//!                               prints its port; stops when stdin closes
+//!   probe prefork-clients PORT N  N connections in turn; prints how many
+//!                               workers answered
 //!   probe bench-server tcp|unix CPU         one benchmark connection; prints
 //!                               its port or socket path
 //!   probe bench-client tcp|unix ADDR CPU MODE SIZE COUNT
@@ -1042,6 +1046,184 @@ fn exec_child(fd: i32) -> Res {
     Ok(())
 }
 
+/// A thread-per-connection echo server and sixteen client threads; then
+/// four threads sending on one socket at once, each send contiguous.
+fn threads() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let server = std::thread::spawn(move || -> Result<(), Fail> {
+        let mut workers = Vec::new();
+        for _ in 0..16 {
+            let s = net::accept(l)?;
+            workers.push(std::thread::spawn(move || echo_loop(s)));
+        }
+        for w in workers {
+            w.join().expect("echo thread")?;
+        }
+        Ok(())
+    });
+    let clients: Vec<_> = (0..16u64)
+        .map(|i| {
+            std::thread::spawn(move || -> Res {
+                let c = net::connect_loopback(false, port).map_err(f)?;
+                let r = client_rounds(c, 10, 100 + i);
+                net::close(c);
+                r
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().map_err(|_| "client thread panicked")??;
+    }
+    server.join().map_err(|_| "server panicked")?.map_err(f)?;
+    net::close(l);
+
+    let (c, s) = pair(false)?;
+    let big: i32 = 1 << 20;
+    // SAFETY: an int option; a large kernel buffer keeps Linux's sends whole too.
+    unsafe { libc::setsockopt(c, libc::SOL_SOCKET, libc::SO_SNDBUF, (&raw const big).cast(), 4) };
+    const MSG: usize = 512;
+    const EACH: usize = 100;
+    let senders: Vec<_> = (0..4u8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let msg = [b'a' + t; MSG];
+                (0..EACH).all(|_| send(c, &msg, 0) == MSG as isize)
+            })
+        })
+        .collect();
+    let mut buf = vec![0u8; MSG * EACH * 4];
+    net::read_exact(s, &mut buf).map_err(f)?;
+    for t in senders {
+        ensure!(t.join().map_err(|_| "sender panicked")?, "a send failed");
+    }
+    for (i, chunk) in buf.chunks(MSG).enumerate() {
+        ensure!(chunk.iter().all(|&b| b == chunk[0]), "message {i} is interleaved with another");
+    }
+    net::close(c);
+    net::close(s);
+    Ok(())
+}
+
+/// close in one thread while another is blocked in recv on the same
+/// socket: as on Linux, the recv keeps waiting and gets the next bytes; the
+/// connection ends once that call is over.
+fn close_race() -> Res {
+    let (c, s) = pair(false)?;
+    set_timeout(c, 10)?;
+    set_timeout(s, 10)?;
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 8];
+        let r = recv(s, &mut buf, 0);
+        (r, buf[0])
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    net::close(s);
+    std::thread::sleep(Duration::from_millis(50));
+    ensure!(send(c, b"x", 0) == 1, "send to the closing socket");
+    let (r, b) = reader.join().map_err(|_| "reader panicked")?;
+    ensure!(r == 1 && b == b'x', "blocked recv across close gave {r}");
+    let mut buf = [0u8; 8];
+    ensure!(recv(c, &mut buf, 0) == 0, "end of stream after the call ended: {}", errno());
+    net::close(c);
+    Ok(())
+}
+
+/// A signal handler without SA_RESTART interrupts accept, poll and
+/// epoll_wait with EINTR.
+fn eintr() -> Res {
+    handle(libc::SIGUSR2, false);
+    let (l, _port) = net::listen_loopback(false).map_err(f)?;
+    let (c, s) = pair(false)?;
+    // SAFETY: plain epoll creation.
+    let ep = cvt("epoll_create1", unsafe { libc::epoll_create1(0) }).map_err(f)?;
+    epoll_add(ep, s, IN, 1)?;
+    // SAFETY: pthread_self cannot fail.
+    let me = unsafe { libc::pthread_self() } as usize;
+    let kick = move || {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            // SAFETY: signals our waiting thread, which is alive.
+            unsafe { libc::pthread_kill(me as libc::pthread_t, libc::SIGUSR2) };
+        })
+    };
+    let k = kick();
+    // SAFETY: null address buffers are allowed.
+    let r = unsafe { libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut()) };
+    let e = errno();
+    k.join().map_err(|_| "kicker")?;
+    ensure!(r == -1 && e == libc::EINTR, "accept gave {r}/{e}");
+    let k = kick();
+    let mut fds = [pollfd(s, libc::POLLIN)];
+    let r = poll_n(&mut fds, 5000);
+    let e = errno();
+    k.join().map_err(|_| "kicker")?;
+    ensure!(r == -1 && e == libc::EINTR, "poll gave {r}/{e}");
+    let k = kick();
+    let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 4];
+    // SAFETY: a live event array.
+    let r = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 4, 5000) };
+    let e = errno();
+    k.join().map_err(|_| "kicker")?;
+    ensure!(r == -1 && e == libc::EINTR, "epoll_wait gave {r}/{e}");
+    for fd in [l, c, s, ep] {
+        net::close(fd);
+    }
+    Ok(())
+}
+
+/// A pre-fork server: the parent listens, `workers` children accept and
+/// echo (each reply starts with the worker's pid); prints its port; runs
+/// until killed.
+fn prefork_serve(workers: usize) -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let mut pids = Vec::new();
+    for _ in 0..workers {
+        let pid = fork()?;
+        if pid == 0 {
+            in_child(|| loop {
+                let s = net::accept(l).map_err(f)?;
+                let mut buf = [0u8; 4];
+                net::read_exact(s, &mut buf).map_err(f)?;
+                // SAFETY: getpid cannot fail.
+                let me = unsafe { libc::getpid() };
+                net::send_all(s, format!("{me:>10}").as_bytes()).map_err(f)?;
+                net::send_all(s, &buf).map_err(f)?;
+                net::close(s);
+            });
+        }
+        pids.push(pid);
+    }
+    println!("{port}");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    for pid in pids {
+        // SAFETY: ends our own children.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let mut st = 0;
+        // SAFETY: reaps our own child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+    }
+    Ok(())
+}
+
+/// `n` connections to a pre-fork server, one after another; prints how
+/// many distinct workers answered.
+fn prefork_clients(port: u16, n: usize) -> Res {
+    let mut pids = std::collections::HashSet::new();
+    for i in 0..n {
+        let c = net::connect_loopback(false, port).map_err(f)?;
+        let msg = format!("{:04}", i % 10000);
+        net::send_all(c, msg.as_bytes()).map_err(f)?;
+        let mut buf = [0u8; 14];
+        net::read_exact(c, &mut buf).map_err(f)?;
+        ensure!(&buf[10..] == msg.as_bytes(), "echo {i} differs");
+        pids.insert(String::from_utf8_lossy(&buf[..10]).trim().to_string());
+        net::close(c);
+    }
+    println!("{}", pids.len());
+    Ok(())
+}
+
 fn check(name: &str) -> Res {
     match name {
         "echo" => echo(false, 200, 1),
@@ -1064,6 +1246,9 @@ fn check(name: &str) -> Res {
         "epoll-level" => epoll_level(),
         "epoll-edge" => epoll_edge(),
         "fork-share" => fork_share(),
+        "threads" => threads(),
+        "close-race" => close_race(),
+        "eintr" => eintr(),
         "fork-handoff" => fork_handoff(),
         "exec-handoff" => exec_handoff(),
         other => Err(format!("unknown check {other}")),
@@ -1214,6 +1399,8 @@ fn main() {
             let _ = std::io::stdin().read_line(&mut line);
             net::close(c);
         }),
+        "prefork-serve" => prefork_serve(num(1) as usize),
+        "prefork-clients" => prefork_clients(num(1) as u16, num(2) as usize),
         "exec-child" => exec_child(num(1) as i32),
         "epoll-serve" => epoll_serve(num(1) as usize, arg(2) == "edge"),
         "many-clients" => many_clients(num(1) as u16, num(2) as usize),
