@@ -161,22 +161,11 @@ pub unsafe fn send(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
             let whole = !flags.nonblock && total <= cap;
             let ring = s.observe();
             let step = match s.conn.send(&ring, total - done, flags.nosignal) {
-                Send::Write(n) if whole && n < total => Err(None),
-                Send::Write(n) => {
-                    // SAFETY: the caller's iovecs are readable.
-                    match unsafe { cur.write_to(&mut s.link.tx, n) } {
-                        Ok(wake) => {
-                            if wake {
-                                s.link.ring_peer();
-                            }
-                            Ok(n)
-                        }
-                        Err(_) => {
-                            s.abort();
-                            Ok(0)
-                        }
-                    }
-                }
+                // The cached view of the reader's progress may be stale:
+                // look at the real one before deciding to wait.
+                Send::Write(n) if whole && n < total && s.link.tx.writable().unwrap_or(0) < total => Err(None),
+                Send::Write(_) if whole => write(s, &mut cur, total),
+                Send::Write(n) => write(s, &mut cur, n),
                 Send::Discard(n) => {
                     cur.skip(n);
                     if s.link.tx.reset() {
@@ -217,6 +206,23 @@ pub unsafe fn send(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
                     return if done > 0 { Ok(done) } else { Err(e) };
                 }
             }
+        }
+    }
+}
+
+/// Copies `n` bytes (which the ring has room for) from the cursor.
+fn write(s: &mut Stream, cur: &mut IoCursor<'_>, n: usize) -> Result<usize, Option<(libc::c_int, bool)>> {
+    // SAFETY: the caller's iovecs are readable (contract of `send`).
+    match unsafe { cur.write_to(&mut s.link.tx, n) } {
+        Ok(wake) => {
+            if wake {
+                s.link.ring_peer();
+            }
+            Ok(n)
+        }
+        Err(_) => {
+            s.abort();
+            Ok(0)
         }
     }
 }

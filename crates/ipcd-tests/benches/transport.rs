@@ -55,6 +55,26 @@ fn run(t: Transport, mon: &Monitor, mode: &str, size: usize, count: u64) -> f64 
     String::from_utf8_lossy(&out.stdout).trim().parse().expect("nanoseconds")
 }
 
+/// Requests per second of the epoll echo server with `conns` connections.
+fn epoll_run(t: Transport, mon: &Monitor, conns: usize, rounds: usize) -> f64 {
+    let cmd = |args: &[&str]| {
+        let mut c = Command::new(PROBE);
+        die_with_parent(&mut c).args(args).env_remove("LD_PRELOAD").stdin(Stdio::null());
+        if t == Transport::Ipcd {
+            mon.under(&mut c);
+        }
+        c
+    };
+    let mut server = cmd(&["epoll-serve", &conns.to_string(), "level"]).stdout(Stdio::piped()).spawn().expect("server");
+    let mut line = String::new();
+    BufReader::new(server.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("port");
+    let out = cmd(&["epoll-load", line.trim(), &conns.to_string(), &rounds.to_string()]).output().expect("client");
+    assert!(out.status.success(), "client: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(server.wait().expect("server").success());
+    let ns: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("nanoseconds");
+    (conns * rounds) as f64 / (ns / 1e9)
+}
+
 /// Best of `reps` runs (least disturbed by the neighbours).
 fn best(t: Transport, mon: &Monitor, mode: &str, size: usize, count: u64, reps: usize) -> f64 {
     (0..reps).map(|_| run(t, mon, mode, size, count)).fold(f64::INFINITY, f64::min)
@@ -92,6 +112,24 @@ fn main() {
         let rate = (n * 65536) as f64 / best(t, &mon, "stream", 65536, n, reps);
         gbs.push(rate);
         println!("  {:<12} {:>9.2} GB/s {:>7.1}× kernel TCP", t.name(), rate, rate / gbs[0]);
+    }
+
+    // An epoll echo server (the probe's, single-threaded, level-triggered).
+    println!("epoll echo server (thousand requests/s, 8-byte requests)");
+    for conns in [1usize, 64] {
+        let mut rates = Vec::new();
+        for t in [Transport::Tcp, Transport::Ipcd] {
+            let rounds = if t == Transport::Ipcd { 200_000 / conns } else { 10_000 / conns.min(10) } / scale as usize;
+            let rounds = rounds.max(10);
+            let rate = (0..reps).map(|_| epoll_run(t, &mon, conns, rounds)).fold(0.0, f64::max);
+            rates.push(rate);
+            println!(
+                "  {conns:>3} conn {:<12} {:>9.1} k/s  {:>6.1}× kernel TCP",
+                t.name(),
+                rate / 1e3,
+                rate / rates[0]
+            );
+        }
     }
 
     // Calls on fds that are not ours: dd of 1-byte blocks, 2 calls a block.

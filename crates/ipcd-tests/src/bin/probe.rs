@@ -11,6 +11,8 @@
 //!   probe epoll-serve N [edge]  epoll echo server; prints its port; exits
 //!                               after N connections closed
 //!   probe many-clients PORT N   N connections at once, echoes on each
+//!   probe epoll-load PORT C R   R rounds of an 8-byte request on each of C
+//!                               connections; prints nanoseconds
 //!   probe prefork-serve W       pre-fork echo server with W workers;
 //!                               prints its port; stops when stdin closes
 //!   probe prefork-clients PORT N  N connections in turn; prints how many
@@ -1224,6 +1226,34 @@ fn prefork_clients(port: u16, n: usize) -> Res {
     Ok(())
 }
 
+/// Load on an epoll echo server: `conns` connections, `rounds` rounds of
+/// one 8-byte request on each, all replies read before the next round.
+/// Prints the nanoseconds taken.
+fn epoll_load(port: u16, conns: usize, rounds: usize) -> Res {
+    raise_nofile();
+    let fds: Vec<i32> = (0..conns).map(|_| net::connect_loopback(false, port)).collect::<Result<_, _>>().map_err(f)?;
+    for &c in &fds {
+        let one: i32 = 1;
+        // SAFETY: an int option; requests must not wait for Nagle.
+        unsafe { libc::setsockopt(c, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&raw const one).cast(), 4) };
+    }
+    let start = Instant::now();
+    let mut buf = [0u8; 8];
+    for _ in 0..rounds {
+        for &c in &fds {
+            net::send_all(c, b"request!").map_err(f)?;
+        }
+        for &c in &fds {
+            net::read_exact(c, &mut buf).map_err(f)?;
+        }
+    }
+    println!("{}", start.elapsed().as_nanos());
+    for c in fds {
+        net::close(c);
+    }
+    Ok(())
+}
+
 fn check(name: &str) -> Res {
     match name {
         "echo" => echo(false, 200, 1),
@@ -1403,6 +1433,7 @@ fn main() {
         "prefork-clients" => prefork_clients(num(1) as u16, num(2) as usize),
         "exec-child" => exec_child(num(1) as i32),
         "epoll-serve" => epoll_serve(num(1) as usize, arg(2) == "edge"),
+        "epoll-load" => epoll_load(num(1) as u16, num(2) as usize, num(3) as usize),
         "many-clients" => many_clients(num(1) as u16, num(2) as usize),
         "bench-server" => bench_server(&arg(1), num(2)),
         "bench-client" => bench_client(&arg(1), &arg(2), num(3), &arg(4), num(5) as usize, num(6)),
