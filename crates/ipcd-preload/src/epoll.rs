@@ -17,6 +17,7 @@ use libc::{c_int, epoll_event};
 
 use crate::readiness::{self, Kind};
 use crate::socket::{Socket, State};
+use crate::stream::Edge;
 use crate::{control, real};
 
 /// High bits of the data of our own entries in a kernel epoll set. A
@@ -56,7 +57,7 @@ struct Member {
     /// For edge-triggered entries: the mask and the received-bytes count
     /// last reported, so an event is reported once per change.
     last_mask: u32,
-    last_gen: u64,
+    last_edge: Edge,
     /// The kernel's readiness of a listener's or a not-yet-connected
     /// socket's kernel fd, as last asked (asking costs a system call).
     kernel_cache: u32,
@@ -150,7 +151,7 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, sock: Arc<Socket>, ev: Option<&epo
                 data: ev.u64,
                 disarmed: false,
                 last_mask: 0,
-                last_gen: 0,
+                last_edge: Edge::default(),
                 kernel_cache: 0,
             });
         }
@@ -184,8 +185,8 @@ fn report(m: &mut Member, kernel: bool) -> u32 {
         return 0;
     }
     let want = m.events | (libc::EPOLLERR | libc::EPOLLHUP) as u32;
-    let (mask, gen) = match readiness::kind(&m.sock) {
-        Kind::Stream => readiness::stream_mask(&m.sock).unwrap_or((0, 0)),
+    let (mask, edge) = match readiness::kind(&m.sock) {
+        Kind::Stream => readiness::stream_mask(&m.sock).unwrap_or((0, Edge::default())),
         Kind::Listener(id) => {
             if kernel {
                 m.kernel_cache = kernel_mask(m.fd, m.events);
@@ -194,22 +195,23 @@ fn report(m: &mut Member, kernel: bool) -> u32 {
             if readiness::listener_pending(id) {
                 mask |= libc::EPOLLIN as u32;
             }
-            (mask, 0)
+            (mask, Edge::default())
         }
         Kind::Kernel => {
             if kernel {
                 m.kernel_cache = kernel_mask(m.fd, m.events);
             }
-            (m.kernel_cache, 0)
+            (m.kernel_cache, Edge::default())
         }
     };
     let mask = mask & want;
     if m.events & libc::EPOLLET as u32 != 0 {
-        // Report what is newly set, or new bytes while readable.
+        // Report what is newly set, or anything new from the peer (bytes,
+        // FIN, reset) while readable: the moments Linux wakes the socket.
         let fresh = mask & !m.last_mask;
-        let more = gen != m.last_gen && mask & libc::EPOLLIN as u32 != 0;
+        let more = edge != m.last_edge && mask & libc::EPOLLIN as u32 != 0;
         m.last_mask = mask;
-        m.last_gen = gen;
+        m.last_edge = edge;
         if fresh == 0 && !more {
             return 0;
         }
@@ -266,15 +268,21 @@ impl EpollSet {
         let mut listener = false;
         for m in members.iter().filter(|m| !m.disarmed) {
             match readiness::kind(&m.sock) {
-                Kind::Stream => match readiness::arm(&m.sock, m.events) {
+                Kind::Stream => match arm_stream(m) {
                     Some(bell) => want.push((bell, Source::Bell, Arc::as_ptr(&m.sock) as u64, libc::EPOLLIN as u32)),
                     None => return false,
                 },
+                // Kernel fds wake us the way the member reports: an
+                // edge-triggered one must not wake us for what it reported.
                 Kind::Listener(_) => {
                     listener = true;
-                    want.push((m.fd, Source::Kernel, Arc::as_ptr(&m.sock) as u64, libc::EPOLLIN as u32));
+                    let ev = libc::EPOLLIN as u32 | (m.events & libc::EPOLLET as u32);
+                    want.push((m.fd, Source::Kernel, Arc::as_ptr(&m.sock) as u64, ev));
                 }
-                Kind::Kernel => want.push((m.fd, Source::Kernel, Arc::as_ptr(&m.sock) as u64, m.events & 0xffff)),
+                Kind::Kernel => {
+                    let ev = m.events & (0xffff | libc::EPOLLET as u32);
+                    want.push((m.fd, Source::Kernel, Arc::as_ptr(&m.sock) as u64, ev));
+                }
             }
         }
         if listener {
@@ -315,6 +323,18 @@ impl EpollSet {
         } else if src == Source::Channel as u64 {
             let _ = control::with(|c| c.drain());
         }
+    }
+}
+
+/// Arms a stream member: level-triggered waits for readiness; an
+/// edge-triggered one for something new since its last report (readiness
+/// already reported must not keep waking it).
+fn arm_stream(m: &Member) -> Option<c_int> {
+    if m.events & libc::EPOLLET as u32 != 0 {
+        let writable = m.last_mask & libc::EPOLLOUT as u32 != 0;
+        readiness::arm_edge(&m.sock, m.events, m.last_edge, writable)
+    } else {
+        readiness::arm(&m.sock, m.events)
     }
 }
 

@@ -8,6 +8,7 @@ use ipcd_ring::Wait;
 
 use crate::control;
 use crate::socket::{Socket, State};
+use crate::stream::Edge;
 
 /// `POLLIN`-like bits a caller can ask for.
 const IN_BITS: u32 = (libc::POLLIN | libc::POLLRDNORM) as u32;
@@ -34,11 +35,10 @@ pub fn kind(sock: &Socket) -> Kind {
     }
 }
 
-/// A stream's poll mask now and the count of bytes ever received (it
-/// changes exactly when new bytes arrive: edge-triggered epoll uses it).
-/// A stream closed under us reports `POLLNVAL`, as for a closed file.
-pub fn stream_mask(sock: &Socket) -> Option<(u32, u64)> {
-    Some(crate::stream::poll(sock).unwrap_or((libc::POLLNVAL as u32, 0)))
+/// A stream's poll mask now and its edge (see [`Edge`]). A stream closed
+/// under us reports `POLLNVAL`, as for a closed file.
+pub fn stream_mask(sock: &Socket) -> Option<(u32, Edge)> {
+    Some(crate::stream::poll(sock).unwrap_or((libc::POLLNVAL as u32, Edge::default())))
 }
 
 /// Whether an ipcd connection waits in listener `id`'s queue (no system
@@ -58,6 +58,23 @@ pub fn arm(sock: &Socket, events: u32) -> Option<i32> {
             return None;
         }
         if events & OUT_BITS != 0 && s.link.tx.prepare_wait(1) != Ok(Wait::Sleep) {
+            return None;
+        }
+        Some(s.link.bell())
+    })
+    .ok()
+    .flatten()
+}
+
+/// Arms a stream for an edge-triggered wait: wakes on bytes or a state
+/// change past `seen` (for input) and, if it was not writable when last
+/// reported, on room to write. `None` when something new came meanwhile.
+pub fn arm_edge(sock: &Socket, events: u32, seen: Edge, writable: bool) -> Option<i32> {
+    crate::stream::with_stream(sock, |s| {
+        if events & IN_BITS != 0 && s.link.rx.prepare_wait_past(seen.tail, seen.state) != Ok(Wait::Sleep) {
+            return None;
+        }
+        if events & OUT_BITS != 0 && !writable && s.link.tx.prepare_wait(1) != Ok(Wait::Sleep) {
             return None;
         }
         Some(s.link.bell())

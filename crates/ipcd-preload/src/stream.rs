@@ -323,12 +323,29 @@ pub fn close(stream: &mut Stream, linger_zero: bool) -> u64 {
     stream.link.conn
 }
 
-/// The poll mask (`tcp_poll`'s answer) from the rings, and the count of
-/// bytes ever received.
-pub fn poll(sock: &Socket) -> Result<(u32, u64), libc::c_int> {
+/// What changes when something new arrives from the peer: bytes ever
+/// received, and the peer's state (FIN, reset). Edge-triggered readiness
+/// reports an event each time it changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edge {
+    /// The writer's `tail` as last read.
+    pub tail: u64,
+    /// The writer's state as last read.
+    pub state: ipcd_ring::PeerState,
+}
+
+impl Default for Edge {
+    fn default() -> Edge {
+        Edge { tail: 0, state: ipcd_ring::PeerState::Open }
+    }
+}
+
+/// The poll mask (`tcp_poll`'s answer) from the rings, and the edge.
+pub fn poll(sock: &Socket) -> Result<(u32, Edge), libc::c_int> {
     with_stream(sock, |s| {
         let ring = s.observe();
-        (s.conn.poll(&ring).bits(), s.link.rx.tail_seen())
+        let mask = s.conn.poll(&ring).bits();
+        (mask, Edge { tail: s.link.rx.tail_seen(), state: s.link.rx.peer_state() })
     })
 }
 

@@ -240,6 +240,24 @@ impl Consumer {
         Ok(Wait::Sleep)
     }
 
+    /// Step 1 of the wait protocol for *new* events (edge-triggered
+    /// waiting): arms the reader's waiting flag and re-checks whether the
+    /// writer published past `seen_tail` or changed its state from
+    /// `seen_state` (both as the caller last saw them). Bytes already
+    /// readable do not make it ready.
+    pub fn prepare_wait_past(&mut self, seen_tail: u64, seen_state: PeerState) -> Result<Wait, Error> {
+        arm(&self.ctrl().reader_waiting.0);
+        if let Err(e) = self.refresh_tail() {
+            self.cancel_wait();
+            return Err(e);
+        }
+        if self.tail_cache != seen_tail || self.peer_state() != seen_state {
+            self.cancel_wait();
+            return Ok(Wait::Ready);
+        }
+        Ok(Wait::Sleep)
+    }
+
     /// Clears the reader's waiting flag after a sleep that ended early.
     pub fn cancel_wait(&self) {
         disarm(&self.ctrl().reader_waiting.0);

@@ -774,6 +774,12 @@ fn epoll_edge() -> Res {
     ensure!(epoll_get(ep, 30)?.is_empty(), "no second edge without new data");
     ensure!(send(c, b"def", 0) == 3, "send");
     ensure!(epoll_get(ep, 1000)? == [(IN, 1)], "new data is a new edge, even unread before");
+    // Readiness already reported does not keep an edge-triggered wait
+    // busy: 200 ms of waiting costs next to no CPU.
+    let cpu = cpu_time();
+    ensure!(epoll_get(ep, 200)?.is_empty(), "no new edge while the data sits unread");
+    let used = cpu_time() - cpu;
+    ensure!(used < Duration::from_millis(50), "an idle edge-triggered wait burnt {used:?} of CPU");
     let mut buf = [0u8; 16];
     ensure!(recv(s, &mut buf, 0) == 6, "drain");
     ensure!(epoll_get(ep, 30)?.is_empty(), "drained");
@@ -804,10 +810,33 @@ fn epoll_edge() -> Res {
     ensure!(epoll_get(ep, 1000)?.contains(&(IN, 5)), "the dup keeps the entry alive");
     net::close(s2);
     ensure!(!epoll_get(ep, 30)?.iter().any(|e| e.1 == 5), "closed fd still reported");
-    for fd in [c, nc, a, l, ep] {
+    // The peer's FIN is an edge of its own, without new bytes.
+    let (c3, s3) = pair(false)?;
+    epoll_add(ep, s3, IN | ET, 6)?;
+    ensure!(send(c3, b"x", 0) == 1, "send");
+    ensure!(epoll_get(ep, 1000)? == [(IN, 6)], "data edge");
+    ensure!(recv(s3, &mut buf, 0) == 1, "read");
+    // SAFETY: shutdown of our socket.
+    cvt("shutdown", unsafe { libc::shutdown(c3, libc::SHUT_WR) }).map_err(f)?;
+    ensure!(epoll_get(ep, 1000)? == [(IN, 6)], "FIN edge");
+    ensure!(recv(s3, &mut buf, 0) == 0, "end of stream");
+    ensure!(epoll_get(ep, 30)?.is_empty(), "FIN reported once");
+    for fd in [c, nc, a, l, ep, c3, s3] {
         net::close(fd);
     }
     Ok(())
+}
+
+/// CPU time this process used so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage into a zeroed struct.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 fn raise_nofile() {
