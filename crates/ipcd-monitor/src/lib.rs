@@ -7,6 +7,7 @@
 //! path only and never touches payload bytes.
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod daemon;

@@ -66,6 +66,17 @@ enum Cmd {
         /// Destination, e.g. 127.0.0.1:8080 or [::1]:8080.
         addr: std::net::SocketAddr,
     },
+    /// Measure ipcd against kernel TCP and a Unix socket on this machine:
+    /// the same programs over each, alternating runs; prints a table of
+    /// medians and writes results.json and chart.svg.
+    Bench {
+        /// Fewer, shorter runs (about a minute).
+        #[arg(long)]
+        quick: bool,
+        /// Directory for results.json and chart.svg.
+        #[arg(long, default_value = "ipcd-bench")]
+        out: PathBuf,
+    },
     /// Stop the monitor.
     Stop {
         /// Abstract socket name of the monitor [default: ipcd-<uid>].
@@ -99,6 +110,7 @@ fn main() -> ExitCode {
         }
         Cmd::Run { socket, command } => run(&socket.unwrap_or_else(default_socket_name), &command),
         Cmd::Status { socket, json } => status(&socket.unwrap_or_else(default_socket_name), json),
+        Cmd::Bench { quick, out } => bench(quick, out),
         Cmd::Stop { socket } => stop(&socket.unwrap_or_else(default_socket_name)),
         Cmd::DebugConnect { socket, addr } => debug_connect(&socket.unwrap_or_else(default_socket_name), addr),
     };
@@ -151,6 +163,23 @@ fn ensure_monitor(socket: &str) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(10));
     }
     Err(format!("the monitor did not answer on @{socket} within 5 s; see {}", log_path.display()))
+}
+
+fn bench(quick: bool, out: PathBuf) -> Result<ExitCode, String> {
+    let ipcd = std::env::current_exe().map_err(|e| format!("cannot find the ipcd binary: {e}"))?;
+    let probe = match std::env::var_os("IPCD_PROBE") {
+        Some(p) => PathBuf::from(p),
+        None => ipcd.with_file_name("probe"),
+    };
+    if !probe.exists() {
+        return Err(format!(
+            "{} not found; build it with `cargo build --release --workspace`, or set IPCD_PROBE",
+            probe.display()
+        ));
+    }
+    let opts = ipcd_monitor::bench::Options { quick, out, ipcd, preload: preload_path()?, probe };
+    ipcd_monitor::bench::run(&opts)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn preload_path() -> Result<PathBuf, String> {

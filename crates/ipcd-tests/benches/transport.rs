@@ -65,10 +65,17 @@ fn epoll_run(t: Transport, mon: &Monitor, conns: usize, rounds: usize) -> f64 {
         }
         c
     };
-    let mut server = cmd(&["epoll-serve", &conns.to_string(), "level"]).stdout(Stdio::piped()).spawn().expect("server");
+    let mut server = cmd(&["epoll-serve", &conns.to_string(), "level"])
+        .env("PROBE_CPU", "0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("server");
     let mut line = String::new();
     BufReader::new(server.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("port");
-    let out = cmd(&["epoll-load", line.trim(), &conns.to_string(), &rounds.to_string()]).output().expect("client");
+    let out = cmd(&["epoll-load", line.trim(), &conns.to_string(), &rounds.to_string()])
+        .env("PROBE_CPU", "1")
+        .output()
+        .expect("client");
     assert!(out.status.success(), "client: {}", String::from_utf8_lossy(&out.stderr));
     assert!(server.wait().expect("server").success());
     let ns: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("nanoseconds");

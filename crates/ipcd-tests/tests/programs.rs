@@ -74,3 +74,30 @@ fn ipcd_run_starts_a_monitor_and_accelerates_the_command() {
     let _ = MonitorClient::connect(&socket).and_then(|mut c| c.stop());
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn ipcd_bench_quick_writes_every_result() {
+    let a = artifacts();
+    let out_dir = std::env::temp_dir().join(format!("ipcd-bench-test-{}", std::process::id()));
+    let mut cmd = Command::new(&a.ipcd);
+    let out = die_with_parent(&mut cmd)
+        .args(["bench", "--quick", "--out"])
+        .arg(&out_dir)
+        .env("IPCD_PROBE", PROBE)
+        .stdin(Stdio::null())
+        .output()
+        .expect("ipcd bench");
+    assert!(out.status.success(), "ipcd bench: {}", String::from_utf8_lossy(&out.stderr));
+    let json = std::fs::read_to_string(out_dir.join("results.json")).expect("results.json");
+    let svg = std::fs::read_to_string(out_dir.join("chart.svg")).expect("chart.svg");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    // Every workload ran on kernel TCP and on ipcd (values, not nulls).
+    let rows: Vec<&str> = json.lines().filter(|l| l.contains("\"workload\"")).collect();
+    assert!(rows.len() >= 20, "too few rows:\n{json}");
+    for r in &rows {
+        assert!(!r.contains("\"kernel_tcp\": null") && !r.contains("\"ipcd\": null"), "a run failed: {r}");
+    }
+    assert!(svg.starts_with("<svg") && svg.matches("<rect").count() > rows.len(), "chart has no bars");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("ipcd gain") && table.contains("round trip 8 B"), "{table}");
+}

@@ -2,7 +2,7 @@
 //! tests run it under the kernel and under ipcd and expect the same
 //! answers: each `check` scenario asserts exactly what Linux TCP does.
 //!
-//! Usage:
+//! Usage (`PROBE_CPU=N` pins the process to core N first):
 //!   probe check NAME            one scenario, server and client in-process
 //!   probe serve [N]             echo server on loopback; prints its port;
 //!                               serves N connections (default: forever)
@@ -11,6 +11,8 @@
 //!   probe epoll-serve N [edge]  epoll echo server; prints its port; exits
 //!                               after N connections closed
 //!   probe many-clients PORT N   N connections at once, echoes on each
+//!   probe conn-serve N          N connections, one byte echoed on each
+//!   probe conn-client PORT N T  N connections from T threads; prints ns
 //!   probe epoll-load PORT C R   R rounds of an 8-byte request on each of C
 //!                               connections; prints nanoseconds
 //!   probe prefork-serve W       pre-fork echo server with W workers;
@@ -20,7 +22,9 @@
 //!   probe bench-server tcp|unix CPU         one benchmark connection; prints
 //!                               its port or socket path
 //!   probe bench-client tcp|unix ADDR CPU MODE SIZE COUNT
-//!                               MODE rtt: COUNT round trips of SIZE bytes,
+//!                               MODE lat: COUNT round trips of SIZE bytes,
+//!                               prints p50 p99 p99.9 in nanoseconds; MODE
+//!                               rtt: COUNT round trips of SIZE bytes,
 //!                               prints nanoseconds per round trip; MODE
 //!                               stream: COUNT sends of SIZE bytes, prints
 //!                               nanoseconds for all of them
@@ -1283,6 +1287,50 @@ fn epoll_load(port: u16, conns: usize, rounds: usize) -> Res {
     Ok(())
 }
 
+/// Connection set-up server: `count` connections, each one byte echoed,
+/// then closed. Prints its port.
+fn conn_serve(count: usize) -> Res {
+    raise_nofile();
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    println!("{port}");
+    for _ in 0..count {
+        let s = net::accept(l).map_err(f)?;
+        let mut b = [0u8; 1];
+        net::read_exact(s, &mut b).map_err(f)?;
+        net::send_all(s, &b).map_err(f)?;
+        let _ = recv(s, &mut b, 0);
+        net::close(s);
+    }
+    net::close(l);
+    Ok(())
+}
+
+/// `count` connections (connect, one byte each way, close) from `threads`
+/// threads; prints the nanoseconds taken.
+fn conn_client(port: u16, count: usize, threads: usize) -> Res {
+    let start = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let n = count / threads + usize::from(t < count % threads);
+            std::thread::spawn(move || -> Res {
+                for _ in 0..n {
+                    let c = net::connect_loopback(false, port).map_err(f)?;
+                    net::send_all(c, b"c").map_err(f)?;
+                    let mut b = [0u8; 1];
+                    net::read_exact(c, &mut b).map_err(f)?;
+                    net::close(c);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().map_err(|_| "client thread panicked")??;
+    }
+    println!("{}", start.elapsed().as_nanos());
+    Ok(())
+}
+
 fn check(name: &str) -> Res {
     match name {
         "echo" => echo(false, 200, 1),
@@ -1413,12 +1461,26 @@ fn bench_client(kind: &str, addr: &str, cpu: u64, mode: &str, size: usize, count
         unsafe { libc::setsockopt(c, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&raw const one).cast(), 4) };
         c
     };
-    let mut hdr = vec![if mode == "rtt" { b'r' } else { b's' }];
+    let mut hdr = vec![if mode == "stream" { b's' } else { b'r' }];
     hdr.extend_from_slice(&(size as u64).to_le_bytes());
     net::send_all(c, &hdr).map_err(f)?;
     let mut buf = vec![0u8; size];
     let start = Instant::now();
-    if mode == "rtt" {
+    if mode == "lat" {
+        // Each round trip timed: prints p50 p99 p99.9 in nanoseconds.
+        let mut lat = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let t = Instant::now();
+            net::send_all(c, &buf).map_err(f)?;
+            net::read_exact(c, &mut buf).map_err(f)?;
+            lat.push(t.elapsed().as_nanos() as u64);
+        }
+        lat.sort_unstable();
+        let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+        println!("{} {} {}", q(0.5), q(0.99), q(0.999));
+        net::close(c);
+        return Ok(());
+    } else if mode == "rtt" {
         for _ in 0..count {
             net::send_all(c, &buf).map_err(f)?;
             net::read_exact(c, &mut buf).map_err(f)?;
@@ -1439,6 +1501,10 @@ fn bench_client(kind: &str, addr: &str, cpu: u64, mode: &str, size: usize, count
 }
 
 fn main() {
+    // Benchmarks place servers and clients on cores of their choosing.
+    if let Some(cpu) = std::env::var("PROBE_CPU").ok().and_then(|c| c.parse().ok()) {
+        pin(cpu);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     let num = |i: usize| arg(i).parse::<u64>().unwrap_or_else(|_| panic!("argument {i} must be a number"));
@@ -1463,6 +1529,8 @@ fn main() {
         "exec-child" => exec_child(num(1) as i32),
         "epoll-serve" => epoll_serve(num(1) as usize, arg(2) == "edge"),
         "epoll-load" => epoll_load(num(1) as u16, num(2) as usize, num(3) as usize),
+        "conn-serve" => conn_serve(num(1) as usize),
+        "conn-client" => conn_client(num(1) as u16, num(2) as usize, num(3) as usize),
         "many-clients" => many_clients(num(1) as u16, num(2) as usize),
         "bench-server" => bench_server(&arg(1), num(2)),
         "bench-client" => bench_client(&arg(1), &arg(2), num(3), &arg(4), num(5) as usize, num(6)),

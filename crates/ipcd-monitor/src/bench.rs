@@ -1,0 +1,406 @@
+//! `ipcd bench`: the same test programs over kernel TCP loopback, a kernel
+//! Unix stream socket and ipcd, in one run, alternating so all three share
+//! the machine's noise; medians, ratios to kernel TCP, JSON and a chart.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Options of `ipcd bench`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Fewer and shorter runs.
+    pub quick: bool,
+    /// Where results.json and chart.svg go.
+    pub out: PathBuf,
+    /// The `ipcd` binary (to start a private monitor).
+    pub ipcd: PathBuf,
+    /// `libipcd_preload.so`.
+    pub preload: PathBuf,
+    /// The test program (`probe`, built with the workspace).
+    pub probe: PathBuf,
+}
+
+/// A transport a workload runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Tcp,
+    Unix,
+    Ipcd,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "kernel_tcp",
+            Transport::Unix => "unix",
+            Transport::Ipcd => "ipcd",
+        }
+    }
+}
+
+/// One row of the results: a metric of a workload on each transport.
+#[derive(Debug, Clone)]
+struct Row {
+    workload: String,
+    metric: &'static str,
+    unit: &'static str,
+    /// Higher is better (rates) or lower is better (latencies).
+    higher_better: bool,
+    /// Median per transport, in `Transport` order; `None`: not run.
+    values: [Option<f64>; 3],
+}
+
+impl Row {
+    /// How many times better ipcd is than kernel TCP.
+    fn ratio(&self) -> Option<f64> {
+        let (k, i) = (self.values[0]?, self.values[2]?);
+        Some(if self.higher_better { i / k } else { k / i })
+    }
+}
+
+/// A private monitor for the run, stopped on drop.
+struct Monitor {
+    child: Child,
+    socket: String,
+}
+
+impl Monitor {
+    fn start(ipcd: &Path) -> Result<Monitor, String> {
+        let socket = format!("ipcd-bench-{}", std::process::id());
+        let child = Command::new(ipcd)
+            .args(["daemon", "--socket", &socket])
+            .env("IPCD_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start a monitor: {e}"))?;
+        let m = Monitor { child, socket };
+        for _ in 0..500 {
+            if crate::client::MonitorClient::connect(&m.socket).is_ok() {
+                return Ok(m);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err("the benchmark's monitor did not come up".into())
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = crate::client::MonitorClient::connect(&self.socket).and_then(|mut c| c.stop());
+        let _ = self.child.wait();
+    }
+}
+
+struct Runner<'a> {
+    opts: &'a Options,
+    monitor: Monitor,
+}
+
+impl Runner<'_> {
+    fn cmd(&self, t: Transport, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.opts.probe);
+        c.args(args).env_remove("LD_PRELOAD").stdin(Stdio::null()).stderr(Stdio::inherit());
+        if t == Transport::Ipcd {
+            c.env("LD_PRELOAD", &self.opts.preload).env("IPCD_SOCKET", &self.monitor.socket);
+        }
+        c
+    }
+
+    /// Starts a server that prints its address, runs the client, returns
+    /// the client's output.
+    /// Server on core 0, client on core 1, for every transport alike.
+    fn pair(&self, t: Transport, server: &[&str], client: impl FnOnce(&str) -> Vec<String>) -> Result<String, String> {
+        let mut srv = self
+            .cmd(t, server)
+            .env("PROBE_CPU", "0")
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("server: {e}"))?;
+        let mut line = String::new();
+        BufReader::new(srv.stdout.as_mut().ok_or("server stdout")?).read_line(&mut line).map_err(|e| e.to_string())?;
+        let args = client(line.trim());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.cmd(t, &args).env("PROBE_CPU", "1").output().map_err(|e| format!("client: {e}"))?;
+        let _ = srv.wait();
+        if !out.status.success() {
+            return Err(format!("{} {args:?} failed", t.name()));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Round-trip latency percentiles (ns).
+    fn latency(&self, t: Transport, size: usize, count: u64) -> Result<Vec<f64>, String> {
+        let kind = if t == Transport::Unix { "unix" } else { "tcp" };
+        let out = self.pair(t, &["bench-server", kind, "0"], |addr| {
+            ["bench-client", kind, addr, "1", "lat", &size.to_string(), &count.to_string()].map(String::from).to_vec()
+        })?;
+        out.split_whitespace().map(|v| v.parse::<f64>().map_err(|e| e.to_string())).collect()
+    }
+
+    /// One-way streaming: nanoseconds for `count` writes of `size`.
+    fn stream(&self, t: Transport, size: usize, count: u64) -> Result<f64, String> {
+        let kind = if t == Transport::Unix { "unix" } else { "tcp" };
+        let out = self.pair(t, &["bench-server", kind, "0"], |addr| {
+            ["bench-client", kind, addr, "1", "stream", &size.to_string(), &count.to_string()]
+                .map(String::from)
+                .to_vec()
+        })?;
+        out.parse().map_err(|e| format!("{e}"))
+    }
+
+    /// Connections per second (connect, 1 byte each way, close).
+    fn setup(&self, t: Transport, count: usize, threads: usize) -> Result<f64, String> {
+        let out = self.pair(t, &["conn-serve", &count.to_string()], |port| {
+            ["conn-client", port, &count.to_string(), &threads.to_string()].map(String::from).to_vec()
+        })?;
+        let ns: f64 = out.parse().map_err(|e| format!("{e}"))?;
+        Ok(count as f64 / (ns / 1e9))
+    }
+
+    /// Requests per second of the epoll echo server.
+    fn epoll(&self, t: Transport, conns: usize, rounds: usize) -> Result<f64, String> {
+        let out = self.pair(t, &["epoll-serve", &conns.to_string(), "level"], |port| {
+            ["epoll-load", port, &conns.to_string(), &rounds.to_string()].map(String::from).to_vec()
+        })?;
+        let ns: f64 = out.parse().map_err(|e| format!("{e}"))?;
+        Ok((conns * rounds) as f64 / (ns / 1e9))
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some(v[v.len() / 2])
+}
+
+/// Runs `f` `reps` times per transport, alternating transports, and keeps
+/// the median of each.
+fn alternate(
+    reps: usize,
+    transports: &[Transport],
+    progress: &mut Progress,
+    what: &str,
+    mut f: impl FnMut(Transport) -> Result<Vec<f64>, String>,
+) -> Vec<[Option<f64>; 3]> {
+    let mut samples: Vec<[Vec<f64>; 3]> = Vec::new();
+    for _ in 0..reps {
+        for &t in transports {
+            progress.step(what, t);
+            match f(t) {
+                Ok(vals) => {
+                    if samples.len() < vals.len() {
+                        samples.resize_with(vals.len(), Default::default);
+                    }
+                    for (k, v) in vals.into_iter().enumerate() {
+                        samples[k][t as usize].push(v);
+                    }
+                }
+                Err(e) => eprintln!("\n  {what} over {}: {e}", t.name()),
+            }
+        }
+    }
+    samples.into_iter().map(|s| s.map(median)).collect()
+}
+
+struct Progress {
+    done: usize,
+    total: usize,
+}
+
+impl Progress {
+    fn step(&mut self, what: &str, t: Transport) {
+        self.done += 1;
+        eprint!("\r[{:>3}/{}] {what:<32} {:<12}", self.done, self.total, t.name());
+        let _ = std::io::stderr().flush();
+    }
+}
+
+/// Runs the whole benchmark and writes `results.json` and `chart.svg`.
+pub fn run(opts: &Options) -> Result<(), String> {
+    std::fs::create_dir_all(&opts.out).map_err(|e| format!("cannot create {}: {e}", opts.out.display()))?;
+    let runner = Runner { opts, monitor: Monitor::start(&opts.ipcd)? };
+    let q = if opts.quick { 10 } else { 1 };
+    let reps = if opts.quick { 3 } else { 5 };
+    let all = [Transport::Tcp, Transport::Unix, Transport::Ipcd];
+    let tcp_ipcd = [Transport::Tcp, Transport::Ipcd];
+    let stream_sizes: [usize; 6] = [8, 64, 1024, 16384, 65536, 1 << 20];
+    let total = reps * (2 * 3 + stream_sizes.len() * 3 + 2 * 2 + 3 * 2);
+    let mut progress = Progress { done: 0, total };
+    let mut rows = Vec::new();
+
+    for size in [8usize, 1024] {
+        let res = alternate(reps, &all, &mut progress, &format!("round trip {size} B"), |t| {
+            let n = if t == Transport::Ipcd { 200_000 } else { 10_000 } / q;
+            runner.latency(t, size, n)
+        });
+        for (k, metric) in ["p50", "p99", "p99.9"].into_iter().enumerate() {
+            let values = res.get(k).map_or([None; 3], |v| v.map(|x| x.map(|ns| ns / 1e3)));
+            rows.push(Row {
+                workload: format!("round trip {size} B"),
+                metric,
+                unit: "µs",
+                higher_better: false,
+                values,
+            });
+        }
+    }
+    for size in stream_sizes {
+        let res = alternate(reps, &all, &mut progress, &format!("stream {size} B writes"), |t| {
+            // About 64 MiB (ipcd: 512 MiB) or 1 M writes, whichever is fewer.
+            let bytes: u64 = if t == Transport::Ipcd { 512 << 20 } else { 64 << 20 };
+            let n = (bytes / size as u64).clamp(1, if t == Transport::Ipcd { 20_000_000 } else { 1_000_000 }) / q;
+            let ns = runner.stream(t, size, n.max(1))?;
+            Ok(vec![n as f64 / (ns / 1e9), (n * size as u64) as f64 / ns])
+        });
+        let name = format!("stream {size} B writes");
+        let pick = |k: usize| res.get(k).copied().unwrap_or([None; 3]);
+        rows.push(Row {
+            workload: name.clone(),
+            metric: "messages/s",
+            unit: "M/s",
+            higher_better: true,
+            values: pick(0).map(|v| v.map(|x| x / 1e6)),
+        });
+        rows.push(Row { workload: name, metric: "throughput", unit: "GB/s", higher_better: true, values: pick(1) });
+    }
+    for threads in [1usize, 8] {
+        let res = alternate(reps, &tcp_ipcd, &mut progress, &format!("connection setup x{threads}"), |t| {
+            let n = if opts.quick { 500 } else { 3000 };
+            runner.setup(t, n, threads).map(|r| vec![r])
+        });
+        let values = res.first().copied().unwrap_or([None; 3]).map(|v| v.map(|x| x / 1e3));
+        rows.push(Row {
+            workload: format!("connection setup, {threads} client thread(s)"),
+            metric: "connections/s",
+            unit: "k/s",
+            higher_better: true,
+            values,
+        });
+    }
+    for conns in [1usize, 16, 256] {
+        let res = alternate(reps, &tcp_ipcd, &mut progress, &format!("epoll server {conns} conn"), |t| {
+            let rounds = (if t == Transport::Ipcd { 200_000 } else { 10_000 } / conns.min(16) / q as usize).max(20);
+            runner.epoll(t, conns, rounds).map(|r| vec![r])
+        });
+        let values = res.first().copied().unwrap_or([None; 3]).map(|v| v.map(|x| x / 1e3));
+        rows.push(Row {
+            workload: format!("epoll echo server, {conns} connection(s)"),
+            metric: "requests/s",
+            unit: "k/s",
+            higher_better: true,
+            values,
+        });
+    }
+    eprintln!();
+    print_table(&rows);
+    let json = opts.out.join("results.json");
+    std::fs::write(&json, to_json(&rows, opts.quick)).map_err(|e| format!("cannot write {}: {e}", json.display()))?;
+    let svg = opts.out.join("chart.svg");
+    chart(&rows, &svg)?;
+    println!("\nraw results: {}\nchart:       {}", json.display(), svg.display());
+    Ok(())
+}
+
+fn fmt(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(x) if x >= 100.0 => format!("{x:.0}"),
+        Some(x) if x >= 1.0 => format!("{x:.2}"),
+        Some(x) => format!("{x:.3}"),
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<42} {:<14} {:>12} {:>12} {:>12} {:>10}",
+        "workload", "metric", "kernel TCP", "unix", "ipcd", "ipcd gain"
+    );
+    for r in rows {
+        let ratio = r.ratio().map_or("-".into(), |x| format!("{x:.1}×"));
+        println!(
+            "{:<42} {:<14} {:>12} {:>12} {:>12} {:>10}",
+            r.workload,
+            format!("{} ({})", r.metric, r.unit),
+            fmt(r.values[0]),
+            fmt(r.values[1]),
+            fmt(r.values[2]),
+            ratio
+        );
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn json_num(v: Option<f64>) -> String {
+    v.filter(|x| x.is_finite()).map_or("null".into(), |x| format!("{x}"))
+}
+
+/// The rows as JSON (written by hand: one flat array of records).
+fn to_json(rows: &[Row], quick: bool) -> String {
+    let mut o = format!("{{\n  \"quick\": {quick},\n  \"results\": [\n");
+    for (i, r) in rows.iter().enumerate() {
+        o.push_str(&format!(
+            "    {{\"workload\": {}, \"metric\": {}, \"unit\": {}, \"higher_is_better\": {}, \"kernel_tcp\": {}, \"unix\": {}, \"ipcd\": {}, \"ipcd_over_kernel\": {}}}{}\n",
+            json_str(&r.workload),
+            json_str(r.metric),
+            json_str(r.unit),
+            r.higher_better,
+            json_num(r.values[0]),
+            json_num(r.values[1]),
+            json_num(r.values[2]),
+            json_num(r.ratio()),
+            if i + 1 < rows.len() { "," } else { "" }
+        ));
+    }
+    o.push_str("  ]\n}\n");
+    o
+}
+
+/// A bar chart of ipcd's gain over kernel TCP per row, on a log scale.
+fn chart(rows: &[Row], path: &Path) -> Result<(), String> {
+    use plotters::prelude::*;
+    let bars: Vec<(String, f64)> =
+        rows.iter().filter_map(|r| Some((format!("{} {}", r.workload, r.metric), r.ratio()?))).collect();
+    let err = |e: &dyn std::fmt::Display| format!("chart: {e}");
+    let root = SVGBackend::new(path, (1000, 80 + 26 * bars.len() as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let max = bars.iter().map(|b| b.1).fold(10.0f64, f64::max) * 1.5;
+    let mut c = ChartBuilder::on(&root)
+        .caption("ipcd over kernel TCP (× better, log scale)", ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(380)
+        .build_cartesian_2d((0.1f64..max).log_scale(), 0..bars.len())
+        .map_err(|e| err(&e))?;
+    let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
+    c.configure_mesh()
+        .disable_y_mesh()
+        .y_labels(bars.len())
+        .y_label_formatter(&|i| labels.get(*i).cloned().unwrap_or_default())
+        .x_desc("ipcd / kernel TCP")
+        .draw()
+        .map_err(|e| err(&e))?;
+    c.draw_series(bars.iter().enumerate().map(|(i, (_, r))| {
+        let color = if *r >= 1.0 { BLUE.mix(0.7) } else { RED.mix(0.7) };
+        Rectangle::new([(0.1, i), (r.max(0.1), i + 1)], color.filled())
+    }))
+    .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
