@@ -242,3 +242,28 @@ impl CloneCmd for Command {
         c
     }
 }
+
+/// The same seeded random sequences of non-blocking socket calls on kernel
+/// TCP and under ipcd: every return value, errno, byte, poll mask,
+/// FIONREAD, SO_ERROR and SIGPIPE must agree. A difference names its
+/// `seed.step`; `probe diff-trace SEED 1` replays it.
+#[test]
+fn differential_against_the_kernel() {
+    const SEEDS: &str = "2000";
+    let run = |what: &str, mut cmd: Command| {
+        let out = cmd.output().expect("run probe");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = must_pass(what, out);
+        assert!(stderr.is_empty(), "{what} complained:\n{stderr}");
+        stdout
+    };
+    let k = run("kernel run", probe(&["diff-trace", "1", SEEDS]));
+    let mon = Monitor::start(RING_BYTES);
+    let i = run("ipcd run", mon.under(&mut probe(&["diff-trace", "1", SEEDS])).clone_cmd());
+    assert!(k.lines().count() > 50_000, "the trace is too short: {} lines", k.lines().count());
+    if let Some((kl, il)) = k.lines().zip(i.lines()).find(|(a, b)| a != b) {
+        panic!("first difference:\n  kernel: {kl}\n  ipcd:   {il}");
+    }
+    assert_eq!(k.lines().count(), i.lines().count(), "traces of different length");
+    assert!(mon.status().status.connects_total >= 2000, "the ipcd run did not use ipcd");
+}
