@@ -21,6 +21,24 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
 
+# Real programs the compatibility tests and `ipcd bench` run under ipcd.
+# Best effort: a program that cannot be installed makes its test skip, and
+# say so, rather than the whole suite fail.
+PROGRAM_PACKAGES=(redis-server redis-tools nginx-light wrk sockperf iperf3 socat python3)
+missing=()
+for p in "${PROGRAM_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    SUDO=""
+    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    log "installing ${missing[*]}"
+    $SUDO apt-get update -qq || true
+    for p in "${missing[@]}"; do
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$p" >/dev/null || log "could not install $p; its tests will skip"
+    done
+fi
+
 # Rust: the stable toolchain pinned in rust-toolchain.toml, plus a nightly
 # with Miri (UB checks of ipcd-ring) and rust-src (Miri's sysroot, cargo-fuzz).
 if ! command -v rustup >/dev/null; then

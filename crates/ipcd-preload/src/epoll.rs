@@ -209,7 +209,12 @@ fn report(m: &mut Member, kernel: bool) -> u32 {
         // Report what is newly set, or anything new from the peer (bytes,
         // FIN, reset) while readable: the moments Linux wakes the socket.
         let fresh = mask & !m.last_mask;
-        let more = edge != m.last_edge && mask & libc::EPOLLIN as u32 != 0;
+        let more_in =
+            (edge.tail, edge.state) != (m.last_edge.tail, m.last_edge.state) && mask & libc::EPOLLIN as u32 != 0;
+        // A send that found no room makes the next room an edge, even if
+        // the ring drained before we looked.
+        let more_out = edge.out != m.last_edge.out && mask & libc::EPOLLOUT as u32 != 0;
+        let more = more_in || more_out;
         m.last_mask = mask;
         m.last_edge = edge;
         if fresh == 0 && !more {
@@ -331,8 +336,7 @@ impl EpollSet {
 /// already reported must not keep waking it).
 fn arm_stream(m: &Member) -> Option<c_int> {
     if m.events & libc::EPOLLET as u32 != 0 {
-        let writable = m.last_mask & libc::EPOLLOUT as u32 != 0;
-        readiness::arm_edge(&m.sock, m.events, m.last_edge, writable)
+        readiness::arm_edge(&m.sock, m.events, m.last_edge)
     } else {
         readiness::arm(&m.sock, m.events)
     }

@@ -222,7 +222,7 @@ fn remap(fd: c_int, conn: u64, side: Side, shared: bool) -> Option<Stream> {
     if shared {
         link.set_shared();
     }
-    Some(Stream { conn: Conn::established(), link, info, connect_pending: false })
+    Some(Stream { conn: Conn::established(), link, info, connect_pending: false, out_blocked: 0 })
 }
 
 /// Maps connection `conn` again at `fd`.

@@ -67,14 +67,15 @@ pub fn arm(sock: &Socket, events: u32) -> Option<i32> {
 }
 
 /// Arms a stream for an edge-triggered wait: wakes on bytes or a state
-/// change past `seen` (for input) and, if it was not writable when last
-/// reported, on room to write. `None` when something new came meanwhile.
-pub fn arm_edge(sock: &Socket, events: u32, seen: Edge, writable: bool) -> Option<i32> {
+/// change past `seen` (for input) and, if it has no room now, on room to
+/// write. `None` when something new came meanwhile.
+pub fn arm_edge(sock: &Socket, events: u32, seen: Edge) -> Option<i32> {
     crate::stream::with_stream(sock, |s| {
         if events & IN_BITS != 0 && s.link.rx.prepare_wait_past(seen.tail, seen.state) != Ok(Wait::Sleep) {
             return None;
         }
-        if events & OUT_BITS != 0 && !writable && s.link.tx.prepare_wait(1) != Ok(Wait::Sleep) {
+        let full = s.link.tx.writable() == Ok(0);
+        if events & OUT_BITS != 0 && full && s.link.tx.prepare_wait(1) != Ok(Wait::Sleep) {
             return None;
         }
         Some(s.link.bell())

@@ -19,6 +19,10 @@ pub struct Stream {
     pub link: Link,
     /// Addresses and ids from the monitor.
     pub info: ConnInfo,
+    /// Times a send found no room (EAGAIN or a short count): each is a
+    /// new edge for edge-triggered EPOLLOUT once room comes back, as Linux's
+    /// SOCK_NOSPACE makes the next write-space wake-up one.
+    pub out_blocked: u64,
     /// A non-blocking connect answered EINPROGRESS and no later `connect`
     /// has reported the completion yet (Linux answers that one with 0).
     pub connect_pending: bool,

@@ -127,12 +127,11 @@ fn block(sock: &Socket, dir: Dir, deadline: Option<Instant>) -> Result<(), libc:
         (w, s.link.bell())
     })?;
     let (Ok(Wait::Sleep), bell) = prepared else { return Ok(()) };
-    let woken = sock.sleepers.sleep(bell, deadline);
-    let _ = with_stream(sock, |s| match dir {
-        Dir::Recv => s.link.rx.cancel_wait(),
-        Dir::Send(_) => s.link.tx.cancel_wait(),
-    });
-    match woken {
+    // The waiting flag is not cleared after the sleep: another thread of
+    // this process may have armed the same flag and still rely on it (a
+    // clear here lost its wake-up: four threads sending on one socket hung).
+    // A stale flag costs the peer one doorbell ring, never a lost wake-up.
+    match sock.sleepers.sleep(bell, deadline) {
         Woken::Retry => Ok(()),
         Woken::Timeout => Err(libc::EAGAIN),
         Woken::Interrupted => Err(libc::EINTR),
@@ -159,12 +158,15 @@ pub unsafe fn send(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
         let (step, cap) = with_stream(sock, |s| {
             let cap = s.link.tx.capacity();
             let whole = !flags.nonblock && total <= cap;
-            let ring = s.observe();
+            let mut ring = s.observe();
+            if ring.writable < total - done {
+                // The cached view of the reader's progress may be stale: a
+                // send that has room must not come back short (Linux sends
+                // it whole, and programs count on that).
+                ring.writable = s.link.tx.writable().unwrap_or(0);
+            }
             let step = match s.conn.send(&ring, total - done, flags.nosignal) {
-                // The cached view of the reader's progress may be stale:
-                // look at the real one before deciding to wait.
-                Send::Write(n) if whole && n < total && s.link.tx.writable().unwrap_or(0) < total => Err(None),
-                Send::Write(_) if whole => write(s, &mut cur, total),
+                Send::Write(n) if whole && n < total => Err(None),
                 Send::Write(n) => write(s, &mut cur, n),
                 Send::Discard(n) => {
                     cur.skip(n);
@@ -196,6 +198,7 @@ pub unsafe fn send(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
             }
             Err(None) => {
                 if flags.nonblock {
+                    let _ = with_stream(sock, |s| s.out_blocked += 1);
                     return if done > 0 { Ok(done) } else { Err(libc::EAGAIN) };
                 }
                 // Room for all of a whole send; for a larger one a quarter
@@ -332,11 +335,13 @@ pub struct Edge {
     pub tail: u64,
     /// The writer's state as last read.
     pub state: ipcd_ring::PeerState,
+    /// Sends that found no room so far ([`Stream::out_blocked`]).
+    pub out: u64,
 }
 
 impl Default for Edge {
     fn default() -> Edge {
-        Edge { tail: 0, state: ipcd_ring::PeerState::Open }
+        Edge { tail: 0, state: ipcd_ring::PeerState::Open, out: 0 }
     }
 }
 
@@ -345,7 +350,7 @@ pub fn poll(sock: &Socket) -> Result<(u32, Edge), libc::c_int> {
     with_stream(sock, |s| {
         let ring = s.observe();
         let mask = s.conn.poll(&ring).bits();
-        (mask, Edge { tail: s.link.rx.tail_seen(), state: s.link.rx.peer_state() })
+        (mask, Edge { tail: s.link.rx.tail_seen(), state: s.link.rx.peer_state(), out: s.out_blocked })
     })
 }
 

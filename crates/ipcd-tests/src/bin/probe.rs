@@ -827,7 +827,30 @@ fn epoll_edge() -> Res {
     ensure!(epoll_get(ep, 1000)? == [(IN, 6)], "FIN edge");
     ensure!(recv(s3, &mut buf, 0) == 0, "end of stream");
     ensure!(epoll_get(ep, 30)?.is_empty(), "FIN reported once");
-    for fd in [c, nc, a, l, ep, c3, s3] {
+    // A send that found no room makes the next room an EPOLLOUT edge, even
+    // when the reader drained everything before the wait.
+    let (c4, s4) = pair(false)?;
+    set_nonblocking(c4, true)?;
+    epoll_add(ep, c4, OUT | ET, 7)?;
+    ensure!(epoll_get(ep, 1000)? == [(OUT, 7)], "first OUT edge");
+    let chunk = vec![1u8; 65536];
+    let mut queued = 0usize;
+    while send(c4, &chunk, 0) > 0 {
+        queued += 1;
+        ensure!(queued < 1 << 14, "the send side never filled");
+    }
+    ensure!(errno() == libc::EAGAIN, "full send: {}", errno());
+    set_nonblocking(s4, true)?;
+    let mut sink = vec![0u8; 65536];
+    loop {
+        let r = recv(s4, &mut sink, 0);
+        if r <= 0 {
+            break;
+        }
+    }
+    let got = epoll_get(ep, 1000)?;
+    ensure!(got.contains(&(OUT, 7)), "room after EAGAIN is an edge: {got:?}");
+    for fd in [c, nc, a, l, ep, c3, s3, c4, s4] {
         net::close(fd);
     }
     Ok(())

@@ -1,0 +1,271 @@
+//! Real programs from Debian's packages, server and client both under
+//! ipcd: each test checks the program's result and, from the monitor's
+//! counters, that its connections went over shared memory. A program that
+//! is not installed (scripts/setup.sh installs them) makes its test skip
+//! and say so.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ipcd_tests::data::{Fnv, Prng};
+use ipcd_tests::harness::{die_with_parent, Monitor};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_probe");
+
+/// Whether every program is on PATH; prints why a test skips otherwise.
+fn have(test: &str, programs: &[&str]) -> bool {
+    for p in programs {
+        let found =
+            Command::new("sh").args(["-c", &format!("command -v {p}")]).output().is_ok_and(|o| o.status.success());
+        if !found {
+            println!("SKIPPED {test}: {p} is not installed (scripts/setup.sh installs it)");
+            return false;
+        }
+    }
+    true
+}
+
+/// A port free right now on 127.0.0.1.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+/// A server process, killed on drop.
+struct Bg(Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn under(mon: &Monitor, program: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(program);
+    die_with_parent(&mut c).args(args).stdin(Stdio::null());
+    mon.under(&mut c);
+    c
+}
+
+fn spawn_server(mon: &Monitor, program: &str, args: &[&str], port: u16) -> Bg {
+    let child = under(mon, program, args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn server");
+    let bg = Bg(child);
+    // Ready once the monitor lists its listener (a test connection would
+    // itself be a client, and make socat fork).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !mon.status().listeners.iter().any(|l| l.addr.port() == port) {
+        assert!(Instant::now() < deadline, "{program} did not listen on {port} under ipcd");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bg
+}
+
+fn ok(what: &str, out: Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{what}: {}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+fn brokered(mon: &Monitor) -> u64 {
+    mon.status().status.connects_total
+}
+
+#[test]
+fn redis_cli_and_benchmark() {
+    if !have("redis", &["redis-server", "redis-cli", "redis-benchmark"]) {
+        return;
+    }
+    let mon = Monitor::start(1 << 20);
+    let port = free_port();
+    let p = port.to_string();
+    let _server = spawn_server(
+        &mon,
+        "redis-server",
+        &["--port", &p, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"],
+        port,
+    );
+    let mut rng = Prng::new(42);
+    for i in 0..20 {
+        let mut v = [0u8; 24];
+        rng.fill(&mut v);
+        let value: String = v.iter().map(|b| format!("{b:02x}")).collect();
+        let key = format!("key{i}");
+        assert_eq!(
+            ok("SET", under(&mon, "redis-cli", &["-p", &p, "SET", &key, &value]).output().unwrap()).trim(),
+            "OK"
+        );
+        assert_eq!(ok("GET", under(&mon, "redis-cli", &["-p", &p, "GET", &key]).output().unwrap()).trim(), value);
+    }
+    assert!(brokered(&mon) >= 40, "redis-cli did not go through ipcd");
+    for pipeline in ["1", "16"] {
+        let out = ok(
+            "redis-benchmark",
+            under(&mon, "redis-benchmark", &["-p", &p, "-t", "set,get", "-n", "20000", "-P", pipeline, "-q", "--csv"])
+                .output()
+                .unwrap(),
+        );
+        assert!(out.contains("\"SET\"") && out.contains("\"GET\""), "{out}");
+    }
+    assert!(brokered(&mon) >= 140, "redis-benchmark's 50 clients did not go through ipcd");
+    assert_eq!(mon.status().status.fallbacks_total, 0);
+}
+
+fn nginx_conf(dir: &std::path::Path, port: u16) -> PathBuf {
+    let conf = dir.join("nginx.conf");
+    let text = format!(
+        "daemon off;\nmaster_process off;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{ access_log off; sendfile on;\n\
+           client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+           server {{ listen 127.0.0.1:{port}; root {d}/html; }} }}\n",
+        d = dir.display()
+    );
+    std::fs::write(&conf, text).unwrap();
+    conf
+}
+
+#[test]
+fn nginx_serves_curl_and_wrk() {
+    if !have("nginx", &["nginx", "curl", "wrk"]) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ipcd-nginx-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("html")).unwrap();
+    let mut data = vec![0u8; 20 << 20];
+    Prng::new(7).fill(&mut data);
+    std::fs::write(dir.join("html/big.bin"), &data).unwrap();
+    std::fs::write(dir.join("html/index.html"), "hello from nginx\n").unwrap();
+    let mon = Monitor::start(1 << 20);
+    let port = free_port();
+    let conf = nginx_conf(&dir, port);
+    // One process (master_process off): a forked worker would share the
+    // listener, whose ipcd clients then go through the kernel by design.
+    let _server = spawn_server(&mon, "nginx", &["-p", &dir.to_string_lossy(), "-c", &conf.to_string_lossy()], port);
+    let url = format!("http://127.0.0.1:{port}/big.bin");
+    let out = under(&mon, "curl", &["-sf", &url]).output().unwrap();
+    assert!(out.status.success(), "curl failed");
+    let (mut want, mut got) = (Fnv::default(), Fnv::default());
+    want.update(&data);
+    got.update(&out.stdout);
+    assert_eq!((out.stdout.len(), got), (data.len(), want), "the file came back different");
+    let before = brokered(&mon);
+    let wrk = ok(
+        "wrk",
+        under(&mon, "wrk", &["-t2", "-c16", "-d2s", &format!("http://127.0.0.1:{port}/index.html")]).output().unwrap(),
+    );
+    assert!(wrk.contains("Requests/sec") && !wrk.contains("Non-2xx"), "{wrk}");
+    assert!(brokered(&mon) >= before + 16, "wrk's connections did not go through ipcd");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sockperf_ping_pong_and_throughput() {
+    if !have("sockperf", &["sockperf"]) {
+        return;
+    }
+    let mon = Monitor::start(1 << 20);
+    let port = free_port();
+    let p = port.to_string();
+    let _server = spawn_server(&mon, "sockperf", &["server", "--tcp", "-i", "127.0.0.1", "-p", &p], port);
+    // sockperf sizes its bookkeeping for at most 600 k messages/s unless
+    // told a rate; over ipcd it goes faster.
+    let pp = ok(
+        "sockperf ping-pong",
+        under(&mon, "sockperf", &["ping-pong", "--tcp", "-i", "127.0.0.1", "-p", &p, "-t", "1", "--mps=5000000"])
+            .output()
+            .unwrap(),
+    );
+    assert!(pp.contains("percentile 50.000"), "{pp}");
+    let tp = ok(
+        "sockperf throughput",
+        under(&mon, "sockperf", &["throughput", "--tcp", "-i", "127.0.0.1", "-p", &p, "-t", "1", "--mps=5000000"])
+            .output()
+            .unwrap(),
+    );
+    assert!(tp.contains("BandWidth"), "{tp}");
+    assert!(brokered(&mon) >= 2, "sockperf did not go through ipcd");
+}
+
+#[test]
+fn iperf3_over_loopback() {
+    if !have("iperf3", &["iperf3"]) {
+        return;
+    }
+    let mon = Monitor::start(1 << 20);
+    let port = free_port();
+    let p = port.to_string();
+    let server =
+        under(&mon, "iperf3", &["-s", "-1", "-p", &p]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let _server = Bg(server);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = ok("iperf3", under(&mon, "iperf3", &["-c", "127.0.0.1", "-p", &p, "-t", "1"]).output().unwrap());
+    assert!(out.contains("receiver"), "{out}");
+    assert!(brokered(&mon) >= 2, "iperf3's control and data connections did not go through ipcd");
+}
+
+#[test]
+fn socat_forking_echo_server() {
+    if !have("socat", &["socat"]) {
+        return;
+    }
+    let mon = Monitor::start(1 << 20);
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork");
+    let _server = spawn_server(&mon, "socat", &[&listen, "PIPE"], port);
+    for i in 0..5 {
+        let msg = format!("echo number {i}\n");
+        let mut c = under(&mon, "socat", &["-t", "1", "-", &format!("TCP:127.0.0.1:{port}")]);
+        let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(msg.as_bytes()).unwrap();
+        assert_eq!(ok("socat client", child.wait_with_output().unwrap()), msg);
+    }
+    // The first connection goes over ipcd; once socat has forked, its
+    // listener is shared with a child and the kernel takes the rest.
+    let st = mon.status().status;
+    assert!(st.connects_total >= 1 && st.connects_total + st.fallbacks_total >= 5, "{st:?}");
+}
+
+#[test]
+fn python_asyncio_many_connections() {
+    if !have("python", &["python3"]) {
+        return;
+    }
+    let mon = Monitor::start(256 * 1024);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/asyncio_echo.py");
+    let out = ok("asyncio echo", under(&mon, "python3", &[&script.to_string_lossy(), "200"]).output().unwrap());
+    assert!(out.contains("200 of 200"), "{out}");
+    // Connects beyond asyncio's backlog of 100 waiting ones go to the
+    // kernel, as the monitor does for any full accept queue.
+    let st = mon.status().status;
+    assert!(st.connects_total >= 100 && st.connects_total + st.fallbacks_total == 200, "{st:?}");
+}
+
+#[test]
+fn static_client_falls_back_to_the_kernel() {
+    if !have("static C client", &["cc"]) {
+        return;
+    }
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("c/static_client.c");
+    let bin = std::env::temp_dir().join(format!("ipcd-static-client-{}", std::process::id()));
+    let built = Command::new("cc").args(["-O2", "-static", "-o"]).arg(&bin).arg(&src).status().expect("cc");
+    if !built.success() {
+        println!("SKIPPED static client: no static libc to link with");
+        return;
+    }
+    let mon = Monitor::start(256 * 1024);
+    let mut server = under(&mon, PROBE, &["serve", "1"]);
+    let mut server = Bg(server.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.0.stdout.as_mut().unwrap()), &mut line).unwrap();
+    let mut client = Command::new(&bin);
+    // LD_PRELOAD is set but cannot apply: the binary has no dynamic loader.
+    let out = ok("static client", mon.under(die_with_parent(&mut client)).arg(line.trim()).output().unwrap());
+    let _ = std::fs::remove_file(&bin);
+    assert_eq!(out.trim(), "ok");
+    assert!(server.0.wait().unwrap().success());
+    let st = mon.status().status;
+    assert_eq!((st.connects_total, st.fallbacks_total), (0, 0), "{st:?}");
+}
