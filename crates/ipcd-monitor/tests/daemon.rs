@@ -31,7 +31,18 @@ impl Monitor {
         Monitor::start_with(Command::new(IPCD), socket)
     }
 
-    fn start_with(mut cmd: Command, socket: String) -> Monitor {
+    /// A monitor in `--poll` mode (busy-polling instead of sleeping).
+    fn start_polling() -> Monitor {
+        let socket = format!("ipcd-test-poll-{}", std::process::id());
+        let cmd = Command::new(IPCD);
+        Monitor::start_with_args(cmd, socket, &["--poll"])
+    }
+
+    fn start_with(cmd: Command, socket: String) -> Monitor {
+        Monitor::start_with_args(cmd, socket, &[])
+    }
+
+    fn start_with_args(mut cmd: Command, socket: String, extra: &[&str]) -> Monitor {
         // SAFETY: prctl in the child before exec: if the test process dies
         // (a crash skips Drop), the monitor goes with it instead of holding
         // the test runner's output pipes open.
@@ -43,6 +54,7 @@ impl Monitor {
         }
         let child = cmd
             .args(["daemon", "--socket", &socket, "--ring-bytes", "4096"])
+            .args(extra)
             .env("IPCD_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
@@ -166,7 +178,15 @@ fn bell_count(fd: &OwnedFd) -> u64 {
 
 #[test]
 fn a_connect_is_brokered_with_a_working_segment_and_doorbells() {
-    let m = Monitor::start();
+    brokering_works(Monitor::start());
+}
+
+#[test]
+fn the_busy_polling_monitor_brokers_too() {
+    brokering_works(Monitor::start_polling());
+}
+
+fn brokering_works(m: Monitor) {
     let mut server = m.client();
     let mut client = m.client();
     let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
