@@ -7,34 +7,32 @@ cd "$(dirname "$0")/.."
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
-# System packages. Keep this list the one place they are named.
+# System packages. Keep these lists the one place they are named.
 APT_PACKAGES=(build-essential pkg-config ca-certificates curl)
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    SUDO=""
-    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
-    log "installing ${missing[*]}"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
-fi
-
 # Real programs the compatibility tests and `ipcd bench` run under ipcd.
 # Best effort: a program that cannot be installed makes its test skip, and
 # say so, rather than the whole suite fail.
 PROGRAM_PACKAGES=(redis-server redis-tools nginx-light wrk sockperf iperf3 socat python3)
-missing=()
-for p in "${PROGRAM_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    SUDO=""
-    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
-    log "installing ${missing[*]}"
+
+# Prints the packages of "$@" that are not installed.
+missing() {
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+    done
+}
+SUDO=""
+[[ $(id -u) -eq 0 ]] || SUDO="sudo"
+mapfile -t need < <(missing "${APT_PACKAGES[@]}")
+if ((${#need[@]})); then
+    log "installing ${need[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+mapfile -t need < <(missing "${PROGRAM_PACKAGES[@]}")
+if ((${#need[@]})); then
+    log "installing ${need[*]}"
     $SUDO apt-get update -qq || true
-    for p in "${missing[@]}"; do
+    for p in "${need[@]}"; do
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$p" >/dev/null || log "could not install $p; its tests will skip"
     done
 fi

@@ -216,16 +216,26 @@ pub unsafe fn send(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
 /// Copies `n` bytes (which the ring has room for) from the cursor.
 fn write(s: &mut Stream, cur: &mut IoCursor<'_>, n: usize) -> Result<usize, Option<(libc::c_int, bool)>> {
     // SAFETY: the caller's iovecs are readable (contract of `send`).
-    match unsafe { cur.write_to(&mut s.link.tx, n) } {
-        Ok(wake) => {
-            if wake {
-                s.link.ring_peer();
+    let moved = unsafe { cur.write_to(&mut s.link.tx, n) };
+    Ok(s.moved(moved, n))
+}
+
+impl Stream {
+    /// After `n` bytes were copied through a ring: wakes the peer if it
+    /// asked; a ring that turned out corrupt resets the connection and
+    /// counts nothing moved.
+    fn moved(&mut self, r: Result<bool, ipcd_ring::Error>, n: usize) -> usize {
+        match r {
+            Ok(wake) => {
+                if wake {
+                    self.link.ring_peer();
+                }
+                n
             }
-            Ok(n)
-        }
-        Err(_) => {
-            s.abort();
-            Ok(0)
+            Err(_) => {
+                self.abort();
+                0
+            }
         }
     }
 }
@@ -249,18 +259,8 @@ pub unsafe fn recv(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
             match s.conn.recv(&ring, total - done) {
                 Recv::Read(n) => {
                     // SAFETY: the caller's iovecs are writable.
-                    match unsafe { cur.read_from(&mut s.link.rx, n, flags.peek) } {
-                        Ok(wake) => {
-                            if wake {
-                                s.link.ring_peer();
-                            }
-                            Ok(n)
-                        }
-                        Err(_) => {
-                            s.abort();
-                            Ok(0)
-                        }
-                    }
+                    let moved = unsafe { cur.read_from(&mut s.link.rx, n, flags.peek) };
+                    Ok(s.moved(moved, n))
                 }
                 Recv::Eof => Err(None),
                 Recv::WouldBlock => Err(Some(libc::EAGAIN)),
