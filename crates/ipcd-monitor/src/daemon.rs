@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 const EXECED: &str = "replaced by its exec'd image";
 
 use ipcd_proto::channel::{Channel, ChannelError, Fds, Listener as ChannelListener};
-use ipcd_proto::message::{ConnInfo, ConnStatus, ErrorCode, Fallback, ListenerStatus, Request, Response, Side, Status};
+use ipcd_proto::message::{
+    ConnInfo, ConnStatus, EndState, ErrorCode, Fallback, ListenerStatus, Request, Response, Side, Status,
+};
 use ipcd_proto::{Caps, SockAddr, PROTOCOL_VERSIONS};
 
 use crate::config::Config;
@@ -689,6 +691,7 @@ impl Daemon {
                 addrs: [rec.info[0].local, rec.info[1].local],
                 bytes: [rec.seg.view().written(ipcd_ring::Side::A), rec.seg.view().written(ipcd_ring::Side::B)],
                 segment_len: rec.seg.len() as u64,
+                states: [end_state(rec, Side::A), end_state(rec, Side::B)],
             })
         }));
         out.push(Response::Ok);
@@ -700,6 +703,20 @@ impl Daemon {
 
 /// Closes a dead process's end as the kernel closes its socket: a reset if
 /// it left bytes unread, else a FIN; on a corrupt ring, a reset.
+/// What `side` of a connection has done, from the monitor's books and the
+/// flags its writer left in the ring.
+fn end_state(rec: &ConnRec, side: Side) -> EndState {
+    if rec.gone[idx(side)] {
+        return EndState::Gone;
+    }
+    // The side's sending ring is read by the other side's consumer.
+    match rec.seg.view().consumer(ring_side(other(side))).map(|c| c.peer_state()) {
+        Ok(ipcd_ring::PeerState::Open) => EndState::Open,
+        Ok(ipcd_ring::PeerState::Closed) => EndState::Fin,
+        Ok(ipcd_ring::PeerState::Reset) | Err(_) => EndState::Reset,
+    }
+}
+
 fn end_gone(seg: &SharedSegment, side: Side) {
     let view = seg.view();
     let s = ring_side(side);

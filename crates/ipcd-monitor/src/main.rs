@@ -283,18 +283,20 @@ fn to_table(r: &StatusReport) -> String {
     }
     if !r.connections.is_empty() {
         out.push_str(&format!(
-            "\n{:<6} {:<8} {:<28} {:<8} {:<28} {:>12} {:>12}\n",
-            "conn", "pid A", "address A", "pid B", "address B", "bytes A→B", "bytes B→A"
+            "\n{:<6} {:<8} {:<24} {:<6} {:<8} {:<24} {:<6} {:>12} {:>12}\n",
+            "conn", "pid A", "address A", "state", "pid B", "address B", "state", "bytes A→B", "bytes B→A"
         ));
         for c in &r.connections {
             let pid = |p: u32| if p == 0 { "gone".to_string() } else { p.to_string() };
             out.push_str(&format!(
-                "{:<6} {:<8} {:<28} {:<8} {:<28} {:>12} {:>12}\n",
+                "{:<6} {:<8} {:<24} {:<6} {:<8} {:<24} {:<6} {:>12} {:>12}\n",
                 c.conn,
                 pid(c.pids[0]),
                 c.addrs[0].to_string(),
+                c.states[0].name(),
                 pid(c.pids[1]),
                 c.addrs[1].to_string(),
+                c.states[1].name(),
                 c.bytes[0],
                 c.bytes[1]
             ));
@@ -320,8 +322,17 @@ fn to_json(r: &StatusReport) -> String {
         .iter()
         .map(|c| {
             format!(
-                r#"{{"conn":{},"pids":[{},{}],"addrs":["{}","{}"],"bytes":[{},{}],"segment_bytes":{}}}"#,
-                c.conn, c.pids[0], c.pids[1], c.addrs[0], c.addrs[1], c.bytes[0], c.bytes[1], c.segment_len
+                r#"{{"conn":{},"pids":[{},{}],"addrs":["{}","{}"],"states":["{}","{}"],"bytes":[{},{}],"segment_bytes":{}}}"#,
+                c.conn,
+                c.pids[0],
+                c.pids[1],
+                c.addrs[0],
+                c.addrs[1],
+                c.states[0].name(),
+                c.states[1].name(),
+                c.bytes[0],
+                c.bytes[1],
+                c.segment_len
             )
         })
         .collect();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ipcd_monitor::client::MonitorClient;
 use ipcd_proto::channel::Channel;
-use ipcd_proto::message::{ErrorCode, Fallback, Request, Response, Side};
+use ipcd_proto::message::{EndState, ErrorCode, Fallback, Request, Response, Side};
 use ipcd_proto::{ListenFlags, SockAddr};
 use ipcd_ring::{PeerState, Segment};
 use memmap2::MmapMut;
@@ -217,6 +217,10 @@ fn brokering_works(m: Monitor) {
     let report = client.status().unwrap();
     assert_eq!((report.status.connections, report.status.listeners, report.status.connects_total), (1, 1, 1));
     assert_eq!(report.listeners[0].pending, 1, "not yet accepted");
+    assert_eq!(report.connections[0].states, [EndState::Open, EndState::Open]);
+    // A FIN from A shows in the listing.
+    let _ = tx.close();
+    assert_eq!(client.status().unwrap().connections[0].states, [EndState::Fin, EndState::Open]);
     server.notify(&Request::Accepted { conn: cinfo.conn }).unwrap();
     client.notify(&Request::Close { conn: cinfo.conn, side: Side::A }).unwrap();
     server.notify(&Request::Close { conn: cinfo.conn, side: Side::B }).unwrap();

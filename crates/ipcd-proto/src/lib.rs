@@ -25,8 +25,8 @@ pub mod channel;
 pub use addr::SockAddr;
 pub use error::{DecodeError, EncodeError};
 pub use message::{
-    Caps, ConnInfo, ConnStatus, ErrorCode, Fallback, ListenFlags, ListenerStatus, Request, Response, Side, Status,
-    CODEC_VERSION, FRAME_MAGIC, HEADER_LEN, MAX_FDS, MAX_FRAME,
+    Caps, ConnInfo, ConnStatus, EndState, ErrorCode, Fallback, ListenFlags, ListenerStatus, Request, Response, Side,
+    Status, CODEC_VERSION, FRAME_MAGIC, HEADER_LEN, MAX_FDS, MAX_FRAME,
 };
 pub use state::{CloseAction, Conn, Errno, How, Phase, Readiness, Recv, Ring, Send, Shutdown};
 

@@ -194,6 +194,34 @@ pub struct ListenerStatus {
     pub reuseport: bool,
 }
 
+/// What one end of a connection has done, as its ring shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EndState {
+    /// Sending and receiving.
+    Open,
+    /// Its writing side is shut (a FIN went out).
+    Fin,
+    /// It reset the connection.
+    Reset,
+    /// No process holds it any more.
+    Gone,
+}
+
+impl EndState {
+    /// Every value, in wire-code order.
+    pub const ALL: &'static [EndState] = &[EndState::Open, EndState::Fin, EndState::Reset, EndState::Gone];
+
+    /// Short name for `ipcd status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EndState::Open => "open",
+            EndState::Fin => "fin",
+            EndState::Reset => "reset",
+            EndState::Gone => "gone",
+        }
+    }
+}
+
 /// One connection, in the listing that follows [`Response::Status`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnStatus {
@@ -207,6 +235,8 @@ pub struct ConnStatus {
     pub bytes: [u64; 2],
     /// Segment length in bytes.
     pub segment_len: u64,
+    /// State of side A and of side B.
+    pub states: [EndState; 2],
 }
 
 /// A request from a process to the monitor.
@@ -421,6 +451,11 @@ trait Code: Sized + Copy + PartialEq + 'static {
 impl Code for Side {
     const ALL: &'static [Self] = &[Side::A, Side::B];
     const FIELD: &'static str = "side";
+}
+
+impl Code for EndState {
+    const ALL: &'static [Self] = EndState::ALL;
+    const FIELD: &'static str = "end state";
 }
 
 impl Code for Fallback {
@@ -640,6 +675,8 @@ impl Response {
                 w.u64(c.bytes[0]);
                 w.u64(c.bytes[1]);
                 w.u64(c.segment_len);
+                c.states[0].encode(w);
+                c.states[1].encode(w);
             }
         })
     }
@@ -686,6 +723,7 @@ impl Response {
                 addrs: [SockAddr::decode(r)?, SockAddr::decode(r)?],
                 bytes: [r.u64()?, r.u64()?],
                 segment_len: r.u64()?,
+                states: [EndState::decode(r)?, EndState::decode(r)?],
             }),
             other => return Err(DecodeError::UnknownType(other)),
         };

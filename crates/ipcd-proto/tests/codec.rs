@@ -87,9 +87,19 @@ fn response() -> impl Strategy<Value = Response> {
                 reuseport
             })
         ),
-        (any::<u64>(), any::<[u32; 2]>(), addr(), addr(), any::<[u64; 3]>()).prop_map(|(conn, pids, a, b, n)| {
-            Response::ConnEntry(ConnStatus { conn, pids, addrs: [a, b], bytes: [n[0], n[1]], segment_len: n[2] })
-        }),
+        (any::<u64>(), any::<[u32; 2]>(), addr(), addr(), any::<[u64; 3]>(), 0..4usize, 0..4usize).prop_map(
+            |(conn, pids, a, b, n, s0, s1)| {
+                let states = [EndState::ALL[s0], EndState::ALL[s1]];
+                Response::ConnEntry(ConnStatus {
+                    conn,
+                    pids,
+                    addrs: [a, b],
+                    bytes: [n[0], n[1]],
+                    segment_len: n[2],
+                    states,
+                })
+            }
+        ),
     ]
 }
 

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use ipcd_proto::EndState;
 use ipcd_tests::harness::{die_with_parent, Monitor};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_probe");
@@ -215,6 +216,7 @@ fn status_shows_a_program_and_its_connection() {
         std::thread::sleep(Duration::from_millis(10));
     };
     assert_eq!(conn.pids, [hold.id(), server.child.id()], "{conn:?}");
+    assert_eq!(conn.states, [EndState::Open, EndState::Open], "{conn:?}");
     assert_eq!(conn.addrs[1].port(), server.port);
     let report = mon.status();
     assert_eq!(report.listeners.len(), 1, "{report:?}");
