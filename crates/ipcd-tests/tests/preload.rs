@@ -71,6 +71,7 @@ checks! {
     select_over_mixed_fds => "select",
     epoll_level_triggered => "epoll-level",
     epoll_edge_oneshot_connect_close => "epoll-edge",
+    epoll_several_sets_threads_and_fork => "epoll-shared",
     fork_both_use_one_connection => "fork-share",
     fork_parent_closes_child_serves => "fork-handoff",
     exec_hands_a_connection_over => "exec-handoff",

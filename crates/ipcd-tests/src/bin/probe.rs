@@ -1472,6 +1472,45 @@ fn diff_traces(first: u64, count: u64) -> Res {
     Ok(())
 }
 
+/// One socket in two epoll sets; a set used from two threads; a set
+/// inherited across fork, waited on in the child.
+fn epoll_shared() -> Res {
+    let (c, s) = pair(false)?;
+    // SAFETY: plain epoll creation.
+    let (e1, e2) = unsafe { (libc::epoll_create1(0), libc::epoll_create1(0)) };
+    ensure!(e1 >= 0 && e2 >= 0, "epoll_create1");
+    epoll_add(e1, s, IN, 11)?;
+    epoll_add(e2, s, IN, 22)?;
+    ensure!(send(c, b"x", 0) == 1, "send");
+    ensure!(epoll_get(e1, 1000)? == [(IN, 11)] && epoll_get(e2, 1000)? == [(IN, 22)], "both sets see it");
+    let mut b = [0u8; 1];
+    ensure!(recv(s, &mut b, 0) == 1, "read");
+    // Two threads wait on one set; one wake-up is enough for one of them.
+    let waiters: Vec<_> = (0..2).map(|_| std::thread::spawn(move || epoll_get(e1, 2000))).collect();
+    std::thread::sleep(Duration::from_millis(50));
+    ensure!(send(c, b"y", 0) == 1, "send");
+    let mut woken = 0;
+    for w in waiters {
+        if !w.join().map_err(|_| "waiter panicked")??.is_empty() {
+            woken += 1;
+        }
+    }
+    ensure!(woken >= 1, "no waiter of the shared set woke");
+    // The child inherits the set and its members.
+    let pid = fork()?;
+    if pid == 0 {
+        in_child(|| {
+            ensure!(epoll_get(e2, 1000)? == [(IN, 22)], "inherited set in the child");
+            Ok(())
+        });
+    }
+    wait_child(pid)?;
+    for fd in [c, s, e1, e2] {
+        net::close(fd);
+    }
+    Ok(())
+}
+
 fn check(name: &str) -> Res {
     match name {
         "echo" => echo(false, 200, 1),
@@ -1493,6 +1532,7 @@ fn check(name: &str) -> Res {
         "select" => select_mixed(),
         "epoll-level" => epoll_level(),
         "epoll-edge" => epoll_edge(),
+        "epoll-shared" => epoll_shared(),
         "fork-share" => fork_share(),
         "threads" => threads(),
         "close-race" => close_race(),
