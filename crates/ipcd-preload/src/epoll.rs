@@ -18,6 +18,7 @@ use libc::{c_int, epoll_event};
 use crate::readiness::{self, Kind};
 use crate::socket::{Socket, State};
 use crate::stream::Edge;
+use crate::wait::{Next, Rounds};
 use crate::{control, real};
 
 /// High bits of the data of our own entries in a kernel epoll set. A
@@ -43,9 +44,6 @@ fn untag(data: u64) -> Option<(u64, c_int)> {
     (data & TAG_MASK == TAG).then_some(((data >> 32) & 0xffff, data as u32 as c_int))
 }
 
-/// Rounds of the spin between two looks at the kernel.
-const KERNEL_EVERY: u32 = 32;
-
 /// One of our fds in a set.
 struct Member {
     fd: c_int,
@@ -67,8 +65,11 @@ struct Member {
 #[derive(Default)]
 pub struct EpollSet {
     members: Mutex<Vec<Member>>,
-    /// Tagged fds in the kernel instance, with what identifies the owner
-    /// (an fd number may be closed and reused by another doorbell).
+    /// Tagged fds in the kernel instance, with the serial of the socket they
+    /// belong to: an fd number (and a socket's address) may be reused by a
+    /// later socket whose fd the kernel instance has never seen — an
+    /// identity by address once skipped registering a new connection's
+    /// doorbell, and nginx stalled until its send timeout.
     sources: Mutex<HashMap<c_int, (Source, u64)>>,
     /// Where the next scan starts, so no member starves the others.
     cursor: AtomicUsize,
@@ -274,7 +275,7 @@ impl EpollSet {
         for m in members.iter().filter(|m| !m.disarmed) {
             match readiness::kind(&m.sock) {
                 Kind::Stream => match arm_stream(m) {
-                    Some(bell) => want.push((bell, Source::Bell, Arc::as_ptr(&m.sock) as u64, libc::EPOLLIN as u32)),
+                    Some(bell) => want.push((bell, Source::Bell, m.sock.serial, libc::EPOLLIN as u32)),
                     None => return false,
                 },
                 // Kernel fds wake us the way the member reports: an
@@ -282,11 +283,11 @@ impl EpollSet {
                 Kind::Listener(_) => {
                     listener = true;
                     let ev = libc::EPOLLIN as u32 | (m.events & libc::EPOLLET as u32);
-                    want.push((m.fd, Source::Kernel, Arc::as_ptr(&m.sock) as u64, ev));
+                    want.push((m.fd, Source::Kernel, m.sock.serial, ev));
                 }
                 Kind::Kernel => {
                     let ev = m.events & (0xffff | libc::EPOLLET as u32);
-                    want.push((m.fd, Source::Kernel, Arc::as_ptr(&m.sock) as u64, ev));
+                    want.push((m.fd, Source::Kernel, m.sock.serial, ev));
                 }
             }
         }
@@ -336,7 +337,7 @@ impl EpollSet {
 /// already reported must not keep waking it).
 fn arm_stream(m: &Member) -> Option<c_int> {
     if m.events & libc::EPOLLET as u32 != 0 {
-        readiness::arm_edge(&m.sock, m.events, m.last_edge)
+        readiness::arm_edge(&m.sock, m.events, m.last_edge, m.last_mask & libc::EPOLLOUT as u32 != 0)
     } else {
         readiness::arm(&m.sock, m.events)
     }
@@ -379,11 +380,9 @@ pub fn wait(
     // from the kernel and dropped would be lost for edge-triggered and
     // one-shot entries. Our tagged events share the room.
     let mut buf = vec![epoll_event { events: 0, u64: 0 }; out.len()];
-    let spin = crate::config::get().spin;
-    let mut spin_start: Option<Instant> = None;
-    let mut round: u32 = 0;
+    let mut rounds = Rounds::new();
     loop {
-        let look = round % KERNEL_EVERY == 0;
+        let look = rounds.kernel_now();
         let mut n = set.scan(out, look);
         if n < out.len() && look {
             let cap = out.len() - n;
@@ -394,24 +393,16 @@ pub fn wait(
             }
             n = take_kernel(set, &buf[..r as usize], out, n);
         }
-        round = round.wrapping_add(1);
         if n > 0 {
             return Ok(n as c_int);
         }
-        let now = Instant::now();
-        if deadline.is_some_and(|d| d <= now) {
-            if round % KERNEL_EVERY != 1 {
-                round = 0;
-                continue;
-            }
-            return Ok(0);
-        }
-        if now.duration_since(*spin_start.get_or_insert(now)) < spin {
-            std::hint::spin_loop();
-            continue;
+        match rounds.after_empty(deadline) {
+            Next::Again => continue,
+            Next::TimedOut => return Ok(0),
+            Next::Sleep => {}
         }
         if !set.arm(epfd) {
-            round = 0;
+            rounds.look_again();
             continue;
         }
         let timeout = deadline.map_or(-1, |d| {
@@ -430,7 +421,6 @@ pub fn wait(
         if n > 0 {
             return Ok(n as c_int);
         }
-        round = 1;
-        spin_start = None;
+        rounds.woke(true);
     }
 }

@@ -13,10 +13,8 @@ use libc::{c_int, pollfd};
 
 use crate::readiness::{self, Kind};
 use crate::socket::Socket;
+use crate::wait::{Next, Rounds};
 use crate::{control, real};
-
-/// Rounds of the spin between two looks at the kernel fds.
-const KERNEL_EVERY: u32 = 32;
 
 /// One of our entries in the caller's array.
 type Ours = (usize, Arc<Socket>, Kind);
@@ -62,9 +60,7 @@ pub fn poll(
         srcs.push(Src::Events);
     }
     let base = kfds.len();
-    let spin = crate::config::get().spin;
-    let mut spin_start: Option<Instant> = None;
-    let mut round: u32 = 0;
+    let mut rounds = Rounds::new();
     loop {
         // The rings, and what the control channel already delivered.
         for p in fds.iter_mut() {
@@ -79,27 +75,17 @@ pub fn poll(
             };
             fds[*i].revents = got as libc::c_short;
         }
-        // The kernel: on the first round, then every few rounds.
-        if round % KERNEL_EVERY == 0 {
+        if rounds.kernel_now() {
             kernel_look(&mut kfds[..base], &srcs, fds)?;
         }
-        round = round.wrapping_add(1);
         let ready = fds.iter().filter(|p| p.revents != 0).count();
         if ready > 0 {
             return Ok(ready as c_int);
         }
-        let now = Instant::now();
-        if deadline.is_some_and(|d| d <= now) {
-            // One last look at the kernel before saying "nothing".
-            if round % KERNEL_EVERY != 1 {
-                round = 0;
-                continue;
-            }
-            return Ok(0);
-        }
-        if now.duration_since(*spin_start.get_or_insert(now)) < spin {
-            std::hint::spin_loop();
-            continue;
+        match rounds.after_empty(deadline) {
+            Next::Again => continue,
+            Next::TimedOut => return Ok(0),
+            Next::Sleep => {}
         }
         // Arm every stream; if one turned ready meanwhile, look again.
         kfds.truncate(base);
@@ -119,7 +105,7 @@ pub fn poll(
             }
         }
         if !armed {
-            round = 0;
+            rounds.look_again();
             continue;
         }
         let timeout = deadline.map(|d| {
@@ -147,8 +133,7 @@ pub fn poll(
             }
         }
         // Look at everything again, the kernel first thing.
-        round = 0;
-        spin_start = None;
+        rounds.woke(false);
     }
 }
 

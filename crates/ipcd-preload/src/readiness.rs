@@ -68,14 +68,16 @@ pub fn arm(sock: &Socket, events: u32) -> Option<i32> {
 
 /// Arms a stream for an edge-triggered wait: wakes on bytes or a state
 /// change past `seen` (for input) and, if it has no room now, on room to
-/// write. `None` when something new came meanwhile.
-pub fn arm_edge(sock: &Socket, events: u32, seen: Edge) -> Option<i32> {
+/// write. `None` when something new came meanwhile: bytes, or room that
+/// the last report (`out_reported` false) did not show — the reader may
+/// have drained the ring between that report and now, and would not ring
+/// us since we had not asked (nginx stalled until its send timeout).
+pub fn arm_edge(sock: &Socket, events: u32, seen: Edge, out_reported: bool) -> Option<i32> {
     crate::stream::with_stream(sock, |s| {
         if events & IN_BITS != 0 && s.link.rx.prepare_wait_past(seen.tail, seen.state) != Ok(Wait::Sleep) {
             return None;
         }
-        let full = s.link.tx.writable() == Ok(0);
-        if events & OUT_BITS != 0 && full && s.link.tx.prepare_wait(1) != Ok(Wait::Sleep) {
+        if events & OUT_BITS != 0 && s.link.tx.prepare_wait(1) != Ok(Wait::Sleep) && !out_reported {
             return None;
         }
         Some(s.link.bell())

@@ -47,6 +47,9 @@ pub enum State {
 
 /// One socket object, shared by every fd that `dup` made of it.
 pub struct Socket {
+    /// Unique for the life of the process (an address or an fd number can
+    /// be reused by a later socket; this cannot).
+    pub serial: u64,
     /// `AF_INET` or `AF_INET6`.
     pub family: libc::c_int,
     /// What it is; held only for short sections, never while sleeping.
@@ -76,7 +79,9 @@ pub struct Socket {
 impl Socket {
     /// A fresh socket of `family`.
     pub fn new(family: libc::c_int, nonblock: bool, state: State) -> Socket {
+        static SERIAL: AtomicU64 = AtomicU64::new(1);
         Socket {
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             family,
             stream: AtomicBool::new(matches!(state, State::Stream(_))),
             state: Mutex::new(state),

@@ -129,3 +129,78 @@ pub fn spin(mut ready: impl FnMut() -> bool) -> bool {
         }
     }
 }
+
+/// The rhythm of a wait over several fds (poll, select, epoll): rounds that
+/// look at the rings, and at the kernel's fds on the first round and every
+/// few rounds after, for the spin budget; then a sleep.
+#[derive(Debug)]
+pub struct Rounds {
+    round: u32,
+    spin_start: Option<Instant>,
+    spin: std::time::Duration,
+}
+
+/// What a wait does after a round that found nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Another round.
+    Again,
+    /// Arm and sleep.
+    Sleep,
+    /// The deadline passed and the last round looked at the kernel too.
+    TimedOut,
+}
+
+/// Rounds of the spin between two looks at the kernel's fds (a look is a
+/// system call; a round without one is a few loads per ipcd socket).
+const KERNEL_EVERY: u32 = 32;
+
+impl Rounds {
+    /// A wait starting now; its first round looks at the kernel.
+    pub fn new() -> Rounds {
+        Rounds { round: 0, spin_start: None, spin: crate::config::get().spin }
+    }
+
+    /// Whether this round looks at the kernel's fds too.
+    pub fn kernel_now(&self) -> bool {
+        self.round % KERNEL_EVERY == 0
+    }
+
+    /// After a round that found nothing ready.
+    pub fn after_empty(&mut self, deadline: Option<Instant>) -> Next {
+        let looked = self.kernel_now();
+        self.round = self.round.wrapping_add(1);
+        let now = Instant::now();
+        if deadline.is_some_and(|d| d <= now) {
+            if looked {
+                return Next::TimedOut;
+            }
+            // One last look at the kernel before saying "nothing".
+            self.round = 0;
+            return Next::Again;
+        }
+        if now.duration_since(*self.spin_start.get_or_insert(now)) < self.spin {
+            std::hint::spin_loop();
+            return Next::Again;
+        }
+        Next::Sleep
+    }
+
+    /// Something turned ready while arming: look again, the kernel first.
+    pub fn look_again(&mut self) {
+        self.round = 0;
+    }
+
+    /// After a sleep: spin afresh; `kernel_seen` if the sleep itself just
+    /// reported the kernel's fds (no need to ask again at once).
+    pub fn woke(&mut self, kernel_seen: bool) {
+        self.round = u32::from(kernel_seen);
+        self.spin_start = None;
+    }
+}
+
+impl Default for Rounds {
+    fn default() -> Rounds {
+        Rounds::new()
+    }
+}
