@@ -6,6 +6,7 @@
 //! thread never reads freed memory; the lookup then holds an `Arc` of its
 //! own, as a system call holds a reference to its file.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use crossbeam_epoch::{self as epoch, Atomic, Owned};
@@ -19,6 +20,9 @@ pub const TABLE_LEN: usize = 1 << 16;
 struct Entry(Arc<Socket>);
 
 static TABLE: [Atomic<Entry>; TABLE_LEN] = [const { Atomic::null() }; TABLE_LEN];
+/// Slots in use: a process with none (most forks of a shell) skips the
+/// walk of the whole table at fork and exec.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 fn slot(fd: libc::c_int) -> Option<&'static Atomic<Entry>> {
     TABLE.get(usize::try_from(fd).ok()?)
@@ -46,6 +50,9 @@ pub fn install(fd: libc::c_int, sock: Arc<Socket>) -> Result<Option<Arc<Socket>>
     sock.add_fd();
     let guard = epoch::pin();
     let old = slot.swap(Owned::new(Entry(sock)), std::sync::atomic::Ordering::AcqRel, &guard);
+    if old.is_null() {
+        LIVE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     Ok(retire(old, &guard))
 }
 
@@ -58,6 +65,9 @@ pub fn remove(fd: libc::c_int) -> Option<Arc<Socket>> {
     }
     let guard = epoch::pin();
     let old = slot.swap(epoch::Shared::null(), std::sync::atomic::Ordering::AcqRel, &guard);
+    if !old.is_null() {
+        LIVE.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
     retire(old, &guard)
 }
 
@@ -80,6 +90,9 @@ pub fn for_each(mut f: impl FnMut(&Arc<Socket>)) {
 
 /// Calls `f` with every fd of ours and its socket.
 pub fn for_each_fd(mut f: impl FnMut(libc::c_int, &Arc<Socket>)) {
+    if LIVE.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        return;
+    }
     let guard = epoch::pin();
     for (fd, slot) in TABLE.iter().enumerate() {
         // SAFETY: null check only, as in `get`.
