@@ -5,7 +5,7 @@ use std::io;
 
 use ipcd_proto::channel::{Channel, ChannelError, Fds};
 use ipcd_proto::message::{ConnStatus, ListenerStatus, Request, Response, Status};
-use ipcd_proto::{Caps, PROTOCOL_VERSIONS};
+use ipcd_proto::Caps;
 
 /// A registered control channel to the monitor.
 pub struct MonitorClient {
@@ -41,20 +41,14 @@ impl MonitorClient {
         // SAFETY: getuid/getpid cannot fail.
         let (uid, pid) = unsafe { (libc::getuid(), libc::getpid() as u32) };
         let cred = chan.peer_cred()?;
-        if cred.uid != uid && cred.uid != 0 {
+        if !cred.is_monitor_for(uid) {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 format!("the monitor on @{socket} runs as uid {}, not {uid} or root", cred.uid),
             ));
         }
         let mut c = MonitorClient { chan, seq: 0, welcome: Response::Ok };
-        let hello = Request::Hello {
-            version_min: *PROTOCOL_VERSIONS.start(),
-            version_max: *PROTOCOL_VERSIONS.end(),
-            pid,
-            uid,
-            caps: Caps::empty(),
-        };
+        let hello = Request::hello(pid, uid, Caps::empty());
         let (welcome, _) = c.call(&hello, &[])?;
         if !matches!(welcome, Response::Welcome { .. }) {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("monitor refused: {welcome:?}")));

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ipcd_proto::channel::{Channel, ChannelError, Fds};
 use ipcd_proto::message::{ConnInfo, Request, Response};
-use ipcd_proto::{Caps, PROTOCOL_VERSIONS};
+use ipcd_proto::Caps;
 
 use crate::log::{log, Level};
 use crate::real;
@@ -103,18 +103,12 @@ impl Control {
         // SAFETY: getuid cannot fail.
         let uid = unsafe { libc::getuid() };
         let cred = chan.peer_cred().map_err(|e| e.to_string())?;
-        if cred.uid != uid && cred.uid != 0 {
+        if !cred.is_monitor_for(uid) {
             return Err(format!("the monitor runs as uid {}, not {uid} or root", cred.uid));
         }
         chan.set_nonblocking(true).map_err(|e| e.to_string())?;
         let mut c = Control { chan, seq: 0, pid, incoming: HashMap::new() };
-        let hello = Request::Hello {
-            version_min: *PROTOCOL_VERSIONS.start(),
-            version_max: *PROTOCOL_VERSIONS.end(),
-            pid,
-            uid,
-            caps: Caps::empty(),
-        };
+        let hello = Request::hello(pid, uid, Caps::empty());
         match c.call(&hello, &[]).map_err(|e| e.to_string())?.0 {
             Response::Welcome { .. } => {}
             other => return Err(format!("monitor refused: {other:?}")),

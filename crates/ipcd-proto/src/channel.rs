@@ -94,6 +94,14 @@ pub struct PeerCred {
     pub gid: u32,
 }
 
+impl PeerCred {
+    /// Whether a process of user `uid` may trust this peer as its monitor:
+    /// the same user, or root.
+    pub fn is_monitor_for(&self, uid: u32) -> bool {
+        self.uid == uid || self.uid == 0
+    }
+}
+
 /// Fds received with a message, in the order its definition gives.
 #[derive(Debug, Default)]
 pub struct Fds(Vec<OwnedFd>);

@@ -324,6 +324,19 @@ pub enum Request {
     Stop,
 }
 
+impl Request {
+    /// The `Hello` of a process: every protocol version this build speaks.
+    pub fn hello(pid: u32, uid: u32, caps: Caps) -> Request {
+        Request::Hello {
+            version_min: *crate::PROTOCOL_VERSIONS.start(),
+            version_max: *crate::PROTOCOL_VERSIONS.end(),
+            pid,
+            uid,
+            caps,
+        }
+    }
+}
+
 /// A reply or event from the monitor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Response {
