@@ -36,6 +36,13 @@ if ((${#need[@]})); then
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$p" >/dev/null || log "could not install $p; its tests will skip"
     done
 fi
+# CPython's own socket tests (run by crates/ipcd-tests/tests/suites.rs)
+# ship in a package of their own on Debian.
+if command -v python3 >/dev/null && ! python3 -c 'import test.test_socket' 2>/dev/null; then
+    v=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "libpython$v-testsuite" >/dev/null ||
+        log "could not install libpython$v-testsuite; the CPython suite will skip"
+fi
 
 # Rust: the stable toolchain pinned in rust-toolchain.toml, plus a nightly
 # with Miri (UB checks of ipcd-ring) and rust-src (Miri's sysroot, cargo-fuzz).

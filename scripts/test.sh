@@ -22,6 +22,8 @@ stage "tests (release)"
 # The integration tests run the built `ipcd` and `libipcd_preload.so`
 # (artifacts of other packages, which `cargo test` alone does not promise).
 cargo build --workspace --release --locked
+# Other projects' suites (tokio's, the kernel's) that tests/suites.rs runs.
+scripts/suites.sh
 cargo test --workspace --release --locked
 
 stage "loom models (LOOM_MAX_PREEMPTIONS=3)"

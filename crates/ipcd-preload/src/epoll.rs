@@ -9,7 +9,7 @@
 //! program.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -18,6 +18,7 @@ use libc::{c_int, epoll_event};
 use crate::readiness::{self, Kind};
 use crate::socket::{Socket, State};
 use crate::stream::Edge;
+use crate::table::TABLE_LEN;
 use crate::wait::{Next, Rounds};
 use crate::{control, real};
 
@@ -64,6 +65,8 @@ struct Member {
 /// The user-space part of one epoll instance.
 #[derive(Default)]
 pub struct EpollSet {
+    /// Some fd of ours was ever added: waits take our path.
+    used: AtomicBool,
     members: Mutex<Vec<Member>>,
     /// Tagged fds in the kernel instance, with the serial of the socket they
     /// belong to: an fd number (and a socket's address) may be reused by a
@@ -75,9 +78,15 @@ pub struct EpollSet {
     cursor: AtomicUsize,
 }
 
+/// Every epoll fd we know of, each to its instance's user-space part: the
+/// part belongs to the instance, not the fd, since a program may add
+/// through one fd and wait through a dup of it (mio's `Registry::try_clone`,
+/// so every tokio program, does).
 static SETS: Mutex<Option<HashMap<c_int, Arc<EpollSet>>>> = Mutex::new(None);
-/// Number of epoll fds with a user-space part: zero keeps epoll_wait of
-/// programs without ipcd sockets on the direct path.
+/// Which fds are in `SETS`: close and dup of other fds pay one load.
+static KNOWN: [AtomicU64; TABLE_LEN / 64] = [const { AtomicU64::new(0) }; TABLE_LEN / 64];
+/// Number of instances with fds of ours: zero keeps epoll_wait of programs
+/// without ipcd sockets on the direct path.
 static ANY: AtomicUsize = AtomicUsize::new(0);
 
 fn sets() -> MutexGuard<'static, Option<HashMap<c_int, Arc<EpollSet>>>> {
@@ -88,45 +97,89 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The user-space part of `epfd`, if it has one.
+fn known_bit(fd: c_int) -> Option<(&'static AtomicU64, u64)> {
+    let i = usize::try_from(fd).ok().filter(|&i| i < TABLE_LEN)?;
+    Some((&KNOWN[i / 64], 1 << (i % 64)))
+}
+
+/// Whether `fd` is an epoll fd we track (one load).
+#[inline]
+pub fn is_epoll(fd: c_int) -> bool {
+    known_bit(fd).is_some_and(|(w, b)| w.load(Ordering::Relaxed) & b != 0)
+}
+
+/// Records `fd` as a name of `set`.
+fn insert(map: &mut HashMap<c_int, Arc<EpollSet>>, fd: c_int, set: Arc<EpollSet>) {
+    if let Some(old) = map.insert(fd, set) {
+        release(old);
+    }
+    if let Some((w, b)) = known_bit(fd) {
+        w.fetch_or(b, Ordering::Relaxed);
+    }
+}
+
+/// One name of `set` went away: the last one of a used set leaves the count.
+fn release(set: Arc<EpollSet>) {
+    if Arc::strong_count(&set) == 1 && set.used.load(Ordering::Relaxed) {
+        ANY.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The user-space part of `epfd`, if it has fds of ours.
 #[inline]
 pub fn get(epfd: c_int) -> Option<Arc<EpollSet>> {
     if ANY.load(Ordering::Relaxed) == 0 {
         return None;
     }
-    sets().as_ref()?.get(&epfd).cloned()
+    sets().as_ref()?.get(&epfd).filter(|s| s.used.load(Ordering::Relaxed)).cloned()
 }
 
+/// `epoll_create` made `epfd`: a fresh instance.
+pub fn created(epfd: c_int) {
+    insert(sets().get_or_insert_with(HashMap::new), epfd, Arc::default());
+}
+
+/// The part of `epfd`, made if it is new to us (created before exec, or
+/// received), and marked used.
 fn get_or_make(epfd: c_int) -> Arc<EpollSet> {
     let mut g = sets();
     let map = g.get_or_insert_with(HashMap::new);
-    Arc::clone(map.entry(epfd).or_insert_with(|| {
+    let set = match map.get(&epfd) {
+        Some(s) => Arc::clone(s),
+        None => {
+            let s = Arc::<EpollSet>::default();
+            insert(map, epfd, Arc::clone(&s));
+            s
+        }
+    };
+    if !set.used.swap(true, Ordering::Relaxed) {
         ANY.fetch_add(1, Ordering::Relaxed);
-        Arc::default()
-    }))
+    }
+    set
 }
 
 /// `epfd` was closed (or replaced by dup2).
 pub fn forget(epfd: c_int) {
-    if ANY.load(Ordering::Relaxed) == 0 {
+    let Some((w, b)) = known_bit(epfd) else { return };
+    if w.load(Ordering::Relaxed) & b == 0 {
         return;
     }
-    if let Some(map) = sets().as_mut() {
-        if map.remove(&epfd).is_some() {
-            ANY.fetch_sub(1, Ordering::Relaxed);
-        }
+    w.fetch_and(!b, Ordering::Relaxed);
+    let removed = sets().as_mut().and_then(|m| m.remove(&epfd));
+    if let Some(set) = removed {
+        release(set);
     }
 }
 
-/// `new` is a dup of `epfd`: the same instance.
+/// `new` is a dup of `epfd`: another name of the same instance.
 pub fn copied(epfd: c_int, new: c_int) {
-    if let Some(set) = get(epfd) {
-        let mut g = sets();
-        if let Some(map) = g.as_mut() {
-            if map.insert(new, set).is_none() {
-                ANY.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+    if !is_epoll(epfd) {
+        return;
+    }
+    let mut g = sets();
+    let Some(map) = g.as_mut() else { return };
+    if let Some(set) = map.get(&epfd).cloned() {
+        insert(map, new, set);
     }
 }
 

@@ -250,8 +250,9 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
                 // SAFETY: the caller's msghdr.
                 unsafe {
                     (*msg).msg_namelen = 0;
-                    (*msg).msg_controllen = 0;
                     (*msg).msg_flags = 0;
+                    let inq = s.inq().then(|| stream::readable(&s).unwrap_or(0));
+                    put_inq(&mut *msg, inq);
                 }
             }
             r
@@ -259,6 +260,39 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
         // SAFETY: the caller's arguments, unchanged.
         None => unsafe { real::recvmsg(fd, msg, flags) },
     }
+}
+
+/// `TCP_INQ` (and its control message's type, `TCP_CM_INQ`), which the
+/// libc crate does not name.
+pub(crate) const TCP_INQ: c_int = 36;
+
+/// Fills `msg`'s control buffer as Linux's `recvmsg` on a TCP socket does:
+/// nothing, or with `TCP_INQ` on, the bytes left to read (truncated, with
+/// `MSG_CTRUNC`, if the buffer cannot hold it).
+///
+/// # Safety
+/// `msg`'s control pointer and length describe the caller's buffer.
+unsafe fn put_inq(msg: &mut msghdr, inq: Option<usize>) {
+    let Some(inq) = inq else {
+        msg.msg_controllen = 0;
+        return;
+    };
+    let val = inq.min(c_int::MAX as usize) as c_int;
+    let size = std::mem::size_of::<c_int>() as u32;
+    // SAFETY: CMSG_LEN/CMSG_SPACE are arithmetic.
+    let (need, space) = unsafe { (libc::CMSG_LEN(size) as usize, libc::CMSG_SPACE(size) as usize) };
+    if msg.msg_control.is_null() || msg.msg_controllen < need {
+        msg.msg_flags |= libc::MSG_CTRUNC;
+        msg.msg_controllen = 0;
+        return;
+    }
+    // SAFETY: the buffer holds at least CMSG_LEN(int) bytes (checked).
+    unsafe {
+        let c = msg.msg_control.cast::<libc::cmsghdr>();
+        c.write_unaligned(libc::cmsghdr { cmsg_len: need, cmsg_level: libc::SOL_TCP, cmsg_type: TCP_INQ });
+        libc::CMSG_DATA(c).cast::<c_int>().write_unaligned(val);
+    }
+    msg.msg_controllen = space.min(msg.msg_controllen);
 }
 
 /// Interposed `sendmmsg(2)`: each message in turn, stopping at the first

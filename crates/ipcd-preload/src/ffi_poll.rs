@@ -254,6 +254,34 @@ pub unsafe extern "C" fn pselect(
     }
 }
 
+/// Interposed `epoll_create(2)`: we learn the instance's fd, so a dup of
+/// it names the same instance.
+///
+/// # Safety
+/// As for `epoll_create(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_create(size: c_int) -> c_int {
+    // SAFETY: the caller's argument, unchanged.
+    created(unsafe { real::epoll_create(size) })
+}
+
+/// Interposed `epoll_create1(2)`, as `epoll_create`.
+///
+/// # Safety
+/// As for `epoll_create1(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_create1(flags: c_int) -> c_int {
+    // SAFETY: the caller's argument, unchanged.
+    created(unsafe { real::epoll_create1(flags) })
+}
+
+fn created(epfd: c_int) -> c_int {
+    if epfd >= 0 {
+        guarded((), || epoll::created(epfd));
+    }
+    epfd
+}
+
 /// Interposed `epoll_ctl(2)`: our fds are kept beside the kernel set.
 ///
 /// # Safety

@@ -247,8 +247,7 @@ pub unsafe extern "C" fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
 /// dup2 (`flags` None) or dup3.
 unsafe fn dup_onto(fd: c_int, new: c_int, flags: Option<c_int>) -> c_int {
     let src = table::get(fd);
-    if src.is_none() && table::get(new).is_none() && crate::epoll::get(fd).is_none() && crate::epoll::get(new).is_none()
-    {
+    if src.is_none() && table::get(new).is_none() && !crate::epoll::is_epoll(fd) && !crate::epoll::is_epoll(new) {
         // SAFETY: the caller's arguments, unchanged.
         return unsafe {
             match flags {
@@ -430,10 +429,17 @@ pub unsafe extern "C" fn getsockopt(
 pub unsafe extern "C" fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
     // SAFETY: the caller's arguments, unchanged.
     let r = unsafe { real::setsockopt(fd, level, name, val, len) };
-    if r != 0 || level != libc::SOL_SOCKET {
+    if r != 0 || !matches!(level, libc::SOL_SOCKET | libc::IPPROTO_TCP) {
         return r;
     }
     let Some(s) = table::get(fd) else { return r };
+    if level == libc::IPPROTO_TCP {
+        if name == crate::ffi_io::TCP_INQ && len as usize >= std::mem::size_of::<c_int>() {
+            // SAFETY: the kernel accepted it as an int.
+            s.set_inq(unsafe { val.cast::<c_int>().read_unaligned() } != 0);
+        }
+        return r;
+    }
     match name {
         libc::SO_RCVTIMEO | libc::SO_SNDTIMEO if len as usize >= std::mem::size_of::<libc::timeval>() => {
             // SAFETY: the kernel accepted it as a timeval.

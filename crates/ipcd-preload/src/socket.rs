@@ -68,6 +68,8 @@ pub struct Socket {
     sndtimeo_us: AtomicU64,
     /// `SO_LINGER` on with a zero timeout: close resets.
     linger_zero: AtomicBool,
+    /// `TCP_INQ` on: `recvmsg` reports the bytes left to read.
+    inq: AtomicBool,
     /// Data calls in progress. A close while one is in progress (another
     /// thread blocked in recv) waits for it to end, as Linux's close only
     /// drops the fd and the blocked call keeps the socket open.
@@ -91,6 +93,7 @@ impl Socket {
             rcvtimeo_us: AtomicU64::new(0),
             sndtimeo_us: AtomicU64::new(0),
             linger_zero: AtomicBool::new(false),
+            inq: AtomicBool::new(false),
             inflight: AtomicU32::new(0),
             close_deferred: AtomicBool::new(false),
         }
@@ -184,5 +187,15 @@ impl Socket {
     /// Records `SO_LINGER`.
     pub fn set_linger_zero(&self, on: bool) {
         self.linger_zero.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether `TCP_INQ` is on.
+    pub fn inq(&self) -> bool {
+        self.inq.load(Ordering::Relaxed)
+    }
+
+    /// Records `TCP_INQ`.
+    pub fn set_inq(&self, on: bool) {
+        self.inq.store(on, Ordering::Relaxed);
     }
 }

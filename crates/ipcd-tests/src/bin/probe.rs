@@ -457,6 +457,9 @@ fn names(v6: bool) -> Res {
 }
 
 /// FIONREAD, SIOCOUTQ, TCP_NODELAY and SO_KEEPALIVE round trips, FIONBIO.
+/// `TCP_INQ` and its control message type (`TCP_CM_INQ`); not in the libc crate.
+const TCP_INQ: i32 = 36;
+
 fn options() -> Res {
     let (c, s) = pair(false)?;
     ensure!(send(c, b"0123456789", 0) == 10, "send");
@@ -471,11 +474,34 @@ fn options() -> Res {
         cvt("setsockopt", unsafe { libc::setsockopt(c, level, opt, (&raw const one).cast(), 4) }).map_err(f)?;
         ensure!(int_opt(c, level, opt)? == 1, "option {opt} did not stick");
     }
+    // TCP_INQ: recvmsg tells how many bytes are left (the kernel's own
+    // tcp_inq selftest checks this).
     let on: i32 = 1;
+    // SAFETY: an int option.
+    cvt("setsockopt", unsafe { libc::setsockopt(s, libc::IPPROTO_TCP, TCP_INQ, (&raw const on).cast(), 4) })
+        .map_err(f)?;
+    let mut four = [0u8; 4];
+    let mut iov = libc::iovec { iov_base: four.as_mut_ptr().cast(), iov_len: 4 };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: a zeroed msghdr is valid; the fields set below point at live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: the msghdr above.
+    ensure!(unsafe { libc::recvmsg(s, &mut msg, 0) } == 4, "recvmsg with TCP_INQ");
+    // SAFETY: CMSG_FIRSTHDR reads the msghdr the kernel (or ipcd) filled.
+    let c0 = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    ensure!(!c0.is_null(), "no control message with TCP_INQ on (controllen {})", msg.msg_controllen);
+    // SAFETY: a control message within `cbuf`, its data an int.
+    let (level, ty, inq) =
+        unsafe { ((*c0).cmsg_level, (*c0).cmsg_type, libc::CMSG_DATA(c0).cast::<i32>().read_unaligned()) };
+    ensure!((level, ty, inq) == (libc::SOL_TCP, TCP_INQ, 6), "TCP_INQ message: level {level} type {ty} inq {inq}");
     // SAFETY: FIONBIO's int pointer.
     cvt("ioctl", unsafe { libc::ioctl(s, libc::FIONBIO, &on) }).map_err(f)?;
     let mut buf = [0u8; 16];
-    ensure!(recv(s, &mut buf, 0) == 10, "read");
+    ensure!(recv(s, &mut buf, 0) == 6, "read");
     let r = recv(s, &mut buf, 0);
     ensure!(r == -1 && errno() == libc::EAGAIN, "FIONBIO did not make it non-blocking: {r}/{}", errno());
     net::close(c);
@@ -1479,10 +1505,17 @@ fn epoll_shared() -> Res {
     // SAFETY: plain epoll creation.
     let (e1, e2) = unsafe { (libc::epoll_create1(0), libc::epoll_create1(0)) };
     ensure!(e1 >= 0 && e2 >= 0, "epoll_create1");
-    epoll_add(e1, s, IN, 11)?;
+    // A dup names the same set, even one made before any member was added
+    // (mio adds through a dup and waits through the original).
+    // SAFETY: dup of an epoll fd.
+    let e1dup = cvt("fcntl", unsafe { libc::fcntl(e1, libc::F_DUPFD_CLOEXEC, 3) }).map_err(f)?;
+    epoll_add(e1dup, s, IN, 11)?;
     epoll_add(e2, s, IN, 22)?;
     ensure!(send(c, b"x", 0) == 1, "send");
-    ensure!(epoll_get(e1, 1000)? == [(IN, 11)] && epoll_get(e2, 1000)? == [(IN, 22)], "both sets see it");
+    ensure!(epoll_get(e1, 1000)? == [(IN, 11)], "the set added to through its dup");
+    ensure!(epoll_get(e2, 1000)? == [(IN, 22)], "both sets see it");
+    net::close(e1dup);
+    ensure!(epoll_get(e1, 1000)? == [(IN, 11)], "the set after its dup closed");
     let mut b = [0u8; 1];
     ensure!(recv(s, &mut b, 0) == 1, "read");
     // Two threads wait on one set; one wake-up is enough for one of them.
