@@ -100,4 +100,5 @@ fn ipcd_bench_quick_writes_every_result() {
     assert!(svg.starts_with("<svg") && svg.matches("<rect").count() > rows.len(), "chart has no bars");
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("ipcd gain") && table.contains("round trip 8 B"), "{table}");
+    assert!(table.contains("scaling: 8 pair(s)") && table.contains("CPU per message"), "{table}");
 }

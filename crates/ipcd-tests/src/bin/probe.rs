@@ -22,14 +22,16 @@
 //!   probe prefork-clients PORT N  N connections in turn; prints how many
 //!                               workers answered
 //!   probe bench-server tcp|unix CPU         one benchmark connection; prints
-//!                               its port or socket path
+//!                               its port or socket path (CPU `-`: unpinned)
 //!   probe bench-client tcp|unix ADDR CPU MODE SIZE COUNT
 //!                               MODE lat: COUNT round trips of SIZE bytes,
 //!                               prints p50 p99 p99.9 in nanoseconds; MODE
 //!                               rtt: COUNT round trips of SIZE bytes,
-//!                               prints nanoseconds per round trip; MODE
-//!                               stream: COUNT sends of SIZE bytes, prints
-//!                               nanoseconds for all of them
+//!                               prints the nanoseconds taken; MODE rtt-for:
+//!                               round trips for COUNT ms, prints how many
+//!                               and the nanoseconds taken; MODE stream:
+//!                               COUNT sends of SIZE bytes, prints the
+//!                               nanoseconds taken
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -1613,8 +1615,10 @@ fn unix_addr(path: &str) -> (libc::sockaddr_un, libc::socklen_t) {
 
 /// The benchmark server: one connection; the client's first byte says the
 /// mode ('r': echo fixed-size messages, 's': sink until end of stream).
-fn bench_server(kind: &str, cpu: u64) -> Res {
-    pin(cpu);
+fn bench_server(kind: &str, cpu: Option<u64>) -> Res {
+    if let Some(cpu) = cpu {
+        pin(cpu);
+    }
     let l = if kind == "unix" {
         let path = std::env::temp_dir().join(format!("ipcd-bench-{}.sock", std::process::id()));
         let path = path.to_string_lossy().into_owned();
@@ -1659,8 +1663,14 @@ fn bench_server(kind: &str, cpu: u64) -> Res {
     Ok(())
 }
 
-fn bench_client(kind: &str, addr: &str, cpu: u64, mode: &str, size: usize, count: u64) -> Res {
-    pin(cpu);
+/// `cpu`: the core to run on, or `None` to let the scheduler place it.
+/// Modes: `lat` (each round trip timed; prints p50 p99 p99.9 in ns), `rtt`
+/// and `stream` (`count` round trips or writes; prints the ns taken),
+/// `rtt-for` (round trips for `count` ms; prints how many and the ns).
+fn bench_client(kind: &str, addr: &str, cpu: Option<u64>, mode: &str, size: usize, count: u64) -> Res {
+    if let Some(cpu) = cpu {
+        pin(cpu);
+    }
     let c = if kind == "unix" {
         // SAFETY: plain socket creation.
         let c = cvt("socket", unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) }).map_err(f)?;
@@ -1699,6 +1709,17 @@ fn bench_client(kind: &str, addr: &str, cpu: u64, mode: &str, size: usize, count
             net::send_all(c, &buf).map_err(f)?;
             net::read_exact(c, &mut buf).map_err(f)?;
         }
+    } else if mode == "rtt-for" {
+        let until = Duration::from_millis(count);
+        let mut n = 0u64;
+        while n % 64 != 0 || start.elapsed() < until {
+            net::send_all(c, &buf).map_err(f)?;
+            net::read_exact(c, &mut buf).map_err(f)?;
+            n += 1;
+        }
+        println!("{n} {}", start.elapsed().as_nanos());
+        net::close(c);
+        return Ok(());
     } else {
         for _ in 0..count {
             net::send_all(c, &buf).map_err(f)?;
@@ -1747,8 +1768,8 @@ fn main() {
         "conn-client" => conn_client(num(1) as u16, num(2) as usize, num(3) as usize),
         "diff-trace" => diff_traces(num(1), num(2)),
         "many-clients" => many_clients(num(1) as u16, num(2) as usize),
-        "bench-server" => bench_server(&arg(1), num(2)),
-        "bench-client" => bench_client(&arg(1), &arg(2), num(3), &arg(4), num(5) as usize, num(6)),
+        "bench-server" => bench_server(&arg(1), arg(2).parse().ok()),
+        "bench-client" => bench_client(&arg(1), &arg(2), arg(3).parse().ok(), &arg(4), num(5) as usize, num(6)),
         other => Err(format!("unknown command {other:?}; see the module docs")),
     };
     if let Err(e) = res {

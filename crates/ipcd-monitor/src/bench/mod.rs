@@ -1,6 +1,11 @@
 //! `ipcd bench`: the same test programs over kernel TCP loopback, a kernel
 //! Unix stream socket and ipcd, in one run, alternating so all three share
 //! the machine's noise; medians, ratios to kernel TCP, JSON and a chart.
+//! Real programs (`programs`) and the scaling series (`scaling`) have files
+//! of their own.
+
+mod programs;
+mod scaling;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -228,7 +233,9 @@ pub fn run(opts: &Options) -> Result<(), String> {
     let all = [Transport::Tcp, Transport::Unix, Transport::Ipcd];
     let tcp_ipcd = [Transport::Tcp, Transport::Ipcd];
     let stream_sizes: [usize; 6] = [8, 64, 1024, 16384, 65536, 1 << 20];
-    let total = reps * (2 * 3 + stream_sizes.len() * 3 + 2 * 2 + 3 * 2);
+    let total = reps * (2 * 3 + stream_sizes.len() * 3 + 2 * 2 + 3 * 2)
+        + programs::steps(reps)
+        + scaling::steps(reps, all.len());
     let mut progress = Progress { done: 0, total };
     let mut rows = Vec::new();
 
@@ -295,6 +302,8 @@ pub fn run(opts: &Options) -> Result<(), String> {
             values,
         });
     }
+    programs::run(&runner, opts.quick, reps, &mut progress, &mut rows);
+    scaling::run(&runner, opts.quick, reps, &all, &mut progress, &mut rows);
     eprintln!();
     print_table(&rows);
     let json = opts.out.join("results.json");
