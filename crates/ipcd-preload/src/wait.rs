@@ -19,6 +19,9 @@ use crate::real;
 pub struct Sleepers {
     generation: AtomicU32,
     drainer: AtomicBool,
+    /// Threads in (or about to enter) the futex wait: the drainer wakes
+    /// them only if there are any, saving a system call per sleep.
+    futex_waiters: AtomicU32,
 }
 
 /// Why a sleep ended without the ring telling us anything.
@@ -55,8 +58,12 @@ impl Sleepers {
                 link::drain(bell);
             }
             self.drainer.store(false, Ordering::Release);
-            self.generation.fetch_add(1, Ordering::Release);
-            futex_wake_all(&self.generation);
+            // SeqCst with the waiters' increment: either we see their count,
+            // or their futex wait sees the new generation and returns.
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            if self.futex_waiters.load(Ordering::SeqCst) != 0 {
+                futex_wake_all(&self.generation);
+            }
             return match r {
                 0 => Woken::Timeout,
                 r if r < 0 && err == libc::EINTR => Woken::Interrupted,
@@ -66,6 +73,7 @@ impl Sleepers {
         // A drainer sleeps on the bell already; it bumps `generation` when it
         // wakes (or gives up the role), so a bump between our load and the
         // futex call makes the futex return at once.
+        self.futex_waiters.fetch_add(1, Ordering::SeqCst);
         // SAFETY: futex wait on a live, aligned u32 with an optional relative timeout.
         let r = unsafe {
             libc::syscall(
@@ -76,7 +84,9 @@ impl Sleepers {
                 tp,
             )
         };
-        match (r, real::errno()) {
+        let err = real::errno();
+        self.futex_waiters.fetch_sub(1, Ordering::SeqCst);
+        match (r, err) {
             (0, _) => Woken::Retry,
             (_, libc::ETIMEDOUT) => Woken::Timeout,
             (_, libc::EINTR) => Woken::Interrupted,
