@@ -17,8 +17,8 @@ mkdir -p "$OUT"
 TOKIO_VERSION=1.54.1
 TOKIO_TESTS=(tcp_stream tcp_echo tcp_shutdown tcp_accept tcp_connect tcp_peek tcp_split tcp_into_split tcp_socket)
 # Kernel programs that are TCP (or bind/listen) tests and run unprivileged
-# on loopback; nettest is run as a server and a client by the test.
-KSELFTESTS=(tcp_inq nettest reuseport_addr_any reuseport_dualstack reuseaddr_conflict socket sk_connect_zero_addr)
+# on loopback; nettest and msg_zerocopy run as a server and a client.
+KSELFTESTS=(tcp_inq nettest msg_zerocopy reuseport_addr_any reuseport_dualstack reuseaddr_conflict socket sk_connect_zero_addr)
 
 tokio() {
     local dst=$OUT/tokio

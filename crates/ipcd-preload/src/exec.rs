@@ -21,7 +21,7 @@ use libc::{c_char, c_int};
 
 use crate::link::Link;
 use crate::log::{log, Level};
-use crate::socket::{Socket, State, Stream};
+use crate::socket::{Socket, State, Stream, Zerocopy};
 use crate::{control, real, setup, table};
 
 /// The environment variable that carries the table across exec.
@@ -222,7 +222,14 @@ fn remap(fd: c_int, conn: u64, side: Side, shared: bool) -> Option<Stream> {
     if shared {
         link.set_shared();
     }
-    Some(Stream { conn: Conn::established(), link, info, connect_pending: false, out_blocked: 0 })
+    Some(Stream {
+        conn: Conn::established(),
+        link,
+        info,
+        connect_pending: false,
+        out_blocked: 0,
+        zerocopy: Zerocopy::default(),
+    })
 }
 
 /// Maps connection `conn` again at `fd`.

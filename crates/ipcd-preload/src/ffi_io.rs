@@ -68,6 +68,15 @@ fn do_send(sock: &Socket, iov: &[iovec], flags: c_int) -> ssize_t {
 }
 
 fn do_recv(sock: &Socket, iov: &[iovec], flags: c_int) -> ssize_t {
+    if flags & libc::MSG_ERRQUEUE != 0 {
+        // recv/recvfrom of the error queue: with no control buffer the
+        // completion is taken and its details lost, as on Linux.
+        return match stream::take_zerocopy(sock) {
+            Ok(Some(_)) => 0,
+            Ok(None) => ret(Err(libc::EAGAIN)),
+            Err(e) => ret(Err(e)),
+        };
+    }
     // SAFETY: the iovecs come from the program's call, which promises them writable.
     call(sock, || ret(unsafe { stream::recv(sock, iov, Flags::new(sock, flags)) }))
 }
@@ -241,6 +250,10 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
             if msg.is_null() {
                 return ret(Err(libc::EFAULT));
             }
+            if flags & libc::MSG_ERRQUEUE != 0 {
+                // SAFETY: the caller's msghdr.
+                return unsafe { recv_errqueue(&s, &mut *msg) };
+            }
             // SAFETY: the caller's msghdr and its iovecs.
             let r = match unsafe { iovs((*msg).msg_iov, (*msg).msg_iovlen as c_int) } {
                 Ok(v) => do_recv(&s, v, flags),
@@ -260,6 +273,60 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
         // SAFETY: the caller's arguments, unchanged.
         None => unsafe { real::recvmsg(fd, msg, flags) },
     }
+}
+
+/// `recvmsg(MSG_ERRQUEUE)` on an ipcd stream: the pending `MSG_ZEROCOPY`
+/// completions as one `IP_RECVERR` (`IPV6_RECVERR`) message, as Linux
+/// reports them; EAGAIN when there are none.
+///
+/// # Safety
+/// `msg`'s control pointer and length describe the caller's buffer.
+unsafe fn recv_errqueue(s: &Socket, msg: &mut msghdr) -> ssize_t {
+    let (lo, hi) = match stream::take_zerocopy(s) {
+        Ok(Some(range)) => range,
+        Ok(None) => return ret(Err(libc::EAGAIN)),
+        Err(e) => return ret(Err(e)),
+    };
+    /// `SO_EE_ORIGIN_ZEROCOPY` and `SO_EE_CODE_ZEROCOPY_COPIED` (linux/errqueue.h).
+    const ORIGIN_ZEROCOPY: u8 = 5;
+    const CODE_COPIED: u8 = 1;
+    let ee = libc::sock_extended_err {
+        ee_errno: 0,
+        ee_origin: ORIGIN_ZEROCOPY,
+        ee_type: 0,
+        ee_code: CODE_COPIED,
+        ee_pad: 0,
+        ee_info: lo,
+        ee_data: hi,
+    };
+    // The error header is the extended error and the offender's address,
+    // which a zerocopy notification leaves zeroed.
+    let (level, ty, offender) = if s.family == libc::AF_INET6 {
+        (libc::SOL_IPV6, libc::IPV6_RECVERR, std::mem::size_of::<libc::sockaddr_in6>())
+    } else {
+        (libc::SOL_IP, libc::IP_RECVERR, std::mem::size_of::<libc::sockaddr_in>())
+    };
+    let size = (std::mem::size_of::<libc::sock_extended_err>() + offender) as u32;
+    // SAFETY: CMSG_LEN/CMSG_SPACE are arithmetic.
+    let (need, space) = unsafe { (libc::CMSG_LEN(size) as usize, libc::CMSG_SPACE(size) as usize) };
+    msg.msg_namelen = 0;
+    msg.msg_flags = libc::MSG_ERRQUEUE;
+    if msg.msg_control.is_null() || msg.msg_controllen < need {
+        msg.msg_flags |= libc::MSG_CTRUNC;
+        msg.msg_controllen = 0;
+        return 0;
+    }
+    // SAFETY: the buffer holds CMSG_LEN(size) bytes (checked); the data is
+    // the extended error followed by a zeroed address.
+    unsafe {
+        let c = msg.msg_control.cast::<libc::cmsghdr>();
+        c.write_unaligned(libc::cmsghdr { cmsg_len: need, cmsg_level: level, cmsg_type: ty });
+        let data = libc::CMSG_DATA(c);
+        std::ptr::write_bytes(data, 0, size as usize);
+        data.cast::<libc::sock_extended_err>().write_unaligned(ee);
+    }
+    msg.msg_controllen = space.min(msg.msg_controllen);
+    0
 }
 
 /// `TCP_INQ` (and its control message's type, `TCP_CM_INQ`), which the

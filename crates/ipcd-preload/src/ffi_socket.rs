@@ -447,6 +447,10 @@ pub unsafe extern "C" fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *
             let t = Duration::from_secs(tv.tv_sec.max(0) as u64) + Duration::from_micros(tv.tv_usec.max(0) as u64);
             s.set_timeout(name == libc::SO_RCVTIMEO, t);
         }
+        libc::SO_ZEROCOPY if len as usize >= std::mem::size_of::<c_int>() => {
+            // SAFETY: the kernel accepted it as an int.
+            s.set_zerocopy(unsafe { val.cast::<c_int>().read_unaligned() } != 0);
+        }
         libc::SO_LINGER if len as usize >= std::mem::size_of::<libc::linger>() => {
             // SAFETY: the kernel accepted it as a linger.
             let l = unsafe { val.cast::<libc::linger>().read_unaligned() };

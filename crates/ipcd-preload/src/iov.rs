@@ -16,6 +16,11 @@ impl<'a> IoCursor<'a> {
         IoCursor { iov, idx: 0, off: 0 }
     }
 
+    /// Whether some buffer is null but not empty: Linux's copy faults on it.
+    pub fn has_null(&self) -> bool {
+        self.iov.iter().any(|v| v.iov_base.is_null() && v.iov_len > 0)
+    }
+
     /// Total bytes the array describes (saturating, as the kernel caps at
     /// `MAX_RW_COUNT` anyway).
     pub fn total(&self) -> usize {

@@ -13,7 +13,7 @@ use crate::control::{self, Pending};
 use crate::link::{self, Link};
 use crate::log::{log, Level};
 use crate::real;
-use crate::socket::{Socket, State, Stream};
+use crate::socket::{Socket, State, Stream, Zerocopy};
 use crate::table;
 
 /// What `connect` decided.
@@ -203,7 +203,14 @@ pub fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect {
             let nonblocking = sock.nonblocking();
             sock.become_stream(
                 &mut state,
-                Stream { conn: Conn::established(), link, info, connect_pending: nonblocking, out_blocked: 0 },
+                Stream {
+                    conn: Conn::established(),
+                    link,
+                    info,
+                    connect_pending: nonblocking,
+                    out_blocked: 0,
+                    zerocopy: Zerocopy::default(),
+                },
             );
             // A non-blocking connect to a loopback listener still answers
             // EINPROGRESS on Linux; the brokering is already done, so the
@@ -288,7 +295,14 @@ fn accepted(sock: &Socket, (info, fds): Pending, flags: libc::c_int) -> Result<(
         return Err(fail(e));
     }
     let peer = info.peer;
-    let stream = Stream { conn: Conn::established(), link, info, connect_pending: false, out_blocked: 0 };
+    let stream = Stream {
+        conn: Conn::established(),
+        link,
+        info,
+        connect_pending: false,
+        out_blocked: 0,
+        zerocopy: Zerocopy::default(),
+    };
     let new = Arc::new(Socket::new(sock.family, flags & libc::SOCK_NONBLOCK != 0, State::Stream(Box::new(stream))));
     if let Err(new) = table::install(fd, new) {
         // An fd beyond the table: we cannot serve it.

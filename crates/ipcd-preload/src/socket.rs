@@ -26,6 +26,32 @@ pub struct Stream {
     /// A non-blocking connect answered EINPROGRESS and no later `connect`
     /// has reported the completion yet (Linux answers that one with 0).
     pub connect_pending: bool,
+    /// `MSG_ZEROCOPY` completions not yet read from the error queue.
+    pub zerocopy: Zerocopy,
+}
+
+/// The `MSG_ZEROCOPY` completions of a stream. Our sends always copy, so
+/// each completes at once, flagged `SO_EE_CODE_ZEROCOPY_COPIED`, as Linux
+/// flags a copied loopback send; consecutive ones merge into one range,
+/// as Linux merges them while they wait in the error queue.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Zerocopy {
+    /// The id of the next zerocopy send.
+    pub next: u32,
+    /// Completed ids `lo..=hi` not yet read.
+    pub pending: Option<(u32, u32)>,
+}
+
+impl Zerocopy {
+    /// A zerocopy send moved bytes: it completes now.
+    pub fn sent(&mut self) {
+        let id = self.next;
+        self.next = id.wrapping_add(1);
+        self.pending = Some(match self.pending {
+            Some((lo, _)) => (lo, id),
+            None => (id, id),
+        });
+    }
 }
 
 /// What the socket is now.
@@ -70,6 +96,8 @@ pub struct Socket {
     linger_zero: AtomicBool,
     /// `TCP_INQ` on: `recvmsg` reports the bytes left to read.
     inq: AtomicBool,
+    /// `SO_ZEROCOPY` on: `MSG_ZEROCOPY` sends report completions.
+    zerocopy: AtomicBool,
     /// Data calls in progress. A close while one is in progress (another
     /// thread blocked in recv) waits for it to end, as Linux's close only
     /// drops the fd and the blocked call keeps the socket open.
@@ -94,6 +122,7 @@ impl Socket {
             sndtimeo_us: AtomicU64::new(0),
             linger_zero: AtomicBool::new(false),
             inq: AtomicBool::new(false),
+            zerocopy: AtomicBool::new(false),
             inflight: AtomicU32::new(0),
             close_deferred: AtomicBool::new(false),
         }
@@ -197,5 +226,15 @@ impl Socket {
     /// Records `TCP_INQ`.
     pub fn set_inq(&self, on: bool) {
         self.inq.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether `SO_ZEROCOPY` is on.
+    pub fn zerocopy(&self) -> bool {
+        self.zerocopy.load(Ordering::Relaxed)
+    }
+
+    /// Records `SO_ZEROCOPY`.
+    pub fn set_zerocopy(&self, on: bool) {
+        self.zerocopy.store(on, Ordering::Relaxed);
     }
 }

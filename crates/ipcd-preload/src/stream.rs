@@ -25,6 +25,10 @@ pub struct Flags {
     pub waitall: bool,
     /// `MSG_NOSIGNAL`.
     pub nosignal: bool,
+    /// `MSG_TRUNC` on a receive: discard the bytes instead of copying them.
+    pub trunc: bool,
+    /// `MSG_ZEROCOPY` on a send of a socket with `SO_ZEROCOPY`.
+    pub zerocopy: bool,
 }
 
 impl Flags {
@@ -35,6 +39,8 @@ impl Flags {
             peek: flags & libc::MSG_PEEK != 0,
             waitall: flags & libc::MSG_WAITALL != 0,
             nosignal: flags & libc::MSG_NOSIGNAL != 0,
+            trunc: flags & libc::MSG_TRUNC != 0,
+            zerocopy: flags & libc::MSG_ZEROCOPY != 0 && sock.zerocopy(),
         }
     }
 }
@@ -166,6 +172,8 @@ pub unsafe fn send(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
                 ring.writable = s.link.tx.writable().unwrap_or(0);
             }
             let step = match s.conn.send(&ring, total - done, flags.nosignal) {
+                // Linux copies from the buffer and faults on a null one.
+                Send::Write(_) if cur.has_null() => Err(Some((libc::EFAULT, false))),
                 Send::Write(n) if whole && n < total => Err(None),
                 Send::Write(n) => write(s, &mut cur, n),
                 Send::Discard(n) => {
@@ -182,6 +190,10 @@ pub unsafe fn send(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
         })?;
         match step {
             Ok(n) => {
+                if done == 0 && n > 0 && flags.zerocopy {
+                    // One completion per send call that moved bytes.
+                    let _ = with_stream(sock, |s| s.zerocopy.sent());
+                }
                 done += n;
                 if done >= total {
                     return Ok(done);
@@ -257,6 +269,13 @@ pub unsafe fn recv(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
         let step = with_stream(sock, |s| {
             let ring = s.observe();
             match s.conn.recv(&ring, total - done) {
+                // MSG_TRUNC: TCP drops (or with PEEK, counts) the bytes, no
+                // buffer needed.
+                Recv::Read(n) if flags.trunc => {
+                    let moved = if flags.peek { Ok(false) } else { s.link.rx.consume(n).map(|t| t.wake_peer) };
+                    Ok(s.moved(moved, n))
+                }
+                Recv::Read(_) if cur.has_null() => Err(Some(libc::EFAULT)),
                 Recv::Read(n) => {
                     // SAFETY: the caller's iovecs are writable.
                     let moved = unsafe { cur.read_from(&mut s.link.rx, n, flags.peek) };
@@ -349,7 +368,10 @@ impl Default for Edge {
 pub fn poll(sock: &Socket) -> Result<(u32, Edge), libc::c_int> {
     with_stream(sock, |s| {
         let ring = s.observe();
-        let mask = s.conn.poll(&ring).bits();
+        let mut mask = s.conn.poll(&ring).bits();
+        if s.zerocopy.pending.is_some() {
+            mask |= libc::POLLERR as u32;
+        }
         (mask, Edge { tail: s.link.rx.tail_seen(), state: s.link.rx.peer_state(), out: s.out_blocked })
     })
 }
@@ -360,6 +382,11 @@ pub fn so_error(sock: &Socket) -> Result<libc::c_int, libc::c_int> {
         let ring = s.observe();
         s.conn.so_error(&ring).map_or(0, errno)
     })
+}
+
+/// Takes the pending `MSG_ZEROCOPY` completions (`recvmsg(MSG_ERRQUEUE)`).
+pub fn take_zerocopy(sock: &Socket) -> Result<Option<(u32, u32)>, libc::c_int> {
+    with_stream(sock, |s| s.zerocopy.pending.take())
 }
 
 /// `FIONREAD`: bytes readable now.

@@ -58,6 +58,7 @@ checks! {
     many_connections_at_once => "many",
     nonblocking_connect_and_eagain => "nonblock",
     msg_peek_and_waitall => "peek-waitall",
+    msg_trunc_null_buffers_and_zerocopy => "trunc-zerocopy",
     sigpipe_and_epipe => "sigpipe",
     close_with_unread_data_resets => "reset",
     half_close => "half-close",

@@ -227,15 +227,61 @@ const KERNEL_PROGRAMS: [(&str, &[&str]); 8] = [
     ("nettest", &["-B", "-r", "127.0.0.1", "-l", "127.0.0.1", "-t", "5", "-q"]),
 ];
 
-/// nettest as two processes: server and client options (addresses, sizes).
+/// How the test sees that a server of a pair is ready.
+#[derive(Clone, Copy)]
+enum Ready {
+    /// It prints a line containing this.
+    Says(&'static str),
+    /// The kernel lists its listener (a test connection would be its client).
+    Listens,
+}
+
+/// Programs run as a server and a client (each given `-p PORT`): program,
+/// readiness, server and client arguments.
+///
 /// nettest counts reads, not messages, and each side stops after its `-n`
 /// reads (default 1): both sides get the same count, and each message fits
 /// one read (1023 bytes), or the run races with itself natively too (a
-/// server that stops early resets a client still sending).
-const NETTEST_PAIRS: [(&[&str], &[&str]); 3] = [
-    (&["-l", "127.0.0.1"], &["-r", "127.0.0.1"]),
-    (&["-l", "127.0.0.1", "-n", "5"], &["-r", "127.0.0.1", "-L", "1000", "-n", "5"]),
-    (&["-6", "-l", "::1", "-n", "5"], &["-6", "-r", "::1", "-L", "1000", "-n", "5"]),
+/// server that stops early resets a client still sending). msg_zerocopy's
+/// receiver discards with `recv(MSG_TRUNC)`; with `-z` the sender reads
+/// `MSG_ZEROCOPY` completions from the error queue.
+const PAIRS: [(&str, Ready, &[&str], &[&str]); 6] = [
+    (
+        "nettest",
+        Ready::Says("waiting for client"),
+        &["-s", "-t", "10", "-l", "127.0.0.1"],
+        &["-t", "10", "-r", "127.0.0.1"],
+    ),
+    (
+        "nettest",
+        Ready::Says("waiting for client"),
+        &["-s", "-t", "10", "-l", "127.0.0.1", "-n", "5"],
+        &["-t", "10", "-r", "127.0.0.1", "-L", "1000", "-n", "5"],
+    ),
+    (
+        "nettest",
+        Ready::Says("waiting for client"),
+        &["-s", "-t", "10", "-6", "-l", "::1", "-n", "5"],
+        &["-t", "10", "-6", "-r", "::1", "-L", "1000", "-n", "5"],
+    ),
+    (
+        "msg_zerocopy",
+        Ready::Listens,
+        &["-4", "-t", "2", "-C", "0", "-S", "127.0.0.1", "-D", "127.0.0.1", "-r", "tcp"],
+        &["-4", "-t", "1", "-C", "1", "-S", "127.0.0.1", "-D", "127.0.0.1", "tcp"],
+    ),
+    (
+        "msg_zerocopy",
+        Ready::Listens,
+        &["-4", "-t", "2", "-C", "0", "-S", "127.0.0.1", "-D", "127.0.0.1", "-r", "tcp"],
+        &["-4", "-t", "1", "-C", "1", "-S", "127.0.0.1", "-D", "127.0.0.1", "-z", "tcp"],
+    ),
+    (
+        "msg_zerocopy",
+        Ready::Listens,
+        &["-6", "-t", "2", "-C", "0", "-S", "::1", "-D", "::1", "-r", "tcp"],
+        &["-6", "-t", "1", "-C", "1", "-S", "::1", "-D", "::1", "-z", "tcp"],
+    ),
 ];
 
 fn kernel_cmd(dir: &Path, prog: &str, mon: Option<&Monitor>) -> Command {
@@ -252,24 +298,36 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
-fn nettest_pair(dir: &Path, server: &[&str], client: &[&str], mon: Option<&Monitor>) -> bool {
+fn pair(dir: &Path, prog: &str, ready: Ready, server: &[&str], client: &[&str], mon: Option<&Monitor>) -> bool {
     let port = free_port().to_string();
-    let mut srv = kernel_cmd(dir, "nettest", mon)
-        .args(["-s", "-p", &port, "-t", "10"])
+    let mut srv = kernel_cmd(dir, prog, mon)
+        .args(["-p", &port])
         .args(server)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("nettest server");
-    // It says so once it listens.
-    let mut lines = BufReader::new(srv.stdout.take().expect("stdout")).lines();
-    if !lines.by_ref().map_while(Result::ok).any(|l| l.contains("waiting for client")) {
+        .expect("server of a pair");
+    // Kept open until the pair is done: a server that logs to a closed
+    // pipe dies of SIGPIPE.
+    let mut out = BufReader::new(srv.stdout.take().expect("stdout"));
+    let up = match ready {
+        Ready::Says(what) => (&mut out).lines().map_while(Result::ok).any(|l| l.contains(what)),
+        Ready::Listens => {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let p: u16 = port.parse().expect("port");
+            while !ipcd_monitor::bench::listening(p) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            ipcd_monitor::bench::listening(p)
+        }
+    };
+    if !up {
         let _ = srv.kill();
         let _ = srv.wait();
         return false;
     }
-    let cli = kernel_cmd(dir, "nettest", mon).args(["-p", &port, "-t", "10"]).args(client).output();
-    drop(lines);
+    let cli = kernel_cmd(dir, prog, mon).args(["-p", &port]).args(client).output();
+    let _ = std::io::copy(&mut out, &mut std::io::sink());
     let srv_ok = srv.wait().is_ok_and(|s| s.success());
     cli.is_ok_and(|o| o.status.success()) && srv_ok
 }
@@ -284,10 +342,10 @@ fn kernel_run(dir: &Path, mon: Option<&Monitor>) -> Results {
         let ok = kernel_cmd(dir, prog, mon).args(args).output().is_ok_and(|o| o.status.success());
         r.insert(format!("{prog} {}", args.join(" ")), verdict(ok));
     }
-    if dir.join("nettest").exists() {
-        for (server, client) in NETTEST_PAIRS {
-            let ok = nettest_pair(dir, server, client, mon);
-            r.insert(format!("nettest -s {} / {}", server.join(" "), client.join(" ")), verdict(ok));
+    for (prog, ready, server, client) in PAIRS {
+        if dir.join(prog).exists() {
+            let ok = pair(dir, prog, ready, server, client, mon);
+            r.insert(format!("{prog} {} / {}", server.join(" "), client.join(" ")), verdict(ok));
         }
     }
     r

@@ -7,6 +7,8 @@
 mod programs;
 mod scaling;
 
+pub use programs::listening;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -36,7 +36,7 @@ fn free_port() -> Result<u16, String> {
 /// Whether the kernel lists a TCP socket listening on `port` (under ipcd
 /// too: a listener keeps its kernel socket for clients not under ipcd).
 /// Asking this way makes no connection, which some servers would count.
-fn listening(port: u16) -> bool {
+pub fn listening(port: u16) -> bool {
     let hex = format!(":{port:04X} ");
     ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
         std::fs::read_to_string(f).is_ok_and(|t| {

@@ -270,6 +270,77 @@ fn nonblock() -> Res {
 }
 
 /// MSG_PEEK leaves the bytes; MSG_WAITALL waits for the whole buffer.
+/// `MSG_TRUNC` discards (or with `MSG_PEEK` counts) bytes without a buffer;
+/// a null buffer otherwise faults and leaves the bytes queued; with
+/// `SO_ZEROCOPY`, `MSG_ZEROCOPY` sends report their completion on the
+/// error queue and `POLLERR` (the kernel's msg_zerocopy selftest).
+fn trunc_zerocopy() -> Res {
+    let (c, s) = pair(false)?;
+    ensure!(send(c, b"0123456789", 0) == 10, "send");
+    std::thread::sleep(Duration::from_millis(20));
+    // SAFETY: a null buffer is what MSG_TRUNC allows.
+    let peeked = unsafe { libc::recv(s, std::ptr::null_mut(), 4, libc::MSG_TRUNC | libc::MSG_PEEK) };
+    ensure!(peeked == 4, "MSG_TRUNC|MSG_PEEK: {peeked} ({})", errno());
+    // SAFETY: as above.
+    let dropped = unsafe { libc::recv(s, std::ptr::null_mut(), 4, libc::MSG_TRUNC) };
+    ensure!(dropped == 4, "MSG_TRUNC: {dropped} ({})", errno());
+    // SAFETY: a null buffer: the kernel's copy faults.
+    let r = unsafe { libc::recv(s, std::ptr::null_mut(), 3, 0) };
+    ensure!(r == -1 && errno() == libc::EFAULT, "recv into null: {r} ({})", errno());
+    let mut buf = [0u8; 16];
+    ensure!(recv(s, &mut buf, 0) == 6 && &buf[..6] == b"456789", "after MSG_TRUNC: {:?}", &buf[..6]);
+    // SAFETY: as above, for a send.
+    let r = unsafe { libc::send(c, std::ptr::null(), 3, 0) };
+    ensure!(r == -1 && errno() == libc::EFAULT, "send from null: {r} ({})", errno());
+
+    let one: i32 = 1;
+    // SAFETY: an int option.
+    cvt("setsockopt", unsafe { libc::setsockopt(c, libc::SOL_SOCKET, libc::SO_ZEROCOPY, (&raw const one).cast(), 4) })
+        .map_err(f)?;
+    for _ in 0..3 {
+        ensure!(send(c, b"zc", libc::MSG_ZEROCOPY) == 2, "MSG_ZEROCOPY send");
+    }
+    let mut got = [0u8; 6];
+    net::read_exact(s, &mut got).map_err(f)?;
+    // Completions may come in one range or several; all three, each copied.
+    let mut done = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while done.len() < 3 && Instant::now() < deadline {
+        let mut p = libc::pollfd { fd: c, events: 0, revents: 0 };
+        // SAFETY: one pollfd.
+        unsafe { libc::poll(&mut p, 1, 100) };
+        if p.revents & libc::POLLERR == 0 {
+            continue;
+        }
+        let mut cbuf = [0u64; 16];
+        // SAFETY: a zeroed msghdr is valid; its control buffer is `cbuf`.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cbuf);
+        // SAFETY: the msghdr above.
+        let r = unsafe { libc::recvmsg(c, &mut msg, libc::MSG_ERRQUEUE) };
+        ensure!(r == 0 && msg.msg_flags & libc::MSG_ERRQUEUE != 0, "error queue read: {r} ({})", errno());
+        // SAFETY: the control message the call wrote, if any.
+        let cm = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        ensure!(!cm.is_null(), "no control message");
+        // SAFETY: as above; its data is a sock_extended_err.
+        let (level, ty, ee) = unsafe {
+            ((*cm).cmsg_level, (*cm).cmsg_type, libc::CMSG_DATA(cm).cast::<libc::sock_extended_err>().read_unaligned())
+        };
+        ensure!((level, ty) == (libc::SOL_IP, libc::IP_RECVERR), "completion message {level}.{ty}");
+        ensure!(ee.ee_errno == 0 && ee.ee_origin == 5 && ee.ee_code & 1 == 1, "completion {ee:?}");
+        done.extend(ee.ee_info..=ee.ee_data);
+    }
+    ensure!(done == [0, 1, 2], "completions {done:?}");
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // SAFETY: an empty msghdr.
+    let r = unsafe { libc::recvmsg(c, &mut msg, libc::MSG_ERRQUEUE) };
+    ensure!(r == -1 && errno() == libc::EAGAIN, "empty error queue: {r} ({})", errno());
+    net::close(c);
+    net::close(s);
+    Ok(())
+}
+
 fn peek_waitall() -> Res {
     let (c, s) = pair(false)?;
     ensure!(send(c, b"hello", 0) == 5, "send");
@@ -1554,6 +1625,7 @@ fn check(name: &str) -> Res {
         "many" => many(),
         "nonblock" => nonblock(),
         "peek-waitall" => peek_waitall(),
+        "trunc-zerocopy" => trunc_zerocopy(),
         "sigpipe" => sigpipe(),
         "reset" => reset(),
         "half-close" => half_close(),
