@@ -1510,17 +1510,23 @@ fn diff_trace(seed: u64, out: &mut String) -> Res {
             2 | 3 => {
                 let n = rng.range(0, 5000);
                 let peek = rng.range(0, 3) == 0;
-                let flags = libc::MSG_DONTWAIT | if peek { libc::MSG_PEEK } else { 0 };
+                // MSG_TRUNC: TCP discards (or with PEEK, counts) instead of copying.
+                let trunc = rng.range(0, 5) == 0;
+                let flags = libc::MSG_DONTWAIT
+                    | if peek { libc::MSG_PEEK } else { 0 }
+                    | if trunc { libc::MSG_TRUNC } else { 0 };
                 let mut buf = vec![0u8; n];
                 let r = recv(fd, &mut buf, flags);
                 let mut h = Fnv::default();
                 if r > 0 {
-                    h.update(&buf[..r as usize]);
+                    if !trunc {
+                        h.update(&buf[..r as usize]);
+                    }
                     if !peek {
                         unread[1 - e] = unread[1 - e].saturating_sub(r as usize);
                     }
                 }
-                format!("recv {n} peek={peek} -> {r} {} {:x}", if r < 0 { errno() } else { 0 }, h.0)
+                format!("recv {n} peek={peek} trunc={trunc} -> {r} {} {:x}", if r < 0 { errno() } else { 0 }, h.0)
             }
             4 => {
                 let how = rng.range(0, 3) as i32;
