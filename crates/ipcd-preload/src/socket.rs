@@ -164,6 +164,11 @@ impl Socket {
         self.fds.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// How many fds refer to the socket now.
+    pub fn fd_count(&self) -> u32 {
+        self.fds.load(Ordering::Acquire)
+    }
+
     /// One fd less; true when it was the last (the socket is closed now).
     pub fn drop_fd(&self) -> bool {
         self.fds.fetch_sub(1, Ordering::AcqRel) == 1
