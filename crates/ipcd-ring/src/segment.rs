@@ -275,10 +275,16 @@ impl Segment {
     /// underflows, whatever the peer wrote.
     pub fn release_holder(&self, side: Side) -> u32 {
         let holders = &self.control().header.0.holders[side.index()];
-        // AcqRel: the last releaser sees everything earlier holders did.
-        match holders.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)) {
-            Ok(prev) => prev - 1,
-            Err(_) => 0,
+        // A compare-exchange loop (fetch_update is being renamed across
+        // toolchains). AcqRel: the last releaser sees everything earlier
+        // holders did.
+        let mut n = holders.load(Ordering::Acquire);
+        loop {
+            let Some(left) = n.checked_sub(1) else { return 0 };
+            match holders.compare_exchange_weak(n, left, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return left,
+                Err(now) => n = now,
+            }
         }
     }
 
