@@ -16,12 +16,11 @@ use std::ffi::{CStr, CString};
 use std::sync::Arc;
 
 use ipcd_proto::message::{Request, Response, Side};
-use ipcd_proto::Conn;
 use libc::{c_char, c_int};
 
 use crate::link::Link;
 use crate::log::{log, Level};
-use crate::socket::{Socket, State, Stream, Zerocopy};
+use crate::socket::{Socket, State, Stream};
 use crate::{control, real, setup, table};
 
 /// The environment variable that carries the table across exec.
@@ -222,14 +221,7 @@ fn remap(fd: c_int, conn: u64, side: Side, shared: bool) -> Option<Stream> {
     if shared {
         link.set_shared();
     }
-    Some(Stream {
-        conn: Conn::established(),
-        link,
-        info,
-        connect_pending: false,
-        out_blocked: 0,
-        zerocopy: Zerocopy::default(),
-    })
+    Some(Stream::new(link, info, false))
 }
 
 /// Maps connection `conn` again at `fd`.

@@ -7,13 +7,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use ipcd_proto::message::{Request, Response};
-use ipcd_proto::{Conn, ListenFlags, SockAddr};
+use ipcd_proto::{ListenFlags, SockAddr};
 
 use crate::control::{self, Pending};
 use crate::link::{self, Link};
 use crate::log::{log, Level};
 use crate::real;
-use crate::socket::{Socket, State, Stream, Zerocopy};
+use crate::socket::{Socket, State, Stream};
 use crate::table;
 
 /// What `connect` decided.
@@ -201,17 +201,7 @@ pub fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect {
     match Link::attach(&info, fds.into_vec()) {
         Ok(link) => {
             let nonblocking = sock.nonblocking();
-            sock.become_stream(
-                &mut state,
-                Stream {
-                    conn: Conn::established(),
-                    link,
-                    info,
-                    connect_pending: nonblocking,
-                    out_blocked: 0,
-                    zerocopy: Zerocopy::default(),
-                },
-            );
+            sock.become_stream(&mut state, Stream::new(link, info, nonblocking));
             // A non-blocking connect to a loopback listener still answers
             // EINPROGRESS on Linux; the brokering is already done, so the
             // connection is writable at once.
@@ -295,14 +285,7 @@ fn accepted(sock: &Socket, (info, fds): Pending, flags: libc::c_int) -> Result<(
         return Err(fail(e));
     }
     let peer = info.peer;
-    let stream = Stream {
-        conn: Conn::established(),
-        link,
-        info,
-        connect_pending: false,
-        out_blocked: 0,
-        zerocopy: Zerocopy::default(),
-    };
+    let stream = Stream::new(link, info, false);
     let new = Arc::new(Socket::new(sock.family, flags & libc::SOCK_NONBLOCK != 0, State::Stream(Box::new(stream))));
     if let Err(new) = table::install(fd, new) {
         // An fd beyond the table: we cannot serve it.

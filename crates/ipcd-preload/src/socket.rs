@@ -30,6 +30,14 @@ pub struct Stream {
     pub zerocopy: Zerocopy,
 }
 
+impl Stream {
+    /// A connection just set up (or taken over across exec): established,
+    /// nothing sent or blocked yet.
+    pub fn new(link: Link, info: ConnInfo, connect_pending: bool) -> Stream {
+        Stream { conn: Conn::established(), link, info, out_blocked: 0, connect_pending, zerocopy: Zerocopy::default() }
+    }
+}
+
 /// The `MSG_ZEROCOPY` completions of a stream. Our sends always copy, so
 /// each completes at once, flagged `SO_EE_CODE_ZEROCOPY_COPIED`, as Linux
 /// flags a copied loopback send; consecutive ones merge into one range,
