@@ -306,27 +306,39 @@ unsafe fn recv_errqueue(s: &Socket, msg: &mut msghdr) -> ssize_t {
     } else {
         (libc::SOL_IP, libc::IP_RECVERR, std::mem::size_of::<libc::sockaddr_in>())
     };
-    let size = (std::mem::size_of::<libc::sock_extended_err>() + offender) as u32;
-    // SAFETY: CMSG_LEN/CMSG_SPACE are arithmetic.
-    let (need, space) = unsafe { (libc::CMSG_LEN(size) as usize, libc::CMSG_SPACE(size) as usize) };
+    let mut header = [0u8; std::mem::size_of::<libc::sock_extended_err>() + std::mem::size_of::<libc::sockaddr_in6>()];
+    // SAFETY: the array is longer than a sock_extended_err.
+    unsafe { header.as_mut_ptr().cast::<libc::sock_extended_err>().write_unaligned(ee) };
     msg.msg_namelen = 0;
     msg.msg_flags = libc::MSG_ERRQUEUE;
+    let len = std::mem::size_of::<libc::sock_extended_err>() + offender;
+    // SAFETY: the caller's control buffer (contract of this function).
+    unsafe { put_cmsg(msg, level, ty, &header[..len]) };
+    0
+}
+
+/// Puts one control message into `msg`'s buffer, as Linux's `put_cmsg`:
+/// or, if it does not fit, none and `MSG_CTRUNC`. Sets `msg_controllen` to
+/// the room used.
+///
+/// # Safety
+/// `msg`'s control pointer and length describe the caller's buffer.
+unsafe fn put_cmsg(msg: &mut msghdr, level: c_int, ty: c_int, data: &[u8]) {
+    let size = data.len() as u32;
+    // SAFETY: CMSG_LEN/CMSG_SPACE are arithmetic.
+    let (need, space) = unsafe { (libc::CMSG_LEN(size) as usize, libc::CMSG_SPACE(size) as usize) };
     if msg.msg_control.is_null() || msg.msg_controllen < need {
         msg.msg_flags |= libc::MSG_CTRUNC;
         msg.msg_controllen = 0;
-        return 0;
+        return;
     }
-    // SAFETY: the buffer holds CMSG_LEN(size) bytes (checked); the data is
-    // the extended error followed by a zeroed address.
+    // SAFETY: the buffer holds CMSG_LEN(data) bytes (checked).
     unsafe {
         let c = msg.msg_control.cast::<libc::cmsghdr>();
         c.write_unaligned(libc::cmsghdr { cmsg_len: need, cmsg_level: level, cmsg_type: ty });
-        let data = libc::CMSG_DATA(c);
-        std::ptr::write_bytes(data, 0, size as usize);
-        data.cast::<libc::sock_extended_err>().write_unaligned(ee);
+        std::ptr::copy_nonoverlapping(data.as_ptr(), libc::CMSG_DATA(c), data.len());
     }
     msg.msg_controllen = space.min(msg.msg_controllen);
-    0
 }
 
 /// `TCP_INQ` (and its control message's type, `TCP_CM_INQ`), which the
@@ -340,26 +352,14 @@ pub(crate) const TCP_INQ: c_int = 36;
 /// # Safety
 /// `msg`'s control pointer and length describe the caller's buffer.
 unsafe fn put_inq(msg: &mut msghdr, inq: Option<usize>) {
-    let Some(inq) = inq else {
-        msg.msg_controllen = 0;
-        return;
-    };
-    let val = inq.min(c_int::MAX as usize) as c_int;
-    let size = std::mem::size_of::<c_int>() as u32;
-    // SAFETY: CMSG_LEN/CMSG_SPACE are arithmetic.
-    let (need, space) = unsafe { (libc::CMSG_LEN(size) as usize, libc::CMSG_SPACE(size) as usize) };
-    if msg.msg_control.is_null() || msg.msg_controllen < need {
-        msg.msg_flags |= libc::MSG_CTRUNC;
-        msg.msg_controllen = 0;
-        return;
+    match inq {
+        None => msg.msg_controllen = 0,
+        Some(inq) => {
+            let val = inq.min(c_int::MAX as usize) as c_int;
+            // SAFETY: the caller's control buffer (contract of this function).
+            unsafe { put_cmsg(msg, libc::SOL_TCP, TCP_INQ, &val.to_ne_bytes()) };
+        }
     }
-    // SAFETY: the buffer holds at least CMSG_LEN(int) bytes (checked).
-    unsafe {
-        let c = msg.msg_control.cast::<libc::cmsghdr>();
-        c.write_unaligned(libc::cmsghdr { cmsg_len: need, cmsg_level: libc::SOL_TCP, cmsg_type: TCP_INQ });
-        libc::CMSG_DATA(c).cast::<c_int>().write_unaligned(val);
-    }
-    msg.msg_controllen = space.min(msg.msg_controllen);
 }
 
 /// Interposed `sendmmsg(2)`: each message in turn, stopping at the first
