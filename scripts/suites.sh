@@ -20,9 +20,13 @@ TOKIO_TESTS=(tcp_stream tcp_echo tcp_shutdown tcp_accept tcp_connect tcp_peek tc
 # on loopback; nettest and msg_zerocopy run as a server and a client.
 KSELFTESTS=(tcp_inq nettest msg_zerocopy reuseport_addr_any reuseport_dualstack reuseaddr_conflict socket sk_connect_zero_addr)
 
+# A suite is rebuilt when what it was built from changes (the marker holds it).
+built() { [[ -f $1/.built && $(cat "$1/.built") == "$2" ]]; }
+
 tokio() {
     local dst=$OUT/tokio
-    if [[ -f $dst/.built ]]; then return 0; fi
+    local what="tokio $TOKIO_VERSION: ${TOKIO_TESTS[*]}"
+    if built "$dst" "$what"; then return 0; fi
     # A throwaway package that depends on tokio makes cargo fetch its
     # sources (tests included) from whatever registry cargo is set up for.
     local probe
@@ -45,12 +49,13 @@ tokio() {
     (cd "$dst" && cargo test --locked --features full --no-run "${args[@]}" >build.log 2>&1) ||
         { log "tokio's tests did not build (see $dst/build.log)"; return 1; }
     printf '%s\n' "${TOKIO_TESTS[@]}" >"$dst/tests.txt"
-    touch "$dst/.built"
+    echo "$what" >"$dst/.built"
 }
 
 kselftest() {
     local dst=$OUT/kselftest
-    if [[ -f $dst/.built ]]; then return 0; fi
+    local what="${KSELFTESTS[*]}"
+    if built "$dst" "$what"; then return 0; fi
     local pkg
     pkg=$(apt-cache depends linux-source 2>/dev/null | awk '/Depends: linux-source-/ {print $2; exit}')
     [[ -n $pkg ]] || { log "no linux-source package known to apt"; return 1; }
@@ -70,7 +75,7 @@ kselftest() {
     done
     echo "$pkg" >"$dst/source.txt"
     rm -rf "$work"
-    touch "$dst/.built"
+    echo "$what" >"$dst/.built"
 }
 
 tokio || true
