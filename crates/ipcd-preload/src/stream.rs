@@ -162,6 +162,8 @@ fn deadline(t: Option<std::time::Duration>) -> Option<Instant> {
 pub unsafe fn send(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult {
     let mut cur = IoCursor::new(iov);
     let total = cur.total();
+    // Linux copies from the buffers and faults on a null one.
+    let null = cur.has_null();
     let deadline = deadline(sock.sndtimeo());
     let mut done = 0;
     loop {
@@ -176,8 +178,7 @@ pub unsafe fn send(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
                 ring.writable = s.link.tx.writable().unwrap_or(0);
             }
             let step = match s.conn.send(&ring, total - done, flags.nosignal) {
-                // Linux copies from the buffer and faults on a null one.
-                Send::Write(_) if cur.has_null() => Err(Some((libc::EFAULT, false))),
+                Send::Write(_) if null => Err(Some((libc::EFAULT, false))),
                 Send::Write(n) if whole && n < total => Err(None),
                 Send::Write(n) => write(s, &mut cur, n),
                 Send::Discard(n) => {
@@ -190,14 +191,14 @@ pub unsafe fn send(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
                 Send::WouldBlock => Err(None),
                 Send::Fail { errno: e, sigpipe } => Err(Some((errno(e), sigpipe))),
             };
+            if done == 0 && flags.zerocopy && step.is_ok_and(|n| n > 0) {
+                // One completion per send call that moved bytes.
+                s.zerocopy.sent();
+            }
             (step, cap)
         })?;
         match step {
             Ok(n) => {
-                if done == 0 && n > 0 && flags.zerocopy {
-                    // One completion per send call that moved bytes.
-                    let _ = with_stream(sock, |s| s.zerocopy.sent());
-                }
                 done += n;
                 if done >= total {
                     return Ok(done);
@@ -267,6 +268,7 @@ pub unsafe fn recv(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
     // (tcp_recvmsg's loop runs once whatever the length; the differential
     // test found this).
     let total = cur.total();
+    let null = cur.has_null();
     let deadline = deadline(sock.rcvtimeo());
     let mut done = 0;
     loop {
@@ -279,7 +281,7 @@ pub unsafe fn recv(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
                     let moved = if flags.peek { Ok(false) } else { s.link.rx.consume(n).map(|t| t.wake_peer) };
                     Ok(s.moved(moved, n))
                 }
-                Recv::Read(_) if cur.has_null() => Err(Some(libc::EFAULT)),
+                Recv::Read(_) if null => Err(Some(libc::EFAULT)),
                 Recv::Read(n) => {
                     // SAFETY: the caller's iovecs are writable.
                     let moved = unsafe { cur.read_from(&mut s.link.rx, n, flags.peek) };
