@@ -37,7 +37,19 @@ enum Transport {
     Ipcd,
 }
 
+/// The transports real programs can use (a Unix socket needs other programs).
+const TCP_IPCD: [Transport; 2] = [Transport::Tcp, Transport::Ipcd];
+
 impl Transport {
+    /// The socket kind the probe programs take (ipcd is TCP under the library).
+    fn kind(self) -> &'static str {
+        if self == Transport::Unix {
+            "unix"
+        } else {
+            "tcp"
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Transport::Tcp => "kernel_tcp",
@@ -139,7 +151,7 @@ impl Runner<'_> {
 
     /// Round-trip latency percentiles (ns).
     fn latency(&self, t: Transport, size: usize, count: u64) -> Result<Vec<f64>, String> {
-        let kind = if t == Transport::Unix { "unix" } else { "tcp" };
+        let kind = t.kind();
         let out = self.pair(t, &["bench-server", kind, "0"], |addr| {
             ["bench-client", kind, addr, "1", "lat", &size.to_string(), &count.to_string()].map(String::from).to_vec()
         })?;
@@ -148,7 +160,7 @@ impl Runner<'_> {
 
     /// One-way streaming: nanoseconds for `count` writes of `size`.
     fn stream(&self, t: Transport, size: usize, count: u64) -> Result<f64, String> {
-        let kind = if t == Transport::Unix { "unix" } else { "tcp" };
+        let kind = t.kind();
         let out = self.pair(t, &["bench-server", kind, "0"], |addr| {
             ["bench-client", kind, addr, "1", "stream", &size.to_string(), &count.to_string()]
                 .map(String::from)
@@ -233,7 +245,6 @@ pub fn run(opts: &Options) -> Result<(), String> {
     let q = if opts.quick { 10 } else { 1 };
     let reps = if opts.quick { 3 } else { 5 };
     let all = [Transport::Tcp, Transport::Unix, Transport::Ipcd];
-    let tcp_ipcd = [Transport::Tcp, Transport::Ipcd];
     let stream_sizes: [usize; 6] = [8, 64, 1024, 16384, 65536, 1 << 20];
     let total = reps * (2 * 3 + stream_sizes.len() * 3 + 2 * 2 + 3 * 2)
         + programs::steps(reps)
@@ -277,7 +288,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
         rows.push(Row { workload: name, metric: "throughput", unit: "GB/s", higher_better: true, values: pick(1) });
     }
     for threads in [1usize, 8] {
-        let res = alternate(reps, &tcp_ipcd, &mut progress, &format!("connection setup x{threads}"), |t| {
+        let res = alternate(reps, &TCP_IPCD, &mut progress, &format!("connection setup x{threads}"), |t| {
             let n = if opts.quick { 500 } else { 3000 };
             runner.setup(t, n, threads).map(|r| vec![r])
         });
@@ -291,7 +302,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
         });
     }
     for conns in [1usize, 16, 256] {
-        let res = alternate(reps, &tcp_ipcd, &mut progress, &format!("epoll server {conns} conn"), |t| {
+        let res = alternate(reps, &TCP_IPCD, &mut progress, &format!("epoll server {conns} conn"), |t| {
             let rounds = (if t == Transport::Ipcd { 200_000 } else { 10_000 } / conns.min(16) / q as usize).max(20);
             runner.epoll(t, conns, rounds).map(|r| vec![r])
         });

@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{alternate, Progress, Row, Runner, Transport};
-
-const BOTH: [Transport; 2] = [Transport::Tcp, Transport::Ipcd];
+use super::{alternate, Progress, Row, Runner, Transport, TCP_IPCD};
 
 /// A server, killed on drop.
 struct Bg(Child);
@@ -144,31 +142,26 @@ const WORKLOADS: [Workload; 4] = [
     },
 ];
 
-/// The workloads whose programs are installed; says which are not.
-fn available() -> Vec<&'static Workload> {
-    WORKLOADS
-        .iter()
-        .filter(|w| match w.programs.iter().find(|p| !installed(p)) {
-            Some(p) => {
-                eprintln!("{p} is not installed: its workload is left out (scripts/setup.sh installs it)");
-                false
-            }
-            None => true,
-        })
-        .collect()
+/// The first program of `w` that is not installed.
+fn missing(w: &Workload) -> Option<&'static str> {
+    w.programs.iter().copied().find(|p| !installed(p))
 }
 
 /// How many runs [`run`] makes, for the progress count.
 pub(super) fn steps(reps: usize) -> usize {
-    WORKLOADS.iter().filter(|w| w.programs.iter().all(|p| installed(p))).count() * reps * BOTH.len()
+    WORKLOADS.iter().filter(|w| missing(w).is_none()).count() * reps * TCP_IPCD.len()
 }
 
 /// Runs every installed workload and appends its rows.
 pub(super) fn run(runner: &Runner, quick: bool, reps: usize, progress: &mut Progress, rows: &mut Vec<Row>) {
     let plan = Plan { reps, secs: if quick { "1" } else { "3" }, quick };
-    for w in available() {
+    for w in &WORKLOADS {
+        if let Some(p) = missing(w) {
+            eprintln!("{p} is not installed: its workload is left out (scripts/setup.sh installs it)");
+            continue;
+        }
         let what = w.rows[0].0;
-        let res = alternate(plan.reps, &BOTH, progress, what, |t| (w.measure)(runner, t, &plan));
+        let res = alternate(plan.reps, &TCP_IPCD, progress, what, |t| (w.measure)(runner, t, &plan));
         for (k, &(workload, metric, unit, higher_better)) in w.rows.iter().enumerate() {
             let scale = if unit == "k/s" { 1e-3 } else { 1.0 };
             let values = res.get(k).copied().unwrap_or([None; 3]).map(|v| v.map(|x| x * scale));

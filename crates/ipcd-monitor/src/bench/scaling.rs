@@ -26,7 +26,7 @@ impl Runner<'_> {
     /// `pairs` servers and clients at once, each client doing round trips
     /// for `ms`: (round trips per second in all, CPU ns per round trip).
     fn pairs(&self, t: Transport, pairs: usize, ms: u64) -> Result<Vec<f64>, String> {
-        let kind = if t == Transport::Unix { "unix" } else { "tcp" };
+        let kind = t.kind();
         let cpu_before = children_cpu_ns();
         let mut servers = Vec::new();
         let mut addrs = Vec::new();
