@@ -72,6 +72,21 @@ fn compare(suite: &str, native: &Results, ipcd: &Results) {
     assert!(lost.is_empty(), "{suite}: passes natively but not under ipcd:\n{}", lost.join("\n"));
 }
 
+/// Runs a suite natively, then under a fresh monitor; compares the two and
+/// checks that at least `min_connects` connections went over shared memory.
+fn native_then_ipcd(suite: &str, min_connects: u64, run: impl Fn(Option<&Monitor>) -> Results) {
+    let native = run(None);
+    let mon = Monitor::start(RING_BYTES);
+    let ipcd = run(Some(&mon));
+    compare(suite, &native, &ipcd);
+    let st = mon.status().status;
+    eprintln!(
+        "{suite} under ipcd: {} connections over shared memory, {} to the kernel",
+        st.connects_total, st.fallbacks_total
+    );
+    assert!(st.connects_total >= min_connects, "{suite}: few connections went through ipcd: {st:?}");
+}
+
 fn tail(out: &Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<_> = err.lines().rev().take(30).collect();
@@ -134,16 +149,7 @@ fn cpython_socket_tests_pass_under_ipcd_as_natively() {
     if !has.is_ok_and(|o| o.status.success()) {
         return skip("CPython", "python3 or its test package (libpython3.X-testsuite) is not installed");
     }
-    let native = python_run(None);
-    let mon = Monitor::start(RING_BYTES);
-    let ipcd = python_run(Some(&mon));
-    compare("CPython", &native, &ipcd);
-    let st = mon.status().status;
-    eprintln!(
-        "CPython under ipcd: {} connections over shared memory, {} to the kernel",
-        st.connects_total, st.fallbacks_total
-    );
-    assert!(st.connects_total >= 50, "CPython: few connections went through ipcd: {st:?}");
+    native_then_ipcd("CPython", 50, python_run);
 }
 
 // ---- tokio ---------------------------------------------------------------
@@ -200,16 +206,7 @@ fn tokio_tcp_tests_pass_under_ipcd_as_natively() {
         return skip("tokio", "target/suites/tokio was not built (scripts/suites.sh could not fetch or build it)");
     };
     let tests: Vec<String> = list.lines().map(str::to_string).collect();
-    let native = tokio_run(&dir, &tests, None);
-    let mon = Monitor::start(RING_BYTES);
-    let ipcd = tokio_run(&dir, &tests, Some(&mon));
-    compare("tokio", &native, &ipcd);
-    let st = mon.status().status;
-    eprintln!(
-        "tokio under ipcd: {} connections over shared memory, {} to the kernel",
-        st.connects_total, st.fallbacks_total
-    );
-    assert!(st.connects_total >= 20, "tokio: few connections went through ipcd: {st:?}");
+    native_then_ipcd("tokio", 20, |mon| tokio_run(&dir, &tests, mon));
 }
 
 // ---- Linux selftests/net -------------------------------------------------
@@ -358,15 +355,6 @@ fn kernel_selftests_pass_under_ipcd_as_natively() {
     if !dir.join(".built").exists() {
         return skip("kernel selftests", "target/suites/kselftest was not built (no linux-source package?)");
     }
-    let native = kernel_run(&dir, None);
-    let mon = Monitor::start(RING_BYTES);
-    let ipcd = kernel_run(&dir, Some(&mon));
-    compare("kernel selftests/net", &native, &ipcd);
-    let st = mon.status().status;
-    eprintln!(
-        "kernel selftests under ipcd: {} connections over shared memory, {} to the kernel",
-        st.connects_total, st.fallbacks_total
-    );
     // tcp_inq twice and the nettest pairs connect over TCP at least.
-    assert!(st.connects_total >= 5, "kernel selftests: few connections went through ipcd: {st:?}");
+    native_then_ipcd("kernel selftests/net", 5, |mon| kernel_run(&dir, mon));
 }
