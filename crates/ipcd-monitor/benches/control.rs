@@ -47,8 +47,8 @@ fn main() {
         let (_, ev, _sfds) = server.channel().recv_response().unwrap();
         assert!(matches!(ev, Response::Incoming { .. }));
         server.notify(&Request::Accepted { conn: info.conn }).unwrap();
-        client.notify(&Request::Close { conn: info.conn, side: Side::A }).unwrap();
-        server.notify(&Request::Close { conn: info.conn, side: Side::B }).unwrap();
+        client.notify(&Request::Close { conn: info.conn, side: Side::A, keep: false }).unwrap();
+        server.notify(&Request::Close { conn: info.conn, side: Side::B, keep: false }).unwrap();
     }
     let ipcd = t.elapsed() / n;
 

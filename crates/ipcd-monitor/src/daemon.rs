@@ -85,7 +85,28 @@ struct ConnRec {
     gone: [bool; 2],
     /// The listener whose accept queue this connection still sits in.
     pending_in: Option<(u64, u64)>,
+    /// The connector's and the acceptor's clients: the pair whose pool the
+    /// segment may go back to.
+    pair: (u64, u64),
+    /// Each end closed saying it keeps the segment mapped.
+    kept: [bool; 2],
+    /// Only the original two processes ever held it, and both closed
+    /// normally: nobody else maps it, so the pair may reuse it.
+    recyclable: bool,
 }
+
+/// A segment whose connection ended, kept for the next connection between
+/// the same two processes (both still map it): no memfd, mapping, eventfds
+/// or fd passing for that one.
+struct Pooled {
+    id: u64,
+    seg: SharedSegment,
+    bells: [OwnedFd; 2],
+}
+
+/// Segments kept per pair of processes (as many as the pair had open at
+/// once, up to this); the preload library keeps at most `MAX_CACHED`.
+const POOL_PER_PAIR: usize = 16;
 
 fn idx(side: Side) -> usize {
     match side {
@@ -119,11 +140,15 @@ pub struct Daemon {
     registry: Registry,
     conns: HashMap<u64, ConnRec>,
     next_conn: u64,
+    /// Reusable segments by (connector, acceptor) client.
+    pools: HashMap<(u64, u64), Vec<Pooled>>,
+    next_segment: u64,
     orphans: Vec<Orphan>,
     local: LocalAddrs,
     started: Instant,
     connects_total: u64,
     fallbacks_total: u64,
+    reused_total: u64,
     uid: u32,
     running: bool,
     /// Clients to drop after the current event (with the reason).
@@ -161,11 +186,14 @@ impl Daemon {
             registry: Registry::default(),
             conns: HashMap::new(),
             next_conn: 1,
+            pools: HashMap::new(),
+            next_segment: 1,
             orphans: Vec::new(),
             local: LocalAddrs::default(),
             started: Instant::now(),
             connects_total: 0,
             fallbacks_total: 0,
+            reused_total: 0,
             // SAFETY: getuid cannot fail.
             uid: unsafe { libc::getuid() },
             running: true,
@@ -402,10 +430,13 @@ impl Daemon {
                 }
             }
             Request::Shutdown { .. } => {}
-            Request::Close { conn, side } => match self.holds(token, conn, side) {
+            Request::Close { conn, side, keep } => match self.holds(token, conn, side) {
                 true => {
                     if let Some(c) = self.clients.get_mut(&token) {
                         c.holdings.retain(|h| *h != (conn, side));
+                    }
+                    if let Some(rec) = self.conns.get_mut(&conn) {
+                        rec.kept[idx(side)] = keep;
                     }
                     self.release(token, conn, side, false);
                 }
@@ -419,7 +450,7 @@ impl Daemon {
             }
             Request::Reopen { conn, side } => match (self.holds(token, conn, side), self.conns.get(&conn)) {
                 (true, Some(rec)) => {
-                    let resp = Response::Reopened(rec.info[idx(side)]);
+                    let resp = Response::Reopened(ConnInfo { reused: false, ..rec.info[idx(side)] });
                     let fds = [rec.seg.fd(), rec.bells[idx(side)].as_fd(), rec.bells[idx(other(side))].as_fd()];
                     let Some(client) = self.clients.get(&token) else { return };
                     if let Err(e) = client.chan.send_response(seq, &resp, &fds) {
@@ -464,29 +495,46 @@ impl Daemon {
         }
         let l = found.expect("checked above");
         let conn = self.next_conn;
-        let made = SharedSegment::create(conn, self.cfg.ring_bytes).and_then(|s| Ok((s, [doorbell()?, doorbell()?])));
-        let (seg, bells) = match made {
-            Ok(m) => m,
-            Err(e) => {
-                log!(Level::Error, "msg=\"cannot create segment\" err=\"{e}\"");
-                self.fallbacks_total += 1;
-                self.reply(token, seq, &Response::UseKernel { reason: Fallback::NoMemory }, &[]);
-                return;
+        let pair = (token, l.owner);
+        let (segment, mut seg, bells, reused) = match self.pools.get_mut(&pair).and_then(Vec::pop) {
+            Some(p) => (p.id, p.seg, p.bells, true),
+            None => {
+                let made =
+                    SharedSegment::create(conn, self.cfg.ring_bytes).and_then(|s| Ok((s, [doorbell()?, doorbell()?])));
+                match made {
+                    Ok((seg, bells)) => {
+                        self.next_segment += 1;
+                        (self.next_segment - 1, seg, bells, false)
+                    }
+                    Err(e) => {
+                        log!(Level::Error, "msg=\"cannot create segment\" err=\"{e}\"");
+                        self.fallbacks_total += 1;
+                        self.reply(token, seq, &Response::UseKernel { reason: Fallback::NoMemory }, &[]);
+                        return;
+                    }
+                }
             }
         };
+        if reused {
+            seg.reuse(conn);
+        }
         self.next_conn += 1;
         let a_addr = source.unwrap_or(match dest {
             SockAddr::V4 { ip, .. } => SockAddr::V4 { ip, port: 0 },
             SockAddr::V6 { ip, .. } => SockAddr::V6 { ip, port: 0, flowinfo: 0, scope_id: 0 },
         });
         let segment_len = seg.len() as u64;
-        let info_a = ConnInfo { conn, side: Side::A, local: a_addr, peer: dest, segment_len };
-        let info_b = ConnInfo { conn, side: Side::B, local: dest, peer: a_addr, segment_len };
+        let info_a = ConnInfo { conn, side: Side::A, local: a_addr, peer: dest, segment_len, segment, reused };
+        let info_b = ConnInfo { conn, side: Side::B, local: dest, peer: a_addr, segment_len, segment, reused };
+        // A reused segment is already mapped at both ends, doorbells too.
+        let fds_b = [seg.fd(), bells[1].as_fd(), bells[0].as_fd()];
+        let fds_a = [seg.fd(), bells[0].as_fd(), bells[1].as_fd()];
+        let n = if reused { 0 } else { 3 };
         // The listener first: if it cannot take the connection, the
         // connector still gets the kernel's answer.
         let incoming = Response::Incoming { listener: l.id, info: info_b };
         let sent = match self.clients.get(&l.owner) {
-            Some(owner) => owner.chan.send_response(0, &incoming, &[seg.fd(), bells[1].as_fd(), bells[0].as_fd()]),
+            Some(owner) => owner.chan.send_response(0, &incoming, &fds_b[..n]),
             None => Err(ChannelError::Closed),
         };
         if let Err(e) = sent {
@@ -496,14 +544,20 @@ impl Daemon {
             }
             self.fallbacks_total += 1;
             self.reply(token, seq, &Response::UseKernel { reason: Fallback::BacklogFull }, &[]);
+            if reused {
+                // Both still map it; a dropped listener's pool is emptied
+                // (and the connector told to forget it) with its client.
+                self.pools.entry(pair).or_default().push(Pooled { id: segment, seg, bells });
+            }
             return;
         }
         if let Some(entry) = self.registry.get_mut(l.owner, l.id) {
             entry.pending += 1;
         }
         let connected = Response::Connected(info_a);
-        self.reply(token, seq, &connected, &[seg.fd(), bells[0].as_fd(), bells[1].as_fd()]);
+        self.reply(token, seq, &connected, &fds_a[..n]);
         self.connects_total += 1;
+        self.reused_total += u64::from(reused);
         log!(Level::Debug, "msg=brokered conn={conn} from_pid={pid} to_pid={} dest={dest}", l.pid);
         for (t, side) in [(token, Side::A), (l.owner, Side::B)] {
             if let Some(c) = self.clients.get_mut(&t) {
@@ -517,6 +571,9 @@ impl Daemon {
             holders: [vec![token], vec![l.owner]],
             gone: [false; 2],
             pending_in: Some((l.owner, l.id)),
+            pair,
+            kept: [false; 2],
+            recyclable: true,
         };
         self.conns.insert(conn, rec);
     }
@@ -528,6 +585,9 @@ impl Daemon {
     fn release(&mut self, token: u64, conn: u64, side: Side, died: bool) {
         let Some(rec) = self.conns.get_mut(&conn) else { return };
         let i = idx(side);
+        // A process that died may have left the segment in any state; it is
+        // not handed to anyone again.
+        rec.recyclable &= !died;
         rec.holders[i].retain(|&t| t != token);
         if !rec.holders[i].is_empty() || rec.gone[i] {
             if died && !rec.gone[i] {
@@ -557,8 +617,48 @@ impl Daemon {
             }
         }
         if rec.gone == [true, true] {
-            self.conns.remove(&conn);
+            if let Some(rec) = self.conns.remove(&conn) {
+                self.retire(rec);
+            }
             log!(Level::Debug, "msg=\"connection freed\" conn={conn}");
+        }
+    }
+
+    /// Both ends of a connection are closed: its segment goes back to the
+    /// pair's pool when both ends kept it mapped; otherwise whoever kept
+    /// it is told to unmap it.
+    fn retire(&mut self, rec: ConnRec) {
+        let segment = rec.info[0].segment;
+        let (a, b) = rec.pair;
+        let live = self.clients.contains_key(&a) && self.clients.contains_key(&b);
+        let room = self.pools.get(&rec.pair).map_or(0, Vec::len) < POOL_PER_PAIR;
+        if rec.recyclable && rec.kept == [true, true] && live && room {
+            self.pools.entry(rec.pair).or_default().push(Pooled { id: segment, seg: rec.seg, bells: rec.bells });
+            return;
+        }
+        for (token, kept) in [(a, rec.kept[0]), (b, rec.kept[1])] {
+            if kept {
+                self.tell_forget(token, segment);
+            }
+        }
+    }
+
+    fn tell_forget(&self, token: u64, segment: u64) {
+        if let Some(c) = self.clients.get(&token) {
+            // Best effort: a client that cannot take it is being dropped.
+            let _ = c.chan.send_response(0, &Response::Forget { segment }, &[]);
+        }
+    }
+
+    /// A client is gone: the pools it shared are emptied, its partners
+    /// told to unmap their copies.
+    fn drop_pools(&mut self, token: u64) {
+        let pairs: Vec<(u64, u64)> = self.pools.keys().filter(|(a, b)| *a == token || *b == token).copied().collect();
+        for pair in pairs {
+            let other = if pair.0 == token { pair.1 } else { pair.0 };
+            for p in self.pools.remove(&pair).unwrap_or_default() {
+                self.tell_forget(other, p.id);
+            }
         }
     }
 
@@ -579,6 +679,7 @@ impl Daemon {
         for &(conn, side) in &holdings {
             if let Some(rec) = self.conns.get_mut(&conn) {
                 rec.holders[idx(side)].push(token);
+                rec.recyclable = false;
             }
         }
         if let Some((&parent_token, _)) =
@@ -602,6 +703,8 @@ impl Daemon {
                     for h in rec.holders[idx(side)].iter_mut().filter(|h| **h == o.token) {
                         *h = token;
                     }
+                    // The old image's mapping died with it.
+                    rec.recyclable = false;
                 }
             }
             log!(Level::Info, "msg=\"exec'd process re-registered\" pid={pid} connections={}", o.holdings.len());
@@ -627,6 +730,7 @@ impl Daemon {
     fn drop_doomed(&mut self) {
         while let Some((token, why)) = self.doomed.pop() {
             let Some(client) = self.clients.remove(&token) else { continue };
+            self.drop_pools(token);
             // SAFETY: removes an fd we added; a null event is allowed for DEL.
             unsafe {
                 libc::epoll_ctl(
@@ -666,9 +770,11 @@ impl Daemon {
             processes: self.clients.values().filter(|c| c.hello).count() as u32,
             listeners: self.registry.len() as u32,
             connections: self.conns.len() as u32,
-            segment_bytes: self.conns.values().map(|c| c.seg.len() as u64).sum(),
+            segment_bytes: self.conns.values().map(|c| c.seg.len() as u64).sum::<u64>()
+                + self.pools.values().flatten().map(|p| p.seg.len() as u64).sum::<u64>(),
             connects_total: self.connects_total,
             fallbacks_total: self.fallbacks_total,
+            reused_total: self.reused_total,
             uptime_ms: self.started.elapsed().as_millis() as u64,
         };
         let mut out = vec![Response::Status(status)];

@@ -70,6 +70,30 @@ impl SharedSegment {
         &self.view
     }
 
+    /// Makes the segment fresh for connection `conn` (both ends of the last
+    /// one closed). Pages a bulk connection touched are given back first:
+    /// a pooled segment should not pin megabytes it may never use again.
+    pub fn reuse(&mut self, conn: u64) {
+        const KEEP_TOUCHED: u64 = 256 << 10;
+        let touched = [ipcd_ring::Side::A, ipcd_ring::Side::B].map(|s| self.view.written(s));
+        if touched.iter().any(|&w| w > KEEP_TOUCHED) {
+            // Everything past the first page (the control area lives in it).
+            let page = 4096;
+            let len = self.map.len().saturating_sub(page) as libc::off_t;
+            // SAFETY: fallocate on our own memfd; punching a hole keeps the
+            // size (sealed) and reads back zeros, which no ring index trusts.
+            unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    page as libc::off_t,
+                    len,
+                )
+            };
+        }
+        self.view.reuse(conn);
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -151,8 +151,18 @@ fn next_event(c: &MonitorClient) -> (Response, Vec<OwnedFd>) {
 
 /// A mapped segment received from the monitor.
 struct Mapped {
-    _map: MmapMut,
+    map: MmapMut,
     seg: Segment,
+}
+
+impl Mapped {
+    fn seg_base(&self) -> NonNull<u8> {
+        NonNull::new(self.map.as_ptr().cast_mut()).unwrap()
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
 }
 
 fn map(fd: &OwnedFd) -> Mapped {
@@ -162,7 +172,7 @@ fn map(fd: &OwnedFd) -> Mapped {
     let base = NonNull::new(map.as_mut_ptr()).unwrap();
     // SAFETY: the mapping lives in `Mapped` with the view.
     let seg = unsafe { Segment::attach(base, map.len()) }.unwrap();
-    Mapped { _map: map, seg }
+    Mapped { map, seg }
 }
 
 fn bell_count(fd: &OwnedFd) -> u64 {
@@ -222,13 +232,80 @@ fn brokering_works(m: Monitor) {
     let _ = tx.close();
     assert_eq!(client.status().unwrap().connections[0].states, [EndState::Fin, EndState::Open]);
     server.notify(&Request::Accepted { conn: cinfo.conn }).unwrap();
-    client.notify(&Request::Close { conn: cinfo.conn, side: Side::A }).unwrap();
-    server.notify(&Request::Close { conn: cinfo.conn, side: Side::B }).unwrap();
+    client.notify(&Request::Close { conn: cinfo.conn, side: Side::A, keep: false }).unwrap();
+    server.notify(&Request::Close { conn: cinfo.conn, side: Side::B, keep: false }).unwrap();
     // Notifications have no reply; a round trip on each channel orders them
     // before the check (the monitor serves each channel in order).
     let _ = server.status().unwrap();
     let report = client.status().unwrap();
     assert_eq!((report.status.connections, report.listeners[0].pending), (0, 0), "freed once both ends closed");
+    assert_eq!(report.status.segment_bytes, 0, "nobody kept it: nothing is pooled");
+}
+
+/// Closes both ends of `conn`, B from `server` then A from `client`,
+/// saying whether each keeps the segment. With `sync`, waits until the
+/// monitor has seen both (a round trip, which skips events).
+fn close_both(client: &mut MonitorClient, server: &mut MonitorClient, conn: u64, keep: [bool; 2], sync: bool) {
+    server.notify(&Request::Accepted { conn }).unwrap();
+    server.notify(&Request::Close { conn, side: Side::B, keep: keep[1] }).unwrap();
+    let _ = server.status().unwrap();
+    client.notify(&Request::Close { conn, side: Side::A, keep: keep[0] }).unwrap();
+    if sync {
+        let _ = client.status().unwrap();
+    }
+}
+
+#[test]
+fn a_segment_both_ends_kept_is_reused_by_the_same_pair_only() {
+    let m = Monitor::start();
+    let (mut server, mut client, mut stranger) = (m.client(), m.client(), m.client());
+    let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
+    assert_eq!(listen(&mut server, 7, &lfd, addr, ListenFlags::empty()), Response::Ok);
+
+    let (Response::Connected(first), cfds) = connect(&mut client, addr) else { panic!("not brokered") };
+    assert!(!first.reused);
+    let (_, sfds) = next_event(&server);
+    let (a, b) = (map(&cfds[0]), map(&sfds[0]));
+    let mut tx = a.seg.producer(ipcd_ring::Side::A).unwrap();
+    assert_eq!(tx.write(b"old").unwrap().len, 3);
+    let _ = tx.close();
+    close_both(&mut client, &mut server, first.conn, [true, true], true);
+    assert!(client.status().unwrap().status.segment_bytes > 0, "the pooled segment is reported");
+
+    // Another process gets a fresh segment, never the pair's.
+    let (Response::Connected(other), ofds) = connect(&mut stranger, addr) else { panic!("not brokered") };
+    assert!(!other.reused && other.segment != first.segment && ofds.len() == 3);
+    let _ = next_event(&server);
+
+    // The same pair: the same segment, no fds, reset for the new connection.
+    let (Response::Connected(again), fds) = connect(&mut client, addr) else { panic!("not brokered") };
+    assert_eq!((again.reused, again.segment, fds.len()), (true, first.segment, 0));
+    assert_ne!(again.conn, first.conn);
+    let (event, fds) = next_event(&server);
+    let Response::Incoming { info, .. } = event else { panic!("expected Incoming, got {event:?}") };
+    assert_eq!((info.reused, info.segment, info.conn, fds.len()), (true, first.segment, again.conn, 0));
+    // SAFETY: the mappings made above are still live.
+    let (a2, b2) = unsafe { (Segment::attach(a.seg_base(), a.len()), Segment::attach(b.seg_base(), b.len())) };
+    let (a2, b2) = (a2.unwrap(), b2.unwrap());
+    assert_eq!((a2.conn_id(), b2.conn_id()), (again.conn, again.conn));
+    let mut rx = b2.consumer(ipcd_ring::Side::B).unwrap();
+    assert_eq!(rx.readable().unwrap(), 0, "the old connection's bytes are gone");
+    assert_eq!(rx.peer_state(), PeerState::Open);
+    assert_eq!(client.status().unwrap().status.reused_total, 1);
+
+    // One end not keeping it: the other is told to forget it.
+    close_both(&mut client, &mut server, again.conn, [true, false], false);
+    let (event, _) = next_event(&client);
+    assert_eq!(event, Response::Forget { segment: first.segment });
+    let (Response::Connected(fresh), fds) = connect(&mut client, addr) else { panic!("not brokered") };
+    assert!(!fresh.reused && fresh.segment != first.segment && fds.len() == 3);
+    let _ = next_event(&server);
+
+    // A process that goes away takes its pools with it: its partner forgets.
+    close_both(&mut client, &mut server, fresh.conn, [true, true], true);
+    drop(client);
+    let (event, _) = next_event(&server);
+    assert_eq!(event, Response::Forget { segment: fresh.segment });
 }
 
 #[test]

@@ -67,8 +67,10 @@ pub fn with<R>(f: impl FnOnce(&mut Control) -> Result<R, ChannelError>) -> Optio
     let pid = unsafe { libc::getpid() } as u32;
     if guard.as_ref().is_some_and(|c| c.pid != pid) {
         // A forked child: the channel is the parent's. Our copy of its fd is
-        // closed; the child registers on its own.
+        // closed; the child registers on its own. The segments the parent
+        // kept for reuse are the parent's.
         *guard = None;
+        crate::link::forget_all();
     }
     if guard.is_none() {
         if now_ms() < RETRY_AFTER_MS.load(Ordering::Relaxed) {
@@ -177,6 +179,7 @@ impl Control {
             // The monitor already closed the dead end in the ring and rang
             // us; the ring is where our sockets learn it.
             Response::PeerGone { .. } => {}
+            Response::Forget { segment } => crate::link::forget(segment),
             other => log!(Level::Debug, "unexpected message from the monitor: {other:?}"),
         }
     }

@@ -171,6 +171,27 @@ pub fn forget(epfd: c_int) {
     }
 }
 
+/// A doorbell outlives its connection (its segment is kept for reuse):
+/// takes it out of every kernel instance that has it, as closing it would
+/// have. Left in, a set whose member is gone would drain the bell of the
+/// next connection to use it, stealing that connection's wake-ups.
+pub fn drop_source(bell: c_int) {
+    if ANY.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    let all: Vec<(c_int, Arc<EpollSet>)> = match sets().as_ref() {
+        Some(m) => m.iter().map(|(&fd, s)| (fd, Arc::clone(s))).collect(),
+        None => return,
+    };
+    for (epfd, set) in all {
+        // A set with several names (dups) finds it gone the second time.
+        if lock(&set.sources).remove(&bell).is_some() {
+            // SAFETY: removes our doorbell from a live epoll instance.
+            unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, bell, std::ptr::null_mut()) };
+        }
+    }
+}
+
 /// `new` is a dup of `epfd`: another name of the same instance.
 pub fn copied(epfd: c_int, new: c_int) {
     if !is_epoll(epfd) {

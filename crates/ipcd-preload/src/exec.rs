@@ -245,7 +245,7 @@ fn reopen(fd: c_int, conn: u64, side: Side, shared: bool) -> Option<Arc<Socket>>
 fn drop_conn(fd: c_int, conn: u64, side: Side, shared: bool) {
     if let Some(mut stream) = remap(fd, conn, side, shared) {
         let conn = crate::stream::close(&mut stream, false);
-        let _ = control::with(|c| c.notify(&Request::Close { conn, side }));
+        let _ = control::with(|c| c.notify(&Request::Close { conn, side, keep: false }));
     }
 }
 

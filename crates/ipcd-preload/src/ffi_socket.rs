@@ -150,9 +150,14 @@ fn last_close(sock: &Socket) {
 pub(crate) fn close_now(sock: &Socket) {
     let old = std::mem::replace(&mut *sock.lock(), State::Closed);
     match old {
-        State::Stream(mut st) => {
+        State::Stream(st) => {
+            let mut st = *st;
             let (conn, side) = (stream::close(&mut st, sock.linger_zero()), st.info.side);
-            let _ = control::with(|c| c.notify(&Request::Close { conn, side }));
+            // Its doorbell stays open in the cache: out of every epoll
+            // instance, as closing it would have done.
+            crate::epoll::drop_source(st.link.bell());
+            let keep = st.link.keep();
+            let _ = control::with(|c| c.notify(&Request::Close { conn, side, keep }));
         }
         State::Listening { id, .. } => setup::close_listener(id),
         State::Fresh | State::Closed => {}

@@ -1,8 +1,14 @@
 //! One mapped connection segment: our producer and consumer in it and the
 //! two doorbells (ours, which we sleep on, and the peer's, which we ring).
+//!
+//! A segment whose connection closed stays mapped here (up to
+//! [`MAX_CACHED`]) when the monitor may hand it to the next connection
+//! between the same two processes: that connection then costs no memfd,
+//! mapping, page faults, unmapping (with its TLB flush) or fd passing.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
+use std::sync::Mutex;
 
 use ipcd_proto::message::{ConnInfo, Side};
 use ipcd_proto::Ring;
@@ -21,6 +27,8 @@ pub enum AttachError {
     Map(i32),
     /// The header failed validation.
     Ring(ipcd_ring::Error),
+    /// A reused segment that we do not hold.
+    NotCached(u64),
 }
 
 impl std::fmt::Display for AttachError {
@@ -30,20 +38,73 @@ impl std::fmt::Display for AttachError {
             AttachError::Size => f.write_str("segment size mismatch"),
             AttachError::Map(e) => write!(f, "mmap failed: errno {e}"),
             AttachError::Ring(e) => write!(f, "bad segment: {e}"),
+            AttachError::NotCached(id) => write!(f, "segment {id} is not mapped here"),
         }
     }
 }
 
-/// A mapped segment and our end of it.
-pub struct Link {
+/// A segment mapped here with the two doorbells of one of its ends;
+/// unmapped on drop.
+struct Mapping {
     base: NonNull<u8>,
     len: usize,
+    bell: OwnedFd,
+    peer_bell: OwnedFd,
+    /// The monitor's segment id.
+    segment: u64,
+    side: ipcd_ring::Side,
+}
+
+// SAFETY: the mapping is process-wide memory owned by this value; the fds
+// are plain integers.
+unsafe impl Send for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `Link::attach`; whoever held handles
+        // into it (a Link) is gone.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// How many closed connections' segments a process keeps mapped (each
+/// holds two hidden doorbell fds and address space, little memory).
+pub const MAX_CACHED: usize = 16;
+
+/// Segments of closed connections that the monitor may reuse.
+static CACHE: Mutex<Vec<Mapping>> = Mutex::new(Vec::new());
+
+fn cache() -> std::sync::MutexGuard<'static, Vec<Mapping>> {
+    CACHE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The monitor will not reuse `segment`: unmap it.
+pub fn forget(segment: u64) {
+    let gone: Vec<Mapping> = {
+        let mut c = cache();
+        let (gone, keep) = std::mem::take(&mut *c).into_iter().partition(|m| m.segment == segment);
+        *c = keep;
+        gone
+    };
+    drop(gone);
+}
+
+/// In a forked child: the parent's kept segments are the parent's to
+/// reuse, never ours. Skipped if the lock was held at the fork.
+pub fn forget_all() {
+    let gone = match CACHE.try_lock() {
+        Ok(mut c) => std::mem::take(&mut *c),
+        Err(_) => return,
+    };
+    drop(gone);
+}
+
+/// A mapped segment and our end of it.
+pub struct Link {
     /// Our side's sending ring.
     pub tx: Producer,
     /// Our side's receiving ring.
     pub rx: Consumer,
-    bell: OwnedFd,
-    peer_bell: OwnedFd,
     /// The monitor's connection id.
     pub conn: u64,
     seg: Segment,
@@ -51,15 +112,42 @@ pub struct Link {
     /// Another process holds this end too (after fork): every use takes
     /// the end's locks in the segment and resyncs the handles first.
     shared: bool,
+    /// Declared last: the handles above point into it.
+    map: Mapping,
 }
 
-// SAFETY: the mapping is owned by the Link and only touched through `tx`/`rx`,
-// which are Send; the fds are plain integers.
-unsafe impl Send for Link {}
-
 impl Link {
-    /// Maps the segment of `info` from `fds` = `[segment, own bell, peer bell]`.
+    /// The segment of `info`: mapped from `fds` = `[segment, own bell, peer
+    /// bell]`, or, for a reused one (no fds), the one we kept.
     pub fn attach(info: &ConnInfo, fds: Vec<OwnedFd>) -> Result<Link, AttachError> {
+        let side = match info.side {
+            Side::A => ipcd_ring::Side::A,
+            Side::B => ipcd_ring::Side::B,
+        };
+        let map = if info.reused {
+            if !fds.is_empty() {
+                return Err(AttachError::Fds(fds.len()));
+            }
+            let mut c = cache();
+            let at = c.iter().position(|m| m.segment == info.segment && m.side == side);
+            at.map(|i| c.swap_remove(i)).ok_or(AttachError::NotCached(info.segment))?
+        } else {
+            Link::map(info, side, fds)?
+        };
+        // The header is validated again: the monitor rewrote it for this
+        // connection.
+        // SAFETY: `map` is a live shared mapping of `len` bytes, owned by
+        // the Link with the view and handles made from it.
+        let seg = unsafe { Segment::attach(map.base, map.len) }.map_err(AttachError::Ring)?;
+        if seg.conn_id() != info.conn {
+            return Err(AttachError::Size);
+        }
+        let (tx, rx) = seg.endpoint(side).map_err(AttachError::Ring)?;
+        Ok(Link { tx, rx, conn: info.conn, seg, side, shared: false, map })
+    }
+
+    /// Maps a segment the monitor sent (it is then ours to unmap).
+    fn map(info: &ConnInfo, side: ipcd_ring::Side, fds: Vec<OwnedFd>) -> Result<Mapping, AttachError> {
         let [seg_fd, bell, peer_bell]: [OwnedFd; 3] =
             fds.try_into().map_err(|v: Vec<OwnedFd>| AttachError::Fds(v.len()))?;
         let len = usize::try_from(info.segment_len).map_err(|_| AttachError::Size)?;
@@ -86,35 +174,24 @@ impl Link {
         if p == libc::MAP_FAILED {
             return Err(AttachError::Map(real::errno()));
         }
-        let base = NonNull::new(p.cast::<u8>()).ok_or(AttachError::Map(libc::EINVAL))?;
-        let unmap = |e| {
-            // SAFETY: unmaps the mapping made above, which nothing uses yet.
-            unsafe { libc::munmap(p, len) };
-            e
-        };
-        // SAFETY: `base..base+len` is a live shared mapping that stays mapped
-        // until this Link drops, after the handles made from it.
-        let seg = unsafe { Segment::attach(base, len) }.map_err(|e| unmap(AttachError::Ring(e)))?;
-        if seg.conn_id() != info.conn {
-            return Err(unmap(AttachError::Size));
+        let Some(base) = NonNull::new(p.cast::<u8>()) else { return Err(AttachError::Map(libc::EINVAL)) };
+        let (bell, peer_bell) = (fds::hide(bell), fds::hide(peer_bell));
+        Ok(Mapping { base, len, bell, peer_bell, segment: info.segment, side })
+    }
+
+    /// The end is closed: keeps the segment mapped for the monitor to reuse
+    /// between the same two processes, if this process alone holds the end
+    /// and has room. Returns whether it was kept (what `Close` says).
+    pub fn keep(self) -> bool {
+        if self.shared {
+            return false;
         }
-        let side = match info.side {
-            Side::A => ipcd_ring::Side::A,
-            Side::B => ipcd_ring::Side::B,
-        };
-        let (tx, rx) = seg.endpoint(side).map_err(|e| unmap(AttachError::Ring(e)))?;
-        Ok(Link {
-            base,
-            len,
-            tx,
-            rx,
-            bell: fds::hide(bell),
-            peer_bell: fds::hide(peer_bell),
-            conn: info.conn,
-            seg,
-            side,
-            shared: false,
-        })
+        let mut c = cache();
+        if c.len() >= MAX_CACHED {
+            return false;
+        }
+        c.push(self.map);
+        true
     }
 
     /// A process is about to fork: one more holder of this end.
@@ -166,12 +243,12 @@ impl Link {
 
     /// The doorbell this end sleeps on.
     pub fn bell(&self) -> RawFd {
-        self.bell.as_raw_fd()
+        self.map.bell.as_raw_fd()
     }
 
     /// Rings the peer's doorbell (it asked to be woken).
     pub fn ring_peer(&self) {
-        ring(self.peer_bell.as_raw_fd());
+        ring(self.map.peer_bell.as_raw_fd());
     }
 
     /// What the rings say now, for the state machine. `None`: the ring is
@@ -191,14 +268,6 @@ impl Link {
             // writing (its `head`), which would cost a cache miss per send.
             peer_reader_closed: (peer_fin || peer_reset) && self.tx.is_reader_closed(),
         })
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `attach`; `tx`/`rx` die with `self`
-        // and are not used after this point.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }
 

@@ -209,7 +209,7 @@ pub fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect {
         }
         Err(e) => {
             log!(Level::Error, "connect to {dest}: cannot map the connection ({e}); kernel connect");
-            let _ = control::with(|c| c.notify(&Request::Close { conn: info.conn, side: info.side }));
+            let _ = control::with(|c| c.notify(&Request::Close { conn: info.conn, side: info.side, keep: false }));
             Connect::Kernel
         }
     }
@@ -265,7 +265,7 @@ pub fn listen(fd: libc::c_int, sock: &Socket, backlog: libc::c_int) -> bool {
 fn accepted(sock: &Socket, (info, fds): Pending, flags: libc::c_int) -> Result<(libc::c_int, SockAddr), libc::c_int> {
     let (conn, side) = (info.conn, info.side);
     let fail = |e: libc::c_int| {
-        let _ = control::with(|c| c.notify(&Request::Close { conn, side }));
+        let _ = control::with(|c| c.notify(&Request::Close { conn, side, keep: false }));
         e
     };
     let link = Link::attach(&info, fds).map_err(|e| {
@@ -396,7 +396,7 @@ pub fn close_listener(id: u64) {
             if let Ok(link) = Link::attach(&info, fds) {
                 drop(reset_link(link));
             }
-            c.notify(&Request::Close { conn: info.conn, side: info.side })?;
+            c.notify(&Request::Close { conn: info.conn, side: info.side, keep: false })?;
         }
         Ok(())
     });

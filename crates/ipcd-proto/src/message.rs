@@ -156,6 +156,12 @@ pub struct ConnInfo {
     pub peer: SockAddr,
     /// Segment length in bytes.
     pub segment_len: u64,
+    /// The segment's id, unique on the host.
+    pub segment: u64,
+    /// The segment is one both ends still map from an earlier connection
+    /// between the same two processes (`Close { keep }`): the message
+    /// carries no fds and the ends find it by `segment`.
+    pub reused: bool,
 }
 
 /// Counters for `ipcd status`.
@@ -169,10 +175,13 @@ pub struct Status {
     pub listeners: u32,
     /// Live connections.
     pub connections: u32,
-    /// Bytes of live segments.
+    /// Bytes of live segments and of those kept for reuse.
     pub segment_bytes: u64,
     /// Connections set up through ipcd since start.
     pub connects_total: u64,
+    /// Of those, how many reused the segment of an earlier connection
+    /// between the same two processes.
+    pub reused_total: u64,
     /// Connects sent to the kernel since start.
     pub fallbacks_total: u64,
     /// Milliseconds since the monitor started.
@@ -295,6 +304,10 @@ pub enum Request {
         conn: u64,
         /// Which end (a process may hold both ends of one connection).
         side: Side,
+        /// The process keeps the segment mapped, so a later connection
+        /// between the same two processes may reuse it (the monitor sends
+        /// `Forget` when it will not).
+        keep: bool,
     },
     /// First request of a forked child after `Hello`: it holds what the
     /// parent held at the fork. No fds.
@@ -359,7 +372,7 @@ pub enum Response {
         code: ErrorCode,
     },
     /// Answer to `Connect`: an ipcd connection.
-    /// Fds: `[segment memfd, own doorbell, peer doorbell]`.
+    /// Fds: `[segment memfd, own doorbell, peer doorbell]`, none if reused.
     Connected(ConnInfo),
     /// Answer to `Connect`: use the kernel. No fds.
     UseKernel {
@@ -367,7 +380,7 @@ pub enum Response {
         reason: Fallback,
     },
     /// Event: a connection arrived for a listener.
-    /// Fds: `[segment memfd, own doorbell, peer doorbell]`.
+    /// Fds: `[segment memfd, own doorbell, peer doorbell]`, none if reused.
     Incoming {
         /// Listener id from `Listen`.
         listener: u64,
@@ -378,6 +391,12 @@ pub enum Response {
     PeerGone {
         /// Connection.
         conn: u64,
+    },
+    /// Event: a segment this process kept mapped (`Close { keep }`) will
+    /// not be reused; unmap it. No fds.
+    Forget {
+        /// Segment id.
+        segment: u64,
     },
     /// Answer to `Reopen`. Fds: `[segment memfd, own doorbell, peer doorbell]`.
     Reopened(ConnInfo),
@@ -488,6 +507,8 @@ impl ConnInfo {
         self.local.encode(w);
         self.peer.encode(w);
         w.u64(self.segment_len);
+        w.u64(self.segment);
+        w.bool(self.reused);
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<ConnInfo, DecodeError> {
@@ -497,6 +518,8 @@ impl ConnInfo {
             local: SockAddr::decode(r)?,
             peer: SockAddr::decode(r)?,
             segment_len: r.u64()?,
+            segment: r.u64()?,
+            reused: r.bool("reused")?,
         })
     }
 }
@@ -559,7 +582,12 @@ impl Request {
                 w.u64(conn);
                 w.u8(how);
             }
-            Request::Close { conn, side } | Request::Reopen { conn, side } => {
+            Request::Close { conn, side, keep } => {
+                w.u64(conn);
+                side.encode(w);
+                w.bool(keep);
+            }
+            Request::Reopen { conn, side } => {
                 w.u64(conn);
                 side.encode(w);
             }
@@ -602,7 +630,7 @@ impl Request {
                 }
                 Request::Shutdown { conn, how }
             }
-            0x0106 => Request::Close { conn: r.u64()?, side: Side::decode(r)? },
+            0x0106 => Request::Close { conn: r.u64()?, side: Side::decode(r)?, keep: r.bool("keep")? },
             0x0107 => Request::Forked { parent_pid: r.u32()? },
             0x0108 => Request::ExecPrepare,
             0x0109 => Request::Reopen { conn: r.u64()?, side: Side::decode(r)? },
@@ -633,12 +661,14 @@ impl Response {
             Response::Status(_) => 0x0209,
             Response::ListenerEntry(_) => 0x020a,
             Response::ConnEntry(_) => 0x020b,
+            Response::Forget { .. } => 0x020c,
         }
     }
 
     /// Fds that travel with this message.
     pub fn fd_count(&self) -> usize {
         match self {
+            Response::Connected(info) | Response::Incoming { info, .. } if info.reused => 0,
             Response::Connected(_) | Response::Incoming { .. } | Response::Reopened(_) => 3,
             _ => 0,
         }
@@ -662,6 +692,7 @@ impl Response {
                 info.encode(w);
             }
             Response::PeerGone { conn } => w.u64(conn),
+            Response::Forget { segment } => w.u64(segment),
             Response::Status(s) => {
                 w.u32(s.monitor_pid);
                 w.u32(s.processes);
@@ -669,6 +700,7 @@ impl Response {
                 w.u32(s.connections);
                 w.u64(s.segment_bytes);
                 w.u64(s.connects_total);
+                w.u64(s.reused_total);
                 w.u64(s.fallbacks_total);
                 w.u64(s.uptime_ms);
             }
@@ -712,6 +744,7 @@ impl Response {
             0x0205 => Response::UseKernel { reason: Fallback::decode(r)? },
             0x0206 => Response::Incoming { listener: r.u64()?, info: ConnInfo::decode(r)? },
             0x0207 => Response::PeerGone { conn: r.u64()? },
+            0x020c => Response::Forget { segment: r.u64()? },
             0x0208 => Response::Reopened(ConnInfo::decode(r)?),
             0x0209 => Response::Status(Status {
                 monitor_pid: r.u32()?,
@@ -720,6 +753,7 @@ impl Response {
                 connections: r.u32()?,
                 segment_bytes: r.u64()?,
                 connects_total: r.u64()?,
+                reused_total: r.u64()?,
                 fallbacks_total: r.u64()?,
                 uptime_ms: r.u64()?,
             }),

@@ -57,7 +57,15 @@ fn a_listen_request_carries_its_socket() {
 fn connected_carries_three_fds_in_order() {
     let (a, b) = Channel::pair().unwrap();
     let pipes: Vec<_> = (0..3).map(|_| pipe()).collect();
-    let info = ConnInfo { conn: 77, side: Side::A, local: LOCAL, peer: LOCAL, segment_len: 1 << 20 };
+    let info = ConnInfo {
+        conn: 77,
+        side: Side::A,
+        local: LOCAL,
+        peer: LOCAL,
+        segment_len: 1 << 20,
+        segment: 5,
+        reused: false,
+    };
     let ws: Vec<_> = pipes.iter().map(|(_, w)| w.as_fd()).collect();
     b.send_response(0, &Response::Connected(info), &ws).unwrap();
     let (_, resp, fds) = a.recv_response().unwrap();
@@ -66,6 +74,21 @@ fn connected_carries_three_fds_in_order() {
         write_byte(fd, i as u8);
         assert_eq!(read_byte(&pipes[i].0), Some(i as u8));
     }
+}
+
+#[test]
+fn a_reused_segment_travels_without_fds() {
+    let (a, b) = Channel::pair().unwrap();
+    let info =
+        ConnInfo { conn: 78, side: Side::B, local: LOCAL, peer: LOCAL, segment_len: 1 << 20, segment: 5, reused: true };
+    let resp = Response::Incoming { listener: 1, info };
+    assert_eq!(resp.fd_count(), 0);
+    b.send_response(0, &resp, &[]).unwrap();
+    let (_, got, fds) = a.recv_response().unwrap();
+    assert_eq!(got, resp);
+    assert!(fds.into_vec().is_empty());
+    let (_, w) = pipe();
+    assert!(b.send_response(0, &resp, &[w.as_fd()]).is_err(), "fds with a reused segment are refused");
 }
 
 #[test]

@@ -14,9 +14,17 @@ fn addr() -> impl Strategy<Value = SockAddr> {
 }
 
 fn info() -> impl Strategy<Value = ConnInfo> {
-    (any::<u64>(), any::<bool>(), addr(), addr(), any::<u64>()).prop_map(|(conn, b, local, peer, segment_len)| {
-        ConnInfo { conn, side: if b { Side::B } else { Side::A }, local, peer, segment_len }
-    })
+    (any::<u64>(), any::<bool>(), addr(), addr(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+        |(conn, b, local, peer, segment_len, segment, reused)| ConnInfo {
+            conn,
+            side: if b { Side::B } else { Side::A },
+            local,
+            peer,
+            segment_len,
+            segment,
+            reused,
+        },
+    )
 }
 
 fn request() -> impl Strategy<Value = Request> {
@@ -43,8 +51,11 @@ fn request() -> impl Strategy<Value = Request> {
             nonblocking
         }),
         (any::<u64>(), 0u8..3).prop_map(|(conn, how)| Request::Shutdown { conn, how }),
-        (any::<u64>(), any::<bool>())
-            .prop_map(|(conn, b)| Request::Close { conn, side: if b { Side::B } else { Side::A } }),
+        (any::<u64>(), any::<bool>(), any::<bool>()).prop_map(|(conn, b, keep)| Request::Close {
+            conn,
+            side: if b { Side::B } else { Side::A },
+            keep
+        }),
         any::<u32>().prop_map(|parent_pid| Request::Forked { parent_pid }),
         Just(Request::ExecPrepare),
         (any::<u64>(), any::<bool>())
@@ -67,8 +78,9 @@ fn response() -> impl Strategy<Value = Response> {
         prop::sample::select(reasons.to_vec()).prop_map(|reason| Response::UseKernel { reason }),
         (any::<u64>(), info()).prop_map(|(listener, info)| Response::Incoming { listener, info }),
         any::<u64>().prop_map(|conn| Response::PeerGone { conn }),
+        any::<u64>().prop_map(|segment| Response::Forget { segment }),
         info().prop_map(Response::Reopened),
-        any::<[u64; 8]>().prop_map(|v| Response::Status(Status {
+        any::<[u64; 9]>().prop_map(|v| Response::Status(Status {
             monitor_pid: v[0] as u32,
             processes: v[1] as u32,
             listeners: v[2] as u32,
@@ -77,6 +89,7 @@ fn response() -> impl Strategy<Value = Response> {
             connects_total: v[5],
             fallbacks_total: v[6],
             uptime_ms: v[7],
+            reused_total: v[8],
         })),
         (any::<u32>(), addr(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(
             |(pid, addr, backlog, pending, reuseport)| Response::ListenerEntry(ListenerStatus {

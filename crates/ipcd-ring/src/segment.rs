@@ -157,6 +157,36 @@ impl Segment {
         Ok(Segment { base, len, conn_id, caps })
     }
 
+    /// Makes the segment fresh again for connection `conn_id`: both rings
+    /// empty and open, no waiters, one holder per end, no lock held. The
+    /// layout (magic, capacities) is kept. Unlike [`Segment::init`] it
+    /// writes with atomic stores only, so it is sound on memory that other
+    /// processes still map; they must no longer use it (both ends of the
+    /// last connection closed), or they see their own connection torn.
+    pub fn reuse(&mut self, conn_id: u64) {
+        let control = self.control();
+        let header = &control.header.0;
+        for h in &header.holders {
+            h.store(1, Ordering::Relaxed);
+        }
+        for l in &header.locks {
+            l.store(0, Ordering::Relaxed);
+        }
+        for r in &control.rings {
+            r.writer.0.tail.store(0, Ordering::Relaxed);
+            r.writer.0.flags.store(0, Ordering::Relaxed);
+            r.reader.0.head.store(0, Ordering::Relaxed);
+            r.reader.0.flags.store(0, Ordering::Relaxed);
+            r.reader_waiting.0.store(0, Ordering::Relaxed);
+            r.writer_waiting.0.store(0, Ordering::Relaxed);
+        }
+        // Release: whoever attaches after reading the new id sees the
+        // fresh rings (hand-over between processes also goes through a
+        // system call, which orders it anyway).
+        header.conn_id.store(conn_id, Ordering::Release);
+        self.conn_id = conn_id;
+    }
+
     /// Validates a segment another process initialised and returns a view.
     /// Magic, version, offsets and capacities are checked against `len`; the
     /// content is otherwise untrusted and every later index read is validated.

@@ -110,3 +110,48 @@ fn attach_to_garbage_never_panics() {
         let _ = attach(&r);
     }
 }
+
+#[test]
+fn a_reused_segment_is_fresh_for_its_next_connection() {
+    let (r, mut seg) = segment([64, 64]);
+    let me = std::num::NonZeroU32::new(7).unwrap();
+    {
+        // A first connection that wrote, half-read, closed, reset, waited
+        // and left a lock and an extra holder behind.
+        let (mut tx, mut rx) = seg.endpoint(Side::A).unwrap();
+        let (mut ptx, mut prx) = seg.endpoint(Side::B).unwrap();
+        assert_eq!(tx.write(b"old bytes").unwrap().len, 9);
+        let mut two = [0u8; 2];
+        assert_eq!(prx.read(&mut two).unwrap().len, 2);
+        assert_eq!(ptx.write(b"x").unwrap().len, 1);
+        let _ = rx.prepare_wait();
+        seg.add_holder(Side::B);
+        seg.try_lock(ipcd_ring::EndLock::Send(Side::A), me).unwrap();
+        tx.close();
+        ptx.reset();
+        rx.close();
+    }
+    seg.reuse(43);
+    let other = attach(&r).unwrap();
+    assert_eq!(other.conn_id(), 43);
+    assert_eq!(seg.conn_id(), 43);
+    let (mut tx, mut rx) = other.endpoint(Side::A).unwrap();
+    let (mut ptx, mut prx) = other.endpoint(Side::B).unwrap();
+    for c in [&rx, &prx] {
+        assert_eq!(c.peer_state(), ipcd_ring::PeerState::Open);
+        assert!(!c.peer_fin());
+    }
+    assert_eq!(rx.readable().unwrap(), 0, "nothing of the old connection is readable");
+    assert_eq!(prx.readable().unwrap(), 0);
+    assert_eq!(tx.writable().unwrap(), 64, "the whole ring is free");
+    assert!(!tx.is_reader_closed() && !ptx.is_reader_closed());
+    assert_eq!(other.written(Side::A), 0);
+    assert!(other.try_lock(ipcd_ring::EndLock::Send(Side::A), me).is_ok(), "no lock is left held");
+    assert_eq!(other.release_holder(Side::B), 0, "one holder per end again");
+    assert_eq!(tx.write(b"new").unwrap().len, 3);
+    let mut buf = [0u8; 8];
+    assert_eq!(prx.read(&mut buf).unwrap().len, 3);
+    assert_eq!(&buf[..3], b"new");
+    assert_eq!(ptx.write(b"y").unwrap().len, 1);
+    assert_eq!(rx.read(&mut buf).unwrap().len, 1);
+}

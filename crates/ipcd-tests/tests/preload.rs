@@ -76,9 +76,21 @@ checks! {
     fork_both_use_one_connection => "fork-share",
     fork_parent_closes_child_serves => "fork-handoff",
     exec_hands_a_connection_over => "exec-handoff",
+    connections_one_after_another => "reuse",
     thread_per_connection_and_whole_concurrent_sends => "threads",
     close_while_another_thread_is_blocked => "close-race",
     signals_interrupt_accept_poll_epoll => "eintr",
+}
+
+/// Connections one after another between the same two ends reuse the
+/// segment of an earlier one (the check itself proves it changes nothing).
+#[test]
+fn later_connections_reuse_segments() {
+    let mon = Monitor::start(RING_BYTES);
+    must_pass("reuse under ipcd", mon.under(&mut probe(&["check", "reuse"])).output().expect("run probe"));
+    let st = mon.status().status;
+    assert_eq!(st.connects_total, 120, "{st:?}");
+    assert!(st.reused_total >= 100, "few segments were reused: {st:?}");
 }
 
 /// A pre-fork server under ipcd (the children accept on the parent's

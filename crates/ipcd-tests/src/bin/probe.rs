@@ -1623,6 +1623,85 @@ fn epoll_shared() -> Res {
     Ok(())
 }
 
+/// Many connections between the same two ends, one after another (under
+/// ipcd each reuses an earlier one's segment): each sees exactly its own
+/// bytes, end of stream and reset; an epoll set that held an earlier
+/// connection reports nothing for it and steals no later one's wake-up.
+fn reuse() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    // SAFETY: plain epoll creation.
+    let ep = cvt("epoll_create1", unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }).map_err(f)?;
+    let mut rng = Prng::new(7);
+    for round in 0..120u64 {
+        let c = net::connect_loopback(false, port).map_err(f)?;
+        let s = net::accept(l).map_err(f)?;
+        let mut buf = [0u8; 16];
+        match round % 4 {
+            0 => {
+                // Bulk, past the pages a small connection touches.
+                let mut data = vec![0u8; rng.range(1, 300 << 10)];
+                rng.fill(&mut data);
+                let expect = data.clone();
+                let writer = std::thread::spawn(move || {
+                    let r = net::send_all(c, &data);
+                    net::close(c);
+                    r
+                });
+                let mut got = vec![0u8; expect.len()];
+                net::read_exact(s, &mut got).map_err(f)?;
+                writer.join().map_err(|_| "writer panicked")?.map_err(f)?;
+                ensure!(got == expect, "round {round}: bytes differ");
+                ensure!(recv(s, &mut buf, 0) == 0, "round {round}: end of stream");
+            }
+            1 => {
+                ensure!(send(c, b"unread", 0) == 6, "send");
+                net::close(s);
+                std::thread::sleep(Duration::from_millis(5));
+                let r = recv(c, &mut buf, 0);
+                ensure!(r == -1 && errno() == libc::ECONNRESET, "round {round}: recv after reset {r}/{}", errno());
+                net::close(c);
+                continue;
+            }
+            2 => {
+                // Waited for (so its wake-up source is in the kernel's
+                // set), then closed while still in the long-lived set.
+                epoll_add(ep, s, IN, round)?;
+                let writer = std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(20));
+                    send(c, b"e", 0)
+                });
+                ensure!(epoll_get(ep, 1000)? == [(IN, round)], "round {round}: epoll");
+                ensure!(writer.join().map_err(|_| "writer panicked")? == 1, "send");
+                ensure!(recv(s, &mut buf, 0) == 1, "recv");
+            }
+            _ => {
+                // A recv asleep while another thread waits on that set.
+                set_timeout(s, 5)?;
+                let reader = std::thread::spawn(move || {
+                    let mut b = [0u8; 4];
+                    (recv(s, &mut b, 0), errno())
+                });
+                let waiter = std::thread::spawn(move || epoll_get(ep, 80));
+                std::thread::sleep(Duration::from_millis(30));
+                ensure!(send(c, b"w", 0) == 1, "send");
+                let (r, e) = reader.join().map_err(|_| "reader panicked")?;
+                ensure!(r == 1, "round {round}: the sleeping recv gave {r}/{e}");
+                let seen = waiter.join().map_err(|_| "waiter panicked")??;
+                ensure!(seen.is_empty(), "round {round}: the set reported {seen:?}");
+            }
+        }
+        net::close(c);
+        net::close(s);
+        // The kernel drops a closed fd from the set; nothing of ours (a
+        // doorbell kept for reuse) may stay registered either.
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{ep}")).map_err(|e| e.to_string())?;
+        ensure!(!info.contains("tfd:"), "round {round}: the set still watches something:\n{info}");
+    }
+    net::close(ep);
+    net::close(l);
+    Ok(())
+}
+
 fn check(name: &str) -> Res {
     match name {
         "echo" => echo(false, 200, 1),
@@ -1652,6 +1731,7 @@ fn check(name: &str) -> Res {
         "eintr" => eintr(),
         "fork-handoff" => fork_handoff(),
         "exec-handoff" => exec_handoff(),
+        "reuse" => reuse(),
         other => Err(format!("unknown check {other}")),
     }
 }
@@ -1697,9 +1777,11 @@ fn bench_server(kind: &str, cpu: Option<u64>) -> Res {
     if let Some(cpu) = cpu {
         pin(cpu);
     }
+    let mut unix_path = None;
     let l = if kind == "unix" {
         let path = std::env::temp_dir().join(format!("ipcd-bench-{}.sock", std::process::id()));
         let path = path.to_string_lossy().into_owned();
+        unix_path = Some(path.clone());
         let _ = std::fs::remove_file(&path);
         // SAFETY: plain socket creation.
         let l = cvt("socket", unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) }).map_err(f)?;
@@ -1716,6 +1798,11 @@ fn bench_server(kind: &str, cpu: Option<u64>) -> Res {
         l
     };
     let s = net::accept(l).map_err(f)?;
+    if let Some(path) = unix_path {
+        // One connection per run: the name is not needed any more (runs
+        // once left a socket file in /tmp each).
+        let _ = std::fs::remove_file(path);
+    }
     let mut hdr = [0u8; 9];
     net::read_exact(s, &mut hdr).map_err(f)?;
     let size = u64::from_le_bytes(hdr[1..].try_into().map_err(|_| "header")?) as usize;
