@@ -10,7 +10,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ipcd_proto::channel::{Channel, ChannelError, Fds};
-use ipcd_proto::message::{ConnInfo, Request, Response};
+use ipcd_proto::message::{ConnInfo, Request, Response, Side};
 use ipcd_proto::Caps;
 
 use crate::log::{log, Level};
@@ -25,6 +25,12 @@ pub struct Control {
     seq: u32,
     pid: u32,
     incoming: HashMap<u64, VecDeque<Pending>>,
+    /// Connections accepted but not yet reported (`Accepted` only keeps
+    /// the monitor's backlog count): sent before the next request, or when
+    /// an accept finds nothing, and dropped when the connection's `Close`
+    /// (which implies it) goes first — most short connections never need
+    /// a message of their own.
+    accepted: Vec<u64>,
 }
 
 static CONTROL: Mutex<Option<Control>> = Mutex::new(None);
@@ -63,8 +69,8 @@ pub fn peek<R>(f: impl FnOnce(&Control) -> R) -> Option<R> {
 /// (logged once per attempt), or the channel broke.
 pub fn with<R>(f: impl FnOnce(&mut Control) -> Result<R, ChannelError>) -> Option<R> {
     let mut guard = CONTROL.lock().unwrap_or_else(|p| p.into_inner());
-    // SAFETY: getpid cannot fail.
-    let pid = unsafe { libc::getpid() } as u32;
+    // Refreshed in a forked child (atfork); getpid was a system call per use.
+    let pid = crate::fork::owner_id().get();
     if guard.as_ref().is_some_and(|c| c.pid != pid) {
         // A forked child: the channel is the parent's. Our copy of its fd is
         // closed; the child registers on its own. The segments the parent
@@ -109,7 +115,7 @@ impl Control {
             return Err(format!("the monitor runs as uid {}, not {uid} or root", cred.uid));
         }
         chan.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let mut c = Control { chan, seq: 0, pid, incoming: HashMap::new() };
+        let mut c = Control { chan, seq: 0, pid, incoming: HashMap::new(), accepted: Vec::new() };
         let hello = Request::hello(pid, uid, Caps::empty());
         match c.call(&hello, &[]).map_err(|e| e.to_string())?.0 {
             Response::Welcome { .. } => {}
@@ -149,7 +155,28 @@ impl Control {
         self.send(req, &[])
     }
 
+    /// Records an accepted connection, reported later (see `accepted`).
+    pub fn accepted(&mut self, conn: u64) {
+        self.accepted.push(conn);
+    }
+
+    /// Reports the accepted connections not yet reported.
+    pub fn flush_accepted(&mut self) -> Result<(), ChannelError> {
+        while let Some(conn) = self.accepted.pop() {
+            self.send_now(&Request::Accepted { conn }, &[])?;
+        }
+        Ok(())
+    }
+
     fn send(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
+        if let Request::Close { conn, side: Side::B, .. } = *req {
+            self.accepted.retain(|&c| c != conn);
+        }
+        self.flush_accepted()?;
+        self.send_now(req, fds)
+    }
+
+    fn send_now(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
         self.seq = self.seq.wrapping_add(1).max(1);
         loop {
             match self.chan.send_request(self.seq, req, fds) {

@@ -296,7 +296,10 @@ fn accepted(sock: &Socket, (info, fds): Pending, flags: libc::c_int) -> Result<(
         unsafe { real::close(fd) };
         return Err(fail(libc::EMFILE));
     }
-    let _ = control::with(|c| c.notify(&Request::Accepted { conn }));
+    let _ = control::with(|c| {
+        c.accepted(conn);
+        Ok(())
+    });
     Ok((fd, for_family(peer, sock.family)))
 }
 
@@ -326,6 +329,9 @@ pub unsafe fn accept(
     // kernel's queue, and only when both are empty the control channel:
     // one system call per accept while connections keep coming.
     let mut drain = false;
+    // The kernel's queue is asked on entry and then only when poll says it
+    // has something (each ask is a system call).
+    let mut kernel_ready = true;
     loop {
         let next = control::with(|c| {
             if drain {
@@ -344,20 +350,25 @@ pub unsafe fn accept(
                 Err(e) => return Err(e),
             }
         }
-        // SAFETY: the caller's buffers; the kernel fd is non-blocking.
-        let r = unsafe { real::accept4(fd, addr, len, flags) };
-        if r >= 0 {
-            return Ok(r);
-        }
-        let e = real::errno();
-        if e != libc::EAGAIN {
-            return Err(e);
+        if kernel_ready {
+            // SAFETY: the caller's buffers; the kernel fd is non-blocking.
+            let r = unsafe { real::accept4(fd, addr, len, flags) };
+            if r >= 0 {
+                return Ok(r);
+            }
+            let e = real::errno();
+            if e != libc::EAGAIN {
+                return Err(e);
+            }
+            kernel_ready = false;
         }
         if !drain {
             drain = true;
             continue;
         }
         drain = false;
+        // Nothing to accept: a good moment to report what was accepted.
+        let _ = control::with(|c| c.flush_accepted());
         if sock.nonblocking() {
             return Err(libc::EAGAIN);
         }
@@ -383,6 +394,7 @@ pub unsafe fn accept(
         if pfds[1].revents != 0 {
             link::drain(bell);
         }
+        kernel_ready = pfds[0].revents != 0;
     }
 }
 

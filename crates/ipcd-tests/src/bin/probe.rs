@@ -1623,6 +1623,79 @@ fn epoll_shared() -> Res {
     Ok(())
 }
 
+/// Accepted connections leave the backlog even while they stay open: a
+/// listener with a backlog of 2 keeps taking connections from another
+/// process, round after round (under ipcd, a count that forgot accepted
+/// ones would send the later connects to the kernel, which `check` sees).
+fn backlog_refills() -> Res {
+    let (to_child, from_parent) = {
+        let (r, w) = pipe()?;
+        (w, r)
+    };
+    let (from_child, to_parent) = pipe()?;
+    let byte = |fd: i32| -> Result<u8, String> {
+        let mut b = [0u8; 1];
+        // SAFETY: a live one-byte buffer.
+        ensure!(unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) } == 1, "pipe read");
+        Ok(b[0])
+    };
+    let put = |fd: i32, v: u8| {
+        // SAFETY: a live one-byte buffer.
+        unsafe { libc::write(fd, [v].as_ptr().cast(), 1) };
+    };
+    const ROUNDS: usize = 5;
+    // The clients are another process, forked before the listener exists
+    // (a forked listener is the kernel's alone).
+    let pid = fork()?;
+    if pid == 0 {
+        in_child(|| {
+            let port = u16::from(byte(from_parent)?) << 8 | u16::from(byte(from_parent)?);
+            let mut open = Vec::new();
+            for _ in 0..ROUNDS {
+                for _ in 0..2 {
+                    open.push(net::connect_loopback(false, port).map_err(f)?);
+                }
+                put(to_parent, 1);
+                byte(from_parent)?;
+            }
+            open.into_iter().for_each(net::close);
+            Ok(())
+        });
+    }
+    let l = net::tcp_socket(false).map_err(f)?;
+    let (ss, len) = net::loopback(false, 0);
+    // SAFETY: a sockaddr of `len` bytes; then a bound socket.
+    cvt("bind", unsafe { libc::bind(l, (&raw const ss).cast(), len) }).map_err(f)?;
+    // SAFETY: a bound socket.
+    cvt("listen", unsafe { libc::listen(l, 2) }).map_err(f)?;
+    let port = net::local_port(l).map_err(f)?;
+    put(to_child, (port >> 8) as u8);
+    put(to_child, port as u8);
+    set_nonblocking(l, true)?;
+    let mut open = Vec::new();
+    for round in 0..ROUNDS {
+        byte(from_child)?;
+        for _ in 0..2 {
+            let mut fds = [pollfd(l, libc::POLLIN)];
+            ensure!(poll_n(&mut fds, 5000) == 1, "round {round}: no connection to accept");
+            // SAFETY: no address wanted.
+            let s = unsafe { libc::accept4(l, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+            ensure!(s >= 0, "round {round}: accept: {}", errno());
+            open.push(s);
+        }
+        // SAFETY: as above.
+        let r = unsafe { libc::accept4(l, std::ptr::null_mut(), std::ptr::null_mut(), 0) };
+        ensure!(r == -1 && errno() == libc::EAGAIN, "round {round}: queue not empty: {r}/{}", errno());
+        put(to_child, 1);
+    }
+    wait_child(pid)?;
+    open.into_iter().for_each(net::close);
+    for fd in [l, to_child, from_parent, from_child, to_parent] {
+        net::close(fd);
+    }
+    Ok(())
+}
+
 /// Many connections between the same two ends, one after another (under
 /// ipcd each reuses an earlier one's segment): each sees exactly its own
 /// bytes, end of stream and reset; an epoll set that held an earlier
@@ -1732,6 +1805,7 @@ fn check(name: &str) -> Res {
         "fork-handoff" => fork_handoff(),
         "exec-handoff" => exec_handoff(),
         "reuse" => reuse(),
+        "backlog" => backlog_refills(),
         other => Err(format!("unknown check {other}")),
     }
 }
