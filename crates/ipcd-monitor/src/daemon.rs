@@ -187,7 +187,9 @@ impl Daemon {
             conns: HashMap::new(),
             next_conn: 1,
             pools: HashMap::new(),
-            next_segment: 1,
+            // Ids of another monitor's run (a process kept segments across
+            // a restart) must not match ours.
+            next_segment: segment_id_base(),
             orphans: Vec::new(),
             local: LocalAddrs::default(),
             started: Instant::now(),
@@ -840,6 +842,12 @@ fn end_gone(seg: &SharedSegment, side: Side) {
             let _ = view.mark_gone(s);
         }
     }
+}
+
+/// Where this run's segment ids start: the start time in microseconds, so
+/// that two runs of the monitor do not hand out the same ids.
+fn segment_id_base() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64).max(1)
 }
 
 /// The parent pid of `pid`, from /proc.

@@ -73,17 +73,21 @@ pub fn with<R>(f: impl FnOnce(&mut Control) -> Result<R, ChannelError>) -> Optio
     let pid = crate::fork::owner_id().get();
     if guard.as_ref().is_some_and(|c| c.pid != pid) {
         // A forked child: the channel is the parent's. Our copy of its fd is
-        // closed; the child registers on its own. The segments the parent
-        // kept for reuse are the parent's.
+        // closed; the child registers on its own.
         *guard = None;
-        crate::link::forget_all();
     }
     if guard.is_none() {
         if now_ms() < RETRY_AFTER_MS.load(Ordering::Relaxed) {
             return None;
         }
         match Control::open(pid) {
-            Ok(c) => *guard = Some(c),
+            Ok(c) => {
+                // Kept segments belong to the channel they were kept on: a
+                // new one (a forked child's, or the old broke, or the
+                // monitor restarted) will never reuse them.
+                crate::link::forget_all();
+                *guard = Some(c);
+            }
             Err(e) => {
                 log!(Level::Warn, "no monitor on @{} ({e}); using kernel sockets", crate::config::get().socket);
                 RETRY_AFTER_MS.store(now_ms() + RETRY.as_millis() as u64, Ordering::Relaxed);

@@ -61,7 +61,7 @@ unsafe impl Send for Mapping {}
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `Link::attach`; whoever held handles
+        // SAFETY: the mapping made in `Link::map`; whoever held handles
         // into it (a Link) is gone.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
     }
@@ -89,8 +89,10 @@ pub fn forget(segment: u64) {
     drop(gone);
 }
 
-/// In a forked child: the parent's kept segments are the parent's to
-/// reuse, never ours. Skipped if the lock was held at the fork.
+/// Unmaps every kept segment: none will be reused. Only tries the lock:
+/// in a forked child another thread of the parent may have held it at the
+/// fork. What stays is bounded and harmless (segment ids are unique to
+/// a run of the monitor, so no later connection can match them).
 pub fn forget_all() {
     let gone = match CACHE.try_lock() {
         Ok(mut c) => std::mem::take(&mut *c),
