@@ -635,6 +635,7 @@ impl Daemon {
         let live = self.clients.contains_key(&a) && self.clients.contains_key(&b);
         let room = self.pools.get(&rec.pair).map_or(0, Vec::len) < POOL_PER_PAIR;
         if rec.recyclable && rec.kept == [true, true] && live && room {
+            rec.seg.trim();
             self.pools.entry(rec.pair).or_default().push(Pooled { id: segment, seg: rec.seg, bells: rec.bells });
             return;
         }

@@ -71,9 +71,15 @@ impl SharedSegment {
     }
 
     /// Makes the segment fresh for connection `conn` (both ends of the last
-    /// one closed). Pages a bulk connection touched are given back first:
-    /// a pooled segment should not pin megabytes it may never use again.
+    /// one closed).
     pub fn reuse(&mut self, conn: u64) {
+        self.view.reuse(conn);
+    }
+
+    /// The connection is over and the segment goes to a pool: the pages a
+    /// bulk connection touched are given back, so that a pooled segment
+    /// does not pin megabytes it may never use again.
+    pub fn trim(&self) {
         const KEEP_TOUCHED: u64 = 256 << 10;
         let touched = [ipcd_ring::Side::A, ipcd_ring::Side::B].map(|s| self.view.written(s));
         if touched.iter().any(|&w| w > KEEP_TOUCHED) {
@@ -91,7 +97,6 @@ impl SharedSegment {
                 )
             };
         }
-        self.view.reuse(conn);
     }
 
     /// Length in bytes.

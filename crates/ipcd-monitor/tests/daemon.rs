@@ -267,10 +267,26 @@ fn a_segment_both_ends_kept_is_reused_by_the_same_pair_only() {
     let (_, sfds) = next_event(&server);
     let (a, b) = (map(&cfds[0]), map(&sfds[0]));
     let mut tx = a.seg.producer(ipcd_ring::Side::A).unwrap();
+    let mut rx = b.seg.consumer(ipcd_ring::Side::B).unwrap();
+    // A bulk connection: 300 KiB through the 4 KiB ring touches every page.
+    let mut sink = [0u8; 4096];
+    for _ in 0..75 {
+        assert_eq!(tx.write(&[7u8; 4096]).unwrap().len, 4096);
+        assert_eq!(rx.read(&mut sink).unwrap().len, 4096);
+    }
     assert_eq!(tx.write(b"old").unwrap().len, 3);
     let _ = tx.close();
+    let blocks = |fd: &OwnedFd| {
+        // SAFETY: fstat of a live fd into a zeroed struct.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
+        st.st_blocks
+    };
+    let touched = blocks(&cfds[0]);
     close_both(&mut client, &mut server, first.conn, [true, true], true);
     assert!(client.status().unwrap().status.segment_bytes > 0, "the pooled segment is reported");
+    assert!(blocks(&cfds[0]) < touched, "the pages a bulk connection touched are given back");
 
     // Another process gets a fresh segment, never the pair's.
     let (Response::Connected(other), ofds) = connect(&mut stranger, addr) else { panic!("not brokered") };
