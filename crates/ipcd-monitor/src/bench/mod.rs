@@ -72,6 +72,12 @@ struct Row {
 }
 
 impl Row {
+    /// A rate in thousands per second from the first value of each run.
+    fn thousands_per_s(res: &[[Option<f64>; 3]], workload: String, metric: &'static str) -> Row {
+        let values = res.first().copied().unwrap_or([None; 3]).map(|v| v.map(|x| x / 1e3));
+        Row { workload, metric, unit: "k/s", higher_better: true, values }
+    }
+
     /// How many times better ipcd is than kernel TCP.
     fn ratio(&self) -> Option<f64> {
         let (k, i) = (self.values[0]?, self.values[2]?);
@@ -292,28 +298,14 @@ pub fn run(opts: &Options) -> Result<(), String> {
             let n = if opts.quick { 500 } else { 3000 };
             runner.setup(t, n, threads).map(|r| vec![r])
         });
-        let values = res.first().copied().unwrap_or([None; 3]).map(|v| v.map(|x| x / 1e3));
-        rows.push(Row {
-            workload: format!("connection setup, {threads} client thread(s)"),
-            metric: "connections/s",
-            unit: "k/s",
-            higher_better: true,
-            values,
-        });
+        rows.push(Row::thousands_per_s(&res, format!("connection setup, {threads} client thread(s)"), "connections/s"));
     }
     for conns in [1usize, 16, 256] {
         let res = alternate(reps, &TCP_IPCD, &mut progress, &format!("epoll server {conns} conn"), |t| {
             let rounds = (if t == Transport::Ipcd { 200_000 } else { 10_000 } / conns.min(16) / q as usize).max(20);
             runner.epoll(t, conns, rounds).map(|r| vec![r])
         });
-        let values = res.first().copied().unwrap_or([None; 3]).map(|v| v.map(|x| x / 1e3));
-        rows.push(Row {
-            workload: format!("epoll echo server, {conns} connection(s)"),
-            metric: "requests/s",
-            unit: "k/s",
-            higher_better: true,
-            values,
-        });
+        rows.push(Row::thousands_per_s(&res, format!("epoll echo server, {conns} connection(s)"), "requests/s"));
     }
     programs::run(&runner, opts.quick, reps, &mut progress, &mut rows);
     scaling::run(&runner, opts.quick, reps, &all, &mut progress, &mut rows);
