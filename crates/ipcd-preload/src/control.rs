@@ -107,11 +107,17 @@ pub fn with<R>(f: impl FnOnce(&mut Control) -> Result<R, ChannelError>) -> Optio
     }
 }
 
+impl Drop for Control {
+    fn drop(&mut self) {
+        // Our own close of the channel must pass the interposed `close`.
+        crate::fds::unhide(self.fd());
+    }
+}
+
 impl Control {
     fn open(pid: u32) -> Result<Control, String> {
         let name = &crate::config::get().socket;
         let chan = Channel::connect_abstract(name.as_bytes()).map_err(|e| e.to_string())?;
-        let chan = Channel::from_fd(crate::fds::hide(OwnedFd::from(chan)));
         // SAFETY: getuid cannot fail.
         let uid = unsafe { libc::getuid() };
         let cred = chan.peer_cred().map_err(|e| e.to_string())?;
@@ -119,6 +125,8 @@ impl Control {
             return Err(format!("the monitor runs as uid {}, not {uid} or root", cred.uid));
         }
         chan.set_nonblocking(true).map_err(|e| e.to_string())?;
+        // Hidden once it is sure to be kept: from here on `Control`'s drop unhides it.
+        let chan = Channel::from_fd(crate::fds::hide(OwnedFd::from(chan)));
         let mut c = Control { chan, seq: 0, pid, incoming: HashMap::new(), accepted: Vec::new() };
         let hello = Request::hello(pid, uid, Caps::empty());
         match c.call(&hello, &[]).map_err(|e| e.to_string())?.0 {

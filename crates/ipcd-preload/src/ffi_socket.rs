@@ -180,10 +180,61 @@ fn release(fd: c_int) {
 /// As for `close(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    if crate::fds::is_hidden(fd) {
+        // One of ours (a doorbell, the control channel): to the program it
+        // is not open, as if it had never been.
+        return fail(libc::EBADF);
+    }
     release(fd);
     crate::epoll::forget(fd);
     // SAFETY: the caller's fd.
     unsafe { real::close(fd) }
+}
+
+/// Interposed `close_range(2)`: our bookkeeping for every fd of ours in
+/// the range, then the kernel's close of the range around our hidden fds.
+///
+/// # Safety
+/// As for `close_range(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn close_range(first: libc::c_uint, last: libc::c_uint, flags: c_int) -> c_int {
+    // Bad arguments and close-on-exec marking close nothing: the kernel
+    // answers alone (ours are close-on-exec already).
+    if first > last || flags & !(libc::CLOSE_RANGE_UNSHARE as c_int) != 0 {
+        // SAFETY: the caller's arguments, unchanged.
+        return unsafe { real::close_range(first, last, flags) };
+    }
+    guarded((), || {
+        let top = last.min(table::TABLE_LEN as libc::c_uint - 1);
+        for fd in first..=top {
+            release(fd as c_int);
+            crate::epoll::forget(fd as c_int);
+        }
+    });
+    let mut r = 0;
+    let any = crate::fds::each_gap(first, last, |a, b| {
+        // SAFETY: a piece of the caller's range without our fds.
+        r = unsafe { real::close_range(a, b, flags) };
+        r == 0
+    });
+    if !any {
+        // Only ours in the range: nothing of the program's to close (an
+        // unshare request still gets its unshare: no fd is that high).
+        // SAFETY: a range of one number no process can have open.
+        r = unsafe { real::close_range(libc::c_uint::MAX, libc::c_uint::MAX, flags) };
+    }
+    r
+}
+
+/// Interposed `closefrom(3)`: as `close_range(lowfd, ~0, 0)`, which is
+/// what glibc's does (without going through the interposable symbol).
+///
+/// # Safety
+/// As for `closefrom(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn closefrom(lowfd: c_int) {
+    // SAFETY: the caller's argument; negative means from 0, as glibc's.
+    unsafe { close_range(lowfd.max(0) as libc::c_uint, libc::c_uint::MAX, 0) };
 }
 
 /// Interposed `shutdown(2)`.

@@ -61,6 +61,10 @@ unsafe impl Send for Mapping {}
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        // The doorbells close when the fields drop, through the interposed
+        // `close`, which refuses hidden fds.
+        fds::unhide(self.bell.as_raw_fd());
+        fds::unhide(self.peer_bell.as_raw_fd());
         // SAFETY: the mapping made in `Link::map`; whoever held handles
         // into it (a Link) is gone.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };

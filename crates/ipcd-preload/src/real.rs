@@ -112,6 +112,17 @@ real! {
     epoll_pwait2(epfd: c_int, evs: *mut libc::epoll_event, n: c_int, timeout: *const libc::timespec, mask: *const libc::sigset_t) -> c_int;
 }
 
+/// `close_range(2)`, as the system call itself: glibc's `closefrom` makes
+/// it without going through any symbol, and older glibcs lack the wrapper.
+///
+/// # Safety
+/// As for `close_range(2)`.
+#[inline]
+pub unsafe fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    // SAFETY: the caller upholds close_range's contract.
+    unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) as c_int }
+}
+
 /// The real `fcntl`, called with one integer or pointer argument (every
 /// command takes at most one).
 ///

@@ -1696,6 +1696,116 @@ fn backlog_refills() -> Res {
     Ok(())
 }
 
+extern "C" {
+    /// glibc's (2.34+), which the libc crate does not declare for Linux.
+    fn closefrom(lowfd: libc::c_int);
+}
+
+/// The fds open in this process, from /proc.
+fn open_fds() -> Result<Vec<i32>, String> {
+    let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    // The listing's own fd is closed by now.
+    // SAFETY: F_GETFD only reads the fd's flags.
+    fds.retain(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
+    fds.sort_unstable();
+    Ok(fds)
+}
+
+/// A program that closes every fd it did not open (a loop of `close`,
+/// `close_range`, `closefrom`, as daemons do) keeps its connections: the
+/// library's own fds are not the program's to close, and close reports
+/// them not open. A connection closed by `close_range` is closed for ipcd
+/// too: the peer reads end of stream, and a file that gets the number is
+/// the file, not the old connection.
+fn close_all() -> Res {
+    let (c0, s0) = pair(false)?;
+    ensure!(send(c0, b"warm", 0) == 4, "send before");
+    let mut buf = [0u8; 8];
+    ensure!(recv(s0, &mut buf, 0) == 4, "recv before");
+    // Other numbers than the ones the connection was made on.
+    // SAFETY: dup of our fds.
+    let (c, s) = unsafe { (libc::dup(c0), libc::dup(s0)) };
+    ensure!(c >= 0 && s >= 0, "dup: {}", errno());
+    let ours = |fd: i32| fd <= 2 || fd == c || fd == s;
+    // Plain close of everything else, up to the limit as daemons do (the
+    // library keeps its fds high, near the limit).
+    // SAFETY: sysconf has no preconditions.
+    let max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) }.clamp(1024, 65536) as i32;
+    for fd in 3..max {
+        if !ours(fd) {
+            // SAFETY: closing numbers that are not the connection's.
+            unsafe { libc::close(fd) };
+        }
+    }
+    let left: Vec<i32> = open_fds()?.into_iter().filter(|&fd| !ours(fd)).collect();
+    // What is left is the library's: its control channel, event bell and
+    // the doorbells of the connection (two ends, two each).
+    let preloaded = std::env::var_os("LD_PRELOAD").is_some();
+    ensure!(left.len() >= 5 || !preloaded, "the library's fds were closed: {left:?} left");
+    ensure!(left.is_empty() || preloaded, "fds left open without the library: {left:?}");
+    for &fd in &left {
+        // SAFETY: close of a number this program never opened.
+        let r = unsafe { libc::close(fd) };
+        ensure!(r == -1 && errno() == libc::EBADF, "close({fd}) of a hidden fd gave {r}/{}", errno());
+    }
+    let (lo, hi) = (c.min(s) as u32, c.max(s) as u32);
+    // close_range around the connection, then closefrom above it.
+    for (a, b) in [(3, lo.saturating_sub(1)), (lo + 1, hi - 1)] {
+        if a <= b {
+            // SAFETY: a range without the connection's fds.
+            ensure!(unsafe { libc::close_range(a, b, 0) } == 0, "close_range({a}, {b}): {}", errno());
+        }
+    }
+    // SAFETY: closes everything above the connection.
+    unsafe { closefrom(hi as i32 + 1) };
+    ensure!(
+        open_fds()?.into_iter().filter(|&fd| !ours(fd)).count() == left.len(),
+        "closefrom closed the library's fds"
+    );
+    // A receive that sleeps (the send comes long after the spin) is woken
+    // through a doorbell that survived all of it.
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        send(s, b"late", 0)
+    });
+    ensure!(recv(c, &mut buf, 0) == 4 && &buf[..4] == b"late", "recv after the closing: {}", errno());
+    ensure!(sender.join().map_err(|_| "sender")? == 4, "send after the closing");
+    // close_range of the connection's server end: the peer sees end of
+    // stream (within a bound: a connection left open would hang the check).
+    let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
+    // SAFETY: a timeval of its size.
+    cvt("setsockopt", unsafe {
+        libc::setsockopt(c, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), size_of_val(&tv) as u32)
+    })
+    .map_err(f)?;
+    // SAFETY: closes our own fd.
+    ensure!(unsafe { libc::close_range(s as u32, s as u32, 0) } == 0, "close_range(s): {}", errno());
+    ensure!(recv(c, &mut buf, 0) == 0, "end of stream after close_range");
+    let path = std::env::temp_dir().join(format!("ipcd-close-all-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&path);
+    // SAFETY: duplicates our file onto the lowest free number from `s` on.
+    let fd = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_DUPFD, s) };
+    ensure!(fd == s, "the file got fd {fd}, not the closed {s}");
+    // SAFETY: a live buffer, our file.
+    ensure!(unsafe { libc::write(fd, b"file".as_ptr().cast(), 4) } == 4, "write to the file: {}", errno());
+    // SAFETY: as above.
+    ensure!(unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), 8, 0) } == 4, "pread of the file: {}", errno());
+    ensure!(&buf[..4] == b"file", "the file holds what was written to its fd");
+    net::close(fd);
+    net::close(c);
+    Ok(())
+}
+
 /// Many connections between the same two ends, one after another (under
 /// ipcd each reuses an earlier one's segment): each sees exactly its own
 /// bytes, end of stream and reset; an epoll set that held an earlier
@@ -1806,6 +1916,7 @@ fn check(name: &str) -> Res {
         "exec-handoff" => exec_handoff(),
         "reuse" => reuse(),
         "backlog" => backlog_refills(),
+        "close-all" => close_all(),
         other => Err(format!("unknown check {other}")),
     }
 }
