@@ -6,7 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use ipcd_proto::channel::{Channel, ChannelError, Fds};
@@ -63,6 +63,13 @@ pub fn event_bell() -> RawFd {
 pub fn peek<R>(f: impl FnOnce(&Control) -> R) -> Option<R> {
     let guard = CONTROL.lock().unwrap_or_else(|p| p.into_inner());
     guard.as_ref().map(f)
+}
+
+/// The channel's lock, for a fork: held by the forking thread from the
+/// prepare handler to the parent's and child's (a child must not inherit
+/// it locked by a thread that is not in it).
+pub fn lock_for_fork() -> MutexGuard<'static, Option<Control>> {
+    CONTROL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Runs `f` on the channel, opening it first if needed. `None`: no monitor

@@ -97,6 +97,51 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// One set's locks held across a fork; the set is kept alive by an `Arc`
+/// turned into a raw pointer, which the drop turns back.
+struct HeldSet {
+    sources: Option<MutexGuard<'static, HashMap<c_int, (Source, u64)>>>,
+    members: Option<MutexGuard<'static, Vec<Member>>>,
+    set: *const EpollSet,
+}
+
+impl Drop for HeldSet {
+    fn drop(&mut self) {
+        self.sources = None;
+        self.members = None;
+        // SAFETY: `set` came from `Arc::into_raw` in `lock_for_fork`, once,
+        // and the guards borrowing it are gone.
+        drop(unsafe { Arc::from_raw(self.set) });
+    }
+}
+
+/// Every epoll lock of ours, held by a forking thread (see `fork`): the
+/// map, then each set's members and sources, the order the waits use.
+/// Released in reverse (fields drop in order).
+pub struct ForkLock {
+    _sets: Vec<HeldSet>,
+    _map: MutexGuard<'static, Option<HashMap<c_int, Arc<EpollSet>>>>,
+}
+
+/// Takes every epoll lock for a fork.
+pub fn lock_for_fork() -> ForkLock {
+    let map = sets();
+    let mut held: Vec<HeldSet> = Vec::new();
+    for s in map.iter().flat_map(|m| m.values()) {
+        // A set with several names (dups) is locked once.
+        if held.iter().any(|h| std::ptr::eq(h.set, Arc::as_ptr(s))) {
+            continue;
+        }
+        let set = Arc::into_raw(Arc::clone(s));
+        // SAFETY: the Arc leaked just above keeps the set alive until the
+        // `HeldSet` made here is dropped.
+        let r: &'static EpollSet = unsafe { &*set };
+        let members = Some(lock(&r.members));
+        held.push(HeldSet { sources: Some(lock(&r.sources)), members, set });
+    }
+    ForkLock { _sets: held, _map: map }
+}
+
 fn known_bit(fd: c_int) -> Option<(&'static AtomicU64, u64)> {
     let i = usize::try_from(fd).ok().filter(|&i| i < TABLE_LEN)?;
     Some((&KNOWN[i / 64], 1 << (i % 64)))

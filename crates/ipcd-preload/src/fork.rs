@@ -8,10 +8,11 @@
 //! monitor's books too, so its death is noticed. Handlers are installed
 //! with `pthread_atfork`, so forks made inside libc (`daemon`) count too.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::socket::{Socket, State};
 use crate::{real, table};
@@ -56,12 +57,97 @@ fn sockets() -> Vec<Arc<Socket>> {
     out
 }
 
-fn streams(f: impl Fn(&mut crate::socket::Stream)) -> bool {
+/// A socket's lock held across a fork. The socket is kept alive by an
+/// `Arc` turned into a raw pointer, which the drop turns back.
+struct HeldSocket {
+    guard: Option<MutexGuard<'static, State>>,
+    sock: *const Socket,
+}
+
+impl HeldSocket {
+    fn state(&mut self) -> &mut State {
+        self.guard.as_deref_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for HeldSocket {
+    fn drop(&mut self) {
+        self.guard = None;
+        // SAFETY: `sock` came from `Arc::into_raw` in `prepare`, once, and
+        // the guard borrowing it is gone.
+        drop(unsafe { Arc::from_raw(self.sock) });
+    }
+}
+
+/// Every lock of ours another thread could hold, taken by the forking
+/// thread in `prepare` and released in `parent` and `child`: a child
+/// inherits a lock held by a thread that is not in it locked for good
+/// (the child's handler hung on a socket a sending thread held, and the
+/// parent with it, waiting for the child to register). Taken in the
+/// library's one order — epoll sets, sockets, the control channel, the
+/// kept segments — and released in reverse (fields drop in order).
+struct Held {
+    cache: crate::link::CacheLock,
+    control: MutexGuard<'static, Option<crate::control::Control>>,
+    sockets: Vec<HeldSocket>,
+    _epoll: crate::epoll::ForkLock,
+}
+
+thread_local! {
+    /// What the forking thread holds between the handlers.
+    static HELD: RefCell<Option<Held>> = const { RefCell::new(None) };
+}
+
+fn take_held() -> Option<Held> {
+    HELD.with(|h| h.borrow_mut().take())
+}
+
+extern "C" fn prepare() {
+    crate::guarded((), || {
+        let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
+        pending.clear();
+        let epoll = crate::epoll::lock_for_fork();
+        let mut ours = false;
+        let mut sockets = Vec::new();
+        for s in self::sockets() {
+            let sock = Arc::into_raw(Arc::clone(&s));
+            // SAFETY: the Arc leaked just above keeps the socket alive until
+            // the `HeldSocket` made here is dropped.
+            let guard = unsafe { &*sock }.lock();
+            let mut held = HeldSocket { guard: Some(guard), sock };
+            match held.state() {
+                State::Stream(st) => {
+                    st.link.add_holder();
+                    ours = true;
+                    pending.push(s);
+                }
+                State::Listening { .. } => ours = true,
+                _ => {}
+            }
+            sockets.push(held);
+        }
+        let control = crate::control::lock_for_fork();
+        if ours && control.is_some() {
+            let mut p = [-1; 2];
+            // SAFETY: a pipe into a live array.
+            if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } == 0 {
+                SYNC[0].store(p[0], Ordering::Relaxed);
+                SYNC[1].store(p[1], Ordering::Relaxed);
+            }
+        }
+        let cache = crate::link::lock_for_fork();
+        HELD.with(|h| *h.borrow_mut() = Some(Held { cache, control, sockets, _epoll: epoll }));
+    });
+}
+
+/// Marks every stream end held as shared; returns whether any socket is
+/// ours (stream or listener).
+fn share_all(held: &mut Held) -> bool {
     let mut any = false;
-    for s in sockets() {
-        match &mut *s.lock() {
+    for h in &mut held.sockets {
+        match h.state() {
             State::Stream(st) => {
-                f(st);
+                st.link.set_shared();
                 any = true;
             }
             State::Listening { .. } => any = true,
@@ -71,37 +157,11 @@ fn streams(f: impl Fn(&mut crate::socket::Stream)) -> bool {
     any
 }
 
-extern "C" fn prepare() {
-    crate::guarded((), || {
-        let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
-        pending.clear();
-        let mut ours = false;
-        for s in sockets() {
-            match &*s.lock() {
-                State::Stream(st) => st.link.add_holder(),
-                State::Listening { .. } => {
-                    ours = true;
-                    continue;
-                }
-                _ => continue,
-            }
-            ours = true;
-            pending.push(s);
-        }
-        if ours && crate::control::peek(|_| ()).is_some() {
-            let mut p = [-1; 2];
-            // SAFETY: a pipe into a live array.
-            if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } == 0 {
-                SYNC[0].store(p[0], Ordering::Relaxed);
-                SYNC[1].store(p[1], Ordering::Relaxed);
-            }
-        }
-    });
-}
-
 extern "C" fn parent() {
     crate::guarded((), || {
-        streams(|st| st.link.set_shared());
+        if let Some(mut held) = take_held() {
+            share_all(&mut held);
+        }
         let (r, w) = (SYNC[0].swap(-1, Ordering::Relaxed), SYNC[1].swap(-1, Ordering::Relaxed));
         if r >= 0 {
             // SAFETY: our pipe's ends. With the write end closed here, the
@@ -121,7 +181,21 @@ extern "C" fn child() {
     crate::guarded((), || {
         PID.store(0, Ordering::Relaxed);
         PENDING.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        if streams(|st| st.link.set_shared()) {
+        let mut known = HashSet::new();
+        let ours = take_held().is_some_and(|mut held| {
+            for h in &mut held.sockets {
+                // SAFETY: the pointer is live while `h` is (see HeldSocket).
+                unsafe { &*h.sock }.forget_threads();
+                known.insert(h.sock as usize);
+            }
+            // The parent's channel is not the child's (it opens its own),
+            // and what the parent kept the child's channel will never reuse.
+            *held.control = None;
+            held.cache.clear();
+            share_all(&mut held)
+        });
+        drop_unheld(&known);
+        if ours {
             // SAFETY: getppid cannot fail.
             let parent = unsafe { libc::getppid() } as u32;
             PARENT.store(parent, Ordering::Relaxed);
@@ -139,6 +213,34 @@ extern "C" fn child() {
             }
         }
     });
+}
+
+/// In a child: forgets the sockets that another thread made or took
+/// between the prepare handler and the fork. The kernel copies the fd
+/// table before the memory, so the table can name an fd the child does not
+/// have (its number then came back as the child's own fd and the child hung
+/// on the stranger's lock), and such a socket may be locked by a thread
+/// that is not in the child or hold an end without the child counted as a
+/// holder. Only plain sockets not yet connecting stay; the others are left
+/// to the kernel (and leaked: their state may be half-changed).
+fn drop_unheld(known: &HashSet<usize>) {
+    let mut gone = Vec::new();
+    table::for_each_fd(|fd, s| {
+        if known.contains(&(Arc::as_ptr(s) as usize)) {
+            return;
+        }
+        // SAFETY: F_GETFD only asks whether the fd is open.
+        let open = unsafe { real::fcntl(fd, libc::F_GETFD, 0) } >= 0;
+        let plain = matches!(s.state.try_lock().as_deref(), Ok(State::Fresh | State::Closed));
+        if !(open && plain) {
+            gone.push(fd);
+        }
+    });
+    for fd in gone {
+        if let Some(s) = table::remove(fd) {
+            std::mem::forget(s);
+        }
+    }
 }
 
 /// Installs the fork handlers (from the library's constructor).

@@ -82,6 +82,21 @@ fn cache() -> std::sync::MutexGuard<'static, Vec<Mapping>> {
     CACHE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The kept segments' lock, held across a fork (see `control::lock_for_fork`).
+pub struct CacheLock(std::sync::MutexGuard<'static, Vec<Mapping>>);
+
+impl CacheLock {
+    /// In a forked child: what the parent kept is not the child's to reuse.
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Takes the kept segments' lock for a fork.
+pub fn lock_for_fork() -> CacheLock {
+    CacheLock(cache())
+}
+
 /// The monitor will not reuse `segment`: unmap it.
 pub fn forget(segment: u64) {
     let gone: Vec<Mapping> = {
@@ -93,15 +108,9 @@ pub fn forget(segment: u64) {
     drop(gone);
 }
 
-/// Unmaps every kept segment: none will be reused. Only tries the lock:
-/// in a forked child another thread of the parent may have held it at the
-/// fork. What stays is bounded and harmless (segment ids are unique to
-/// a run of the monitor, so no later connection can match them).
+/// Unmaps every kept segment: none will be reused.
 pub fn forget_all() {
-    let gone = match CACHE.try_lock() {
-        Ok(mut c) => std::mem::take(&mut *c),
-        Err(_) => return,
-    };
+    let gone = std::mem::take(&mut *cache());
     drop(gone);
 }
 

@@ -210,6 +210,14 @@ impl Socket {
         self.inflight.fetch_sub(1, Ordering::SeqCst) == 1 && self.close_deferred.swap(false, Ordering::SeqCst)
     }
 
+    /// In a forked child: the calls other threads had in progress, and
+    /// their sleeps, are not in it (a close would wait for them forever).
+    pub fn forget_threads(&self) {
+        self.inflight.store(0, Ordering::SeqCst);
+        self.close_deferred.store(false, Ordering::SeqCst);
+        self.sleepers.forget_threads();
+    }
+
     /// The last fd is closing: true if a call in progress will do the
     /// close when it ends, false if the caller must do it now. Exactly one
     /// side does it: the closer announces, then looks again.

@@ -96,6 +96,12 @@ impl Sleepers {
 }
 
 impl Sleepers {
+    /// In a forked child: the threads that slept here are not in it.
+    pub fn forget_threads(&self) {
+        self.drainer.store(false, Ordering::Relaxed);
+        self.futex_waiters.store(0, Ordering::Relaxed);
+    }
+
     /// A poll or epoll caller drained `bell`: if a blocked call sleeps on it
     /// as drainer, ring it again so that thread wakes and re-checks too.
     pub fn pass_on(&self, bell: i32) {

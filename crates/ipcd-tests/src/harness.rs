@@ -3,7 +3,7 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,30 @@ pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
             Ok(())
         })
     }
+}
+
+/// Runs `cmd` in a process group of its own and collects its output;
+/// `None` if it has not ended within `limit`. Either way the whole group
+/// is killed first, so a descendant that hangs (a forked child stuck in
+/// its fork) cannot keep the output pipes open and hang the caller.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Option<Output> {
+    let child = cmd.process_group(0).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let group = child.id() as i32;
+    let mut child = child;
+    let deadline = Instant::now() + limit;
+    let ended = loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            break true;
+        }
+        if Instant::now() >= deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // SAFETY: signals the group made for this command.
+    unsafe { libc::kill(-group, libc::SIGKILL) };
+    let out = child.wait_with_output().expect("collect output");
+    ended.then_some(out)
 }
 
 /// A monitor on a socket name of its own, stopped on drop.

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ipcd_proto::EndState;
-use ipcd_tests::harness::{die_with_parent, Monitor};
+use ipcd_tests::harness::{die_with_parent, output_within, Monitor};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_probe");
 /// Small rings, so that the scenarios cross wrap-around and full-ring
@@ -82,6 +82,22 @@ checks! {
     thread_per_connection_and_whole_concurrent_sends => "threads",
     close_while_another_thread_is_blocked => "close-race",
     signals_interrupt_accept_poll_epoll => "eintr",
+}
+
+/// fork while other threads use connections and the monitor: the child
+/// and the parent go on (the child inherited locks of ours held by threads
+/// not in it, and both hung). Its children inherit listeners, which then
+/// go through the kernel by design, so fallbacks are expected here.
+#[test]
+fn fork_while_other_threads_use_connections() {
+    let limit = Duration::from_secs(60);
+    let out = output_within(&mut probe(&["check", "fork-busy"]), limit).expect("fork-busy on kernel TCP hung");
+    must_pass("fork-busy on kernel TCP", out);
+    let mon = Monitor::start(RING_BYTES);
+    let out = output_within(mon.under(&mut probe(&["check", "fork-busy"])), limit).expect("fork-busy under ipcd hung");
+    must_pass("fork-busy under ipcd", out);
+    let st = mon.status().status;
+    assert!(st.connects_total >= 50, "the busy thread's connections did not go through ipcd: {st:?}");
 }
 
 /// Connections one after another between the same two ends reuse the

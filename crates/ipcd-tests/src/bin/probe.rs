@@ -1696,6 +1696,72 @@ fn backlog_refills() -> Res {
     Ok(())
 }
 
+/// fork while other threads use connections: the child never inherits a
+/// lock of ours that a thread which does not exist in it was holding (it
+/// would hang in fork, or at its first use of that socket or of the
+/// monitor). Another thread streams on one connection and opens and
+/// closes connections (the monitor's channel, kept segments) while this
+/// one forks; each child sends on the streaming connection (now shared
+/// with its parent) and makes a connection of its own, then exits.
+fn fork_busy() -> Res {
+    let (c, s) = pair(false)?;
+    // The children's connections: accepted here after each child. (A
+    // listener a child inherits goes through the kernel from then on, by
+    // design, so the busy thread makes a fresh one for each of its own.)
+    let (l2, port2) = net::listen_loopback(false).map_err(f)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let made = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let busy = {
+        let (stop, made) = (stop.clone(), made.clone());
+        std::thread::spawn(move || -> Res {
+            let msg = [7u8; 64];
+            let mut buf = [0u8; 4096];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                ensure!(send(c, &msg, libc::MSG_DONTWAIT) >= 0 || errno() == libc::EAGAIN, "send: {}", errno());
+                // SAFETY: a live buffer.
+                let _ = unsafe { libc::recv(s, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+                // A bounded number: each leaves a kernel port in TIME_WAIT.
+                if made.load(std::sync::atomic::Ordering::Relaxed) < 2000 {
+                    let (x, y) = pair(false)?;
+                    net::close(x);
+                    net::close(y);
+                    made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            Ok(())
+        })
+    };
+    while made.load(std::sync::atomic::Ordering::Relaxed) < 50 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for round in 0..40 {
+        // SAFETY: the child only makes calls and exits.
+        let pid = unsafe { libc::fork() };
+        ensure!(pid >= 0, "fork: {}", errno());
+        if pid == 0 {
+            let r = send(c, &[1u8; 8], libc::MSG_DONTWAIT);
+            let sent = r == 8 || (r < 0 && errno() == libc::EAGAIN);
+            let connected = net::connect_loopback(false, port2).map(net::close).is_ok();
+            // SAFETY: leaves the child at once.
+            unsafe { libc::_exit(if sent && connected { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: our child.
+        ensure!(unsafe { libc::waitpid(pid, &mut status, 0) } == pid, "waitpid: {}", errno());
+        ensure!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child of round {round}: status {status:#x}"
+        );
+        net::close(net::accept(l2).map_err(f)?);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    busy.join().map_err(|_| "busy thread")??;
+    net::close(c);
+    net::close(s);
+    net::close(l2);
+    Ok(())
+}
+
 extern "C" {
     /// glibc's (2.34+), which the libc crate does not declare for Linux.
     fn closefrom(lowfd: libc::c_int);
@@ -1917,6 +1983,7 @@ fn check(name: &str) -> Res {
         "reuse" => reuse(),
         "backlog" => backlog_refills(),
         "close-all" => close_all(),
+        "fork-busy" => fork_busy(),
         other => Err(format!("unknown check {other}")),
     }
 }
