@@ -404,6 +404,14 @@ impl Daemon {
                     self.fail(token, seq, ErrorCode::NotOwner);
                     return;
                 }
+                if let Some(l) = self.registry.get_mut(token, listener).filter(|l| l.addr == addr) {
+                    // `listen` again on a listening socket: Linux takes the
+                    // new backlog and keeps the queue.
+                    l.backlog = backlog;
+                    log!(Level::Info, "msg=\"backlog changed\" client={token} pid={pid} addr={addr} backlog={backlog}");
+                    self.reply(token, seq, &Response::Ok, &[]);
+                    return;
+                }
                 let entry =
                     Listener { owner: token, id: listener, pid, uid, addr, backlog, flags, pending: 0, forked: false };
                 for stale in self.registry.add(entry) {

@@ -221,12 +221,14 @@ pub fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect {
 pub fn listen(fd: libc::c_int, sock: &Socket, backlog: libc::c_int) -> bool {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let mut state = sock.lock();
-    match &*state {
+    let (id, again) = match &*state {
+        // Listening already: Linux takes the new backlog, so must the monitor.
+        State::Listening { id, backlog: old } if *old != backlog => (*id, true),
         State::Listening { .. } => return true,
-        State::Fresh => {}
+        State::Fresh => (NEXT_ID.fetch_add(1, Ordering::Relaxed), false),
         _ => return false,
-    }
-    let Some(addr) = sockname(fd) else { return false };
+    };
+    let Some(addr) = sockname(fd) else { return again };
     let mut flags = ListenFlags::empty();
     if int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) {
         flags |= ListenFlags::REUSEPORT;
@@ -237,7 +239,6 @@ pub fn listen(fd: libc::c_int, sock: &Socket, backlog: libc::c_int) -> bool {
     if sock.family == libc::AF_INET6 && int_opt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) {
         flags |= ListenFlags::V6ONLY;
     }
-    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let req = Request::Listen { listener: id, addr, backlog: backlog.max(0) as u32, flags };
     // SAFETY: `fd` is the open listening socket this call is about.
     let proof = unsafe { BorrowedFd::borrow_raw(fd) };
@@ -245,9 +246,13 @@ pub fn listen(fd: libc::c_int, sock: &Socket, backlog: libc::c_int) -> bool {
         Some((Response::Ok, _)) => {}
         Some((other, _)) => {
             log!(Level::Warn, "listener {addr} not registered ({other:?}); kernel only");
-            return false;
+            return again;
         }
-        None => return false,
+        None => return again,
+    }
+    if again {
+        *state = State::Listening { id, backlog };
+        return true;
     }
     // accept waits on the kernel fd and the monitor together, so the kernel
     // fd never blocks; the program's O_NONBLOCK is kept in `sock`.

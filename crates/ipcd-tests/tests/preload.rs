@@ -79,6 +79,7 @@ checks! {
     connections_one_after_another => "reuse",
     accepted_connections_leave_the_backlog => "backlog",
     closing_every_unknown_fd_keeps_connections => "close-all",
+    listen_again_changes_the_backlog => "relisten",
     thread_per_connection_and_whole_concurrent_sends => "threads",
     close_while_another_thread_is_blocked => "close-race",
     signals_interrupt_accept_poll_epoll => "eintr",

@@ -1696,6 +1696,38 @@ fn backlog_refills() -> Res {
     Ok(())
 }
 
+/// `listen` again on a listening socket changes its backlog, as on Linux:
+/// connections beyond the first backlog wait in the queue (through ipcd:
+/// none may fall back to the kernel for a full queue).
+fn relisten() -> Res {
+    let l = net::tcp_socket(false).map_err(f)?;
+    let (ss, len) = net::loopback(false, 0);
+    // SAFETY: a sockaddr of `len` bytes; then a bound socket.
+    cvt("bind", unsafe { libc::bind(l, (&raw const ss).cast(), len) }).map_err(f)?;
+    for backlog in [1, 16] {
+        // SAFETY: a bound, then listening, socket.
+        cvt("listen", unsafe { libc::listen(l, backlog) }).map_err(f)?;
+    }
+    let port = net::local_port(l).map_err(f)?;
+    let clients = (0..6).map(|_| net::connect_loopback(false, port)).collect::<Result<Vec<_>, _>>().map_err(f)?;
+    for (i, &c) in clients.iter().enumerate() {
+        ensure!(send(c, &[i as u8], 0) == 1, "send from client {i}");
+    }
+    let mut seen = Vec::new();
+    for _ in &clients {
+        let s = net::accept(l).map_err(f)?;
+        let mut b = [0u8; 1];
+        ensure!(recv(s, &mut b, 0) == 1, "recv on an accepted connection");
+        seen.push(b[0]);
+        net::close(s);
+    }
+    seen.sort_unstable();
+    ensure!(seen == [0, 1, 2, 3, 4, 5], "accepted {seen:?}");
+    clients.into_iter().for_each(net::close);
+    net::close(l);
+    Ok(())
+}
+
 /// fork while other threads use connections: the child never inherits a
 /// lock of ours that a thread which does not exist in it was holding (it
 /// would hang in fork, or at its first use of that socket or of the
@@ -1983,6 +2015,7 @@ fn check(name: &str) -> Res {
         "reuse" => reuse(),
         "backlog" => backlog_refills(),
         "close-all" => close_all(),
+        "relisten" => relisten(),
         "fork-busy" => fork_busy(),
         other => Err(format!("unknown check {other}")),
     }
