@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use libc::{c_int, epoll_event};
 
+use crate::fork::Pinned;
 use crate::readiness::{self, Kind};
 use crate::socket::{Socket, State};
 use crate::stream::Edge;
@@ -97,22 +98,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One set's locks held across a fork; the set is kept alive by an `Arc`
-/// turned into a raw pointer, which the drop turns back.
+/// One set's locks held across a fork (guards before the set they borrow).
 struct HeldSet {
-    sources: Option<MutexGuard<'static, HashMap<c_int, (Source, u64)>>>,
-    members: Option<MutexGuard<'static, Vec<Member>>>,
-    set: *const EpollSet,
-}
-
-impl Drop for HeldSet {
-    fn drop(&mut self) {
-        self.sources = None;
-        self.members = None;
-        // SAFETY: `set` came from `Arc::into_raw` in `lock_for_fork`, once,
-        // and the guards borrowing it are gone.
-        drop(unsafe { Arc::from_raw(self.set) });
-    }
+    _sources: MutexGuard<'static, HashMap<c_int, (Source, u64)>>,
+    _members: MutexGuard<'static, Vec<Member>>,
+    set: Pinned<EpollSet>,
 }
 
 /// Every epoll lock of ours, held by a forking thread (see `fork`): the
@@ -129,15 +119,13 @@ pub fn lock_for_fork() -> ForkLock {
     let mut held: Vec<HeldSet> = Vec::new();
     for s in map.iter().flat_map(|m| m.values()) {
         // A set with several names (dups) is locked once.
-        if held.iter().any(|h| std::ptr::eq(h.set, Arc::as_ptr(s))) {
+        if held.iter().any(|h| h.set.addr() == Arc::as_ptr(s) as usize) {
             continue;
         }
-        let set = Arc::into_raw(Arc::clone(s));
-        // SAFETY: the Arc leaked just above keeps the set alive until the
-        // `HeldSet` made here is dropped.
-        let r: &'static EpollSet = unsafe { &*set };
-        let members = Some(lock(&r.members));
-        held.push(HeldSet { sources: Some(lock(&r.sources)), members, set });
+        let (set, r) = Pinned::new(s);
+        // Members before sources, as `arm` takes them.
+        let members = lock(&r.members);
+        held.push(HeldSet { _sources: lock(&r.sources), _members: members, set });
     }
     ForkLock { _sets: held, _map: map }
 }

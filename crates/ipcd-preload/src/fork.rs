@@ -57,26 +57,42 @@ fn sockets() -> Vec<Arc<Socket>> {
     out
 }
 
-/// A socket's lock held across a fork. The socket is kept alive by an
-/// `Arc` turned into a raw pointer, which the drop turns back.
-struct HeldSocket {
-    guard: Option<MutexGuard<'static, State>>,
-    sock: *const Socket,
-}
+/// An `Arc`'s value kept alive with a `'static` borrow, for guards held
+/// across a fork (their owner must outlive them): the `Arc` is turned into
+/// a raw pointer and back on drop. Declare it after the guards borrowing
+/// from it, so that they drop first.
+pub(crate) struct Pinned<T>(*const T);
 
-impl HeldSocket {
-    fn state(&mut self) -> &mut State {
-        self.guard.as_deref_mut().expect("held until dropped")
+impl<T> Pinned<T> {
+    pub(crate) fn new(a: &Arc<T>) -> (Pinned<T>, &'static T) {
+        let p = Arc::into_raw(Arc::clone(a));
+        // SAFETY: the Arc leaked just above keeps the value alive until the
+        // `Pinned` drops, after every borrow made from it (field order).
+        (Pinned(p), unsafe { &*p })
+    }
+
+    /// The value's address (an identity, as `Arc::as_ptr`).
+    pub(crate) fn addr(&self) -> usize {
+        self.0 as usize
+    }
+
+    pub(crate) fn get(&self) -> &T {
+        // SAFETY: live while `self` is (see `new`).
+        unsafe { &*self.0 }
     }
 }
 
-impl Drop for HeldSocket {
+impl<T> Drop for Pinned<T> {
     fn drop(&mut self) {
-        self.guard = None;
-        // SAFETY: `sock` came from `Arc::into_raw` in `prepare`, once, and
-        // the guard borrowing it is gone.
-        drop(unsafe { Arc::from_raw(self.sock) });
+        // SAFETY: made by `Arc::into_raw` in `new`, given back once.
+        drop(unsafe { Arc::from_raw(self.0) });
     }
+}
+
+/// A socket's lock held across a fork.
+struct HeldSocket {
+    guard: MutexGuard<'static, State>,
+    sock: Pinned<Socket>,
 }
 
 /// Every lock of ours another thread could hold, taken by the forking
@@ -110,12 +126,9 @@ extern "C" fn prepare() {
         let mut ours = false;
         let mut sockets = Vec::new();
         for s in self::sockets() {
-            let sock = Arc::into_raw(Arc::clone(&s));
-            // SAFETY: the Arc leaked just above keeps the socket alive until
-            // the `HeldSocket` made here is dropped.
-            let guard = unsafe { &*sock }.lock();
-            let mut held = HeldSocket { guard: Some(guard), sock };
-            match held.state() {
+            let (sock, r) = Pinned::new(&s);
+            let mut held = HeldSocket { guard: r.lock(), sock };
+            match &mut *held.guard {
                 State::Stream(st) => {
                     st.link.add_holder();
                     ours = true;
@@ -145,7 +158,7 @@ extern "C" fn prepare() {
 fn share_all(held: &mut Held) -> bool {
     let mut any = false;
     for h in &mut held.sockets {
-        match h.state() {
+        match &mut *h.guard {
             State::Stream(st) => {
                 st.link.set_shared();
                 any = true;
@@ -184,9 +197,8 @@ extern "C" fn child() {
         let mut known = HashSet::new();
         let ours = take_held().is_some_and(|mut held| {
             for h in &mut held.sockets {
-                // SAFETY: the pointer is live while `h` is (see HeldSocket).
-                unsafe { &*h.sock }.forget_threads();
-                known.insert(h.sock as usize);
+                h.sock.get().forget_threads();
+                known.insert(h.sock.addr());
             }
             // The parent's channel is not the child's (it opens its own),
             // and what the parent kept the child's channel will never reuse.

@@ -56,9 +56,8 @@ pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
 /// is killed first, so a descendant that hangs (a forked child stuck in
 /// its fork) cannot keep the output pipes open and hang the caller.
 pub fn output_within(cmd: &mut Command, limit: Duration) -> Option<Output> {
-    let child = cmd.process_group(0).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut child = cmd.process_group(0).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
     let group = child.id() as i32;
-    let mut child = child;
     let deadline = Instant::now() + limit;
     let ended = loop {
         if child.try_wait().expect("try_wait").is_some() {
