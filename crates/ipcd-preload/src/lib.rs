@@ -30,11 +30,13 @@ pub mod stream;
 pub mod table;
 pub mod wait;
 
-/// The library's constructor: fork handlers, and connections handed over
-/// by the image that exec'd us.
+/// The library's constructor: the fd table grown while we are alone in the
+/// process, fork handlers, and connections handed over by the image that
+/// exec'd us.
 extern "C" fn init() {
     guarded((), || {
         if !config::get().disabled {
+            fds::reserve_table();
             fork::install();
             exec::restore();
         }

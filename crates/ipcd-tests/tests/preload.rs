@@ -80,6 +80,7 @@ checks! {
     accepted_connections_leave_the_backlog => "backlog",
     closing_every_unknown_fd_keeps_connections => "close-all",
     listen_again_changes_the_backlog => "relisten",
+    first_connection_of_a_threaded_program_keeps_the_fd_table => "fd-table",
     thread_per_connection_and_whole_concurrent_sends => "threads",
     close_while_another_thread_is_blocked => "close-race",
     signals_interrupt_accept_poll_epoll => "eintr",

@@ -1812,6 +1812,35 @@ fn open_fds() -> Result<Vec<i32>, String> {
     Ok(fds)
 }
 
+/// The size of this process's fd table (`FDSize` in /proc/self/status).
+fn fd_table_size() -> Result<u64, String> {
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
+    let line = status.lines().find_map(|l| l.strip_prefix("FDSize:")).ok_or("no FDSize in /proc/self/status")?;
+    line.trim().parse().map_err(|e| format!("FDSize {line:?}: {e}"))
+}
+
+/// A threaded program's first connections do not grow its fd table: with
+/// threads, the kernel waits for an RCU grace period to grow it (about
+/// 14 ms here), which the library's fds, kept high, made every threaded
+/// program pay on its first connection. Linux grows nothing for a process
+/// with a handful of fds.
+fn fd_table() -> Res {
+    let before = fd_table_size()?;
+    let (stop, parked) = std::sync::mpsc::channel::<()>();
+    let other = std::thread::spawn(move || parked.recv());
+    let (c, s) = pair(false)?;
+    ensure!(send(c, b"x", 0) == 1, "send: {}", errno());
+    let mut b = [0u8; 1];
+    ensure!(recv(s, &mut b, 0) == 1, "recv: {}", errno());
+    let after = fd_table_size()?;
+    net::close(c);
+    net::close(s);
+    drop(stop);
+    let _ = other.join();
+    ensure!(before == after, "the fd table grew from {before} to {after} slots once the program had threads");
+    Ok(())
+}
+
 /// A program that closes every fd it did not open (a loop of `close`,
 /// `close_range`, `closefrom`, as daemons do) keeps its connections: the
 /// library's own fds are not the program's to close, and close reports
@@ -2017,6 +2046,7 @@ fn check(name: &str) -> Res {
         "close-all" => close_all(),
         "relisten" => relisten(),
         "fork-busy" => fork_busy(),
+        "fd-table" => fd_table(),
         other => Err(format!("unknown check {other}")),
     }
 }
