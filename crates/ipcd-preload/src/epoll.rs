@@ -512,6 +512,7 @@ pub fn wait(
         match rounds.after_empty(deadline) {
             Next::Again => continue,
             Next::TimedOut => return Ok(0),
+            Next::Interrupted => return Err(libc::EINTR),
             Next::Sleep => {}
         }
         if !set.arm(epfd) {

@@ -6,7 +6,8 @@
 //! are the interposed symbols (thin: find the fd, call in, set `errno`);
 //! [`table`] maps fds to [`socket::Socket`] objects; [`setup`] does
 //! connect/listen/accept through the monitor ([`control`]); [`stream`] is
-//! the data path over a [`link::Link`], waiting with [`wait`].
+//! the data path over a [`link::Link`], waiting with [`wait`], which asks
+//! [`signals`] whether a handler interrupted the wait.
 #![warn(missing_docs)]
 
 pub mod config;
@@ -16,6 +17,7 @@ pub mod exec;
 pub mod fds;
 mod ffi_io;
 mod ffi_poll;
+mod ffi_signal;
 mod ffi_socket;
 pub mod fork;
 pub mod iov;
@@ -25,6 +27,7 @@ pub mod poll;
 pub mod readiness;
 pub mod real;
 pub mod setup;
+pub mod signals;
 pub mod socket;
 pub mod stream;
 pub mod table;

@@ -85,6 +85,7 @@ pub fn poll(
         match rounds.after_empty(deadline) {
             Next::Again => continue,
             Next::TimedOut => return Ok(0),
+            Next::Interrupted => return Err(libc::EINTR),
             Next::Sleep => {}
         }
         // Arm every stream; if one turned ready meanwhile, look again.

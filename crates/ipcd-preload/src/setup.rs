@@ -13,6 +13,7 @@ use crate::control::{self, Pending};
 use crate::link::{self, Link};
 use crate::log::{log, Level};
 use crate::real;
+use crate::signals::Caught;
 use crate::socket::{Socket, State, Stream};
 use crate::table;
 
@@ -330,6 +331,7 @@ pub unsafe fn accept(
     flags: libc::c_int,
 ) -> Result<libc::c_int, libc::c_int> {
     let deadline = sock.rcvtimeo().map(|t| Instant::now() + t);
+    let caught = Caught::now();
     // Already queued ipcd connections first (no system call), then the
     // kernel's queue, and only when both are empty the control channel:
     // one system call per accept while connections keep coming.
@@ -393,7 +395,9 @@ pub unsafe fn accept(
         };
         // SAFETY: three live pollfds (a negative fd is ignored by poll).
         let n = unsafe { real::poll(pfds.as_mut_ptr(), 3, timeout) };
-        if n < 0 && real::errno() == libc::EINTR {
+        // Linux restarts accept after an SA_RESTART handler, unless the
+        // socket has a timeout.
+        if n < 0 && real::errno() == libc::EINTR && (deadline.is_some() || caught.interrupts(true)) {
             return Err(libc::EINTR);
         }
         if pfds[1].revents != 0 {

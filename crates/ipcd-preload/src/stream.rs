@@ -8,8 +8,9 @@ use ipcd_proto::{CloseAction, Errno, How, Recv, Ring, Send};
 use ipcd_ring::Wait;
 
 use crate::iov::IoCursor;
+use crate::signals::Caught;
 use crate::socket::{Socket, State, Stream};
-use crate::wait::{self, Woken};
+use crate::wait::{self, Spun, Woken};
 
 /// A call's outcome: bytes moved, or an errno.
 pub type IoResult = Result<usize, libc::c_int>;
@@ -122,8 +123,13 @@ fn block(sock: &Socket, dir: Dir, deadline: Option<Instant>) -> Result<(), libc:
                 || s.link.rx.peer_state() == ipcd_ring::PeerState::Reset
         }
     };
-    if wait::spin(|| with_stream(sock, ready).unwrap_or(true)) {
-        return Ok(());
+    // Linux restarts a socket call after an SA_RESTART handler, unless the
+    // socket has a timeout.
+    let (caught, restartable) = (Caught::now(), deadline.is_none());
+    match wait::spin(|| with_stream(sock, ready).unwrap_or(true), || caught.interrupts(restartable)) {
+        Spun::Ready => return Ok(()),
+        Spun::Interrupted => return Err(libc::EINTR),
+        Spun::Done => {}
     }
     let prepared = with_stream(sock, |s| {
         let w = match dir {
@@ -133,6 +139,9 @@ fn block(sock: &Socket, dir: Dir, deadline: Option<Instant>) -> Result<(), libc:
         (w, s.link.bell())
     })?;
     let (Ok(Wait::Sleep), bell) = prepared else { return Ok(()) };
+    if caught.interrupts(restartable) {
+        return Err(libc::EINTR);
+    }
     // The waiting flag is not cleared after the sleep: another thread of
     // this process may have armed the same flag and still rely on it (a
     // clear here lost its wake-up: four threads sending on one socket hung).
@@ -140,6 +149,9 @@ fn block(sock: &Socket, dir: Dir, deadline: Option<Instant>) -> Result<(), libc:
     match sock.sleepers.sleep(bell, deadline) {
         Woken::Retry => Ok(()),
         Woken::Timeout => Err(libc::EAGAIN),
+        // Only SA_RESTART handlers ran (or ones we did not install): the
+        // call goes on, as Linux restarts it.
+        Woken::Interrupted if restartable && !caught.interrupts(true) => Ok(()),
         Woken::Interrupted => Err(libc::EINTR),
     }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::link;
 use crate::real;
+use crate::signals::Caught;
 
 /// Waiters of one connection end.
 #[derive(Debug, Default)]
@@ -138,13 +139,25 @@ fn pause(spun: Duration) {
     }
 }
 
-/// Spins while `ready` says no, for at most the configured spin time.
-/// Returns whether it became ready.
+/// How a spin ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spun {
+    /// `ready` said yes.
+    Ready,
+    /// The spin time passed.
+    Done,
+    /// A signal handler that interrupts this call ran (see `signals`).
+    Interrupted,
+}
+
+/// Spins while `ready` says no, for at most the configured spin time, and
+/// until a handler interrupts the call (`interrupted`, asked between
+/// batches of looks).
 #[inline]
-pub fn spin(mut ready: impl FnMut() -> bool) -> bool {
+pub fn spin(mut ready: impl FnMut() -> bool, mut interrupted: impl FnMut() -> bool) -> Spun {
     let budget = crate::config::get().spin;
     if budget.is_zero() {
-        return false;
+        return Spun::Done;
     }
     // The clock is read only after each batch of rounds, and started after
     // the first: most waits end within it (a round trip is a fraction of a
@@ -153,14 +166,17 @@ pub fn spin(mut ready: impl FnMut() -> bool) -> bool {
     loop {
         for _ in 0..64 {
             if ready() {
-                return true;
+                return Spun::Ready;
             }
             std::hint::spin_loop();
+        }
+        if interrupted() {
+            return Spun::Interrupted;
         }
         let now = Instant::now();
         let spun = now.duration_since(*start.get_or_insert(now));
         if spun >= budget {
-            return false;
+            return Spun::Done;
         }
         pause(spun);
     }
@@ -174,6 +190,8 @@ pub struct Rounds {
     round: u32,
     spin_start: Option<Instant>,
     spin: Duration,
+    /// Handlers run before the call began.
+    caught: Caught,
 }
 
 /// What a wait does after a round that found nothing.
@@ -185,6 +203,9 @@ pub enum Next {
     Sleep,
     /// The deadline passed and the last round looked at the kernel too.
     TimedOut,
+    /// A signal handler ran during the call (these calls are never
+    /// restarted): `EINTR`.
+    Interrupted,
 }
 
 /// Rounds of the spin between two looks at the kernel's fds (a look is a
@@ -194,7 +215,7 @@ const KERNEL_EVERY: u32 = 32;
 impl Rounds {
     /// A wait starting now; its first round looks at the kernel.
     pub fn new() -> Rounds {
-        Rounds { round: 0, spin_start: None, spin: crate::config::get().spin }
+        Rounds { round: 0, spin_start: None, spin: crate::config::get().spin, caught: Caught::now() }
     }
 
     /// Whether this round looks at the kernel's fds too.
@@ -214,6 +235,11 @@ impl Rounds {
             // One last look at the kernel before saying "nothing".
             self.round = 0;
             return Next::Again;
+        }
+        // After the deadline, as Linux's poll: a zero timeout never
+        // answers EINTR.
+        if self.caught.interrupts(false) {
+            return Next::Interrupted;
         }
         let spun = now.duration_since(*self.spin_start.get_or_insert(now));
         if spun < self.spin {

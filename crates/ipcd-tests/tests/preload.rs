@@ -84,6 +84,21 @@ checks! {
     thread_per_connection_and_whole_concurrent_sends => "threads",
     close_while_another_thread_is_blocked => "close-race",
     signals_interrupt_accept_poll_epoll => "eintr",
+    sa_restart_handlers_let_socket_calls_go_on => "sa-restart",
+}
+
+/// The signal checks again with blocking calls that spin for 300 ms, so
+/// every signal arrives while the call is still in user space (before, a
+/// handler that ran there went unnoticed: the call slept on, and poll
+/// timed out instead of answering EINTR).
+#[test]
+fn signals_during_the_spin_count_as_during_the_call() {
+    let mon = Monitor::start(RING_BYTES);
+    for name in ["eintr", "sa-restart"] {
+        let out = mon.under(&mut probe(&["check", name])).env("IPCD_SPIN_US", "300000").output().expect("run probe");
+        must_pass(&format!("{name} with a 300 ms spin"), out);
+    }
+    assert!(mon.status().status.connects_total >= 2);
 }
 
 /// fork while other threads use connections and the monitor: the child

@@ -1330,6 +1330,82 @@ fn eintr() -> Res {
     Ok(())
 }
 
+/// Signals `thread` after 50 ms, then runs `then` 50 ms later.
+fn kick_then(thread: libc::pthread_t, sig: i32, then: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
+    let thread = thread as usize;
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        // SAFETY: signals the waiting thread, which outlives this one.
+        unsafe { libc::pthread_kill(thread as libc::pthread_t, sig) };
+        std::thread::sleep(Duration::from_millis(50));
+        then();
+    })
+}
+
+/// A handler installed with SA_RESTART does not interrupt a blocked recv
+/// or accept: the call goes on and returns what came after the signal.
+/// With a receive timeout on the socket it does (EINTR), and poll is never
+/// restarted.
+fn sa_restart() -> Res {
+    handle(libc::SIGUSR1, true);
+    // SAFETY: pthread_self cannot fail.
+    let me = unsafe { libc::pthread_self() };
+    let ran = || SIGNALS.load(Ordering::Relaxed);
+    let (c, s) = pair(false)?;
+    let before = ran();
+    let k = kick_then(me, libc::SIGUSR1, move || {
+        send(s, b"x", 0);
+    });
+    let mut buf = [0u8; 8];
+    let r = recv(c, &mut buf, 0);
+    let e = errno();
+    k.join().map_err(|_| "kicker")?;
+    ensure!(ran() > before, "the handler did not run");
+    ensure!(r == 1 && buf[0] == b'x', "recv across an SA_RESTART handler gave {r}/{e}");
+
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let k = kick_then(me, libc::SIGUSR1, move || {
+        if let Ok(fd) = net::connect_loopback(false, port) {
+            net::close(fd);
+        }
+    });
+    // SAFETY: null address buffers are allowed.
+    let a = unsafe { libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut()) };
+    let e = errno();
+    k.join().map_err(|_| "kicker")?;
+    ensure!(a >= 0, "accept across an SA_RESTART handler gave {a}/{e}");
+    net::close(a);
+    net::close(l);
+
+    let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
+    // SAFETY: a timeval of its size.
+    let set = unsafe {
+        libc::setsockopt(
+            c,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as u32,
+        )
+    };
+    ensure!(set == 0, "SO_RCVTIMEO: {}", errno());
+    let k = kick_then(me, libc::SIGUSR1, || {});
+    let r = recv(c, &mut buf, 0);
+    let e = errno();
+    k.join().map_err(|_| "kicker")?;
+    ensure!(r == -1 && e == libc::EINTR, "recv with a timeout across an SA_RESTART handler gave {r}/{e}");
+
+    let k = kick_then(me, libc::SIGUSR1, || {});
+    let mut fds = [pollfd(c, libc::POLLIN)];
+    let r = poll_n(&mut fds, 5000);
+    let e = errno();
+    k.join().map_err(|_| "kicker")?;
+    ensure!(r == -1 && e == libc::EINTR, "poll across an SA_RESTART handler gave {r}/{e}");
+    net::close(c);
+    net::close(s);
+    Ok(())
+}
+
 /// A pre-fork server: the parent listens, `workers` children accept and
 /// echo (each reply starts with the worker's pid); prints its port; runs
 /// until killed.
@@ -2047,6 +2123,7 @@ fn check(name: &str) -> Res {
         "relisten" => relisten(),
         "fork-busy" => fork_busy(),
         "fd-table" => fd_table(),
+        "sa-restart" => sa_restart(),
         other => Err(format!("unknown check {other}")),
     }
 }
