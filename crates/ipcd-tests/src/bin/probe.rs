@@ -486,11 +486,7 @@ fn timeouts() -> Res {
     handle(libc::SIGUSR1, false);
     // SAFETY: pthread_self cannot fail.
     let me = unsafe { libc::pthread_self() };
-    let kicker = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(50));
-        // SAFETY: signals a live thread of ours (it waits in recv).
-        unsafe { libc::pthread_kill(me, libc::SIGUSR1) };
-    });
+    let kicker = kick_then(me, libc::SIGUSR1, || {});
     let r = recv(s, &mut buf, 0);
     let e = errno();
     kicker.join().map_err(|_| "kicker panicked")?;
@@ -1297,14 +1293,8 @@ fn eintr() -> Res {
     let ep = cvt("epoll_create1", unsafe { libc::epoll_create1(0) }).map_err(f)?;
     epoll_add(ep, s, IN, 1)?;
     // SAFETY: pthread_self cannot fail.
-    let me = unsafe { libc::pthread_self() } as usize;
-    let kick = move || {
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            // SAFETY: signals our waiting thread, which is alive.
-            unsafe { libc::pthread_kill(me as libc::pthread_t, libc::SIGUSR2) };
-        })
-    };
+    let me = unsafe { libc::pthread_self() };
+    let kick = || kick_then(me, libc::SIGUSR2, || {});
     let k = kick();
     // SAFETY: null address buffers are allowed.
     let r = unsafe { libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut()) };
@@ -1330,7 +1320,8 @@ fn eintr() -> Res {
     Ok(())
 }
 
-/// Signals `thread` after 50 ms, then runs `then` 50 ms later.
+/// Signals `thread` (waiting in a call) after 50 ms, then runs `then` 50 ms
+/// later; join it before the thread can be gone.
 fn kick_then(thread: libc::pthread_t, sig: i32, then: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
     let thread = thread as usize;
     std::thread::spawn(move || {
