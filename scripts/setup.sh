@@ -12,7 +12,7 @@ APT_PACKAGES=(build-essential pkg-config ca-certificates curl)
 # Real programs the compatibility tests and `ipcd bench` run under ipcd.
 # Best effort: a program that cannot be installed makes its test skip, and
 # say so, rather than the whole suite fail.
-PROGRAM_PACKAGES=(redis-server redis-tools nginx-light wrk sockperf iperf3 socat python3)
+PROGRAM_PACKAGES=(redis-server redis-tools nginx-light wrk sockperf iperf3 socat python3 nodejs)
 
 # Prints the packages of "$@" that are not installed.
 missing() {

@@ -19,6 +19,7 @@ mod ffi_io;
 mod ffi_poll;
 mod ffi_signal;
 mod ffi_socket;
+mod ffi_syscall;
 pub mod fork;
 pub mod iov;
 pub mod link;

@@ -4,7 +4,9 @@
 //! call made while handling another never re-enters the interposition.
 
 use core::sync::atomic::{AtomicUsize, Ordering};
-use libc::{c_int, c_uint, c_void, iovec, mmsghdr, msghdr, nfds_t, pollfd, size_t, sockaddr, socklen_t, ssize_t};
+use libc::{
+    c_int, c_long, c_uint, c_void, iovec, mmsghdr, msghdr, nfds_t, pollfd, size_t, sockaddr, socklen_t, ssize_t,
+};
 
 /// A symbol resolved once; 0 until then.
 struct Sym {
@@ -37,7 +39,7 @@ impl Sym {
             let msg = b"ipcd: libc lacks a socket function; aborting\n";
             // SAFETY: raw write of a static buffer to stderr, then abort.
             unsafe {
-                libc::syscall(libc::SYS_write, 2, msg.as_ptr(), msg.len());
+                syscall(libc::SYS_write, 2, msg.as_ptr() as c_long, msg.len() as c_long, 0, 0, 0);
                 libc::abort();
             }
         }
@@ -121,7 +123,46 @@ real! {
 #[inline]
 pub unsafe fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
     // SAFETY: the caller upholds close_range's contract.
-    unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) as c_int }
+    unsafe { syscall(libc::SYS_close_range, first as c_long, last as c_long, flags as c_long, 0, 0, 0) as c_int }
+}
+
+/// A system call made here, as libc's `syscall` makes it (-1 and `errno`
+/// on failure). The library exports `syscall` itself (`ffi_syscall`), so
+/// its own raw calls come here, never to that.
+///
+/// # Safety
+/// As for the system call `n` with these arguments.
+#[inline]
+pub unsafe fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, a4: c_long, a5: c_long, a6: c_long) -> c_long {
+    let r: c_long;
+    // SAFETY: the Linux system call convention of this architecture; the
+    // instruction clobbers only the registers named here.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") n => r,
+            in("rdi") a1, in("rsi") a2, in("rdx") a3, in("r10") a4, in("r8") a5, in("r9") a6,
+            lateout("rcx") _, lateout("r11") _,
+            options(nostack),
+        );
+    }
+    // SAFETY: as above.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        core::arch::asm!(
+            "svc 0",
+            in("x8") n,
+            inlateout("x0") a1 => r,
+            in("x1") a2, in("x2") a3, in("x3") a4, in("x4") a5, in("x5") a6,
+            options(nostack),
+        );
+    }
+    if (-4095..0).contains(&r) {
+        set_errno(-r as c_int);
+        return -1;
+    }
+    r
 }
 
 /// The real `fcntl`, called with one integer or pointer argument (every

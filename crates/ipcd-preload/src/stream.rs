@@ -420,5 +420,8 @@ pub fn unread_by_peer(sock: &Socket) -> Result<usize, libc::c_int> {
 /// SIGPIPE for the calling thread, as the kernel raises it.
 fn raise_sigpipe() {
     // SAFETY: tgkill to ourselves with a valid signal.
-    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), libc::SIGPIPE) };
+    unsafe {
+        let (pid, tid) = (libc::getpid(), libc::gettid());
+        crate::real::syscall(libc::SYS_tgkill, pid.into(), tid.into(), libc::SIGPIPE.into(), 0, 0, 0)
+    };
 }

@@ -77,12 +77,14 @@ impl Sleepers {
         self.futex_waiters.fetch_add(1, Ordering::SeqCst);
         // SAFETY: futex wait on a live, aligned u32 with an optional relative timeout.
         let r = unsafe {
-            libc::syscall(
+            real::syscall(
                 libc::SYS_futex,
-                self.generation.as_ptr(),
-                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                seen,
-                tp,
+                self.generation.as_ptr() as libc::c_long,
+                libc::c_long::from(libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG),
+                libc::c_long::from(seen),
+                tp as libc::c_long,
+                0,
+                0,
             )
         };
         let err = real::errno();
@@ -114,7 +116,17 @@ impl Sleepers {
 
 fn futex_wake_all(word: &AtomicU32) {
     // SAFETY: futex wake on a live, aligned u32.
-    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX) };
+    unsafe {
+        real::syscall(
+            libc::SYS_futex,
+            word.as_ptr() as libc::c_long,
+            libc::c_long::from(libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG),
+            libc::c_long::from(i32::MAX),
+            0,
+            0,
+            0,
+        )
+    };
 }
 
 fn timespec(d: Duration) -> libc::timespec {

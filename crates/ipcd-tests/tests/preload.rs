@@ -85,6 +85,7 @@ checks! {
     close_while_another_thread_is_blocked => "close-race",
     signals_interrupt_accept_poll_epoll => "eintr",
     sa_restart_handlers_let_socket_calls_go_on => "sa-restart",
+    close_and_dup_through_syscall => "raw-syscalls",
 }
 
 /// The signal checks again with blocking calls that spin for 300 ms, so

@@ -248,6 +248,32 @@ fn python_asyncio_many_connections() {
     assert!(st.connects_total >= 100 && st.connects_total + st.fallbacks_total == 200, "{st:?}");
 }
 
+/// Node's HTTP server under ipcd, Node clients under ipcd, then curl on
+/// the kernel. libuv closes fds with `syscall(SYS_close)`: before the
+/// library caught that, the server's closed connections stayed in its
+/// table (and in the monitor), and the next kernel client, given one of
+/// their numbers, was hung up on at once.
+#[test]
+fn node_http_server_and_clients() {
+    if !have("node", &["node", "curl"]) {
+        return;
+    }
+    let mon = Monitor::start(256 * 1024);
+    let port = free_port();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/node_http.js");
+    let script = script.to_string_lossy();
+    let _server = spawn_server(&mon, "node", &[&script, "serve", &port.to_string()], port);
+    let out = ok("node clients", under(&mon, "node", &[&script, "load", &port.to_string(), "200"]).output().unwrap());
+    assert!(out.contains("200 of 200"), "{out}");
+    let url = format!("http://127.0.0.1:{port}/");
+    let curl = Command::new("curl").args(["-s", "-m", "10", "-d", "hello", &url]).output().unwrap();
+    assert_eq!(ok("curl on the kernel", curl), "echo:5");
+    // Segments go back to the pair's pool only when both ends said Close:
+    // the server's closes reached the monitor.
+    let st = mon.status().status;
+    assert!(st.connects_total >= 200 && st.reused_total >= 100, "{st:?}");
+}
+
 #[test]
 fn static_client_falls_back_to_the_kernel() {
     if !have("static C client", &["cc"]) {

@@ -1320,6 +1320,40 @@ fn eintr() -> Res {
     Ok(())
 }
 
+/// Closing and duplicating through `syscall(2)`, as libuv (Node) closes
+/// every fd: a dup made so carries the connection, the close ends it (the
+/// peer reads the end of stream) and the number is then free for anything,
+/// here a pipe, whose bytes must go to the pipe.
+fn raw_syscalls() -> Res {
+    let (c, s) = pair(false)?;
+    // SAFETY: dup of our open fd through the raw call.
+    let d = unsafe { libc::syscall(libc::SYS_dup, s) } as i32;
+    ensure!(d >= 0, "syscall(SYS_dup): {}", errno());
+    ensure!(send(d, b"via dup", 0) == 7, "send on the raw dup: {}", errno());
+    let mut buf = [0u8; 16];
+    ensure!(recv(c, &mut buf, 0) == 7 && &buf[..7] == b"via dup", "the raw dup's bytes did not arrive");
+    for fd in [d, s] {
+        // SAFETY: closes our own fds through the raw call.
+        let r = unsafe { libc::syscall(libc::SYS_close, fd) };
+        ensure!(r == 0, "syscall(SYS_close, {fd}): {}", errno());
+    }
+    let mut fds = [pollfd(c, libc::POLLIN)];
+    ensure!(poll_n(&mut fds, 5000) == 1, "no end of stream after the raw close");
+    ensure!(recv(c, &mut buf, 0) == 0, "recv after the peer's raw close: {}", errno());
+    let mut p = [0i32; 2];
+    // SAFETY: a two-int array.
+    ensure!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_NONBLOCK) } == 0, "pipe: {}", errno());
+    ensure!(p.contains(&s), "the pipe did not get the closed number {s}: {p:?}");
+    // SAFETY: writes to the pipe's write end, reads from its read end.
+    let (w, r) =
+        unsafe { (libc::write(p[1], b"pipe".as_ptr().cast(), 4), libc::read(p[0], buf.as_mut_ptr().cast(), 16)) };
+    ensure!(w == 4 && r == 4 && &buf[..4] == b"pipe", "the pipe on a reused number gave write {w}, read {r}");
+    for fd in [p[0], p[1], c] {
+        net::close(fd);
+    }
+    Ok(())
+}
+
 /// Signals `thread` (waiting in a call) after 50 ms, then runs `then` 50 ms
 /// later; join it before the thread can be gone.
 fn kick_then(thread: libc::pthread_t, sig: i32, then: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
@@ -2115,6 +2149,7 @@ fn check(name: &str) -> Res {
         "fork-busy" => fork_busy(),
         "fd-table" => fd_table(),
         "sa-restart" => sa_restart(),
+        "raw-syscalls" => raw_syscalls(),
         other => Err(format!("unknown check {other}")),
     }
 }
