@@ -77,6 +77,15 @@ struct Orphan {
     deadline: Instant,
 }
 
+/// A connection end passed over `SCM_RIGHTS` and not yet claimed: held
+/// for its receiver by a token no client has, until `deadline`.
+struct Passed {
+    conn: u64,
+    side: Side,
+    holder: u64,
+    deadline: Instant,
+}
+
 struct ConnRec {
     seg: SharedSegment,
     bells: [OwnedFd; 2],
@@ -144,6 +153,8 @@ pub struct Daemon {
     pools: HashMap<(u64, u64), Vec<Pooled>>,
     next_segment: u64,
     orphans: Vec<Orphan>,
+    /// Passed ends by the inode of the kernel socket they travel with.
+    passes: HashMap<u64, Vec<Passed>>,
     local: LocalAddrs,
     started: Instant,
     connects_total: u64,
@@ -191,6 +202,7 @@ impl Daemon {
             // a restart) must not match ours.
             next_segment: segment_id_base(),
             orphans: Vec::new(),
+            passes: HashMap::new(),
             local: LocalAddrs::default(),
             started: Instant::now(),
             connects_total: 0,
@@ -245,6 +257,9 @@ impl Daemon {
                 self.drop_doomed();
             }
             self.expire_orphans();
+            if !self.passes.is_empty() {
+                self.expire_passes();
+            }
             if self.cfg.poll && n == 0 {
                 std::hint::spin_loop();
             }
@@ -443,7 +458,9 @@ impl Daemon {
             Request::Close { conn, side, keep } => match self.holds(token, conn, side) {
                 true => {
                     if let Some(c) = self.clients.get_mut(&token) {
-                        c.holdings.retain(|h| *h != (conn, side));
+                        if let Some(pos) = c.holdings.iter().position(|h| *h == (conn, side)) {
+                            c.holdings.remove(pos);
+                        }
                     }
                     if let Some(rec) = self.conns.get_mut(&conn) {
                         rec.kept[idx(side)] = keep;
@@ -469,6 +486,8 @@ impl Daemon {
                 }
                 _ => self.fail(token, seq, ErrorCode::NoSuchConnection),
             },
+            Request::Pass { conn, side, inode } => self.pass(token, seq, conn, side, inode),
+            Request::Claim { inode } => self.claim(token, seq, inode),
             Request::Status => self.status(token, seq),
             Request::Stop => {
                 if uid == self.uid || uid == 0 {
@@ -483,6 +502,68 @@ impl Daemon {
     }
 
     /// Whether the client `token` holds `side` of `conn`.
+    /// `Pass`: the end gains a holder (a token of no client) that waits
+    /// for the receiver's `Claim`.
+    fn pass(&mut self, token: u64, seq: u32, conn: u64, side: Side, inode: u64) {
+        if !self.holds(token, conn, side) {
+            return self.fail(token, seq, ErrorCode::NoSuchConnection);
+        }
+        let Some(rec) = self.conns.get_mut(&conn) else {
+            return self.fail(token, seq, ErrorCode::NoSuchConnection);
+        };
+        let holder = self.next_token;
+        self.next_token += 1;
+        rec.holders[idx(side)].push(holder);
+        // A third process maps it: never reused by the pair.
+        rec.recyclable = false;
+        let deadline = Instant::now() + Duration::from_secs(self.cfg.exec_grace_secs);
+        self.passes.entry(inode).or_default().push(Passed { conn, side, holder, deadline });
+        self.reply(token, seq, &Response::Ok, &[]);
+    }
+
+    /// `Claim`: the end passed with the socket `inode` becomes the
+    /// claimer's, as `Reopen` gives an exec'd image its own.
+    fn claim(&mut self, token: u64, seq: u32, inode: u64) {
+        let passed = self.passes.get_mut(&inode).and_then(|v| (!v.is_empty()).then(|| v.remove(0)));
+        if self.passes.get(&inode).is_some_and(Vec::is_empty) {
+            self.passes.remove(&inode);
+        }
+        let Some(p) = passed else {
+            return self.fail(token, seq, ErrorCode::NoSuchConnection);
+        };
+        let Some(rec) = self.conns.get_mut(&p.conn) else {
+            return self.fail(token, seq, ErrorCode::NoSuchConnection);
+        };
+        let i = idx(p.side);
+        for h in rec.holders[i].iter_mut().filter(|h| **h == p.holder) {
+            *h = token;
+        }
+        let resp = Response::Reopened(ConnInfo { reused: false, ..rec.info[i] });
+        let fds = [rec.seg.fd(), rec.bells[i].as_fd(), rec.bells[idx(other(p.side))].as_fd()];
+        let Some(client) = self.clients.get_mut(&token) else { return };
+        client.holdings.push((p.conn, p.side));
+        if let Err(e) = client.chan.send_response(seq, &resp, &fds) {
+            self.doom(token, format!("cannot reply: {e}"));
+        }
+    }
+
+    /// Passed ends nobody claimed in time: given back as a dead holder's
+    /// are (the last one's going closes the end).
+    fn expire_passes(&mut self) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for list in self.passes.values_mut() {
+            let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(list).into_iter().partition(|p| p.deadline <= now);
+            *list = kept;
+            expired.extend(gone);
+        }
+        self.passes.retain(|_, v| !v.is_empty());
+        for p in expired {
+            log!(Level::Info, "msg=\"passed connection not claimed\" conn={}", p.conn);
+            self.release(p.holder, p.conn, p.side, true);
+        }
+    }
+
     fn holds(&self, token: u64, conn: u64, side: Side) -> bool {
         self.clients.get(&token).is_some_and(|c| c.holdings.contains(&(conn, side)))
     }
@@ -598,7 +679,11 @@ impl Daemon {
         // A process that died may have left the segment in any state; it is
         // not handed to anyone again.
         rec.recyclable &= !died;
-        rec.holders[i].retain(|&t| t != token);
+        // One holding at a time: a process that was passed its own end
+        // holds it twice, and lets go of it once per close.
+        if let Some(pos) = rec.holders[i].iter().position(|&t| t == token) {
+            rec.holders[i].remove(pos);
+        }
         if !rec.holders[i].is_empty() || rec.gone[i] {
             if died && !rec.gone[i] {
                 // A holder that dies never closes: give back its share of

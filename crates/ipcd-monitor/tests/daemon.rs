@@ -602,3 +602,49 @@ fn a_second_monitor_on_the_same_name_refuses_to_start() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An end passed over `SCM_RIGHTS` (`Pass`, named by the kernel socket's
+/// inode) goes to whoever claims that inode, and outlives its sender's
+/// close; one nobody claims closes, as a dead holder's end does, after the
+/// grace (10 s).
+#[test]
+fn a_passed_end_goes_to_its_claimer_or_closes_unclaimed() {
+    let m = Monitor::start();
+    let mut server = m.client();
+    let mut client = m.client();
+    let mut worker = m.client();
+    let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
+    assert_eq!(listen(&mut server, 1, &lfd, addr, ListenFlags::empty()), Response::Ok);
+    let (resp, cfds) = connect(&mut client, addr);
+    let Response::Connected(info) = resp else { panic!("{resp:?}") };
+    let _incoming = next_event(&server);
+    let refused = Response::Error { code: ErrorCode::NoSuchConnection };
+    let pass = |inode| Request::Pass { conn: info.conn, side: Side::B, inode };
+    assert_eq!(worker.call(&pass(7), &[]).unwrap().0, refused, "passed by a process that does not hold it");
+    assert_eq!(worker.call(&Request::Claim { inode: 7 }, &[]).unwrap().0, refused, "nothing passed with 7");
+
+    assert_eq!(server.call(&pass(42), &[]).unwrap().0, Response::Ok);
+    server.notify(&Request::Close { conn: info.conn, side: Side::B, keep: false }).unwrap();
+    let (resp, wfds) = worker.call(&Request::Claim { inode: 42 }, &[]).unwrap();
+    let Response::Reopened(got) = resp else { panic!("{resp:?}") };
+    assert_eq!((got.conn, got.side, wfds.len()), (info.conn, Side::B, 3));
+    assert_eq!(worker.call(&Request::Claim { inode: 42 }, &[]).unwrap().0, refused, "claimed twice");
+    // The claimer reads what the client writes: the same segment.
+    let a = map(&cfds[0]);
+    let w = map(&wfds.into_vec()[0]);
+    assert_eq!(a.seg.producer(ipcd_ring::Side::A).unwrap().write(b"hi").unwrap().len, 2);
+    let mut buf = [0u8; 4];
+    assert_eq!(w.seg.consumer(ipcd_ring::Side::B).unwrap().read(&mut buf).unwrap().len, 2);
+    let rx = a.seg.consumer(ipcd_ring::Side::A).unwrap();
+    assert_eq!(rx.peer_state(), PeerState::Open, "the sender's close did not end it");
+
+    // Passed on again, never claimed: the end closes after the grace.
+    assert_eq!(worker.call(&pass(43), &[]).unwrap().0, Response::Ok);
+    worker.notify(&Request::Close { conn: info.conn, side: Side::B, keep: false }).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rx.peer_state() == PeerState::Open {
+        assert!(Instant::now() < deadline, "an unclaimed end stayed open");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(rx.peer_state(), PeerState::Closed, "nothing unread: a FIN");
+}

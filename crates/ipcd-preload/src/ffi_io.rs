@@ -7,7 +7,7 @@ use libc::{c_int, c_uint, c_void, iovec, mmsghdr, msghdr, size_t, sockaddr, sock
 
 use crate::socket::Socket;
 use crate::stream::{self, Flags, IoResult};
-use crate::{guarded, real, table};
+use crate::{guarded, pass, real, table};
 
 /// The ipcd stream behind `fd`, if any. For every other fd this is one
 /// bounds check and one atomic load.
@@ -234,8 +234,16 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
                 Err(e) => ret(Err(e)),
             }
         }
-        // SAFETY: the caller's arguments, unchanged.
-        None => unsafe { real::sendmsg(fd, msg, flags) },
+        None => {
+            // SAFETY: the caller's msghdr, if any (our own channel's
+            // messages carry no ends of ours).
+            if let Some(m) = unsafe { msg.as_ref() }.filter(|m| m.msg_controllen != 0 && !crate::fds::is_hidden(fd)) {
+                // SAFETY: the caller's msghdr and control buffer.
+                guarded((), || unsafe { pass::before_send(m) });
+            }
+            // SAFETY: the caller's arguments, unchanged.
+            unsafe { real::sendmsg(fd, msg, flags) }
+        }
     }
 }
 
@@ -270,8 +278,20 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
             }
             r
         }
-        // SAFETY: the caller's arguments, unchanged.
-        None => unsafe { real::recvmsg(fd, msg, flags) },
+        None => {
+            // SAFETY: the caller's arguments, unchanged.
+            let r = unsafe { real::recvmsg(fd, msg, flags) };
+            // SAFETY: the caller's msghdr, if any, just filled.
+            if let Some(m) =
+                unsafe { msg.as_ref() }.filter(|m| r >= 0 && m.msg_controllen != 0 && !crate::fds::is_hidden(fd))
+            {
+                let e = real::errno();
+                // SAFETY: the caller's msghdr and control buffer.
+                guarded((), || unsafe { pass::after_recv(m) });
+                real::set_errno(e);
+            }
+            r
+        }
     }
 }
 

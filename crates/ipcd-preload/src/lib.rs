@@ -24,6 +24,7 @@ pub mod fork;
 pub mod iov;
 pub mod link;
 pub mod log;
+pub mod pass;
 pub mod poll;
 pub mod readiness;
 pub mod real;

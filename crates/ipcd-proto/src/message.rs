@@ -335,6 +335,26 @@ pub enum Request {
     },
     /// Stop the monitor (same user or root). No fds.
     Stop,
+    /// The process is about to pass its end of `conn` to another process
+    /// over a Unix socket (`SCM_RIGHTS`): keep a holder for it until the
+    /// receiver says `Claim` with the same `inode` (or a timeout). It has
+    /// added that holder to the segment already. No fds; `Ok` or `Error`.
+    Pass {
+        /// Connection.
+        conn: u64,
+        /// Which end.
+        side: Side,
+        /// Inode of the kernel socket under the end's fd, which is what
+        /// the receiver finds in the fd it receives.
+        inode: u64,
+    },
+    /// The process received a socket whose kernel inode is `inode`: map
+    /// the connection end passed with it, if any. No fds; `Reopened`, or
+    /// `Error` when nothing was passed with that inode.
+    Claim {
+        /// Inode of the received kernel socket.
+        inode: u64,
+    },
 }
 
 impl Request {
@@ -398,7 +418,7 @@ pub enum Response {
         /// Segment id.
         segment: u64,
     },
-    /// Answer to `Reopen`. Fds: `[segment memfd, own doorbell, peer doorbell]`.
+    /// Answer to `Reopen` and `Claim`. Fds: `[segment memfd, own doorbell, peer doorbell]`.
     Reopened(ConnInfo),
     /// Answer to `Status`. No fds.
     Status(Status),
@@ -545,6 +565,8 @@ impl Request {
             Request::Status => 0x010a,
             Request::Accepted { .. } => 0x010b,
             Request::Stop => 0x010c,
+            Request::Pass { .. } => 0x010d,
+            Request::Claim { .. } => 0x010e,
         }
     }
 
@@ -593,6 +615,12 @@ impl Request {
             }
             Request::Accepted { conn } => w.u64(conn),
             Request::Forked { parent_pid } => w.u32(parent_pid),
+            Request::Pass { conn, side, inode } => {
+                w.u64(conn);
+                side.encode(w);
+                w.u64(inode);
+            }
+            Request::Claim { inode } => w.u64(inode),
             Request::ExecPrepare | Request::Status | Request::Stop => {}
         })
     }
@@ -637,6 +665,8 @@ impl Request {
             0x010a => Request::Status,
             0x010b => Request::Accepted { conn: r.u64()? },
             0x010c => Request::Stop,
+            0x010d => Request::Pass { conn: r.u64()?, side: Side::decode(r)?, inode: r.u64()? },
+            0x010e => Request::Claim { inode: r.u64()? },
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;

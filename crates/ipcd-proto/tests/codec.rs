@@ -63,6 +63,12 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::Status),
         any::<u64>().prop_map(|conn| Request::Accepted { conn }),
         Just(Request::Stop),
+        (any::<u64>(), any::<bool>(), any::<u64>()).prop_map(|(conn, b, inode)| Request::Pass {
+            conn,
+            side: if b { Side::B } else { Side::A },
+            inode
+        }),
+        any::<u64>().prop_map(|inode| Request::Claim { inode }),
     ]
 }
 

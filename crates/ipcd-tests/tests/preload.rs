@@ -86,6 +86,7 @@ checks! {
     signals_interrupt_accept_poll_epoll => "eintr",
     sa_restart_handlers_let_socket_calls_go_on => "sa-restart",
     close_and_dup_through_syscall => "raw-syscalls",
+    a_connection_passed_over_a_unix_socket => "pass-fd",
 }
 
 /// The signal checks again with blocking calls that spin for 300 ms, so

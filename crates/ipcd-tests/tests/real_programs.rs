@@ -274,6 +274,26 @@ fn node_http_server_and_clients() {
     assert!(st.connects_total >= 200 && st.reused_total >= 100, "{st:?}");
 }
 
+/// Node's cluster module in its default mode on Linux: the primary
+/// accepts and passes each connection to a worker over a Unix socket
+/// (`SCM_RIGHTS`). Before ends could be passed, every ipcd client was
+/// hung up on.
+#[test]
+fn node_cluster_passes_connections_to_workers() {
+    if !have("node cluster", &["node"]) {
+        return;
+    }
+    let mon = Monitor::start(256 * 1024);
+    let port = free_port();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/node_http.js");
+    let script = script.to_string_lossy();
+    let _server = spawn_server(&mon, "node", &[&script, "cluster", &port.to_string()], port);
+    let out = ok("node clients", under(&mon, "node", &[&script, "load", &port.to_string(), "100"]).output().unwrap());
+    assert!(out.contains("100 of 100"), "{out}");
+    let st = mon.status().status;
+    assert!(st.connects_total >= 100 && st.fallbacks_total == 0, "{st:?}");
+}
+
 #[test]
 fn static_client_falls_back_to_the_kernel() {
     if !have("static C client", &["cc"]) {

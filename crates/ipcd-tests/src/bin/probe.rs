@@ -1320,6 +1320,85 @@ fn eintr() -> Res {
     Ok(())
 }
 
+/// Sends `fd` over the Unix socket `u` (`SCM_RIGHTS`, one byte of data).
+fn send_fd(u: i32, fd: i32) -> Res {
+    let mut byte = *b"f";
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let mut space = [0u64; 4];
+    // SAFETY: a msghdr over live buffers; the CMSG macros stay within `space`.
+    unsafe {
+        let mut m: libc::msghdr = std::mem::zeroed();
+        m.msg_iov = &mut iov;
+        m.msg_iovlen = 1;
+        m.msg_control = space.as_mut_ptr().cast();
+        m.msg_controllen = libc::CMSG_SPACE(size_of::<i32>() as u32) as usize;
+        let c = libc::CMSG_FIRSTHDR(&m);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(size_of::<i32>() as u32) as usize;
+        libc::CMSG_DATA(c).cast::<i32>().write_unaligned(fd);
+        ensure!(libc::sendmsg(u, &m, 0) == 1, "sendmsg with SCM_RIGHTS: {}", errno());
+    }
+    Ok(())
+}
+
+/// Receives one fd sent by `send_fd` over `u`.
+fn recv_fd(u: i32) -> Result<i32, String> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let mut space = [0u64; 4];
+    // SAFETY: as in send_fd.
+    unsafe {
+        let mut m: libc::msghdr = std::mem::zeroed();
+        m.msg_iov = &mut iov;
+        m.msg_iovlen = 1;
+        m.msg_control = space.as_mut_ptr().cast();
+        m.msg_controllen = size_of_val(&space);
+        ensure!(libc::recvmsg(u, &mut m, 0) == 1, "recvmsg with SCM_RIGHTS: {}", errno());
+        let c = libc::CMSG_FIRSTHDR(&m);
+        ensure!(!c.is_null() && (*c).cmsg_type == libc::SCM_RIGHTS, "no fd received");
+        Ok(libc::CMSG_DATA(c).cast::<i32>().read_unaligned())
+    }
+}
+
+/// A connection's end passed to another process over a Unix socket, as
+/// Node's cluster primary passes what it accepts to a worker: the sender
+/// closes its fd at once, the receiver serves the connection, and its
+/// close is the one the peer sees.
+fn pass_fd() -> Res {
+    let mut u = [0i32; 2];
+    // SAFETY: a two-int array.
+    ensure!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, u.as_mut_ptr()) } == 0, "socketpair");
+    let pid = fork()?;
+    if pid == 0 {
+        in_child(|| {
+            let s = recv_fd(u[1])?;
+            let mut buf = [0u8; 16];
+            let n = recv(s, &mut buf, 0);
+            ensure!(n == 4 && &buf[..4] == b"ping", "the passed end read {n}");
+            ensure!(send(s, b"pong", 0) == 4, "send on the passed end: {}", errno());
+            net::close(s);
+            Ok(())
+        });
+    }
+    // Made after the fork: only the receiver gets the end, through the socket.
+    let (c, s) = pair(false)?;
+    send_fd(u[0], s)?;
+    net::close(s);
+    ensure!(send(c, b"ping", 0) == 4, "send to the passed end: {}", errno());
+    let mut buf = [0u8; 16];
+    let n = recv(c, &mut buf, 0);
+    ensure!(n == 4 && &buf[..4] == b"pong", "the answer from the passed end: {n}");
+    wait_child(pid)?;
+    let mut fds = [pollfd(c, libc::POLLIN)];
+    ensure!(poll_n(&mut fds, 5000) == 1, "no end of stream after the receiver closed");
+    ensure!(recv(c, &mut buf, 0) == 0, "recv after the receiver closed: {}", errno());
+    for fd in [c, u[0], u[1]] {
+        net::close(fd);
+    }
+    Ok(())
+}
+
 /// Closing and duplicating through `syscall(2)`, as libuv (Node) closes
 /// every fd: a dup made so carries the connection, the close ends it (the
 /// peer reads the end of stream) and the number is then free for anything,
@@ -2150,6 +2229,7 @@ fn check(name: &str) -> Res {
         "fd-table" => fd_table(),
         "sa-restart" => sa_restart(),
         "raw-syscalls" => raw_syscalls(),
+        "pass-fd" => pass_fd(),
         other => Err(format!("unknown check {other}")),
     }
 }

@@ -1,0 +1,144 @@
+//! ipcd connection ends passed to another process over a Unix socket
+//! (`SCM_RIGHTS`), as Node's `cluster` primary passes every connection it
+//! accepts to a worker. The kernel passes only the unconnected socket
+//! under our fd; the connection itself goes through the monitor:
+//!
+//! - the sender, before its `sendmsg`, adds a holder to the end in the
+//!   segment (as before a fork), marks the end shared, and tells the
+//!   monitor (`Pass`, answered before the fd leaves, so a claim cannot
+//!   overtake it) the inode of that kernel socket;
+//! - the receiver, after its `recvmsg`, asks the monitor about each
+//!   unconnected TCP socket it received (`Claim` by inode) and maps the
+//!   end it gets as a shared one, as an exec'd image does.
+//!
+//! The sender usually closes its fd at once; the end lives on in the
+//! receiver, and its FIN goes when the last holder closes.
+
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use ipcd_proto::message::{Request, Response};
+
+use crate::link::Link;
+use crate::log::{log, Level};
+use crate::socket::{Socket, State, Stream};
+use crate::{control, real, table};
+
+/// The fds of every `SCM_RIGHTS` message in `msg`'s control data.
+///
+/// # Safety
+/// `msg`'s control pointer and length describe readable memory.
+unsafe fn rights(msg: &libc::msghdr) -> Vec<RawFd> {
+    let mut fds = Vec::new();
+    // SAFETY: the CMSG macros walk the caller's control buffer within
+    // `msg_controllen`.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                let n = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
+                fds.extend((0..n).map(|i| data.add(i).read_unaligned()));
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    fds
+}
+
+fn inode(fd: RawFd) -> Option<u64> {
+    // SAFETY: an all-zero stat is a valid out buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat into a live struct.
+    let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
+    (ok && st.st_mode & libc::S_IFMT == libc::S_IFSOCK).then_some(st.st_ino)
+}
+
+/// Before a `sendmsg` on a socket that is not ours: every stream end of
+/// ours among the fds it passes is handed to the monitor for the receiver.
+///
+/// # Safety
+/// `msg` is the caller's valid msghdr.
+pub unsafe fn before_send(msg: &libc::msghdr) {
+    if msg.msg_controllen == 0 || msg.msg_control.is_null() {
+        return;
+    }
+    // SAFETY: as the caller promises.
+    for fd in unsafe { rights(msg) } {
+        let Some(sock) = table::get(fd) else { continue };
+        let Some(ino) = inode(fd) else { continue };
+        let mut state = sock.lock();
+        let State::Stream(st) = &mut *state else { continue };
+        let (conn, side) = (st.info.conn, st.info.side);
+        st.link.add_holder();
+        st.link.set_shared();
+        match control::with(|c| c.call(&Request::Pass { conn, side, inode: ino }, &[])) {
+            Some((Response::Ok, _)) => {}
+            other => {
+                // No receiver will hold it: take the holder back.
+                st.link.release_holder();
+                log!(Level::Warn, "connection {conn} (fd {fd}) passed without the monitor: {other:?}");
+            }
+        }
+    }
+}
+
+/// After a `recvmsg` on a socket that is not ours: each unconnected TCP
+/// socket received may carry an ipcd connection end; the monitor says.
+///
+/// # Safety
+/// `msg` is the caller's valid msghdr, just filled by the kernel.
+pub unsafe fn after_recv(msg: &libc::msghdr) {
+    if msg.msg_controllen == 0 || msg.msg_control.is_null() {
+        return;
+    }
+    // SAFETY: as the caller promises.
+    for fd in unsafe { rights(msg) } {
+        if table::get(fd).is_some() || !unconnected_tcp(fd) {
+            continue;
+        }
+        let Some(ino) = inode(fd) else { continue };
+        let answer = control::with(|c| c.call(&Request::Claim { inode: ino }, &[]));
+        let Some((Response::Reopened(info), fds)) = answer else { continue };
+        let mut link = match Link::attach(&info, fds.into_vec()) {
+            Ok(l) => l,
+            Err(e) => {
+                log!(Level::Error, "connection {} received on fd {fd} cannot be mapped: {e}", info.conn);
+                continue;
+            }
+        };
+        link.set_shared();
+        let family = int_opt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
+        // SAFETY: F_GETFL on the received fd.
+        let nonblock = unsafe { real::fcntl(fd, libc::F_GETFL, 0) } & libc::O_NONBLOCK != 0;
+        let stream = Stream::new(link, info, false);
+        let sock = Arc::new(Socket::new(family, nonblock, State::Stream(Box::new(stream))));
+        if table::install(fd, sock).is_err() {
+            log!(Level::Error, "connection {} received on fd {fd}, beyond the table", info.conn);
+        }
+    }
+}
+
+fn int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int) -> Option<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: an int-sized out buffer.
+    (unsafe { real::getsockopt(fd, level, name, (&raw mut v).cast(), &mut len) } == 0).then_some(v)
+}
+
+/// A TCP socket that is neither listening nor connected: what the kernel
+/// keeps under an fd of ours.
+fn unconnected_tcp(fd: RawFd) -> bool {
+    let stream_ip = matches!(int_opt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN), Some(libc::AF_INET | libc::AF_INET6))
+        && int_opt(fd, libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+        && int_opt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(0);
+    if !stream_ip {
+        return false;
+    }
+    // SAFETY: an all-zero sockaddr_storage is a valid out buffer.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the buffer and its length.
+    let r = unsafe { real::getpeername(fd, (&raw mut ss).cast(), &mut len) };
+    r != 0 && real::errno() == libc::ENOTCONN
+}
