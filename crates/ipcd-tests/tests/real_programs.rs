@@ -248,6 +248,20 @@ fn python_asyncio_many_connections() {
     assert!(st.connects_total >= 100 && st.connects_total + st.fallbacks_total == 200, "{st:?}");
 }
 
+/// scripts/node_http.js in `mode` (`serve` or `cluster`) under ipcd on a
+/// port of its own, and `count` requests from its Node clients under ipcd,
+/// which must all be answered right. The server runs until the `Bg` drops.
+fn node_http(mon: &Monitor, mode: &str, count: usize) -> (u16, Bg) {
+    let port = free_port();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/node_http.js");
+    let script = script.to_string_lossy();
+    let server = spawn_server(mon, "node", &[&script, mode, &port.to_string()], port);
+    let load = under(mon, "node", &[&script, "load", &port.to_string(), &count.to_string()]).output().unwrap();
+    let out = ok("node clients", load);
+    assert!(out.contains(&format!("{count} of {count}")), "{out}");
+    (port, server)
+}
+
 /// Node's HTTP server under ipcd, Node clients under ipcd, then curl on
 /// the kernel. libuv closes fds with `syscall(SYS_close)`: before the
 /// library caught that, the server's closed connections stayed in its
@@ -259,12 +273,7 @@ fn node_http_server_and_clients() {
         return;
     }
     let mon = Monitor::start(256 * 1024);
-    let port = free_port();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/node_http.js");
-    let script = script.to_string_lossy();
-    let _server = spawn_server(&mon, "node", &[&script, "serve", &port.to_string()], port);
-    let out = ok("node clients", under(&mon, "node", &[&script, "load", &port.to_string(), "200"]).output().unwrap());
-    assert!(out.contains("200 of 200"), "{out}");
+    let (port, _server) = node_http(&mon, "serve", 200);
     let url = format!("http://127.0.0.1:{port}/");
     let curl = Command::new("curl").args(["-s", "-m", "10", "-d", "hello", &url]).output().unwrap();
     assert_eq!(ok("curl on the kernel", curl), "echo:5");
@@ -284,12 +293,7 @@ fn node_cluster_passes_connections_to_workers() {
         return;
     }
     let mon = Monitor::start(256 * 1024);
-    let port = free_port();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/node_http.js");
-    let script = script.to_string_lossy();
-    let _server = spawn_server(&mon, "node", &[&script, "cluster", &port.to_string()], port);
-    let out = ok("node clients", under(&mon, "node", &[&script, "load", &port.to_string(), "100"]).output().unwrap());
-    assert!(out.contains("100 of 100"), "{out}");
+    let _server = node_http(&mon, "cluster", 100);
     let st = mon.status().status;
     assert!(st.connects_total >= 100 && st.fallbacks_total == 0, "{st:?}");
 }

@@ -1320,17 +1320,25 @@ fn eintr() -> Res {
     Ok(())
 }
 
+/// A one-byte message over `byte`, with `space` for its control data.
+fn one_byte_msg(byte: &mut [u8; 1], iov: &mut libc::iovec, space: &mut [u64; 4]) -> libc::msghdr {
+    *iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    // SAFETY: an all-zero msghdr is a valid empty one.
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_iov = iov;
+    m.msg_iovlen = 1;
+    m.msg_control = space.as_mut_ptr().cast();
+    m.msg_controllen = size_of_val(space);
+    m
+}
+
 /// Sends `fd` over the Unix socket `u` (`SCM_RIGHTS`, one byte of data).
 fn send_fd(u: i32, fd: i32) -> Res {
-    let mut byte = *b"f";
-    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
-    let mut space = [0u64; 4];
-    // SAFETY: a msghdr over live buffers; the CMSG macros stay within `space`.
+    let (mut byte, mut space) = (*b"f", [0u64; 4]);
+    let mut iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+    let mut m = one_byte_msg(&mut byte, &mut iov, &mut space);
+    // SAFETY: the CMSG macros stay within `space`, which outlives `m`.
     unsafe {
-        let mut m: libc::msghdr = std::mem::zeroed();
-        m.msg_iov = &mut iov;
-        m.msg_iovlen = 1;
-        m.msg_control = space.as_mut_ptr().cast();
         m.msg_controllen = libc::CMSG_SPACE(size_of::<i32>() as u32) as usize;
         let c = libc::CMSG_FIRSTHDR(&m);
         (*c).cmsg_level = libc::SOL_SOCKET;
@@ -1344,16 +1352,11 @@ fn send_fd(u: i32, fd: i32) -> Res {
 
 /// Receives one fd sent by `send_fd` over `u`.
 fn recv_fd(u: i32) -> Result<i32, String> {
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
-    let mut space = [0u64; 4];
-    // SAFETY: as in send_fd.
+    let (mut byte, mut space) = ([0u8; 1], [0u64; 4]);
+    let mut iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+    let mut m = one_byte_msg(&mut byte, &mut iov, &mut space);
+    // SAFETY: buffers that outlive `m`; the CMSG macros stay within `space`.
     unsafe {
-        let mut m: libc::msghdr = std::mem::zeroed();
-        m.msg_iov = &mut iov;
-        m.msg_iovlen = 1;
-        m.msg_control = space.as_mut_ptr().cast();
-        m.msg_controllen = size_of_val(&space);
         ensure!(libc::recvmsg(u, &mut m, 0) == 1, "recvmsg with SCM_RIGHTS: {}", errno());
         let c = libc::CMSG_FIRSTHDR(&m);
         ensure!(!c.is_null() && (*c).cmsg_type == libc::SCM_RIGHTS, "no fd received");
