@@ -18,7 +18,6 @@ use std::sync::Arc;
 use ipcd_proto::message::{Request, Response, Side};
 use libc::{c_char, c_int};
 
-use crate::link::Link;
 use crate::log::{log, Level};
 use crate::socket::{Socket, State, Stream};
 use crate::{control, real, setup, table};
@@ -211,33 +210,12 @@ fn remap(fd: c_int, conn: u64, side: Side, shared: bool) -> Option<Stream> {
         log!(Level::Warn, "connection {conn} (fd {fd}) not handed over by the monitor: {answer:?}");
         return None;
     };
-    let mut link = match Link::attach(&info, fds.into_vec()) {
-        Ok(l) => l,
-        Err(e) => {
-            log!(Level::Error, "connection {conn} (fd {fd}) cannot be mapped again: {e}");
-            return None;
-        }
-    };
-    if shared {
-        link.set_shared();
-    }
-    Some(Stream::new(link, info, false))
+    setup::stream_from(info, fds.into_vec(), shared)
 }
 
 /// Maps connection `conn` again at `fd`.
 fn reopen(fd: c_int, conn: u64, side: Side, shared: bool) -> Option<Arc<Socket>> {
-    let stream = remap(fd, conn, side, shared)?;
-    let family = int_opt(fd, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
-    // SAFETY: F_GETFL on the inherited fd, whose O_NONBLOCK is the program's.
-    let nonblock = unsafe { real::fcntl(fd, libc::F_GETFL, 0) } & libc::O_NONBLOCK != 0;
-    let sock = Arc::new(Socket::new(family, nonblock, State::Stream(Box::new(stream))));
-    match table::install(fd, Arc::clone(&sock)) {
-        Ok(_) => Some(sock),
-        Err(_) => {
-            log!(Level::Error, "connection {conn}: fd {fd} is beyond the table");
-            None
-        }
-    }
+    setup::adopt(fd, remap(fd, conn, side, shared)?)
 }
 
 /// A close-on-exec connection: gone in this image, closed as the kernel
@@ -249,16 +227,9 @@ fn drop_conn(fd: c_int, conn: u64, side: Side, shared: bool) {
     }
 }
 
-fn int_opt(fd: c_int, name: c_int) -> Option<c_int> {
-    let mut v: c_int = 0;
-    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
-    // SAFETY: an int-sized out buffer.
-    (unsafe { real::getsockopt(fd, libc::SOL_SOCKET, name, (&raw mut v).cast(), &mut len) } == 0).then_some(v)
-}
-
 /// Registers an inherited listener again.
 fn relisten(fd: c_int, backlog: c_int) {
-    let family = int_opt(fd, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
+    let family = real::int_opt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
     // SAFETY: F_GETFL on the inherited fd. Our listeners' kernel fds are
     // always non-blocking underneath; the program's flag was not kept, so
     // blocking is assumed, as a listener handed to an exec'd server is.

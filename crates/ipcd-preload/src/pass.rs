@@ -15,14 +15,12 @@
 //! receiver, and its FIN goes when the last holder closes.
 
 use std::os::fd::RawFd;
-use std::sync::Arc;
 
 use ipcd_proto::message::{Request, Response};
 
-use crate::link::Link;
 use crate::log::{log, Level};
-use crate::socket::{Socket, State, Stream};
-use crate::{control, real, table};
+use crate::socket::State;
+use crate::{control, real, setup, table};
 
 /// The fds of every `SCM_RIGHTS` message in `msg`'s control data.
 ///
@@ -100,38 +98,19 @@ pub unsafe fn after_recv(msg: &libc::msghdr) {
         let Some(ino) = inode(fd) else { continue };
         let answer = control::with(|c| c.call(&Request::Claim { inode: ino }, &[]));
         let Some((Response::Reopened(info), fds)) = answer else { continue };
-        let mut link = match Link::attach(&info, fds.into_vec()) {
-            Ok(l) => l,
-            Err(e) => {
-                log!(Level::Error, "connection {} received on fd {fd} cannot be mapped: {e}", info.conn);
-                continue;
-            }
-        };
-        link.set_shared();
-        let family = int_opt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
-        // SAFETY: F_GETFL on the received fd.
-        let nonblock = unsafe { real::fcntl(fd, libc::F_GETFL, 0) } & libc::O_NONBLOCK != 0;
-        let stream = Stream::new(link, info, false);
-        let sock = Arc::new(Socket::new(family, nonblock, State::Stream(Box::new(stream))));
-        if table::install(fd, sock).is_err() {
-            log!(Level::Error, "connection {} received on fd {fd}, beyond the table", info.conn);
+        if let Some(stream) = setup::stream_from(info, fds.into_vec(), true) {
+            setup::adopt(fd, stream);
         }
     }
-}
-
-fn int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int) -> Option<libc::c_int> {
-    let mut v: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: an int-sized out buffer.
-    (unsafe { real::getsockopt(fd, level, name, (&raw mut v).cast(), &mut len) } == 0).then_some(v)
 }
 
 /// A TCP socket that is neither listening nor connected: what the kernel
 /// keeps under an fd of ours.
 fn unconnected_tcp(fd: RawFd) -> bool {
-    let stream_ip = matches!(int_opt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN), Some(libc::AF_INET | libc::AF_INET6))
-        && int_opt(fd, libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
-        && int_opt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(0);
+    let stream_ip =
+        matches!(real::int_opt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN), Some(libc::AF_INET | libc::AF_INET6))
+            && real::int_opt(fd, libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+            && real::int_opt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(0);
     if !stream_ip {
         return false;
     }

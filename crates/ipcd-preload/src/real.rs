@@ -165,6 +165,14 @@ pub unsafe fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, a4: c_long,
     r
 }
 
+/// An int socket option, from the kernel (`None` if it answers an error).
+pub fn int_opt(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
+    let mut v: c_int = 0;
+    let mut len = core::mem::size_of::<c_int>() as socklen_t;
+    // SAFETY: an int-sized out buffer.
+    (unsafe { getsockopt(fd, level, name, (&raw mut v).cast(), &mut len) } == 0).then_some(v)
+}
+
 /// The real `fcntl`, called with one integer or pointer argument (every
 /// command takes at most one).
 ///

@@ -1,12 +1,13 @@
-//! Connection set-up through the monitor: `connect`, `listen`, `accept`, and
-//! closing a listener. Whatever the monitor cannot do goes to the kernel.
+//! Connection set-up through the monitor: `connect`, `listen`, `accept`,
+//! closing a listener, and taking on an end the monitor hands over.
+//! Whatever the monitor cannot do goes to the kernel.
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use ipcd_proto::message::{Request, Response};
+use ipcd_proto::message::{ConnInfo, Request, Response};
 use ipcd_proto::{ListenFlags, SockAddr};
 
 use crate::control::{self, Pending};
@@ -38,12 +39,43 @@ fn sockname(fd: libc::c_int) -> Option<SockAddr> {
     unsafe { SockAddr::from_raw((&raw const ss).cast(), len) }
 }
 
-fn int_opt(fd: libc::c_int, level: libc::c_int, name: libc::c_int) -> bool {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: an int-sized out buffer.
-    let r = unsafe { real::getsockopt(fd, level, name, (&raw mut v).cast(), &mut len) };
-    r == 0 && v != 0
+/// Whether an int socket option is on.
+fn opt_on(fd: libc::c_int, level: libc::c_int, name: libc::c_int) -> bool {
+    real::int_opt(fd, level, name).is_some_and(|v| v != 0)
+}
+
+/// An end the monitor handed this process (`Reopened`: after an exec, or
+/// passed over `SCM_RIGHTS`), mapped; `shared` when other processes may
+/// hold it too.
+pub fn stream_from(info: ConnInfo, fds: Vec<OwnedFd>, shared: bool) -> Option<Stream> {
+    let mut link = match Link::attach(&info, fds) {
+        Ok(l) => l,
+        Err(e) => {
+            log!(Level::Error, "connection {} cannot be mapped: {e}", info.conn);
+            return None;
+        }
+    };
+    if shared {
+        link.set_shared();
+    }
+    Some(Stream::new(link, info, false))
+}
+
+/// Makes `stream` the socket behind `fd`, a kernel socket the program
+/// already has (its family and `O_NONBLOCK` are the kernel's).
+pub fn adopt(fd: libc::c_int, stream: Stream) -> Option<Arc<Socket>> {
+    let conn = stream.info.conn;
+    let family = real::int_opt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
+    // SAFETY: F_GETFL on the program's fd.
+    let nonblock = unsafe { real::fcntl(fd, libc::F_GETFL, 0) } & libc::O_NONBLOCK != 0;
+    let sock = Arc::new(Socket::new(family, nonblock, State::Stream(Box::new(stream))));
+    match table::install(fd, Arc::clone(&sock)) {
+        Ok(_) => Some(sock),
+        Err(_) => {
+            log!(Level::Error, "connection {conn}: fd {fd} is beyond the table");
+            None
+        }
+    }
 }
 
 /// The host's own addresses (cached: interfaces rarely change under a
@@ -231,13 +263,13 @@ pub fn listen(fd: libc::c_int, sock: &Socket, backlog: libc::c_int) -> bool {
     };
     let Some(addr) = sockname(fd) else { return again };
     let mut flags = ListenFlags::empty();
-    if int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) {
+    if opt_on(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) {
         flags |= ListenFlags::REUSEPORT;
     }
-    if int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR) {
+    if opt_on(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR) {
         flags |= ListenFlags::REUSEADDR;
     }
-    if sock.family == libc::AF_INET6 && int_opt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) {
+    if sock.family == libc::AF_INET6 && opt_on(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) {
         flags |= ListenFlags::V6ONLY;
     }
     let req = Request::Listen { listener: id, addr, backlog: backlog.max(0) as u32, flags };
