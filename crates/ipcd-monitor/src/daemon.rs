@@ -427,8 +427,17 @@ impl Daemon {
                     self.reply(token, seq, &Response::Ok, &[]);
                     return;
                 }
-                let entry =
-                    Listener { owner: token, id: listener, pid, uid, addr, backlog, flags, pending: 0, forked: false };
+                let entry = Listener {
+                    owner: token,
+                    id: listener,
+                    pid,
+                    uid,
+                    addr,
+                    backlog,
+                    flags,
+                    pending: 0,
+                    sharers: Vec::new(),
+                };
                 for stale in self.registry.add(entry) {
                     log!(Level::Info, "msg=\"stale listener replaced\" addr={addr} old_pid={}", stale.pid);
                 }
@@ -436,7 +445,9 @@ impl Daemon {
                 self.reply(token, seq, &Response::Ok, &[]);
             }
             Request::Unlisten { listener } => {
-                if self.registry.remove(token, listener) {
+                // A forked child closing its copy of its parent's listener
+                // (same id) gives back its share.
+                if self.registry.remove(token, listener) || self.registry.unshare(token, Some(listener)) {
                     self.reply(token, seq, &Response::Ok, &[]);
                 } else {
                     self.fail(token, seq, ErrorCode::NoSuchListener);
@@ -575,7 +586,7 @@ impl Daemon {
             None => Some(Fallback::NoListener),
             Some(l) if l.uid != uid && !self.cfg.cross_uid => Some(Fallback::OtherUser),
             Some(l) if l.pending >= l.backlog.max(1) => Some(Fallback::BacklogFull),
-            Some(l) if l.forked => Some(Fallback::Disabled),
+            Some(l) if l.is_shared() => Some(Fallback::Disabled),
             Some(_) => None,
         };
         if let Some(reason) = fallback {
@@ -781,7 +792,7 @@ impl Daemon {
         if let Some((&parent_token, _)) =
             self.clients.iter().find(|(&t, c)| t != token && c.pid == parent_pid && c.uid == uid)
         {
-            self.registry.mark_forked(parent_token);
+            self.registry.mark_forked(parent_token, token);
         }
         if let Some(c) = self.clients.get_mut(&token) {
             c.holdings.extend(holdings);

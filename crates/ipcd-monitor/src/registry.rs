@@ -27,11 +27,20 @@ pub struct Listener {
     pub flags: ListenFlags,
     /// Brokered connections not yet accepted.
     pub pending: u32,
-    /// The owner forked while listening: several processes hold the kernel
-    /// socket and any of them may accept. Without a way to hand a
-    /// connection to whichever accepts first, connects go to the kernel,
-    /// which does exactly that.
-    pub forked: bool,
+    /// Forked children (their clients) that hold the kernel socket too:
+    /// while there are any, any of them may accept, and without a way to
+    /// hand a connection to whichever accepts first, connects go to the
+    /// kernel, which does exactly that. A child leaves the list when it
+    /// closes its copy, or its image (exec with the socket close-on-exec)
+    /// or its process ends.
+    pub sharers: Vec<u64>,
+}
+
+impl Listener {
+    /// Whether other processes hold the kernel socket too.
+    pub fn is_shared(&self) -> bool {
+        !self.sharers.is_empty()
+    }
 }
 
 /// All listeners.
@@ -89,11 +98,25 @@ fn score(l: &Listener, d: Ip, is_local: &mut impl FnMut(IpAddr) -> bool) -> u8 {
 }
 
 impl Registry {
-    /// Marks every listener of `owner` as shared with a forked child.
-    pub fn mark_forked(&mut self, owner: u64) {
-        for l in self.entries.iter_mut().filter(|l| l.owner == owner) {
-            l.forked = true;
+    /// `child` forked from `parent`: it holds every listener `parent` held.
+    pub fn mark_forked(&mut self, parent: u64, child: u64) {
+        for l in self.entries.iter_mut().filter(|l| l.owner == parent || l.sharers.contains(&parent)) {
+            if !l.sharers.contains(&child) {
+                l.sharers.push(child);
+            }
         }
+    }
+
+    /// `client` no longer holds listener `id` (any, if `None`) it shared
+    /// after a fork; returns whether it held one.
+    pub fn unshare(&mut self, client: u64, id: Option<u64>) -> bool {
+        let mut any = false;
+        for l in self.entries.iter_mut().filter(|l| id.is_none_or(|id| l.id == id)) {
+            let before = l.sharers.len();
+            l.sharers.retain(|&t| t != client);
+            any |= l.sharers.len() != before;
+        }
+        any
     }
 
     /// Registers a listener whose ownership was already proven. A listener
@@ -118,8 +141,10 @@ impl Registry {
         self.entries.len() != before
     }
 
-    /// Removes every listener of a client; returns how many.
+    /// Removes every listener of a client, and its share of others';
+    /// returns how many it owned.
     pub fn remove_owner(&mut self, owner: u64) -> usize {
+        self.unshare(owner, None);
         let before = self.entries.len();
         self.entries.retain(|l| l.owner != owner);
         before - self.entries.len()
@@ -194,7 +219,17 @@ mod tests {
     const HOST: [u8; 4] = [10, 1, 2, 3];
 
     fn listener(owner: u64, addr: SockAddr, flags: ListenFlags) -> Listener {
-        Listener { owner, id: owner, pid: owner as u32, uid: 1000, addr, backlog: 16, flags, pending: 0, forked: false }
+        Listener {
+            owner,
+            id: owner,
+            pid: owner as u32,
+            uid: 1000,
+            addr,
+            backlog: 16,
+            flags,
+            pending: 0,
+            sharers: Vec::new(),
+        }
     }
 
     fn local(ip: IpAddr) -> bool {
@@ -264,5 +299,23 @@ mod tests {
         assert_eq!(owner_for(&mut r, a), Some(4));
         assert_eq!(r.remove_owner(4), 1);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_listener_is_shared_while_a_forked_child_holds_it() {
+        let mut r = Registry::default();
+        r.add(listener(1, v4([127, 0, 0, 1], 80), ListenFlags::empty()));
+        let shared = |r: &mut Registry| r.lookup(&v4([127, 0, 0, 1], 80), local).is_some_and(|l| l.is_shared());
+        assert!(!shared(&mut r));
+        // 1 forks 7, and 7 forks 8: both hold the socket.
+        r.mark_forked(1, 7);
+        r.mark_forked(7, 8);
+        assert!(shared(&mut r));
+        assert!(!r.unshare(7, Some(2)), "another listener id");
+        assert!(r.unshare(7, Some(1)), "7 closed its copy");
+        assert!(shared(&mut r), "8 still holds it");
+        assert_eq!(r.remove_owner(8), 0, "8 owned nothing");
+        assert!(!shared(&mut r), "8 went away");
+        assert!(!r.unshare(8, None));
     }
 }

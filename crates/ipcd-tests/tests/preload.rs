@@ -87,6 +87,7 @@ checks! {
     sa_restart_handlers_let_socket_calls_go_on => "sa-restart",
     close_and_dup_through_syscall => "raw-syscalls",
     a_connection_passed_over_a_unix_socket => "pass-fd",
+    a_listener_is_ours_again_once_the_forked_child_let_go => "fork-listener",
 }
 
 /// The signal checks again with blocking calls that spin for 300 ms, so

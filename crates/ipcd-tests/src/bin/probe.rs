@@ -1320,6 +1320,34 @@ fn eintr() -> Res {
     Ok(())
 }
 
+/// A server whose forked child closed its copy of the listener (as a
+/// child that execs does with a close-on-exec one) has the listener to
+/// itself again: its clients are served through ipcd again, where while a
+/// child holds the socket they go to the kernel (the check's harness
+/// fails any connect that went to the kernel).
+fn fork_listener() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    for round in 0..3 {
+        let pid = fork()?;
+        if pid == 0 {
+            in_child(|| {
+                net::close(l);
+                Ok(())
+            });
+        }
+        wait_child(pid)?;
+        let c = net::connect_loopback(false, port).map_err(f)?;
+        let s = net::accept(l).map_err(f)?;
+        ensure!(send(c, b"r", 0) == 1, "send after fork {round}: {}", errno());
+        let mut b = [0u8; 1];
+        ensure!(recv(s, &mut b, 0) == 1 && b[0] == b'r', "recv after fork {round}");
+        net::close(c);
+        net::close(s);
+    }
+    net::close(l);
+    Ok(())
+}
+
 /// A one-byte message over `byte`, with `space` for its control data.
 fn one_byte_msg(byte: &mut [u8; 1], iov: &mut libc::iovec, space: &mut [u64; 4]) -> libc::msghdr {
     *iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
@@ -2233,6 +2261,7 @@ fn check(name: &str) -> Res {
         "sa-restart" => sa_restart(),
         "raw-syscalls" => raw_syscalls(),
         "pass-fd" => pass_fd(),
+        "fork-listener" => fork_listener(),
         other => Err(format!("unknown check {other}")),
     }
 }
