@@ -512,7 +512,6 @@ impl Daemon {
         }
     }
 
-    /// Whether the client `token` holds `side` of `conn`.
     /// `Pass`: the end gains a holder (a token of no client) that waits
     /// for the receiver's `Claim`.
     fn pass(&mut self, token: u64, seq: u32, conn: u64, side: Side, inode: u64) {
@@ -535,13 +534,14 @@ impl Daemon {
     /// `Claim`: the end passed with the socket `inode` becomes the
     /// claimer's, as `Reopen` gives an exec'd image its own.
     fn claim(&mut self, token: u64, seq: u32, inode: u64) {
-        let passed = self.passes.get_mut(&inode).and_then(|v| (!v.is_empty()).then(|| v.remove(0)));
-        if self.passes.get(&inode).is_some_and(Vec::is_empty) {
-            self.passes.remove(&inode);
-        }
-        let Some(p) = passed else {
+        // No list is left empty in `passes`.
+        let Some(list) = self.passes.get_mut(&inode) else {
             return self.fail(token, seq, ErrorCode::NoSuchConnection);
         };
+        let p = list.remove(0);
+        if list.is_empty() {
+            self.passes.remove(&inode);
+        }
         let Some(rec) = self.conns.get_mut(&p.conn) else {
             return self.fail(token, seq, ErrorCode::NoSuchConnection);
         };
@@ -575,6 +575,7 @@ impl Daemon {
         }
     }
 
+    /// Whether the client `token` holds `side` of `conn`.
     fn holds(&self, token: u64, conn: u64, side: Side) -> bool {
         self.clients.get(&token).is_some_and(|c| c.holdings.contains(&(conn, side)))
     }
