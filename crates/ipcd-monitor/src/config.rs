@@ -11,7 +11,9 @@ pub struct Config {
     pub cross_uid: bool,
     /// Busy-poll on one pinned core instead of sleeping in epoll.
     pub poll: bool,
-    /// Seconds a process that announced an exec may take to come back.
+    /// Seconds a handed-over end waits for its new holder: the image of
+    /// a process that announced an exec, or the receiver of an end passed
+    /// over `SCM_RIGHTS`.
     pub exec_grace_secs: u64,
 }
 

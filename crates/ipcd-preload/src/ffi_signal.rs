@@ -29,7 +29,7 @@ pub extern "C" fn signal(sig: c_int, handler: sighandler_t) -> sighandler_t {
 /// Interposed `bsd_signal(3)`, the same as `signal`.
 #[no_mangle]
 pub extern "C" fn bsd_signal(sig: c_int, handler: sighandler_t) -> sighandler_t {
-    signals::install(sig, handler, libc::SA_RESTART)
+    signal(sig, handler)
 }
 
 /// Interposed `sysv_signal(3)`: one-shot, not deferred, not restarting.

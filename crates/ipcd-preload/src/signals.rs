@@ -112,10 +112,10 @@ pub unsafe fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc:
         // SAFETY: the caller's arguments; the kernel refuses them itself.
         return unsafe { real::sigaction(sig, act, old) };
     };
+    let relayed = relay as *const () as usize;
     let before = (HANDLERS[i].load(Ordering::Acquire), FLAGS[i].load(Ordering::Acquire));
     // SAFETY: `act` is null or the caller's valid struct.
     let mine = unsafe { act.as_ref() }.map(|a| {
-        let relayed = relay as *const () as usize;
         // The relay itself comes back from a program that read the kernel's
         // action around us: it stays as it is (stored, it would call itself).
         if a.sa_sigaction == libc::SIG_DFL || a.sa_sigaction == libc::SIG_IGN || a.sa_sigaction == relayed {
@@ -126,7 +126,7 @@ pub unsafe fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc:
         HANDLERS[i].store(a.sa_sigaction, Ordering::Release);
         FLAGS[i].store(a.sa_flags, Ordering::Release);
         let mut m = *a;
-        m.sa_sigaction = relay as *const () as usize;
+        m.sa_sigaction = relayed;
         m.sa_flags |= libc::SA_SIGINFO;
         m
     });
@@ -136,7 +136,7 @@ pub unsafe fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc:
     if r == 0 {
         // SAFETY: `old` is null or the caller's valid struct, just written.
         if let Some(o) = unsafe { old.as_mut() } {
-            if o.sa_sigaction == relay as *const () as usize {
+            if o.sa_sigaction == relayed {
                 o.sa_sigaction = before.0;
                 o.sa_flags = (o.sa_flags & !libc::SA_SIGINFO) | (before.1 & libc::SA_SIGINFO);
             }
