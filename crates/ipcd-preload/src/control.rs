@@ -5,8 +5,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use ipcd_proto::channel::{Channel, ChannelError, Fds};
@@ -19,18 +19,89 @@ use crate::real;
 /// A connection waiting in a listener's accept queue.
 pub type Pending = (ConnInfo, Vec<OwnedFd>);
 
+/// A listener's accept queue here, and how its waiters are told.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Pending>,
+    /// The listener's bell, once a waiter showed it (see [`Control::watch`]).
+    bell: Weak<ListenerBell>,
+    /// Connections came since the bell last rang.
+    fresh: bool,
+}
+
+impl Queue {
+    /// Nothing waits here any more: the bell is emptied if it rang.
+    fn quiet(&self) {
+        if let Some(b) = self.bell.upgrade() {
+            b.quiet();
+        }
+    }
+}
+
+/// An eventfd readable while connections wait in one listener's queue:
+/// rung when connections are left queued as the channel is let go, emptied
+/// when the queue empties. A thread waiting on the listener (accept, poll,
+/// epoll) sleeps on it beside the channel, so a thread that read another's
+/// connection from the monitor wakes that thread, and no waiter can take
+/// the wake-up meant for another. (One bell for every listener, emptied by
+/// whoever woke, let a poller on one listener swallow the wake-up of a
+/// thread asleep in accept on another, which then slept on with its
+/// connection queued.)
+pub struct ListenerBell {
+    fd: OwnedFd,
+    rung: AtomicBool,
+}
+
+impl ListenerBell {
+    /// A new bell, or `None` if no eventfd can be made (waiters then wake
+    /// on the channel only).
+    pub fn new() -> Option<Arc<ListenerBell>> {
+        // SAFETY: plain eventfd creation.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        // SAFETY: a fresh fd we own.
+        let fd = crate::fds::hide((fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })?);
+        Some(Arc::new(ListenerBell { fd, rung: AtomicBool::new(false) }))
+    }
+
+    /// The eventfd to sleep on.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    // Both run under the channel's lock, which orders them.
+    fn ring(&self) {
+        crate::link::ring(self.fd());
+        self.rung.store(true, Ordering::Relaxed);
+    }
+
+    fn quiet(&self) {
+        if self.rung.swap(false, Ordering::Relaxed) {
+            crate::link::drain(self.fd());
+        }
+    }
+}
+
+impl Drop for ListenerBell {
+    fn drop(&mut self) {
+        // Our own close of it must pass the interposed `close`.
+        crate::fds::unhide(self.fd());
+    }
+}
+
 /// The open channel and what arrived on it.
 pub struct Control {
     chan: Channel,
     seq: u32,
     pid: u32,
-    incoming: HashMap<u64, VecDeque<Pending>>,
+    incoming: HashMap<u64, Queue>,
     /// Connections accepted but not yet reported (`Accepted` only keeps
     /// the monitor's backlog count): sent before the next request, or when
     /// an accept finds nothing, and dropped when the connection's `Close`
     /// (which implies it) goes first — most short connections never need
     /// a message of their own.
     accepted: Vec<u64>,
+    /// Connections were queued since the bells last rang.
+    unannounced: bool,
 }
 
 static CONTROL: Mutex<Option<Control>> = Mutex::new(None);
@@ -42,20 +113,6 @@ const RETRY: Duration = Duration::from_secs(1);
 fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
-
-/// An eventfd rung whenever an `Incoming` is queued, so a thread sleeping
-/// in `accept` wakes even when another thread read the message.
-pub fn event_bell() -> RawFd {
-    static BELL: OnceLock<Option<OwnedFd>> = OnceLock::new();
-    BELL.get_or_init(|| {
-        // SAFETY: plain eventfd creation.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        // SAFETY: a fresh fd we own.
-        (fd >= 0).then(|| crate::fds::hide(unsafe { OwnedFd::from_raw_fd(fd) }))
-    })
-    .as_ref()
-    .map_or(-1, |fd| fd.as_raw_fd())
 }
 
 /// Runs `f` on the channel if it is open (never opens it, never waits for
@@ -104,9 +161,14 @@ pub fn with<R>(f: impl FnOnce(&mut Control) -> Result<R, ChannelError>) -> Optio
     }
     let c = guard.as_mut()?;
     match f(c) {
-        Ok(r) => Some(r),
+        Ok(r) => {
+            c.announce();
+            Some(r)
+        }
         Err(e) => {
             log!(Level::Warn, "monitor channel failed ({e}); new connections use the kernel");
+            // What was queued goes with the channel: no bell may stay rung.
+            c.incoming.values().for_each(Queue::quiet);
             *guard = None;
             RETRY_AFTER_MS.store(now_ms() + RETRY.as_millis() as u64, Ordering::Relaxed);
             None
@@ -134,7 +196,7 @@ impl Control {
         chan.set_nonblocking(true).map_err(|e| e.to_string())?;
         // Hidden once it is sure to be kept: from here on `Control`'s drop unhides it.
         let chan = Channel::from_fd(crate::fds::hide(OwnedFd::from(chan)));
-        let mut c = Control { chan, seq: 0, pid, incoming: HashMap::new(), accepted: Vec::new() };
+        let mut c = Control { chan, seq: 0, pid, incoming: HashMap::new(), accepted: Vec::new(), unannounced: false };
         let hello = Request::hello(pid, uid, Caps::empty());
         match c.call(&hello, &[]).map_err(|e| e.to_string())?.0 {
             Response::Welcome { .. } => {}
@@ -219,8 +281,10 @@ impl Control {
     fn event(&mut self, resp: Response, fds: Fds) {
         match resp {
             Response::Incoming { listener, info } => {
-                self.incoming.entry(listener).or_default().push_back((info, fds.into_vec()));
-                crate::link::ring(event_bell());
+                let q = self.incoming.entry(listener).or_default();
+                q.items.push_back((info, fds.into_vec()));
+                q.fresh = true;
+                self.unannounced = true;
             }
             // The monitor already closed the dead end in the ring and rang
             // us; the ring is where our sockets learn it.
@@ -230,19 +294,54 @@ impl Control {
         }
     }
 
+    /// Rings the bell of each listener with connections that came since
+    /// it last rang and still wait. It runs as the channel is let go, so
+    /// the accept that read a connection and took it at once rings nothing
+    /// (ringing on every arrival cost that accept's next wait a poll, a
+    /// read and a drain).
+    fn announce(&mut self) {
+        if !std::mem::take(&mut self.unannounced) {
+            return;
+        }
+        for q in self.incoming.values_mut() {
+            if std::mem::take(&mut q.fresh) && !q.items.is_empty() {
+                if let Some(b) = q.bell.upgrade() {
+                    b.ring();
+                }
+            }
+        }
+    }
+
+    /// A thread is about to wait on `listener` with `bell`: connections
+    /// that another thread reads from now on ring it. Called before the
+    /// waiter's last look at the queue, so none slips in between.
+    pub fn watch(&mut self, listener: u64, bell: &Arc<ListenerBell>) {
+        let q = self.incoming.entry(listener).or_default();
+        if !std::ptr::eq(q.bell.as_ptr(), Arc::as_ptr(bell)) {
+            q.bell = Arc::downgrade(bell);
+        }
+    }
+
     /// Whether a connection is queued for `listener`.
     pub fn has_incoming(&self, listener: u64) -> bool {
-        self.incoming.get(&listener).is_some_and(|q| !q.is_empty())
+        self.incoming.get(&listener).is_some_and(|q| !q.items.is_empty())
     }
 
     /// The next connection queued for `listener`.
     pub fn pop_incoming(&mut self, listener: u64) -> Option<Pending> {
-        self.incoming.get_mut(&listener)?.pop_front()
+        let q = self.incoming.get_mut(&listener)?;
+        let next = q.items.pop_front();
+        if q.items.is_empty() {
+            q.quiet();
+        }
+        next
     }
 
     /// Everything still queued for `listener` (it is closing).
     pub fn take_incoming(&mut self, listener: u64) -> VecDeque<Pending> {
-        self.incoming.remove(&listener).unwrap_or_default()
+        let Some(q) = self.incoming.remove(&listener) else { return VecDeque::new() };
+        q.quiet();
+        q.items
     }
 }
 

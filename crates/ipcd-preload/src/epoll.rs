@@ -4,7 +4,7 @@
 //! as usual. Our fds are kept beside it, in user space, with their events
 //! and data: their readiness comes from the rings. To sleep on both at
 //! once, the wake-up sources of our fds (their doorbells; for listeners the
-//! kernel fd, the control channel and the event doorbell) are added to the
+//! kernel fd, the control channel and the listener's bell) are added to the
 //! kernel instance under tagged data that `epoll_wait` never hands to the
 //! program.
 
@@ -381,6 +381,19 @@ impl EpollSet {
         let mut sources = lock(&self.sources);
         let mut want: Vec<(c_int, Source, u64, u32)> = Vec::new();
         let mut listener = false;
+        // Listeners' bells, watched, then a last look at their queues: a
+        // connection another thread reads after that rings them.
+        let live = members.iter().filter(|m| !m.disarmed);
+        let watched = readiness::watch_listeners(live.map(|m| (&m.sock, readiness::kind(&m.sock), m.events)));
+        if watched.pending {
+            return false;
+        }
+        for (serial, bell) in &watched.bells {
+            // Edge-triggered: connections left waiting (reported, or a
+            // member not asking) must not keep waking us; each arrival
+            // rings again. The listener's socket keeps the bell open.
+            want.push((bell.fd(), Source::Events, *serial, (libc::EPOLLIN | libc::EPOLLET) as u32));
+        }
         for m in members.iter().filter(|m| !m.disarmed) {
             match readiness::kind(&m.sock) {
                 Kind::Stream => match arm_stream(m) {
@@ -404,7 +417,6 @@ impl EpollSet {
             if let Some(chan) = control::peek(|c| c.fd()) {
                 want.push((chan, Source::Channel, 0, libc::EPOLLIN as u32));
             }
-            want.push((control::event_bell(), Source::Events, 0, libc::EPOLLIN as u32));
         }
         for (fd, src, id, events) in want {
             if sources.get(&fd) == Some(&(src, id)) {
@@ -433,8 +445,6 @@ impl EpollSet {
                 Some(m) => readiness::drained(&m.sock, fd),
                 None => crate::link::drain(fd),
             }
-        } else if src == Source::Events as u64 {
-            crate::link::drain(fd);
         } else if src == Source::Channel as u64 {
             let _ = control::with(|c| c.drain());
         }

@@ -26,7 +26,7 @@ enum Src {
     User(usize),
     /// The control channel (an `Incoming` may be waiting).
     Channel,
-    /// The event doorbell rung when an `Incoming` was queued.
+    /// A listener's bell, readable while connections wait for it.
     Events,
     /// A stream's doorbell (only while sleeping); index into `ours`.
     Bell(usize),
@@ -45,6 +45,8 @@ pub fn poll(
     let any_listener = ours.iter().any(|o| matches!(o.2, Kind::Listener(_)));
     let mut kfds: Vec<pollfd> = Vec::with_capacity(fds.len() + 2);
     let mut srcs: Vec<Src> = Vec::with_capacity(fds.len() + 2);
+    // Kept open while their fds are in `kfds`.
+    let mut bells = Vec::new();
     for (i, p) in fds.iter().enumerate() {
         if !is_stream(i) {
             kfds.push(pollfd { fd: p.fd, events: p.events, revents: 0 });
@@ -56,8 +58,14 @@ pub fn poll(
             kfds.push(pollfd { fd: chan, events: libc::POLLIN, revents: 0 });
             srcs.push(Src::Channel);
         }
-        kfds.push(pollfd { fd: control::event_bell(), events: libc::POLLIN, revents: 0 });
-        srcs.push(Src::Events);
+        // Each listener asked for input wakes us through its own bell,
+        // watched before the first look at its queue (none slips between).
+        let watched = readiness::watch_listeners(ours.iter().map(|(i, s, k)| (s, *k, fds[*i].events as u32)));
+        for (_, bell) in watched.bells {
+            kfds.push(pollfd { fd: bell.fd(), events: libc::POLLIN, revents: 0 });
+            srcs.push(Src::Events);
+            bells.push(bell);
+        }
     }
     let base = kfds.len();
     let mut rounds = Rounds::new();
@@ -126,11 +134,10 @@ pub fn poll(
             }
             match *src {
                 Src::Bell(k) => readiness::drained(&ours[k].1, p.fd),
-                Src::Events => crate::link::drain(p.fd),
                 Src::Channel => {
                     let _ = control::with(|c| c.drain());
                 }
-                Src::User(_) => {}
+                Src::User(_) | Src::Events => {}
             }
         }
         // Look at everything again, the kernel first thing.
@@ -156,7 +163,6 @@ fn kernel_look(kfds: &mut [pollfd], srcs: &[Src], fds: &mut [pollfd]) -> Result<
                 // are looked at again on the next round.
                 let _ = control::with(|c| c.drain());
             }
-            Src::Events if p.revents != 0 => crate::link::drain(p.fd),
             _ => {}
         }
     }

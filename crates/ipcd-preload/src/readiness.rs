@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ipcd_ring::Wait;
 
-use crate::control;
+use crate::control::{self, ListenerBell};
 use crate::socket::{Socket, State};
 use crate::stream::Edge;
 
@@ -45,6 +45,35 @@ pub fn stream_mask(sock: &Socket) -> Option<(u32, Edge)> {
 /// call: what the control channel already delivered).
 pub fn listener_pending(id: u64) -> bool {
     control::peek(|c| c.has_incoming(id)).unwrap_or(false)
+}
+
+/// Listeners' bells watched for a wait (see [`watch_listeners`]).
+pub struct Watched {
+    /// Each listener's socket serial and bell.
+    pub bells: Vec<(u64, Arc<ListenerBell>)>,
+    /// A connection already waits for one of them: do not sleep.
+    pub pending: bool,
+}
+
+/// Watches the bells of the listeners among `members` (socket, kind,
+/// events) that ask for input, so that a connection another thread reads
+/// from the monitor from now on rings them (see `ListenerBell`), and says
+/// whether one already has a connection waiting.
+pub fn watch_listeners<'a>(members: impl Iterator<Item = (&'a Arc<Socket>, Kind, u32)>) -> Watched {
+    let bells: Vec<(u64, u64, Arc<ListenerBell>)> = members
+        .filter(|(_, _, events)| events & IN_BITS != 0)
+        .filter_map(|(sock, kind, _)| match (kind, &*sock.lock()) {
+            (Kind::Listener(id), State::Listening { bell: Some(b), .. }) => Some((id, sock.serial, Arc::clone(b))),
+            _ => None,
+        })
+        .collect();
+    let pending = !bells.is_empty()
+        && control::with(|c| {
+            bells.iter().for_each(|(id, _, b)| c.watch(*id, b));
+            Ok(bells.iter().any(|(id, _, _)| c.has_incoming(*id)))
+        })
+        .unwrap_or(false);
+    Watched { bells: bells.into_iter().map(|(_, serial, b)| (serial, b)).collect(), pending }
 }
 
 /// Arms the ring's waiting flags for `events` on a stream and returns its

@@ -10,8 +10,8 @@ use std::time::Instant;
 use ipcd_proto::message::{ConnInfo, Request, Response};
 use ipcd_proto::{ListenFlags, SockAddr};
 
-use crate::control::{self, Pending};
-use crate::link::{self, Link};
+use crate::control::{self, ListenerBell, Pending};
+use crate::link::Link;
 use crate::log::{log, Level};
 use crate::real;
 use crate::signals::Caught;
@@ -256,7 +256,7 @@ pub fn listen(fd: libc::c_int, sock: &Socket, backlog: libc::c_int) -> bool {
     let mut state = sock.lock();
     let (id, again) = match &*state {
         // Listening already: Linux takes the new backlog, so must the monitor.
-        State::Listening { id, backlog: old } if *old != backlog => (*id, true),
+        State::Listening { id, backlog: old, .. } if *old != backlog => (*id, true),
         State::Listening { .. } => return true,
         State::Fresh => (NEXT_ID.fetch_add(1, Ordering::Relaxed), false),
         _ => return false,
@@ -284,7 +284,9 @@ pub fn listen(fd: libc::c_int, sock: &Socket, backlog: libc::c_int) -> bool {
         None => return again,
     }
     if again {
-        *state = State::Listening { id, backlog };
+        if let State::Listening { backlog: old, .. } = &mut *state {
+            *old = backlog;
+        }
         return true;
     }
     // accept waits on the kernel fd and the monitor together, so the kernel
@@ -294,7 +296,7 @@ pub fn listen(fd: libc::c_int, sock: &Socket, backlog: libc::c_int) -> bool {
         let fl = real::fcntl(fd, libc::F_GETFL, 0);
         real::fcntl(fd, libc::F_SETFL, (fl | libc::O_NONBLOCK) as usize);
     }
-    *state = State::Listening { id, backlog };
+    *state = State::Listening { id, backlog, bell: ListenerBell::new() };
     log!(Level::Debug, "listening on {addr} through ipcd (listener {id})");
     true
 }
@@ -371,10 +373,17 @@ pub unsafe fn accept(
     // The kernel's queue is asked on entry and then only when poll says it
     // has something (each ask is a system call).
     let mut kernel_ready = true;
+    let bell = match &*sock.lock() {
+        State::Listening { bell, .. } => bell.clone(),
+        _ => None,
+    };
     loop {
         let next = control::with(|c| {
             if drain {
                 c.drain()?;
+            }
+            if let Some(b) = &bell {
+                c.watch(id, b);
             }
             Ok(c.pop_incoming(id))
         });
@@ -412,10 +421,11 @@ pub unsafe fn accept(
             return Err(libc::EAGAIN);
         }
         let chan = control::with(|c| Ok(c.fd())).unwrap_or(-1);
-        let bell = control::event_bell();
         let mut pfds = [
             libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: bell, events: libc::POLLIN, revents: 0 },
+            // Readable while connections wait here; the accept that takes
+            // the last one empties it.
+            libc::pollfd { fd: bell.as_ref().map_or(-1, |b| b.fd()), events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: chan, events: libc::POLLIN, revents: 0 },
         ];
         let timeout = match deadline {
@@ -431,9 +441,6 @@ pub unsafe fn accept(
         // socket has a timeout.
         if n < 0 && real::errno() == libc::EINTR && (deadline.is_some() || caught.interrupts(true)) {
             return Err(libc::EINTR);
-        }
-        if pfds[1].revents != 0 {
-            link::drain(bell);
         }
         kernel_ready = pfds[0].revents != 0;
     }

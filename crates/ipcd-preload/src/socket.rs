@@ -2,12 +2,13 @@
 //! an ipcd connection) and the options we emulate for it.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ipcd_proto::message::ConnInfo;
 use ipcd_proto::Conn;
 
+use crate::control::ListenerBell;
 use crate::link::Link;
 use crate::wait::Sleepers;
 
@@ -72,6 +73,9 @@ pub enum State {
         id: u64,
         /// `listen`'s backlog (registered again after exec).
         backlog: libc::c_int,
+        /// Readable while connections wait for it here (`None`: no
+        /// eventfd could be made; waiters wake on the channel only).
+        bell: Option<Arc<ListenerBell>>,
     },
     /// An ipcd connection.
     Stream(Box<Stream>),

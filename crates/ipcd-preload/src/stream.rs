@@ -358,7 +358,10 @@ pub fn close(stream: &mut Stream, linger_zero: bool) -> u64 {
     if wake {
         stream.link.ring_peer();
     }
-    crate::link::ring(stream.link.bell());
+    // Our own doorbell is not rung: no call of ours is in progress on the
+    // end (the close waits for them), and a poll elsewhere sleeps on as
+    // Linux's does. Ringing it left a token that made the next connection
+    // to reuse the segment wake for nothing.
     stream.link.leave();
     stream.link.conn
 }

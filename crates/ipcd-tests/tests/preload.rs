@@ -88,6 +88,7 @@ checks! {
     close_and_dup_through_syscall => "raw-syscalls",
     a_connection_passed_over_a_unix_socket => "pass-fd",
     a_listener_is_ours_again_once_the_forked_child_let_go => "fork-listener",
+    an_acceptor_wakes_when_another_thread_read_its_connection => "accept-wake",
 }
 
 /// The signal checks again with blocking calls that spin for 300 ms, so

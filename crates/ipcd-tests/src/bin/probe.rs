@@ -33,7 +33,7 @@
 //!                               COUNT sends of SIZE bytes, prints the
 //!                               nanoseconds taken
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ipcd_tests::data::{Fnv, Prng};
@@ -1952,7 +1952,7 @@ fn fork_busy() -> Res {
     // listener a child inherits goes through the kernel from then on, by
     // design, so the busy thread makes a fresh one for each of its own.)
     let (l2, port2) = net::listen_loopback(false).map_err(f)?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
     let made = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let busy = {
         let (stop, made) = (stop.clone(), made.clone());
@@ -2021,6 +2021,58 @@ fn open_fds() -> Result<Vec<i32>, String> {
     fds.retain(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
     fds.sort_unstable();
     Ok(fds)
+}
+
+/// A thread asleep in `accept` gets its connection even when another
+/// thread of the process, waiting on another listener, read the news of
+/// it from the monitor in a poll or an epoll_wait: each listener has a bell
+/// of its own, rung for connections another thread read and left queued.
+fn accept_wake() -> Res {
+    let (busy, _) = net::listen_loopback(false).map_err(f)?;
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    // SAFETY: plain epoll calls on our fds.
+    let ep = cvt("epoll_create1", unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }).map_err(f)?;
+    let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 1 };
+    // SAFETY: a live event for a live fd.
+    cvt("epoll_ctl", unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, busy, &mut ev) }).map_err(f)?;
+    for round in 0..40 {
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&done);
+        let acceptor = std::thread::spawn(move || {
+            let s = net::accept(l);
+            flag.store(true, Ordering::SeqCst);
+            s
+        });
+        // Give the acceptor time to fall asleep, then connect while this
+        // thread waits on the other listener: either may read the news.
+        std::thread::sleep(Duration::from_millis(2));
+        let c = net::connect_loopback(false, port).map_err(f)?;
+        let until = Instant::now() + Duration::from_secs(10);
+        while !done.load(Ordering::SeqCst) {
+            ensure!(Instant::now() < until, "round {round}: the accepting thread never woke");
+            // Poll in even rounds, epoll in odd ones: both read the monitor.
+            let n = if round % 2 == 0 {
+                let mut p = libc::pollfd { fd: busy, events: libc::POLLIN, revents: 0 };
+                // SAFETY: one live pollfd.
+                unsafe { libc::poll(&mut p, 1, 1) }
+            } else {
+                let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+                // SAFETY: a live output array of its length.
+                unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 4, 1) }
+            };
+            ensure!(n == 0, "round {round}: a wait on the idle listener gave {n}");
+        }
+        let s = acceptor.join().map_err(|_| "acceptor panicked")?.map_err(f)?;
+        ensure!(send(c, b"k", 0) == 1, "send: {}", errno());
+        let mut b = [0u8; 1];
+        ensure!(recv(s, &mut b, 0) == 1 && b == *b"k", "recv: {}", errno());
+        net::close(c);
+        net::close(s);
+    }
+    net::close(ep);
+    net::close(l);
+    net::close(busy);
+    Ok(())
 }
 
 /// The size of this process's fd table (`FDSize` in /proc/self/status).
@@ -2262,6 +2314,7 @@ fn check(name: &str) -> Res {
         "raw-syscalls" => raw_syscalls(),
         "pass-fd" => pass_fd(),
         "fork-listener" => fork_listener(),
+        "accept-wake" => accept_wake(),
         other => Err(format!("unknown check {other}")),
     }
 }
