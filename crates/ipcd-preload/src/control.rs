@@ -4,7 +4,7 @@
 //! are queued for `accept`.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use ipcd_proto::channel::{Channel, ChannelError, Fds};
 use ipcd_proto::message::{ConnInfo, Request, Response, Side};
 use ipcd_proto::Caps;
 
+use crate::bell::Bell;
 use crate::log::{log, Level};
 use crate::real;
 
@@ -48,7 +49,7 @@ impl Queue {
 /// thread asleep in accept on another, which then slept on with its
 /// connection queued.)
 pub struct ListenerBell {
-    fd: OwnedFd,
+    bell: Bell,
     rung: AtomicBool,
 }
 
@@ -56,35 +57,24 @@ impl ListenerBell {
     /// A new bell, or `None` if no eventfd can be made (waiters then wake
     /// on the channel only).
     pub fn new() -> Option<Arc<ListenerBell>> {
-        // SAFETY: plain eventfd creation.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        // SAFETY: a fresh fd we own.
-        let fd = crate::fds::hide((fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })?);
-        Some(Arc::new(ListenerBell { fd, rung: AtomicBool::new(false) }))
+        Some(Arc::new(ListenerBell { bell: Bell::new()?, rung: AtomicBool::new(false) }))
     }
 
     /// The eventfd to sleep on.
     pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.bell.fd()
     }
 
     // Both run under the channel's lock, which orders them.
     fn ring(&self) {
-        crate::link::ring(self.fd());
+        self.bell.ring();
         self.rung.store(true, Ordering::Relaxed);
     }
 
     fn quiet(&self) {
         if self.rung.swap(false, Ordering::Relaxed) {
-            crate::link::drain(self.fd());
+            self.bell.take();
         }
-    }
-}
-
-impl Drop for ListenerBell {
-    fn drop(&mut self) {
-        // Our own close of it must pass the interposed `close`.
-        crate::fds::unhide(self.fd());
     }
 }
 

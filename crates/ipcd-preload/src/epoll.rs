@@ -10,11 +10,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use libc::{c_int, epoll_event};
 
+use crate::bell::Bell;
 use crate::fork::Pinned;
 use crate::readiness::{self, Kind};
 use crate::socket::{Socket, State};
@@ -36,6 +37,7 @@ enum Source {
     Channel = 2,
     Events = 3,
     Kernel = 4,
+    Wake = 5,
 }
 
 fn tag(src: Source, fd: c_int) -> u64 {
@@ -77,6 +79,15 @@ pub struct EpollSet {
     sources: Mutex<HashMap<c_int, (Source, u64)>>,
     /// Where the next scan starts, so no member starves the others.
     cursor: AtomicUsize,
+    /// The instance's own bell, watching every member's end: a waiter
+    /// elsewhere that empties a member's doorbell rings it (see `wait`).
+    waker: OnceLock<Option<Arc<Bell>>>,
+}
+
+impl EpollSet {
+    fn waker(&self) -> Option<&Arc<Bell>> {
+        self.waker.get_or_init(|| Bell::new().map(Arc::new)).as_ref()
+    }
 }
 
 /// Every epoll fd we know of, each to its instance's user-space part: the
@@ -217,10 +228,21 @@ pub fn drop_source(bell: c_int) {
         None => return,
     };
     for (epfd, set) in all {
+        let mut sources = lock(&set.sources);
         // A set with several names (dups) finds it gone the second time.
-        if lock(&set.sources).remove(&bell).is_some() {
+        if sources.remove(&bell).is_some() {
             // SAFETY: removes our doorbell from a live epoll instance.
             unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, bell, std::ptr::null_mut()) };
+            // With the last doorbell goes the instance's own bell (the
+            // next stream's wait adds it again): a set left with only
+            // kernel fds holds nothing of ours.
+            let waker = set.waker.get().and_then(|w| w.as_ref()).map(|w| w.fd());
+            if let Some(w) = waker.filter(|_| !sources.values().any(|(src, _)| *src == Source::Bell)) {
+                if sources.remove(&w).is_some() {
+                    // SAFETY: removes our bell from a live epoll instance.
+                    unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, w, std::ptr::null_mut()) };
+                }
+            }
         }
     }
 }
@@ -252,6 +274,11 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, sock: Arc<Socket>, ev: Option<&epo
             if pos.is_some() {
                 return Err(libc::EEXIST);
             }
+            // Before any wait arms it: from now on whoever empties its
+            // doorbell elsewhere rings this instance.
+            if let Some(w) = set.waker() {
+                sock.sleepers.watch(w);
+            }
             members.push(Member {
                 fd,
                 sock,
@@ -275,7 +302,11 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, sock: Arc<Socket>, ev: Option<&epo
             m.last_mask = 0;
         }
         libc::EPOLL_CTL_DEL => {
-            members.remove(pos.ok_or(libc::ENOENT)?);
+            let m = members.remove(pos.ok_or(libc::ENOENT)?);
+            // Unless the set still has the socket under another name (a dup).
+            if let Some(w) = set.waker().filter(|_| !members.iter().any(|o| Arc::ptr_eq(&o.sock, &m.sock))) {
+                m.sock.sleepers.unwatch(w);
+            }
         }
         _ => return Err(libc::EINVAL),
     }
@@ -418,6 +449,11 @@ impl EpollSet {
                 want.push((chan, Source::Channel, 0, libc::EPOLLIN as u32));
             }
         }
+        if want.iter().any(|(_, src, _, _)| *src == Source::Bell) {
+            if let Some(w) = self.waker() {
+                want.push((w.fd(), Source::Wake, 0, libc::EPOLLIN as u32));
+            }
+        }
         for (fd, src, id, events) in want {
             if sources.get(&fd) == Some(&(src, id)) {
                 continue;
@@ -442,9 +478,11 @@ impl EpollSet {
         if src == Source::Bell as u64 {
             let members = lock(&self.members);
             match members.iter().find(|m| stream_bell(&m.sock) == Some(fd)) {
-                Some(m) => readiness::drained(&m.sock, fd),
+                Some(m) => readiness::drained(&m.sock, fd, self.waker().map(|w| &**w)),
                 None => crate::link::drain(fd),
             }
+        } else if src == Source::Wake as u64 {
+            crate::bell::take(fd);
         } else if src == Source::Channel as u64 {
             let _ = control::with(|c| c.drain());
         }

@@ -10,6 +10,7 @@
 //! [`signals`] whether a handler interrupted the wait.
 #![warn(missing_docs)]
 
+pub mod bell;
 pub mod config;
 pub mod control;
 pub mod epoll;

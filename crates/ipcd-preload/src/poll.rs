@@ -30,6 +30,8 @@ enum Src {
     Events,
     /// A stream's doorbell (only while sleeping); index into `ours`.
     Bell(usize),
+    /// This thread's bell: another waiter emptied a doorbell of ours.
+    Wake,
 }
 
 /// Polls `fds`, of which `ours` are ours (non-empty). `deadline` None waits
@@ -66,6 +68,15 @@ pub fn poll(
             srcs.push(Src::Events);
             bells.push(bell);
         }
+    }
+    // This thread's bell watches our streams for the whole call (from
+    // before any arming): a waiter elsewhere that empties one of their
+    // doorbells rings it.
+    let mine = crate::bell::this_thread().filter(|_| !streams.is_empty());
+    let _watching: Vec<_> = mine.iter().flat_map(|b| streams.iter().map(|&k| ours[k].1.sleepers.watching(b))).collect();
+    if let Some(b) = &mine {
+        kfds.push(pollfd { fd: b.fd(), events: libc::POLLIN, revents: 0 });
+        srcs.push(Src::Wake);
     }
     let base = kfds.len();
     let mut rounds = Rounds::new();
@@ -133,7 +144,10 @@ pub fn poll(
                 continue;
             }
             match *src {
-                Src::Bell(k) => readiness::drained(&ours[k].1, p.fd),
+                Src::Bell(k) => readiness::drained(&ours[k].1, p.fd, mine.as_deref()),
+                Src::Wake => {
+                    crate::bell::take(p.fd);
+                }
                 Src::Channel => {
                     let _ = control::with(|c| c.drain());
                 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use ipcd_ring::Wait;
 
+use crate::bell::Bell;
 use crate::control::{self, ListenerBell};
 use crate::socket::{Socket, State};
 use crate::stream::Edge;
@@ -115,11 +116,13 @@ pub fn arm_edge(sock: &Socket, events: u32, seen: Edge, out_reported: bool) -> O
     .flatten()
 }
 
-/// After a sleep in which `bell` (ours) fired: empty it, and pass the
-/// wake-up on if a thread blocked in recv/send sleeps on it too.
-pub fn drained(sock: &Socket, bell: i32) {
-    crate::link::drain(bell);
-    sock.sleepers.pass_on(bell);
+/// After a sleep in which the end's doorbell `bell` fired: empty it, and
+/// if we took the ring, pass it on to the end's other waiters (`me` is the
+/// bell we watch it with).
+pub fn drained(sock: &Socket, bell: i32, me: Option<&Bell>) {
+    if crate::bell::take(bell) {
+        sock.sleepers.fan_out(me);
+    }
 }
 
 /// Our sockets among `fds`, with what each is.

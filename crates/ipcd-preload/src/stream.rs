@@ -131,6 +131,9 @@ fn block(sock: &Socket, dir: Dir, deadline: Option<Instant>) -> Result<(), libc:
         Spun::Interrupted => return Err(libc::EINTR),
         Spun::Done => {}
     }
+    // Watch the end and note the futex generation before arming: a waiter
+    // that empties the doorbell in between then still wakes us.
+    let prep = sock.sleepers.prepare();
     let prepared = with_stream(sock, |s| {
         let w = match dir {
             Dir::Recv => s.link.rx.prepare_wait(),
@@ -146,7 +149,7 @@ fn block(sock: &Socket, dir: Dir, deadline: Option<Instant>) -> Result<(), libc:
     // this process may have armed the same flag and still rely on it (a
     // clear here lost its wake-up: four threads sending on one socket hung).
     // A stale flag costs the peer one doorbell ring, never a lost wake-up.
-    match sock.sleepers.sleep(bell, deadline) {
+    match sock.sleepers.sleep(bell, deadline, prep) {
         Woken::Retry => Ok(()),
         Woken::Timeout => Err(libc::EAGAIN),
         // Only SA_RESTART handlers ran (or ones we did not install): the

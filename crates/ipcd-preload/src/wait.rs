@@ -7,11 +7,20 @@
 //! another, so exactly one thread at a time (the drainer) sleeps on the
 //! eventfd; the others sleep on a futex over a generation counter that the
 //! drainer bumps each time it wakes. Everyone then re-checks the ring.
+//!
+//! Threads in poll or epoll sleep on the doorbell too, each beside a bell
+//! of its own (its thread's, or its epoll instance's), which it watches on
+//! the end: whoever empties the doorbell rings every other watcher's bell
+//! ([`Sleepers::fan_out`]). Without that, the first waiter to wake took
+//! the ring from all the others, whose kernel waits looked again, saw an
+//! empty doorbell and slept on: a thread polling for room missed the
+//! wake-up a thread polling the same end for input had taken.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use crate::link;
+use crate::bell::{self, Bell};
 use crate::real;
 use crate::signals::Caught;
 
@@ -23,6 +32,28 @@ pub struct Sleepers {
     /// Threads in (or about to enter) the futex wait: the drainer wakes
     /// them only if there are any, saving a system call per sleep.
     futex_waiters: AtomicU32,
+    /// Bells of the waiters that sleep on the doorbell (see the module).
+    watchers: Mutex<Vec<Weak<Bell>>>,
+}
+
+/// A bell watching an end until dropped.
+pub struct Watching<'a> {
+    sleepers: &'a Sleepers,
+    bell: Arc<Bell>,
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        self.sleepers.unwatch(&self.bell);
+    }
+}
+
+/// Where a blocked call stands before it arms the ring's waiting flag.
+pub struct Prepared<'a> {
+    /// The futex generation seen (a wake-up after this is not missed).
+    seen: u32,
+    /// This thread's bell, watching the end.
+    watching: Option<Watching<'a>>,
 }
 
 /// Why a sleep ended without the ring telling us anything.
@@ -37,11 +68,53 @@ pub enum Woken {
 }
 
 impl Sleepers {
+    /// `bell` wakes its owner whenever another waiter empties the end's
+    /// doorbell, from now on (until [`Sleepers::unwatch`]). Watch before
+    /// arming the ring's flags, or a wake-up in between is missed.
+    pub fn watch(&self, bell: &Arc<Bell>) {
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        w.retain(|b| b.strong_count() > 0);
+        if !w.iter().any(|b| std::ptr::eq(b.as_ptr(), Arc::as_ptr(bell))) {
+            w.push(Arc::downgrade(bell));
+        }
+    }
+
+    /// `bell` stops watching the end.
+    pub fn unwatch(&self, bell: &Arc<Bell>) {
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        w.retain(|b| b.strong_count() > 0 && !std::ptr::eq(b.as_ptr(), Arc::as_ptr(bell)));
+    }
+
+    /// [`Sleepers::watch`] for as long as the result lives.
+    pub fn watching(&self, bell: &Arc<Bell>) -> Watching<'_> {
+        self.watch(bell);
+        Watching { sleepers: self, bell: Arc::clone(bell) }
+    }
+
+    /// We emptied the end's doorbell: rings every watcher's bell but `me`
+    /// (the waker), so each looks at the ring again.
+    pub fn fan_out(&self, me: Option<&Bell>) {
+        let w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        for b in w.iter().filter_map(Weak::upgrade) {
+            if !me.is_some_and(|m| std::ptr::eq(m, &*b)) {
+                b.ring();
+            }
+        }
+    }
+
+    /// Before a blocked call arms the ring's waiting flag: the futex
+    /// generation it has seen, and this thread's bell watching the end.
+    pub fn prepare(&self) -> Prepared<'_> {
+        let watching = bell::this_thread().map(|b| self.watching(&b));
+        Prepared { seen: self.generation.load(Ordering::Acquire), watching }
+    }
+
     /// Sleeps until the doorbell `bell` is rung, a sibling drainer wakes, the
-    /// deadline passes, or a signal arrives. The caller has armed its
-    /// waiting flag in the ring and got `Wait::Sleep`.
-    pub fn sleep(&self, bell: i32, deadline: Option<Instant>) -> Woken {
-        let seen = self.generation.load(Ordering::Acquire);
+    /// deadline passes, or a signal arrives. The caller made `prep`, then
+    /// armed its waiting flag in the ring and got `Wait::Sleep`.
+    pub fn sleep(&self, bell: i32, deadline: Option<Instant>, prep: Prepared<'_>) -> Woken {
+        let seen = prep.seen;
+        let mine = prep.watching.as_ref().map(|w| &*w.bell);
         let timeout = match deadline {
             None => None,
             Some(d) => match d.checked_duration_since(Instant::now()) {
@@ -51,12 +124,19 @@ impl Sleepers {
         };
         let tp = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
         if self.drainer.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-            let mut pfd = libc::pollfd { fd: bell, events: libc::POLLIN, revents: 0 };
-            // SAFETY: one live pollfd; a null timeout means no deadline.
-            let r = unsafe { real::ppoll(&mut pfd, 1, tp, std::ptr::null()) };
+            let mut pfds = [
+                libc::pollfd { fd: bell, events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: mine.map_or(-1, Bell::fd), events: libc::POLLIN, revents: 0 },
+            ];
+            // SAFETY: two live pollfds (a negative fd is skipped); a null
+            // timeout means no deadline.
+            let r = unsafe { real::ppoll(pfds.as_mut_ptr(), 2, tp, std::ptr::null()) };
             let err = real::errno();
-            if r > 0 {
-                link::drain(bell);
+            if pfds[0].revents != 0 && bell::take(bell) {
+                self.fan_out(mine);
+            }
+            if let Some(m) = mine.filter(|_| pfds[1].revents != 0) {
+                m.take();
             }
             self.drainer.store(false, Ordering::Release);
             // SeqCst with the waiters' increment: either we see their count,
@@ -103,14 +183,6 @@ impl Sleepers {
     pub fn forget_threads(&self) {
         self.drainer.store(false, Ordering::Relaxed);
         self.futex_waiters.store(0, Ordering::Relaxed);
-    }
-
-    /// A poll or epoll caller drained `bell`: if a blocked call sleeps on it
-    /// as drainer, ring it again so that thread wakes and re-checks too.
-    pub fn pass_on(&self, bell: i32) {
-        if self.drainer.load(Ordering::Acquire) {
-            link::ring(bell);
-        }
     }
 }
 

@@ -2075,6 +2075,99 @@ fn accept_wake() -> Res {
     Ok(())
 }
 
+/// Two threads wait on one connection, one for input and one for room
+/// (poll, epoll or a blocked call, in turn): the peer's read that makes
+/// room wakes the writer, whichever thread the wake-up reaches first. They
+/// share the end's doorbell; the reader wakes too, finds nothing for it,
+/// and must not take the writer's wake-up with it.
+fn wait_both_ways() -> Res {
+    let (c, s) = pair(false)?;
+    set_nonblocking(c, true)?;
+    let chunk = vec![7u8; 1 << 16];
+    let mut sink = vec![0u8; 1 << 16];
+    // A thread that waits once for `events` on `c` (no timeout) by `how`.
+    let wait = move |how: u32, events: libc::c_short| {
+        std::thread::spawn(move || -> Result<i16, String> {
+            match how {
+                0 => {
+                    let mut p = libc::pollfd { fd: c, events, revents: 0 };
+                    // SAFETY: one live pollfd.
+                    let n = unsafe { libc::poll(&mut p, 1, -1) };
+                    ensure!(n == 1, "poll gave {n}: {}", errno());
+                    Ok(p.revents)
+                }
+                1 => {
+                    // SAFETY: plain epoll calls on fds we own.
+                    let ep = cvt("epoll_create1", unsafe { libc::epoll_create1(0) }).map_err(f)?;
+                    let mut ev = libc::epoll_event { events: events as u32, u64: 9 };
+                    // SAFETY: as above.
+                    cvt("epoll_ctl", unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, c, &mut ev) }).map_err(f)?;
+                    let mut out = [libc::epoll_event { events: 0, u64: 0 }; 2];
+                    // SAFETY: a live output array of its length.
+                    let n = unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 2, -1) };
+                    net::close(ep);
+                    ensure!(n == 1 && out[0].u64 == 9, "epoll_wait gave {n}: {}", errno());
+                    Ok(out[0].events as i16)
+                }
+                _ => {
+                    // A blocked call: a read for input (the round made `c`
+                    // blocking for it).
+                    ensure!(events == libc::POLLIN, "only input waits as a call");
+                    let mut b = [0u8; 1];
+                    // SAFETY: a live buffer.
+                    let n = unsafe { libc::recv(c, b.as_mut_ptr().cast(), 1, 0) };
+                    ensure!(n == 1, "recv gave {n}: {}", errno());
+                    Ok(libc::POLLIN)
+                }
+            }
+        })
+    };
+    for round in 0..24u32 {
+        // Fill our side until the ring (or the kernel's buffers) say no.
+        while send(c, &chunk, 0) > 0 {}
+        ensure!(errno() == libc::EAGAIN, "round {round}: filling gave {}", errno());
+        // Waits by poll, epoll and (for input) a blocked call, in turn.
+        let how_in = round % 3;
+        if how_in == 2 {
+            set_nonblocking(c, false)?;
+        }
+        let reader = wait(how_in, libc::POLLIN);
+        let writer = wait(round / 3 % 2, libc::POLLOUT);
+        // Both asleep, then the peer reads everything: room for the writer.
+        std::thread::sleep(Duration::from_millis(20));
+        loop {
+            let n = recv(s, &mut sink, libc::MSG_DONTWAIT);
+            if n <= 0 {
+                break;
+            }
+        }
+        let until = Instant::now() + Duration::from_secs(10);
+        while !writer.is_finished() {
+            ensure!(Instant::now() < until, "round {round}: the writer never woke");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let rev = writer.join().map_err(|_| "writer panicked")??;
+        ensure!(rev & libc::POLLOUT != 0, "round {round}: the writer woke with {rev:#x}");
+        ensure!(send(s, b"r", 0) == 1, "send: {}", errno());
+        let until = Instant::now() + Duration::from_secs(10);
+        while !reader.is_finished() {
+            ensure!(Instant::now() < until, "round {round}: the reader never woke");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let rev = reader.join().map_err(|_| "reader panicked")??;
+        ensure!(rev & libc::POLLIN != 0, "round {round}: the reader woke with {rev:#x}");
+        if how_in == 2 {
+            set_nonblocking(c, true)?;
+        } else {
+            let mut b = [0u8; 1];
+            ensure!(recv(c, &mut b, 0) == 1, "recv: {}", errno());
+        }
+    }
+    net::close(c);
+    net::close(s);
+    Ok(())
+}
+
 /// The size of this process's fd table (`FDSize` in /proc/self/status).
 fn fd_table_size() -> Result<u64, String> {
     let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
@@ -2315,6 +2408,7 @@ fn check(name: &str) -> Res {
         "pass-fd" => pass_fd(),
         "fork-listener" => fork_listener(),
         "accept-wake" => accept_wake(),
+        "wait-both-ways" => wait_both_ways(),
         other => Err(format!("unknown check {other}")),
     }
 }
