@@ -20,6 +20,7 @@ mod ffi_io;
 mod ffi_poll;
 mod ffi_signal;
 mod ffi_socket;
+mod ffi_stdio;
 mod ffi_syscall;
 pub mod fork;
 pub mod iov;

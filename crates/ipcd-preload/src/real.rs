@@ -113,6 +113,9 @@ real! {
     epoll_wait(epfd: c_int, evs: *mut libc::epoll_event, n: c_int, timeout: c_int) -> c_int;
     epoll_pwait(epfd: c_int, evs: *mut libc::epoll_event, n: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int;
     epoll_pwait2(epfd: c_int, evs: *mut libc::epoll_event, n: c_int, timeout: *const libc::timespec, mask: *const libc::sigset_t) -> c_int;
+    fdopen(fd: c_int, mode: *const libc::c_char) -> *mut libc::FILE;
+    fileno(f: *mut libc::FILE) -> c_int;
+    fileno_unlocked(f: *mut libc::FILE) -> c_int;
 }
 
 /// `close_range(2)`, as the system call itself: glibc's `closefrom` makes

@@ -90,6 +90,7 @@ checks! {
     a_listener_is_ours_again_once_the_forked_child_let_go => "fork-listener",
     an_acceptor_wakes_when_another_thread_read_its_connection => "accept-wake",
     two_threads_waiting_on_one_connection_both_wake => "wait-both-ways",
+    stdio_streams_on_a_connection => "stdio",
 }
 
 /// The signal checks again with blocking calls that spin for 300 ms, so

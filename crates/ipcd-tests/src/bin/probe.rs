@@ -2168,6 +2168,58 @@ fn wait_both_ways() -> Res {
     Ok(())
 }
 
+/// stdio streams on a connection (`fdopen`), as C programs use them:
+/// lines written with `fputs` and read back with `fgets` through the
+/// streams' buffers (lines longer than a buffer too), `fileno` answering
+/// each stream's fd, and `fclose` closing the connection (the peer's
+/// `fgets` meets end of stream).
+fn stdio() -> Res {
+    let (c, s) = pair(false)?;
+    let open = |fd: i32, mode: &std::ffi::CStr| -> Result<*mut libc::FILE, String> {
+        // SAFETY: an fd of ours and a NUL-terminated mode.
+        let f = unsafe { libc::fdopen(fd, mode.as_ptr()) };
+        ensure!(!f.is_null(), "fdopen({fd}): {}", errno());
+        // SAFETY: a stream fdopen just made.
+        let back = unsafe { libc::fileno(f) };
+        ensure!(back == fd, "fileno gave {back} for fd {fd}");
+        Ok(f)
+    };
+    // SAFETY: dup of our fds.
+    let (c2, s2) = unsafe { (libc::dup(c), libc::dup(s)) };
+    let (cw, cr, sr, sw) = (open(c, c"w")?, open(c2, c"r")?, open(s, c"r")?, open(s2, c"w")?);
+    let mut prng = Prng::new(11);
+    let mut line = vec![0u8; 20_000];
+    let mut got = vec![0u8; 20_000];
+    for i in 0..200 {
+        let n = prng.range(1, if i % 10 == 0 { 19_000 } else { 300 });
+        for b in &mut line[..n] {
+            *b = b'a' + prng.range(0, 25) as u8;
+        }
+        line[n] = b'\n';
+        line[n + 1] = 0;
+        // SAFETY: NUL-terminated lines in live buffers, streams we opened.
+        unsafe {
+            ensure!(libc::fputs(line.as_ptr().cast(), cw) >= 0 && libc::fflush(cw) == 0, "client fputs: {}", errno());
+            ensure!(!libc::fgets(got.as_mut_ptr().cast(), got.len() as i32, sr).is_null(), "server fgets: {}", errno());
+            ensure!(got[..=n] == line[..=n], "line {i} arrived changed");
+            got[..n].make_ascii_uppercase();
+            ensure!(libc::fputs(got.as_ptr().cast(), sw) >= 0 && libc::fflush(sw) == 0, "server fputs: {}", errno());
+            ensure!(!libc::fgets(got.as_mut_ptr().cast(), got.len() as i32, cr).is_null(), "client fgets: {}", errno());
+        }
+        line[..n].make_ascii_uppercase();
+        ensure!(got[..=n] == line[..=n], "line {i} came back changed");
+    }
+    // SAFETY: closing the streams we opened (and with them their fds).
+    unsafe {
+        ensure!(libc::fclose(cw) == 0 && libc::fclose(cr) == 0, "client fclose: {}", errno());
+        ensure!(libc::fgets(got.as_mut_ptr().cast(), got.len() as i32, sr).is_null(), "server read past the close");
+        ensure!(libc::feof(sr) != 0, "no end of stream after the client's fclose");
+        ensure!(libc::fclose(sr) == 0 && libc::fclose(sw) == 0, "server fclose: {}", errno());
+        ensure!(libc::fcntl(c, libc::F_GETFD) < 0 && libc::fcntl(s2, libc::F_GETFD) < 0, "fclose left an fd open");
+    }
+    Ok(())
+}
+
 /// The size of this process's fd table (`FDSize` in /proc/self/status).
 fn fd_table_size() -> Result<u64, String> {
     let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
@@ -2409,6 +2461,7 @@ fn check(name: &str) -> Res {
         "fork-listener" => fork_listener(),
         "accept-wake" => accept_wake(),
         "wait-both-ways" => wait_both_ways(),
+        "stdio" => stdio(),
         other => Err(format!("unknown check {other}")),
     }
 }
