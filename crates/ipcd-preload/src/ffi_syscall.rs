@@ -1,14 +1,16 @@
-//! Interposed `syscall(2)`: a program that closes or duplicates fds through
-//! it rather than through the libc wrappers still passes through the
-//! library. libuv (so Node) closes every fd with `syscall(SYS_close, fd)`:
-//! the table kept the closed ipcd socket, the next kernel connection got
-//! its number, and its reads and writes went to the old connection (Node
-//! closed every kernel client's connection at once). Every other system
-//! call is made as libc's `syscall` makes it.
+//! Interposed `syscall(2)`: a program that closes, duplicates, reads,
+//! writes or accepts through it rather than through the libc wrappers
+//! still passes through the library. libuv (so Node) closes every fd with
+//! `syscall(SYS_close, fd)`: the table kept the closed ipcd socket, the
+//! next kernel connection got its number, and its reads and writes went
+//! to the old connection (Node closed every kernel client's connection at
+//! once). A raw read or write of an ipcd connection would use the idle
+//! kernel socket underneath. Every other system call is made as libc's
+//! `syscall` makes it.
 
-use libc::{c_int, c_long, c_uint};
+use libc::{c_int, c_long, c_uint, c_void, iovec, msghdr, size_t, sockaddr, socklen_t};
 
-use crate::{ffi_socket, real};
+use crate::{ffi_io, ffi_socket, real};
 
 /// `syscall` is variadic in C. On x86-64 and aarch64 Linux the variadic
 /// integer arguments travel exactly where fixed ones do, so six `c_long`s
@@ -37,6 +39,35 @@ pub unsafe extern "C" fn syscall(
             #[cfg(target_arch = "x86_64")]
             libc::SYS_dup2 => c_long::from(ffi_socket::dup2(a1 as c_int, a2 as c_int)),
             libc::SYS_dup3 => c_long::from(ffi_socket::dup3(a1 as c_int, a2 as c_int, a3 as c_int)),
+            libc::SYS_read => ffi_io::read(a1 as c_int, a2 as *mut c_void, a3 as size_t) as c_long,
+            libc::SYS_write => ffi_io::write(a1 as c_int, a2 as *const c_void, a3 as size_t) as c_long,
+            libc::SYS_readv => ffi_io::readv(a1 as c_int, a2 as *const iovec, a3 as c_int) as c_long,
+            libc::SYS_writev => ffi_io::writev(a1 as c_int, a2 as *const iovec, a3 as c_int) as c_long,
+            libc::SYS_recvfrom => ffi_io::recvfrom(
+                a1 as c_int,
+                a2 as *mut c_void,
+                a3 as size_t,
+                a4 as c_int,
+                a5 as *mut sockaddr,
+                a6 as *mut socklen_t,
+            ) as c_long,
+            libc::SYS_sendto => ffi_io::sendto(
+                a1 as c_int,
+                a2 as *const c_void,
+                a3 as size_t,
+                a4 as c_int,
+                a5 as *const sockaddr,
+                a6 as socklen_t,
+            ) as c_long,
+            libc::SYS_recvmsg => ffi_io::recvmsg(a1 as c_int, a2 as *mut msghdr, a3 as c_int) as c_long,
+            libc::SYS_sendmsg => ffi_io::sendmsg(a1 as c_int, a2 as *const msghdr, a3 as c_int) as c_long,
+            libc::SYS_shutdown => c_long::from(ffi_socket::shutdown(a1 as c_int, a2 as c_int)),
+            libc::SYS_accept => {
+                c_long::from(ffi_socket::accept(a1 as c_int, a2 as *mut sockaddr, a3 as *mut socklen_t))
+            }
+            libc::SYS_accept4 => {
+                c_long::from(ffi_socket::accept4(a1 as c_int, a2 as *mut sockaddr, a3 as *mut socklen_t, a4 as c_int))
+            }
             _ => real::syscall(n, a1, a2, a3, a4, a5, a6),
         }
     }

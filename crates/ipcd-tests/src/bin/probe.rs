@@ -1430,17 +1430,33 @@ fn pass_fd() -> Res {
     Ok(())
 }
 
-/// Closing and duplicating through `syscall(2)`, as libuv (Node) closes
-/// every fd: a dup made so carries the connection, the close ends it (the
-/// peer reads the end of stream) and the number is then free for anything,
+/// Reading, writing, closing and duplicating through `syscall(2)`, as
+/// libuv (Node) closes every fd: bytes written and read so travel the
+/// connection, a dup made so carries it, the close ends it (the peer
+/// reads the end of stream) and the number is then free for anything,
 /// here a pipe, whose bytes must go to the pipe.
 fn raw_syscalls() -> Res {
     let (c, s) = pair(false)?;
+    let mut buf = [0u8; 16];
+    // Bytes through the raw calls, both ways.
+    // SAFETY: live buffers of the lengths given, our fds.
+    let (w, r) = unsafe {
+        (libc::syscall(libc::SYS_write, c, b"raw".as_ptr(), 3), libc::syscall(libc::SYS_read, s, buf.as_mut_ptr(), 16))
+    };
+    ensure!(w == 3 && r == 3 && &buf[..3] == b"raw", "raw write/read gave {w}/{r}: {}", errno());
+    let null = std::ptr::null::<u8>();
+    // SAFETY: as above; no addresses.
+    let (w, r) = unsafe {
+        (
+            libc::syscall(libc::SYS_sendto, s, b"back".as_ptr(), 4, 0, null, 0),
+            libc::syscall(libc::SYS_recvfrom, c, buf.as_mut_ptr(), 16, 0, null, null),
+        )
+    };
+    ensure!(w == 4 && r == 4 && &buf[..4] == b"back", "raw sendto/recvfrom gave {w}/{r}: {}", errno());
     // SAFETY: dup of our open fd through the raw call.
     let d = unsafe { libc::syscall(libc::SYS_dup, s) } as i32;
     ensure!(d >= 0, "syscall(SYS_dup): {}", errno());
     ensure!(send(d, b"via dup", 0) == 7, "send on the raw dup: {}", errno());
-    let mut buf = [0u8; 16];
     ensure!(recv(c, &mut buf, 0) == 7 && &buf[..7] == b"via dup", "the raw dup's bytes did not arrive");
     for fd in [d, s] {
         // SAFETY: closes our own fds through the raw call.
