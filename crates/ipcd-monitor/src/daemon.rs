@@ -697,11 +697,17 @@ impl Daemon {
             rec.holders[i].remove(pos);
         }
         if !rec.holders[i].is_empty() || rec.gone[i] {
-            if died && !rec.gone[i] {
-                // A holder that dies never closes: give back its share of
-                // the segment's holder count, so the survivor's last close
-                // is seen as the last.
-                rec.seg.view().release_holder(ring_side(side));
+            // A holder that dies never closes: give back its share of the
+            // segment's holder count, so the survivor's last close is seen
+            // as the last. If that leaves none, the survivors have closed
+            // already (their `Close` is still on its way), each seeing this
+            // one's share and so sending nothing: close the end for them,
+            // as the last close would have (a forked child's exit read
+            // before its parent's `Close` left the peer waiting for a FIN).
+            let left = if died && !rec.gone[i] { rec.seg.view().release_holder(ring_side(side)) } else { 1 };
+            if left == 0 && end_state(rec, side) == EndState::Open {
+                end_gone(&rec.seg, side);
+                ring(rec.bells[idx(other(side))].as_fd());
             }
             return;
         }
@@ -915,8 +921,6 @@ impl Daemon {
     }
 }
 
-/// Closes a dead process's end as the kernel closes its socket: a reset if
-/// it left bytes unread, else a FIN; on a corrupt ring, a reset.
 /// What `side` of a connection has done, from the monitor's books and the
 /// flags its writer left in the ring.
 fn end_state(rec: &ConnRec, side: Side) -> EndState {
@@ -931,6 +935,8 @@ fn end_state(rec: &ConnRec, side: Side) -> EndState {
     }
 }
 
+/// Closes a dead process's end as the kernel closes its socket: a reset if
+/// it left bytes unread, else a FIN; on a corrupt ring, a reset.
 fn end_gone(seg: &SharedSegment, side: Side) {
     let view = seg.view();
     let s = ring_side(side);

@@ -648,3 +648,41 @@ fn a_passed_end_goes_to_its_claimer_or_closes_unclaimed() {
     }
     assert_eq!(rx.peer_state(), PeerState::Closed, "nothing unread: a FIN");
 }
+
+/// A holder that goes without closing (a forked child's exit, a passed end
+/// nobody claimed) after the survivors have closed their copies, but
+/// before their `Close` arrives: each survivor saw that holder's share and
+/// sent no FIN, so the monitor closes the end when it gives the share
+/// back. (The preload's `fork-share` check lost its FIN this way under
+/// load: the peer waited for end of stream until its timeout.)
+#[test]
+fn the_last_share_given_back_closes_an_end_its_survivors_left() {
+    let m = Monitor::start();
+    let mut server = m.client();
+    let mut client = m.client();
+    let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
+    assert_eq!(listen(&mut server, 1, &lfd, addr, ListenFlags::empty()), Response::Ok);
+    let (resp, cfds) = connect(&mut client, addr);
+    let Response::Connected(info) = resp else { panic!("{resp:?}") };
+    let _incoming = next_event(&server);
+    let a = map(&cfds[0]);
+    // Side A held twice: the client and an end passed on (which the
+    // receiver would count itself in the segment when it maps it).
+    assert_eq!(client.call(&Request::Pass { conn: info.conn, side: Side::A, inode: 77 }, &[]).unwrap().0, Response::Ok);
+    assert_eq!(a.seg.add_holder(ipcd_ring::Side::A), 2);
+    // The client closes its copy as the library does: its share goes,
+    // another is left, so no FIN; its `Close` is not sent yet.
+    assert_eq!(a.seg.release_holder(ipcd_ring::Side::A), 1);
+    let rx = a.seg.consumer(ipcd_ring::Side::B).unwrap();
+    assert_eq!(rx.peer_state(), PeerState::Open);
+    // The passed end is never claimed: after the grace its share is given
+    // back, the last one, and the end closes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rx.peer_state() == PeerState::Open {
+        assert!(Instant::now() < deadline, "the end stayed open after its last share went");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(rx.peer_state(), PeerState::Closed, "nothing unread: a FIN");
+    client.notify(&Request::Close { conn: info.conn, side: Side::A, keep: false }).unwrap();
+    assert!(client.call(&Request::Status, &[]).is_ok(), "the monitor kept going");
+}
