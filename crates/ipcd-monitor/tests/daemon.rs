@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ipcd_monitor::client::MonitorClient;
 use ipcd_proto::channel::Channel;
-use ipcd_proto::message::{EndState, ErrorCode, Fallback, Request, Response, Side};
+use ipcd_proto::message::{ConnInfo, EndState, ErrorCode, Fallback, Request, Response, Side};
 use ipcd_proto::{ListenFlags, SockAddr};
 use ipcd_ring::{PeerState, Segment};
 use memmap2::MmapMut;
@@ -147,6 +147,30 @@ fn next_event(c: &MonitorClient) -> (Response, Vec<OwnedFd>) {
             Err(e) => panic!("no event: {e}"),
         }
     }
+}
+
+/// A server listening (listener 1) and a client connected to it.
+struct Brokered {
+    server: MonitorClient,
+    client: MonitorClient,
+    /// The listener's kernel socket, kept open for the test.
+    _lfd: OwnedFd,
+    addr: SockAddr,
+    info: ConnInfo,
+    /// The client's and the server's fds: segment, own bell, peer's bell.
+    cfds: Vec<OwnedFd>,
+    sfds: Vec<OwnedFd>,
+}
+
+fn brokered(m: &Monitor) -> Brokered {
+    let mut server = m.client();
+    let mut client = m.client();
+    let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
+    assert_eq!(listen(&mut server, 1, &lfd, addr, ListenFlags::empty()), Response::Ok);
+    let (resp, cfds) = connect(&mut client, addr);
+    let Response::Connected(info) = resp else { panic!("{resp:?}") };
+    let (_, sfds) = next_event(&server);
+    Brokered { server, client, _lfd: lfd, addr, info, cfds, sfds }
 }
 
 /// A mapped segment received from the monitor.
@@ -469,13 +493,7 @@ fn bad_clients_are_dropped_alone() {
 #[test]
 fn a_dying_client_loses_its_listeners_and_its_peers_are_told() {
     let m = Monitor::start();
-    let mut server = m.client();
-    let mut client = m.client();
-    let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
-    assert_eq!(listen(&mut server, 1, &lfd, addr, ListenFlags::empty()), Response::Ok);
-    let (resp, cfds) = connect(&mut client, addr);
-    let Response::Connected(info) = resp else { panic!("{resp:?}") };
-    let (_, sfds) = next_event(&server);
+    let Brokered { server, mut client, addr, info, cfds, sfds, _lfd } = brokered(&m);
     let a = map(&cfds[0]);
     // The server had written something before it died, and read all it got.
     let b = map(&sfds[0]);
@@ -610,14 +628,8 @@ fn a_second_monitor_on_the_same_name_refuses_to_start() {
 #[test]
 fn a_passed_end_goes_to_its_claimer_or_closes_unclaimed() {
     let m = Monitor::start();
-    let mut server = m.client();
-    let mut client = m.client();
+    let Brokered { mut server, client: _client, info, cfds, _lfd, .. } = brokered(&m);
     let mut worker = m.client();
-    let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
-    assert_eq!(listen(&mut server, 1, &lfd, addr, ListenFlags::empty()), Response::Ok);
-    let (resp, cfds) = connect(&mut client, addr);
-    let Response::Connected(info) = resp else { panic!("{resp:?}") };
-    let _incoming = next_event(&server);
     let refused = Response::Error { code: ErrorCode::NoSuchConnection };
     let pass = |inode| Request::Pass { conn: info.conn, side: Side::B, inode };
     assert_eq!(worker.call(&pass(7), &[]).unwrap().0, refused, "passed by a process that does not hold it");
@@ -658,13 +670,7 @@ fn a_passed_end_goes_to_its_claimer_or_closes_unclaimed() {
 #[test]
 fn the_last_share_given_back_closes_an_end_its_survivors_left() {
     let m = Monitor::start();
-    let mut server = m.client();
-    let mut client = m.client();
-    let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
-    assert_eq!(listen(&mut server, 1, &lfd, addr, ListenFlags::empty()), Response::Ok);
-    let (resp, cfds) = connect(&mut client, addr);
-    let Response::Connected(info) = resp else { panic!("{resp:?}") };
-    let _incoming = next_event(&server);
+    let Brokered { server: _server, mut client, info, cfds, _lfd, .. } = brokered(&m);
     let a = map(&cfds[0]);
     // Side A held twice: the client and an end passed on (which the
     // receiver would count itself in the segment when it maps it).

@@ -2091,6 +2091,17 @@ fn accept_wake() -> Res {
     Ok(())
 }
 
+/// Joins `t`, which a wake-up should end: an error if it has not ended
+/// within 10 s (it slept through its wake-up).
+fn join_woken<T>(t: std::thread::JoinHandle<T>, what: &str) -> Result<T, String> {
+    let until = Instant::now() + Duration::from_secs(10);
+    while !t.is_finished() {
+        ensure!(Instant::now() < until, "{what} never woke");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    t.join().map_err(|_| format!("{what} panicked"))
+}
+
 /// Two threads wait on one connection, one for input and one for room
 /// (poll, epoll or a blocked call, in turn): the peer's read that makes
 /// room wakes the writer, whichever thread the wake-up reaches first. They
@@ -2157,20 +2168,10 @@ fn wait_both_ways() -> Res {
                 break;
             }
         }
-        let until = Instant::now() + Duration::from_secs(10);
-        while !writer.is_finished() {
-            ensure!(Instant::now() < until, "round {round}: the writer never woke");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let rev = writer.join().map_err(|_| "writer panicked")??;
+        let rev = join_woken(writer, &format!("round {round}: the writer"))??;
         ensure!(rev & libc::POLLOUT != 0, "round {round}: the writer woke with {rev:#x}");
         ensure!(send(s, b"r", 0) == 1, "send: {}", errno());
-        let until = Instant::now() + Duration::from_secs(10);
-        while !reader.is_finished() {
-            ensure!(Instant::now() < until, "round {round}: the reader never woke");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let rev = reader.join().map_err(|_| "reader panicked")??;
+        let rev = join_woken(reader, &format!("round {round}: the reader"))??;
         ensure!(rev & libc::POLLIN != 0, "round {round}: the reader woke with {rev:#x}");
         if how_in == 2 {
             set_nonblocking(c, true)?;
