@@ -275,7 +275,7 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, sock: Arc<Socket>, ev: Option<&epo
                 return Err(libc::EEXIST);
             }
             // Before any wait arms it: from now on whoever empties its
-            // doorbell elsewhere rings this instance.
+            // doorbell elsewhere rings this instance (until the set goes).
             if let Some(w) = set.waker() {
                 sock.sleepers.watch(w);
             }
@@ -302,11 +302,11 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, sock: Arc<Socket>, ev: Option<&epo
             m.last_mask = 0;
         }
         libc::EPOLL_CTL_DEL => {
-            let m = members.remove(pos.ok_or(libc::ENOENT)?);
-            // Unless the set still has the socket under another name (a dup).
-            if let Some(w) = set.waker().filter(|_| !members.iter().any(|o| Arc::ptr_eq(&o.sock, &m.sock))) {
-                m.sock.sleepers.unwatch(w);
-            }
+            // The set's bell keeps watching the socket: programs delete
+            // and add again per request (redis-benchmark does, through its
+            // event loop), and a watch left over costs at most a wake-up
+            // for nothing when another waiter empties the doorbell.
+            members.remove(pos.ok_or(libc::ENOENT)?);
         }
         _ => return Err(libc::EINVAL),
     }
@@ -411,20 +411,7 @@ impl EpollSet {
         let members = lock(&self.members);
         let mut sources = lock(&self.sources);
         let mut want: Vec<(c_int, Source, u64, u32)> = Vec::new();
-        let mut listener = false;
-        // Listeners' bells, watched, then a last look at their queues: a
-        // connection another thread reads after that rings them.
-        let live = members.iter().filter(|m| !m.disarmed);
-        let watched = readiness::watch_listeners(live.map(|m| (&m.sock, readiness::kind(&m.sock), m.events)));
-        if watched.pending {
-            return false;
-        }
-        for (serial, bell) in &watched.bells {
-            // Edge-triggered: connections left waiting (reported, or a
-            // member not asking) must not keep waking us; each arrival
-            // rings again. The listener's socket keeps the bell open.
-            want.push((bell.fd(), Source::Events, *serial, (libc::EPOLLIN | libc::EPOLLET) as u32));
-        }
+        let mut listeners = Vec::new();
         for m in members.iter().filter(|m| !m.disarmed) {
             match readiness::kind(&m.sock) {
                 Kind::Stream => match arm_stream(m) {
@@ -433,8 +420,8 @@ impl EpollSet {
                 },
                 // Kernel fds wake us the way the member reports: an
                 // edge-triggered one must not wake us for what it reported.
-                Kind::Listener(_) => {
-                    listener = true;
+                Kind::Listener(id) => {
+                    listeners.push((&m.sock, Kind::Listener(id), m.events));
                     let ev = libc::EPOLLIN as u32 | (m.events & libc::EPOLLET as u32);
                     want.push((m.fd, Source::Kernel, m.sock.serial, ev));
                 }
@@ -444,9 +431,21 @@ impl EpollSet {
                 }
             }
         }
-        if listener {
+        if !listeners.is_empty() {
             if let Some(chan) = control::peek(|c| c.fd()) {
                 want.push((chan, Source::Channel, 0, libc::EPOLLIN as u32));
+            }
+            // Listeners' bells, watched, then a last look at their queues:
+            // a connection another thread reads after that rings them.
+            let watched = readiness::watch_listeners(listeners.into_iter());
+            if watched.pending {
+                return false;
+            }
+            for (serial, bell) in watched.bells {
+                // Edge-triggered: connections left waiting (reported, or a
+                // member not asking) must not keep waking us; each arrival
+                // rings again. The listener's socket keeps the bell open.
+                want.push((bell.fd(), Source::Events, serial, (libc::EPOLLIN | libc::EPOLLET) as u32));
             }
         }
         if want.iter().any(|(_, src, _, _)| *src == Source::Bell) {

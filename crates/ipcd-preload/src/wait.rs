@@ -73,10 +73,12 @@ impl Sleepers {
     /// arming the ring's flags, or a wake-up in between is missed.
     pub fn watch(&self, bell: &Arc<Bell>) {
         let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        w.retain(|b| b.strong_count() > 0);
-        if !w.iter().any(|b| std::ptr::eq(b.as_ptr(), Arc::as_ptr(bell))) {
-            w.push(Arc::downgrade(bell));
+        if w.iter().any(|b| std::ptr::eq(b.as_ptr(), Arc::as_ptr(bell))) {
+            return;
         }
+        // Bells whose owner is gone (a closed epoll set, an ended thread).
+        w.retain(|b| b.strong_count() > 0);
+        w.push(Arc::downgrade(bell));
     }
 
     /// `bell` stops watching the end.
