@@ -1,5 +1,6 @@
-//! Eventfds of our own that wake one waiter each: a thread's, an epoll
-//! instance's, a listener's. Hidden from the program (see `fds`) and
+//! Eventfds: ringing and emptying them (a connection's doorbells too), and
+//! ours that wake one waiter each: a thread's, an epoll instance's, a
+//! listener's. Hidden from the program (see `fds`) and
 //! closed through libc's real `close`, so dropping one never goes through
 //! our interposed calls (a thread's bell drops while the thread exits).
 
@@ -31,7 +32,7 @@ impl Bell {
 
     /// Rings it.
     pub fn ring(&self) {
-        crate::link::ring(self.fd);
+        ring(self.fd);
     }
 
     /// Empties it; true if it had been rung.
@@ -46,6 +47,13 @@ impl Drop for Bell {
         // SAFETY: our own fd, closed once.
         unsafe { real::close(self.fd) };
     }
+}
+
+/// Adds one to eventfd `fd` (a full counter is as good as rung).
+pub fn ring(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64 to an eventfd.
+    let _ = unsafe { real::write(fd, (&raw const one).cast(), 8) };
 }
 
 /// Empties eventfd `fd`; true if it had been rung (false: empty, or another

@@ -481,7 +481,9 @@ impl EpollSet {
             let members = lock(&self.members);
             match members.iter().find(|m| stream_bell(&m.sock) == Some(fd)) {
                 Some(m) => readiness::drained(&m.sock, fd, self.waker().map(|w| &**w)),
-                None => crate::link::drain(fd),
+                None => {
+                    crate::bell::take(fd);
+                }
             }
         } else if src == Source::Wake as u64 {
             crate::bell::take(fd);

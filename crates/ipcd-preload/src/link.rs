@@ -263,7 +263,7 @@ impl Link {
 
     /// Rings the peer's doorbell (it asked to be woken).
     pub fn ring_peer(&self) {
-        ring(self.map.peer_bell.as_raw_fd());
+        crate::bell::ring(self.map.peer_bell.as_raw_fd());
     }
 
     /// What the rings say now, for the state machine. `None`: the ring is
@@ -305,18 +305,4 @@ fn take(seg: &Segment, lock: EndLock, me: std::num::NonZeroU32) {
             std::hint::spin_loop();
         }
     }
-}
-
-/// Adds one to an eventfd (a full counter is as good as rung).
-pub fn ring(bell: RawFd) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a live u64 to an eventfd.
-    let _ = unsafe { real::write(bell, (&raw const one).cast(), 8) };
-}
-
-/// Empties an eventfd (non-blocking).
-pub fn drain(bell: RawFd) {
-    let mut v: u64 = 0;
-    // SAFETY: reads 8 bytes into a live u64.
-    let _ = unsafe { real::read(bell, (&raw mut v).cast(), 8) };
 }

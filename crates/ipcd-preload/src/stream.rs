@@ -340,7 +340,7 @@ pub fn shutdown(sock: &Socket, how: libc::c_int) -> Result<(), libc::c_int> {
     })?
     .map_err(errno)?;
     // Wake our own blocked readers and writers: they return now, as on Linux.
-    crate::link::ring(bell);
+    crate::bell::ring(bell);
     Ok(())
 }
 
