@@ -704,8 +704,11 @@ impl Daemon {
             // one's share and so sending nothing: close the end for them,
             // as the last close would have (a forked child's exit read
             // before its parent's `Close` left the peer waiting for a FIN).
-            let left = if died && !rec.gone[i] { rec.seg.view().release_holder(ring_side(side)) } else { 1 };
-            if left == 0 && end_state(rec, side) == EndState::Open {
+            if died
+                && !rec.gone[i]
+                && rec.seg.view().release_holder(ring_side(side)) == 0
+                && end_state(rec, side) == EndState::Open
+            {
                 end_gone(&rec.seg, side);
                 ring(rec.bells[idx(other(side))].as_fd());
             }
