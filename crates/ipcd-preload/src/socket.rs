@@ -211,7 +211,11 @@ impl Socket {
     /// A data call ends; true if it must now do a close deferred to it.
     #[inline]
     pub fn leave_call(&self) -> bool {
-        self.inflight.fetch_sub(1, Ordering::SeqCst) == 1 && self.close_deferred.swap(false, Ordering::SeqCst)
+        // The load spares the common case (no close waiting) a locked swap;
+        // SeqCst as in `defer_close`, so one of the two sides sees the other.
+        self.inflight.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.close_deferred.load(Ordering::SeqCst)
+            && self.close_deferred.swap(false, Ordering::SeqCst)
     }
 
     /// In a forked child: the calls other threads had in progress, and

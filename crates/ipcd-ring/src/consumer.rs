@@ -4,6 +4,7 @@ use core::ptr::NonNull;
 
 use crate::error::{Corruption, Error};
 use crate::layout::{RingControl, FLAG_CLOSED, FLAG_RESET};
+use crate::recent::{Snapshot, RECENT};
 use crate::span::DataArea;
 use crate::sync::Ordering;
 use crate::wait::{arm, close_reader, disarm, fence_then_take, Transfer, Wait};
@@ -49,6 +50,8 @@ pub struct Consumer {
     data: DataArea,
     head: u64,
     tail_cache: u64,
+    /// The writer's copy of its last bytes, as last taken.
+    recent: Snapshot,
 }
 
 // SAFETY: as for `Producer`: pointers into a mapping kept valid by the segment's
@@ -59,7 +62,7 @@ impl Consumer {
     /// # Safety
     /// `ctrl` and `data..data + cap` must stay valid for the handle's life.
     pub(crate) unsafe fn new(ctrl: NonNull<RingControl>, data: DataArea) -> Result<Self, Error> {
-        let mut c = Consumer { ctrl, data, head: 0, tail_cache: 0 };
+        let mut c = Consumer { ctrl, data, head: 0, tail_cache: 0, recent: Snapshot::new() };
         c.resync()?;
         Ok(c)
     }
@@ -97,6 +100,13 @@ impl Consumer {
         let limit = self.head.wrapping_add(self.data.cap);
         if tail.wrapping_sub(self.tail_cache) > limit.wrapping_sub(self.tail_cache) {
             return Err(Error::Corrupt(Corruption::Tail { found: tail }));
+        }
+        // New bytes, few enough to be in the writer's copy: the line holding
+        // `tail` is in our cache now, and the copy with it.
+        if tail != self.tail_cache && tail.wrapping_sub(self.head) <= RECENT as u64 {
+            // SAFETY: as in `ctrl()` (split from `self` to borrow `recent` mutably).
+            let writer = unsafe { &self.ctrl.as_ref().writer.0 };
+            self.recent.take(writer);
         }
         self.tail_cache = tail;
         Ok(())
@@ -162,10 +172,13 @@ impl Consumer {
                 break;
             }
             let take = buf.len().min(left);
-            // SAFETY: `pos..pos + take` lies within `[head, tail)` as validated
-            // by `refresh_tail`, so at most `cap` bytes of our own readable
-            // area are read; the data area is valid by the contract of `new`.
-            unsafe { self.data.copy_out(pos, &mut buf[..take]) };
+            if !self.recent.copy(pos, &mut buf[..take]) {
+                // SAFETY: `pos..pos + take` lies within `[head, tail)` as
+                // validated by `refresh_tail`, so at most `cap` bytes of our
+                // own readable area are read; the data area is valid by the
+                // contract of `new`.
+                unsafe { self.data.copy_out(pos, &mut buf[..take]) };
+            }
             pos = pos.wrapping_add(take as u64);
             left -= take;
             done += take;

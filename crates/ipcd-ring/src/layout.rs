@@ -5,6 +5,7 @@
 //! an atomic, so a peer writing the header at any moment is a race on atomics,
 //! never on plain memory.
 
+use crate::recent::{BUSY, RECENT};
 use crate::sync::{AtomicU32, AtomicU64};
 
 /// `b"IPCDSEG1"` read as a little-endian `u64`: the first word of every segment.
@@ -36,6 +37,14 @@ pub(crate) struct WriterLine {
     pub(crate) tail: AtomicU64,
     /// [`FLAG_CLOSED`] | [`FLAG_RESET`].
     pub(crate) flags: AtomicU32,
+    /// How many of the bytes before `recent_end` the copy holds (see `recent`).
+    pub(crate) recent_len: AtomicU32,
+    /// Stream position just past the copied bytes; `recent::BUSY` while the
+    /// writer rewrites the copy.
+    pub(crate) recent_end: AtomicU64,
+    /// The last bytes written, the one at stream position `p` in byte
+    /// `p % RECENT` (little-endian words).
+    pub(crate) recent: [AtomicU64; RECENT / 8],
 }
 
 /// The reader's line: written only by the reader.
@@ -66,7 +75,13 @@ pub struct RingControl {
 impl RingControl {
     pub(crate) fn new(start: u64) -> Self {
         RingControl {
-            writer: Line(WriterLine { tail: AtomicU64::new(start), flags: AtomicU32::new(0) }),
+            writer: Line(WriterLine {
+                tail: AtomicU64::new(start),
+                flags: AtomicU32::new(0),
+                recent_len: AtomicU32::new(0),
+                recent_end: AtomicU64::new(BUSY),
+                recent: core::array::from_fn(|_| AtomicU64::new(0)),
+            }),
             reader: Line(ReaderLine { head: AtomicU64::new(start), flags: AtomicU32::new(0) }),
             reader_waiting: Line(AtomicU32::new(0)),
             writer_waiting: Line(AtomicU32::new(0)),
@@ -130,6 +145,12 @@ pub mod offsets {
     pub const TAIL: usize = 0;
     /// Within a ring control block: writer flags (`u32`).
     pub const WRITER_FLAGS: usize = 8;
+    /// Within a ring control block: length of the copy of the last bytes written (`u32`).
+    pub const RECENT_LEN: usize = 12;
+    /// Within a ring control block: stream position past that copy (`u64`).
+    pub const RECENT_END: usize = 16;
+    /// Within a ring control block: the copy itself (`[u64; 4]`).
+    pub const RECENT: usize = 24;
     /// Within a ring control block: `head` (`u64`).
     pub const HEAD: usize = CACHE_LINE;
     /// Within a ring control block: reader flags (`u32`).
@@ -168,6 +189,11 @@ const _: () = {
     assert!(align_of::<SegmentControl>() == SEGMENT_ALIGN);
     assert!(offset_of!(WriterLine, tail) == 0);
     assert!(offset_of!(WriterLine, flags) == offsets::WRITER_FLAGS);
+    assert!(offset_of!(WriterLine, recent_len) == offsets::RECENT_LEN);
+    assert!(offset_of!(WriterLine, recent_end) == offsets::RECENT_END);
+    assert!(offset_of!(WriterLine, recent) == offsets::RECENT);
+    // One 64-byte line carries tail and the copy together.
+    assert!(size_of::<WriterLine>() <= 64);
     assert!(offset_of!(ReaderLine, head) == 0);
     assert!(offset_of!(ReaderLine, flags) == offsets::READER_FLAGS - CACHE_LINE);
     assert!(offset_of!(SegmentHeader, locks) == offsets::LOCKS);

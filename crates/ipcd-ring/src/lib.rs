@@ -39,6 +39,7 @@ mod consumer;
 mod error;
 mod layout;
 mod producer;
+mod recent;
 mod segment;
 mod span;
 mod sync;

@@ -4,6 +4,7 @@ use core::ptr::NonNull;
 
 use crate::error::{Corruption, Error};
 use crate::layout::{RingControl, FLAG_CLOSED, FLAG_RESET};
+use crate::recent::Shadow;
 use crate::span::DataArea;
 use crate::sync::Ordering;
 use crate::wait::{arm, close_writer, disarm, fence_then_take, Transfer, Wait};
@@ -35,6 +36,8 @@ pub struct Producer {
     data: DataArea,
     tail: u64,
     head_cache: u64,
+    /// The last bytes written, copied beside `tail` on every publish.
+    recent: Shadow,
 }
 
 // SAFETY: the handle only holds pointers into a shared mapping whose validity
@@ -47,7 +50,7 @@ impl Producer {
     /// # Safety
     /// `ctrl` and `data..data + cap` must stay valid for the handle's life.
     pub(crate) unsafe fn new(ctrl: NonNull<RingControl>, data: DataArea) -> Result<Self, Error> {
-        let mut p = Producer { ctrl, data, tail: 0, head_cache: 0 };
+        let mut p = Producer { ctrl, data, tail: 0, head_cache: 0, recent: Shadow::new() };
         p.resync()?;
         Ok(p)
     }
@@ -72,6 +75,7 @@ impl Producer {
         }
         self.tail = tail;
         self.head_cache = head;
+        self.recent.reset();
         Ok(())
     }
 
@@ -146,6 +150,7 @@ impl Producer {
             // are free (validated head), so only our own area is written; the
             // data area is valid by the contract of `new`.
             unsafe { self.data.copy_in(pos, chunk) };
+            self.recent.append(pos, chunk);
             pos = pos.wrapping_add(chunk.len() as u64);
             room -= chunk.len();
         }
@@ -154,6 +159,7 @@ impl Producer {
             return Ok(Transfer::default());
         }
         self.tail = pos;
+        self.recent.publish(&self.ctrl().writer.0);
         // Release pairs with the reader's Acquire load of tail: the bytes are
         // in place before the index that exposes them.
         self.ctrl().writer.0.tail.store(pos, Ordering::Release);

@@ -206,3 +206,30 @@ fn reader_close_wakes_a_writer_waiting_for_space() {
         writer.join().unwrap();
     });
 }
+
+/// The copy of the last bytes beside `tail` is rewritten by every write;
+/// a reader taking it while the second write overwrites the same slots
+/// (positions 32 apart) must not mix the two.
+#[test]
+fn the_copy_beside_tail_is_never_read_torn() {
+    loom::model(|| {
+        let s = setup(64);
+        let (mut tx, _) = s.seg.endpoint(Side::A).unwrap();
+        let first: Vec<u8> = (0..32).collect();
+        let expect: Vec<u8> = first.iter().copied().chain([100, 101, 102, 103, 104, 105, 106, 107]).collect();
+        let writer = thread::spawn(move || {
+            assert_eq!(tx.write(&first).unwrap().len, 32);
+            assert_eq!(tx.write(&[100, 101, 102, 103, 104, 105, 106, 107]).unwrap().len, 8);
+        });
+        let (_, mut rx) = s.seg.endpoint(Side::B).unwrap();
+        let mut got = Vec::new();
+        while got.len() < expect.len() {
+            let mut buf = [0u8; 40];
+            let n = rx.read(&mut buf).unwrap().len;
+            got.extend_from_slice(&buf[..n]);
+            thread::yield_now();
+        }
+        writer.join().unwrap();
+        assert_eq!(got, expect);
+    });
+}

@@ -58,6 +58,10 @@ fn op(hostile: bool) -> impl Strategy<Value = Op> {
         offsets::TOTAL_LEN,
         offsets::ring(0) + offsets::TAIL,
         offsets::ring(0) + offsets::WRITER_FLAGS,
+        offsets::ring(0) + offsets::RECENT_LEN,
+        offsets::ring(0) + offsets::RECENT_END,
+        offsets::ring(0) + offsets::RECENT,
+        offsets::ring(0) + offsets::RECENT + 24,
         offsets::ring(0) + offsets::HEAD,
         offsets::ring(0) + offsets::READER_FLAGS,
         offsets::ring(0) + offsets::READER_WAITING,
@@ -199,7 +203,7 @@ proptest! {
                 Op::ReaderWait => if let Err(e) = rx.prepare_wait() { prop_assert!(ok_or_corrupt(&e)) },
                 Op::WriterWait(w) => if let Err(e) = tx.prepare_wait(w) { prop_assert!(ok_or_corrupt(&e)) },
                 Op::Poke { at, value } => {
-                    if at % 8 == 0 && [offsets::ring(0) + offsets::TAIL, offsets::ring(0) + offsets::HEAD, offsets::MAGIC, offsets::CAPACITY, offsets::TOTAL_LEN].contains(&at) {
+                    if at % 8 == 0 && [offsets::ring(0) + offsets::TAIL, offsets::ring(0) + offsets::HEAD, offsets::ring(0) + offsets::RECENT_END, offsets::ring(0) + offsets::RECENT, offsets::ring(0) + offsets::RECENT + 24, offsets::MAGIC, offsets::CAPACITY, offsets::TOTAL_LEN].contains(&at) {
                         r.poke_u64(at, value);
                     } else {
                         r.poke_u32(at, value as u32);

@@ -24,6 +24,33 @@ fn bytes_written_by_a_arrive_at_b_and_back() {
 }
 
 #[test]
+fn a_small_read_takes_the_copy_beside_tail_unless_it_is_being_rewritten() {
+    let (r, seg) = segment([64, 64]);
+    let mut tx = seg.producer(Side::A).unwrap();
+    let mut rx = seg.consumer(Side::B).unwrap();
+    let recent = offsets::ring(0) + offsets::RECENT;
+    // The copy on the writer's line is what a small read returns: changed
+    // behind the writer's back, the change shows.
+    assert_eq!(tx.write(b"ping").unwrap().len, 4);
+    r.poke_u64(recent, u64::from_le_bytes(*b"PONGxxxx"));
+    let mut buf = [0u8; 4];
+    assert_eq!(rx.read(&mut buf).unwrap().len, 4);
+    assert_eq!(&buf, b"PONG");
+    // A copy marked as being rewritten is not used: the data area is.
+    assert_eq!(tx.write(b"abcd").unwrap().len, 4);
+    r.poke_u64(offsets::ring(0) + offsets::RECENT_END, u64::MAX);
+    r.poke_u64(recent, u64::from_le_bytes(*b"xxxxWXYZ"));
+    assert_eq!(rx.read(&mut buf).unwrap().len, 4);
+    assert_eq!(&buf, b"abcd");
+    // Nor is one for bytes it does not hold (more than it carries).
+    let big = [7u8; 40];
+    assert_eq!(tx.write(&big).unwrap().len, 40);
+    let mut out = [0u8; 40];
+    assert_eq!(rx.read(&mut out).unwrap().len, 40);
+    assert_eq!(out, big);
+}
+
+#[test]
 fn a_full_ring_accepts_nothing_until_the_reader_frees_space() {
     let (_r, seg) = segment([8, 8]);
     let mut tx = seg.producer(Side::A).unwrap();
