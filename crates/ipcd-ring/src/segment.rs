@@ -11,6 +11,7 @@ use crate::layout::{
     SEGMENT_MAGIC, SEGMENT_VERSION,
 };
 use crate::producer::Producer;
+use crate::recent::BUSY;
 use crate::span::DataArea;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::wait::{close_reader, close_writer};
@@ -175,6 +176,10 @@ impl Segment {
         for r in &control.rings {
             r.writer.0.tail.store(0, Ordering::Relaxed);
             r.writer.0.flags.store(0, Ordering::Relaxed);
+            // The last connection's copy of its last bytes names positions
+            // the new one will reach again.
+            r.writer.0.recent_end.store(BUSY, Ordering::Relaxed);
+            r.writer.0.recent_len.store(0, Ordering::Relaxed);
             r.reader.0.head.store(0, Ordering::Relaxed);
             r.reader.0.flags.store(0, Ordering::Relaxed);
             r.reader_waiting.0.store(0, Ordering::Relaxed);

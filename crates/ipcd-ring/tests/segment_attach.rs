@@ -146,6 +146,11 @@ fn a_reused_segment_is_fresh_for_its_next_connection() {
     assert_eq!(tx.writable().unwrap(), 64, "the whole ring is free");
     assert!(!tx.is_reader_closed() && !ptx.is_reader_closed());
     assert_eq!(other.written(Side::A), 0);
+    for ring in [0, 1] {
+        let end = ipcd_ring::offsets::ring(ring) + ipcd_ring::offsets::RECENT_END;
+        let busy = [r.peek_u32(end), r.peek_u32(end + 4)];
+        assert_eq!(busy, [u32::MAX; 2], "the old copy of the last bytes is withdrawn");
+    }
     assert!(other.try_lock(ipcd_ring::EndLock::Send(Side::A), me).is_ok(), "no lock is left held");
     assert_eq!(other.release_holder(Side::B), 0, "one holder per end again");
     assert_eq!(tx.write(b"new").unwrap().len, 3);
