@@ -1,8 +1,6 @@
 //! Interposed data calls: read, write and the send/recv family, sendfile
 //! and splice. An fd that is not an ipcd stream goes straight to libc.
 
-use std::sync::Arc;
-
 use libc::{c_int, c_uint, c_void, iovec, mmsghdr, msghdr, size_t, sockaddr, socklen_t, ssize_t};
 
 use crate::socket::Socket;
@@ -12,8 +10,8 @@ use crate::{guarded, pass, real, table};
 /// The ipcd stream behind `fd`, if any. For every other fd this is one
 /// bounds check and one atomic load.
 #[inline(always)]
-fn stream_of(fd: c_int) -> Option<Arc<Socket>> {
-    table::get(fd).filter(|s| s.is_stream())
+fn stream_of(fd: c_int) -> Option<table::Held> {
+    table::held(fd).filter(|s| s.is_stream())
 }
 
 #[inline]

@@ -5,8 +5,18 @@
 //! freed through `crossbeam-epoch`, so a lookup racing a close in another
 //! thread never reads freed memory; the lookup then holds an `Arc` of its
 //! own, as a system call holds a reference to its file.
+//!
+//! The data calls look up the same fds again and again; for them [`held`]
+//! keeps, per thread, the sockets of the last fds used (one per fd modulo
+//! [`CACHED`]) with each fd's generation (bumped by every install and
+//! remove): while the generation is unchanged, the fd still names that
+//! socket, and the lookup costs no locked instruction (an epoch pin, an
+//! `Arc` clone and its drop cost three, a tenth of a call).
 
-use std::sync::atomic::AtomicUsize;
+use std::cell::{Cell, UnsafeCell};
+use std::ops::Deref;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_epoch::{self as epoch, Atomic, Owned};
@@ -23,6 +33,97 @@ static TABLE: [Atomic<Entry>; TABLE_LEN] = [const { Atomic::null() }; TABLE_LEN]
 /// Slots in use: a process with none (most forks of a shell) skips the
 /// walk of the whole table at fork and exec.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// Per fd: how many times its slot changed (see [`held`]).
+static GENERATION: [AtomicU64; TABLE_LEN] = [const { AtomicU64::new(0) }; TABLE_LEN];
+
+/// Entries of a thread's cache of lookups: a server thread serving many
+/// connections (redis, nginx) finds most of them here.
+const CACHED: usize = 64;
+
+/// A socket a thread looked up through [`held`], and the fd's generation
+/// then. Holding its `Arc` keeps a closed socket's memory (not its
+/// connection, which close released) until another fd takes the entry,
+/// or the thread exits.
+struct Last {
+    fd: libc::c_int,
+    generation: u64,
+    sock: Option<Arc<Socket>>,
+}
+
+thread_local! {
+    static LAST: UnsafeCell<[Last; CACHED]> =
+        const { UnsafeCell::new([const { Last { fd: -1, generation: 0, sock: None } }; CACHED]) };
+    /// A [`Held`] borrows `LAST`: a lookup meanwhile (a signal handler's
+    /// call, a second fd of splice) takes the uncached way.
+    static BORROWED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A socket found by [`held`]: borrowed from the thread's cache, or owned.
+pub enum Held {
+    /// A socket of `LAST`, which cannot change while this lives (`BORROWED`).
+    Cached(NonNull<Socket>),
+    /// Found the uncached way.
+    Owned(Arc<Socket>),
+}
+
+impl Deref for Held {
+    type Target = Socket;
+
+    fn deref(&self) -> &Socket {
+        match self {
+            // SAFETY: `LAST` holds an `Arc` of it and is neither replaced
+            // nor dropped while `BORROWED` is set, which this value does
+            // until it drops (it is `!Send`: the thread's own cache).
+            Held::Cached(p) => unsafe { p.as_ref() },
+            Held::Owned(a) => a,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Held::Cached(_) = self {
+            let _ = BORROWED.try_with(|b| b.set(false));
+        }
+    }
+}
+
+/// [`get`] for the data calls, through the thread's cache of the last
+/// socket it used (see the module). For an fd that is not ours it is the
+/// same one bounds check and one atomic load.
+#[inline]
+pub fn held(fd: libc::c_int) -> Option<Held> {
+    let slot = slot(fd)?;
+    // SAFETY: null check only, as in `get`.
+    if slot.load(Ordering::Relaxed, unsafe { epoch::unprotected() }).is_null() {
+        return None;
+    }
+    // Read before the entry (on a miss): a change in between then shows as
+    // a new generation at the next lookup, never as a stale hit.
+    let generation = GENERATION[fd as usize].load(Ordering::Acquire);
+    if !BORROWED.try_with(|b| !b.replace(true)).unwrap_or(false) {
+        return get(fd).map(Held::Owned);
+    }
+    let found = LAST.try_with(|last| {
+        // SAFETY: `BORROWED` was ours to set, so nothing else on this
+        // thread touches `LAST` until it is cleared (a signal handler's
+        // lookup sees it set and goes the uncached way).
+        let last = unsafe { &mut (*last.get())[fd as usize % CACHED] };
+        if last.fd != fd || last.generation != generation || last.sock.is_none() {
+            last.sock = get(fd);
+            (last.fd, last.generation) = (fd, generation);
+        }
+        last.sock.as_deref().map(NonNull::from)
+    });
+    match found {
+        Ok(Some(p)) => Some(Held::Cached(p)),
+        // Closed meanwhile, or the thread is exiting.
+        _ => {
+            let _ = BORROWED.try_with(|b| b.set(false));
+            get(fd).map(Held::Owned)
+        }
+    }
+}
 
 fn slot(fd: libc::c_int) -> Option<&'static Atomic<Entry>> {
     TABLE.get(usize::try_from(fd).ok()?)
@@ -34,11 +135,11 @@ pub fn get(fd: libc::c_int) -> Option<Arc<Socket>> {
     let slot = slot(fd)?;
     // SAFETY: `unprotected` is only used for a null check; the pointer is not
     // dereferenced without the pinned guard below.
-    if slot.load(std::sync::atomic::Ordering::Relaxed, unsafe { epoch::unprotected() }).is_null() {
+    if slot.load(Ordering::Relaxed, unsafe { epoch::unprotected() }).is_null() {
         return None;
     }
     let guard = epoch::pin();
-    let shared = slot.load(std::sync::atomic::Ordering::Acquire, &guard);
+    let shared = slot.load(Ordering::Acquire, &guard);
     // SAFETY: entries are only freed through `defer_destroy` after being
     // swapped out, so one loaded under a live guard is still allocated.
     unsafe { shared.as_ref() }.map(|e| Arc::clone(&e.0))
@@ -49,9 +150,10 @@ pub fn install(fd: libc::c_int, sock: Arc<Socket>) -> Result<Option<Arc<Socket>>
     let Some(slot) = slot(fd) else { return Err(sock) };
     sock.add_fd();
     let guard = epoch::pin();
-    let old = slot.swap(Owned::new(Entry(sock)), std::sync::atomic::Ordering::AcqRel, &guard);
+    let old = slot.swap(Owned::new(Entry(sock)), Ordering::AcqRel, &guard);
+    bump(fd);
     if old.is_null() {
-        LIVE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        LIVE.fetch_add(1, Ordering::Relaxed);
     }
     Ok(retire(old, &guard))
 }
@@ -60,15 +162,23 @@ pub fn install(fd: libc::c_int, sock: Arc<Socket>) -> Result<Option<Arc<Socket>>
 pub fn remove(fd: libc::c_int) -> Option<Arc<Socket>> {
     let slot = slot(fd)?;
     // SAFETY: null check only, as in `get`.
-    if slot.load(std::sync::atomic::Ordering::Relaxed, unsafe { epoch::unprotected() }).is_null() {
+    if slot.load(Ordering::Relaxed, unsafe { epoch::unprotected() }).is_null() {
         return None;
     }
     let guard = epoch::pin();
-    let old = slot.swap(epoch::Shared::null(), std::sync::atomic::Ordering::AcqRel, &guard);
+    let old = slot.swap(epoch::Shared::null(), Ordering::AcqRel, &guard);
+    bump(fd);
     if !old.is_null() {
-        LIVE.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        LIVE.fetch_sub(1, Ordering::Relaxed);
     }
     retire(old, &guard)
+}
+
+/// After `fd`'s slot changed: cached lookups of it miss from now on.
+fn bump(fd: libc::c_int) {
+    // Release pairs with `held`'s Acquire: a lookup that sees the new
+    // generation sees the new slot.
+    GENERATION[fd as usize].fetch_add(1, Ordering::Release);
 }
 
 /// Takes an `Arc` out of a swapped-out entry and frees the entry once no
@@ -90,17 +200,17 @@ pub fn for_each(mut f: impl FnMut(&Arc<Socket>)) {
 
 /// Calls `f` with every fd of ours and its socket.
 pub fn for_each_fd(mut f: impl FnMut(libc::c_int, &Arc<Socket>)) {
-    if LIVE.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+    if LIVE.load(Ordering::Relaxed) == 0 {
         return;
     }
     let guard = epoch::pin();
     for (fd, slot) in TABLE.iter().enumerate() {
         // SAFETY: null check only, as in `get`.
-        if slot.load(std::sync::atomic::Ordering::Relaxed, unsafe { epoch::unprotected() }).is_null() {
+        if slot.load(Ordering::Relaxed, unsafe { epoch::unprotected() }).is_null() {
             continue;
         }
         // SAFETY: loaded under a live guard, as in `get`.
-        if let Some(e) = unsafe { slot.load(std::sync::atomic::Ordering::Acquire, &guard).as_ref() } {
+        if let Some(e) = unsafe { slot.load(Ordering::Acquire, &guard).as_ref() } {
             f(fd as libc::c_int, &e.0);
         }
     }

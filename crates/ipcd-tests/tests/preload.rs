@@ -91,6 +91,7 @@ checks! {
     an_acceptor_wakes_when_another_thread_read_its_connection => "accept-wake",
     two_threads_waiting_on_one_connection_both_wake => "wait-both-ways",
     stdio_streams_on_a_connection => "stdio",
+    a_renamed_fd_reaches_its_new_socket => "fd-renamed",
 }
 
 /// The signal checks again with blocking calls that spin for 300 ms, so

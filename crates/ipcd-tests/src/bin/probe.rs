@@ -2237,6 +2237,65 @@ fn stdio() -> Res {
     Ok(())
 }
 
+/// A data call finds the socket an fd names *now*: the library keeps, per
+/// thread, the sockets of the fds it used last, and every rename of an fd
+/// (dup2 onto it from another thread, dup2 of a kernel fd, close and reuse
+/// of the number) must send the next call to the new socket.
+fn fd_renamed() -> Res {
+    let (c1, s1) = pair(false)?;
+    let (c2, s2) = pair(false)?;
+    let mut buf = [0u8; 16];
+    let expect = |fd: i32, want: &[u8], what: &str| -> Res {
+        let mut got = [0u8; 16];
+        let r = recv(fd, &mut got, 0);
+        ensure!(
+            r == want.len() as isize && &got[..want.len()] == want,
+            "{what}: got {r} {:?}",
+            &got[..r.max(0) as usize]
+        );
+        Ok(())
+    };
+    ensure!(send(c1, b"one", 0) == 3, "send one: {}", errno());
+    expect(s1, b"one", "first connection")?;
+    // Another thread points c1 at the second connection.
+    let renamed = std::thread::spawn(move || {
+        // SAFETY: fds of this process.
+        unsafe { libc::dup2(c2, c1) }
+    })
+    .join()
+    .map_err(|_| "dup2 thread panicked")?;
+    ensure!(renamed == c1, "dup2: {}", errno());
+    ensure!(send(c1, b"two", 0) == 3, "send two: {}", errno());
+    expect(s2, b"two", "after dup2 from another thread")?;
+    // The first connection lost its client fd: its server reads the end.
+    ensure!(recv(s1, &mut buf, 0) == 0, "first connection did not end: {}", errno());
+    // A kernel pipe over the same number.
+    let mut p = [0i32; 2];
+    // SAFETY: a two-int array; fds of this process.
+    unsafe {
+        ensure!(libc::pipe(p.as_mut_ptr()) == 0, "pipe: {}", errno());
+        ensure!(libc::dup2(p[1], c1) == c1, "dup2 of the pipe: {}", errno());
+        ensure!(libc::write(c1, b"three".as_ptr().cast(), 5) == 5, "write to the pipe: {}", errno());
+        ensure!(libc::read(p[0], buf.as_mut_ptr().cast(), buf.len()) == 5 && &buf[..5] == b"three", "pipe read");
+        ensure!(
+            recv(s2, &mut buf, libc::MSG_DONTWAIT) == -1 && errno() == libc::EAGAIN,
+            "the pipe's bytes went to a socket"
+        );
+        for fd in [c1, c2, p[0], p[1]] {
+            libc::close(fd);
+        }
+    }
+    ensure!(recv(s2, &mut buf, 0) == 0, "second connection did not end: {}", errno());
+    // Close and reuse of the number by a new connection.
+    let (c3, s3) = pair(false)?;
+    ensure!(send(c3, b"four", 0) == 4, "send four: {}", errno());
+    expect(s3, b"four", "a new connection on a reused number")?;
+    for fd in [s1, s2, c3, s3] {
+        net::close(fd);
+    }
+    Ok(())
+}
+
 /// The size of this process's fd table (`FDSize` in /proc/self/status).
 fn fd_table_size() -> Result<u64, String> {
     let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
@@ -2479,6 +2538,7 @@ fn check(name: &str) -> Res {
         "accept-wake" => accept_wake(),
         "wait-both-ways" => wait_both_ways(),
         "stdio" => stdio(),
+        "fd-renamed" => fd_renamed(),
         other => Err(format!("unknown check {other}")),
     }
 }
