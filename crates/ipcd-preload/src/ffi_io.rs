@@ -3,7 +3,7 @@
 
 use libc::{c_int, c_uint, c_void, iovec, mmsghdr, msghdr, size_t, sockaddr, socklen_t, ssize_t};
 
-use crate::socket::Socket;
+use crate::socket::{Call, Socket};
 use crate::stream::{self, Flags, IoResult};
 use crate::{guarded, pass, real, table};
 
@@ -47,12 +47,13 @@ fn one(buf: *const c_void, n: size_t) -> [iovec; 1] {
     [iovec { iov_base: buf.cast_mut(), iov_len: n }]
 }
 
-/// Runs a data call on `sock`, counted as in progress (see `Socket::defer_close`).
+/// Runs a data call on `sock`, counted as in progress once it waits (see
+/// `socket::Call`).
 #[inline]
-fn call(sock: &Socket, f: impl FnOnce() -> ssize_t) -> ssize_t {
-    sock.enter_call();
-    let r = guarded(-1, f);
-    if sock.leave_call() {
+fn call(sock: &Socket, f: impl FnOnce(&Call<'_>) -> ssize_t) -> ssize_t {
+    let c = Call::new(sock);
+    let r = guarded(-1, || f(&c));
+    if c.end() {
         let e = real::errno();
         guarded((), || crate::ffi_socket::close_now(sock));
         real::set_errno(e);
@@ -62,7 +63,7 @@ fn call(sock: &Socket, f: impl FnOnce() -> ssize_t) -> ssize_t {
 
 fn do_send(sock: &Socket, iov: &[iovec], flags: c_int) -> ssize_t {
     // SAFETY: the iovecs come from the program's call, which promises them readable.
-    call(sock, || ret(unsafe { stream::send(sock, iov, Flags::new(sock, flags)) }))
+    call(sock, |c| ret(unsafe { stream::send(sock, c, iov, Flags::new(sock, flags)) }))
 }
 
 fn do_recv(sock: &Socket, iov: &[iovec], flags: c_int) -> ssize_t {
@@ -76,7 +77,7 @@ fn do_recv(sock: &Socket, iov: &[iovec], flags: c_int) -> ssize_t {
         };
     }
     // SAFETY: the iovecs come from the program's call, which promises them writable.
-    call(sock, || ret(unsafe { stream::recv(sock, iov, Flags::new(sock, flags)) }))
+    call(sock, |c| ret(unsafe { stream::recv(sock, c, iov, Flags::new(sock, flags)) }))
 }
 
 /// Interposed `read(2)`.
@@ -520,7 +521,7 @@ const COPY_CHUNK: usize = 64 * 1024;
 pub unsafe extern "C" fn sendfile(out_fd: c_int, in_fd: c_int, offset: *mut libc::off_t, count: size_t) -> ssize_t {
     match stream_of(out_fd) {
         // SAFETY: the caller's offset pointer.
-        Some(s) => guarded(-1, || ret(unsafe { copy_file_to(&s, in_fd, offset, count) })),
+        Some(s) => call(&s, |c| ret(unsafe { copy_file_to(&s, c, in_fd, offset, count) })),
         // SAFETY: the caller's arguments, unchanged.
         None => unsafe { real::sendfile(out_fd, in_fd, offset, count) },
     }
@@ -534,7 +535,7 @@ pub unsafe extern "C" fn sendfile(out_fd: c_int, in_fd: c_int, offset: *mut libc
 pub unsafe extern "C" fn sendfile64(out_fd: c_int, in_fd: c_int, offset: *mut libc::off64_t, count: size_t) -> ssize_t {
     match stream_of(out_fd) {
         // SAFETY: off_t is off64_t on the 64-bit targets we build for.
-        Some(s) => guarded(-1, || ret(unsafe { copy_file_to(&s, in_fd, offset.cast(), count) })),
+        Some(s) => call(&s, |c| ret(unsafe { copy_file_to(&s, c, in_fd, offset.cast(), count) })),
         // SAFETY: the caller's arguments, unchanged.
         None => unsafe { real::sendfile64(out_fd, in_fd, offset, count) },
     }
@@ -546,7 +547,13 @@ pub unsafe extern "C" fn sendfile64(out_fd: c_int, in_fd: c_int, offset: *mut li
 ///
 /// # Safety
 /// `offset` null or valid.
-unsafe fn copy_file_to(sock: &Socket, in_fd: c_int, offset: *mut libc::off_t, count: size_t) -> IoResult {
+unsafe fn copy_file_to(
+    sock: &Socket,
+    call: &Call<'_>,
+    in_fd: c_int,
+    offset: *mut libc::off_t,
+    count: size_t,
+) -> IoResult {
     let mut buf = vec![0u8; COPY_CHUNK.min(count.max(1))];
     let mut done = 0usize;
     let flags = Flags::new(sock, 0);
@@ -568,7 +575,7 @@ unsafe fn copy_file_to(sock: &Socket, in_fd: c_int, offset: *mut libc::off_t, co
         }
         let got = got as usize;
         // SAFETY: our own buffer, `got` bytes filled.
-        let sent = match unsafe { stream::send(sock, &one(buf.as_ptr().cast(), got), flags) } {
+        let sent = match unsafe { stream::send(sock, call, &one(buf.as_ptr().cast(), got), flags) } {
             Ok(n) => n,
             Err(e) => {
                 if offset.is_null() {
@@ -623,31 +630,33 @@ pub unsafe extern "C" fn splice(
             if !off_in.is_null() || !off_out.is_null() && sout.is_some() {
                 return ret(Err(libc::ESPIPE));
             }
-            let iov = one(buf.as_mut_ptr().cast(), want);
-            // SAFETY: our own buffer.
-            let got = match unsafe { stream::recv(&s, &iov, Flags::new(&s, libc::MSG_PEEK | nonblock)) } {
-                Ok(0) => return 0,
-                Ok(n) => n,
-                Err(e) => return ret(Err(e)),
-            };
-            // SAFETY: our buffer's first `got` bytes; the caller's out offset.
-            let put = unsafe {
-                if off_out.is_null() {
-                    write(fd_out, buf.as_ptr().cast(), got)
-                } else {
-                    let r = libc::pwrite(fd_out, buf.as_ptr().cast(), got, *off_out);
-                    if r > 0 {
-                        *off_out += r as libc::loff_t;
+            return call(&s, |c| {
+                let iov = one(buf.as_mut_ptr().cast(), want);
+                // SAFETY: our own buffer.
+                let got = match unsafe { stream::recv(&s, c, &iov, Flags::new(&s, libc::MSG_PEEK | nonblock)) } {
+                    Ok(0) => return 0,
+                    Ok(n) => n,
+                    Err(e) => return ret(Err(e)),
+                };
+                // SAFETY: our buffer's first `got` bytes; the caller's out offset.
+                let put = unsafe {
+                    if off_out.is_null() {
+                        write(fd_out, buf.as_ptr().cast(), got)
+                    } else {
+                        let r = libc::pwrite(fd_out, buf.as_ptr().cast(), got, *off_out);
+                        if r > 0 {
+                            *off_out += r as libc::loff_t;
+                        }
+                        r
                     }
-                    r
+                };
+                if put <= 0 {
+                    return put;
                 }
-            };
-            if put <= 0 {
-                return put;
-            }
-            let take = one(buf.as_mut_ptr().cast(), put as usize);
-            // SAFETY: consumes exactly what was written out, already readable.
-            return ret(unsafe { stream::recv(&s, &take, Flags::new(&s, libc::MSG_DONTWAIT)) });
+                let take = one(buf.as_mut_ptr().cast(), put as usize);
+                // SAFETY: consumes exactly what was written out, already readable.
+                ret(unsafe { stream::recv(&s, c, &take, Flags::new(&s, libc::MSG_DONTWAIT)) })
+            });
         }
         let s = sout.expect("one end is ours");
         if !off_out.is_null() {
@@ -671,8 +680,9 @@ pub unsafe extern "C" fn splice(
         // Blocking: the bytes are already out of the pipe and must all go.
         let _ = nonblock;
         // SAFETY: our buffer's first `got` bytes.
-        ret(unsafe {
-            stream::send(&s, &one(buf.as_ptr().cast(), got as usize), Flags { nonblock: false, ..Flags::new(&s, 0) })
+        call(&s, |c| {
+            let flags = Flags { nonblock: false, ..Flags::new(&s, 0) };
+            ret(unsafe { stream::send(&s, c, &one(buf.as_ptr().cast(), got as usize), flags) })
         })
     })
 }

@@ -83,6 +83,41 @@ pub enum State {
     Closed,
 }
 
+/// A data call in progress on a socket. Linux's call holds a reference to
+/// the file, so a last `close` from another thread takes effect only when
+/// the call ends; here the call is counted for that only once it is about
+/// to wait ([`Call::before_wait`]). Until then the socket's lock orders it
+/// against a close: one that comes first leaves the call nothing to work
+/// on (`EBADF`, or the count already moved), as if it had come before the
+/// call. A call that never waits costs no locked instruction for this.
+pub struct Call<'a> {
+    sock: &'a Socket,
+    counted: std::cell::Cell<bool>,
+}
+
+impl<'a> Call<'a> {
+    /// A call on `sock` begins.
+    #[inline]
+    pub fn new(sock: &'a Socket) -> Call<'a> {
+        Call { sock, counted: std::cell::Cell::new(false) }
+    }
+
+    /// The call is about to wait: from now on a last close is left to it.
+    /// Call it before the call looks at the socket again.
+    #[inline]
+    pub fn before_wait(&self) {
+        if !self.counted.replace(true) {
+            self.sock.enter_call();
+        }
+    }
+
+    /// The call ends; true if it must now do the close deferred to it.
+    #[inline]
+    pub fn end(self) -> bool {
+        self.counted.get() && self.sock.leave_call()
+    }
+}
+
 /// One socket object, shared by every fd that `dup` made of it.
 pub struct Socket {
     /// Unique for the life of the process (an address or an fd number can
@@ -202,15 +237,16 @@ impl Socket {
         if rcv { &self.rcvtimeo_us } else { &self.sndtimeo_us }.store(us, Ordering::Relaxed);
     }
 
-    /// A data call starts.
+    /// A data call is about to wait (see [`Call`]).
     #[inline]
-    pub fn enter_call(&self) {
+    fn enter_call(&self) {
         self.inflight.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// A data call ends; true if it must now do a close deferred to it.
+    /// A data call that waited ends; true if it must now do a close
+    /// deferred to it.
     #[inline]
-    pub fn leave_call(&self) -> bool {
+    fn leave_call(&self) -> bool {
         // The load spares the common case (no close waiting) a locked swap;
         // SeqCst as in `defer_close`, so one of the two sides sees the other.
         self.inflight.fetch_sub(1, Ordering::SeqCst) == 1

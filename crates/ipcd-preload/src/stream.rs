@@ -9,7 +9,7 @@ use ipcd_ring::Wait;
 
 use crate::iov::IoCursor;
 use crate::signals::Caught;
-use crate::socket::{Socket, State, Stream};
+use crate::socket::{Call, Socket, State, Stream};
 use crate::wait::{self, Spun, Woken};
 
 /// A call's outcome: bytes moved, or an errno.
@@ -112,7 +112,8 @@ pub fn with_stream<R>(sock: &Socket, f: impl FnOnce(&mut Stream) -> R) -> Result
 
 /// Blocks until the ring may let `dir` progress: spins first, then sleeps on
 /// the doorbell with the ring's protocol. `Err` is the errno to give up with.
-fn block(sock: &Socket, dir: Dir, deadline: Option<Instant>) -> Result<(), libc::c_int> {
+fn block(sock: &Socket, call: &Call<'_>, dir: Dir, deadline: Option<Instant>) -> Result<(), libc::c_int> {
+    call.before_wait();
     let ready = |s: &mut Stream| match dir {
         Dir::Recv => {
             s.link.rx.readable().map_or(true, |n| n > 0) || s.link.rx.peer_state() != ipcd_ring::PeerState::Open
@@ -174,7 +175,7 @@ fn deadline(t: Option<std::time::Duration>) -> Option<Instant> {
 ///
 /// # Safety
 /// `iov` must describe readable memory.
-pub unsafe fn send(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult {
+pub unsafe fn send(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], flags: Flags) -> IoResult {
     let mut cur = IoCursor::new(iov);
     let total = cur.total();
     // Linux copies from the buffers and faults on a null one.
@@ -182,7 +183,7 @@ pub unsafe fn send(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
     let deadline = deadline(sock.sndtimeo());
     let mut done = 0;
     loop {
-        let (step, cap) = with_stream(sock, |s| {
+        let looked = with_stream(sock, |s| {
             let cap = s.link.tx.capacity();
             let whole = !flags.nonblock && total <= cap / 4;
             let mut ring = s.observe();
@@ -211,7 +212,13 @@ pub unsafe fn send(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
                 s.zerocopy.sent();
             }
             (step, cap)
-        })?;
+        });
+        // Closed by another thread since the last look (see `Call`): what
+        // went out still counts.
+        let (step, cap) = match looked {
+            Ok(l) => l,
+            Err(e) => return if done > 0 { Ok(done) } else { Err(e) },
+        };
         match step {
             Ok(n) => {
                 done += n;
@@ -237,7 +244,7 @@ pub unsafe fn send(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
                 // ring at least, so it moves in batches instead of waking
                 // per byte freed.
                 let want = if total <= cap / 4 { total } else { (total - done).min(cap / 4) }.max(1);
-                if let Err(e) = block(sock, Dir::Send(want), deadline) {
+                if let Err(e) = block(sock, call, Dir::Send(want), deadline) {
                     return if done > 0 { Ok(done) } else { Err(e) };
                 }
             }
@@ -276,7 +283,7 @@ impl Stream {
 ///
 /// # Safety
 /// `iov` must describe writable memory.
-pub unsafe fn recv(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult {
+pub unsafe fn recv(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], flags: Flags) -> IoResult {
     let mut cur = IoCursor::new(iov);
     // A zero-length receive is an ordinary one that copies nothing: 0 with
     // data queued or at end of stream, EAGAIN or a wait on an empty socket
@@ -287,7 +294,7 @@ pub unsafe fn recv(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
     let deadline = deadline(sock.rcvtimeo());
     let mut done = 0;
     loop {
-        let step = with_stream(sock, |s| {
+        let looked = with_stream(sock, |s| {
             let ring = s.observe();
             match s.conn.recv(&ring, total - done) {
                 // MSG_TRUNC: TCP drops (or with PEEK, counts) the bytes, no
@@ -306,7 +313,12 @@ pub unsafe fn recv(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
                 Recv::WouldBlock => Err(Some(libc::EAGAIN)),
                 Recv::Fail(e) => Err(Some(errno(e))),
             }
-        })?;
+        });
+        // As in `send`: what was read before a close still counts.
+        let step = match looked {
+            Ok(l) => l,
+            Err(e) => return if done > 0 { Ok(done) } else { Err(e) },
+        };
         match step {
             Ok(n) => {
                 done += n;
@@ -320,7 +332,7 @@ pub unsafe fn recv(sock: &Socket, iov: &[libc::iovec], flags: Flags) -> IoResult
                 if flags.nonblock {
                     return if done > 0 { Ok(done) } else { Err(libc::EAGAIN) };
                 }
-                if let Err(e) = block(sock, Dir::Recv, deadline) {
+                if let Err(e) = block(sock, call, Dir::Recv, deadline) {
                     return if done > 0 { Ok(done) } else { Err(e) };
                 }
             }
