@@ -568,7 +568,7 @@ unsafe fn copy_file_to(
             }
         };
         if got < 0 {
-            return if done > 0 { Ok(done) } else { Err(real::errno()) };
+            return stream::moved_or(done, real::errno());
         }
         if got == 0 {
             break;
@@ -582,7 +582,7 @@ unsafe fn copy_file_to(
                     // SAFETY: rewinds the file position by what was not sent.
                     unsafe { libc::lseek(in_fd, -(got as libc::off_t), libc::SEEK_CUR) };
                 }
-                return if done > 0 { Ok(done) } else { Err(e) };
+                return stream::moved_or(done, e);
             }
         };
         if offset.is_null() {

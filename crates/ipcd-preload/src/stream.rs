@@ -160,6 +160,16 @@ fn block(sock: &Socket, call: &Call<'_>, dir: Dir, deadline: Option<Instant>) ->
     }
 }
 
+/// What a call that moved `done` bytes answers when it stops on `e`: the
+/// count if it moved any (Linux's rule for a partial transfer), else `e`.
+pub fn moved_or(done: usize, e: libc::c_int) -> IoResult {
+    if done > 0 {
+        Ok(done)
+    } else {
+        Err(e)
+    }
+}
+
 fn deadline(t: Option<std::time::Duration>) -> Option<Instant> {
     t.map(|t| Instant::now() + t)
 }
@@ -217,7 +227,7 @@ pub unsafe fn send(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], flags: F
         // went out still counts.
         let (step, cap) = match looked {
             Ok(l) => l,
-            Err(e) => return if done > 0 { Ok(done) } else { Err(e) },
+            Err(e) => return moved_or(done, e),
         };
         match step {
             Ok(n) => {
@@ -238,14 +248,14 @@ pub unsafe fn send(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], flags: F
             Err(None) => {
                 if flags.nonblock {
                     let _ = with_stream(sock, |s| s.out_blocked += 1);
-                    return if done > 0 { Ok(done) } else { Err(libc::EAGAIN) };
+                    return moved_or(done, libc::EAGAIN);
                 }
                 // Room for all of a whole send; for a larger one a quarter
                 // ring at least, so it moves in batches instead of waking
                 // per byte freed.
                 let want = if total <= cap / 4 { total } else { (total - done).min(cap / 4) }.max(1);
                 if let Err(e) = block(sock, call, Dir::Send(want), deadline) {
-                    return if done > 0 { Ok(done) } else { Err(e) };
+                    return moved_or(done, e);
                 }
             }
         }
@@ -317,7 +327,7 @@ pub unsafe fn recv(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], flags: F
         // As in `send`: what was read before a close still counts.
         let step = match looked {
             Ok(l) => l,
-            Err(e) => return if done > 0 { Ok(done) } else { Err(e) },
+            Err(e) => return moved_or(done, e),
         };
         match step {
             Ok(n) => {
@@ -330,13 +340,13 @@ pub unsafe fn recv(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], flags: F
             Err(None) => return Ok(done),
             Err(Some(libc::EAGAIN)) => {
                 if flags.nonblock {
-                    return if done > 0 { Ok(done) } else { Err(libc::EAGAIN) };
+                    return moved_or(done, libc::EAGAIN);
                 }
                 if let Err(e) = block(sock, call, Dir::Recv, deadline) {
-                    return if done > 0 { Ok(done) } else { Err(e) };
+                    return moved_or(done, e);
                 }
             }
-            Err(Some(e)) => return if done > 0 { Ok(done) } else { Err(e) },
+            Err(Some(e)) => return moved_or(done, e),
         }
     }
 }
