@@ -50,18 +50,29 @@ struct Last {
     sock: Option<Arc<Socket>>,
 }
 
+/// A thread's cache of lookups: one thread-local access per lookup (each
+/// is a call into the dynamic linker from a preloaded library).
+struct Cache {
+    /// A [`Held`] borrows `entries`: a lookup meanwhile (a signal
+    /// handler's call, a second fd of splice) takes the uncached way.
+    borrowed: Cell<bool>,
+    entries: UnsafeCell<[Last; CACHED]>,
+}
+
 thread_local! {
-    static LAST: UnsafeCell<[Last; CACHED]> =
-        const { UnsafeCell::new([const { Last { fd: -1, generation: 0, sock: None } }; CACHED]) };
-    /// A [`Held`] borrows `LAST`: a lookup meanwhile (a signal handler's
-    /// call, a second fd of splice) takes the uncached way.
-    static BORROWED: Cell<bool> = const { Cell::new(false) };
+    static CACHE: Cache = const {
+        Cache {
+            borrowed: Cell::new(false),
+            entries: UnsafeCell::new([const { Last { fd: -1, generation: 0, sock: None } }; CACHED]),
+        }
+    };
 }
 
 /// A socket found by [`held`]: borrowed from the thread's cache, or owned.
 pub enum Held {
-    /// A socket of `LAST`, which cannot change while this lives (`BORROWED`).
-    Cached(NonNull<Socket>),
+    /// A socket of the thread's cache, and the cache's `borrowed` flag,
+    /// set until this drops so that the entry cannot change meanwhile.
+    Cached(NonNull<Socket>, NonNull<Cell<bool>>),
     /// Found the uncached way.
     Owned(Arc<Socket>),
 }
@@ -71,10 +82,10 @@ impl Deref for Held {
 
     fn deref(&self) -> &Socket {
         match self {
-            // SAFETY: `LAST` holds an `Arc` of it and is neither replaced
-            // nor dropped while `BORROWED` is set, which this value does
-            // until it drops (it is `!Send`: the thread's own cache).
-            Held::Cached(p) => unsafe { p.as_ref() },
+            // SAFETY: the thread's cache holds an `Arc` of it and neither
+            // replaces nor drops it while `borrowed` is set, which this
+            // value does until it drops (it is `!Send`: the thread's own).
+            Held::Cached(p, _) => unsafe { p.as_ref() },
             Held::Owned(a) => a,
         }
     }
@@ -82,14 +93,16 @@ impl Deref for Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if let Held::Cached(_) = self {
-            let _ = BORROWED.try_with(|b| b.set(false));
+        if let Held::Cached(_, borrowed) = self {
+            // SAFETY: the flag of this thread's cache, which lives until the
+            // thread exits, after every call of the thread has returned.
+            unsafe { borrowed.as_ref() }.set(false);
         }
     }
 }
 
-/// [`get`] for the data calls, through the thread's cache of the last
-/// socket it used (see the module). For an fd that is not ours it is the
+/// [`get`] for the data calls, through the thread's cache of the sockets
+/// it used last (see the module). For an fd that is not ours it is the
 /// same one bounds check and one atomic load.
 #[inline]
 pub fn held(fd: libc::c_int) -> Option<Held> {
@@ -101,27 +114,28 @@ pub fn held(fd: libc::c_int) -> Option<Held> {
     // Read before the entry (on a miss): a change in between then shows as
     // a new generation at the next lookup, never as a stale hit.
     let generation = GENERATION[fd as usize].load(Ordering::Acquire);
-    if !BORROWED.try_with(|b| !b.replace(true)).unwrap_or(false) {
-        return get(fd).map(Held::Owned);
-    }
-    let found = LAST.try_with(|last| {
-        // SAFETY: `BORROWED` was ours to set, so nothing else on this
-        // thread touches `LAST` until it is cleared (a signal handler's
-        // lookup sees it set and goes the uncached way).
-        let last = unsafe { &mut (*last.get())[fd as usize % CACHED] };
+    let found = CACHE.try_with(|cache| {
+        if cache.borrowed.replace(true) {
+            return None;
+        }
+        // SAFETY: `borrowed` was ours to set, so nothing else on this
+        // thread touches the entries until it is cleared (a signal
+        // handler's lookup sees it set and goes the uncached way).
+        let last = unsafe { &mut (*cache.entries.get())[fd as usize % CACHED] };
         if last.fd != fd || last.generation != generation || last.sock.is_none() {
             last.sock = get(fd);
             (last.fd, last.generation) = (fd, generation);
         }
-        last.sock.as_deref().map(NonNull::from)
+        let found = last.sock.as_deref().map(|s| (NonNull::from(s), NonNull::from(&cache.borrowed)));
+        if found.is_none() {
+            cache.borrowed.set(false);
+        }
+        found
     });
     match found {
-        Ok(Some(p)) => Some(Held::Cached(p)),
-        // Closed meanwhile, or the thread is exiting.
-        _ => {
-            let _ = BORROWED.try_with(|b| b.set(false));
-            get(fd).map(Held::Owned)
-        }
+        Ok(Some((sock, borrowed))) => Some(Held::Cached(sock, borrowed)),
+        // Borrowed already, closed meanwhile, or the thread is exiting.
+        _ => get(fd).map(Held::Owned),
     }
 }
 
