@@ -106,14 +106,11 @@ impl Drop for Held {
 /// same one bounds check and one atomic load.
 #[inline]
 pub fn held(fd: libc::c_int) -> Option<Held> {
-    let slot = slot(fd)?;
-    // SAFETY: null check only, as in `get`.
-    if slot.load(Ordering::Relaxed, unsafe { epoch::unprotected() }).is_null() {
-        return None;
-    }
+    occupied(fd)?;
     // Read before the entry (on a miss): a change in between then shows as
     // a new generation at the next lookup, never as a stale hit.
     let generation = GENERATION[fd as usize].load(Ordering::Acquire);
+    // `None`: the cache cannot be used now; `Some(None)`: the fd is empty.
     let found = CACHE.try_with(|cache| {
         if cache.borrowed.replace(true) {
             return None;
@@ -130,11 +127,13 @@ pub fn held(fd: libc::c_int) -> Option<Held> {
         if found.is_none() {
             cache.borrowed.set(false);
         }
-        found
+        Some(found)
     });
     match found {
-        Ok(Some((sock, borrowed))) => Some(Held::Cached(sock, borrowed)),
-        // Borrowed already, closed meanwhile, or the thread is exiting.
+        Ok(Some(Some((sock, borrowed)))) => Some(Held::Cached(sock, borrowed)),
+        // Closed meanwhile: the lookup just made says so.
+        Ok(Some(None)) => None,
+        // Borrowed already, or the thread is exiting.
         _ => get(fd).map(Held::Owned),
     }
 }
@@ -143,15 +142,24 @@ fn slot(fd: libc::c_int) -> Option<&'static Atomic<Entry>> {
     TABLE.get(usize::try_from(fd).ok()?)
 }
 
+/// `fd`'s slot if it holds a socket: the one bounds check and one relaxed
+/// load that every lookup of an fd that is not ours costs.
+#[inline]
+fn occupied(fd: libc::c_int) -> Option<&'static Atomic<Entry>> {
+    slot(fd).filter(|s| is_set(s))
+}
+
+#[inline]
+fn is_set(slot: &Atomic<Entry>) -> bool {
+    // SAFETY: `unprotected` is only used for a null check; the pointer is
+    // not dereferenced without a pinned guard.
+    !slot.load(Ordering::Relaxed, unsafe { epoch::unprotected() }).is_null()
+}
+
 /// The socket behind `fd`, if it is ours.
 #[inline]
 pub fn get(fd: libc::c_int) -> Option<Arc<Socket>> {
-    let slot = slot(fd)?;
-    // SAFETY: `unprotected` is only used for a null check; the pointer is not
-    // dereferenced without the pinned guard below.
-    if slot.load(Ordering::Relaxed, unsafe { epoch::unprotected() }).is_null() {
-        return None;
-    }
+    let slot = occupied(fd)?;
     let guard = epoch::pin();
     let shared = slot.load(Ordering::Acquire, &guard);
     // SAFETY: entries are only freed through `defer_destroy` after being
@@ -174,11 +182,7 @@ pub fn install(fd: libc::c_int, sock: Arc<Socket>) -> Result<Option<Arc<Socket>>
 
 /// Forgets `fd`, returning the socket it referred to.
 pub fn remove(fd: libc::c_int) -> Option<Arc<Socket>> {
-    let slot = slot(fd)?;
-    // SAFETY: null check only, as in `get`.
-    if slot.load(Ordering::Relaxed, unsafe { epoch::unprotected() }).is_null() {
-        return None;
-    }
+    let slot = occupied(fd)?;
     let guard = epoch::pin();
     let old = slot.swap(epoch::Shared::null(), Ordering::AcqRel, &guard);
     bump(fd);
@@ -219,8 +223,7 @@ pub fn for_each_fd(mut f: impl FnMut(libc::c_int, &Arc<Socket>)) {
     }
     let guard = epoch::pin();
     for (fd, slot) in TABLE.iter().enumerate() {
-        // SAFETY: null check only, as in `get`.
-        if slot.load(Ordering::Relaxed, unsafe { epoch::unprotected() }).is_null() {
+        if !is_set(slot) {
             continue;
         }
         // SAFETY: loaded under a live guard, as in `get`.
