@@ -47,6 +47,19 @@ pub(crate) struct WriterLine {
     pub(crate) recent: [AtomicU64; RECENT / 8],
 }
 
+impl WriterLine {
+    /// Open, `tail` at `start`, no copy of recent bytes published.
+    pub(crate) fn new(start: u64) -> Self {
+        WriterLine {
+            tail: AtomicU64::new(start),
+            flags: AtomicU32::new(0),
+            recent_len: AtomicU32::new(0),
+            recent_end: AtomicU64::new(BUSY),
+            recent: core::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
 /// The reader's line: written only by the reader.
 #[repr(C)]
 pub(crate) struct ReaderLine {
@@ -75,13 +88,7 @@ pub struct RingControl {
 impl RingControl {
     pub(crate) fn new(start: u64) -> Self {
         RingControl {
-            writer: Line(WriterLine {
-                tail: AtomicU64::new(start),
-                flags: AtomicU32::new(0),
-                recent_len: AtomicU32::new(0),
-                recent_end: AtomicU64::new(BUSY),
-                recent: core::array::from_fn(|_| AtomicU64::new(0)),
-            }),
+            writer: Line(WriterLine::new(start)),
             reader: Line(ReaderLine { head: AtomicU64::new(start), flags: AtomicU32::new(0) }),
             reader_waiting: Line(AtomicU32::new(0)),
             writer_waiting: Line(AtomicU32::new(0)),

@@ -147,16 +147,9 @@ mod tests {
 
     use super::*;
     use crate::layout::WriterLine;
-    use crate::sync::{AtomicU32, AtomicU64};
 
     fn line() -> WriterLine {
-        WriterLine {
-            tail: AtomicU64::new(0),
-            flags: AtomicU32::new(0),
-            recent_len: AtomicU32::new(0),
-            recent_end: AtomicU64::new(BUSY),
-            recent: core::array::from_fn(|_| AtomicU64::new(0)),
-        }
+        WriterLine::new(0)
     }
 
     fn read(s: &Snapshot, pos: u64, len: usize) -> Option<Vec<u8>> {
