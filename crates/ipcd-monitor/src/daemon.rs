@@ -164,6 +164,8 @@ pub struct Daemon {
     running: bool,
     /// Clients to drop after the current event (with the reason).
     doomed: Vec<(u64, String)>,
+    /// A connect is reading its listener owner's channel (see `broker`).
+    catching_up: bool,
 }
 
 impl Daemon {
@@ -212,6 +214,7 @@ impl Daemon {
             uid: unsafe { libc::getuid() },
             running: true,
             doomed: Vec::new(),
+            catching_up: false,
         };
         d.watch(d.listener.as_fd(), TOKEN_LISTENER)?;
         d.watch(d.signals.as_fd(), TOKEN_SIGNAL)?;
@@ -580,13 +583,33 @@ impl Daemon {
         self.clients.get(&token).is_some_and(|c| c.holdings.contains(&(conn, side)))
     }
 
-    fn broker(&mut self, token: u64, seq: u32, pid: u32, uid: u32, dest: SockAddr, source: Option<SockAddr>) {
+    /// The listener a connect to `dest` reaches, if any.
+    fn listener_for(&mut self, dest: &SockAddr) -> Option<Listener> {
         let local = &mut self.local;
-        let found = self.registry.lookup(&dest, |ip| local.is_local(ip)).map(|l| l.clone());
+        self.registry.lookup(dest, |ip| local.is_local(ip)).cloned()
+    }
+
+    fn broker(&mut self, token: u64, seq: u32, pid: u32, uid: u32, dest: SockAddr, source: Option<SockAddr>) {
+        let mut found = self.listener_for(&dest);
+        // A listener's owner reports its accepts on its own channel, which
+        // this loop may read after a connect sent later (the owner
+        // accepted, then told the connector through a pipe): before a full
+        // backlog sends the connector to the kernel, read what the owner
+        // has sent so far. Once, not nested: a connect met while catching
+        // up is judged on what is known.
+        let full = |l: &Listener| l.pending >= l.backlog.max(1);
+        if let Some(owner) =
+            found.as_ref().filter(|l| full(l) && l.owner != token && !self.catching_up).map(|l| l.owner)
+        {
+            self.catching_up = true;
+            self.serve(owner);
+            self.catching_up = false;
+            found = self.listener_for(&dest);
+        }
         let fallback = match &found {
             None => Some(Fallback::NoListener),
             Some(l) if l.uid != uid && !self.cfg.cross_uid => Some(Fallback::OtherUser),
-            Some(l) if l.pending >= l.backlog.max(1) => Some(Fallback::BacklogFull),
+            Some(l) if full(l) => Some(Fallback::BacklogFull),
             Some(l) if l.is_shared() => Some(Fallback::Disabled),
             Some(_) => None,
         };

@@ -490,6 +490,37 @@ fn bad_clients_are_dropped_alone() {
     assert_eq!((report.status.processes, report.status.listeners), (1, 0));
 }
 
+/// An accept frees its place in the backlog for a connect made after it,
+/// even when the monitor reads the connect first: the accepting process
+/// reports on its own channel, so the monitor may find a connect that came
+/// later (told by a pipe, say) before that report. The monitor is stopped
+/// while both are sent, and the connector's channel made ready first.
+#[test]
+fn a_connect_after_an_accept_finds_the_room_it_made() {
+    let m = Monitor::start();
+    let mut server = m.client();
+    let mut client = m.client();
+    let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
+    let req = Request::Listen { listener: 1, addr, backlog: 1, flags: ListenFlags::empty() };
+    assert_eq!(server.call(&req, &[lfd.as_fd()]).unwrap().0, Response::Ok);
+    let (resp, _first) = connect(&mut client, addr);
+    let Response::Connected(first) = resp else { panic!("{resp:?}") };
+    let _ = next_event(&server);
+    let pid = m.child.id() as libc::pid_t;
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    client.notify(&Request::Status).unwrap();
+    server.notify(&Request::Accepted { conn: first.conn }).unwrap();
+    let resumed = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) }
+    });
+    let (resp, _) = connect(&mut client, addr);
+    assert_eq!(resumed.join().unwrap(), 0);
+    assert!(matches!(resp, Response::Connected(_)), "the second connect got {resp:?}");
+}
+
 #[test]
 fn a_dying_client_loses_its_listeners_and_its_peers_are_told() {
     let m = Monitor::start();
