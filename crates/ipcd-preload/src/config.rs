@@ -8,6 +8,11 @@ use std::time::Duration;
 /// enough that an idle wait costs little CPU.
 const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
+/// Default pause of a reader that keeps finding a few bytes waiting (see
+/// `stream::recv`): a few line transfers' worth, far below what the kernel
+/// takes to hand over one write.
+const DEFAULT_BATCH: Duration = Duration::from_nanos(500);
+
 /// What the environment asked for.
 #[derive(Debug)]
 pub struct Config {
@@ -17,6 +22,9 @@ pub struct Config {
     pub socket: String,
     /// `IPCD_SPIN_US`: how long a blocking call spins before it sleeps.
     pub spin: Duration,
+    /// `IPCD_BATCH_NS`: how long a reader that keeps finding a few bytes
+    /// waiting pauses before it looks again (0: never).
+    pub batch: Duration,
     /// `IPCD_LOG`: 0 error, 1 warn (default), 2 info, 3 debug.
     pub log_level: u8,
 }
@@ -33,6 +41,7 @@ pub fn get() -> &'static Config {
             disabled: var("IPCD_DISABLE").is_some_and(|v| v != "0"),
             socket: var("IPCD_SOCKET").unwrap_or_else(|| format!("ipcd-{uid}")),
             spin: var("IPCD_SPIN_US").and_then(|v| v.parse().ok()).map_or(DEFAULT_SPIN, Duration::from_micros),
+            batch: var("IPCD_BATCH_NS").and_then(|v| v.parse().ok()).map_or(DEFAULT_BATCH, Duration::from_nanos),
             log_level: match var("IPCD_LOG").as_deref() {
                 Some("error") => 0,
                 Some("info") => 2,

@@ -29,13 +29,25 @@ pub struct Stream {
     pub connect_pending: bool,
     /// `MSG_ZEROCOPY` completions not yet read from the error queue.
     pub zerocopy: Zerocopy,
+    /// Receives in a row, with nothing sent in between, that found a few
+    /// bytes already waiting, fewer than they had room for: the peer
+    /// streams small writes faster than we look (see `stream::recv`).
+    pub behind: u8,
 }
 
 impl Stream {
     /// A connection just set up (or taken over across exec): established,
     /// nothing sent or blocked yet.
     pub fn new(link: Link, info: ConnInfo, connect_pending: bool) -> Stream {
-        Stream { conn: Conn::established(), link, info, out_blocked: 0, connect_pending, zerocopy: Zerocopy::default() }
+        Stream {
+            conn: Conn::established(),
+            link,
+            info,
+            out_blocked: 0,
+            connect_pending,
+            zerocopy: Zerocopy::default(),
+            behind: 0,
+        }
     }
 }
 

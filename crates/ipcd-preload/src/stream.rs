@@ -266,6 +266,8 @@ pub unsafe fn send(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], flags: F
 fn write(s: &mut Stream, cur: &mut IoCursor<'_>, n: usize) -> Result<usize, Option<(libc::c_int, bool)>> {
     // SAFETY: the caller's iovecs are readable (contract of `send`).
     let moved = unsafe { cur.write_to(&mut s.link.tx, n) };
+    // A reader that sends is not one side of a one-way stream.
+    s.behind = 0;
     Ok(s.moved(moved, n))
 }
 
@@ -289,7 +291,39 @@ impl Stream {
     }
 }
 
+/// Reads no larger than this, from bytes already waiting, mark a reader
+/// that is behind a writer of small writes (see `recv`).
+const SMALL_READ: usize = 4096;
+
+/// After this many such reads in a row, a receive pauses before it looks.
+/// Two, not one: a reader that empties the socket until `EAGAIN` (every
+/// edge-triggered epoll loop) finds bytes waiting once per event, and
+/// would pause before each `EAGAIN`.
+const BEHIND: u8 = 2;
+
+/// What one look at the ring in `recv` came to.
+enum Look {
+    /// Bytes moved.
+    Moved(usize),
+    /// End of stream.
+    End,
+    /// Nothing moved: the errno (`EAGAIN` when nothing is there yet).
+    Fail(libc::c_int),
+    /// Not looked yet: the reader pauses first.
+    Pause,
+}
+
 /// `recv`/`read`/`recvmsg` into the buffers of `iov`.
+///
+/// A reader that keeps finding a few bytes already waiting, with nothing
+/// sent in between, is behind a peer streaming small writes: each of its
+/// looks pulls the writer's line (`tail`) across, and the writer's next
+/// write has to pull it back, so both go at one line transfer per write.
+/// After [`BEHIND`] such reads in a row, a receive pauses
+/// (`IPCD_BATCH_NS`) before it looks and then takes what the writer wrote
+/// meanwhile in one go (8-byte writes: ~6.7 to ~9 M/s). A reader that
+/// waits for its data, or that sends between its reads (every request and
+/// reply exchange), never pauses.
 ///
 /// # Safety
 /// `iov` must describe writable memory.
@@ -302,26 +336,41 @@ pub unsafe fn recv(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], flags: F
     let total = cur.total();
     let null = cur.has_null();
     let deadline = deadline(sock.rcvtimeo());
+    let batch = crate::config::get().batch;
+    // No wait so far: what a look finds was already there.
+    let mut waited = false;
+    // At most one pause per call; none for a peek, none with batching off.
+    let mut paused = flags.peek || batch.is_zero();
     let mut done = 0;
     loop {
         let looked = with_stream(sock, |s| {
+            if !paused && s.behind >= BEHIND {
+                return Look::Pause;
+            }
             let ring = s.observe();
             match s.conn.recv(&ring, total - done) {
                 // MSG_TRUNC: TCP drops (or with PEEK, counts) the bytes, no
                 // buffer needed.
                 Recv::Read(n) if flags.trunc => {
                     let moved = if flags.peek { Ok(false) } else { s.link.rx.consume(n).map(|t| t.wake_peer) };
-                    Ok(s.moved(moved, n))
+                    Look::Moved(s.moved(moved, n))
                 }
-                Recv::Read(_) if null => Err(Some(libc::EFAULT)),
+                Recv::Read(_) if null => Look::Fail(libc::EFAULT),
                 Recv::Read(n) => {
+                    if !flags.peek {
+                        let few = !waited && n < total - done && n <= SMALL_READ;
+                        s.behind = if few { s.behind.saturating_add(1) } else { 0 };
+                    }
                     // SAFETY: the caller's iovecs are writable.
                     let moved = unsafe { cur.read_from(&mut s.link.rx, n, flags.peek) };
-                    Ok(s.moved(moved, n))
+                    Look::Moved(s.moved(moved, n))
                 }
-                Recv::Eof => Err(None),
-                Recv::WouldBlock => Err(Some(libc::EAGAIN)),
-                Recv::Fail(e) => Err(Some(errno(e))),
+                Recv::Eof => Look::End,
+                Recv::WouldBlock => {
+                    s.behind = 0;
+                    Look::Fail(libc::EAGAIN)
+                }
+                Recv::Fail(e) => Look::Fail(errno(e)),
             }
         });
         // As in `send`: what was read before a close still counts.
@@ -330,23 +379,28 @@ pub unsafe fn recv(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], flags: F
             Err(e) => return moved_or(done, e),
         };
         match step {
-            Ok(n) => {
+            Look::Moved(n) => {
                 done += n;
                 // MSG_WAITALL waits for the whole buffer (not with PEEK, as Linux).
                 if !flags.waitall || flags.peek || done >= total {
                     return Ok(done);
                 }
             }
-            Err(None) => return Ok(done),
-            Err(Some(libc::EAGAIN)) => {
+            Look::End => return Ok(done),
+            Look::Fail(libc::EAGAIN) => {
                 if flags.nonblock {
                     return moved_or(done, libc::EAGAIN);
                 }
                 if let Err(e) = block(sock, call, Dir::Recv, deadline) {
                     return moved_or(done, e);
                 }
+                waited = true;
             }
-            Err(Some(e)) => return moved_or(done, e),
+            Look::Fail(e) => return moved_or(done, e),
+            Look::Pause => {
+                wait::pause_for(batch);
+                paused = true;
+            }
         }
     }
 }

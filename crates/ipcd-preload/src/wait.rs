@@ -225,6 +225,16 @@ fn pause(spun: Duration) {
     }
 }
 
+/// Spins for `d` without looking at anything shared.
+pub fn pause_for(d: Duration) {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        for _ in 0..4 {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 /// How a spin ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Spun {

@@ -92,6 +92,7 @@ checks! {
     two_threads_waiting_on_one_connection_both_wake => "wait-both-ways",
     stdio_streams_on_a_connection => "stdio",
     a_renamed_fd_reaches_its_new_socket => "fd-renamed",
+    a_reader_behind_small_writes_gets_every_byte_in_order => "small-writes",
 }
 
 /// The signal checks again with blocking calls that spin for 300 ms, so

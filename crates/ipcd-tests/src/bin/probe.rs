@@ -2102,6 +2102,62 @@ fn join_woken<T>(t: std::thread::JoinHandle<T>, what: &str) -> Result<T, String>
     t.join().map_err(|_| format!("{what} panicked"))
 }
 
+/// A writer of small writes (1 to 64 bytes) and a reader with a large
+/// buffer that falls behind it, its reads a mix of blocking, non-blocking,
+/// `MSG_PEEK` and `MSG_WAITALL`: every byte arrives once and in order, and
+/// the end of stream after the last. (Such a reader pauses between its
+/// looks under ipcd: see `stream::recv`.)
+fn small_writes() -> Res {
+    const TOTAL: usize = 4 << 20;
+    let pattern = |at: usize| (at % 251) as u8;
+    let (c, s) = pair(false)?;
+    let writer = std::thread::spawn(move || -> Res {
+        let mut rng = Prng::new(7);
+        let mut buf = [0u8; 64];
+        let mut sent = 0;
+        let mut res = Ok(());
+        while sent < TOTAL && res.is_ok() {
+            let n = rng.range(1, 64).min(TOTAL - sent);
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                *b = pattern(sent + i);
+            }
+            res = net::send_all(c, &buf[..n]).map_err(f);
+            sent += n;
+        }
+        // Even after a failure: the reader must not wait forever.
+        // SAFETY: shutdown of our socket.
+        cvt("shutdown", unsafe { libc::shutdown(c, libc::SHUT_WR) }).map_err(f)?;
+        res
+    });
+    let mut rng = Prng::new(11);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut got = 0;
+    loop {
+        let flags = [libc::MSG_DONTWAIT, libc::MSG_PEEK, libc::MSG_WAITALL, 0, 0, 0][rng.range(0, 5)];
+        let room = if flags == libc::MSG_WAITALL { rng.range(1, 200) } else { buf.len() };
+        let n = recv(s, &mut buf[..room], flags);
+        if n < 0 {
+            ensure!(flags == libc::MSG_DONTWAIT && errno() == libc::EAGAIN, "recv (flags {flags:#x}): {}", errno());
+            continue;
+        }
+        if n == 0 {
+            break;
+        }
+        let n = n as usize;
+        if let Some(i) = (0..n).find(|&i| buf[i] != pattern(got + i)) {
+            return Err(format!("byte {} is {}, not {}", got + i, buf[i], pattern(got + i)));
+        }
+        if flags != libc::MSG_PEEK {
+            got += n;
+        }
+    }
+    ensure!(got == TOTAL, "end of stream after {got} of {TOTAL} bytes");
+    writer.join().map_err(|_| "writer panicked")??;
+    net::close(c);
+    net::close(s);
+    Ok(())
+}
+
 /// Two threads wait on one connection, one for input and one for room
 /// (poll, epoll or a blocked call, in turn): the peer's read that makes
 /// room wakes the writer, whichever thread the wake-up reaches first. They
@@ -2539,6 +2595,7 @@ fn check(name: &str) -> Res {
         "wait-both-ways" => wait_both_ways(),
         "stdio" => stdio(),
         "fd-renamed" => fd_renamed(),
+        "small-writes" => small_writes(),
         other => Err(format!("unknown check {other}")),
     }
 }
