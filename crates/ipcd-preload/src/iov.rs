@@ -3,6 +3,12 @@
 
 use ipcd_ring::{Consumer, Producer};
 
+/// Bytes copied between two publications of the ring's index: a large
+/// write publishes as it goes, so the reader copies the first part while
+/// the writer copies the rest (and a large read frees room as it goes).
+/// One publication whole kept the other side idle for the whole copy.
+pub const CHUNK: usize = 64 * 1024;
+
 /// Position in an iovec array.
 pub struct IoCursor<'a> {
     iov: &'a [libc::iovec],
@@ -67,7 +73,7 @@ impl<'a> IoCursor<'a> {
     pub unsafe fn write_to(&mut self, tx: &mut Producer, mut n: usize) -> Result<bool, ipcd_ring::Error> {
         let mut wake = false;
         while n > 0 {
-            let Some((p, k)) = self.next_piece(n) else { break };
+            let Some((p, k)) = self.next_piece(n.min(CHUNK)) else { break };
             // SAFETY: the caller promised `p..p+k` is readable.
             let t = tx.write(unsafe { std::slice::from_raw_parts(p, k) })?;
             wake |= t.wake_peer;
@@ -85,7 +91,7 @@ impl<'a> IoCursor<'a> {
         let mut wake = false;
         let mut offset = 0;
         while n > 0 {
-            let Some((p, k)) = self.next_piece(n) else { break };
+            let Some((p, k)) = self.next_piece(n.min(CHUNK)) else { break };
             // SAFETY: the caller promised `p..p+k` is writable and ours alone.
             let buf = unsafe { std::slice::from_raw_parts_mut(p, k) };
             if peek {

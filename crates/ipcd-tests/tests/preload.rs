@@ -125,6 +125,16 @@ fn fork_while_other_threads_use_connections() {
     assert!(st.connects_total >= 50, "the busy thread's connections did not go through ipcd: {st:?}");
 }
 
+/// Writes and reads larger than a copy chunk (`iov::CHUNK`, 64 KiB)
+/// through a ring that holds several: each copy publishes as it goes,
+/// and every byte still arrives once and in order.
+#[test]
+fn large_writes_through_a_large_ring_byte_exact() {
+    let mon = Monitor::start(4 << 20);
+    must_pass("large, 4 MiB ring", mon.under(&mut probe(&["check", "large"])).output().expect("run probe"));
+    assert!(mon.status().status.connects_total >= 1);
+}
+
 /// Connections one after another between the same two ends reuse the
 /// segment of an earlier one (the check itself proves it changes nothing).
 #[test]
