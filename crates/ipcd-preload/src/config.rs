@@ -22,6 +22,9 @@ pub struct Config {
     pub socket: String,
     /// `IPCD_SPIN_US`: how long a blocking call spins before it sleeps.
     pub spin: Duration,
+    /// How many threads of this process may spin at once (`IPCD_SPINNERS`,
+    /// else one fewer than the cores this process may run on, at least 1).
+    pub spinners: u32,
     /// `IPCD_BATCH_NS`: how long a reader that keeps finding a few bytes
     /// waiting pauses before it looks again (0: never).
     pub batch: Duration,
@@ -30,6 +33,12 @@ pub struct Config {
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
+
+/// One fewer than the cores this process may run on: a spinner keeps a
+/// core, and the thread it waits for needs one too.
+fn default_spinners() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32 - 1)
+}
 
 /// The settings (read on first use).
 pub fn get() -> &'static Config {
@@ -41,6 +50,7 @@ pub fn get() -> &'static Config {
             disabled: var("IPCD_DISABLE").is_some_and(|v| v != "0"),
             socket: var("IPCD_SOCKET").unwrap_or_else(|| format!("ipcd-{uid}")),
             spin: var("IPCD_SPIN_US").and_then(|v| v.parse().ok()).map_or(DEFAULT_SPIN, Duration::from_micros),
+            spinners: var("IPCD_SPINNERS").and_then(|v| v.parse().ok()).unwrap_or_else(default_spinners).max(1),
             batch: var("IPCD_BATCH_NS").and_then(|v| v.parse().ok()).map_or(DEFAULT_BATCH, Duration::from_nanos),
             log_level: match var("IPCD_LOG").as_deref() {
                 Some("error") => 0,

@@ -193,6 +193,7 @@ extern "C" fn parent() {
 extern "C" fn child() {
     crate::guarded((), || {
         PID.store(0, Ordering::Relaxed);
+        crate::wait::SpinSlot::reset_after_fork();
         PENDING.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let mut known = HashSet::new();
         let ours = take_held().is_some_and(|mut held| {
