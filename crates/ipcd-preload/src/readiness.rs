@@ -36,6 +36,29 @@ pub fn kind(sock: &Socket) -> Kind {
     }
 }
 
+/// What a socket is for readiness, with a stream's mask and edge.
+pub enum Seen {
+    /// An ipcd connection: its poll mask now and its edge (see [`Edge`]).
+    Stream(u32, Edge),
+    /// A listener (see [`Kind::Listener`]).
+    Listener(u64),
+    /// The kernel says (see [`Kind::Kernel`]).
+    Kernel,
+}
+
+/// [`kind`] and, for a stream, its mask and edge, under one hold of the
+/// socket's lock (epoll's scan took it twice per member).
+pub fn see(sock: &Socket) -> Seen {
+    match &mut *sock.lock() {
+        State::Stream(s) => {
+            let (mask, edge) = crate::stream::in_link(s, |s| s.poll());
+            Seen::Stream(mask, edge)
+        }
+        State::Listening { id, .. } => Seen::Listener(*id),
+        State::Fresh | State::Closed => Seen::Kernel,
+    }
+}
+
 /// A stream's poll mask now and its edge (see [`Edge`]). A stream closed
 /// under us reports `POLLNVAL`, as for a closed file.
 pub fn stream_mask(sock: &Socket) -> Option<(u32, Edge)> {

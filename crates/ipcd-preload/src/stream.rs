@@ -100,14 +100,18 @@ enum Dir {
 /// process shares it. `Err(EBADF)` when it was closed meanwhile.
 pub fn with_stream<R>(sock: &Socket, f: impl FnOnce(&mut Stream) -> R) -> Result<R, libc::c_int> {
     match &mut *sock.lock() {
-        State::Stream(s) => {
-            s.link.enter();
-            let r = f(s);
-            s.link.leave();
-            Ok(r)
-        }
+        State::Stream(s) => Ok(in_link(s, f)),
         _ => Err(libc::EBADF),
     }
+}
+
+/// Runs `f` on a stream whose socket lock the caller holds, inside the
+/// end's locks if another process shares it.
+pub fn in_link<R>(s: &mut Stream, f: impl FnOnce(&mut Stream) -> R) -> R {
+    s.link.enter();
+    let r = f(s);
+    s.link.leave();
+    r
 }
 
 /// Blocks until the ring may let `dir` progress: spins first, then sleeps on
@@ -466,14 +470,20 @@ impl Default for Edge {
 
 /// The poll mask (`tcp_poll`'s answer) from the rings, and the edge.
 pub fn poll(sock: &Socket) -> Result<(u32, Edge), libc::c_int> {
-    with_stream(sock, |s| {
-        let ring = s.observe();
-        let mut mask = s.conn.poll(&ring).bits();
-        if s.zerocopy.pending.is_some() {
+    with_stream(sock, Stream::poll)
+}
+
+impl Stream {
+    /// The poll mask now and the edge (the caller holds the socket's lock
+    /// and has entered the link).
+    pub fn poll(&mut self) -> (u32, Edge) {
+        let ring = self.observe();
+        let mut mask = self.conn.poll(&ring).bits();
+        if self.zerocopy.pending.is_some() {
             mask |= libc::POLLERR as u32;
         }
-        (mask, Edge { tail: s.link.rx.tail_seen(), state: s.link.rx.peer_state(), out: s.out_blocked })
-    })
+        (mask, Edge { tail: self.link.rx.tail_seen(), state: self.link.rx.peer_state(), out: self.out_blocked })
+    }
 }
 
 /// `getsockopt(SO_ERROR)`: the pending error, cleared.
