@@ -117,6 +117,13 @@ struct Pooled {
 /// once, up to this); the preload library keeps at most `MAX_CACHED`.
 const POOL_PER_PAIR: usize = 16;
 
+/// Whether a message can go on `chan` now (its peer's queue has room).
+fn has_room(chan: BorrowedFd<'_>) -> bool {
+    let mut p = libc::pollfd { fd: chan.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+    // SAFETY: one live pollfd, no waiting.
+    unsafe { libc::poll(&mut p, 1, 0) == 1 && p.revents & libc::POLLOUT != 0 }
+}
+
 fn idx(side: Side) -> usize {
     match side {
         Side::A => 0,
@@ -656,18 +663,27 @@ impl Daemon {
         let fds_b = [seg.fd(), bells[1].as_fd(), bells[0].as_fd()];
         let fds_a = [seg.fd(), bells[0].as_fd(), bells[1].as_fd()];
         let n = if reused { 0 } else { 3 };
-        // The listener first: if it cannot take the connection, the
-        // connector still gets the kernel's answer.
+        // The connector is answered first when the listener's channel has
+        // room: it then writes while the acceptor wakes, instead of waking
+        // after it (one connection at a time, 4 alternating runs: ~16 %
+        // more per second). Without room, the listener first, so that a
+        // connection it cannot take still gets the kernel's answer.
+        let answered = self.clients.get(&l.owner).is_some_and(|o| has_room(o.chan.as_fd()));
+        if answered {
+            self.reply(token, seq, &Response::Connected(info_a), &fds_a[..n]);
+        }
         let incoming = Response::Incoming { listener: l.id, info: info_b };
         let sent = match self.clients.get(&l.owner) {
             Some(owner) => owner.chan.send_response(0, &incoming, &fds_b[..n]),
             None => Err(ChannelError::Closed),
         };
-        if let Err(e) = sent {
+        if let Err(e) = &sent {
             log!(Level::Warn, "msg=\"listener cannot take a connection\" pid={} err=\"{e}\"", l.pid);
             if !e.is_would_block() {
                 self.doom(l.owner, format!("cannot deliver: {e}"));
             }
+        }
+        if sent.is_err() && !answered {
             self.fallbacks_total += 1;
             self.reply(token, seq, &Response::UseKernel { reason: Fallback::BacklogFull }, &[]);
             if reused {
@@ -680,13 +696,14 @@ impl Daemon {
         if let Some(entry) = self.registry.get_mut(l.owner, l.id) {
             entry.pending += 1;
         }
-        let connected = Response::Connected(info_a);
-        self.reply(token, seq, &connected, &fds_a[..n]);
+        if !answered {
+            self.reply(token, seq, &Response::Connected(info_a), &fds_a[..n]);
+        }
         self.connects_total += 1;
         self.reused_total += u64::from(reused);
         log!(Level::Debug, "msg=brokered conn={conn} from_pid={pid} to_pid={} dest={dest}", l.pid);
         for (t, side) in [(token, Side::A), (l.owner, Side::B)] {
-            if let Some(c) = self.clients.get_mut(&t) {
+            if let Some(c) = self.clients.get_mut(&t).filter(|_| side == Side::A || sent.is_ok()) {
                 c.holdings.push((conn, side));
             }
         }
@@ -702,6 +719,12 @@ impl Daemon {
             recyclable: true,
         };
         self.conns.insert(conn, rec);
+        if sent.is_err() {
+            // Answered, but the acceptor never got it: its end goes as a
+            // dead acceptor's would (the connector reads end of stream or
+            // a reset, and is told `PeerGone`).
+            self.release(l.owner, conn, Side::B, true);
+        }
     }
 
     /// `token` lets go of its hold on `side` of `conn`. When the last holder

@@ -521,6 +521,40 @@ fn a_connect_after_an_accept_finds_the_room_it_made() {
     assert!(matches!(resp, Response::Connected(_)), "the second connect got {resp:?}");
 }
 
+/// The monitor answers a connect before it hands the connection to the
+/// listener's owner when the owner's channel has room. If the owner is
+/// gone by then (its channel closed, not yet noticed), the connector is
+/// not left waiting on a connection nobody will accept: it is told
+/// `PeerGone`, and its ring shows the acceptor's end closed. The monitor
+/// is stopped while the owner goes, so it reads the connect first.
+#[test]
+fn a_connection_answered_before_its_acceptor_went_is_closed() {
+    let m = Monitor::start();
+    let mut server = m.client();
+    let mut client = m.client();
+    let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
+    assert_eq!(listen(&mut server, 1, &lfd, addr, ListenFlags::empty()), Response::Ok);
+    let pid = m.child.id() as libc::pid_t;
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    client.notify(&Request::Status).unwrap();
+    drop(server);
+    let resumed = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) }
+    });
+    let (resp, cfds) = connect(&mut client, addr);
+    assert_eq!(resumed.join().unwrap(), 0);
+    let Response::Connected(info) = resp else { panic!("the connect got {resp:?}") };
+    let (event, _) = next_event(&client);
+    assert_eq!(event, Response::PeerGone { conn: info.conn });
+    let a = map(&cfds[0]);
+    let rx = a.seg.consumer(ipcd_ring::Side::A).unwrap();
+    assert_ne!(rx.peer_state(), PeerState::Open, "the acceptor's end is closed");
+    drop(lfd);
+}
+
 #[test]
 fn a_dying_client_loses_its_listeners_and_its_peers_are_told() {
     let m = Monitor::start();
