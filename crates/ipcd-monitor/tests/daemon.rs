@@ -75,6 +75,29 @@ impl Monitor {
     fn client(&self) -> MonitorClient {
         MonitorClient::connect(&self.socket).expect("register with the monitor")
     }
+
+    /// Runs `f` while the monitor is stopped: what `f` sends waits in the
+    /// channels, and the monitor reads them in the order they became
+    /// readable once it goes on. (epoll puts a level-triggered channel
+    /// it reported back on its ready list, ahead of later arrivals: the
+    /// last request before the stop should come from the channel meant
+    /// to be read first.)
+    fn while_stopped(&self, f: impl FnOnce()) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signals our own child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        // The stop takes effect asynchronously: wait until it has.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stat = format!("/proc/{pid}/stat");
+        while std::fs::read_to_string(&stat).map_or(true, |s| s.rsplit(") ").next().is_none_or(|r| !r.starts_with('T')))
+        {
+            assert!(Instant::now() < deadline, "the monitor did not stop");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        f();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    }
 }
 
 impl Drop for Monitor {
@@ -506,18 +529,13 @@ fn a_connect_after_an_accept_finds_the_room_it_made() {
     let (resp, _first) = connect(&mut client, addr);
     let Response::Connected(first) = resp else { panic!("{resp:?}") };
     let _ = next_event(&server);
-    let pid = m.child.id() as libc::pid_t;
-    // SAFETY: signals our own child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-    client.notify(&Request::Status).unwrap();
-    server.notify(&Request::Accepted { conn: first.conn }).unwrap();
-    let resumed = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(50));
-        // SAFETY: as above.
-        unsafe { libc::kill(pid, libc::SIGCONT) }
+    client.status().unwrap();
+    m.while_stopped(|| {
+        client.notify(&Request::Status).unwrap();
+        server.notify(&Request::Accepted { conn: first.conn }).unwrap();
+        client.notify(&Request::Connect { dest: addr, source: None, nonblocking: false }).unwrap();
     });
-    let (resp, _) = connect(&mut client, addr);
-    assert_eq!(resumed.join().unwrap(), 0);
+    let resp = client.wait_reply().unwrap().0;
     assert!(matches!(resp, Response::Connected(_)), "the second connect got {resp:?}");
 }
 
@@ -534,19 +552,15 @@ fn a_connection_answered_before_its_acceptor_went_is_closed() {
     let mut client = m.client();
     let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
     assert_eq!(listen(&mut server, 1, &lfd, addr, ListenFlags::empty()), Response::Ok);
-    let pid = m.child.id() as libc::pid_t;
-    // SAFETY: signals our own child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-    client.notify(&Request::Status).unwrap();
-    drop(server);
-    let resumed = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(50));
-        // SAFETY: as above.
-        unsafe { libc::kill(pid, libc::SIGCONT) }
+    client.status().unwrap();
+    m.while_stopped(|| {
+        client.notify(&Request::Status).unwrap();
+        drop(server);
+        client.notify(&Request::Connect { dest: addr, source: None, nonblocking: false }).unwrap();
     });
-    let (resp, cfds) = connect(&mut client, addr);
-    assert_eq!(resumed.join().unwrap(), 0);
+    let (resp, cfds) = client.wait_reply().unwrap();
     let Response::Connected(info) = resp else { panic!("the connect got {resp:?}") };
+    let cfds = cfds.into_vec();
     let (event, _) = next_event(&client);
     assert_eq!(event, Response::PeerGone { conn: info.conn });
     let a = map(&cfds[0]);
