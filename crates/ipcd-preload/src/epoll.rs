@@ -17,7 +17,7 @@ use libc::{c_int, epoll_event};
 
 use crate::bell::Bell;
 use crate::fork::Pinned;
-use crate::readiness::{self, Kind, Seen};
+use crate::readiness::{self, Kind};
 use crate::socket::{Socket, State};
 use crate::stream::Edge;
 use crate::table::TABLE_LEN;
@@ -329,9 +329,10 @@ fn report(m: &mut Member, kernel: bool) -> u32 {
         return 0;
     }
     let want = m.events | (libc::EPOLLERR | libc::EPOLLHUP) as u32;
-    let (mask, edge) = match readiness::see(&m.sock) {
-        Seen::Stream(mask, edge) => (mask, edge),
-        Seen::Listener(id) => {
+    let (kind, mask, edge) = readiness::see(&m.sock);
+    let (mask, edge) = match kind {
+        Kind::Stream => (mask, edge),
+        Kind::Listener(id) => {
             if kernel {
                 m.kernel_cache = kernel_mask(m.fd, m.events);
             }
@@ -341,7 +342,7 @@ fn report(m: &mut Member, kernel: bool) -> u32 {
             }
             (mask, Edge::default())
         }
-        Seen::Kernel => {
+        Kind::Kernel => {
             if kernel {
                 m.kernel_cache = kernel_mask(m.fd, m.events);
             }

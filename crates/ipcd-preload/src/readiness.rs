@@ -29,33 +29,29 @@ pub enum Kind {
 
 /// What a socket is, for readiness.
 pub fn kind(sock: &Socket) -> Kind {
-    match &*sock.lock() {
+    kind_of(&sock.lock())
+}
+
+fn kind_of(state: &State) -> Kind {
+    match state {
         State::Stream(_) => Kind::Stream,
         State::Listening { id, .. } => Kind::Listener(*id),
         State::Fresh | State::Closed => Kind::Kernel,
     }
 }
 
-/// What a socket is for readiness, with a stream's mask and edge.
-pub enum Seen {
-    /// An ipcd connection: its poll mask now and its edge (see [`Edge`]).
-    Stream(u32, Edge),
-    /// A listener (see [`Kind::Listener`]).
-    Listener(u64),
-    /// The kernel says (see [`Kind::Kernel`]).
-    Kernel,
-}
-
-/// [`kind`] and, for a stream, its mask and edge, under one hold of the
-/// socket's lock (epoll's scan took it twice per member).
-pub fn see(sock: &Socket) -> Seen {
-    match &mut *sock.lock() {
+/// [`kind`] and, for a stream, its poll mask and edge (see [`Edge`]; none
+/// for the others), under one hold of the socket's lock (epoll's scan took
+/// it twice per member).
+pub fn see(sock: &Socket) -> (Kind, u32, Edge) {
+    let mut state = sock.lock();
+    let kind = kind_of(&state);
+    match &mut *state {
         State::Stream(s) => {
             let (mask, edge) = crate::stream::in_link(s, |s| s.poll());
-            Seen::Stream(mask, edge)
+            (kind, mask, edge)
         }
-        State::Listening { id, .. } => Seen::Listener(*id),
-        State::Fresh | State::Closed => Seen::Kernel,
+        _ => (kind, 0, Edge::default()),
     }
 }
 
