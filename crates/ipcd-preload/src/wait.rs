@@ -239,7 +239,7 @@ pub fn pause_for(d: Duration) {
 static SPINNING: AtomicU32 = AtomicU32::new(0);
 
 /// A place among the threads of this process that may spin at once
-/// (`Config::spinners`); a wait that gets none sleeps at once. Spinners
+/// (`Config::spinners`); a wait that gets none sleeps. Spinners
 /// beyond the cores only burn CPU the threads they wait for could use
 /// (eight threads connecting at once, each waiting for its one-byte
 /// answer: about a third less user time with one place than with eight).
@@ -270,6 +270,9 @@ impl Drop for SpinSlot {
     }
 }
 
+/// Looks at the ring between two looks at the clock in [`spin`].
+const LOOKS_PER_BATCH: u32 = 64;
+
 /// How a spin ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Spun {
@@ -290,17 +293,24 @@ pub fn spin(mut ready: impl FnMut() -> bool, mut interrupted: impl FnMut() -> bo
     if budget.is_zero() {
         return Spun::Done;
     }
-    let Some(_slot) = SpinSlot::take() else { return Spun::Done };
-    // The clock is read only after each batch of rounds, and started after
+    // The clock is read only after each batch of looks, and started after
     // the first: most waits end within it (a round trip is a fraction of a
-    // microsecond) and never pay for reading the clock.
+    // microsecond) and never pay for reading the clock, nor for a place
+    // among the spinners (two locked instructions), taken only then.
     let mut start = None;
+    let mut slot = None;
     loop {
-        for _ in 0..64 {
+        for _ in 0..LOOKS_PER_BATCH {
             if ready() {
                 return Spun::Ready;
             }
             std::hint::spin_loop();
+        }
+        if slot.is_none() {
+            slot = SpinSlot::take();
+            if slot.is_none() {
+                return Spun::Done;
+            }
         }
         if interrupted() {
             return Spun::Interrupted;
@@ -412,36 +422,32 @@ impl Default for Rounds {
 mod tests {
     use super::*;
 
+    /// A spin whose `ready` says yes at look `at` (never if 0); the looks made.
+    fn spin_until(at: u32) -> (Spun, u32) {
+        let mut looks = 0;
+        let spun = spin(
+            || {
+                looks += 1;
+                looks == at
+            },
+            || false,
+        );
+        (spun, looks)
+    }
+
     #[test]
     fn no_more_threads_spin_than_there_are_places() {
         let max = crate::config::get().spinners as usize;
         let held: Vec<SpinSlot> = std::iter::from_fn(SpinSlot::take).take(max + 1).collect();
         assert_eq!(held.len(), max);
-        // A wait without a place sleeps at once: it never looks.
-        let mut looks = 0;
-        assert_eq!(
-            spin(
-                || {
-                    looks += 1;
-                    false
-                },
-                || false
-            ),
-            Spun::Done
-        );
-        assert_eq!(looks, 0);
+        // A wait without a place gives up after its first batch of looks.
+        assert_eq!(spin_until(0), (Spun::Done, LOOKS_PER_BATCH));
+        // A wait that ends within that batch needs no place.
+        assert_eq!(spin_until(3), (Spun::Ready, 3));
         drop(held);
-        // Places come back when the spinners stop.
-        assert_eq!(
-            spin(
-                || {
-                    looks += 1;
-                    looks == 3
-                },
-                || false
-            ),
-            Spun::Ready
-        );
+        // Places come back when the spinners stop: this spin takes one for
+        // its second batch and gives it back when it ends.
+        assert_eq!(spin_until(LOOKS_PER_BATCH + 3), (Spun::Ready, LOOKS_PER_BATCH + 3));
         let held: Vec<SpinSlot> = std::iter::from_fn(SpinSlot::take).take(max + 1).collect();
         assert_eq!(held.len(), max, "the spin gave its place back");
     }
