@@ -531,7 +531,12 @@ fn a_connect_after_an_accept_finds_the_room_it_made() {
     let _ = next_event(&server);
     client.status().unwrap();
     m.while_stopped(|| {
+        // The monitor reads one request per channel each time epoll
+        // reports it: both channels come up with a status request first,
+        // the connector's first, so the connect is read ahead of the
+        // accept report sent before it.
         client.notify(&Request::Status).unwrap();
+        server.notify(&Request::Status).unwrap();
         server.notify(&Request::Accepted { conn: first.conn }).unwrap();
         client.notify(&Request::Connect { dest: addr, source: None, nonblocking: false }).unwrap();
     });
@@ -554,9 +559,8 @@ fn a_connection_answered_before_its_acceptor_went_is_closed() {
     assert_eq!(listen(&mut server, 1, &lfd, addr, ListenFlags::empty()), Response::Ok);
     client.status().unwrap();
     m.while_stopped(|| {
-        client.notify(&Request::Status).unwrap();
-        drop(server);
         client.notify(&Request::Connect { dest: addr, source: None, nonblocking: false }).unwrap();
+        drop(server);
     });
     let (resp, cfds) = client.wait_reply().unwrap();
     let Response::Connected(info) = resp else { panic!("the connect got {resp:?}") };

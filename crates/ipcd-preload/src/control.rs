@@ -259,12 +259,19 @@ impl Control {
 
     /// Reads every message already waiting (non-blocking).
     pub fn drain(&mut self) -> Result<(), ChannelError> {
-        loop {
-            match self.chan.recv_response() {
-                Ok((_, resp, fds)) => self.event(resp, fds),
-                Err(e) if e.is_would_block() => return Ok(()),
-                Err(e) => return Err(e),
+        while self.read_one()? {}
+        Ok(())
+    }
+
+    /// Reads the next message if one waits (non-blocking); false if none did.
+    pub fn read_one(&mut self) -> Result<bool, ChannelError> {
+        match self.chan.recv_response() {
+            Ok((_, resp, fds)) => {
+                self.event(resp, fds);
+                Ok(true)
             }
+            Err(e) if e.is_would_block() => Ok(false),
+            Err(e) => Err(e),
         }
     }
 

@@ -366,13 +366,17 @@ pub unsafe fn accept(
 ) -> Result<libc::c_int, libc::c_int> {
     let deadline = sock.rcvtimeo().map(|t| Instant::now() + t);
     let caught = Caught::now();
-    // Already queued ipcd connections first (no system call), then the
-    // kernel's queue, and only when both are empty the control channel:
-    // one system call per accept while connections keep coming.
+    // Already queued ipcd connections first (no system call). A
+    // non-blocking accept then asks the kernel's queue and reads what the
+    // control channel holds; a blocking one lets poll say which of the
+    // two has something, and reads one message when the channel does: a
+    // connection that has to be waited for costs poll and one read, where
+    // asking both first cost an accept4 and a read that found nothing.
     let mut drain = false;
-    // The kernel's queue is asked on entry and then only when poll says it
-    // has something (each ask is a system call).
-    let mut kernel_ready = true;
+    let mut read_one = false;
+    // Decided on entry, as Linux's accept takes its timeout once.
+    let nonblocking = sock.nonblocking();
+    let mut kernel_ready = nonblocking;
     let bell = match &*sock.lock() {
         State::Listening { bell, .. } => bell.clone(),
         _ => None,
@@ -381,6 +385,8 @@ pub unsafe fn accept(
         let next = control::with(|c| {
             if drain {
                 c.drain()?;
+            } else if read_one {
+                c.read_one()?;
             }
             if let Some(b) = &bell {
                 c.watch(id, b);
@@ -410,14 +416,14 @@ pub unsafe fn accept(
             }
             kernel_ready = false;
         }
-        if !drain {
+        if nonblocking && !drain {
             drain = true;
             continue;
         }
         drain = false;
         // Nothing to accept: a good moment to report what was accepted.
         let _ = control::with(|c| c.flush_accepted());
-        if sock.nonblocking() {
+        if nonblocking {
             return Err(libc::EAGAIN);
         }
         let chan = control::with(|c| Ok(c.fd())).unwrap_or(-1);
@@ -443,6 +449,7 @@ pub unsafe fn accept(
             return Err(libc::EINTR);
         }
         kernel_ready = pfds[0].revents != 0;
+        read_one = pfds[2].revents != 0;
     }
 }
 
