@@ -212,11 +212,17 @@ impl Control {
         self.send(req, fds)?;
         let want = self.seq;
         loop {
-            match self.chan.recv_response() {
-                Ok((seq, resp, fds)) if seq == want => return Ok((resp, fds)),
-                Ok((_, resp, fds)) => self.event(resp, fds),
-                Err(e) if e.is_would_block() => wait_readable(self.fd()),
-                Err(e) => return Err(e),
+            // Waits first: the reply needs the monitor to wake up, so a
+            // read right after the send found nothing (strace -c of 2000
+            // connects: one such read each).
+            wait_readable(self.fd());
+            loop {
+                match self.chan.recv_response() {
+                    Ok((seq, resp, fds)) if seq == want => return Ok((resp, fds)),
+                    Ok((_, resp, fds)) => self.event(resp, fds),
+                    Err(e) if e.is_would_block() => break,
+                    Err(e) => return Err(e),
+                }
             }
         }
     }
