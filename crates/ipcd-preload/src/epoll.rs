@@ -410,17 +410,22 @@ impl EpollSet {
     }
 
     /// Makes sure the kernel instance holds every wake-up source of our
-    /// members, and arms the streams. `false`: something became ready.
-    fn arm(&self, epfd: c_int) -> bool {
+    /// members, and arms the streams. `None`: something became ready;
+    /// otherwise whether an armed end is shared with another process.
+    fn arm(&self, epfd: c_int) -> Option<bool> {
         let members = lock(&self.members);
         let mut sources = lock(&self.sources);
         let mut want: Vec<(c_int, Source, u64, u32)> = Vec::new();
         let mut listeners = Vec::new();
+        let mut shared = false;
         for m in members.iter().filter(|m| !m.disarmed) {
             match readiness::kind(&m.sock) {
                 Kind::Stream => match arm_stream(m) {
-                    Some(bell) => want.push((bell, Source::Bell, m.sock.serial, libc::EPOLLIN as u32)),
-                    None => return false,
+                    Some(a) => {
+                        want.push((a.bell, Source::Bell, m.sock.serial, libc::EPOLLIN as u32));
+                        shared |= a.shared;
+                    }
+                    None => return None,
                 },
                 // Kernel fds wake us the way the member reports: an
                 // edge-triggered one must not wake us for what it reported.
@@ -443,7 +448,7 @@ impl EpollSet {
             // a connection another thread reads after that rings them.
             let watched = readiness::watch_listeners(listeners.into_iter());
             if watched.pending {
-                return false;
+                return None;
             }
             for (serial, bell) in watched.bells {
                 // Edge-triggered: connections left waiting (reported, or a
@@ -472,7 +477,7 @@ impl EpollSet {
                 sources.insert(fd, (src, id));
             }
         }
-        true
+        Some(shared)
     }
 
     /// Handles a tagged event from the kernel instance.
@@ -497,7 +502,7 @@ impl EpollSet {
 /// Arms a stream member: level-triggered waits for readiness; an
 /// edge-triggered one for something new since its last report (readiness
 /// already reported must not keep waking it).
-fn arm_stream(m: &Member) -> Option<c_int> {
+fn arm_stream(m: &Member) -> Option<readiness::Armed> {
     if m.events & libc::EPOLLET as u32 != 0 {
         readiness::arm_edge(&m.sock, m.events, m.last_edge, m.last_mask & libc::EPOLLOUT as u32 != 0)
     } else {
@@ -568,11 +573,12 @@ pub fn wait(
             Next::Interrupted => return Err(libc::EINTR),
             Next::Sleep => {}
         }
-        if !set.arm(epfd) {
+        let Some(shared) = set.arm(epfd) else {
             rounds.look_again();
             continue;
-        }
-        let timeout = deadline.map_or(-1, |d| {
+        };
+        // A nap that ends before the deadline ends in another round.
+        let timeout = crate::wait::nap_until(deadline, shared).map_or(-1, |d| {
             let left = d.saturating_duration_since(Instant::now());
             // Round up: waking early only costs another round.
             left.as_micros().div_ceil(1000).min(i32::MAX as u128) as c_int

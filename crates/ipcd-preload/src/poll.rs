@@ -13,7 +13,7 @@ use libc::{c_int, pollfd};
 
 use crate::readiness::{self, Kind};
 use crate::socket::Socket;
-use crate::wait::{Next, Rounds};
+use crate::wait::{self, Next, Rounds};
 use crate::{control, real};
 
 /// One of our entries in the caller's array.
@@ -111,12 +111,14 @@ pub fn poll(
         kfds.truncate(base);
         srcs.truncate(base);
         let mut armed = true;
+        let mut shared = false;
         for &k in &streams {
             let (i, sock, _) = &ours[k];
             match readiness::arm(sock, fds[*i].events as u32) {
-                Some(bell) => {
-                    kfds.push(pollfd { fd: bell, events: libc::POLLIN, revents: 0 });
+                Some(a) => {
+                    kfds.push(pollfd { fd: a.bell, events: libc::POLLIN, revents: 0 });
                     srcs.push(Src::Bell(k));
+                    shared |= a.shared;
                 }
                 None => {
                     armed = false;
@@ -128,7 +130,8 @@ pub fn poll(
             rounds.look_again();
             continue;
         }
-        let timeout = deadline.map(|d| {
+        // A nap that ends before the deadline ends in another round.
+        let timeout = wait::nap_until(deadline, shared).map(|d| {
             let left = d.saturating_duration_since(Instant::now());
             libc::timespec { tv_sec: left.as_secs() as libc::time_t, tv_nsec: left.subsec_nanos() as libc::c_long }
         });

@@ -96,12 +96,22 @@ pub fn watch_listeners<'a>(members: impl Iterator<Item = (&'a Arc<Socket>, Kind,
     Watched { bells: bells.into_iter().map(|(_, serial, b)| (serial, b)).collect(), pending }
 }
 
+/// A stream armed for a wait.
+#[derive(Debug, Clone, Copy)]
+pub struct Armed {
+    /// The end's doorbell, to sleep on.
+    pub bell: i32,
+    /// Another process shares the end: sleep no longer than
+    /// `wait::SHARED_NAP` (see `wait`).
+    pub shared: bool,
+}
+
 /// Arms the ring's waiting flags for `events` on a stream and returns its
 /// doorbell; `None` when something became ready meanwhile (do not sleep).
 /// The flags are left armed after the sleep: another waiter on the same
 /// socket may still rely on them, and a stale flag costs the peer one
 /// doorbell ring, never a lost wake-up.
-pub fn arm(sock: &Socket, events: u32) -> Option<i32> {
+pub fn arm(sock: &Socket, events: u32) -> Option<Armed> {
     crate::stream::with_stream(sock, |s| {
         if events & IN_BITS != 0 && s.link.rx.prepare_wait() != Ok(Wait::Sleep) {
             return None;
@@ -109,7 +119,7 @@ pub fn arm(sock: &Socket, events: u32) -> Option<i32> {
         if events & OUT_BITS != 0 && s.link.tx.prepare_wait(1) != Ok(Wait::Sleep) {
             return None;
         }
-        Some(s.link.bell())
+        Some(Armed { bell: s.link.bell(), shared: s.link.is_shared() })
     })
     .ok()
     .flatten()
@@ -121,7 +131,7 @@ pub fn arm(sock: &Socket, events: u32) -> Option<i32> {
 /// the last report (`out_reported` false) did not show — the reader may
 /// have drained the ring between that report and now, and would not ring
 /// us since we had not asked (nginx stalled until its send timeout).
-pub fn arm_edge(sock: &Socket, events: u32, seen: Edge, out_reported: bool) -> Option<i32> {
+pub fn arm_edge(sock: &Socket, events: u32, seen: Edge, out_reported: bool) -> Option<Armed> {
     crate::stream::with_stream(sock, |s| {
         if events & IN_BITS != 0 && s.link.rx.prepare_wait_past(seen.tail, seen.state) != Ok(Wait::Sleep) {
             return None;
@@ -129,7 +139,7 @@ pub fn arm_edge(sock: &Socket, events: u32, seen: Edge, out_reported: bool) -> O
         if events & OUT_BITS != 0 && s.link.tx.prepare_wait(1) != Ok(Wait::Sleep) && !out_reported {
             return None;
         }
-        Some(s.link.bell())
+        Some(Armed { bell: s.link.bell(), shared: s.link.is_shared() })
     })
     .ok()
     .flatten()

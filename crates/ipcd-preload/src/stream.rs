@@ -144,9 +144,9 @@ fn block(sock: &Socket, call: &Call<'_>, dir: Dir, deadline: Option<Instant>) ->
             Dir::Recv => s.link.rx.prepare_wait(),
             Dir::Send(want) => s.link.tx.prepare_wait(want),
         };
-        (w, s.link.bell())
+        (w, s.link.bell(), s.link.is_shared())
     })?;
-    let (Ok(Wait::Sleep), bell) = prepared else { return Ok(()) };
+    let (Ok(Wait::Sleep), bell, shared) = prepared else { return Ok(()) };
     if caught.interrupts(restartable) {
         return Err(libc::EINTR);
     }
@@ -154,8 +154,10 @@ fn block(sock: &Socket, call: &Call<'_>, dir: Dir, deadline: Option<Instant>) ->
     // this process may have armed the same flag and still rely on it (a
     // clear here lost its wake-up: four threads sending on one socket hung).
     // A stale flag costs the peer one doorbell ring, never a lost wake-up.
-    match sock.sleepers.sleep(bell, deadline, prep) {
+    match sock.sleepers.sleep(bell, wait::nap_until(deadline, shared), prep) {
         Woken::Retry => Ok(()),
+        // Only a nap on a shared end ended: look again.
+        Woken::Timeout if deadline.is_none_or(|d| Instant::now() < d) => Ok(()),
         Woken::Timeout => Err(libc::EAGAIN),
         // Only SA_RESTART handlers ran (or ones we did not install): the
         // call goes on, as Linux restarts it.

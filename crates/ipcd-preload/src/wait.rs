@@ -15,6 +15,14 @@
 //! the ring from all the others, whose kernel waits looked again, saw an
 //! empty doorbell and slept on: a thread polling for room missed the
 //! wake-up a thread polling the same end for input had taken.
+//!
+//! Fan-out reaches the waiters of one process only. When a fork left an
+//! end shared by several processes, a waiter in one of them may empty the
+//! doorbell while a waiter in another has armed its flag but not yet gone
+//! to sleep; that one then sleeps on an empty doorbell. So a wait on a
+//! shared end never sleeps longer than [`SHARED_NAP`] before it looks at
+//! the ring again ([`nap_until`]): a wake-up taken elsewhere costs at most
+//! that, never a hang.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -23,6 +31,21 @@ use std::time::{Duration, Instant};
 use crate::bell::{self, Bell};
 use crate::real;
 use crate::signals::Caught;
+
+/// Longest sleep of a wait on an end another process shares (see the
+/// module): long enough that an idle shared end costs about a hundred
+/// wake-ups a second, short against any timeout a program sets.
+pub const SHARED_NAP: Duration = Duration::from_millis(10);
+
+/// When a wait should look again at the latest: `deadline`, or sooner on
+/// an end another process shares.
+pub fn nap_until(deadline: Option<Instant>, shared: bool) -> Option<Instant> {
+    if !shared {
+        return deadline;
+    }
+    let nap = Instant::now() + SHARED_NAP;
+    Some(deadline.map_or(nap, |d| d.min(nap)))
+}
 
 /// Waiters of one connection end.
 #[derive(Debug, Default)]

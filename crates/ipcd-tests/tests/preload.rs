@@ -74,6 +74,7 @@ checks! {
     epoll_edge_oneshot_connect_close => "epoll-edge",
     epoll_several_sets_threads_and_fork => "epoll-shared",
     fork_both_use_one_connection => "fork-share",
+    a_forked_end_wakes_when_the_other_process_took_the_doorbell => "fork-wake",
     fork_parent_closes_child_serves => "fork-handoff",
     exec_hands_a_connection_over => "exec-handoff",
     connections_one_after_another => "reuse",

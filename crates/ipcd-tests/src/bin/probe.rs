@@ -1123,6 +1123,80 @@ fn fork_share() -> Res {
     Ok(())
 }
 
+/// The eventfds this process holds (found through /proc/self/fd).
+fn eventfds() -> Result<Vec<i32>, String> {
+    let dir = std::fs::read_dir("/proc/self/fd").map_err(|e| e.to_string())?;
+    Ok(dir
+        .filter_map(|e| e.ok())
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().contains("eventfd")))
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect())
+}
+
+/// A connection shared with a forked child that keeps emptying every
+/// eventfd it holds, as a waiter of its own on the same end would empty
+/// the doorbell: the parent's blocked recv, poll and epoll_wait must
+/// still see bytes that arrive while they sleep (before, each slept on
+/// its emptied doorbell until its timeout). On the kernel there is no
+/// doorbell to take, and the check passes the same way.
+fn fork_wake() -> Res {
+    let (c, s) = pair(false)?;
+    set_timeout(s, 5)?;
+    let (stop_r, stop_w) = pipe()?;
+    let pid = fork()?;
+    if pid == 0 {
+        in_child(|| {
+            net::close(stop_w);
+            let fds = eventfds()?;
+            let mut stop = pollfd(stop_r, libc::POLLIN);
+            // SAFETY: one live pollfd, no waiting.
+            while unsafe { libc::poll(&mut stop, 1, 0) } == 0 {
+                for &fd in &fds {
+                    let mut v = 0u64;
+                    // SAFETY: reads 8 bytes into a live u64 (the eventfds are non-blocking).
+                    unsafe { libc::read(fd, (&raw mut v).cast(), 8) };
+                }
+            }
+            Ok(())
+        });
+    }
+    net::close(stop_r);
+    // SAFETY: plain epoll creation.
+    let ep = cvt("epoll_create1", unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }).map_err(f)?;
+    epoll_add(ep, s, IN, 7)?;
+    for round in 0..30u8 {
+        let later = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            send(c, &[round], 0)
+        });
+        // A poll or epoll_wait that missed its wake-up still finds the
+        // byte when its timeout ends and it looks once more: that it
+        // returned well before then is what shows it was woken.
+        let t = Instant::now();
+        match round % 3 {
+            0 => {}
+            1 => {
+                let mut p = [pollfd(s, libc::POLLIN)];
+                // SAFETY: one live pollfd.
+                let n = unsafe { libc::poll(p.as_mut_ptr(), 1, 5000) };
+                ensure!(n == 1, "round {round}: poll woke with {n} (errno {})", errno());
+            }
+            _ => ensure!(epoll_get(ep, 5000)? == [(IN, 7)], "round {round}: epoll_wait saw nothing"),
+        }
+        ensure!(t.elapsed() < Duration::from_secs(4), "round {round}: the wait was not woken, its timeout ended it");
+        let mut b = [0u8; 1];
+        let n = recv(s, &mut b, 0);
+        ensure!(n == 1 && b[0] == round, "round {round}: recv gave {n} (errno {})", errno());
+        ensure!(later.join().map_err(|_| "sender panicked")? == 1, "round {round}: send");
+    }
+    net::close(stop_w);
+    wait_child(pid)?;
+    net::close(ep);
+    net::close(c);
+    net::close(s);
+    Ok(())
+}
+
 /// Accept-then-fork: the parent closes its copy at once (no FIN goes out),
 /// the child serves the connection and exits.
 fn fork_handoff() -> Res {
@@ -2576,6 +2650,7 @@ fn check(name: &str) -> Res {
         "epoll-edge" => epoll_edge(),
         "epoll-shared" => epoll_shared(),
         "fork-share" => fork_share(),
+        "fork-wake" => fork_wake(),
         "threads" => threads(),
         "close-race" => close_race(),
         "eintr" => eintr(),
