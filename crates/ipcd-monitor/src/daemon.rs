@@ -441,17 +441,7 @@ impl Daemon {
                     self.reply(token, seq, &Response::Ok, &[]);
                     return;
                 }
-                let entry = Listener {
-                    owner: token,
-                    id: listener,
-                    pid,
-                    uid,
-                    addr,
-                    backlog,
-                    flags,
-                    pending: 0,
-                    sharers: Vec::new(),
-                };
+                let entry = Listener::new(token, listener, pid, uid, addr, backlog, flags);
                 for stale in self.registry.add(entry) {
                     log!(Level::Info, "msg=\"stale listener replaced\" addr={addr} old_pid={}", stale.pid);
                 }
@@ -513,6 +503,12 @@ impl Daemon {
             },
             Request::Pass { conn, side, inode } => self.pass(token, seq, conn, side, inode),
             Request::Claim { inode } => self.claim(token, seq, inode),
+            Request::Serve { listener } => {
+                if !self.registry.serve(token, listener) {
+                    log!(Level::Warn, "msg=\"serve of a listener not held\" client={token} listener={listener}");
+                }
+            }
+            Request::Decline { conn } => self.decline(token, conn),
             Request::Status => self.status(token, seq),
             Request::Stop => {
                 if uid == self.uid || uid == 0 {
@@ -619,11 +615,14 @@ impl Daemon {
             self.catching_up = false;
             found = self.listener_for(&dest);
         }
+        // Whose accept queue it joins: the owner's, or a sharer's that
+        // serves it (see `Listener::acceptor`).
+        let acceptor = found.as_ref().and_then(|l| self.registry.get_mut(l.owner, l.id)).and_then(Listener::acceptor);
         let fallback = match &found {
             None => Some(Fallback::NoListener),
             Some(l) if l.uid != uid && !self.cfg.cross_uid => Some(Fallback::OtherUser),
             Some(l) if full(l) => Some(Fallback::BacklogFull),
-            Some(l) if l.is_shared() => Some(Fallback::Disabled),
+            Some(_) if acceptor.is_none() => Some(Fallback::Disabled),
             Some(_) => None,
         };
         if let Some(reason) = fallback {
@@ -632,9 +631,9 @@ impl Daemon {
             self.reply(token, seq, &Response::UseKernel { reason }, &[]);
             return;
         }
-        let l = found.expect("checked above");
+        let (l, acceptor) = (found.expect("checked above"), acceptor.expect("checked above"));
         let conn = self.next_conn;
-        let pair = (token, l.owner);
+        let pair = (token, acceptor);
         let (segment, mut seg, bells, reused) = match self.pools.get_mut(&pair).and_then(Vec::pop) {
             Some(p) => (p.id, p.seg, p.bells, true),
             None => {
@@ -674,19 +673,20 @@ impl Daemon {
         // after it (one connection at a time, 4 alternating runs: ~16 %
         // more per second). Without room, the listener first, so that a
         // connection it cannot take still gets the kernel's answer.
-        let answered = self.clients.get(&l.owner).is_some_and(|o| has_room(o.chan.as_fd()));
+        let answered = self.clients.get(&acceptor).is_some_and(|o| has_room(o.chan.as_fd()));
         if answered {
             self.reply(token, seq, &Response::Connected(info_a), &fds_a[..n]);
         }
         let incoming = Response::Incoming { listener: l.id, info: info_b };
-        let sent = match self.clients.get(&l.owner) {
-            Some(owner) => owner.chan.send_response(0, &incoming, &fds_b[..n]),
+        let sent = match self.clients.get(&acceptor) {
+            Some(a) => a.chan.send_response(0, &incoming, &fds_b[..n]),
             None => Err(ChannelError::Closed),
         };
+        let to_pid = self.clients.get(&acceptor).map_or(0, |c| c.pid);
         if let Err(e) = &sent {
-            log!(Level::Warn, "msg=\"listener cannot take a connection\" pid={} err=\"{e}\"", l.pid);
+            log!(Level::Warn, "msg=\"listener cannot take a connection\" pid={to_pid} err=\"{e}\"");
             if !e.is_would_block() {
-                self.doom(l.owner, format!("cannot deliver: {e}"));
+                self.doom(acceptor, format!("cannot deliver: {e}"));
             }
         }
         if sent.is_err() && !answered {
@@ -707,8 +707,8 @@ impl Daemon {
         }
         self.connects_total += 1;
         self.reused_total += u64::from(reused);
-        log!(Level::Debug, "msg=brokered conn={conn} from_pid={pid} to_pid={} dest={dest}", l.pid);
-        for (t, side) in [(token, Side::A), (l.owner, Side::B)] {
+        log!(Level::Debug, "msg=brokered conn={conn} from_pid={pid} to_pid={to_pid} dest={dest}");
+        for (t, side) in [(token, Side::A), (acceptor, Side::B)] {
             if let Some(c) = self.clients.get_mut(&t).filter(|_| side == Side::A || sent.is_ok()) {
                 c.holdings.push((conn, side));
             }
@@ -717,7 +717,7 @@ impl Daemon {
             seg,
             bells,
             info: [info_a, info_b],
-            holders: [vec![token], vec![l.owner]],
+            holders: [vec![token], vec![acceptor]],
             gone: [false; 2],
             pending_in: Some((l.owner, l.id)),
             pair,
@@ -729,7 +729,44 @@ impl Daemon {
             // Answered, but the acceptor never got it: its end goes as a
             // dead acceptor's would (the connector reads end of stream or
             // a reset, and is told `PeerGone`).
-            self.release(l.owner, conn, Side::B, true);
+            self.release(acceptor, conn, Side::B, true);
+        }
+    }
+
+    /// `token` closed its copy of a shared listener with `conn` still in
+    /// its accept queue: the connection goes to another process that
+    /// serves the listener, as the kernel's shared queue would have left
+    /// it to the others. With none left, its acceptor's end is closed as
+    /// a dead acceptor's.
+    fn decline(&mut self, token: u64, conn: u64) {
+        let Some(rec) = self.conns.get_mut(&conn) else { return };
+        let (Some((owner, id)), true) = (rec.pending_in, rec.holders[1] == [token]) else {
+            log!(Level::Warn, "msg=\"decline of a connection not waiting here\" client={token} conn={conn}");
+            return;
+        };
+        let next = self.registry.get_mut(owner, id).and_then(Listener::acceptor).filter(|&t| t != token);
+        let mut info = rec.info[1];
+        // The next acceptor has not mapped it, and three processes have.
+        info.reused = false;
+        rec.recyclable = false;
+        let fds = [rec.seg.fd(), rec.bells[1].as_fd(), rec.bells[0].as_fd()];
+        let sent = next.and_then(|t| {
+            let c = self.clients.get(&t)?;
+            c.chan.send_response(0, &Response::Incoming { listener: id, info }, &fds).ok().map(|()| t)
+        });
+        if let Some(c) = self.clients.get_mut(&token) {
+            c.holdings.retain(|h| *h != (conn, Side::B));
+        }
+        match sent {
+            Some(t) => {
+                rec.holders[1] = vec![t];
+                rec.pair.1 = t;
+                if let Some(c) = self.clients.get_mut(&t) {
+                    c.holdings.push((conn, Side::B));
+                }
+                log!(Level::Debug, "msg=\"declined connection handed on\" conn={conn} from={token} to={t}");
+            }
+            None => self.release(token, conn, Side::B, true),
         }
     }
 

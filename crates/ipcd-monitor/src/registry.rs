@@ -27,19 +27,57 @@ pub struct Listener {
     pub flags: ListenFlags,
     /// Brokered connections not yet accepted.
     pub pending: u32,
-    /// Forked children (their clients) that hold the kernel socket too:
-    /// while there are any, any of them may accept, and without a way to
-    /// hand a connection to whichever accepts first, connects go to the
-    /// kernel, which does exactly that. A child leaves the list when it
-    /// closes its copy, or its image (exec with the socket close-on-exec)
-    /// or its process ends.
+    /// Forked children (their clients) that hold the kernel socket too. A
+    /// child leaves the list when it closes its copy, or its image (exec
+    /// with the socket close-on-exec) or its process ends.
     pub sharers: Vec<u64>,
+    /// Of the owner and the sharers, those that said they accept on it
+    /// (`Serve`) since it became shared: connects are handed to them in
+    /// turn. A process that holds the socket but never accepts (a child
+    /// that went on to other work) must not be handed any, or they would
+    /// wait for ever where the kernel's shared queue would have let
+    /// another process take them.
+    pub servers: Vec<u64>,
+    /// Whose turn among `servers` is next.
+    pub turn: usize,
 }
 
 impl Listener {
+    /// A listener registered by `owner` under `id`, not shared yet.
+    pub fn new(owner: u64, id: u64, pid: u32, uid: u32, addr: SockAddr, backlog: u32, flags: ListenFlags) -> Self {
+        Listener {
+            owner,
+            id,
+            pid,
+            uid,
+            addr,
+            backlog,
+            flags,
+            pending: 0,
+            sharers: Vec::new(),
+            servers: Vec::new(),
+            turn: 0,
+        }
+    }
+
     /// Whether other processes hold the kernel socket too.
     pub fn is_shared(&self) -> bool {
         !self.sharers.is_empty()
+    }
+
+    /// The client a connect is handed to: the owner while the listener is
+    /// not shared; once it is, the servers in turn, and none (the kernel
+    /// takes the connect, and hands it to whichever process accepts)
+    /// until one of them has said it serves.
+    pub fn acceptor(&mut self) -> Option<u64> {
+        if !self.is_shared() {
+            return Some(self.owner);
+        }
+        if self.servers.is_empty() {
+            return None;
+        }
+        self.turn = self.turn.wrapping_add(1);
+        Some(self.servers[self.turn % self.servers.len()])
     }
 }
 
@@ -114,7 +152,21 @@ impl Registry {
         for l in self.entries.iter_mut().filter(|l| id.is_none_or(|id| l.id == id)) {
             let before = l.sharers.len();
             l.sharers.retain(|&t| t != client);
+            l.servers.retain(|&t| t != client);
             any |= l.sharers.len() != before;
+        }
+        any
+    }
+
+    /// `client` accepts on listener `id`, which it holds as its owner or
+    /// a sharer; returns whether it holds one.
+    pub fn serve(&mut self, client: u64, id: u64) -> bool {
+        let mut any = false;
+        for l in self.entries.iter_mut().filter(|l| l.id == id && (l.owner == client || l.sharers.contains(&client))) {
+            if !l.servers.contains(&client) {
+                l.servers.push(client);
+            }
+            any = true;
         }
         any
     }
@@ -219,17 +271,7 @@ mod tests {
     const HOST: [u8; 4] = [10, 1, 2, 3];
 
     fn listener(owner: u64, addr: SockAddr, flags: ListenFlags) -> Listener {
-        Listener {
-            owner,
-            id: owner,
-            pid: owner as u32,
-            uid: 1000,
-            addr,
-            backlog: 16,
-            flags,
-            pending: 0,
-            sharers: Vec::new(),
-        }
+        Listener::new(owner, owner, owner as u32, 1000, addr, 16, flags)
     }
 
     fn local(ip: IpAddr) -> bool {
@@ -317,5 +359,29 @@ mod tests {
         assert_eq!(r.remove_owner(8), 0, "8 owned nothing");
         assert!(!shared(&mut r), "8 went away");
         assert!(!r.unshare(8, None));
+    }
+
+    #[test]
+    fn a_shared_listener_hands_connects_only_to_processes_that_serve_it() {
+        let mut r = Registry::default();
+        let addr = v4([127, 0, 0, 1], 80);
+        r.add(listener(1, addr, ListenFlags::empty()));
+        let acceptor = |r: &mut Registry| r.lookup(&addr, local).and_then(Listener::acceptor);
+        assert_eq!(acceptor(&mut r), Some(1), "not shared: the owner");
+        r.mark_forked(1, 7);
+        r.mark_forked(1, 8);
+        assert_eq!(acceptor(&mut r), None, "shared, nobody serves yet: the kernel");
+        assert!(!r.serve(9, 1), "9 does not hold it");
+        assert!(r.serve(7, 1));
+        assert_eq!(acceptor(&mut r), Some(7));
+        assert!(r.serve(8, 1));
+        assert!(r.serve(8, 1), "a second Serve changes nothing");
+        let mut seen: Vec<u64> = (0..4).filter_map(|_| acceptor(&mut r)).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, [7, 7, 8, 8], "in turn");
+        r.unshare(7, Some(1));
+        assert_eq!((acceptor(&mut r), acceptor(&mut r)), (Some(8), Some(8)), "7 closed its copy");
+        r.unshare(8, None);
+        assert_eq!(acceptor(&mut r), Some(1), "no sharers left: the owner again");
     }
 }

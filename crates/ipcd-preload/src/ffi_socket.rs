@@ -159,7 +159,7 @@ pub(crate) fn close_now(sock: &Socket) {
             let keep = st.link.keep();
             let _ = control::with(|c| c.notify(&Request::Close { conn, side, keep }));
         }
-        State::Listening { id, .. } => setup::close_listener(id),
+        State::Listening { id, shared, .. } => setup::close_listener(id, shared),
         State::Fresh | State::Closed => {}
     }
 }

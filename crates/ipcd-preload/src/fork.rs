@@ -153,9 +153,13 @@ extern "C" fn prepare() {
     });
 }
 
-/// Marks every stream end held as shared; returns whether any socket is
-/// ours (stream or listener).
-fn share_all(held: &mut Held) -> bool {
+/// Marks every stream end and listener held as shared; returns whether
+/// any socket is ours (stream or listener). Each process then tells the
+/// monitor at its next accept or wait that it serves a listener. A
+/// `child` makes its listeners bells of their own: the eventfd it
+/// inherited is the parent's, and one process emptying it could take
+/// the other's wake-up.
+fn share_all(held: &mut Held, child: bool) -> bool {
     let mut any = false;
     for h in &mut held.sockets {
         match &mut *h.guard {
@@ -163,7 +167,14 @@ fn share_all(held: &mut Held) -> bool {
                 st.link.set_shared();
                 any = true;
             }
-            State::Listening { .. } => any = true,
+            State::Listening { bell, shared, served, .. } => {
+                *shared = true;
+                *served = false;
+                if child {
+                    *bell = crate::control::ListenerBell::new();
+                }
+                any = true;
+            }
             _ => {}
         }
     }
@@ -173,7 +184,7 @@ fn share_all(held: &mut Held) -> bool {
 extern "C" fn parent() {
     crate::guarded((), || {
         if let Some(mut held) = take_held() {
-            share_all(&mut held);
+            share_all(&mut held, false);
         }
         let (r, w) = (SYNC[0].swap(-1, Ordering::Relaxed), SYNC[1].swap(-1, Ordering::Relaxed));
         if r >= 0 {
@@ -205,7 +216,7 @@ extern "C" fn child() {
             // and what the parent kept the child's channel will never reuse.
             *held.control = None;
             held.cache.clear();
-            share_all(&mut held)
+            share_all(&mut held, true)
         });
         drop_unheld(&known);
         if ours {

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use ipcd_proto::Request;
 use ipcd_ring::Wait;
 
 use crate::bell::Bell;
@@ -80,13 +81,24 @@ pub struct Watched {
 /// from the monitor from now on rings them (see `ListenerBell`), and says
 /// whether one already has a connection waiting.
 pub fn watch_listeners<'a>(members: impl Iterator<Item = (&'a Arc<Socket>, Kind, u32)>) -> Watched {
+    // Listeners a fork left shared that this process now waits on for the
+    // first time: the monitor hands it connects from now on.
+    let mut serve = Vec::new();
     let bells: Vec<(u64, u64, Arc<ListenerBell>)> = members
         .filter(|(_, _, events)| events & IN_BITS != 0)
-        .filter_map(|(sock, kind, _)| match (kind, &*sock.lock()) {
-            (Kind::Listener(id), State::Listening { bell: Some(b), .. }) => Some((id, sock.serial, Arc::clone(b))),
+        .filter_map(|(sock, kind, _)| match (kind, &mut *sock.lock()) {
+            (Kind::Listener(id), State::Listening { bell, shared, served, .. }) => {
+                if crate::setup::serve_now(*shared, served) {
+                    serve.push(id);
+                }
+                bell.as_ref().map(|b| (id, sock.serial, Arc::clone(b)))
+            }
             _ => None,
         })
         .collect();
+    if !serve.is_empty() {
+        let _ = control::with(|c| serve.iter().try_for_each(|&listener| c.notify(&Request::Serve { listener })));
+    }
     let pending = !bells.is_empty()
         && control::with(|c| {
             bells.iter().for_each(|(id, _, b)| c.watch(*id, b));

@@ -296,7 +296,7 @@ pub fn listen(fd: libc::c_int, sock: &Socket, backlog: libc::c_int) -> bool {
         let fl = real::fcntl(fd, libc::F_GETFL, 0);
         real::fcntl(fd, libc::F_SETFL, (fl | libc::O_NONBLOCK) as usize);
     }
-    *state = State::Listening { id, backlog, bell: ListenerBell::new() };
+    *state = State::Listening { id, backlog, bell: ListenerBell::new(), shared: false, served: false };
     log!(Level::Debug, "listening on {addr} through ipcd (listener {id})");
     true
 }
@@ -377,10 +377,13 @@ pub unsafe fn accept(
     // Decided on entry, as Linux's accept takes its timeout once.
     let nonblocking = sock.nonblocking();
     let mut kernel_ready = nonblocking;
-    let bell = match &*sock.lock() {
-        State::Listening { bell, .. } => bell.clone(),
-        _ => None,
+    let (bell, serve) = match &mut *sock.lock() {
+        State::Listening { bell, shared, served, .. } => (bell.clone(), serve_now(*shared, served)),
+        _ => (None, false),
     };
+    if serve {
+        let _ = control::with(|c| c.notify(&Request::Serve { listener: id }));
+    }
     loop {
         let next = control::with(|c| {
             if drain {
@@ -453,13 +456,28 @@ pub unsafe fn accept(
     }
 }
 
+/// Whether a listener's first accept or wait since a fork left it
+/// `shared` must tell the monitor it serves it (see `State::Listening`);
+/// marks it told.
+pub fn serve_now(shared: bool, served: &mut bool) -> bool {
+    shared && !std::mem::replace(served, true)
+}
+
 /// The last fd of a listener closed: unregister, and reset whatever still
-/// waits in its ipcd accept queue (as Linux resets its accept queue).
-pub fn close_listener(id: u64) {
+/// waits in its ipcd accept queue (as Linux resets its accept queue). A
+/// listener a fork left `shared` is still open in other processes: what
+/// waits here goes back to the monitor for them (`Decline`), as the
+/// kernel's queue would stay theirs.
+pub fn close_listener(id: u64, shared: bool) {
     let _ = control::with(|c| {
         c.call(&Request::Unlisten { listener: id }, &[])?;
         c.drain()?;
         for (info, fds) in c.take_incoming(id) {
+            if shared {
+                drop(fds);
+                c.notify(&Request::Decline { conn: info.conn })?;
+                continue;
+            }
             if let Ok(link) = Link::attach(&info, fds) {
                 drop(reset_link(link));
             }

@@ -88,6 +88,12 @@ pub enum State {
         /// Readable while connections wait for it here (`None`: no
         /// eventfd could be made; waiters wake on the channel only).
         bell: Option<Arc<ListenerBell>>,
+        /// A fork left the kernel socket held by other processes too: the
+        /// monitor hands connects only to those that said they accept
+        /// (`Serve`), and this one says so at its first accept or wait.
+        shared: bool,
+        /// `Serve` was sent since the last fork.
+        served: bool,
     },
     /// An ipcd connection.
     Stream(Box<Stream>),

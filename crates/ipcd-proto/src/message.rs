@@ -355,6 +355,21 @@ pub enum Request {
         /// Inode of the received kernel socket.
         inode: u64,
     },
+    /// The process accepts on `listener`, a listener a fork left shared
+    /// (its id is the one the registering process gave it): connects to
+    /// it may be handed to this process. Sent once per process, when it
+    /// first accepts or waits for connections. No fds, no reply.
+    Serve {
+        /// Listener id.
+        listener: u64,
+    },
+    /// The process closed its copy of a shared listener with `conn` still
+    /// in its accept queue: hand the connection to another process that
+    /// serves the listener (reset it if none). No fds, no reply.
+    Decline {
+        /// Connection.
+        conn: u64,
+    },
 }
 
 impl Request {
@@ -567,6 +582,8 @@ impl Request {
             Request::Stop => 0x010c,
             Request::Pass { .. } => 0x010d,
             Request::Claim { .. } => 0x010e,
+            Request::Serve { .. } => 0x010f,
+            Request::Decline { .. } => 0x0110,
         }
     }
 
@@ -621,6 +638,8 @@ impl Request {
                 w.u64(inode);
             }
             Request::Claim { inode } => w.u64(inode),
+            Request::Serve { listener } => w.u64(listener),
+            Request::Decline { conn } => w.u64(conn),
             Request::ExecPrepare | Request::Status | Request::Stop => {}
         })
     }
@@ -667,6 +686,8 @@ impl Request {
             0x010c => Request::Stop,
             0x010d => Request::Pass { conn: r.u64()?, side: Side::decode(r)?, inode: r.u64()? },
             0x010e => Request::Claim { inode: r.u64()? },
+            0x010f => Request::Serve { listener: r.u64()? },
+            0x0110 => Request::Decline { conn: r.u64()? },
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;

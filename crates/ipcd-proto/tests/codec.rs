@@ -69,6 +69,8 @@ fn request() -> impl Strategy<Value = Request> {
             inode
         }),
         any::<u64>().prop_map(|inode| Request::Claim { inode }),
+        any::<u64>().prop_map(|listener| Request::Serve { listener }),
+        any::<u64>().prop_map(|conn| Request::Decline { conn }),
     ]
 }
 

@@ -38,6 +38,14 @@ struct Bg(Child);
 
 impl Drop for Bg {
     fn drop(&mut self) {
+        // SIGTERM first, so that a server with children (nginx's master)
+        // ends them; SIGKILL if it will not go.
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -113,10 +121,12 @@ fn redis_cli_and_benchmark() {
     assert_eq!(mon.status().status.fallbacks_total, 0);
 }
 
-fn nginx_conf(dir: &std::path::Path, port: u16) -> PathBuf {
+/// `processes`: the master's line (`master_process off;`, or the number
+/// of workers a master forks).
+fn nginx_conf(dir: &std::path::Path, port: u16, processes: &str) -> PathBuf {
     let conf = dir.join("nginx.conf");
     let text = format!(
-        "daemon off;\nmaster_process off;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
+        "daemon off;\n{processes}\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
          events {{ worker_connections 1024; }}\n\
          http {{ access_log off; sendfile on;\n\
            client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
@@ -140,9 +150,7 @@ fn nginx_serves_curl_and_wrk() {
     std::fs::write(dir.join("html/index.html"), "hello from nginx\n").unwrap();
     let mon = Monitor::start(1 << 20);
     let port = free_port();
-    let conf = nginx_conf(&dir, port);
-    // One process (master_process off): a forked worker would share the
-    // listener, whose ipcd clients then go through the kernel by design.
+    let conf = nginx_conf(&dir, port, "master_process off;");
     let _server = spawn_server(&mon, "nginx", &["-p", &dir.to_string_lossy(), "-c", &conf.to_string_lossy()], port);
     let url = format!("http://127.0.0.1:{port}/big.bin");
     let mut want = Fnv::default();
@@ -163,6 +171,43 @@ fn nginx_serves_curl_and_wrk() {
     );
     assert!(wrk.contains("Requests/sec") && !wrk.contains("Non-2xx"), "{wrk}");
     assert!(brokered(&mon) >= before + 16, "wrk's connections did not go through ipcd");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// nginx as it is usually run: a master that listens and forks workers
+/// that accept on the listener they inherited (the master never does).
+#[test]
+fn nginx_master_and_workers_serve_through_ipcd() {
+    if !have("nginx", &["nginx", "curl", "wrk"]) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ipcd-nginx-workers-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("html")).unwrap();
+    std::fs::write(dir.join("html/index.html"), "hello from a worker\n").unwrap();
+    let mon = Monitor::start(1 << 20);
+    let port = free_port();
+    let conf = nginx_conf(&dir, port, "worker_processes 2;");
+    let _server = spawn_server(&mon, "nginx", &["-p", &dir.to_string_lossy(), "-c", &conf.to_string_lossy()], port);
+    let url = format!("http://127.0.0.1:{port}/index.html");
+    for _ in 0..5 {
+        let out = under(&mon, "curl", &["-sf", "--max-time", "30", &url]).output().unwrap();
+        assert!(out.status.success(), "curl failed: {}", out.status);
+        assert_eq!(out.stdout, b"hello from a worker\n");
+    }
+    // The workers may not have waited on the listener yet when the first
+    // curl came (that one then went through the kernel); by wrk's turn
+    // they have.
+    let before = brokered(&mon);
+    for close in [false, true] {
+        let mut args = vec!["-t2", "-c16", "-d1s"];
+        if close {
+            args.extend(["-H", "Connection: close"]);
+        }
+        args.push(&url);
+        let wrk = ok("wrk", under(&mon, "wrk", &args).output().unwrap());
+        assert!(wrk.contains("Requests/sec") && !wrk.contains("Non-2xx") && !wrk.contains("Socket errors"), "{wrk}");
+    }
+    assert!(brokered(&mon) >= before + 100, "wrk's connections to the workers did not go through ipcd");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1422,6 +1422,174 @@ fn fork_listener() -> Res {
     Ok(())
 }
 
+/// A port nothing listens on (bound once, then closed).
+fn refused_port() -> Result<u16, String> {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    net::close(l);
+    Ok(port)
+}
+
+/// In a pre-fork child: says it accepts on `l` (a poll that looks without
+/// waiting), makes one round trip through the monitor after that (a
+/// connect to `refused`, which fails), then tells the parent on `ready`.
+/// The monitor reads each process's channel in order, so once the parent
+/// hears the byte the monitor knows this child serves `l`.
+fn prefork_ready(l: i32, refused: u16, ready: i32) -> Res {
+    let mut p = [pollfd(l, libc::POLLIN)];
+    // SAFETY: one live pollfd, no waiting.
+    ensure!(unsafe { libc::poll(p.as_mut_ptr(), 1, 0) } >= 0, "poll of the listener: {}", errno());
+    ensure!(net::connect_loopback(false, refused).is_err(), "nothing listens on port {refused}");
+    say(ready, b'r')
+}
+
+/// Writes one byte to the pipe `w`.
+fn say(w: i32, b: u8) -> Res {
+    // SAFETY: one byte from a live buffer.
+    ensure!(unsafe { libc::write(w, [b].as_ptr().cast(), 1) } == 1, "write to a pipe: {}", errno());
+    Ok(())
+}
+
+/// Waits for one byte from each of `n` children on `ready`.
+fn prefork_wait(ready: i32, n: usize) -> Res {
+    for _ in 0..n {
+        let mut b = [0u8; 1];
+        net::read_exact(ready, &mut b).map_err(f)?;
+    }
+    Ok(())
+}
+
+/// A pre-fork server (nginx's master and workers): the parent listens and
+/// never accepts; two children accept on the copy they inherited, one in
+/// blocking accepts, one through epoll. Every connection is served by one
+/// of them; a connection saying `q` makes the child that takes it close
+/// its copy and leave, so the other then takes all that come.
+fn prefork() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let refused = refused_port()?;
+    let (ready_r, ready_w) = pipe()?;
+    let mut pids = Vec::new();
+    for index in 0..2u8 {
+        let pid = fork()?;
+        if pid == 0 {
+            in_child(|| {
+                net::close(ready_r);
+                // A child that is sent nothing more gives up, and the
+                // check fails instead of hanging.
+                set_timeout(l, 10)?;
+                prefork_ready(l, refused, ready_w)?;
+                // SAFETY: plain epoll creation.
+                let ep = cvt("epoll_create1", unsafe { libc::epoll_create1(0) }).map_err(f)?;
+                epoll_add(ep, l, IN, 1)?;
+                loop {
+                    if index == 1 {
+                        ensure!(epoll_get(ep, 10_000)? == [(IN, 1)], "child 1: the listener never became readable");
+                    }
+                    let s = net::accept(l).map_err(f)?;
+                    let mut b = [0u8; 1];
+                    net::read_exact(s, &mut b).map_err(f)?;
+                    if b[0] == b'q' {
+                        // Its copy goes before the answer: the parent's next
+                        // connect must find the other child.
+                        net::close(l);
+                        ensure!(send(s, &[index], 0) == 1, "child {index}: answer: {}", errno());
+                        net::close(s);
+                        return Ok(());
+                    }
+                    ensure!(send(s, &[index], 0) == 1, "child {index}: answer: {}", errno());
+                    net::close(s);
+                }
+            });
+        }
+        pids.push(pid);
+    }
+    net::close(ready_w);
+    prefork_wait(ready_r, 2)?;
+    let ask = |what: u8| -> Result<u8, String> {
+        let c = net::connect_loopback(false, port).map_err(f)?;
+        ensure!(send(c, &[what], 0) == 1, "send {}: {}", what as char, errno());
+        let mut b = [0u8; 1];
+        net::read_exact(c, &mut b).map_err(f)?;
+        net::close(c);
+        ensure!(b[0] < 2, "answer {}", b[0]);
+        Ok(b[0])
+    };
+    for _ in 0..20 {
+        ask(b'x')?;
+    }
+    let first = ask(b'q')?;
+    for _ in 0..5 {
+        ensure!(ask(b'x')? != first, "child {first} left, yet answered");
+    }
+    ensure!(ask(b'q')? != first, "child {first} left, yet answered the last q");
+    for pid in pids {
+        wait_child(pid)?;
+    }
+    net::close(l);
+    net::close(ready_r);
+    Ok(())
+}
+
+/// A pre-fork child that closes its copy of the listener while a
+/// connection waits in its queue: the connection is the other child's to
+/// accept, as it would be in the kernel's shared queue, not reset.
+fn prefork_decline() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let refused = refused_port()?;
+    let (ready_r, ready_w) = pipe()?;
+    let go = [pipe()?, pipe()?];
+    let mut pids = Vec::new();
+    for index in 0..2u8 {
+        let pid = fork()?;
+        if pid == 0 {
+            in_child(|| {
+                net::close(ready_r);
+                set_timeout(l, 10)?;
+                let go_r = go[index as usize].0;
+                prefork_ready(l, refused, ready_w)?;
+                let mut b = [0u8; 1];
+                net::read_exact(go_r, &mut b).map_err(f)?;
+                if index == 0 {
+                    // Leaves without accepting what waits for it.
+                    net::close(l);
+                    return say(ready_w, b'c');
+                }
+                for _ in 0..2 {
+                    let s = net::accept(l).map_err(f)?;
+                    net::read_exact(s, &mut b).map_err(f)?;
+                    ensure!(send(s, &b, 0) == 1, "echo: {}", errno());
+                    net::close(s);
+                }
+                Ok(())
+            });
+        }
+        pids.push(pid);
+    }
+    net::close(ready_w);
+    prefork_wait(ready_r, 2)?;
+    // One connection waits in each child's queue (or both in the kernel's).
+    let conns = [net::connect_loopback(false, port).map_err(f)?, net::connect_loopback(false, port).map_err(f)?];
+    for (k, &c) in conns.iter().enumerate() {
+        ensure!(send(c, &[b'a' + k as u8], 0) == 1, "send {k}: {}", errno());
+    }
+    // Child 0 first: it closes its copy and says so.
+    say(go[0].1, b'g')?;
+    prefork_wait(ready_r, 1)?;
+    say(go[1].1, b'g')?;
+    for (k, &c) in conns.iter().enumerate() {
+        let mut b = [0u8; 1];
+        ensure!(recv(c, &mut b, 0) == 1, "connection {k} was not served: {}", errno());
+        ensure!(b[0] == b'a' + k as u8, "connection {k} got {b:?}");
+        net::close(c);
+    }
+    for pid in pids {
+        wait_child(pid)?;
+    }
+    net::close(l);
+    net::close(ready_r);
+    go.iter().for_each(|&(r, w)| [r, w].into_iter().for_each(net::close));
+    Ok(())
+}
+
 /// A one-byte message over `byte`, with `space` for its control data.
 fn one_byte_msg(byte: &mut [u8; 1], iov: &mut libc::iovec, space: &mut [u64; 4]) -> libc::msghdr {
     *iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
@@ -2666,6 +2834,8 @@ fn check(name: &str) -> Res {
         "raw-syscalls" => raw_syscalls(),
         "pass-fd" => pass_fd(),
         "fork-listener" => fork_listener(),
+        "prefork" => prefork(),
+        "prefork-decline" => prefork_decline(),
         "accept-wake" => accept_wake(),
         "wait-both-ways" => wait_both_ways(),
         "stdio" => stdio(),
