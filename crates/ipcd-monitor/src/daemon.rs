@@ -451,7 +451,9 @@ impl Daemon {
             Request::Unlisten { listener } => {
                 // A forked child closing its copy of its parent's listener
                 // (same id) gives back its share.
-                if self.registry.remove(token, listener) || self.registry.unshare(token, Some(listener)) {
+                let (owned, handed) = self.registry.disown(token, Some(listener));
+                self.handed_on(token, &handed);
+                if owned > 0 || self.registry.unshare(token, Some(listener)) {
                     self.reply(token, seq, &Response::Ok, &[]);
                 } else {
                     self.fail(token, seq, ErrorCode::NoSuchListener);
@@ -733,6 +735,23 @@ impl Daemon {
         }
     }
 
+    /// `old` let go of listeners that forked children still hold, and
+    /// each went to one of them (`handed`: id, new owner): the entries
+    /// show the new owner's pid, and connections waiting in their queues
+    /// count against them.
+    fn handed_on(&mut self, old: u64, handed: &[(u64, u64)]) {
+        for &(id, owner) in handed {
+            let pid = self.clients.get(&owner).map_or(0, |c| c.pid);
+            if let Some(l) = self.registry.get_mut(owner, id) {
+                l.pid = pid;
+            }
+            for rec in self.conns.values_mut().filter(|r| r.pending_in == Some((old, id))) {
+                rec.pending_in = Some((owner, id));
+            }
+            log!(Level::Info, "msg=\"listener handed on\" listener={id} from={old} to={owner} pid={pid}");
+        }
+    }
+
     /// `token` closed its copy of a shared listener with `conn` still in
     /// its accept queue: the connection goes to another process that
     /// serves the listener, as the kernel's shared queue would have left
@@ -946,7 +965,8 @@ impl Daemon {
                     std::ptr::null_mut(),
                 )
             };
-            let listeners = self.registry.remove_owner(token);
+            let (listeners, handed) = self.registry.remove_owner(token);
+            self.handed_on(token, &handed);
             let level = if why == "channel closed" || why == EXECED { Level::Debug } else { Level::Warn };
             log!(
                 level,

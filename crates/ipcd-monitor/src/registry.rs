@@ -40,6 +40,10 @@ pub struct Listener {
     pub servers: Vec<u64>,
     /// Whose turn among `servers` is next.
     pub turn: usize,
+    /// Handed on from an owner that left (see [`Registry::disown`]): its
+    /// new owner, a child that inherited it, may not accept either (a
+    /// daemon's master), so only `servers` are handed connects.
+    pub handed_on: bool,
 }
 
 impl Listener {
@@ -57,6 +61,7 @@ impl Listener {
             sharers: Vec::new(),
             servers: Vec::new(),
             turn: 0,
+            handed_on: false,
         }
     }
 
@@ -65,12 +70,14 @@ impl Listener {
         !self.sharers.is_empty()
     }
 
-    /// The client a connect is handed to: the owner while the listener is
-    /// not shared; once it is, the servers in turn, and none (the kernel
-    /// takes the connect, and hands it to whichever process accepts)
-    /// until one of them has said it serves.
+    /// The client a connect is handed to: the owner while no other
+    /// process holds the listener; while others do (or it was handed on),
+    /// the servers in turn, and none (the kernel takes the connect, and
+    /// hands it to whichever process accepts) while none has said it
+    /// serves. The owner too must say so then: it may be a master that
+    /// never accepts.
     pub fn acceptor(&mut self) -> Option<u64> {
-        if !self.is_shared() {
+        if !self.is_shared() && !self.handed_on {
             return Some(self.owner);
         }
         if self.servers.is_empty() {
@@ -186,20 +193,35 @@ impl Registry {
         stale
     }
 
-    /// Removes one listener; returns whether it existed.
-    pub fn remove(&mut self, owner: u64, id: u64) -> bool {
-        let before = self.entries.len();
-        self.entries.retain(|l| !(l.owner == owner && l.id == id));
-        self.entries.len() != before
+    /// `owner` lets go of its listener `id` (of every one, if `None`):
+    /// each is removed, or, when forked children still hold the kernel
+    /// socket, handed to the first of them (a daemon that listened, forked
+    /// and exited goes on in the child). Returns how many it owned, and
+    /// the (id, new owner) of those handed on.
+    pub fn disown(&mut self, owner: u64, id: Option<u64>) -> (usize, Vec<(u64, u64)>) {
+        let (mut owned, mut handed) = (0, Vec::new());
+        self.entries.retain_mut(|l| {
+            if l.owner != owner || id.is_some_and(|id| l.id != id) {
+                return true;
+            }
+            owned += 1;
+            l.servers.retain(|&t| t != owner);
+            if l.sharers.is_empty() {
+                return false;
+            }
+            l.owner = l.sharers.remove(0);
+            l.handed_on = true;
+            handed.push((l.id, l.owner));
+            true
+        });
+        (owned, handed)
     }
 
-    /// Removes every listener of a client, and its share of others';
-    /// returns how many it owned.
-    pub fn remove_owner(&mut self, owner: u64) -> usize {
+    /// Lets go of every listener of a client (see [`Registry::disown`]),
+    /// and of its share of others'.
+    pub fn remove_owner(&mut self, owner: u64) -> (usize, Vec<(u64, u64)>) {
         self.unshare(owner, None);
-        let before = self.entries.len();
-        self.entries.retain(|l| l.owner != owner);
-        before - self.entries.len()
+        self.disown(owner, None)
     }
 
     /// The listener a connect to `dest` reaches, if any.
@@ -339,7 +361,7 @@ mod tests {
         other.uid = 1001;
         assert_eq!(r.add(other).len(), 3);
         assert_eq!(owner_for(&mut r, a), Some(4));
-        assert_eq!(r.remove_owner(4), 1);
+        assert_eq!(r.remove_owner(4), (1, vec![]));
         assert!(r.is_empty());
     }
 
@@ -356,7 +378,7 @@ mod tests {
         assert!(!r.unshare(7, Some(2)), "another listener id");
         assert!(r.unshare(7, Some(1)), "7 closed its copy");
         assert!(shared(&mut r), "8 still holds it");
-        assert_eq!(r.remove_owner(8), 0, "8 owned nothing");
+        assert_eq!(r.remove_owner(8), (0, vec![]), "8 owned nothing");
         assert!(!shared(&mut r), "8 went away");
         assert!(!r.unshare(8, None));
     }
@@ -383,5 +405,23 @@ mod tests {
         assert_eq!((acceptor(&mut r), acceptor(&mut r)), (Some(8), Some(8)), "7 closed its copy");
         r.unshare(8, None);
         assert_eq!(acceptor(&mut r), Some(1), "no sharers left: the owner again");
+    }
+
+    #[test]
+    fn a_listener_whose_owner_leaves_goes_to_a_child_that_holds_it() {
+        let mut r = Registry::default();
+        let addr = v4([127, 0, 0, 1], 80);
+        r.add(listener(1, addr, ListenFlags::empty()));
+        r.add(listener(2, v4([127, 0, 0, 1], 81), ListenFlags::empty()));
+        r.mark_forked(1, 7);
+        assert_eq!(r.remove_owner(1), (1, vec![(1, 7)]), "1 listened, forked 7 and left");
+        let l = r.lookup(&addr, local).expect("still listening");
+        assert_eq!((l.owner, l.sharers.is_empty()), (7, true));
+        assert_eq!(l.acceptor(), None, "7 has not said it serves");
+        assert!(r.serve(7, 1));
+        assert_eq!(r.lookup(&addr, local).and_then(Listener::acceptor), Some(7));
+        assert_eq!(r.disown(7, Some(1)), (1, vec![]), "7 closes it: gone");
+        assert!(r.lookup(&addr, local).is_none());
+        assert_eq!(r.disown(2, Some(2)), (1, vec![]));
     }
 }

@@ -209,6 +209,41 @@ fn a_pre_fork_child_that_leaves_hands_its_queue_on() {
     prefork_check("prefork-decline", 2);
 }
 
+/// A server that listens, forks and exits (a daemon's double fork, as
+/// nginx with `daemon on` does): the listener goes on in the child, which
+/// takes its connections through ipcd. Before, the listener went with
+/// the parent and every client took the kernel.
+#[test]
+fn a_server_that_daemonizes_after_listening_keeps_its_listener() {
+    use std::io::BufRead;
+    let mon = Monitor::start(RING_BYTES);
+    let mut parent =
+        mon.under(&mut probe(&["daemon-serve", "10"])).stdout(Stdio::piped()).spawn().expect("daemon-serve");
+    let mut out = std::io::BufReader::new(parent.stdout.take().expect("stdout"));
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        out.read_line(&mut line).expect("read");
+        lines.push(line.trim().to_string());
+    }
+    assert!(parent.wait().expect("wait").success());
+    lines.sort();
+    let port: u16 = lines[0].parse().expect("port");
+    let child: u32 = lines[1].strip_prefix("ready ").and_then(|p| p.parse().ok()).expect("ready PID");
+    // The monitor hands the listener on once it has seen the parent go.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !mon.status().listeners.iter().any(|l| l.addr.port() == port && l.pid == child) {
+        assert!(std::time::Instant::now() < deadline, "the listener never went to the child");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let clients = mon.under(&mut probe(&["prefork-clients", &port.to_string(), "10"])).output().expect("clients");
+    must_pass("clients of a daemonized server", clients);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("the child's end");
+    let st = mon.status().status;
+    assert_eq!((st.connects_total, st.fallbacks_total), (10, 1), "{st:?}");
+}
+
 #[test]
 fn epoll_server_level_triggered_mixed_clients() {
     epoll_server("level");

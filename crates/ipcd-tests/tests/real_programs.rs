@@ -121,12 +121,11 @@ fn redis_cli_and_benchmark() {
     assert_eq!(mon.status().status.fallbacks_total, 0);
 }
 
-/// `processes`: the master's line (`master_process off;`, or the number
-/// of workers a master forks).
-fn nginx_conf(dir: &std::path::Path, port: u16, processes: &str) -> PathBuf {
+/// `head`: the lines that say how nginx runs (daemon or not, master or not).
+fn nginx_conf(dir: &std::path::Path, port: u16, head: &str) -> PathBuf {
     let conf = dir.join("nginx.conf");
     let text = format!(
-        "daemon off;\n{processes}\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
+        "{head}\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
          events {{ worker_connections 1024; }}\n\
          http {{ access_log off; sendfile on;\n\
            client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
@@ -150,7 +149,7 @@ fn nginx_serves_curl_and_wrk() {
     std::fs::write(dir.join("html/index.html"), "hello from nginx\n").unwrap();
     let mon = Monitor::start(1 << 20);
     let port = free_port();
-    let conf = nginx_conf(&dir, port, "master_process off;");
+    let conf = nginx_conf(&dir, port, "daemon off;\nmaster_process off;");
     let _server = spawn_server(&mon, "nginx", &["-p", &dir.to_string_lossy(), "-c", &conf.to_string_lossy()], port);
     let url = format!("http://127.0.0.1:{port}/big.bin");
     let mut want = Fnv::default();
@@ -174,8 +173,40 @@ fn nginx_serves_curl_and_wrk() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// nginx as it is usually run: a master that listens and forks workers
-/// that accept on the listener they inherited (the master never does).
+/// A daemon nginx running in this directory: stopped through its pid
+/// file (its master is not our child), first with SIGTERM so that it ends
+/// its workers; then the directory goes.
+struct NginxDaemon(PathBuf);
+
+impl Drop for NginxDaemon {
+    fn drop(&mut self) {
+        let pid = std::fs::read_to_string(self.0.join("nginx.pid")).ok().and_then(|p| p.trim().parse().ok());
+        if let Some(pid) = pid {
+            stop(pid);
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// SIGTERM to `pid`, and SIGKILL if it is still there 3 s later.
+fn stop(pid: libc::pid_t) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    // SAFETY: signals the process this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    // SAFETY: signal 0 only asks whether it is still there.
+    let there = || unsafe { libc::kill(pid, 0) } == 0;
+    while there() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if there() {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// nginx as Debian's service runs it: it listens, daemonizes (forks, and
+/// the first process exits), and its master forks workers that accept on
+/// the listener they inherited (the master never does).
 #[test]
 fn nginx_master_and_workers_serve_through_ipcd() {
     if !have("nginx", &["nginx", "curl", "wrk"]) {
@@ -186,7 +217,8 @@ fn nginx_master_and_workers_serve_through_ipcd() {
     std::fs::write(dir.join("html/index.html"), "hello from a worker\n").unwrap();
     let mon = Monitor::start(1 << 20);
     let port = free_port();
-    let conf = nginx_conf(&dir, port, "worker_processes 2;");
+    let conf = nginx_conf(&dir, port, "daemon on;\nworker_processes 2;");
+    let _daemon = NginxDaemon(dir.clone());
     let _server = spawn_server(&mon, "nginx", &["-p", &dir.to_string_lossy(), "-c", &conf.to_string_lossy()], port);
     let url = format!("http://127.0.0.1:{port}/index.html");
     for _ in 0..5 {
@@ -208,7 +240,6 @@ fn nginx_master_and_workers_serve_through_ipcd() {
         assert!(wrk.contains("Requests/sec") && !wrk.contains("Non-2xx") && !wrk.contains("Socket errors"), "{wrk}");
     }
     assert!(brokered(&mon) >= before + 100, "wrk's connections to the workers did not go through ipcd");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -1834,6 +1834,40 @@ fn prefork_serve(workers: usize) -> Res {
     Ok(())
 }
 
+/// A server that daemonizes after it listens: the parent listens, forks
+/// and exits; the child says it accepts (see `prefork_ready`), prints
+/// `ready PID`, and echoes `n` connections as `prefork_serve` does.
+/// Prints the port first.
+fn daemon_serve(n: usize) -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let refused = refused_port()?;
+    let pid = fork()?;
+    if pid == 0 {
+        in_child(|| {
+            let mut p = [pollfd(l, libc::POLLIN)];
+            // SAFETY: one live pollfd, no waiting.
+            ensure!(unsafe { libc::poll(p.as_mut_ptr(), 1, 0) } >= 0, "poll of the listener: {}", errno());
+            ensure!(net::connect_loopback(false, refused).is_err(), "nothing listens on port {refused}");
+            set_timeout(l, 10)?;
+            // SAFETY: getpid cannot fail.
+            println!("ready {}", unsafe { libc::getpid() });
+            for _ in 0..n {
+                let s = net::accept(l).map_err(f)?;
+                let mut buf = [0u8; 4];
+                net::read_exact(s, &mut buf).map_err(f)?;
+                // SAFETY: getpid cannot fail.
+                let me = unsafe { libc::getpid() };
+                net::send_all(s, format!("{me:>10}").as_bytes()).map_err(f)?;
+                net::send_all(s, &buf).map_err(f)?;
+                net::close(s);
+            }
+            Ok(())
+        });
+    }
+    println!("{port}");
+    Ok(())
+}
+
 /// `n` connections to a pre-fork server, one after another; prints how
 /// many distinct workers answered.
 fn prefork_clients(port: u16, n: usize) -> Res {
@@ -3034,6 +3068,7 @@ fn main() {
             net::close(c);
         }),
         "prefork-serve" => prefork_serve(num(1) as usize),
+        "daemon-serve" => daemon_serve(num(1) as usize),
         "prefork-clients" => prefork_clients(num(1) as u16, num(2) as usize),
         "exec-child" => exec_child(num(1) as i32),
         "epoll-serve" => epoll_serve(num(1) as usize, arg(2) == "edge"),
