@@ -1430,16 +1430,16 @@ fn refused_port() -> Result<u16, String> {
 }
 
 /// In a pre-fork child: says it accepts on `l` (a poll that looks without
-/// waiting), makes one round trip through the monitor after that (a
-/// connect to `refused`, which fails), then tells the parent on `ready`.
-/// The monitor reads each process's channel in order, so once the parent
-/// hears the byte the monitor knows this child serves `l`.
-fn prefork_ready(l: i32, refused: u16, ready: i32) -> Res {
+/// waiting), then makes one round trip through the monitor (a connect to
+/// `refused`, which fails). The monitor reads each process's channel in
+/// order, so once the child has told its parent, the monitor knows it
+/// serves `l`.
+fn serving(l: i32, refused: u16) -> Res {
     let mut p = [pollfd(l, libc::POLLIN)];
     // SAFETY: one live pollfd, no waiting.
     ensure!(unsafe { libc::poll(p.as_mut_ptr(), 1, 0) } >= 0, "poll of the listener: {}", errno());
     ensure!(net::connect_loopback(false, refused).is_err(), "nothing listens on port {refused}");
-    say(ready, b'r')
+    Ok(())
 }
 
 /// Writes one byte to the pipe `w`.
@@ -1458,13 +1458,12 @@ fn prefork_wait(ready: i32, n: usize) -> Res {
     Ok(())
 }
 
-/// A pre-fork server (nginx's master and workers): the parent listens and
-/// never accepts; two children accept on the copy they inherited, one in
-/// blocking accepts, one through epoll. Every connection is served by one
-/// of them; a connection saying `q` makes the child that takes it close
-/// its copy and leave, so the other then takes all that come.
-fn prefork() -> Res {
-    let (l, port) = net::listen_loopback(false).map_err(f)?;
+/// Forks the two children of a pre-fork check: each gives up after 10 s
+/// without a connection (the check then fails instead of hanging), says
+/// it accepts on `l` (`serving`), then runs `body(index, ready)`.
+/// Returns their pids and the read end of the pipe they said ready on,
+/// once both have.
+fn prefork_children(l: i32, body: impl Fn(u8, i32) -> Res) -> Result<(Vec<i32>, i32), String> {
     let refused = refused_port()?;
     let (ready_r, ready_w) = pipe()?;
     let mut pids = Vec::new();
@@ -1473,37 +1472,49 @@ fn prefork() -> Res {
         if pid == 0 {
             in_child(|| {
                 net::close(ready_r);
-                // A child that is sent nothing more gives up, and the
-                // check fails instead of hanging.
                 set_timeout(l, 10)?;
-                prefork_ready(l, refused, ready_w)?;
-                // SAFETY: plain epoll creation.
-                let ep = cvt("epoll_create1", unsafe { libc::epoll_create1(0) }).map_err(f)?;
-                epoll_add(ep, l, IN, 1)?;
-                loop {
-                    if index == 1 {
-                        ensure!(epoll_get(ep, 10_000)? == [(IN, 1)], "child 1: the listener never became readable");
-                    }
-                    let s = net::accept(l).map_err(f)?;
-                    let mut b = [0u8; 1];
-                    net::read_exact(s, &mut b).map_err(f)?;
-                    if b[0] == b'q' {
-                        // Its copy goes before the answer: the parent's next
-                        // connect must find the other child.
-                        net::close(l);
-                        ensure!(send(s, &[index], 0) == 1, "child {index}: answer: {}", errno());
-                        net::close(s);
-                        return Ok(());
-                    }
-                    ensure!(send(s, &[index], 0) == 1, "child {index}: answer: {}", errno());
-                    net::close(s);
-                }
+                serving(l, refused)?;
+                say(ready_w, b'r')?;
+                body(index, ready_w)
             });
         }
         pids.push(pid);
     }
     net::close(ready_w);
     prefork_wait(ready_r, 2)?;
+    Ok((pids, ready_r))
+}
+
+/// A pre-fork server (nginx's master and workers): the parent listens and
+/// never accepts; two children accept on the copy they inherited, one in
+/// blocking accepts, one through epoll. Every connection is served by one
+/// of them; a connection saying `q` makes the child that takes it close
+/// its copy and leave, so the other then takes all that come.
+fn prefork() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let (pids, ready_r) = prefork_children(l, |index, _| {
+        // SAFETY: plain epoll creation.
+        let ep = cvt("epoll_create1", unsafe { libc::epoll_create1(0) }).map_err(f)?;
+        epoll_add(ep, l, IN, 1)?;
+        loop {
+            if index == 1 {
+                ensure!(epoll_get(ep, 10_000)? == [(IN, 1)], "child 1: the listener never became readable");
+            }
+            let s = net::accept(l).map_err(f)?;
+            let mut b = [0u8; 1];
+            net::read_exact(s, &mut b).map_err(f)?;
+            if b[0] == b'q' {
+                // Its copy goes before the answer: the parent's next
+                // connect must find the other child.
+                net::close(l);
+                ensure!(send(s, &[index], 0) == 1, "child {index}: answer: {}", errno());
+                net::close(s);
+                return Ok(());
+            }
+            ensure!(send(s, &[index], 0) == 1, "child {index}: answer: {}", errno());
+            net::close(s);
+        }
+    })?;
     let ask = |what: u8| -> Result<u8, String> {
         let c = net::connect_loopback(false, port).map_err(f)?;
         ensure!(send(c, &[what], 0) == 1, "send {}: {}", what as char, errno());
@@ -1534,38 +1545,23 @@ fn prefork() -> Res {
 /// accept, as it would be in the kernel's shared queue, not reset.
 fn prefork_decline() -> Res {
     let (l, port) = net::listen_loopback(false).map_err(f)?;
-    let refused = refused_port()?;
-    let (ready_r, ready_w) = pipe()?;
     let go = [pipe()?, pipe()?];
-    let mut pids = Vec::new();
-    for index in 0..2u8 {
-        let pid = fork()?;
-        if pid == 0 {
-            in_child(|| {
-                net::close(ready_r);
-                set_timeout(l, 10)?;
-                let go_r = go[index as usize].0;
-                prefork_ready(l, refused, ready_w)?;
-                let mut b = [0u8; 1];
-                net::read_exact(go_r, &mut b).map_err(f)?;
-                if index == 0 {
-                    // Leaves without accepting what waits for it.
-                    net::close(l);
-                    return say(ready_w, b'c');
-                }
-                for _ in 0..2 {
-                    let s = net::accept(l).map_err(f)?;
-                    net::read_exact(s, &mut b).map_err(f)?;
-                    ensure!(send(s, &b, 0) == 1, "echo: {}", errno());
-                    net::close(s);
-                }
-                Ok(())
-            });
+    let (pids, ready_r) = prefork_children(l, |index, ready_w| {
+        let mut b = [0u8; 1];
+        net::read_exact(go[index as usize].0, &mut b).map_err(f)?;
+        if index == 0 {
+            // Leaves without accepting what waits for it.
+            net::close(l);
+            return say(ready_w, b'c');
         }
-        pids.push(pid);
-    }
-    net::close(ready_w);
-    prefork_wait(ready_r, 2)?;
+        for _ in 0..2 {
+            let s = net::accept(l).map_err(f)?;
+            net::read_exact(s, &mut b).map_err(f)?;
+            ensure!(send(s, &b, 0) == 1, "echo: {}", errno());
+            net::close(s);
+        }
+        Ok(())
+    })?;
     // One connection waits in each child's queue (or both in the kernel's).
     let conns = [net::connect_loopback(false, port).map_err(f)?, net::connect_loopback(false, port).map_err(f)?];
     for (k, &c) in conns.iter().enumerate() {
@@ -1799,6 +1795,20 @@ fn sa_restart() -> Res {
     Ok(())
 }
 
+/// Accepts one connection on `l` and answers its 4 bytes with our pid
+/// (10 characters) and the same 4 bytes.
+fn echo_one_with_pid(l: i32) -> Res {
+    let s = net::accept(l).map_err(f)?;
+    let mut buf = [0u8; 4];
+    net::read_exact(s, &mut buf).map_err(f)?;
+    // SAFETY: getpid cannot fail.
+    let me = unsafe { libc::getpid() };
+    net::send_all(s, format!("{me:>10}").as_bytes()).map_err(f)?;
+    net::send_all(s, &buf).map_err(f)?;
+    net::close(s);
+    Ok(())
+}
+
 /// A pre-fork server: the parent listens, `workers` children accept and
 /// echo (each reply starts with the worker's pid); prints its port; runs
 /// until killed.
@@ -1809,14 +1819,7 @@ fn prefork_serve(workers: usize) -> Res {
         let pid = fork()?;
         if pid == 0 {
             in_child(|| loop {
-                let s = net::accept(l).map_err(f)?;
-                let mut buf = [0u8; 4];
-                net::read_exact(s, &mut buf).map_err(f)?;
-                // SAFETY: getpid cannot fail.
-                let me = unsafe { libc::getpid() };
-                net::send_all(s, format!("{me:>10}").as_bytes()).map_err(f)?;
-                net::send_all(s, &buf).map_err(f)?;
-                net::close(s);
+                echo_one_with_pid(l)?;
             });
         }
         pids.push(pid);
@@ -1835,7 +1838,7 @@ fn prefork_serve(workers: usize) -> Res {
 }
 
 /// A server that daemonizes after it listens: the parent listens, forks
-/// and exits; the child says it accepts (see `prefork_ready`), prints
+/// and exits; the child says it accepts (see `serving`), prints
 /// `ready PID`, and echoes `n` connections as `prefork_serve` does.
 /// Prints the port first.
 fn daemon_serve(n: usize) -> Res {
@@ -1844,24 +1847,11 @@ fn daemon_serve(n: usize) -> Res {
     let pid = fork()?;
     if pid == 0 {
         in_child(|| {
-            let mut p = [pollfd(l, libc::POLLIN)];
-            // SAFETY: one live pollfd, no waiting.
-            ensure!(unsafe { libc::poll(p.as_mut_ptr(), 1, 0) } >= 0, "poll of the listener: {}", errno());
-            ensure!(net::connect_loopback(false, refused).is_err(), "nothing listens on port {refused}");
+            serving(l, refused)?;
             set_timeout(l, 10)?;
             // SAFETY: getpid cannot fail.
             println!("ready {}", unsafe { libc::getpid() });
-            for _ in 0..n {
-                let s = net::accept(l).map_err(f)?;
-                let mut buf = [0u8; 4];
-                net::read_exact(s, &mut buf).map_err(f)?;
-                // SAFETY: getpid cannot fail.
-                let me = unsafe { libc::getpid() };
-                net::send_all(s, format!("{me:>10}").as_bytes()).map_err(f)?;
-                net::send_all(s, &buf).map_err(f)?;
-                net::close(s);
-            }
-            Ok(())
+            (0..n).try_for_each(|_| echo_one_with_pid(l))
         });
     }
     println!("{port}");
