@@ -26,7 +26,8 @@ pub struct Config {
     /// else one fewer than the cores this process may run on, at least 1).
     pub spinners: u32,
     /// `IPCD_BATCH_NS`: how long a reader that keeps finding a few bytes
-    /// waiting pauses before it looks again (0: never).
+    /// waiting first pauses before it looks again (0: never); further
+    /// pauses double, up to 32 times this (see `stream::recv`).
     pub batch: Duration,
     /// `IPCD_LOG`: 0 error, 1 warn (default), 2 info, 3 debug.
     pub log_level: u8,

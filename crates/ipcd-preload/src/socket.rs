@@ -33,6 +33,10 @@ pub struct Stream {
     /// bytes already waiting, fewer than they had room for: the peer
     /// streams small writes faster than we look (see `stream::recv`).
     pub behind: u8,
+    /// How many times the configured batch the next pause of a reader
+    /// that is behind lasts (see `stream::recv`): doubles while reads
+    /// after a pause still find a few bytes, back to 1 when they do not.
+    pub pause_scale: u8,
 }
 
 impl Stream {
@@ -47,6 +51,7 @@ impl Stream {
             connect_pending,
             zerocopy: Zerocopy::default(),
             behind: 0,
+            pause_scale: 1,
         }
     }
 }
