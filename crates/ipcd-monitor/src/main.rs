@@ -76,6 +76,10 @@ enum Cmd {
         /// Directory for results.json and chart.svg.
         #[arg(long, default_value = "ipcd-bench")]
         out: PathBuf,
+        /// Run only these groups of workloads, comma-separated: latency,
+        /// stream, setup, epoll, programs, scaling [default: all].
+        #[arg(long, value_delimiter = ',', value_name = "GROUPS")]
+        only: Vec<ipcd_monitor::bench::Group>,
     },
     /// Stop the monitor.
     Stop {
@@ -110,7 +114,7 @@ fn main() -> ExitCode {
         }
         Cmd::Run { socket, command } => run(&socket.unwrap_or_else(default_socket_name), &command),
         Cmd::Status { socket, json } => status(&socket.unwrap_or_else(default_socket_name), json),
-        Cmd::Bench { quick, out } => bench(quick, out),
+        Cmd::Bench { quick, out, only } => bench(quick, out, only),
         Cmd::Stop { socket } => stop(&socket.unwrap_or_else(default_socket_name)),
         Cmd::DebugConnect { socket, addr } => debug_connect(&socket.unwrap_or_else(default_socket_name), addr),
     };
@@ -165,7 +169,7 @@ fn ensure_monitor(socket: &str) -> Result<(), String> {
     Err(format!("the monitor did not answer on @{socket} within 5 s; see {}", log_path.display()))
 }
 
-fn bench(quick: bool, out: PathBuf) -> Result<ExitCode, String> {
+fn bench(quick: bool, out: PathBuf, only: Vec<ipcd_monitor::bench::Group>) -> Result<ExitCode, String> {
     let ipcd = std::env::current_exe().map_err(|e| format!("cannot find the ipcd binary: {e}"))?;
     let probe = match std::env::var_os("IPCD_PROBE") {
         Some(p) => PathBuf::from(p),
@@ -177,7 +181,7 @@ fn bench(quick: bool, out: PathBuf) -> Result<ExitCode, String> {
             probe.display()
         ));
     }
-    let opts = ipcd_monitor::bench::Options { quick, out, ipcd, preload: preload_path()?, probe };
+    let opts = ipcd_monitor::bench::Options { quick, out, ipcd, preload: preload_path()?, probe, only };
     ipcd_monitor::bench::run(&opts)?;
     Ok(ExitCode::SUCCESS)
 }

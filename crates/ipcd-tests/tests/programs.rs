@@ -102,3 +102,36 @@ fn ipcd_bench_quick_writes_every_result() {
     assert!(table.contains("ipcd gain") && table.contains("round trip 8 B"), "{table}");
     assert!(table.contains("scaling: 8 pair(s)") && table.contains("CPU per message"), "{table}");
 }
+
+#[test]
+fn ipcd_bench_only_runs_the_groups_asked_for() {
+    let a = artifacts();
+    let out_dir = std::env::temp_dir().join(format!("ipcd-bench-only-{}", std::process::id()));
+    let mut cmd = Command::new(&a.ipcd);
+    let out = die_with_parent(&mut cmd)
+        .args(["bench", "--quick", "--only", "latency", "--out"])
+        .arg(&out_dir)
+        .env("IPCD_PROBE", PROBE)
+        .stdin(Stdio::null())
+        .output()
+        .expect("ipcd bench");
+    assert!(out.status.success(), "ipcd bench: {}", String::from_utf8_lossy(&out.stderr));
+    let json = std::fs::read_to_string(out_dir.join("results.json")).expect("results.json");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let rows: Vec<&str> = json.lines().filter(|l| l.contains("\"workload\"")).collect();
+    // p50, p99 and p99.9 of 8 B and 1 KiB, nothing else.
+    assert_eq!(rows.len(), 6, "{json}");
+    assert!(rows.iter().all(|r| r.contains("round trip")), "{json}");
+
+    // A group that does not exist is refused before anything runs.
+    let mut cmd = Command::new(&a.ipcd);
+    let out = die_with_parent(&mut cmd)
+        .args(["bench", "--only", "latency,strem", "--out"])
+        .arg(&out_dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("ipcd bench");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown group `strem`"), "{out:?}");
+    assert!(!out_dir.exists());
+}

@@ -27,6 +27,60 @@ pub struct Options {
     pub preload: PathBuf,
     /// The test program (`probe`, built with the workspace).
     pub probe: PathBuf,
+    /// The groups of workloads to run; empty runs them all.
+    pub only: Vec<Group>,
+}
+
+/// A group of workloads, for `ipcd bench --only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// Round trips of 8 B and 1 KiB.
+    Latency,
+    /// One-way streaming of every write size.
+    Stream,
+    /// Connection set-up, one and eight client threads.
+    Setup,
+    /// The epoll echo server.
+    Epoll,
+    /// Real programs (redis, sockperf, iperf3, nginx).
+    Programs,
+    /// Throughput as connection pairs grow.
+    Scaling,
+}
+
+impl Group {
+    /// Every group, in the order a run takes them.
+    pub const ALL: [Group; 6] =
+        [Group::Latency, Group::Stream, Group::Setup, Group::Epoll, Group::Programs, Group::Scaling];
+
+    /// The name `--only` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Group::Latency => "latency",
+            Group::Stream => "stream",
+            Group::Setup => "setup",
+            Group::Epoll => "epoll",
+            Group::Programs => "programs",
+            Group::Scaling => "scaling",
+        }
+    }
+}
+
+impl std::str::FromStr for Group {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Group, String> {
+        Group::ALL.into_iter().find(|g| g.name() == s).ok_or_else(|| {
+            let names: Vec<_> = Group::ALL.iter().map(|g| g.name()).collect();
+            format!("unknown group `{s}` (one of: {})", names.join(", "))
+        })
+    }
+}
+
+impl Options {
+    fn runs(&self, g: Group) -> bool {
+        self.only.is_empty() || self.only.contains(&g)
+    }
 }
 
 /// A transport a workload runs over.
@@ -252,13 +306,17 @@ pub fn run(opts: &Options) -> Result<(), String> {
     let reps = if opts.quick { 3 } else { 5 };
     let all = [Transport::Tcp, Transport::Unix, Transport::Ipcd];
     let stream_sizes: [usize; 6] = [8, 64, 1024, 16384, 65536, 1 << 20];
-    let total = reps * (2 * 3 + stream_sizes.len() * 3 + 2 * 2 + 3 * 2)
-        + programs::steps(reps)
-        + scaling::steps(reps, all.len());
+    let steps = |g: Group, n: usize| if opts.runs(g) { n } else { 0 };
+    let total = steps(Group::Latency, reps * 2 * 3)
+        + steps(Group::Stream, reps * stream_sizes.len() * 3)
+        + steps(Group::Setup, reps * 2 * 2)
+        + steps(Group::Epoll, reps * 3 * 2)
+        + steps(Group::Programs, programs::steps(reps))
+        + steps(Group::Scaling, scaling::steps(reps, all.len()));
     let mut progress = Progress { done: 0, total };
     let mut rows = Vec::new();
 
-    for size in [8usize, 1024] {
+    for size in [8usize, 1024].into_iter().filter(|_| opts.runs(Group::Latency)) {
         let res = alternate(reps, &all, &mut progress, &format!("round trip {size} B"), |t| {
             let n = if t == Transport::Ipcd { 200_000 } else { 10_000 } / q;
             runner.latency(t, size, n)
@@ -274,7 +332,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
             });
         }
     }
-    for size in stream_sizes {
+    for size in stream_sizes.into_iter().filter(|_| opts.runs(Group::Stream)) {
         let res = alternate(reps, &all, &mut progress, &format!("stream {size} B writes"), |t| {
             // About 64 MiB (ipcd: 512 MiB) or 1 M writes, whichever is fewer.
             let bytes: u64 = if t == Transport::Ipcd { 512 << 20 } else { 64 << 20 };
@@ -293,22 +351,26 @@ pub fn run(opts: &Options) -> Result<(), String> {
         });
         rows.push(Row { workload: name, metric: "throughput", unit: "GB/s", higher_better: true, values: pick(1) });
     }
-    for threads in [1usize, 8] {
+    for threads in [1usize, 8].into_iter().filter(|_| opts.runs(Group::Setup)) {
         let res = alternate(reps, &TCP_IPCD, &mut progress, &format!("connection setup x{threads}"), |t| {
             let n = if opts.quick { 500 } else { 3000 };
             runner.setup(t, n, threads).map(|r| vec![r])
         });
         rows.push(Row::thousands_per_s(&res, format!("connection setup, {threads} client thread(s)"), "connections/s"));
     }
-    for conns in [1usize, 16, 256] {
+    for conns in [1usize, 16, 256].into_iter().filter(|_| opts.runs(Group::Epoll)) {
         let res = alternate(reps, &TCP_IPCD, &mut progress, &format!("epoll server {conns} conn"), |t| {
             let rounds = (if t == Transport::Ipcd { 200_000 } else { 10_000 } / conns.min(16) / q as usize).max(20);
             runner.epoll(t, conns, rounds).map(|r| vec![r])
         });
         rows.push(Row::thousands_per_s(&res, format!("epoll echo server, {conns} connection(s)"), "requests/s"));
     }
-    programs::run(&runner, opts.quick, reps, &mut progress, &mut rows);
-    scaling::run(&runner, opts.quick, reps, &all, &mut progress, &mut rows);
+    if opts.runs(Group::Programs) {
+        programs::run(&runner, opts.quick, reps, &mut progress, &mut rows);
+    }
+    if opts.runs(Group::Scaling) {
+        scaling::run(&runner, opts.quick, reps, &all, &mut progress, &mut rows);
+    }
     eprintln!();
     print_table(&rows);
     let json = opts.out.join("results.json");
