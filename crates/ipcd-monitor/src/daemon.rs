@@ -727,10 +727,11 @@ impl Daemon {
             recyclable: true,
         };
         self.conns.insert(conn, rec);
-        if sent.is_err() {
-            // Answered, but the acceptor never got it: its end goes as a
-            // dead acceptor's would (the connector reads end of stream or
-            // a reset, and is told `PeerGone`).
+        // Answered, but the acceptor never got it (it died meanwhile): it
+        // goes to another process serving the listener if there is one,
+        // else its end goes as a dead acceptor's would (the connector
+        // reads end of stream or a reset, and is told `PeerGone`).
+        if sent.is_err() && !self.hand_on(acceptor, conn) {
             self.release(acceptor, conn, Side::B, true);
         }
     }
@@ -758,35 +759,66 @@ impl Daemon {
     /// it to the others. With none left, its acceptor's end is closed as
     /// a dead acceptor's.
     fn decline(&mut self, token: u64, conn: u64) {
-        let Some(rec) = self.conns.get_mut(&conn) else { return };
-        let (Some((owner, id)), true) = (rec.pending_in, rec.holders[1] == [token]) else {
+        if !self.conns.get(&conn).is_some_and(|rec| rec.pending_in.is_some() && rec.holders[1] == [token]) {
             log!(Level::Warn, "msg=\"decline of a connection not waiting here\" client={token} conn={conn}");
             return;
-        };
-        let next = self.registry.get_mut(owner, id).and_then(Listener::acceptor).filter(|&t| t != token);
+        }
+        if let Some(c) = self.clients.get_mut(&token) {
+            c.holdings.retain(|h| *h != (conn, Side::B));
+        }
+        if !self.hand_on(token, conn) {
+            self.release(token, conn, Side::B, true);
+        }
+    }
+
+    /// Whether `conn` waits for `token` alone in a listener's accept queue
+    /// and `token` has done nothing on it its peer could see: then the
+    /// connector cannot tell it from one still queued for another acceptor.
+    fn waits_untouched(&self, token: u64, conn: u64) -> bool {
+        self.conns.get(&conn).is_some_and(|rec| {
+            rec.pending_in.is_some()
+                && rec.holders[1] == [token]
+                && !rec.gone[1]
+                && rec.seg.view().untouched(ring_side(Side::B))
+        })
+    }
+
+    /// Gives `conn`, waiting for `from` in a listener's accept queue, to
+    /// another process that serves the listener, trying each in turn
+    /// until one takes it. False when none did.
+    fn hand_on(&mut self, from: u64, conn: u64) -> bool {
+        let Some(rec) = self.conns.get_mut(&conn) else { return false };
+        let Some((owner, id)) = rec.pending_in else { return false };
         let mut info = rec.info[1];
         // The next acceptor has not mapped it, and three processes have.
         info.reused = false;
         rec.recyclable = false;
         let fds = [rec.seg.fd(), rec.bells[1].as_fd(), rec.bells[0].as_fd()];
-        let sent = next.and_then(|t| {
-            let c = self.clients.get(&t)?;
-            c.chan.send_response(0, &Response::Incoming { listener: id, info }, &fds).ok().map(|()| t)
-        });
-        if let Some(c) = self.clients.get_mut(&token) {
-            c.holdings.retain(|h| *h != (conn, Side::B));
-        }
-        match sent {
-            Some(t) => {
-                rec.holders[1] = vec![t];
-                rec.pair.1 = t;
-                if let Some(c) = self.clients.get_mut(&t) {
-                    c.holdings.push((conn, Side::B));
-                }
-                log!(Level::Debug, "msg=\"declined connection handed on\" conn={conn} from={token} to={t}");
+        let tries = self.registry.get_mut(owner, id).map_or(0, |l| l.servers.len().max(1));
+        let mut sent = None;
+        for _ in 0..tries {
+            let Some(t) = self.registry.get_mut(owner, id).and_then(Listener::acceptor) else { break };
+            if t == from || self.doomed.iter().any(|(d, _)| *d == t) {
+                continue;
             }
-            None => self.release(token, conn, Side::B, true),
+            let Some(c) = self.clients.get(&t) else { continue };
+            match c.chan.send_response(0, &Response::Incoming { listener: id, info }, &fds) {
+                Ok(()) => {
+                    sent = Some(t);
+                    break;
+                }
+                Err(e) if !e.is_would_block() => self.doomed.push((t, format!("cannot deliver: {e}"))),
+                Err(_) => {}
+            }
         }
+        let Some(t) = sent else { return false };
+        rec.holders[1] = vec![t];
+        rec.pair.1 = t;
+        if let Some(c) = self.clients.get_mut(&t) {
+            c.holdings.push((conn, Side::B));
+        }
+        log!(Level::Debug, "msg=\"waiting connection handed on\" conn={conn} from={from} to={t}");
+        true
     }
 
     /// `token` lets go of its hold on `side` of `conn`. When the last holder
@@ -985,6 +1017,13 @@ impl Daemon {
                 continue;
             }
             for (conn, side) in client.holdings {
+                // Connections that waited for it untouched go to another
+                // process serving the listener, as they would have stayed
+                // in the kernel's shared queue for the others (a pre-fork
+                // worker killed with its queue full reset them all).
+                if side == Side::B && self.waits_untouched(token, conn) && self.hand_on(token, conn) {
+                    continue;
+                }
                 self.release(token, conn, side, true);
             }
         }

@@ -298,6 +298,19 @@ impl Segment {
         self.control().rings[side.tx()].writer.0.tail.load(Ordering::Relaxed)
     }
 
+    /// Whether `side` has done nothing its peer could see since the
+    /// segment was made fresh: read nothing, written nothing, closed
+    /// neither direction. Read as published, not validated: a hint for
+    /// the monitor, never an index.
+    pub fn untouched(&self, side: Side) -> bool {
+        let rings = &self.control().rings;
+        let (tx, rx) = (&rings[side.tx()], &rings[side.peer().tx()]);
+        tx.writer.0.tail.load(Ordering::Acquire) == 0
+            && tx.writer.0.flags.load(Ordering::Acquire) == 0
+            && rx.reader.0.head.load(Ordering::Acquire) == 0
+            && rx.reader.0.flags.load(Ordering::Acquire) == 0
+    }
+
     /// Records one more process holding `side` (after fork). Returns the new count.
     pub fn add_holder(&self, side: Side) -> u32 {
         // Relaxed: the count decides only who closes last, published by the

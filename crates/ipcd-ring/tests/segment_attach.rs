@@ -160,3 +160,33 @@ fn a_reused_segment_is_fresh_for_its_next_connection() {
     assert_eq!(ptx.write(b"y").unwrap().len, 1);
     assert_eq!(rx.read(&mut buf).unwrap().len, 1);
 }
+
+#[test]
+fn an_end_is_untouched_until_it_reads_writes_or_closes() {
+    type Act = fn(&mut ipcd_ring::Producer, &mut ipcd_ring::Consumer);
+    let acts: [(&str, Act); 5] = [
+        ("write", |tx, _| assert_eq!(tx.write(b"x").unwrap().len, 1)),
+        ("read", |_, rx| assert_eq!(rx.read(&mut [0u8; 4]).unwrap().len, 2)),
+        ("shut its writing side", |tx, _| {
+            let _ = tx.close();
+        }),
+        ("reset", |tx, _| {
+            let _ = tx.reset();
+        }),
+        ("shut its reading side", |_, rx| {
+            let _ = rx.close();
+        }),
+    ];
+    for (what, act) in acts {
+        let (_r, seg) = segment([64, 64]);
+        let (mut ptx, _) = seg.endpoint(Side::A).unwrap();
+        let (mut tx, mut rx) = seg.endpoint(Side::B).unwrap();
+        // The peer's bytes waiting, unread, and a look at them, leave B untouched.
+        assert_eq!(ptx.write(b"hi").unwrap().len, 2);
+        assert_eq!(rx.readable().unwrap(), 2);
+        assert!(seg.untouched(Side::B), "before B {what}");
+        act(&mut tx, &mut rx);
+        assert!(!seg.untouched(Side::B), "after B {what}");
+        assert!(!seg.untouched(Side::A), "A wrote");
+    }
+}

@@ -209,6 +209,13 @@ fn a_pre_fork_child_that_leaves_hands_its_queue_on() {
     prefork_check("prefork-decline", 2);
 }
 
+/// A child killed with connections in its queue: the ones it had not
+/// touched go to the other child; the one it answered ends.
+#[test]
+fn a_pre_fork_child_that_is_killed_hands_its_untouched_queue_on() {
+    prefork_check("prefork-kill", 4);
+}
+
 /// A server that listens, forks and exits (a daemon's double fork, as
 /// nginx with `daemon on` does): the listener goes on in the child, which
 /// takes its connections through ipcd. Before, the listener went with

@@ -1586,6 +1586,76 @@ fn prefork_decline() -> Res {
     Ok(())
 }
 
+/// A pre-fork child killed with connections in its queue: those it had
+/// not touched are the other child's to accept, as they would be in the
+/// kernel's shared queue, not reset; the one it had answered ends as a
+/// dead process's connection does (end of stream) and is never served
+/// again.
+fn prefork_kill() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let go = [pipe()?, pipe()?];
+    let (pids, ready_r) = prefork_children(l, |index, ready_w| {
+        let mut b = [0u8; 1];
+        net::read_exact(go[index as usize].0, &mut b).map_err(f)?;
+        if index == 0 {
+            let s = net::accept(l).map_err(f)?;
+            net::read_exact(s, &mut b).map_err(f)?;
+            ensure!(send(s, b"0", 0) == 1, "child 0: answer: {}", errno());
+            say(ready_w, b'k')?;
+            // Killed while it waits here.
+            net::read_exact(go[0].0, &mut b).map_err(f)?;
+            return Err("child 0 lived on".into());
+        }
+        for _ in 0..3 {
+            let s = net::accept(l).map_err(f)?;
+            net::read_exact(s, &mut b).map_err(f)?;
+            ensure!(send(s, b"1", 0) == 1, "child 1: answer: {}", errno());
+            net::close(s);
+        }
+        Ok(())
+    })?;
+    let connect = || -> Result<i32, String> {
+        let c = net::connect_loopback(false, port).map_err(f)?;
+        set_timeout(c, 10)?;
+        ensure!(send(c, b"x", 0) == 1, "send: {}", errno());
+        Ok(c)
+    };
+    // One connection waits in each child's queue (or both in the
+    // kernel's), and child 0 answers one; then one more waits in each.
+    let mut conns = vec![connect()?, connect()?];
+    say(go[0].1, b'g')?;
+    prefork_wait(ready_r, 1)?;
+    conns.extend([connect()?, connect()?]);
+    // SAFETY: kills our own child.
+    ensure!(unsafe { libc::kill(pids[0], libc::SIGKILL) } == 0, "kill: {}", errno());
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    cvt("waitpid", unsafe { libc::waitpid(pids[0], &mut status, 0) }).map_err(f)?;
+    say(go[1].1, b'g')?;
+    let mut answers = Vec::new();
+    for (k, &c) in conns.iter().enumerate() {
+        let mut got = Vec::new();
+        let mut b = [0u8; 4];
+        loop {
+            match recv(c, &mut b, 0) {
+                0 => break,
+                n if n > 0 => got.extend_from_slice(&b[..n as usize]),
+                _ => return Err(format!("connection {k}: {} after {got:?}", errno())),
+            }
+        }
+        ensure!(got == b"0" || got == b"1", "connection {k} got {got:?}");
+        answers.push(got[0]);
+        net::close(c);
+    }
+    answers.sort_unstable();
+    ensure!(answers == b"0111", "answers {answers:?}");
+    wait_child(pids[1])?;
+    net::close(l);
+    net::close(ready_r);
+    go.iter().for_each(|&(r, w)| [r, w].into_iter().for_each(net::close));
+    Ok(())
+}
+
 /// A one-byte message over `byte`, with `space` for its control data.
 fn one_byte_msg(byte: &mut [u8; 1], iov: &mut libc::iovec, space: &mut [u64; 4]) -> libc::msghdr {
     *iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
@@ -2860,6 +2930,7 @@ fn check(name: &str) -> Res {
         "fork-listener" => fork_listener(),
         "prefork" => prefork(),
         "prefork-decline" => prefork_decline(),
+        "prefork-kill" => prefork_kill(),
         "accept-wake" => accept_wake(),
         "wait-both-ways" => wait_both_ways(),
         "stdio" => stdio(),
