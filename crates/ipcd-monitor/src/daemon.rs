@@ -442,8 +442,12 @@ impl Daemon {
                     return;
                 }
                 let entry = Listener::new(token, listener, pid, uid, addr, backlog, flags);
-                for stale in self.registry.add(entry) {
-                    log!(Level::Info, "msg=\"stale listener replaced\" addr={addr} old_pid={}", stale.pid);
+                let stale = self.registry.add(entry);
+                for s in &stale {
+                    log!(Level::Info, "msg=\"stale listener replaced\" addr={addr} old_pid={}", s.pid);
+                }
+                if !stale.is_empty() {
+                    self.rehome_parked();
                 }
                 log!(Level::Info, "msg=listening client={token} pid={pid} addr={addr} backlog={backlog}");
                 self.reply(token, seq, &Response::Ok, &[]);
@@ -455,6 +459,7 @@ impl Daemon {
                 self.handed_on(token, &handed);
                 if owned > 0 || self.registry.unshare(token, Some(listener)) {
                     self.reply(token, seq, &Response::Ok, &[]);
+                    self.rehome_parked();
                 } else {
                     self.fail(token, seq, ErrorCode::NoSuchListener);
                 }
@@ -506,7 +511,9 @@ impl Daemon {
             Request::Pass { conn, side, inode } => self.pass(token, seq, conn, side, inode),
             Request::Claim { inode } => self.claim(token, seq, inode),
             Request::Serve { listener } => {
-                if !self.registry.serve(token, listener) {
+                if self.registry.serve(token, listener) {
+                    self.rehome_parked();
+                } else {
                     log!(Level::Warn, "msg=\"serve of a listener not held\" client={token} listener={listener}");
                 }
             }
@@ -756,8 +763,7 @@ impl Daemon {
     /// `token` closed its copy of a shared listener with `conn` still in
     /// its accept queue: the connection goes to another process that
     /// serves the listener, as the kernel's shared queue would have left
-    /// it to the others. With none left, its acceptor's end is closed as
-    /// a dead acceptor's.
+    /// it to the others, or waits parked for one to say it accepts.
     fn decline(&mut self, token: u64, conn: u64) {
         if !self.conns.get(&conn).is_some_and(|rec| rec.pending_in.is_some() && rec.holders[1] == [token]) {
             log!(Level::Warn, "msg=\"decline of a connection not waiting here\" client={token} conn={conn}");
@@ -785,7 +791,10 @@ impl Daemon {
 
     /// Gives `conn`, waiting for `from` in a listener's accept queue, to
     /// another process that serves the listener, trying each in turn
-    /// until one takes it. False when none did.
+    /// until one takes it. With none, a listener other processes hold
+    /// keeps it parked in its queue, held by nobody (see
+    /// [`Daemon::rehome_parked`]), as the kernel's shared queue would.
+    /// False when it was neither handed on nor parked.
     fn hand_on(&mut self, from: u64, conn: u64) -> bool {
         let Some(rec) = self.conns.get_mut(&conn) else { return false };
         let Some((owner, id)) = rec.pending_in else { return false };
@@ -811,7 +820,16 @@ impl Daemon {
                 Err(_) => {}
             }
         }
-        let Some(t) = sent else { return false };
+        let Some(t) = sent else {
+            // Only a listener that others hold waits for one of them to
+            // accept; its owner's alone has no one else to wait for.
+            let park = self.registry.get_mut(owner, id).is_some_and(|l| l.is_shared() || l.handed_on);
+            if park {
+                rec.holders[1].clear();
+                log!(Level::Debug, "msg=\"waiting connection parked\" conn={conn} from={from} listener={id}");
+            }
+            return park;
+        };
         rec.holders[1] = vec![t];
         rec.pair.1 = t;
         if let Some(c) = self.clients.get_mut(&t) {
@@ -819,6 +837,24 @@ impl Daemon {
         }
         log!(Level::Debug, "msg=\"waiting connection handed on\" conn={conn} from={from} to={t}");
         true
+    }
+
+    /// Connections parked in a listener's queue: each goes to a process
+    /// that accepts on it now (one said `Serve`, or the listener is its
+    /// owner's alone again), or, with the listener gone, is closed as a
+    /// dead acceptor's would be. Run when who accepts may have changed.
+    fn rehome_parked(&mut self) {
+        let parked: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, r)| r.pending_in.is_some() && r.holders[1].is_empty() && !r.gone[1])
+            .map(|(&c, _)| c)
+            .collect();
+        for conn in parked {
+            if !self.hand_on(0, conn) {
+                self.release(0, conn, Side::B, true);
+            }
+        }
     }
 
     /// `token` lets go of its hold on `side` of `conn`. When the last holder
@@ -933,6 +969,19 @@ impl Daemon {
             self.fail(token, seq, ErrorCode::NotOwner);
             return;
         };
+        // The parent counted a share for the child in each end it had in
+        // its fd table before it forked (and waits for this message); an
+        // end still waiting in its accept queue got none, and the child
+        // never sees it: holding it there left it waiting for the child
+        // (a `Decline` refused, a reset when the parent exited).
+        let holdings: Vec<_> = holdings
+            .into_iter()
+            .filter(|&(conn, side)| {
+                self.conns
+                    .get(&conn)
+                    .is_some_and(|rec| rec.seg.view().holders(ring_side(side)) as usize > rec.holders[idx(side)].len())
+            })
+            .collect();
         for &(conn, side) in &holdings {
             if let Some(rec) = self.conns.get_mut(&conn) {
                 rec.holders[idx(side)].push(token);
@@ -1026,6 +1075,7 @@ impl Daemon {
                 }
                 self.release(token, conn, side, true);
             }
+            self.rehome_parked();
         }
     }
 

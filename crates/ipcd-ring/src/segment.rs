@@ -311,6 +311,12 @@ impl Segment {
             && rx.reader.0.flags.load(Ordering::Acquire) == 0
     }
 
+    /// How many processes hold `side` ([`Segment::add_holder`] and
+    /// [`Segment::release_holder`]). Read as published, not validated.
+    pub fn holders(&self, side: Side) -> u32 {
+        self.control().header.0.holders[side.index()].load(Ordering::Acquire)
+    }
+
     /// Records one more process holding `side` (after fork). Returns the new count.
     pub fn add_holder(&self, side: Side) -> u32 {
         // Relaxed: the count decides only who closes last, published by the

@@ -186,12 +186,17 @@ fn epoll_server(mode: &str) {
 /// through ipcd: only each child's one connect to a closed port (its way
 /// to be sure the monitor has read that it serves) falls back.
 fn prefork_check(name: &str, connects: u64) {
+    fork_check(name, connects, 2);
+}
+
+/// `prefork_check` with `fallbacks` connects to closed ports.
+fn fork_check(name: &str, connects: u64, fallbacks: u64) {
     must_pass(&format!("{name} on kernel TCP"), probe(&["check", name]).output().expect("run probe"));
     let mon = Monitor::start(RING_BYTES);
     let stderr =
         must_pass(&format!("{name} under ipcd"), mon.under(&mut probe(&["check", name])).output().expect("probe"));
     let st = mon.status().status;
-    assert_eq!((st.connects_total, st.fallbacks_total), (connects, 2), "{name}: {st:?}\n{stderr}");
+    assert_eq!((st.connects_total, st.fallbacks_total), (connects, fallbacks), "{name}: {st:?}\n{stderr}");
 }
 
 /// nginx's shape: the parent listens, forks two children that accept
@@ -214,6 +219,23 @@ fn a_pre_fork_child_that_leaves_hands_its_queue_on() {
 #[test]
 fn a_pre_fork_child_that_is_killed_hands_its_untouched_queue_on() {
     prefork_check("prefork-kill", 4);
+}
+
+/// A connection waiting in the queue of a process that forks is the
+/// child's to accept once the parent closes its copy: before, the child
+/// was counted as holding it and the parent's `Decline` was refused, so
+/// it waited for ever.
+#[test]
+fn a_connection_queued_before_a_fork_goes_to_the_child_that_accepts() {
+    fork_check("fork-queued", 1, 1);
+}
+
+/// A daemon's double fork with a connection already queued: it waits for
+/// the child, which accepts after the process that listened has gone.
+/// Before, it was reset when that process exited.
+#[test]
+fn a_connection_queued_before_a_daemon_forks_waits_for_the_daemon() {
+    fork_check("daemon-queued", 1, 0);
 }
 
 /// A server that listens, forks and exits (a daemon's double fork, as

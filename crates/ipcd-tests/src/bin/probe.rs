@@ -1656,6 +1656,105 @@ fn prefork_kill() -> Res {
     Ok(())
 }
 
+/// Connects to `port` and sends `b`; the connection gives up reading
+/// after 10 s.
+fn connect_and_say(port: u16, b: u8) -> Result<i32, String> {
+    let c = net::connect_loopback(false, port).map_err(f)?;
+    set_timeout(c, 10)?;
+    ensure!(send(c, &[b], 0) == 1, "send: {}", errno());
+    Ok(c)
+}
+
+/// Reads one byte from `c` and checks it is `want`.
+fn expect_byte(c: i32, want: u8) -> Res {
+    let mut b = [0u8; 1];
+    ensure!(recv(c, &mut b, 0) == 1, "the connection was not served: {}", errno());
+    ensure!(b[0] == want, "got {b:?}, not {want}");
+    Ok(())
+}
+
+/// A connection waits in a listener's queue when its process forks; the
+/// parent closes its copy without accepting it: the child accepts it,
+/// as it would from the kernel's shared queue (the child never saw it
+/// queued, so it must not count as holding it).
+fn fork_queued() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let c = connect_and_say(port, b'q')?;
+    let refused = refused_port()?;
+    let (ready_r, ready_w) = pipe()?;
+    let pid = fork()?;
+    if pid == 0 {
+        in_child(|| {
+            net::close(ready_r);
+            set_timeout(l, 10)?;
+            serving(l, refused)?;
+            say(ready_w, b'r')?;
+            let s = net::accept(l).map_err(f)?;
+            let mut b = [0u8; 1];
+            net::read_exact(s, &mut b).map_err(f)?;
+            ensure!(send(s, &b, 0) == 1, "echo: {}", errno());
+            net::close(s);
+            Ok(())
+        });
+    }
+    net::close(ready_w);
+    prefork_wait(ready_r, 1)?;
+    net::close(l);
+    expect_byte(c, b'q')?;
+    net::close(c);
+    wait_child(pid)?;
+    net::close(ready_r);
+    Ok(())
+}
+
+/// A server that daemonizes with a connection in its queue: the process
+/// that listened forks a child and exits before the child accepts. The
+/// connection waits for the child, as in the kernel's queue, instead of
+/// going with the process that listened.
+fn daemon_queued() -> Res {
+    let (port_r, port_w) = pipe()?;
+    let (go_r, go_w) = pipe()?;
+    let daemon = fork()?;
+    if daemon == 0 {
+        in_child(|| {
+            net::close(port_r);
+            net::close(go_w);
+            let (l, port) = net::listen_loopback(false).map_err(f)?;
+            port.to_le_bytes().into_iter().try_for_each(|b| say(port_w, b))?;
+            let mut b = [0u8; 1];
+            // The client has connected.
+            net::read_exact(go_r, &mut b).map_err(f)?;
+            let (gone_r, gone_w) = pipe()?;
+            if fork()? == 0 {
+                in_child(|| {
+                    net::close(gone_w);
+                    // Accepts once the process that listened is gone.
+                    ensure!(net::read_some(gone_r, &mut b).map_err(f)? == 0, "read from a pipe nobody writes");
+                    set_timeout(l, 10)?;
+                    let s = net::accept(l).map_err(f)?;
+                    net::read_exact(s, &mut b).map_err(f)?;
+                    ensure!(send(s, &b, 0) == 1, "echo: {}", errno());
+                    net::close(s);
+                    Ok(())
+                });
+            }
+            Ok(())
+        });
+    }
+    // A child that fails ends our reads instead of leaving them waiting.
+    net::close(port_w);
+    net::close(go_r);
+    let mut port = [0u8; 2];
+    net::read_exact(port_r, &mut port).map_err(f)?;
+    let c = connect_and_say(u16::from_le_bytes(port), b'd')?;
+    say(go_w, b'g')?;
+    wait_child(daemon)?;
+    expect_byte(c, b'd')?;
+    net::close(c);
+    [port_r, go_w].into_iter().for_each(net::close);
+    Ok(())
+}
+
 /// A one-byte message over `byte`, with `space` for its control data.
 fn one_byte_msg(byte: &mut [u8; 1], iov: &mut libc::iovec, space: &mut [u64; 4]) -> libc::msghdr {
     *iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
@@ -2931,6 +3030,8 @@ fn check(name: &str) -> Res {
         "prefork" => prefork(),
         "prefork-decline" => prefork_decline(),
         "prefork-kill" => prefork_kill(),
+        "fork-queued" => fork_queued(),
+        "daemon-queued" => daemon_queued(),
         "accept-wake" => accept_wake(),
         "wait-both-ways" => wait_both_ways(),
         "stdio" => stdio(),
