@@ -75,24 +75,40 @@ fn ipcd_run_starts_a_monitor_and_accelerates_the_command() {
     assert_eq!(out.status.code(), Some(1));
 }
 
-#[test]
-fn ipcd_bench_quick_writes_every_result() {
+/// Runs `ipcd bench` with `args` and `--out` a fresh directory; returns
+/// its output and, if it wrote them, results.json and chart.svg (the
+/// directory is removed).
+fn bench(args: &[&str], tag: &str) -> (std::process::Output, Option<String>, Option<String>) {
     let a = artifacts();
-    let out_dir = std::env::temp_dir().join(format!("ipcd-bench-test-{}", std::process::id()));
+    let out_dir = std::env::temp_dir().join(format!("ipcd-bench-{tag}-{}", std::process::id()));
     let mut cmd = Command::new(&a.ipcd);
     let out = die_with_parent(&mut cmd)
-        .args(["bench", "--quick", "--out"])
+        .arg("bench")
+        .args(args)
+        .arg("--out")
         .arg(&out_dir)
         .env("IPCD_PROBE", PROBE)
         .stdin(Stdio::null())
         .output()
         .expect("ipcd bench");
-    assert!(out.status.success(), "ipcd bench: {}", String::from_utf8_lossy(&out.stderr));
-    let json = std::fs::read_to_string(out_dir.join("results.json")).expect("results.json");
-    let svg = std::fs::read_to_string(out_dir.join("chart.svg")).expect("chart.svg");
+    let json = std::fs::read_to_string(out_dir.join("results.json")).ok();
+    let svg = std::fs::read_to_string(out_dir.join("chart.svg")).ok();
     let _ = std::fs::remove_dir_all(&out_dir);
+    (out, json, svg)
+}
+
+/// The rows of a results.json.
+fn rows(json: &str) -> Vec<&str> {
+    json.lines().filter(|l| l.contains("\"workload\"")).collect()
+}
+
+#[test]
+fn ipcd_bench_quick_writes_every_result() {
+    let (out, json, svg) = bench(&["--quick"], "test");
+    assert!(out.status.success(), "ipcd bench: {}", String::from_utf8_lossy(&out.stderr));
+    let (json, svg) = (json.expect("results.json"), svg.expect("chart.svg"));
     // Every workload ran on kernel TCP and on ipcd (values, not nulls).
-    let rows: Vec<&str> = json.lines().filter(|l| l.contains("\"workload\"")).collect();
+    let rows = rows(&json);
     assert!(rows.len() >= 20, "too few rows:\n{json}");
     for r in &rows {
         assert!(!r.contains("\"kernel_tcp\": null") && !r.contains("\"ipcd\": null"), "a run failed: {r}");
@@ -105,33 +121,17 @@ fn ipcd_bench_quick_writes_every_result() {
 
 #[test]
 fn ipcd_bench_only_runs_the_groups_asked_for() {
-    let a = artifacts();
-    let out_dir = std::env::temp_dir().join(format!("ipcd-bench-only-{}", std::process::id()));
-    let mut cmd = Command::new(&a.ipcd);
-    let out = die_with_parent(&mut cmd)
-        .args(["bench", "--quick", "--only", "latency", "--out"])
-        .arg(&out_dir)
-        .env("IPCD_PROBE", PROBE)
-        .stdin(Stdio::null())
-        .output()
-        .expect("ipcd bench");
+    let (out, json, _) = bench(&["--quick", "--only", "latency"], "only");
     assert!(out.status.success(), "ipcd bench: {}", String::from_utf8_lossy(&out.stderr));
-    let json = std::fs::read_to_string(out_dir.join("results.json")).expect("results.json");
-    let _ = std::fs::remove_dir_all(&out_dir);
-    let rows: Vec<&str> = json.lines().filter(|l| l.contains("\"workload\"")).collect();
+    let json = json.expect("results.json");
+    let rows = rows(&json);
     // p50, p99 and p99.9 of 8 B and 1 KiB, nothing else.
     assert_eq!(rows.len(), 6, "{json}");
     assert!(rows.iter().all(|r| r.contains("round trip")), "{json}");
 
     // A group that does not exist is refused before anything runs.
-    let mut cmd = Command::new(&a.ipcd);
-    let out = die_with_parent(&mut cmd)
-        .args(["bench", "--only", "latency,strem", "--out"])
-        .arg(&out_dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("ipcd bench");
+    let (out, json, _) = bench(&["--only", "latency,strem"], "bad");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown group `strem`"), "{out:?}");
-    assert!(!out_dir.exists());
+    assert!(json.is_none());
 }

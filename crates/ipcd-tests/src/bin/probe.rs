@@ -1614,12 +1614,7 @@ fn prefork_kill() -> Res {
         }
         Ok(())
     })?;
-    let connect = || -> Result<i32, String> {
-        let c = net::connect_loopback(false, port).map_err(f)?;
-        set_timeout(c, 10)?;
-        ensure!(send(c, b"x", 0) == 1, "send: {}", errno());
-        Ok(c)
-    };
+    let connect = || connect_and_say(port, b'x');
     // One connection waits in each child's queue (or both in the
     // kernel's), and child 0 answers one; then one more waits in each.
     let mut conns = vec![connect()?, connect()?];
