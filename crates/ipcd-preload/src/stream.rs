@@ -423,7 +423,7 @@ pub unsafe fn recv(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], flags: F
             }
             Look::Fail(e) => return moved_or(done, e),
             Look::Pause(scale) => {
-                wait::pause_for(batch * u32::from(scale));
+                wait::pause_for(batch.saturating_mul(u32::from(scale)));
                 paused = true;
                 paused_now = true;
             }
