@@ -1540,15 +1540,29 @@ fn prefork() -> Res {
     Ok(())
 }
 
+/// One pipe per pre-fork child: (read end, write end).
+type Gates = [(i32, i32); 2];
+
+/// `prefork_children` whose children, once ready, each wait for a byte
+/// on their own pipe (`say(go[index].1, …)`) before `body`. Returns the
+/// pipes too.
+fn gated_children(l: i32, body: impl Fn(u8, i32) -> Res) -> Result<(Vec<i32>, i32, Gates), String> {
+    let go = [pipe()?, pipe()?];
+    let (pids, ready_r) = prefork_children(l, |index, ready_w| {
+        let mut b = [0u8; 1];
+        net::read_exact(go[index as usize].0, &mut b).map_err(f)?;
+        body(index, ready_w)
+    })?;
+    Ok((pids, ready_r, go))
+}
+
 /// A pre-fork child that closes its copy of the listener while a
 /// connection waits in its queue: the connection is the other child's to
 /// accept, as it would be in the kernel's shared queue, not reset.
 fn prefork_decline() -> Res {
     let (l, port) = net::listen_loopback(false).map_err(f)?;
-    let go = [pipe()?, pipe()?];
-    let (pids, ready_r) = prefork_children(l, |index, ready_w| {
+    let (pids, ready_r, go) = gated_children(l, |index, ready_w| {
         let mut b = [0u8; 1];
-        net::read_exact(go[index as usize].0, &mut b).map_err(f)?;
         if index == 0 {
             // Leaves without accepting what waits for it.
             net::close(l);
@@ -1563,10 +1577,7 @@ fn prefork_decline() -> Res {
         Ok(())
     })?;
     // One connection waits in each child's queue (or both in the kernel's).
-    let conns = [net::connect_loopback(false, port).map_err(f)?, net::connect_loopback(false, port).map_err(f)?];
-    for (k, &c) in conns.iter().enumerate() {
-        ensure!(send(c, &[b'a' + k as u8], 0) == 1, "send {k}: {}", errno());
-    }
+    let conns = [connect_and_say(port, b'a')?, connect_and_say(port, b'b')?];
     // Child 0 first: it closes its copy and says so.
     say(go[0].1, b'g')?;
     prefork_wait(ready_r, 1)?;
@@ -1593,17 +1604,16 @@ fn prefork_decline() -> Res {
 /// again.
 fn prefork_kill() -> Res {
     let (l, port) = net::listen_loopback(false).map_err(f)?;
-    let go = [pipe()?, pipe()?];
-    let (pids, ready_r) = prefork_children(l, |index, ready_w| {
+    let (pids, ready_r, go) = gated_children(l, |index, ready_w| {
         let mut b = [0u8; 1];
-        net::read_exact(go[index as usize].0, &mut b).map_err(f)?;
         if index == 0 {
             let s = net::accept(l).map_err(f)?;
             net::read_exact(s, &mut b).map_err(f)?;
             ensure!(send(s, b"0", 0) == 1, "child 0: answer: {}", errno());
             say(ready_w, b'k')?;
             // Killed while it waits here.
-            net::read_exact(go[0].0, &mut b).map_err(f)?;
+            // SAFETY: waits for a signal; no memory involved.
+            unsafe { libc::pause() };
             return Err("child 0 lived on".into());
         }
         for _ in 0..3 {
