@@ -1458,16 +1458,16 @@ fn prefork_wait(ready: i32, n: usize) -> Res {
     Ok(())
 }
 
-/// Forks the two children of a pre-fork check: each gives up after 10 s
+/// Forks the `n` children of a pre-fork check: each gives up after 10 s
 /// without a connection (the check then fails instead of hanging), says
 /// it accepts on `l` (`serving`), then runs `body(index, ready)`.
 /// Returns their pids and the read end of the pipe they said ready on,
-/// once both have.
-fn prefork_children(l: i32, body: impl Fn(u8, i32) -> Res) -> Result<(Vec<i32>, i32), String> {
+/// once all have.
+fn prefork_children(l: i32, n: u8, body: impl Fn(u8, i32) -> Res) -> Result<(Vec<i32>, i32), String> {
     let refused = refused_port()?;
     let (ready_r, ready_w) = pipe()?;
     let mut pids = Vec::new();
-    for index in 0..2u8 {
+    for index in 0..n {
         let pid = fork()?;
         if pid == 0 {
             in_child(|| {
@@ -1481,7 +1481,7 @@ fn prefork_children(l: i32, body: impl Fn(u8, i32) -> Res) -> Result<(Vec<i32>, 
         pids.push(pid);
     }
     net::close(ready_w);
-    prefork_wait(ready_r, 2)?;
+    prefork_wait(ready_r, n.into())?;
     Ok((pids, ready_r))
 }
 
@@ -1492,7 +1492,7 @@ fn prefork_children(l: i32, body: impl Fn(u8, i32) -> Res) -> Result<(Vec<i32>, 
 /// its copy and leave, so the other then takes all that come.
 fn prefork() -> Res {
     let (l, port) = net::listen_loopback(false).map_err(f)?;
-    let (pids, ready_r) = prefork_children(l, |index, _| {
+    let (pids, ready_r) = prefork_children(l, 2, |index, _| {
         // SAFETY: plain epoll creation.
         let ep = cvt("epoll_create1", unsafe { libc::epoll_create1(0) }).map_err(f)?;
         epoll_add(ep, l, IN, 1)?;
@@ -1548,7 +1548,7 @@ type Gates = [(i32, i32); 2];
 /// pipes too.
 fn gated_children(l: i32, body: impl Fn(u8, i32) -> Res) -> Result<(Vec<i32>, i32, Gates), String> {
     let go = [pipe()?, pipe()?];
-    let (pids, ready_r) = prefork_children(l, |index, ready_w| {
+    let (pids, ready_r) = prefork_children(l, 2, |index, ready_w| {
         let mut b = [0u8; 1];
         net::read_exact(go[index as usize].0, &mut b).map_err(f)?;
         body(index, ready_w)
@@ -1685,29 +1685,18 @@ fn expect_byte(c: i32, want: u8) -> Res {
 fn fork_queued() -> Res {
     let (l, port) = net::listen_loopback(false).map_err(f)?;
     let c = connect_and_say(port, b'q')?;
-    let refused = refused_port()?;
-    let (ready_r, ready_w) = pipe()?;
-    let pid = fork()?;
-    if pid == 0 {
-        in_child(|| {
-            net::close(ready_r);
-            set_timeout(l, 10)?;
-            serving(l, refused)?;
-            say(ready_w, b'r')?;
-            let s = net::accept(l).map_err(f)?;
-            let mut b = [0u8; 1];
-            net::read_exact(s, &mut b).map_err(f)?;
-            ensure!(send(s, &b, 0) == 1, "echo: {}", errno());
-            net::close(s);
-            Ok(())
-        });
-    }
-    net::close(ready_w);
-    prefork_wait(ready_r, 1)?;
+    let (pids, ready_r) = prefork_children(l, 1, |_, _| {
+        let s = net::accept(l).map_err(f)?;
+        let mut b = [0u8; 1];
+        net::read_exact(s, &mut b).map_err(f)?;
+        ensure!(send(s, &b, 0) == 1, "echo: {}", errno());
+        net::close(s);
+        Ok(())
+    })?;
     net::close(l);
     expect_byte(c, b'q')?;
     net::close(c);
-    wait_child(pid)?;
+    pids.into_iter().try_for_each(wait_child)?;
     net::close(ready_r);
     Ok(())
 }
