@@ -512,6 +512,7 @@ impl Daemon {
             Request::Claim { inode } => self.claim(token, seq, inode),
             Request::Serve { listener } => {
                 if self.registry.serve(token, listener) {
+                    self.take_from_idle(token, listener);
                     self.rehome_parked();
                 } else {
                     log!(Level::Warn, "msg=\"serve of a listener not held\" client={token} listener={listener}");
@@ -686,12 +687,13 @@ impl Daemon {
         if answered {
             self.reply(token, seq, &Response::Connected(info_a), &fds_a[..n]);
         }
+        let to_pid = self.clients.get(&acceptor).map_or(0, |c| c.pid);
+        seg.view().offer(to_pid);
         let incoming = Response::Incoming { listener: l.id, info: info_b };
         let sent = match self.clients.get(&acceptor) {
             Some(a) => a.chan.send_response(0, &incoming, &fds_b[..n]),
             None => Err(ChannelError::Closed),
         };
-        let to_pid = self.clients.get(&acceptor).map_or(0, |c| c.pid);
         if let Err(e) = &sent {
             log!(Level::Warn, "msg=\"listener cannot take a connection\" pid={to_pid} err=\"{e}\"");
             if !e.is_would_block() {
@@ -766,7 +768,9 @@ impl Daemon {
     /// it to the others, or waits parked for one to say it accepts.
     fn decline(&mut self, token: u64, conn: u64) {
         if !self.conns.get(&conn).is_some_and(|rec| rec.pending_in.is_some() && rec.holders[1] == [token]) {
-            log!(Level::Warn, "msg=\"decline of a connection not waiting here\" client={token} conn={conn}");
+            // Also one taken from it for a server (`take_from_idle`) while
+            // the message that offered it was still on its way.
+            log!(Level::Debug, "msg=\"decline of a connection not waiting here\" client={token} conn={conn}");
             return;
         }
         if let Some(c) = self.clients.get_mut(&token) {
@@ -811,6 +815,9 @@ impl Daemon {
                 continue;
             }
             let Some(c) = self.clients.get(&t) else { continue };
+            // Only `t` may take it now: the one it waited for may still
+            // read the old offer (see `take_from_idle`).
+            rec.seg.view().offer(c.pid);
             match c.chan.send_response(0, &Response::Incoming { listener: id, info }, &fds) {
                 Ok(()) => {
                     sent = Some(t);
@@ -821,6 +828,7 @@ impl Daemon {
             }
         }
         let Some(t) = sent else {
+            rec.seg.view().offer(0);
             // Only a listener that others hold waits for one of them to
             // accept; its owner's alone has no one else to wait for.
             let park = self.registry.get_mut(owner, id).is_some_and(|l| l.is_shared() || l.handed_on);
@@ -837,6 +845,46 @@ impl Daemon {
         }
         log!(Level::Debug, "msg=\"waiting connection handed on\" conn={conn} from={from} to={t}");
         true
+    }
+
+    /// `server` has said it accepts on `listener`: connections waiting
+    /// for a process that holds the listener but never said so (nginx's
+    /// master, for connections that came between its `listen` and the
+    /// fork of its workers) are handed on to the servers, as the kernel's
+    /// shared queue would let the workers take them. Each is first
+    /// withdrawn in its segment, which fails if that process accepted it
+    /// meanwhile (it reports accepts lazily); then it stays.
+    fn take_from_idle(&mut self, server: u64, listener: u64) {
+        let registry = &self.registry;
+        let idle: Vec<(u64, u64)> = self
+            .conns
+            .iter()
+            .filter_map(|(&conn, rec)| {
+                let (owner, id) = rec.pending_in.filter(|&(_, id)| id == listener)?;
+                let &[from] = rec.holders[1].as_slice() else { return None };
+                let l = registry.iter().find(|l| l.owner == owner && l.id == id)?;
+                let held_by_server = l.owner == server || l.sharers.contains(&server);
+                (held_by_server && from != server && !l.servers.contains(&from) && !rec.gone[1]).then_some((conn, from))
+            })
+            .collect();
+        for (conn, from) in idle {
+            let Some(pid) = self.clients.get(&from).map(|c| c.pid) else { continue };
+            if !self.conns.get(&conn).is_some_and(|rec| rec.seg.view().withdraw(pid)) {
+                continue;
+            }
+            if let Some(c) = self.clients.get_mut(&from) {
+                c.holdings.retain(|h| *h != (conn, Side::B));
+            }
+            if !self.hand_on(from, conn) {
+                // No one else can take it after all: it waits where it was.
+                if let Some(rec) = self.conns.get(&conn) {
+                    rec.seg.view().offer(pid);
+                }
+                if let Some(c) = self.clients.get_mut(&from) {
+                    c.holdings.push((conn, Side::B));
+                }
+            }
+        }
     }
 
     /// Connections parked in a listener's queue: each goes to a process

@@ -325,6 +325,11 @@ impl Control {
         }
     }
 
+    /// Our process id, as the monitor knows it.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Whether a connection is queued for `listener`.
     pub fn has_incoming(&self, listener: u64) -> bool {
         self.incoming.get(&listener).is_some_and(|q| !q.items.is_empty())

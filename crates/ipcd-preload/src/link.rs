@@ -209,6 +209,13 @@ impl Link {
         true
     }
 
+    /// Process `pid` accepts this end, which waited in its accept queue;
+    /// false if the monitor withdrew it for another process meanwhile
+    /// (see `Segment::claim`): it is then not ours to use or close.
+    pub fn claim(&self, pid: u32) -> bool {
+        self.seg.claim(pid)
+    }
+
     /// A process is about to fork: one more holder of this end.
     pub fn add_holder(&self) {
         self.seg.add_holder(self.side);

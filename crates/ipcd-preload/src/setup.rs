@@ -301,8 +301,13 @@ pub fn listen(fd: libc::c_int, sock: &Socket, backlog: libc::c_int) -> bool {
     true
 }
 
-/// Makes an accepted ipcd connection into a new fd.
-fn accepted(sock: &Socket, (info, fds): Pending, flags: libc::c_int) -> Result<(libc::c_int, SockAddr), libc::c_int> {
+/// Makes an accepted ipcd connection into a new fd; `pid` is ours.
+fn accepted(
+    sock: &Socket,
+    (info, fds): Pending,
+    pid: u32,
+    flags: libc::c_int,
+) -> Result<(libc::c_int, SockAddr), libc::c_int> {
     let (conn, side) = (info.conn, info.side);
     let fail = |e: libc::c_int| {
         let _ = control::with(|c| c.notify(&Request::Close { conn, side, keep: false }));
@@ -312,6 +317,12 @@ fn accepted(sock: &Socket, (info, fds): Pending, flags: libc::c_int) -> Result<(
         log!(Level::Error, "cannot map accepted connection {conn}: {e}");
         fail(libc::ECONNABORTED)
     })?;
+    if !link.claim(pid) {
+        // Handed to a process that accepts while it waited here: its
+        // copy of the segment goes, nothing else.
+        log!(Level::Debug, "connection {conn} went to another process before this accept");
+        return Err(libc::ECONNABORTED);
+    }
     // A fresh kernel socket under the fd keeps fstat, SO_TYPE and
     // /proc/self/fd right; it never connects. Its O_NONBLOCK is the
     // program's, so an exec'd image can read it back.
@@ -394,10 +405,10 @@ pub unsafe fn accept(
             if let Some(b) = &bell {
                 c.watch(id, b);
             }
-            Ok(c.pop_incoming(id))
+            Ok(c.pop_incoming(id).map(|p| (p, c.pid())))
         });
-        if let Some(Some(pending)) = next {
-            match accepted(sock, pending, flags) {
+        if let Some(Some((pending, pid))) = next {
+            match accepted(sock, pending, pid, flags) {
                 Ok((newfd, peer)) => {
                     // SAFETY: the caller's buffers.
                     unsafe { write_addr(peer, addr, len) };
@@ -478,8 +489,11 @@ pub fn close_listener(id: u64, shared: bool) {
                 c.notify(&Request::Decline { conn: info.conn })?;
                 continue;
             }
-            if let Ok(link) = Link::attach(&info, fds) {
-                drop(reset_link(link));
+            match Link::attach(&info, fds) {
+                // Taken from us for another process: not ours to reset.
+                Ok(link) if !link.claim(c.pid()) => continue,
+                Ok(link) => drop(reset_link(link)),
+                Err(_) => {}
             }
             c.notify(&Request::Close { conn: info.conn, side: info.side, keep: false })?;
         }

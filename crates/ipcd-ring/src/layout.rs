@@ -11,7 +11,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `b"IPCDSEG1"` read as a little-endian `u64`: the first word of every segment.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"IPCDSEG1");
 /// Version of this layout. An attach to any other version fails.
-pub const SEGMENT_VERSION: u32 = 1;
+pub const SEGMENT_VERSION: u32 = 2;
 /// Padding unit: x86-64's adjacent-line prefetcher pulls 64-byte lines in
 /// pairs, so two indices 64 bytes apart still share traffic (as crossbeam does).
 pub const CACHE_LINE: usize = 128;
@@ -115,7 +115,15 @@ pub struct SegmentHeader {
     /// Zero is free; otherwise the holder's id, so a survivor can break the
     /// lock of a holder that died.
     pub(crate) locks: [AtomicU32; 4],
+    /// The process (pid) the accepting end is offered to while it waits
+    /// in an accept queue, [`OFFER_CLAIMED`] set once that process took
+    /// it; 0 while nobody may. Written by the monitor (offer, withdraw)
+    /// and the acceptor (claim), each a compare-exchange but the offer.
+    pub(crate) offer: AtomicU32,
 }
+
+/// Bit of the offer word: the process it names has accepted the end.
+pub const OFFER_CLAIMED: u32 = 1 << 31;
 
 /// The full control area at the start of a segment.
 #[repr(C)]
@@ -144,6 +152,8 @@ pub mod offsets {
     pub const HOLDERS: usize = 48;
     /// Header: lock words (`[u32; 4]`).
     pub const LOCKS: usize = 56;
+    /// Header: the accepting end's offer word (`u32`).
+    pub const OFFER: usize = 72;
     /// Start of ring `i`'s control block.
     pub const fn ring(i: usize) -> usize {
         CACHE_LINE + i * 4 * CACHE_LINE
@@ -190,6 +200,7 @@ const _: () = {
     assert!(offset_of!(SegmentHeader, capacity) == 32);
     assert!(offset_of!(SegmentHeader, holders) == 48);
     assert!(offset_of!(SegmentHeader, locks) == 56);
+    assert!(offset_of!(SegmentHeader, offer) == offsets::OFFER);
     assert!(size_of::<SegmentHeader>() <= CACHE_LINE);
     assert!(offset_of!(SegmentControl, rings) == CACHE_LINE);
     assert!(DATA_START == 9 * CACHE_LINE);

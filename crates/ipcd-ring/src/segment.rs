@@ -7,8 +7,8 @@ use core::ptr::NonNull;
 use crate::consumer::Consumer;
 use crate::error::Error;
 use crate::layout::{
-    Line, RingControl, SegmentControl, SegmentHeader, CACHE_LINE, DATA_START, FLAG_RESET, MAX_CAPACITY, SEGMENT_ALIGN,
-    SEGMENT_MAGIC, SEGMENT_VERSION,
+    Line, RingControl, SegmentControl, SegmentHeader, CACHE_LINE, DATA_START, FLAG_RESET, MAX_CAPACITY, OFFER_CLAIMED,
+    SEGMENT_ALIGN, SEGMENT_MAGIC, SEGMENT_VERSION,
 };
 use crate::producer::Producer;
 use crate::recent::BUSY;
@@ -149,6 +149,7 @@ impl Segment {
                 capacity: [AtomicU64::new(caps[0]), AtomicU64::new(caps[1])],
                 holders: [AtomicU32::new(1), AtomicU32::new(1)],
                 locks: [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)],
+                offer: AtomicU32::new(0),
             }),
             rings: [RingControl::new(0), RingControl::new(0)],
         };
@@ -159,8 +160,8 @@ impl Segment {
     }
 
     /// Makes the segment fresh again for connection `conn_id`: both rings
-    /// empty and open, no waiters, one holder per end, no lock held. The
-    /// layout (magic, capacities) is kept. Unlike [`Segment::init`] it
+    /// empty and open, no waiters, one holder per end, no lock held, offered
+    /// to nobody. The layout (magic, capacities) is kept. Unlike [`Segment::init`] it
     /// writes with atomic stores only, so it is sound on memory that other
     /// processes still map; they must no longer use it (both ends of the
     /// last connection closed), or they see their own connection torn.
@@ -173,6 +174,7 @@ impl Segment {
         for l in &header.locks {
             l.store(0, Ordering::Relaxed);
         }
+        header.offer.store(0, Ordering::Relaxed);
         for r in &control.rings {
             r.writer.0.tail.store(0, Ordering::Relaxed);
             r.writer.0.flags.store(0, Ordering::Relaxed);
@@ -340,6 +342,33 @@ impl Segment {
                 Err(now) => n = now,
             }
         }
+    }
+
+    /// Offers the accepting end, waiting in an accept queue, to process
+    /// `pid` (0: to nobody): only it can [`Segment::claim`] it now, and
+    /// any earlier offer is void. For the monitor, before it tells `pid`.
+    pub fn offer(&self, pid: u32) {
+        // Release: the offer is seen with whatever was set up before it
+        // (the message that tells `pid` orders it anyway).
+        self.control().header.0.offer.store(pid & !OFFER_CLAIMED, Ordering::Release);
+    }
+
+    /// Takes back the offer to `pid` unless it has claimed the end; then
+    /// nobody can claim it until the next [`Segment::offer`]. True if the
+    /// offer was taken back.
+    pub fn withdraw(&self, pid: u32) -> bool {
+        let offer = &self.control().header.0.offer;
+        pid & OFFER_CLAIMED == 0 && offer.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Process `pid` accepts the end offered to it. False if the offer
+    /// was withdrawn or made to another process meanwhile: the end is
+    /// no longer `pid`'s to take (nor to close).
+    pub fn claim(&self, pid: u32) -> bool {
+        let offer = &self.control().header.0.offer;
+        pid != 0
+            && pid & OFFER_CLAIMED == 0
+            && offer.compare_exchange(pid, pid | OFFER_CLAIMED, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
     /// Tries to take `lock` for `owner` (a process-unique id such as a tid).

@@ -127,6 +127,7 @@ fn a_reused_segment_is_fresh_for_its_next_connection() {
         let _ = rx.prepare_wait();
         seg.add_holder(Side::B);
         seg.try_lock(ipcd_ring::EndLock::Send(Side::A), me).unwrap();
+        seg.offer(9);
         tx.close();
         ptx.reset();
         rx.close();
@@ -153,6 +154,7 @@ fn a_reused_segment_is_fresh_for_its_next_connection() {
     }
     assert!(other.try_lock(ipcd_ring::EndLock::Send(Side::A), me).is_ok(), "no lock is left held");
     assert_eq!(other.release_holder(Side::B), 0, "one holder per end again");
+    assert!(!other.claim(9), "offered to nobody again");
     assert_eq!(tx.write(b"new").unwrap().len, 3);
     let mut buf = [0u8; 8];
     assert_eq!(prx.read(&mut buf).unwrap().len, 3);
@@ -189,4 +191,29 @@ fn an_end_is_untouched_until_it_reads_writes_or_closes() {
         assert!(!seg.untouched(Side::B), "after B {what}");
         assert!(!seg.untouched(Side::A), "A wrote");
     }
+}
+
+#[test]
+fn a_waiting_end_is_taken_by_whoever_it_is_offered_to_and_only_once() {
+    let (r, seg) = segment([64, 64]);
+    assert!(!seg.claim(5), "a fresh segment is offered to nobody");
+    seg.offer(5);
+    let other = attach(&r).unwrap();
+    assert!(!other.claim(6), "offered to 5, not 6");
+    // Withdrawn before 5 took it: 5 can no longer take it, and the
+    // process it is offered to next can.
+    assert!(seg.withdraw(5));
+    assert!(!other.claim(5), "withdrawn");
+    assert!(!seg.withdraw(5), "already withdrawn");
+    seg.offer(6);
+    assert!(other.claim(6));
+    assert!(!other.claim(6), "taken once");
+    // Once taken it cannot be withdrawn from its taker.
+    assert!(!seg.withdraw(6));
+    assert_eq!(r.peek_u32(offsets::OFFER), 6 | ipcd_ring::OFFER_CLAIMED);
+    // Words nobody could be offered cannot be used to steal it.
+    seg.offer(7);
+    assert!(!other.claim(0) && !other.claim(7 | ipcd_ring::OFFER_CLAIMED));
+    assert!(!seg.withdraw(7 | ipcd_ring::OFFER_CLAIMED));
+    assert!(other.claim(7));
 }

@@ -230,6 +230,15 @@ fn a_connection_queued_before_a_fork_goes_to_the_child_that_accepts() {
     fork_check("fork-queued", 1, 1);
 }
 
+/// nginx's start: a connection queued in the master before it forks its
+/// worker is the worker's to accept, though the master keeps its copy of
+/// the listener and never accepts. Before, it waited in the master's
+/// queue for ever.
+#[test]
+fn a_connection_queued_in_a_master_that_never_accepts_goes_to_its_worker() {
+    fork_check("master-queued", 1, 1);
+}
+
 /// A daemon's double fork with a connection already queued: it waits for
 /// the child, which accepts after the process that listened has gone.
 /// Before, it was reset when that process exited.

@@ -1422,11 +1422,16 @@ fn fork_listener() -> Res {
     Ok(())
 }
 
-/// A port nothing listens on (bound once, then closed).
-fn refused_port() -> Result<u16, String> {
-    let (l, port) = net::listen_loopback(false).map_err(f)?;
-    net::close(l);
-    Ok(port)
+/// A port nothing listens on: held by a socket that is bound and never
+/// listens, so that no other process can take it while `fd` is open (a
+/// port bound once and closed was at times taken by a concurrent test
+/// before the connect that must be refused).
+fn refused_port() -> Result<(i32, u16), String> {
+    let fd = net::tcp_socket(false).map_err(f)?;
+    let (ss, len) = net::loopback(false, 0);
+    // SAFETY: a sockaddr of `len` bytes.
+    cvt("bind", unsafe { libc::bind(fd, (&raw const ss).cast(), len) }).map_err(f)?;
+    Ok((fd, net::local_port(fd).map_err(f)?))
 }
 
 /// In a pre-fork child: says it accepts on `l` (a poll that looks without
@@ -1464,7 +1469,7 @@ fn prefork_wait(ready: i32, n: usize) -> Res {
 /// Returns their pids and the read end of the pipe they said ready on,
 /// once all have.
 fn prefork_children(l: i32, n: u8, body: impl Fn(u8, i32) -> Res) -> Result<(Vec<i32>, i32), String> {
-    let refused = refused_port()?;
+    let (held, refused) = refused_port()?;
     let (ready_r, ready_w) = pipe()?;
     let mut pids = Vec::new();
     for index in 0..n {
@@ -1482,6 +1487,7 @@ fn prefork_children(l: i32, n: u8, body: impl Fn(u8, i32) -> Res) -> Result<(Vec
     }
     net::close(ready_w);
     prefork_wait(ready_r, n.into())?;
+    net::close(held);
     Ok((pids, ready_r))
 }
 
@@ -1683,6 +1689,21 @@ fn expect_byte(c: i32, want: u8) -> Res {
 /// as it would from the kernel's shared queue (the child never saw it
 /// queued, so it must not count as holding it).
 fn fork_queued() -> Res {
+    queued_at_fork(false)
+}
+
+/// nginx's start: a connection comes between the master's `listen` and
+/// the fork of its worker; the master keeps its copy open and never
+/// accepts. The worker accepts it, as it would from the kernel's shared
+/// queue.
+fn master_queued() -> Res {
+    queued_at_fork(true)
+}
+
+/// A connection waits in the parent's queue when it forks a child that
+/// accepts; the parent closes its copy of the listener at once, or
+/// (`keep`) only once the child has served the connection.
+fn queued_at_fork(keep: bool) -> Res {
     let (l, port) = net::listen_loopback(false).map_err(f)?;
     let c = connect_and_say(port, b'q')?;
     let (pids, ready_r) = prefork_children(l, 1, |_, _| {
@@ -1693,10 +1714,15 @@ fn fork_queued() -> Res {
         net::close(s);
         Ok(())
     })?;
-    net::close(l);
+    if !keep {
+        net::close(l);
+    }
     expect_byte(c, b'q')?;
     net::close(c);
     pids.into_iter().try_for_each(wait_child)?;
+    if keep {
+        net::close(l);
+    }
     net::close(ready_r);
     Ok(())
 }
@@ -2006,11 +2032,12 @@ fn prefork_serve(workers: usize) -> Res {
 /// Prints the port first.
 fn daemon_serve(n: usize) -> Res {
     let (l, port) = net::listen_loopback(false).map_err(f)?;
-    let refused = refused_port()?;
+    let (held, refused) = refused_port()?;
     let pid = fork()?;
     if pid == 0 {
         in_child(|| {
             serving(l, refused)?;
+            net::close(held);
             set_timeout(l, 10)?;
             // SAFETY: getpid cannot fail.
             println!("ready {}", unsafe { libc::getpid() });
@@ -3025,6 +3052,7 @@ fn check(name: &str) -> Res {
         "prefork-decline" => prefork_decline(),
         "prefork-kill" => prefork_kill(),
         "fork-queued" => fork_queued(),
+        "master-queued" => master_queued(),
         "daemon-queued" => daemon_queued(),
         "accept-wake" => accept_wake(),
         "wait-both-ways" => wait_both_ways(),
