@@ -451,6 +451,7 @@ impl Daemon {
                 }
                 log!(Level::Info, "msg=listening client={token} pid={pid} addr={addr} backlog={backlog}");
                 self.reply(token, seq, &Response::Ok, &[]);
+                self.requeue_after_exec(token, listener);
             }
             Request::Unlisten { listener } => {
                 // A forked child closing its copy of its parent's listener
@@ -1065,6 +1066,52 @@ impl Daemon {
             if let Some(c) = self.clients.get_mut(&token) {
                 c.holdings.extend(o.holdings);
             }
+        }
+    }
+
+    /// `token`, a new image after exec, listens again on `listener`, a
+    /// socket it kept across the exec: connections that waited in the
+    /// old image's queue went with its channel, so each is offered again,
+    /// as the kernel's queue would have kept them for the new image. One
+    /// the old image had accepted (claimed) is its to reopen instead.
+    fn requeue_after_exec(&mut self, token: u64, listener: u64) {
+        let Some(pid) = self.clients.get(&token).map(|c| c.pid) else { return };
+        let registry = &self.registry;
+        let left: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, r)| {
+                r.holders[1] == [token]
+                    && !r.gone[1]
+                    && r.pending_in.is_some_and(|(o, i)| !registry.iter().any(|l| l.owner == o && l.id == i))
+            })
+            .map(|(&c, _)| c)
+            .collect();
+        for conn in left {
+            let Some(dest) = self.conns.get(&conn).map(|r| r.info[1].local) else { continue };
+            if self.listener_for(&dest).map(|l| (l.owner, l.id)) != Some((token, listener)) {
+                continue;
+            }
+            let (Some(rec), Some(c)) = (self.conns.get_mut(&conn), self.clients.get(&token)) else { continue };
+            let seg = rec.seg.view();
+            if !seg.withdraw(pid) {
+                continue;
+            }
+            seg.offer(pid);
+            // The new image maps it afresh.
+            let info = ConnInfo { reused: false, ..rec.info[1] };
+            let fds = [rec.seg.fd(), rec.bells[1].as_fd(), rec.bells[0].as_fd()];
+            if let Err(e) = c.chan.send_response(0, &Response::Incoming { listener, info }, &fds) {
+                // It stays held, and is reset as a dead acceptor's when
+                // this client goes.
+                log!(Level::Warn, "msg=\"cannot requeue after exec\" conn={conn} pid={pid} err=\"{e}\"");
+                continue;
+            }
+            rec.pending_in = Some((token, listener));
+            if let Some(l) = self.registry.get_mut(token, listener) {
+                l.pending += 1;
+            }
+            log!(Level::Debug, "msg=\"requeued after exec\" conn={conn} pid={pid}");
         }
     }
 

@@ -239,6 +239,14 @@ fn a_connection_queued_in_a_master_that_never_accepts_goes_to_its_worker() {
     fork_check("master-queued", 1, 1);
 }
 
+/// A server that execs itself, keeping its listener, with a connection
+/// queued: the new image accepts it. Before, it went with the old
+/// image's control channel and waited for ever.
+#[test]
+fn a_connection_queued_before_an_exec_is_accepted_by_the_new_image() {
+    fork_check("exec-queued", 1, 0);
+}
+
 /// A daemon's double fork with a connection already queued: it waits for
 /// the child, which accepts after the process that listened has gone.
 /// Before, it was reset when that process exited.

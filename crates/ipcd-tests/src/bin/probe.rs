@@ -1238,17 +1238,9 @@ fn exec_handoff() -> Res {
     clear_cloexec(s)?;
     set_timeout(c, 10)?;
     set_timeout(c2, 10)?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let exe = std::ffi::CString::new(exe.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
-    let args: Vec<std::ffi::CString> =
-        ["probe", "exec-child", &s.to_string()].iter().map(|a| std::ffi::CString::new(*a).expect("no NUL")).collect();
-    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
     let pid = fork()?;
     if pid == 0 {
-        // SAFETY: execv with NUL-terminated strings and a null-terminated argv.
-        unsafe { libc::execv(exe.as_ptr(), argv.as_ptr()) };
-        in_child(|| Err(format!("execv failed: {}", errno())));
+        in_child(|| exec_probe(&["exec-child", &s.to_string()]));
     }
     net::close(s);
     net::close(s2);
@@ -1261,6 +1253,43 @@ fn exec_handoff() -> Res {
     ensure!(recv(c, &mut buf, 0) == 0, "end of stream after the exec'd child: {}", errno());
     net::close(c);
     net::close(c2);
+    Ok(())
+}
+
+/// A server that execs itself with its listener open and a connection
+/// queued: the new image accepts it, as from the kernel's queue.
+fn exec_queued() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let c = connect_and_say(port, b'e')?;
+    clear_cloexec(l)?;
+    clear_cloexec(c)?;
+    exec_probe(&["exec-accept", &l.to_string(), &c.to_string()])
+}
+
+/// Execs this program as `probe ARGS…`; returns only if that fails.
+fn exec_probe(args: &[&str]) -> Res {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = std::ffi::CString::new(exe.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    let args = std::iter::once("probe").chain(args.iter().copied());
+    let args: Vec<std::ffi::CString> =
+        args.map(|a| std::ffi::CString::new(a).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    // SAFETY: execv with NUL-terminated strings and a null-terminated argv.
+    unsafe { libc::execv(exe.as_ptr(), argv.as_ptr()) };
+    Err(format!("execv failed: {}", errno()))
+}
+
+/// The new image of `exec_queued`: accepts on `l`, echoes one byte,
+/// reads it back on `c`.
+fn exec_accept(l: i32, c: i32) -> Res {
+    set_timeout(l, 10)?;
+    let s = net::accept(l).map_err(f)?;
+    let mut b = [0u8; 1];
+    net::read_exact(s, &mut b).map_err(f)?;
+    ensure!(send(s, &b, 0) == 1, "echo: {}", errno());
+    expect_byte(c, b'e')?;
+    [s, c, l].into_iter().for_each(net::close);
     Ok(())
 }
 
@@ -3053,6 +3082,7 @@ fn check(name: &str) -> Res {
         "prefork-kill" => prefork_kill(),
         "fork-queued" => fork_queued(),
         "master-queued" => master_queued(),
+        "exec-queued" => exec_queued(),
         "daemon-queued" => daemon_queued(),
         "accept-wake" => accept_wake(),
         "wait-both-ways" => wait_both_ways(),
@@ -3255,6 +3285,7 @@ fn main() {
         "daemon-serve" => daemon_serve(num(1) as usize),
         "prefork-clients" => prefork_clients(num(1) as u16, num(2) as usize),
         "exec-child" => exec_child(num(1) as i32),
+        "exec-accept" => exec_accept(num(1) as i32, num(2) as i32),
         "epoll-serve" => epoll_serve(num(1) as usize, arg(2) == "edge"),
         "epoll-load" => epoll_load(num(1) as u16, num(2) as usize, num(3) as usize),
         "conn-serve" => conn_serve(num(1) as usize),
