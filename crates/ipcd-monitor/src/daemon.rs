@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 /// Why an exec'd process's old channel is dropped when its new image says Hello.
 const EXECED: &str = "replaced by its exec'd image";
+/// Why a client whose process closed its channel is dropped.
+const CLOSED: &str = "channel closed";
 
 use ipcd_proto::channel::{Channel, ChannelError, Fds, Listener as ChannelListener};
 use ipcd_proto::message::{
@@ -322,6 +324,7 @@ impl Daemon {
 
     /// Reads up to `batch` of the requests a client has queued.
     fn serve(&mut self, token: u64, batch: usize) {
+        let mut reset = false;
         for _ in 0..batch {
             let Some(client) = self.clients.get(&token) else { return };
             match client.chan.recv_request() {
@@ -332,17 +335,22 @@ impl Daemon {
                         return;
                     }
                 }
-                Err(e) if e.is_would_block() => return,
-                // A reset is how a process that exits with requests unread
-                // looks: a close like any other.
+                Err(e) if e.is_would_block() => {
+                    if reset {
+                        self.doom(token, CLOSED.into());
+                    }
+                    return;
+                }
                 Err(ChannelError::Closed) => {
-                    self.doom(token, "channel closed".into());
+                    self.doom(token, CLOSED.into());
                     return;
                 }
-                Err(ChannelError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {
-                    self.doom(token, "channel closed".into());
-                    return;
-                }
+                // A process that closed its channel with messages of ours
+                // unread (one that exec'd with an `Incoming` queued) looks
+                // like this, once, before what it sent until then, which
+                // must still be read (its `ExecPrepare`): a close like any
+                // other, after the rest.
+                Err(ChannelError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => reset = true,
                 Err(e) => {
                     self.doom(token, format!("bad input: {e}"));
                     return;
@@ -361,7 +369,7 @@ impl Daemon {
         let Some(client) = self.clients.get(&token) else { return };
         if let Err(e) = client.chan.send_response(seq, resp, fds) {
             // A client that does not read its replies is not served on.
-            self.doom(token, format!("cannot reply: {e}"));
+            self.doom(token, undeliverable("cannot reply", &e));
         }
     }
 
@@ -405,7 +413,19 @@ impl Daemon {
                     c.hello = true;
                 }
                 // The same process again after ExecPrepare: its old channel
-                // closed at the exec even if we have not read the hang-up yet.
+                // closed at the exec even if we have not read the hang-up yet,
+                // nor, at times, the ExecPrepare itself (one wait reported both
+                // channels, and this one was read first): read what the old
+                // one still holds before looking.
+                let same: Vec<u64> = self
+                    .clients
+                    .iter()
+                    .filter(|(&t, c)| t != token && c.pid == pid && c.uid == uid && !c.exec_pending)
+                    .map(|(&t, _)| t)
+                    .collect();
+                for t in same {
+                    self.serve(t, 64);
+                }
                 let replaced: Vec<u64> = self
                     .clients
                     .iter()
@@ -441,7 +461,14 @@ impl Daemon {
                     self.reply(token, seq, &Response::Ok, &[]);
                     return;
                 }
-                let entry = Listener::new(token, listener, pid, uid, addr, backlog, flags);
+                let inode = socket_inode(&fds[0]);
+                if self.registry.share_inherited(token, listener, &addr, inode) {
+                    log!(Level::Info, "msg=\"inherited listener shared\" client={token} pid={pid} addr={addr}");
+                    self.reply(token, seq, &Response::Ok, &[]);
+                    return;
+                }
+                let mut entry = Listener::new(token, listener, pid, uid, addr, backlog, flags);
+                entry.inode = inode;
                 let stale = self.registry.add(entry);
                 for s in &stale {
                     log!(Level::Info, "msg=\"stale listener replaced\" addr={addr} old_pid={}", s.pid);
@@ -504,7 +531,7 @@ impl Daemon {
                     let fds = [rec.seg.fd(), rec.bells[idx(side)].as_fd(), rec.bells[idx(other(side))].as_fd()];
                     let Some(client) = self.clients.get(&token) else { return };
                     if let Err(e) = client.chan.send_response(seq, &resp, &fds) {
-                        self.doom(token, format!("cannot reply: {e}"));
+                        self.doom(token, undeliverable("cannot reply", &e));
                     }
                 }
                 _ => self.fail(token, seq, ErrorCode::NoSuchConnection),
@@ -575,7 +602,7 @@ impl Daemon {
         let Some(client) = self.clients.get_mut(&token) else { return };
         client.holdings.push((p.conn, p.side));
         if let Err(e) = client.chan.send_response(seq, &resp, &fds) {
-            self.doom(token, format!("cannot reply: {e}"));
+            self.doom(token, undeliverable("cannot reply", &e));
         }
     }
 
@@ -698,7 +725,7 @@ impl Daemon {
         if let Err(e) = &sent {
             log!(Level::Warn, "msg=\"listener cannot take a connection\" pid={to_pid} err=\"{e}\"");
             if !e.is_would_block() {
-                self.doom(acceptor, format!("cannot deliver: {e}"));
+                self.doom(acceptor, undeliverable("cannot deliver", e));
             }
         }
         if sent.is_err() && !answered {
@@ -720,8 +747,16 @@ impl Daemon {
         self.connects_total += 1;
         self.reused_total += u64::from(reused);
         log!(Level::Debug, "msg=brokered conn={conn} from_pid={pid} to_pid={to_pid} dest={dest}");
+        // An acceptor that closed its channel is dropped with the rest of
+        // what it held, as one that died or exec'd (its new image is sent
+        // the connection again, see `requeue_after_exec`): it holds this
+        // end as if it had been told.
+        let held = match &sent {
+            Ok(()) => true,
+            Err(e) => peer_closed(e) && self.clients.contains_key(&acceptor),
+        };
         for (t, side) in [(token, Side::A), (acceptor, Side::B)] {
-            if let Some(c) = self.clients.get_mut(&t).filter(|_| side == Side::A || sent.is_ok()) {
+            if let Some(c) = self.clients.get_mut(&t).filter(|_| side == Side::A || held) {
                 c.holdings.push((conn, side));
             }
         }
@@ -737,11 +772,11 @@ impl Daemon {
             recyclable: true,
         };
         self.conns.insert(conn, rec);
-        // Answered, but the acceptor never got it (it died meanwhile): it
-        // goes to another process serving the listener if there is one,
-        // else its end goes as a dead acceptor's would (the connector
-        // reads end of stream or a reset, and is told `PeerGone`).
-        if sent.is_err() && !self.hand_on(acceptor, conn) {
+        // Answered, but the acceptor could not be told (its channel full
+        // or broken): it goes to another process serving the listener if
+        // there is one, else its end goes as a dead acceptor's would (the
+        // connector reads end of stream or a reset, and is told `PeerGone`).
+        if !held && !self.hand_on(acceptor, conn) {
             self.release(acceptor, conn, Side::B, true);
         }
     }
@@ -824,7 +859,7 @@ impl Daemon {
                     sent = Some(t);
                     break;
                 }
-                Err(e) if !e.is_would_block() => self.doomed.push((t, format!("cannot deliver: {e}"))),
+                Err(e) if !e.is_would_block() => self.doomed.push((t, undeliverable("cannot deliver", &e))),
                 Err(_) => {}
             }
         }
@@ -1130,6 +1165,12 @@ impl Daemon {
 
     fn drop_doomed(&mut self) {
         while let Some((token, why)) = self.doomed.pop() {
+            if why == CLOSED && self.clients.get(&token).is_some_and(|c| !c.exec_pending) {
+                // What it sent before it closed is still to be read: a
+                // send that found its channel closed gets here before a
+                // read reached its `ExecPrepare`.
+                self.serve(token, 64);
+            }
             let Some(client) = self.clients.remove(&token) else { continue };
             self.drop_pools(token);
             // SAFETY: removes an fd we added; a null event is allowed for DEL.
@@ -1143,14 +1184,14 @@ impl Daemon {
             };
             let (listeners, handed) = self.registry.remove_owner(token);
             self.handed_on(token, &handed);
-            let level = if why == "channel closed" || why == EXECED { Level::Debug } else { Level::Warn };
+            let level = if why == CLOSED || why == EXECED { Level::Debug } else { Level::Warn };
             log!(
                 level,
                 "msg=\"client dropped\" client={token} pid={} why=\"{why}\" listeners={listeners} connections={}",
                 client.pid,
                 client.holdings.len()
             );
-            if client.exec_pending && (why == "channel closed" || why == EXECED) {
+            if client.exec_pending && (why == CLOSED || why == EXECED) {
                 self.orphans.push(Orphan {
                     token,
                     pid: client.pid,
@@ -1267,6 +1308,39 @@ fn parent_of(pid: u32) -> Option<u32> {
 }
 
 /// Proves the passed fd is a listening TCP socket bound to `claimed`.
+/// Why a client whose channel a send failed on is dropped: closed, as
+/// when a read finds it so, if the process closed its end (it exited or
+/// exec'd: its last messages, an `ExecPrepare` above all, are still to
+/// be read).
+fn undeliverable(what: &str, e: &ChannelError) -> String {
+    if peer_closed(e) {
+        CLOSED.into()
+    } else {
+        format!("{what}: {e}")
+    }
+}
+
+/// Whether a send failed because the process closed its end.
+fn peer_closed(e: &ChannelError) -> bool {
+    match e {
+        ChannelError::Closed => true,
+        ChannelError::Io(io) => matches!(io.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)),
+        _ => false,
+    }
+}
+
+/// The inode of socket `fd` (0 if fstat fails): the same number in every
+/// process that holds the socket.
+fn socket_inode(fd: &OwnedFd) -> u64 {
+    // SAFETY: an all-zero stat is valid; fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a live fd and a writable stat.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return 0;
+    }
+    st.st_ino
+}
+
 fn verify_listening_socket(fd: &OwnedFd, claimed: &SockAddr) -> Result<(), &'static str> {
     let opt = |level, name| -> Result<libc::c_int, &'static str> {
         let mut v: libc::c_int = 0;

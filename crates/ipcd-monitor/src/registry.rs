@@ -44,6 +44,10 @@ pub struct Listener {
     /// new owner, a child that inherited it, may not accept either (a
     /// daemon's master), so only `servers` are handed connects.
     pub handed_on: bool,
+    /// The kernel socket's inode (0: unknown): a process that registers
+    /// the same socket under the same id inherited it across fork and
+    /// exec, and shares it (see [`Registry::share_inherited`]).
+    pub inode: u64,
 }
 
 impl Listener {
@@ -62,6 +66,7 @@ impl Listener {
             servers: Vec::new(),
             turn: 0,
             handed_on: false,
+            inode: 0,
         }
     }
 
@@ -163,6 +168,25 @@ impl Registry {
             any |= l.sharers.len() != before;
         }
         any
+    }
+
+    /// `client`, an image exec'd after a fork, registers listener `id`
+    /// at `addr` again, and it is the kernel socket (`inode`) another
+    /// process registered under that id: `client` shares it, as the child
+    /// did before it exec'd, instead of replacing it as stale. Returns
+    /// whether it did.
+    pub fn share_inherited(&mut self, client: u64, id: u64, addr: &SockAddr, inode: u64) -> bool {
+        let Some(l) = self
+            .entries
+            .iter_mut()
+            .find(|l| inode != 0 && l.inode == inode && l.id == id && l.addr == *addr && l.owner != client)
+        else {
+            return false;
+        };
+        if !l.sharers.contains(&client) {
+            l.sharers.push(client);
+        }
+        true
     }
 
     /// `client` accepts on listener `id`, which it holds as its owner or

@@ -27,7 +27,8 @@ pub const VAR: &str = "IPCD_FDS";
 
 /// `fd:kind:value:side:shared` entries, `;`-separated. Kinds: `s` a stream
 /// to keep, `d` a stream the exec closes (value: connection id, side `a`
-/// or `b`), `l` a listener (value: backlog).
+/// or `b`), `l` a listener (value: backlog; one more field, its id, under
+/// which a listener shared with other processes is registered again).
 fn describe() -> String {
     let mut out = String::new();
     table::for_each_fd(|fd, sock| {
@@ -41,7 +42,9 @@ fn describe() -> String {
                 if s.info.side == Side::A { 'a' } else { 'b' },
                 u8::from(s.link.is_shared())
             ),
-            State::Listening { backlog, .. } if !cloexec => format!("{fd}:l:{backlog}:a:0"),
+            State::Listening { backlog, id, shared, .. } if !cloexec => {
+                format!("{fd}:l:{backlog}:a:{}:{id}", u8::from(*shared))
+            }
             _ => return,
         };
         if !out.is_empty() {
@@ -163,15 +166,19 @@ pub fn restore() {
     let mut entries = Vec::new();
     for entry in table.split(';').filter(|e| !e.is_empty()) {
         let parts: Vec<&str> = entry.split(':').collect();
-        match parts.as_slice() {
-            [fd, kind @ ("s" | "d" | "l"), value, side @ ("a" | "b"), shared] => {
-                match (fd.parse::<c_int>(), value.parse::<u64>()) {
-                    (Ok(fd), Ok(value)) => {
-                        let side = if *side == "a" { Side::A } else { Side::B };
-                        entries.push((fd, kind.as_bytes()[0], value, side, *shared == "1"));
-                    }
-                    _ => log!(Level::Warn, "ignoring malformed {VAR} entry {entry:?}"),
-                }
+        let parsed = match parts.as_slice() {
+            [fd, kind @ ("s" | "d"), value, side @ ("a" | "b"), shared] => Some((fd, kind, value, side, shared, "0")),
+            [fd, kind @ "l", value, side @ "a", shared, id] => Some((fd, kind, value, side, shared, *id)),
+            _ => None,
+        };
+        let Some((fd, kind, value, side, shared, id)) = parsed else {
+            log!(Level::Warn, "ignoring malformed {VAR} entry {entry:?}");
+            continue;
+        };
+        match (fd.parse::<c_int>(), value.parse::<u64>(), id.parse::<u64>()) {
+            (Ok(fd), Ok(value), Ok(id)) => {
+                let side = if *side == "a" { Side::A } else { Side::B };
+                entries.push((fd, kind.as_bytes()[0], value, side, *shared == "1", id));
             }
             _ => log!(Level::Warn, "ignoring malformed {VAR} entry {entry:?}"),
         }
@@ -179,7 +186,7 @@ pub fn restore() {
     // Kept streams first: several fds (dups) of one connection share one
     // socket object; a close-on-exec dup of a kept one closes nothing.
     let mut kept: HashMap<(u64, Side), Arc<Socket>> = HashMap::new();
-    for &(fd, kind, value, side, shared) in &entries {
+    for &(fd, kind, value, side, shared, id) in &entries {
         match kind {
             b's' => match kept.get(&(value, side)) {
                 Some(sock) => {
@@ -191,12 +198,12 @@ pub fn restore() {
                     }
                 }
             },
-            b'l' => relisten(fd, value as c_int),
+            b'l' => relisten(fd, value as c_int, id, shared),
             _ => {}
         }
     }
     let mut dropped = HashSet::new();
-    for &(fd, kind, value, side, shared) in &entries {
+    for &(fd, kind, value, side, shared, _) in &entries {
         if kind == b'd' && !kept.contains_key(&(value, side)) && dropped.insert((value, side)) {
             drop_conn(fd, value, side, shared);
         }
@@ -227,15 +234,16 @@ fn drop_conn(fd: c_int, conn: u64, side: Side, shared: bool) {
     }
 }
 
-/// Registers an inherited listener again.
-fn relisten(fd: c_int, backlog: c_int) {
+/// Registers an inherited listener again, as listener `id` of the old
+/// image, `shared` if other processes held it then.
+fn relisten(fd: c_int, backlog: c_int, id: u64, shared: bool) {
     let family = real::int_opt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
     // SAFETY: F_GETFL on the inherited fd. Our listeners' kernel fds are
     // always non-blocking underneath; the program's flag was not kept, so
     // blocking is assumed, as a listener handed to an exec'd server is.
     let _ = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
     let sock = Arc::new(Socket::new(family, false, State::Fresh));
-    if table::install(fd, Arc::clone(&sock)).is_ok() && !setup::listen(fd, &sock, backlog) {
+    if table::install(fd, Arc::clone(&sock)).is_ok() && !setup::listen_as(fd, &sock, backlog, Some((id, shared))) {
         if let Some(s) = table::remove(fd) {
             s.drop_fd();
         }

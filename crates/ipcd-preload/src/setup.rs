@@ -252,15 +252,28 @@ pub fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect {
 /// monitor. Returns false when the monitor will not route to it (the socket
 /// is then a plain kernel listener).
 pub fn listen(fd: libc::c_int, sock: &Socket, backlog: libc::c_int) -> bool {
+    listen_as(fd, sock, backlog, None)
+}
+
+/// [`listen`], or for a listener inherited across exec, registers it
+/// under the old image's id and sharing (`inherited`): the monitor then
+/// knows it for the socket other processes hold under that id.
+pub fn listen_as(fd: libc::c_int, sock: &Socket, backlog: libc::c_int, inherited: Option<(u64, bool)>) -> bool {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let mut state = sock.lock();
-    let (id, again) = match &*state {
+    let (id, again) = match (&*state, inherited) {
         // Listening already: Linux takes the new backlog, so must the monitor.
-        State::Listening { id, backlog: old, .. } if *old != backlog => (*id, true),
-        State::Listening { .. } => return true,
-        State::Fresh => (NEXT_ID.fetch_add(1, Ordering::Relaxed), false),
+        (State::Listening { id, backlog: old, .. }, _) if *old != backlog => (*id, true),
+        (State::Listening { .. }, _) => return true,
+        (State::Fresh, Some((id, _))) => {
+            // Ids of this image's own listeners come after it.
+            NEXT_ID.fetch_max(id.saturating_add(1), Ordering::Relaxed);
+            (id, false)
+        }
+        (State::Fresh, None) => (NEXT_ID.fetch_add(1, Ordering::Relaxed), false),
         _ => return false,
     };
+    let shared = inherited.is_some_and(|(_, shared)| shared);
     let Some(addr) = sockname(fd) else { return again };
     let mut flags = ListenFlags::empty();
     if opt_on(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) {
@@ -296,7 +309,7 @@ pub fn listen(fd: libc::c_int, sock: &Socket, backlog: libc::c_int) -> bool {
         let fl = real::fcntl(fd, libc::F_GETFL, 0);
         real::fcntl(fd, libc::F_SETFL, (fl | libc::O_NONBLOCK) as usize);
     }
-    *state = State::Listening { id, backlog, bell: ListenerBell::new(), shared: false, served: false };
+    *state = State::Listening { id, backlog, bell: ListenerBell::new(), shared, served: false };
     log!(Level::Debug, "listening on {addr} through ipcd (listener {id})");
     true
 }

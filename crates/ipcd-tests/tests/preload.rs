@@ -247,6 +247,17 @@ fn a_connection_queued_before_an_exec_is_accepted_by_the_new_image() {
     fork_check("exec-queued", 1, 0);
 }
 
+/// Pre-fork workers that exec (Python's `spawn` start method: uvicorn
+/// and hypercorn workers): each new image shares the listener it
+/// inherited and takes its turn, all 8 connections through ipcd. Before,
+/// each image registered the socket as a new listener and replaced the
+/// others' as stale: one worker got every connection, and what waited
+/// for it when it left was reset (or, here, went to the kernel).
+#[test]
+fn pre_fork_workers_that_exec_share_the_listener_they_inherit() {
+    fork_check("exec-workers", 8, 2);
+}
+
 /// A daemon's double fork with a connection already queued: it waits for
 /// the child, which accepts after the process that listened has gone.
 /// Before, it was reset when that process exited.

@@ -325,6 +325,26 @@ fn python_asyncio_many_connections() {
     assert!(st.connects_total >= 100 && st.connects_total + st.fallbacks_total == 200, "{st:?}");
 }
 
+/// Python workers started with multiprocessing's `spawn` method, as
+/// uvicorn and hypercorn start theirs: each is a new image that inherits
+/// the parent's listener, which never accepts. All requests go through
+/// ipcd to both workers (the 2 refused connects are the workers' own
+/// check that the monitor knows they accept). Before, each worker's image
+/// registered the socket as a new listener and replaced the others': one
+/// worker got every connection and the rest timed out.
+#[test]
+fn python_spawn_workers_share_the_listener() {
+    if !have("python spawn workers", &["python3"]) {
+        return;
+    }
+    let mon = Monitor::start(256 * 1024);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/spawn_workers.py");
+    let out = ok("spawn workers", under(&mon, "python3", &[&script.to_string_lossy(), "20"]).output().unwrap());
+    assert!(out.contains("20 of 20 answered by 2 workers"), "{out}");
+    let st = mon.status().status;
+    assert_eq!((st.connects_total, st.fallbacks_total), (20, 2), "{st:?}");
+}
+
 /// scripts/node_http.js in `mode` (`serve` or `cluster`) under ipcd on a
 /// port of its own, and `count` requests from its Node clients under ipcd,
 /// which must all be answered right. The server runs until the `Bg` drops.

@@ -1293,6 +1293,63 @@ fn exec_accept(l: i32, c: i32) -> Res {
     Ok(())
 }
 
+/// Pre-fork workers that exec (Python's `spawn`, as uvicorn and
+/// hypercorn start theirs): the parent listens and never accepts; two
+/// children exec new images that inherit the listener and each accept
+/// `EXEC_WORKER_CONNS` connections, answering with their index.
+fn exec_workers() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    clear_cloexec(l)?;
+    let (ready_r, ready_w) = pipe()?;
+    let mut pids = Vec::new();
+    for index in 0..2u8 {
+        let pid = fork()?;
+        if pid == 0 {
+            in_child(|| {
+                net::close(ready_r);
+                clear_cloexec(ready_w)?;
+                exec_probe(&["exec-worker", &l.to_string(), &ready_w.to_string(), &index.to_string()])
+            });
+        }
+        pids.push(pid);
+    }
+    net::close(ready_w);
+    prefork_wait(ready_r, 2)?;
+    for k in 0..2 * EXEC_WORKER_CONNS {
+        let c = connect_and_say(port, b'x')?;
+        let mut b = [0u8; 1];
+        ensure!(recv(c, &mut b, 0) == 1, "connection {k} was not served: {}", errno());
+        ensure!(b[0] < 2, "connection {k} got {b:?}");
+        net::close(c);
+    }
+    pids.into_iter().try_for_each(wait_child)?;
+    [l, ready_r].into_iter().for_each(net::close);
+    Ok(())
+}
+
+/// Connections each worker of `exec_workers` serves.
+const EXEC_WORKER_CONNS: usize = 4;
+
+/// An exec'd worker of `exec_workers`: says it accepts on `l` (see
+/// `serving`) and that it is ready on `ready`, then serves its share.
+fn exec_worker(l: i32, ready: i32, index: u8) -> Res {
+    let (held, refused) = refused_port()?;
+    set_timeout(l, 10)?;
+    serving(l, refused)?;
+    net::close(held);
+    say(ready, b'r')?;
+    net::close(ready);
+    for _ in 0..EXEC_WORKER_CONNS {
+        let s = net::accept(l).map_err(f)?;
+        let mut b = [0u8; 1];
+        net::read_exact(s, &mut b).map_err(f)?;
+        ensure!(send(s, &[index], 0) == 1, "worker {index}: answer: {}", errno());
+        net::close(s);
+    }
+    net::close(l);
+    Ok(())
+}
+
 /// The exec'd side of `exec_handoff`.
 fn exec_child(fd: i32) -> Res {
     let (_, port) = net::name(fd, true).map_err(f)?;
@@ -3083,6 +3140,7 @@ fn check(name: &str) -> Res {
         "fork-queued" => fork_queued(),
         "master-queued" => master_queued(),
         "exec-queued" => exec_queued(),
+        "exec-workers" => exec_workers(),
         "daemon-queued" => daemon_queued(),
         "accept-wake" => accept_wake(),
         "wait-both-ways" => wait_both_ways(),
@@ -3286,6 +3344,7 @@ fn main() {
         "prefork-clients" => prefork_clients(num(1) as u16, num(2) as usize),
         "exec-child" => exec_child(num(1) as i32),
         "exec-accept" => exec_accept(num(1) as i32, num(2) as i32),
+        "exec-worker" => exec_worker(num(1) as i32, num(2) as i32, num(3) as u8),
         "epoll-serve" => epoll_serve(num(1) as usize, arg(2) == "edge"),
         "epoll-load" => epoll_load(num(1) as u16, num(2) as usize, num(3) as usize),
         "conn-serve" => conn_serve(num(1) as usize),
