@@ -48,11 +48,6 @@ pub struct Listener {
     /// the same socket under the same id inherited it across fork and
     /// exec, and shares it (see [`Registry::share_inherited`]).
     pub inode: u64,
-    /// The owner said `Serve` while it held the listener alone: it
-    /// accepts, and is one of the `servers` if another process comes to
-    /// share the socket by registering it too. (A fork does not count it:
-    /// a parent that accepted may stop once its workers run.)
-    pub owner_waited: bool,
 }
 
 impl Listener {
@@ -72,7 +67,6 @@ impl Listener {
             turn: 0,
             handed_on: false,
             inode: 0,
-            owner_waited: false,
         }
     }
 
@@ -192,9 +186,6 @@ impl Registry {
         if !l.sharers.contains(&client) {
             l.sharers.push(client);
         }
-        if l.owner_waited && !l.servers.contains(&l.owner) {
-            l.servers.push(l.owner);
-        }
         true
     }
 
@@ -203,9 +194,7 @@ impl Registry {
     pub fn serve(&mut self, client: u64, id: u64) -> bool {
         let mut any = false;
         for l in self.entries.iter_mut().filter(|l| l.id == id && (l.owner == client || l.sharers.contains(&client))) {
-            if l.owner == client && !l.is_shared() && !l.handed_on {
-                l.owner_waited = true;
-            } else if !l.servers.contains(&client) {
+            if !l.servers.contains(&client) {
                 l.servers.push(client);
             }
             any = true;
@@ -416,37 +405,6 @@ mod tests {
         assert_eq!(r.remove_owner(8), (0, vec![]), "8 owned nothing");
         assert!(!shared(&mut r), "8 went away");
         assert!(!r.unshare(8, None));
-    }
-
-    #[test]
-    fn a_process_that_registers_the_same_socket_shares_it() {
-        let mut r = Registry::default();
-        let addr = v4([127, 0, 0, 1], 80);
-        let mut l = listener(1, addr, ListenFlags::empty());
-        l.inode = 555;
-        r.add(l);
-        let acceptor = |r: &mut Registry| r.lookup(&addr, local).and_then(Listener::acceptor);
-        // The owner waits on it while it holds it alone: not yet a server.
-        assert!(r.serve(1, 1));
-        assert_eq!(acceptor(&mut r), Some(1));
-        assert!(!r.share_inherited(2, 1, &addr, 556), "another socket");
-        assert!(!r.share_inherited(2, 9, &addr, 555), "another id");
-        assert!(!r.share_inherited(1, 1, &addr, 555), "its own");
-        assert!(r.share_inherited(2, 1, &addr, 555));
-        assert_eq!(acceptor(&mut r), Some(1), "the owner, which said it accepts, before 2 says so");
-        assert!(r.serve(2, 1));
-        let mut seen: Vec<u64> = (0..4).filter_map(|_| acceptor(&mut r)).collect();
-        seen.sort_unstable();
-        assert_eq!(seen, [1, 1, 2, 2], "in turn");
-        // One that never said it accepts (a master) gets none.
-        let mut m = listener(3, v4([127, 0, 0, 1], 81), ListenFlags::empty());
-        m.inode = 777;
-        r.add(m);
-        let addr81 = v4([127, 0, 0, 1], 81);
-        assert!(r.share_inherited(4, 3, &addr81, 777));
-        assert!(r.serve(4, 3));
-        let seen: Vec<u64> = (0..3).filter_map(|_| r.lookup(&addr81, local).and_then(Listener::acceptor)).collect();
-        assert_eq!(seen, [4, 4, 4]);
     }
 
     #[test]

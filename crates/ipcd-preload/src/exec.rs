@@ -243,7 +243,7 @@ fn relisten(fd: c_int, backlog: c_int, id: u64, shared: bool) {
     // blocking is assumed, as a listener handed to an exec'd server is.
     let _ = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
     let sock = Arc::new(Socket::new(family, false, State::Fresh));
-    if table::install(fd, Arc::clone(&sock)).is_ok() && !setup::listen_as(fd, &sock, backlog, Some(id), shared) {
+    if table::install(fd, Arc::clone(&sock)).is_ok() && !setup::listen_as(fd, &sock, backlog, Some((id, shared))) {
         if let Some(s) = table::remove(fd) {
             s.drop_fd();
         }

@@ -52,17 +52,13 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
     // SAFETY: the caller's arguments, unchanged.
     let r = unsafe { real::listen(fd, backlog) };
     if r == 0 {
-        let err = real::errno();
-        let registered = match table::get(fd) {
-            Some(s) => Some(guarded(false, || setup::listen(fd, &s, backlog))),
-            // Not made here: other processes may hold it too.
-            None => guarded(None, || setup::adopt_unknown(fd))
-                .map(|s| guarded(false, || setup::listen_as(fd, &s, backlog, None, true))),
-        };
-        if registered == Some(false) {
-            forget(fd);
+        if let Some(s) = table::get(fd) {
+            let err = real::errno();
+            if !guarded(false, || setup::listen(fd, &s, backlog)) {
+                forget(fd);
+            }
+            real::set_errno(err);
         }
-        real::set_errno(err);
     }
     r
 }

@@ -252,28 +252,28 @@ pub fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect {
 /// monitor. Returns false when the monitor will not route to it (the socket
 /// is then a plain kernel listener).
 pub fn listen(fd: libc::c_int, sock: &Socket, backlog: libc::c_int) -> bool {
-    listen_as(fd, sock, backlog, None, false)
+    listen_as(fd, sock, backlog, None)
 }
 
-/// [`listen`] for a socket that other processes may hold too (`shared`):
-/// one inherited across exec, registered again under the old image's
-/// `id`, or one this process did not create. A listener's id is its
-/// socket's inode unless given, so every process that registers one
-/// socket names it alike, and the monitor makes the later ones share it.
-pub fn listen_as(fd: libc::c_int, sock: &Socket, backlog: libc::c_int, id: Option<u64>, shared: bool) -> bool {
-    static NEXT_ID: AtomicU64 = AtomicU64::new(1 << 63);
+/// [`listen`], or for a listener inherited across exec, registers it
+/// under the old image's id and sharing (`inherited`): the monitor then
+/// knows it for the socket other processes hold under that id.
+pub fn listen_as(fd: libc::c_int, sock: &Socket, backlog: libc::c_int, inherited: Option<(u64, bool)>) -> bool {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let mut state = sock.lock();
-    let (id, again) = match &*state {
+    let (id, again) = match (&*state, inherited) {
         // Listening already: Linux takes the new backlog, so must the monitor.
-        State::Listening { id, backlog: old, .. } if *old != backlog => (*id, true),
-        State::Listening { .. } => return true,
-        State::Fresh => {
-            // Inodes are never this large: the fallback cannot meet one.
-            let id = id.or_else(|| socket_inode(fd)).unwrap_or_else(|| NEXT_ID.fetch_add(1, Ordering::Relaxed));
+        (State::Listening { id, backlog: old, .. }, _) if *old != backlog => (*id, true),
+        (State::Listening { .. }, _) => return true,
+        (State::Fresh, Some((id, _))) => {
+            // Ids of this image's own listeners come after it.
+            NEXT_ID.fetch_max(id.saturating_add(1), Ordering::Relaxed);
             (id, false)
         }
+        (State::Fresh, None) => (NEXT_ID.fetch_add(1, Ordering::Relaxed), false),
         _ => return false,
     };
+    let shared = inherited.is_some_and(|(_, shared)| shared);
     let Some(addr) = sockname(fd) else { return again };
     let mut flags = ListenFlags::empty();
     if opt_on(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) {
@@ -312,37 +312,6 @@ pub fn listen_as(fd: libc::c_int, sock: &Socket, backlog: libc::c_int, id: Optio
     *state = State::Listening { id, backlog, bell: ListenerBell::new(), shared, served: false };
     log!(Level::Debug, "listening on {addr} through ipcd (listener {id})");
     true
-}
-
-/// The inode of socket `fd`, the same in every process that holds it.
-fn socket_inode(fd: libc::c_int) -> Option<u64> {
-    // SAFETY: an all-zero stat is valid; fstat fills it.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: an fd and a writable stat.
-    (unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_ino != 0).then_some(st.st_ino)
-}
-
-/// A TCP socket this library did not make (inherited across an exec that
-/// did not list it, or received over a Unix socket) on which the program
-/// listens: taken into the table as a fresh one, so that it is registered
-/// as ours are. None for anything else.
-pub fn adopt_unknown(fd: libc::c_int) -> Option<Arc<Socket>> {
-    if crate::config::get().disabled {
-        return None;
-    }
-    let opt = |name| real::int_opt(fd, libc::SOL_SOCKET, name);
-    let family = opt(libc::SO_DOMAIN)?;
-    let tcp = matches!(family, libc::AF_INET | libc::AF_INET6)
-        && opt(libc::SO_TYPE) == Some(libc::SOCK_STREAM)
-        && opt(libc::SO_PROTOCOL) == Some(libc::IPPROTO_TCP);
-    if !tcp {
-        return None;
-    }
-    // SAFETY: F_GETFL on the caller's fd.
-    let nonblocking = unsafe { real::fcntl(fd, libc::F_GETFL, 0) } & libc::O_NONBLOCK != 0;
-    let sock = Arc::new(Socket::new(family, nonblocking, State::Fresh));
-    table::install(fd, Arc::clone(&sock)).ok()?;
-    Some(sock)
 }
 
 /// Makes an accepted ipcd connection into a new fd; `pid` is ours.

@@ -258,15 +258,6 @@ fn pre_fork_workers_that_exec_share_the_listener_they_inherit() {
     fork_check("exec-workers", 8, 2);
 }
 
-/// Workers that exec and then listen on a socket their parent only
-/// bound (uvicorn's): each registers the socket, the later one shares it,
-/// and both take connections through ipcd. Before, neither library knew
-/// the socket, so every connection went to the kernel.
-#[test]
-fn workers_that_listen_on_a_socket_they_inherited_share_it() {
-    fork_check("listen-workers", 8, 2);
-}
-
 /// A daemon's double fork with a connection already queued: it waits for
 /// the child, which accepts after the process that listened has gone.
 /// Before, it was reset when that process exited.

@@ -1298,24 +1298,7 @@ fn exec_accept(l: i32, c: i32) -> Res {
 /// children exec new images that inherit the listener and each accept
 /// `EXEC_WORKER_CONNS` connections, answering with their index.
 fn exec_workers() -> Res {
-    exec_workers_on(false)
-}
-
-/// `exec_workers` where the parent only binds the socket and each worker
-/// calls `listen` on it (uvicorn's workers: asyncio listens on the socket
-/// their parent bound). Neither library instance made the socket.
-fn listen_workers() -> Res {
-    exec_workers_on(true)
-}
-
-/// `exec_workers`, the socket only bound by the parent if `workers_listen`.
-fn exec_workers_on(workers_listen: bool) -> Res {
-    let (l, port) = if workers_listen {
-        let (held, port) = refused_port()?;
-        (held, port)
-    } else {
-        net::listen_loopback(false).map_err(f)?
-    };
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
     clear_cloexec(l)?;
     let (ready_r, ready_w) = pipe()?;
     let mut pids = Vec::new();
@@ -1325,8 +1308,7 @@ fn exec_workers_on(workers_listen: bool) -> Res {
             in_child(|| {
                 net::close(ready_r);
                 clear_cloexec(ready_w)?;
-                let listen = u8::from(workers_listen).to_string();
-                exec_probe(&["exec-worker", &l.to_string(), &ready_w.to_string(), &index.to_string(), &listen])
+                exec_probe(&["exec-worker", &l.to_string(), &ready_w.to_string(), &index.to_string()])
             });
         }
         pids.push(pid);
@@ -1348,14 +1330,9 @@ fn exec_workers_on(workers_listen: bool) -> Res {
 /// Connections each worker of `exec_workers` serves.
 const EXEC_WORKER_CONNS: usize = 4;
 
-/// An exec'd worker of `exec_workers`: listens on `l` first if told to,
-/// says it accepts on it (see `serving`) and that it is ready on
-/// `ready`, then serves its share.
-fn exec_worker(l: i32, ready: i32, index: u8, listen: bool) -> Res {
-    if listen {
-        // SAFETY: a bound socket.
-        cvt("listen", unsafe { libc::listen(l, 128) }).map_err(f)?;
-    }
+/// An exec'd worker of `exec_workers`: says it accepts on `l` (see
+/// `serving`) and that it is ready on `ready`, then serves its share.
+fn exec_worker(l: i32, ready: i32, index: u8) -> Res {
     let (held, refused) = refused_port()?;
     set_timeout(l, 10)?;
     serving(l, refused)?;
@@ -3164,7 +3141,6 @@ fn check(name: &str) -> Res {
         "master-queued" => master_queued(),
         "exec-queued" => exec_queued(),
         "exec-workers" => exec_workers(),
-        "listen-workers" => listen_workers(),
         "daemon-queued" => daemon_queued(),
         "accept-wake" => accept_wake(),
         "wait-both-ways" => wait_both_ways(),
@@ -3368,7 +3344,7 @@ fn main() {
         "prefork-clients" => prefork_clients(num(1) as u16, num(2) as usize),
         "exec-child" => exec_child(num(1) as i32),
         "exec-accept" => exec_accept(num(1) as i32, num(2) as i32),
-        "exec-worker" => exec_worker(num(1) as i32, num(2) as i32, num(3) as u8, num(4) == 1),
+        "exec-worker" => exec_worker(num(1) as i32, num(2) as i32, num(3) as u8),
         "epoll-serve" => epoll_serve(num(1) as usize, arg(2) == "edge"),
         "epoll-load" => epoll_load(num(1) as u16, num(2) as usize, num(3) as usize),
         "conn-serve" => conn_serve(num(1) as usize),
