@@ -898,7 +898,7 @@ impl Daemon {
             .filter_map(|(&conn, rec)| {
                 let (owner, id) = rec.pending_in.filter(|&(_, id)| id == listener)?;
                 let &[from] = rec.holders[1].as_slice() else { return None };
-                let l = registry.iter().find(|l| l.owner == owner && l.id == id)?;
+                let l = registry.get(owner, id)?;
                 let held_by_server = l.owner == server || l.sharers.contains(&server);
                 (held_by_server && from != server && !l.servers.contains(&from) && !rec.gone[1]).then_some((conn, from))
             })
@@ -1116,9 +1116,7 @@ impl Daemon {
             .conns
             .iter()
             .filter(|(_, r)| {
-                r.holders[1] == [token]
-                    && !r.gone[1]
-                    && r.pending_in.is_some_and(|(o, i)| !registry.iter().any(|l| l.owner == o && l.id == i))
+                r.holders[1] == [token] && !r.gone[1] && r.pending_in.is_some_and(|(o, i)| registry.get(o, i).is_none())
             })
             .map(|(&c, _)| c)
             .collect();
@@ -1307,7 +1305,6 @@ fn parent_of(pid: u32) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Proves the passed fd is a listening TCP socket bound to `claimed`.
 /// Why a client whose channel a send failed on is dropped: closed, as
 /// when a read finds it so, if the process closed its end (it exited or
 /// exec'd: its last messages, an `ExecPrepare` above all, are still to
@@ -1341,6 +1338,7 @@ fn socket_inode(fd: &OwnedFd) -> u64 {
     st.st_ino
 }
 
+/// Proves the passed fd is a listening TCP socket bound to `claimed`.
 fn verify_listening_socket(fd: &OwnedFd, claimed: &SockAddr) -> Result<(), &'static str> {
     let opt = |level, name| -> Result<libc::c_int, &'static str> {
         let mut v: libc::c_int = 0;

@@ -276,6 +276,11 @@ impl Registry {
     }
 
     /// The listener registered by `owner` under `id`.
+    pub fn get(&self, owner: u64, id: u64) -> Option<&Listener> {
+        self.entries.iter().find(|l| l.owner == owner && l.id == id)
+    }
+
+    /// The listener `owner` registered as `id`, to change.
     pub fn get_mut(&mut self, owner: u64, id: u64) -> Option<&mut Listener> {
         self.entries.iter_mut().find(|l| l.owner == owner && l.id == id)
     }
