@@ -1,5 +1,5 @@
-"""Workers started with multiprocessing's 'spawn' method, as uvicorn and
-hypercorn start theirs: the parent listens and never accepts; each worker
+"""Workers started with multiprocessing's 'spawn' method (uvicorn's and
+hypercorn's start method, though their parents only bind): the parent listens and never accepts; each worker
 is a new Python image (fork, then exec) that gets the listening socket
 from its parent and accepts its share. The parent then connects COUNT
 times; every request must be answered. Prints how many were, and by how

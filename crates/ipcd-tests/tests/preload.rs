@@ -247,8 +247,8 @@ fn a_connection_queued_before_an_exec_is_accepted_by_the_new_image() {
     fork_check("exec-queued", 1, 0);
 }
 
-/// Pre-fork workers that exec (Python's `spawn` start method: uvicorn
-/// and hypercorn workers): each new image shares the listener it
+/// Pre-fork workers that exec (as Python's `spawn` start method makes
+/// them): each new image shares the listener it
 /// inherited and takes its turn, all 8 connections through ipcd. Before,
 /// each image registered the socket as a new listener and replaced the
 /// others' as stale: one worker got every connection, and what waited

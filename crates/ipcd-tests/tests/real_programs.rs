@@ -325,8 +325,8 @@ fn python_asyncio_many_connections() {
     assert!(st.connects_total >= 100 && st.connects_total + st.fallbacks_total == 200, "{st:?}");
 }
 
-/// Python workers started with multiprocessing's `spawn` method, as
-/// uvicorn and hypercorn start theirs: each is a new image that inherits
+/// Python workers started with multiprocessing's `spawn` method, from a
+/// socket the parent listened on: each is a new image that inherits
 /// the parent's listener, which never accepts. All requests go through
 /// ipcd to both workers (the 2 refused connects are the workers' own
 /// check that the monitor knows they accept). Before, each worker's image

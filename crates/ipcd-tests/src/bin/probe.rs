@@ -1293,8 +1293,8 @@ fn exec_accept(l: i32, c: i32) -> Res {
     Ok(())
 }
 
-/// Pre-fork workers that exec (Python's `spawn`, as uvicorn and
-/// hypercorn start theirs): the parent listens and never accepts; two
+/// Pre-fork workers that exec (Python's `spawn` start method, with a
+/// socket the parent listened on): the parent listens and never accepts; two
 /// children exec new images that inherit the listener and each accept
 /// `EXEC_WORKER_CONNS` connections, answering with their index.
 fn exec_workers() -> Res {
