@@ -106,6 +106,18 @@ struct ConnRec {
     recyclable: bool,
 }
 
+impl ConnRec {
+    /// `side`'s end for a process that maps the segment afresh (an exec'd
+    /// image, the receiver of a pass, the next acceptor of a waiting
+    /// connection): its info, and the segment and the end's own and peer
+    /// doorbells to send with it.
+    fn fresh_end(&self, side: Side) -> (ConnInfo, [BorrowedFd<'_>; 3]) {
+        let i = idx(side);
+        let fds = [self.seg.fd(), self.bells[i].as_fd(), self.bells[idx(other(side))].as_fd()];
+        (ConnInfo { reused: false, ..self.info[i] }, fds)
+    }
+}
+
 /// A segment whose connection ended, kept for the next connection between
 /// the same two processes (both still map it): no memfd, mapping, eventfds
 /// or fd passing for that one.
@@ -527,8 +539,8 @@ impl Daemon {
             }
             Request::Reopen { conn, side } => match (self.holds(token, conn, side), self.conns.get(&conn)) {
                 (true, Some(rec)) => {
-                    let resp = Response::Reopened(ConnInfo { reused: false, ..rec.info[idx(side)] });
-                    let fds = [rec.seg.fd(), rec.bells[idx(side)].as_fd(), rec.bells[idx(other(side))].as_fd()];
+                    let (info, fds) = rec.fresh_end(side);
+                    let resp = Response::Reopened(info);
                     let Some(client) = self.clients.get(&token) else { return };
                     if let Err(e) = client.chan.send_response(seq, &resp, &fds) {
                         self.doom(token, undeliverable("cannot reply", &e));
@@ -597,8 +609,8 @@ impl Daemon {
         for h in rec.holders[i].iter_mut().filter(|h| **h == p.holder) {
             *h = token;
         }
-        let resp = Response::Reopened(ConnInfo { reused: false, ..rec.info[i] });
-        let fds = [rec.seg.fd(), rec.bells[i].as_fd(), rec.bells[idx(other(p.side))].as_fd()];
+        let (info, fds) = rec.fresh_end(p.side);
+        let resp = Response::Reopened(info);
         let Some(client) = self.clients.get_mut(&token) else { return };
         client.holdings.push((p.conn, p.side));
         if let Err(e) = client.chan.send_response(seq, &resp, &fds) {
@@ -838,11 +850,9 @@ impl Daemon {
     fn hand_on(&mut self, from: u64, conn: u64) -> bool {
         let Some(rec) = self.conns.get_mut(&conn) else { return false };
         let Some((owner, id)) = rec.pending_in else { return false };
-        let mut info = rec.info[1];
         // The next acceptor has not mapped it, and three processes have.
-        info.reused = false;
         rec.recyclable = false;
-        let fds = [rec.seg.fd(), rec.bells[1].as_fd(), rec.bells[0].as_fd()];
+        let (info, fds) = rec.fresh_end(Side::B);
         let tries = self.registry.get_mut(owner, id).map_or(0, |l| l.servers.len().max(1));
         let mut sent = None;
         for _ in 0..tries {
@@ -1131,9 +1141,7 @@ impl Daemon {
                 continue;
             }
             seg.offer(pid);
-            // The new image maps it afresh.
-            let info = ConnInfo { reused: false, ..rec.info[1] };
-            let fds = [rec.seg.fd(), rec.bells[1].as_fd(), rec.bells[0].as_fd()];
+            let (info, fds) = rec.fresh_end(Side::B);
             if let Err(e) = c.chan.send_response(0, &Response::Incoming { listener, info }, &fds) {
                 // It stays held, and is reset as a dead acceptor's when
                 // this client goes.
