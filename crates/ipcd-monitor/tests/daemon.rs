@@ -775,3 +775,93 @@ fn the_last_share_given_back_closes_an_end_its_survivors_left() {
     client.notify(&Request::Close { conn: info.conn, side: Side::A, keep: false }).unwrap();
     assert!(client.call(&Request::Status, &[]).is_ok(), "the monitor kept going");
 }
+
+/// A pair that connected twice, and the standby the second connect left
+/// the client: (server, client, listener socket, address, standby, its fds).
+fn with_standby(m: &Monitor) -> (MonitorClient, MonitorClient, OwnedFd, SockAddr, ConnInfo, Vec<OwnedFd>) {
+    let (mut server, mut client) = (m.client(), m.client());
+    let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
+    assert_eq!(listen(&mut server, 1, &lfd, addr, ListenFlags::empty()), Response::Ok);
+    let (Response::Connected(first), _cfds) = connect(&mut client, addr) else { panic!("not brokered") };
+    let _ = next_event(&server);
+    close_both(&mut client, &mut server, first.conn, [true, true], true);
+    // The pair's second connection: the standby comes before its answer.
+    client.notify(&Request::Connect { dest: addr, source: None, nonblocking: false }).unwrap();
+    let (event, sfds) = next_event(&client);
+    let Response::Standby { dest, info } = event else { panic!("expected a standby, got {event:?}") };
+    let (Response::Connected(again), _) = client.wait_reply().unwrap() else { panic!("not brokered") };
+    assert_eq!(dest, addr);
+    assert_eq!((again.reused, again.segment), (true, first.segment), "the connect itself takes the pooled segment");
+    assert!(info.conn != again.conn && info.side == Side::A && info.peer == addr);
+    assert_eq!((info.reused, sfds.len()), (false, 3), "a new segment, sent with the standby");
+    let (event, _) = next_event(&server);
+    assert!(matches!(event, Response::Incoming { info, .. } if info.conn == again.conn), "{event:?}");
+    (server, client, lfd, addr, info, sfds)
+}
+
+#[test]
+fn a_standby_connects_without_an_answer_and_reaches_the_listener_at_use() {
+    let m = Monitor::start();
+    let (server, mut client, _lfd, addr, sb, cfds) = with_standby(&m);
+    let source = SockAddr::V4 { ip: [127, 0, 0, 1], port: 5555 };
+    client.notify(&Request::Use { conn: sb.conn, source: Some(source) }).unwrap();
+    let (event, sfds) = next_event(&server);
+    let Response::Incoming { listener, info } = event else { panic!("expected Incoming, got {event:?}") };
+    assert_eq!((listener, info.conn, info.side, info.peer, info.local), (1, sb.conn, Side::B, source, addr));
+    assert_eq!((info.segment, sfds.len()), (sb.segment, 3));
+    let (a, b) = (map(&cfds[0]), map(&sfds[0]));
+    let mut tx = a.seg.producer(ipcd_ring::Side::A).unwrap();
+    let mut rx = b.seg.consumer(ipcd_ring::Side::B).unwrap();
+    assert_eq!(tx.write(b"hello").unwrap().len, 5);
+    let mut buf = [0u8; 8];
+    assert_eq!(rx.read(&mut buf).unwrap().len, 5);
+    assert_eq!(&buf[..5], b"hello");
+    // The next one is held ready at once, and the books show the connection.
+    let (event, _) = next_event(&client);
+    let Response::Standby { dest, info: next } = event else { panic!("expected a standby, got {event:?}") };
+    assert!(dest == addr && next.conn != sb.conn);
+    let report = client.status().unwrap();
+    assert!(report.connections.iter().any(|c| c.conn == sb.conn), "the used standby is a connection");
+    // Only its owner can use it: another client's `Use` is ignored.
+    let mut stranger = m.client();
+    stranger.notify(&Request::Use { conn: next.conn, source: None }).unwrap();
+    let _ = stranger.status().unwrap();
+    client.notify(&Request::Use { conn: next.conn, source: None }).unwrap();
+    let (event, _) = next_event(&server);
+    assert!(matches!(event, Response::Incoming { info, .. } if info.conn == next.conn), "{event:?}");
+}
+
+#[test]
+fn a_standby_is_withdrawn_when_its_listener_closes() {
+    let m = Monitor::start();
+    let (mut server, mut client, lfd, addr, sb, cfds) = with_standby(&m);
+    assert_eq!(server.call(&Request::Unlisten { listener: 1 }, &[]).unwrap().0, Response::Ok);
+    let (event, _) = next_event(&client);
+    assert_eq!(event, Response::Withdraw { conn: sb.conn });
+    // A connect that took it before it read the withdrawal: the connection
+    // is closed as one queued on a listener that closed.
+    client.notify(&Request::Use { conn: sb.conn, source: None }).unwrap();
+    let (event, _) = next_event(&client);
+    assert_eq!(event, Response::PeerGone { conn: sb.conn });
+    let a = map(&cfds[0]);
+    let rx = a.seg.consumer(ipcd_ring::Side::A).unwrap();
+    assert_ne!(rx.peer_state(), PeerState::Open, "the acceptor's end is closed");
+    // The next connect asks, and is sent to the kernel.
+    let (resp, _) = connect(&mut client, addr);
+    assert_eq!(resp, Response::UseKernel { reason: Fallback::NoListener });
+    drop(lfd);
+}
+
+#[test]
+fn a_standby_given_back_cannot_be_used() {
+    let m = Monitor::start();
+    let (server, mut client, _lfd, addr, sb, _cfds) = with_standby(&m);
+    client.notify(&Request::Unused { conn: sb.conn }).unwrap();
+    client.notify(&Request::Use { conn: sb.conn, source: None }).unwrap();
+    let report = client.status().unwrap();
+    assert!(!report.connections.iter().any(|c| c.conn == sb.conn));
+    // The listener hears of the next connect, never of the one given back.
+    let (Response::Connected(next), _) = connect(&mut client, addr) else { panic!("not brokered") };
+    let (event, _) = next_event(&server);
+    assert!(matches!(event, Response::Incoming { info, .. } if info.conn == next.conn), "{event:?}");
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ipcd_proto::channel::{Channel, ChannelError, Fds};
 use ipcd_proto::message::{ConnInfo, Request, Response, Side};
-use ipcd_proto::Caps;
+use ipcd_proto::{Caps, SockAddr};
 
 use crate::bell::Bell;
 use crate::log::{log, Level};
@@ -92,6 +92,11 @@ pub struct Control {
     accepted: Vec<u64>,
     /// Connections were queued since the bells last rang.
     unannounced: bool,
+    /// Connections the monitor holds ready for our next connect to an
+    /// address (`Standby`): destination, side A, fds (none if reused).
+    standbys: Vec<(SockAddr, Pending)>,
+    /// A standby ever came: the channel is read before each connect.
+    standby_seen: bool,
 }
 
 static CONTROL: Mutex<Option<Control>> = Mutex::new(None);
@@ -186,7 +191,16 @@ impl Control {
         chan.set_nonblocking(true).map_err(|e| e.to_string())?;
         // Hidden once it is sure to be kept: from here on `Control`'s drop unhides it.
         let chan = Channel::from_fd(crate::fds::hide(OwnedFd::from(chan)));
-        let mut c = Control { chan, seq: 0, pid, incoming: HashMap::new(), accepted: Vec::new(), unannounced: false };
+        let mut c = Control {
+            chan,
+            seq: 0,
+            pid,
+            incoming: HashMap::new(),
+            accepted: Vec::new(),
+            unannounced: false,
+            standbys: Vec::new(),
+            standby_seen: false,
+        };
         let hello = Request::hello(pid, uid, Caps::empty());
         match c.call(&hello, &[]).map_err(|e| e.to_string())?.0 {
             Response::Welcome { .. } => {}
@@ -293,6 +307,20 @@ impl Control {
             // us; the ring is where our sockets learn it.
             Response::PeerGone { .. } => {}
             Response::Forget { segment } => crate::link::forget(segment),
+            Response::Standby { dest, info } => {
+                self.standbys.push((dest, (info, fds.into_vec())));
+                self.standby_seen = true;
+            }
+            Response::Withdraw { conn } => {
+                // Not ours any more if a connect took it: its `Use` is on
+                // its way, and the monitor expects nothing else.
+                if let Some(i) = self.standbys.iter().position(|(_, (info, _))| info.conn == conn) {
+                    self.standbys.swap_remove(i);
+                    if let Err(e) = self.send_now(&Request::Unused { conn }, &[]) {
+                        log!(Level::Debug, "cannot give back standby {conn}: {e}");
+                    }
+                }
+            }
             other => log!(Level::Debug, "unexpected message from the monitor: {other:?}"),
         }
     }
@@ -323,6 +351,19 @@ impl Control {
         if !std::ptr::eq(q.bell.as_ptr(), Arc::as_ptr(bell)) {
             q.bell = Arc::downgrade(bell);
         }
+    }
+
+    /// The standby connection to `dest`, if the monitor sent one (read
+    /// what waits on the channel first).
+    pub fn take_standby(&mut self, dest: &SockAddr) -> Option<Pending> {
+        let i = self.standbys.iter().position(|(d, _)| d == dest)?;
+        Some(self.standbys.swap_remove(i).1)
+    }
+
+    /// Whether the monitor ever held a connection ready for us: only then
+    /// is the channel worth reading before a connect.
+    pub fn expects_standbys(&self) -> bool {
+        self.standby_seen
     }
 
     /// Our process id, as the monitor knows it.

@@ -218,6 +218,9 @@ pub fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect {
         }
         source = sockname(fd);
     }
+    if let Some(done) = connect_standby(sock, &mut state, dest, source) {
+        return done;
+    }
     let req = Request::Connect { dest, source, nonblocking: sock.nonblocking() };
     let Some((resp, fds)) = control::with(|c| c.call(&req, &[])) else { return Connect::Kernel };
     let info = match resp {
@@ -244,6 +247,31 @@ pub fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect {
             log!(Level::Error, "connect to {dest}: cannot map the connection ({e}); kernel connect");
             let _ = control::with(|c| c.notify(&Request::Close { conn: info.conn, side: info.side, keep: false }));
             Connect::Kernel
+        }
+    }
+}
+
+/// Connects through the connection the monitor holds ready for `dest`
+/// (`Standby`), if it sent one: no answer to wait for, the listener is
+/// told on the monitor's side (`Use`). `None`: there is none, or it
+/// cannot be mapped (given back); the caller asks the monitor.
+fn connect_standby(sock: &Socket, state: &mut State, dest: SockAddr, source: Option<SockAddr>) -> Option<Connect> {
+    let (mut info, fds) =
+        control::with(|c| if c.expects_standbys() { c.drain().map(|()| c.take_standby(&dest)) } else { Ok(None) })??;
+    let conn = info.conn;
+    info.local = source.unwrap_or(info.local);
+    match Link::attach(&info, fds) {
+        Ok(link) => {
+            control::with(|c| c.notify(&Request::Use { conn, source }))?;
+            let nonblocking = sock.nonblocking();
+            sock.become_stream(state, Stream::new(link, info, nonblocking));
+            // As for an answered connect, below.
+            Some(Connect::Done(if nonblocking { Err(libc::EINPROGRESS) } else { Ok(()) }))
+        }
+        Err(e) => {
+            log!(Level::Debug, "standby {conn} to {dest} cannot be mapped ({e}); asking the monitor");
+            let _ = control::with(|c| c.notify(&Request::Unused { conn }));
+            None
         }
     }
 }

@@ -370,6 +370,20 @@ pub enum Request {
         /// Connection.
         conn: u64,
     },
+    /// The process connected through a standby connection (`Standby`):
+    /// tell its listener. No fds, no reply.
+    Use {
+        /// Connection.
+        conn: u64,
+        /// The connecting socket's own address (the acceptor's peer).
+        source: Option<SockAddr>,
+    },
+    /// A standby connection given back unused: withdrawn (`Withdraw`), or
+    /// it could not be mapped. No fds, no reply.
+    Unused {
+        /// Connection.
+        conn: u64,
+    },
 }
 
 impl Request {
@@ -435,6 +449,21 @@ pub enum Response {
     },
     /// Answer to `Reopen` and `Claim`. Fds: `[segment memfd, own doorbell, peer doorbell]`.
     Reopened(ConnInfo),
+    /// Event: a connection to `dest` held ready for this process, so that
+    /// its next connect there needs no answer: it takes it and sends `Use`.
+    /// Fds: `[segment memfd, own doorbell, peer doorbell]`, none if reused.
+    Standby {
+        /// The address the process connected to.
+        dest: SockAddr,
+        /// The connection, side A; `local` is filled in at `Use`.
+        info: ConnInfo,
+    },
+    /// Event: a standby connection is withdrawn (its listener went); the
+    /// process answers `Unused` unless it took it already. No fds.
+    Withdraw {
+        /// Connection.
+        conn: u64,
+    },
     /// Answer to `Status`. No fds.
     Status(Status),
     /// A listener in the `Status` listing. No fds.
@@ -584,6 +613,8 @@ impl Request {
             Request::Claim { .. } => 0x010e,
             Request::Serve { .. } => 0x010f,
             Request::Decline { .. } => 0x0110,
+            Request::Use { .. } => 0x0111,
+            Request::Unused { .. } => 0x0112,
         }
     }
 
@@ -639,7 +670,11 @@ impl Request {
             }
             Request::Claim { inode } => w.u64(inode),
             Request::Serve { listener } => w.u64(listener),
-            Request::Decline { conn } => w.u64(conn),
+            Request::Decline { conn } | Request::Unused { conn } => w.u64(conn),
+            Request::Use { conn, source } => {
+                w.u64(conn);
+                SockAddr::encode_opt(&source, w);
+            }
             Request::ExecPrepare | Request::Status | Request::Stop => {}
         })
     }
@@ -688,6 +723,8 @@ impl Request {
             0x010e => Request::Claim { inode: r.u64()? },
             0x010f => Request::Serve { listener: r.u64()? },
             0x0110 => Request::Decline { conn: r.u64()? },
+            0x0111 => Request::Use { conn: r.u64()?, source: SockAddr::decode_opt(r)? },
+            0x0112 => Request::Unused { conn: r.u64()? },
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;
@@ -713,14 +750,20 @@ impl Response {
             Response::ListenerEntry(_) => 0x020a,
             Response::ConnEntry(_) => 0x020b,
             Response::Forget { .. } => 0x020c,
+            Response::Standby { .. } => 0x020d,
+            Response::Withdraw { .. } => 0x020e,
         }
     }
 
     /// Fds that travel with this message.
     pub fn fd_count(&self) -> usize {
         match self {
-            Response::Connected(info) | Response::Incoming { info, .. } if info.reused => 0,
-            Response::Connected(_) | Response::Incoming { .. } | Response::Reopened(_) => 3,
+            Response::Connected(info) | Response::Incoming { info, .. } | Response::Standby { info, .. }
+                if info.reused =>
+            {
+                0
+            }
+            Response::Connected(_) | Response::Incoming { .. } | Response::Standby { .. } | Response::Reopened(_) => 3,
             _ => 0,
         }
     }
@@ -744,6 +787,11 @@ impl Response {
             }
             Response::PeerGone { conn } => w.u64(conn),
             Response::Forget { segment } => w.u64(segment),
+            Response::Standby { dest, info } => {
+                dest.encode(w);
+                info.encode(w);
+            }
+            Response::Withdraw { conn } => w.u64(conn),
             Response::Status(s) => {
                 w.u32(s.monitor_pid);
                 w.u32(s.processes);
@@ -796,6 +844,8 @@ impl Response {
             0x0206 => Response::Incoming { listener: r.u64()?, info: ConnInfo::decode(r)? },
             0x0207 => Response::PeerGone { conn: r.u64()? },
             0x020c => Response::Forget { segment: r.u64()? },
+            0x020d => Response::Standby { dest: SockAddr::decode(r)?, info: ConnInfo::decode(r)? },
+            0x020e => Response::Withdraw { conn: r.u64()? },
             0x0208 => Response::Reopened(ConnInfo::decode(r)?),
             0x0209 => Response::Status(Status {
                 monitor_pid: r.u32()?,

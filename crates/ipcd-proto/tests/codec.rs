@@ -71,6 +71,8 @@ fn request() -> impl Strategy<Value = Request> {
         any::<u64>().prop_map(|inode| Request::Claim { inode }),
         any::<u64>().prop_map(|listener| Request::Serve { listener }),
         any::<u64>().prop_map(|conn| Request::Decline { conn }),
+        (any::<u64>(), prop::option::of(addr())).prop_map(|(conn, source)| Request::Use { conn, source }),
+        any::<u64>().prop_map(|conn| Request::Unused { conn }),
     ]
 }
 
@@ -87,6 +89,8 @@ fn response() -> impl Strategy<Value = Response> {
         (any::<u64>(), info()).prop_map(|(listener, info)| Response::Incoming { listener, info }),
         any::<u64>().prop_map(|conn| Response::PeerGone { conn }),
         any::<u64>().prop_map(|segment| Response::Forget { segment }),
+        (addr(), info()).prop_map(|(dest, info)| Response::Standby { dest, info }),
+        any::<u64>().prop_map(|conn| Response::Withdraw { conn }),
         info().prop_map(Response::Reopened),
         any::<[u64; 9]>().prop_map(|v| Response::Status(Status {
             monitor_pid: v[0] as u32,
