@@ -40,6 +40,20 @@ fn check(name: &str) {
     assert!(!stderr.contains("ipcd["), "{name}: the library complained:\n{stderr}");
 }
 
+/// A process's later connects to one listener take standby connections;
+/// once the listener closes, the next connect is refused (the one connect
+/// the monitor sends to the kernel).
+#[test]
+fn a_closed_listener_refuses_the_connect_its_standby_would_have_served() {
+    must_pass("standby-refused on kernel TCP", probe(&["check", "standby-refused"]).output().expect("run probe"));
+    let mon = Monitor::start(RING_BYTES);
+    let out = mon.under(&mut probe(&["check", "standby-refused"])).output().expect("run probe");
+    let stderr = must_pass("standby-refused under ipcd", out);
+    let st = mon.status().status;
+    assert_eq!((st.connects_total, st.fallbacks_total), (6, 1), "{st:?}\n{stderr}");
+    assert!(!stderr.contains("ipcd["), "the library complained:\n{stderr}");
+}
+
 macro_rules! checks {
     ($($test:ident => $name:literal),* $(,)?) => {
         $(

@@ -1762,6 +1762,32 @@ fn connect_and_say(port: u16, b: u8) -> Result<i32, String> {
     Ok(c)
 }
 
+/// Several connections in turn to one listener (under ipcd the later
+/// ones take the standby connections the monitor holds ready), each
+/// carrying its own byte both ways; once the listener is closed, a
+/// connect is refused, as by the kernel, not handed a standby.
+fn standby_refused() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    for i in 0..6u8 {
+        let c = connect_and_say(port, i)?;
+        let s = net::accept(l).map_err(f)?;
+        set_timeout(s, 10)?;
+        let mut b = [0u8; 1];
+        net::read_exact(s, &mut b).map_err(f)?;
+        ensure!(b[0] == i, "connection {i} carried {}", b[0]);
+        ensure!(send(s, &b, 0) == 1, "echo: {}", errno());
+        expect_byte(c, i)?;
+        net::close(c);
+        net::close(s);
+    }
+    net::close(l);
+    match net::connect_loopback(false, port) {
+        Err(e) => ensure!(e.errno == libc::ECONNREFUSED, "connect after close: errno {}", e.errno),
+        Ok(fd) => return Err(format!("a connect to the closed listener succeeded (fd {fd})")),
+    }
+    Ok(())
+}
+
 /// Reads one byte from `c` and checks it is `want`.
 fn expect_byte(c: i32, want: u8) -> Res {
     let mut b = [0u8; 1];
@@ -3101,6 +3127,7 @@ fn check(name: &str) -> Res {
         "large" => large(),
         "many" => many(),
         "nonblock" => nonblock(),
+        "standby-refused" => standby_refused(),
         "peek-waitall" => peek_waitall(),
         "trunc-zerocopy" => trunc_zerocopy(),
         "sigpipe" => sigpipe(),
