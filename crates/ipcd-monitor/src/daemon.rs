@@ -763,7 +763,6 @@ impl Daemon {
     /// Records connection `new` and tells its acceptor (`Incoming`). The
     /// connector waits for its answer (`Connected`) when `answer` is its
     /// request's sequence number; otherwise it took a standby and has it.
-    /// False when the connector was sent to the kernel instead.
     fn deliver(&mut self, new: NewConn, answer: Option<u32>) {
         let NewConn { token, acceptor, listener: (owner, id), seg, bells, info_a } = new;
         let (conn, segment, reused) = (info_a.conn, info_a.segment, info_a.reused);
@@ -856,8 +855,8 @@ impl Daemon {
     /// next connection there ready for it (`Standby`), so that its next
     /// connect to `dest` needs no answer. Only for a listener one process
     /// owns alone (shared ones and `SO_REUSEPORT` groups take turns, which
-    /// a connection fixed in advance would skip), one per destination, and
-    /// not for a pair's first connection (`again` false), so a process
+    /// a connection fixed in advance would skip), up to
+    /// `STANDBYS_PER_DEST` per destination, and not for a pair's first connection (`again` false), so a process
     /// that connects once does not cost a second segment.
     fn issue_standby(&mut self, token: u64, listener: (u64, u64), dest: SockAddr, again: bool) {
         let plain = self
@@ -933,7 +932,8 @@ impl Daemon {
             gone: [false; 2],
             pending_in: None,
             pair: (token, listener.0),
-            kept: [false; 2],
+            // A pooled segment is in the acceptor's cache: told to unmap it.
+            kept: [false, info.reused],
             recyclable: false,
         };
         self.conns.insert(conn, rec);
@@ -949,8 +949,8 @@ impl Daemon {
     }
 
     /// `token` gives back standby `conn` unused: its segment goes back to
-    /// the pair's pool (both ends still map it) or, if it was never
-    /// handed to the acceptor, away.
+    /// the pair's pool if both ends map it; otherwise whoever does (the
+    /// connector maps a new one as it arrives) is told to unmap it.
     fn unused_standby(&mut self, token: u64, conn: u64) {
         let Some(sb) = self.take_standby(token, conn) else { return };
         let pair = (token, sb.listener.0);
@@ -958,8 +958,10 @@ impl Daemon {
         let room = self.pools.get(&pair).map_or(0, Vec::len) < POOL_PER_PAIR;
         if sb.info.reused && live && room {
             self.pools.entry(pair).or_default().push(Pooled { id: sb.info.segment, seg: sb.seg, bells: sb.bells });
-        } else if sb.info.reused {
-            self.tell_forget(pair.0, sb.info.segment);
+            return;
+        }
+        self.tell_forget(pair.0, sb.info.segment);
+        if sb.info.reused {
             self.tell_forget(pair.1, sb.info.segment);
         }
     }

@@ -858,6 +858,9 @@ fn a_standby_given_back_cannot_be_used() {
     let (server, mut client, _lfd, addr, sb, _cfds) = with_standby(&m);
     client.notify(&Request::Unused { conn: sb.conn }).unwrap();
     client.notify(&Request::Use { conn: sb.conn, source: None }).unwrap();
+    // Its new segment was mapped by the client alone: unmapped, not pooled.
+    let (event, _) = next_event(&client);
+    assert_eq!(event, Response::Forget { segment: sb.segment });
     let report = client.status().unwrap();
     assert!(!report.connections.iter().any(|c| c.conn == sb.conn));
     // The listener hears of the next connect, never of the one given back.

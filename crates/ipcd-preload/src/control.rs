@@ -93,8 +93,9 @@ pub struct Control {
     /// Connections were queued since the bells last rang.
     unannounced: bool,
     /// Connections the monitor holds ready for our next connect to an
-    /// address (`Standby`): destination, side A, fds (none if reused).
-    standbys: Vec<(SockAddr, Pending)>,
+    /// address (`Standby`): destination and side A, over a segment in the
+    /// link cache.
+    standbys: Vec<(SockAddr, ConnInfo)>,
     /// A standby ever came: the channel is read before each connect.
     standby_seen: bool,
 }
@@ -307,14 +308,23 @@ impl Control {
             // us; the ring is where our sockets learn it.
             Response::PeerGone { .. } => {}
             Response::Forget { segment } => crate::link::forget(segment),
-            Response::Standby { dest, info } => {
-                self.standbys.push((dest, (info, fds.into_vec())));
+            Response::Standby { dest, mut info } => {
+                let fds = fds.into_vec();
+                if !info.reused {
+                    if !crate::link::Link::keep_standby(&info, fds) {
+                        let _ = self.send_now(&Request::Unused { conn: info.conn }, &[]);
+                        return;
+                    }
+                    // From now on it is found in the cache, as a reused one.
+                    info.reused = true;
+                }
+                self.standbys.push((dest, info));
                 self.standby_seen = true;
             }
             Response::Withdraw { conn } => {
                 // Not ours any more if a connect took it: its `Use` is on
                 // its way, and the monitor expects nothing else.
-                if let Some(i) = self.standbys.iter().position(|(_, (info, _))| info.conn == conn) {
+                if let Some(i) = self.standbys.iter().position(|(_, info)| info.conn == conn) {
                     self.standbys.swap_remove(i);
                     if let Err(e) = self.send_now(&Request::Unused { conn }, &[]) {
                         log!(Level::Debug, "cannot give back standby {conn}: {e}");
@@ -355,7 +365,7 @@ impl Control {
 
     /// The standby connection to `dest`, if the monitor sent one (read
     /// what waits on the channel first).
-    pub fn take_standby(&mut self, dest: &SockAddr) -> Option<Pending> {
+    pub fn take_standby(&mut self, dest: &SockAddr) -> Option<ConnInfo> {
         let i = self.standbys.iter().position(|(d, _)| d == dest)?;
         Some(self.standbys.swap_remove(i).1)
     }

@@ -197,6 +197,28 @@ impl Link {
         Ok(Mapping { base, len, bell, peer_bell, segment: info.segment, side })
     }
 
+    /// Maps a new segment the monitor holds a standby connection on and
+    /// keeps it with the closed ends' segments, where the connect that
+    /// takes the standby finds it as a reused one: holding its fds until
+    /// then would show them to the program. False if there is no room or
+    /// it cannot be mapped.
+    pub fn keep_standby(info: &ConnInfo, fds: Vec<OwnedFd>) -> bool {
+        let side = match info.side {
+            Side::A => ipcd_ring::Side::A,
+            Side::B => ipcd_ring::Side::B,
+        };
+        if cache().len() >= MAX_CACHED {
+            return false;
+        }
+        match Link::map(info, side, fds) {
+            Ok(map) => {
+                cache().push(map);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// The end is closed: keeps the segment mapped for the monitor to reuse
     /// between the same two processes, if this process alone holds the end
     /// and has room. Returns whether it was kept (what `Close` says).

@@ -256,11 +256,11 @@ pub fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect {
 /// told on the monitor's side (`Use`). `None`: there is none, or it
 /// cannot be mapped (given back); the caller asks the monitor.
 fn connect_standby(sock: &Socket, state: &mut State, dest: SockAddr, source: Option<SockAddr>) -> Option<Connect> {
-    let (mut info, fds) =
+    let mut info =
         control::with(|c| if c.expects_standbys() { c.drain().map(|()| c.take_standby(&dest)) } else { Ok(None) })??;
     let conn = info.conn;
     info.local = source.unwrap_or(info.local);
-    match Link::attach(&info, fds) {
+    match Link::attach(&info, Vec::new()) {
         Ok(link) => {
             control::with(|c| c.notify(&Request::Use { conn, source }))?;
             let nonblocking = sock.nonblocking();
