@@ -211,6 +211,7 @@ pub struct Daemon {
     connects_total: u64,
     fallbacks_total: u64,
     reused_total: u64,
+    standby_total: u64,
     uid: u32,
     running: bool,
     /// Clients to drop after the current event (with the reason).
@@ -262,6 +263,7 @@ impl Daemon {
             connects_total: 0,
             fallbacks_total: 0,
             reused_total: 0,
+            standby_total: 0,
             // SAFETY: getuid cannot fail.
             uid: unsafe { libc::getuid() },
             running: true,
@@ -816,6 +818,7 @@ impl Daemon {
         }
         self.connects_total += 1;
         self.reused_total += u64::from(reused);
+        self.standby_total += u64::from(answer.is_none());
         log!(Level::Debug, "msg=brokered conn={conn} to_pid={to_pid} dest={}", info_a.peer);
         // An acceptor that closed its channel is dropped with the rest of
         // what it held, as one that died or exec'd (its new image is sent
@@ -914,8 +917,11 @@ impl Daemon {
         let live = self.registry.get(listener.0, listener.1).is_some() && self.clients.contains_key(&listener.0);
         let new = NewConn { token, acceptor: listener.0, listener, seg, bells, info_a: info };
         if live {
-            self.deliver(new, None);
+            // The next one first: the listener, woken by its `Incoming`,
+            // often runs before the rest of this, and may answer the
+            // connector before its next standby was sent.
             self.issue_standby(token, listener, dest, true);
+            self.deliver(new, None);
             return;
         }
         // Recorded as delivered to an acceptor that went at once.
@@ -1428,6 +1434,7 @@ impl Daemon {
             connects_total: self.connects_total,
             fallbacks_total: self.fallbacks_total,
             reused_total: self.reused_total,
+            standby_total: self.standby_total,
             uptime_ms: self.started.elapsed().as_millis() as u64,
         };
         let mut out = vec![Response::Status(status)];

@@ -259,7 +259,7 @@ fn debug_connect(socket: &str, addr: std::net::SocketAddr) -> Result<ExitCode, S
 fn to_table(r: &StatusReport) -> String {
     let s = &r.status;
     let mut out = format!(
-        "monitor pid {}  up {:.1} s  processes {}  listeners {}  connections {}  segments {} KiB  brokered {} ({} reusing a segment)  to kernel {}\n",
+        "monitor pid {}  up {:.1} s  processes {}  listeners {}  connections {}  segments {} KiB  brokered {} ({} reusing a segment, {} from a standby)  to kernel {}\n",
         s.monitor_pid,
         s.uptime_ms as f64 / 1000.0,
         s.processes,
@@ -268,6 +268,7 @@ fn to_table(r: &StatusReport) -> String {
         s.segment_bytes / 1024,
         s.connects_total,
         s.reused_total,
+        s.standby_total,
         s.fallbacks_total
     );
     if !r.listeners.is_empty() {
@@ -344,7 +345,8 @@ fn to_json(r: &StatusReport) -> String {
     format!(
         concat!(
             r#"{{"monitor_pid":{},"uptime_ms":{},"processes":{},"listeners":{},"connections":{},"#,
-            r#""segment_bytes":{},"connects_total":{},"reused_total":{},"fallbacks_total":{},"#,
+            r#""segment_bytes":{},"connects_total":{},"reused_total":{},"standby_total":{},"#,
+            r#""fallbacks_total":{},"#,
             r#""listener_list":[{}],"connection_list":[{}]}}"#,
             "\n"
         ),
@@ -356,6 +358,7 @@ fn to_json(r: &StatusReport) -> String {
         s.segment_bytes,
         s.connects_total,
         s.reused_total,
+        s.standby_total,
         s.fallbacks_total,
         listeners.join(","),
         conns.join(",")

@@ -182,6 +182,9 @@ pub struct Status {
     /// Of those, how many reused the segment of an earlier connection
     /// between the same two processes.
     pub reused_total: u64,
+    /// Of those, how many a process took from a standby (`Use`), without
+    /// waiting for an answer.
+    pub standby_total: u64,
     /// Connects sent to the kernel since start.
     pub fallbacks_total: u64,
     /// Milliseconds since the monitor started.
@@ -800,6 +803,7 @@ impl Response {
                 w.u64(s.segment_bytes);
                 w.u64(s.connects_total);
                 w.u64(s.reused_total);
+                w.u64(s.standby_total);
                 w.u64(s.fallbacks_total);
                 w.u64(s.uptime_ms);
             }
@@ -855,6 +859,7 @@ impl Response {
                 segment_bytes: r.u64()?,
                 connects_total: r.u64()?,
                 reused_total: r.u64()?,
+                standby_total: r.u64()?,
                 fallbacks_total: r.u64()?,
                 uptime_ms: r.u64()?,
             }),

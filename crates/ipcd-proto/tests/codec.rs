@@ -92,7 +92,7 @@ fn response() -> impl Strategy<Value = Response> {
         (addr(), info()).prop_map(|(dest, info)| Response::Standby { dest, info }),
         any::<u64>().prop_map(|conn| Response::Withdraw { conn }),
         info().prop_map(Response::Reopened),
-        any::<[u64; 9]>().prop_map(|v| Response::Status(Status {
+        any::<[u64; 10]>().prop_map(|v| Response::Status(Status {
             monitor_pid: v[0] as u32,
             processes: v[1] as u32,
             listeners: v[2] as u32,
@@ -102,6 +102,7 @@ fn response() -> impl Strategy<Value = Response> {
             fallbacks_total: v[6],
             uptime_ms: v[7],
             reused_total: v[8],
+            standby_total: v[9],
         })),
         (any::<u32>(), addr(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(
             |(pid, addr, backlog, pending, reuseport)| Response::ListenerEntry(ListenerStatus {

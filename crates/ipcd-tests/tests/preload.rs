@@ -51,6 +51,9 @@ fn a_closed_listener_refuses_the_connect_its_standby_would_have_served() {
     let stderr = must_pass("standby-refused under ipcd", out);
     let st = mon.status().status;
     assert_eq!((st.connects_total, st.fallbacks_total), (6, 1), "{st:?}\n{stderr}");
+    // The first two ask; from the third on, a standby is always there (each
+    // is sent before the answer or `Incoming` that lets the next connect come).
+    assert_eq!(st.standby_total, 4, "{st:?}");
     assert!(!stderr.contains("ipcd["), "the library complained:\n{stderr}");
 }
 
