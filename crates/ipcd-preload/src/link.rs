@@ -207,12 +207,13 @@ impl Link {
             Side::A => ipcd_ring::Side::A,
             Side::B => ipcd_ring::Side::B,
         };
-        if cache().len() >= MAX_CACHED {
+        let mut c = cache();
+        if c.len() >= MAX_CACHED {
             return false;
         }
         match Link::map(info, side, fds) {
             Ok(map) => {
-                cache().push(map);
+                c.push(map);
                 true
             }
             Err(_) => false,
