@@ -166,6 +166,14 @@ fn has_room(chan: BorrowedFd<'_>) -> bool {
     unsafe { libc::poll(&mut p, 1, 0) == 1 && p.revents & libc::POLLOUT != 0 }
 }
 
+/// A connector's address before its own is known: `dest`'s address, port 0.
+fn port_zero(dest: SockAddr) -> SockAddr {
+    match dest {
+        SockAddr::V4 { ip, .. } => SockAddr::V4 { ip, port: 0 },
+        SockAddr::V6 { ip, .. } => SockAddr::V6 { ip, port: 0, flowinfo: 0, scope_id: 0 },
+    }
+}
+
 fn idx(side: Side) -> usize {
     match side {
         Side::A => 0,
@@ -726,10 +734,7 @@ impl Daemon {
             return;
         };
         self.next_conn += 1;
-        let a_addr = source.unwrap_or(match dest {
-            SockAddr::V4 { ip, .. } => SockAddr::V4 { ip, port: 0 },
-            SockAddr::V6 { ip, .. } => SockAddr::V6 { ip, port: 0, flowinfo: 0, scope_id: 0 },
-        });
+        let a_addr = source.unwrap_or(port_zero(dest));
         let info_a =
             ConnInfo { conn, side: Side::A, local: a_addr, peer: dest, segment_len: seg.len() as u64, segment, reused };
         let new = NewConn { token, acceptor, listener: (l.owner, l.id), seg, bells, info_a };
@@ -881,11 +886,15 @@ impl Daemon {
         let conn = self.next_conn;
         let Some((segment, seg, bells, reused)) = self.take_segment(pair, conn) else { return };
         self.next_conn += 1;
-        let local = match dest {
-            SockAddr::V4 { ip, .. } => SockAddr::V4 { ip, port: 0 },
-            SockAddr::V6 { ip, .. } => SockAddr::V6 { ip, port: 0, flowinfo: 0, scope_id: 0 },
+        let info = ConnInfo {
+            conn,
+            side: Side::A,
+            local: port_zero(dest),
+            peer: dest,
+            segment_len: seg.len() as u64,
+            segment,
+            reused,
         };
-        let info = ConnInfo { conn, side: Side::A, local, peer: dest, segment_len: seg.len() as u64, segment, reused };
         let fds = [seg.fd(), bells[0].as_fd(), bells[1].as_fd()];
         let n = if reused { 0 } else { 3 };
         let sent = match self.clients.get(&token) {

@@ -222,6 +222,16 @@ fn map(fd: &OwnedFd) -> Mapped {
     Mapped { map, seg }
 }
 
+/// Bytes written by side A's mapping arrive at side B's.
+fn carries_a_to_b(a: &Mapped, b: &Mapped) {
+    let mut tx = a.seg.producer(ipcd_ring::Side::A).unwrap();
+    let mut rx = b.seg.consumer(ipcd_ring::Side::B).unwrap();
+    assert_eq!(tx.write(b"hello").unwrap().len, 5);
+    let mut buf = [0u8; 8];
+    assert_eq!(rx.read(&mut buf).unwrap().len, 5);
+    assert_eq!(&buf[..5], b"hello");
+}
+
 fn bell_count(fd: &OwnedFd) -> u64 {
     let mut v = 0u64;
     // SAFETY: reads 8 bytes from a non-blocking eventfd.
@@ -257,14 +267,9 @@ fn brokering_works(m: Monitor) {
     assert_eq!((sinfo.conn, sinfo.side, sinfo.local, sfds.len()), (cinfo.conn, Side::B, addr, 3));
 
     // Both ends map the same segment: bytes written by A arrive at B.
-    let (a, b) = (map(&cfds[0]), map(&sfds[0]));
+    let a = map(&cfds[0]);
     assert_eq!(a.seg.conn_id(), cinfo.conn);
-    let mut tx = a.seg.producer(ipcd_ring::Side::A).unwrap();
-    let mut rx = b.seg.consumer(ipcd_ring::Side::B).unwrap();
-    assert_eq!(tx.write(b"hello").unwrap().len, 5);
-    let mut buf = [0u8; 8];
-    assert_eq!(rx.read(&mut buf).unwrap().len, 5);
-    assert_eq!(&buf[..5], b"hello");
+    carries_a_to_b(&a, &map(&sfds[0]));
     // A's "peer doorbell" is B's "own doorbell".
     ipcd_monitor::segment::ring(cfds[2].as_fd());
     assert_eq!(bell_count(&sfds[1]), 1);
@@ -276,7 +281,7 @@ fn brokering_works(m: Monitor) {
     assert_eq!(report.listeners[0].pending, 1, "not yet accepted");
     assert_eq!(report.connections[0].states, [EndState::Open, EndState::Open]);
     // A FIN from A shows in the listing.
-    let _ = tx.close();
+    let _ = a.seg.producer(ipcd_ring::Side::A).unwrap().close();
     assert_eq!(client.status().unwrap().connections[0].states, [EndState::Fin, EndState::Open]);
     server.notify(&Request::Accepted { conn: cinfo.conn }).unwrap();
     client.notify(&Request::Close { conn: cinfo.conn, side: Side::A, keep: false }).unwrap();
@@ -809,13 +814,7 @@ fn a_standby_connects_without_an_answer_and_reaches_the_listener_at_use() {
     let Response::Incoming { listener, info } = event else { panic!("expected Incoming, got {event:?}") };
     assert_eq!((listener, info.conn, info.side, info.peer, info.local), (1, sb.conn, Side::B, source, addr));
     assert_eq!((info.segment, sfds.len()), (sb.segment, 3));
-    let (a, b) = (map(&cfds[0]), map(&sfds[0]));
-    let mut tx = a.seg.producer(ipcd_ring::Side::A).unwrap();
-    let mut rx = b.seg.consumer(ipcd_ring::Side::B).unwrap();
-    assert_eq!(tx.write(b"hello").unwrap().len, 5);
-    let mut buf = [0u8; 8];
-    assert_eq!(rx.read(&mut buf).unwrap().len, 5);
-    assert_eq!(&buf[..5], b"hello");
+    carries_a_to_b(&map(&cfds[0]), &map(&sfds[0]));
     // The next one is held ready at once, and the books show the connection.
     let (event, _) = next_event(&client);
     let Response::Standby { dest, info: next } = event else { panic!("expected a standby, got {event:?}") };

@@ -78,6 +78,14 @@ impl Drop for Mapping {
 /// monitor made and unmapped a segment for most connections.
 pub const MAX_CACHED: usize = 32;
 
+/// The ring side of a connection end.
+fn ring_side(side: Side) -> ipcd_ring::Side {
+    match side {
+        Side::A => ipcd_ring::Side::A,
+        Side::B => ipcd_ring::Side::B,
+    }
+}
+
 /// Segments of closed connections that the monitor may reuse.
 static CACHE: Mutex<Vec<Mapping>> = Mutex::new(Vec::new());
 
@@ -138,10 +146,7 @@ impl Link {
     /// The segment of `info`: mapped from `fds` = `[segment, own bell, peer
     /// bell]`, or, for a reused one (no fds), the one we kept.
     pub fn attach(info: &ConnInfo, fds: Vec<OwnedFd>) -> Result<Link, AttachError> {
-        let side = match info.side {
-            Side::A => ipcd_ring::Side::A,
-            Side::B => ipcd_ring::Side::B,
-        };
+        let side = ring_side(info.side);
         let map = if info.reused {
             if !fds.is_empty() {
                 return Err(AttachError::Fds(fds.len()));
@@ -203,10 +208,7 @@ impl Link {
     /// then would show them to the program. False if there is no room or
     /// it cannot be mapped.
     pub fn keep_standby(info: &ConnInfo, fds: Vec<OwnedFd>) -> bool {
-        let side = match info.side {
-            Side::A => ipcd_ring::Side::A,
-            Side::B => ipcd_ring::Side::B,
-        };
+        let side = ring_side(info.side);
         let mut c = cache();
         if c.len() >= MAX_CACHED {
             return false;
