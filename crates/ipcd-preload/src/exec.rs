@@ -27,8 +27,10 @@ pub const VAR: &str = "IPCD_FDS";
 
 /// `fd:kind:value:side:shared` entries, `;`-separated. Kinds: `s` a stream
 /// to keep, `d` a stream the exec closes (value: connection id, side `a`
-/// or `b`), `l` a listener (value: backlog; one more field, its id, under
-/// which a listener shared with other processes is registered again).
+/// or `b`), `l` a listener (value: backlog; two more fields: its id, under
+/// which a listener shared with other processes is registered again, and
+/// the program's `O_NONBLOCK`, which the kernel fd does not show: the
+/// library keeps every listener's kernel fd non-blocking).
 fn describe() -> String {
     let mut out = String::new();
     table::for_each_fd(|fd, sock| {
@@ -43,7 +45,7 @@ fn describe() -> String {
                 u8::from(s.link.is_shared())
             ),
             State::Listening { backlog, id, shared, .. } if !cloexec => {
-                format!("{fd}:l:{backlog}:a:{}:{id}", u8::from(*shared))
+                format!("{fd}:l:{backlog}:a:{}:{id}:{}", u8::from(*shared), u8::from(sock.nonblocking()))
             }
             _ => return,
         };
@@ -167,18 +169,23 @@ pub fn restore() {
     for entry in table.split(';').filter(|e| !e.is_empty()) {
         let parts: Vec<&str> = entry.split(':').collect();
         let parsed = match parts.as_slice() {
-            [fd, kind @ ("s" | "d"), value, side @ ("a" | "b"), shared] => Some((fd, kind, value, side, shared, "0")),
-            [fd, kind @ "l", value, side @ "a", shared, id] => Some((fd, kind, value, side, shared, *id)),
+            [fd, kind @ ("s" | "d"), value, side @ ("a" | "b"), shared] => {
+                Some((fd, kind, value, side, shared, "0", "0"))
+            }
+            [fd, kind @ "l", value, side @ "a", shared, id, nonblocking @ ("0" | "1")] => {
+                Some((fd, kind, value, side, shared, *id, *nonblocking))
+            }
             _ => None,
         };
-        let Some((fd, kind, value, side, shared, id)) = parsed else {
+        let Some((fd, kind, value, side, shared, id, nonblocking)) = parsed else {
             log!(Level::Warn, "ignoring malformed {VAR} entry {entry:?}");
             continue;
         };
         match (fd.parse::<c_int>(), value.parse::<u64>(), id.parse::<u64>()) {
             (Ok(fd), Ok(value), Ok(id)) => {
                 let side = if *side == "a" { Side::A } else { Side::B };
-                entries.push((fd, kind.as_bytes()[0], value, side, *shared == "1", id));
+                let how = Inherited { shared: *shared == "1", id, nonblocking: nonblocking == "1" };
+                entries.push((fd, kind.as_bytes()[0], value, side, how));
             }
             _ => log!(Level::Warn, "ignoring malformed {VAR} entry {entry:?}"),
         }
@@ -186,28 +193,39 @@ pub fn restore() {
     // Kept streams first: several fds (dups) of one connection share one
     // socket object; a close-on-exec dup of a kept one closes nothing.
     let mut kept: HashMap<(u64, Side), Arc<Socket>> = HashMap::new();
-    for &(fd, kind, value, side, shared, id) in &entries {
+    for &(fd, kind, value, side, how) in &entries {
         match kind {
             b's' => match kept.get(&(value, side)) {
                 Some(sock) => {
                     let _ = table::install(fd, Arc::clone(sock));
                 }
                 None => {
-                    if let Some(sock) = reopen(fd, value, side, shared) {
+                    if let Some(sock) = reopen(fd, value, side, how.shared) {
                         kept.insert((value, side), sock);
                     }
                 }
             },
-            b'l' => relisten(fd, value as c_int, id, shared),
+            b'l' => relisten(fd, value as c_int, how),
             _ => {}
         }
     }
     let mut dropped = HashSet::new();
-    for &(fd, kind, value, side, shared, _) in &entries {
+    for &(fd, kind, value, side, how) in &entries {
         if kind == b'd' && !kept.contains_key(&(value, side)) && dropped.insert((value, side)) {
-            drop_conn(fd, value, side, shared);
+            drop_conn(fd, value, side, how.shared);
         }
     }
+}
+
+/// What the old image said of an fd beyond its kind and value.
+#[derive(Clone, Copy)]
+struct Inherited {
+    /// Other processes may hold it too.
+    shared: bool,
+    /// A listener's id in the old image (0 for streams).
+    id: u64,
+    /// A listener's `O_NONBLOCK` as the program set it.
+    nonblocking: bool,
 }
 
 /// The connection `conn`, mapped again from the monitor.
@@ -234,16 +252,15 @@ fn drop_conn(fd: c_int, conn: u64, side: Side, shared: bool) {
     }
 }
 
-/// Registers an inherited listener again, as listener `id` of the old
-/// image, `shared` if other processes held it then.
-fn relisten(fd: c_int, backlog: c_int, id: u64, shared: bool) {
+/// Registers an inherited listener again, as the old image's listener
+/// `how.id`, shared if other processes held it then, with the program's
+/// `O_NONBLOCK` from the table (its kernel fd is always non-blocking).
+fn relisten(fd: c_int, backlog: c_int, how: Inherited) {
     let family = real::int_opt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
-    // SAFETY: F_GETFL on the inherited fd. Our listeners' kernel fds are
-    // always non-blocking underneath; the program's flag was not kept, so
-    // blocking is assumed, as a listener handed to an exec'd server is.
-    let _ = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
-    let sock = Arc::new(Socket::new(family, false, State::Fresh));
-    if table::install(fd, Arc::clone(&sock)).is_ok() && !setup::listen_as(fd, &sock, backlog, Some((id, shared))) {
+    let sock = Arc::new(Socket::new(family, how.nonblocking, State::Fresh));
+    if table::install(fd, Arc::clone(&sock)).is_ok()
+        && !setup::listen_as(fd, &sock, backlog, Some((how.id, how.shared)))
+    {
         if let Some(s) = table::remove(fd) {
             s.drop_fd();
         }

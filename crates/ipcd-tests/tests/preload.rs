@@ -264,6 +264,14 @@ fn a_connection_queued_before_an_exec_is_accepted_by_the_new_image() {
     fork_check("exec-queued", 1, 0);
 }
 
+/// A server that sets its listener non-blocking and execs itself keeping
+/// it: the new image's accept still answers EAGAIN when nothing waits.
+/// Before, the flag was lost at the exec and such an accept blocked.
+#[test]
+fn a_non_blocking_listener_stays_non_blocking_across_exec() {
+    fork_check("exec-nonblocking", 1, 0);
+}
+
 /// Pre-fork workers that exec (as Python's `spawn` start method makes
 /// them): each new image shares the listener it
 /// inherited and takes its turn, all 8 connections through ipcd. Before,

@@ -1266,6 +1266,39 @@ fn exec_queued() -> Res {
     exec_probe(&["exec-accept", &l.to_string(), &c.to_string()])
 }
 
+/// A non-blocking listener kept across exec stays non-blocking in the new
+/// image (under ipcd its kernel fd is always non-blocking, so the flag
+/// must come from the old image's library).
+fn exec_nonblocking() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    set_nonblocking(l, true)?;
+    clear_cloexec(l)?;
+    exec_probe(&["exec-nonblocking-accept", &l.to_string(), &port.to_string()])
+}
+
+/// The new image of `exec_nonblocking`: `l` reads as non-blocking, an
+/// accept with nothing queued fails at once with EAGAIN, and one after a
+/// connect, once poll says so, takes it.
+fn exec_nonblocking_accept(l: i32, port: u16) -> Res {
+    // SAFETY: F_GETFL on an inherited fd.
+    let fl = cvt("fcntl", unsafe { libc::fcntl(l, libc::F_GETFL) }).map_err(f)?;
+    ensure!(fl & libc::O_NONBLOCK != 0, "the listener lost its O_NONBLOCK at exec (flags {fl:#x})");
+    // A blocking accept would wait these 10 s and then fail with EAGAIN too;
+    // the flag check above is what tells them apart.
+    set_timeout(l, 10)?;
+    match net::accept(l) {
+        Err(e) if e.errno == libc::EAGAIN => {}
+        other => return Err(format!("accept on an empty non-blocking listener: {other:?}")),
+    }
+    let c = connect_and_say(port, b'n')?;
+    let mut p = [pollfd(l, libc::POLLIN)];
+    ensure!(poll_n(&mut p, 10_000) == 1, "poll: the listener never became readable");
+    let s = net::accept(l).map_err(f)?;
+    expect_byte(s, b'n')?;
+    [s, c, l].into_iter().for_each(net::close);
+    Ok(())
+}
+
 /// Execs this program as `probe ARGS…`; returns only if that fails.
 fn exec_probe(args: &[&str]) -> Res {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -3167,6 +3200,7 @@ fn check(name: &str) -> Res {
         "fork-queued" => fork_queued(),
         "master-queued" => master_queued(),
         "exec-queued" => exec_queued(),
+        "exec-nonblocking" => exec_nonblocking(),
         "exec-workers" => exec_workers(),
         "daemon-queued" => daemon_queued(),
         "accept-wake" => accept_wake(),
@@ -3371,6 +3405,7 @@ fn main() {
         "prefork-clients" => prefork_clients(num(1) as u16, num(2) as usize),
         "exec-child" => exec_child(num(1) as i32),
         "exec-accept" => exec_accept(num(1) as i32, num(2) as i32),
+        "exec-nonblocking-accept" => exec_nonblocking_accept(num(1) as i32, num(2) as u16),
         "exec-worker" => exec_worker(num(1) as i32, num(2) as i32, num(3) as u8),
         "epoll-serve" => epoll_serve(num(1) as usize, arg(2) == "edge"),
         "epoll-load" => epoll_load(num(1) as u16, num(2) as usize, num(3) as usize),
