@@ -165,31 +165,7 @@ pub fn restore() {
     let Ok(table) = std::env::var(VAR) else { return };
     // Not for our own children: they get a table of their own, or none.
     std::env::remove_var(VAR);
-    let mut entries = Vec::new();
-    for entry in table.split(';').filter(|e| !e.is_empty()) {
-        let parts: Vec<&str> = entry.split(':').collect();
-        let parsed = match parts.as_slice() {
-            [fd, kind @ ("s" | "d"), value, side @ ("a" | "b"), shared] => {
-                Some((fd, kind, value, side, shared, "0", "0"))
-            }
-            [fd, kind @ "l", value, side @ "a", shared, id, nonblocking @ ("0" | "1")] => {
-                Some((fd, kind, value, side, shared, *id, *nonblocking))
-            }
-            _ => None,
-        };
-        let Some((fd, kind, value, side, shared, id, nonblocking)) = parsed else {
-            log!(Level::Warn, "ignoring malformed {VAR} entry {entry:?}");
-            continue;
-        };
-        match (fd.parse::<c_int>(), value.parse::<u64>(), id.parse::<u64>()) {
-            (Ok(fd), Ok(value), Ok(id)) => {
-                let side = if *side == "a" { Side::A } else { Side::B };
-                let how = Inherited { shared: *shared == "1", id, nonblocking: nonblocking == "1" };
-                entries.push((fd, kind.as_bytes()[0], value, side, how));
-            }
-            _ => log!(Level::Warn, "ignoring malformed {VAR} entry {entry:?}"),
-        }
-    }
+    let entries = parse(&table);
     // Kept streams first: several fds (dups) of one connection share one
     // socket object; a close-on-exec dup of a kept one closes nothing.
     let mut kept: HashMap<(u64, Side), Arc<Socket>> = HashMap::new();
@@ -215,6 +191,41 @@ pub fn restore() {
             drop_conn(fd, value, side, how.shared);
         }
     }
+}
+
+/// One fd of the table: fd, kind (`s`, `d` or `l`), value, side.
+type Entry = (c_int, u8, u64, Side, Inherited);
+
+/// The entries of an `IPCD_FDS` table; malformed ones are left out.
+fn parse(table: &str) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    for entry in table.split(';').filter(|e| !e.is_empty()) {
+        let parts: Vec<&str> = entry.split(':').collect();
+        let parsed = match parts.as_slice() {
+            [fd, kind @ ("s" | "d"), value, side @ ("a" | "b"), shared] => {
+                Some((fd, kind, value, side, shared, "0", "0"))
+            }
+            [fd, kind @ "l", value, side @ "a", shared, id, nonblocking @ ("0" | "1")] => {
+                Some((fd, kind, value, side, shared, *id, *nonblocking))
+            }
+            // From a library that did not write the flag: blocking, as it assumed.
+            [fd, kind @ "l", value, side @ "a", shared, id] => Some((fd, kind, value, side, shared, *id, "0")),
+            _ => None,
+        };
+        let Some((fd, kind, value, side, shared, id, nonblocking)) = parsed else {
+            log!(Level::Warn, "ignoring malformed {VAR} entry {entry:?}");
+            continue;
+        };
+        match (fd.parse::<c_int>(), value.parse::<u64>(), id.parse::<u64>()) {
+            (Ok(fd), Ok(value), Ok(id)) => {
+                let side = if *side == "a" { Side::A } else { Side::B };
+                let how = Inherited { shared: *shared == "1", id, nonblocking: nonblocking == "1" };
+                entries.push((fd, kind.as_bytes()[0], value, side, how));
+            }
+            _ => log!(Level::Warn, "ignoring malformed {VAR} entry {entry:?}"),
+        }
+    }
+    entries
 }
 
 /// What the old image said of an fd beyond its kind and value.
@@ -264,5 +275,40 @@ fn relisten(fd: c_int, backlog: c_int, how: Inherited) {
         if let Some(s) = table::remove(fd) {
             s.drop_fd();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(e: &Entry) -> (c_int, u64, bool, u64, bool) {
+        assert_eq!(e.1, b'l');
+        (e.0, e.2, e.4.shared, e.4.id, e.4.nonblocking)
+    }
+
+    #[test]
+    fn a_listener_entry_carries_its_id_sharing_and_nonblocking_flag() {
+        let entries = parse("3:l:128:a:1:7:1;4:l:16:a:0:9:0");
+        assert_eq!(entries.len(), 2);
+        assert_eq!(listener(&entries[0]), (3, 128, true, 7, true));
+        assert_eq!(listener(&entries[1]), (4, 16, false, 9, false));
+    }
+
+    #[test]
+    fn a_listener_entry_without_the_flag_is_taken_as_blocking() {
+        let entries = parse("5:l:64:a:0:2");
+        assert_eq!(entries.len(), 1);
+        assert_eq!(listener(&entries[0]), (5, 64, false, 2, false));
+    }
+
+    #[test]
+    fn stream_entries_keep_their_side_and_malformed_ones_are_dropped() {
+        let entries = parse("6:s:42:b:1;7:d:43:a:0;8:l:1:a:0:3:2;x:s:1:a:0;9:s:1:c:0;;");
+        assert_eq!(entries.len(), 2);
+        let (fd, kind, conn, side, how) = entries[0];
+        assert_eq!((fd, kind, conn, side, how.shared), (6, b's', 42, Side::B, true));
+        let (fd, kind, conn, side, how) = entries[1];
+        assert_eq!((fd, kind, conn, side, how.shared), (7, b'd', 43, Side::A, false));
     }
 }
