@@ -275,6 +275,18 @@ fn relisten(fd: c_int, backlog: c_int, how: Inherited) {
         if let Some(s) = table::remove(fd) {
             s.drop_fd();
         }
+        // A plain kernel listener now: its flag is the program's again.
+        // Not when other processes share the description: their libraries
+        // rely on it staying non-blocking (see `setup::listen_as`).
+        if !how.shared && !how.nonblocking {
+            // SAFETY: F_GETFL/F_SETFL on the inherited fd.
+            unsafe {
+                let fl = real::fcntl(fd, libc::F_GETFL, 0);
+                if fl >= 0 {
+                    real::fcntl(fd, libc::F_SETFL, (fl & !libc::O_NONBLOCK) as usize);
+                }
+            }
+        }
     }
 }
 

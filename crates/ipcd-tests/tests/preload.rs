@@ -272,6 +272,15 @@ fn a_non_blocking_listener_stays_non_blocking_across_exec() {
     fork_check("exec-nonblocking", 1, 0);
 }
 
+/// A server that execs itself keeping its blocking listener, into an
+/// image that cannot reach the monitor: the listener is the kernel's
+/// again, and blocking as the program left it. Before, the library's
+/// O_NONBLOCK stayed on it and a blocking accept failed with EAGAIN.
+#[test]
+fn a_listener_handed_back_to_the_kernel_at_exec_is_blocking_again() {
+    fork_check("exec-unmonitored", 0, 0);
+}
+
 /// Pre-fork workers that exec (as Python's `spawn` start method makes
 /// them): each new image shares the listener it
 /// inherited and takes its turn, all 8 connections through ipcd. Before,

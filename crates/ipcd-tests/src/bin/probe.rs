@@ -1299,6 +1299,32 @@ fn exec_nonblocking_accept(l: i32, port: u16) -> Res {
     Ok(())
 }
 
+/// A blocking listener kept across an exec into an image that cannot
+/// reach the monitor: it becomes a plain kernel listener, and a blocking
+/// one, as the program left it (under ipcd its kernel fd was made
+/// non-blocking, which the program must not see).
+fn exec_unmonitored() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    clear_cloexec(l)?;
+    // Only the new image reads it; this one's channel is open already.
+    std::env::set_var("IPCD_SOCKET", "ipcd-probe-no-such-monitor");
+    exec_probe(&["exec-unmonitored-accept", &l.to_string(), &port.to_string()])
+}
+
+/// The new image of `exec_unmonitored`: `l` is blocking and an accept
+/// after a connect takes it.
+fn exec_unmonitored_accept(l: i32, port: u16) -> Res {
+    // SAFETY: F_GETFL on an inherited fd.
+    let fl = cvt("fcntl", unsafe { libc::fcntl(l, libc::F_GETFL) }).map_err(f)?;
+    ensure!(fl & libc::O_NONBLOCK == 0, "the blocking listener is non-blocking after the exec (flags {fl:#x})");
+    let c = connect_and_say(port, b'u')?;
+    set_timeout(l, 10)?;
+    let s = net::accept(l).map_err(f)?;
+    expect_byte(s, b'u')?;
+    [s, c, l].into_iter().for_each(net::close);
+    Ok(())
+}
+
 /// Execs this program as `probe ARGS…`; returns only if that fails.
 fn exec_probe(args: &[&str]) -> Res {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -3201,6 +3227,7 @@ fn check(name: &str) -> Res {
         "master-queued" => master_queued(),
         "exec-queued" => exec_queued(),
         "exec-nonblocking" => exec_nonblocking(),
+        "exec-unmonitored" => exec_unmonitored(),
         "exec-workers" => exec_workers(),
         "daemon-queued" => daemon_queued(),
         "accept-wake" => accept_wake(),
@@ -3406,6 +3433,7 @@ fn main() {
         "exec-child" => exec_child(num(1) as i32),
         "exec-accept" => exec_accept(num(1) as i32, num(2) as i32),
         "exec-nonblocking-accept" => exec_nonblocking_accept(num(1) as i32, num(2) as u16),
+        "exec-unmonitored-accept" => exec_unmonitored_accept(num(1) as i32, num(2) as u16),
         "exec-worker" => exec_worker(num(1) as i32, num(2) as i32, num(3) as u8),
         "epoll-serve" => epoll_serve(num(1) as usize, arg(2) == "edge"),
         "epoll-load" => epoll_load(num(1) as u16, num(2) as usize, num(3) as usize),
