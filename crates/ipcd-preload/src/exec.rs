@@ -279,13 +279,7 @@ fn relisten(fd: c_int, backlog: c_int, how: Inherited) {
         // Not when other processes share the description: their libraries
         // rely on it staying non-blocking (see `setup::listen_as`).
         if !how.shared && !how.nonblocking {
-            // SAFETY: F_GETFL/F_SETFL on the inherited fd.
-            unsafe {
-                let fl = real::fcntl(fd, libc::F_GETFL, 0);
-                if fl >= 0 {
-                    real::fcntl(fd, libc::F_SETFL, (fl & !libc::O_NONBLOCK) as usize);
-                }
-            }
+            real::set_kernel_nonblocking(fd, false);
         }
     }
 }

@@ -176,6 +176,19 @@ pub fn int_opt(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
     (unsafe { getsockopt(fd, level, name, (&raw mut v).cast(), &mut len) } == 0).then_some(v)
 }
 
+/// Sets or clears `O_NONBLOCK` on the kernel's file description of `fd`
+/// (what every process holding it sees), leaving its other flags.
+pub fn set_kernel_nonblocking(fd: c_int, on: bool) {
+    // SAFETY: F_GETFL and F_SETFL take an int argument or none.
+    unsafe {
+        let fl = fcntl(fd, libc::F_GETFL, 0);
+        if fl >= 0 {
+            let fl = if on { fl | libc::O_NONBLOCK } else { fl & !libc::O_NONBLOCK };
+            fcntl(fd, libc::F_SETFL, fl as usize);
+        }
+    }
+}
+
 /// The real `fcntl`, called with one integer or pointer argument (every
 /// command takes at most one).
 ///

@@ -332,11 +332,7 @@ pub fn listen_as(fd: libc::c_int, sock: &Socket, backlog: libc::c_int, inherited
     }
     // accept waits on the kernel fd and the monitor together, so the kernel
     // fd never blocks; the program's O_NONBLOCK is kept in `sock`.
-    // SAFETY: F_GETFL/F_SETFL on our own fd.
-    unsafe {
-        let fl = real::fcntl(fd, libc::F_GETFL, 0);
-        real::fcntl(fd, libc::F_SETFL, (fl | libc::O_NONBLOCK) as usize);
-    }
+    real::set_kernel_nonblocking(fd, true);
     *state = State::Listening { id, backlog, bell: ListenerBell::new(), shared, served: false };
     log!(Level::Debug, "listening on {addr} through ipcd (listener {id})");
     true

@@ -1273,30 +1273,7 @@ fn exec_nonblocking() -> Res {
     let (l, port) = net::listen_loopback(false).map_err(f)?;
     set_nonblocking(l, true)?;
     clear_cloexec(l)?;
-    exec_probe(&["exec-nonblocking-accept", &l.to_string(), &port.to_string()])
-}
-
-/// The new image of `exec_nonblocking`: `l` reads as non-blocking, an
-/// accept with nothing queued fails at once with EAGAIN, and one after a
-/// connect, once poll says so, takes it.
-fn exec_nonblocking_accept(l: i32, port: u16) -> Res {
-    // SAFETY: F_GETFL on an inherited fd.
-    let fl = cvt("fcntl", unsafe { libc::fcntl(l, libc::F_GETFL) }).map_err(f)?;
-    ensure!(fl & libc::O_NONBLOCK != 0, "the listener lost its O_NONBLOCK at exec (flags {fl:#x})");
-    // A blocking accept would wait these 10 s and then fail with EAGAIN too;
-    // the flag check above is what tells them apart.
-    set_timeout(l, 10)?;
-    match net::accept(l) {
-        Err(e) if e.errno == libc::EAGAIN => {}
-        other => return Err(format!("accept on an empty non-blocking listener: {other:?}")),
-    }
-    let c = connect_and_say(port, b'n')?;
-    let mut p = [pollfd(l, libc::POLLIN)];
-    ensure!(poll_n(&mut p, 10_000) == 1, "poll: the listener never became readable");
-    let s = net::accept(l).map_err(f)?;
-    expect_byte(s, b'n')?;
-    [s, c, l].into_iter().for_each(net::close);
-    Ok(())
+    exec_probe(&["exec-listener-flag", &l.to_string(), &port.to_string(), "1"])
 }
 
 /// A blocking listener kept across an exec into an image that cannot
@@ -1308,19 +1285,34 @@ fn exec_unmonitored() -> Res {
     clear_cloexec(l)?;
     // Only the new image reads it; this one's channel is open already.
     std::env::set_var("IPCD_SOCKET", "ipcd-probe-no-such-monitor");
-    exec_probe(&["exec-unmonitored-accept", &l.to_string(), &port.to_string()])
+    exec_probe(&["exec-listener-flag", &l.to_string(), &port.to_string(), "0"])
 }
 
-/// The new image of `exec_unmonitored`: `l` is blocking and an accept
-/// after a connect takes it.
-fn exec_unmonitored_accept(l: i32, port: u16) -> Res {
+/// The new image of `exec_nonblocking` and `exec_unmonitored`: `l` reads
+/// as non-blocking or not as the old image left it; non-blocking, an
+/// accept with nothing queued fails at once with EAGAIN; either way, one
+/// after a connect (once poll says so) takes it.
+fn exec_listener_flag(l: i32, port: u16, nonblocking: bool) -> Res {
     // SAFETY: F_GETFL on an inherited fd.
     let fl = cvt("fcntl", unsafe { libc::fcntl(l, libc::F_GETFL) }).map_err(f)?;
-    ensure!(fl & libc::O_NONBLOCK == 0, "the blocking listener is non-blocking after the exec (flags {fl:#x})");
-    let c = connect_and_say(port, b'u')?;
+    ensure!(
+        (fl & libc::O_NONBLOCK != 0) == nonblocking,
+        "the listener's O_NONBLOCK changed at the exec: flags {fl:#x}, want non-blocking {nonblocking}"
+    );
+    // A blocking accept would wait these 10 s and then fail with EAGAIN too;
+    // the flag check above is what tells them apart.
     set_timeout(l, 10)?;
+    if nonblocking {
+        match net::accept(l) {
+            Err(e) if e.errno == libc::EAGAIN => {}
+            other => return Err(format!("accept on an empty non-blocking listener: {other:?}")),
+        }
+    }
+    let c = connect_and_say(port, b'x')?;
+    let mut p = [pollfd(l, libc::POLLIN)];
+    ensure!(poll_n(&mut p, 10_000) == 1, "poll: the listener never became readable");
     let s = net::accept(l).map_err(f)?;
-    expect_byte(s, b'u')?;
+    expect_byte(s, b'x')?;
     [s, c, l].into_iter().for_each(net::close);
     Ok(())
 }
@@ -3432,8 +3424,7 @@ fn main() {
         "prefork-clients" => prefork_clients(num(1) as u16, num(2) as usize),
         "exec-child" => exec_child(num(1) as i32),
         "exec-accept" => exec_accept(num(1) as i32, num(2) as i32),
-        "exec-nonblocking-accept" => exec_nonblocking_accept(num(1) as i32, num(2) as u16),
-        "exec-unmonitored-accept" => exec_unmonitored_accept(num(1) as i32, num(2) as u16),
+        "exec-listener-flag" => exec_listener_flag(num(1) as i32, num(2) as u16, num(3) == 1),
         "exec-worker" => exec_worker(num(1) as i32, num(2) as i32, num(3) as u8),
         "epoll-serve" => epoll_serve(num(1) as usize, arg(2) == "edge"),
         "epoll-load" => epoll_load(num(1) as u16, num(2) as usize, num(3) as usize),
