@@ -44,7 +44,8 @@ fn describe() -> String {
                 if s.info.side == Side::A { 'a' } else { 'b' },
                 u8::from(s.link.is_shared())
             ),
-            State::Listening { backlog, id, shared, .. } if !cloexec => {
+            // One passed on is the kernel's: the new image finds it so.
+            State::Listening { backlog, id, shared, passed: false, .. } if !cloexec => {
                 format!("{fd}:l:{backlog}:a:{}:{id}:{}", u8::from(*shared), u8::from(sock.nonblocking()))
             }
             _ => return,

@@ -159,7 +159,7 @@ pub(crate) fn close_now(sock: &Socket) {
             let keep = st.link.keep();
             let _ = control::with(|c| c.notify(&Request::Close { conn, side, keep }));
         }
-        State::Listening { id, shared, .. } => setup::close_listener(id, shared),
+        State::Listening { id, shared, passed, .. } => setup::close_listener(id, shared, passed),
         State::Fresh | State::Closed => {}
     }
 }
@@ -357,9 +357,8 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
             (r & !libc::O_NONBLOCK) | if s.nonblocking() { libc::O_NONBLOCK } else { 0 }
         }
         libc::F_SETFL => {
-            let listening = matches!(*s.lock(), State::Listening { .. });
             let mut flags = arg as c_int;
-            if listening {
+            if s.lock().keeps_kernel_nonblocking() {
                 flags |= libc::O_NONBLOCK;
             }
             // SAFETY: F_SETFL with an int argument.
@@ -411,7 +410,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: libc::c_ulong, arg: usize) -> c_i
             }
             // SAFETY: FIONBIO's argument is an int pointer.
             let on = unsafe { *out } != 0;
-            if !matches!(*s.lock(), State::Listening { .. }) {
+            if !s.lock().keeps_kernel_nonblocking() {
                 // SAFETY: as the caller's contract.
                 let r = unsafe { real::ioctl(fd, req, arg) };
                 if r != 0 {

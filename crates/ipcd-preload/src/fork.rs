@@ -167,8 +167,9 @@ fn share_all(held: &mut Held, child: bool) -> bool {
                 st.link.set_shared();
                 any = true;
             }
-            State::Listening { bell, shared, served, .. } => {
-                *shared = true;
+            State::Listening { bell, shared, served, passed, .. } => {
+                // One passed on is unregistered: nothing to serve.
+                *shared = !*passed;
                 *served = false;
                 if child {
                     *bell = crate::control::ListenerBell::new();

@@ -13,6 +13,9 @@
 //!
 //! The sender usually closes its fd at once; the end lives on in the
 //! receiver, and its FIN goes when the last holder closes.
+//!
+//! A listener of ours passed so becomes the kernel's in both processes
+//! (see [`setup::pass_listener`]).
 
 use std::os::fd::RawFd;
 
@@ -53,7 +56,8 @@ fn inode(fd: RawFd) -> Option<u64> {
 }
 
 /// Before a `sendmsg` on a socket that is not ours: every stream end of
-/// ours among the fds it passes is handed to the monitor for the receiver.
+/// ours among the fds it passes is handed to the monitor for the receiver;
+/// every listener of ours becomes the kernel's.
 ///
 /// # Safety
 /// `msg` is the caller's valid msghdr.
@@ -64,6 +68,10 @@ pub unsafe fn before_send(msg: &libc::msghdr) {
     // SAFETY: as the caller promises.
     for fd in unsafe { rights(msg) } {
         let Some(sock) = table::get(fd) else { continue };
+        if matches!(*sock.lock(), State::Listening { .. }) {
+            setup::pass_listener(fd, &sock);
+            continue;
+        }
         let Some(ino) = inode(fd) else { continue };
         let mut state = sock.lock();
         let State::Stream(st) = &mut *state else { continue };

@@ -290,6 +290,8 @@ pub fn listen_as(fd: libc::c_int, sock: &Socket, backlog: libc::c_int, inherited
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let mut state = sock.lock();
     let (id, again) = match (&*state, inherited) {
+        // Passed on: the kernel's listener now, whatever its backlog.
+        (State::Listening { passed: true, .. }, _) => return true,
         // Listening already: Linux takes the new backlog, so must the monitor.
         (State::Listening { id, backlog: old, .. }, _) if *old != backlog => (*id, true),
         (State::Listening { .. }, _) => return true,
@@ -333,7 +335,7 @@ pub fn listen_as(fd: libc::c_int, sock: &Socket, backlog: libc::c_int, inherited
     // accept waits on the kernel fd and the monitor together, so the kernel
     // fd never blocks; the program's O_NONBLOCK is kept in `sock`.
     real::set_kernel_nonblocking(fd, true);
-    *state = State::Listening { id, backlog, bell: ListenerBell::new(), shared, served: false };
+    *state = State::Listening { id, backlog, bell: ListenerBell::new(), shared, served: false, passed: false };
     log!(Level::Debug, "listening on {addr} through ipcd (listener {id})");
     true
 }
@@ -511,14 +513,17 @@ pub fn serve_now(shared: bool, served: &mut bool) -> bool {
     shared && !std::mem::replace(served, true)
 }
 
-/// The last fd of a listener closed: unregister, and reset whatever still
-/// waits in its ipcd accept queue (as Linux resets its accept queue). A
-/// listener a fork left `shared` is still open in other processes: what
-/// waits here goes back to the monitor for them (`Decline`), as the
-/// kernel's queue would stay theirs.
-pub fn close_listener(id: u64, shared: bool) {
+/// The last fd of a listener closed: unregister (unless it was `passed`
+/// on, and so already), and reset whatever still waits in its ipcd accept
+/// queue (as Linux resets its accept queue). A listener a fork left
+/// `shared` is still open in other processes: what waits here goes back
+/// to the monitor for them (`Decline`), as the kernel's queue would stay
+/// theirs.
+pub fn close_listener(id: u64, shared: bool, passed: bool) {
     let _ = control::with(|c| {
-        c.call(&Request::Unlisten { listener: id }, &[])?;
+        if !passed {
+            c.call(&Request::Unlisten { listener: id }, &[])?;
+        }
         c.drain()?;
         for (info, fds) in c.take_incoming(id) {
             if shared {
@@ -536,4 +541,31 @@ pub fn close_listener(id: u64, shared: bool) {
         }
         Ok(())
     });
+}
+
+/// Our listener on `fd` is about to be passed to another process over a
+/// Unix socket. That process's library, if it has one, cannot know it, and
+/// the description it shares carries the `O_NONBLOCK` we set: its blocking
+/// accepts would fail with EAGAIN, while the monitor went on handing every
+/// ipcd connect to us, who may never accept (Python's forkserver workers, a
+/// master handing its listeners on). So it stops being an ipcd listener:
+/// unregistered, the program's flag back on the description, and both
+/// processes accept from the kernel's queue as they would without ipcd
+/// (correct, not faster). What was queued here already stays ours to
+/// accept. Also when a fork left it shared: a child that exec'd may have
+/// let go of it since, which only the monitor knows (Python's forkserver
+/// is such a child), and a sibling that still holds it under ipcd keeps
+/// its connects, its accepts now taking the program's blocking flag.
+pub fn pass_listener(fd: libc::c_int, sock: &Socket) {
+    let mut state = sock.lock();
+    let State::Listening { id, shared, passed: passed @ false, .. } = &mut *state else { return };
+    *passed = true;
+    *shared = false;
+    let id = *id;
+    // Answered after every `Incoming` sent before it, which `call` queues.
+    let _ = control::with(|c| c.call(&Request::Unlisten { listener: id }, &[]));
+    if !sock.nonblocking() {
+        real::set_kernel_nonblocking(fd, false);
+    }
+    log!(Level::Debug, "listener {id} (fd {fd}) passed to another process: the kernel's from now on");
 }

@@ -99,11 +99,25 @@ pub enum State {
         shared: bool,
         /// `Serve` was sent since the last fork.
         served: bool,
+        /// Passed to another process over a Unix socket
+        /// ([`crate::setup::pass_listener`]): no longer registered, and
+        /// its kernel socket's `O_NONBLOCK` is the program's again. Accepts
+        /// take what was queued here before, then the kernel's.
+        passed: bool,
     },
     /// An ipcd connection.
     Stream(Box<Stream>),
     /// Its last fd was closed.
     Closed,
+}
+
+impl State {
+    /// A listener whose kernel socket we keep non-blocking (its accept
+    /// watches the kernel and the monitor together), whatever the program
+    /// asks: not one passed on, whose description is the program's again.
+    pub fn keeps_kernel_nonblocking(&self) -> bool {
+        matches!(self, State::Listening { passed: false, .. })
+    }
 }
 
 /// A data call in progress on a socket. Linux's call holds a reference to

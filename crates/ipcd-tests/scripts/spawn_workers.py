@@ -1,15 +1,20 @@
 """Workers started with multiprocessing's 'spawn' method (uvicorn's and
-hypercorn's start method, though their parents only bind): the parent listens and never accepts; each worker
-is a new Python image (fork, then exec) that gets the listening socket
-from its parent and accepts its share. The parent then connects COUNT
-times; every request must be answered. Prints how many were, and by how
-many workers."""
+hypercorn's start method, though their parents only bind), or with
+METHOD ('forkserver': Python 3.14's default on Linux): the parent listens
+and never accepts; each worker gets the listening socket from its parent
+(inherited across exec with 'spawn'; passed over a Unix socket to the
+fork server, whose fork it is, with 'forkserver') and accepts its share.
+The parent then connects COUNT times; every request must be answered.
+Prints how many were, and by how many workers.
+
+Usage: spawn_workers.py [COUNT [METHOD]]"""
 import multiprocessing as mp
 import select
 import socket
 import sys
 
 COUNT = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+METHOD = sys.argv[2] if len(sys.argv) > 2 else "spawn"
 WORKERS = 2
 
 
@@ -34,7 +39,7 @@ def worker(sock, share, ready):
 
 
 def main():
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context(METHOD)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)

@@ -216,6 +216,19 @@ fn fork_check(name: &str, connects: u64, fallbacks: u64) {
     assert_eq!((st.connects_total, st.fallbacks_total), (connects, fallbacks), "{name}: {st:?}\n{stderr}");
 }
 
+/// A listener passed over a Unix socket to a process that accepts on it
+/// while the sender never does: every later connect is served, through
+/// the kernel (the receiver's library cannot know the listener), the one
+/// made before the pass through ipcd by the sender, and the receiver's
+/// copy is as blocking as the program made it. Before, the
+/// receiver's blocking accept failed with EAGAIN (the description carried
+/// the sender's library's `O_NONBLOCK`) and every ipcd connect waited for
+/// the sender.
+#[test]
+fn a_listener_passed_over_a_unix_socket_is_the_kernels() {
+    fork_check("pass-listener", 1, 5);
+}
+
 /// nginx's shape: the parent listens, forks two children that accept
 /// (one blocking, one through epoll), and never accepts itself.
 #[test]

@@ -345,6 +345,28 @@ fn python_spawn_workers_share_the_listener() {
     assert_eq!((st.connects_total, st.fallbacks_total), (20, 2), "{st:?}");
 }
 
+/// The same workers started by multiprocessing's fork server (Python
+/// 3.14's default on Linux): the listener reaches them over a Unix
+/// socket, which makes it the kernel's in every process, as no library
+/// but the parent's knows it. All requests are answered, through the
+/// kernel (the parent's 20, and the workers' own 2 refused connects).
+/// Before, each worker's blocking accept failed with EAGAIN (the parent's
+/// library had made the shared description non-blocking) and every
+/// request timed out waiting for the parent, which never accepts.
+#[test]
+fn python_forkserver_workers_take_the_passed_listener() {
+    if !have("python forkserver workers", &["python3"]) {
+        return;
+    }
+    let mon = Monitor::start(256 * 1024);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/spawn_workers.py");
+    let args = [&*script.to_string_lossy(), "20", "forkserver"];
+    let out = ok("forkserver workers", under(&mon, "python3", &args).output().unwrap());
+    assert!(out.contains("20 of 20 answered by 2 workers"), "{out}");
+    let st = mon.status().status;
+    assert_eq!((st.connects_total, st.fallbacks_total), (0, 22), "{st:?}");
+}
+
 /// scripts/node_http.js in `mode` (`serve` or `cluster`) under ipcd on a
 /// port of its own, and `count` requests from its Node clients under ipcd,
 /// which must all be answered right. The server runs until the `Bg` drops.

@@ -2020,6 +2020,80 @@ fn pass_fd() -> Res {
     Ok(())
 }
 
+/// The `O_NONBLOCK` of `fd` as `fcntl` reports it.
+fn nonblocking(fd: i32) -> Result<bool, String> {
+    // SAFETY: F_GETFL takes no argument.
+    let fl = cvt("fcntl(F_GETFL)", unsafe { libc::fcntl(fd, libc::F_GETFL) }).map_err(f)?;
+    Ok(fl & libc::O_NONBLOCK != 0)
+}
+
+/// A blocking listener passed to another process over a Unix socket, as
+/// Python's forkserver hands a worker the socket its parent listened on:
+/// the sender keeps its copy and never accepts, the receiver accepts in
+/// blocking calls and must find its copy blocking, and every connect from
+/// the sender must be served by it. A connection made before the pass is
+/// the sender's to accept after it (the receiver starts only when told).
+/// A child that ended before the pass had forked the sender first
+/// (Python's forkserver is such a child), so the listener has been
+/// shared once.
+fn pass_listener() -> Res {
+    const CONNECTS: u8 = 5;
+    let mut u = [0i32; 2];
+    // SAFETY: a two-int array.
+    ensure!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, u.as_mut_ptr()) } == 0, "socketpair");
+    let pid = fork()?;
+    if pid == 0 {
+        in_child(|| {
+            let l = recv_fd(u[1])?;
+            ensure!(!nonblocking(l)?, "the received listener is non-blocking");
+            let mut go = [0u8; 1];
+            net::read_exact(u[1], &mut go).map_err(f)?;
+            // Accepts that never come fail the check instead of hanging it.
+            set_timeout(l, 10)?;
+            for _ in 0..CONNECTS {
+                let s = net::accept(l).map_err(f)?;
+                let mut b = [0u8; 1];
+                net::read_exact(s, &mut b).map_err(f)?;
+                ensure!(send(s, &b, 0) == 1, "echo: {}", errno());
+                net::close(s);
+            }
+            Ok(())
+        });
+    }
+    // Made after the fork: the receiver gets it through the socket only.
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let gone = fork()?;
+    if gone == 0 {
+        in_child(|| Ok(()));
+    }
+    wait_child(gone)?;
+    let early = connect_and_say(port, b'e')?;
+    send_fd(u[0], l)?;
+    ensure!(!nonblocking(l)?, "the sender's listener became non-blocking");
+    set_timeout(l, 10)?;
+    let s = net::accept(l).map_err(f)?;
+    let mut b = [0u8; 1];
+    net::read_exact(s, &mut b).map_err(f)?;
+    ensure!(b == *b"e" && send(s, b"E", 0) == 1, "the early connection: got {b:?}, echo: {}", errno());
+    ensure!(recv(early, &mut b, 0) == 1 && b == *b"E", "the early connection's answer: {b:?}");
+    for fd in [s, early] {
+        net::close(fd);
+    }
+    say(u[0], b'g')?;
+    for k in 0..CONNECTS {
+        let c = connect_and_say(port, b'a' + k)?;
+        let mut b = [0u8; 1];
+        ensure!(recv(c, &mut b, 0) == 1, "connection {k} was not served: {}", errno());
+        ensure!(b[0] == b'a' + k, "connection {k} got {b:?}");
+        net::close(c);
+    }
+    wait_child(pid)?;
+    for fd in [l, u[0], u[1]] {
+        net::close(fd);
+    }
+    Ok(())
+}
+
 /// Reading, writing, closing and duplicating through `syscall(2)`, as
 /// libuv (Node) closes every fd: bytes written and read so travel the
 /// connection, a dup made so carries it, the close ends it (the peer
@@ -3211,6 +3285,7 @@ fn check(name: &str) -> Res {
         "sa-restart" => sa_restart(),
         "raw-syscalls" => raw_syscalls(),
         "pass-fd" => pass_fd(),
+        "pass-listener" => pass_listener(),
         "fork-listener" => fork_listener(),
         "prefork" => prefork(),
         "prefork-decline" => prefork_decline(),
