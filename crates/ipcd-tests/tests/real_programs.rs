@@ -334,15 +334,25 @@ fn python_asyncio_many_connections() {
 /// worker got every connection and the rest timed out.
 #[test]
 fn python_spawn_workers_share_the_listener() {
-    if !have("python spawn workers", &["python3"]) {
-        return;
+    if let Some((connects, fallbacks)) = python_workers("spawn") {
+        assert_eq!((connects, fallbacks), (20, 2));
+    }
+}
+
+/// scripts/spawn_workers.py with its workers started by `method`, under
+/// ipcd: all 20 requests must be answered, by both workers. Returns the
+/// monitor's connects and fallbacks (`None`: no python3 here).
+fn python_workers(method: &str) -> Option<(u64, u64)> {
+    if !have(&format!("python {method} workers"), &["python3"]) {
+        return None;
     }
     let mon = Monitor::start(256 * 1024);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/spawn_workers.py");
-    let out = ok("spawn workers", under(&mon, "python3", &[&script.to_string_lossy(), "20"]).output().unwrap());
+    let args = [&*script.to_string_lossy(), "20", method];
+    let out = ok(&format!("{method} workers"), under(&mon, "python3", &args).output().unwrap());
     assert!(out.contains("20 of 20 answered by 2 workers"), "{out}");
     let st = mon.status().status;
-    assert_eq!((st.connects_total, st.fallbacks_total), (20, 2), "{st:?}");
+    Some((st.connects_total, st.fallbacks_total))
 }
 
 /// The same workers started by multiprocessing's fork server (Python
@@ -355,16 +365,9 @@ fn python_spawn_workers_share_the_listener() {
 /// request timed out waiting for the parent, which never accepts.
 #[test]
 fn python_forkserver_workers_take_the_passed_listener() {
-    if !have("python forkserver workers", &["python3"]) {
-        return;
+    if let Some((connects, fallbacks)) = python_workers("forkserver") {
+        assert_eq!((connects, fallbacks), (0, 22));
     }
-    let mon = Monitor::start(256 * 1024);
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/spawn_workers.py");
-    let args = [&*script.to_string_lossy(), "20", "forkserver"];
-    let out = ok("forkserver workers", under(&mon, "python3", &args).output().unwrap());
-    assert!(out.contains("20 of 20 answered by 2 workers"), "{out}");
-    let st = mon.status().status;
-    assert_eq!((st.connects_total, st.fallbacks_total), (0, 22), "{st:?}");
 }
 
 /// scripts/node_http.js in `mode` (`serve` or `cluster`) under ipcd on a

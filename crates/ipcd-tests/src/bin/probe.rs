@@ -1869,14 +1869,7 @@ fn master_queued() -> Res {
 fn queued_at_fork(keep: bool) -> Res {
     let (l, port) = net::listen_loopback(false).map_err(f)?;
     let c = connect_and_say(port, b'q')?;
-    let (pids, ready_r) = prefork_children(l, 1, |_, _| {
-        let s = net::accept(l).map_err(f)?;
-        let mut b = [0u8; 1];
-        net::read_exact(s, &mut b).map_err(f)?;
-        ensure!(send(s, &b, 0) == 1, "echo: {}", errno());
-        net::close(s);
-        Ok(())
-    })?;
+    let (pids, ready_r) = prefork_children(l, 1, |_, _| echo_one(l))?;
     if !keep {
         net::close(l);
     }
@@ -1968,6 +1961,24 @@ fn send_fd(u: i32, fd: i32) -> Res {
     Ok(())
 }
 
+/// Accepts one connection on `l`, echoes its one byte and closes it.
+fn echo_one(l: i32) -> Res {
+    let s = net::accept(l).map_err(f)?;
+    let mut b = [0u8; 1];
+    net::read_exact(s, &mut b).map_err(f)?;
+    ensure!(send(s, &b, 0) == 1, "echo: {}", errno());
+    net::close(s);
+    Ok(())
+}
+
+/// A connected pair of Unix stream sockets, to pass fds over.
+fn unix_pair() -> Result<[i32; 2], String> {
+    let mut u = [0i32; 2];
+    // SAFETY: a two-int array.
+    ensure!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, u.as_mut_ptr()) } == 0, "socketpair");
+    Ok(u)
+}
+
 /// Receives one fd sent by `send_fd` over `u`.
 fn recv_fd(u: i32) -> Result<i32, String> {
     let (mut byte, mut space) = ([0u8; 1], [0u64; 4]);
@@ -1987,9 +1998,7 @@ fn recv_fd(u: i32) -> Result<i32, String> {
 /// closes its fd at once, the receiver serves the connection, and its
 /// close is the one the peer sees.
 fn pass_fd() -> Res {
-    let mut u = [0i32; 2];
-    // SAFETY: a two-int array.
-    ensure!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, u.as_mut_ptr()) } == 0, "socketpair");
+    let u = unix_pair()?;
     let pid = fork()?;
     if pid == 0 {
         in_child(|| {
@@ -2038,9 +2047,7 @@ fn nonblocking(fd: i32) -> Result<bool, String> {
 /// shared once.
 fn pass_listener() -> Res {
     const CONNECTS: u8 = 5;
-    let mut u = [0i32; 2];
-    // SAFETY: a two-int array.
-    ensure!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, u.as_mut_ptr()) } == 0, "socketpair");
+    let u = unix_pair()?;
     let pid = fork()?;
     if pid == 0 {
         in_child(|| {
@@ -2050,14 +2057,7 @@ fn pass_listener() -> Res {
             net::read_exact(u[1], &mut go).map_err(f)?;
             // Accepts that never come fail the check instead of hanging it.
             set_timeout(l, 10)?;
-            for _ in 0..CONNECTS {
-                let s = net::accept(l).map_err(f)?;
-                let mut b = [0u8; 1];
-                net::read_exact(s, &mut b).map_err(f)?;
-                ensure!(send(s, &b, 0) == 1, "echo: {}", errno());
-                net::close(s);
-            }
-            Ok(())
+            (0..CONNECTS).try_for_each(|_| echo_one(l))
         });
     }
     // Made after the fork: the receiver gets it through the socket only.
