@@ -36,6 +36,7 @@ pub mod socket;
 pub mod stream;
 pub mod table;
 pub mod wait;
+pub mod yields;
 
 /// The library's constructor: the fd table grown while we are alone in the
 /// process, fork handlers, and connections handed over by the image that

@@ -24,13 +24,13 @@
 //! the ring again ([`nap_until`]): a wake-up taken elsewhere costs at most
 //! that, never a hang.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::bell::{self, Bell};
-use crate::real;
 use crate::signals::Caught;
+use crate::{real, yields};
 
 /// Longest sleep of a wait on an end another process shares (see the
 /// module): long enough that an idle shared end costs about a hundred
@@ -237,15 +237,51 @@ fn timespec(d: Duration) -> libc::timespec {
 /// message.
 const PURE_SPIN: Duration = Duration::from_micros(2);
 
-/// Between two looks of a spin that has lasted `spun`.
+/// A yield that took longer than this gave the core to a thread that did
+/// not hand it back soon: one that runs until the scheduler's tick (4 ms
+/// here) takes the core from it.
+const SLOW_YIELD_NS: u64 = 1_000_000;
+
+/// How long waits in this process skip the yielding part of their spin
+/// and sleep at once instead (the doorbell then wakes them, as the kernel
+/// would), after a slow yield that gave the core to work not ours (see
+/// `yields`). Then a yield is tried again: such a yield costs a tick per
+/// this much time.
+const CONTENDED_NS: u64 = 100_000_000;
+
+/// Until when (`monotonic_ns`) the cores are taken to be busy with work
+/// not ours.
+static CONTENDED_UNTIL: AtomicU64 = AtomicU64::new(0);
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a live timespec; CLOCK_MONOTONIC cannot fail (vDSO).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Between two looks of a spin that has lasted `spun`; false when the wait
+/// should sleep now: the cores are busy with work not ours, to which a
+/// yield would give ours for a whole tick.
 #[inline]
-fn pause(spun: Duration) {
-    if spun >= PURE_SPIN {
-        // SAFETY: no arguments; returns at once if nothing else can run here.
-        unsafe { libc::sched_yield() };
-    } else {
+fn pause(spun: Duration) -> bool {
+    if spun < PURE_SPIN {
         std::hint::spin_loop();
+        return true;
     }
+    let before = monotonic_ns();
+    if before < CONTENDED_UNTIL.load(Ordering::Relaxed) {
+        return false;
+    }
+    let mark = yields::before();
+    // SAFETY: no arguments; returns at once if nothing else can run here.
+    unsafe { libc::sched_yield() };
+    let after = monotonic_ns();
+    if after.saturating_sub(before) > SLOW_YIELD_NS && !yields::others_ran(mark) {
+        CONTENDED_UNTIL.fetch_max(after + CONTENDED_NS, Ordering::Relaxed);
+        return false;
+    }
+    true
 }
 
 /// Spins for `d` without looking at anything shared.
@@ -343,7 +379,9 @@ pub fn spin(mut ready: impl FnMut() -> bool, mut interrupted: impl FnMut() -> bo
         if spun >= budget {
             return Spun::Done;
         }
-        pause(spun);
+        if !pause(spun) {
+            return Spun::Done;
+        }
     }
 }
 
@@ -413,8 +451,7 @@ impl Rounds {
             if self.slot.is_none() {
                 self.slot = SpinSlot::take();
             }
-            if self.slot.is_some() {
-                pause(spun);
+            if self.slot.is_some() && pause(spun) {
                 return Next::Again;
             }
         }
