@@ -11,10 +11,11 @@
 //! ours on two cores: one yield in twenty takes over a millisecond), so
 //! the length of a yield does not tell them apart; who else yielded on
 //! that core meanwhile does. Every ipcd process of a user counts its
-//! yields per CPU in one shared page, `/dev/shm/ipcd-yields-<uid>` (16
-//! KiB, kept for the next processes). The counts steer spinning only: a
-//! page another process scribbles on misleads the choice between spinning
-//! and sleeping, nothing else.
+//! yields per CPU in one shared page, `/dev/shm/ipcd-yields-v1-<uid>` (16
+//! KiB, kept for the next processes; the layout's version is in the name,
+//! as a file shrunk under a mapping would fault its readers). The counts
+//! steer spinning only: a page another process scribbles on misleads the
+//! choice between spinning and sleeping, nothing else.
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
@@ -52,10 +53,10 @@ fn page() -> Option<&'static Page> {
     Some(unsafe { &*p })
 }
 
-/// `/dev/shm/ipcd-yields-<uid>`, NUL-terminated, built without allocating
+/// `/dev/shm/ipcd-yields-v1-<uid>`, NUL-terminated, built without allocating
 /// (a blocked call may run in a signal handler).
 fn path(uid: libc::uid_t, buf: &mut [u8; 48]) -> &[u8] {
-    const PREFIX: &[u8] = b"/dev/shm/ipcd-yields-";
+    const PREFIX: &[u8] = b"/dev/shm/ipcd-yields-v1-";
     buf[..PREFIX.len()].copy_from_slice(PREFIX);
     let mut digits = [0u8; 10];
     let (mut n, mut k) = (uid, digits.len());
@@ -154,9 +155,9 @@ mod tests {
     #[test]
     fn the_page_is_named_by_uid() {
         let mut buf = [0u8; 48];
-        assert_eq!(path(0, &mut buf), b"/dev/shm/ipcd-yields-0\0");
-        assert_eq!(path(4_294_967_295, &mut buf), b"/dev/shm/ipcd-yields-4294967295\0");
-        assert_eq!(path(1000, &mut buf), b"/dev/shm/ipcd-yields-1000\0");
+        assert_eq!(path(0, &mut buf), b"/dev/shm/ipcd-yields-v1-0\0");
+        assert_eq!(path(4_294_967_295, &mut buf), b"/dev/shm/ipcd-yields-v1-4294967295\0");
+        assert_eq!(path(1000, &mut buf), b"/dev/shm/ipcd-yields-v1-1000\0");
     }
 
     #[test]
