@@ -68,8 +68,7 @@ pub unsafe fn before_send(msg: &libc::msghdr) {
     // SAFETY: as the caller promises.
     for fd in unsafe { rights(msg) } {
         let Some(sock) = table::get(fd) else { continue };
-        if matches!(*sock.lock(), State::Listening { .. }) {
-            setup::pass_listener(fd, &sock);
+        if setup::pass_listener(fd, &sock) {
             continue;
         }
         let Some(ino) = inode(fd) else { continue };

@@ -556,10 +556,13 @@ pub fn close_listener(id: u64, shared: bool, passed: bool) {
 /// let go of it since, which only the monitor knows (Python's forkserver
 /// is such a child), and a sibling that still holds it under ipcd keeps
 /// its connects, its accepts now taking the program's blocking flag.
-pub fn pass_listener(fd: libc::c_int, sock: &Socket) {
+/// Returns whether `sock` is a listener (passed before or now).
+pub fn pass_listener(fd: libc::c_int, sock: &Socket) -> bool {
     let mut state = sock.lock();
-    let State::Listening { id, shared, passed: passed @ false, .. } = &mut *state else { return };
-    *passed = true;
+    let State::Listening { id, shared, passed, .. } = &mut *state else { return false };
+    if std::mem::replace(passed, true) {
+        return true;
+    }
     *shared = false;
     let id = *id;
     // Answered after every `Incoming` sent before it, which `call` queues.
@@ -568,4 +571,5 @@ pub fn pass_listener(fd: libc::c_int, sock: &Socket) {
         real::set_kernel_nonblocking(fd, false);
     }
     log!(Level::Debug, "listener {id} (fd {fd}) passed to another process: the kernel's from now on");
+    true
 }

@@ -107,11 +107,12 @@ fn map() -> Option<*mut Page> {
     (p != libc::MAP_FAILED).then_some(p.cast())
 }
 
-/// A yield about to begin: the CPU it gives up and the count there.
+/// A yield about to begin: the count of the CPU it gives up, and its
+/// value with this yield.
 #[derive(Debug, Clone, Copy)]
 pub struct Mark {
-    cpu: usize,
-    count: u64,
+    count: &'static AtomicU64,
+    value: u64,
 }
 
 /// Counts a yield about to begin on this CPU.
@@ -119,17 +120,15 @@ pub fn before() -> Option<Mark> {
     let page = page()?;
     // SAFETY: no arguments.
     let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).ok()? % CPUS;
-    let count = page[cpu].0.fetch_add(1, Ordering::Relaxed) + 1;
-    Some(Mark { cpu, count })
+    let count = &page[cpu].0;
+    let value = count.fetch_add(1, Ordering::Relaxed) + 1;
+    Some(Mark { count, value })
 }
 
 /// After a slow yield: whether a thread of ours yielded on that CPU
 /// meanwhile, so the core went to our work. Without the page, no.
 pub fn others_ran(mark: Option<Mark>) -> bool {
-    match (mark, page()) {
-        (Some(m), Some(page)) => page[m.cpu].0.load(Ordering::Relaxed) != m.count,
-        _ => false,
-    }
+    mark.is_some_and(|m| m.count.load(Ordering::Relaxed) != m.value)
 }
 
 #[cfg(test)]
