@@ -5,7 +5,7 @@
 //! wrong fds, lying credentials, not reading its replies) is dropped alone,
 //! with a log line; its drop is handled exactly as its death.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -27,6 +27,7 @@ use crate::log;
 use crate::log::Level;
 use crate::registry::{Listener, Registry};
 use crate::segment::{cvt, doorbell, ring, SharedSegment};
+use ipcd_ring::Ticket;
 
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_SIGNAL: u64 = 1;
@@ -67,6 +68,8 @@ struct Client {
     hello: bool,
     exec_pending: bool,
     holdings: Vec<(u64, Side)>,
+    /// Listeners (owner, id) whose bell this client was sent.
+    bells: HashSet<(u64, u64)>,
 }
 
 /// A process that announced an exec and whose channel closed: its holdings
@@ -104,6 +107,9 @@ struct ConnRec {
     /// Only the original two processes ever held it, and both closed
     /// normally: nobody else maps it, so the pair may reuse it.
     recyclable: bool,
+    /// Made from a standby: the listener and destination to hold the
+    /// connector's next standby for once this one's segment is free.
+    refill: Option<((u64, u64), SockAddr)>,
 }
 
 impl ConnRec {
@@ -147,13 +153,11 @@ struct Standby {
     info: ConnInfo,
     seg: SharedSegment,
     bells: [OwnedFd; 2],
-    /// `Withdraw` was sent; waiting for `Unused` (or a `Use` sent before it).
-    withdrawn: bool,
 }
 
 /// Standby connections held per process and destination: a client that
 /// reconnects several connections at once (wrk, a pool) finds one for each.
-const STANDBYS_PER_DEST: usize = 4;
+const STANDBYS_PER_DEST: usize = 16;
 
 /// Segments kept per pair of processes (as many as the pair had open at
 /// once, up to this); the preload library keeps at most `MAX_CACHED`.
@@ -226,6 +230,9 @@ pub struct Daemon {
     doomed: Vec<(u64, String)>,
     /// A connect is reading its listener owner's channel (see `broker`).
     catching_up: bool,
+    /// Listeners' bells (eventfds) by (owner, id), rung by connectors
+    /// that take a standby.
+    listener_bells: HashMap<(u64, u64), OwnedFd>,
 }
 
 impl Daemon {
@@ -277,6 +284,7 @@ impl Daemon {
             running: true,
             doomed: Vec::new(),
             catching_up: false,
+            listener_bells: HashMap::new(),
         };
         d.watch(d.listener.as_fd(), TOKEN_LISTENER)?;
         d.watch(d.signals.as_fd(), TOKEN_SIGNAL)?;
@@ -363,6 +371,7 @@ impl Daemon {
                         hello: false,
                         exec_pending: false,
                         holdings: Vec::new(),
+                        bells: HashSet::new(),
                     };
                     self.clients.insert(token, client);
                 }
@@ -439,6 +448,19 @@ impl Daemon {
             self.fail(token, seq, ErrorCode::NotRegistered);
             self.doom(token, "request before hello".into());
             return;
+        }
+        // Standbys used since (their connectors send nothing) become
+        // connections before anything that may concern them.
+        match req {
+            Request::Close { conn, .. }
+            | Request::Reopen { conn, .. }
+            | Request::Pass { conn, .. }
+            | Request::Decline { conn }
+            | Request::Accepted { conn } => self.promote(conn),
+            Request::Connect { .. } | Request::Forked { .. } | Request::ExecPrepare | Request::Status => {
+                self.promote_where(|_| true)
+            }
+            _ => {}
         }
         match req {
             Request::Hello { version_min, version_max, pid: claimed_pid, uid: claimed_uid, caps } => {
@@ -520,8 +542,14 @@ impl Daemon {
                     self.reply(token, seq, &Response::Ok, &[]);
                     return;
                 }
-                let mut entry = Listener::new(token, listener, pid, uid, addr, backlog, flags);
+                let mut entry = Listener::new(token, listener, pid, uid, addr, backlog, flags - ListenFlags::BELL);
                 entry.inode = inode;
+                let mut fds = fds;
+                if flags.contains(ListenFlags::BELL) && fds.len() == 2 {
+                    if let Some(bell) = fds.pop() {
+                        self.listener_bells.insert((token, listener), bell);
+                    }
+                }
                 let stale = self.registry.add(entry);
                 for s in &stale {
                     log!(Level::Info, "msg=\"stale listener replaced\" addr={addr} old_pid={}", s.pid);
@@ -539,6 +567,7 @@ impl Daemon {
                 let (owned, handed) = self.registry.disown(token, Some(listener));
                 self.handed_on(token, &handed);
                 self.withdraw_standbys(|s| s.listener == (token, listener));
+                self.listener_bells.remove(&(token, listener));
                 if owned > 0 || self.registry.unshare(token, Some(listener)) {
                     self.reply(token, seq, &Response::Ok, &[]);
                     self.rehome_parked();
@@ -547,7 +576,9 @@ impl Daemon {
                 }
             }
             Request::Connect { dest, source, .. } => self.broker(token, seq, pid, uid, dest, source),
-            Request::Use { conn, source } => self.use_standby(token, conn, source),
+            // A connector that had no bell for the listener says so
+            // itself; the ticket has the rest.
+            Request::Use { conn, .. } => self.promote(conn),
             Request::Unused { conn } => self.unused_standby(token, conn),
             Request::Accepted { conn } => {
                 if let Some(rec) = self.conns.get_mut(&conn) {
@@ -793,11 +824,14 @@ impl Daemon {
             Some(_) => false,
         };
         let to_pid = self.clients.get(&acceptor).map_or(0, |c| c.pid);
-        seg.view().offer(to_pid);
-        let incoming = Response::Incoming { listener: id, info: info_b };
-        let sent = match self.clients.get(&acceptor) {
-            Some(a) => a.chan.send_response(0, &incoming, &fds_b[..n]),
-            None => Err(ChannelError::Closed),
+        // A standby's acceptor was told when it was issued (`Expect`).
+        let sent = match (answer, self.clients.get(&acceptor)) {
+            (None, Some(_)) => Ok(()),
+            (Some(_), Some(a)) => {
+                seg.view().offer(to_pid);
+                a.chan.send_response(0, &Response::Incoming { listener: id, info: info_b }, &fds_b[..n])
+            }
+            (_, None) => Err(ChannelError::Closed),
         };
         if let Err(e) = &sent {
             log!(Level::Warn, "msg=\"listener cannot take a connection\" pid={to_pid} err=\"{e}\"");
@@ -848,6 +882,7 @@ impl Daemon {
             pair,
             kept: [false; 2],
             recyclable: true,
+            refill: answer.is_none().then_some(((owner, id), info_a.peer)),
         };
         self.conns.insert(conn, rec);
         // Answered, but the acceptor could not be told (its channel full
@@ -872,7 +907,7 @@ impl Daemon {
             .get(listener.0, listener.1)
             .is_some_and(|l| !l.is_shared() && !l.handed_on && !l.flags.contains(ListenFlags::REUSEPORT));
         let held = self.standbys.values().filter(|s| s.client == token && s.dest == dest).count();
-        if !plain || held >= STANDBYS_PER_DEST {
+        if !plain || held >= STANDBYS_PER_DEST || !self.listener_bells.contains_key(&listener) {
             return;
         }
         // A new segment only for the first standby: more would be made here
@@ -895,21 +930,71 @@ impl Daemon {
             segment,
             reused,
         };
-        let fds = [seg.fd(), bells[0].as_fd(), bells[1].as_fd()];
         let n = if reused { 0 } else { 3 };
-        let sent = match self.clients.get(&token) {
-            Some(c) => c.chan.send_response(0, &Response::Standby { dest, info }, &fds[..n]),
+        // The acceptor first: once the connector has the standby it may
+        // connect and ring the listener's bell, and the woken acceptor
+        // must find the `Expect` on its channel.
+        let acceptor = listener.0;
+        let to_pid = self.clients.get(&acceptor).map_or(0, |c| c.pid);
+        seg.view().expect(conn);
+        seg.view().offer(to_pid);
+        let info_b = ConnInfo { side: Side::B, local: dest, peer: port_zero(dest), ..info };
+        let fds_b = [seg.fd(), bells[1].as_fd(), bells[0].as_fd()];
+        let told = match self.clients.get(&acceptor) {
+            Some(a) => a.chan.send_response(0, &Response::Expect { listener: listener.1, info: info_b }, &fds_b[..n]),
             None => Err(ChannelError::Closed),
         };
-        if sent.is_err() {
-            // Not a reason to drop the client: it simply has no standby.
+        if told.is_err() {
+            // Not a reason to drop either: the connector has no standby.
+            seg.view().cancel(conn);
             if reused {
-                self.pools.entry(pair).or_default().push(Pooled { id: segment, seg, bells });
+                self.tell_forget(token, segment);
+                self.tell_forget(acceptor, segment);
             }
             return;
         }
+        let bell = self.listener_bells.get(&listener).map(|b| b.as_fd());
+        let send_bell = bell.is_some() && self.clients.get(&token).is_some_and(|c| !c.bells.contains(&listener));
+        let mut fds = vec![seg.fd(), bells[0].as_fd(), bells[1].as_fd()];
+        fds.truncate(n);
+        fds.extend(bell.filter(|_| send_bell));
+        let sent = match self.clients.get(&token) {
+            Some(c) => c.chan.send_response(0, &Response::Standby { dest, info, bell: send_bell }, &fds),
+            None => Err(ChannelError::Closed),
+        };
+        if sent.is_err() {
+            // The acceptor was told: it drops the entry once it sees it
+            // cancelled, and its mapping with `Forget`.
+            seg.view().cancel(conn);
+            self.tell_forget(acceptor, segment);
+            if reused {
+                self.tell_forget(token, segment);
+            }
+            return;
+        }
+        if let Some(c) = self.clients.get_mut(&token).filter(|_| send_bell) {
+            c.bells.insert(listener);
+        }
         log!(Level::Debug, "msg=\"standby issued\" conn={conn} client={token} dest={dest} reused={reused}");
-        self.standbys.insert(conn, Standby { client: token, listener, dest, info, seg, bells, withdrawn: false });
+        self.standbys.insert(conn, Standby { client: token, listener, dest, info, seg, bells });
+    }
+
+    /// Standby `conn`, if its connector connected through it (its ticket
+    /// says so), becomes a connection in the records: the connector does
+    /// not report it, so this runs whenever something may concern it.
+    fn promote(&mut self, conn: u64) {
+        let Some(sb) = self.standbys.get(&conn) else { return };
+        let Ticket::Connected(words) = sb.seg.view().ticket(conn) else { return };
+        let token = sb.client;
+        self.use_standby(token, conn, SockAddr::from_words(words));
+    }
+
+    /// [`Daemon::promote`] for every standby `pred` picks.
+    fn promote_where(&mut self, pred: impl Fn(&Standby) -> bool) {
+        let picked: Vec<u64> = self.standbys.iter().filter(|(_, s)| pred(s)).map(|(&c, _)| c).collect();
+        for conn in picked {
+            self.promote(conn);
+        }
     }
 
     /// `token` connected through its standby `conn` from `source`: the
@@ -950,6 +1035,7 @@ impl Daemon {
             // A pooled segment is in the acceptor's cache: told to unmap it.
             kept: [false, info.reused],
             recyclable: false,
+            refill: None,
         };
         self.conns.insert(conn, rec);
         self.release(listener.0, conn, Side::B, true);
@@ -963,40 +1049,38 @@ impl Daemon {
         self.standbys.remove(&conn)
     }
 
-    /// `token` gives back standby `conn` unused: its segment goes back to
-    /// the pair's pool if both ends map it; otherwise whoever does (the
-    /// connector maps a new one as it arrives) is told to unmap it.
+    /// Standby `conn` will not be used: its connector gave it back, or its
+    /// acceptor could not map it (`token` is one of the two).
     fn unused_standby(&mut self, token: u64, conn: u64) {
-        let Some(sb) = self.take_standby(token, conn) else { return };
-        let pair = (token, sb.listener.0);
-        let live = self.clients.contains_key(&pair.0) && self.clients.contains_key(&pair.1);
-        let room = self.pools.get(&pair).map_or(0, Vec::len) < POOL_PER_PAIR;
-        if sb.info.reused && live && room {
-            self.pools.entry(pair).or_default().push(Pooled { id: sb.info.segment, seg: sb.seg, bells: sb.bells });
-            return;
-        }
-        self.tell_forget(pair.0, sb.info.segment);
-        if sb.info.reused {
-            self.tell_forget(pair.1, sb.info.segment);
+        if self.standbys.get(&conn).is_some_and(|s| s.client == token || s.listener.0 == token) {
+            self.cancel_standby(conn);
         }
     }
 
+    /// Cancels standby `conn` (its ticket), unless its connector used it
+    /// first: then it becomes a connection like any used one. A cancelled
+    /// one is unmapped by both, who map it (the connector as it came, the
+    /// acceptor at its `Expect`); the connector is told to drop it.
+    fn cancel_standby(&mut self, conn: u64) {
+        let Some(sb) = self.standbys.get(&conn) else { return };
+        if let Ticket::Connected(_) = sb.seg.view().cancel(conn) {
+            self.promote(conn);
+            return;
+        }
+        let Some(sb) = self.standbys.remove(&conn) else { return };
+        if let Some(c) = self.clients.get(&sb.client) {
+            let _ = c.chan.send_response(0, &Response::Withdraw { conn }, &[]);
+        }
+        self.tell_forget(sb.client, sb.info.segment);
+        self.tell_forget(sb.listener.0, sb.info.segment);
+    }
+
     /// Withdraws the standbys `pred` picks (their listener closed, became
-    /// shared or went): each connector answers `Unused`, or has used it
-    /// already. Those of a connector that went are dropped.
+    /// shared or went, or their connector went): see `cancel_standby`.
     fn withdraw_standbys(&mut self, pred: impl Fn(&Standby) -> bool) {
-        let gone: Vec<u64> = self.standbys.iter().filter(|(_, s)| pred(s)).map(|(&c, _)| c).collect();
-        for conn in gone {
-            let Some(sb) = self.standbys.get_mut(&conn) else { continue };
-            let client = sb.client;
-            if !std::mem::replace(&mut sb.withdrawn, true) {
-                if let Some(c) = self.clients.get(&client) {
-                    let _ = c.chan.send_response(0, &Response::Withdraw { conn }, &[]);
-                }
-            }
-            if !self.clients.contains_key(&client) {
-                self.unused_standby(client, conn);
-            }
+        let picked: Vec<u64> = self.standbys.iter().filter(|(_, s)| pred(s)).map(|(&c, _)| c).collect();
+        for conn in picked {
+            self.cancel_standby(conn);
         }
     }
 
@@ -1228,6 +1312,11 @@ impl Daemon {
         if rec.recyclable && rec.kept == [true, true] && live && room {
             rec.seg.trim();
             self.pools.entry(rec.pair).or_default().push(Pooled { id: segment, seg: rec.seg, bells: rec.bells });
+            // Its connector used a standby and may use more before it
+            // says so (it says nothing): the stock is topped up here.
+            if let Some((listener, dest)) = rec.refill {
+                self.issue_standby(a, listener, dest, true);
+            }
             return;
         }
         for (token, kept) in [(a, rec.kept[0]), (b, rec.kept[1])] {
@@ -1387,6 +1476,7 @@ impl Daemon {
                 // read reached its `ExecPrepare`.
                 self.serve(token, 64);
             }
+            self.promote_where(|s| s.client == token || s.listener.0 == token);
             let Some(client) = self.clients.remove(&token) else { continue };
             self.withdraw_standbys(|s| s.client == token || s.listener.0 == token);
             self.drop_pools(token);

@@ -13,7 +13,7 @@ use ipcd_monitor::client::MonitorClient;
 use ipcd_proto::channel::Channel;
 use ipcd_proto::message::{ConnInfo, EndState, ErrorCode, Fallback, Request, Response, Side};
 use ipcd_proto::{ListenFlags, SockAddr};
-use ipcd_ring::{PeerState, Segment};
+use ipcd_ring::{PeerState, Segment, Ticket};
 use memmap2::MmapMut;
 
 const IPCD: &str = env!("CARGO_BIN_EXE_ipcd");
@@ -781,89 +781,153 @@ fn the_last_share_given_back_closes_an_end_its_survivors_left() {
     assert!(client.call(&Request::Status, &[]).is_ok(), "the monitor kept going");
 }
 
-/// A pair that connected twice, and the standby the second connect left
-/// the client: (server, client, listener socket, address, standby, its fds).
-fn with_standby(m: &Monitor) -> (MonitorClient, MonitorClient, OwnedFd, SockAddr, ConnInfo, Vec<OwnedFd>) {
+/// A pair that connected twice, and the standby the second connect left.
+struct WithStandby {
+    server: MonitorClient,
+    client: MonitorClient,
+    _lfd: OwnedFd,
+    addr: SockAddr,
+    /// The standby as the client has it (side A), and its fds: segment,
+    /// own bell, peer bell, the listener's bell.
+    sb: ConnInfo,
+    cfds: Vec<OwnedFd>,
+    /// The fds of the standby as the server expects it (side B).
+    sfds: Vec<OwnedFd>,
+    /// The bell the server registered with `Listen`.
+    lbell: OwnedFd,
+}
+
+fn eventfd() -> OwnedFd {
+    // SAFETY: a fresh eventfd, owned by the result.
+    unsafe { OwnedFd::from_raw_fd(libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)) }
+}
+
+fn with_standby(m: &Monitor) -> WithStandby {
     let (mut server, mut client) = (m.client(), m.client());
     let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
-    assert_eq!(listen(&mut server, 1, &lfd, addr, ListenFlags::empty()), Response::Ok);
+    let lbell = eventfd();
+    let req = Request::Listen { listener: 1, addr, backlog: 16, flags: ListenFlags::BELL };
+    assert_eq!(server.call(&req, &[lfd.as_fd(), lbell.as_fd()]).unwrap().0, Response::Ok);
     let (Response::Connected(first), _cfds) = connect(&mut client, addr) else { panic!("not brokered") };
     let _ = next_event(&server);
     close_both(&mut client, &mut server, first.conn, [true, true], true);
-    // The pair's second connection: the standby comes before its answer.
+    // The pair's second connection: the standby comes before its answer,
+    // and the listener is told of it first.
     client.notify(&Request::Connect { dest: addr, source: None, nonblocking: false }).unwrap();
-    let (event, sfds) = next_event(&client);
-    let Response::Standby { dest, info } = event else { panic!("expected a standby, got {event:?}") };
+    let (event, cfds) = next_event(&client);
+    let Response::Standby { dest, info: sb, bell } = event else { panic!("expected a standby, got {event:?}") };
     let (Response::Connected(again), _) = client.wait_reply().unwrap() else { panic!("not brokered") };
     assert_eq!(dest, addr);
     assert_eq!((again.reused, again.segment), (true, first.segment), "the connect itself takes the pooled segment");
-    assert!(info.conn != again.conn && info.side == Side::A && info.peer == addr);
-    assert_eq!((info.reused, sfds.len()), (false, 3), "a new segment, sent with the standby");
+    assert!(sb.conn != again.conn && sb.side == Side::A && sb.peer == addr);
+    assert!(bell, "the listener's bell comes with the pair's first standby");
+    assert_eq!((sb.reused, cfds.len()), (false, 4), "a new segment, sent with the standby, and the bell");
+    let (event, sfds) = next_event(&server);
+    let Response::Expect { listener: 1, info: expected } = event else { panic!("expected Expect, got {event:?}") };
+    assert_eq!((expected.conn, expected.side, expected.local, sfds.len()), (sb.conn, Side::B, addr, 3));
     let (event, _) = next_event(&server);
     assert!(matches!(event, Response::Incoming { info, .. } if info.conn == again.conn), "{event:?}");
-    (server, client, lfd, addr, info, sfds)
+    WithStandby { server, client, _lfd: lfd, addr, sb, cfds, sfds, lbell }
 }
 
 #[test]
-fn a_standby_connects_without_an_answer_and_reaches_the_listener_at_use() {
+fn a_standby_connects_through_its_ticket_and_becomes_a_connection_when_needed() {
     let m = Monitor::start();
-    let (server, mut client, _lfd, addr, sb, cfds) = with_standby(&m);
+    let WithStandby { mut server, mut client, addr, sb, cfds, sfds, lbell, .. } = with_standby(&m);
+    let (a, b) = (map(&cfds[0]), map(&sfds[0]));
+    assert_eq!(b.seg.ticket(sb.conn), Ticket::Expected, "the acceptor waits for its connector");
     let source = SockAddr::V4 { ip: [127, 0, 0, 1], port: 5555 };
-    client.notify(&Request::Use { conn: sb.conn, source: Some(source) }).unwrap();
-    let (event, sfds) = next_event(&server);
-    let Response::Incoming { listener, info } = event else { panic!("expected Incoming, got {event:?}") };
-    assert_eq!((listener, info.conn, info.side, info.peer, info.local), (1, sb.conn, Side::B, source, addr));
-    assert_eq!((info.segment, sfds.len()), (sb.segment, 3));
-    carries_a_to_b(&map(&cfds[0]), &map(&sfds[0]));
-    // The next one is held ready at once, and the books show the connection.
-    let (event, _) = next_event(&client);
-    let Response::Standby { dest, info: next } = event else { panic!("expected a standby, got {event:?}") };
-    assert!(dest == addr && next.conn != sb.conn);
+    assert!(a.seg.connect(sb.conn, source.to_words()));
+    // The bell the client was given is the listener's own.
+    // SAFETY: writes 8 bytes to an eventfd.
+    assert_eq!(unsafe { libc::write(cfds[3].as_raw_fd(), (&1u64 as *const u64).cast(), 8) }, 8);
+    assert_eq!(bell_count(&lbell), 1);
+    let Ticket::Connected(words) = b.seg.ticket(sb.conn) else { panic!("not connected") };
+    assert_eq!(SockAddr::from_words(words), Some(source));
+    carries_a_to_b(&a, &b);
+    // Nobody said so: the monitor finds it when something names it (here
+    // the acceptor's report), holds the next standby ready, and shows the
+    // connection with the connector's address.
+    server.notify(&Request::Accepted { conn: sb.conn }).unwrap();
+    let (event, fds) = next_event(&client);
+    let Response::Standby { dest, info: next, bell } = event else { panic!("expected a standby, got {event:?}") };
+    assert!(dest == addr && next.conn != sb.conn && !bell && fds.len() == 3, "{next:?}");
     let report = client.status().unwrap();
-    assert!(report.connections.iter().any(|c| c.conn == sb.conn), "the used standby is a connection");
-    // Only its owner can use it: another client's `Use` is ignored.
-    let mut stranger = m.client();
-    stranger.notify(&Request::Use { conn: next.conn, source: None }).unwrap();
-    let _ = stranger.status().unwrap();
-    client.notify(&Request::Use { conn: next.conn, source: None }).unwrap();
-    let (event, _) = next_event(&server);
-    assert!(matches!(event, Response::Incoming { info, .. } if info.conn == next.conn), "{event:?}");
+    let conn = report.connections.iter().find(|c| c.conn == sb.conn).expect("the used standby is a connection");
+    assert_eq!(conn.addrs[0], source, "{conn:?}");
 }
 
 #[test]
-fn a_standby_is_withdrawn_when_its_listener_closes() {
+fn a_standby_is_cancelled_when_its_listener_closes() {
     let m = Monitor::start();
-    let (mut server, mut client, lfd, addr, sb, cfds) = with_standby(&m);
+    let WithStandby { mut server, mut client, addr, sb, cfds, sfds, .. } = with_standby(&m);
+    // (The acceptor's `Forget` comes before this answer, which `call` reads past.)
     assert_eq!(server.call(&Request::Unlisten { listener: 1 }, &[]).unwrap().0, Response::Ok);
     let (event, _) = next_event(&client);
     assert_eq!(event, Response::Withdraw { conn: sb.conn });
-    // A connect that took it before it read the withdrawal: the connection
-    // is closed as one queued on a listener that closed.
-    client.notify(&Request::Use { conn: sb.conn, source: None }).unwrap();
     let (event, _) = next_event(&client);
-    assert_eq!(event, Response::PeerGone { conn: sb.conn });
+    assert_eq!(event, Response::Forget { segment: sb.segment });
+    // A connect that took it before it read the withdrawal finds it cancelled.
     let a = map(&cfds[0]);
-    let rx = a.seg.consumer(ipcd_ring::Side::A).unwrap();
-    assert_ne!(rx.peer_state(), PeerState::Open, "the acceptor's end is closed");
+    assert!(!a.seg.connect(sb.conn, addr.to_words()));
+    assert_eq!(map(&sfds[0]).seg.ticket(sb.conn), Ticket::Cancelled);
     // The next connect asks, and is sent to the kernel.
     let (resp, _) = connect(&mut client, addr);
     assert_eq!(resp, Response::UseKernel { reason: Fallback::NoListener });
-    drop(lfd);
+}
+
+#[test]
+fn a_standby_used_as_its_listener_closes_is_reset_as_a_queued_connection() {
+    let m = Monitor::start();
+    let WithStandby { mut server, mut client, addr, sb, cfds, .. } = with_standby(&m);
+    let a = map(&cfds[0]);
+    assert!(a.seg.connect(sb.conn, addr.to_words()), "connected before the listener closed");
+    assert_eq!(server.call(&Request::Unlisten { listener: 1 }, &[]).unwrap().0, Response::Ok);
+    let (event, _) = next_event(&client);
+    assert_eq!(event, Response::PeerGone { conn: sb.conn });
+    let rx = a.seg.consumer(ipcd_ring::Side::A).unwrap();
+    assert_ne!(rx.peer_state(), PeerState::Open, "the acceptor's end is closed");
+    let _ = client.status().unwrap();
 }
 
 #[test]
 fn a_standby_given_back_cannot_be_used() {
     let m = Monitor::start();
-    let (server, mut client, _lfd, addr, sb, _cfds) = with_standby(&m);
+    let WithStandby { server, mut client, addr, sb, cfds, .. } = with_standby(&m);
     client.notify(&Request::Unused { conn: sb.conn }).unwrap();
-    client.notify(&Request::Use { conn: sb.conn, source: None }).unwrap();
-    // Its new segment was mapped by the client alone: unmapped, not pooled.
+    let (event, _) = next_event(&client);
+    assert_eq!(event, Response::Withdraw { conn: sb.conn });
     let (event, _) = next_event(&client);
     assert_eq!(event, Response::Forget { segment: sb.segment });
+    let (event, _) = next_event(&server);
+    assert_eq!(event, Response::Forget { segment: sb.segment });
+    assert!(!map(&cfds[0]).seg.connect(sb.conn, addr.to_words()));
     let report = client.status().unwrap();
     assert!(!report.connections.iter().any(|c| c.conn == sb.conn));
     // The listener hears of the next connect, never of the one given back.
     let (Response::Connected(next), _) = connect(&mut client, addr) else { panic!("not brokered") };
-    let (event, _) = next_event(&server);
-    assert!(matches!(event, Response::Incoming { info, .. } if info.conn == next.conn), "{event:?}");
+    loop {
+        let (event, _) = next_event(&server);
+        match event {
+            Response::Expect { info, .. } => assert_ne!(info.conn, sb.conn),
+            Response::Incoming { info, .. } => break assert_eq!(info.conn, next.conn),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_connector_that_dies_after_connecting_through_its_ticket_is_closed_for_the_acceptor() {
+    let m = Monitor::start();
+    let WithStandby { server: _server, client, sb, cfds, sfds, .. } = with_standby(&m);
+    let a = map(&cfds[0]);
+    let b = map(&sfds[0]);
+    assert!(a.seg.connect(sb.conn, SockAddr::V4 { ip: [127, 0, 0, 1], port: 7 }.to_words()));
+    drop(client);
+    let rx = b.seg.consumer(ipcd_ring::Side::B).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rx.peer_state() == PeerState::Open {
+        assert!(Instant::now() < deadline, "the dead connector's end stayed open");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -12,13 +12,61 @@ use std::time::{Duration, Instant};
 use ipcd_proto::channel::{Channel, ChannelError, Fds};
 use ipcd_proto::message::{ConnInfo, Request, Response, Side};
 use ipcd_proto::{Caps, SockAddr};
+use ipcd_ring::Ticket;
 
 use crate::bell::Bell;
+use crate::link::Link;
 use crate::log::{log, Level};
 use crate::real;
 
 /// A connection waiting in a listener's accept queue.
-pub type Pending = (ConnInfo, Vec<OwnedFd>);
+pub enum Pending {
+    /// Told by `Incoming`: connected; its segment is mapped at accept.
+    Told(ConnInfo, Vec<OwnedFd>),
+    /// Told by `Expect` before its connector used it (a standby): mapped
+    /// already, and taken once its ticket says connected.
+    Expected(ConnInfo, Box<Link>),
+}
+
+impl Pending {
+    /// The connection as the monitor described it.
+    pub fn info(&self) -> &ConnInfo {
+        match self {
+            Pending::Told(info, _) | Pending::Expected(info, _) => info,
+        }
+    }
+
+    /// What accept may do with it now.
+    fn look(&self) -> Look {
+        match self {
+            Pending::Told(..) => Look::Ready(None),
+            Pending::Expected(_, link) => match link.ticket() {
+                Ticket::Expected => Look::Later,
+                Ticket::Connected(words) => Look::Ready(SockAddr::from_words(words)),
+                Ticket::Cancelled | Ticket::Other => Look::Gone,
+            },
+        }
+    }
+}
+
+enum Look {
+    /// Take it (an expected one's connector at this address).
+    Ready(Option<SockAddr>),
+    /// Not connected yet.
+    Later,
+    /// Cancelled: never connected, drop it.
+    Gone,
+}
+
+/// A listener's bell a connector rings (see `Response::Standby`), kept
+/// out of the program's sight.
+struct PeerBell(OwnedFd);
+
+impl Drop for PeerBell {
+    fn drop(&mut self) {
+        crate::fds::unhide(self.0.as_raw_fd());
+    }
+}
 
 /// A listener's accept queue here, and how its waiters are told.
 #[derive(Default)]
@@ -32,10 +80,48 @@ struct Queue {
 
 impl Queue {
     /// Nothing waits here any more: the bell is emptied if it rang.
+    /// Connectors ring it too, from other processes: with connections
+    /// expected it is emptied whether we rang it or not, and rung again
+    /// if one connected meanwhile, so that no waiter sleeps past it.
     fn quiet(&self) {
-        if let Some(b) = self.bell.upgrade() {
+        let Some(b) = self.bell.upgrade() else { return };
+        if !self.items.iter().any(|p| matches!(p, Pending::Expected(..))) {
             b.quiet();
+            return;
         }
+        b.settle();
+        if self.items.iter().any(|p| matches!(p.look(), Look::Ready(_))) {
+            b.ring();
+        }
+    }
+
+    /// Takes the first connection accept may take, dropping cancelled
+    /// ones on the way; an expected one gets its connector's address.
+    fn take_ready(&mut self) -> Option<Pending> {
+        let mut i = 0;
+        while i < self.items.len() {
+            match self.items[i].look() {
+                Look::Later => i += 1,
+                Look::Gone => {
+                    if let Some(Pending::Expected(_, link)) = self.items.remove(i) {
+                        // The monitor sends `Forget` for it; kept until then.
+                        let _ = (*link).keep();
+                    }
+                }
+                Look::Ready(peer) => {
+                    let mut p = self.items.remove(i)?;
+                    if let (Pending::Expected(info, _), Some(peer)) = (&mut p, peer) {
+                        info.peer = peer;
+                    }
+                    return Some(p);
+                }
+            }
+        }
+        None
+    }
+
+    fn has_ready(&self) -> bool {
+        self.items.iter().any(|p| matches!(p.look(), Look::Ready(_)))
     }
 }
 
@@ -76,6 +162,12 @@ impl ListenerBell {
             self.bell.take();
         }
     }
+
+    /// Empties it whoever rang it.
+    fn settle(&self) {
+        self.rung.store(false, Ordering::Relaxed);
+        self.bell.take();
+    }
 }
 
 /// The open channel and what arrived on it.
@@ -98,11 +190,17 @@ pub struct Control {
     standbys: Vec<(SockAddr, ConnInfo)>,
     /// A standby ever came: the channel is read before each connect.
     standby_seen: bool,
+    /// `Close`s not sent yet (see `send`).
+    closes: Vec<Request>,
+    /// Listeners' bells by destination, rung by a connect through a standby.
+    peer_bells: HashMap<SockAddr, PeerBell>,
 }
 
 static CONTROL: Mutex<Option<Control>> = Mutex::new(None);
 /// Monotonic milliseconds before which we do not try the monitor again.
 static RETRY_AFTER_MS: AtomicU64 = AtomicU64::new(0);
+/// How many `Close`s a process holds back at most (see `Control::send`).
+const CLOSES_HELD: usize = 8;
 /// How long to leave a missing monitor alone before trying again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -201,6 +299,8 @@ impl Control {
             unannounced: false,
             standbys: Vec::new(),
             standby_seen: false,
+            closes: Vec::new(),
+            peer_bells: HashMap::new(),
         };
         let hello = Request::hello(pid, uid, Caps::empty());
         match c.call(&hello, &[]).map_err(|e| e.to_string())?.0 {
@@ -260,11 +360,32 @@ impl Control {
         Ok(())
     }
 
-    fn send(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
-        if let Request::Close { conn, side: Side::B, .. } = *req {
-            self.accepted.retain(|&c| c != conn);
-        }
+    /// Reports what waits to be reported: accepted connections and the
+    /// `Close`s held back.
+    fn flush(&mut self) -> Result<(), ChannelError> {
         self.flush_accepted()?;
+        for close in std::mem::take(&mut self.closes) {
+            self.send_now(&close, &[])?;
+        }
+        Ok(())
+    }
+
+    /// `Close`s are held back, up to `CLOSES_HELD`, and go before any
+    /// other request or when an accept finds nothing: the monitor then
+    /// wakes once for several (a wake-up per connection was most of
+    /// set-up's cost on two cores). Nothing waits for them: the ring
+    /// already carries the close to the peer; the monitor only recycles
+    /// the segment later. A process that exits with some held is seen
+    /// to die with those ends, which closes them as they already are.
+    fn send(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
+        if let Request::Close { conn, side, .. } = *req {
+            if side == Side::B {
+                self.accepted.retain(|&c| c != conn);
+            }
+            self.closes.push(*req);
+            return if self.closes.len() < CLOSES_HELD { Ok(()) } else { self.flush() };
+        }
+        self.flush()?;
         self.send_now(req, fds)
     }
 
@@ -300,16 +421,35 @@ impl Control {
         match resp {
             Response::Incoming { listener, info } => {
                 let q = self.incoming.entry(listener).or_default();
-                q.items.push_back((info, fds.into_vec()));
+                q.items.push_back(Pending::Told(info, fds.into_vec()));
                 q.fresh = true;
                 self.unannounced = true;
             }
+            Response::Expect { listener, info } => match Link::attach(&info, fds.into_vec()) {
+                Ok(link) => {
+                    self.incoming.entry(listener).or_default().items.push_back(Pending::Expected(info, Box::new(link)))
+                }
+                Err(e) => {
+                    log!(Level::Debug, "expected connection {} cannot be mapped ({e}); giving it back", info.conn);
+                    let _ = self.send_now(&Request::Unused { conn: info.conn }, &[]);
+                }
+            },
             // The monitor already closed the dead end in the ring and rang
             // us; the ring is where our sockets learn it.
             Response::PeerGone { .. } => {}
-            Response::Forget { segment } => crate::link::forget(segment),
-            Response::Standby { dest, mut info } => {
-                let fds = fds.into_vec();
+            Response::Forget { segment } => {
+                crate::link::forget(segment);
+                for q in self.incoming.values_mut() {
+                    q.items.retain(|p| !matches!(p, Pending::Expected(_, l) if l.segment() == segment));
+                }
+            }
+            Response::Standby { dest, mut info, bell } => {
+                let mut fds = fds.into_vec();
+                if bell {
+                    if let Some(fd) = fds.pop() {
+                        self.peer_bells.insert(dest, PeerBell(crate::fds::hide(fd)));
+                    }
+                }
                 if !info.reused {
                     if !crate::link::Link::keep_standby(&info, fds) {
                         let _ = self.send_now(&Request::Unused { conn: info.conn }, &[]);
@@ -345,7 +485,7 @@ impl Control {
             return;
         }
         for q in self.incoming.values_mut() {
-            if std::mem::take(&mut q.fresh) && !q.items.is_empty() {
+            if std::mem::take(&mut q.fresh) && q.has_ready() {
                 if let Some(b) = q.bell.upgrade() {
                     b.ring();
                 }
@@ -381,19 +521,33 @@ impl Control {
         self.pid
     }
 
-    /// Whether a connection is queued for `listener`.
+    /// Whether a connection accept may take is queued for `listener`.
     pub fn has_incoming(&self, listener: u64) -> bool {
-        self.incoming.get(&listener).is_some_and(|q| !q.items.is_empty())
+        self.incoming.get(&listener).is_some_and(Queue::has_ready)
     }
 
-    /// The next connection queued for `listener`.
+    /// Whether connections are expected on `listener` (standbys issued
+    /// for it, not yet used).
+    pub fn expects(&self, listener: u64) -> bool {
+        self.incoming.get(&listener).is_some_and(|q| q.items.iter().any(|p| matches!(p, Pending::Expected(..))))
+    }
+
+    /// The next connection accept may take from `listener`'s queue.
     pub fn pop_incoming(&mut self, listener: u64) -> Option<Pending> {
         let q = self.incoming.get_mut(&listener)?;
-        let next = q.items.pop_front();
-        if q.items.is_empty() {
+        let next = q.take_ready();
+        if !q.has_ready() {
             q.quiet();
         }
         next
+    }
+
+    /// Rings the bell of the listener at `dest` (a connect took a
+    /// standby there); false if we have none for it.
+    pub fn ring_listener(&self, dest: &SockAddr) -> bool {
+        let Some(b) = self.peer_bells.get(dest) else { return false };
+        crate::bell::ring(b.0.as_raw_fd());
+        true
     }
 
     /// Everything still queued for `listener` (it is closing).

@@ -237,6 +237,29 @@ impl Link {
         true
     }
 
+    /// The id of the segment under this end.
+    pub fn segment(&self) -> u64 {
+        self.map.segment
+    }
+
+    /// This connection's ticket, if it came as a standby (see
+    /// `ipcd_ring::Segment::ticket`).
+    pub fn ticket(&self) -> ipcd_ring::Ticket {
+        self.seg.ticket(self.conn)
+    }
+
+    /// Connects through this standby's ticket from `addr`; false if it
+    /// was cancelled (the connection was not made).
+    pub fn connect_ticket(&self, addr: [u32; 8]) -> bool {
+        self.seg.connect(self.conn, addr)
+    }
+
+    /// Cancels this standby's ticket unless its connector used it; the
+    /// ticket as it is after.
+    pub fn cancel_ticket(&self) -> ipcd_ring::Ticket {
+        self.seg.cancel(self.conn)
+    }
+
     /// Process `pid` accepts this end, which waited in its accept queue;
     /// false if the monitor withdrew it for another process meanwhile
     /// (see `Segment::claim`): it is then not ours to use or close.

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use ipcd_proto::message::{ConnInfo, Request, Response};
 use ipcd_proto::{ListenFlags, SockAddr};
+use ipcd_ring::Ticket;
 
 use crate::control::{self, ListenerBell, Pending};
 use crate::link::Link;
@@ -262,7 +263,19 @@ fn connect_standby(sock: &Socket, state: &mut State, dest: SockAddr, source: Opt
     info.local = source.unwrap_or(info.local);
     match Link::attach(&info, Vec::new()) {
         Ok(link) => {
-            control::with(|c| c.notify(&Request::Use { conn, source }))?;
+            if !link.connect_ticket(info.local.to_words()) {
+                // Cancelled (its listener went): the monitor has us drop
+                // and unmap it; ask it instead.
+                log!(Level::Debug, "standby {conn} to {dest} was withdrawn; asking the monitor");
+                let _ = link.keep();
+                return None;
+            }
+            // Connected now: the listener hears it from its bell (the
+            // monitor, when it sent none). Not undone if the channel broke.
+            let _ = control::with(|c| match c.ring_listener(&dest) {
+                true => Ok(()),
+                false => c.notify(&Request::Use { conn, source }),
+            });
             let nonblocking = sock.nonblocking();
             sock.become_stream(state, Stream::new(link, info, nonblocking));
             // As for an answered connect, below.
@@ -315,10 +328,19 @@ pub fn listen_as(fd: libc::c_int, sock: &Socket, backlog: libc::c_int, inherited
     if sock.family == libc::AF_INET6 && opt_on(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) {
         flags |= ListenFlags::V6ONLY;
     }
+    // Connectors through standbys ring it: the monitor gets it now.
+    let bell = if again { None } else { ListenerBell::new() };
+    if bell.is_some() {
+        flags |= ListenFlags::BELL;
+    }
     let req = Request::Listen { listener: id, addr, backlog: backlog.max(0) as u32, flags };
     // SAFETY: `fd` is the open listening socket this call is about.
     let proof = unsafe { BorrowedFd::borrow_raw(fd) };
-    match control::with(|c| c.call(&req, &[proof])) {
+    // SAFETY: the bell's eventfd, alive for the call.
+    let bell_fd = bell.as_ref().map(|b| unsafe { BorrowedFd::borrow_raw(b.fd()) });
+    let mut fds = vec![proof];
+    fds.extend(bell_fd);
+    match control::with(|c| c.call(&req, &fds)) {
         Some((Response::Ok, _)) => {}
         Some((other, _)) => {
             log!(Level::Warn, "listener {addr} not registered ({other:?}); kernel only");
@@ -335,7 +357,7 @@ pub fn listen_as(fd: libc::c_int, sock: &Socket, backlog: libc::c_int, inherited
     // accept waits on the kernel fd and the monitor together, so the kernel
     // fd never blocks; the program's O_NONBLOCK is kept in `sock`.
     real::set_kernel_nonblocking(fd, true);
-    *state = State::Listening { id, backlog, bell: ListenerBell::new(), shared, served: false, passed: false };
+    *state = State::Listening { id, backlog, bell, shared, served: false, passed: false };
     log!(Level::Debug, "listening on {addr} through ipcd (listener {id})");
     true
 }
@@ -343,19 +365,25 @@ pub fn listen_as(fd: libc::c_int, sock: &Socket, backlog: libc::c_int, inherited
 /// Makes an accepted ipcd connection into a new fd; `pid` is ours.
 fn accepted(
     sock: &Socket,
-    (info, fds): Pending,
+    pending: Pending,
     pid: u32,
     flags: libc::c_int,
 ) -> Result<(libc::c_int, SockAddr), libc::c_int> {
-    let (conn, side) = (info.conn, info.side);
+    let (conn, side) = (pending.info().conn, pending.info().side);
     let fail = |e: libc::c_int| {
         let _ = control::with(|c| c.notify(&Request::Close { conn, side, keep: false }));
         e
     };
-    let link = Link::attach(&info, fds).map_err(|e| {
-        log!(Level::Error, "cannot map accepted connection {conn}: {e}");
-        fail(libc::ECONNABORTED)
-    })?;
+    let (info, link) = match pending {
+        Pending::Told(info, fds) => {
+            let link = Link::attach(&info, fds).map_err(|e| {
+                log!(Level::Error, "cannot map accepted connection {conn}: {e}");
+                fail(libc::ECONNABORTED)
+            })?;
+            (info, link)
+        }
+        Pending::Expected(info, link) => (info, *link),
+    };
     if !link.claim(pid) {
         // Handed to a process that accepts while it waited here: its
         // copy of the segment goes, nothing else.
@@ -479,6 +507,16 @@ pub unsafe fn accept(
         if nonblocking {
             return Err(libc::EAGAIN);
         }
+        // A standby's connector connects without the monitor: spin on
+        // what it will set before sleeping, as a read spins on its ring.
+        // (What the monitor sent first: the `Expect` of the standby its
+        // connector takes next may be there.)
+        if control::with(|c| c.drain().map(|()| c.expects(id))).unwrap_or(false) {
+            let ready = || control::peek(|c| c.has_incoming(id)).unwrap_or(false);
+            if crate::wait::spin(ready, || caught.interrupts(true)) == crate::wait::Spun::Ready {
+                continue;
+            }
+        }
         let chan = control::with(|c| Ok(c.fd())).unwrap_or(-1);
         let mut pfds = [
             libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
@@ -525,17 +563,27 @@ pub fn close_listener(id: u64, shared: bool, passed: bool) {
             c.call(&Request::Unlisten { listener: id }, &[])?;
         }
         c.drain()?;
-        for (info, fds) in c.take_incoming(id) {
-            if shared {
-                drop(fds);
-                c.notify(&Request::Decline { conn: info.conn })?;
-                continue;
-            }
-            match Link::attach(&info, fds) {
+        for pending in c.take_incoming(id) {
+            let (info, link) = match pending {
+                Pending::Told(info, fds) if shared => {
+                    drop(fds);
+                    c.notify(&Request::Decline { conn: info.conn })?;
+                    continue;
+                }
+                Pending::Told(info, fds) => (info, Link::attach(&info, fds).ok()),
+                // Never connected: the monitor cancelled it with the
+                // listener (or does now) and has both unmap it.
+                Pending::Expected(_, link) if !matches!(link.cancel_ticket(), Ticket::Connected(_)) => {
+                    let _ = (*link).keep();
+                    continue;
+                }
+                Pending::Expected(info, link) => (info, Some(*link)),
+            };
+            match link {
                 // Taken from us for another process: not ours to reset.
-                Ok(link) if !link.claim(c.pid()) => continue,
-                Ok(link) => drop(reset_link(link)),
-                Err(_) => {}
+                Some(link) if !link.claim(c.pid()) => continue,
+                Some(link) => drop(reset_link(link)),
+                None => {}
             }
             c.notify(&Request::Close { conn: info.conn, side: info.side, keep: false })?;
         }

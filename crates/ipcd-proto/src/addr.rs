@@ -31,6 +31,47 @@ const TAG_V4: u8 = 4;
 const TAG_V6: u8 = 6;
 
 impl SockAddr {
+    /// The address as eight words, for a segment's ticket (see
+    /// `ipcd_ring::Segment::connect`): family (4 or 6), port, flowinfo,
+    /// scope id, then the IP's bytes, big-endian words.
+    pub fn to_words(&self) -> [u32; 8] {
+        let mut w = [0u32; 8];
+        match *self {
+            SockAddr::V4 { ip, port } => {
+                w[0] = 4;
+                w[1] = u32::from(port);
+                w[4] = u32::from_be_bytes(ip);
+            }
+            SockAddr::V6 { ip, port, flowinfo, scope_id } => {
+                w[0] = 6;
+                w[1] = u32::from(port);
+                w[2] = flowinfo;
+                w[3] = scope_id;
+                for (k, chunk) in ip.chunks_exact(4).enumerate() {
+                    w[4 + k] = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+                }
+            }
+        }
+        w
+    }
+
+    /// The inverse of [`SockAddr::to_words`]; `None` for words that are no
+    /// address (shared memory is not trusted).
+    pub fn from_words(w: [u32; 8]) -> Option<SockAddr> {
+        let port = u16::try_from(w[1]).ok()?;
+        match w[0] {
+            4 => Some(SockAddr::V4 { ip: w[4].to_be_bytes(), port }),
+            6 => {
+                let mut ip = [0u8; 16];
+                for k in 0..4 {
+                    ip[4 * k..4 * k + 4].copy_from_slice(&w[4 + k].to_be_bytes());
+                }
+                Some(SockAddr::V6 { ip, port, flowinfo: w[2], scope_id: w[3] })
+            }
+            _ => None,
+        }
+    }
+
     /// The port.
     pub fn port(&self) -> u16 {
         match *self {

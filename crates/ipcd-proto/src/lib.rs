@@ -33,4 +33,4 @@ pub use state::{CloseAction, Conn, Errno, How, Phase, Readiness, Recv, Ring, Sen
 /// Versions of the control protocol this build speaks (negotiated in
 /// [`Request::Hello`]).
 /// 3: standby connections (`Standby`, `Withdraw`, `Use`, `Unused`).
-pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 3..=3;
+pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 4..=4;

@@ -63,6 +63,9 @@ bitflags! {
         const REUSEADDR = 1 << 1;
         /// `IPV6_V6ONLY` on an IPv6 listener.
         const V6ONLY = 1 << 2;
+        /// The listener's bell (an eventfd) travels with `Listen`, second
+        /// fd: connectors taking a standby ring it.
+        const BELL = 1 << 3;
     }
 }
 
@@ -373,8 +376,9 @@ pub enum Request {
         /// Connection.
         conn: u64,
     },
-    /// The process connected through a standby connection (`Standby`):
-    /// tell its listener. No fds, no reply.
+    /// The process connected through a standby connection (`Standby`)
+    /// and has no bell for its listener: tell it (the ticket says the
+    /// rest). No fds, no reply.
     Use {
         /// Connection.
         conn: u64,
@@ -382,7 +386,8 @@ pub enum Request {
         source: Option<SockAddr>,
     },
     /// A standby connection given back unused: withdrawn (`Withdraw`), or
-    /// it could not be mapped. No fds, no reply.
+    /// it could not be mapped (by its connector, or by its acceptor at
+    /// `Expect`). No fds, no reply.
     Unused {
         /// Connection.
         conn: u64,
@@ -458,11 +463,26 @@ pub enum Response {
     Standby {
         /// The address the process connected to.
         dest: SockAddr,
-        /// The connection, side A; `local` is filled in at `Use`.
+        /// The connection, side A; `local` is the connector's own.
+        info: ConnInfo,
+        /// The listener's bell comes last among the fds: a connect
+        /// through this standby rings it (sent once per process and
+        /// listener; the process keeps it per destination).
+        bell: bool,
+    },
+    /// Event: a standby connection issued for a listener, told to the
+    /// acceptor before it is used: accept takes it once its ticket (in
+    /// the segment header) says connected, and drops it if cancelled.
+    /// Fds: `[segment memfd, own doorbell, peer doorbell]`, none if reused.
+    Expect {
+        /// Listener id from `Listen`.
+        listener: u64,
+        /// The connection, side B; `peer` is read from the ticket.
         info: ConnInfo,
     },
-    /// Event: a standby connection is withdrawn (its listener went); the
-    /// process answers `Unused` unless it took it already. No fds.
+    /// Event: a standby connection is withdrawn (its ticket cancelled: its
+    /// listener went, or it was given back); the process drops it (and
+    /// answers `Unused` if it still had it, which changes nothing). No fds.
     Withdraw {
         /// Connection.
         conn: u64,
@@ -624,6 +644,7 @@ impl Request {
     /// Fds that travel with this message.
     pub fn fd_count(&self) -> usize {
         match self {
+            Request::Listen { flags, .. } if flags.contains(ListenFlags::BELL) => 2,
             Request::Listen { .. } => 1,
             _ => 0,
         }
@@ -755,18 +776,20 @@ impl Response {
             Response::Forget { .. } => 0x020c,
             Response::Standby { .. } => 0x020d,
             Response::Withdraw { .. } => 0x020e,
+            Response::Expect { .. } => 0x020f,
         }
     }
 
     /// Fds that travel with this message.
     pub fn fd_count(&self) -> usize {
         match self {
-            Response::Connected(info) | Response::Incoming { info, .. } | Response::Standby { info, .. }
+            Response::Standby { info, bell, .. } => usize::from(*bell) + if info.reused { 0 } else { 3 },
+            Response::Connected(info) | Response::Incoming { info, .. } | Response::Expect { info, .. }
                 if info.reused =>
             {
                 0
             }
-            Response::Connected(_) | Response::Incoming { .. } | Response::Standby { .. } | Response::Reopened(_) => 3,
+            Response::Connected(_) | Response::Incoming { .. } | Response::Expect { .. } | Response::Reopened(_) => 3,
             _ => 0,
         }
     }
@@ -790,8 +813,13 @@ impl Response {
             }
             Response::PeerGone { conn } => w.u64(conn),
             Response::Forget { segment } => w.u64(segment),
-            Response::Standby { dest, info } => {
+            Response::Standby { dest, info, bell } => {
                 dest.encode(w);
+                info.encode(w);
+                w.bool(bell);
+            }
+            Response::Expect { listener, info } => {
+                w.u64(listener);
                 info.encode(w);
             }
             Response::Withdraw { conn } => w.u64(conn),
@@ -848,7 +876,10 @@ impl Response {
             0x0206 => Response::Incoming { listener: r.u64()?, info: ConnInfo::decode(r)? },
             0x0207 => Response::PeerGone { conn: r.u64()? },
             0x020c => Response::Forget { segment: r.u64()? },
-            0x020d => Response::Standby { dest: SockAddr::decode(r)?, info: ConnInfo::decode(r)? },
+            0x020d => {
+                Response::Standby { dest: SockAddr::decode(r)?, info: ConnInfo::decode(r)?, bell: r.bool("bell")? }
+            }
+            0x020f => Response::Expect { listener: r.u64()?, info: ConnInfo::decode(r)? },
             0x020e => Response::Withdraw { conn: r.u64()? },
             0x0208 => Response::Reopened(ConnInfo::decode(r)?),
             0x0209 => Response::Status(Status {

@@ -89,7 +89,8 @@ fn response() -> impl Strategy<Value = Response> {
         (any::<u64>(), info()).prop_map(|(listener, info)| Response::Incoming { listener, info }),
         any::<u64>().prop_map(|conn| Response::PeerGone { conn }),
         any::<u64>().prop_map(|segment| Response::Forget { segment }),
-        (addr(), info()).prop_map(|(dest, info)| Response::Standby { dest, info }),
+        (addr(), info(), any::<bool>()).prop_map(|(dest, info, bell)| Response::Standby { dest, info, bell }),
+        (any::<u64>(), info()).prop_map(|(listener, info)| Response::Expect { listener, info }),
         any::<u64>().prop_map(|conn| Response::Withdraw { conn }),
         info().prop_map(Response::Reopened),
         any::<[u64; 10]>().prop_map(|v| Response::Status(Status {

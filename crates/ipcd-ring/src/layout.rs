@@ -11,7 +11,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `b"IPCDSEG1"` read as a little-endian `u64`: the first word of every segment.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"IPCDSEG1");
 /// Version of this layout. An attach to any other version fails.
-pub const SEGMENT_VERSION: u32 = 2;
+pub const SEGMENT_VERSION: u32 = 3;
 /// Padding unit: x86-64's adjacent-line prefetcher pulls 64-byte lines in
 /// pairs, so two indices 64 bytes apart still share traffic (as crossbeam does).
 pub const CACHE_LINE: usize = 128;
@@ -120,7 +120,25 @@ pub struct SegmentHeader {
     /// it; 0 while nobody may. Written by the monitor (offer, withdraw)
     /// and the acceptor (claim), each a compare-exchange but the offer.
     pub(crate) offer: AtomicU32,
+    /// A standby connection's ticket: `(connection id << 2) | state`, the
+    /// state one of [`TICKET_NONE`], [`TICKET_EXPECTED`],
+    /// [`TICKET_CONNECTED`], [`TICKET_CANCELLED`]. The connector moves it
+    /// from expected to connected, the acceptor or the monitor from
+    /// expected to cancelled, each by compare-exchange: whoever wins decides.
+    pub(crate) ticket: AtomicU64,
+    /// The connector's address, written before its ticket says connected
+    /// (opaque words to this crate).
+    pub(crate) connector: [AtomicU32; 8],
 }
+
+/// Ticket state: not a standby connection.
+pub const TICKET_NONE: u64 = 0;
+/// Ticket state: issued; the acceptor knows of it, the connector has not used it.
+pub const TICKET_EXPECTED: u64 = 1;
+/// Ticket state: the connector connected through it.
+pub const TICKET_CONNECTED: u64 = 2;
+/// Ticket state: withdrawn before the connector used it.
+pub const TICKET_CANCELLED: u64 = 3;
 
 /// Bit of the offer word: the process it names has accepted the end.
 pub const OFFER_CLAIMED: u32 = 1 << 31;
@@ -154,6 +172,10 @@ pub mod offsets {
     pub const LOCKS: usize = 56;
     /// Header: the accepting end's offer word (`u32`).
     pub const OFFER: usize = 72;
+    /// Header: the ticket word (`u64`).
+    pub const TICKET: usize = 80;
+    /// Header: the connector's address (`[u32; 8]`).
+    pub const CONNECTOR: usize = 88;
     /// Start of ring `i`'s control block.
     pub const fn ring(i: usize) -> usize {
         CACHE_LINE + i * 4 * CACHE_LINE
@@ -201,6 +223,8 @@ const _: () = {
     assert!(offset_of!(SegmentHeader, holders) == 48);
     assert!(offset_of!(SegmentHeader, locks) == 56);
     assert!(offset_of!(SegmentHeader, offer) == offsets::OFFER);
+    assert!(offset_of!(SegmentHeader, ticket) == offsets::TICKET);
+    assert!(offset_of!(SegmentHeader, connector) == offsets::CONNECTOR);
     assert!(size_of::<SegmentHeader>() <= CACHE_LINE);
     assert!(offset_of!(SegmentControl, rings) == CACHE_LINE);
     assert!(DATA_START == 9 * CACHE_LINE);

@@ -52,7 +52,7 @@ pub use layout::{
     SEGMENT_MAGIC, SEGMENT_VERSION,
 };
 pub use producer::Producer;
-pub use segment::{EndLock, Segment, Side};
+pub use segment::{EndLock, Segment, Side, Ticket};
 pub use wait::{Transfer, Wait};
 
 pub use layout::offsets;

@@ -8,7 +8,7 @@ use crate::consumer::Consumer;
 use crate::error::Error;
 use crate::layout::{
     Line, RingControl, SegmentControl, SegmentHeader, CACHE_LINE, DATA_START, FLAG_RESET, MAX_CAPACITY, OFFER_CLAIMED,
-    SEGMENT_ALIGN, SEGMENT_MAGIC, SEGMENT_VERSION,
+    SEGMENT_ALIGN, SEGMENT_MAGIC, SEGMENT_VERSION, TICKET_CANCELLED, TICKET_CONNECTED, TICKET_EXPECTED, TICKET_NONE,
 };
 use crate::producer::Producer;
 use crate::recent::BUSY;
@@ -150,6 +150,8 @@ impl Segment {
                 holders: [AtomicU32::new(1), AtomicU32::new(1)],
                 locks: [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)],
                 offer: AtomicU32::new(0),
+                ticket: AtomicU64::new(TICKET_NONE),
+                connector: core::array::from_fn(|_| AtomicU32::new(0)),
             }),
             rings: [RingControl::new(0), RingControl::new(0)],
         };
@@ -175,6 +177,7 @@ impl Segment {
             l.store(0, Ordering::Relaxed);
         }
         header.offer.store(0, Ordering::Relaxed);
+        header.ticket.store(TICKET_NONE, Ordering::Relaxed);
         for r in &control.rings {
             r.writer.0.tail.store(0, Ordering::Relaxed);
             r.writer.0.flags.store(0, Ordering::Relaxed);
@@ -371,6 +374,56 @@ impl Segment {
             && offer.compare_exchange(pid, pid | OFFER_CLAIMED, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
+    /// Makes the segment connection `conn_id`'s ticket, expected: the
+    /// acceptor may be told of it before its connector uses it. For the
+    /// monitor, before it tells either.
+    pub fn expect(&self, conn_id: u64) {
+        self.control().header.0.ticket.store(ticket_word(conn_id, TICKET_EXPECTED), Ordering::Release);
+    }
+
+    /// The connector of `conn_id` connects through its ticket, from
+    /// `addr` (stored first, for the acceptor). False if the ticket was
+    /// cancelled or is another connection's: the connection was not made.
+    pub fn connect(&self, conn_id: u64, addr: [u32; 8]) -> bool {
+        let header = &self.control().header.0;
+        for (w, v) in header.connector.iter().zip(addr) {
+            w.store(v, Ordering::Relaxed);
+        }
+        // Release: the address is seen by whoever sees the ticket connected.
+        let (from, to) = (ticket_word(conn_id, TICKET_EXPECTED), ticket_word(conn_id, TICKET_CONNECTED));
+        header.ticket.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Cancels `conn_id`'s ticket unless its connector used it. Returns the
+    /// ticket as it is now: [`Ticket::Cancelled`] (by this call or before),
+    /// [`Ticket::Connected`], or [`Ticket::Other`] if the segment is no
+    /// longer that connection's ticket.
+    pub fn cancel(&self, conn_id: u64) -> Ticket {
+        let ticket = &self.control().header.0.ticket;
+        let (from, to) = (ticket_word(conn_id, TICKET_EXPECTED), ticket_word(conn_id, TICKET_CANCELLED));
+        match ticket.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Ticket::Cancelled,
+            Err(_) => self.ticket(conn_id),
+        }
+    }
+
+    /// `conn_id`'s ticket as it is now.
+    pub fn ticket(&self, conn_id: u64) -> Ticket {
+        let header = &self.control().header.0;
+        let word = header.ticket.load(Ordering::Acquire);
+        if word >> 2 != conn_id & (u64::MAX >> 2) {
+            return Ticket::Other;
+        }
+        match word & 3 {
+            TICKET_EXPECTED => Ticket::Expected,
+            TICKET_CONNECTED => {
+                Ticket::Connected(core::array::from_fn(|i| header.connector[i].load(Ordering::Relaxed)))
+            }
+            TICKET_CANCELLED => Ticket::Cancelled,
+            _ => Ticket::Other,
+        }
+    }
+
     /// Tries to take `lock` for `owner` (a process-unique id such as a tid).
     /// On failure returns the current owner, so the caller can check whether
     /// it is still alive and [`Segment::break_lock`] if not.
@@ -392,4 +445,21 @@ impl Segment {
         let word = &self.control().header.0.locks[lock.index()];
         dead_owner != 0 && word.compare_exchange(dead_owner, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
+}
+
+/// A standby connection's ticket, as [`Segment::ticket`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ticket {
+    /// Issued; its connector has not used it.
+    Expected,
+    /// Its connector connected through it, from this address.
+    Connected([u32; 8]),
+    /// Withdrawn before its connector used it.
+    Cancelled,
+    /// The segment is not (or no longer) this connection's ticket.
+    Other,
+}
+
+fn ticket_word(conn_id: u64, state: u64) -> u64 {
+    (conn_id << 2) | state
 }
