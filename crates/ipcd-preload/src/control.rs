@@ -361,8 +361,9 @@ impl Control {
     }
 
     /// Reports what waits to be reported: accepted connections and the
-    /// `Close`s held back.
-    fn flush(&mut self) -> Result<(), ChannelError> {
+    /// `Close`s held back (also before a fork: the child must not be
+    /// counted a holder of ends already closed).
+    pub fn flush(&mut self) -> Result<(), ChannelError> {
         self.flush_accepted()?;
         for close in std::mem::take(&mut self.closes) {
             self.send_now(&close, &[])?;
@@ -371,8 +372,7 @@ impl Control {
     }
 
     /// `Close`s are held back, up to `CLOSES_HELD`, and go before any
-    /// other request or when an accept finds nothing: the monitor then
-    /// wakes once for several (a wake-up per connection was most of
+    /// other request: the monitor then wakes once for several (a wake-up per connection was most of
     /// set-up's cost on two cores). Nothing waits for them: the ring
     /// already carries the close to the peer; the monitor only recycles
     /// the segment later. A process that exits with some held is seen

@@ -139,7 +139,13 @@ extern "C" fn prepare() {
             }
             sockets.push(held);
         }
-        let control = crate::control::lock_for_fork();
+        let mut control = crate::control::lock_for_fork();
+        if let Some(c) = control.as_mut() {
+            // The child is made a holder of what we hold when it registers:
+            // ends closed before the fork are reported closed first (a
+            // broken channel loses them with everything else).
+            let _ = c.flush();
+        }
         if ours && control.is_some() {
             let mut p = [-1; 2];
             // SAFETY: a pipe into a live array.
