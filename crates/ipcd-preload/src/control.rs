@@ -85,12 +85,12 @@ impl Queue {
     /// if one connected meanwhile, so that no waiter sleeps past it.
     fn quiet(&self) {
         let Some(b) = self.bell.upgrade() else { return };
-        if !self.items.iter().any(|p| matches!(p, Pending::Expected(..))) {
+        if !self.expects() {
             b.quiet();
             return;
         }
         b.settle();
-        if self.items.iter().any(|p| matches!(p.look(), Look::Ready(_))) {
+        if self.has_ready() {
             b.ring();
         }
     }
@@ -122,6 +122,10 @@ impl Queue {
 
     fn has_ready(&self) -> bool {
         self.items.iter().any(|p| matches!(p.look(), Look::Ready(_)))
+    }
+
+    fn expects(&self) -> bool {
+        self.items.iter().any(|p| matches!(p, Pending::Expected(..)))
     }
 }
 
@@ -529,7 +533,7 @@ impl Control {
     /// Whether connections are expected on `listener` (standbys issued
     /// for it, not yet used).
     pub fn expects(&self, listener: u64) -> bool {
-        self.incoming.get(&listener).is_some_and(|q| q.items.iter().any(|p| matches!(p, Pending::Expected(..))))
+        self.incoming.get(&listener).is_some_and(Queue::expects)
     }
 
     /// The next connection accept may take from `listener`'s queue.
