@@ -457,9 +457,12 @@ impl Daemon {
             | Request::Pass { conn, .. }
             | Request::Decline { conn }
             | Request::Accepted { conn } => self.promote(conn),
-            Request::Connect { .. } | Request::Forked { .. } | Request::ExecPrepare | Request::Status => {
-                self.promote_where(|_| true)
-            }
+            // A connect only needs its own (its stock of standbys); a
+            // process about to exec, its own and its listeners'.
+            Request::Connect { .. } => self.promote_where(|s| s.client == token),
+            Request::ExecPrepare => self.promote_where(|s| s.client == token || s.listener.0 == token),
+            // A fork's parent is known by pid only; a report shows all.
+            Request::Forked { .. } | Request::Status => self.promote_where(|_| true),
             _ => {}
         }
         match req {
@@ -1479,6 +1482,8 @@ impl Daemon {
             self.promote_where(|s| s.client == token || s.listener.0 == token);
             let Some(client) = self.clients.remove(&token) else { continue };
             self.withdraw_standbys(|s| s.client == token || s.listener.0 == token);
+            // Its listeners' bells go with it (an exec'd image registers its own).
+            self.listener_bells.retain(|&(owner, _), _| owner != token);
             self.drop_pools(token);
             // SAFETY: removes an fd we added; a null event is allowed for DEL.
             unsafe {

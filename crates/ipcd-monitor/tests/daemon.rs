@@ -916,6 +916,38 @@ fn a_standby_given_back_cannot_be_used() {
     }
 }
 
+/// Open fds of the monitor process.
+fn monitor_fds(m: &Monitor) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", m.child.id())).unwrap().count()
+}
+
+#[test]
+fn a_listener_bell_goes_with_the_process_that_registered_it() {
+    let m = Monitor::start();
+    let mut probe = m.client();
+    let _ = probe.status().unwrap();
+    let before = monitor_fds(&m);
+    for _ in 0..3 {
+        let mut server = m.client();
+        let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
+        let bell = eventfd();
+        let req = Request::Listen { listener: 1, addr, backlog: 16, flags: ListenFlags::BELL };
+        assert_eq!(server.call(&req, &[lfd.as_fd(), bell.as_fd()]).unwrap().0, Response::Ok);
+        // The process ends without unregistering, as most do.
+        drop(server);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let _ = probe.status().unwrap();
+        let now = monitor_fds(&m);
+        if now <= before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the monitor kept {} fds more than before", now - before);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_connector_that_dies_after_connecting_through_its_ticket_is_closed_for_the_acceptor() {
     let m = Monitor::start();
