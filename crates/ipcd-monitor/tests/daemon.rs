@@ -837,7 +837,7 @@ fn a_standby_connects_through_its_ticket_and_becomes_a_connection_when_needed() 
     let (a, b) = (map(&cfds[0]), map(&sfds[0]));
     assert_eq!(b.seg.ticket(sb.conn), Ticket::Expected, "the acceptor waits for its connector");
     let source = SockAddr::V4 { ip: [127, 0, 0, 1], port: 5555 };
-    assert!(a.seg.connect(sb.conn, source.to_words()));
+    assert!(a.seg.connect(sb.conn, source.to_words()).is_some());
     // The bell the client was given is the listener's own.
     // SAFETY: writes 8 bytes to an eventfd.
     assert_eq!(unsafe { libc::write(cfds[3].as_raw_fd(), (&1u64 as *const u64).cast(), 8) }, 8);
@@ -869,7 +869,7 @@ fn a_standby_is_cancelled_when_its_listener_closes() {
     assert_eq!(event, Response::Forget { segment: sb.segment });
     // A connect that took it before it read the withdrawal finds it cancelled.
     let a = map(&cfds[0]);
-    assert!(!a.seg.connect(sb.conn, addr.to_words()));
+    assert!(a.seg.connect(sb.conn, addr.to_words()).is_none());
     assert_eq!(map(&sfds[0]).seg.ticket(sb.conn), Ticket::Cancelled);
     // The next connect asks, and is sent to the kernel.
     let (resp, _) = connect(&mut client, addr);
@@ -881,7 +881,7 @@ fn a_standby_used_as_its_listener_closes_is_reset_as_a_queued_connection() {
     let m = Monitor::start();
     let WithStandby { mut server, mut client, addr, sb, cfds, .. } = with_standby(&m);
     let a = map(&cfds[0]);
-    assert!(a.seg.connect(sb.conn, addr.to_words()), "connected before the listener closed");
+    assert!(a.seg.connect(sb.conn, addr.to_words()).is_some(), "connected before the listener closed");
     assert_eq!(server.call(&Request::Unlisten { listener: 1 }, &[]).unwrap().0, Response::Ok);
     let (event, _) = next_event(&client);
     assert_eq!(event, Response::PeerGone { conn: sb.conn });
@@ -901,7 +901,7 @@ fn a_standby_given_back_cannot_be_used() {
     assert_eq!(event, Response::Forget { segment: sb.segment });
     let (event, _) = next_event(&server);
     assert_eq!(event, Response::Forget { segment: sb.segment });
-    assert!(!map(&cfds[0]).seg.connect(sb.conn, addr.to_words()));
+    assert!(map(&cfds[0]).seg.connect(sb.conn, addr.to_words()).is_none());
     let report = client.status().unwrap();
     assert!(!report.connections.iter().any(|c| c.conn == sb.conn));
     // The listener hears of the next connect, never of the one given back.
@@ -954,7 +954,7 @@ fn a_connector_that_dies_after_connecting_through_its_ticket_is_closed_for_the_a
     let WithStandby { server: _server, client, sb, cfds, sfds, .. } = with_standby(&m);
     let a = map(&cfds[0]);
     let b = map(&sfds[0]);
-    assert!(a.seg.connect(sb.conn, SockAddr::V4 { ip: [127, 0, 0, 1], port: 7 }.to_words()));
+    assert!(a.seg.connect(sb.conn, SockAddr::V4 { ip: [127, 0, 0, 1], port: 7 }.to_words()).is_some());
     drop(client);
     let rx = b.seg.consumer(ipcd_ring::Side::B).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);

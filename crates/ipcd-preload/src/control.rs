@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use ipcd_proto::channel::{Channel, ChannelError, Fds};
-use ipcd_proto::message::{ConnInfo, Request, Response, Side};
+use ipcd_proto::message::{ConnInfo, Request, Response, Side, MAX_FRAME};
 use ipcd_proto::{Caps, SockAddr};
 use ipcd_ring::Ticket;
 
@@ -127,6 +127,18 @@ impl Queue {
     fn expects(&self) -> bool {
         self.items.iter().any(|p| matches!(p, Pending::Expected(..)))
     }
+
+    /// Starts or stops watching every expected connection's ticket (see
+    /// `Segment::watch`); true if one says connected after.
+    fn watch(&self, on: bool) -> bool {
+        let mut connected = false;
+        for p in &self.items {
+            if let Pending::Expected(_, link) = p {
+                connected |= matches!(link.watch_ticket(on), Ticket::Connected(_));
+            }
+        }
+        connected
+    }
 }
 
 /// An eventfd readable while connections wait in one listener's queue:
@@ -192,7 +204,8 @@ pub struct Control {
     /// address (`Standby`): destination and side A, over a segment in the
     /// link cache.
     standbys: Vec<(SockAddr, ConnInfo)>,
-    /// A standby ever came: the channel is read before each connect.
+    /// A standby ever came: a connect holding none for its address reads
+    /// the channel first.
     standby_seen: bool,
     /// `Close`s not sent yet (see `send`).
     closes: Vec<Request>,
@@ -205,6 +218,8 @@ static CONTROL: Mutex<Option<Control>> = Mutex::new(None);
 static RETRY_AFTER_MS: AtomicU64 = AtomicU64::new(0);
 /// How many `Close`s a process holds back at most (see `Control::send`).
 const CLOSES_HELD: usize = 8;
+/// Most messages one read of the channel takes (see `Control::drain`).
+const DRAIN_BATCH: usize = 8;
 /// How long to leave a missing monitor alone before trying again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -358,21 +373,42 @@ impl Control {
 
     /// Reports the accepted connections not yet reported.
     pub fn flush_accepted(&mut self) -> Result<(), ChannelError> {
-        while let Some(conn) = self.accepted.pop() {
-            self.send_now(&Request::Accepted { conn }, &[])?;
+        if self.accepted.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let reqs = self.accepted.drain(..).map(|conn| Request::Accepted { conn }).collect();
+        self.send_batch(reqs)
     }
 
     /// Reports what waits to be reported: accepted connections and the
     /// `Close`s held back (also before a fork: the child must not be
     /// counted a holder of ends already closed).
     pub fn flush(&mut self) -> Result<(), ChannelError> {
-        self.flush_accepted()?;
-        for close in std::mem::take(&mut self.closes) {
-            self.send_now(&close, &[])?;
+        if self.accepted.is_empty() && self.closes.is_empty() {
+            return Ok(());
+        }
+        let mut reqs: Vec<Request> = self.accepted.drain(..).map(|conn| Request::Accepted { conn }).collect();
+        reqs.append(&mut self.closes);
+        self.send_batch(reqs)
+    }
+
+    /// Sends requests without fds, in order, several per system call.
+    fn send_batch(&mut self, reqs: Vec<Request>) -> Result<(), ChannelError> {
+        let batch: Vec<(u32, Request)> = reqs.into_iter().map(|r| (self.next_seq(), r)).collect();
+        let mut sent = 0;
+        while sent < batch.len() {
+            match self.chan.send_requests(&batch[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.is_would_block() => wait_writable(self.fd()),
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        self.seq
     }
 
     /// `Close`s are held back, up to `CLOSES_HELD`, and go before any
@@ -394,9 +430,9 @@ impl Control {
     }
 
     fn send_now(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
-        self.seq = self.seq.wrapping_add(1).max(1);
+        let seq = self.next_seq();
         loop {
-            match self.chan.send_request(self.seq, req, fds) {
+            match self.chan.send_request(seq, req, fds) {
                 Err(e) if e.is_would_block() => wait_writable(self.fd()),
                 other => return other,
             }
@@ -405,8 +441,40 @@ impl Control {
 
     /// Reads every message already waiting (non-blocking).
     pub fn drain(&mut self) -> Result<(), ChannelError> {
-        while self.read_one()? {}
-        Ok(())
+        // Several per system call: the refills of a connect-heavy process
+        // come one per connection.
+        let mut bufs = [[0u8; MAX_FRAME + 1]; DRAIN_BATCH];
+        loop {
+            let mut got = Vec::new();
+            let mut bad = None;
+            let n = self.chan.recv_packets(&mut bufs, |bytes, fds| {
+                let decoded = fds.and_then(|fds| match Response::decode(bytes, fds.len()) {
+                    Ok((_, resp)) => Ok((resp, fds)),
+                    Err(e) => Err(ChannelError::Decode(e)),
+                });
+                match decoded {
+                    Ok(m) => got.push(m),
+                    Err(e) => {
+                        bad.get_or_insert(e);
+                    }
+                }
+            });
+            let n = match n {
+                Ok(n) => n,
+                Err(e) if e.is_would_block() => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            for (resp, fds) in got {
+                self.event(resp, fds);
+            }
+            if let Some(e) = bad {
+                return Err(e);
+            }
+            // Fewer than room for: none was left waiting.
+            if n < DRAIN_BATCH {
+                return Ok(());
+            }
+        }
     }
 
     /// Reads the next message if one waits (non-blocking); false if none did.
@@ -507,8 +575,8 @@ impl Control {
         }
     }
 
-    /// The standby connection to `dest`, if the monitor sent one (read
-    /// what waits on the channel first).
+    /// The standby connection to `dest`, if one was read from the
+    /// channel (see `drain`).
     pub fn take_standby(&mut self, dest: &SockAddr) -> Option<ConnInfo> {
         let i = self.standbys.iter().position(|(d, _)| d == dest)?;
         Some(self.standbys.swap_remove(i).1)
@@ -534,6 +602,15 @@ impl Control {
     /// for it, not yet used).
     pub fn expects(&self, listener: u64) -> bool {
         self.incoming.get(&listener).is_some_and(Queue::expects)
+    }
+
+    /// An accept on `listener` starts (`on`) or stops spinning on the
+    /// tickets of the connections expected there: while it does, their
+    /// connectors need not ring the listener's bell. Stopping returns
+    /// true if one connected meanwhile (its connector may not have rung:
+    /// the caller must look again before it sleeps).
+    pub fn watch_expected(&self, listener: u64, on: bool) -> bool {
+        self.incoming.get(&listener).is_some_and(|q| q.watch(on))
     }
 
     /// The next connection accept may take from `listener`'s queue.

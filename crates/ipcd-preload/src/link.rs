@@ -248,10 +248,17 @@ impl Link {
         self.seg.ticket(self.conn)
     }
 
-    /// Connects through this standby's ticket from `addr`; false if it
-    /// was cancelled (the connection was not made).
-    pub fn connect_ticket(&self, addr: [u32; 8]) -> bool {
+    /// Connects through this standby's ticket from `addr`: `None` if it
+    /// was cancelled (the connection was not made), else whether an
+    /// acceptor watched it (and needs no wake-up; see `Segment::connect`).
+    pub fn connect_ticket(&self, addr: [u32; 8]) -> Option<bool> {
         self.seg.connect(self.conn, addr)
+    }
+
+    /// An acceptor starts or stops watching this expected end's ticket
+    /// (see `Segment::watch`); the ticket as it is after.
+    pub fn watch_ticket(&self, on: bool) -> ipcd_ring::Ticket {
+        self.seg.watch(self.conn, on)
     }
 
     /// Cancels this standby's ticket unless its connector used it; the

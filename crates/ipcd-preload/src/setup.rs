@@ -257,25 +257,33 @@ pub fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect {
 /// told on the monitor's side (`Use`). `None`: there is none, or it
 /// cannot be mapped (given back); the caller asks the monitor.
 fn connect_standby(sock: &Socket, state: &mut State, dest: SockAddr, source: Option<SockAddr>) -> Option<Connect> {
-    let mut info =
-        control::with(|c| if c.expects_standbys() { c.drain().map(|()| c.take_standby(&dest)) } else { Ok(None) })??;
+    // One in hand is used without reading the channel (its refills wait
+    // there until the hand is empty: one read for many connects).
+    let mut info = control::with(|c| match c.take_standby(&dest) {
+        Some(info) => Ok(Some(info)),
+        None if c.expects_standbys() => c.drain().map(|()| c.take_standby(&dest)),
+        None => Ok(None),
+    })??;
     let conn = info.conn;
     info.local = source.unwrap_or(info.local);
     match Link::attach(&info, Vec::new()) {
         Ok(link) => {
-            if !link.connect_ticket(info.local.to_words()) {
+            let Some(watched) = link.connect_ticket(info.local.to_words()) else {
                 // Cancelled (its listener went): the monitor has us drop
                 // and unmap it; ask it instead.
                 log!(Level::Debug, "standby {conn} to {dest} was withdrawn; asking the monitor");
                 let _ = link.keep();
                 return None;
+            };
+            // Connected now: an acceptor spinning on the ticket sees it;
+            // otherwise the listener hears it from its bell (the monitor,
+            // when it sent none). Not undone if the channel broke.
+            if !watched {
+                let _ = control::with(|c| match c.ring_listener(&dest) {
+                    true => Ok(()),
+                    false => c.notify(&Request::Use { conn, source }),
+                });
             }
-            // Connected now: the listener hears it from its bell (the
-            // monitor, when it sent none). Not undone if the channel broke.
-            let _ = control::with(|c| match c.ring_listener(&dest) {
-                true => Ok(()),
-                false => c.notify(&Request::Use { conn, source }),
-            });
             let nonblocking = sock.nonblocking();
             sock.become_stream(state, Stream::new(link, info, nonblocking));
             // As for an answered connect, below.
@@ -511,9 +519,23 @@ pub unsafe fn accept(
         // what it will set before sleeping, as a read spins on its ring.
         // (What the monitor sent first: the `Expect` of the standby its
         // connector takes next may be there.)
-        if control::with(|c| c.drain().map(|()| c.expects(id))).unwrap_or(false) {
+        // Watched while spinning, so that a connector that finds it so
+        // skips ringing the bell; unwatched before sleeping, which shows
+        // a connect that did.
+        if control::with(|c| {
+            c.drain().map(|()| {
+                c.expects(id) && {
+                    c.watch_expected(id, true);
+                    true
+                }
+            })
+        })
+        .unwrap_or(false)
+        {
             let ready = || control::peek(|c| c.has_incoming(id)).unwrap_or(false);
-            if crate::wait::spin(ready, || caught.interrupts(true)) == crate::wait::Spun::Ready {
+            let spun = crate::wait::spin(ready, || caught.interrupts(true));
+            let missed = control::with(|c| Ok(c.watch_expected(id, false))).unwrap_or(false);
+            if spun == crate::wait::Spun::Ready || missed {
                 continue;
             }
         }

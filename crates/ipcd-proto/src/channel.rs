@@ -163,6 +163,9 @@ fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
 const SEND_FD_LIMIT: usize = 64;
 const CMSG_BYTES: usize = 32 + SEND_FD_LIMIT * size_of::<RawFd>();
 
+/// Most packets one batched call ([`Channel::send_requests`]) moves.
+pub const BATCH: usize = 16;
+
 /// Control buffer, aligned for `cmsghdr`.
 #[repr(C)]
 struct CmsgBuf {
@@ -258,43 +261,63 @@ impl Channel {
     pub fn recv_packet(&self, buf: &mut [u8]) -> Result<(usize, Fds), ChannelError> {
         let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
         let mut cbuf = CmsgBuf { _align: [], bytes: [0; CMSG_BYTES] };
-        // SAFETY: an all-zero msghdr is valid.
-        let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.bytes.as_mut_ptr().cast();
-        // SAFETY: CMSG_SPACE is a pure size computation.
-        msg.msg_controllen = unsafe { libc::CMSG_SPACE((FD_ROOM * size_of::<RawFd>()) as u32) } as usize;
+        let mut msg = recv_header(&mut iov, &mut cbuf);
         // SAFETY: `msg` points at live, writable buffers of the stated sizes.
         let n = cvt_size(unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) })?;
-        // Take ownership of every fd first, so every error path closes them.
-        let mut fds = Vec::new();
-        // SAFETY: the kernel filled `msg_controllen` bytes of well-formed
-        // cmsgs; we walk them with the libc macros and read each SCM_RIGHTS
-        // payload within its stated length.
-        unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                    let bytes = (*cmsg).cmsg_len - (data as usize - cmsg as usize);
-                    for i in 0..bytes / size_of::<RawFd>() {
-                        fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
-                    }
-                }
-                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-            }
+        // SAFETY: the kernel just filled `msg` for this packet.
+        unsafe { received(&msg, n) }
+    }
+
+    /// Receives up to [`BATCH`] packets waiting, in one system call
+    /// (`recvmmsg`, non-blocking), each into its own `MAX_FRAME + 1`
+    /// bytes of `bufs`, and hands each to `each` in order with its fds
+    /// (or its error: a bad packet does not hide the rest). Returns how
+    /// many there were (at least one); `WouldBlock` if none waited,
+    /// `Closed` if the peer closed.
+    pub fn recv_packets(
+        &self,
+        bufs: &mut [[u8; MAX_FRAME + 1]],
+        mut each: impl FnMut(&[u8], Result<Fds, ChannelError>),
+    ) -> Result<usize, ChannelError> {
+        let k = bufs.len().min(BATCH);
+        if k == 0 {
+            return Ok(0);
         }
-        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-            return Err(ChannelError::ControlTruncated);
-        }
-        if msg.msg_flags & libc::MSG_TRUNC != 0 || n > MAX_FRAME {
-            return Err(ChannelError::Truncated);
-        }
-        if n == 0 {
+        let mut cbufs: Vec<CmsgBuf> = (0..k).map(|_| CmsgBuf { _align: [], bytes: [0; CMSG_BYTES] }).collect();
+        let mut iovs: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .take(k)
+            .map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() })
+            .collect();
+        let mut msgs: Vec<libc::mmsghdr> = iovs
+            .iter_mut()
+            .zip(cbufs.iter_mut())
+            .map(|(iov, cbuf)| libc::mmsghdr { msg_hdr: recv_header(iov, cbuf), msg_len: 0 })
+            .collect();
+        // SAFETY: `k` headers, each pointing at its own live iovec (into
+        // `bufs`) and control buffer, all outliving the call.
+        let got = cvt(unsafe {
+            libc::recvmmsg(
+                self.fd.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                k as libc::c_uint,
+                libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        })? as usize;
+        if got == 0 {
+            // The peer closed (a packet of 0 bytes would be counted).
             return Err(ChannelError::Closed);
         }
-        Ok((n, Fds(fds)))
+        for (m, buf) in msgs.iter().zip(bufs.iter()).take(got) {
+            let n = m.msg_len as usize;
+            // SAFETY: the kernel filled the first `got` headers.
+            match unsafe { received(&m.msg_hdr, n) } {
+                Ok((n, fds)) => each(&buf[..n], Ok(fds)),
+                Err(e) => each(&[], Err(e)),
+            }
+        }
+        Ok(got)
     }
 
     fn send_with(
@@ -314,6 +337,37 @@ impl Channel {
     /// Sends a request (process side).
     pub fn send_request(&self, seq: u32, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
         self.send_with(fds, req.fd_count(), |buf| req.encode(seq, buf))
+    }
+
+    /// Sends requests that carry no fds, in order, as one packet each but
+    /// several per system call (`sendmmsg`): a process reporting a batch
+    /// of closes pays one call, not one per close. Returns how many were
+    /// sent (at least one, fewer when the channel filled); an error only
+    /// when none was.
+    pub fn send_requests(&self, reqs: &[(u32, Request)]) -> Result<usize, ChannelError> {
+        let reqs = &reqs[..reqs.len().min(BATCH)];
+        if let Some(r) = reqs.iter().find(|(_, r)| r.fd_count() != 0) {
+            return Err(ChannelError::FdCount { expected: 0, got: r.1.fd_count() });
+        }
+        let mut buf = vec![0u8; reqs.len() * MAX_FRAME];
+        // SAFETY: all-zero iovecs and mmsghdrs are valid (null, empty).
+        let mut iovs: [libc::iovec; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+        // SAFETY: as above.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+        for (i, ((seq, req), frame)) in reqs.iter().zip(buf.chunks_mut(MAX_FRAME)).enumerate() {
+            let n = req.encode(*seq, frame).map_err(ChannelError::Encode)?;
+            iovs[i] = libc::iovec { iov_base: frame.as_mut_ptr().cast(), iov_len: n };
+        }
+        for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: the first `reqs.len()` headers each point at one live
+        // iovec, which points into `buf`; both outlive the call.
+        let n = cvt(unsafe {
+            libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), reqs.len() as libc::c_uint, libc::MSG_NOSIGNAL)
+        })?;
+        Ok(n as usize)
     }
 
     /// Sends a response or event (monitor side).
@@ -336,6 +390,53 @@ impl Channel {
         let (seq, resp) = Response::decode(&buf[..n], fds.len()).map_err(ChannelError::Decode)?;
         Ok((seq, resp, fds))
     }
+}
+
+/// A receive header for one packet into `iov`, its fds into `cbuf`.
+fn recv_header(iov: &mut libc::iovec, cbuf: &mut CmsgBuf) -> libc::msghdr {
+    // SAFETY: an all-zero msghdr is valid.
+    let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.bytes.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE((FD_ROOM * size_of::<RawFd>()) as u32) } as usize;
+    msg
+}
+
+/// The packet of `n` bytes and its fds that the kernel put where `msg`
+/// points, checked: every fd is owned first, so every error closes them.
+///
+/// # Safety
+/// `msg` was just filled by a successful receive of that packet.
+unsafe fn received(msg: &libc::msghdr, n: usize) -> Result<(usize, Fds), ChannelError> {
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled `msg_controllen` bytes of well-formed
+    // cmsgs; we walk them with the libc macros and read each SCM_RIGHTS
+    // payload within its stated length.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                let bytes = (*cmsg).cmsg_len - (data as usize - cmsg as usize);
+                for i in 0..bytes / size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(ChannelError::ControlTruncated);
+    }
+    if msg.msg_flags & libc::MSG_TRUNC != 0 || n > MAX_FRAME {
+        return Err(ChannelError::Truncated);
+    }
+    if n == 0 {
+        return Err(ChannelError::Closed);
+    }
+    Ok((n, Fds(fds)))
 }
 
 /// A listening SEQPACKET socket on an abstract Unix name (monitor side).

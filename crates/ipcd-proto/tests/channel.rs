@@ -161,8 +161,58 @@ fn nonblocking_and_closed_channels() {
     assert!(b.recv_response().unwrap_err().is_would_block());
     a.send_response(4, &Response::Ok, &[]).unwrap();
     assert_eq!(b.recv_response().unwrap().0, 4);
+    let mut bufs = [[0u8; MAX_FRAME + 1]; 2];
+    assert!(b.recv_packets(&mut bufs, |_, _| panic!("nothing waits")).unwrap_err().is_would_block());
     drop(a);
     assert!(matches!(b.recv_response(), Err(ChannelError::Closed)));
+    // The close comes as an error, or as a packet that is one.
+    let mut closed = false;
+    match b.recv_packets(&mut bufs, |_, r| closed |= matches!(r, Err(ChannelError::Closed))) {
+        Ok(_) => assert!(closed, "a closed channel reads as closed"),
+        Err(e) => assert!(matches!(e, ChannelError::Closed), "{e}"),
+    }
+}
+
+#[test]
+fn batches_go_in_order_and_a_bad_packet_among_them_closes_its_fds() {
+    let (a, b) = Channel::pair().unwrap();
+    let reqs: Vec<(u32, Request)> =
+        (0..20u32).map(|i| (i + 1, Request::Close { conn: u64::from(i), side: Side::A, keep: false })).collect();
+    let with_fd = [(1, Request::Listen { listener: 1, addr: LOCAL, backlog: 1, flags: ListenFlags::empty() })];
+    assert!(matches!(a.send_requests(&with_fd), Err(ChannelError::FdCount { expected: 0, .. })));
+    let mut sent = 0;
+    while sent < reqs.len() {
+        sent += a.send_requests(&reqs[sent..]).unwrap();
+    }
+    // A bad packet with an fd, then a good one.
+    let (r, w2) = pipe();
+    a.send_packet(&[0xffu8; 40], &[w2.as_fd()]).unwrap();
+    drop(w2);
+    a.send_request(99, &Request::Status, &[]).unwrap();
+
+    let mut bufs = vec![[0u8; MAX_FRAME + 1]; 32];
+    let mut got = Vec::new();
+    let mut bad = 0;
+    let mut calls = 0;
+    loop {
+        let read = b.recv_packets(&mut bufs, |bytes, fds| match fds.map(|f| Request::decode(bytes, f.len())) {
+            Ok(Ok((seq, req))) => got.push((seq, req)),
+            Ok(Err(DecodeError::BadMagic(_))) => bad += 1,
+            other => panic!("unexpected {other:?}"),
+        });
+        match read {
+            Ok(n) => assert!(n > 0 && n <= ipcd_proto::channel::BATCH, "{n} packets in one call"),
+            Err(e) if e.is_would_block() => break,
+            Err(e) => panic!("{e}"),
+        }
+        calls += 1;
+    }
+    assert_eq!(calls, 2, "22 packets in two calls of at most 16");
+    assert_eq!(bad, 1);
+    assert_eq!(got.len(), 21);
+    assert_eq!(&got[..20], &reqs[..], "in order");
+    assert_eq!(got[20], (99, Request::Status));
+    assert_eq!(read_byte(&r), None, "the bad packet's fd was closed");
 }
 
 #[test]

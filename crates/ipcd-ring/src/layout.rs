@@ -11,7 +11,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `b"IPCDSEG1"` read as a little-endian `u64`: the first word of every segment.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"IPCDSEG1");
 /// Version of this layout. An attach to any other version fails.
-pub const SEGMENT_VERSION: u32 = 3;
+pub const SEGMENT_VERSION: u32 = 4;
 /// Padding unit: x86-64's adjacent-line prefetcher pulls 64-byte lines in
 /// pairs, so two indices 64 bytes apart still share traffic (as crossbeam does).
 pub const CACHE_LINE: usize = 128;
@@ -120,11 +120,13 @@ pub struct SegmentHeader {
     /// it; 0 while nobody may. Written by the monitor (offer, withdraw)
     /// and the acceptor (claim), each a compare-exchange but the offer.
     pub(crate) offer: AtomicU32,
-    /// A standby connection's ticket: `(connection id << 2) | state`, the
-    /// state one of [`TICKET_NONE`], [`TICKET_EXPECTED`],
+    /// A standby connection's ticket: `(connection id << 3) | flags |
+    /// state`, the state one of [`TICKET_NONE`], [`TICKET_EXPECTED`],
     /// [`TICKET_CONNECTED`], [`TICKET_CANCELLED`]. The connector moves it
     /// from expected to connected, the acceptor or the monitor from
-    /// expected to cancelled, each by compare-exchange: whoever wins decides.
+    /// expected to cancelled, each by compare-exchange: whoever wins
+    /// decides. [`TICKET_WATCHED`], beside expected, says an acceptor is
+    /// looking at it without sleeping: its connector need not wake it.
     pub(crate) ticket: AtomicU64,
     /// The connector's address, written before its ticket says connected
     /// (opaque words to this crate).
@@ -139,6 +141,11 @@ pub const TICKET_EXPECTED: u64 = 1;
 pub const TICKET_CONNECTED: u64 = 2;
 /// Ticket state: withdrawn before the connector used it.
 pub const TICKET_CANCELLED: u64 = 3;
+/// Ticket flag, beside [`TICKET_EXPECTED`] only: an acceptor is spinning
+/// on the ticket, so the connector that uses it need not wake it (the
+/// acceptor clears the flag before it sleeps, by compare-exchange, and so
+/// sees a connect that found the flag).
+pub const TICKET_WATCHED: u64 = 4;
 
 /// Bit of the offer word: the process it names has accepted the end.
 pub const OFFER_CLAIMED: u32 = 1 << 31;

@@ -9,6 +9,7 @@ use crate::error::Error;
 use crate::layout::{
     Line, RingControl, SegmentControl, SegmentHeader, CACHE_LINE, DATA_START, FLAG_RESET, MAX_CAPACITY, OFFER_CLAIMED,
     SEGMENT_ALIGN, SEGMENT_MAGIC, SEGMENT_VERSION, TICKET_CANCELLED, TICKET_CONNECTED, TICKET_EXPECTED, TICKET_NONE,
+    TICKET_WATCHED,
 };
 use crate::producer::Producer;
 use crate::recent::BUSY;
@@ -382,16 +383,40 @@ impl Segment {
     }
 
     /// The connector of `conn_id` connects through its ticket, from
-    /// `addr` (stored first, for the acceptor). False if the ticket was
+    /// `addr` (stored first, for the acceptor). `None` if the ticket was
     /// cancelled or is another connection's: the connection was not made.
-    pub fn connect(&self, conn_id: u64, addr: [u32; 8]) -> bool {
+    /// Otherwise whether an acceptor was watching it ([`Segment::watch`]):
+    /// when it was, the acceptor sees the connection without being woken.
+    pub fn connect(&self, conn_id: u64, addr: [u32; 8]) -> Option<bool> {
         let header = &self.control().header.0;
         for (w, v) in header.connector.iter().zip(addr) {
             w.store(v, Ordering::Relaxed);
         }
+        let to = ticket_word(conn_id, TICKET_CONNECTED);
         // Release: the address is seen by whoever sees the ticket connected.
-        let (from, to) = (ticket_word(conn_id, TICKET_EXPECTED), ticket_word(conn_id, TICKET_CONNECTED));
-        header.ticket.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        header
+            .ticket
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| expected(w, conn_id).then_some(to))
+            .ok()
+            .map(|was| was & TICKET_WATCHED != 0)
+    }
+
+    /// An acceptor starts (`on`) or stops watching `conn_id`'s ticket
+    /// while it spins rather than sleeps. Returns the ticket as it is
+    /// after: stopping on a ticket that says connected means its
+    /// connector may have found it watched and not woken anyone, so the
+    /// caller takes the connection rather than sleep. Watching a ticket
+    /// already watched (by another thread) is harmless; whichever stops
+    /// first clears it, and its connector then wakes the others.
+    pub fn watch(&self, conn_id: u64, on: bool) -> Ticket {
+        let ticket = &self.control().header.0.ticket;
+        let (plain, watched) =
+            (ticket_word(conn_id, TICKET_EXPECTED), ticket_word(conn_id, TICKET_EXPECTED | TICKET_WATCHED));
+        let (from, to) = if on { (plain, watched) } else { (watched, plain) };
+        match ticket.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Ticket::Expected,
+            Err(_) => self.ticket(conn_id),
+        }
     }
 
     /// Cancels `conn_id`'s ticket unless its connector used it. Returns the
@@ -400,8 +425,8 @@ impl Segment {
     /// longer that connection's ticket.
     pub fn cancel(&self, conn_id: u64) -> Ticket {
         let ticket = &self.control().header.0.ticket;
-        let (from, to) = (ticket_word(conn_id, TICKET_EXPECTED), ticket_word(conn_id, TICKET_CANCELLED));
-        match ticket.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire) {
+        let to = ticket_word(conn_id, TICKET_CANCELLED);
+        match ticket.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| expected(w, conn_id).then_some(to)) {
             Ok(_) => Ticket::Cancelled,
             Err(_) => self.ticket(conn_id),
         }
@@ -411,10 +436,10 @@ impl Segment {
     pub fn ticket(&self, conn_id: u64) -> Ticket {
         let header = &self.control().header.0;
         let word = header.ticket.load(Ordering::Acquire);
-        if word >> 2 != conn_id & (u64::MAX >> 2) {
+        if word >> TICKET_ID_SHIFT != conn_id & (u64::MAX >> TICKET_ID_SHIFT) {
             return Ticket::Other;
         }
-        match word & 3 {
+        match word & TICKET_STATE {
             TICKET_EXPECTED => Ticket::Expected,
             TICKET_CONNECTED => {
                 Ticket::Connected(core::array::from_fn(|i| header.connector[i].load(Ordering::Relaxed)))
@@ -460,6 +485,16 @@ pub enum Ticket {
     Other,
 }
 
+/// Bits of the ticket word below the connection id: the state and its flags.
+const TICKET_ID_SHIFT: u32 = 3;
+/// The state's bits (the rest below the id are flags).
+const TICKET_STATE: u64 = 3;
+
 fn ticket_word(conn_id: u64, state: u64) -> u64 {
-    (conn_id << 2) | state
+    (conn_id << TICKET_ID_SHIFT) | state
+}
+
+/// Whether ticket word `w` is `conn_id`'s, expected (watched or not).
+fn expected(w: u64, conn_id: u64) -> bool {
+    w & !TICKET_WATCHED == ticket_word(conn_id, TICKET_EXPECTED)
 }

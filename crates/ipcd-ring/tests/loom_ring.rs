@@ -233,3 +233,30 @@ fn the_copy_beside_tail_is_never_read_torn() {
         assert_eq!(got, expect);
     });
 }
+
+#[test]
+fn a_watched_ticket_connects_without_a_lost_wakeup() {
+    const ADDR: [u32; 8] = [2, 80, 1, 0, 0, 0, 0, 0];
+    loom::model(|| {
+        let s = Arc::new(setup(4));
+        s.seg.expect(5);
+        let listener_bell = Arc::new(Doorbell::default());
+        let (seg, bell) = (s.clone(), listener_bell.clone());
+        let connector = thread::spawn(move || {
+            // Rings only when no acceptor watched, as ipcd-preload does.
+            if seg.seg.connect(5, ADDR) == Some(false) {
+                bell.ring();
+            }
+        });
+        // The acceptor spins once while watching, then sleeps on its bell
+        // unless the unwatch saw the connect.
+        s.seg.watch(5, true);
+        let seen = matches!(s.seg.ticket(5), ipcd_ring::Ticket::Connected(_));
+        if !seen && s.seg.watch(5, false) == ipcd_ring::Ticket::Expected {
+            listener_bell.wait(); // deadlocks here if the wake-up were lost
+        }
+        s.seg.watch(5, false);
+        assert_eq!(s.seg.ticket(5), ipcd_ring::Ticket::Connected(ADDR));
+        connector.join().unwrap();
+    });
+}
