@@ -534,7 +534,7 @@ pub unsafe fn accept(
         {
             let ready = || control::peek(|c| c.has_incoming(id)).unwrap_or(false);
             let spun = crate::wait::spin(ready, || caught.interrupts(true));
-            let missed = control::with(|c| Ok(c.watch_expected(id, false))).unwrap_or(false);
+            let missed = control::peek(|c| c.watch_expected(id, false)).unwrap_or(false);
             if spun == crate::wait::Spun::Ready || missed {
                 continue;
             }

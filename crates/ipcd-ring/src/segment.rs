@@ -392,13 +392,8 @@ impl Segment {
         for (w, v) in header.connector.iter().zip(addr) {
             w.store(v, Ordering::Relaxed);
         }
-        let to = ticket_word(conn_id, TICKET_CONNECTED);
         // Release: the address is seen by whoever sees the ticket connected.
-        header
-            .ticket
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| expected(w, conn_id).then_some(to))
-            .ok()
-            .map(|was| was & TICKET_WATCHED != 0)
+        leave_expected(&header.ticket, conn_id, TICKET_CONNECTED).map(|was| was & TICKET_WATCHED != 0)
     }
 
     /// An acceptor starts (`on`) or stops watching `conn_id`'s ticket
@@ -424,11 +419,9 @@ impl Segment {
     /// [`Ticket::Connected`], or [`Ticket::Other`] if the segment is no
     /// longer that connection's ticket.
     pub fn cancel(&self, conn_id: u64) -> Ticket {
-        let ticket = &self.control().header.0.ticket;
-        let to = ticket_word(conn_id, TICKET_CANCELLED);
-        match ticket.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| expected(w, conn_id).then_some(to)) {
-            Ok(_) => Ticket::Cancelled,
-            Err(_) => self.ticket(conn_id),
+        match leave_expected(&self.control().header.0.ticket, conn_id, TICKET_CANCELLED) {
+            Some(_) => Ticket::Cancelled,
+            None => self.ticket(conn_id),
         }
     }
 
@@ -494,7 +487,18 @@ fn ticket_word(conn_id: u64, state: u64) -> u64 {
     (conn_id << TICKET_ID_SHIFT) | state
 }
 
-/// Whether ticket word `w` is `conn_id`'s, expected (watched or not).
-fn expected(w: u64, conn_id: u64) -> bool {
-    w & !TICKET_WATCHED == ticket_word(conn_id, TICKET_EXPECTED)
+/// Moves `conn_id`'s ticket from expected (watched or not) to `state`
+/// by compare-exchange; the word it left, or `None` if it was not
+/// `conn_id`'s or not expected.
+fn leave_expected(ticket: &AtomicU64, conn_id: u64, state: u64) -> Option<u64> {
+    let plain = ticket_word(conn_id, TICKET_EXPECTED);
+    let mut w = ticket.load(Ordering::Acquire);
+    while w & !TICKET_WATCHED == plain {
+        match ticket.compare_exchange(w, ticket_word(conn_id, state), Ordering::AcqRel, Ordering::Acquire) {
+            Ok(was) => return Some(was),
+            // Watched or unwatched meanwhile: try again with what it is.
+            Err(now) => w = now,
+        }
+    }
+    None
 }
