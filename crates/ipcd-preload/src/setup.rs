@@ -516,22 +516,22 @@ pub unsafe fn accept(
             return Err(libc::EAGAIN);
         }
         // A standby's connector connects without the monitor: spin on
-        // what it will set before sleeping, as a read spins on its ring.
-        // (What the monitor sent first: the `Expect` of the standby its
-        // connector takes next may be there.)
-        // Watched while spinning, so that a connector that finds it so
-        // skips ringing the bell; unwatched before sleeping, which shows
-        // a connect that did.
-        if control::with(|c| {
+        // the tickets it will set before sleeping, as a read spins on its
+        // ring, after reading the channel (what the monitor sent first:
+        // the `Expect` of the standby its connector takes next may be
+        // there). They are watched while we spin, so a connector that
+        // finds its so skips the bell; unwatching them before we sleep
+        // shows a connect that did.
+        let expecting = control::with(|c| {
             c.drain().map(|()| {
-                c.expects(id) && {
+                let expects = c.expects(id);
+                if expects {
                     c.watch_expected(id, true);
-                    true
                 }
+                expects
             })
-        })
-        .unwrap_or(false)
-        {
+        });
+        if expecting.unwrap_or(false) {
             let ready = || control::peek(|c| c.has_incoming(id)).unwrap_or(false);
             let spun = crate::wait::spin(ready, || caught.interrupts(true));
             let missed = control::peek(|c| c.watch_expected(id, false)).unwrap_or(false);
