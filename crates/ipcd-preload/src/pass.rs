@@ -24,28 +24,7 @@ use ipcd_proto::message::{Request, Response};
 use crate::log::{log, Level};
 use crate::socket::State;
 use crate::{control, real, setup, table};
-
-/// The fds of every `SCM_RIGHTS` message in `msg`'s control data.
-///
-/// # Safety
-/// `msg`'s control pointer and length describe readable memory.
-unsafe fn rights(msg: &libc::msghdr) -> Vec<RawFd> {
-    let mut fds = Vec::new();
-    // SAFETY: the CMSG macros walk the caller's control buffer within
-    // `msg_controllen`.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c).cast::<RawFd>();
-                let n = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
-                fds.extend((0..n).map(|i| data.add(i).read_unaligned()));
-            }
-            c = libc::CMSG_NXTHDR(msg, c);
-        }
-    }
-    fds
-}
+use ipcd_proto::channel::scm_rights;
 
 fn inode(fd: RawFd) -> Option<u64> {
     // SAFETY: an all-zero stat is a valid out buffer.
@@ -66,7 +45,7 @@ pub unsafe fn before_send(msg: &libc::msghdr) {
         return;
     }
     // SAFETY: as the caller promises.
-    for fd in unsafe { rights(msg) } {
+    for fd in unsafe { scm_rights(msg) } {
         let Some(sock) = table::get(fd) else { continue };
         if setup::pass_listener(fd, &sock) {
             continue;
@@ -98,7 +77,7 @@ pub unsafe fn after_recv(msg: &libc::msghdr) {
         return;
     }
     // SAFETY: as the caller promises.
-    for fd in unsafe { rights(msg) } {
+    for fd in unsafe { scm_rights(msg) } {
         if table::get(fd).is_some() || !unconnected_tcp(fd) {
             continue;
         }

@@ -410,23 +410,10 @@ fn recv_header(iov: &mut libc::iovec, cbuf: &mut CmsgBuf) -> libc::msghdr {
 /// # Safety
 /// `msg` was just filled by a successful receive of that packet.
 unsafe fn received(msg: &libc::msghdr, n: usize) -> Result<(usize, Fds), ChannelError> {
-    let mut fds = Vec::new();
-    // SAFETY: the kernel filled `msg_controllen` bytes of well-formed
-    // cmsgs; we walk them with the libc macros and read each SCM_RIGHTS
-    // payload within its stated length.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                let bytes = (*cmsg).cmsg_len - (data as usize - cmsg as usize);
-                for i in 0..bytes / size_of::<RawFd>() {
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
-        }
-    }
+    // SAFETY: the kernel filled the control data; each fd it passed is
+    // ours alone, owned here before any check can return.
+    let fds: Vec<OwnedFd> =
+        unsafe { scm_rights(msg) }.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }).collect();
     if msg.msg_flags & libc::MSG_CTRUNC != 0 {
         return Err(ChannelError::ControlTruncated);
     }
@@ -437,6 +424,29 @@ unsafe fn received(msg: &libc::msghdr, n: usize) -> Result<(usize, Fds), Channel
         return Err(ChannelError::Closed);
     }
     Ok((n, Fds(fds)))
+}
+
+/// The fds of every `SCM_RIGHTS` message in `msg`'s control data, in
+/// order (a length shorter than its header counts as none).
+///
+/// # Safety
+/// `msg`'s control pointer and length describe readable memory.
+pub unsafe fn scm_rights(msg: &libc::msghdr) -> Vec<RawFd> {
+    let mut fds = Vec::new();
+    // SAFETY: the CMSG macros walk the caller's control buffer within
+    // `msg_controllen`, and each payload is read within its stated length.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                let n = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
+                fds.extend((0..n).map(|i| data.add(i).read_unaligned()));
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    fds
 }
 
 /// A listening SEQPACKET socket on an abstract Unix name (monitor side).
