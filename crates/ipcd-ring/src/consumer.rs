@@ -238,7 +238,7 @@ impl Consumer {
     /// Step 1 of the wait protocol for data: arms the reader's waiting flag
     /// and re-checks the ring and the writer's flags.
     pub fn prepare_wait(&mut self) -> Result<Wait, Error> {
-        arm(&self.ctrl().reader_waiting.0);
+        arm(&self.ctrl().reader_waiting.0.waiting);
         let ready = self.peer_state() != PeerState::Open || {
             if let Err(e) = self.refresh_tail() {
                 self.cancel_wait();
@@ -259,7 +259,7 @@ impl Consumer {
     /// `seen_state` (both as the caller last saw them). Bytes already
     /// readable do not make it ready.
     pub fn prepare_wait_past(&mut self, seen_tail: u64, seen_state: PeerState) -> Result<Wait, Error> {
-        arm(&self.ctrl().reader_waiting.0);
+        arm(&self.ctrl().reader_waiting.0.waiting);
         if let Err(e) = self.refresh_tail() {
             self.cancel_wait();
             return Err(e);
@@ -273,6 +273,19 @@ impl Consumer {
 
     /// Clears the reader's waiting flag after a sleep that ended early.
     pub fn cancel_wait(&self) {
-        disarm(&self.ctrl().reader_waiting.0);
+        disarm(&self.ctrl().reader_waiting.0.waiting);
+    }
+
+    /// Tells the writer whether this reader takes a stream of small writes
+    /// in batches (it pauses, then reads what came meanwhile): the writer
+    /// then skips the copy of its last bytes beside `tail`, which such a
+    /// reader never uses, and its writes store to one word of that line
+    /// instead of seven. Stores only on a change, so a reader that stays
+    /// in one mode leaves the line shared in both caches.
+    pub fn set_batching(&self, on: bool) {
+        let word = &self.ctrl().reader_waiting.0.batching;
+        if (word.load(Ordering::Relaxed) != 0) != on {
+            word.store(u32::from(on), Ordering::Relaxed);
+        }
     }
 }

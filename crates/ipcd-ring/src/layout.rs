@@ -69,6 +69,19 @@ pub(crate) struct ReaderLine {
     pub(crate) flags: AtomicU32,
 }
 
+/// The line the writer loads after every publish: written by the reader
+/// only when it goes to sleep or changes how it reads, so the load hits.
+#[repr(C)]
+pub(crate) struct ReaderWaitLine {
+    /// Set by the reader before it sleeps for data; cleared by whoever wakes it.
+    pub(crate) waiting: AtomicU32,
+    /// Nonzero while the reader takes a stream of small writes in batches:
+    /// it then wants more than the last bytes, so the writer leaves the
+    /// copy beside `tail` unpublished (see `recent`). A hint: any value is
+    /// safe, the copy only ever names bytes the data area holds too.
+    pub(crate) batching: AtomicU32,
+}
+
 /// Control block of one byte ring.
 ///
 /// The two waiting flags sit on lines of their own: the writer loads
@@ -79,8 +92,7 @@ pub(crate) struct ReaderLine {
 pub struct RingControl {
     pub(crate) writer: Line<WriterLine>,
     pub(crate) reader: Line<ReaderLine>,
-    /// Set by the reader before it sleeps for data; cleared by whoever wakes it.
-    pub(crate) reader_waiting: Line<AtomicU32>,
+    pub(crate) reader_waiting: Line<ReaderWaitLine>,
     /// Set by the writer before it sleeps for space; cleared by whoever wakes it.
     pub(crate) writer_waiting: Line<AtomicU32>,
 }
@@ -90,7 +102,7 @@ impl RingControl {
         RingControl {
             writer: Line(WriterLine::new(start)),
             reader: Line(ReaderLine { head: AtomicU64::new(start), flags: AtomicU32::new(0) }),
-            reader_waiting: Line(AtomicU32::new(0)),
+            reader_waiting: Line(ReaderWaitLine { waiting: AtomicU32::new(0), batching: AtomicU32::new(0) }),
             writer_waiting: Line(AtomicU32::new(0)),
         }
     }
@@ -203,6 +215,8 @@ pub mod offsets {
     pub const READER_FLAGS: usize = CACHE_LINE + 8;
     /// Within a ring control block: the reader's waiting flag (`u32`).
     pub const READER_WAITING: usize = 2 * CACHE_LINE;
+    /// Within a ring control block: the reader's batching hint (`u32`).
+    pub const READER_BATCHING: usize = 2 * CACHE_LINE + 4;
     /// Within a ring control block: the writer's waiting flag (`u32`).
     pub const WRITER_WAITING: usize = 3 * CACHE_LINE;
 }
@@ -254,6 +268,8 @@ const _: () = {
     assert!(offset_of!(SegmentHeader, version) == offsets::VERSION);
     assert!(offset_of!(SegmentHeader, magic) == offsets::MAGIC);
     assert!(offset_of!(RingControl, reader_waiting) == offsets::READER_WAITING);
+    assert!(offset_of!(ReaderWaitLine, waiting) == 0);
+    assert!(offset_of!(ReaderWaitLine, batching) == offsets::READER_BATCHING - offsets::READER_WAITING);
     assert!(offset_of!(RingControl, writer_waiting) == offsets::WRITER_WAITING);
     assert!(offset_of!(RingControl, reader) == offsets::HEAD);
     assert!(offset_of!(SegmentControl, rings) + size_of::<RingControl>() == offsets::ring(1));

@@ -159,11 +159,16 @@ impl Producer {
             return Ok(Transfer::default());
         }
         self.tail = pos;
-        self.recent.publish(&self.ctrl().writer.0);
+        // A reader that batches wants more than the copy holds. Skipping is
+        // safe whatever the hint says: the copy left there is a consistent
+        // one of earlier positions, and a position's byte never changes.
+        if self.ctrl().reader_waiting.0.batching.load(Ordering::Relaxed) == 0 {
+            self.recent.publish(&self.ctrl().writer.0);
+        }
         // Release pairs with the reader's Acquire load of tail: the bytes are
         // in place before the index that exposes them.
         self.ctrl().writer.0.tail.store(pos, Ordering::Release);
-        let wake_peer = fence_then_take(&self.ctrl().reader_waiting.0);
+        let wake_peer = fence_then_take(&self.ctrl().reader_waiting.0.waiting);
         Ok(Transfer { len, wake_peer })
     }
 

@@ -188,7 +188,8 @@ impl Segment {
             r.writer.0.recent_len.store(0, Ordering::Relaxed);
             r.reader.0.head.store(0, Ordering::Relaxed);
             r.reader.0.flags.store(0, Ordering::Relaxed);
-            r.reader_waiting.0.store(0, Ordering::Relaxed);
+            r.reader_waiting.0.waiting.store(0, Ordering::Relaxed);
+            r.reader_waiting.0.batching.store(0, Ordering::Relaxed);
             r.writer_waiting.0.store(0, Ordering::Relaxed);
         }
         // Release: whoever attaches after reading the new id sees the

@@ -80,7 +80,7 @@ pub(crate) fn close_writer(ctrl: &RingControl, flags: u32) -> bool {
     // Release pairs with the reader's Acquire load of the flags: the last tail
     // store is visible to whoever sees the flag.
     ctrl.writer.0.flags.fetch_or(flags, Ordering::Release);
-    fence_then_take(&ctrl.reader_waiting.0)
+    fence_then_take(&ctrl.reader_waiting.0.waiting)
 }
 
 /// Sets the reader's [`FLAG_CLOSED`] and reports whether the writer must be woken.

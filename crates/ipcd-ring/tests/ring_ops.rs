@@ -51,6 +51,35 @@ fn a_small_read_takes_the_copy_beside_tail_unless_it_is_being_rewritten() {
 }
 
 #[test]
+fn a_batching_reader_is_sent_no_copy_and_still_reads_every_byte() {
+    let (r, seg) = segment([64, 64]);
+    let mut tx = seg.producer(Side::A).unwrap();
+    let mut rx = seg.consumer(Side::B).unwrap();
+    let end = offsets::ring(0) + offsets::RECENT_END;
+    let hint = offsets::ring(0) + offsets::READER_BATCHING;
+    assert_eq!(tx.write(b"ping").unwrap().len, 4);
+    assert_eq!(r.peek_u64(end), 4);
+    rx.set_batching(true);
+    assert_eq!(r.peek_u32(hint), 1);
+    // The writer leaves the copy as it was: it still names bytes 0..4.
+    assert_eq!(tx.write(b"abcd").unwrap().len, 4);
+    assert_eq!(r.peek_u64(end), 4);
+    let mut buf = [0u8; 8];
+    assert_eq!(rx.read(&mut buf).unwrap().len, 8);
+    assert_eq!(&buf, b"pingabcd");
+    // Back to waiting for small messages: the copy is published and used
+    // again (changed behind the writer's back, the change shows).
+    rx.set_batching(false);
+    assert_eq!(r.peek_u32(hint), 0);
+    assert_eq!(tx.write(b"wxyz").unwrap().len, 4);
+    assert_eq!(r.peek_u64(end), 12);
+    r.poke_u64(offsets::ring(0) + offsets::RECENT + 8, u64::from_le_bytes(*b"WXYZxxxx"));
+    let mut small = [0u8; 4];
+    assert_eq!(rx.read(&mut small).unwrap().len, 4);
+    assert_eq!(&small, b"WXYZ");
+}
+
+#[test]
 fn a_full_ring_accepts_nothing_until_the_reader_frees_space() {
     let (_r, seg) = segment([8, 8]);
     let mut tx = seg.producer(Side::A).unwrap();

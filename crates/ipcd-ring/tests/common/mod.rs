@@ -53,6 +53,12 @@ impl Region {
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr().add(off), n) }
     }
 
+    pub fn peek_u64(&self, off: usize) -> u64 {
+        assert!(off + 8 <= self.len() && off % 8 == 0);
+        // SAFETY: as in poke_u64.
+        unsafe { (*self.ptr.as_ptr().add(off).cast::<AtomicU64>()).load(Ordering::SeqCst) }
+    }
+
     pub fn peek_u32(&self, off: usize) -> u32 {
         assert!(off + 4 <= self.len() && off % 4 == 0);
         // SAFETY: as in poke_u32.
