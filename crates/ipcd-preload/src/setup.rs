@@ -533,7 +533,7 @@ pub unsafe fn accept(
         });
         if expecting.unwrap_or(false) {
             let ready = || control::peek(|c| c.has_incoming(id)).unwrap_or(false);
-            let spun = crate::wait::spin(ready, || caught.interrupts(true));
+            let spun = crate::wait::spin(false, ready, || caught.interrupts(true));
             let missed = control::peek(|c| c.watch_expected(id, false)).unwrap_or(false);
             if spun == crate::wait::Spun::Ready || missed {
                 continue;

@@ -92,7 +92,9 @@ impl Stream {
 /// Which way a blocked call waits.
 #[derive(Clone, Copy)]
 enum Dir {
-    Recv,
+    /// For input; `peer_here`: its writer last ran on this CPU.
+    Recv { peer_here: bool },
+    /// For room for this many bytes.
     Send(usize),
 }
 
@@ -119,7 +121,7 @@ pub fn in_link<R>(s: &mut Stream, f: impl FnOnce(&mut Stream) -> R) -> R {
 fn block(sock: &Socket, call: &Call<'_>, dir: Dir, deadline: Option<Instant>) -> Result<(), libc::c_int> {
     call.before_wait();
     let ready = |s: &mut Stream| match dir {
-        Dir::Recv => {
+        Dir::Recv { .. } => {
             s.link.rx.readable().map_or(true, |n| n > 0) || s.link.rx.peer_state() != ipcd_ring::PeerState::Open
         }
         Dir::Send(want) => {
@@ -131,7 +133,8 @@ fn block(sock: &Socket, call: &Call<'_>, dir: Dir, deadline: Option<Instant>) ->
     // Linux restarts a socket call after an SA_RESTART handler, unless the
     // socket has a timeout.
     let (caught, restartable) = (Caught::now(), deadline.is_none());
-    match wait::spin(|| with_stream(sock, ready).unwrap_or(true), || caught.interrupts(restartable)) {
+    let yield_first = matches!(dir, Dir::Recv { peer_here: true });
+    match wait::spin(yield_first, || with_stream(sock, ready).unwrap_or(true), || caught.interrupts(restartable)) {
         Spun::Ready => return Ok(()),
         Spun::Interrupted => return Err(libc::EINTR),
         Spun::Done => {}
@@ -141,7 +144,7 @@ fn block(sock: &Socket, call: &Call<'_>, dir: Dir, deadline: Option<Instant>) ->
     let prep = sock.sleepers.prepare();
     let prepared = with_stream(sock, |s| {
         let w = match dir {
-            Dir::Recv => s.link.rx.prepare_wait(),
+            Dir::Recv { .. } => s.link.rx.prepare_wait(),
             Dir::Send(want) => s.link.tx.prepare_wait(want),
         };
         (w, s.link.bell(), s.link.is_shared())
@@ -164,6 +167,13 @@ fn block(sock: &Socket, call: &Call<'_>, dir: Dir, deadline: Option<Instant>) ->
         Woken::Interrupted if restartable && !caught.interrupts(true) => Ok(()),
         Woken::Interrupted => Err(libc::EINTR),
     }
+}
+
+/// The CPU this thread runs on (glibc reads it from rseq: no system
+/// call), or [`ipcd_ring::NO_CPU`].
+fn current_cpu() -> u32 {
+    // SAFETY: no arguments; async-signal-safe, never allocates.
+    u32::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(ipcd_ring::NO_CPU)
 }
 
 /// What a call that moved `done` bytes answers when it stops on `e`: the
@@ -369,6 +379,8 @@ pub unsafe fn recv(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], flags: F
     let mut paused = flags.peek || batch.is_zero();
     // This call paused, and the next look is the one after the pause.
     let mut paused_now = false;
+    // The writer of our input last ran on our CPU (see `block`).
+    let mut peer_here = false;
     let mut done = 0;
     loop {
         let looked = with_stream(sock, |s| {
@@ -402,6 +414,11 @@ pub unsafe fn recv(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], flags: F
                 Recv::WouldBlock => {
                     s.set_behind(0);
                     s.pause_scale = 1;
+                    // About to wait: say where we run (our peer waits for
+                    // us the same way), see where the peer did.
+                    let cpu = current_cpu();
+                    s.link.tx.note_cpu(cpu);
+                    peer_here = cpu != ipcd_ring::NO_CPU && s.link.rx.writer_cpu() == cpu;
                     Look::Fail(libc::EAGAIN)
                 }
                 Recv::Fail(e) => Look::Fail(errno(e)),
@@ -425,7 +442,7 @@ pub unsafe fn recv(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], flags: F
                 if flags.nonblock {
                     return moved_or(done, libc::EAGAIN);
                 }
-                if let Err(e) = block(sock, call, Dir::Recv, deadline) {
+                if let Err(e) = block(sock, call, Dir::Recv { peer_here }, deadline) {
                     return moved_or(done, e);
                 }
                 waited = true;

@@ -276,6 +276,14 @@ impl Consumer {
         disarm(&self.ctrl().reader_waiting.0.waiting);
     }
 
+    /// The CPU the writer last said it ran on ([`Producer::note_cpu`]),
+    /// or [`NO_CPU`](crate::NO_CPU). A hint from the peer: any value may be there.
+    ///
+    /// [`Producer::note_cpu`]: crate::Producer::note_cpu
+    pub fn writer_cpu(&self) -> u32 {
+        self.ctrl().writer.0.cpu.load(Ordering::Relaxed)
+    }
+
     /// Tells the writer whether this reader takes a stream of small writes
     /// in batches (it pauses, then reads what came meanwhile): the writer
     /// then skips the copy of its last bytes beside `tail`, which such a

@@ -11,7 +11,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `b"IPCDSEG1"` read as a little-endian `u64`: the first word of every segment.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"IPCDSEG1");
 /// Version of this layout. An attach to any other version fails.
-pub const SEGMENT_VERSION: u32 = 4;
+pub const SEGMENT_VERSION: u32 = 5;
 /// Padding unit: x86-64's adjacent-line prefetcher pulls 64-byte lines in
 /// pairs, so two indices 64 bytes apart still share traffic (as crossbeam does).
 pub const CACHE_LINE: usize = 128;
@@ -45,7 +45,14 @@ pub(crate) struct WriterLine {
     /// The last bytes written, the one at stream position `p` in byte
     /// `p % RECENT` (little-endian words).
     pub(crate) recent: [AtomicU64; RECENT / 8],
+    /// The CPU the writer said it ran on when it last waited for its own
+    /// input ([`NO_CPU`] before): a reader on the same CPU yields rather
+    /// than spins for it. A hint: any value is safe.
+    pub(crate) cpu: AtomicU32,
 }
+
+/// [`WriterLine`]'s `cpu` when the writer has not said.
+pub const NO_CPU: u32 = u32::MAX;
 
 impl WriterLine {
     /// Open, `tail` at `start`, no copy of recent bytes published.
@@ -56,6 +63,7 @@ impl WriterLine {
             recent_len: AtomicU32::new(0),
             recent_end: AtomicU64::new(BUSY),
             recent: core::array::from_fn(|_| AtomicU64::new(0)),
+            cpu: AtomicU32::new(NO_CPU),
         }
     }
 }
@@ -209,6 +217,8 @@ pub mod offsets {
     pub const RECENT_END: usize = 16;
     /// Within a ring control block: the copy itself (`[u64; 4]`).
     pub const RECENT: usize = 24;
+    /// Within a ring control block: the writer's CPU hint (`u32`).
+    pub const WRITER_CPU: usize = 56;
     /// Within a ring control block: `head` (`u64`).
     pub const HEAD: usize = CACHE_LINE;
     /// Within a ring control block: reader flags (`u32`).
@@ -255,6 +265,7 @@ const _: () = {
     assert!(offset_of!(WriterLine, recent_len) == offsets::RECENT_LEN);
     assert!(offset_of!(WriterLine, recent_end) == offsets::RECENT_END);
     assert!(offset_of!(WriterLine, recent) == offsets::RECENT);
+    assert!(offset_of!(WriterLine, cpu) == offsets::WRITER_CPU);
     // One 64-byte line carries tail and the copy together.
     assert!(size_of::<WriterLine>() <= 64);
     assert!(offset_of!(ReaderLine, head) == 0);

@@ -48,8 +48,8 @@ mod wait;
 pub use consumer::{Consumer, PeerState};
 pub use error::{Corruption, Error};
 pub use layout::{
-    RingControl, SegmentHeader, CACHE_LINE, FLAG_CLOSED, FLAG_RESET, MAX_CAPACITY, OFFER_CLAIMED, SEGMENT_ALIGN,
-    SEGMENT_MAGIC, SEGMENT_VERSION,
+    RingControl, SegmentHeader, CACHE_LINE, FLAG_CLOSED, FLAG_RESET, MAX_CAPACITY, NO_CPU, OFFER_CLAIMED,
+    SEGMENT_ALIGN, SEGMENT_MAGIC, SEGMENT_VERSION,
 };
 pub use producer::Producer;
 pub use segment::{EndLock, Segment, Side, Ticket};

@@ -172,6 +172,18 @@ impl Producer {
         Ok(Transfer { len, wake_peer })
     }
 
+    /// Says which CPU this end's writer runs on, as it starts to wait for
+    /// input of its own: a reader waiting for it on the same CPU then
+    /// yields at once instead of spinning first (see
+    /// [`Consumer::writer_cpu`](crate::Consumer::writer_cpu)). Stores only
+    /// on a change.
+    pub fn note_cpu(&self, cpu: u32) {
+        let word = &self.ctrl().writer.0.cpu;
+        if word.load(Ordering::Relaxed) != cpu {
+            word.store(cpu, Ordering::Relaxed);
+        }
+    }
+
     /// Whether the reader has closed its end (writes would hit `EPIPE`).
     pub fn is_reader_closed(&self) -> bool {
         self.ctrl().reader.0.flags.load(Ordering::Acquire) & FLAG_CLOSED != 0

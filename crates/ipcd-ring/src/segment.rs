@@ -7,9 +7,9 @@ use core::ptr::NonNull;
 use crate::consumer::Consumer;
 use crate::error::Error;
 use crate::layout::{
-    Line, RingControl, SegmentControl, SegmentHeader, CACHE_LINE, DATA_START, FLAG_RESET, MAX_CAPACITY, OFFER_CLAIMED,
-    SEGMENT_ALIGN, SEGMENT_MAGIC, SEGMENT_VERSION, TICKET_CANCELLED, TICKET_CONNECTED, TICKET_EXPECTED, TICKET_NONE,
-    TICKET_WATCHED,
+    Line, RingControl, SegmentControl, SegmentHeader, CACHE_LINE, DATA_START, FLAG_RESET, MAX_CAPACITY, NO_CPU,
+    OFFER_CLAIMED, SEGMENT_ALIGN, SEGMENT_MAGIC, SEGMENT_VERSION, TICKET_CANCELLED, TICKET_CONNECTED, TICKET_EXPECTED,
+    TICKET_NONE, TICKET_WATCHED,
 };
 use crate::producer::Producer;
 use crate::recent::BUSY;
@@ -186,6 +186,7 @@ impl Segment {
             // the new one will reach again.
             r.writer.0.recent_end.store(BUSY, Ordering::Relaxed);
             r.writer.0.recent_len.store(0, Ordering::Relaxed);
+            r.writer.0.cpu.store(NO_CPU, Ordering::Relaxed);
             r.reader.0.head.store(0, Ordering::Relaxed);
             r.reader.0.flags.store(0, Ordering::Relaxed);
             r.reader_waiting.0.waiting.store(0, Ordering::Relaxed);

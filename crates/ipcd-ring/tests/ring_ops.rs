@@ -80,6 +80,23 @@ fn a_batching_reader_is_sent_no_copy_and_still_reads_every_byte() {
 }
 
 #[test]
+fn the_reader_learns_the_cpu_its_writer_last_waited_on() {
+    let (r, seg) = segment([64, 64]);
+    let tx = seg.producer(Side::A).unwrap();
+    let rx = seg.consumer(Side::B).unwrap();
+    assert_eq!(rx.writer_cpu(), ipcd_ring::NO_CPU, "not said yet");
+    tx.note_cpu(3);
+    assert_eq!(rx.writer_cpu(), 3);
+    assert_eq!(r.peek_u32(offsets::ring(0) + offsets::WRITER_CPU), 3, "on ring 0's writer line");
+    assert_eq!(r.peek_u32(offsets::ring(1) + offsets::WRITER_CPU), ipcd_ring::NO_CPU, "not on the other ring");
+    // A hint from the peer: whatever it writes is what the reader gets.
+    r.poke_u32(offsets::ring(0) + offsets::WRITER_CPU, 0xdead);
+    assert_eq!(rx.writer_cpu(), 0xdead);
+    tx.note_cpu(1);
+    assert_eq!(rx.writer_cpu(), 1);
+}
+
+#[test]
 fn a_full_ring_accepts_nothing_until_the_reader_frees_space() {
     let (_r, seg) = segment([8, 8]);
     let mut tx = seg.producer(Side::A).unwrap();

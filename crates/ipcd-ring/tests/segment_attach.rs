@@ -125,6 +125,8 @@ fn a_reused_segment_is_fresh_for_its_next_connection() {
         assert_eq!(prx.read(&mut two).unwrap().len, 2);
         assert_eq!(ptx.write(b"x").unwrap().len, 1);
         let _ = rx.prepare_wait();
+        tx.note_cpu(1);
+        prx.set_batching(true);
         seg.add_holder(Side::B);
         seg.try_lock(ipcd_ring::EndLock::Send(Side::A), me).unwrap();
         seg.offer(9);
@@ -151,6 +153,9 @@ fn a_reused_segment_is_fresh_for_its_next_connection() {
         let end = ipcd_ring::offsets::ring(ring) + ipcd_ring::offsets::RECENT_END;
         let busy = [r.peek_u32(end), r.peek_u32(end + 4)];
         assert_eq!(busy, [u32::MAX; 2], "the old copy of the last bytes is withdrawn");
+        let base = ipcd_ring::offsets::ring(ring);
+        assert_eq!(r.peek_u32(base + ipcd_ring::offsets::WRITER_CPU), ipcd_ring::NO_CPU, "no writer's CPU");
+        assert_eq!(r.peek_u32(base + ipcd_ring::offsets::READER_BATCHING), 0, "no reader batches");
     }
     assert!(other.try_lock(ipcd_ring::EndLock::Send(Side::A), me).is_ok(), "no lock is left held");
     assert_eq!(other.release_holder(Side::B), 0, "one holder per end again");
