@@ -414,8 +414,9 @@ pub unsafe fn recv(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], flags: F
                 Recv::WouldBlock => {
                     s.set_behind(0);
                     s.pause_scale = 1;
-                    // About to wait: say where we run (our peer waits for
-                    // us the same way), see where the peer did.
+                    // About to wait, here or (non-blocking) in poll/epoll:
+                    // say where we run, for a peer that waits for us, and
+                    // see where the peer did, for our own wait below.
                     let cpu = current_cpu();
                     s.link.tx.note_cpu(cpu);
                     peer_here = cpu != ipcd_ring::NO_CPU && s.link.rx.writer_cpu() == cpu;
