@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Installs what ipcd's build, tests and benchmarks need on a fresh Debian
-# machine. Idempotent: quick when everything is already there. Called by the
-# README's commands and by scripts/test.sh (and so by CI).
+# Installs what ipcd's build and `ipcd bench` need on a fresh Debian
+# machine; with --test, also what only the test suite needs (a nightly
+# toolchain with Miri, cargo-fuzz, CPython's test package). Idempotent:
+# quick when everything is already there. Called by the README's first
+# command and by scripts/test.sh (and so by CI) with --test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TEST=0
+[[ ${1:-} == --test ]] && TEST=1
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -36,16 +40,7 @@ if ((${#need[@]})); then
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$p" >/dev/null || log "could not install $p; its tests will skip"
     done
 fi
-# CPython's own socket tests (run by crates/ipcd-tests/tests/suites.rs)
-# ship in a package of their own on Debian.
-if command -v python3 >/dev/null && ! python3 -c 'import test.test_socket' 2>/dev/null; then
-    v=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "libpython$v-testsuite" >/dev/null ||
-        log "could not install libpython$v-testsuite; the CPython suite will skip"
-fi
-
-# Rust: the stable toolchain pinned in rust-toolchain.toml, plus a nightly
-# with Miri (UB checks of ipcd-ring) and rust-src (Miri's sysroot, cargo-fuzz).
+# Rust: the stable toolchain pinned in rust-toolchain.toml.
 if ! command -v rustup >/dev/null; then
     log "installing rustup"
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain none
@@ -53,6 +48,20 @@ if ! command -v rustup >/dev/null; then
     source "$HOME/.cargo/env"
 fi
 rustup show active-toolchain >/dev/null # installs the pinned toolchain if absent
+if ((TEST == 0)); then
+    log "ok"
+    exit 0
+fi
+# CPython's own socket tests (run by ipcd-tests/tests/suites.rs)
+# ship in a package of their own on Debian.
+if command -v python3 >/dev/null && ! python3 -c 'import test.test_socket' 2>/dev/null; then
+    v=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "libpython$v-testsuite" >/dev/null ||
+        log "could not install libpython$v-testsuite; the CPython suite will skip"
+fi
+
+# For the tests: a nightly with Miri (UB checks of ipcd-ring) and rust-src
+# (Miri's sysroot, cargo-fuzz).
 if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^miri'; then
     log "installing nightly with miri and rust-src"
     rustup toolchain install nightly --profile minimal --component miri,rust-src

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetches and builds other projects' socket test suites, which
-# crates/ipcd-tests/tests/suites.rs runs natively and under ipcd:
+# ipcd-tests/tests/suites.rs runs natively and under ipcd:
 #   target/suites/tokio      tokio's TCP integration tests, from crates.io
 #   target/suites/kselftest  TCP programs of the kernel's selftests/net, from
 #                            Debian's linux-source package

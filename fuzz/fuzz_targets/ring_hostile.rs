@@ -9,10 +9,7 @@ use std::collections::VecDeque;
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../crates/ipcd-ring/tests/common/mod.rs"]
-mod common;
-
-use common::Region;
+use ipcd_ring::fuzzing::Region;
 use ipcd_ring::{Segment, Side};
 
 /// Control area size: the header line plus two rings of four lines each.

@@ -5,10 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../crates/ipcd-ring/tests/common/mod.rs"]
-mod common;
-
-use common::Region;
+use ipcd_ring::fuzzing::Region;
 use ipcd_ring::{Segment, Side};
 
 fuzz_target!(|data: &[u8]| {

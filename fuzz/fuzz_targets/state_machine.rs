@@ -5,10 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../crates/ipcd-proto/tests/support/state_invariants.rs"]
-mod state_invariants;
-
-use state_invariants::{ring_from_byte, run, Step};
+use ipcd_proto::fuzzing::{ring_from_byte, run, Step};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&first, rest)) = data.split_first() else {

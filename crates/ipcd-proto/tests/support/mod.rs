@@ -1,2 +1,0 @@
-//! Helpers shared by the integration tests (and the fuzz targets).
-pub mod state_invariants;

@@ -1,0 +1,529 @@
+//! `ipcd bench`: the same test programs over kernel TCP loopback, a kernel
+//! Unix stream socket and ipcd, in one run, alternating so all three share
+//! the machine's noise; medians, ratios to kernel TCP, JSON and a chart.
+//! Real programs (`programs`) and the scaling series (`scaling`) have files
+//! of their own.
+
+pub mod net;
+mod programs;
+mod scaling;
+pub mod workload;
+
+pub use programs::listening;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Options of `ipcd bench`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Fewer and shorter runs.
+    pub quick: bool,
+    /// Where results.json and chart.svg go.
+    pub out: PathBuf,
+    /// The `ipcd` binary: it starts a private monitor and runs the
+    /// workloads (`ipcd workload …`, see [`workload`]).
+    pub ipcd: PathBuf,
+    /// `libipcd_preload.so`.
+    pub preload: PathBuf,
+    /// The groups of workloads to run; empty runs them all.
+    pub only: Vec<Group>,
+}
+
+/// A group of workloads, for `ipcd bench --only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// Round trips of 8 B and 1 KiB.
+    Latency,
+    /// One-way streaming of every write size.
+    Stream,
+    /// Connection set-up, one and eight client threads.
+    Setup,
+    /// The epoll echo server.
+    Epoll,
+    /// Real programs (redis, sockperf, iperf3, nginx).
+    Programs,
+    /// Throughput as connection pairs grow.
+    Scaling,
+}
+
+impl Group {
+    /// Every group, in the order a run takes them.
+    pub const ALL: [Group; 6] =
+        [Group::Latency, Group::Stream, Group::Setup, Group::Epoll, Group::Programs, Group::Scaling];
+
+    /// The name `--only` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Group::Latency => "latency",
+            Group::Stream => "stream",
+            Group::Setup => "setup",
+            Group::Epoll => "epoll",
+            Group::Programs => "programs",
+            Group::Scaling => "scaling",
+        }
+    }
+}
+
+impl std::str::FromStr for Group {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Group, String> {
+        Group::ALL.into_iter().find(|g| g.name() == s).ok_or_else(|| {
+            let names: Vec<_> = Group::ALL.iter().map(|g| g.name()).collect();
+            format!("unknown group `{s}` (one of: {})", names.join(", "))
+        })
+    }
+}
+
+impl Options {
+    fn runs(&self, g: Group) -> bool {
+        self.only.is_empty() || self.only.contains(&g)
+    }
+}
+
+/// A transport a workload runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Tcp,
+    Unix,
+    Ipcd,
+}
+
+/// The transports real programs can use (a Unix socket needs other programs).
+const TCP_IPCD: [Transport; 2] = [Transport::Tcp, Transport::Ipcd];
+
+impl Transport {
+    /// The socket kind the workloads take (ipcd is TCP under the library).
+    fn kind(self) -> &'static str {
+        if self == Transport::Unix {
+            "unix"
+        } else {
+            "tcp"
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "kernel_tcp",
+            Transport::Unix => "unix",
+            Transport::Ipcd => "ipcd",
+        }
+    }
+}
+
+/// One row of the results: a metric of a workload on each transport.
+#[derive(Debug, Clone)]
+struct Row {
+    workload: String,
+    metric: &'static str,
+    unit: &'static str,
+    /// Higher is better (rates) or lower is better (latencies).
+    higher_better: bool,
+    /// Median per transport, in `Transport` order; `None`: not run.
+    values: [Option<f64>; 3],
+}
+
+impl Row {
+    /// A rate in thousands per second from the first value of each run.
+    fn thousands_per_s(res: &[[Option<f64>; 3]], workload: String, metric: &'static str) -> Row {
+        let values = res.first().copied().unwrap_or([None; 3]).map(|v| v.map(|x| x / 1e3));
+        Row { workload, metric, unit: "k/s", higher_better: true, values }
+    }
+
+    /// How many times better ipcd is than kernel TCP.
+    fn ratio(&self) -> Option<f64> {
+        let (k, i) = (self.values[0]?, self.values[2]?);
+        Some(if self.higher_better { i / k } else { k / i })
+    }
+}
+
+/// A private monitor for the run, stopped on drop.
+struct Monitor {
+    child: Child,
+    socket: String,
+}
+
+impl Monitor {
+    fn start(ipcd: &Path) -> Result<Monitor, String> {
+        let socket = format!("ipcd-bench-{}", std::process::id());
+        let child = Command::new(ipcd)
+            .args(["daemon", "--socket", &socket])
+            .env("IPCD_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start a monitor: {e}"))?;
+        let m = Monitor { child, socket };
+        for _ in 0..500 {
+            if crate::client::MonitorClient::connect(&m.socket).is_ok() {
+                return Ok(m);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err("the benchmark's monitor did not come up".into())
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = crate::client::MonitorClient::connect(&self.socket).and_then(|mut c| c.stop());
+        let _ = self.child.wait();
+    }
+}
+
+struct Runner<'a> {
+    opts: &'a Options,
+    monitor: Monitor,
+}
+
+impl Runner<'_> {
+    fn cmd(&self, t: Transport, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.opts.ipcd);
+        c.arg("workload").args(args).env_remove("LD_PRELOAD").stdin(Stdio::null()).stderr(Stdio::inherit());
+        if t == Transport::Ipcd {
+            c.env("LD_PRELOAD", &self.opts.preload).env("IPCD_SOCKET", &self.monitor.socket);
+        }
+        c
+    }
+
+    /// Starts a server that prints its address, runs the client, returns
+    /// the client's output.
+    /// Server on core 0, client on core 1, for every transport alike.
+    fn pair(&self, t: Transport, server: &[&str], client: impl FnOnce(&str) -> Vec<String>) -> Result<String, String> {
+        let mut srv = self
+            .cmd(t, server)
+            .env("IPCD_WORKLOAD_CPU", "0")
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("server: {e}"))?;
+        let mut line = String::new();
+        BufReader::new(srv.stdout.as_mut().ok_or("server stdout")?).read_line(&mut line).map_err(|e| e.to_string())?;
+        let args = client(line.trim());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.cmd(t, &args).env("IPCD_WORKLOAD_CPU", "1").output().map_err(|e| format!("client: {e}"))?;
+        let _ = srv.wait();
+        if !out.status.success() {
+            return Err(format!("{} {args:?} failed", t.name()));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Round-trip latency percentiles (ns).
+    fn latency(&self, t: Transport, size: usize, count: u64) -> Result<Vec<f64>, String> {
+        let kind = t.kind();
+        let out = self.pair(t, &["bench-server", kind, "0"], |addr| {
+            ["bench-client", kind, addr, "1", "lat", &size.to_string(), &count.to_string()].map(String::from).to_vec()
+        })?;
+        out.split_whitespace().map(|v| v.parse::<f64>().map_err(|e| e.to_string())).collect()
+    }
+
+    /// One-way streaming: nanoseconds for `count` writes of `size` (mode
+    /// `stream`: one buffer each; `writev`: four equal pieces in one call).
+    fn stream(&self, t: Transport, mode: &str, size: usize, count: u64) -> Result<f64, String> {
+        let kind = t.kind();
+        let out = self.pair(t, &["bench-server", kind, "0"], |addr| {
+            ["bench-client", kind, addr, "1", mode, &size.to_string(), &count.to_string()].map(String::from).to_vec()
+        })?;
+        out.parse().map_err(|e| format!("{e}"))
+    }
+
+    /// Connections per second (connect, 1 byte each way, close).
+    fn setup(&self, t: Transport, count: usize, threads: usize) -> Result<f64, String> {
+        let out = self.pair(t, &["conn-serve", &count.to_string()], |port| {
+            ["conn-client", port, &count.to_string(), &threads.to_string()].map(String::from).to_vec()
+        })?;
+        let ns: f64 = out.parse().map_err(|e| format!("{e}"))?;
+        Ok(count as f64 / (ns / 1e9))
+    }
+
+    /// Requests per second of the epoll echo server.
+    fn epoll(&self, t: Transport, conns: usize, rounds: usize) -> Result<f64, String> {
+        let out = self.pair(t, &["epoll-serve", &conns.to_string(), "level"], |port| {
+            ["epoll-load", port, &conns.to_string(), &rounds.to_string()].map(String::from).to_vec()
+        })?;
+        let ns: f64 = out.parse().map_err(|e| format!("{e}"))?;
+        Ok((conns * rounds) as f64 / (ns / 1e9))
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some(v[v.len() / 2])
+}
+
+/// Runs `f` `reps` times per transport, alternating transports, and keeps
+/// the median of each.
+fn alternate(
+    reps: usize,
+    transports: &[Transport],
+    progress: &mut Progress,
+    what: &str,
+    mut f: impl FnMut(Transport) -> Result<Vec<f64>, String>,
+) -> Vec<[Option<f64>; 3]> {
+    let mut samples: Vec<[Vec<f64>; 3]> = Vec::new();
+    for _ in 0..reps {
+        for &t in transports {
+            progress.step(what, t);
+            match f(t) {
+                Ok(vals) => {
+                    if samples.len() < vals.len() {
+                        samples.resize_with(vals.len(), Default::default);
+                    }
+                    for (k, v) in vals.into_iter().enumerate() {
+                        samples[k][t as usize].push(v);
+                    }
+                }
+                Err(e) => eprintln!("\n  {what} over {}: {e}", t.name()),
+            }
+        }
+    }
+    samples.into_iter().map(|s| s.map(median)).collect()
+}
+
+struct Progress {
+    done: usize,
+    total: usize,
+}
+
+impl Progress {
+    fn step(&mut self, what: &str, t: Transport) {
+        self.done += 1;
+        eprint!("\r[{:>3}/{}] {what:<32} {:<12}", self.done, self.total, t.name());
+        let _ = std::io::stderr().flush();
+    }
+}
+
+/// Runs the whole benchmark and writes `results.json` and `chart.svg`.
+// Long on purpose: one group of workloads after another, each a short loop over its sizes.
+pub fn run(opts: &Options) -> Result<(), String> {
+    std::fs::create_dir_all(&opts.out).map_err(|e| format!("cannot create {}: {e}", opts.out.display()))?;
+    let runner = Runner { opts, monitor: Monitor::start(&opts.ipcd)? };
+    let q = if opts.quick { 10 } else { 1 };
+    let reps = if opts.quick { 3 } else { 5 };
+    let all = [Transport::Tcp, Transport::Unix, Transport::Ipcd];
+    let stream_sizes: [usize; 6] = [8, 64, 1024, 16384, 65536, 1 << 20];
+    let steps = |g: Group, n: usize| if opts.runs(g) { n } else { 0 };
+    let total = steps(Group::Latency, reps * 2 * 3)
+        + steps(Group::Stream, reps * (stream_sizes.len() + 1) * 3)
+        + steps(Group::Setup, reps * 2 * 2)
+        + steps(Group::Epoll, reps * 3 * 2)
+        + steps(Group::Programs, programs::steps(reps))
+        + steps(Group::Scaling, scaling::steps(reps, all.len()));
+    let mut progress = Progress { done: 0, total };
+    let mut rows = Vec::new();
+
+    for size in [8usize, 1024].into_iter().filter(|_| opts.runs(Group::Latency)) {
+        let res = alternate(reps, &all, &mut progress, &format!("round trip {size} B"), |t| {
+            let n = if t == Transport::Ipcd { 200_000 } else { 10_000 } / q;
+            runner.latency(t, size, n)
+        });
+        for (k, metric) in ["p50", "p99", "p99.9"].into_iter().enumerate() {
+            let values = res.get(k).map_or([None; 3], |v| v.map(|x| x.map(|ns| ns / 1e3)));
+            rows.push(Row {
+                workload: format!("round trip {size} B"),
+                metric,
+                unit: "µs",
+                higher_better: false,
+                values,
+            });
+        }
+    }
+    for size in stream_sizes.into_iter().filter(|_| opts.runs(Group::Stream)) {
+        let res = alternate(reps, &all, &mut progress, &format!("stream {size} B writes"), |t| {
+            // About 64 MiB (ipcd: 512 MiB) or 1 M writes, whichever is fewer.
+            let bytes: u64 = if t == Transport::Ipcd { 512 << 20 } else { 64 << 20 };
+            let n = (bytes / size as u64).clamp(1, if t == Transport::Ipcd { 20_000_000 } else { 1_000_000 }) / q;
+            let ns = runner.stream(t, "stream", size, n.max(1))?;
+            Ok(vec![n as f64 / (ns / 1e9), (n * size as u64) as f64 / ns])
+        });
+        let name = format!("stream {size} B writes");
+        let pick = |k: usize| res.get(k).copied().unwrap_or([None; 3]);
+        rows.push(Row {
+            workload: name.clone(),
+            metric: "messages/s",
+            unit: "M/s",
+            higher_better: true,
+            values: pick(0).map(|v| v.map(|x| x / 1e6)),
+        });
+        rows.push(Row { workload: name, metric: "throughput", unit: "GB/s", higher_better: true, values: pick(1) });
+    }
+    if opts.runs(Group::Stream) {
+        // A writev of small pieces: one publication of the ring per call.
+        let res = alternate(reps, &all, &mut progress, "writev 4 x 16 B", |t| {
+            let n = if t == Transport::Ipcd { 10_000_000 } else { 1_000_000 } / q;
+            let ns = runner.stream(t, "writev", 64, n)?;
+            Ok(vec![n as f64 / (ns / 1e9)])
+        });
+        rows.push(Row {
+            workload: "writev 4 x 16 B".into(),
+            metric: "messages/s",
+            unit: "M/s",
+            higher_better: true,
+            values: res.first().copied().unwrap_or([None; 3]).map(|v| v.map(|x| x / 1e6)),
+        });
+    }
+    for threads in [1usize, 8].into_iter().filter(|_| opts.runs(Group::Setup)) {
+        let res = alternate(reps, &TCP_IPCD, &mut progress, &format!("connection setup x{threads}"), |t| {
+            let n = if opts.quick { 500 } else { 3000 };
+            runner.setup(t, n, threads).map(|r| vec![r])
+        });
+        rows.push(Row::thousands_per_s(&res, format!("connection setup, {threads} client thread(s)"), "connections/s"));
+    }
+    for conns in [1usize, 16, 256].into_iter().filter(|_| opts.runs(Group::Epoll)) {
+        let res = alternate(reps, &TCP_IPCD, &mut progress, &format!("epoll server {conns} conn"), |t| {
+            let rounds = (if t == Transport::Ipcd { 200_000 } else { 10_000 } / conns.min(16) / q as usize).max(20);
+            runner.epoll(t, conns, rounds).map(|r| vec![r])
+        });
+        rows.push(Row::thousands_per_s(&res, format!("epoll echo server, {conns} connection(s)"), "requests/s"));
+    }
+    if opts.runs(Group::Programs) {
+        programs::run(&runner, opts.quick, reps, &mut progress, &mut rows);
+    }
+    if opts.runs(Group::Scaling) {
+        scaling::run(&runner, opts.quick, reps, &all, &mut progress, &mut rows);
+    }
+    eprintln!();
+    print_table(&rows);
+    let json = opts.out.join("results.json");
+    std::fs::write(&json, to_json(&rows, opts.quick)).map_err(|e| format!("cannot write {}: {e}", json.display()))?;
+    let svg = opts.out.join("chart.svg");
+    chart(&rows, &svg)?;
+    println!("\nraw results: {}\nchart:       {}", json.display(), svg.display());
+    Ok(())
+}
+
+fn fmt(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(x) if x >= 100.0 => format!("{x:.0}"),
+        Some(x) if x >= 1.0 => format!("{x:.2}"),
+        Some(x) => format!("{x:.3}"),
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<42} {:<14} {:>12} {:>12} {:>12} {:>10}",
+        "workload", "metric", "kernel TCP", "unix", "ipcd", "ipcd gain"
+    );
+    for r in rows {
+        let ratio = r.ratio().map_or("-".into(), |x| format!("{x:.1}×"));
+        println!(
+            "{:<42} {:<14} {:>12} {:>12} {:>12} {:>10}",
+            r.workload,
+            format!("{} ({})", r.metric, r.unit),
+            fmt(r.values[0]),
+            fmt(r.values[1]),
+            fmt(r.values[2]),
+            ratio
+        );
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn json_num(v: Option<f64>) -> String {
+    v.filter(|x| x.is_finite()).map_or("null".into(), |x| format!("{x}"))
+}
+
+/// What a result needs to be read later: the kernel release, the CPU
+/// model, the cores this process may use, and the time of the run.
+fn machine() -> (String, String, usize, u64) {
+    // SAFETY: uname fills a zeroed utsname.
+    let kernel = unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        libc::uname(&mut u);
+        std::ffi::CStr::from_ptr(u.release.as_ptr()).to_string_lossy().into_owned()
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(str::trim)
+                .map(String::from)
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let unix_time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    (kernel, cpu, cores, unix_time)
+}
+
+/// The rows as JSON (written by hand: one flat array of records).
+fn to_json(rows: &[Row], quick: bool) -> String {
+    let (kernel, cpu, cores, unix_time) = machine();
+    let mut o = format!(
+        "{{\n  \"quick\": {quick},\n  \"ipcd_version\": {},\n  \"unix_time\": {unix_time},\n  \
+         \"machine\": {{\"kernel\": {}, \"cpu\": {}, \"cores\": {cores}}},\n  \"results\": [\n",
+        json_str(env!("CARGO_PKG_VERSION")),
+        json_str(&kernel),
+        json_str(&cpu),
+    );
+    for (i, r) in rows.iter().enumerate() {
+        o.push_str(&format!(
+            "    {{\"workload\": {}, \"metric\": {}, \"unit\": {}, \"higher_is_better\": {}, \"kernel_tcp\": {}, \"unix\": {}, \"ipcd\": {}, \"ipcd_over_kernel\": {}}}{}\n",
+            json_str(&r.workload),
+            json_str(r.metric),
+            json_str(r.unit),
+            r.higher_better,
+            json_num(r.values[0]),
+            json_num(r.values[1]),
+            json_num(r.values[2]),
+            json_num(r.ratio()),
+            if i + 1 < rows.len() { "," } else { "" }
+        ));
+    }
+    o.push_str("  ]\n}\n");
+    o
+}
+
+/// A bar chart of ipcd's gain over kernel TCP per row, on a log scale.
+fn chart(rows: &[Row], path: &Path) -> Result<(), String> {
+    use plotters::prelude::*;
+    let bars: Vec<(String, f64)> =
+        rows.iter().filter_map(|r| Some((format!("{} {}", r.workload, r.metric), r.ratio()?))).collect();
+    let err = |e: &dyn std::fmt::Display| format!("chart: {e}");
+    let root = SVGBackend::new(path, (1000, 80 + 26 * bars.len() as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let max = bars.iter().map(|b| b.1).fold(10.0f64, f64::max) * 1.5;
+    let mut c = ChartBuilder::on(&root)
+        .caption("ipcd over kernel TCP (× better, log scale)", ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(380)
+        .build_cartesian_2d((0.1f64..max).log_scale(), 0..bars.len())
+        .map_err(|e| err(&e))?;
+    let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
+    c.configure_mesh()
+        .disable_y_mesh()
+        .y_labels(bars.len())
+        .y_label_formatter(&|i| labels.get(*i).cloned().unwrap_or_default())
+        .x_desc("ipcd / kernel TCP")
+        .draw()
+        .map_err(|e| err(&e))?;
+    c.draw_series(bars.iter().enumerate().map(|(i, (_, r))| {
+        let color = if *r >= 1.0 { BLUE.mix(0.7) } else { RED.mix(0.7) };
+        Rectangle::new([(0.1, i), (r.max(0.1), i + 1)], color.filled())
+    }))
+    .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}

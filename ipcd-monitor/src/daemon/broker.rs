@@ -1,0 +1,208 @@
+//! Brokering a connect: the listener it reaches, the segment it gets
+//! (new or from the pair's pool), and its delivery to an acceptor.
+
+use ipcd_proto::channel::ChannelError;
+use ipcd_proto::message::{ConnInfo, Fallback, Response, Side};
+use ipcd_proto::SockAddr;
+use std::os::fd::{AsFd, OwnedFd};
+
+use super::{has_room, peer_closed, port_zero, undeliverable, ConnRec, Daemon, NewConn, Pooled};
+use crate::log;
+use crate::log::Level;
+use crate::registry::Listener;
+use crate::segment::{doorbell, SharedSegment};
+
+impl Daemon {
+    /// The listener a connect to `dest` reaches, if any.
+    pub(super) fn listener_for(&mut self, dest: &SockAddr) -> Option<Listener> {
+        let local = &mut self.local;
+        self.registry.lookup(dest, |ip| local.is_local(ip)).cloned()
+    }
+
+    pub(super) fn broker(
+        &mut self,
+        token: u64,
+        seq: u32,
+        pid: u32,
+        uid: u32,
+        dest: SockAddr,
+        source: Option<SockAddr>,
+    ) {
+        let mut found = self.listener_for(&dest);
+        // A listener's owner reports its accepts on its own channel, which
+        // this loop may read after a connect sent later (the owner
+        // accepted, then told the connector through a pipe): before a full
+        // backlog sends the connector to the kernel, read what the owner
+        // has sent so far. Once, not nested: a connect met while catching
+        // up is judged on what is known.
+        let full = |l: &Listener| l.pending >= l.backlog.max(1);
+        if let Some(owner) =
+            found.as_ref().filter(|l| full(l) && l.owner != token && !self.catching_up).map(|l| l.owner)
+        {
+            self.catching_up = true;
+            // Everything it has sent so far, bounded so that a flooding
+            // owner cannot hold the connect forever.
+            self.serve(owner, 256);
+            self.catching_up = false;
+            found = self.listener_for(&dest);
+        }
+        // Whose accept queue it joins: the owner's, or a sharer's that
+        // serves it (see `Listener::acceptor`).
+        let acceptor = found.as_ref().and_then(|l| self.registry.get_mut(l.owner, l.id)).and_then(Listener::acceptor);
+        let fallback = match &found {
+            None => Some(Fallback::NoListener),
+            Some(l) if l.uid != uid && !self.cfg.cross_uid => Some(Fallback::OtherUser),
+            Some(l) if full(l) => Some(Fallback::BacklogFull),
+            Some(_) if acceptor.is_none() => Some(Fallback::Disabled),
+            Some(_) => None,
+        };
+        if let Some(reason) = fallback {
+            self.fallbacks_total += 1;
+            log!(Level::Debug, "msg=\"use kernel\" pid={pid} dest={dest} reason={reason:?}");
+            self.reply(token, seq, &Response::UseKernel { reason }, &[]);
+            return;
+        }
+        let (l, acceptor) = (found.expect("checked above"), acceptor.expect("checked above"));
+        let conn = self.next_conn;
+        let pair = (token, acceptor);
+        let Some((segment, seg, bells, reused)) = self.take_segment(pair, conn) else {
+            self.fallbacks_total += 1;
+            self.reply(token, seq, &Response::UseKernel { reason: Fallback::NoMemory }, &[]);
+            return;
+        };
+        self.next_conn += 1;
+        let a_addr = source.unwrap_or(port_zero(dest));
+        let info_a =
+            ConnInfo { conn, side: Side::A, local: a_addr, peer: dest, segment_len: seg.len() as u64, segment, reused };
+        let new = NewConn { token, acceptor, listener: (l.owner, l.id), seg, bells, info_a };
+        // Sent before the answer: the connector, woken by the answer,
+        // often runs before the rest of this, and its next connect would
+        // find no standby yet. A pair with a pool has had a connection before.
+        self.issue_standby(token, (l.owner, l.id), dest, reused || self.pools.contains_key(&pair));
+        self.deliver(new, Some(seq));
+    }
+
+    /// A segment for a new connection `conn` between `pair`: one of the
+    /// pair's pool, made fresh for it (`true`: both ends map it already),
+    /// else a new one. `None` when none can be made.
+    pub(super) fn take_segment(
+        &mut self,
+        pair: (u64, u64),
+        conn: u64,
+    ) -> Option<(u64, SharedSegment, [OwnedFd; 2], bool)> {
+        if let Some(p) = self.pools.get_mut(&pair).and_then(Vec::pop) {
+            let mut seg = p.seg;
+            seg.reuse(conn);
+            return Some((p.id, seg, p.bells, true));
+        }
+        let made = SharedSegment::create(conn, self.cfg.ring_bytes).and_then(|s| Ok((s, [doorbell()?, doorbell()?])));
+        match made {
+            Ok((seg, bells)) => {
+                self.next_segment += 1;
+                Some((self.next_segment - 1, seg, bells, false))
+            }
+            Err(e) => {
+                log!(Level::Error, "msg=\"cannot create segment\" err=\"{e}\"");
+                None
+            }
+        }
+    }
+
+    /// Records connection `new` and tells its acceptor (`Incoming`). The
+    /// connector waits for its answer (`Connected`) when `answer` is its
+    /// request's sequence number; otherwise it took a standby and has it.
+    // Long on purpose: the order of the two answers, the fallback and the records is the
+    // protocol, step by step as the comments say; split, it would hide that order.
+    pub(super) fn deliver(&mut self, new: NewConn, answer: Option<u32>) {
+        let NewConn { token, acceptor, listener: (owner, id), seg, bells, info_a } = new;
+        let (conn, segment, reused) = (info_a.conn, info_a.segment, info_a.reused);
+        let pair = (token, acceptor);
+        let info_b = ConnInfo { side: Side::B, local: info_a.peer, peer: info_a.local, ..info_a };
+        // A reused segment is already mapped at both ends, doorbells too.
+        let fds_b = [seg.fd(), bells[1].as_fd(), bells[0].as_fd()];
+        let fds_a = [seg.fd(), bells[0].as_fd(), bells[1].as_fd()];
+        let n = if reused { 0 } else { 3 };
+        // The connector is answered first when the listener's channel has
+        // room: it then writes while the acceptor wakes, instead of waking
+        // after it (one connection at a time, 4 alternating runs: ~16 %
+        // more per second). Without room, the listener first, so that a
+        // connection it cannot take still gets the kernel's answer.
+        let answered = match answer {
+            None => true,
+            Some(seq) if self.clients.get(&acceptor).is_some_and(|o| has_room(o.chan.as_fd())) => {
+                self.reply(token, seq, &Response::Connected(info_a), &fds_a[..n]);
+                true
+            }
+            Some(_) => false,
+        };
+        let to_pid = self.clients.get(&acceptor).map_or(0, |c| c.pid);
+        // A standby's acceptor was told when it was issued (`Expect`).
+        let sent = match (answer, self.clients.get(&acceptor)) {
+            (None, Some(_)) => Ok(()),
+            (Some(_), Some(a)) => {
+                seg.view().offer(to_pid);
+                a.chan.send_response(0, &Response::Incoming { listener: id, info: info_b }, &fds_b[..n])
+            }
+            (_, None) => Err(ChannelError::Closed),
+        };
+        if let Err(e) = &sent {
+            log!(Level::Warn, "msg=\"listener cannot take a connection\" pid={to_pid} err=\"{e}\"");
+            if !e.is_would_block() {
+                self.doom(acceptor, undeliverable("cannot deliver", e));
+            }
+        }
+        if let (Err(_), false, Some(seq)) = (&sent, answered, answer) {
+            self.fallbacks_total += 1;
+            self.reply(token, seq, &Response::UseKernel { reason: Fallback::BacklogFull }, &[]);
+            if reused {
+                // Both still map it; a dropped listener's pool is emptied
+                // (and the connector told to forget it) with its client.
+                self.pools.entry(pair).or_default().push(Pooled { id: segment, seg, bells });
+            }
+            return;
+        }
+        if let Some(entry) = self.registry.get_mut(owner, id) {
+            entry.pending += 1;
+        }
+        if let (false, Some(seq)) = (answered, answer) {
+            self.reply(token, seq, &Response::Connected(info_a), &fds_a[..n]);
+        }
+        self.connects_total += 1;
+        self.reused_total += u64::from(reused);
+        self.standby_total += u64::from(answer.is_none());
+        log!(Level::Debug, "msg=brokered conn={conn} to_pid={to_pid} dest={}", info_a.peer);
+        // An acceptor that closed its channel is dropped with the rest of
+        // what it held, as one that died or exec'd (its new image is sent
+        // the connection again, see `requeue_after_exec`): it holds this
+        // end as if it had been told.
+        let held = match &sent {
+            Ok(()) => true,
+            Err(e) => peer_closed(e) && self.clients.contains_key(&acceptor),
+        };
+        for (t, side) in [(token, Side::A), (acceptor, Side::B)] {
+            if let Some(c) = self.clients.get_mut(&t).filter(|_| side == Side::A || held) {
+                c.holdings.push((conn, side));
+            }
+        }
+        let rec = ConnRec {
+            seg,
+            bells,
+            info: [info_a, info_b],
+            holders: [vec![token], vec![acceptor]],
+            gone: [false; 2],
+            pending_in: Some((owner, id)),
+            pair,
+            kept: [false; 2],
+            recyclable: true,
+            refill: answer.is_none().then_some(((owner, id), info_a.peer)),
+        };
+        self.conns.insert(conn, rec);
+        // Answered, but the acceptor could not be told (its channel full
+        // or broken): it goes to another process serving the listener if
+        // there is one, else its end goes as a dead acceptor's would (the
+        // connector reads end of stream or a reset, and is told `PeerGone`).
+        if !held && !self.hand_on(acceptor, conn) {
+            self.release(acceptor, conn, Side::B, true);
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! The requests a client sends, each to a short function: `handle` checks
+//! that the client may ask, promotes the standbys the request may concern,
+//! and dispatches.
+
+use ipcd_proto::channel::Fds;
+use ipcd_proto::message::{ErrorCode, Request, Response, Side};
+use ipcd_proto::{Caps, ListenFlags, SockAddr, PROTOCOL_VERSIONS};
+
+use super::{idx, socket_inode, undeliverable, verify_listening_socket, Daemon, EXECED};
+use crate::log;
+use crate::log::Level;
+use crate::registry::Listener;
+
+/// Who sent a request: its client token, the reply's sequence number and
+/// the process's kernel-checked credentials.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct From {
+    pub(super) token: u64,
+    pub(super) seq: u32,
+    pub(super) pid: u32,
+    pub(super) uid: u32,
+}
+
+impl Daemon {
+    pub(super) fn handle(&mut self, token: u64, seq: u32, req: Request, fds: Fds) {
+        let Some(c) = self.clients.get(&token) else { return };
+        let (from, hello) = (From { token, seq, pid: c.pid, uid: c.uid }, c.hello);
+        if !hello && !matches!(req, Request::Hello { .. }) {
+            self.fail(token, seq, ErrorCode::NotRegistered);
+            self.doom(token, "request before hello".into());
+            return;
+        }
+        self.promote_for(token, &req);
+        match req {
+            Request::Hello { version_min, version_max, pid, uid, caps } => {
+                self.hello(from, hello, (version_min, version_max), (pid, uid), caps)
+            }
+            Request::Listen { listener, addr, backlog, flags } => {
+                self.listen(from, listener, addr, backlog, flags, fds)
+            }
+            Request::Unlisten { listener } => self.unlisten(from, listener),
+            Request::Connect { dest, source, .. } => self.broker(token, seq, from.pid, from.uid, dest, source),
+            // A connector that had no bell for the listener says so
+            // itself; the ticket has the rest.
+            Request::Use { conn, .. } => self.promote(conn),
+            Request::Unused { conn } => self.unused_standby(token, conn),
+            Request::Accepted { conn } => self.accepted(token, conn),
+            Request::Shutdown { .. } => {}
+            Request::Close { conn, side, keep } => self.close(token, conn, side, keep),
+            Request::Forked { parent_pid } => self.forked(token, seq, from.pid, from.uid, parent_pid),
+            Request::ExecPrepare => {
+                if let Some(c) = self.clients.get_mut(&token) {
+                    c.exec_pending = true;
+                }
+            }
+            Request::Reopen { conn, side } => self.reopen(from, conn, side),
+            Request::Pass { conn, side } => self.pass(from, conn, side, fds),
+            Request::Claim => self.claim(from, fds),
+            Request::Serve { listener } => self.serve_listener(token, listener),
+            Request::Decline { conn } => self.decline(token, conn),
+            // Who runs what, on which ports: the monitor's own user's
+            // business (and root's), as `ss -p` shows only one's own.
+            Request::Status if from.uid == self.uid || from.uid == 0 => self.status(token, seq),
+            Request::Status => self.fail(token, seq, ErrorCode::NotOwner),
+            Request::Stop => self.stop(from),
+        }
+    }
+
+    /// Standbys used since (their connectors send nothing) become
+    /// connections before anything that may concern them.
+    fn promote_for(&mut self, token: u64, req: &Request) {
+        match *req {
+            Request::Close { conn, .. }
+            | Request::Reopen { conn, .. }
+            | Request::Pass { conn, .. }
+            | Request::Decline { conn }
+            | Request::Accepted { conn } => self.promote(conn),
+            // A connect only needs its own (its stock of standbys); a
+            // process about to exec, its own and its listeners'.
+            Request::Connect { .. } => self.promote_where(|s| s.client == token),
+            Request::ExecPrepare => self.promote_where(|s| s.client == token || s.listener.0 == token),
+            // A fork's parent is known by pid only; a report shows all.
+            Request::Forked { .. } | Request::Status => self.promote_where(|_| true),
+            _ => {}
+        }
+    }
+
+    /// `Hello`: the credentials the client claims must be the kernel's; a
+    /// common protocol version is chosen; an exec'd image replaces the
+    /// channel of its old one and adopts what it held.
+    fn hello(&mut self, from: From, again: bool, versions: (u16, u16), claimed: (u32, u32), caps: Caps) {
+        let From { token, seq, pid, uid } = from;
+        if again {
+            self.fail(token, seq, ErrorCode::NotRegistered);
+            self.doom(token, "second hello".into());
+            return;
+        }
+        if claimed != (pid, uid) {
+            self.fail(token, seq, ErrorCode::BadRequest);
+            let (cp, cu) = claimed;
+            self.doom(token, format!("hello claims pid {cp} uid {cu}, kernel says {pid} {uid}"));
+            return;
+        }
+        let (lo, hi) = versions;
+        let common = lo.max(*PROTOCOL_VERSIONS.start())..=hi.min(*PROTOCOL_VERSIONS.end());
+        let Some(version) = common.clone().next_back() else {
+            self.fail(token, seq, ErrorCode::VersionMismatch);
+            self.doom(token, format!("no common version in {lo}..={hi}"));
+            return;
+        };
+        if let Some(c) = self.clients.get_mut(&token) {
+            c.hello = true;
+        }
+        self.replace_old_image(token, pid, uid);
+        self.adopt_orphans(token, pid, uid);
+        log!(Level::Debug, "msg=\"process registered\" client={token} pid={pid} uid={uid} caps={caps:?}");
+        let welcome = Response::Welcome {
+            version,
+            monitor_pid: std::process::id(),
+            caps: Caps::FORK | Caps::EXEC,
+            ring_bytes: self.cfg.ring_bytes,
+        };
+        self.reply(token, seq, &welcome, &[]);
+    }
+
+    /// The same process again after ExecPrepare: its old channel closed at
+    /// the exec even if we have not read the hang-up yet, nor, at times,
+    /// the ExecPrepare itself (one wait reported both channels, and this
+    /// one was read first): read what the old one still holds before
+    /// looking, then drop the channels of the replaced image.
+    fn replace_old_image(&mut self, token: u64, pid: u32, uid: u32) {
+        let others = |d: &Daemon, exec_pending: bool| -> Vec<u64> {
+            d.clients
+                .iter()
+                .filter(|(&t, c)| t != token && c.pid == pid && c.uid == uid && c.exec_pending == exec_pending)
+                .map(|(&t, _)| t)
+                .collect()
+        };
+        for t in others(self, false) {
+            self.serve(t, 64);
+        }
+        for t in others(self, true) {
+            self.doom(t, EXECED.into());
+        }
+        self.drop_doomed();
+    }
+
+    /// `Listen`: registers a listener once the kernel confirms the passed
+    /// socket listens on the address claimed.
+    fn listen(&mut self, from: From, listener: u64, addr: SockAddr, backlog: u32, flags: ListenFlags, fds: Fds) {
+        let From { token, seq, pid, uid } = from;
+        let mut fds = fds.into_vec();
+        if let Err(why) = verify_listening_socket(&fds[0], &addr) {
+            log!(Level::Warn, "msg=\"listen refused\" client={token} pid={pid} addr={addr} why=\"{why}\"");
+            self.fail(token, seq, ErrorCode::NotOwner);
+            return;
+        }
+        if let Some(l) = self.registry.get_mut(token, listener).filter(|l| l.addr == addr) {
+            // `listen` again on a listening socket: Linux takes the new
+            // backlog and keeps the queue.
+            l.backlog = backlog;
+            log!(Level::Info, "msg=\"backlog changed\" client={token} pid={pid} addr={addr} backlog={backlog}");
+            self.reply(token, seq, &Response::Ok, &[]);
+            return;
+        }
+        let inode = socket_inode(&fds[0]).unwrap_or(0);
+        if self.registry.share_inherited(token, listener, &addr, inode) {
+            log!(Level::Info, "msg=\"inherited listener shared\" client={token} pid={pid} addr={addr}");
+            self.reply(token, seq, &Response::Ok, &[]);
+            return;
+        }
+        let mut entry = Listener::new(token, listener, pid, uid, addr, backlog, flags - ListenFlags::BELL);
+        entry.inode = inode;
+        if flags.contains(ListenFlags::BELL) && fds.len() == 2 {
+            if let Some(bell) = fds.pop() {
+                self.listener_bells.insert((token, listener), bell);
+            }
+        }
+        let stale = self.registry.add(entry);
+        for s in &stale {
+            log!(Level::Info, "msg=\"stale listener replaced\" addr={addr} old_pid={}", s.pid);
+        }
+        if !stale.is_empty() {
+            self.rehome_parked();
+        }
+        log!(Level::Info, "msg=listening client={token} pid={pid} addr={addr} backlog={backlog}");
+        self.reply(token, seq, &Response::Ok, &[]);
+        self.requeue_after_exec(token, listener);
+    }
+
+    /// `Unlisten`: a forked child closing its copy of its parent's listener
+    /// (same id) gives back its share.
+    fn unlisten(&mut self, from: From, listener: u64) {
+        let From { token, seq, .. } = from;
+        let (owned, handed) = self.registry.disown(token, Some(listener));
+        self.handed_on(token, &handed);
+        self.withdraw_standbys(|s| s.listener == (token, listener));
+        self.listener_bells.remove(&(token, listener));
+        if owned > 0 || self.registry.unshare(token, Some(listener)) {
+            self.reply(token, seq, &Response::Ok, &[]);
+            self.rehome_parked();
+        } else {
+            self.fail(token, seq, ErrorCode::NoSuchListener);
+        }
+    }
+
+    /// `Accepted`: the connection left its listener's queue.
+    fn accepted(&mut self, token: u64, conn: u64) {
+        let Some(rec) = self.conns.get_mut(&conn) else { return };
+        if !rec.holders[1].contains(&token) {
+            return;
+        }
+        if let Some((owner, id)) = rec.pending_in.take() {
+            if let Some(l) = self.registry.get_mut(owner, id) {
+                l.pending = l.pending.saturating_sub(1);
+            }
+        }
+    }
+
+    /// `Close`: an end the client holds is released.
+    fn close(&mut self, token: u64, conn: u64, side: Side, keep: bool) {
+        if !self.holds(token, conn, side) {
+            log!(Level::Warn, "msg=\"close of a connection not held\" client={token} conn={conn}");
+            return;
+        }
+        if let Some(c) = self.clients.get_mut(&token) {
+            if let Some(pos) = c.holdings.iter().position(|h| *h == (conn, side)) {
+                c.holdings.remove(pos);
+            }
+        }
+        if let Some(rec) = self.conns.get_mut(&conn) {
+            rec.kept[idx(side)] = keep;
+        }
+        self.release(token, conn, side, false);
+    }
+
+    /// `Reopen`: an end the client holds, mapped afresh.
+    fn reopen(&mut self, from: From, conn: u64, side: Side) {
+        let From { token, seq, .. } = from;
+        let Some(rec) = self.conns.get(&conn).filter(|_| self.holds(token, conn, side)) else {
+            self.fail(token, seq, ErrorCode::NoSuchConnection);
+            return;
+        };
+        let (info, fds) = rec.fresh_end(side);
+        let Some(client) = self.clients.get(&token) else { return };
+        if let Err(e) = client.chan.send_response(seq, &Response::Reopened(info), &fds) {
+            self.doom(token, undeliverable("cannot reply", &e));
+        }
+    }
+
+    /// `Serve`: a process that shares a listener now accepts on it.
+    fn serve_listener(&mut self, token: u64, listener: u64) {
+        if self.registry.serve(token, listener) {
+            self.take_from_idle(token, listener);
+            self.rehome_parked();
+        } else {
+            log!(Level::Warn, "msg=\"serve of a listener not held\" client={token} listener={listener}");
+        }
+    }
+
+    /// `Stop`: only the monitor's own user (or root) may stop it.
+    fn stop(&mut self, from: From) {
+        let From { token, seq, pid, uid } = from;
+        if uid == self.uid || uid == 0 {
+            log!(Level::Info, "msg=\"stop requested\" pid={pid}");
+            self.reply(token, seq, &Response::Ok, &[]);
+            self.running = false;
+        } else {
+            self.fail(token, seq, ErrorCode::NotOwner);
+        }
+    }
+}

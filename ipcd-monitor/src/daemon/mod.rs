@@ -1,0 +1,626 @@
+//! The monitor daemon: one thread, one epoll set holding the control
+//! listener, a signalfd for SIGTERM/SIGINT, and every client channel.
+//!
+//! It is on the control path only. A client that misbehaves (bad message,
+//! wrong fds, lying credentials, not reading its replies) is dropped alone,
+//! with a log line; its drop is handled exactly as its death.
+
+use std::collections::{HashMap, HashSet};
+
+use std::io;
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use std::time::Instant;
+
+/// Why an exec'd process's old channel is dropped when its new image says Hello.
+const EXECED: &str = "replaced by its exec'd image";
+
+/// Why a client whose process closed its channel is dropped.
+const CLOSED: &str = "channel closed";
+
+use ipcd_proto::channel::{Channel, ChannelError, Listener as ChannelListener, BATCH};
+
+use ipcd_proto::message::{ConnInfo, EndState, ErrorCode, Request, Response, Side, MAX_FRAME};
+
+use ipcd_proto::SockAddr;
+
+use crate::config::Config;
+
+use crate::local_addrs::LocalAddrs;
+
+use crate::log;
+
+use crate::log::Level;
+
+use crate::registry::Registry;
+
+use crate::segment::{cvt, doorbell, SharedSegment};
+
+mod broker;
+mod handle;
+mod handoff;
+mod lifecycle;
+mod passing;
+mod standby;
+mod status;
+mod verify;
+
+use verify::{parent_of, socket_inode, verify_listening_socket};
+
+const TOKEN_LISTENER: u64 = 0;
+
+const TOKEN_SIGNAL: u64 = 1;
+
+const FIRST_CLIENT: u64 = 2;
+
+/// Why the daemon could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A monitor already answers on this socket name.
+    AlreadyRunning(String),
+    /// A system call failed.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::AlreadyRunning(name) => {
+                write!(f, "a monitor already answers on @{name}; stop it with `ipcd stop` or pick another --socket")
+            }
+            StartError::Io(e) => write!(f, "cannot start the monitor: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<io::Error> for StartError {
+    fn from(e: io::Error) -> Self {
+        StartError::Io(e)
+    }
+}
+
+struct Client {
+    chan: Channel,
+    pid: u32,
+    uid: u32,
+    hello: bool,
+    exec_pending: bool,
+    holdings: Vec<(u64, Side)>,
+    /// Listeners (owner, id) whose bell this client was sent.
+    bells: HashSet<(u64, u64)>,
+}
+
+/// A process that announced an exec and whose channel closed: its holdings
+/// wait for the new image (same pid) until `deadline`.
+struct Orphan {
+    token: u64,
+    pid: u32,
+    uid: u32,
+    holdings: Vec<(u64, Side)>,
+    deadline: Instant,
+}
+
+/// A connection end passed over `SCM_RIGHTS` and not yet claimed: held
+/// for its receiver by a token no client has, until `deadline`.
+struct Passed {
+    conn: u64,
+    side: Side,
+    holder: u64,
+    deadline: Instant,
+    /// The passing process's user: only that user may claim it (unless
+    /// `--cross-uid`).
+    uid: u32,
+}
+
+struct ConnRec {
+    seg: SharedSegment,
+    bells: [OwnedFd; 2],
+    info: [ConnInfo; 2],
+    holders: [Vec<u64>; 2],
+    gone: [bool; 2],
+    /// The listener whose accept queue this connection still sits in.
+    pending_in: Option<(u64, u64)>,
+    /// The connector's and the acceptor's clients: the pair whose pool the
+    /// segment may go back to.
+    pair: (u64, u64),
+    /// Each end closed saying it keeps the segment mapped.
+    kept: [bool; 2],
+    /// Only the original two processes ever held it, and both closed
+    /// normally: nobody else maps it, so the pair may reuse it.
+    recyclable: bool,
+    /// Made from a standby: the listener and destination to hold the
+    /// connector's next standby for once this one's segment is free.
+    refill: Option<((u64, u64), SockAddr)>,
+}
+
+impl ConnRec {
+    /// `side`'s end for a process that maps the segment afresh (an exec'd
+    /// image, the receiver of a pass, the next acceptor of a waiting
+    /// connection): its info, and the segment and the end's own and peer
+    /// doorbells to send with it.
+    fn fresh_end(&self, side: Side) -> (ConnInfo, [BorrowedFd<'_>; 3]) {
+        let i = idx(side);
+        let fds = [self.seg.fd(), self.bells[i].as_fd(), self.bells[idx(other(side))].as_fd()];
+        (ConnInfo { reused: false, ..self.info[i] }, fds)
+    }
+}
+
+/// A segment whose connection ended, kept for the next connection between
+/// the same two processes (both still map it): no memfd, mapping, eventfds
+/// or fd passing for that one.
+struct Pooled {
+    id: u64,
+    seg: SharedSegment,
+    bells: [OwnedFd; 2],
+}
+
+/// A connection being set up: the connector's client and end, the
+/// acceptor's client, the listener (owner, id), the segment and doorbells.
+struct NewConn {
+    token: u64,
+    acceptor: u64,
+    listener: (u64, u64),
+    seg: SharedSegment,
+    bells: [OwnedFd; 2],
+    info_a: ConnInfo,
+}
+
+/// A connection held ready for a process's next connect to `dest`
+/// (`Response::Standby`): its listener's owner is told only at `Use`.
+struct Standby {
+    client: u64,
+    listener: (u64, u64),
+    dest: SockAddr,
+    info: ConnInfo,
+    seg: SharedSegment,
+    bells: [OwnedFd; 2],
+}
+
+/// Standby connections held per process and destination: a client that
+/// reconnects several connections at once (wrk, a pool) finds one for each.
+const STANDBYS_PER_DEST: usize = 16;
+
+/// Segments kept per pair of processes (as many as the pair had open at
+/// once, up to this); the preload library keeps at most `MAX_CACHED`.
+const POOL_PER_PAIR: usize = 32;
+
+/// Whether a message can go on `chan` now (its peer's queue has room).
+fn has_room(chan: BorrowedFd<'_>) -> bool {
+    let mut p = libc::pollfd { fd: chan.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+    // SAFETY: one live pollfd, no waiting.
+    unsafe { libc::poll(&mut p, 1, 0) == 1 && p.revents & libc::POLLOUT != 0 }
+}
+
+/// A connector's address before its own is known: `dest`'s address, port 0.
+fn port_zero(dest: SockAddr) -> SockAddr {
+    match dest {
+        SockAddr::V4 { ip, .. } => SockAddr::V4 { ip, port: 0 },
+        SockAddr::V6 { ip, .. } => SockAddr::V6 { ip, port: 0, flowinfo: 0, scope_id: 0 },
+    }
+}
+
+fn idx(side: Side) -> usize {
+    match side {
+        Side::A => 0,
+        Side::B => 1,
+    }
+}
+
+fn ring_side(side: Side) -> ipcd_ring::Side {
+    match side {
+        Side::A => ipcd_ring::Side::A,
+        Side::B => ipcd_ring::Side::B,
+    }
+}
+
+fn other(side: Side) -> Side {
+    match side {
+        Side::A => Side::B,
+        Side::B => Side::A,
+    }
+}
+
+/// The running monitor.
+pub struct Daemon {
+    /// Where `serve` reads requests into (kept: 16 KiB zeroed per read
+    /// cost more than the read).
+    recv_bufs: Vec<[u8; MAX_FRAME + 1]>,
+    cfg: Config,
+    listener: ChannelListener,
+    epoll: OwnedFd,
+    signals: OwnedFd,
+    clients: HashMap<u64, Client>,
+    next_token: u64,
+    registry: Registry,
+    conns: HashMap<u64, ConnRec>,
+    next_conn: u64,
+    /// Reusable segments by (connector, acceptor) client.
+    pools: HashMap<(u64, u64), Vec<Pooled>>,
+    /// Standby connections by connection id.
+    standbys: HashMap<u64, Standby>,
+    next_segment: u64,
+    orphans: Vec<Orphan>,
+    /// Passed ends by the inode of the kernel socket they travel with.
+    passes: HashMap<u64, Vec<Passed>>,
+    local: LocalAddrs,
+    started: Instant,
+    connects_total: u64,
+    fallbacks_total: u64,
+    reused_total: u64,
+    standby_total: u64,
+    uid: u32,
+    running: bool,
+    /// Clients to drop after the current event (with the reason).
+    doomed: Vec<(u64, String)>,
+    /// A connect is reading its listener owner's channel (see `broker`).
+    catching_up: bool,
+    /// Listeners' bells (eventfds) by (owner, id), rung by connectors
+    /// that take a standby.
+    listener_bells: HashMap<(u64, u64), OwnedFd>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("socket", &self.cfg.socket)
+            .field("clients", &self.clients.len())
+            .field("connections", &self.conns.len())
+            .field("standbys", &self.standbys.len())
+            .field("running", &self.running)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Daemon {
+    /// Binds the control socket and sets up the event loop. SIGTERM and
+    /// SIGINT stop it: their handler rings an eventfd in the epoll set.
+    /// (A signalfd in epoll was tried first; on this kernel a signal sent
+    /// while the loop slept in epoll_wait did not wake it.)
+    pub fn bind(cfg: Config) -> Result<Daemon, StartError> {
+        if Channel::connect_abstract(cfg.socket.as_bytes()).is_ok() {
+            return Err(StartError::AlreadyRunning(cfg.socket.clone()));
+        }
+        let listener = match ChannelListener::bind_abstract(cfg.socket.as_bytes()) {
+            Ok(l) => l,
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+                return Err(StartError::AlreadyRunning(cfg.socket.clone()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        listener.set_nonblocking(true)?;
+        // SAFETY: plain epoll creation.
+        let epoll = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
+        let signals = doorbell()?;
+        install_stop_handler(&signals)?;
+        let d = Daemon {
+            cfg,
+            listener,
+            epoll,
+            signals,
+            clients: HashMap::new(),
+            next_token: FIRST_CLIENT,
+            registry: Registry::default(),
+            conns: HashMap::new(),
+            next_conn: 1,
+            pools: HashMap::new(),
+            standbys: HashMap::new(),
+            // Ids of another monitor's run (a process kept segments across
+            // a restart) must not match ours.
+            next_segment: segment_id_base(),
+            orphans: Vec::new(),
+            passes: HashMap::new(),
+            local: LocalAddrs::default(),
+            started: Instant::now(),
+            connects_total: 0,
+            fallbacks_total: 0,
+            reused_total: 0,
+            standby_total: 0,
+            // SAFETY: getuid cannot fail.
+            uid: unsafe { libc::getuid() },
+            running: true,
+            recv_bufs: vec![[0; MAX_FRAME + 1]; BATCH],
+            doomed: Vec::new(),
+            catching_up: false,
+            listener_bells: HashMap::new(),
+        };
+        d.watch(d.listener.as_fd(), TOKEN_LISTENER)?;
+        d.watch(d.signals.as_fd(), TOKEN_SIGNAL)?;
+        Ok(d)
+    }
+
+    fn watch(&self, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
+        // SAFETY: adds an open fd to our epoll set.
+        cvt(unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd.as_raw_fd(), &mut ev) })?;
+        Ok(())
+    }
+
+    /// Serves until SIGTERM, SIGINT or a `Stop` request.
+    pub fn run(&mut self) -> io::Result<()> {
+        log!(Level::Info, "msg=\"monitor started\" socket=@{} poll={}", self.cfg.socket, self.cfg.poll);
+        if self.cfg.poll {
+            pin_to_last_cpu();
+        }
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
+        while self.running {
+            let timeout = if self.cfg.poll { 0 } else { 1000 };
+            // SAFETY: `events` has room for 64 entries.
+            let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 64, timeout) };
+            if STOP.load(std::sync::atomic::Ordering::Relaxed) {
+                log!(Level::Info, "msg=\"signal received, stopping\"");
+                self.running = false;
+                break;
+            }
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for ev in &events[..n as usize] {
+                match ev.u64 {
+                    TOKEN_LISTENER => self.accept_all(),
+                    TOKEN_SIGNAL => {}
+                    // What waits, in one call (a process's batch of
+                    // `Close`s comes at once): one read that takes fewer
+                    // than it had room for found them all, so no call
+                    // finds nothing (reading until EAGAIN did, once per
+                    // wake-up: ~3 of the ~11 system calls a connection
+                    // cost the monitor); epoll, level-triggered, reports
+                    // the channel again if more wait.
+                    token => self.serve(token, BATCH),
+                }
+                self.drop_doomed();
+            }
+            self.expire_orphans();
+            if !self.passes.is_empty() {
+                self.expire_passes();
+            }
+            if self.cfg.poll && n == 0 {
+                std::hint::spin_loop();
+            }
+        }
+        log!(Level::Info, "msg=\"monitor stopped\" connections={} clients={}", self.conns.len(), self.clients.len());
+        Ok(())
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept(true) {
+                Ok(chan) => {
+                    let cred = match chan.peer_cred() {
+                        Ok(c) => c,
+                        Err(e) => {
+                            log!(Level::Warn, "msg=\"no peer credentials, refusing\" err=\"{e}\"");
+                            continue;
+                        }
+                    };
+                    let token = self.next_token;
+                    self.next_token += 1;
+                    if let Err(e) = self.watch(chan.as_fd(), token) {
+                        log!(Level::Error, "msg=\"epoll_ctl failed\" err=\"{e}\"");
+                        continue;
+                    }
+                    log!(Level::Debug, "msg=\"client connected\" client={token} pid={} uid={}", cred.pid, cred.uid);
+                    let client = Client {
+                        chan,
+                        pid: cred.pid,
+                        uid: cred.uid,
+                        hello: false,
+                        exec_pending: false,
+                        holdings: Vec::new(),
+                        bells: HashSet::new(),
+                    };
+                    self.clients.insert(token, client);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log!(Level::Warn, "msg=\"accept failed\" err=\"{e}\"");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads up to `batch` of the requests a client has queued, several
+    /// per system call.
+    fn serve(&mut self, token: u64, batch: usize) {
+        // A serve inside a request's handling (an exec's, a fork's) finds
+        // the buffers taken and has its own.
+        let mut bufs = std::mem::take(&mut self.recv_bufs);
+        if bufs.is_empty() {
+            bufs = vec![[0; MAX_FRAME + 1]; BATCH];
+        }
+        self.serve_into(token, batch, &mut bufs);
+        self.recv_bufs = bufs;
+    }
+
+    fn serve_into(&mut self, token: u64, batch: usize, bufs: &mut [[u8; MAX_FRAME + 1]]) {
+        let mut reset = false;
+        let mut left = batch;
+        while left > 0 {
+            let Some(client) = self.clients.get(&token) else { return };
+            let room = left.min(bufs.len());
+            let mut got = Vec::with_capacity(room);
+            let read = client.chan.recv_packets(&mut bufs[..room], |bytes, fds| {
+                got.push(fds.and_then(|fds| match Request::decode(bytes, fds.len()) {
+                    Ok((seq, req)) => Ok((seq, req, fds)),
+                    Err(e) => Err(ChannelError::Decode(e)),
+                }))
+            });
+            let n = match read {
+                Ok(n) => n,
+                Err(e) if e.is_would_block() => {
+                    if reset {
+                        self.doom(token, CLOSED.into());
+                    }
+                    return;
+                }
+                // A process that closed its channel with messages of ours
+                // unread (one that exec'd with an `Incoming` queued) looks
+                // like this, once, before what it sent until then, which
+                // must still be read (its `ExecPrepare`): a close like any
+                // other, after the rest.
+                Err(ChannelError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {
+                    reset = true;
+                    continue;
+                }
+                Err(e) => {
+                    self.fail_input(token, e);
+                    return;
+                }
+            };
+            left = left.saturating_sub(n);
+            for r in got {
+                match r {
+                    Ok((seq, req, fds)) => {
+                        log!(Level::Debug, "msg=request client={token} seq={seq} req=\"{req:?}\"");
+                        self.handle(token, seq, req, fds);
+                        if self.doomed.iter().any(|(t, _)| *t == token) {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        self.fail_input(token, e);
+                        return;
+                    }
+                }
+            }
+            if n < room {
+                // Nothing more waited (a reset shows on the next read).
+                if !reset {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The client's channel gave `e`: it is served no more.
+    fn fail_input(&mut self, token: u64, e: ChannelError) {
+        match e {
+            ChannelError::Closed => self.doom(token, CLOSED.into()),
+            e => self.doom(token, format!("bad input: {e}")),
+        }
+    }
+
+    fn doom(&mut self, token: u64, why: String) {
+        if !self.doomed.iter().any(|(t, _)| *t == token) {
+            self.doomed.push((token, why));
+        }
+    }
+
+    fn reply(&mut self, token: u64, seq: u32, resp: &Response, fds: &[BorrowedFd<'_>]) {
+        let Some(client) = self.clients.get(&token) else { return };
+        if let Err(e) = client.chan.send_response(seq, resp, fds) {
+            // A client that does not read its replies is not served on.
+            self.doom(token, undeliverable("cannot reply", &e));
+        }
+    }
+
+    fn fail(&mut self, token: u64, seq: u32, code: ErrorCode) {
+        self.reply(token, seq, &Response::Error { code }, &[]);
+    }
+}
+
+/// What `side` of a connection has done, from the monitor's books and the
+/// flags its writer left in the ring.
+fn end_state(rec: &ConnRec, side: Side) -> EndState {
+    if rec.gone[idx(side)] {
+        return EndState::Gone;
+    }
+    // The side's sending ring is read by the other side's consumer.
+    match rec.seg.view().consumer(ring_side(other(side))).map(|c| c.peer_state()) {
+        Ok(ipcd_ring::PeerState::Open) => EndState::Open,
+        Ok(ipcd_ring::PeerState::Closed) => EndState::Fin,
+        Ok(ipcd_ring::PeerState::Reset) | Err(_) => EndState::Reset,
+    }
+}
+
+/// Closes a dead process's end as the kernel closes its socket: a reset if
+/// it left bytes unread, else a FIN; on a corrupt ring, a reset.
+fn end_gone(seg: &SharedSegment, side: Side) {
+    let view = seg.view();
+    let s = ring_side(side);
+    let unread = view.consumer(s).and_then(|mut c| c.readable()).map_or(true, |n| n > 0);
+    if unread {
+        let _ = view.mark_gone(s);
+        return;
+    }
+    match (view.producer(s), view.consumer(s)) {
+        (Ok(mut p), Ok(mut c)) => {
+            let _ = p.close();
+            let _ = c.close();
+        }
+        _ => {
+            let _ = view.mark_gone(s);
+        }
+    }
+}
+
+/// Where this run's segment ids start: the start time in microseconds, so
+/// that two runs of the monitor do not hand out the same ids.
+fn segment_id_base() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64).max(1)
+}
+
+/// Why a client whose channel a send failed on is dropped: closed, as
+/// when a read finds it so, if the process closed its end (it exited or
+/// exec'd: its last messages, an `ExecPrepare` above all, are still to
+/// be read).
+fn undeliverable(what: &str, e: &ChannelError) -> String {
+    if peer_closed(e) {
+        CLOSED.into()
+    } else {
+        format!("{what}: {e}")
+    }
+}
+
+/// Whether a send failed because the process closed its end.
+fn peer_closed(e: &ChannelError) -> bool {
+    match e {
+        ChannelError::Closed => true,
+        ChannelError::Io(io) => matches!(io.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)),
+        _ => false,
+    }
+}
+
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+static STOP_BELL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    // Async-signal-safe only: an atomic store and a write(2).
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+    let fd = STOP_BELL.load(std::sync::atomic::Ordering::Relaxed);
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64 to the eventfd (or fails harmlessly).
+    let _ = unsafe { libc::write(fd, (&raw const one).cast(), 8) };
+}
+
+fn install_stop_handler(bell: &OwnedFd) -> io::Result<()> {
+    STOP_BELL.store(bell.as_raw_fd(), std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: installs a handler that only touches atomics and write(2).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_stop_signal as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        for sig in [libc::SIGTERM, libc::SIGINT] {
+            cvt(libc::sigaction(sig, &sa, std::ptr::null_mut()))?;
+        }
+    }
+    Ok(())
+}
+
+fn pin_to_last_cpu() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: cpu_set_t is plain data; pins this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpus - 1, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}

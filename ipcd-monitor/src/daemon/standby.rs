@@ -1,0 +1,204 @@
+//! Standby connections: made ahead for a process's next connect to a
+//! destination, used without the monitor, promoted to connections later.
+
+use ipcd_proto::channel::ChannelError;
+use ipcd_proto::message::{ConnInfo, Response, Side};
+use ipcd_proto::{ListenFlags, SockAddr};
+use std::os::fd::AsFd;
+
+use super::{port_zero, ConnRec, Daemon, NewConn, Standby, STANDBYS_PER_DEST};
+use crate::log;
+use crate::log::Level;
+use ipcd_ring::Ticket;
+
+impl Daemon {
+    /// After a connect of `token` to `dest` reached `listener`: holds the
+    /// next connection there ready for it (`Standby`), so that its next
+    /// connect to `dest` needs no answer. Only for a listener one process
+    /// owns alone (shared ones and `SO_REUSEPORT` groups take turns, which
+    /// a connection fixed in advance would skip), up to
+    /// `STANDBYS_PER_DEST` per destination, and not for a pair's first connection (`again` false), so a process
+    /// that connects once does not cost a second segment.
+    pub(super) fn issue_standby(&mut self, token: u64, listener: (u64, u64), dest: SockAddr, again: bool) {
+        let plain = self
+            .registry
+            .get(listener.0, listener.1)
+            .is_some_and(|l| !l.is_shared() && !l.handed_on && !l.flags.contains(ListenFlags::REUSEPORT));
+        let held = self.standbys.values().filter(|s| s.client == token && s.dest == dest).count();
+        if !plain || held >= STANDBYS_PER_DEST || !self.listener_bells.contains_key(&listener) {
+            return;
+        }
+        // A new segment only for the first standby: more would be made here
+        // while a busy pair's closing connections find its pool full and
+        // unmap theirs (nginx + wrk with `Connection: close`: ~13 % of the
+        // monitor's time went to making and unmapping segments).
+        let pair = (token, listener.0);
+        if (!again || held > 0) && self.pools.get(&pair).is_none_or(Vec::is_empty) {
+            return;
+        }
+        let conn = self.next_conn;
+        let Some((segment, seg, bells, reused)) = self.take_segment(pair, conn) else { return };
+        self.next_conn += 1;
+        let info = ConnInfo {
+            conn,
+            side: Side::A,
+            local: port_zero(dest),
+            peer: dest,
+            segment_len: seg.len() as u64,
+            segment,
+            reused,
+        };
+        let n = if reused { 0 } else { 3 };
+        // The acceptor first: once the connector has the standby it may
+        // connect and ring the listener's bell, and the woken acceptor
+        // must find the `Expect` on its channel.
+        let acceptor = listener.0;
+        let to_pid = self.clients.get(&acceptor).map_or(0, |c| c.pid);
+        seg.view().expect(conn);
+        seg.view().offer(to_pid);
+        let info_b = ConnInfo { side: Side::B, local: dest, peer: port_zero(dest), ..info };
+        let fds_b = [seg.fd(), bells[1].as_fd(), bells[0].as_fd()];
+        let told = match self.clients.get(&acceptor) {
+            Some(a) => a.chan.send_response(0, &Response::Expect { listener: listener.1, info: info_b }, &fds_b[..n]),
+            None => Err(ChannelError::Closed),
+        };
+        if told.is_err() {
+            // Not a reason to drop either: the connector has no standby.
+            seg.view().cancel(conn);
+            if reused {
+                self.tell_forget(token, segment);
+                self.tell_forget(acceptor, segment);
+            }
+            return;
+        }
+        let bell = self.listener_bells.get(&listener).map(|b| b.as_fd());
+        let send_bell = bell.is_some() && self.clients.get(&token).is_some_and(|c| !c.bells.contains(&listener));
+        let mut fds = vec![seg.fd(), bells[0].as_fd(), bells[1].as_fd()];
+        fds.truncate(n);
+        fds.extend(bell.filter(|_| send_bell));
+        let sent = match self.clients.get(&token) {
+            Some(c) => c.chan.send_response(0, &Response::Standby { dest, info, bell: send_bell }, &fds),
+            None => Err(ChannelError::Closed),
+        };
+        if sent.is_err() {
+            // The acceptor was told: it drops the entry once it sees it
+            // cancelled, and its mapping with `Forget`.
+            seg.view().cancel(conn);
+            self.tell_forget(acceptor, segment);
+            if reused {
+                self.tell_forget(token, segment);
+            }
+            return;
+        }
+        if let Some(c) = self.clients.get_mut(&token).filter(|_| send_bell) {
+            c.bells.insert(listener);
+        }
+        log!(Level::Debug, "msg=\"standby issued\" conn={conn} client={token} dest={dest} reused={reused}");
+        self.standbys.insert(conn, Standby { client: token, listener, dest, info, seg, bells });
+    }
+
+    /// Standby `conn`, if its connector connected through it (its ticket
+    /// says so), becomes a connection in the records: the connector does
+    /// not report it, so this runs whenever something may concern it.
+    pub(super) fn promote(&mut self, conn: u64) {
+        let Some(sb) = self.standbys.get(&conn) else { return };
+        let Ticket::Connected(words) = sb.seg.view().ticket(conn) else { return };
+        let token = sb.client;
+        self.use_standby(token, conn, SockAddr::from_words(words));
+    }
+
+    /// [`Daemon::promote`] for every standby `pred` picks.
+    pub(super) fn promote_where(&mut self, pred: impl Fn(&Standby) -> bool) {
+        let picked: Vec<u64> = self.standbys.iter().filter(|(_, s)| pred(s)).map(|(&c, _)| c).collect();
+        for conn in picked {
+            self.promote(conn);
+        }
+    }
+
+    /// `token` connected through its standby `conn` from `source`: the
+    /// connection goes to the listener it was held for; if that listener
+    /// went meanwhile, the connector's end is closed as a dead acceptor's
+    /// would be (as a kernel connection queued on a listener that closes).
+    pub(super) fn use_standby(&mut self, token: u64, conn: u64, source: Option<SockAddr>) {
+        let Some(sb) = self.take_standby(token, conn) else {
+            log!(Level::Warn, "msg=\"use of an unknown standby\" client={token} conn={conn}");
+            return;
+        };
+        let Standby { listener, dest, mut info, seg, bells, .. } = sb;
+        info.local = source.unwrap_or(info.local);
+        let live = self.registry.get(listener.0, listener.1).is_some() && self.clients.contains_key(&listener.0);
+        let new = NewConn { token, acceptor: listener.0, listener, seg, bells, info_a: info };
+        if live {
+            // The next one first: the listener, woken by its `Incoming`,
+            // often runs before the rest of this, and may answer the
+            // connector before its next standby was sent.
+            self.issue_standby(token, listener, dest, true);
+            self.deliver(new, None);
+            return;
+        }
+        // Recorded as delivered to an acceptor that went at once.
+        log!(Level::Debug, "msg=\"standby used after its listener went\" conn={conn}");
+        let info_b = ConnInfo { side: Side::B, local: info.peer, peer: info.local, ..info };
+        if let Some(c) = self.clients.get_mut(&token) {
+            c.holdings.push((conn, Side::A));
+        }
+        let rec = ConnRec {
+            seg: new.seg,
+            bells: new.bells,
+            info: [info, info_b],
+            holders: [vec![token], vec![listener.0]],
+            gone: [false; 2],
+            pending_in: None,
+            pair: (token, listener.0),
+            // A pooled segment is in the acceptor's cache: told to unmap it.
+            kept: [false, info.reused],
+            recyclable: false,
+            refill: None,
+        };
+        self.conns.insert(conn, rec);
+        self.release(listener.0, conn, Side::B, true);
+    }
+
+    /// Standby `conn`, if it is `token`'s.
+    pub(super) fn take_standby(&mut self, token: u64, conn: u64) -> Option<Standby> {
+        if self.standbys.get(&conn)?.client != token {
+            return None;
+        }
+        self.standbys.remove(&conn)
+    }
+
+    /// Standby `conn` will not be used: its connector gave it back, or its
+    /// acceptor could not map it (`token` is one of the two).
+    pub(super) fn unused_standby(&mut self, token: u64, conn: u64) {
+        if self.standbys.get(&conn).is_some_and(|s| s.client == token || s.listener.0 == token) {
+            self.cancel_standby(conn);
+        }
+    }
+
+    /// Cancels standby `conn` (its ticket), unless its connector used it
+    /// first: then it becomes a connection like any used one. A cancelled
+    /// one is unmapped by both, who map it (the connector as it came, the
+    /// acceptor at its `Expect`); the connector is told to drop it.
+    pub(super) fn cancel_standby(&mut self, conn: u64) {
+        let Some(sb) = self.standbys.get(&conn) else { return };
+        if let Ticket::Connected(_) = sb.seg.view().cancel(conn) {
+            self.promote(conn);
+            return;
+        }
+        let Some(sb) = self.standbys.remove(&conn) else { return };
+        if let Some(c) = self.clients.get(&sb.client) {
+            let _ = c.chan.send_response(0, &Response::Withdraw { conn }, &[]);
+        }
+        self.tell_forget(sb.client, sb.info.segment);
+        self.tell_forget(sb.listener.0, sb.info.segment);
+    }
+
+    /// Withdraws the standbys `pred` picks (their listener closed, became
+    /// shared or went, or their connector went): see `cancel_standby`.
+    pub(super) fn withdraw_standbys(&mut self, pred: impl Fn(&Standby) -> bool) {
+        let picked: Vec<u64> = self.standbys.iter().filter(|(_, s)| pred(s)).map(|(&c, _)| c).collect();
+        for conn in picked {
+            self.cancel_standby(conn);
+        }
+    }
+}

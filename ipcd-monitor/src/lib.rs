@@ -1,0 +1,17 @@
+//! # ipcd-monitor
+//!
+//! The per-host (per user, per network namespace) monitor: it registers
+//! ipcd listeners, brokers connections between processes under ipcd by
+//! handing both ends a sealed shared-memory segment and each other's
+//! doorbell, and cleans up after processes that die. It is on the control
+//! path only and never touches payload bytes.
+#![warn(missing_docs, missing_debug_implementations)]
+
+pub mod bench;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod local_addrs;
+pub mod log;
+pub mod registry;
+pub mod segment;

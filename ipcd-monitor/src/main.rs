@@ -1,0 +1,400 @@
+//! `ipcd`: the command line.
+
+// The doc comments of the command-line types are clap's `--help` text,
+// written for a terminal, not rustdoc markup.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
+
+use std::io::Write;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use ipcd_monitor::client::{MonitorClient, StatusReport};
+use ipcd_monitor::config::{default_socket_name, Config, DEFAULT_RING_BYTES};
+use ipcd_monitor::daemon::Daemon;
+use ipcd_monitor::log;
+
+/// ipcd: TCP between processes on one host, over shared memory.
+#[derive(Parser)]
+#[command(version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the monitor in the foreground (one per user and network namespace).
+    Daemon {
+        /// Abstract socket name of the monitor [default: ipcd-<uid>].
+        #[arg(long, env = "IPCD_SOCKET")]
+        socket: Option<String>,
+        /// Capacity of each ring of a connection, in bytes (a power of two).
+        #[arg(long, default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
+        ring_bytes: u64,
+        /// Also broker shared memory between processes of different users
+        /// (by default such pairs use the kernel).
+        #[arg(long)]
+        cross_uid: bool,
+        /// Busy-poll on one pinned core instead of sleeping in epoll.
+        #[arg(long)]
+        poll: bool,
+    },
+    /// Run a command under ipcd, starting a monitor if none answers.
+    Run {
+        /// Abstract socket name of the monitor [default: ipcd-<uid>].
+        #[arg(long, env = "IPCD_SOCKET")]
+        socket: Option<String>,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Show processes, listeners and connections of the monitor.
+    Status {
+        /// Abstract socket name of the monitor [default: ipcd-<uid>].
+        #[arg(long, env = "IPCD_SOCKET")]
+        socket: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the monitor to broker a connect to ADDR and print its answer
+    /// (a debugging aid; the listener sees a real incoming connection).
+    #[command(hide = true)]
+    DebugConnect {
+        /// Abstract socket name of the monitor [default: ipcd-<uid>].
+        #[arg(long, env = "IPCD_SOCKET")]
+        socket: Option<String>,
+        /// Destination, e.g. 127.0.0.1:8080 or [::1]:8080.
+        addr: std::net::SocketAddr,
+    },
+    /// Claim the connection end passed with the socket open at FD and
+    /// print the monitor's answer (a debugging aid for passed connections).
+    #[command(hide = true)]
+    DebugClaim {
+        /// Abstract socket name of the monitor [default: ipcd-<uid>].
+        #[arg(long, env = "IPCD_SOCKET")]
+        socket: Option<String>,
+        /// An open fd of this process: the received kernel socket.
+        #[arg(long)]
+        fd: i32,
+    },
+    /// Measure ipcd against kernel TCP and a Unix socket on this machine:
+    /// the same programs over each, alternating runs; prints a table of
+    /// medians and writes results.json and chart.svg.
+    Bench {
+        /// Fewer, shorter runs (about a minute).
+        #[arg(long)]
+        quick: bool,
+        /// Directory for results.json and chart.svg.
+        #[arg(long, default_value = "ipcd-bench")]
+        out: PathBuf,
+        /// Run only these groups of workloads, comma-separated: latency,
+        /// stream, setup, epoll, programs, scaling [default: all].
+        #[arg(long, value_delimiter = ',', value_name = "GROUPS")]
+        only: Vec<ipcd_monitor::bench::Group>,
+    },
+    /// Run one of `ipcd bench`'s workload programs (bench-server,
+    /// bench-client, conn-serve, conn-client, epoll-serve, epoll-load);
+    /// `ipcd bench` runs them itself.
+    #[command(hide = true)]
+    Workload {
+        /// The workload and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Stop the monitor.
+    Stop {
+        /// Abstract socket name of the monitor [default: ipcd-<uid>].
+        #[arg(long, env = "IPCD_SOCKET")]
+        socket: Option<String>,
+    },
+}
+
+fn parse_ring_bytes(s: &str) -> Result<u64, String> {
+    let n: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    if n.is_power_of_two() && (4096..=ipcd_ring::MAX_CAPACITY).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("must be a power of two between 4096 and {}", ipcd_ring::MAX_CAPACITY))
+    }
+}
+
+fn main() -> ExitCode {
+    log::init_from_env();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Daemon { socket, ring_bytes, cross_uid, poll } => {
+            let cfg = Config {
+                socket: socket.unwrap_or_else(default_socket_name),
+                ring_bytes,
+                cross_uid,
+                poll,
+                ..Config::default()
+            };
+            daemon(cfg)
+        }
+        Cmd::Run { socket, command } => run(&socket.unwrap_or_else(default_socket_name), &command),
+        Cmd::Status { socket, json } => status(&socket.unwrap_or_else(default_socket_name), json),
+        Cmd::Bench { quick, out, only } => bench(quick, out, only),
+        Cmd::Workload { args } => match ipcd_monitor::bench::workload::run(&args) {
+            Some(Ok(())) => Ok(ExitCode::SUCCESS),
+            Some(Err(e)) => Err(format!("workload {}: {e}", args.join(" "))),
+            None => Err(format!("no workload named {:?}", args[0])),
+        },
+        Cmd::Stop { socket } => stop(&socket.unwrap_or_else(default_socket_name)),
+        Cmd::DebugClaim { socket, fd } => debug_claim(&socket.unwrap_or_else(default_socket_name), fd),
+        Cmd::DebugConnect { socket, addr } => debug_connect(&socket.unwrap_or_else(default_socket_name), addr),
+    };
+    match result {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("ipcd: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn daemon(cfg: Config) -> Result<ExitCode, String> {
+    let mut d = Daemon::bind(cfg).map_err(|e| e.to_string())?;
+    d.run().map_err(|e| format!("monitor failed: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Connects to the monitor, starting one in the background if none answers.
+fn ensure_monitor(socket: &str) -> Result<(), String> {
+    if MonitorClient::connect(socket).is_ok() {
+        return Ok(());
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the ipcd binary: {e}"))?;
+    let log_path = std::env::temp_dir().join(format!("{socket}.log"));
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["daemon", "--socket", socket])
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().map_err(|e| e.to_string())?);
+    cmd.stderr(log_file);
+    // SAFETY: setsid in the child only detaches it from our session, so the
+    // monitor outlives this command and its terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| format!("cannot start the monitor: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if MonitorClient::connect(socket).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(format!("the monitor did not answer on @{socket} within 5 s; see {}", log_path.display()))
+}
+
+fn bench(quick: bool, out: PathBuf, only: Vec<ipcd_monitor::bench::Group>) -> Result<ExitCode, String> {
+    let ipcd = std::env::current_exe().map_err(|e| format!("cannot find the ipcd binary: {e}"))?;
+    let opts = ipcd_monitor::bench::Options { quick, out, ipcd, preload: preload_path()?, only };
+    ipcd_monitor::bench::run(&opts)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn preload_path() -> Result<PathBuf, String> {
+    if let Ok(p) = std::env::var("IPCD_PRELOAD") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the ipcd binary: {e}"))?;
+    let lib = exe.with_file_name("libipcd_preload.so");
+    if lib.exists() {
+        Ok(lib)
+    } else {
+        Err(format!(
+            "{} not found; build it with `cargo build --release -p ipcd-preload`, or set IPCD_PRELOAD",
+            lib.display()
+        ))
+    }
+}
+
+fn run(socket: &str, command: &[String]) -> Result<ExitCode, String> {
+    let lib = preload_path()?;
+    if let Err(e) = ensure_monitor(socket) {
+        // No monitor means kernel sockets, never a failure of the command.
+        eprintln!("ipcd: {e}; running with kernel sockets only");
+    }
+    let preload = match std::env::var("LD_PRELOAD") {
+        Ok(old) if !old.is_empty() => format!("{} {old}", lib.display()),
+        _ => lib.display().to_string(),
+    };
+    let status = Command::new(&command[0])
+        .args(&command[1..])
+        .env("LD_PRELOAD", preload)
+        .env("IPCD_SOCKET", socket)
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", command[0]))?;
+    Ok(match (status.code(), status.signal()) {
+        (Some(c), _) => ExitCode::from(c as u8),
+        (None, Some(sig)) => ExitCode::from(128u8.wrapping_add(sig as u8)),
+        _ => ExitCode::FAILURE,
+    })
+}
+
+fn status(socket: &str, json: bool) -> Result<ExitCode, String> {
+    let mut c = MonitorClient::connect(socket).map_err(|e| format!("no monitor answers on @{socket}: {e}"))?;
+    let r = c.status().map_err(|e| format!("status failed: {e}"))?;
+    let out = if json { to_json(&r) } else { to_table(&r) };
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stop(socket: &str) -> Result<ExitCode, String> {
+    let mut c = MonitorClient::connect(socket).map_err(|e| format!("no monitor answers on @{socket}: {e}"))?;
+    c.stop().map_err(|e| format!("stop failed: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn debug_connect(socket: &str, addr: std::net::SocketAddr) -> Result<ExitCode, String> {
+    let mut c = MonitorClient::connect(socket).map_err(|e| format!("no monitor answers on @{socket}: {e}"))?;
+    let dest = match addr {
+        std::net::SocketAddr::V4(a) => ipcd_proto::SockAddr::V4 { ip: a.ip().octets(), port: a.port() },
+        std::net::SocketAddr::V6(a) => ipcd_proto::SockAddr::V6 {
+            ip: a.ip().octets(),
+            port: a.port(),
+            flowinfo: a.flowinfo(),
+            scope_id: a.scope_id(),
+        },
+    };
+    let req = ipcd_proto::Request::Connect { dest, source: None, nonblocking: false };
+    let (resp, fds) = c.call(&req, &[]).map_err(|e| format!("connect request failed: {e}"))?;
+    println!("{resp:?} fds={}", fds.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn debug_claim(socket: &str, fd: i32) -> Result<ExitCode, String> {
+    // SAFETY: F_GETFD only asks whether the fd is open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(format!("fd {fd} is not open"));
+    }
+    let mut c = MonitorClient::connect(socket).map_err(|e| format!("no monitor answers on @{socket}: {e}"))?;
+    // SAFETY: checked open above, and not closed while borrowed.
+    let received = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let (resp, fds) =
+        c.call(&ipcd_proto::Request::Claim, &[received]).map_err(|e| format!("claim request failed: {e}"))?;
+    println!("{resp:?} fds={}", fds.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn to_table(r: &StatusReport) -> String {
+    let s = &r.status;
+    let mut out = format!(
+        "monitor pid {}  up {:.1} s  processes {}  listeners {}  connections {}  segments {} KiB  brokered {} ({} reusing a segment, {} from a standby)  to kernel {}\n",
+        s.monitor_pid,
+        s.uptime_ms as f64 / 1000.0,
+        s.processes,
+        s.listeners,
+        s.connections,
+        s.segment_bytes / 1024,
+        s.connects_total,
+        s.reused_total,
+        s.standby_total,
+        s.fallbacks_total
+    );
+    if !r.listeners.is_empty() {
+        out.push_str(&format!(
+            "\n{:<8} {:<28} {:>8} {:>8} {}\n",
+            "pid", "listening on", "backlog", "pending", "reuseport"
+        ));
+        for l in &r.listeners {
+            out.push_str(&format!(
+                "{:<8} {:<28} {:>8} {:>8} {}\n",
+                l.pid,
+                l.addr.to_string(),
+                l.backlog,
+                l.pending,
+                if l.reuseport { "yes" } else { "no" }
+            ));
+        }
+    }
+    if !r.connections.is_empty() {
+        out.push_str(&format!(
+            "\n{:<6} {:<8} {:<24} {:<6} {:<8} {:<24} {:<6} {:>12} {:>12}\n",
+            "conn", "pid A", "address A", "state", "pid B", "address B", "state", "bytes A→B", "bytes B→A"
+        ));
+        for c in &r.connections {
+            let pid = |p: u32| if p == 0 { "gone".to_string() } else { p.to_string() };
+            out.push_str(&format!(
+                "{:<6} {:<8} {:<24} {:<6} {:<8} {:<24} {:<6} {:>12} {:>12}\n",
+                c.conn,
+                pid(c.pids[0]),
+                c.addrs[0].to_string(),
+                c.states[0].name(),
+                pid(c.pids[1]),
+                c.addrs[1].to_string(),
+                c.states[1].name(),
+                c.bytes[0],
+                c.bytes[1]
+            ));
+        }
+    }
+    out
+}
+
+fn to_json(r: &StatusReport) -> String {
+    let s = &r.status;
+    let listeners: Vec<String> = r
+        .listeners
+        .iter()
+        .map(|l| {
+            format!(
+                r#"{{"pid":{},"addr":"{}","backlog":{},"pending":{},"reuseport":{}}}"#,
+                l.pid, l.addr, l.backlog, l.pending, l.reuseport
+            )
+        })
+        .collect();
+    let conns: Vec<String> = r
+        .connections
+        .iter()
+        .map(|c| {
+            format!(
+                r#"{{"conn":{},"pids":[{},{}],"addrs":["{}","{}"],"states":["{}","{}"],"bytes":[{},{}],"segment_bytes":{}}}"#,
+                c.conn,
+                c.pids[0],
+                c.pids[1],
+                c.addrs[0],
+                c.addrs[1],
+                c.states[0].name(),
+                c.states[1].name(),
+                c.bytes[0],
+                c.bytes[1],
+                c.segment_len
+            )
+        })
+        .collect();
+    format!(
+        concat!(
+            r#"{{"monitor_pid":{},"uptime_ms":{},"processes":{},"listeners":{},"connections":{},"#,
+            r#""segment_bytes":{},"connects_total":{},"reused_total":{},"standby_total":{},"#,
+            r#""fallbacks_total":{},"#,
+            r#""listener_list":[{}],"connection_list":[{}]}}"#,
+            "\n"
+        ),
+        s.monitor_pid,
+        s.uptime_ms,
+        s.processes,
+        s.listeners,
+        s.connections,
+        s.segment_bytes,
+        s.connects_total,
+        s.reused_total,
+        s.standby_total,
+        s.fallbacks_total,
+        listeners.join(","),
+        conns.join(",")
+    )
+}

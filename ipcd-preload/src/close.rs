@@ -1,0 +1,58 @@
+//! What closing an fd of ours does: the table forgets it and, with its
+//! last fd gone, the socket's connection ends (FIN or reset), its listener
+//! unregisters, its doorbell leaves every epoll set. Called by the
+//! interposed close/dup family and by a data call that outlived a close.
+
+use ipcd_proto::message::Request;
+use libc::c_int;
+
+use crate::control;
+use crate::ready::epoll;
+use crate::socket::{setup, stream, table, Socket, State};
+use crate::sys::guarded;
+
+/// Drops `fd` from the table: from now on the kernel serves it alone.
+pub(crate) fn forget(fd: c_int) {
+    if let Some(s) = table::remove(fd) {
+        if s.drop_fd() {
+            *s.lock() = State::Closed;
+        }
+    }
+}
+
+/// The last fd of `sock` is gone: FIN or reset, unregister, unmap —
+/// unless a call in another thread still uses it, which then does this.
+pub(crate) fn last_close(sock: &Socket) {
+    if sock.defer_close() {
+        return;
+    }
+    close_now(sock);
+}
+
+/// What the last close does (also run by a call that outlived the close).
+pub(crate) fn close_now(sock: &Socket) {
+    let old = std::mem::replace(&mut *sock.lock(), State::Closed);
+    match old {
+        State::Stream(st) => {
+            let mut st = *st;
+            let (conn, side) = (stream::close(&mut st, sock.linger_zero()), st.info.side);
+            // Its doorbell stays open in the cache: out of every epoll
+            // instance, as closing it would have done.
+            epoll::drop_source(st.link.bell());
+            let keep = st.link.keep();
+            let _ = control::with(|c| c.notify(&Request::Close { conn, side, keep }));
+        }
+        State::Listening { id, shared, passed, .. } => setup::close_listener(id, shared, passed),
+        State::Fresh | State::Closed => {}
+    }
+}
+
+/// Our bookkeeping for an fd about to be closed (by close, or implicitly by
+/// dup2/dup3 onto it).
+pub(crate) fn release(fd: c_int) {
+    if let Some(s) = table::remove(fd) {
+        if s.drop_fd() {
+            guarded((), || last_close(&s));
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! One mapped connection segment: our producer and consumer in it and the
+//! two doorbells (ours, which we sleep on, and the peer's, which we ring).
+//!
+//! A segment whose connection closed stays mapped here (up to
+//! [`MAX_CACHED`]) when the monitor may hand it to the next connection
+//! between the same two processes: that connection then costs no memfd,
+//! mapping, page faults, unmapping (with its TLB flush) or fd passing.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::Mutex;
+
+use ipcd_proto::message::{ConnInfo, Side};
+use ipcd_proto::Ring;
+use ipcd_ring::{Consumer, EndLock, Producer, Segment};
+
+use crate::sys::{fds, real};
+
+/// Why a connection from the monitor could not be attached.
+#[derive(Debug)]
+pub(crate) enum AttachError {
+    /// The message did not carry segment and two doorbells.
+    Fds(usize),
+    /// The segment's size disagrees with what the monitor said.
+    Size,
+    /// `mmap` failed (errno).
+    Map(i32),
+    /// The header failed validation.
+    Ring(ipcd_ring::Error),
+    /// A reused segment that we do not hold.
+    NotCached(u64),
+}
+
+impl std::fmt::Display for AttachError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttachError::Fds(n) => write!(f, "expected 3 fds, got {n}"),
+            AttachError::Size => f.write_str("segment size mismatch"),
+            AttachError::Map(e) => write!(f, "mmap failed: errno {e}"),
+            AttachError::Ring(e) => write!(f, "bad segment: {e}"),
+            AttachError::NotCached(id) => write!(f, "segment {id} is not mapped here"),
+        }
+    }
+}
+
+/// A segment mapped here with the two doorbells of one of its ends;
+/// unmapped on drop.
+struct Mapping {
+    base: NonNull<u8>,
+    len: usize,
+    bell: OwnedFd,
+    peer_bell: OwnedFd,
+    /// The monitor's segment id.
+    segment: u64,
+    side: ipcd_ring::Side,
+}
+
+// SAFETY: the mapping is process-wide memory owned by this value; the fds
+// are plain integers.
+unsafe impl Send for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // The doorbells close when the fields drop, through the interposed
+        // `close`, which refuses hidden fds.
+        fds::unhide(self.bell.as_raw_fd());
+        fds::unhide(self.peer_bell.as_raw_fd());
+        // SAFETY: the mapping made in `Link::map`; whoever held handles
+        // into it (a Link) is gone.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// How many closed connections' segments a process keeps mapped (each
+/// holds two hidden doorbell fds and address space, little memory). The
+/// standbys the monitor holds for us live here too: with 16 (wrk's 16
+/// connections plus its standbys) closing ends found it full and the
+/// monitor made and unmapped a segment for most connections.
+pub(crate) const MAX_CACHED: usize = 32;
+
+/// The ring side of a connection end.
+fn ring_side(side: Side) -> ipcd_ring::Side {
+    match side {
+        Side::A => ipcd_ring::Side::A,
+        Side::B => ipcd_ring::Side::B,
+    }
+}
+
+/// Segments of closed connections that the monitor may reuse.
+static CACHE: Mutex<Vec<Mapping>> = Mutex::new(Vec::new());
+
+fn cache() -> std::sync::MutexGuard<'static, Vec<Mapping>> {
+    CACHE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The kept segments' lock, held across a fork (see `control::lock_for_fork`).
+pub(crate) struct CacheLock(std::sync::MutexGuard<'static, Vec<Mapping>>);
+
+impl CacheLock {
+    /// In a forked child: what the parent kept is not the child's to reuse.
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Takes the kept segments' lock for a fork.
+pub(crate) fn lock_for_fork() -> CacheLock {
+    CacheLock(cache())
+}
+
+/// The monitor will not reuse `segment`: unmap it.
+pub(crate) fn forget(segment: u64) {
+    let gone: Vec<Mapping> = {
+        let mut c = cache();
+        let (gone, keep) = std::mem::take(&mut *c).into_iter().partition(|m| m.segment == segment);
+        *c = keep;
+        gone
+    };
+    drop(gone);
+}
+
+/// Unmaps every kept segment: none will be reused.
+pub(crate) fn forget_all() {
+    let gone = std::mem::take(&mut *cache());
+    drop(gone);
+}
+
+/// A mapped segment and our end of it.
+pub(crate) struct Link {
+    /// Our side's sending ring.
+    pub tx: Producer,
+    /// Our side's receiving ring.
+    pub rx: Consumer,
+    /// The monitor's connection id.
+    pub conn: u64,
+    seg: Segment,
+    side: ipcd_ring::Side,
+    /// Another process holds this end too (after fork): every use takes
+    /// the end's locks in the segment and resyncs the handles first.
+    shared: bool,
+    /// Declared last: the handles above point into it.
+    map: Mapping,
+}
+
+impl Link {
+    /// The segment of `info`: mapped from `fds` = `[segment, own bell, peer
+    /// bell]`, or, for a reused one (no fds), the one we kept.
+    pub(crate) fn attach(info: &ConnInfo, fds: Vec<OwnedFd>) -> Result<Link, AttachError> {
+        let side = ring_side(info.side);
+        let map = if info.reused {
+            if !fds.is_empty() {
+                return Err(AttachError::Fds(fds.len()));
+            }
+            let mut c = cache();
+            let at = c.iter().position(|m| m.segment == info.segment && m.side == side);
+            at.map(|i| c.swap_remove(i)).ok_or(AttachError::NotCached(info.segment))?
+        } else {
+            Link::map(info, side, fds)?
+        };
+        // The header is validated again: the monitor rewrote it for this
+        // connection.
+        // SAFETY: `map` is a live shared mapping of `len` bytes, owned by
+        // the Link with the view and handles made from it.
+        let seg = unsafe { Segment::attach(map.base, map.len) }.map_err(AttachError::Ring)?;
+        if seg.conn_id() != info.conn {
+            return Err(AttachError::Size);
+        }
+        let (tx, rx) = seg.endpoint(side).map_err(AttachError::Ring)?;
+        Ok(Link { tx, rx, conn: info.conn, seg, side, shared: false, map })
+    }
+
+    /// Maps a segment the monitor sent (it is then ours to unmap).
+    fn map(info: &ConnInfo, side: ipcd_ring::Side, fds: Vec<OwnedFd>) -> Result<Mapping, AttachError> {
+        let [seg_fd, bell, peer_bell]: [OwnedFd; 3] =
+            fds.try_into().map_err(|v: Vec<OwnedFd>| AttachError::Fds(v.len()))?;
+        let len = usize::try_from(info.segment_len).map_err(|_| AttachError::Size)?;
+        // The memfd is sealed against shrinking, so its size now is its size
+        // for good; a monitor that lied about it is caught here.
+        // SAFETY: fstat into a zeroed struct.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid fd and out pointer.
+        if unsafe { libc::fstat(seg_fd.as_raw_fd(), &mut st) } != 0 || st.st_size as u64 != info.segment_len || len == 0
+        {
+            return Err(AttachError::Size);
+        }
+        // SAFETY: a fresh shared mapping of the whole memfd.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                seg_fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(AttachError::Map(real::errno()));
+        }
+        let Some(base) = NonNull::new(p.cast::<u8>()) else { return Err(AttachError::Map(libc::EINVAL)) };
+        let (bell, peer_bell) = (fds::hide(bell), fds::hide(peer_bell));
+        Ok(Mapping { base, len, bell, peer_bell, segment: info.segment, side })
+    }
+
+    /// Maps a new segment the monitor holds a standby connection on and
+    /// keeps it with the closed ends' segments, where the connect that
+    /// takes the standby finds it as a reused one: holding its fds until
+    /// then would show them to the program. False if there is no room or
+    /// it cannot be mapped.
+    pub(crate) fn keep_standby(info: &ConnInfo, fds: Vec<OwnedFd>) -> bool {
+        let side = ring_side(info.side);
+        let mut c = cache();
+        if c.len() >= MAX_CACHED {
+            return false;
+        }
+        match Link::map(info, side, fds) {
+            Ok(map) => {
+                c.push(map);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The end is closed: keeps the segment mapped for the monitor to reuse
+    /// between the same two processes, if this process alone holds the end
+    /// and has room. Returns whether it was kept (what `Close` says).
+    pub(crate) fn keep(self) -> bool {
+        if self.shared {
+            return false;
+        }
+        let mut c = cache();
+        if c.len() >= MAX_CACHED {
+            return false;
+        }
+        c.push(self.map);
+        true
+    }
+
+    /// The id of the segment under this end.
+    pub(crate) fn segment(&self) -> u64 {
+        self.map.segment
+    }
+
+    /// This connection's ticket, if it came as a standby (see
+    /// `ipcd_ring::Segment::ticket`).
+    pub(crate) fn ticket(&self) -> ipcd_ring::Ticket {
+        self.seg.ticket(self.conn)
+    }
+
+    /// Connects through this standby's ticket from `addr`: `None` if it
+    /// was cancelled (the connection was not made), else whether an
+    /// acceptor watched it (and needs no wake-up; see `Segment::connect`).
+    pub(crate) fn connect_ticket(&self, addr: [u32; 8]) -> Option<bool> {
+        self.seg.connect(self.conn, addr)
+    }
+
+    /// An acceptor starts or stops watching this expected end's ticket
+    /// (see `Segment::watch`); the ticket as it is after.
+    pub(crate) fn watch_ticket(&self, on: bool) -> ipcd_ring::Ticket {
+        self.seg.watch(self.conn, on)
+    }
+
+    /// Cancels this standby's ticket unless its connector used it; the
+    /// ticket as it is after.
+    pub(crate) fn cancel_ticket(&self) -> ipcd_ring::Ticket {
+        self.seg.cancel(self.conn)
+    }
+
+    /// Process `pid` accepts this end, which waited in its accept queue;
+    /// false if the monitor withdrew it for another process meanwhile
+    /// (see `Segment::claim`): it is then not ours to use or close.
+    pub(crate) fn claim(&self, pid: u32) -> bool {
+        self.seg.claim(pid)
+    }
+
+    /// A process is about to fork: one more holder of this end.
+    pub(crate) fn add_holder(&self) {
+        self.seg.add_holder(self.side);
+    }
+
+    /// This process lets go of the end; true if it was the last holder
+    /// (the caller then closes the end as Linux would).
+    pub(crate) fn release_holder(&self) -> bool {
+        self.seg.release_holder(self.side) == 0
+    }
+
+    /// Whether another process may hold this end.
+    pub(crate) fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// The end is (from now on) held by more than one process.
+    pub(crate) fn set_shared(&mut self) {
+        self.shared = true;
+    }
+
+    /// Before using the handles: with a shared end, takes both of its locks
+    /// and rereads the indices another process may have moved.
+    pub(crate) fn enter(&mut self) {
+        if !self.shared {
+            return;
+        }
+        let me = crate::sys::process::owner_id();
+        for lock in [EndLock::Send(self.side), EndLock::Recv(self.side)] {
+            take(&self.seg, lock, me);
+        }
+        if self.tx.resync().is_err() || self.rx.resync().is_err() {
+            // A corrupt ring shows up again in `observe`, which resets.
+        }
+    }
+
+    /// After using the handles: releases what `enter` took.
+    pub(crate) fn leave(&mut self) {
+        if !self.shared {
+            return;
+        }
+        let me = crate::sys::process::owner_id();
+        for lock in [EndLock::Recv(self.side), EndLock::Send(self.side)] {
+            self.seg.unlock(lock, me);
+        }
+    }
+
+    /// The doorbell this end sleeps on.
+    pub(crate) fn bell(&self) -> RawFd {
+        self.map.bell.as_raw_fd()
+    }
+
+    /// Rings the peer's doorbell (it asked to be woken).
+    pub(crate) fn ring_peer(&self) {
+        crate::conn::bell::ring(self.map.peer_bell.as_raw_fd());
+    }
+
+    /// What the rings say now, for the state machine. `None`: the ring is
+    /// corrupt (the peer broke the protocol); the caller resets.
+    pub(crate) fn observe(&mut self) -> Option<Ring> {
+        let peer_fin = self.rx.peer_fin();
+        let peer_reset = self.rx.peer_state() == ipcd_ring::PeerState::Reset;
+        Some(Ring {
+            readable: self.rx.readable().ok()?,
+            writable: self.tx.writable_cached().ok()?,
+            peer_fin,
+            peer_reset,
+            // Every end closes its writing side before its reading side (the
+            // preload library and the monitor alike), so a closed reader is
+            // only possible once a FIN or reset is visible. Checking it only
+            // then keeps each send off the line the peer's reads keep
+            // writing (its `head`), which would cost a cache miss per send.
+            peer_reader_closed: (peer_fin || peer_reset) && self.tx.is_reader_closed(),
+        })
+    }
+}
+
+/// Takes `lock`, breaking it if its holder died (a process that crashed
+/// while holding an end's lock must not stall the others forever).
+fn take(seg: &Segment, lock: EndLock, me: std::num::NonZeroU32) {
+    let mut spins = 0u32;
+    while let Err(owner) = seg.try_lock(lock, me) {
+        spins += 1;
+        if spins % 1024 == 0 {
+            // SAFETY: signal 0 only checks whether the process exists.
+            let gone =
+                owner != 0 && unsafe { libc::kill(owner as libc::pid_t, 0) } != 0 && real::errno() == libc::ESRCH;
+            if gone {
+                seg.break_lock(lock, owner);
+            } else {
+                std::thread::yield_now();
+            }
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}

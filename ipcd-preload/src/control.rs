@@ -1,0 +1,655 @@
+//! The control channel to the monitor: opened on first need, one per
+//! process, shared by every thread. Replies are matched to requests by
+//! sequence number; events (`Incoming`, `PeerGone`) that arrive in between
+//! are queued for `accept`.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use ipcd_proto::channel::{Channel, ChannelError, Fds};
+use ipcd_proto::message::{ConnInfo, Request, Response, Side, MAX_FRAME};
+use ipcd_proto::{Caps, SockAddr};
+use ipcd_ring::Ticket;
+
+use crate::conn::bell::Bell;
+use crate::conn::link::Link;
+use crate::sys::log::{log, Level};
+use crate::sys::real;
+
+/// A connection waiting in a listener's accept queue.
+pub(crate) enum Pending {
+    /// Told by `Incoming`: connected; its segment is mapped at accept.
+    Told(ConnInfo, Vec<OwnedFd>),
+    /// Told by `Expect` before its connector used it (a standby): mapped
+    /// already, and taken once its ticket says connected.
+    Expected(ConnInfo, Box<Link>),
+}
+
+impl Pending {
+    /// The connection as the monitor described it.
+    pub(crate) fn info(&self) -> &ConnInfo {
+        match self {
+            Pending::Told(info, _) | Pending::Expected(info, _) => info,
+        }
+    }
+
+    /// What accept may do with it now.
+    fn look(&self) -> Look {
+        match self {
+            Pending::Told(..) => Look::Ready(None),
+            Pending::Expected(_, link) => match link.ticket() {
+                Ticket::Expected => Look::Later,
+                Ticket::Connected(words) => Look::Ready(SockAddr::from_words(words)),
+                Ticket::Cancelled | Ticket::Other => Look::Gone,
+            },
+        }
+    }
+}
+
+enum Look {
+    /// Take it (an expected one's connector at this address).
+    Ready(Option<SockAddr>),
+    /// Not connected yet.
+    Later,
+    /// Cancelled: never connected, drop it.
+    Gone,
+}
+
+/// A listener's bell a connector rings (see `Response::Standby`), kept
+/// out of the program's sight.
+struct PeerBell(OwnedFd);
+
+impl Drop for PeerBell {
+    fn drop(&mut self) {
+        crate::sys::fds::unhide(self.0.as_raw_fd());
+    }
+}
+
+/// A listener's accept queue here, and how its waiters are told.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Pending>,
+    /// The listener's bell, once a waiter showed it (see [`Control::watch`]).
+    bell: Weak<ListenerBell>,
+    /// Connections came since the bell last rang.
+    fresh: bool,
+}
+
+impl Queue {
+    /// Nothing waits here any more: the bell is emptied if it rang.
+    /// Connectors ring it too, from other processes: with connections
+    /// expected it is emptied whether we rang it or not, and rung again
+    /// if one connected meanwhile, so that no waiter sleeps past it.
+    fn quiet(&self) {
+        let Some(b) = self.bell.upgrade() else { return };
+        if !self.expects() {
+            b.quiet();
+            return;
+        }
+        b.settle();
+        if self.has_ready() {
+            b.ring();
+        }
+    }
+
+    /// Takes the first connection accept may take, dropping cancelled
+    /// ones on the way; an expected one gets its connector's address.
+    fn take_ready(&mut self) -> Option<Pending> {
+        let mut i = 0;
+        while i < self.items.len() {
+            match self.items[i].look() {
+                Look::Later => i += 1,
+                Look::Gone => {
+                    if let Some(Pending::Expected(_, link)) = self.items.remove(i) {
+                        // The monitor sends `Forget` for it; kept until then.
+                        let _ = (*link).keep();
+                    }
+                }
+                Look::Ready(peer) => {
+                    let mut p = self.items.remove(i)?;
+                    if let (Pending::Expected(info, _), Some(peer)) = (&mut p, peer) {
+                        info.peer = peer;
+                    }
+                    return Some(p);
+                }
+            }
+        }
+        None
+    }
+
+    fn has_ready(&self) -> bool {
+        self.items.iter().any(|p| matches!(p.look(), Look::Ready(_)))
+    }
+
+    fn expects(&self) -> bool {
+        self.items.iter().any(|p| matches!(p, Pending::Expected(..)))
+    }
+
+    /// Starts or stops watching every expected connection's ticket (see
+    /// `Segment::watch`); true if one says connected after.
+    fn watch(&self, on: bool) -> bool {
+        let mut connected = false;
+        for p in &self.items {
+            if let Pending::Expected(_, link) = p {
+                connected |= matches!(link.watch_ticket(on), Ticket::Connected(_));
+            }
+        }
+        connected
+    }
+}
+
+/// An eventfd readable while connections wait in one listener's queue:
+/// rung when connections are left queued as the channel is let go, emptied
+/// when the queue empties. A thread waiting on the listener (accept, poll,
+/// epoll) sleeps on it beside the channel, so a thread that read another's
+/// connection from the monitor wakes that thread, and no waiter can take
+/// the wake-up meant for another. (One bell for every listener, emptied by
+/// whoever woke, let a poller on one listener swallow the wake-up of a
+/// thread asleep in accept on another, which then slept on with its
+/// connection queued.)
+pub(crate) struct ListenerBell {
+    bell: Bell,
+    rung: AtomicBool,
+}
+
+impl ListenerBell {
+    /// A new bell, or `None` if no eventfd can be made (waiters then wake
+    /// on the channel only).
+    pub(crate) fn new() -> Option<Arc<ListenerBell>> {
+        Some(Arc::new(ListenerBell { bell: Bell::new()?, rung: AtomicBool::new(false) }))
+    }
+
+    /// The eventfd to sleep on.
+    pub(crate) fn fd(&self) -> RawFd {
+        self.bell.fd()
+    }
+
+    // Both run under the channel's lock, which orders them.
+    fn ring(&self) {
+        self.bell.ring();
+        self.rung.store(true, Ordering::Relaxed);
+    }
+
+    fn quiet(&self) {
+        if self.rung.swap(false, Ordering::Relaxed) {
+            self.bell.take();
+        }
+    }
+
+    /// Empties it whoever rang it.
+    fn settle(&self) {
+        self.rung.store(false, Ordering::Relaxed);
+        self.bell.take();
+    }
+}
+
+/// The open channel and what arrived on it.
+pub(crate) struct Control {
+    chan: Channel,
+    seq: u32,
+    pid: u32,
+    incoming: HashMap<u64, Queue>,
+    /// Connections accepted but not yet reported (`Accepted` only keeps
+    /// the monitor's backlog count): sent before the next request, or when
+    /// an accept finds nothing, and dropped when the connection's `Close`
+    /// (which implies it) goes first — most short connections never need
+    /// a message of their own.
+    accepted: Vec<u64>,
+    /// Connections were queued since the bells last rang.
+    unannounced: bool,
+    /// Connections the monitor holds ready for our next connect to an
+    /// address (`Standby`): destination and side A, over a segment in the
+    /// link cache.
+    standbys: Vec<(SockAddr, ConnInfo)>,
+    /// A standby ever came: a connect holding none for its address reads
+    /// the channel first.
+    standby_seen: bool,
+    /// `Close`s not sent yet (see `send`).
+    closes: Vec<Request>,
+    /// Listeners' bells by destination, rung by a connect through a standby.
+    peer_bells: HashMap<SockAddr, PeerBell>,
+}
+
+static CONTROL: Mutex<Option<Control>> = Mutex::new(None);
+/// Monotonic milliseconds before which we do not try the monitor again.
+static RETRY_AFTER_MS: AtomicU64 = AtomicU64::new(0);
+/// How many `Close`s a process holds back at most (see `Control::send`).
+const CLOSES_HELD: usize = 8;
+/// Most messages one read of the channel takes (see `Control::drain`).
+const DRAIN_BATCH: usize = 8;
+/// How long to leave a missing monitor alone before trying again.
+const RETRY: Duration = Duration::from_secs(1);
+
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// Runs `f` on the channel if it is open (never opens it, never waits for
+/// the monitor).
+pub(crate) fn peek<R>(f: impl FnOnce(&Control) -> R) -> Option<R> {
+    let guard = CONTROL.lock().unwrap_or_else(|p| p.into_inner());
+    guard.as_ref().map(f)
+}
+
+/// The channel's lock, for a fork: held by the forking thread from the
+/// prepare handler to the parent's and child's (a child must not inherit
+/// it locked by a thread that is not in it).
+pub(crate) fn lock_for_fork() -> MutexGuard<'static, Option<Control>> {
+    CONTROL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs `f` on the channel, opening it first if needed. `None`: no monitor
+/// (logged once per attempt), or the channel broke.
+pub(crate) fn with<R>(f: impl FnOnce(&mut Control) -> Result<R, ChannelError>) -> Option<R> {
+    let mut guard = CONTROL.lock().unwrap_or_else(|p| p.into_inner());
+    // Refreshed in a forked child (atfork); getpid was a system call per use.
+    let pid = crate::sys::process::owner_id().get();
+    if guard.as_ref().is_some_and(|c| c.pid != pid) {
+        // A forked child: the channel is the parent's. Our copy of its fd is
+        // closed; the child registers on its own.
+        *guard = None;
+    }
+    if guard.is_none() {
+        if now_ms() < RETRY_AFTER_MS.load(Ordering::Relaxed) {
+            return None;
+        }
+        match Control::open(pid) {
+            Ok(c) => {
+                // Kept segments belong to the channel they were kept on: a
+                // new one (a forked child's, or the old broke, or the
+                // monitor restarted) will never reuse them.
+                crate::conn::link::forget_all();
+                *guard = Some(c);
+            }
+            Err(e) => {
+                log!(Level::Warn, "no monitor on @{} ({e}); using kernel sockets", crate::sys::config::get().socket);
+                RETRY_AFTER_MS.store(now_ms() + RETRY.as_millis() as u64, Ordering::Relaxed);
+                return None;
+            }
+        }
+    }
+    let c = guard.as_mut()?;
+    match f(c) {
+        Ok(r) => {
+            c.announce();
+            Some(r)
+        }
+        Err(e) => {
+            log!(Level::Warn, "monitor channel failed ({e}); new connections use the kernel");
+            // What was queued goes with the channel: no bell may stay rung.
+            c.incoming.values().for_each(Queue::quiet);
+            *guard = None;
+            RETRY_AFTER_MS.store(now_ms() + RETRY.as_millis() as u64, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        // Our own close of the channel must pass the interposed `close`.
+        crate::sys::fds::unhide(self.fd());
+    }
+}
+
+impl Control {
+    fn open(pid: u32) -> Result<Control, String> {
+        let name = &crate::sys::config::get().socket;
+        let chan = Channel::connect_abstract(name.as_bytes()).map_err(|e| e.to_string())?;
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let cred = chan.peer_cred().map_err(|e| e.to_string())?;
+        if !cred.is_monitor_for(uid) {
+            return Err(format!("the monitor runs as uid {}, not {uid} or root", cred.uid));
+        }
+        chan.set_nonblocking(true).map_err(|e| e.to_string())?;
+        // Hidden once it is sure to be kept: from here on `Control`'s drop unhides it.
+        let chan = Channel::from_fd(crate::sys::fds::hide(OwnedFd::from(chan)));
+        let mut c = Control {
+            chan,
+            seq: 0,
+            pid,
+            incoming: HashMap::new(),
+            accepted: Vec::new(),
+            unannounced: false,
+            standbys: Vec::new(),
+            standby_seen: false,
+            closes: Vec::new(),
+            peer_bells: HashMap::new(),
+        };
+        let hello = Request::hello(pid, uid, Caps::empty());
+        match c.call(&hello, &[]).map_err(|e| e.to_string())?.0 {
+            Response::Welcome { .. } => {}
+            other => return Err(format!("monitor refused: {other:?}")),
+        }
+        log!(Level::Info, "active: monitor @{name} (uid {}, pid {})", cred.uid, cred.pid);
+        if let Some(parent_pid) = crate::sys::process::take_parent() {
+            // A forked child: it holds what the parent held at the fork.
+            match c.call(&Request::Forked { parent_pid }, &[]).map_err(|e| e.to_string())?.0 {
+                Response::Ok => {}
+                other => log!(Level::Warn, "monitor did not take the fork from {parent_pid}: {other:?}"),
+            }
+        }
+        Ok(c)
+    }
+
+    /// The channel's fd (readable when a message waits).
+    pub(crate) fn fd(&self) -> RawFd {
+        self.chan.as_fd().as_raw_fd()
+    }
+
+    /// Sends a request and waits for its reply, queuing events meanwhile.
+    pub(crate) fn call(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<(Response, Fds), ChannelError> {
+        self.send(req, fds)?;
+        let want = self.seq;
+        loop {
+            // Waits first: the reply needs the monitor to wake up, so a
+            // read right after the send found nothing (strace -c of 2000
+            // connects: one such read each).
+            wait_readable(self.fd());
+            loop {
+                match self.chan.recv_response() {
+                    Ok((seq, resp, fds)) if seq == want => return Ok((resp, fds)),
+                    Ok((_, resp, fds)) => self.event(resp, fds),
+                    Err(e) if e.is_would_block() => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// Sends a request that has no reply.
+    pub(crate) fn notify(&mut self, req: &Request) -> Result<(), ChannelError> {
+        self.send(req, &[])
+    }
+
+    /// Records an accepted connection, reported later (see `accepted`).
+    pub(crate) fn accepted(&mut self, conn: u64) {
+        self.accepted.push(conn);
+    }
+
+    /// Reports the accepted connections not yet reported.
+    pub(crate) fn flush_accepted(&mut self) -> Result<(), ChannelError> {
+        if self.accepted.is_empty() {
+            return Ok(());
+        }
+        let reqs = self.accepted.drain(..).map(|conn| Request::Accepted { conn }).collect();
+        self.send_batch(reqs)
+    }
+
+    /// Reports what waits to be reported: accepted connections and the
+    /// `Close`s held back (also before a fork: the child must not be
+    /// counted a holder of ends already closed).
+    pub(crate) fn flush(&mut self) -> Result<(), ChannelError> {
+        if self.accepted.is_empty() && self.closes.is_empty() {
+            return Ok(());
+        }
+        let mut reqs: Vec<Request> = self.accepted.drain(..).map(|conn| Request::Accepted { conn }).collect();
+        reqs.append(&mut self.closes);
+        self.send_batch(reqs)
+    }
+
+    /// Sends requests without fds, in order, several per system call.
+    fn send_batch(&mut self, reqs: Vec<Request>) -> Result<(), ChannelError> {
+        let batch: Vec<(u32, Request)> = reqs.into_iter().map(|r| (self.next_seq(), r)).collect();
+        let mut sent = 0;
+        while sent < batch.len() {
+            match self.chan.send_requests(&batch[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.is_would_block() => wait_writable(self.fd()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        self.seq
+    }
+
+    /// `Close`s are held back, up to `CLOSES_HELD`, and go before any
+    /// other request: the monitor then wakes once for several (a wake-up per connection was most of
+    /// set-up's cost on two cores). Nothing waits for them: the ring
+    /// already carries the close to the peer; the monitor only recycles
+    /// the segment later. A process that exits with some held is seen
+    /// to die with those ends, which closes them as they already are.
+    fn send(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
+        if let Request::Close { conn, side, .. } = *req {
+            if side == Side::B {
+                self.accepted.retain(|&c| c != conn);
+            }
+            self.closes.push(*req);
+            return if self.closes.len() < CLOSES_HELD { Ok(()) } else { self.flush() };
+        }
+        self.flush()?;
+        self.send_now(req, fds)
+    }
+
+    fn send_now(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
+        let seq = self.next_seq();
+        loop {
+            match self.chan.send_request(seq, req, fds) {
+                Err(e) if e.is_would_block() => wait_writable(self.fd()),
+                other => return other,
+            }
+        }
+    }
+
+    /// Reads every message already waiting (non-blocking).
+    pub(crate) fn drain(&mut self) -> Result<(), ChannelError> {
+        // Several per system call: the refills of a connect-heavy process
+        // come one per connection.
+        let mut bufs = [[0u8; MAX_FRAME + 1]; DRAIN_BATCH];
+        loop {
+            let mut got = Vec::new();
+            let mut bad = None;
+            let n = self.chan.recv_packets(&mut bufs, |bytes, fds| {
+                let decoded = fds.and_then(|fds| match Response::decode(bytes, fds.len()) {
+                    Ok((_, resp)) => Ok((resp, fds)),
+                    Err(e) => Err(ChannelError::Decode(e)),
+                });
+                match decoded {
+                    Ok(m) => got.push(m),
+                    Err(e) => {
+                        bad.get_or_insert(e);
+                    }
+                }
+            });
+            let n = match n {
+                Ok(n) => n,
+                Err(e) if e.is_would_block() => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            for (resp, fds) in got {
+                self.event(resp, fds);
+            }
+            if let Some(e) = bad {
+                return Err(e);
+            }
+            // Fewer than room for: none was left waiting.
+            if n < DRAIN_BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads the next message if one waits (non-blocking); false if none did.
+    pub(crate) fn read_one(&mut self) -> Result<bool, ChannelError> {
+        match self.chan.recv_response() {
+            Ok((_, resp, fds)) => {
+                self.event(resp, fds);
+                Ok(true)
+            }
+            Err(e) if e.is_would_block() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn event(&mut self, resp: Response, fds: Fds) {
+        match resp {
+            Response::Incoming { listener, info } => {
+                let q = self.incoming.entry(listener).or_default();
+                q.items.push_back(Pending::Told(info, fds.into_vec()));
+                q.fresh = true;
+                self.unannounced = true;
+            }
+            Response::Expect { listener, info } => match Link::attach(&info, fds.into_vec()) {
+                Ok(link) => {
+                    self.incoming.entry(listener).or_default().items.push_back(Pending::Expected(info, Box::new(link)))
+                }
+                Err(e) => {
+                    log!(Level::Debug, "expected connection {} cannot be mapped ({e}); giving it back", info.conn);
+                    let _ = self.send_now(&Request::Unused { conn: info.conn }, &[]);
+                }
+            },
+            // The monitor already closed the dead end in the ring and rang
+            // us; the ring is where our sockets learn it.
+            Response::PeerGone { .. } => {}
+            Response::Forget { segment } => {
+                crate::conn::link::forget(segment);
+                for q in self.incoming.values_mut() {
+                    q.items.retain(|p| !matches!(p, Pending::Expected(_, l) if l.segment() == segment));
+                }
+            }
+            Response::Standby { dest, mut info, bell } => {
+                let mut fds = fds.into_vec();
+                if bell {
+                    if let Some(fd) = fds.pop() {
+                        self.peer_bells.insert(dest, PeerBell(crate::sys::fds::hide(fd)));
+                    }
+                }
+                if !info.reused {
+                    if !crate::conn::link::Link::keep_standby(&info, fds) {
+                        let _ = self.send_now(&Request::Unused { conn: info.conn }, &[]);
+                        return;
+                    }
+                    // From now on it is found in the cache, as a reused one.
+                    info.reused = true;
+                }
+                self.standbys.push((dest, info));
+                self.standby_seen = true;
+            }
+            Response::Withdraw { conn } => {
+                // Not ours any more if a connect took it: its `Use` is on
+                // its way, and the monitor expects nothing else.
+                if let Some(i) = self.standbys.iter().position(|(_, info)| info.conn == conn) {
+                    self.standbys.swap_remove(i);
+                    if let Err(e) = self.send_now(&Request::Unused { conn }, &[]) {
+                        log!(Level::Debug, "cannot give back standby {conn}: {e}");
+                    }
+                }
+            }
+            other => log!(Level::Debug, "unexpected message from the monitor: {other:?}"),
+        }
+    }
+
+    /// Rings the bell of each listener with connections that came since
+    /// it last rang and still wait. It runs as the channel is let go, so
+    /// the accept that read a connection and took it at once rings nothing
+    /// (ringing on every arrival cost that accept's next wait a poll, a
+    /// read and a drain).
+    fn announce(&mut self) {
+        if !std::mem::take(&mut self.unannounced) {
+            return;
+        }
+        for q in self.incoming.values_mut() {
+            if std::mem::take(&mut q.fresh) && q.has_ready() {
+                if let Some(b) = q.bell.upgrade() {
+                    b.ring();
+                }
+            }
+        }
+    }
+
+    /// A thread is about to wait on `listener` with `bell`: connections
+    /// that another thread reads from now on ring it. Called before the
+    /// waiter's last look at the queue, so none slips in between.
+    pub(crate) fn watch(&mut self, listener: u64, bell: &Arc<ListenerBell>) {
+        let q = self.incoming.entry(listener).or_default();
+        if !std::ptr::eq(q.bell.as_ptr(), Arc::as_ptr(bell)) {
+            q.bell = Arc::downgrade(bell);
+        }
+    }
+
+    /// The standby connection to `dest`, if one was read from the
+    /// channel (see `drain`).
+    pub(crate) fn take_standby(&mut self, dest: &SockAddr) -> Option<ConnInfo> {
+        let i = self.standbys.iter().position(|(d, _)| d == dest)?;
+        Some(self.standbys.swap_remove(i).1)
+    }
+
+    /// Whether the monitor ever held a connection ready for us: only then
+    /// is the channel worth reading before a connect.
+    pub(crate) fn expects_standbys(&self) -> bool {
+        self.standby_seen
+    }
+
+    /// Our process id, as the monitor knows it.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether a connection accept may take is queued for `listener`.
+    pub(crate) fn has_incoming(&self, listener: u64) -> bool {
+        self.incoming.get(&listener).is_some_and(Queue::has_ready)
+    }
+
+    /// Whether connections are expected on `listener` (standbys issued
+    /// for it, not yet used).
+    pub(crate) fn expects(&self, listener: u64) -> bool {
+        self.incoming.get(&listener).is_some_and(Queue::expects)
+    }
+
+    /// An accept on `listener` starts (`on`) or stops spinning on the
+    /// tickets of the connections expected there: while it does, their
+    /// connectors need not ring the listener's bell. Stopping returns
+    /// true if one connected meanwhile (its connector may not have rung:
+    /// the caller must look again before it sleeps).
+    pub(crate) fn watch_expected(&self, listener: u64, on: bool) -> bool {
+        self.incoming.get(&listener).is_some_and(|q| q.watch(on))
+    }
+
+    /// The next connection accept may take from `listener`'s queue.
+    pub(crate) fn pop_incoming(&mut self, listener: u64) -> Option<Pending> {
+        let q = self.incoming.get_mut(&listener)?;
+        let next = q.take_ready();
+        if !q.has_ready() {
+            q.quiet();
+        }
+        next
+    }
+
+    /// Rings the bell of the listener at `dest` (a connect took a
+    /// standby there); false if we have none for it.
+    pub(crate) fn ring_listener(&self, dest: &SockAddr) -> bool {
+        let Some(b) = self.peer_bells.get(dest) else { return false };
+        crate::conn::bell::ring(b.0.as_raw_fd());
+        true
+    }
+
+    /// Everything still queued for `listener` (it is closing).
+    pub(crate) fn take_incoming(&mut self, listener: u64) -> VecDeque<Pending> {
+        let Some(q) = self.incoming.remove(&listener) else { return VecDeque::new() };
+        q.quiet();
+        q.items
+    }
+}
+
+fn wait_readable(fd: RawFd) {
+    poll1(fd, libc::POLLIN);
+}
+
+fn wait_writable(fd: RawFd) {
+    poll1(fd, libc::POLLOUT);
+}
+
+fn poll1(fd: RawFd, events: libc::c_short) {
+    let mut p = libc::pollfd { fd, events, revents: 0 };
+    // SAFETY: one live pollfd. EINTR just means we look again.
+    unsafe { real::poll(&mut p, 1, -1) };
+}

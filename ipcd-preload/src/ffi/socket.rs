@@ -1,0 +1,530 @@
+//! Interposed socket life-cycle and option calls: socket, listen, accept,
+//! connect, close, shutdown, the dup family, fcntl, ioctl, socket options
+//! and names.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipcd_proto::SockAddr;
+use libc::{c_int, c_void, sockaddr, socklen_t};
+
+use super::fail;
+use crate::close::{forget, release};
+use crate::socket::setup::{self, Connect};
+use crate::socket::{stream, table};
+use crate::socket::{Socket, State};
+use crate::sys::{guarded, real};
+
+/// Interposed `socket(2)`: TCP sockets of IPv4 and IPv6 become ours (still
+/// real kernel sockets underneath); everything else is untouched.
+///
+/// # Safety
+/// As for `socket(2)`.
+#[no_mangle]
+pub(super) unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int {
+    // SAFETY: the caller's arguments, unchanged.
+    let fd = unsafe { real::socket(domain, ty, proto) };
+    let tcp = matches!(domain, libc::AF_INET | libc::AF_INET6)
+        && ty & 0xf == libc::SOCK_STREAM
+        && (proto == 0 || proto == libc::IPPROTO_TCP);
+    if fd >= 0 && tcp && !crate::sys::config::get().disabled {
+        let err = real::errno();
+        guarded((), || {
+            let sock = Arc::new(Socket::new(domain, ty & libc::SOCK_NONBLOCK != 0, State::Fresh));
+            // An fd beyond the table stays a plain kernel socket.
+            let _ = table::install(fd, sock);
+        });
+        real::set_errno(err);
+    }
+    fd
+}
+
+/// Interposed `listen(2)`: the kernel listens (and stays the authority on
+/// ports); then the monitor learns of it.
+///
+/// # Safety
+/// As for `listen(2)`.
+#[no_mangle]
+pub(super) unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    // SAFETY: the caller's arguments, unchanged.
+    let r = unsafe { real::listen(fd, backlog) };
+    if r == 0 {
+        if let Some(s) = table::get(fd) {
+            let err = real::errno();
+            if !guarded(false, || setup::listen(fd, &s, backlog)) {
+                forget(fd);
+            }
+            real::set_errno(err);
+        }
+    }
+    r
+}
+
+/// Interposed `accept(2)`.
+///
+/// # Safety
+/// As for `accept(2)`.
+#[no_mangle]
+pub(super) unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: as the caller's contract.
+    unsafe { accept4(fd, addr, len, 0) }
+}
+
+/// Interposed `accept4(2)`: an ipcd connection or a kernel one, whichever
+/// comes first.
+///
+/// # Safety
+/// As for `accept4(2)`.
+#[no_mangle]
+pub(super) unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+    let listener = table::get(fd).and_then(|s| match *s.lock() {
+        State::Listening { id, .. } => Some((Arc::clone(&s), id)),
+        _ => None,
+    });
+    match listener {
+        Some((s, id)) => {
+            if flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
+                return fail(libc::EINVAL);
+            }
+            // SAFETY: the caller's address buffers.
+            guarded(-1, || match unsafe { setup::accept(fd, &s, id, addr, len, flags) } {
+                Ok(newfd) => newfd,
+                Err(e) => fail(e),
+            })
+        }
+        // SAFETY: the caller's arguments, unchanged.
+        None => unsafe { real::accept4(fd, addr, len, flags) },
+    }
+}
+
+/// Interposed `connect(2)`: through the monitor to an ipcd listener on this
+/// host, else the kernel.
+///
+/// # Safety
+/// As for `connect(2)`.
+#[no_mangle]
+pub(super) unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    if let Some(s) = table::get(fd) {
+        // SAFETY: the caller's address of `len` bytes.
+        if let Some(dest) = unsafe { SockAddr::from_raw(addr, len) } {
+            let err = real::errno();
+            match guarded(Connect::Kernel, || setup::connect(fd, &s, dest)) {
+                Connect::Done(Ok(())) => return 0,
+                Connect::Done(Err(e)) => return fail(e),
+                Connect::Kernel => {
+                    if s.is_stream() {
+                        return fail(libc::EISCONN);
+                    }
+                    forget(fd);
+                    real::set_errno(err);
+                }
+            }
+        }
+    }
+    // SAFETY: the caller's arguments, unchanged.
+    unsafe { real::connect(fd, addr, len) }
+}
+
+/// Interposed `close(2)`.
+///
+/// # Safety
+/// As for `close(2)`.
+#[no_mangle]
+pub(super) unsafe extern "C" fn close(fd: c_int) -> c_int {
+    if crate::sys::fds::is_hidden(fd) {
+        // One of ours (a doorbell, the control channel): to the program it
+        // is not open, as if it had never been.
+        return fail(libc::EBADF);
+    }
+    release(fd);
+    crate::ready::epoll::forget(fd);
+    // SAFETY: the caller's fd.
+    unsafe { real::close(fd) }
+}
+
+/// Interposed `close_range(2)`: our bookkeeping for every fd of ours in
+/// the range, then the kernel's close of the range around our hidden fds.
+///
+/// # Safety
+/// As for `close_range(2)`.
+#[no_mangle]
+pub(super) unsafe extern "C" fn close_range(first: libc::c_uint, last: libc::c_uint, flags: c_int) -> c_int {
+    // Bad arguments and close-on-exec marking close nothing: the kernel
+    // answers alone (ours are close-on-exec already).
+    if first > last || flags & !(libc::CLOSE_RANGE_UNSHARE as c_int) != 0 {
+        // SAFETY: the caller's arguments, unchanged.
+        return unsafe { real::close_range(first, last, flags) };
+    }
+    guarded((), || {
+        let top = last.min(table::TABLE_LEN as libc::c_uint - 1);
+        for fd in first..=top {
+            release(fd as c_int);
+            crate::ready::epoll::forget(fd as c_int);
+        }
+    });
+    let mut r = 0;
+    let any = crate::sys::fds::each_gap(first, last, |a, b| {
+        // SAFETY: a piece of the caller's range without our fds.
+        r = unsafe { real::close_range(a, b, flags) };
+        r == 0
+    });
+    if !any {
+        // Only ours in the range: nothing of the program's to close (an
+        // unshare request still gets its unshare: no fd is that high).
+        // SAFETY: a range of one number no process can have open.
+        r = unsafe { real::close_range(libc::c_uint::MAX, libc::c_uint::MAX, flags) };
+    }
+    r
+}
+
+/// Interposed `closefrom(3)`: as `close_range(lowfd, ~0, 0)`, which is
+/// what glibc's does (without going through the interposable symbol).
+///
+/// # Safety
+/// As for `closefrom(3)`.
+#[no_mangle]
+pub(super) unsafe extern "C" fn closefrom(lowfd: c_int) {
+    // SAFETY: the caller's argument; negative means from 0, as glibc's.
+    unsafe { close_range(lowfd.max(0) as libc::c_uint, libc::c_uint::MAX, 0) };
+}
+
+/// Interposed `shutdown(2)`.
+///
+/// # Safety
+/// As for `shutdown(2)`.
+#[no_mangle]
+pub(super) unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
+    match table::get(fd).filter(|s| s.is_stream()) {
+        Some(s) => guarded(-1, || match stream::shutdown(&s, how) {
+            Ok(()) => 0,
+            Err(e) => fail(e),
+        }),
+        // SAFETY: the caller's arguments, unchanged.
+        None => unsafe { real::shutdown(fd, how) },
+    }
+}
+
+/// After the kernel made `new` a copy of `old`: `new` refers to our object too.
+fn copied(old: &Arc<Socket>, new: c_int) {
+    let _ = table::install(new, Arc::clone(old));
+}
+
+/// After the kernel made `new` a copy of `fd`, whatever `fd` is.
+fn copied_fd(fd: c_int, new: c_int) {
+    if let Some(s) = table::get(fd) {
+        copied(&s, new);
+    }
+    crate::ready::epoll::copied(fd, new);
+}
+
+/// Interposed `dup(2)`.
+///
+/// # Safety
+/// As for `dup(2)`.
+#[no_mangle]
+pub(super) unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    // SAFETY: the caller's fd.
+    let r = unsafe { real::dup(fd) };
+    if r >= 0 {
+        copied_fd(fd, r);
+    }
+    r
+}
+
+/// Interposed `dup2(2)`.
+///
+/// # Safety
+/// As for `dup2(2)`.
+#[no_mangle]
+pub(super) unsafe extern "C" fn dup2(fd: c_int, new: c_int) -> c_int {
+    // SAFETY: as dup3, which differs only for fd == new.
+    unsafe { dup_onto(fd, new, None) }
+}
+
+/// Interposed `dup3(2)`.
+///
+/// # Safety
+/// As for `dup3(2)`.
+#[no_mangle]
+pub(super) unsafe extern "C" fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
+    // SAFETY: as the caller's contract.
+    unsafe { dup_onto(fd, new, Some(flags)) }
+}
+
+/// dup2 (`flags` None) or dup3.
+unsafe fn dup_onto(fd: c_int, new: c_int, flags: Option<c_int>) -> c_int {
+    let src = table::get(fd);
+    if src.is_none()
+        && table::get(new).is_none()
+        && !crate::ready::epoll::is_epoll(fd)
+        && !crate::ready::epoll::is_epoll(new)
+    {
+        // SAFETY: the caller's arguments, unchanged.
+        return unsafe {
+            match flags {
+                None => real::dup2(fd, new),
+                Some(f) => real::dup3(fd, new, f),
+            }
+        };
+    }
+    // SAFETY: the caller's arguments, unchanged.
+    let r = unsafe {
+        match flags {
+            None => real::dup2(fd, new),
+            Some(f) => real::dup3(fd, new, f),
+        }
+    };
+    if r >= 0 && fd != new {
+        // The kernel closed whatever `new` was: so do we.
+        release(new);
+        crate::ready::epoll::forget(new);
+        if let Some(s) = src {
+            copied(&s, new);
+        }
+        crate::ready::epoll::copied(fd, new);
+    }
+    r
+}
+
+/// Interposed `fcntl(2)`. Variadic in C; every command takes at most one
+/// integer or pointer argument, which the x86-64 and AArch64 Linux calling
+/// conventions pass in the same register either way.
+///
+/// # Safety
+/// As for `fcntl(2)`.
+#[no_mangle]
+pub(super) unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
+    let Some(s) = table::get(fd) else {
+        // SAFETY: the caller's arguments, unchanged.
+        let r = unsafe { real::fcntl(fd, cmd, arg) };
+        if r >= 0 && matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) {
+            crate::ready::epoll::copied(fd, r);
+        }
+        return r;
+    };
+    match cmd {
+        libc::F_GETFL => {
+            // SAFETY: F_GETFL takes no argument.
+            let r = unsafe { real::fcntl(fd, cmd, 0) };
+            if r < 0 {
+                return r;
+            }
+            (r & !libc::O_NONBLOCK) | if s.nonblocking() { libc::O_NONBLOCK } else { 0 }
+        }
+        libc::F_SETFL => {
+            let mut flags = arg as c_int;
+            if s.lock().keeps_kernel_nonblocking() {
+                flags |= libc::O_NONBLOCK;
+            }
+            // SAFETY: F_SETFL with an int argument.
+            let r = unsafe { real::fcntl(fd, cmd, flags as usize) };
+            if r == 0 {
+                s.set_nonblocking(arg as c_int & libc::O_NONBLOCK != 0);
+            }
+            r
+        }
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
+            // SAFETY: the caller's arguments, unchanged.
+            let r = unsafe { real::fcntl(fd, cmd, arg) };
+            if r >= 0 {
+                copied(&s, r);
+            }
+            r
+        }
+        // SAFETY: the caller's arguments, unchanged.
+        _ => unsafe { real::fcntl(fd, cmd, arg) },
+    }
+}
+
+/// Interposed `fcntl64` (glibc's name for `fcntl` with large-file offsets).
+///
+/// # Safety
+/// As for `fcntl(2)`.
+#[no_mangle]
+pub(super) unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: usize) -> c_int {
+    // SAFETY: the same call.
+    unsafe { fcntl(fd, cmd, arg) }
+}
+
+/// Interposed `ioctl(2)`: `FIONBIO`, `FIONREAD` and `SIOCOUTQ` on ipcd
+/// sockets; everything else reaches the kernel socket.
+///
+/// # Safety
+/// As for `ioctl(2)`.
+#[no_mangle]
+pub(super) unsafe extern "C" fn ioctl(fd: c_int, req: libc::c_ulong, arg: usize) -> c_int {
+    let Some(s) = table::get(fd) else {
+        // SAFETY: the caller's arguments, unchanged.
+        return unsafe { real::ioctl(fd, req, arg) };
+    };
+    let out = arg as *mut c_int;
+    match req {
+        libc::FIONBIO => {
+            if out.is_null() {
+                return fail(libc::EFAULT);
+            }
+            // SAFETY: FIONBIO's argument is an int pointer.
+            let on = unsafe { *out } != 0;
+            if !s.lock().keeps_kernel_nonblocking() {
+                // SAFETY: as the caller's contract.
+                let r = unsafe { real::ioctl(fd, req, arg) };
+                if r != 0 {
+                    return r;
+                }
+            }
+            s.set_nonblocking(on);
+            0
+        }
+        libc::FIONREAD | libc::TIOCOUTQ if s.is_stream() => {
+            if out.is_null() {
+                return fail(libc::EFAULT);
+            }
+            let n = match if req == libc::FIONREAD { stream::readable(&s) } else { stream::unread_by_peer(&s) } {
+                Ok(n) => n,
+                Err(e) => return fail(e),
+            };
+            // SAFETY: these requests' argument is an int pointer.
+            unsafe { *out = n.min(c_int::MAX as usize) as c_int };
+            0
+        }
+        // SAFETY: the caller's arguments, unchanged.
+        _ => unsafe { real::ioctl(fd, req, arg) },
+    }
+}
+
+/// Interposed `getsockopt(2)`: `SO_ERROR` of an ipcd stream comes from the
+/// connection; every other option from the kernel socket, where
+/// `setsockopt` put it.
+///
+/// # Safety
+/// As for `getsockopt(2)`.
+#[no_mangle]
+pub(super) unsafe extern "C" fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *mut c_void,
+    len: *mut socklen_t,
+) -> c_int {
+    if level == libc::SOL_SOCKET && name == libc::SO_ERROR {
+        if let Some(s) = table::get(fd).filter(|s| s.is_stream()) {
+            if val.is_null() || len.is_null() {
+                return fail(libc::EFAULT);
+            }
+            // SAFETY: the caller's length pointer.
+            let l = unsafe { *len };
+            if (l as i32) < 0 {
+                return fail(libc::EINVAL);
+            }
+            let e = stream::so_error(&s).unwrap_or(0);
+            let n = (l as usize).min(std::mem::size_of::<c_int>());
+            // SAFETY: copies at most the caller's length from a live int.
+            unsafe {
+                std::ptr::copy_nonoverlapping((&raw const e).cast::<u8>(), val.cast::<u8>(), n);
+                *len = n as socklen_t;
+            }
+            return 0;
+        }
+    }
+    // SAFETY: the caller's arguments, unchanged.
+    unsafe { real::getsockopt(fd, level, name, val, len) }
+}
+
+/// Interposed `setsockopt(2)`: the kernel socket validates and keeps every
+/// option; we also note the ones that change what ipcd does.
+///
+/// # Safety
+/// As for `setsockopt(2)`.
+#[no_mangle]
+pub(super) unsafe extern "C" fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *const c_void,
+    len: socklen_t,
+) -> c_int {
+    // SAFETY: the caller's arguments, unchanged.
+    let r = unsafe { real::setsockopt(fd, level, name, val, len) };
+    if r != 0 || !matches!(level, libc::SOL_SOCKET | libc::IPPROTO_TCP) {
+        return r;
+    }
+    let Some(s) = table::get(fd) else { return r };
+    if level == libc::IPPROTO_TCP {
+        if name == super::TCP_INQ && len as usize >= std::mem::size_of::<c_int>() {
+            // SAFETY: the kernel accepted it as an int.
+            s.set_inq(unsafe { val.cast::<c_int>().read_unaligned() } != 0);
+        }
+        return r;
+    }
+    match name {
+        libc::SO_RCVTIMEO | libc::SO_SNDTIMEO if len as usize >= std::mem::size_of::<libc::timeval>() => {
+            // SAFETY: the kernel accepted it as a timeval.
+            let tv = unsafe { val.cast::<libc::timeval>().read_unaligned() };
+            let t = Duration::from_secs(tv.tv_sec.max(0) as u64) + Duration::from_micros(tv.tv_usec.max(0) as u64);
+            s.set_timeout(name == libc::SO_RCVTIMEO, t);
+        }
+        libc::SO_ZEROCOPY if len as usize >= std::mem::size_of::<c_int>() => {
+            // SAFETY: the kernel accepted it as an int.
+            s.set_zerocopy(unsafe { val.cast::<c_int>().read_unaligned() } != 0);
+        }
+        libc::SO_LINGER if len as usize >= std::mem::size_of::<libc::linger>() => {
+            // SAFETY: the kernel accepted it as a linger.
+            let l = unsafe { val.cast::<libc::linger>().read_unaligned() };
+            s.set_linger_zero(l.l_onoff != 0 && l.l_linger == 0);
+        }
+        _ => {}
+    }
+    r
+}
+
+/// Which name `getsockname`/`getpeername` asks for.
+#[derive(Clone, Copy)]
+enum Name {
+    Local,
+    Peer,
+}
+
+unsafe fn name_of(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, which: Name) -> Option<c_int> {
+    let s = table::get(fd).filter(|s| s.is_stream())?;
+    if addr.is_null() || len.is_null() {
+        return Some(fail(libc::EFAULT));
+    }
+    let a = match &*s.lock() {
+        State::Stream(st) => match which {
+            Name::Local => st.info.local,
+            Name::Peer => st.info.peer,
+        },
+        _ => return Some(fail(libc::EBADF)),
+    };
+    // SAFETY: the caller's buffers.
+    unsafe { setup::write_addr(setup::for_family(a, s.family), addr, len) };
+    Some(0)
+}
+
+/// Interposed `getsockname(2)`.
+///
+/// # Safety
+/// As for `getsockname(2)`.
+#[no_mangle]
+pub(super) unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: the caller's buffers.
+    match unsafe { name_of(fd, addr, len, Name::Local) } {
+        Some(r) => r,
+        // SAFETY: the caller's arguments, unchanged.
+        None => unsafe { real::getsockname(fd, addr, len) },
+    }
+}
+
+/// Interposed `getpeername(2)`.
+///
+/// # Safety
+/// As for `getpeername(2)`.
+#[no_mangle]
+pub(super) unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: the caller's buffers.
+    match unsafe { name_of(fd, addr, len, Name::Peer) } {
+        Some(r) => r,
+        // SAFETY: the caller's arguments, unchanged.
+        None => unsafe { real::getpeername(fd, addr, len) },
+    }
+}

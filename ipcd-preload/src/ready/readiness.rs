@@ -1,0 +1,179 @@
+//! Readiness of our sockets for poll, select and epoll, from ring state
+//! (never from the idle kernel socket underneath), and arming their
+//! doorbells before a sleep.
+
+use std::sync::Arc;
+
+use ipcd_proto::Request;
+use ipcd_ring::Wait;
+
+use crate::conn::bell::Bell;
+use crate::control::{self, ListenerBell};
+use crate::socket::stream::Edge;
+use crate::socket::{Socket, State};
+
+/// `POLLIN`-like bits a caller can ask for.
+const IN_BITS: u32 = (libc::POLLIN | libc::POLLRDNORM) as u32;
+/// `POLLOUT`-like bits.
+const OUT_BITS: u32 = (libc::POLLOUT | libc::POLLWRNORM) as u32;
+
+/// How one of our fds is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// An ipcd connection: the ring says.
+    Stream,
+    /// A listener: its ipcd queue, and the kernel fd for kernel clients.
+    Listener(u64),
+    /// Not set up yet (or a kernel-only listener): the kernel says.
+    Kernel,
+}
+
+/// What a socket is, for readiness.
+pub(crate) fn kind(sock: &Socket) -> Kind {
+    kind_of(&sock.lock())
+}
+
+fn kind_of(state: &State) -> Kind {
+    match state {
+        State::Stream(_) => Kind::Stream,
+        State::Listening { id, .. } => Kind::Listener(*id),
+        State::Fresh | State::Closed => Kind::Kernel,
+    }
+}
+
+/// [`kind`] and, for a stream, its poll mask and edge (see [`Edge`]; none
+/// for the others), under one hold of the socket's lock (epoll's scan took
+/// it twice per member).
+pub(crate) fn see(sock: &Socket) -> (Kind, u32, Edge) {
+    let mut state = sock.lock();
+    let kind = kind_of(&state);
+    match &mut *state {
+        State::Stream(s) => {
+            let (mask, edge) = crate::socket::stream::in_link(s, |s| s.poll());
+            (kind, mask, edge)
+        }
+        _ => (kind, 0, Edge::default()),
+    }
+}
+
+/// A stream's poll mask now and its edge (see [`Edge`]). A stream closed
+/// under us reports `POLLNVAL`, as for a closed file.
+pub(crate) fn stream_mask(sock: &Socket) -> Option<(u32, Edge)> {
+    Some(crate::socket::stream::poll(sock).unwrap_or((libc::POLLNVAL as u32, Edge::default())))
+}
+
+/// Whether an ipcd connection waits in listener `id`'s queue (no system
+/// call: what the control channel already delivered).
+pub(crate) fn listener_pending(id: u64) -> bool {
+    control::peek(|c| c.has_incoming(id)).unwrap_or(false)
+}
+
+/// Listeners' bells watched for a wait (see [`watch_listeners`]).
+pub(crate) struct Watched {
+    /// Each listener's socket serial and bell.
+    pub bells: Vec<(u64, Arc<ListenerBell>)>,
+    /// A connection already waits for one of them: do not sleep.
+    pub pending: bool,
+}
+
+/// Watches the bells of the listeners among `members` (socket, kind,
+/// events) that ask for input, so that a connection another thread reads
+/// from the monitor from now on rings them (see `ListenerBell`), and says
+/// whether one already has a connection waiting.
+pub(crate) fn watch_listeners<'a>(members: impl Iterator<Item = (&'a Arc<Socket>, Kind, u32)>) -> Watched {
+    // Listeners a fork left shared that this process now waits on for the
+    // first time: the monitor hands it connects from now on.
+    let mut serve = Vec::new();
+    let bells: Vec<(u64, u64, Arc<ListenerBell>)> = members
+        .filter(|(_, _, events)| events & IN_BITS != 0)
+        .filter_map(|(sock, kind, _)| match (kind, &mut *sock.lock()) {
+            (Kind::Listener(id), State::Listening { bell, shared, served, .. }) => {
+                if crate::socket::setup::serve_now(*shared, served) {
+                    serve.push(id);
+                }
+                bell.as_ref().map(|b| (id, sock.serial, Arc::clone(b)))
+            }
+            _ => None,
+        })
+        .collect();
+    if !serve.is_empty() {
+        let _ = control::with(|c| serve.iter().try_for_each(|&listener| c.notify(&Request::Serve { listener })));
+    }
+    let pending = !bells.is_empty()
+        && control::with(|c| {
+            bells.iter().for_each(|(id, _, b)| c.watch(*id, b));
+            Ok(bells.iter().any(|(id, _, _)| c.has_incoming(*id)))
+        })
+        .unwrap_or(false);
+    Watched { bells: bells.into_iter().map(|(_, serial, b)| (serial, b)).collect(), pending }
+}
+
+/// A stream armed for a wait.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Armed {
+    /// The end's doorbell, to sleep on.
+    pub bell: i32,
+    /// Another process shares the end: sleep no longer than
+    /// `wait::SHARED_NAP` (see `wait`).
+    pub shared: bool,
+}
+
+/// Arms the ring's waiting flags for `events` on a stream and returns its
+/// doorbell; `None` when something became ready meanwhile (do not sleep).
+/// The flags are left armed after the sleep: another waiter on the same
+/// socket may still rely on them, and a stale flag costs the peer one
+/// doorbell ring, never a lost wake-up.
+pub(crate) fn arm(sock: &Socket, events: u32) -> Option<Armed> {
+    crate::socket::stream::with_stream(sock, |s| {
+        if events & IN_BITS != 0 && s.link.rx.prepare_wait() != Ok(Wait::Sleep) {
+            return None;
+        }
+        if events & OUT_BITS != 0 && s.link.tx.prepare_wait(1) != Ok(Wait::Sleep) {
+            return None;
+        }
+        Some(Armed { bell: s.link.bell(), shared: s.link.is_shared() })
+    })
+    .ok()
+    .flatten()
+}
+
+/// Arms a stream for an edge-triggered wait: wakes on bytes or a state
+/// change past `seen` (for input) and, if it has no room now, on room to
+/// write. `None` when something new came meanwhile: bytes, or room that
+/// the last report (`out_reported` false) did not show — the reader may
+/// have drained the ring between that report and now, and would not ring
+/// us since we had not asked (nginx stalled until its send timeout).
+pub(crate) fn arm_edge(sock: &Socket, events: u32, seen: Edge, out_reported: bool) -> Option<Armed> {
+    crate::socket::stream::with_stream(sock, |s| {
+        if events & IN_BITS != 0 && s.link.rx.prepare_wait_past(seen.tail, seen.state) != Ok(Wait::Sleep) {
+            return None;
+        }
+        if events & OUT_BITS != 0 && s.link.tx.prepare_wait(1) != Ok(Wait::Sleep) && !out_reported {
+            return None;
+        }
+        Some(Armed { bell: s.link.bell(), shared: s.link.is_shared() })
+    })
+    .ok()
+    .flatten()
+}
+
+/// After a sleep in which the end's doorbell `bell` fired: empty it, and
+/// if we took the ring, pass it on to the end's other waiters (`me` is the
+/// bell we watch it with).
+pub(crate) fn drained(sock: &Socket, bell: i32, me: Option<&Bell>) {
+    if crate::conn::bell::take(bell) {
+        sock.sleepers.fan_out(me);
+    }
+}
+
+/// Our sockets among `fds`, with what each is.
+pub(crate) fn ours(fds: impl Iterator<Item = i32>) -> Vec<(usize, Arc<Socket>, Kind)> {
+    fds.enumerate().filter_map(|(i, fd)| crate::socket::table::get(fd).map(|s| (i, Arc::clone(&s), kind(&s)))).collect()
+}
+
+/// The poll mask of a stream with only the bits Linux would report for
+/// `events` (errors and hang-ups always).
+pub(crate) fn filter(mask: u32, events: u32) -> u32 {
+    let always = (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) as u32;
+    mask & (events | always)
+}

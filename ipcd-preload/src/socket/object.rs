@@ -1,0 +1,342 @@
+//! A socket object: what one open TCP socket of ours is (fresh, listening,
+//! an ipcd connection) and the options we emulate for it.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ipcd_proto::message::ConnInfo;
+use ipcd_proto::Conn;
+
+use crate::conn::link::Link;
+use crate::conn::wait::Sleepers;
+use crate::control::ListenerBell;
+
+/// An ipcd connection end.
+pub(crate) struct Stream {
+    /// Linux TCP's answers for this end.
+    pub conn: Conn,
+    /// The mapped rings.
+    pub link: Link,
+    /// Addresses and ids from the monitor.
+    pub info: ConnInfo,
+    /// Times a send found no room (EAGAIN or a short count): each is a
+    /// new edge for edge-triggered EPOLLOUT once room comes back, as Linux's
+    /// SOCK_NOSPACE makes the next write-space wake-up one.
+    pub out_blocked: u64,
+    /// A non-blocking connect answered EINPROGRESS and no later `connect`
+    /// has reported the completion yet (Linux answers that one with 0).
+    pub connect_pending: bool,
+    /// `MSG_ZEROCOPY` completions not yet read from the error queue.
+    pub zerocopy: Zerocopy,
+    /// Receives in a row, with nothing sent in between, that found a few
+    /// bytes already waiting, fewer than they had room for: the peer
+    /// streams small writes faster than we look (see `stream::recv`).
+    pub behind: u8,
+    /// How many times the configured batch the next pause of a reader
+    /// that is behind lasts (see `stream::recv`): doubles while reads
+    /// after a pause still find a few bytes, back to 1 when they do not.
+    pub pause_scale: u8,
+}
+
+impl Stream {
+    /// A connection just set up (or taken over across exec): established,
+    /// nothing sent or blocked yet.
+    pub(crate) fn new(link: Link, info: ConnInfo, connect_pending: bool) -> Stream {
+        Stream {
+            conn: Conn::established(),
+            link,
+            info,
+            out_blocked: 0,
+            connect_pending,
+            zerocopy: Zerocopy::default(),
+            behind: 0,
+            pause_scale: 1,
+        }
+    }
+}
+
+/// The `MSG_ZEROCOPY` completions of a stream. Our sends always copy, so
+/// each completes at once, flagged `SO_EE_CODE_ZEROCOPY_COPIED`, as Linux
+/// flags a copied loopback send; consecutive ones merge into one range,
+/// as Linux merges them while they wait in the error queue.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Zerocopy {
+    /// The id of the next zerocopy send.
+    pub next: u32,
+    /// Completed ids `lo..=hi` not yet read.
+    pub pending: Option<(u32, u32)>,
+}
+
+impl Zerocopy {
+    /// A zerocopy send moved bytes: it completes now.
+    pub(crate) fn sent(&mut self) {
+        let id = self.next;
+        self.next = id.wrapping_add(1);
+        self.pending = Some(match self.pending {
+            Some((lo, _)) => (lo, id),
+            None => (id, id),
+        });
+    }
+}
+
+/// What the socket is now.
+pub(crate) enum State {
+    /// Made by `socket()`, maybe bound: `connect` or `listen` decides.
+    Fresh,
+    /// Listening in the kernel and registered with the monitor.
+    Listening {
+        /// Our id for it in the monitor.
+        id: u64,
+        /// `listen`'s backlog (registered again after exec).
+        backlog: libc::c_int,
+        /// Readable while connections wait for it here (`None`: no
+        /// eventfd could be made; waiters wake on the channel only).
+        bell: Option<Arc<ListenerBell>>,
+        /// A fork left the kernel socket held by other processes too: the
+        /// monitor hands connects only to those that said they accept
+        /// (`Serve`), and this one says so at its first accept or wait.
+        shared: bool,
+        /// `Serve` was sent since the last fork.
+        served: bool,
+        /// Passed to another process over a Unix socket
+        /// ([`crate::socket::setup::pass_listener`]): no longer registered, and
+        /// its kernel socket's `O_NONBLOCK` is the program's again. Accepts
+        /// take what was queued here before, then the kernel's.
+        passed: bool,
+    },
+    /// An ipcd connection.
+    Stream(Box<Stream>),
+    /// Its last fd was closed.
+    Closed,
+}
+
+impl State {
+    /// A listener whose kernel socket we keep non-blocking (its accept
+    /// watches the kernel and the monitor together), whatever the program
+    /// asks: not one passed on, whose description is the program's again.
+    pub(crate) fn keeps_kernel_nonblocking(&self) -> bool {
+        matches!(self, State::Listening { passed: false, .. })
+    }
+}
+
+/// A data call in progress on a socket. Linux's call holds a reference to
+/// the file, so a last `close` from another thread takes effect only when
+/// the call ends; here the call is counted for that only once it is about
+/// to wait ([`Call::before_wait`]). Until then the socket's lock orders it
+/// against a close: one that comes first leaves the call nothing to work
+/// on (`EBADF`, or the count already moved), as if it had come before the
+/// call. A call that never waits costs no locked instruction for this.
+pub(crate) struct Call<'a> {
+    sock: &'a Socket,
+    counted: std::cell::Cell<bool>,
+}
+
+impl<'a> Call<'a> {
+    /// A call on `sock` begins.
+    #[inline]
+    pub(crate) fn new(sock: &'a Socket) -> Call<'a> {
+        Call { sock, counted: std::cell::Cell::new(false) }
+    }
+
+    /// The call is about to wait: from now on a last close is left to it.
+    /// Call it before the call looks at the socket again.
+    #[inline]
+    pub(crate) fn before_wait(&self) {
+        if !self.counted.replace(true) {
+            self.sock.enter_call();
+        }
+    }
+
+    /// The call ends; true if it must now do the close deferred to it.
+    #[inline]
+    pub(crate) fn end(self) -> bool {
+        self.counted.get() && self.sock.leave_call()
+    }
+}
+
+/// One socket object, shared by every fd that `dup` made of it.
+pub(crate) struct Socket {
+    /// Unique for the life of the process (an address or an fd number can
+    /// be reused by a later socket; this cannot).
+    pub serial: u64,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: libc::c_int,
+    /// What it is; held only for short sections, never while sleeping.
+    pub state: Mutex<State>,
+    /// Threads blocked on this end's doorbell.
+    pub sleepers: Sleepers,
+    /// `O_NONBLOCK` as the program set it (the kernel fd of a listener is
+    /// always non-blocking underneath).
+    nonblock: AtomicBool,
+    /// Fds referring to this object.
+    fds: AtomicU32,
+    /// The state is (or was) a stream: data calls are ours. Set once.
+    stream: AtomicBool,
+    /// `SO_RCVTIMEO` / `SO_SNDTIMEO` in microseconds (0: none).
+    rcvtimeo_us: AtomicU64,
+    sndtimeo_us: AtomicU64,
+    /// `SO_LINGER` on with a zero timeout: close resets.
+    linger_zero: AtomicBool,
+    /// `TCP_INQ` on: `recvmsg` reports the bytes left to read.
+    inq: AtomicBool,
+    /// `SO_ZEROCOPY` on: `MSG_ZEROCOPY` sends report completions.
+    zerocopy: AtomicBool,
+    /// Data calls in progress. A close while one is in progress (another
+    /// thread blocked in recv) waits for it to end, as Linux's close only
+    /// drops the fd and the blocked call keeps the socket open.
+    inflight: AtomicU32,
+    /// The last fd was closed during a call: the call's end closes.
+    close_deferred: AtomicBool,
+}
+
+impl Socket {
+    /// A fresh socket of `family`.
+    pub(crate) fn new(family: libc::c_int, nonblock: bool, state: State) -> Socket {
+        static SERIAL: AtomicU64 = AtomicU64::new(1);
+        Socket {
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
+            family,
+            stream: AtomicBool::new(matches!(state, State::Stream(_))),
+            state: Mutex::new(state),
+            sleepers: Sleepers::default(),
+            nonblock: AtomicBool::new(nonblock),
+            fds: AtomicU32::new(0),
+            rcvtimeo_us: AtomicU64::new(0),
+            sndtimeo_us: AtomicU64::new(0),
+            linger_zero: AtomicBool::new(false),
+            inq: AtomicBool::new(false),
+            zerocopy: AtomicBool::new(false),
+            inflight: AtomicU32::new(0),
+            close_deferred: AtomicBool::new(false),
+        }
+    }
+
+    /// The state, locked. A panic in another thread while holding it does
+    /// not make the socket unusable: the state is still consistent (every
+    /// update is a single assignment).
+    #[inline]
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether data calls go through ipcd (the socket is or was a stream).
+    #[inline]
+    pub(crate) fn is_stream(&self) -> bool {
+        self.stream.load(Ordering::Acquire)
+    }
+
+    /// Makes `state` (locked by the caller) a stream.
+    pub(crate) fn become_stream(&self, state: &mut State, stream: Stream) {
+        *state = State::Stream(Box::new(stream));
+        self.stream.store(true, Ordering::Release);
+    }
+
+    /// Program-visible `O_NONBLOCK`.
+    #[inline]
+    pub(crate) fn nonblocking(&self) -> bool {
+        self.nonblock.load(Ordering::Relaxed)
+    }
+
+    /// Sets the program-visible `O_NONBLOCK`.
+    pub(crate) fn set_nonblocking(&self, on: bool) {
+        self.nonblock.store(on, Ordering::Relaxed);
+    }
+
+    /// One more fd refers to this object.
+    pub(crate) fn add_fd(&self) {
+        self.fds.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many fds refer to the socket now.
+    pub(crate) fn fd_count(&self) -> u32 {
+        self.fds.load(Ordering::Acquire)
+    }
+
+    /// One fd less; true when it was the last (the socket is closed now).
+    pub(crate) fn drop_fd(&self) -> bool {
+        self.fds.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+
+    /// `SO_RCVTIMEO` (`None`: wait forever).
+    pub(crate) fn rcvtimeo(&self) -> Option<Duration> {
+        Some(self.rcvtimeo_us.load(Ordering::Relaxed)).filter(|&us| us != 0).map(Duration::from_micros)
+    }
+
+    /// `SO_SNDTIMEO` (`None`: wait forever).
+    pub(crate) fn sndtimeo(&self) -> Option<Duration> {
+        Some(self.sndtimeo_us.load(Ordering::Relaxed)).filter(|&us| us != 0).map(Duration::from_micros)
+    }
+
+    /// Records `SO_RCVTIMEO` (`rcv`) or `SO_SNDTIMEO`.
+    pub(crate) fn set_timeout(&self, rcv: bool, t: Duration) {
+        let us = u64::try_from(t.as_micros()).unwrap_or(u64::MAX);
+        if rcv { &self.rcvtimeo_us } else { &self.sndtimeo_us }.store(us, Ordering::Relaxed);
+    }
+
+    /// A data call is about to wait (see [`Call`]).
+    #[inline]
+    fn enter_call(&self) {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A data call that waited ends; true if it must now do a close
+    /// deferred to it.
+    #[inline]
+    fn leave_call(&self) -> bool {
+        // The load spares the common case (no close waiting) a locked swap;
+        // SeqCst as in `defer_close`, so one of the two sides sees the other.
+        self.inflight.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.close_deferred.load(Ordering::SeqCst)
+            && self.close_deferred.swap(false, Ordering::SeqCst)
+    }
+
+    /// In a forked child: the calls other threads had in progress, and
+    /// their sleeps, are not in it (a close would wait for them forever).
+    pub(crate) fn forget_threads(&self) {
+        self.inflight.store(0, Ordering::SeqCst);
+        self.close_deferred.store(false, Ordering::SeqCst);
+        self.sleepers.forget_threads();
+    }
+
+    /// The last fd is closing: true if a call in progress will do the
+    /// close when it ends, false if the caller must do it now. Exactly one
+    /// side does it: the closer announces, then looks again.
+    pub(crate) fn defer_close(&self) -> bool {
+        if self.inflight.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        self.close_deferred.store(true, Ordering::SeqCst);
+        !(self.inflight.load(Ordering::SeqCst) == 0 && self.close_deferred.swap(false, Ordering::SeqCst))
+    }
+
+    /// Whether `SO_LINGER` asks for an abortive close.
+    pub(crate) fn linger_zero(&self) -> bool {
+        self.linger_zero.load(Ordering::Relaxed)
+    }
+
+    /// Records `SO_LINGER`.
+    pub(crate) fn set_linger_zero(&self, on: bool) {
+        self.linger_zero.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether `TCP_INQ` is on.
+    pub(crate) fn inq(&self) -> bool {
+        self.inq.load(Ordering::Relaxed)
+    }
+
+    /// Records `TCP_INQ`.
+    pub(crate) fn set_inq(&self, on: bool) {
+        self.inq.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether `SO_ZEROCOPY` is on.
+    pub(crate) fn zerocopy(&self) -> bool {
+        self.zerocopy.load(Ordering::Relaxed)
+    }
+
+    /// Records `SO_ZEROCOPY`.
+    pub(crate) fn set_zerocopy(&self, on: bool) {
+        self.zerocopy.store(on, Ordering::Relaxed);
+    }
+}

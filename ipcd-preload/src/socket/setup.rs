@@ -1,0 +1,661 @@
+//! Connection set-up through the monitor: `connect`, `listen`, `accept`,
+//! closing a listener, and taking on an end the monitor hands over.
+//! Whatever the monitor cannot do goes to the kernel.
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use ipcd_proto::message::{ConnInfo, Request, Response};
+use ipcd_proto::{ListenFlags, SockAddr};
+use ipcd_ring::Ticket;
+
+use crate::conn::link::Link;
+use crate::control::{self, ListenerBell, Pending};
+use crate::socket::table;
+use crate::socket::{Socket, State, Stream};
+use crate::sys::log::{log, Level};
+use crate::sys::real;
+use crate::sys::signals::Caught;
+
+/// What `connect` decided.
+pub(crate) enum Connect {
+    /// Done through ipcd: return this (0, or `EINPROGRESS` as errno).
+    Done(Result<(), libc::c_int>),
+    /// Let the kernel connect (the fd is no longer ours).
+    Kernel,
+}
+
+/// `getsockname` of a kernel fd.
+fn sockname(fd: libc::c_int) -> Option<SockAddr> {
+    // SAFETY: zeroed storage and its length as out parameters.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: valid out pointers of the stated size.
+    if unsafe { real::getsockname(fd, (&raw mut ss).cast(), &mut len) } != 0 {
+        return None;
+    }
+    // SAFETY: the kernel wrote `len` bytes.
+    unsafe { SockAddr::from_raw((&raw const ss).cast(), len) }
+}
+
+/// Whether an int socket option is on.
+fn opt_on(fd: libc::c_int, level: libc::c_int, name: libc::c_int) -> bool {
+    real::int_opt(fd, level, name).is_some_and(|v| v != 0)
+}
+
+/// An end the monitor handed this process (`Reopened`: after an exec, or
+/// passed over `SCM_RIGHTS`), mapped; `shared` when other processes may
+/// hold it too.
+pub(crate) fn stream_from(info: ConnInfo, fds: Vec<OwnedFd>, shared: bool) -> Option<Stream> {
+    let mut link = match Link::attach(&info, fds) {
+        Ok(l) => l,
+        Err(e) => {
+            log!(Level::Error, "connection {} cannot be mapped: {e}", info.conn);
+            return None;
+        }
+    };
+    if shared {
+        link.set_shared();
+    }
+    Some(Stream::new(link, info, false))
+}
+
+/// Makes `stream` the socket behind `fd`, a kernel socket the program
+/// already has (its family and `O_NONBLOCK` are the kernel's).
+pub(crate) fn adopt(fd: libc::c_int, stream: Stream) -> Option<Arc<Socket>> {
+    let conn = stream.info.conn;
+    let family = real::int_opt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
+    // SAFETY: F_GETFL on the program's fd.
+    let nonblock = unsafe { real::fcntl(fd, libc::F_GETFL, 0) } & libc::O_NONBLOCK != 0;
+    let sock = Arc::new(Socket::new(family, nonblock, State::Stream(Box::new(stream))));
+    match table::install(fd, Arc::clone(&sock)) {
+        Ok(_) => Some(sock),
+        Err(_) => {
+            log!(Level::Error, "connection {conn}: fd {fd} is beyond the table");
+            None
+        }
+    }
+}
+
+/// The host's own addresses (cached: interfaces rarely change under a
+/// running program, and the monitor has the last word anyway).
+fn local_ips() -> &'static [SockAddr] {
+    static IPS: OnceLock<Vec<SockAddr>> = OnceLock::new();
+    IPS.get_or_init(|| {
+        let mut out = Vec::new();
+        let mut ifs: *mut libc::ifaddrs = std::ptr::null_mut();
+        // SAFETY: getifaddrs fills a list that we free below.
+        if unsafe { libc::getifaddrs(&mut ifs) } != 0 {
+            return out;
+        }
+        let mut p = ifs;
+        while !p.is_null() {
+            // SAFETY: a node of the list getifaddrs returned.
+            let ifa = unsafe { &*p };
+            let len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            // SAFETY: ifa_addr is null or a sockaddr of its family's size.
+            if let Some(a) = unsafe { SockAddr::from_raw(ifa.ifa_addr, len) } {
+                out.push(a);
+            }
+            p = ifa.ifa_next;
+        }
+        // SAFETY: the list from getifaddrs, freed once.
+        unsafe { libc::freeifaddrs(ifs) };
+        out
+    })
+}
+
+fn v4_of(a: &SockAddr) -> Option<[u8; 4]> {
+    match *a {
+        SockAddr::V4 { ip, .. } => Some(ip),
+        SockAddr::V6 { ip, .. } if ip[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] => {
+            Some([ip[12], ip[13], ip[14], ip[15]])
+        }
+        SockAddr::V6 { .. } => None,
+    }
+}
+
+fn is_unspecified(a: &SockAddr) -> bool {
+    match *a {
+        SockAddr::V4 { ip, .. } => ip == [0; 4],
+        SockAddr::V6 { ip, .. } => ip == [0; 16],
+    }
+}
+
+/// Could a listener on this host be at `dest`?
+fn is_local(dest: &SockAddr) -> bool {
+    if dest.is_loopback() || is_unspecified(dest) {
+        return true;
+    }
+    local_ips().iter().any(|l| match (v4_of(l), v4_of(dest)) {
+        (Some(a), Some(b)) => a == b,
+        _ => matches!((l, dest), (SockAddr::V6 { ip: a, .. }, SockAddr::V6 { ip: b, .. }) if a == b),
+    })
+}
+
+/// The address a kernel connect to `dest` would bind us to: the
+/// destination itself for a local address, loopback for the unspecified one.
+fn source_for(dest: &SockAddr) -> SockAddr {
+    match *dest {
+        SockAddr::V4 { ip, .. } if ip == [0; 4] => SockAddr::V4 { ip: [127, 0, 0, 1], port: 0 },
+        SockAddr::V4 { ip, .. } => SockAddr::V4 { ip, port: 0 },
+        SockAddr::V6 { ip, .. } if ip == [0; 16] => {
+            let mut lo = [0; 16];
+            lo[15] = 1;
+            SockAddr::V6 { ip: lo, port: 0, flowinfo: 0, scope_id: 0 }
+        }
+        SockAddr::V6 { ip, scope_id, .. } => SockAddr::V6 { ip, port: 0, flowinfo: 0, scope_id },
+    }
+}
+
+/// `addr` as a socket of `family` reports it: IPv4 peers of an IPv6 socket
+/// appear IPv4-mapped, mapped peers of an IPv4 socket plain.
+pub(crate) fn for_family(addr: SockAddr, family: libc::c_int) -> SockAddr {
+    match (addr, family) {
+        (SockAddr::V4 { ip, port }, libc::AF_INET6) => {
+            let mut m = [0u8; 16];
+            m[10] = 0xff;
+            m[11] = 0xff;
+            m[12..].copy_from_slice(&ip);
+            SockAddr::V6 { ip: m, port, flowinfo: 0, scope_id: 0 }
+        }
+        (a @ SockAddr::V6 { port, .. }, libc::AF_INET) => match v4_of(&a) {
+            Some(ip) => SockAddr::V4 { ip, port },
+            None => a,
+        },
+        (a, _) => a,
+    }
+}
+
+/// Writes `addr` to a caller's `(sockaddr*, socklen_t*)` pair the way the
+/// kernel does: truncated to the caller's length, full length reported.
+///
+/// # Safety
+/// `out` must be null or hold `*len` writable bytes; `len` null or valid.
+pub(crate) unsafe fn write_addr(addr: SockAddr, out: *mut libc::sockaddr, len: *mut libc::socklen_t) {
+    if out.is_null() || len.is_null() {
+        return;
+    }
+    let (ss, full) = addr.to_raw();
+    // SAFETY: the caller's length says how much `out` holds.
+    unsafe {
+        let n = (*len).min(full) as usize;
+        std::ptr::copy_nonoverlapping((&raw const ss).cast::<u8>(), out.cast::<u8>(), n);
+        *len = full;
+    }
+}
+
+/// `connect` of one of our fresh sockets to `dest`.
+pub(crate) fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect {
+    let family_ok =
+        matches!((sock.family, dest), (libc::AF_INET, SockAddr::V4 { .. }) | (libc::AF_INET6, SockAddr::V6 { .. }));
+    if !family_ok || !is_local(&dest) {
+        return Connect::Kernel;
+    }
+    let mut state = sock.lock();
+    match &mut *state {
+        State::Fresh => {}
+        State::Stream(s) => {
+            let pending = std::mem::take(&mut s.connect_pending);
+            return Connect::Done(if pending { Ok(()) } else { Err(libc::EISCONN) });
+        }
+        State::Listening { .. } | State::Closed => return Connect::Kernel,
+    }
+    // The kernel reserves our port: bind as its connect would, if the
+    // program did not bind.
+    let mut source = sockname(fd);
+    if source.is_none_or(|s| s.port() == 0) {
+        let (ss, len) = match source {
+            // Bound to an address but port 0: keep the address.
+            Some(s) if !is_unspecified(&s) => s.to_raw(),
+            _ => source_for(&for_family(dest, sock.family)).to_raw(),
+        };
+        // SAFETY: a sockaddr of the length to_raw gives.
+        if unsafe { real::bind(fd, (&raw const ss).cast(), len) } != 0 {
+            log!(Level::Debug, "cannot reserve a port for {dest} (errno {}); kernel connect", real::errno());
+            return Connect::Kernel;
+        }
+        source = sockname(fd);
+    }
+    if let Some(done) = connect_standby(sock, &mut state, dest, source) {
+        return done;
+    }
+    let req = Request::Connect { dest, source, nonblocking: sock.nonblocking() };
+    let Some((resp, fds)) = control::with(|c| c.call(&req, &[])) else { return Connect::Kernel };
+    let info = match resp {
+        Response::Connected(info) => info,
+        Response::UseKernel { reason } => {
+            log!(Level::Debug, "connect to {dest}: kernel ({reason:?})");
+            return Connect::Kernel;
+        }
+        other => {
+            log!(Level::Warn, "connect to {dest}: unexpected answer {other:?}; kernel connect");
+            return Connect::Kernel;
+        }
+    };
+    match Link::attach(&info, fds.into_vec()) {
+        Ok(link) => {
+            let nonblocking = sock.nonblocking();
+            sock.become_stream(&mut state, Stream::new(link, info, nonblocking));
+            // A non-blocking connect to a loopback listener still answers
+            // EINPROGRESS on Linux; the brokering is already done, so the
+            // connection is writable at once.
+            Connect::Done(if sock.nonblocking() { Err(libc::EINPROGRESS) } else { Ok(()) })
+        }
+        Err(e) => {
+            log!(Level::Error, "connect to {dest}: cannot map the connection ({e}); kernel connect");
+            let _ = control::with(|c| c.notify(&Request::Close { conn: info.conn, side: info.side, keep: false }));
+            Connect::Kernel
+        }
+    }
+}
+
+/// Connects through the connection the monitor holds ready for `dest`
+/// (`Standby`), if it sent one: no answer to wait for, the listener is
+/// told on the monitor's side (`Use`). `None`: there is none, or it
+/// cannot be mapped (given back); the caller asks the monitor.
+fn connect_standby(sock: &Socket, state: &mut State, dest: SockAddr, source: Option<SockAddr>) -> Option<Connect> {
+    // One in hand is used without reading the channel (its refills wait
+    // there until the hand is empty: one read for many connects).
+    let mut info = control::with(|c| match c.take_standby(&dest) {
+        Some(info) => Ok(Some(info)),
+        None if c.expects_standbys() => c.drain().map(|()| c.take_standby(&dest)),
+        None => Ok(None),
+    })??;
+    let conn = info.conn;
+    info.local = source.unwrap_or(info.local);
+    match Link::attach(&info, Vec::new()) {
+        Ok(link) => {
+            let Some(watched) = link.connect_ticket(info.local.to_words()) else {
+                // Cancelled (its listener went): the monitor has us drop
+                // and unmap it; ask it instead.
+                log!(Level::Debug, "standby {conn} to {dest} was withdrawn; asking the monitor");
+                let _ = link.keep();
+                return None;
+            };
+            // Connected now: an acceptor spinning on the ticket sees it;
+            // otherwise the listener hears it from its bell (the monitor,
+            // when it sent none). Not undone if the channel broke.
+            if !watched {
+                let _ = control::with(|c| match c.ring_listener(&dest) {
+                    true => Ok(()),
+                    false => c.notify(&Request::Use { conn, source }),
+                });
+            }
+            let nonblocking = sock.nonblocking();
+            sock.become_stream(state, Stream::new(link, info, nonblocking));
+            // As for an answered connect, below.
+            Some(Connect::Done(if nonblocking { Err(libc::EINPROGRESS) } else { Ok(()) }))
+        }
+        Err(e) => {
+            log!(Level::Debug, "standby {conn} to {dest} cannot be mapped ({e}); asking the monitor");
+            let _ = control::with(|c| c.notify(&Request::Unused { conn }));
+            None
+        }
+    }
+}
+
+/// After a successful kernel `listen`: registers the listener with the
+/// monitor. Returns false when the monitor will not route to it (the socket
+/// is then a plain kernel listener).
+pub(crate) fn listen(fd: libc::c_int, sock: &Socket, backlog: libc::c_int) -> bool {
+    listen_as(fd, sock, backlog, None)
+}
+
+/// [`listen`], or for a listener inherited across exec, registers it
+/// under the old image's id and sharing (`inherited`): the monitor then
+/// knows it for the socket other processes hold under that id.
+pub(crate) fn listen_as(fd: libc::c_int, sock: &Socket, backlog: libc::c_int, inherited: Option<(u64, bool)>) -> bool {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let mut state = sock.lock();
+    let (id, again) = match (&*state, inherited) {
+        // Passed on: the kernel's listener now, whatever its backlog.
+        (State::Listening { passed: true, .. }, _) => return true,
+        // Listening already: Linux takes the new backlog, so must the monitor.
+        (State::Listening { id, backlog: old, .. }, _) if *old != backlog => (*id, true),
+        (State::Listening { .. }, _) => return true,
+        (State::Fresh, Some((id, _))) => {
+            // Ids of this image's own listeners come after it.
+            NEXT_ID.fetch_max(id.saturating_add(1), Ordering::Relaxed);
+            (id, false)
+        }
+        (State::Fresh, None) => (NEXT_ID.fetch_add(1, Ordering::Relaxed), false),
+        _ => return false,
+    };
+    let shared = inherited.is_some_and(|(_, shared)| shared);
+    let Some(addr) = sockname(fd) else { return again };
+    let mut flags = ListenFlags::empty();
+    if opt_on(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) {
+        flags |= ListenFlags::REUSEPORT;
+    }
+    if opt_on(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR) {
+        flags |= ListenFlags::REUSEADDR;
+    }
+    if sock.family == libc::AF_INET6 && opt_on(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) {
+        flags |= ListenFlags::V6ONLY;
+    }
+    // Connectors through standbys ring it: the monitor gets it now.
+    let bell = if again { None } else { ListenerBell::new() };
+    if bell.is_some() {
+        flags |= ListenFlags::BELL;
+    }
+    let req = Request::Listen { listener: id, addr, backlog: backlog.max(0) as u32, flags };
+    // SAFETY: `fd` is the open listening socket this call is about.
+    let proof = unsafe { BorrowedFd::borrow_raw(fd) };
+    // SAFETY: the bell's eventfd, alive for the call.
+    let bell_fd = bell.as_ref().map(|b| unsafe { BorrowedFd::borrow_raw(b.fd()) });
+    let mut fds = vec![proof];
+    fds.extend(bell_fd);
+    match control::with(|c| c.call(&req, &fds)) {
+        Some((Response::Ok, _)) => {}
+        Some((other, _)) => {
+            log!(Level::Warn, "listener {addr} not registered ({other:?}); kernel only");
+            return again;
+        }
+        None => return again,
+    }
+    if again {
+        if let State::Listening { backlog: old, .. } = &mut *state {
+            *old = backlog;
+        }
+        return true;
+    }
+    // accept waits on the kernel fd and the monitor together, so the kernel
+    // fd never blocks; the program's O_NONBLOCK is kept in `sock`.
+    real::set_kernel_nonblocking(fd, true);
+    *state = State::Listening { id, backlog, bell, shared, served: false, passed: false };
+    log!(Level::Debug, "listening on {addr} through ipcd (listener {id})");
+    true
+}
+
+/// Makes an accepted ipcd connection into a new fd; `pid` is ours.
+fn accepted(
+    sock: &Socket,
+    pending: Pending,
+    pid: u32,
+    flags: libc::c_int,
+) -> Result<(libc::c_int, SockAddr), libc::c_int> {
+    let (conn, side) = (pending.info().conn, pending.info().side);
+    let fail = |e: libc::c_int| {
+        let _ = control::with(|c| c.notify(&Request::Close { conn, side, keep: false }));
+        e
+    };
+    let (info, link) = match pending {
+        Pending::Told(info, fds) => {
+            let link = Link::attach(&info, fds).map_err(|e| {
+                log!(Level::Error, "cannot map accepted connection {conn}: {e}");
+                fail(libc::ECONNABORTED)
+            })?;
+            (info, link)
+        }
+        Pending::Expected(info, link) => (info, *link),
+    };
+    if !link.claim(pid) {
+        // Handed to a process that accepts while it waited here: its
+        // copy of the segment goes, nothing else.
+        log!(Level::Debug, "connection {conn} went to another process before this accept");
+        return Err(libc::ECONNABORTED);
+    }
+    // A fresh kernel socket under the fd keeps fstat, SO_TYPE and
+    // /proc/self/fd right; it never connects. Its O_NONBLOCK is the
+    // program's, so an exec'd image can read it back.
+    // SAFETY: plain socket creation.
+    let fd = unsafe {
+        real::socket(sock.family, libc::SOCK_STREAM | (flags & (libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)), 0)
+    };
+    if fd < 0 {
+        let e = real::errno();
+        drop(reset_link(link));
+        return Err(fail(e));
+    }
+    let peer = info.peer;
+    let stream = Stream::new(link, info, false);
+    let new = Arc::new(Socket::new(sock.family, flags & libc::SOCK_NONBLOCK != 0, State::Stream(Box::new(stream))));
+    if let Err(new) = table::install(fd, new) {
+        // An fd beyond the table: we cannot serve it.
+        if let State::Stream(s) = std::mem::replace(&mut *new.lock(), State::Closed) {
+            drop(reset_link(s.link));
+        }
+        // SAFETY: the socket made above.
+        unsafe { real::close(fd) };
+        return Err(fail(libc::EMFILE));
+    }
+    let _ = control::with(|c| {
+        c.accepted(conn);
+        Ok(())
+    });
+    Ok((fd, for_family(peer, sock.family)))
+}
+
+/// Resets a connection we will not serve: the connector sees `ECONNRESET`.
+fn reset_link(mut link: Link) -> Link {
+    if link.tx.reset() | link.rx.close() {
+        link.ring_peer();
+    }
+    link
+}
+
+/// `accept4` on one of our listeners: the first of an ipcd connection and a
+/// kernel one (from a program not under ipcd).
+///
+/// # Safety
+/// `addr`/`len` as for `accept4`.
+pub(crate) unsafe fn accept(
+    fd: libc::c_int,
+    sock: &Socket,
+    id: u64,
+    addr: *mut libc::sockaddr,
+    len: *mut libc::socklen_t,
+    flags: libc::c_int,
+) -> Result<libc::c_int, libc::c_int> {
+    let deadline = sock.rcvtimeo().map(|t| Instant::now() + t);
+    let caught = Caught::now();
+    // Already queued ipcd connections first (no system call). A
+    // non-blocking accept then asks the kernel's queue and reads what the
+    // control channel holds; a blocking one lets poll say which of the
+    // two has something, and reads one message when the channel does: a
+    // connection that has to be waited for costs poll and one read, where
+    // asking both first cost an accept4 and a read that found nothing.
+    let mut drain = false;
+    let mut read_one = false;
+    // Decided on entry, as Linux's accept takes its timeout once.
+    let nonblocking = sock.nonblocking();
+    let mut kernel_ready = nonblocking;
+    let (bell, serve) = match &mut *sock.lock() {
+        State::Listening { bell, shared, served, .. } => (bell.clone(), serve_now(*shared, served)),
+        _ => (None, false),
+    };
+    if serve {
+        let _ = control::with(|c| c.notify(&Request::Serve { listener: id }));
+    }
+    loop {
+        let next = control::with(|c| {
+            if drain {
+                c.drain()?;
+            } else if read_one {
+                c.read_one()?;
+            }
+            if let Some(b) = &bell {
+                c.watch(id, b);
+            }
+            Ok(c.pop_incoming(id).map(|p| (p, c.pid())))
+        });
+        if let Some(Some((pending, pid))) = next {
+            match accepted(sock, pending, pid, flags) {
+                Ok((newfd, peer)) => {
+                    // SAFETY: the caller's buffers.
+                    unsafe { write_addr(peer, addr, len) };
+                    return Ok(newfd);
+                }
+                Err(libc::ECONNABORTED) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if kernel_ready {
+            // SAFETY: the caller's buffers; the kernel fd is non-blocking.
+            let r = unsafe { real::accept4(fd, addr, len, flags) };
+            if r >= 0 {
+                return Ok(r);
+            }
+            let e = real::errno();
+            if e != libc::EAGAIN {
+                return Err(e);
+            }
+            kernel_ready = false;
+        }
+        if nonblocking && !drain {
+            drain = true;
+            continue;
+        }
+        drain = false;
+        // Nothing to accept: a good moment to report what was accepted.
+        let _ = control::with(|c| c.flush_accepted());
+        if nonblocking {
+            return Err(libc::EAGAIN);
+        }
+        // A standby's connector connects without the monitor: spin on
+        // the tickets it will set before sleeping, as a read spins on its
+        // ring.
+        if spin_on_tickets(id, &caught) {
+            continue;
+        }
+        (kernel_ready, read_one) = sleep_for_accept(fd, bell.as_deref(), deadline, &caught)?;
+    }
+}
+
+/// A blocking accept's spin on the standby tickets it expects: after
+/// reading the channel (the `Expect` of the standby its connector takes
+/// next may be there), they are watched while we spin, so a connector
+/// that finds its ticket watched skips the bell; unwatching them before we
+/// sleep shows a connect that did. Whether to look again.
+fn spin_on_tickets(id: u64, caught: &Caught) -> bool {
+    let expecting = control::with(|c| {
+        c.drain().map(|()| {
+            let expects = c.expects(id);
+            if expects {
+                c.watch_expected(id, true);
+            }
+            expects
+        })
+    });
+    if !expecting.unwrap_or(false) {
+        return false;
+    }
+    let ready = || control::peek(|c| c.has_incoming(id)).unwrap_or(false);
+    let spun = crate::conn::wait::spin(false, ready, || caught.interrupts(true));
+    let missed = control::peek(|c| c.watch_expected(id, false)).unwrap_or(false);
+    spun == crate::conn::wait::Spun::Ready || missed
+}
+
+/// A blocking accept's sleep: on the kernel listener, the listener's bell
+/// (readable while connections wait here; the accept that takes the last
+/// one empties it) and the control channel. Returns whether the kernel fd
+/// and the channel are readable.
+fn sleep_for_accept(
+    fd: libc::c_int,
+    bell: Option<&ListenerBell>,
+    deadline: Option<Instant>,
+    caught: &Caught,
+) -> Result<(bool, bool), libc::c_int> {
+    let chan = control::with(|c| Ok(c.fd())).unwrap_or(-1);
+    let mut pfds = [
+        libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: bell.map_or(-1, |b| b.fd()), events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: chan, events: libc::POLLIN, revents: 0 },
+    ];
+    let timeout = match deadline {
+        None => -1,
+        Some(d) => match d.checked_duration_since(Instant::now()) {
+            Some(left) => left.as_millis().clamp(1, i32::MAX as u128) as i32,
+            None => return Err(libc::EAGAIN),
+        },
+    };
+    // SAFETY: three live pollfds (a negative fd is ignored by poll).
+    let n = unsafe { real::poll(pfds.as_mut_ptr(), 3, timeout) };
+    // Linux restarts accept after an SA_RESTART handler, unless the
+    // socket has a timeout.
+    if n < 0 && real::errno() == libc::EINTR && (deadline.is_some() || caught.interrupts(true)) {
+        return Err(libc::EINTR);
+    }
+    Ok((pfds[0].revents != 0, pfds[2].revents != 0))
+}
+
+/// Whether a listener's first accept or wait since a fork left it
+/// `shared` must tell the monitor it serves it (see `State::Listening`);
+/// marks it told.
+pub(crate) fn serve_now(shared: bool, served: &mut bool) -> bool {
+    shared && !std::mem::replace(served, true)
+}
+
+/// The last fd of a listener closed: unregister (unless it was `passed`
+/// on, and so already), and reset whatever still waits in its ipcd accept
+/// queue (as Linux resets its accept queue). A listener a fork left
+/// `shared` is still open in other processes: what waits here goes back
+/// to the monitor for them (`Decline`), as the kernel's queue would stay
+/// theirs.
+pub(crate) fn close_listener(id: u64, shared: bool, passed: bool) {
+    let _ = control::with(|c| {
+        if !passed {
+            c.call(&Request::Unlisten { listener: id }, &[])?;
+        }
+        c.drain()?;
+        for pending in c.take_incoming(id) {
+            let (info, link) = match pending {
+                Pending::Told(info, fds) if shared => {
+                    drop(fds);
+                    c.notify(&Request::Decline { conn: info.conn })?;
+                    continue;
+                }
+                Pending::Told(info, fds) => (info, Link::attach(&info, fds).ok()),
+                // Never connected: the monitor cancelled it with the
+                // listener (or does now) and has both unmap it.
+                Pending::Expected(_, link) if !matches!(link.cancel_ticket(), Ticket::Connected(_)) => {
+                    let _ = (*link).keep();
+                    continue;
+                }
+                Pending::Expected(info, link) => (info, Some(*link)),
+            };
+            match link {
+                // Taken from us for another process: not ours to reset.
+                Some(link) if !link.claim(c.pid()) => continue,
+                Some(link) => drop(reset_link(link)),
+                None => {}
+            }
+            c.notify(&Request::Close { conn: info.conn, side: info.side, keep: false })?;
+        }
+        Ok(())
+    });
+}
+
+/// Our listener on `fd` is about to be passed to another process over a
+/// Unix socket. That process's library, if it has one, cannot know it, and
+/// the description it shares carries the `O_NONBLOCK` we set: its blocking
+/// accepts would fail with EAGAIN, while the monitor went on handing every
+/// ipcd connect to us, who may never accept (Python's forkserver workers, a
+/// master handing its listeners on). So it stops being an ipcd listener:
+/// unregistered, the program's flag back on the description, and both
+/// processes accept from the kernel's queue as they would without ipcd
+/// (correct, not faster). What was queued here already stays ours to
+/// accept. Also when a fork left it shared: a child that exec'd may have
+/// let go of it since, which only the monitor knows (Python's forkserver
+/// is such a child), and a sibling that still holds it under ipcd keeps
+/// its connects, its accepts now taking the program's blocking flag.
+/// Returns whether `sock` is a listener (passed before or now).
+pub(crate) fn pass_listener(fd: libc::c_int, sock: &Socket) -> bool {
+    let mut state = sock.lock();
+    let State::Listening { id, shared, passed, .. } = &mut *state else { return false };
+    if std::mem::replace(passed, true) {
+        return true;
+    }
+    *shared = false;
+    let id = *id;
+    // Answered after every `Incoming` sent before it, which `call` queues.
+    let _ = control::with(|c| c.call(&Request::Unlisten { listener: id }, &[]));
+    if !sock.nonblocking() {
+        real::set_kernel_nonblocking(fd, false);
+    }
+    log!(Level::Debug, "listener {id} (fd {fd}) passed to another process: the kernel's from now on");
+    true
+}

@@ -1,0 +1,582 @@
+//! The data path of an ipcd connection: send, receive, shutdown and close
+//! of a [`Stream`], answering as Linux TCP would (the state machine in
+//! ipcd-proto decides, this module moves the bytes and waits).
+
+use std::time::Instant;
+
+use ipcd_proto::{CloseAction, Errno, How, Recv, Ring, Send};
+use ipcd_ring::Wait;
+
+use crate::conn::wait::{self, Spun, Woken};
+use crate::socket::{Call, Socket, State, Stream};
+use crate::sys::iov::IoCursor;
+use crate::sys::signals::Caught;
+
+/// A call's outcome: bytes moved, or an errno.
+pub(crate) type IoResult = Result<usize, libc::c_int>;
+
+/// `MSG_*` flags that change how we behave.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Flags {
+    /// `MSG_DONTWAIT`, or the socket is non-blocking.
+    pub nonblock: bool,
+    /// `MSG_PEEK`.
+    pub peek: bool,
+    /// `MSG_WAITALL`.
+    pub waitall: bool,
+    /// `MSG_NOSIGNAL`.
+    pub nosignal: bool,
+    /// `MSG_TRUNC` on a receive: discard the bytes instead of copying them.
+    pub trunc: bool,
+    /// `MSG_ZEROCOPY` on a send of a socket with `SO_ZEROCOPY`.
+    pub zerocopy: bool,
+}
+
+impl Flags {
+    /// From a call's `flags` and the socket's mode.
+    pub(crate) fn new(sock: &Socket, flags: libc::c_int) -> Flags {
+        Flags {
+            nonblock: sock.nonblocking() || flags & libc::MSG_DONTWAIT != 0,
+            peek: flags & libc::MSG_PEEK != 0,
+            waitall: flags & libc::MSG_WAITALL != 0,
+            nosignal: flags & libc::MSG_NOSIGNAL != 0,
+            trunc: flags & libc::MSG_TRUNC != 0,
+            zerocopy: flags & libc::MSG_ZEROCOPY != 0 && sock.zerocopy(),
+        }
+    }
+}
+
+fn errno(e: Errno) -> libc::c_int {
+    e.code()
+}
+
+impl Stream {
+    /// What the rings say, or — on a ring the peer corrupted — the
+    /// connection is reset and the state machine is told.
+    fn observe(&mut self) -> Ring {
+        match self.link.observe() {
+            Some(r) => r,
+            None => {
+                self.abort();
+                Ring { peer_reset: true, ..Ring::default() }
+            }
+        }
+    }
+
+    /// Resets our end: the peer sees `ECONNRESET`, we stop reading.
+    fn abort(&mut self) {
+        self.conn.on_abort();
+        let w = self.link.tx.reset() | self.link.rx.close();
+        if w {
+            self.link.ring_peer();
+        }
+    }
+
+    /// Brings the rings in line with the state machine after a call: a FIN
+    /// goes out once our writing side is shut; the reader closes once we no
+    /// longer read.
+    fn settle(&mut self, fin: bool) {
+        let mut wake = false;
+        if fin {
+            wake |= self.link.tx.close();
+        }
+        if self.conn.stops_reading() {
+            wake |= self.link.rx.close();
+        }
+        if wake {
+            self.link.ring_peer();
+        }
+    }
+}
+
+/// Which way a blocked call waits.
+#[derive(Clone, Copy)]
+enum Dir {
+    /// For input; `peer_here`: its writer last ran on this CPU.
+    Recv { peer_here: bool },
+    /// For room for this many bytes.
+    Send(usize),
+}
+
+/// Runs `f` on the socket's stream, inside the end's locks if another
+/// process shares it. `Err(EBADF)` when it was closed meanwhile.
+pub(crate) fn with_stream<R>(sock: &Socket, f: impl FnOnce(&mut Stream) -> R) -> Result<R, libc::c_int> {
+    match &mut *sock.lock() {
+        State::Stream(s) => Ok(in_link(s, f)),
+        _ => Err(libc::EBADF),
+    }
+}
+
+/// Runs `f` on a stream whose socket lock the caller holds, inside the
+/// end's locks if another process shares it.
+pub(crate) fn in_link<R>(s: &mut Stream, f: impl FnOnce(&mut Stream) -> R) -> R {
+    s.link.enter();
+    let r = f(s);
+    s.link.leave();
+    r
+}
+
+/// Blocks until the ring may let `dir` progress: spins first, then sleeps on
+/// the doorbell with the ring's protocol. `Err` is the errno to give up with.
+fn block(sock: &Socket, call: &Call<'_>, dir: Dir, deadline: Option<Instant>) -> Result<(), libc::c_int> {
+    call.before_wait();
+    let ready = |s: &mut Stream| match dir {
+        Dir::Recv { .. } => {
+            s.link.rx.readable().map_or(true, |n| n > 0) || s.link.rx.peer_state() != ipcd_ring::PeerState::Open
+        }
+        Dir::Send(want) => {
+            s.link.tx.writable().map_or(true, |n| n >= want)
+                || s.link.tx.is_reader_closed()
+                || s.link.rx.peer_state() == ipcd_ring::PeerState::Reset
+        }
+    };
+    // Linux restarts a socket call after an SA_RESTART handler, unless the
+    // socket has a timeout.
+    let (caught, restartable) = (Caught::now(), deadline.is_none());
+    let yield_first = matches!(dir, Dir::Recv { peer_here: true });
+    match wait::spin(yield_first, || with_stream(sock, ready).unwrap_or(true), || caught.interrupts(restartable)) {
+        Spun::Ready => return Ok(()),
+        Spun::Interrupted => return Err(libc::EINTR),
+        Spun::Done => {}
+    }
+    // Watch the end and note the futex generation before arming: a waiter
+    // that empties the doorbell in between then still wakes us.
+    let prep = sock.sleepers.prepare();
+    let prepared = with_stream(sock, |s| {
+        let w = match dir {
+            Dir::Recv { .. } => s.link.rx.prepare_wait(),
+            Dir::Send(want) => s.link.tx.prepare_wait(want),
+        };
+        (w, s.link.bell(), s.link.is_shared())
+    })?;
+    let (Ok(Wait::Sleep), bell, shared) = prepared else { return Ok(()) };
+    if caught.interrupts(restartable) {
+        return Err(libc::EINTR);
+    }
+    // The waiting flag is not cleared after the sleep: another thread of
+    // this process may have armed the same flag and still rely on it (a
+    // clear here lost its wake-up: four threads sending on one socket hung).
+    // A stale flag costs the peer one doorbell ring, never a lost wake-up.
+    match sock.sleepers.sleep(bell, wait::nap_until(deadline, shared), prep) {
+        Woken::Retry => Ok(()),
+        // Only a nap on a shared end ended: look again.
+        Woken::Timeout if deadline.is_none_or(|d| Instant::now() < d) => Ok(()),
+        Woken::Timeout => Err(libc::EAGAIN),
+        // Only SA_RESTART handlers ran (or ones we did not install): the
+        // call goes on, as Linux restarts it.
+        Woken::Interrupted if restartable && !caught.interrupts(true) => Ok(()),
+        Woken::Interrupted => Err(libc::EINTR),
+    }
+}
+
+/// The CPU this thread runs on (glibc reads it from rseq: no system
+/// call), or [`ipcd_ring::NO_CPU`].
+fn current_cpu() -> u32 {
+    // SAFETY: no arguments; async-signal-safe, never allocates.
+    u32::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(ipcd_ring::NO_CPU)
+}
+
+/// What a call that moved `done` bytes answers when it stops on `e`: the
+/// count if it moved any (Linux's rule for a partial transfer), else `e`.
+pub(crate) fn moved_or(done: usize, e: libc::c_int) -> IoResult {
+    if done > 0 {
+        Ok(done)
+    } else {
+        Err(e)
+    }
+}
+
+fn deadline(t: Option<std::time::Duration>) -> Option<Instant> {
+    t.map(|t| Instant::now() + t)
+}
+
+/// `send`/`write`/`sendmsg` of the bytes in `iov`.
+///
+/// A blocking send of up to a quarter of the ring goes in whole (it waits
+/// for room for all of it), so such sends from several threads never
+/// interleave. A larger one goes in pieces as room appears, as Linux's
+/// does: waiting for room for all of it kept writer and reader taking
+/// turns instead of overlapping (1 MiB writes into a 1 MiB ring ran at the
+/// kernel's speed).
+///
+/// # Safety
+/// `iov` must describe readable memory.
+pub(crate) unsafe fn send(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], flags: Flags) -> IoResult {
+    let mut cur = IoCursor::new(iov);
+    let total = cur.total();
+    // Linux copies from the buffers and faults on a null one.
+    let null = cur.has_null();
+    let deadline = deadline(sock.sndtimeo());
+    let mut done = 0;
+    loop {
+        let looked = with_stream(sock, |s| {
+            let cap = s.link.tx.capacity();
+            let whole = !flags.nonblock && total <= cap / 4;
+            let mut ring = s.observe();
+            if ring.writable < total - done {
+                // The cached view of the reader's progress may be stale: a
+                // send that has room must not come back short (Linux sends
+                // it whole, and programs count on that).
+                ring.writable = s.link.tx.writable().unwrap_or(0);
+            }
+            let step = match s.conn.send(&ring, total - done, flags.nosignal) {
+                Send::Write(_) if null => Err(Some((libc::EFAULT, false))),
+                Send::Write(n) if whole && n < total => Err(None),
+                Send::Write(n) => write(s, &mut cur, n),
+                Send::Discard(n) => {
+                    cur.skip(n);
+                    if s.link.tx.reset() {
+                        s.link.ring_peer();
+                    }
+                    Ok(n)
+                }
+                Send::WouldBlock => Err(None),
+                Send::Fail { errno: e, sigpipe } => Err(Some((errno(e), sigpipe))),
+            };
+            if done == 0 && flags.zerocopy && step.is_ok_and(|n| n > 0) {
+                // One completion per send call that moved bytes.
+                s.zerocopy.sent();
+            }
+            (step, cap)
+        });
+        // Closed by another thread since the last look (see `Call`): what
+        // went out still counts.
+        let (step, cap) = match looked {
+            Ok(l) => l,
+            Err(e) => return moved_or(done, e),
+        };
+        match step {
+            Ok(n) => {
+                done += n;
+                if done >= total {
+                    return Ok(done);
+                }
+            }
+            Err(Some((e, sigpipe))) => {
+                if done > 0 {
+                    return Ok(done);
+                }
+                if sigpipe {
+                    raise_sigpipe();
+                }
+                return Err(e);
+            }
+            Err(None) => {
+                if flags.nonblock {
+                    let _ = with_stream(sock, |s| s.out_blocked += 1);
+                    return moved_or(done, libc::EAGAIN);
+                }
+                // Room for all of a whole send; for a larger one a quarter
+                // ring at least, so it moves in batches instead of waking
+                // per byte freed.
+                let want = if total <= cap / 4 { total } else { (total - done).min(cap / 4) }.max(1);
+                if let Err(e) = block(sock, call, Dir::Send(want), deadline) {
+                    return moved_or(done, e);
+                }
+            }
+        }
+    }
+}
+
+/// Copies `n` bytes (which the ring has room for) from the cursor.
+fn write(s: &mut Stream, cur: &mut IoCursor<'_>, n: usize) -> Result<usize, Option<(libc::c_int, bool)>> {
+    // SAFETY: the caller's iovecs are readable (contract of `send`).
+    let moved = unsafe { cur.write_to(&mut s.link.tx, n) };
+    // A reader that sends is not one side of a one-way stream.
+    s.set_behind(0);
+    s.pause_scale = 1;
+    Ok(s.moved(moved, n))
+}
+
+impl Stream {
+    /// Notes how many small reads in a row found bytes waiting, and tells
+    /// the writer whether this reader now reads in batches (it then leaves
+    /// out the copy of its last bytes, which a batch never uses: 8-byte
+    /// writes ~8 % faster). A load of our own line when nothing changes.
+    fn set_behind(&mut self, behind: u8) {
+        self.behind = behind;
+        self.link.rx.set_batching(behind >= BEHIND);
+    }
+
+    /// A read that took bytes: `few` when they were a few small ones that
+    /// were already waiting (the reader is behind a stream of small
+    /// writes); `after_pause` when a pause came just before it, which then
+    /// was too short and doubles.
+    #[inline]
+    fn note_read(&mut self, few: bool, after_pause: bool) {
+        self.set_behind(if few { self.behind.saturating_add(1) } else { 0 });
+        self.pause_scale = match (few, after_pause) {
+            (false, _) => 1,
+            (true, true) => (self.pause_scale * 2).min(MAX_PAUSE_SCALE),
+            (true, false) => self.pause_scale,
+        };
+    }
+
+    /// A read that found nothing and is about to wait, here or
+    /// (non-blocking) in poll/epoll: not behind any more; says where we run,
+    /// for a peer that waits for us, and answers whether the peer last
+    /// waited on our CPU (our own wait then yields at once).
+    #[inline]
+    fn note_empty(&mut self) -> bool {
+        self.set_behind(0);
+        self.pause_scale = 1;
+        let cpu = current_cpu();
+        self.link.tx.note_cpu(cpu);
+        cpu != ipcd_ring::NO_CPU && self.link.rx.writer_cpu() == cpu
+    }
+
+    /// After `n` bytes were copied through a ring: wakes the peer if it
+    /// asked; a ring that turned out corrupt resets the connection and
+    /// counts nothing moved.
+    fn moved(&mut self, r: Result<bool, ipcd_ring::Error>, n: usize) -> usize {
+        match r {
+            Ok(wake) => {
+                if wake {
+                    self.link.ring_peer();
+                }
+                n
+            }
+            Err(_) => {
+                self.abort();
+                0
+            }
+        }
+    }
+}
+
+/// Reads no larger than this, from bytes already waiting, mark a reader
+/// that is behind a writer of small writes (see `recv`).
+const SMALL_READ: usize = 4096;
+
+/// After this many such reads in a row, a receive pauses before it looks.
+/// Two, not one: a reader that empties the socket until `EAGAIN` (every
+/// edge-triggered epoll loop) finds bytes waiting once per event, and
+/// would pause before each `EAGAIN`.
+const BEHIND: u8 = 2;
+
+/// The longest pause, in multiples of the configured batch (32 × 500 ns
+/// = 16 µs by default). A look costs the writer more than a write does
+/// (its next store waits for the line the look pulled across), so a
+/// pause has to cover many writes to pay (8-byte writes, medians of 8
+/// runs: 6.7 M/s pausing 500 ns, 7.9 pausing 8 µs, 8.6 doubling).
+const MAX_PAUSE_SCALE: u8 = 32;
+
+/// What one look at the ring in `recv` came to.
+enum Look {
+    /// Bytes moved.
+    Moved(usize),
+    /// End of stream.
+    End,
+    /// Nothing moved: the errno (`EAGAIN` when nothing is there yet).
+    Fail(libc::c_int),
+    /// Not looked yet: the reader pauses first, this many times the
+    /// configured batch.
+    Pause(u8),
+}
+
+/// `recv`/`read`/`recvmsg` into the buffers of `iov`.
+///
+/// A reader that keeps finding a few bytes already waiting, with nothing
+/// sent in between, is behind a peer streaming small writes: each of its
+/// looks pulls the writer's line (`tail`) across, and the writer's next
+/// write has to pull it back, so both go at one line transfer per write.
+/// After [`BEHIND`] such reads in a row, a receive pauses
+/// (`IPCD_BATCH_NS`) before it looks and then takes what the writer wrote
+/// meanwhile in one go (8-byte writes: ~6.7 to ~9 M/s). While what it
+/// then finds is still a few bytes, each pause is twice the last, up to
+/// [`MAX_PAUSE_SCALE`] times the batch. A reader that waits for its data,
+/// or that sends between its reads (every request and reply exchange),
+/// never pauses, and the next pause after it is back to one batch.
+///
+/// # Safety
+/// `iov` must describe writable memory.
+pub(crate) unsafe fn recv(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], flags: Flags) -> IoResult {
+    let mut cur = IoCursor::new(iov);
+    // A zero-length receive is an ordinary one that copies nothing: 0 with
+    // data queued or at end of stream, EAGAIN or a wait on an empty socket
+    // (tcp_recvmsg's loop runs once whatever the length; the differential
+    // test found this).
+    let total = cur.total();
+    let null = cur.has_null();
+    let deadline = deadline(sock.rcvtimeo());
+    let batch = crate::sys::config::get().batch;
+    // No wait so far: what a look finds was already there.
+    let mut waited = false;
+    // At most one pause per call; none for a peek, none with batching off.
+    let mut paused = flags.peek || batch.is_zero();
+    // This call paused, and the next look is the one after the pause.
+    let mut paused_now = false;
+    // The writer of our input last ran on our CPU (see `block`).
+    let mut peer_here = false;
+    let mut done = 0;
+    loop {
+        let looked = with_stream(sock, |s| {
+            if !paused && s.behind >= BEHIND {
+                return Look::Pause(s.pause_scale);
+            }
+            let ring = s.observe();
+            match s.conn.recv(&ring, total - done) {
+                // MSG_TRUNC: TCP drops (or with PEEK, counts) the bytes, no
+                // buffer needed.
+                Recv::Read(n) if flags.trunc => {
+                    let moved = if flags.peek { Ok(false) } else { s.link.rx.consume(n).map(|t| t.wake_peer) };
+                    Look::Moved(s.moved(moved, n))
+                }
+                Recv::Read(_) if null => Look::Fail(libc::EFAULT),
+                Recv::Read(n) => {
+                    if !flags.peek {
+                        s.note_read(!waited && n < total - done && n <= SMALL_READ, paused_now);
+                    }
+                    // SAFETY: the caller's iovecs are writable.
+                    let moved = unsafe { cur.read_from(&mut s.link.rx, n, flags.peek) };
+                    Look::Moved(s.moved(moved, n))
+                }
+                Recv::Eof => Look::End,
+                Recv::WouldBlock => {
+                    peer_here = s.note_empty();
+                    Look::Fail(libc::EAGAIN)
+                }
+                Recv::Fail(e) => Look::Fail(errno(e)),
+            }
+        });
+        // As in `send`: what was read before a close still counts.
+        let step = match looked {
+            Ok(l) => l,
+            Err(e) => return moved_or(done, e),
+        };
+        match step {
+            Look::Moved(n) => {
+                done += n;
+                // MSG_WAITALL waits for the whole buffer (not with PEEK, as Linux).
+                if !flags.waitall || flags.peek || done >= total {
+                    return Ok(done);
+                }
+            }
+            Look::End => return Ok(done),
+            Look::Fail(libc::EAGAIN) => {
+                if flags.nonblock {
+                    return moved_or(done, libc::EAGAIN);
+                }
+                if let Err(e) = block(sock, call, Dir::Recv { peer_here }, deadline) {
+                    return moved_or(done, e);
+                }
+                waited = true;
+            }
+            Look::Fail(e) => return moved_or(done, e),
+            Look::Pause(scale) => {
+                wait::pause_for(batch.saturating_mul(u32::from(scale)));
+                paused = true;
+                paused_now = true;
+            }
+        }
+    }
+}
+
+/// `shutdown(how)`.
+pub(crate) fn shutdown(sock: &Socket, how: libc::c_int) -> Result<(), libc::c_int> {
+    let how = How::from_raw(how).map_err(errno)?;
+    let bell = with_stream(sock, |s| {
+        let ring = s.observe();
+        let (res, fin) = s.conn.shutdown(&ring, how);
+        s.settle(fin);
+        res.map(|()| s.link.bell())
+    })?
+    .map_err(errno)?;
+    // Wake our own blocked readers and writers: they return now, as on Linux.
+    crate::conn::bell::ring(bell);
+    Ok(())
+}
+
+/// The last fd of a stream closed in this process. If another process
+/// (a fork) still holds the end, nothing goes out; otherwise FIN or reset
+/// as Linux would. Returns the connection id, for the monitor.
+pub(crate) fn close(stream: &mut Stream, linger_zero: bool) -> u64 {
+    if !stream.link.release_holder() {
+        return stream.link.conn;
+    }
+    stream.link.enter();
+    let ring = stream.observe();
+    let wake = match stream.conn.close(&ring, linger_zero) {
+        CloseAction::Fin => stream.link.tx.close(),
+        CloseAction::Reset => stream.link.tx.reset(),
+        CloseAction::Quiet => false,
+    } | stream.link.rx.close();
+    if wake {
+        stream.link.ring_peer();
+    }
+    // Our own doorbell is not rung: no call of ours is in progress on the
+    // end (the close waits for them), and a poll elsewhere sleeps on as
+    // Linux's does. Ringing it left a token that made the next connection
+    // to reuse the segment wake for nothing.
+    stream.link.leave();
+    stream.link.conn
+}
+
+/// What changes when something new arrives from the peer: bytes ever
+/// received, and the peer's state (FIN, reset). Edge-triggered readiness
+/// reports an event each time it changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Edge {
+    /// The writer's `tail` as last read.
+    pub tail: u64,
+    /// The writer's state as last read.
+    pub state: ipcd_ring::PeerState,
+    /// Sends that found no room so far ([`Stream::out_blocked`]).
+    pub out: u64,
+}
+
+impl Default for Edge {
+    fn default() -> Edge {
+        Edge { tail: 0, state: ipcd_ring::PeerState::Open, out: 0 }
+    }
+}
+
+/// The poll mask (`tcp_poll`'s answer) from the rings, and the edge.
+pub(crate) fn poll(sock: &Socket) -> Result<(u32, Edge), libc::c_int> {
+    with_stream(sock, Stream::poll)
+}
+
+impl Stream {
+    /// The poll mask now and the edge (the caller holds the socket's lock
+    /// and has entered the link).
+    pub(crate) fn poll(&mut self) -> (u32, Edge) {
+        let ring = self.observe();
+        let mut mask = self.conn.poll(&ring).bits();
+        if self.zerocopy.pending.is_some() {
+            mask |= libc::POLLERR as u32;
+        }
+        (mask, Edge { tail: self.link.rx.tail_seen(), state: self.link.rx.peer_state(), out: self.out_blocked })
+    }
+}
+
+/// `getsockopt(SO_ERROR)`: the pending error, cleared.
+pub(crate) fn so_error(sock: &Socket) -> Result<libc::c_int, libc::c_int> {
+    with_stream(sock, |s| {
+        let ring = s.observe();
+        s.conn.so_error(&ring).map_or(0, errno)
+    })
+}
+
+/// Takes the pending `MSG_ZEROCOPY` completions (`recvmsg(MSG_ERRQUEUE)`).
+pub(crate) fn take_zerocopy(sock: &Socket) -> Result<Option<(u32, u32)>, libc::c_int> {
+    with_stream(sock, |s| s.zerocopy.pending.take())
+}
+
+/// `FIONREAD`: bytes readable now.
+pub(crate) fn readable(sock: &Socket) -> Result<usize, libc::c_int> {
+    with_stream(sock, |s| s.link.rx.readable().unwrap_or(0))
+}
+
+/// `SIOCOUTQ`: bytes sent and not yet read by the peer.
+pub(crate) fn unread_by_peer(sock: &Socket) -> Result<usize, libc::c_int> {
+    with_stream(sock, |s| s.link.tx.unread().unwrap_or(0))
+}
+
+/// SIGPIPE for the calling thread, as the kernel raises it.
+fn raise_sigpipe() {
+    // SAFETY: tgkill to ourselves with a valid signal.
+    unsafe {
+        let (pid, tid) = (libc::getpid(), libc::gettid());
+        crate::sys::real::syscall(libc::SYS_tgkill, pid.into(), tid.into(), libc::SIGPIPE.into(), 0, 0, 0)
+    };
+}

@@ -1,0 +1,42 @@
+//! # ipcd-proto
+//!
+//! Everything the monitor and the processes under ipcd say to each other,
+//! and what a connection end answers to each socket call:
+//!
+//! - [`message`]: control messages and their bounded binary codec (no
+//!   allocation to decode, every length checked, fds counted per message);
+//! - [`state`]: one connection end as a pure state machine giving Linux
+//!   TCP's answers (bytes, end-of-stream, errno, `SIGPIPE`, poll mask);
+//! - `channel` (feature `std`): the framed channel over a Unix
+//!   `SOCK_SEQPACKET` socket with fd passing and peer credentials. It is the
+//!   only part of this crate that makes system calls.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+pub mod addr;
+pub mod error;
+pub mod message;
+pub mod state;
+mod wire;
+
+// Test support for the fuzz targets and this crate's tests (not API).
+#[cfg(any(fuzzing, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
+
+#[cfg(feature = "std")]
+pub mod channel;
+
+pub use addr::SockAddr;
+pub use error::{DecodeError, EncodeError};
+pub use message::{
+    Caps, ConnInfo, ConnStatus, EndState, ErrorCode, Fallback, ListenFlags, ListenerStatus, Request, Response, Side,
+    Status, CODEC_VERSION, FRAME_MAGIC, HEADER_LEN, MAX_FDS, MAX_FRAME,
+};
+pub use state::{CloseAction, Conn, Errno, How, Phase, Readiness, Recv, Ring, Send, Shutdown};
+
+/// Versions of the control protocol this build speaks (negotiated in
+/// [`Request::Hello`]).
+/// 3: standby connections (`Standby`, `Withdraw`, `Use`, `Unused`).
+/// 5: `Pass` and `Claim` carry the kernel socket instead of naming its inode.
+pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 5..=5;

@@ -1,0 +1,497 @@
+//! Control messages and their codec.
+//!
+//! A frame is one `SOCK_SEQPACKET` packet:
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 2 | magic [`FRAME_MAGIC`] |
+//! | 2 | 1 | codec version [`CODEC_VERSION`] |
+//! | 3 | 1 | reserved, 0 |
+//! | 4 | 2 | message type |
+//! | 6 | 2 | reserved, 0 |
+//! | 8 | 4 | sequence number (a reply carries its request's; events 0) |
+//! | 12 | 4 | body length |
+//! | 16 | n | body |
+//!
+//! all little-endian, at most [`MAX_FRAME`] bytes. Requests (process →
+//! monitor) use types `0x01xx`, responses and events (monitor → process)
+//! `0x02xx`; each side decodes only the other's range. The fds that travel
+//! with a message (`SCM_RIGHTS`) are part of its definition
+//! ([`Request::fd_count`], [`Response::fd_count`]) and their count is checked
+//! on decode; their order is given on each variant. Every request gets one
+//! reply carrying its sequence number, except the notifications marked
+//! "no reply" (so `close` never waits for the monitor).
+
+use bitflags::bitflags;
+
+use crate::addr::SockAddr;
+
+mod codec;
+
+/// First two bytes of every frame ("ID" in ASCII, little-endian).
+pub const FRAME_MAGIC: u16 = u16::from_le_bytes(*b"ID");
+/// Version of the frame layout and codec.
+pub const CODEC_VERSION: u8 = 1;
+/// Bytes of the frame header.
+pub const HEADER_LEN: usize = 16;
+/// Largest frame either side sends or accepts.
+pub const MAX_FRAME: usize = 1024;
+/// Most fds any message carries.
+pub const MAX_FDS: usize = 3;
+
+bitflags! {
+    /// What a process or the monitor can do, exchanged in the handshake.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct Caps: u32 {
+        /// Registered for `membarrier` global expedited fences: its ring
+        /// publishes may use compiler-only barriers.
+        const ASYM_FENCE = 1 << 0;
+        /// Can hand connections across fork.
+        const FORK = 1 << 1;
+        /// Can re-attach connections after exec.
+        const EXEC = 1 << 2;
+    }
+}
+
+bitflags! {
+    /// Options of a listening socket that change who may share its port.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct ListenFlags: u32 {
+        /// `SO_REUSEPORT`: several listeners share the port.
+        const REUSEPORT = 1 << 0;
+        /// `SO_REUSEADDR`.
+        const REUSEADDR = 1 << 1;
+        /// `IPV6_V6ONLY` on an IPv6 listener.
+        const V6ONLY = 1 << 2;
+        /// The listener's bell (an eventfd) travels with `Listen`, second
+        /// fd: connectors taking a standby ring it.
+        const BELL = 1 << 3;
+    }
+}
+
+/// Which end of a segment a process holds (side A wrote ring 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The connecting end.
+    A,
+    /// The accepting end.
+    B,
+}
+
+/// Why the monitor sends a connection to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fallback {
+    /// No ipcd listener at the destination.
+    NoListener,
+    /// The listener belongs to another user.
+    OtherUser,
+    /// The listener's accept queue is full.
+    BacklogFull,
+    /// The destination is not on this host.
+    NotLocal,
+    /// The monitor is out of memory for segments, or at its limit.
+    NoMemory,
+    /// Acceleration is turned off for this process or port.
+    Disabled,
+}
+
+impl Fallback {
+    /// Every value, in wire-code order.
+    pub const ALL: &'static [Fallback] = &[
+        Fallback::NoListener,
+        Fallback::OtherUser,
+        Fallback::BacklogFull,
+        Fallback::NotLocal,
+        Fallback::NoMemory,
+        Fallback::Disabled,
+    ];
+}
+
+/// Error codes of [`Response::Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// No protocol version in common.
+    VersionMismatch,
+    /// A request before `Hello`, or a second `Hello`.
+    NotRegistered,
+    /// Malformed or out-of-place request.
+    BadRequest,
+    /// The passed fd is not the listening socket claimed, or the
+    /// connection is not held by this process.
+    NotOwner,
+    /// An ipcd listener already owns the address.
+    AddrInUse,
+    /// No such listener of this process.
+    NoSuchListener,
+    /// No such connection of this process.
+    NoSuchConnection,
+    /// A per-user limit was reached.
+    Limit,
+    /// The monitor failed; the request may be retried through the kernel.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every value, in wire-code order.
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::VersionMismatch,
+        ErrorCode::NotRegistered,
+        ErrorCode::BadRequest,
+        ErrorCode::NotOwner,
+        ErrorCode::AddrInUse,
+        ErrorCode::NoSuchListener,
+        ErrorCode::NoSuchConnection,
+        ErrorCode::Limit,
+        ErrorCode::Internal,
+    ];
+}
+
+/// A connection as the monitor hands it to one end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnInfo {
+    /// Connection id, unique on the host; also in the segment header.
+    pub conn: u64,
+    /// Which end this process holds.
+    pub side: Side,
+    /// This end's address (`getsockname`).
+    pub local: SockAddr,
+    /// The other end's address (`getpeername`).
+    pub peer: SockAddr,
+    /// Segment length in bytes.
+    pub segment_len: u64,
+    /// The segment's id, unique on the host.
+    pub segment: u64,
+    /// The segment is one both ends still map from an earlier connection
+    /// between the same two processes (`Close { keep }`): the message
+    /// carries no fds and the ends find it by `segment`.
+    pub reused: bool,
+}
+
+/// Counters for `ipcd status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Status {
+    /// Monitor process id.
+    pub monitor_pid: u32,
+    /// Processes with an open channel.
+    pub processes: u32,
+    /// ipcd listeners.
+    pub listeners: u32,
+    /// Live connections.
+    pub connections: u32,
+    /// Bytes of live segments and of those kept for reuse.
+    pub segment_bytes: u64,
+    /// Connections set up through ipcd since start.
+    pub connects_total: u64,
+    /// Of those, how many reused the segment of an earlier connection
+    /// between the same two processes.
+    pub reused_total: u64,
+    /// Of those, how many a process took from a standby (`Use`), without
+    /// waiting for an answer.
+    pub standby_total: u64,
+    /// Connects sent to the kernel since start.
+    pub fallbacks_total: u64,
+    /// Milliseconds since the monitor started.
+    pub uptime_ms: u64,
+}
+
+/// One listener, in the listing that follows [`Response::Status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenerStatus {
+    /// Owning process.
+    pub pid: u32,
+    /// Bound address.
+    pub addr: SockAddr,
+    /// `listen` backlog.
+    pub backlog: u32,
+    /// Connections brokered and not yet accepted.
+    pub pending: u32,
+    /// Member of an `SO_REUSEPORT` group.
+    pub reuseport: bool,
+}
+
+/// What one end of a connection has done, as its ring shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EndState {
+    /// Sending and receiving.
+    Open,
+    /// Its writing side is shut (a FIN went out).
+    Fin,
+    /// It reset the connection.
+    Reset,
+    /// No process holds it any more.
+    Gone,
+}
+
+impl EndState {
+    /// Every value, in wire-code order.
+    pub const ALL: &'static [EndState] = &[EndState::Open, EndState::Fin, EndState::Reset, EndState::Gone];
+
+    /// Short name for `ipcd status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EndState::Open => "open",
+            EndState::Fin => "fin",
+            EndState::Reset => "reset",
+            EndState::Gone => "gone",
+        }
+    }
+}
+
+/// One connection, in the listing that follows [`Response::Status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnStatus {
+    /// Connection id.
+    pub conn: u64,
+    /// Process holding side A (the connector) and side B; 0 once gone.
+    pub pids: [u32; 2],
+    /// Address of side A and of side B.
+    pub addrs: [SockAddr; 2],
+    /// Bytes written by side A and by side B so far.
+    pub bytes: [u64; 2],
+    /// Segment length in bytes.
+    pub segment_len: u64,
+    /// State of side A and of side B.
+    pub states: [EndState; 2],
+}
+
+/// A request from a process to the monitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Request {
+    /// First message on a channel. No fds.
+    Hello {
+        /// Lowest protocol version the process speaks.
+        version_min: u16,
+        /// Highest protocol version the process speaks.
+        version_max: u16,
+        /// Process id as the process sees it (checked against `SO_PEERCRED`).
+        pid: u32,
+        /// User id (checked against `SO_PEERCRED`).
+        uid: u32,
+        /// What the process can do.
+        caps: Caps,
+    },
+    /// The process listens in the kernel on `addr`; route local connects to it.
+    /// Fds: `[listening socket]`, which proves the ownership.
+    Listen {
+        /// The process's id for this listener, echoed in `Incoming`.
+        listener: u64,
+        /// Bound address (`getsockname`).
+        addr: SockAddr,
+        /// `listen` backlog.
+        backlog: u32,
+        /// Port-sharing options.
+        flags: ListenFlags,
+    },
+    /// Stop routing to a listener. No fds.
+    Unlisten {
+        /// Id given in `Listen`.
+        listener: u64,
+    },
+    /// Connect to `dest` through ipcd if possible. No fds.
+    Connect {
+        /// Destination.
+        dest: SockAddr,
+        /// The socket's own address if it was bound.
+        source: Option<SockAddr>,
+        /// The socket is non-blocking.
+        nonblocking: bool,
+    },
+    /// This process shut one direction of its end (for the monitor's books).
+    /// No fds, no reply.
+    Shutdown {
+        /// Connection.
+        conn: u64,
+        /// 0 read, 1 write, 2 both.
+        how: u8,
+    },
+    /// This process no longer holds its end. No fds, no reply.
+    Close {
+        /// Connection.
+        conn: u64,
+        /// Which end (a process may hold both ends of one connection).
+        side: Side,
+        /// The process keeps the segment mapped, so a later connection
+        /// between the same two processes may reuse it (the monitor sends
+        /// `Forget` when it will not).
+        keep: bool,
+    },
+    /// First request of a forked child after `Hello`: it holds what the
+    /// parent held at the fork. No fds.
+    Forked {
+        /// Parent's process id.
+        parent_pid: u32,
+    },
+    /// The process is about to exec: keep its holdings while its channel
+    /// closes, until the new image says `Reopen` (or a timeout). No fds, no reply.
+    ExecPrepare,
+    /// After exec: map this held connection end again. No fds.
+    Reopen {
+        /// Connection.
+        conn: u64,
+        /// Which end.
+        side: Side,
+    },
+    /// Counters for `ipcd status`, then one entry per listener and per
+    /// connection, then `Ok`. No fds.
+    Status,
+    /// A brokered connection left the listener's accept queue. No fds, no reply.
+    Accepted {
+        /// Connection.
+        conn: u64,
+    },
+    /// Stop the monitor (same user or root). No fds.
+    Stop,
+    /// The process is about to pass its end of `conn` to another process
+    /// over a Unix socket (`SCM_RIGHTS`): keep a holder for it until a
+    /// process of the same user claims it with the same kernel socket (or
+    /// a timeout). It has added that holder to the segment already. Fds:
+    /// `[the kernel socket under the end's fd]` (the monitor learns its
+    /// inode from it, so the sender cannot name another socket's); `Ok` or
+    /// `Error`.
+    Pass {
+        /// Connection.
+        conn: u64,
+        /// Which end.
+        side: Side,
+    },
+    /// The process received a socket: map the connection end passed with
+    /// it, if any. Fds: `[the received socket]`, which proves the claimer
+    /// holds it (a claim cannot name a socket by number). `Reopened`, or
+    /// `Error` when nothing was passed with that socket or the passer is
+    /// another user.
+    Claim,
+    /// The process accepts on `listener`, a listener a fork left shared
+    /// (its id is the one the registering process gave it): connects to
+    /// it may be handed to this process. Sent once per process, when it
+    /// first accepts or waits for connections. No fds, no reply.
+    Serve {
+        /// Listener id.
+        listener: u64,
+    },
+    /// The process closed its copy of a shared listener with `conn` still
+    /// in its accept queue: hand the connection to another process that
+    /// serves the listener (reset it if none). No fds, no reply.
+    Decline {
+        /// Connection.
+        conn: u64,
+    },
+    /// The process connected through a standby connection (`Standby`)
+    /// and has no bell for its listener: tell it (the ticket says the
+    /// rest). No fds, no reply.
+    Use {
+        /// Connection.
+        conn: u64,
+        /// The connecting socket's own address (the acceptor's peer).
+        source: Option<SockAddr>,
+    },
+    /// A standby connection given back unused: withdrawn (`Withdraw`), or
+    /// it could not be mapped (by its connector, or by its acceptor at
+    /// `Expect`). No fds, no reply.
+    Unused {
+        /// Connection.
+        conn: u64,
+    },
+}
+
+impl Request {
+    /// The `Hello` of a process: every protocol version this build speaks.
+    pub fn hello(pid: u32, uid: u32, caps: Caps) -> Request {
+        Request::Hello {
+            version_min: *crate::PROTOCOL_VERSIONS.start(),
+            version_max: *crate::PROTOCOL_VERSIONS.end(),
+            pid,
+            uid,
+            caps,
+        }
+    }
+}
+
+/// A reply or event from the monitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Response {
+    /// Answer to `Hello`. No fds.
+    Welcome {
+        /// Protocol version chosen.
+        version: u16,
+        /// Monitor process id.
+        monitor_pid: u32,
+        /// What the monitor can do.
+        caps: Caps,
+        /// Default capacity of each ring of a new segment.
+        ring_bytes: u64,
+    },
+    /// The request succeeded. No fds.
+    Ok,
+    /// The request failed. No fds.
+    Error {
+        /// What went wrong.
+        code: ErrorCode,
+    },
+    /// Answer to `Connect`: an ipcd connection.
+    /// Fds: `[segment memfd, own doorbell, peer doorbell]`, none if reused.
+    Connected(ConnInfo),
+    /// Answer to `Connect`: use the kernel. No fds.
+    UseKernel {
+        /// Why.
+        reason: Fallback,
+    },
+    /// Event: a connection arrived for a listener.
+    /// Fds: `[segment memfd, own doorbell, peer doorbell]`, none if reused.
+    Incoming {
+        /// Listener id from `Listen`.
+        listener: u64,
+        /// The new connection.
+        info: ConnInfo,
+    },
+    /// Event: the process holding the other end died. No fds.
+    PeerGone {
+        /// Connection.
+        conn: u64,
+    },
+    /// Event: a segment this process kept mapped (`Close { keep }`) will
+    /// not be reused; unmap it. No fds.
+    Forget {
+        /// Segment id.
+        segment: u64,
+    },
+    /// Answer to `Reopen` and `Claim`. Fds: `[segment memfd, own doorbell, peer doorbell]`.
+    Reopened(ConnInfo),
+    /// Event: a connection to `dest` held ready for this process, so that
+    /// its next connect there needs no answer: it takes it and sends `Use`.
+    /// Fds: `[segment memfd, own doorbell, peer doorbell]`, none if reused.
+    Standby {
+        /// The address the process connected to.
+        dest: SockAddr,
+        /// The connection, side A; `local` is the connector's own.
+        info: ConnInfo,
+        /// The listener's bell comes last among the fds: a connect
+        /// through this standby rings it (sent once per process and
+        /// listener; the process keeps it per destination).
+        bell: bool,
+    },
+    /// Event: a standby connection issued for a listener, told to the
+    /// acceptor before it is used: accept takes it once its ticket (in
+    /// the segment header) says connected, and drops it if cancelled.
+    /// Fds: `[segment memfd, own doorbell, peer doorbell]`, none if reused.
+    Expect {
+        /// Listener id from `Listen`.
+        listener: u64,
+        /// The connection, side B; `peer` is read from the ticket.
+        info: ConnInfo,
+    },
+    /// Event: a standby connection is withdrawn (its ticket cancelled: its
+    /// listener went, or it was given back); the process drops it (and
+    /// answers `Unused` if it still had it, which changes nothing). No fds.
+    Withdraw {
+        /// Connection.
+        conn: u64,
+    },
+    /// Answer to `Status`. No fds.
+    Status(Status),
+    /// A listener in the `Status` listing. No fds.
+    ListenerEntry(ListenerStatus),
+    /// A connection in the `Status` listing. No fds.
+    ConnEntry(ConnStatus),
+}
+
+// ---- framing shared by both directions -------------------------------

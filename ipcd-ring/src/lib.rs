@@ -1,0 +1,66 @@
+//! # ipcd-ring
+//!
+//! The shared-memory floor of ipcd: the layout of a connection segment, the
+//! single-producer single-consumer byte ring that carries each direction of
+//! a connection, and the wait/wake protocol that lets either side sleep
+//! without losing a wakeup.
+//!
+//! The crate is `no_std`, allocates nothing and makes no system calls. It
+//! works over a raw region (pointer and length): heap memory in tests, an
+//! mmap'd memfd in production. The peer is not trusted: every index read from
+//! shared memory is validated, and a broken invariant is an [`Error`], never a
+//! panic or an out-of-bounds access.
+//!
+//! ```
+//! use core::ptr::NonNull;
+//! use ipcd_ring::{Segment, Side, Wait};
+//!
+//! #[repr(C, align(128))]
+//! struct Region([u8; 4096]);
+//! let mut region = Region([0; 4096]);
+//! let base = NonNull::new(region.0.as_mut_ptr()).unwrap();
+//! // SAFETY: `region` outlives the segment and all handles made from it.
+//! let seg = unsafe { Segment::init(base, 4096, 1, [1024, 1024]) }.unwrap();
+//! let (mut a_tx, _a_rx) = seg.endpoint(Side::A).unwrap();
+//! let (_b_tx, mut b_rx) = seg.endpoint(Side::B).unwrap();
+//!
+//! // The reader finds nothing and may sleep...
+//! assert_eq!(b_rx.prepare_wait().unwrap(), Wait::Sleep);
+//! // ...so the writer is told to ring its doorbell.
+//! let sent = a_tx.write(b"ping").unwrap();
+//! assert!(sent.wake_peer);
+//! let mut buf = [0u8; 4];
+//! assert_eq!(b_rx.read(&mut buf).unwrap().len, 4);
+//! ```
+#![cfg_attr(not(loom), no_std)]
+#![warn(missing_docs, missing_debug_implementations)]
+#![warn(clippy::cast_possible_truncation, clippy::borrow_as_ptr)]
+
+mod consumer;
+mod error;
+mod layout;
+mod producer;
+mod recent;
+mod segment;
+mod span;
+mod sync;
+mod wait;
+
+// Test support for the fuzz targets and this crate's tests (not API).
+#[cfg(all(any(fuzzing, feature = "fuzzing"), not(loom)))]
+extern crate std;
+#[cfg(any(fuzzing, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
+
+pub use consumer::{Consumer, PeerState};
+pub use error::{Corruption, Error};
+pub use layout::{
+    RingControl, SegmentHeader, CACHE_LINE, FLAG_CLOSED, FLAG_RESET, MAX_CAPACITY, NO_CPU, OFFER_CLAIMED,
+    SEGMENT_ALIGN, SEGMENT_MAGIC, SEGMENT_VERSION,
+};
+pub use producer::Producer;
+pub use segment::{EndLock, Segment, Side, Ticket};
+pub use wait::{Transfer, Wait};
+
+pub use layout::offsets;

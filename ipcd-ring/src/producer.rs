@@ -1,0 +1,240 @@
+//! The writing end of one ring.
+
+use core::ptr::NonNull;
+
+use crate::error::{Corruption, Error};
+use crate::layout::{to_index, RingControl, FLAG_CLOSED, FLAG_RESET};
+use crate::recent::Shadow;
+use crate::span::DataArea;
+use crate::sync::Ordering;
+use crate::wait::{arm, close_writer, disarm, fence_then_take, Transfer, Wait};
+
+/// Writing end of a ring. Owns the authoritative copy of `tail`; caches the
+/// reader's `head` and rereads it only when the cache says the ring is full.
+///
+/// Obtained from [`crate::Segment::producer`] or [`crate::Segment::endpoint`].
+///
+/// ```
+/// use core::ptr::NonNull;
+/// use ipcd_ring::{Segment, Side};
+///
+/// #[repr(C, align(128))]
+/// struct Region([u8; 2048]);
+/// let mut region = Region([0; 2048]);
+/// let base = NonNull::new(region.0.as_mut_ptr()).unwrap();
+/// // SAFETY: `region` outlives the segment and every handle made from it.
+/// let seg = unsafe { Segment::init(base, 2048, 7, [64, 64]) }.unwrap();
+/// let (mut tx, _) = seg.endpoint(Side::A).unwrap();
+/// let (_, mut rx) = seg.endpoint(Side::B).unwrap();
+/// assert_eq!(tx.write(b"hello").unwrap().len, 5);
+/// let mut buf = [0u8; 8];
+/// assert_eq!(rx.read(&mut buf).unwrap().len, 5);
+/// assert_eq!(&buf[..5], b"hello");
+/// ```
+pub struct Producer {
+    ctrl: NonNull<RingControl>,
+    data: DataArea,
+    tail: u64,
+    head_cache: u64,
+    /// The last bytes written, copied beside `tail` on every publish.
+    recent: Shadow,
+}
+
+// SAFETY: the handle only holds pointers into a shared mapping whose validity
+// the creator of the segment guaranteed (see `Segment::init`/`attach`); it has
+// no thread affinity, and `&mut self` on every mutating call keeps one thread
+// at a time on it.
+unsafe impl Send for Producer {}
+
+impl core::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Producer")
+            .field("tail", &self.tail)
+            .field("head_cache", &self.head_cache)
+            .field("capacity", &self.data.cap)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    /// # Safety
+    /// `ctrl` and `data..data + cap` must stay valid for the handle's life.
+    pub(crate) unsafe fn new(ctrl: NonNull<RingControl>, data: DataArea) -> Result<Self, Error> {
+        let mut p = Producer { ctrl, data, tail: 0, head_cache: 0, recent: Shadow::new() };
+        p.resync()?;
+        Ok(p)
+    }
+
+    #[inline]
+    fn ctrl(&self) -> &RingControl {
+        // SAFETY: valid for the handle's life (contract of `new`); every field is
+        // an atomic, so shared references are sound while the peer writes.
+        unsafe { self.ctrl.as_ref() }
+    }
+
+    /// Rereads this end's own `tail` and the reader's `head` from shared
+    /// memory and validates them. Needed only when another holder of the same
+    /// end (a forked process, another thread's handle) may have written since
+    /// this handle last did, under the end's lock.
+    pub fn resync(&mut self) -> Result<(), Error> {
+        let tail = self.ctrl().writer.tail.load(Ordering::Acquire);
+        // Acquire pairs with the reader's Release store of head.
+        let head = self.ctrl().reader.head.load(Ordering::Acquire);
+        if tail.wrapping_sub(head) > self.data.cap {
+            return Err(Error::Corrupt(Corruption::Tail { found: tail }));
+        }
+        self.tail = tail;
+        self.head_cache = head;
+        self.recent.reset();
+        Ok(())
+    }
+
+    /// Capacity of the ring in bytes.
+    pub fn capacity(&self) -> usize {
+        to_index(self.data.cap)
+    }
+
+    /// Rereads `head`; it must lie in `[cached head, tail]`.
+    #[inline]
+    fn refresh_head(&mut self) -> Result<(), Error> {
+        // Acquire pairs with the reader's Release store: the reader finished
+        // copying out the bytes before `head`, so we may overwrite them.
+        let head = self.ctrl().reader.head.load(Ordering::Acquire);
+        if head.wrapping_sub(self.head_cache) > self.tail.wrapping_sub(self.head_cache) {
+            return Err(Error::Corrupt(Corruption::Head { found: head }));
+        }
+        self.head_cache = head;
+        Ok(())
+    }
+
+    #[inline]
+    fn free(&self) -> u64 {
+        // Never underflows: `tail - head_cache <= cap` is kept by every refresh.
+        self.data.cap - self.tail.wrapping_sub(self.head_cache)
+    }
+
+    /// Bytes that can be written now without blocking.
+    pub fn writable(&mut self) -> Result<usize, Error> {
+        self.refresh_head()?;
+        Ok(to_index(self.free()))
+    }
+
+    /// Like [`Producer::writable`], but rereads the reader's `head` only
+    /// when the cached view shows no space: a lower bound that costs no
+    /// cache miss while the reader is busy moving `head`.
+    pub fn writable_cached(&mut self) -> Result<usize, Error> {
+        if self.free() == 0 {
+            self.refresh_head()?;
+        }
+        Ok(to_index(self.free()))
+    }
+
+    /// Bytes written but not yet read by the peer (`SIOCOUTQ`).
+    pub fn unread(&mut self) -> Result<usize, Error> {
+        self.refresh_head()?;
+        Ok(to_index(self.tail.wrapping_sub(self.head_cache)))
+    }
+
+    /// Copies as much of `buf` as fits and publishes it. Returns the count
+    /// (0 if the ring is full) and whether the reader must be woken.
+    #[inline]
+    pub fn write(&mut self, buf: &[u8]) -> Result<Transfer, Error> {
+        self.write_vectored(&[buf])
+    }
+
+    /// Copies as much of `bufs`, in order, as fits and publishes it in one step.
+    pub fn write_vectored(&mut self, bufs: &[&[u8]]) -> Result<Transfer, Error> {
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        if to_index(self.free()) < want {
+            self.refresh_head()?;
+        }
+        let mut room = to_index(self.free());
+        let start = self.tail;
+        let mut pos = start;
+        for buf in bufs {
+            if room == 0 {
+                break;
+            }
+            let chunk = &buf[..buf.len().min(room)];
+            // SAFETY: `chunk.len() <= room <= cap` and the bytes from `pos` on
+            // are free (validated head), so only our own area is written; the
+            // data area is valid by the contract of `new`.
+            unsafe { self.data.copy_in(pos, chunk) };
+            self.recent.append(pos, chunk);
+            pos = pos.wrapping_add(chunk.len() as u64);
+            room -= chunk.len();
+        }
+        let len = to_index(pos.wrapping_sub(start));
+        if len == 0 {
+            return Ok(Transfer::default());
+        }
+        self.tail = pos;
+        // A reader that batches wants more than the copy holds. Skipping is
+        // safe whatever the hint says: the copy left there is a consistent
+        // one of earlier positions, and a position's byte never changes.
+        if self.ctrl().reader_waiting.batching.load(Ordering::Relaxed) == 0 {
+            self.recent.publish(&self.ctrl().writer);
+        }
+        // Release pairs with the reader's Acquire load of tail: the bytes are
+        // in place before the index that exposes them.
+        self.ctrl().writer.tail.store(pos, Ordering::Release);
+        let wake_peer = fence_then_take(&self.ctrl().reader_waiting.waiting);
+        Ok(Transfer { len, wake_peer })
+    }
+
+    /// Says which CPU this end's writer runs on, as it starts to wait for
+    /// input of its own: a reader waiting for it on the same CPU then
+    /// yields at once instead of spinning first (see
+    /// [`Consumer::writer_cpu`](crate::Consumer::writer_cpu)). Stores only
+    /// on a change.
+    pub fn note_cpu(&self, cpu: u32) {
+        let word = &self.ctrl().writer.cpu;
+        if word.load(Ordering::Relaxed) != cpu {
+            word.store(cpu, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the reader has closed its end (writes would hit `EPIPE`).
+    pub fn is_reader_closed(&self) -> bool {
+        self.ctrl().reader.flags.load(Ordering::Acquire) & FLAG_CLOSED != 0
+    }
+
+    /// Closes the writing side: the reader sees end-of-stream after the bytes
+    /// already written. Returns whether the reader's doorbell must be rung.
+    pub fn close(&mut self) -> bool {
+        close_writer(self.ctrl(), FLAG_CLOSED)
+    }
+
+    /// Closes the writing side abortively: the reader reports a reset. Only
+    /// the reset flag is set, so the reader can still tell whether a FIN
+    /// ([`Producer::close`]) came first, which decides `EPIPE` against
+    /// `ECONNRESET` on its side.
+    pub fn reset(&mut self) -> bool {
+        close_writer(self.ctrl(), FLAG_RESET)
+    }
+
+    /// Step 1 of the wait protocol for space: arms the writer's waiting flag
+    /// and re-checks. `want` is capped at the capacity, so a large write waits
+    /// for a full ring's worth at most.
+    pub fn prepare_wait(&mut self, want: usize) -> Result<Wait, Error> {
+        let want = (want as u64).clamp(1, self.data.cap);
+        arm(&self.ctrl().writer_waiting);
+        let ready = self.is_reader_closed() || {
+            if let Err(e) = self.refresh_head() {
+                self.cancel_wait();
+                return Err(e);
+            }
+            self.free() >= want
+        };
+        if ready {
+            self.cancel_wait();
+            return Ok(Wait::Ready);
+        }
+        Ok(Wait::Sleep)
+    }
+
+    /// Clears the writer's waiting flag after a sleep that ended early.
+    pub fn cancel_wait(&self) {
+        disarm(&self.ctrl().writer_waiting);
+    }
+}

@@ -1,0 +1,260 @@
+//! loom models of the ring and its wait/wake protocol, with the doorbell (an
+//! eventfd in production) modelled as a counting semaphore. loom explores
+//! the interleavings and memory orderings; a lost wakeup shows up as a
+//! deadlock, a lost or duplicated byte as a failed assertion.
+//!
+//! Run with `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p ipcd-ring --release --test loom_ring`.
+#![cfg(loom)]
+
+use ipcd_ring::fuzzing::Region;
+use ipcd_ring::{Consumer, Producer, Segment, Side, Wait};
+use loom::sync::{Arc, Condvar, Mutex};
+use loom::thread;
+
+/// An eventfd in semaphore-less mode: `ring` adds a token, `wait` blocks until
+/// there is one and takes them all.
+#[derive(Default)]
+struct Doorbell {
+    tokens: Mutex<u32>,
+    cv: Condvar,
+}
+
+impl Doorbell {
+    fn ring(&self) {
+        *self.tokens.lock().unwrap() += 1;
+        self.cv.notify_one();
+    }
+
+    fn wait(&self) {
+        let mut tokens = self.tokens.lock().unwrap();
+        while *tokens == 0 {
+            tokens = self.cv.wait(tokens).unwrap();
+        }
+        *tokens = 0;
+    }
+}
+
+/// A segment with tiny rings, the memory it lives in, and one doorbell per side.
+struct Setup {
+    _region: Region,
+    seg: Segment,
+    bell_a: Arc<Doorbell>,
+    bell_b: Arc<Doorbell>,
+}
+
+fn setup(cap: u64) -> Setup {
+    let region = Region::new(Segment::required_len([cap, cap]).unwrap());
+    // SAFETY: the heap block is owned by `Setup`, which every model keeps
+    // until its threads have joined, past every handle's last use.
+    let seg = unsafe { Segment::init(region.ptr(), region.len(), 1, [cap, cap]) }.unwrap();
+    Setup { _region: region, seg, bell_a: Arc::default(), bell_b: Arc::default() }
+}
+
+/// Blocking send as ipcd-preload does it: write, ring if told, sleep when full.
+fn send_all(tx: &mut Producer, mine: &Doorbell, peer: &Doorbell, mut data: &[u8]) {
+    while !data.is_empty() {
+        let t = tx.write(data).unwrap();
+        if t.wake_peer {
+            peer.ring();
+        }
+        data = &data[t.len..];
+        if t.len == 0 && tx.prepare_wait(data.len()).unwrap() == Wait::Sleep {
+            mine.wait();
+        }
+    }
+}
+
+/// Blocking receive of everything until end-of-stream.
+fn recv_to_eof(rx: &mut Consumer, mine: &Doorbell, peer: &Doorbell, chunk: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let mut buf = vec![0u8; chunk];
+        let t = rx.read(&mut buf).unwrap();
+        if t.wake_peer {
+            peer.ring();
+        }
+        out.extend_from_slice(&buf[..t.len]);
+        if t.len > 0 {
+            continue;
+        }
+        if rx.at_eof().unwrap() {
+            return out;
+        }
+        if rx.prepare_wait().unwrap() == Wait::Sleep {
+            mine.wait();
+        }
+    }
+}
+
+#[test]
+fn bytes_arrive_in_order_once_across_wraparound() {
+    loom::model(|| {
+        let s = setup(2);
+        let (mut tx, _) = s.seg.endpoint(Side::A).unwrap();
+        let (bell_a, bell_b) = (s.bell_a.clone(), s.bell_b.clone());
+        let writer = thread::spawn(move || {
+            send_all(&mut tx, &bell_a, &bell_b, &[1, 2, 3, 4, 5]);
+            if tx.close() {
+                bell_b.ring();
+            }
+        });
+        let (_, mut rx) = s.seg.endpoint(Side::B).unwrap();
+        let got = recv_to_eof(&mut rx, &s.bell_b, &s.bell_a, 2);
+        writer.join().unwrap();
+        assert_eq!(got, [1, 2, 3, 4, 5]);
+    });
+}
+
+#[test]
+fn reader_sleeps_writer_wakes_no_lost_wakeup() {
+    loom::model(|| {
+        let s = setup(4);
+        let (mut tx, _) = s.seg.endpoint(Side::A).unwrap();
+        let bell_b = s.bell_b.clone();
+        let writer = thread::spawn(move || {
+            let t = tx.write(&[9]).unwrap();
+            assert_eq!(t.len, 1);
+            if t.wake_peer {
+                bell_b.ring();
+            }
+        });
+        let (_, mut rx) = s.seg.endpoint(Side::B).unwrap();
+        let mut buf = [0u8; 1];
+        loop {
+            if rx.read(&mut buf).unwrap().len == 1 {
+                break;
+            }
+            if rx.prepare_wait().unwrap() == Wait::Sleep {
+                s.bell_b.wait(); // deadlocks here if the wakeup were lost
+            }
+        }
+        assert_eq!(buf, [9]);
+        writer.join().unwrap();
+    });
+}
+
+#[test]
+fn writer_sleeps_for_space_reader_wakes_no_lost_wakeup() {
+    loom::model(|| {
+        let s = setup(1);
+        let (mut tx, _) = s.seg.endpoint(Side::A).unwrap();
+        let (bell_a, bell_b) = (s.bell_a.clone(), s.bell_b.clone());
+        let writer = thread::spawn(move || send_all(&mut tx, &bell_a, &bell_b, &[1, 2]));
+        let (_, mut rx) = s.seg.endpoint(Side::B).unwrap();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let mut b = [0u8; 1];
+            let t = rx.read(&mut b).unwrap();
+            if t.wake_peer {
+                s.bell_a.ring();
+            }
+            if t.len == 1 {
+                got.push(b[0]);
+            } else if rx.prepare_wait().unwrap() == Wait::Sleep {
+                s.bell_b.wait();
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(got, [1, 2]);
+    });
+}
+
+#[test]
+fn close_while_reader_sleeps_wakes_it_to_eof_after_the_last_bytes() {
+    loom::model(|| {
+        let s = setup(4);
+        let (mut tx, _) = s.seg.endpoint(Side::A).unwrap();
+        let bell_b = s.bell_b.clone();
+        let writer = thread::spawn(move || {
+            let t = tx.write(&[7, 8]).unwrap();
+            assert_eq!(t.len, 2);
+            if t.wake_peer {
+                bell_b.ring();
+            }
+            if tx.close() {
+                bell_b.ring();
+            }
+        });
+        let (_, mut rx) = s.seg.endpoint(Side::B).unwrap();
+        let got = recv_to_eof(&mut rx, &s.bell_b, &s.bell_a, 1);
+        writer.join().unwrap();
+        assert_eq!(got, [7, 8]);
+    });
+}
+
+#[test]
+fn reader_close_wakes_a_writer_waiting_for_space() {
+    loom::model(|| {
+        let s = setup(1);
+        let (mut tx, _) = s.seg.endpoint(Side::A).unwrap();
+        let bell_a = s.bell_a.clone();
+        let writer = thread::spawn(move || {
+            assert_eq!(tx.write(&[1, 2]).unwrap().len, 1);
+            // Wait for space or for the reader to go away.
+            while !tx.is_reader_closed() && tx.writable().unwrap() == 0 {
+                if tx.prepare_wait(1).unwrap() == Wait::Sleep {
+                    bell_a.wait();
+                }
+            }
+        });
+        let (_, mut rx) = s.seg.endpoint(Side::B).unwrap();
+        if rx.close() {
+            s.bell_a.ring();
+        }
+        writer.join().unwrap();
+    });
+}
+
+/// The copy of the last bytes beside `tail` is rewritten by every write;
+/// a reader taking it while the second write overwrites the same slots
+/// (positions 32 apart) must not mix the two.
+#[test]
+fn the_copy_beside_tail_is_never_read_torn() {
+    loom::model(|| {
+        let s = setup(64);
+        let (mut tx, _) = s.seg.endpoint(Side::A).unwrap();
+        let first: Vec<u8> = (0..32).collect();
+        let expect: Vec<u8> = first.iter().copied().chain([100, 101, 102, 103, 104, 105, 106, 107]).collect();
+        let writer = thread::spawn(move || {
+            assert_eq!(tx.write(&first).unwrap().len, 32);
+            assert_eq!(tx.write(&[100, 101, 102, 103, 104, 105, 106, 107]).unwrap().len, 8);
+        });
+        let (_, mut rx) = s.seg.endpoint(Side::B).unwrap();
+        let mut got = Vec::new();
+        while got.len() < expect.len() {
+            let mut buf = [0u8; 40];
+            let n = rx.read(&mut buf).unwrap().len;
+            got.extend_from_slice(&buf[..n]);
+            thread::yield_now();
+        }
+        writer.join().unwrap();
+        assert_eq!(got, expect);
+    });
+}
+
+#[test]
+fn a_watched_ticket_connects_without_a_lost_wakeup() {
+    const ADDR: [u32; 8] = [2, 80, 1, 0, 0, 0, 0, 0];
+    loom::model(|| {
+        let s = Arc::new(setup(4));
+        s.seg.expect(5);
+        let listener_bell = Arc::new(Doorbell::default());
+        let (seg, bell) = (s.clone(), listener_bell.clone());
+        let connector = thread::spawn(move || {
+            // Rings only when no acceptor watched, as ipcd-preload does.
+            if seg.seg.connect(5, ADDR) == Some(false) {
+                bell.ring();
+            }
+        });
+        // The acceptor spins once while watching, then sleeps on its bell
+        // unless the unwatch saw the connect.
+        s.seg.watch(5, true);
+        let seen = matches!(s.seg.ticket(5), ipcd_ring::Ticket::Connected(_));
+        if !seen && s.seg.watch(5, false) == ipcd_ring::Ticket::Expected {
+            listener_bell.wait(); // deadlocks here if the wake-up were lost
+        }
+        s.seg.watch(5, false);
+        assert_eq!(s.seg.ticket(5), ipcd_ring::Ticket::Connected(ADDR));
+        connector.join().unwrap();
+    });
+}

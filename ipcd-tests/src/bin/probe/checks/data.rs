@@ -1,0 +1,576 @@
+//! Data-path checks: echo, large and many transfers, non-blocking calls,
+//! MSG_PEEK/WAITALL, truncation and zerocopy, half-close, timeouts, names,
+//! options, vectored calls, sendfile, threads and small writes.
+
+use std::time::{Duration, Instant};
+
+use ipcd_monitor::bench::workload::set_nonblocking;
+use ipcd_tests::data::Prng;
+use ipcd_tests::net::{self, cvt, Fail};
+
+use crate::*;
+
+/// Echo of random sizes in both directions, checked by hash (a writer
+/// thread and a reader on the client, an echo thread on the server side).
+pub(crate) fn echo(v6: bool, rounds: usize, seed: u64) -> Res {
+    let (c, s) = pair(v6)?;
+    let server = std::thread::spawn(move || echo_loop(s));
+    client_rounds(c, rounds, seed)?;
+    net::close(c);
+    server.join().map_err(|_| "echo thread panicked".to_string())?.map_err(f)
+}
+
+/// 1 GiB one way, byte-exact (generated and checked on the fly).
+pub(crate) fn large() -> Res {
+    const TOTAL: u64 = 1 << 30;
+    let (c, s) = pair(false)?;
+    let writer = std::thread::spawn(move || -> Result<(), Fail> {
+        let mut rng = Prng::new(7);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = TOTAL;
+        while left > 0 {
+            rng.fill(&mut buf);
+            net::send_all(c, &buf)?;
+            left -= buf.len() as u64;
+        }
+        net::close(c);
+        Ok(())
+    });
+    let mut rng = Prng::new(7);
+    let mut want = vec![0u8; 1 << 20];
+    let mut wpos = want.len();
+    let mut buf = vec![0u8; 300_007];
+    let mut got: u64 = 0;
+    loop {
+        let n = net::read_some(s, &mut buf).map_err(f)?;
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            if wpos == want.len() {
+                rng.fill(&mut want);
+                wpos = 0;
+            }
+            ensure!(b == want[wpos], "byte {} differs", got);
+            wpos += 1;
+            got += 1;
+        }
+    }
+    writer.join().map_err(|_| "writer panicked".to_string())?.map_err(f)?;
+    ensure!(got == TOTAL, "got {got} of {TOTAL} bytes");
+    net::close(s);
+    Ok(())
+}
+
+/// Many connections open at once, each echoing its own bytes.
+pub(crate) fn many() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let clients: Vec<i32> = (0..64).map(|_| net::connect_loopback(false, port)).collect::<Result<_, _>>().map_err(f)?;
+    let servers: Vec<i32> = (0..64).map(|_| net::accept(l)).collect::<Result<_, _>>().map_err(f)?;
+    for (i, &c) in clients.iter().enumerate() {
+        net::send_all(c, format!("client {i:03}").as_bytes()).map_err(f)?;
+    }
+    // Which server fd got which client is for accept order to say: check
+    // each message arrives whole on exactly one, and echo it back.
+    let mut seen = [false; 64];
+    for &s in &servers {
+        let mut buf = [0u8; 10];
+        net::read_exact(s, &mut buf).map_err(f)?;
+        let i: usize =
+            std::str::from_utf8(&buf[7..]).map_err(|e| e.to_string())?.parse().map_err(|e| format!("{e:?}"))?;
+        ensure!(!seen[i], "message {i} twice");
+        seen[i] = true;
+        net::send_all(s, &buf).map_err(f)?;
+    }
+    for (i, &c) in clients.iter().enumerate() {
+        let mut buf = [0u8; 10];
+        net::read_exact(c, &mut buf).map_err(f)?;
+        ensure!(buf == *format!("client {i:03}").as_bytes(), "client {i} got another's echo");
+    }
+    for fd in clients.into_iter().chain(servers).chain([l]) {
+        net::close(fd);
+    }
+    Ok(())
+}
+
+/// Non-blocking connect: EINPROGRESS, then SO_ERROR 0 and a usable socket;
+/// the next connect says 0, a third EISCONN. Non-blocking reads say EAGAIN.
+pub(crate) fn nonblock() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let c = net::tcp_socket(false).map_err(f)?;
+    set_nonblocking(c, true)?;
+    // SAFETY: F_GETFL on our fd.
+    ensure!(unsafe { libc::fcntl(c, libc::F_GETFL) } & libc::O_NONBLOCK != 0, "O_NONBLOCK not reported");
+    let (ss, len) = net::loopback(false, port);
+    // SAFETY: a sockaddr of `len` bytes.
+    let r = unsafe { libc::connect(c, (&raw const ss).cast(), len) };
+    ensure!(r == -1 && errno() == libc::EINPROGRESS, "connect gave {r}/{}", errno());
+    std::thread::sleep(Duration::from_millis(50));
+    ensure!(int_opt(c, libc::SOL_SOCKET, libc::SO_ERROR)? == 0, "SO_ERROR after connect");
+    // The connect that sees the completion says 0, every later one EISCONN.
+    // SAFETY: as above.
+    let r = unsafe { libc::connect(c, (&raw const ss).cast(), len) };
+    ensure!(r == 0, "second connect gave {r}/{}", errno());
+    // SAFETY: as above.
+    let r = unsafe { libc::connect(c, (&raw const ss).cast(), len) };
+    ensure!(r == -1 && errno() == libc::EISCONN, "third connect gave {r}/{}", errno());
+    let s = net::accept(l).map_err(f)?;
+    let mut buf = [0u8; 8];
+    let r = recv(c, &mut buf, 0);
+    ensure!(r == -1 && errno() == libc::EAGAIN, "empty non-blocking recv gave {r}/{}", errno());
+    let r = recv(s, &mut buf, libc::MSG_DONTWAIT);
+    ensure!(r == -1 && errno() == libc::EAGAIN, "MSG_DONTWAIT recv gave {r}/{}", errno());
+    ensure!(send(c, b"ping", 0) == 4, "send");
+    std::thread::sleep(Duration::from_millis(20));
+    ensure!(recv(s, &mut buf, libc::MSG_DONTWAIT) == 4 && &buf[..4] == b"ping", "data after connect");
+    // Fill the send side: a non-blocking send stops with EAGAIN, never blocks.
+    let chunk = vec![7u8; 65536];
+    let mut sent = 0usize;
+    loop {
+        let r = send(c, &chunk, 0);
+        if r < 0 {
+            ensure!(errno() == libc::EAGAIN, "full send gave {}", errno());
+            break;
+        }
+        sent += r as usize;
+        ensure!(sent < 1 << 30, "send never filled up");
+    }
+    for fd in [c, s, l] {
+        net::close(fd);
+    }
+    Ok(())
+}
+
+/// MSG_PEEK leaves the bytes; MSG_WAITALL waits for the whole buffer.
+/// `MSG_TRUNC` discards (or with `MSG_PEEK` counts) bytes without a buffer;
+/// a null buffer otherwise faults and leaves the bytes queued; with
+/// `SO_ZEROCOPY`, `MSG_ZEROCOPY` sends report their completion on the
+/// error queue and `POLLERR` (the kernel's msg_zerocopy selftest).
+pub(crate) fn trunc_zerocopy() -> Res {
+    let (c, s) = pair(false)?;
+    ensure!(send(c, b"0123456789", 0) == 10, "send");
+    std::thread::sleep(Duration::from_millis(20));
+    // SAFETY: a null buffer is what MSG_TRUNC allows.
+    let peeked = unsafe { libc::recv(s, std::ptr::null_mut(), 4, libc::MSG_TRUNC | libc::MSG_PEEK) };
+    ensure!(peeked == 4, "MSG_TRUNC|MSG_PEEK: {peeked} ({})", errno());
+    // SAFETY: as above.
+    let dropped = unsafe { libc::recv(s, std::ptr::null_mut(), 4, libc::MSG_TRUNC) };
+    ensure!(dropped == 4, "MSG_TRUNC: {dropped} ({})", errno());
+    // SAFETY: a null buffer: the kernel's copy faults.
+    let r = unsafe { libc::recv(s, std::ptr::null_mut(), 3, 0) };
+    ensure!(r == -1 && errno() == libc::EFAULT, "recv into null: {r} ({})", errno());
+    let mut buf = [0u8; 16];
+    ensure!(recv(s, &mut buf, 0) == 6 && &buf[..6] == b"456789", "after MSG_TRUNC: {:?}", &buf[..6]);
+    // SAFETY: as above, for a send.
+    let r = unsafe { libc::send(c, std::ptr::null(), 3, 0) };
+    ensure!(r == -1 && errno() == libc::EFAULT, "send from null: {r} ({})", errno());
+
+    let one: i32 = 1;
+    // SAFETY: an int option.
+    cvt("setsockopt", unsafe { libc::setsockopt(c, libc::SOL_SOCKET, libc::SO_ZEROCOPY, (&raw const one).cast(), 4) })
+        .map_err(f)?;
+    for _ in 0..3 {
+        ensure!(send(c, b"zc", libc::MSG_ZEROCOPY) == 2, "MSG_ZEROCOPY send");
+    }
+    let mut got = [0u8; 6];
+    net::read_exact(s, &mut got).map_err(f)?;
+    // Completions may come in one range or several; all three, each copied.
+    let mut done = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while done.len() < 3 && Instant::now() < deadline {
+        let mut p = libc::pollfd { fd: c, events: 0, revents: 0 };
+        // SAFETY: one pollfd.
+        unsafe { libc::poll(&mut p, 1, 100) };
+        if p.revents & libc::POLLERR == 0 {
+            continue;
+        }
+        let mut cbuf = [0u64; 16];
+        // SAFETY: a zeroed msghdr is valid; its control buffer is `cbuf`.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cbuf);
+        // SAFETY: the msghdr above.
+        let r = unsafe { libc::recvmsg(c, &mut msg, libc::MSG_ERRQUEUE) };
+        ensure!(r == 0 && msg.msg_flags & libc::MSG_ERRQUEUE != 0, "error queue read: {r} ({})", errno());
+        // SAFETY: the control message the call wrote, if any.
+        let cm = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        ensure!(!cm.is_null(), "no control message");
+        // SAFETY: as above; its data is a sock_extended_err.
+        let (level, ty, ee) = unsafe {
+            ((*cm).cmsg_level, (*cm).cmsg_type, libc::CMSG_DATA(cm).cast::<libc::sock_extended_err>().read_unaligned())
+        };
+        ensure!((level, ty) == (libc::SOL_IP, libc::IP_RECVERR), "completion message {level}.{ty}");
+        ensure!(ee.ee_errno == 0 && ee.ee_origin == 5 && ee.ee_code & 1 == 1, "completion {ee:?}");
+        done.extend(ee.ee_info..=ee.ee_data);
+    }
+    ensure!(done == [0, 1, 2], "completions {done:?}");
+    // SAFETY: an all-zero msghdr is a valid empty one.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // SAFETY: an empty msghdr.
+    let r = unsafe { libc::recvmsg(c, &mut msg, libc::MSG_ERRQUEUE) };
+    ensure!(r == -1 && errno() == libc::EAGAIN, "empty error queue: {r} ({})", errno());
+    net::close(c);
+    net::close(s);
+    Ok(())
+}
+
+pub(crate) fn peek_waitall() -> Res {
+    let (c, s) = pair(false)?;
+    ensure!(send(c, b"hello", 0) == 5, "send");
+    let mut buf = [0u8; 16];
+    let r = recv(s, &mut buf, libc::MSG_PEEK);
+    ensure!(r == 5 && &buf[..5] == b"hello", "peek gave {r}");
+    let r = recv(s, &mut buf[..3], 0);
+    ensure!(r == 3 && &buf[..3] == b"hel", "read after peek gave {r}");
+    let r = recv(s, &mut buf, 0);
+    ensure!(r == 2 && &buf[..2] == b"lo", "rest gave {r}");
+    let writer = std::thread::spawn(move || {
+        for part in [&b"abcd"[..], b"efgh", b"ijkl"] {
+            std::thread::sleep(Duration::from_millis(20));
+            send(c, part, 0);
+        }
+    });
+    let r = recv(s, &mut buf[..12], libc::MSG_WAITALL);
+    writer.join().map_err(|_| "writer panicked")?;
+    ensure!(r == 12 && &buf[..12] == b"abcdefghijkl", "WAITALL gave {r}");
+    net::close(c);
+    net::close(s);
+    Ok(())
+}
+
+/// Half-close: after SHUT_WR the peer reads end of stream and may still
+/// send; our writes fail with EPIPE.
+pub(crate) fn half_close() -> Res {
+    let (c, s) = pair(false)?;
+    ensure!(send(c, b"last", 0) == 4, "send");
+    // SAFETY: shutdown of our socket.
+    cvt("shutdown", unsafe { libc::shutdown(c, libc::SHUT_WR) }).map_err(f)?;
+    let mut buf = [0u8; 8];
+    ensure!(recv(s, &mut buf, 0) == 4, "data before FIN");
+    ensure!(recv(s, &mut buf, 0) == 0, "FIN reads as end of stream");
+    ensure!(send(s, b"reply", 0) == 5, "the other way still works");
+    ensure!(recv(c, &mut buf, 0) == 5 && &buf[..5] == b"reply", "reply after SHUT_WR");
+    let r = send(c, b"x", libc::MSG_NOSIGNAL);
+    ensure!(r == -1 && errno() == libc::EPIPE, "send after SHUT_WR gave {r}/{}", errno());
+    // SAFETY: as above, with a bad `how`.
+    let r = unsafe { libc::shutdown(c, 7) };
+    ensure!(r == -1 && errno() == libc::EINVAL, "bad how gave {r}/{}", errno());
+    net::close(s);
+    ensure!(recv(c, &mut buf, 0) == 0, "peer close reads as end of stream");
+    net::close(c);
+    Ok(())
+}
+
+/// SO_RCVTIMEO: a blocking recv gives up with EAGAIN after the timeout;
+/// a signal handler without SA_RESTART interrupts a blocked recv (EINTR).
+pub(crate) fn timeouts() -> Res {
+    let (c, s) = pair(false)?;
+    let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+    // SAFETY: a timeval of its size.
+    cvt("setsockopt", unsafe {
+        libc::setsockopt(
+            c,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    })
+    .map_err(f)?;
+    let mut buf = [0u8; 8];
+    let t = Instant::now();
+    let r = recv(c, &mut buf, 0);
+    let took = t.elapsed();
+    ensure!(r == -1 && errno() == libc::EAGAIN, "timed-out recv gave {r}/{}", errno());
+    ensure!(took >= Duration::from_millis(90), "gave up after {took:?}, before the timeout");
+    handle(libc::SIGUSR1, false);
+    // SAFETY: pthread_self cannot fail.
+    let me = unsafe { libc::pthread_self() };
+    let kicker = kick_then(me, libc::SIGUSR1, || {});
+    let r = recv(s, &mut buf, 0);
+    let e = errno();
+    kicker.join().map_err(|_| "kicker panicked")?;
+    ensure!(r == -1 && e == libc::EINTR, "interrupted recv gave {r}/{e}");
+    net::close(c);
+    net::close(s);
+    Ok(())
+}
+
+/// Names: each end's local address is the other's peer; the client's port
+/// is really reserved in the kernel; the fd is a socket of the right kind.
+pub(crate) fn names(v6: bool) -> Res {
+    let (c, s) = pair(v6)?;
+    let (cl, sp) = (net::name(c, false).map_err(f)?, net::name(s, true).map_err(f)?);
+    let (cp, sl) = (net::name(c, true).map_err(f)?, net::name(s, false).map_err(f)?);
+    ensure!(cl == sp, "client local {cl:?} vs server's peer {sp:?}");
+    ensure!(cp == sl, "client peer {cp:?} vs server local {sl:?}");
+    ensure!(cl.1 != 0 && cl.1 != sl.1, "client port {}", cl.1);
+    let other = net::tcp_socket(v6).map_err(f)?;
+    let (ss, len) = net::loopback(v6, cl.1);
+    // SAFETY: a sockaddr of `len` bytes.
+    let r = unsafe { libc::bind(other, (&raw const ss).cast(), len) };
+    ensure!(r == -1 && errno() == libc::EADDRINUSE, "client port not reserved: bind gave {r}/{}", errno());
+    net::close(other);
+    ensure!(int_opt(c, libc::SOL_SOCKET, libc::SO_TYPE)? == libc::SOCK_STREAM, "SO_TYPE");
+    let fam = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+    ensure!(int_opt(s, libc::SOL_SOCKET, libc::SO_DOMAIN)? == fam, "SO_DOMAIN");
+    ensure!(int_opt(s, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? == 0, "SO_ACCEPTCONN on a connection");
+    // SAFETY: fstat into a zeroed struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and out pointer.
+    cvt("fstat", unsafe { libc::fstat(s, &mut st) }).map_err(f)?;
+    ensure!(st.st_mode & libc::S_IFMT == libc::S_IFSOCK, "fstat is not a socket");
+    net::close(c);
+    net::close(s);
+    Ok(())
+}
+
+/// FIONREAD, SIOCOUTQ, TCP_NODELAY and SO_KEEPALIVE round trips, FIONBIO.
+/// `TCP_INQ` and its control message type (`TCP_CM_INQ`); not in the libc crate.
+pub(crate) const TCP_INQ: i32 = 36;
+
+pub(crate) fn options() -> Res {
+    let (c, s) = pair(false)?;
+    ensure!(send(c, b"0123456789", 0) == 10, "send");
+    std::thread::sleep(Duration::from_millis(20));
+    let mut n: i32 = -1;
+    // SAFETY: FIONREAD's int out pointer.
+    cvt("ioctl", unsafe { libc::ioctl(s, libc::FIONREAD, &mut n) }).map_err(f)?;
+    ensure!(n == 10, "FIONREAD {n}");
+    for (level, opt) in [(libc::IPPROTO_TCP, libc::TCP_NODELAY), (libc::SOL_SOCKET, libc::SO_KEEPALIVE)] {
+        let one: i32 = 1;
+        // SAFETY: an int option.
+        cvt("setsockopt", unsafe { libc::setsockopt(c, level, opt, (&raw const one).cast(), 4) }).map_err(f)?;
+        ensure!(int_opt(c, level, opt)? == 1, "option {opt} did not stick");
+    }
+    // TCP_INQ: recvmsg tells how many bytes are left (the kernel's own
+    // tcp_inq selftest checks this).
+    let on: i32 = 1;
+    // SAFETY: an int option.
+    cvt("setsockopt", unsafe { libc::setsockopt(s, libc::IPPROTO_TCP, TCP_INQ, (&raw const on).cast(), 4) })
+        .map_err(f)?;
+    let mut four = [0u8; 4];
+    let mut iov = libc::iovec { iov_base: four.as_mut_ptr().cast(), iov_len: 4 };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: a zeroed msghdr is valid; the fields set below point at live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: the msghdr above.
+    ensure!(unsafe { libc::recvmsg(s, &mut msg, 0) } == 4, "recvmsg with TCP_INQ");
+    // SAFETY: CMSG_FIRSTHDR reads the msghdr the kernel (or ipcd) filled.
+    let c0 = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    ensure!(!c0.is_null(), "no control message with TCP_INQ on (controllen {})", msg.msg_controllen);
+    // SAFETY: a control message within `cbuf`, its data an int.
+    let (level, ty, inq) =
+        unsafe { ((*c0).cmsg_level, (*c0).cmsg_type, libc::CMSG_DATA(c0).cast::<i32>().read_unaligned()) };
+    ensure!((level, ty, inq) == (libc::SOL_TCP, TCP_INQ, 6), "TCP_INQ message: level {level} type {ty} inq {inq}");
+    // SAFETY: FIONBIO's int pointer.
+    cvt("ioctl", unsafe { libc::ioctl(s, libc::FIONBIO, &on) }).map_err(f)?;
+    let mut buf = [0u8; 16];
+    ensure!(recv(s, &mut buf, 0) == 6, "read");
+    let r = recv(s, &mut buf, 0);
+    ensure!(r == -1 && errno() == libc::EAGAIN, "FIONBIO did not make it non-blocking: {r}/{}", errno());
+    net::close(c);
+    net::close(s);
+    Ok(())
+}
+
+/// dup keeps the connection open until the last fd closes; readv/writev,
+/// sendmsg/recvmsg and sendmmsg move the same bytes as read/write.
+pub(crate) fn dup_vectored() -> Res {
+    let (c, s) = pair(false)?;
+    // SAFETY: dup of our fd.
+    let c2 = cvt("dup", unsafe { libc::dup(c) }).map_err(f)?;
+    net::close(c);
+    let a = *b"vec";
+    let b = *b"tored";
+    let iov = [
+        libc::iovec { iov_base: a.as_ptr() as *mut _, iov_len: 3 },
+        libc::iovec { iov_base: b.as_ptr() as *mut _, iov_len: 5 },
+    ];
+    // SAFETY: two live iovecs.
+    ensure!(unsafe { libc::writev(c2, iov.as_ptr(), 2) } == 8, "writev");
+    let mut x = [0u8; 2];
+    let mut y = [0u8; 6];
+    let riov = [
+        libc::iovec { iov_base: x.as_mut_ptr().cast(), iov_len: 2 },
+        libc::iovec { iov_base: y.as_mut_ptr().cast(), iov_len: 6 },
+    ];
+    // SAFETY: a msghdr over two live iovecs.
+    let r = unsafe {
+        let mut m: libc::msghdr = std::mem::zeroed();
+        m.msg_iov = riov.as_ptr() as *mut _;
+        m.msg_iovlen = 2;
+        libc::recvmsg(s, &mut m, libc::MSG_WAITALL)
+    };
+    ensure!(r == 8 && &x == b"ve" && &y == b"ctored", "recvmsg gave {r}");
+    // SAFETY: a zeroed mmsghdr array over live iovecs.
+    let r = unsafe {
+        let mut msgs: [libc::mmsghdr; 2] = std::mem::zeroed();
+        msgs[0].msg_hdr.msg_iov = iov.as_ptr() as *mut _;
+        msgs[0].msg_hdr.msg_iovlen = 1;
+        msgs[1].msg_hdr.msg_iov = iov[1..].as_ptr() as *mut _;
+        msgs[1].msg_hdr.msg_iovlen = 1;
+        libc::sendmmsg(s, msgs.as_mut_ptr(), 2, 0)
+    };
+    ensure!(r == 2, "sendmmsg gave {r}");
+    let mut buf = [0u8; 8];
+    // SAFETY: a live iovec.
+    let r = unsafe {
+        let v = [libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: 8 }];
+        libc::readv(c2, v.as_ptr(), 1)
+    };
+    ensure!(r > 0, "readv gave {r}");
+    let mut got = r as usize;
+    while got < 8 {
+        got += net::read_some(c2, &mut buf[got..]).map_err(f)?;
+    }
+    ensure!(&buf == b"vectored", "readv bytes");
+    net::close(c2);
+    ensure!(recv(s, &mut buf, 0) == 0, "closing the last dup is the FIN");
+    net::close(s);
+    Ok(())
+}
+
+/// sendfile from a file to the socket, then a plain read of the rest.
+pub(crate) fn sendfile() -> Res {
+    let (c, s) = pair(false)?;
+    let path = std::env::temp_dir().join(format!("ipcd-probe-{}", std::process::id()));
+    let mut data = vec![0u8; 200_000];
+    Prng::new(3).fill(&mut data);
+    std::fs::write(&path, &data).map_err(|e| e.to_string())?;
+    let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&path);
+    use std::os::fd::AsRawFd;
+    let mut off: libc::off_t = 1000;
+    let reader = std::thread::spawn(move || -> Result<Vec<u8>, Fail> {
+        let mut out = vec![0u8; 199_000];
+        net::read_exact(s, &mut out)?;
+        net::close(s);
+        Ok(out)
+    });
+    // SAFETY: a live offset; the file and the socket are open.
+    let r = unsafe { libc::sendfile(c, file.as_raw_fd(), &mut off, 199_000) };
+    ensure!(r == 199_000 && off == 200_000, "sendfile gave {r}, offset {off}");
+    let out = reader.join().map_err(|_| "reader panicked")?.map_err(f)?;
+    ensure!(out == data[1000..], "sendfile bytes differ");
+    net::close(c);
+    Ok(())
+}
+
+/// A thread-per-connection echo server and sixteen client threads; then
+/// four threads sending on one socket at once, each send contiguous.
+pub(crate) fn threads() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let server = std::thread::spawn(move || -> Result<(), Fail> {
+        let mut workers = Vec::new();
+        for _ in 0..16 {
+            let s = net::accept(l)?;
+            workers.push(std::thread::spawn(move || echo_loop(s)));
+        }
+        for w in workers {
+            w.join().expect("echo thread")?;
+        }
+        Ok(())
+    });
+    let clients: Vec<_> = (0..16u64)
+        .map(|i| {
+            std::thread::spawn(move || -> Res {
+                let c = net::connect_loopback(false, port).map_err(f)?;
+                let r = client_rounds(c, 10, 100 + i);
+                net::close(c);
+                r
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().map_err(|_| "client thread panicked")??;
+    }
+    server.join().map_err(|_| "server panicked")?.map_err(f)?;
+    net::close(l);
+
+    let (c, s) = pair(false)?;
+    let big: i32 = 1 << 20;
+    // SAFETY: an int option; a large kernel buffer keeps Linux's sends whole too.
+    unsafe { libc::setsockopt(c, libc::SOL_SOCKET, libc::SO_SNDBUF, (&raw const big).cast(), 4) };
+    const MSG: usize = 512;
+    const EACH: usize = 100;
+    let senders: Vec<_> = (0..4u8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let msg = [b'a' + t; MSG];
+                (0..EACH).all(|_| send(c, &msg, 0) == MSG as isize)
+            })
+        })
+        .collect();
+    let mut buf = vec![0u8; MSG * EACH * 4];
+    net::read_exact(s, &mut buf).map_err(f)?;
+    for t in senders {
+        ensure!(t.join().map_err(|_| "sender panicked")?, "a send failed");
+    }
+    for (i, chunk) in buf.chunks(MSG).enumerate() {
+        ensure!(chunk.iter().all(|&b| b == chunk[0]), "message {i} is interleaved with another");
+    }
+    net::close(c);
+    net::close(s);
+    Ok(())
+}
+
+/// A writer of small writes (1 to 64 bytes) and a reader with a large
+/// buffer that falls behind it, its reads a mix of blocking, non-blocking,
+/// `MSG_PEEK` and `MSG_WAITALL`: every byte arrives once and in order, and
+/// the end of stream after the last. (Such a reader pauses between its
+/// looks under ipcd: see `stream::recv`.)
+pub(crate) fn small_writes() -> Res {
+    const TOTAL: usize = 4 << 20;
+    let pattern = |at: usize| (at % 251) as u8;
+    let (c, s) = pair(false)?;
+    let writer = std::thread::spawn(move || -> Res {
+        let mut rng = Prng::new(7);
+        let mut buf = [0u8; 64];
+        let mut sent = 0;
+        let mut res = Ok(());
+        while sent < TOTAL && res.is_ok() {
+            let n = rng.range(1, 64).min(TOTAL - sent);
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                *b = pattern(sent + i);
+            }
+            res = net::send_all(c, &buf[..n]).map_err(f);
+            sent += n;
+        }
+        // Even after a failure: the reader must not wait forever.
+        // SAFETY: shutdown of our socket.
+        cvt("shutdown", unsafe { libc::shutdown(c, libc::SHUT_WR) }).map_err(f)?;
+        res
+    });
+    let mut rng = Prng::new(11);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut got = 0;
+    loop {
+        let flags = [libc::MSG_DONTWAIT, libc::MSG_PEEK, libc::MSG_WAITALL, 0, 0, 0][rng.range(0, 5)];
+        let room = if flags == libc::MSG_WAITALL { rng.range(1, 200) } else { buf.len() };
+        let n = recv(s, &mut buf[..room], flags);
+        if n < 0 {
+            ensure!(flags == libc::MSG_DONTWAIT && errno() == libc::EAGAIN, "recv (flags {flags:#x}): {}", errno());
+            continue;
+        }
+        if n == 0 {
+            break;
+        }
+        let n = n as usize;
+        if let Some(i) = (0..n).find(|&i| buf[i] != pattern(got + i)) {
+            return Err(format!("byte {} is {}, not {}", got + i, buf[i], pattern(got + i)));
+        }
+        if flags != libc::MSG_PEEK {
+            got += n;
+        }
+    }
+    ensure!(got == TOTAL, "end of stream after {got} of {TOTAL} bytes");
+    writer.join().map_err(|_| "writer panicked")??;
+    net::close(c);
+    net::close(s);
+    Ok(())
+}

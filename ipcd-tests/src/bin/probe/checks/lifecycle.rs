@@ -1,0 +1,476 @@
+//! Life-cycle checks: reset, close races, refused connects, backlog,
+//! relisten, close of every fd, reuse, the fd table, raw system calls.
+
+use std::time::Duration;
+
+use ipcd_monitor::bench::workload::{epoll_add, set_nonblocking};
+use ipcd_tests::data::Prng;
+use ipcd_tests::net::{self, cvt};
+
+use crate::*;
+
+/// Closing with unread data resets: the peer's next call says ECONNRESET.
+pub(crate) fn reset() -> Res {
+    let (c, s) = pair(false)?;
+    ensure!(send(c, b"unread", 0) == 6, "send");
+    std::thread::sleep(Duration::from_millis(20));
+    net::close(s);
+    std::thread::sleep(Duration::from_millis(20));
+    let mut buf = [0u8; 8];
+    let r = recv(c, &mut buf, 0);
+    ensure!(r == -1 && errno() == libc::ECONNRESET, "recv after reset gave {r}/{}", errno());
+    ensure!(recv(c, &mut buf, 0) == 0, "second recv after reset is end of stream");
+    net::close(c);
+    // SO_LINGER 0 resets too, even with nothing unread.
+    let (c, s) = pair(false)?;
+    let lg = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a linger struct of its size.
+    cvt("setsockopt", unsafe {
+        libc::setsockopt(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const lg).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    })
+    .map_err(f)?;
+    net::close(s);
+    std::thread::sleep(Duration::from_millis(20));
+    ensure!(int_opt(c, libc::SOL_SOCKET, libc::SO_ERROR)? == libc::ECONNRESET, "SO_ERROR after linger-0 close");
+    ensure!(int_opt(c, libc::SOL_SOCKET, libc::SO_ERROR)? == 0, "SO_ERROR clears once read");
+    net::close(c);
+    Ok(())
+}
+
+/// close in one thread while another is blocked in recv on the same
+/// socket: as on Linux, the recv keeps waiting and gets the next bytes; the
+/// connection ends once that call is over.
+pub(crate) fn close_race() -> Res {
+    let (c, s) = pair(false)?;
+    set_timeout(c, 10)?;
+    set_timeout(s, 10)?;
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 8];
+        let r = recv(s, &mut buf, 0);
+        (r, buf[0])
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    net::close(s);
+    std::thread::sleep(Duration::from_millis(50));
+    ensure!(send(c, b"x", 0) == 1, "send to the closing socket");
+    let (r, b) = reader.join().map_err(|_| "reader panicked")?;
+    ensure!(r == 1 && b == b'x', "blocked recv across close gave {r}");
+    let mut buf = [0u8; 8];
+    ensure!(recv(c, &mut buf, 0) == 0, "end of stream after the call ended: {}", errno());
+    net::close(c);
+    Ok(())
+}
+
+/// Several connections in turn to one listener (under ipcd the later
+/// ones take the standby connections the monitor holds ready), each
+/// carrying its own byte both ways; once the listener is closed, a
+/// connect is refused, as by the kernel, not handed a standby.
+pub(crate) fn standby_refused() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    for i in 0..6u8 {
+        let c = connect_and_say(port, i)?;
+        let s = net::accept(l).map_err(f)?;
+        set_timeout(s, 10)?;
+        let mut b = [0u8; 1];
+        net::read_exact(s, &mut b).map_err(f)?;
+        ensure!(b[0] == i, "connection {i} carried {}", b[0]);
+        ensure!(send(s, &b, 0) == 1, "echo: {}", errno());
+        expect_byte(c, i)?;
+        net::close(c);
+        net::close(s);
+    }
+    net::close(l);
+    match net::connect_loopback(false, port) {
+        Err(e) => ensure!(e.errno == libc::ECONNREFUSED, "connect after close: errno {}", e.errno),
+        Ok(fd) => return Err(format!("a connect to the closed listener succeeded (fd {fd})")),
+    }
+    Ok(())
+}
+
+/// Reads one byte from `c` and checks it is `want`.
+pub(crate) fn expect_byte(c: i32, want: u8) -> Res {
+    let mut b = [0u8; 1];
+    ensure!(recv(c, &mut b, 0) == 1, "the connection was not served: {}", errno());
+    ensure!(b[0] == want, "got {b:?}, not {want}");
+    Ok(())
+}
+
+/// Reading, writing, closing and duplicating through `syscall(2)`, as
+/// libuv (Node) closes every fd: bytes written and read so travel the
+/// connection, a dup made so carries it, the close ends it (the peer
+/// reads the end of stream) and the number is then free for anything,
+/// here a pipe, whose bytes must go to the pipe.
+pub(crate) fn raw_syscalls() -> Res {
+    let (c, s) = pair(false)?;
+    let mut buf = [0u8; 16];
+    // Bytes through the raw calls, both ways.
+    // SAFETY: live buffers of the lengths given, our fds.
+    let (w, r) = unsafe {
+        (libc::syscall(libc::SYS_write, c, b"raw".as_ptr(), 3), libc::syscall(libc::SYS_read, s, buf.as_mut_ptr(), 16))
+    };
+    ensure!(w == 3 && r == 3 && &buf[..3] == b"raw", "raw write/read gave {w}/{r}: {}", errno());
+    let null = std::ptr::null::<u8>();
+    // SAFETY: as above; no addresses.
+    let (w, r) = unsafe {
+        (
+            libc::syscall(libc::SYS_sendto, s, b"back".as_ptr(), 4, 0, null, 0),
+            libc::syscall(libc::SYS_recvfrom, c, buf.as_mut_ptr(), 16, 0, null, null),
+        )
+    };
+    ensure!(w == 4 && r == 4 && &buf[..4] == b"back", "raw sendto/recvfrom gave {w}/{r}: {}", errno());
+    // SAFETY: dup of our open fd through the raw call.
+    let d = unsafe { libc::syscall(libc::SYS_dup, s) } as i32;
+    ensure!(d >= 0, "syscall(SYS_dup): {}", errno());
+    ensure!(send(d, b"via dup", 0) == 7, "send on the raw dup: {}", errno());
+    ensure!(recv(c, &mut buf, 0) == 7 && &buf[..7] == b"via dup", "the raw dup's bytes did not arrive");
+    for fd in [d, s] {
+        // SAFETY: closes our own fds through the raw call.
+        let r = unsafe { libc::syscall(libc::SYS_close, fd) };
+        ensure!(r == 0, "syscall(SYS_close, {fd}): {}", errno());
+    }
+    let mut fds = [pollfd(c, libc::POLLIN)];
+    ensure!(poll_n(&mut fds, 5000) == 1, "no end of stream after the raw close");
+    ensure!(recv(c, &mut buf, 0) == 0, "recv after the peer's raw close: {}", errno());
+    let mut p = [0i32; 2];
+    // SAFETY: a two-int array.
+    ensure!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_NONBLOCK) } == 0, "pipe: {}", errno());
+    ensure!(p.contains(&s), "the pipe did not get the closed number {s}: {p:?}");
+    // SAFETY: writes to the pipe's write end, reads from its read end.
+    let (w, r) =
+        unsafe { (libc::write(p[1], b"pipe".as_ptr().cast(), 4), libc::read(p[0], buf.as_mut_ptr().cast(), 16)) };
+    ensure!(w == 4 && r == 4 && &buf[..4] == b"pipe", "the pipe on a reused number gave write {w}, read {r}");
+    for fd in [p[0], p[1], c] {
+        net::close(fd);
+    }
+    Ok(())
+}
+
+/// Accepted connections leave the backlog even while they stay open: a
+/// listener with a backlog of 2 keeps taking connections from another
+/// process, round after round (under ipcd, a count that forgot accepted
+/// ones would send the later connects to the kernel, which `check` sees).
+pub(crate) fn backlog_refills() -> Res {
+    let (to_child, from_parent) = {
+        let (r, w) = pipe()?;
+        (w, r)
+    };
+    let (from_child, to_parent) = pipe()?;
+    let byte = |fd: i32| -> Result<u8, String> {
+        let mut b = [0u8; 1];
+        // SAFETY: a live one-byte buffer.
+        ensure!(unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) } == 1, "pipe read");
+        Ok(b[0])
+    };
+    let put = |fd: i32, v: u8| {
+        // SAFETY: a live one-byte buffer.
+        unsafe { libc::write(fd, [v].as_ptr().cast(), 1) };
+    };
+    const ROUNDS: usize = 5;
+    // The clients are another process, forked before the listener exists
+    // (a forked listener is the kernel's alone).
+    let pid = fork()?;
+    if pid == 0 {
+        in_child(|| {
+            let port = u16::from(byte(from_parent)?) << 8 | u16::from(byte(from_parent)?);
+            let mut open = Vec::new();
+            for _ in 0..ROUNDS {
+                for _ in 0..2 {
+                    open.push(net::connect_loopback(false, port).map_err(f)?);
+                }
+                put(to_parent, 1);
+                byte(from_parent)?;
+            }
+            open.into_iter().for_each(net::close);
+            Ok(())
+        });
+    }
+    let l = net::tcp_socket(false).map_err(f)?;
+    let (ss, len) = net::loopback(false, 0);
+    // SAFETY: a sockaddr of `len` bytes; then a bound socket.
+    cvt("bind", unsafe { libc::bind(l, (&raw const ss).cast(), len) }).map_err(f)?;
+    // SAFETY: a bound socket.
+    cvt("listen", unsafe { libc::listen(l, 2) }).map_err(f)?;
+    let port = net::local_port(l).map_err(f)?;
+    put(to_child, (port >> 8) as u8);
+    put(to_child, port as u8);
+    set_nonblocking(l, true)?;
+    let mut open = Vec::new();
+    for round in 0..ROUNDS {
+        byte(from_child)?;
+        for _ in 0..2 {
+            let mut fds = [pollfd(l, libc::POLLIN)];
+            ensure!(poll_n(&mut fds, 5000) == 1, "round {round}: no connection to accept");
+            // SAFETY: no address wanted.
+            let s = unsafe { libc::accept4(l, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+            ensure!(s >= 0, "round {round}: accept: {}", errno());
+            open.push(s);
+        }
+        // SAFETY: as above.
+        let r = unsafe { libc::accept4(l, std::ptr::null_mut(), std::ptr::null_mut(), 0) };
+        ensure!(r == -1 && errno() == libc::EAGAIN, "round {round}: queue not empty: {r}/{}", errno());
+        put(to_child, 1);
+    }
+    wait_child(pid)?;
+    open.into_iter().for_each(net::close);
+    for fd in [l, to_child, from_parent, from_child, to_parent] {
+        net::close(fd);
+    }
+    Ok(())
+}
+
+/// `listen` again on a listening socket changes its backlog, as on Linux:
+/// connections beyond the first backlog wait in the queue (through ipcd:
+/// none may fall back to the kernel for a full queue).
+pub(crate) fn relisten() -> Res {
+    let l = net::tcp_socket(false).map_err(f)?;
+    let (ss, len) = net::loopback(false, 0);
+    // SAFETY: a sockaddr of `len` bytes; then a bound socket.
+    cvt("bind", unsafe { libc::bind(l, (&raw const ss).cast(), len) }).map_err(f)?;
+    for backlog in [1, 16] {
+        // SAFETY: a bound, then listening, socket.
+        cvt("listen", unsafe { libc::listen(l, backlog) }).map_err(f)?;
+    }
+    let port = net::local_port(l).map_err(f)?;
+    let clients = (0..6).map(|_| net::connect_loopback(false, port)).collect::<Result<Vec<_>, _>>().map_err(f)?;
+    for (i, &c) in clients.iter().enumerate() {
+        ensure!(send(c, &[i as u8], 0) == 1, "send from client {i}");
+    }
+    let mut seen = Vec::new();
+    for _ in &clients {
+        let s = net::accept(l).map_err(f)?;
+        let mut b = [0u8; 1];
+        ensure!(recv(s, &mut b, 0) == 1, "recv on an accepted connection");
+        seen.push(b[0]);
+        net::close(s);
+    }
+    seen.sort_unstable();
+    ensure!(seen == [0, 1, 2, 3, 4, 5], "accepted {seen:?}");
+    clients.into_iter().for_each(net::close);
+    net::close(l);
+    Ok(())
+}
+
+extern "C" {
+    /// glibc's (2.34+), which the libc crate does not declare for Linux.
+    fn closefrom(lowfd: libc::c_int);
+}
+
+/// The fds open in this process, from /proc.
+pub(crate) fn open_fds() -> Result<Vec<i32>, String> {
+    let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    // The listing's own fd is closed by now.
+    // SAFETY: F_GETFD only reads the fd's flags.
+    fds.retain(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
+    fds.sort_unstable();
+    Ok(fds)
+}
+
+/// The size of this process's fd table (`FDSize` in /proc/self/status).
+pub(crate) fn fd_table_size() -> Result<u64, String> {
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
+    let line = status.lines().find_map(|l| l.strip_prefix("FDSize:")).ok_or("no FDSize in /proc/self/status")?;
+    line.trim().parse().map_err(|e| format!("FDSize {line:?}: {e}"))
+}
+
+/// A threaded program's first connections do not grow its fd table: with
+/// threads, the kernel waits for an RCU grace period to grow it (about
+/// 14 ms here), which the library's fds, kept high, made every threaded
+/// program pay on its first connection. Linux grows nothing for a process
+/// with a handful of fds.
+pub(crate) fn fd_table() -> Res {
+    let before = fd_table_size()?;
+    let (stop, parked) = std::sync::mpsc::channel::<()>();
+    let other = std::thread::spawn(move || parked.recv());
+    let (c, s) = pair(false)?;
+    ensure!(send(c, b"x", 0) == 1, "send: {}", errno());
+    let mut b = [0u8; 1];
+    ensure!(recv(s, &mut b, 0) == 1, "recv: {}", errno());
+    let after = fd_table_size()?;
+    net::close(c);
+    net::close(s);
+    drop(stop);
+    let _ = other.join();
+    ensure!(before == after, "the fd table grew from {before} to {after} slots once the program had threads");
+    Ok(())
+}
+
+/// A program that closes every fd it did not open (a loop of `close`,
+/// `close_range`, `closefrom`, as daemons do) keeps its connections: the
+/// library's own fds are not the program's to close, and close reports
+/// them not open. A connection closed by `close_range` is closed for ipcd
+/// too: the peer reads end of stream, and a file that gets the number is
+/// the file, not the old connection.
+// Long on purpose: one scenario, read top to bottom.
+pub(crate) fn close_all() -> Res {
+    let (c0, s0) = pair(false)?;
+    ensure!(send(c0, b"warm", 0) == 4, "send before");
+    let mut buf = [0u8; 8];
+    ensure!(recv(s0, &mut buf, 0) == 4, "recv before");
+    // Other numbers than the ones the connection was made on.
+    // SAFETY: dup of our fds.
+    let (c, s) = unsafe { (libc::dup(c0), libc::dup(s0)) };
+    ensure!(c >= 0 && s >= 0, "dup: {}", errno());
+    let ours = |fd: i32| fd <= 2 || fd == c || fd == s;
+    // Plain close of everything else, up to the limit as daemons do (the
+    // library keeps its fds high, near the limit).
+    // SAFETY: sysconf has no preconditions.
+    let max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) }.clamp(1024, 65536) as i32;
+    for fd in 3..max {
+        if !ours(fd) {
+            // SAFETY: closing numbers that are not the connection's.
+            unsafe { libc::close(fd) };
+        }
+    }
+    let left: Vec<i32> = open_fds()?.into_iter().filter(|&fd| !ours(fd)).collect();
+    // What is left is the library's: its control channel, event bell and
+    // the doorbells of the connection (two ends, two each).
+    let preloaded = std::env::var_os("LD_PRELOAD").is_some();
+    ensure!(left.len() >= 5 || !preloaded, "the library's fds were closed: {left:?} left");
+    ensure!(left.is_empty() || preloaded, "fds left open without the library: {left:?}");
+    for &fd in &left {
+        // SAFETY: close of a number this program never opened.
+        let r = unsafe { libc::close(fd) };
+        ensure!(r == -1 && errno() == libc::EBADF, "close({fd}) of a hidden fd gave {r}/{}", errno());
+    }
+    let (lo, hi) = (c.min(s) as u32, c.max(s) as u32);
+    // close_range around the connection, then closefrom above it.
+    for (a, b) in [(3, lo.saturating_sub(1)), (lo + 1, hi - 1)] {
+        if a <= b {
+            // SAFETY: a range without the connection's fds.
+            ensure!(unsafe { libc::close_range(a, b, 0) } == 0, "close_range({a}, {b}): {}", errno());
+        }
+    }
+    // SAFETY: closes everything above the connection.
+    unsafe { closefrom(hi as i32 + 1) };
+    ensure!(
+        open_fds()?.into_iter().filter(|&fd| !ours(fd)).count() == left.len(),
+        "closefrom closed the library's fds"
+    );
+    // A receive that sleeps (the send comes long after the spin) is woken
+    // through a doorbell that survived all of it.
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        send(s, b"late", 0)
+    });
+    ensure!(recv(c, &mut buf, 0) == 4 && &buf[..4] == b"late", "recv after the closing: {}", errno());
+    ensure!(sender.join().map_err(|_| "sender")? == 4, "send after the closing");
+    // close_range of the connection's server end: the peer sees end of
+    // stream (within a bound: a connection left open would hang the check).
+    let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
+    // SAFETY: a timeval of its size.
+    cvt("setsockopt", unsafe {
+        libc::setsockopt(c, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), size_of_val(&tv) as u32)
+    })
+    .map_err(f)?;
+    // SAFETY: closes our own fd.
+    ensure!(unsafe { libc::close_range(s as u32, s as u32, 0) } == 0, "close_range(s): {}", errno());
+    ensure!(recv(c, &mut buf, 0) == 0, "end of stream after close_range");
+    let path = std::env::temp_dir().join(format!("ipcd-close-all-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&path);
+    // SAFETY: duplicates our file onto the lowest free number from `s` on.
+    let fd = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_DUPFD, s) };
+    ensure!(fd == s, "the file got fd {fd}, not the closed {s}");
+    // SAFETY: a live buffer, our file.
+    ensure!(unsafe { libc::write(fd, b"file".as_ptr().cast(), 4) } == 4, "write to the file: {}", errno());
+    // SAFETY: as above.
+    ensure!(unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), 8, 0) } == 4, "pread of the file: {}", errno());
+    ensure!(&buf[..4] == b"file", "the file holds what was written to its fd");
+    net::close(fd);
+    net::close(c);
+    Ok(())
+}
+
+/// Many connections between the same two ends, one after another (under
+/// ipcd each reuses an earlier one's segment): each sees exactly its own
+/// bytes, end of stream and reset; an epoll set that held an earlier
+/// connection reports nothing for it and steals no later one's wake-up.
+pub(crate) fn reuse() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    // SAFETY: plain epoll creation.
+    let ep = cvt("epoll_create1", unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }).map_err(f)?;
+    let mut rng = Prng::new(7);
+    for round in 0..120u64 {
+        let c = net::connect_loopback(false, port).map_err(f)?;
+        let s = net::accept(l).map_err(f)?;
+        let mut buf = [0u8; 16];
+        match round % 4 {
+            0 => {
+                // Bulk, past the pages a small connection touches.
+                let mut data = vec![0u8; rng.range(1, 300 << 10)];
+                rng.fill(&mut data);
+                let expect = data.clone();
+                let writer = std::thread::spawn(move || {
+                    let r = net::send_all(c, &data);
+                    net::close(c);
+                    r
+                });
+                let mut got = vec![0u8; expect.len()];
+                net::read_exact(s, &mut got).map_err(f)?;
+                writer.join().map_err(|_| "writer panicked")?.map_err(f)?;
+                ensure!(got == expect, "round {round}: bytes differ");
+                ensure!(recv(s, &mut buf, 0) == 0, "round {round}: end of stream");
+            }
+            1 => {
+                ensure!(send(c, b"unread", 0) == 6, "send");
+                net::close(s);
+                std::thread::sleep(Duration::from_millis(5));
+                let r = recv(c, &mut buf, 0);
+                ensure!(r == -1 && errno() == libc::ECONNRESET, "round {round}: recv after reset {r}/{}", errno());
+                net::close(c);
+                continue;
+            }
+            2 => {
+                // Waited for (so its wake-up source is in the kernel's
+                // set), then closed while still in the long-lived set.
+                epoll_add(ep, s, IN, round)?;
+                let writer = std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(20));
+                    send(c, b"e", 0)
+                });
+                ensure!(epoll_get(ep, 1000)? == [(IN, round)], "round {round}: epoll");
+                ensure!(writer.join().map_err(|_| "writer panicked")? == 1, "send");
+                ensure!(recv(s, &mut buf, 0) == 1, "recv");
+            }
+            _ => {
+                // A recv asleep while another thread waits on that set.
+                set_timeout(s, 5)?;
+                let reader = std::thread::spawn(move || {
+                    let mut b = [0u8; 4];
+                    (recv(s, &mut b, 0), errno())
+                });
+                let waiter = std::thread::spawn(move || epoll_get(ep, 80));
+                std::thread::sleep(Duration::from_millis(30));
+                ensure!(send(c, b"w", 0) == 1, "send");
+                let (r, e) = reader.join().map_err(|_| "reader panicked")?;
+                ensure!(r == 1, "round {round}: the sleeping recv gave {r}/{e}");
+                let seen = waiter.join().map_err(|_| "waiter panicked")??;
+                ensure!(seen.is_empty(), "round {round}: the set reported {seen:?}");
+            }
+        }
+        net::close(c);
+        net::close(s);
+        // The kernel drops a closed fd from the set; nothing of ours (a
+        // doorbell kept for reuse) may stay registered either.
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{ep}")).map_err(|e| e.to_string())?;
+        ensure!(!info.contains("tfd:"), "round {round}: the set still watches something:\n{info}");
+    }
+    net::close(ep);
+    net::close(l);
+    Ok(())
+}

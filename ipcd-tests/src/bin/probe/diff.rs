@@ -1,0 +1,130 @@
+//! The differential trace: seeded random call sequences on a connected pair,
+//! every observable printed so that a kernel run and an ipcd run compare.
+
+use ipcd_tests::data::{Fnv, Prng};
+use ipcd_tests::net::{self};
+
+use crate::*;
+
+/// One seeded random sequence of socket calls on a connected pair, every
+/// observable written to `out`: return values, errno, bytes (hashed), poll
+/// masks, FIONREAD, SO_ERROR and SIGPIPE. Only non-blocking calls, and at
+/// most 16 KiB unread each way, so kernel TCP and ipcd both answer at once.
+// Long on purpose: one match arm per random operation, read as a table.
+pub(crate) fn diff_trace(seed: u64, out: &mut String) -> Res {
+    use std::fmt::Write as _;
+    let (a, b) = pair(false)?;
+    // Without Nagle, the kernel hands each send to the peer at once (ipcd
+    // always does): the two can then be compared call by call.
+    for fd in [a, b] {
+        let one: i32 = 1;
+        // SAFETY: an int option.
+        unsafe { libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&raw const one).cast(), 4) };
+    }
+    let mut fds = [Some(a), Some(b)];
+    let mut unread = [0usize; 2]; // bytes sent by end i not yet read by the other
+    let mut rng = Prng::new(seed);
+    let mut data = vec![0u8; 8192];
+    let sig_pending = || {
+        // SAFETY: sigpending/sigtimedwait on live sets; SIGPIPE is blocked.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigpending(&mut set);
+            if libc::sigismember(&set, libc::SIGPIPE) == 1 {
+                let mut only: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut only);
+                libc::sigaddset(&mut only, libc::SIGPIPE);
+                let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                libc::sigtimedwait(&only, std::ptr::null_mut(), &zero);
+                true
+            } else {
+                false
+            }
+        }
+    };
+    for step in 0..80 {
+        let e = rng.range(0, 1);
+        let Some(fd) = fds[e] else { continue };
+        let op = rng.range(0, 9);
+        let _ = write!(out, "{seed}.{step} end{e} ");
+        let r: String = match op {
+            0 | 1 => {
+                let room = 16384usize.saturating_sub(unread[e]);
+                let n = rng.range(0, 4000).min(room);
+                rng.fill(&mut data[..n]);
+                let flags = libc::MSG_DONTWAIT | if rng.range(0, 3) == 0 { 0 } else { libc::MSG_NOSIGNAL };
+                let r = send(fd, &data[..n], flags);
+                if r > 0 {
+                    unread[e] += r as usize;
+                }
+                format!("send {n} -> {r} {}", if r < 0 { errno() } else { 0 })
+            }
+            2 | 3 => {
+                let n = rng.range(0, 5000);
+                let peek = rng.range(0, 3) == 0;
+                // MSG_TRUNC: TCP discards (or with PEEK, counts) instead of copying.
+                let trunc = rng.range(0, 5) == 0;
+                let flags = libc::MSG_DONTWAIT
+                    | if peek { libc::MSG_PEEK } else { 0 }
+                    | if trunc { libc::MSG_TRUNC } else { 0 };
+                let mut buf = vec![0u8; n];
+                let r = recv(fd, &mut buf, flags);
+                let mut h = Fnv::default();
+                if r > 0 {
+                    if !trunc {
+                        h.update(&buf[..r as usize]);
+                    }
+                    if !peek {
+                        unread[1 - e] = unread[1 - e].saturating_sub(r as usize);
+                    }
+                }
+                format!("recv {n} peek={peek} trunc={trunc} -> {r} {} {:x}", if r < 0 { errno() } else { 0 }, h.0)
+            }
+            4 => {
+                let how = rng.range(0, 3) as i32;
+                // SAFETY: shutdown of our socket (3 is invalid on purpose).
+                let r = unsafe { libc::shutdown(fd, how) };
+                format!("shutdown {how} -> {r} {}", if r < 0 { errno() } else { 0 })
+            }
+            5 if rng.range(0, 3) == 0 => {
+                net::close(fd);
+                fds[e] = None;
+                "close".to_string()
+            }
+            5 | 6 => {
+                let mut p = [pollfd(fd, libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP)];
+                let r = poll_n(&mut p, 0);
+                format!("poll -> {r} {:#x}", p[0].revents)
+            }
+            7 => {
+                let mut n: i32 = -1;
+                // SAFETY: FIONREAD's int out pointer.
+                let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+                format!("fionread -> {r} {n}")
+            }
+            _ => format!("so_error -> {}", int_opt(fd, libc::SOL_SOCKET, libc::SO_ERROR)?),
+        };
+        let _ = writeln!(out, "{r}{}", if sig_pending() { " SIGPIPE" } else { "" });
+    }
+    for fd in fds.into_iter().flatten() {
+        net::close(fd);
+    }
+    Ok(())
+}
+
+pub(crate) fn diff_traces(first: u64, count: u64) -> Res {
+    // SIGPIPE is blocked and collected, so it shows in the trace.
+    // SAFETY: blocks one signal for this process.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    let mut out = String::new();
+    for seed in first..first + count {
+        diff_trace(seed, &mut out)?;
+    }
+    print!("{out}");
+    Ok(())
+}

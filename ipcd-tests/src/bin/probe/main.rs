@@ -1,0 +1,202 @@
+//! A test program that uses only the ordinary socket API. The integration
+//! tests run it under the kernel and under ipcd and expect the same
+//! answers: each `check` scenario asserts exactly what Linux TCP does.
+//!
+//! Usage:
+//!
+//! ```text
+//! probe check NAME            one scenario, server and client in-process
+//! probe list                  the names of every scenario
+//! probe serve [N]             echo server on loopback; prints its port;
+//!                             serves N connections (default: forever)
+//! probe client PORT ROUNDS SEED   echo rounds of random sizes, hashed
+//! probe hold PORT             connects, then waits for stdin to close
+//! probe many-clients PORT N   N connections at once, echoes on each
+//! probe prefork-serve W       pre-fork echo server with W workers;
+//!                             prints its port; stops when stdin closes
+//! probe daemon-serve N        the same through daemon(3)
+//! probe prefork-clients PORT N  N connections in turn; prints how many
+//!                             workers answered
+//! probe diff-trace SEED N     N seeded random call sequences on a pair;
+//!                             prints every observable (compare runs)
+//! probe epoll-serve|epoll-load|conn-serve|conn-client|bench-server|
+//!       bench-client ARGS     the workloads of `ipcd bench`, as
+//!                             `ipcd workload` runs them
+//! ```
+
+use ipcd_monitor::bench::workload;
+use ipcd_tests::net::{self, cvt, Fail};
+
+type Res = Result<(), String>;
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)*) => {
+        if !$cond {
+            return Err(format!("{} (line {}): {}", stringify!($cond), line!(), format!($($msg)*)));
+        }
+    };
+}
+
+// After `ensure!`, which they use.
+mod checks;
+mod diff;
+mod serve;
+
+use checks::{data::*, exec::*, fork::*, lifecycle::*, pass::*, readiness::*, signals::*};
+use diff::*;
+use serve::*;
+
+pub(crate) fn f(e: Fail) -> String {
+    e.to_string()
+}
+
+pub(crate) fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// A connected pair through a fresh listener: (client, server).
+pub(crate) fn pair(v6: bool) -> Result<(i32, i32), String> {
+    let (l, port) = net::listen_loopback(v6).map_err(f)?;
+    let c = net::connect_loopback(v6, port).map_err(f)?;
+    let s = net::accept(l).map_err(f)?;
+    net::close(l);
+    Ok((c, s))
+}
+
+pub(crate) fn recv(fd: i32, buf: &mut [u8], flags: i32) -> isize {
+    // SAFETY: a live buffer.
+    unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) }
+}
+
+pub(crate) fn send(fd: i32, buf: &[u8], flags: i32) -> isize {
+    // SAFETY: a live buffer.
+    unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), flags) }
+}
+
+pub(crate) fn int_opt(fd: i32, level: i32, name: i32) -> Result<i32, String> {
+    let mut v: i32 = 0;
+    let mut len = 4 as libc::socklen_t;
+    // SAFETY: an int-sized out buffer.
+    cvt("getsockopt", unsafe { libc::getsockopt(fd, level, name, (&raw mut v).cast(), &mut len) }).map_err(f)?;
+    Ok(v)
+}
+
+/// A scenario: its name and what runs it.
+type Check = (&'static str, fn() -> Res);
+
+/// Every `check` scenario by name, in the order `probe list` prints them.
+/// The integration tests assert that they run each one.
+const CHECKS: &[Check] = &[
+    ("echo", || echo(false, 200, 1)),
+    ("echo6", || echo(true, 50, 2)),
+    ("large", large),
+    ("many", many),
+    ("nonblock", nonblock),
+    ("standby-refused", standby_refused),
+    ("peek-waitall", peek_waitall),
+    ("trunc-zerocopy", trunc_zerocopy),
+    ("sigpipe", sigpipe),
+    ("reset", reset),
+    ("half-close", half_close),
+    ("timeouts", timeouts),
+    ("names", || names(false)),
+    ("names6", || names(true)),
+    ("options", options),
+    ("dup-vectored", dup_vectored),
+    ("sendfile", sendfile),
+    ("poll", poll_mixed),
+    ("select", select_mixed),
+    ("epoll-level", epoll_level),
+    ("epoll-edge", epoll_edge),
+    ("epoll-shared", epoll_shared),
+    ("fork-share", fork_share),
+    ("fork-wake", fork_wake),
+    ("threads", threads),
+    ("close-race", close_race),
+    ("eintr", eintr),
+    ("fork-handoff", fork_handoff),
+    ("exec-handoff", exec_handoff),
+    ("reuse", reuse),
+    ("backlog", backlog_refills),
+    ("close-all", close_all),
+    ("relisten", relisten),
+    ("fork-busy", fork_busy),
+    ("fd-table", fd_table),
+    ("sa-restart", sa_restart),
+    ("raw-syscalls", raw_syscalls),
+    ("pass-fd", pass_fd),
+    ("pass-listener", pass_listener),
+    ("fork-listener", fork_listener),
+    ("prefork", prefork),
+    ("prefork-decline", prefork_decline),
+    ("prefork-kill", prefork_kill),
+    ("fork-queued", fork_queued),
+    ("master-queued", master_queued),
+    ("exec-queued", exec_queued),
+    ("exec-nonblocking", exec_nonblocking),
+    ("exec-unmonitored", exec_unmonitored),
+    ("exec-workers", exec_workers),
+    ("daemon-queued", daemon_queued),
+    ("accept-wake", accept_wake),
+    ("wait-both-ways", wait_both_ways),
+    ("stdio", stdio),
+    ("fd-renamed", fd_renamed),
+    ("small-writes", small_writes),
+];
+
+fn check(name: &str) -> Res {
+    match CHECKS.iter().find(|(n, _)| *n == name) {
+        Some((_, run)) => run(),
+        None => Err(format!("unknown check {name}")),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // The benchmark workloads (epoll-serve, conn-client, …) are `ipcd`'s own.
+    if let Some(res) = workload::run(&args) {
+        exit_on(&args, res);
+        return;
+    }
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    let num = |i: usize| arg(i).parse::<u64>().unwrap_or_else(|_| panic!("argument {i} must be a number"));
+    let res = match arg(0).as_str() {
+        "check" => check(&arg(1)),
+        "list" => {
+            CHECKS.iter().for_each(|(n, _)| println!("{n}"));
+            Ok(())
+        }
+        "serve" => serve(args.get(1).map(|_| num(1) as usize)),
+        "client" => net::connect_loopback(false, num(1) as u16).map_err(f).and_then(|c| {
+            let r = client_rounds(c, num(2) as usize, num(3));
+            net::close(c);
+            r
+        }),
+        "hold" => net::connect_loopback(false, num(1) as u16).map_err(f).map(|c| {
+            let _ = send(c, b"!", 0);
+            // Read the echo: closing with it unread would reset the server.
+            let _ = recv(c, &mut [0u8; 1], libc::MSG_WAITALL);
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            net::close(c);
+        }),
+        "prefork-serve" => prefork_serve(num(1) as usize),
+        "daemon-serve" => daemon_serve(num(1) as usize),
+        "prefork-clients" => prefork_clients(num(1) as u16, num(2) as usize),
+        "exec-child" => exec_child(num(1) as i32),
+        "exec-accept" => exec_accept(num(1) as i32, num(2) as i32),
+        "exec-listener-flag" => exec_listener_flag(num(1) as i32, num(2) as u16, num(3) == 1),
+        "exec-worker" => exec_worker(num(1) as i32, num(2) as i32, num(3) as u8),
+        "diff-trace" => diff_traces(num(1), num(2)),
+        "many-clients" => many_clients(num(1) as u16, num(2) as usize),
+        other => Err(format!("unknown command {other:?}; see the module docs")),
+    };
+    exit_on(&args, res);
+}
+
+fn exit_on(args: &[String], res: Res) {
+    if let Err(e) = res {
+        eprintln!("probe {}: {e}", args.join(" "));
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,184 @@
+//! Servers and clients the integration tests run as separate processes:
+//! echo servers (plain, epoll, pre-fork, daemon) and their clients.
+
+use std::time::Duration;
+
+use ipcd_monitor::bench::workload::raise_nofile;
+use ipcd_tests::data::{Fnv, Prng};
+use ipcd_tests::net::{self, cvt, Fail};
+
+use crate::*;
+
+pub(crate) fn echo_loop(s: i32) -> Result<(), Fail> {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = net::read_some(s, &mut buf)?;
+        if n == 0 {
+            net::close(s);
+            return Ok(());
+        }
+        net::send_all(s, &buf[..n])?;
+    }
+}
+
+pub(crate) fn client_rounds(c: i32, rounds: usize, seed: u64) -> Res {
+    let mut rng = Prng::new(seed);
+    let sizes: Vec<usize> = (0..rounds).map(|_| rng.range(1, 300_000)).collect();
+    let total: usize = sizes.iter().sum();
+    let writer = std::thread::spawn(move || -> Result<Fnv, Fail> {
+        let mut rng = Prng::new(seed ^ 0x5eed);
+        let mut h = Fnv::default();
+        for n in sizes {
+            let mut buf = vec![0u8; n];
+            rng.fill(&mut buf);
+            h.update(&buf);
+            net::send_all(c, &buf)?;
+        }
+        Ok(h)
+    });
+    let mut h = Fnv::default();
+    let mut got = 0;
+    let mut buf = vec![0u8; 128 * 1024];
+    while got < total {
+        let n = net::read_some(c, &mut buf).map_err(f)?;
+        ensure!(n > 0, "end of stream after {got} of {total} bytes");
+        h.update(&buf[..n]);
+        got += n;
+    }
+    let sent = writer.join().map_err(|_| "writer panicked".to_string())?.map_err(f)?;
+    ensure!(sent == h, "hash of echoed bytes differs ({total} bytes)");
+    // SAFETY: shutdown of our socket.
+    cvt("shutdown", unsafe { libc::shutdown(c, libc::SHUT_WR) }).map_err(f)?;
+    ensure!(net::read_some(c, &mut buf).map_err(f)? == 0, "no end of stream after the echo");
+    Ok(())
+}
+
+/// CPU time this process used so far.
+pub(crate) fn cpu_time() -> Duration {
+    // SAFETY: getrusage into a zeroed struct.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Opens `n` connections at once, then echoes a distinct message on each.
+pub(crate) fn many_clients(port: u16, n: usize) -> Res {
+    raise_nofile();
+    let fds: Vec<i32> = (0..n).map(|_| net::connect_loopback(false, port)).collect::<Result<_, _>>().map_err(f)?;
+    for round in 0..3 {
+        for (i, &c) in fds.iter().enumerate() {
+            net::send_all(c, format!("{round}:{i:06}").as_bytes()).map_err(f)?;
+        }
+        for (i, &c) in fds.iter().enumerate() {
+            let mut buf = [0u8; 8];
+            net::read_exact(c, &mut buf).map_err(f)?;
+            ensure!(buf == *format!("{round}:{i:06}").as_bytes(), "connection {i} got {buf:?}");
+        }
+    }
+    for c in fds {
+        net::close(c);
+    }
+    Ok(())
+}
+
+/// Accepts one connection on `l` and answers its 4 bytes with our pid
+/// (10 characters) and the same 4 bytes.
+pub(crate) fn echo_one_with_pid(l: i32) -> Res {
+    let s = net::accept(l).map_err(f)?;
+    let mut buf = [0u8; 4];
+    net::read_exact(s, &mut buf).map_err(f)?;
+    // SAFETY: getpid cannot fail.
+    let me = unsafe { libc::getpid() };
+    net::send_all(s, format!("{me:>10}").as_bytes()).map_err(f)?;
+    net::send_all(s, &buf).map_err(f)?;
+    net::close(s);
+    Ok(())
+}
+
+/// A pre-fork server: the parent listens, `workers` children accept and
+/// echo (each reply starts with the worker's pid); prints its port; runs
+/// until killed.
+pub(crate) fn prefork_serve(workers: usize) -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let mut pids = Vec::new();
+    for _ in 0..workers {
+        let pid = fork()?;
+        if pid == 0 {
+            in_child(|| loop {
+                echo_one_with_pid(l)?;
+            });
+        }
+        pids.push(pid);
+    }
+    println!("{port}");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    for pid in pids {
+        // SAFETY: ends our own children.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let mut st = 0;
+        // SAFETY: reaps our own child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+    }
+    Ok(())
+}
+
+/// A server that daemonizes after it listens: the parent listens, forks
+/// and exits; the child says it accepts (see `serving`), prints
+/// `ready PID`, and echoes `n` connections as `prefork_serve` does.
+/// Prints the port first.
+pub(crate) fn daemon_serve(n: usize) -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let (held, refused) = refused_port()?;
+    let pid = fork()?;
+    if pid == 0 {
+        in_child(|| {
+            serving(l, refused)?;
+            net::close(held);
+            set_timeout(l, 10)?;
+            // SAFETY: getpid cannot fail.
+            println!("ready {}", unsafe { libc::getpid() });
+            (0..n).try_for_each(|_| echo_one_with_pid(l))
+        });
+    }
+    println!("{port}");
+    Ok(())
+}
+
+/// `n` connections to a pre-fork server, one after another; prints how
+/// many distinct workers answered.
+pub(crate) fn prefork_clients(port: u16, n: usize) -> Res {
+    let mut pids = std::collections::HashSet::new();
+    for i in 0..n {
+        let c = net::connect_loopback(false, port).map_err(f)?;
+        let msg = format!("{:04}", i % 10000);
+        net::send_all(c, msg.as_bytes()).map_err(f)?;
+        let mut buf = [0u8; 14];
+        net::read_exact(c, &mut buf).map_err(f)?;
+        ensure!(&buf[10..] == msg.as_bytes(), "echo {i} differs");
+        pids.insert(String::from_utf8_lossy(&buf[..10]).trim().to_string());
+        net::close(c);
+    }
+    println!("{}", pids.len());
+    Ok(())
+}
+
+pub(crate) fn serve(count: Option<usize>) -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    println!("{port}");
+    let mut threads = Vec::new();
+    let mut served = 0;
+    while count.is_none_or(|n| served < n) {
+        let s = net::accept(l).map_err(f)?;
+        threads.push(std::thread::spawn(move || echo_loop(s)));
+        served += 1;
+    }
+    for t in threads {
+        t.join().map_err(|_| "echo thread panicked")?.map_err(f)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,524 @@
+//! Programs under the preload library against a real monitor. Every
+//! semantic scenario of the probe runs twice — on kernel TCP and through
+//! ipcd — and must pass both ways, so what it asserts is what Linux does;
+//! the monitor's counters prove the ipcd run really used shared memory.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ipcd_proto::EndState;
+use ipcd_tests::harness::{die_with_parent, output_within, Monitor};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_probe");
+/// Small rings, so that the scenarios cross wrap-around and full-ring
+/// waits many times.
+const RING_BYTES: u64 = 64 * 1024;
+
+fn probe(args: &[&str]) -> Command {
+    let mut cmd = Command::new(PROBE);
+    die_with_parent(&mut cmd).args(args).stdin(Stdio::null()).env_remove("LD_PRELOAD").env("IPCD_LOG", "warn");
+    cmd
+}
+
+fn must_pass(what: &str, out: Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{what}: {}\n{stderr}", out.status);
+    stderr
+}
+
+/// Runs `probe check NAME` on the kernel, then under ipcd, and checks that
+/// the ipcd run set up its connections through the monitor.
+fn check(name: &str) {
+    must_pass(&format!("{name} on kernel TCP"), probe(&["check", name]).output().expect("run probe"));
+    let mon = Monitor::start(RING_BYTES);
+    let out = mon.under(&mut probe(&["check", name])).output().expect("run probe");
+    let stderr = must_pass(&format!("{name} under ipcd"), out);
+    let st = mon.status().status;
+    assert!(st.connects_total >= 1, "{name}: nothing went through ipcd ({st:?})\n{stderr}");
+    assert_eq!(st.fallbacks_total, 0, "{name}: some connects fell back to the kernel\n{stderr}");
+    assert!(!stderr.contains("ipcd["), "{name}: the library complained:\n{stderr}");
+}
+
+/// A process's later connects to one listener take standby connections;
+/// once the listener closes, the next connect is refused (the one connect
+/// the monitor sends to the kernel).
+#[test]
+fn a_closed_listener_refuses_the_connect_its_standby_would_have_served() {
+    must_pass("standby-refused on kernel TCP", probe(&["check", "standby-refused"]).output().expect("run probe"));
+    let mon = Monitor::start(RING_BYTES);
+    let out = mon.under(&mut probe(&["check", "standby-refused"])).output().expect("run probe");
+    let stderr = must_pass("standby-refused under ipcd", out);
+    let st = mon.status().status;
+    assert_eq!((st.connects_total, st.fallbacks_total), (6, 1), "{st:?}\n{stderr}");
+    // The first two ask. A standby's segment comes back to the pair when
+    // both `Close`s reach the monitor, which they do held back, with the
+    // next request (here the next `Connect`): one at a time, connects
+    // then take a standby and ask in turn, and every one that asks is
+    // sent the next standby.
+    assert_eq!(st.standby_total, 3, "{st:?}");
+    assert!(!stderr.contains("ipcd["), "the library complained:\n{stderr}");
+}
+
+macro_rules! checks {
+    ($($test:ident => $name:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                check($name);
+            }
+        )*
+    };
+}
+
+checks! {
+    echo_random_sizes_v4 => "echo",
+    echo_random_sizes_v6 => "echo6",
+    one_gibibyte_byte_exact => "large",
+    many_connections_at_once => "many",
+    nonblocking_connect_and_eagain => "nonblock",
+    msg_peek_and_waitall => "peek-waitall",
+    msg_trunc_null_buffers_and_zerocopy => "trunc-zerocopy",
+    sigpipe_and_epipe => "sigpipe",
+    close_with_unread_data_resets => "reset",
+    half_close => "half-close",
+    rcvtimeo_and_eintr => "timeouts",
+    names_and_reserved_port_v4 => "names",
+    names_v6 => "names6",
+    ioctl_and_options => "options",
+    dup_and_vectored_io => "dup-vectored",
+    sendfile_to_socket => "sendfile",
+    poll_over_mixed_fds => "poll",
+    select_over_mixed_fds => "select",
+    epoll_level_triggered => "epoll-level",
+    epoll_edge_oneshot_connect_close => "epoll-edge",
+    epoll_several_sets_threads_and_fork => "epoll-shared",
+    fork_both_use_one_connection => "fork-share",
+    a_forked_end_wakes_when_the_other_process_took_the_doorbell => "fork-wake",
+    fork_parent_closes_child_serves => "fork-handoff",
+    exec_hands_a_connection_over => "exec-handoff",
+    connections_one_after_another => "reuse",
+    accepted_connections_leave_the_backlog => "backlog",
+    closing_every_unknown_fd_keeps_connections => "close-all",
+    listen_again_changes_the_backlog => "relisten",
+    first_connection_of_a_threaded_program_keeps_the_fd_table => "fd-table",
+    thread_per_connection_and_whole_concurrent_sends => "threads",
+    close_while_another_thread_is_blocked => "close-race",
+    signals_interrupt_accept_poll_epoll => "eintr",
+    sa_restart_handlers_let_socket_calls_go_on => "sa-restart",
+    close_and_dup_through_syscall => "raw-syscalls",
+    a_connection_passed_over_a_unix_socket => "pass-fd",
+    a_listener_is_ours_again_once_the_forked_child_let_go => "fork-listener",
+    an_acceptor_wakes_when_another_thread_read_its_connection => "accept-wake",
+    two_threads_waiting_on_one_connection_both_wake => "wait-both-ways",
+    stdio_streams_on_a_connection => "stdio",
+    a_renamed_fd_reaches_its_new_socket => "fd-renamed",
+    a_reader_behind_small_writes_gets_every_byte_in_order => "small-writes",
+}
+
+/// The signal checks again with blocking calls that spin for 300 ms, so
+/// every signal arrives while the call is still in user space (before, a
+/// handler that ran there went unnoticed: the call slept on, and poll
+/// timed out instead of answering EINTR).
+#[test]
+fn signals_during_the_spin_count_as_during_the_call() {
+    let mon = Monitor::start(RING_BYTES);
+    for name in ["eintr", "sa-restart"] {
+        let out = mon.under(&mut probe(&["check", name])).env("IPCD_SPIN_US", "300000").output().expect("run probe");
+        must_pass(&format!("{name} with a 300 ms spin"), out);
+    }
+    assert!(mon.status().status.connects_total >= 2);
+}
+
+/// fork while other threads use connections and the monitor: the child
+/// and the parent go on (the child inherited locks of ours held by threads
+/// not in it, and both hung). Its children inherit listeners, which then
+/// go through the kernel by design, so fallbacks are expected here.
+#[test]
+fn fork_while_other_threads_use_connections() {
+    let limit = Duration::from_secs(60);
+    let out = output_within(&mut probe(&["check", "fork-busy"]), limit).expect("fork-busy on kernel TCP hung");
+    must_pass("fork-busy on kernel TCP", out);
+    let mon = Monitor::start(RING_BYTES);
+    let out = output_within(mon.under(&mut probe(&["check", "fork-busy"])), limit).expect("fork-busy under ipcd hung");
+    must_pass("fork-busy under ipcd", out);
+    let st = mon.status().status;
+    assert!(st.connects_total >= 50, "the busy thread's connections did not go through ipcd: {st:?}");
+}
+
+/// Writes and reads larger than a copy chunk (`iov::CHUNK`, 64 KiB)
+/// through a ring that holds several: each copy publishes as it goes,
+/// and every byte still arrives once and in order.
+#[test]
+fn large_writes_through_a_large_ring_byte_exact() {
+    let mon = Monitor::start(4 << 20);
+    must_pass("large, 4 MiB ring", mon.under(&mut probe(&["check", "large"])).output().expect("run probe"));
+    assert!(mon.status().status.connects_total >= 1);
+}
+
+/// Connections one after another between the same two ends reuse the
+/// segment of an earlier one (the check itself proves it changes nothing).
+#[test]
+fn later_connections_reuse_segments() {
+    let mon = Monitor::start(RING_BYTES);
+    must_pass("reuse under ipcd", mon.under(&mut probe(&["check", "reuse"])).output().expect("run probe"));
+    let st = mon.status().status;
+    assert_eq!(st.connects_total, 120, "{st:?}");
+    assert!(st.reused_total >= 100, "few segments were reused: {st:?}");
+}
+
+/// A pre-fork server under ipcd (the children accept on the parent's
+/// listener, the parent never does) serves ipcd clients: through ipcd once
+/// a child has said it accepts, through the kernel before (the children
+/// are not waited for here; `prefork_check` orders it).
+#[test]
+fn prefork_server_serves_ipcd_clients() {
+    let mon = Monitor::start(RING_BYTES);
+    let mut cmd = mon.under(&mut probe(&["prefork-serve", "3"])).clone_cmd();
+    cmd.stdin(Stdio::piped());
+    let mut server = Server::start(cmd);
+    let out = mon.under(&mut probe(&["prefork-clients", &server.port.to_string(), "30"])).output().expect("clients");
+    must_pass("clients of a pre-fork server", out);
+    drop(server.child.stdin.take());
+    server.finish();
+    let st = mon.status().status;
+    assert_eq!(st.connects_total + st.fallbacks_total, 30, "{st:?}");
+    assert!(st.connects_total >= 1, "no connect went to a child through ipcd: {st:?}");
+}
+
+/// An epoll echo server under ipcd with a thousand clients at once, half
+/// of them under ipcd and half on the kernel.
+fn epoll_server(mode: &str) {
+    let mon = Monitor::start(RING_BYTES);
+    let server = Server::start(mon.under(&mut probe(&["epoll-serve", "1000", mode])).clone_cmd());
+    let port = server.port.to_string();
+    let ipcd = mon.under(&mut probe(&["many-clients", &port, "500"])).spawn().expect("ipcd clients");
+    let kernel = probe(&["many-clients", &port, "500"]).output().expect("kernel clients");
+    must_pass("kernel clients", kernel);
+    must_pass("ipcd clients", ipcd.wait_with_output().expect("ipcd clients"));
+    server.finish();
+    let st = mon.status().status;
+    assert_eq!((st.connects_total, st.fallbacks_total), (500, 0), "{st:?}");
+}
+
+/// Runs a pre-fork check (`probe check NAME`) on the kernel, then under
+/// ipcd, where every connection to the shared listener must have gone
+/// through ipcd: only each child's one connect to a closed port (its way
+/// to be sure the monitor has read that it serves) falls back.
+fn prefork_check(name: &str, connects: u64) {
+    fork_check(name, connects, 2);
+}
+
+/// `prefork_check` with `fallbacks` connects to closed ports.
+fn fork_check(name: &str, connects: u64, fallbacks: u64) {
+    must_pass(&format!("{name} on kernel TCP"), probe(&["check", name]).output().expect("run probe"));
+    let mon = Monitor::start(RING_BYTES);
+    let stderr =
+        must_pass(&format!("{name} under ipcd"), mon.under(&mut probe(&["check", name])).output().expect("probe"));
+    let st = mon.status().status;
+    assert_eq!((st.connects_total, st.fallbacks_total), (connects, fallbacks), "{name}: {st:?}\n{stderr}");
+}
+
+/// A listener passed over a Unix socket to a process that accepts on it
+/// while the sender never does: every later connect is served, through
+/// the kernel (the receiver's library cannot know the listener), the one
+/// made before the pass through ipcd by the sender, and the receiver's
+/// copy is as blocking as the program made it. Before, the
+/// receiver's blocking accept failed with EAGAIN (the description carried
+/// the sender's library's `O_NONBLOCK`) and every ipcd connect waited for
+/// the sender.
+#[test]
+fn a_listener_passed_over_a_unix_socket_is_the_kernels() {
+    fork_check("pass-listener", 1, 5);
+}
+
+/// nginx's shape: the parent listens, forks two children that accept
+/// (one blocking, one through epoll), and never accepts itself.
+#[test]
+fn a_pre_fork_server_takes_its_connections_through_ipcd() {
+    prefork_check("prefork", 27);
+}
+
+/// A child that closes its copy with a connection in its queue hands it
+/// to the other child, where the kernel would have left it in the shared
+/// queue.
+#[test]
+fn a_pre_fork_child_that_leaves_hands_its_queue_on() {
+    prefork_check("prefork-decline", 2);
+}
+
+/// A child killed with connections in its queue: the ones it had not
+/// touched go to the other child; the one it answered ends.
+#[test]
+fn a_pre_fork_child_that_is_killed_hands_its_untouched_queue_on() {
+    prefork_check("prefork-kill", 4);
+}
+
+/// A connection waiting in the queue of a process that forks is the
+/// child's to accept once the parent closes its copy: before, the child
+/// was counted as holding it and the parent's `Decline` was refused, so
+/// it waited for ever.
+#[test]
+fn a_connection_queued_before_a_fork_goes_to_the_child_that_accepts() {
+    fork_check("fork-queued", 1, 1);
+}
+
+/// nginx's start: a connection queued in the master before it forks its
+/// worker is the worker's to accept, though the master keeps its copy of
+/// the listener and never accepts. Before, it waited in the master's
+/// queue for ever.
+#[test]
+fn a_connection_queued_in_a_master_that_never_accepts_goes_to_its_worker() {
+    fork_check("master-queued", 1, 1);
+}
+
+/// A server that execs itself, keeping its listener, with a connection
+/// queued: the new image accepts it. Before, it went with the old
+/// image's control channel and waited for ever.
+#[test]
+fn a_connection_queued_before_an_exec_is_accepted_by_the_new_image() {
+    fork_check("exec-queued", 1, 0);
+}
+
+/// A server that sets its listener non-blocking and execs itself keeping
+/// it: the new image's accept still answers EAGAIN when nothing waits.
+/// Before, the flag was lost at the exec and such an accept blocked.
+#[test]
+fn a_non_blocking_listener_stays_non_blocking_across_exec() {
+    fork_check("exec-nonblocking", 1, 0);
+}
+
+/// A server that execs itself keeping its blocking listener, into an
+/// image that cannot reach the monitor: the listener is the kernel's
+/// again, and blocking as the program left it. Before, the library's
+/// O_NONBLOCK stayed on it and a blocking accept failed with EAGAIN.
+#[test]
+fn a_listener_handed_back_to_the_kernel_at_exec_is_blocking_again() {
+    fork_check("exec-unmonitored", 0, 0);
+}
+
+/// Pre-fork workers that exec (as Python's `spawn` start method makes
+/// them): each new image shares the listener it
+/// inherited and takes its turn, all 8 connections through ipcd. Before,
+/// each image registered the socket as a new listener and replaced the
+/// others' as stale: one worker got every connection, and what waited
+/// for it when it left was reset (or, here, went to the kernel).
+#[test]
+fn pre_fork_workers_that_exec_share_the_listener_they_inherit() {
+    fork_check("exec-workers", 8, 2);
+}
+
+/// A daemon's double fork with a connection already queued: it waits for
+/// the child, which accepts after the process that listened has gone.
+/// Before, it was reset when that process exited.
+#[test]
+fn a_connection_queued_before_a_daemon_forks_waits_for_the_daemon() {
+    fork_check("daemon-queued", 1, 0);
+}
+
+/// A server that listens, forks and exits (a daemon's double fork, as
+/// nginx with `daemon on` does): the listener goes on in the child, which
+/// takes its connections through ipcd. Before, the listener went with
+/// the parent and every client took the kernel.
+#[test]
+fn a_server_that_daemonizes_after_listening_keeps_its_listener() {
+    use std::io::BufRead;
+    let mon = Monitor::start(RING_BYTES);
+    let mut parent =
+        mon.under(&mut probe(&["daemon-serve", "10"])).stdout(Stdio::piped()).spawn().expect("daemon-serve");
+    let mut out = std::io::BufReader::new(parent.stdout.take().expect("stdout"));
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        out.read_line(&mut line).expect("read");
+        lines.push(line.trim().to_string());
+    }
+    assert!(parent.wait().expect("wait").success());
+    lines.sort();
+    let port: u16 = lines[0].parse().expect("port");
+    let child: u32 = lines[1].strip_prefix("ready ").and_then(|p| p.parse().ok()).expect("ready PID");
+    // The monitor hands the listener on once it has seen the parent go.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !mon.status().listeners.iter().any(|l| l.addr.port() == port && l.pid == child) {
+        assert!(std::time::Instant::now() < deadline, "the listener never went to the child");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let clients = mon.under(&mut probe(&["prefork-clients", &port.to_string(), "10"])).output().expect("clients");
+    must_pass("clients of a daemonized server", clients);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("the child's end");
+    let st = mon.status().status;
+    assert_eq!((st.connects_total, st.fallbacks_total), (10, 1), "{st:?}");
+}
+
+#[test]
+fn epoll_server_level_triggered_mixed_clients() {
+    epoll_server("level");
+}
+
+#[test]
+fn epoll_server_edge_triggered_mixed_clients() {
+    epoll_server("edge");
+}
+
+/// A `probe serve` that has printed its port.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(mut cmd: Command) -> Server {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("port line");
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("server printed {line:?}"));
+        Server { child, port }
+    }
+
+    fn finish(mut self) {
+        let status = self.child.wait().expect("wait server");
+        assert!(status.success(), "server: {status}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client(port: u16) -> Command {
+    probe(&["client", &port.to_string(), "20", "9"])
+}
+
+#[test]
+fn listener_not_under_ipcd_gets_kernel_connections() {
+    let mon = Monitor::start(RING_BYTES);
+    let server = Server::start(probe(&["serve", "1"]));
+    must_pass("ipcd client to a kernel listener", mon.under(&mut client(server.port)).output().expect("client"));
+    server.finish();
+    let st = mon.status().status;
+    assert_eq!((st.connects_total, st.fallbacks_total), (0, 1), "{st:?}");
+}
+
+#[test]
+fn one_server_serves_ipcd_and_kernel_clients() {
+    let mon = Monitor::start(RING_BYTES);
+    let server =
+        Server::start(mon.under(&mut probe(&["serve", "2"])).stdin(Stdio::null()).env("IPCD_LOG", "warn").clone_cmd());
+    must_pass("ipcd client", mon.under(&mut client(server.port)).output().expect("client"));
+    must_pass("kernel client", client(server.port).output().expect("client"));
+    server.finish();
+    let st = mon.status().status;
+    assert_eq!((st.connects_total, st.fallbacks_total), (1, 0), "{st:?}");
+}
+
+#[test]
+fn no_monitor_means_kernel_sockets_and_one_log_line() {
+    let socket = format!("ipcd-absent-{}", std::process::id());
+    let preload = ipcd_tests::harness::artifacts().preload;
+    let under = |mut c: Command| {
+        c.env("LD_PRELOAD", &preload).env("IPCD_SOCKET", &socket);
+        c
+    };
+    let server = Server::start(under(probe(&["serve", "1"])));
+    let out = under(client(server.port)).output().expect("client");
+    let stderr = must_pass("client without a monitor", out);
+    server.finish();
+    assert_eq!(stderr.matches("no monitor").count(), 1, "expected one log line, got:\n{stderr}");
+}
+
+#[test]
+fn ipcd_disable_passes_everything_through() {
+    let mon = Monitor::start(RING_BYTES);
+    let mut cmd = probe(&["check", "echo"]);
+    mon.under(&mut cmd).env("IPCD_DISABLE", "1");
+    must_pass("echo with IPCD_DISABLE=1", cmd.output().expect("probe"));
+    let st = mon.status().status;
+    assert_eq!((st.connects_total, st.fallbacks_total, st.listeners), (0, 0, 0), "{st:?}");
+}
+
+#[test]
+fn status_shows_a_program_and_its_connection() {
+    let mon = Monitor::start(RING_BYTES);
+    let server = Server::start(mon.under(&mut probe(&["serve", "1"])).clone_cmd());
+    let mut hold =
+        mon.under(&mut probe(&["hold", &server.port.to_string()])).stdin(Stdio::piped()).spawn().expect("hold");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let conn = loop {
+        let report = mon.status();
+        if let Some(c) = report.connections.first() {
+            break *c;
+        }
+        assert!(Instant::now() < deadline, "no connection in status: {report:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(conn.pids, [hold.id(), server.child.id()], "{conn:?}");
+    assert_eq!(conn.states, [EndState::Open, EndState::Open], "{conn:?}");
+    assert_eq!(conn.addrs[1].port(), server.port);
+    let report = mon.status();
+    assert_eq!(report.listeners.len(), 1, "{report:?}");
+    assert_eq!(report.listeners[0].pid, server.child.id());
+    drop(hold.stdin.take().map(|mut s| s.write_all(b"\n")));
+    assert!(hold.wait().expect("hold").success());
+    server.finish();
+}
+
+/// `Command` has no Clone; this rebuilds one from a configured command.
+trait CloneCmd {
+    fn clone_cmd(&mut self) -> Command;
+}
+
+impl CloneCmd for Command {
+    fn clone_cmd(&mut self) -> Command {
+        let mut c = Command::new(self.get_program());
+        die_with_parent(&mut c).args(self.get_args()).stdin(Stdio::null());
+        for (k, v) in self.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c
+    }
+}
+
+/// The same seeded random sequences of non-blocking socket calls on kernel
+/// TCP and under ipcd: every return value, errno, byte, poll mask,
+/// FIONREAD, SO_ERROR and SIGPIPE must agree. A difference names its
+/// `seed.step`; `probe diff-trace SEED 1` replays it.
+#[test]
+fn differential_against_the_kernel() {
+    const SEEDS: &str = "2000";
+    let run = |what: &str, mut cmd: Command| {
+        let out = cmd.output().expect("run probe");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = must_pass(what, out);
+        assert!(stderr.is_empty(), "{what} complained:\n{stderr}");
+        stdout
+    };
+    let k = run("kernel run", probe(&["diff-trace", "1", SEEDS]));
+    let mon = Monitor::start(RING_BYTES);
+    let i = run("ipcd run", mon.under(&mut probe(&["diff-trace", "1", SEEDS])).clone_cmd());
+    assert!(k.lines().count() > 50_000, "the trace is too short: {} lines", k.lines().count());
+    if let Some((kl, il)) = k.lines().zip(i.lines()).find(|(a, b)| a != b) {
+        panic!("first difference:\n  kernel: {kl}\n  ipcd:   {il}");
+    }
+    assert_eq!(k.lines().count(), i.lines().count(), "traces of different length");
+    assert!(mon.status().status.connects_total >= 2000, "the ipcd run did not use ipcd");
+}
+
+/// Every scenario in the probe's table (`probe list`) is run by a test of
+/// this file: a check added to the probe without a test here fails this.
+#[test]
+fn every_probe_check_is_run_by_a_test() {
+    let out = probe(&["list"]).output().expect("probe list");
+    assert!(out.status.success(), "probe list: {}", out.status);
+    let names = String::from_utf8(out.stdout).expect("utf-8");
+    let here = include_str!("preload.rs");
+    let missing: Vec<&str> = names.lines().filter(|n| !here.contains(&format!("\"{n}\""))).collect();
+    assert!(names.lines().count() > 40, "probe list printed too few checks:\n{names}");
+    assert!(missing.is_empty(), "checks no test runs: {missing:?}");
+}
