@@ -3,10 +3,8 @@
 //! unregisters, its doorbell leaves every epoll set. Called by the
 //! interposed close/dup family and by a data call that outlived a close.
 
-use ipcd_proto::message::Request;
 use libc::c_int;
 
-use crate::control;
 use crate::ready::epoll;
 use crate::socket::{setup, stream, table, Socket, State};
 use crate::sys::guarded;
@@ -34,13 +32,10 @@ pub(crate) fn close_now(sock: &Socket) {
     let old = std::mem::replace(&mut *sock.lock(), State::Closed);
     match old {
         State::Stream(st) => {
-            let mut st = *st;
-            let (conn, side) = (stream::close(&mut st, sock.linger_zero()), st.info.side);
-            // Its doorbell stays open in the cache: out of every epoll
+            // Its doorbell may stay open in the cache: out of every epoll
             // instance, as closing it would have done.
             epoll::drop_source(st.link.bell());
-            let keep = st.link.keep();
-            let _ = control::with(|c| c.notify(&Request::Close { conn, side, keep }));
+            stream::let_go(*st, sock.linger_zero(), true);
         }
         State::Listening { id, shared, passed, .. } => setup::close_listener(id, shared, passed),
         State::Fresh | State::Closed => {}

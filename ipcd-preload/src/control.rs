@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -242,6 +242,23 @@ pub(crate) fn lock_for_fork() -> MutexGuard<'static, Option<Control>> {
     CONTROL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The pid of the monitor this process last registered with (0: none
+/// yet). Ends made under one monitor are unknown to another (after a
+/// restart), which must not be asked to release them.
+static MONITOR: AtomicU32 = AtomicU32::new(0);
+
+/// The monitor this process last registered with (see [`MONITOR`]).
+pub(crate) fn monitor() -> u32 {
+    MONITOR.load(Ordering::Relaxed)
+}
+
+/// Sends `req` if the channel is open to `monitor` (a pid from
+/// [`monitor`]); false if it is not, or the send failed.
+pub(crate) fn notify_monitor(monitor: u32, req: &Request) -> bool {
+    with(|c| if MONITOR.load(Ordering::Relaxed) == monitor { c.notify(req).map(|()| true) } else { Ok(false) })
+        .unwrap_or(false)
+}
+
 /// Runs `f` on the channel, opening it first if needed. `None`: no monitor
 /// (logged once per attempt), or the channel broke.
 pub(crate) fn with<R>(f: impl FnOnce(&mut Control) -> Result<R, ChannelError>) -> Option<R> {
@@ -323,7 +340,7 @@ impl Control {
         };
         let hello = Request::hello(pid, uid, Caps::empty());
         match c.call(&hello, &[]).map_err(|e| e.to_string())?.0 {
-            Response::Welcome { .. } => {}
+            Response::Welcome { monitor_pid, .. } => MONITOR.store(monitor_pid, Ordering::Relaxed),
             other => return Err(format!("monitor refused: {other:?}")),
         }
         log!(Level::Info, "active: monitor @{name} (uid {}, pid {})", cred.uid, cred.pid);

@@ -66,6 +66,11 @@ fn request() -> impl Strategy<Value = Request> {
         (any::<u64>(), any::<bool>())
             .prop_map(|(conn, b)| Request::Pass { conn, side: if b { Side::B } else { Side::A } }),
         Just(Request::Claim),
+        (any::<u64>(), any::<bool>(), any::<bool>()).prop_map(|(conn, b, abort)| Request::Release {
+            conn,
+            side: if b { Side::B } else { Side::A },
+            abort
+        }),
         any::<u64>().prop_map(|listener| Request::Serve { listener }),
         any::<u64>().prop_map(|conn| Request::Decline { conn }),
         (any::<u64>(), prop::option::of(addr())).prop_map(|(conn, source)| Request::Use { conn, source }),

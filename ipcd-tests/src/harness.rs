@@ -123,6 +123,12 @@ impl Monitor {
         MonitorClient::connect(&self.socket).and_then(|mut c| c.status()).expect("monitor status")
     }
 
+    /// Kills the monitor with SIGKILL (as a crash would) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Makes `cmd` run under ipcd with this monitor.
     pub fn under<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
         cmd.env("LD_PRELOAD", &self.artifacts.preload).env("IPCD_SOCKET", &self.socket)

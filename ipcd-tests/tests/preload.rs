@@ -114,6 +114,7 @@ checks! {
     stdio_streams_on_a_connection => "stdio",
     a_renamed_fd_reaches_its_new_socket => "fd-renamed",
     a_reader_behind_small_writes_gets_every_byte_in_order => "small-writes",
+    a_fork_and_exec_relay_delivers_its_whole_tail => "exec-relay",
 }
 
 /// The signal checks again with blocking calls that spin for 300 ms, so
@@ -521,4 +522,39 @@ fn every_probe_check_is_run_by_a_test() {
     let missing: Vec<&str> = names.lines().filter(|n| !here.contains(&format!("\"{n}\""))).collect();
     assert!(names.lines().count() > 40, "probe list printed too few checks:\n{names}");
     assert!(missing.is_empty(), "checks no test runs: {missing:?}");
+}
+
+/// A process waiting in `poll` on a listener with no timeout sleeps when
+/// its monitor dies (the dead channel's hang-up ended every sleep at once:
+/// such servers spun at a full core), and a connection through the kernel
+/// still wakes it.
+#[test]
+fn a_poll_sleeps_when_the_monitor_dies() {
+    let mut mon = Monitor::start(RING_BYTES);
+    let server = Server::start(mon.under(&mut probe(&["poll-accept"])).clone_cmd());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !mon.status().listeners.iter().any(|l| l.addr.port() == server.port) {
+        assert!(Instant::now() < deadline, "the listener never reached the monitor");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    mon.kill();
+    let pid = server.child.id();
+    let before = cpu_ticks(pid);
+    // The window in which a spinning wait would burn a core.
+    std::thread::sleep(Duration::from_millis(500));
+    let used = cpu_ticks(pid) - before;
+    assert!(used <= 10, "the poll used {used} ticks of CPU in 0.5 s after the monitor died");
+    let c = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect through the kernel");
+    server.finish();
+    drop(c);
+}
+
+/// User and system CPU time of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).map(|v| v.parse().expect("ticks")).collect();
+    f[0] + f[1]
 }

@@ -6,7 +6,7 @@ use ipcd_proto::channel::Fds;
 use ipcd_proto::message::{ErrorCode, Request, Response, Side};
 use ipcd_proto::{Caps, ListenFlags, SockAddr, PROTOCOL_VERSIONS};
 
-use super::{idx, socket_inode, undeliverable, verify_listening_socket, Daemon, EXECED};
+use super::{idx, socket_inode, undeliverable, verify_listening_socket, Daemon, Gone, EXECED};
 use crate::log;
 use crate::log::Level;
 use crate::registry::Listener;
@@ -47,6 +47,7 @@ impl Daemon {
             Request::Accepted { conn } => self.accepted(token, conn),
             Request::Shutdown { .. } => {}
             Request::Close { conn, side, keep } => self.close(token, conn, side, keep),
+            Request::Release { conn, side, abort } => self.release_shared(token, conn, side, abort),
             Request::Forked { parent_pid } => self.forked(token, seq, from.pid, from.uid, parent_pid),
             Request::ExecPrepare => {
                 if let Some(c) = self.clients.get_mut(&token) {
@@ -73,6 +74,7 @@ impl Daemon {
             Request::Close { conn, .. }
             | Request::Reopen { conn, .. }
             | Request::Pass { conn, .. }
+            | Request::Release { conn, .. }
             | Request::Decline { conn }
             | Request::Accepted { conn } => self.promote(conn),
             // A connect only needs its own (its stock of standbys); a
@@ -232,6 +234,22 @@ impl Daemon {
             rec.kept[idx(side)] = keep;
         }
         self.release(token, conn, side, false);
+    }
+
+    /// `Release`: a shared end the client holds goes; the monitor gives its
+    /// share of the holder count back (and closes the end if it was the
+    /// last), so the share goes exactly once even if the client dies next.
+    fn release_shared(&mut self, token: u64, conn: u64, side: Side, abort: bool) {
+        if !self.holds(token, conn, side) {
+            log!(Level::Warn, "msg=\"release of a connection not held\" client={token} conn={conn}");
+            return;
+        }
+        if let Some(c) = self.clients.get_mut(&token) {
+            if let Some(pos) = c.holdings.iter().position(|h| *h == (conn, side)) {
+                c.holdings.remove(pos);
+            }
+        }
+        self.let_go(token, conn, side, Gone::Released { abort });
     }
 
     /// `Reopen`: an end the client holds, mapped afresh.

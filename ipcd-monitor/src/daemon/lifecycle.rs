@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use super::{
-    end_gone, end_state, idx, other, parent_of, ring_side, ConnRec, Daemon, Orphan, Pooled, CLOSED, EXECED,
+    end_gone, end_state, idx, other, parent_of, ring_side, ConnRec, Daemon, Gone, Orphan, Pooled, CLOSED, EXECED,
     POOL_PER_PAIR,
 };
 use crate::log;
@@ -20,11 +20,20 @@ impl Daemon {
     /// in the ring the way the kernel closes a dead process's socket, and
     /// tells the peer.
     pub(super) fn release(&mut self, token: u64, conn: u64, side: Side, died: bool) {
+        self.let_go(token, conn, side, if died { Gone::Died } else { Gone::Closed });
+    }
+
+    /// `release` for every way a holding ends (see [`Gone`]).
+    pub(super) fn let_go(&mut self, token: u64, conn: u64, side: Side, how: Gone) {
         let Some(rec) = self.conns.get_mut(&conn) else { return };
         let i = idx(side);
+        // The monitor gives back the share in the segment's holder count
+        // (the holder did not) and closes the end if it was the last.
+        let ours = how != Gone::Closed;
+        let abort = how == Gone::Released { abort: true };
         // A process that died may have left the segment in any state; it is
         // not handed to anyone again.
-        rec.recyclable &= !died;
+        rec.recyclable &= how == Gone::Closed;
         // One holding at a time: a process that was passed its own end
         // holds it twice, and lets go of it once per close.
         if let Some(pos) = rec.holders[i].iter().position(|&t| t == token) {
@@ -38,16 +47,17 @@ impl Daemon {
             // one's share and so sending nothing: close the end for them,
             // as the last close would have (a forked child's exit read
             // before its parent's `Close` left the peer waiting for a FIN).
-            if died
+            if ours
                 && !rec.gone[i]
                 && rec.seg.view().release_holder(ring_side(side)) == 0
                 && end_state(rec, side) == EndState::Open
             {
-                end_gone(&rec.seg, side);
+                end_gone(&rec.seg, side, abort);
                 ring(rec.bells[idx(other(side))].as_fd());
             }
             return;
         }
+        let open = end_state(rec, side) == EndState::Open;
         rec.gone[i] = true;
         if side == Side::B {
             if let Some((owner, id)) = rec.pending_in.take() {
@@ -56,9 +66,13 @@ impl Daemon {
                 }
             }
         }
-        if died {
-            end_gone(&rec.seg, side);
+        // A dead holder's end is closed as the kernel closes a dead
+        // socket's whatever it last did; a released one only if still open.
+        if how == Gone::Died || (ours && open) {
+            end_gone(&rec.seg, side, abort);
             ring(rec.bells[idx(other(side))].as_fd());
+        }
+        if how == Gone::Died {
             let peers = rec.holders[idx(other(side))].clone();
             for p in peers {
                 if let Some(c) = self.clients.get(&p) {

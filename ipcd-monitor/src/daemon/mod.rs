@@ -105,6 +105,18 @@ struct Orphan {
 
 /// A connection end passed over `SCM_RIGHTS` and not yet claimed: held
 /// for its receiver by a token no client has, until `deadline`.
+/// How a holding of a connection end ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gone {
+    /// `Close`: the holder gave back its share of the segment's holder
+    /// count itself (and closed the end if it was the last).
+    Closed,
+    /// `Release`: the holder left its share to the monitor.
+    Released { abort: bool },
+    /// The holder's process died, or its client was dropped.
+    Died,
+}
+
 struct Passed {
     conn: u64,
     side: Side,
@@ -541,12 +553,13 @@ fn end_state(rec: &ConnRec, side: Side) -> EndState {
 }
 
 /// Closes a dead process's end as the kernel closes its socket: a reset if
-/// it left bytes unread, else a FIN; on a corrupt ring, a reset.
-fn end_gone(seg: &SharedSegment, side: Side) {
+/// it left bytes unread or `abort` (`SO_LINGER` 0), else a FIN; on a
+/// corrupt ring, a reset.
+fn end_gone(seg: &SharedSegment, side: Side, abort: bool) {
     let view = seg.view();
     let s = ring_side(side);
     let unread = view.consumer(s).and_then(|mut c| c.readable()).map_or(true, |n| n > 0);
-    if unread {
+    if unread || abort {
         let _ = view.mark_gone(s);
         return;
     }

@@ -92,9 +92,11 @@ pub(crate) fn poll(
         };
         // A nap that ends before the deadline ends in another round.
         sleep(&mut kfds, wait::nap_until(deadline, shared), sigmask)?;
-        for (p, src) in kfds.iter().zip(&srcs) {
-            if p.revents != 0 {
-                took(*src, p.fd, ours, mine.as_deref());
+        for (p, src) in kfds.iter_mut().zip(&srcs) {
+            if p.revents != 0 && !took(*src, p.fd, ours, mine.as_deref()) {
+                // Gone for good (the monitor went): poll ignores a negative
+                // fd, so its hang-up does not end every later sleep at once.
+                p.fd = -1;
             }
         }
         // Look at everything again, the kernel first thing.
@@ -183,7 +185,9 @@ fn sleep(kfds: &mut [pollfd], until: Option<Instant>, sigmask: Option<&libc::sig
 
 /// What a source that woke the sleep needs: a doorbell emptied (and the
 /// other waiters told), this thread's bell emptied, the channel read.
-fn took(src: Src, fd: c_int, ours: &[Ours], mine: Option<&Bell>) {
+/// False when the source is gone for good: the channel broke (the monitor
+/// went) or was replaced.
+fn took(src: Src, fd: c_int, ours: &[Ours], mine: Option<&Bell>) -> bool {
     match src {
         Src::Bell(k) => readiness::drained(&ours[k].1, fd, mine),
         Src::Wake => {
@@ -191,9 +195,11 @@ fn took(src: Src, fd: c_int, ours: &[Ours], mine: Option<&Bell>) {
         }
         Src::Channel => {
             let _ = control::with(|c| c.drain());
+            return control::peek(|c| c.fd()) == Some(fd);
         }
         Src::User(_) | Src::Events => {}
     }
+    true
 }
 
 /// A zero-timeout poll of the kernel part; merges its answers into `fds`.

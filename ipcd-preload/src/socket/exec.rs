@@ -268,9 +268,8 @@ fn reopen(fd: c_int, conn: u64, side: Side, shared: bool) -> Option<Arc<Socket>>
 /// A close-on-exec connection: gone in this image, closed as the kernel
 /// closes it at exec.
 fn drop_conn(fd: c_int, conn: u64, side: Side, shared: bool) {
-    if let Some(mut stream) = remap(fd, conn, side, shared) {
-        let conn = crate::socket::stream::close(&mut stream, false);
-        let _ = control::with(|c| c.notify(&Request::Close { conn, side, keep: false }));
+    if let Some(stream) = remap(fd, conn, side, shared) {
+        crate::socket::stream::let_go(stream, false, false);
     }
 }
 

@@ -37,6 +37,9 @@ pub(crate) struct Stream {
     /// that is behind lasts (see `stream::recv`): doubles while reads
     /// after a pause still find a few bytes, back to 1 when they do not.
     pub pause_scale: u8,
+    /// The monitor (pid) that knew of this end when it was made here: only
+    /// that one may be asked to release it (see `stream::let_go`).
+    pub monitor: u32,
 }
 
 impl Stream {
@@ -52,6 +55,7 @@ impl Stream {
             zerocopy: Zerocopy::default(),
             behind: 0,
             pause_scale: 1,
+            monitor: crate::control::monitor(),
         }
     }
 }

@@ -7,7 +7,10 @@ use std::time::Instant;
 use ipcd_proto::{CloseAction, Errno, How, Recv, Ring, Send};
 use ipcd_ring::Wait;
 
+use ipcd_proto::message::Request;
+
 use crate::conn::wait::{self, Spun, Woken};
+use crate::control;
 use crate::socket::{Call, Socket, State, Stream};
 use crate::sys::iov::IoCursor;
 use crate::sys::signals::Caught;
@@ -490,7 +493,7 @@ pub(crate) fn shutdown(sock: &Socket, how: libc::c_int) -> Result<(), libc::c_in
 /// The last fd of a stream closed in this process. If another process
 /// (a fork) still holds the end, nothing goes out; otherwise FIN or reset
 /// as Linux would. Returns the connection id, for the monitor.
-pub(crate) fn close(stream: &mut Stream, linger_zero: bool) -> u64 {
+fn close(stream: &mut Stream, linger_zero: bool) -> u64 {
     if !stream.link.release_holder() {
         return stream.link.conn;
     }
@@ -510,6 +513,31 @@ pub(crate) fn close(stream: &mut Stream, linger_zero: bool) -> u64 {
     // to reuse the segment wake for nothing.
     stream.link.leave();
     stream.link.conn
+}
+
+/// Lets go of this process's end for good (its last fd closed, or an
+/// exec closed it). A shared end (a fork, an exec or a pass gave other
+/// processes a hold on it) goes through the monitor (`Release`), which
+/// gives this process's share of the holder count back and closes the end
+/// if it was the last: each share is then given back exactly once, even if
+/// this process dies before the monitor reads anything more of it (a share
+/// given back here and again at its death closed the end under a holder
+/// still writing: the tail of a fork-and-exec relay was lost). Otherwise,
+/// or with no monitor to tell, the share goes here and the last closes the
+/// end as Linux's last close does (as also when the monitor that knew the
+/// end is gone); the monitor hears of it with `Close`
+/// (`keep`: the segment stays mapped for reuse if `may_keep` and there is
+/// room).
+pub(crate) fn let_go(mut stream: Stream, linger_zero: bool, may_keep: bool) {
+    let (conn, side) = (stream.info.conn, stream.info.side);
+    // Only the monitor that knows the end (not a new one after a restart).
+    let release = Request::Release { conn, side, abort: linger_zero };
+    if stream.link.is_shared() && control::notify_monitor(stream.monitor, &release) {
+        return;
+    }
+    close(&mut stream, linger_zero);
+    let keep = may_keep && stream.link.keep();
+    let _ = control::with(|c| c.notify(&Request::Close { conn, side, keep }));
 }
 
 /// What changes when something new arrives from the peer: bytes ever

@@ -150,6 +150,7 @@ impl Request {
             Request::Decline { .. } => 0x0110,
             Request::Use { .. } => 0x0111,
             Request::Unused { .. } => 0x0112,
+            Request::Release { .. } => 0x0113,
         }
     }
 
@@ -205,6 +206,11 @@ impl Request {
             }
             Request::Serve { listener } => w.u64(listener),
             Request::Decline { conn } | Request::Unused { conn } => w.u64(conn),
+            Request::Release { conn, side, abort } => {
+                w.u64(conn);
+                side.encode(w);
+                w.bool(abort);
+            }
             Request::Use { conn, source } => {
                 w.u64(conn);
                 SockAddr::encode_opt(&source, w);
@@ -259,6 +265,7 @@ impl Request {
             0x0110 => Request::Decline { conn: r.u64()? },
             0x0111 => Request::Use { conn: r.u64()?, source: SockAddr::decode_opt(r)? },
             0x0112 => Request::Unused { conn: r.u64()? },
+            0x0113 => Request::Release { conn: r.u64()?, side: Side::decode(r)?, abort: r.bool("abort")? },
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;

@@ -391,6 +391,22 @@ pub enum Request {
         /// Connection.
         conn: u64,
     },
+    /// This process lets go of its end of a connection that other
+    /// processes may hold too (a fork, an exec or a pass shared it),
+    /// leaving its share of the segment's holder count untouched: the
+    /// monitor gives the share back and, when it was the last, closes the
+    /// end as the kernel's last close would (a reset when `abort` or when
+    /// bytes are left unread). Each holding is so given back exactly once,
+    /// whether its process closes it or dies. No fds, no reply; never
+    /// held back.
+    Release {
+        /// Connection.
+        conn: u64,
+        /// Which end.
+        side: Side,
+        /// `SO_LINGER` 0: the last close resets.
+        abort: bool,
+    },
 }
 
 impl Request {

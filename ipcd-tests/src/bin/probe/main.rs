@@ -12,6 +12,8 @@
 //! probe client PORT ROUNDS SEED   echo rounds of random sizes, hashed
 //! probe hold PORT             connects, then waits for stdin to close
 //! probe many-clients PORT N   N connections at once, echoes on each
+//! probe poll-accept           waits in poll for one connection; prints
+//!                             its port
 //! probe prefork-serve W       pre-fork echo server with W workers;
 //!                             prints its port; stops when stdin closes
 //! probe daemon-serve N        the same through daemon(3)
@@ -142,6 +144,7 @@ const CHECKS: &[Check] = &[
     ("stdio", stdio),
     ("fd-renamed", fd_renamed),
     ("small-writes", small_writes),
+    ("exec-relay", exec_relay),
 ];
 
 fn check(name: &str) -> Res {
@@ -180,9 +183,11 @@ fn main() {
             let _ = std::io::stdin().read_line(&mut line);
             net::close(c);
         }),
+        "poll-accept" => poll_accept(),
         "prefork-serve" => prefork_serve(num(1) as usize),
         "daemon-serve" => daemon_serve(num(1) as usize),
         "prefork-clients" => prefork_clients(num(1) as u16, num(2) as usize),
+        "exec-exit" => Ok(()),
         "exec-child" => exec_child(num(1) as i32),
         "exec-accept" => exec_accept(num(1) as i32, num(2) as i32),
         "exec-listener-flag" => exec_listener_flag(num(1) as i32, num(2) as u16, num(3) == 1),

@@ -182,3 +182,23 @@ pub(crate) fn serve(count: Option<usize>) -> Res {
     }
     Ok(())
 }
+
+/// A server that waits for its one connection in `poll` with no timeout:
+/// prints its port, accepts one connection, exits.
+pub(crate) fn poll_accept() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    println!("{port}");
+    let mut p = libc::pollfd { fd: l, events: libc::POLLIN, revents: 0 };
+    loop {
+        // SAFETY: one live pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, -1) };
+        if n > 0 {
+            break;
+        }
+        ensure!(n == 0 || errno() == libc::EINTR, "poll: {}", errno());
+    }
+    let s = net::accept(l).map_err(f)?;
+    net::close(s);
+    net::close(l);
+    Ok(())
+}

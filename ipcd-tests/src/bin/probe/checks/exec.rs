@@ -305,3 +305,73 @@ pub(crate) fn fd_renamed() -> Res {
     }
     Ok(())
 }
+
+/// A fork-per-connection relay that execs a helper (socat's `fork` with
+/// `EXEC:`), each piece in its own process: a server accepts, forks the
+/// relay and closes its copy; the relay forks a helper whose new image has
+/// the connection close-on-exec (so it lets go of its share at once) and
+/// exits; the relay then answers the client's requests, one chunk each.
+/// The client must get every chunk, then end of stream (a share given
+/// back twice, by the helper's image and again at its death, ended the
+/// connection under the relay: the tail was lost).
+pub(crate) fn exec_relay() -> Res {
+    const CHUNKS: usize = 64;
+    const CHUNK: usize = 16 * 1024;
+    let byte = |k: usize, i: usize| (k * 31 + i * 7 + i / 4096) as u8;
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let server = fork()?;
+    if server == 0 {
+        in_child(|| {
+            let s = net::accept(l).map_err(f)?;
+            net::close(l);
+            // The server closes its copy once the helper is forked, as
+            // socat's parent may: then all three held the connection.
+            let (forked_r, forked_w) = pipe()?;
+            let relay = fork()?;
+            if relay == 0 {
+                in_child(|| {
+                    // SAFETY: F_SETFD on our fd.
+                    cvt("fcntl", unsafe { libc::fcntl(s, libc::F_SETFD, libc::FD_CLOEXEC) }).map_err(f)?;
+                    let helper = fork()?;
+                    if helper == 0 {
+                        in_child(|| exec_probe(&["exec-exit"]));
+                    }
+                    ensure!(write_byte(forked_w) == 1, "tell the server: {}", errno());
+                    wait_child(helper)?;
+                    let mut ask = [0u8; 1];
+                    for k in 0..CHUNKS {
+                        net::read_exact(s, &mut ask).map_err(f)?;
+                        let chunk: Vec<u8> = (0..CHUNK).map(|i| byte(k, i)).collect();
+                        net::send_all(s, &chunk).map_err(f)?;
+                    }
+                    net::close(s);
+                    Ok(())
+                });
+            }
+            let mut b = [0u8; 1];
+            // SAFETY: a one-byte read into a live buffer.
+            ensure!(unsafe { libc::read(forked_r, b.as_mut_ptr().cast(), 1) } == 1, "relay: {}", errno());
+            net::close(s);
+            wait_child(relay)
+        });
+    }
+    net::close(l);
+    let c = net::connect_loopback(false, port).map_err(f)?;
+    set_timeout(c, 10)?;
+    let mut buf = vec![0u8; CHUNK];
+    for k in 0..CHUNKS {
+        net::send_all(c, b"?").map_err(f)?;
+        let got = net::read_exact(c, &mut buf);
+        ensure!(got.is_ok(), "chunk {k} of {CHUNKS}: {got:?}");
+        ensure!(buf.iter().enumerate().all(|(i, &b)| b == byte(k, i)), "chunk {k} differs");
+    }
+    ensure!(net::read_some(c, &mut buf).map_err(f)? == 0, "no end of stream after the last chunk");
+    wait_child(server)?;
+    net::close(c);
+    Ok(())
+}
+
+fn write_byte(fd: i32) -> isize {
+    // SAFETY: a one-byte write from a live buffer.
+    unsafe { libc::write(fd, b"f".as_ptr().cast(), 1) }
+}
