@@ -420,3 +420,28 @@ fn a_connector_that_dies_after_connecting_through_its_ticket_is_closed_for_the_a
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// `ipcd status` lists every connection however many there are: the report
+/// goes through the client's outbox as it reads (an entry a packet; the
+/// monitor dropped the client once its queue filled, at a few hundred).
+#[test]
+fn a_status_report_lists_every_connection() {
+    const N: usize = 1500;
+    let m = Monitor::start();
+    let mut server = m.client();
+    let mut client = m.client();
+    let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
+    assert_eq!(listen(&mut server, 1, &lfd, addr, ListenFlags::empty()), Response::Ok);
+    for _ in 0..N {
+        // The fds go at once: the test keeps none of the segments.
+        let (resp, _fds) = connect(&mut client, addr);
+        let Response::Connected(info) = resp else { panic!("{resp:?}") };
+        let _ = next_event(&server);
+        // Accepted: out of the listener's backlog.
+        server.notify(&Request::Accepted { conn: info.conn }).unwrap();
+    }
+    let report = m.client().status().expect("status with many connections");
+    assert_eq!(report.status.connections as usize, N);
+    assert_eq!(report.connections.len(), N, "every connection listed");
+    assert_eq!(report.listeners.len(), 1);
+}

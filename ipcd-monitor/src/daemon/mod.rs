@@ -5,7 +5,7 @@
 //! wrong fds, lying credentials, not reading its replies) is dropped alone,
 //! with a log line; its drop is handled exactly as its death.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use std::io;
 
@@ -91,6 +91,12 @@ struct Client {
     holdings: Vec<(u64, Side)>,
     /// Listeners (owner, id) whose bell this client was sent.
     bells: HashSet<(u64, u64)>,
+    /// Replies (without fds) its channel could not take yet, in order:
+    /// sent as it drains (`EPOLLOUT`), so a long report reaches a slow
+    /// reader whole.
+    outbox: VecDeque<(u32, Response)>,
+    /// `EPOLLOUT` is asked for (the outbox is not empty).
+    want_out: bool,
 }
 
 /// A process that announced an exec and whose channel closed: its holdings
@@ -292,6 +298,9 @@ impl Daemon {
     /// (A signalfd in epoll was tried first; on this kernel a signal sent
     /// while the loop slept in epoll_wait did not wake it.)
     pub fn bind(cfg: Config) -> Result<Daemon, StartError> {
+        // The monitor holds fds per connection: its soft limit goes up to
+        // the hard one, as daemons' do (at 1 024 it could broker ~330).
+        raise_nofile();
         if Channel::connect_abstract(cfg.socket.as_bytes()).is_ok() {
             return Err(StartError::AlreadyRunning(cfg.socket.clone()));
         }
@@ -384,7 +393,14 @@ impl Daemon {
                     // wake-up: ~3 of the ~11 system calls a connection
                     // cost the monitor); epoll, level-triggered, reports
                     // the channel again if more wait.
-                    token => self.serve(token, BATCH),
+                    token => {
+                        if ev.events & libc::EPOLLOUT as u32 != 0 {
+                            self.flush_outbox(token);
+                        }
+                        if ev.events & !(libc::EPOLLOUT as u32) != 0 {
+                            self.serve(token, BATCH);
+                        }
+                    }
                 }
                 self.drop_doomed();
             }
@@ -426,6 +442,8 @@ impl Daemon {
                         exec_pending: false,
                         holdings: Vec::new(),
                         bells: HashSet::new(),
+                        outbox: VecDeque::new(),
+                        want_out: false,
                     };
                     self.clients.insert(token, client);
                 }
@@ -527,9 +545,53 @@ impl Daemon {
 
     fn reply(&mut self, token: u64, seq: u32, resp: &Response, fds: &[BorrowedFd<'_>]) {
         let Some(client) = self.clients.get(&token) else { return };
+        if fds.is_empty() && !client.outbox.is_empty() {
+            // After what already waits, in order.
+            return self.reply_all(token, seq, [*resp]);
+        }
         if let Err(e) = client.chan.send_response(seq, resp, fds) {
             // A client that does not read its replies is not served on.
             self.doom(token, undeliverable("cannot reply", &e));
+        }
+    }
+
+    /// Sends replies without fds in order; what the client's channel cannot
+    /// take now waits in its outbox and goes as the channel drains.
+    fn reply_all(&mut self, token: u64, seq: u32, replies: impl IntoIterator<Item = Response>) {
+        let Some(client) = self.clients.get_mut(&token) else { return };
+        client.outbox.extend(replies.into_iter().map(|r| (seq, r)));
+        self.flush_outbox(token);
+    }
+
+    /// Sends what waits in `token`'s outbox until its channel is full; asks
+    /// epoll for room (`EPOLLOUT`) while anything is left, and stops asking
+    /// once it is empty.
+    fn flush_outbox(&mut self, token: u64) {
+        let Some(client) = self.clients.get_mut(&token) else { return };
+        while let Some((seq, resp)) = client.outbox.front() {
+            match client.chan.send_response(*seq, resp, &[]) {
+                Ok(()) => {
+                    client.outbox.pop_front();
+                }
+                Err(e) if e.is_would_block() => break,
+                Err(e) => {
+                    client.outbox.clear();
+                    self.doom(token, undeliverable("cannot reply", &e));
+                    return;
+                }
+            }
+        }
+        let want = !client.outbox.is_empty();
+        if want != client.want_out {
+            client.want_out = want;
+            let events = libc::EPOLLIN as u32 | if want { libc::EPOLLOUT as u32 } else { 0 };
+            let mut ev = libc::epoll_event { events, u64: token };
+            let fd = client.chan.as_fd().as_raw_fd();
+            // SAFETY: changes the events of a channel in our epoll set.
+            if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, &mut ev) } != 0 {
+                let e = io::Error::last_os_error();
+                self.doom(token, format!("cannot watch its channel: {e}"));
+            }
         }
     }
 
@@ -626,6 +688,18 @@ fn install_stop_handler(bell: &OwnedFd) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit.
+fn raise_nofile() {
+    // SAFETY: get/setrlimit on a live struct.
+    unsafe {
+        let mut rl: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        }
+    }
 }
 
 fn pin_to_last_cpu() {

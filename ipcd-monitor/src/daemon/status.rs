@@ -5,7 +5,14 @@ use ipcd_proto::message::{ConnStatus, ListenerStatus, Response, Side, Status};
 use super::{end_state, Daemon};
 
 impl Daemon {
+    /// The report goes as one `Status`, an entry per listener and per
+    /// connection, then `Ok`; through the client's outbox, so any number of
+    /// entries reaches a client that reads them (a client that asks again
+    /// before it has read the last report is dropped).
     pub(super) fn status(&mut self, token: u64, seq: u32) {
+        if self.clients.get(&token).is_some_and(|c| !c.outbox.is_empty()) {
+            return self.doom(token, "asked for a report before reading the last".into());
+        }
         let status = Status {
             monitor_pid: std::process::id(),
             processes: self.clients.values().filter(|c| c.hello).count() as u32,
@@ -43,8 +50,6 @@ impl Daemon {
             })
         }));
         out.push(Response::Ok);
-        for resp in out {
-            self.reply(token, seq, &resp, &[]);
-        }
+        self.reply_all(token, seq, out);
     }
 }
