@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use ipcd_proto::channel::{Channel, ChannelError, Fds};
+use ipcd_proto::channel::{decode_response, Channel, ChannelError, Fds};
 use ipcd_proto::message::{ConnInfo, Request, Response, Side, MAX_FRAME};
 use ipcd_proto::{Caps, SockAddr};
 use ipcd_ring::Ticket;
@@ -466,12 +466,10 @@ impl Control {
             let mut got = Vec::new();
             let mut bad = None;
             let n = self.chan.recv_packets(&mut bufs, |bytes, fds| {
-                let decoded = fds.and_then(|fds| match Response::decode(bytes, fds.len()) {
-                    Ok((_, resp)) => Ok((resp, fds)),
-                    Err(e) => Err(ChannelError::Decode(e)),
-                });
-                match decoded {
-                    Ok(m) => got.push(m),
+                // A message whose fds were lost (at the fd limit) comes
+                // without them; the channel stays.
+                match decode_response(bytes, fds) {
+                    Ok((_, resp, fds)) => got.push((resp, fds)),
                     Err(e) => {
                         bad.get_or_insert(e);
                     }
@@ -639,6 +637,13 @@ impl Control {
             q.quiet();
         }
         next
+    }
+
+    /// Puts back a connection an accept took but could not give an fd (the
+    /// process is at its fd limit): first in its queue again, as the
+    /// kernel keeps a connection queued when accept fails with `EMFILE`.
+    pub(crate) fn unpop_incoming(&mut self, listener: u64, pending: Pending) {
+        self.incoming.entry(listener).or_default().items.push_front(pending);
     }
 
     /// Rings the bell of the listener at `dest` (a connect took a

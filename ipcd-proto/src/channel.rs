@@ -28,7 +28,9 @@ pub enum ChannelError {
     Closed,
     /// A packet longer than the frame limit (its tail was discarded).
     Truncated,
-    /// More fds arrived than fit the control buffer; all were closed.
+    /// Not every fd of the packet could be received (more than fit the
+    /// control buffer, or the receiver is at its fd limit: `MSG_CTRUNC`);
+    /// those that came were closed.
     ControlTruncated,
     /// The packet did not decode; its fds were closed.
     Decode(DecodeError),
@@ -259,6 +261,15 @@ impl Channel {
     /// Receives one packet into `buf` (at least [`MAX_FRAME`] bytes) and
     /// the fds that came with it.
     pub fn recv_packet(&self, buf: &mut [u8]) -> Result<(usize, Fds), ChannelError> {
+        match self.recv_packet_lossy(buf)? {
+            (_, _, true) => Err(ChannelError::ControlTruncated),
+            (n, fds, false) => Ok((n, fds)),
+        }
+    }
+
+    /// As [`Channel::recv_packet`], but a packet whose fds did not all
+    /// arrive still comes (without any fds, and `true`).
+    fn recv_packet_lossy(&self, buf: &mut [u8]) -> Result<(usize, Fds, bool), ChannelError> {
         let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
         let mut cbuf = CmsgBuf { _align: [], bytes: [0; CMSG_BYTES] };
         let mut msg = recv_header(&mut iov, &mut cbuf);
@@ -313,7 +324,10 @@ impl Channel {
             let n = m.msg_len as usize;
             // SAFETY: the kernel filled the first `got` headers.
             match unsafe { received(&m.msg_hdr, n) } {
-                Ok((n, fds)) => each(&buf[..n], Ok(fds)),
+                Ok((n, fds, false)) => each(&buf[..n], Ok(fds)),
+                // The message itself is whole: [`decode_response`] can
+                // still read it.
+                Ok((n, _, true)) => each(&buf[..n], Err(ChannelError::ControlTruncated)),
                 Err(e) => each(&[], Err(e)),
             }
         }
@@ -383,12 +397,37 @@ impl Channel {
         Ok((seq, req, fds))
     }
 
-    /// Receives a response or event (process side).
+    /// Receives a response or event (process side). One whose fds could
+    /// not all be received (the process is at its fd limit) still comes,
+    /// with none: see [`decode_response`].
     pub fn recv_response(&self) -> Result<(u32, Response, Fds), ChannelError> {
         let mut buf = [0u8; MAX_FRAME + 1];
-        let (n, fds) = self.recv_packet(&mut buf)?;
-        let (seq, resp) = Response::decode(&buf[..n], fds.len()).map_err(ChannelError::Decode)?;
-        Ok((seq, resp, fds))
+        let (n, fds, lost) = self.recv_packet_lossy(&mut buf)?;
+        decode_response(&buf[..n], if lost { Err(ChannelError::ControlTruncated) } else { Ok(fds) })
+    }
+}
+
+/// Decodes a response packet received with `fds`. A packet whose fds were
+/// lost (`ControlTruncated`: the process was at its fd limit, as a call
+/// that needs a new fd fails with `EMFILE`) still decodes, with no fds: the
+/// channel stays usable, and whoever needed the fds finds them missing.
+pub fn decode_response(packet: &[u8], fds: Result<Fds, ChannelError>) -> Result<(u32, Response, Fds), ChannelError> {
+    match fds {
+        Ok(fds) => {
+            let (seq, resp) = Response::decode(packet, fds.len()).map_err(ChannelError::Decode)?;
+            Ok((seq, resp, fds))
+        }
+        Err(ChannelError::ControlTruncated) => {
+            // The message says how many fds it had; decode it as sent.
+            let expected = match Response::decode(packet, 0) {
+                Ok((seq, resp)) => return Ok((seq, resp, Fds(Vec::new()))),
+                Err(DecodeError::FdCount { expected, .. }) => expected,
+                Err(e) => return Err(ChannelError::Decode(e)),
+            };
+            let (seq, resp) = Response::decode(packet, expected).map_err(ChannelError::Decode)?;
+            Ok((seq, resp, Fds(Vec::new())))
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -409,13 +448,17 @@ fn recv_header(iov: &mut libc::iovec, cbuf: &mut CmsgBuf) -> libc::msghdr {
 ///
 /// # Safety
 /// `msg` was just filled by a successful receive of that packet.
-unsafe fn received(msg: &libc::msghdr, n: usize) -> Result<(usize, Fds), ChannelError> {
+/// The last value says whether fds were lost (`MSG_CTRUNC`): then none
+/// is returned (those that came are closed), and the packet is otherwise
+/// as sent.
+unsafe fn received(msg: &libc::msghdr, n: usize) -> Result<(usize, Fds, bool), ChannelError> {
     // SAFETY: the kernel filled the control data; each fd it passed is
     // ours alone, owned here before any check can return.
-    let fds: Vec<OwnedFd> =
+    let mut fds: Vec<OwnedFd> =
         unsafe { scm_rights(msg) }.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }).collect();
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(ChannelError::ControlTruncated);
+    let lost = msg.msg_flags & libc::MSG_CTRUNC != 0;
+    if lost {
+        fds.clear();
     }
     if msg.msg_flags & libc::MSG_TRUNC != 0 || n > MAX_FRAME {
         return Err(ChannelError::Truncated);
@@ -423,7 +466,7 @@ unsafe fn received(msg: &libc::msghdr, n: usize) -> Result<(usize, Fds), Channel
     if n == 0 {
         return Err(ChannelError::Closed);
     }
-    Ok((n, Fds(fds)))
+    Ok((n, Fds(fds), lost))
 }
 
 /// The fds of every `SCM_RIGHTS` message in `msg`'s control data, in

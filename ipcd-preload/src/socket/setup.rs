@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use ipcd_proto::message::{ConnInfo, Request, Response};
+use ipcd_proto::message::{ConnInfo, Request, Response, Side};
 use ipcd_proto::{ListenFlags, SockAddr};
 use ipcd_ring::Ticket;
 
@@ -370,13 +370,26 @@ pub(crate) fn listen_as(fd: libc::c_int, sock: &Socket, backlog: libc::c_int, in
     true
 }
 
+/// Why an accept could not give a queued connection an fd.
+enum Refused {
+    /// This accept fails with `EMFILE`; the connection stays queued.
+    Again(Pending),
+    /// The connection is gone (errno for this accept).
+    Failed(libc::c_int),
+}
+
+/// The fds of connection `conn`'s accepting end again (`Reopen`), after
+/// they were lost at the fd limit; `None` if they cannot come now.
+fn refetch(conn: u64) -> Option<Vec<OwnedFd>> {
+    let answer = control::with(|c| c.call(&Request::Reopen { conn, side: Side::B }, &[]));
+    match answer {
+        Some((Response::Reopened(_), fds)) if fds.len() == 3 => Some(fds.into_vec()),
+        _ => None,
+    }
+}
+
 /// Makes an accepted ipcd connection into a new fd; `pid` is ours.
-fn accepted(
-    sock: &Socket,
-    pending: Pending,
-    pid: u32,
-    flags: libc::c_int,
-) -> Result<(libc::c_int, SockAddr), libc::c_int> {
+fn accepted(sock: &Socket, pending: Pending, pid: u32, flags: libc::c_int) -> Result<(libc::c_int, SockAddr), Refused> {
     let (conn, side) = (pending.info().conn, pending.info().side);
     let fail = |e: libc::c_int| {
         let _ = control::with(|c| c.notify(&Request::Close { conn, side, keep: false }));
@@ -384,9 +397,19 @@ fn accepted(
     };
     let (info, link) = match pending {
         Pending::Told(info, fds) => {
+            let fds = match fds {
+                // Its fds were lost (the process was at its fd limit when
+                // the monitor sent them): ask again, or fail as the
+                // kernel's accept does at the limit, the connection kept.
+                fds if fds.is_empty() && !info.reused => match refetch(conn) {
+                    Some(fds) => fds,
+                    None => return Err(Refused::Again(Pending::Told(info, Vec::new()))),
+                },
+                fds => fds,
+            };
             let link = Link::attach(&info, fds).map_err(|e| {
                 log!(Level::Error, "cannot map accepted connection {conn}: {e}");
-                fail(libc::ECONNABORTED)
+                Refused::Failed(fail(libc::ECONNABORTED))
             })?;
             (info, link)
         }
@@ -396,7 +419,7 @@ fn accepted(
         // Handed to a process that accepts while it waited here: its
         // copy of the segment goes, nothing else.
         log!(Level::Debug, "connection {conn} went to another process before this accept");
-        return Err(libc::ECONNABORTED);
+        return Err(Refused::Failed(libc::ECONNABORTED));
     }
     // A fresh kernel socket under the fd keeps fstat, SO_TYPE and
     // /proc/self/fd right; it never connects. Its O_NONBLOCK is the
@@ -408,7 +431,7 @@ fn accepted(
     if fd < 0 {
         let e = real::errno();
         drop(reset_link(link));
-        return Err(fail(e));
+        return Err(Refused::Failed(fail(e)));
     }
     let peer = info.peer;
     let stream = Stream::new(link, info, false);
@@ -420,7 +443,7 @@ fn accepted(
         }
         // SAFETY: the socket made above.
         unsafe { real::close(fd) };
-        return Err(fail(libc::EMFILE));
+        return Err(Refused::Failed(fail(libc::EMFILE)));
     }
     let _ = control::with(|c| {
         c.accepted(conn);
@@ -489,8 +512,15 @@ pub(crate) unsafe fn accept(
                     unsafe { write_addr(peer, addr, len) };
                     return Ok(newfd);
                 }
-                Err(libc::ECONNABORTED) => continue,
-                Err(e) => return Err(e),
+                Err(Refused::Failed(libc::ECONNABORTED)) => continue,
+                Err(Refused::Failed(e)) => return Err(e),
+                Err(Refused::Again(pending)) => {
+                    let _ = control::with(|c| {
+                        c.unpop_incoming(id, pending);
+                        Ok(())
+                    });
+                    return Err(libc::EMFILE);
+                }
             }
         }
         if kernel_ready {

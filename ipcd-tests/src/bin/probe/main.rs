@@ -145,6 +145,7 @@ const CHECKS: &[Check] = &[
     ("fd-renamed", fd_renamed),
     ("small-writes", small_writes),
     ("exec-relay", exec_relay),
+    ("fd-limit", fd_limit),
 ];
 
 fn check(name: &str) -> Res {

@@ -474,3 +474,95 @@ pub(crate) fn reuse() -> Res {
     net::close(l);
     Ok(())
 }
+
+/// At the fd limit (`RLIMIT_NOFILE` reached): an accept fails with EMFILE
+/// and its connection stays queued, an established connection keeps
+/// working, and once fds are free again the accept takes the queued
+/// connection. (Under ipcd the monitor's message for that connection
+/// arrived with its fds cut off, and the channel was dropped: the monitor
+/// then took the process for dead and reset every connection it had.)
+pub(crate) fn fd_limit() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let c1 = net::connect_loopback(false, port).map_err(f)?;
+    let s1 = net::accept(l).map_err(f)?;
+    let (go_r, go_w) = pipe()?;
+    let (done_r, done_w) = pipe()?;
+    let client = fork()?;
+    if client == 0 {
+        in_child(|| {
+            // Not a listener of this process: the parent alone owns it.
+            net::close(l);
+            net::close(c1);
+            net::close(s1);
+            pipe_byte(go_r, false)?;
+            let c = net::connect_loopback(false, port).map_err(f)?;
+            pipe_byte(done_w, true)?;
+            net::send_all(c, b"late").map_err(f)?;
+            let mut buf = [0u8; 4];
+            net::read_exact(c, &mut buf).map_err(f)?;
+            ensure!(&buf == b"LATE", "the late client got {buf:?}");
+            net::close(c);
+            Ok(())
+        });
+    }
+    // The limit lowered and every fd below it taken.
+    // SAFETY: an all-zero rlimit is a valid out buffer.
+    let mut old: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: get/setrlimit on live structs.
+    cvt("getrlimit", unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) }).map_err(f)?;
+    let low = libc::rlimit { rlim_cur: 256, rlim_max: old.rlim_max };
+    // SAFETY: as above.
+    cvt("setrlimit", unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }).map_err(f)?;
+    let mut fillers = Vec::new();
+    loop {
+        // SAFETY: a NUL-terminated path.
+        let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            ensure!(errno() == libc::EMFILE, "open: {}", errno());
+            break;
+        }
+        fillers.push(fd);
+    }
+    pipe_byte(go_w, true)?;
+    pipe_byte(done_r, false)?;
+    // SAFETY: null address buffers are allowed.
+    let r = unsafe { libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut()) };
+    let accept_errno = errno();
+    // The established connection is untouched.
+    net::send_all(c1, b"ping").map_err(f)?;
+    let mut buf = [0u8; 4];
+    net::read_exact(s1, &mut buf).map_err(f)?;
+    net::send_all(s1, b"pong").map_err(f)?;
+    net::read_exact(c1, &mut buf).map_err(f)?;
+    for fd in fillers {
+        net::close(fd);
+    }
+    // SAFETY: as above.
+    cvt("setrlimit", unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) }).map_err(f)?;
+    ensure!(r < 0 && accept_errno == libc::EMFILE, "accept at the limit: {r}, errno {accept_errno}");
+    ensure!(&buf == b"pong", "the established connection answered {buf:?}");
+    let s = net::accept(l).map_err(f)?;
+    net::read_exact(s, &mut buf).map_err(f)?;
+    ensure!(&buf == b"late", "the queued connection sent {buf:?}");
+    net::send_all(s, b"LATE").map_err(f)?;
+    wait_child(client)?;
+    for fd in [c1, s1, s, l, go_r, go_w, done_r, done_w] {
+        net::close(fd);
+    }
+    Ok(())
+}
+
+/// Writes (`write`) or reads one byte on a pipe.
+fn pipe_byte(fd: i32, write: bool) -> Res {
+    let mut b = [b'x'; 1];
+    // SAFETY: one byte from or into a live buffer.
+    let n = unsafe {
+        if write {
+            libc::write(fd, b.as_ptr().cast(), 1)
+        } else {
+            libc::read(fd, b.as_mut_ptr().cast(), 1)
+        }
+    };
+    ensure!(n == 1, "pipe: {n}, errno {}", errno());
+    Ok(())
+}
