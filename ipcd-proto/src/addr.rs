@@ -79,6 +79,14 @@ impl SockAddr {
         }
     }
 
+    /// The same address with port `port`.
+    pub fn with_port(self, port: u16) -> SockAddr {
+        match self {
+            SockAddr::V4 { ip, .. } => SockAddr::V4 { ip, port },
+            SockAddr::V6 { ip, flowinfo, scope_id, .. } => SockAddr::V6 { ip, port, flowinfo, scope_id },
+        }
+    }
+
     /// Loopback, unspecified, or (for the monitor to decide) a local address.
     pub fn is_loopback(&self) -> bool {
         match *self {

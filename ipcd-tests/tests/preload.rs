@@ -559,3 +559,60 @@ fn cpu_ticks(pid: u32) -> u64 {
     let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).map(|v| v.parse().expect("ticks")).collect();
     f[0] + f[1]
 }
+
+/// With every ephemeral port in use towards another destination, bind to
+/// port 0 fails but the kernel's connect shares a port: a connect under
+/// ipcd succeeds too and stays accelerated (it went to the kernel, its
+/// port reservation failing). In a network namespace of its own, with a
+/// range of two ports, both used by kernel connections to port 39001.
+#[test]
+fn a_connect_is_accelerated_when_bind_finds_no_free_port() {
+    // SAFETY: getuid cannot fail.
+    let root = unsafe { libc::getuid() } == 0;
+    if !root || !Command::new("unshare").args(["-n", "true"]).status().is_ok_and(|s| s.success()) {
+        println!("skipped: needs root and unshare to make a network namespace");
+        return;
+    }
+    let a = ipcd_tests::harness::artifacts();
+    let script = r#"
+set -e
+ip link set lo up
+echo "40000 40001" > /proc/sys/net/ipv4/ip_local_port_range
+python3 -c '
+import socket, sys, time
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", 39001)); l.listen(8)
+cs = [socket.create_connection(("127.0.0.1", 39001)) for _ in range(2)]
+print("ready", flush=True)
+time.sleep(60)
+' > "$DIR/x.out" 2>&1 &
+X=$!
+trap 'kill $X $M 2>/dev/null' EXIT
+until grep -q ready "$DIR/x.out"; do sleep 0.05; done
+M=
+"$IPCD" daemon --socket scarce >/dev/null 2>&1 &
+M=$!
+until "$IPCD" status --socket scarce >/dev/null 2>&1; do sleep 0.05; done
+"$PROBE" ports-scarce
+echo "kernel: ok"
+LD_PRELOAD="$LIB" IPCD_SOCKET=scarce "$PROBE" ports-scarce
+echo "ipcd: ok"
+"$IPCD" status --socket scarce
+"#;
+    let dir = std::env::temp_dir().join(format!("ipcd-scarce-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let out = Command::new("timeout")
+        .args(["-k", "5", "60", "unshare", "-n", "sh", "-c", script])
+        .env("DIR", &dir)
+        .env("IPCD", &a.ipcd)
+        .env("LIB", &a.preload)
+        .env("PROBE", PROBE)
+        .env_remove("LD_PRELOAD")
+        .output()
+        .expect("run the namespace script");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("kernel: ok") && text.contains("ipcd: ok"), "{text}");
+    assert!(text.contains("brokered 1 ") && text.contains("to kernel 0"), "not accelerated:\n{text}");
+}

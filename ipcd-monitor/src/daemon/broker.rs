@@ -13,6 +13,26 @@ use crate::registry::Listener;
 use crate::segment::{doorbell, SharedSegment};
 
 impl Daemon {
+    /// A port for a connector at `source` (port 0) to `dest`: one of the
+    /// ephemeral range no other ipcd connection from that address to
+    /// `dest` uses. The kernel's connect shares a local port across
+    /// destinations the same way when bind finds none free.
+    pub(super) fn assign_port(&mut self, source: SockAddr, dest: SockAddr) -> SockAddr {
+        let (lo, hi) = ephemeral_range();
+        let span = u32::from(hi - lo) + 1;
+        for _ in 0..span {
+            let p = lo + ((u32::from(self.next_port) % span) as u16);
+            self.next_port = self.next_port.wrapping_add(1);
+            let candidate = source.with_port(p);
+            if !self.conns.values().any(|c| c.info[0].local == candidate && c.info[0].peer == dest) {
+                return candidate;
+            }
+        }
+        // Every port of the range is taken towards `dest`: as many as the
+        // kernel could have made; reuse the first (names only, no clash).
+        source.with_port(lo)
+    }
+
     /// The listener a connect to `dest` reaches, if any.
     pub(super) fn listener_for(&mut self, dest: &SockAddr) -> Option<Listener> {
         let local = &mut self.local;
@@ -71,7 +91,14 @@ impl Daemon {
             return;
         };
         self.next_conn += 1;
-        let a_addr = source.unwrap_or(port_zero(dest));
+        let a_addr = match source {
+            // The connector could not reserve a port (ephemeral ports ran
+            // out for bind, which the kernel's connect would share across
+            // destinations): one unique for this destination, as connect's.
+            Some(s) if s.port() == 0 => self.assign_port(s, dest),
+            Some(s) => s,
+            None => port_zero(dest),
+        };
         let info_a =
             ConnInfo { conn, side: Side::A, local: a_addr, peer: dest, segment_len: seg.len() as u64, segment, reused };
         let new = NewConn { token, acceptor, listener: (l.owner, l.id), seg, bells, info_a };
@@ -204,5 +231,15 @@ impl Daemon {
         if !held && !self.hand_on(acceptor, conn) {
             self.release(acceptor, conn, Side::B, true);
         }
+    }
+}
+
+/// The kernel's ephemeral port range (`ip_local_port_range`).
+fn ephemeral_range() -> (u16, u16) {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut it = text.split_whitespace().map(|v| v.parse::<u16>().ok());
+    match (it.next().flatten(), it.next().flatten()) {
+        (Some(lo), Some(hi)) if lo > 0 && lo <= hi => (lo, hi),
+        _ => (32768, 60999),
     }
 }

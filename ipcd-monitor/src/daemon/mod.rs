@@ -255,6 +255,9 @@ pub struct Daemon {
     registry: Registry,
     conns: HashMap<u64, ConnRec>,
     next_conn: u64,
+    /// Where the next port given to a connector without one is looked for
+    /// (see `broker::assign_port`).
+    next_port: u16,
     /// Reusable segments by (connector, acceptor) client.
     pools: HashMap<(u64, u64), Vec<Pooled>>,
     /// Standby connections by connection id.
@@ -326,6 +329,7 @@ impl Daemon {
             registry: Registry::default(),
             conns: HashMap::new(),
             next_conn: 1,
+            next_port: 0,
             pools: HashMap::new(),
             standbys: HashMap::new(),
             // Ids of another monitor's run (a process kept segments across

@@ -207,19 +207,31 @@ pub(crate) fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect
     // program did not bind.
     let mut source = sockname(fd);
     if source.is_none_or(|s| s.port() == 0) {
-        let (ss, len) = match source {
+        let want = match source {
             // Bound to an address but port 0: keep the address.
-            Some(s) if !is_unspecified(&s) => s.to_raw(),
-            _ => source_for(&for_family(dest, sock.family)).to_raw(),
+            Some(s) if !is_unspecified(&s) => s,
+            _ => source_for(&for_family(dest, sock.family)),
         };
+        let (ss, len) = want.to_raw();
         // SAFETY: a sockaddr of the length to_raw gives.
-        if unsafe { real::bind(fd, (&raw const ss).cast(), len) } != 0 {
-            log!(Level::Debug, "cannot reserve a port for {dest} (errno {}); kernel connect", real::errno());
-            return Connect::Kernel;
+        if unsafe { real::bind(fd, (&raw const ss).cast(), len) } == 0 {
+            source = sockname(fd);
+        } else {
+            let e = real::errno();
+            if e != libc::EADDRINUSE && e != libc::EADDRNOTAVAIL {
+                log!(Level::Debug, "cannot reserve a port for {dest} (errno {e}); kernel connect");
+                return Connect::Kernel;
+            }
+            // Ephemeral ports ran out for bind, while the kernel's connect
+            // would still share one across destinations: the monitor
+            // gives the connection a port unique for `dest` (port 0 asks).
+            log!(Level::Debug, "no port to reserve for {dest}; the monitor names one");
+            source = Some(want.with_port(0));
         }
-        source = sockname(fd);
     }
-    if let Some(done) = connect_standby(sock, &mut state, dest, source) {
+    // A standby carries no port of its own for us: only with one reserved.
+    let reserved = source.is_some_and(|s| s.port() != 0);
+    if let Some(done) = reserved.then(|| connect_standby(sock, &mut state, dest, source)).flatten() {
         return done;
     }
     let req = Request::Connect { dest, source, nonblocking: sock.nonblocking() };

@@ -330,6 +330,7 @@ pub(crate) fn exec_relay() -> Res {
             let relay = fork()?;
             if relay == 0 {
                 in_child(|| {
+                    net::close(forked_r);
                     // SAFETY: F_SETFD on our fd.
                     cvt("fcntl", unsafe { libc::fcntl(s, libc::F_SETFD, libc::FD_CLOEXEC) }).map_err(f)?;
                     let helper = fork()?;
@@ -348,6 +349,8 @@ pub(crate) fn exec_relay() -> Res {
                     Ok(())
                 });
             }
+            // The relay's end alone: a relay that fails ends this read.
+            net::close(forked_w);
             let mut b = [0u8; 1];
             // SAFETY: a one-byte read into a live buffer.
             ensure!(unsafe { libc::read(forked_r, b.as_mut_ptr().cast(), 1) } == 1, "relay: {}", errno());

@@ -491,9 +491,11 @@ pub(crate) fn fd_limit() -> Res {
     if client == 0 {
         in_child(|| {
             // Not a listener of this process: the parent alone owns it.
-            net::close(l);
-            net::close(c1);
-            net::close(s1);
+            // The pipes' other ends are the parent's: if it fails, the read
+            // below ends instead of waiting for ever.
+            for fd in [l, c1, s1, go_w, done_r] {
+                net::close(fd);
+            }
             pipe_byte(go_r, false)?;
             let c = net::connect_loopback(false, port).map_err(f)?;
             pipe_byte(done_w, true)?;
@@ -505,6 +507,8 @@ pub(crate) fn fd_limit() -> Res {
             Ok(())
         });
     }
+    net::close(go_r);
+    net::close(done_w);
     // The limit lowered and every fd below it taken.
     // SAFETY: an all-zero rlimit is a valid out buffer.
     let mut old: libc::rlimit = unsafe { std::mem::zeroed() };
@@ -546,7 +550,7 @@ pub(crate) fn fd_limit() -> Res {
     ensure!(&buf == b"late", "the queued connection sent {buf:?}");
     net::send_all(s, b"LATE").map_err(f)?;
     wait_child(client)?;
-    for fd in [c1, s1, s, l, go_r, go_w, done_r, done_w] {
+    for fd in [c1, s1, s, l, go_w, done_r] {
         net::close(fd);
     }
     Ok(())
@@ -564,5 +568,43 @@ fn pipe_byte(fd: i32, write: bool) -> Res {
         }
     };
     ensure!(n == 1, "pipe: {n}, errno {}", errno());
+    Ok(())
+}
+
+/// Run where every ephemeral port is taken by connections to another
+/// destination (the integration test arranges it in a network namespace
+/// of its own: a range of two ports, both used towards port 39001): a bind
+/// to port 0 fails, and a connect to a listener on port 39002 still
+/// succeeds, as the kernel's connect shares a port across destinations,
+/// with a port of the range that both ends agree on.
+pub(crate) fn ports_scarce() -> Res {
+    let at = |port: u16| -> Result<i32, String> {
+        let fd = net::tcp_socket(false).map_err(f)?;
+        let (ss, len) = net::loopback(false, port);
+        // SAFETY: a sockaddr of its length.
+        cvt("bind", unsafe { libc::bind(fd, (&raw const ss).cast(), len) }).map_err(f)?;
+        Ok(fd)
+    };
+    let l = at(39002)?;
+    // SAFETY: a bound socket.
+    cvt("listen", unsafe { libc::listen(l, 8) }).map_err(f)?;
+    let probe = net::tcp_socket(false).map_err(f)?;
+    let (ss, len) = net::loopback(false, 0);
+    // SAFETY: as above.
+    let r = unsafe { libc::bind(probe, (&raw const ss).cast(), len) };
+    ensure!(r < 0 && errno() == libc::EADDRINUSE, "bind to port 0 should find none free: {r} {}", errno());
+    net::close(probe);
+    let c = net::connect_loopback(false, 39002).map_err(f)?;
+    let s = net::accept(l).map_err(f)?;
+    let local = net::name(c, false).map_err(f)?;
+    let peer = net::name(s, true).map_err(f)?;
+    ensure!((40000..=40001).contains(&local.1), "the connection's port {} is not of the range", local.1);
+    ensure!(local == peer, "the two ends disagree: {local:?} against {peer:?}");
+    net::send_all(c, b"p").map_err(f)?;
+    let mut b = [0u8; 1];
+    net::read_exact(s, &mut b).map_err(f)?;
+    for fd in [c, s, l] {
+        net::close(fd);
+    }
     Ok(())
 }
