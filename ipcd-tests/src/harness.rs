@@ -129,6 +129,23 @@ impl Monitor {
         let _ = self.child.wait();
     }
 
+    /// Kills the monitor and starts a new one on the same socket name (a
+    /// restart, as an upgrade does).
+    pub fn restart(&mut self, ring_bytes: u64) {
+        self.kill();
+        let mut cmd = Command::new(&self.artifacts.ipcd);
+        die_with_parent(&mut cmd)
+            .args(["daemon", "--socket", &self.socket, "--ring-bytes", &ring_bytes.to_string()])
+            .env("IPCD_LOG", "warn")
+            .stdin(Stdio::null());
+        self.child = cmd.spawn().expect("spawn ipcd daemon");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while MonitorClient::connect(&self.socket).is_err() {
+            assert!(Instant::now() < deadline, "monitor did not come back");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Makes `cmd` run under ipcd with this monitor.
     pub fn under<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
         cmd.env("LD_PRELOAD", &self.artifacts.preload).env("IPCD_SOCKET", &self.socket)

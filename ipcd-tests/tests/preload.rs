@@ -616,3 +616,35 @@ echo "ipcd: ok"
     assert!(text.contains("kernel: ok") && text.contains("ipcd: ok"), "{text}");
     assert!(text.contains("brokered 1 ") && text.contains("to kernel 0"), "not accelerated:\n{text}");
 }
+
+/// A server running before a monitor restart registers its listener with
+/// the new monitor by itself (at its next accept once that monitor
+/// answers), so later connections are accelerated again; the connection it
+/// served before the restart was unaffected.
+#[test]
+fn a_restarted_monitor_gets_running_listeners_back() {
+    let mut mon = Monitor::start(RING_BYTES);
+    let server = Server::start(mon.under(&mut probe(&["serve"])).clone_cmd());
+    let port = server.port.to_string();
+    let client = |mon: &Monitor, seed: &str| {
+        let out = mon.under(&mut probe(&["client", &port, "10", seed])).output().expect("client");
+        must_pass("client", out);
+    };
+    client(&mon, "1");
+    assert_eq!(mon.status().status.connects_total, 1, "the first client went through ipcd");
+    mon.restart(RING_BYTES);
+    // Clients until one is brokered by the new monitor: the first ones
+    // may reach the server through the kernel while it has not yet
+    // registered again (it does at its next accept after the monitor
+    // answers; a process retries a lost monitor once a second).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seed = 2;
+    while mon.status().status.connects_total == 0 {
+        assert!(Instant::now() < deadline, "the listener never came back: {:?}", mon.status());
+        client(&mon, &seed.to_string());
+        seed += 1;
+    }
+    let st = mon.status();
+    assert_eq!(st.listeners.len(), 1, "{st:?}");
+    drop(server);
+}

@@ -108,6 +108,9 @@ pub(crate) enum State {
         /// its kernel socket's `O_NONBLOCK` is the program's again. Accepts
         /// take what was queued here before, then the kernel's.
         passed: bool,
+        /// The monitor (pid) it is registered with: a new one (after a
+        /// restart) is told of it again at the next accept.
+        monitor: u32,
     },
     /// An ipcd connection.
     Stream(Box<Stream>),

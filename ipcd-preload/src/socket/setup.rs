@@ -377,7 +377,8 @@ pub(crate) fn listen_as(fd: libc::c_int, sock: &Socket, backlog: libc::c_int, in
     // accept waits on the kernel fd and the monitor together, so the kernel
     // fd never blocks; the program's O_NONBLOCK is kept in `sock`.
     real::set_kernel_nonblocking(fd, true);
-    *state = State::Listening { id, backlog, bell, shared, served: false, passed: false };
+    let monitor = control::monitor();
+    *state = State::Listening { id, backlog, bell, shared, served: false, passed: false, monitor };
     log!(Level::Debug, "listening on {addr} through ipcd (listener {id})");
     true
 }
@@ -498,6 +499,10 @@ pub(crate) unsafe fn accept(
     // Decided on entry, as Linux's accept takes its timeout once.
     let nonblocking = sock.nonblocking();
     let mut kernel_ready = nonblocking;
+    // A monitor that came back (restarted) learns of this listener again
+    // before anything else; `Serve` follows if a fork shared it.
+    let _ = control::with(|_| Ok(()));
+    reregister(fd, sock);
     let (bell, serve) = match &mut *sock.lock() {
         State::Listening { bell, shared, served, .. } => (bell.clone(), serve_now(*shared, served)),
         _ => (None, false),
@@ -622,6 +627,48 @@ fn sleep_for_accept(
         return Err(libc::EINTR);
     }
     Ok((pfds[0].revents != 0, pfds[2].revents != 0))
+}
+
+/// Registers listener `fd` again with the monitor this process now talks
+/// to, when that is not the one it was registered with (the monitor was
+/// restarted): under its id, with its bell, as the process's own (a
+/// process that shares it says `Serve` again at its next accept; the
+/// others' registrations of the same socket become shares). Connects
+/// reach it through ipcd again from then on.
+pub(crate) fn reregister(fd: libc::c_int, sock: &Socket) {
+    let now = control::monitor();
+    let mut state = sock.lock();
+    let State::Listening { id, backlog, bell, served, passed: false, monitor, .. } = &mut *state else { return };
+    if *monitor == now || now == 0 {
+        return;
+    }
+    let Some(addr) = sockname(fd) else { return };
+    let mut flags = ListenFlags::empty();
+    if opt_on(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) {
+        flags |= ListenFlags::REUSEPORT;
+    }
+    if opt_on(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR) {
+        flags |= ListenFlags::REUSEADDR;
+    }
+    if sock.family == libc::AF_INET6 && opt_on(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) {
+        flags |= ListenFlags::V6ONLY;
+    }
+    // SAFETY: `fd` is the open listening socket this call is about.
+    let mut fds = vec![unsafe { BorrowedFd::borrow_raw(fd) }];
+    if let Some(b) = bell {
+        flags |= ListenFlags::BELL;
+        // SAFETY: the bell's eventfd, alive while the socket holds it.
+        fds.push(unsafe { BorrowedFd::borrow_raw(b.fd()) });
+    }
+    let req = Request::Listen { listener: *id, addr, backlog: (*backlog).max(0) as u32, flags };
+    match control::with(|c| c.call(&req, &fds)) {
+        Some((Response::Ok, _)) => {
+            *monitor = now;
+            *served = false;
+            log!(Level::Info, "listener {addr} registered again with monitor {now}");
+        }
+        other => log!(Level::Debug, "listener {addr} not registered again ({other:?})"),
+    }
 }
 
 /// Whether a listener's first accept or wait since a fork left it
