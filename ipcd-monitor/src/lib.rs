@@ -11,6 +11,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod limits;
 pub mod local_addrs;
 pub mod log;
 pub mod registry;

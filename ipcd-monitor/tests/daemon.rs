@@ -17,8 +17,6 @@ use ipcd_ring::PeerState;
 
 use common::*;
 
-const IPCD: &str = env!("CARGO_BIN_EXE_ipcd");
-
 #[test]
 fn a_connect_is_brokered_with_a_working_segment_and_doorbells() {
     brokering_works(Monitor::start());
@@ -303,34 +301,15 @@ fn a_process_of_another_user_gets_the_kernel() {
     let mut server = m.client();
     let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
     assert_eq!(listen(&mut server, 1, &lfd, addr, ListenFlags::empty()), Response::Ok);
-    // A copy nobody can run, wherever the checkout lives (it may be under a
-    // home directory that user 65534 cannot enter).
-    let dir = std::env::temp_dir().join(format!("ipcd-uid-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let exe = dir.join("ipcd");
-    std::fs::copy(IPCD, &exe).unwrap();
-    for p in [&dir, &exe] {
-        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    }
-    let out = std::process::Command::new(&exe)
-        .args(["debug-connect", "--socket", &m.socket, &addr.to_string()])
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    let nobody = NobodyIpcd::new();
+    let out = nobody.command(&["debug-connect", "--socket", &m.socket, &addr.to_string()]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("UseKernel { reason: OtherUser }"), "{text}");
     // Nor may it read who runs what on the monitor's user's ports.
-    let out = std::process::Command::new(&exe)
-        .args(["status", "--socket", &m.socket])
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    let out = nobody.command(&["status", "--socket", &m.socket]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("another user"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
     // The same request from our own user is brokered.
     let out = Command::new(IPCD).args(["debug-connect", "--socket", &m.socket, &addr.to_string()]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("Connected"));

@@ -6,7 +6,6 @@ mod common;
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ipcd_proto::message::{ErrorCode, Fallback, Request, Response, Side};
@@ -327,17 +326,9 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 /// `ipcd debug-claim` as user 65534 with `sock` as its fd 3: the monitor's
 /// answer, as printed.
 fn as_nobody(m: &Monitor, sock: &OwnedFd) -> String {
-    // A copy nobody can run, wherever the checkout lives.
-    let dir = std::env::temp_dir().join(format!("ipcd-claim-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let exe = dir.join("ipcd");
-    std::fs::copy(IPCD, &exe).unwrap();
-    for p in [&dir, &exe] {
-        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    }
+    let nobody = NobodyIpcd::new();
     let raw = sock.as_raw_fd();
-    let mut cmd = Command::new(&exe);
-    cmd.args(["debug-claim", "--socket", &m.socket, "--fd", "3"]).uid(65534).gid(65534);
+    let mut cmd = nobody.command(&["debug-claim", "--socket", &m.socket, "--fd", "3"]);
     // SAFETY: dup2 in the child before exec, async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
@@ -348,7 +339,6 @@ fn as_nobody(m: &Monitor, sock: &OwnedFd) -> String {
         });
     }
     let out = cmd.output().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -373,15 +373,7 @@ fn epoll_serve(count: usize, edge: bool) -> Res {
 }
 
 /// Raises the soft fd limit to the hard one (servers of many connections).
-pub fn raise_nofile() {
-    // SAFETY: get/setrlimit on live structs.
-    unsafe {
-        let mut rl: libc::rlimit = std::mem::zeroed();
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
-        rl.rlim_cur = rl.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-    }
-}
+pub use crate::limits::raise_nofile;
 
 /// Adds `fd` to epoll set `ep` with `events` and `data`.
 pub fn epoll_add(ep: i32, fd: i32, events: u32, data: u64) -> Res {

@@ -303,7 +303,7 @@ impl Daemon {
     pub fn bind(cfg: Config) -> Result<Daemon, StartError> {
         // The monitor holds fds per connection: its soft limit goes up to
         // the hard one, as daemons' do (at 1 024 it could broker ~330).
-        raise_nofile();
+        crate::limits::raise_nofile();
         if Channel::connect_abstract(cfg.socket.as_bytes()).is_ok() {
             return Err(StartError::AlreadyRunning(cfg.socket.clone()));
         }
@@ -692,18 +692,6 @@ fn install_stop_handler(bell: &OwnedFd) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit.
-fn raise_nofile() {
-    // SAFETY: get/setrlimit on a live struct.
-    unsafe {
-        let mut rl: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
-            rl.rlim_cur = rl.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-        }
-    }
 }
 
 fn pin_to_last_cpu() {

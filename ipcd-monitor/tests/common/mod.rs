@@ -317,3 +317,39 @@ pub(crate) fn with_standby(m: &Monitor) -> WithStandby {
 pub(crate) fn monitor_fds(m: &Monitor) -> usize {
     std::fs::read_dir(format!("/proc/{}/fd", m.child.id())).unwrap().count()
 }
+
+/// A copy of `ipcd` that user 65534 can run, wherever the checkout lives
+/// (it may be under a home directory that user cannot enter); removed on
+/// drop.
+pub(crate) struct NobodyIpcd {
+    dir: std::path::PathBuf,
+    exe: std::path::PathBuf,
+}
+
+impl NobodyIpcd {
+    pub(crate) fn new() -> NobodyIpcd {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ipcd-nobody-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("ipcd");
+        std::fs::copy(IPCD, &exe).unwrap();
+        for p in [&dir, &exe] {
+            std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        }
+        NobodyIpcd { dir, exe }
+    }
+
+    /// `ipcd ARGS…` to run as user and group 65534.
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(args).uid(65534).gid(65534);
+        cmd
+    }
+}
+
+impl Drop for NobodyIpcd {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

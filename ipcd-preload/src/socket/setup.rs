@@ -338,16 +338,7 @@ pub(crate) fn listen_as(fd: libc::c_int, sock: &Socket, backlog: libc::c_int, in
     };
     let shared = inherited.is_some_and(|(_, shared)| shared);
     let Some(addr) = sockname(fd) else { return again };
-    let mut flags = ListenFlags::empty();
-    if opt_on(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) {
-        flags |= ListenFlags::REUSEPORT;
-    }
-    if opt_on(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR) {
-        flags |= ListenFlags::REUSEADDR;
-    }
-    if sock.family == libc::AF_INET6 && opt_on(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) {
-        flags |= ListenFlags::V6ONLY;
-    }
+    let mut flags = listen_flags(fd, sock.family);
     // Connectors through standbys ring it: the monitor gets it now.
     let bell = if again { None } else { ListenerBell::new() };
     if bell.is_some() {
@@ -629,6 +620,22 @@ fn sleep_for_accept(
     Ok((pfds[0].revents != 0, pfds[2].revents != 0))
 }
 
+/// What the monitor needs to know of a listening socket's options (it
+/// matches addresses as the kernel would).
+fn listen_flags(fd: libc::c_int, family: libc::c_int) -> ListenFlags {
+    let mut flags = ListenFlags::empty();
+    if opt_on(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) {
+        flags |= ListenFlags::REUSEPORT;
+    }
+    if opt_on(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR) {
+        flags |= ListenFlags::REUSEADDR;
+    }
+    if family == libc::AF_INET6 && opt_on(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) {
+        flags |= ListenFlags::V6ONLY;
+    }
+    flags
+}
+
 /// Registers listener `fd` again with the monitor this process now talks
 /// to, when that is not the one it was registered with (the monitor was
 /// restarted): under its id, with its bell, as the process's own (a
@@ -643,16 +650,7 @@ pub(crate) fn reregister(fd: libc::c_int, sock: &Socket) {
         return;
     }
     let Some(addr) = sockname(fd) else { return };
-    let mut flags = ListenFlags::empty();
-    if opt_on(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) {
-        flags |= ListenFlags::REUSEPORT;
-    }
-    if opt_on(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR) {
-        flags |= ListenFlags::REUSEADDR;
-    }
-    if sock.family == libc::AF_INET6 && opt_on(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) {
-        flags |= ListenFlags::V6ONLY;
-    }
+    let mut flags = listen_flags(fd, sock.family);
     // SAFETY: `fd` is the open listening socket this call is about.
     let mut fds = vec![unsafe { BorrowedFd::borrow_raw(fd) }];
     if let Some(b) = bell {

@@ -337,7 +337,7 @@ pub(crate) fn exec_relay() -> Res {
                     if helper == 0 {
                         in_child(|| exec_probe(&["exec-exit"]));
                     }
-                    ensure!(write_byte(forked_w) == 1, "tell the server: {}", errno());
+                    pipe_byte(forked_w, true)?;
                     wait_child(helper)?;
                     let mut ask = [0u8; 1];
                     for k in 0..CHUNKS {
@@ -351,9 +351,7 @@ pub(crate) fn exec_relay() -> Res {
             }
             // The relay's end alone: a relay that fails ends this read.
             net::close(forked_w);
-            let mut b = [0u8; 1];
-            // SAFETY: a one-byte read into a live buffer.
-            ensure!(unsafe { libc::read(forked_r, b.as_mut_ptr().cast(), 1) } == 1, "relay: {}", errno());
+            pipe_byte(forked_r, false)?;
             net::close(s);
             wait_child(relay)
         });
@@ -372,9 +370,4 @@ pub(crate) fn exec_relay() -> Res {
     wait_child(server)?;
     net::close(c);
     Ok(())
-}
-
-fn write_byte(fd: i32) -> isize {
-    // SAFETY: a one-byte write from a live buffer.
-    unsafe { libc::write(fd, b"f".as_ptr().cast(), 1) }
 }

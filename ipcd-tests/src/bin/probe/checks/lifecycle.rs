@@ -557,7 +557,7 @@ pub(crate) fn fd_limit() -> Res {
 }
 
 /// Writes (`write`) or reads one byte on a pipe.
-fn pipe_byte(fd: i32, write: bool) -> Res {
+pub(crate) fn pipe_byte(fd: i32, write: bool) -> Res {
     let mut b = [b'x'; 1];
     // SAFETY: one byte from or into a live buffer.
     let n = unsafe {
