@@ -123,6 +123,11 @@ impl Monitor {
         MonitorClient::connect(&self.socket).and_then(|mut c| c.status()).expect("monitor status")
     }
 
+    /// The monitor's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the monitor with SIGKILL (as a crash would) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

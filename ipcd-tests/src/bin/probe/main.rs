@@ -14,6 +14,8 @@
 //! probe many-clients PORT N   N connections at once, echoes on each
 //! probe poll-accept           waits in poll for one connection; prints
 //!                             its port
+//! probe fault-client PORT SEED N  streams N seeded bytes to an echo
+//!                             server and checks the echo (fault test)
 //! probe prefork-serve W       pre-fork echo server with W workers;
 //!                             prints its port; stops when stdin closes
 //! probe daemon-serve N        the same through daemon(3)
@@ -185,6 +187,7 @@ fn main() {
             net::close(c);
         }),
         "poll-accept" => poll_accept(),
+        "fault-client" => fault_client(num(1) as u16, num(2), num(3) as usize),
         // Only where ports are made scarce (see the check's comment).
         "ports-scarce" => ports_scarce(),
         "prefork-serve" => prefork_serve(num(1) as usize),

@@ -202,3 +202,77 @@ pub(crate) fn poll_accept() -> Res {
     net::close(l);
     Ok(())
 }
+
+/// The client of the fault-injection test: streams `total` bytes of a
+/// seeded sequence to an echo server on `port` from one thread while
+/// another checks every echoed byte against the same sequence. Prints one
+/// line: `whole N` (every byte back, then end of stream), or `cut N ERR`
+/// (the stream ended early with EOF, ECONNRESET or EPIPE after N correct
+/// bytes: a peer killed). Exits 3 if a byte differs, 4 if a wait went past
+/// its 10 s timeout (a hang).
+pub(crate) fn fault_client(port: u16, seed: u64, total: usize) -> Res {
+    let c = net::connect_loopback(false, port).map_err(f)?;
+    set_timeout(c, 10)?;
+    let writer = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut sent = 0;
+        while sent < total {
+            let n = buf.len().min(total - sent);
+            stream_bytes(seed, sent, &mut buf[..n]);
+            // A send that fails ends the writer: the reader reports.
+            if net::send_all(c, &buf[..n]).is_err() {
+                return;
+            }
+            sent += n;
+        }
+        // SAFETY: shutdown of our socket.
+        unsafe { libc::shutdown(c, libc::SHUT_WR) };
+    });
+    let mut want = vec![0u8; 64 * 1024];
+    let mut got = vec![0u8; 64 * 1024];
+    let mut good = 0usize;
+    let outcome = loop {
+        // SAFETY: a live buffer.
+        let r = unsafe { libc::recv(c, got.as_mut_ptr().cast(), got.len(), 0) };
+        if r < 0 {
+            let e = errno();
+            if e == libc::EAGAIN {
+                println!("hang {good}");
+                std::process::exit(4);
+            }
+            if e == libc::EINTR {
+                continue;
+            }
+            break format!("cut {good} errno{e}");
+        }
+        if r == 0 {
+            break if good == total { format!("whole {good}") } else { format!("cut {good} eof") };
+        }
+        let n = r as usize;
+        stream_bytes(seed, good, &mut want[..n]);
+        if want[..n] != got[..n] {
+            println!("corrupt at {good}");
+            std::process::exit(3);
+        }
+        good += n;
+    };
+    let _ = writer.join();
+    println!("{outcome}");
+    net::close(c);
+    Ok(())
+}
+
+/// Bytes `at..at + buf.len()` of the seeded stream: each a function of its
+/// position alone, so that writer and reader agree however the stream is
+/// cut into calls.
+fn stream_bytes(seed: u64, at: usize, buf: &mut [u8]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        let pos = (at + i) as u64;
+        // splitmix64 of the seed and the position's word.
+        let mut z = seed ^ (pos / 8).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        *b = (z >> ((pos % 8) * 8)) as u8;
+    }
+}
