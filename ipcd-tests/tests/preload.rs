@@ -116,6 +116,7 @@ checks! {
     a_reader_behind_small_writes_gets_every_byte_in_order => "small-writes",
     a_fork_and_exec_relay_delivers_its_whole_tail => "exec-relay",
     the_fd_limit_fails_only_the_call_that_needs_an_fd => "fd-limit",
+    bad_arguments_get_the_errors_linux_gives => "bad-args",
 }
 
 /// The signal checks again with blocking calls that spin for 300 ms, so

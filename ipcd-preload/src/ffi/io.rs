@@ -31,6 +31,11 @@ fn do_recv(sock: &Socket, iov: &[iovec], flags: c_int) -> ssize_t {
             Err(e) => ret(Err(e)),
         };
     }
+    // Urgent data never exists on an ipcd connection: Linux's answer to
+    // MSG_OOB with none waiting (tcp_recv_urg).
+    if flags & libc::MSG_OOB != 0 {
+        return ret(Err(libc::EINVAL));
+    }
     // SAFETY: the iovecs come from the program's call, which promises them writable.
     call(sock, |c| ret(unsafe { stream::recv(sock, c, iov, Flags::new(sock, flags)) }))
 }
@@ -161,6 +166,12 @@ pub(super) unsafe extern "C" fn recvfrom(
             let r = do_recv(&s, &one(buf, n), flags);
             if r >= 0 && !addr.is_null() && !len.is_null() {
                 // SAFETY: the caller's length pointer.
+                if (unsafe { *len } as c_int) < 0 {
+                    // Linux checks the length as it copies the address out,
+                    // after the bytes were taken (move_addr_to_user).
+                    return ret(Err(libc::EINVAL));
+                }
+                // SAFETY: as above.
                 unsafe { *len = 0 };
             }
             r
@@ -212,6 +223,11 @@ pub(super) unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_in
         Some(s) => {
             if msg.is_null() {
                 return ret(Err(libc::EFAULT));
+            }
+            // SAFETY: the caller's msghdr. A negative name length is
+            // refused before anything is received (copy_msghdr_from_user).
+            if (unsafe { (*msg).msg_namelen } as c_int) < 0 {
+                return ret(Err(libc::EINVAL));
             }
             if flags & libc::MSG_ERRQUEUE != 0 {
                 // SAFETY: the caller's msghdr.

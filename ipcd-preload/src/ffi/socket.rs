@@ -460,7 +460,13 @@ pub(super) unsafe extern "C" fn setsockopt(
         libc::SO_RCVTIMEO | libc::SO_SNDTIMEO if len as usize >= std::mem::size_of::<libc::timeval>() => {
             // SAFETY: the kernel accepted it as a timeval.
             let tv = unsafe { val.cast::<libc::timeval>().read_unaligned() };
-            let t = Duration::from_secs(tv.tv_sec.max(0) as u64) + Duration::from_micros(tv.tv_usec.max(0) as u64);
+            let t = if tv.tv_sec < 0 {
+                // Linux takes a negative timeout as none at all: the call
+                // fails with EAGAIN at once (sock_set_timeout).
+                None
+            } else {
+                Some(Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec.max(0) as u64))
+            };
             s.set_timeout(name == libc::SO_RCVTIMEO, t);
         }
         libc::SO_ZEROCOPY if len as usize >= std::mem::size_of::<c_int>() => {

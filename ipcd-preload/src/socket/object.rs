@@ -267,17 +267,21 @@ impl Socket {
 
     /// `SO_RCVTIMEO` (`None`: wait forever).
     pub(crate) fn rcvtimeo(&self) -> Option<Duration> {
-        Some(self.rcvtimeo_us.load(Ordering::Relaxed)).filter(|&us| us != 0).map(Duration::from_micros)
+        timeout_of(self.rcvtimeo_us.load(Ordering::Relaxed))
     }
 
     /// `SO_SNDTIMEO` (`None`: wait forever).
     pub(crate) fn sndtimeo(&self) -> Option<Duration> {
-        Some(self.sndtimeo_us.load(Ordering::Relaxed)).filter(|&us| us != 0).map(Duration::from_micros)
+        timeout_of(self.sndtimeo_us.load(Ordering::Relaxed))
     }
 
-    /// Records `SO_RCVTIMEO` (`rcv`) or `SO_SNDTIMEO`.
-    pub(crate) fn set_timeout(&self, rcv: bool, t: Duration) {
-        let us = u64::try_from(t.as_micros()).unwrap_or(u64::MAX);
+    /// Records `SO_RCVTIMEO` (`rcv`) or `SO_SNDTIMEO`: `None` for a
+    /// negative one, which makes a wait end at once.
+    pub(crate) fn set_timeout(&self, rcv: bool, t: Option<Duration>) {
+        let us = match t {
+            None => AT_ONCE,
+            Some(t) => u64::try_from(t.as_micros()).unwrap_or(AT_ONCE - 1),
+        };
         if rcv { &self.rcvtimeo_us } else { &self.sndtimeo_us }.store(us, Ordering::Relaxed);
     }
 
@@ -345,5 +349,17 @@ impl Socket {
     /// Records `SO_ZEROCOPY`.
     pub(crate) fn set_zerocopy(&self, on: bool) {
         self.zerocopy.store(on, Ordering::Relaxed);
+    }
+}
+
+/// A stored timeout that ends a wait at once (set negative).
+const AT_ONCE: u64 = u64::MAX;
+
+/// A stored timeout in microseconds: 0 waits for ever, [`AT_ONCE`] not at all.
+fn timeout_of(us: u64) -> Option<Duration> {
+    match us {
+        0 => None,
+        AT_ONCE => Some(Duration::ZERO),
+        us => Some(Duration::from_micros(us)),
     }
 }

@@ -148,6 +148,7 @@ const CHECKS: &[Check] = &[
     ("small-writes", small_writes),
     ("exec-relay", exec_relay),
     ("fd-limit", fd_limit),
+    ("bad-args", bad_args),
 ];
 
 fn check(name: &str) -> Res {

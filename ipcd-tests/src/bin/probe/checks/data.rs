@@ -574,3 +574,57 @@ pub(crate) fn small_writes() -> Res {
     net::close(s);
     Ok(())
 }
+
+/// Bad arguments get Linux's errors: `MSG_OOB` with no urgent data is
+/// EINVAL (the bytes stay), `recvmsg` with a negative name length is
+/// EINVAL before anything is taken, `recvfrom` with a negative address
+/// length takes the bytes and then fails with EINVAL, and a negative
+/// `SO_RCVTIMEO` makes a receive on an empty socket fail with EAGAIN at
+/// once.
+pub(crate) fn bad_args() -> Res {
+    let (c, s) = pair(false)?;
+    let mut b = [0u8; 4];
+    let arrived = |s: i32| -> Res {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut n: libc::c_int = 0;
+            // SAFETY: FIONREAD into a live int.
+            cvt("ioctl", unsafe { libc::ioctl(s, libc::FIONREAD, &mut n) }).map_err(f)?;
+            if n >= 4 {
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "4 bytes never arrived");
+            poll_n(&mut [pollfd(s, libc::POLLIN)], 100);
+        }
+    };
+    net::send_all(c, b"abcd").map_err(f)?;
+    arrived(s)?;
+    ensure!(recv(s, &mut b, libc::MSG_OOB) == -1 && errno() == libc::EINVAL, "MSG_OOB: errno {}", errno());
+    let mut iov = libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: 4 };
+    // SAFETY: all-zero structs are valid.
+    let (mut name, mut m): (libc::sockaddr_storage, libc::msghdr) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    m.msg_name = (&raw mut name).cast();
+    m.msg_namelen = libc::socklen_t::MAX;
+    m.msg_iov = &raw mut iov;
+    m.msg_iovlen = 1;
+    // SAFETY: a msghdr over live buffers (its name length is the bad argument).
+    let r = unsafe { libc::recvmsg(s, &mut m, 0) };
+    ensure!(r == -1 && errno() == libc::EINVAL, "recvmsg, name length -1: {r}, errno {}", errno());
+    ensure!(recv(s, &mut b, libc::MSG_PEEK) == 4, "recvmsg took bytes it refused");
+    let mut from_len = libc::socklen_t::MAX;
+    // SAFETY: live buffers; the address length is the bad argument.
+    let r = unsafe { libc::recvfrom(s, b.as_mut_ptr().cast(), 4, 0, (&raw mut name).cast(), &mut from_len) };
+    ensure!(r == -1 && errno() == libc::EINVAL, "recvfrom, address length -1: {r}, errno {}", errno());
+    ensure!(recv(s, &mut b, libc::MSG_DONTWAIT) == -1 && errno() == libc::EAGAIN, "recvfrom left its bytes");
+    let tv = libc::timeval { tv_sec: -1, tv_usec: 0 };
+    let tv_len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: a timeval of its size.
+    let r = unsafe { libc::setsockopt(s, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), tv_len) };
+    cvt("setsockopt", r).map_err(f)?;
+    let t = Instant::now();
+    ensure!(recv(s, &mut b, 0) == -1 && errno() == libc::EAGAIN, "negative SO_RCVTIMEO: errno {}", errno());
+    ensure!(t.elapsed() < Duration::from_secs(2), "a negative SO_RCVTIMEO waited {:?}", t.elapsed());
+    net::close(c);
+    net::close(s);
+    Ok(())
+}
