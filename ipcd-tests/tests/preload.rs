@@ -117,6 +117,7 @@ checks! {
     a_fork_and_exec_relay_delivers_its_whole_tail => "exec-relay",
     the_fd_limit_fails_only_the_call_that_needs_an_fd => "fd-limit",
     bad_arguments_get_the_errors_linux_gives => "bad-args",
+    names_and_options_follow_the_connections_state => "closed-names",
 }
 
 /// The signal checks again with blocking calls that spin for 300 ms, so

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipcd_proto::SockAddr;
+use ipcd_proto::{Phase, SockAddr};
 use libc::{c_int, c_void, sockaddr, socklen_t};
 
 use super::fail;
@@ -443,6 +443,9 @@ pub(super) unsafe extern "C" fn setsockopt(
     val: *const c_void,
     len: socklen_t,
 ) -> c_int {
+    if level == libc::IPPROTO_TCP && name == libc::TCP_WINDOW_CLAMP && clears_clamp_of_open(fd, val, len) {
+        return fail(libc::EINVAL);
+    }
     // SAFETY: the caller's arguments, unchanged.
     let r = unsafe { real::setsockopt(fd, level, name, val, len) };
     if r != 0 || !matches!(level, libc::SOL_SOCKET | libc::IPPROTO_TCP) {
@@ -495,6 +498,11 @@ unsafe fn name_of(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, which: Na
     if addr.is_null() || len.is_null() {
         return Some(fail(libc::EFAULT));
     }
+    // Linux has no peer for a connection that reached TCP_CLOSE (a reset,
+    // or both FINs): ENOTCONN.
+    if matches!(which, Name::Peer) && stream::phase(&s) == Ok(Phase::Closed) {
+        return Some(fail(libc::ENOTCONN));
+    }
     let a = match &*s.lock() {
         State::Stream(st) => match which {
             Name::Local => st.info.local,
@@ -533,4 +541,17 @@ pub(super) unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len:
         // SAFETY: the caller's arguments, unchanged.
         None => unsafe { real::getpeername(fd, addr, len) },
     }
+}
+
+/// `TCP_WINDOW_CLAMP` 0 on an ipcd connection that is not closed: Linux
+/// refuses it (tcp_set_window_clamp), where the idle kernel socket under
+/// the fd would take it.
+fn clears_clamp_of_open(fd: c_int, val: *const c_void, len: socklen_t) -> bool {
+    if val.is_null() || (len as usize) < std::mem::size_of::<c_int>() {
+        return false;
+    }
+    let Some(s) = table::get(fd).filter(|s| s.is_stream()) else { return false };
+    // SAFETY: at least an int, as checked; the caller's buffer.
+    let v = unsafe { val.cast::<c_int>().read_unaligned() };
+    v == 0 && stream::phase(&s).is_ok_and(|p| p != Phase::Closed)
 }

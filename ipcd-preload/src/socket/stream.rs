@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use ipcd_proto::{CloseAction, Errno, How, Recv, Ring, Send};
+use ipcd_proto::{CloseAction, Errno, How, Phase, Recv, Ring, Send};
 use ipcd_ring::Wait;
 
 use ipcd_proto::message::Request;
@@ -588,6 +588,17 @@ pub(crate) fn so_error(sock: &Socket) -> Result<libc::c_int, libc::c_int> {
 /// Takes the pending `MSG_ZEROCOPY` completions (`recvmsg(MSG_ERRQUEUE)`).
 pub(crate) fn take_zerocopy(sock: &Socket) -> Result<Option<(u32, u32)>, libc::c_int> {
     with_stream(sock, |s| s.zerocopy.pending.take())
+}
+
+/// The connection's TCP state now, from the rings: what `getpeername` and
+/// the options whose answer depends on it go by (the kernel socket under
+/// the fd never connects).
+pub(crate) fn phase(sock: &Socket) -> Result<Phase, libc::c_int> {
+    with_stream(sock, |s| {
+        let ring = s.observe();
+        s.conn.sync(&ring);
+        s.conn.phase()
+    })
 }
 
 /// `FIONREAD`: bytes readable now.

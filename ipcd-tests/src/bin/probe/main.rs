@@ -149,6 +149,7 @@ const CHECKS: &[Check] = &[
     ("exec-relay", exec_relay),
     ("fd-limit", fd_limit),
     ("bad-args", bad_args),
+    ("closed-names", closed_names),
 ];
 
 fn check(name: &str) -> Res {

@@ -608,3 +608,37 @@ pub(crate) fn ports_scarce() -> Res {
     }
     Ok(())
 }
+
+/// A connection's state answers for it: `TCP_WINDOW_CLAMP` 0 is refused
+/// (EINVAL) while it is open; after the peer's reset `getpeername` fails
+/// with ENOTCONN, `getsockname` still names the socket, and the clamp of 0
+/// is taken.
+pub(crate) fn closed_names() -> Res {
+    let (c, s) = pair(false)?;
+    let clamp0 = |fd: i32| {
+        let zero: libc::c_int = 0;
+        // SAFETY: an int option.
+        unsafe { libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP, (&raw const zero).cast(), 4) }
+    };
+    ensure!(clamp0(s) == -1 && errno() == libc::EINVAL, "clamp 0 on an open connection: errno {}", errno());
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let size = std::mem::size_of::<libc::linger>() as libc::socklen_t;
+    // SAFETY: a linger of its size.
+    cvt("setsockopt", unsafe {
+        libc::setsockopt(c, libc::SOL_SOCKET, libc::SO_LINGER, (&raw const linger).cast(), size)
+    })
+    .map_err(f)?;
+    net::close(c);
+    let mut p = [pollfd(s, libc::POLLIN)];
+    ensure!(poll_n(&mut p, 5000) == 1, "no event after the peer's reset");
+    // SAFETY: an all-zero sockaddr_storage is a valid out buffer.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the buffer and its length.
+    let r = unsafe { libc::getpeername(s, (&raw mut ss).cast(), &mut len) };
+    ensure!(r == -1 && errno() == libc::ENOTCONN, "getpeername after a reset: {r}, errno {}", errno());
+    ensure!(net::name(s, false).map_err(f)?.1 != 0, "getsockname after a reset names no port");
+    ensure!(clamp0(s) == 0, "clamp 0 after a reset: errno {}", errno());
+    net::close(s);
+    Ok(())
+}
