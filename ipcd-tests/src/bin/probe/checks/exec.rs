@@ -318,10 +318,16 @@ pub(crate) fn exec_relay() -> Res {
     const CHUNKS: usize = 64;
     const CHUNK: usize = 16 * 1024;
     let byte = |k: usize, i: usize| (k * 31 + i * 7 + i / 4096) as u8;
-    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    // The server listens itself (a listener a fork left shared takes no
+    // ipcd connect until its holder accepts) and says its port.
+    let (port_r, port_w) = pipe()?;
     let server = fork()?;
     if server == 0 {
         in_child(|| {
+            net::close(port_r);
+            let (l, port) = net::listen_loopback(false).map_err(f)?;
+            // SAFETY: two bytes from a live buffer into our pipe.
+            ensure!(unsafe { libc::write(port_w, port.to_le_bytes().as_ptr().cast(), 2) } == 2, "port");
             let s = net::accept(l).map_err(f)?;
             net::close(l);
             // The server closes its copy once the helper is forked, as
@@ -356,8 +362,12 @@ pub(crate) fn exec_relay() -> Res {
             wait_child(relay)
         });
     }
-    net::close(l);
-    let c = net::connect_loopback(false, port).map_err(f)?;
+    net::close(port_w);
+    let mut p = [0u8; 2];
+    // SAFETY: two bytes into a live buffer from our pipe.
+    ensure!(unsafe { libc::read(port_r, p.as_mut_ptr().cast(), 2) } == 2, "the server's port: {}", errno());
+    net::close(port_r);
+    let c = net::connect_loopback(false, u16::from_le_bytes(p)).map_err(f)?;
     set_timeout(c, 10)?;
     let mut buf = vec![0u8; CHUNK];
     for k in 0..CHUNKS {
