@@ -103,19 +103,8 @@ impl Monitor {
         static N: AtomicU32 = AtomicU32::new(0);
         let artifacts = artifacts();
         let socket = format!("ipcd-it-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-        let mut cmd = Command::new(&artifacts.ipcd);
-        die_with_parent(&mut cmd)
-            .args(["daemon", "--socket", &socket, "--ring-bytes", &ring_bytes.to_string()])
-            .env("IPCD_LOG", "warn")
-            .stdin(Stdio::null());
-        let child = cmd.spawn().expect("spawn ipcd daemon");
-        let m = Monitor { child, socket, artifacts };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while MonitorClient::connect(&m.socket).is_err() {
-            assert!(Instant::now() < deadline, "monitor did not come up");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        m
+        let child = spawn_daemon(&artifacts, &socket, ring_bytes);
+        Monitor { child, socket, artifacts }
     }
 
     /// Counters and listings now.
@@ -138,23 +127,41 @@ impl Monitor {
     /// restart, as an upgrade does).
     pub fn restart(&mut self, ring_bytes: u64) {
         self.kill();
-        let mut cmd = Command::new(&self.artifacts.ipcd);
-        die_with_parent(&mut cmd)
-            .args(["daemon", "--socket", &self.socket, "--ring-bytes", &ring_bytes.to_string()])
-            .env("IPCD_LOG", "warn")
-            .stdin(Stdio::null());
-        self.child = cmd.spawn().expect("spawn ipcd daemon");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while MonitorClient::connect(&self.socket).is_err() {
-            assert!(Instant::now() < deadline, "monitor did not come back");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.child = spawn_daemon(&self.artifacts, &self.socket, ring_bytes);
     }
 
     /// Makes `cmd` run under ipcd with this monitor.
     pub fn under<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
         cmd.env("LD_PRELOAD", &self.artifacts.preload).env("IPCD_SOCKET", &self.socket)
     }
+}
+
+/// User and system CPU time of the live process `pid`, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    rest.split_whitespace().skip(11).take(2).map(|v| v.parse::<u64>().expect("ticks")).sum()
+}
+
+/// Runs `ipcd daemon` on `socket` and waits until it answers.
+fn spawn_daemon(artifacts: &Artifacts, socket: &str, ring_bytes: u64) -> Child {
+    let mut cmd = Command::new(&artifacts.ipcd);
+    die_with_parent(&mut cmd)
+        .args(["daemon", "--socket", socket, "--ring-bytes", &ring_bytes.to_string()])
+        .env("IPCD_LOG", "warn")
+        .stdin(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn ipcd daemon");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while MonitorClient::connect(socket).is_err() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("the monitor on @{socket} did not answer within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
 }
 
 impl Drop for Monitor {

@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipcd_tests::data::Prng;
-use ipcd_tests::harness::{die_with_parent, Monitor};
+use ipcd_tests::harness::{cpu_ticks, die_with_parent, Monitor};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_probe");
 const RING_BYTES: u64 = 256 * 1024;
@@ -55,12 +55,6 @@ fn start_pair(mon: &Monitor, rng: &mut Prng, generation: u32) -> Pair {
 
 fn kill(c: &mut Child) {
     let _ = c.kill();
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(at) = stat.rfind(')') else { return 0 };
-    stat[at + 2..].split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum()
 }
 
 fn fd_count(pid: u32) -> usize {

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ipcd_proto::EndState;
-use ipcd_tests::harness::{die_with_parent, output_within, Monitor};
+use ipcd_tests::harness::{cpu_ticks, die_with_parent, output_within, Monitor};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_probe");
 /// Small rings, so that the scenarios cross wrap-around and full-ring
@@ -550,16 +550,6 @@ fn a_poll_sleeps_when_the_monitor_dies() {
     let c = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect through the kernel");
     server.finish();
     drop(c);
-}
-
-/// User and system CPU time of process `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    // Fields after the command name (which may hold spaces): utime and
-    // stime are the 12th and 13th.
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).map(|v| v.parse().expect("ticks")).collect();
-    f[0] + f[1]
 }
 
 /// With every ephemeral port in use towards another destination, bind to
