@@ -6,7 +6,7 @@
 use libc::c_int;
 
 use crate::ready::epoll;
-use crate::socket::{setup, stream, table, Socket, State};
+use crate::socket::{reuse, setup, stream, table, Socket, State};
 use crate::sys::guarded;
 
 /// Drops `fd` from the table: from now on the kernel serves it alone.
@@ -38,7 +38,7 @@ pub(crate) fn close_now(sock: &Socket) {
             stream::let_go(*st, sock.linger_zero(), true);
         }
         State::Listening { id, shared, passed, .. } => setup::close_listener(id, shared, passed),
-        State::Fresh | State::Closed => {}
+        State::Fresh { .. } | State::Closed => {}
     }
 }
 
@@ -48,6 +48,30 @@ pub(crate) fn release(fd: c_int) {
     if let Some(s) = table::remove(fd) {
         if s.drop_fd() {
             guarded((), || last_close(&s));
+        }
+    }
+}
+
+/// [`release`] for the program's `close`, before the kernel's: with the
+/// last fd gone, a clean kernel socket (still open as `fd`) is kept for
+/// the next socket (see [`reuse`]).
+pub(crate) fn release_keeping(fd: c_int) {
+    if let Some(s) = table::remove(fd) {
+        if s.drop_fd() {
+            guarded((), || {
+                if s.defer_close() {
+                    return;
+                }
+                let bound = match &*s.lock() {
+                    State::Fresh { bound } => Some(*bound),
+                    State::Stream(st) => Some(st.bound),
+                    State::Listening { .. } | State::Closed => None,
+                };
+                if let Some(bound) = bound {
+                    reuse::keep(fd, &s, bound);
+                }
+                close_now(&s);
+            });
         }
     }
 }

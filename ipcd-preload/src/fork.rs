@@ -50,8 +50,10 @@ struct HeldSocket {
 /// (the child's handler hung on a socket a sending thread held, and the
 /// parent with it, waiting for the child to register). Taken in the
 /// library's one order — epoll sets, sockets, the control channel, the
-/// kept segments — and released in reverse (fields drop in order).
+/// kept segments, the kept kernel sockets — and released in reverse
+/// (fields drop in order).
 struct Held {
+    kept: std::sync::MutexGuard<'static, Vec<crate::socket::reuse::Kept>>,
     cache: crate::conn::link::CacheLock,
     control: MutexGuard<'static, Option<crate::control::Control>>,
     sockets: Vec<HeldSocket>,
@@ -76,6 +78,8 @@ extern "C" fn prepare() {
         let mut sockets = Vec::new();
         for s in self::sockets() {
             let (sock, r) = Pinned::new(&s);
+            // Both processes hold its kernel socket now: never reused.
+            r.taint();
             let mut held = HeldSocket { guard: r.lock(), sock };
             match &mut *held.guard {
                 State::Stream(st) => {
@@ -104,7 +108,8 @@ extern "C" fn prepare() {
             }
         }
         let cache = crate::conn::link::lock_for_fork();
-        HELD.with(|h| *h.borrow_mut() = Some(Held { cache, control, sockets, _epoll: epoll }));
+        let kept = crate::socket::reuse::lock_for_fork();
+        HELD.with(|h| *h.borrow_mut() = Some(Held { kept, cache, control, sockets, _epoll: epoll }));
     });
 }
 
@@ -172,6 +177,7 @@ extern "C" fn child() {
             // and what the parent kept the child's channel will never reuse.
             *held.control = None;
             held.cache.clear();
+            crate::socket::reuse::forget_in_child(&mut held.kept);
             share_all(&mut held, true)
         });
         drop_unheld(&known);
@@ -211,10 +217,12 @@ fn drop_unheld(known: &HashSet<usize>) {
         }
         // SAFETY: F_GETFD only asks whether the fd is open.
         let open = unsafe { real::fcntl(fd, libc::F_GETFD, 0) } >= 0;
-        let plain = matches!(s.state.try_lock().as_deref(), Ok(State::Fresh | State::Closed));
+        let plain = matches!(s.state.try_lock().as_deref(), Ok(State::Fresh { .. } | State::Closed));
         if !(open && plain) {
             gone.push(fd);
         }
+        // The parent has its kernel socket too.
+        s.taint();
     });
     for fd in gone {
         if let Some(s) = table::remove(fd) {

@@ -118,6 +118,22 @@ checks! {
     the_fd_limit_fails_only_the_call_that_needs_an_fd => "fd-limit",
     bad_arguments_get_the_errors_linux_gives => "bad-args",
     names_and_options_follow_the_connections_state => "closed-names",
+    sockets_made_after_connections_closed_look_new => "kept-sockets",
+}
+
+/// A socket made after a connection closed reuses a closed end's kernel
+/// socket under ipcd (no socket made or destroyed per connection), and
+/// cannot on the kernel, where the same probe sees a new one.
+#[test]
+fn a_closed_connections_kernel_socket_serves_the_next_socket() {
+    let out = probe(&["kept-inode"]).output().expect("run probe");
+    assert_eq!(must_pass("kept-inode on kernel TCP", out.clone()), "");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "new");
+    let mon = Monitor::start(RING_BYTES);
+    let out = mon.under(&mut probe(&["kept-inode"])).output().expect("run probe");
+    must_pass("kept-inode under ipcd", out.clone());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "same");
+    assert_eq!(mon.status().status.connects_total, 1);
 }
 
 /// The signal checks again with blocking calls that spin for 300 ms, so

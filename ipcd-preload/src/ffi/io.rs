@@ -3,8 +3,9 @@
 
 use libc::{c_int, c_uint, c_void, iovec, mmsghdr, msghdr, size_t, sockaddr, socklen_t, ssize_t};
 
-use super::{call, chk_fail, iovs, one, ret, TCP_INQ};
+use super::{call, chk_fail, iovs, one, ret};
 use crate::socket::stream::{self, Flags, IoResult};
+use crate::socket::TCP_INQ;
 use crate::socket::{pass, table};
 use crate::socket::{Call, Socket};
 use crate::sys::{guarded, real};

@@ -24,10 +24,6 @@ fn fail(e: c_int) -> c_int {
     -1
 }
 
-/// `TCP_INQ` (and its control message's type, `TCP_CM_INQ`), which the
-/// libc crate does not name.
-pub(crate) const TCP_INQ: c_int = 36;
-
 #[inline]
 fn ret(r: IoResult) -> ssize_t {
     match r {

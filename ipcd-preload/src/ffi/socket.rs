@@ -9,34 +9,80 @@ use ipcd_proto::{Phase, SockAddr};
 use libc::{c_int, c_void, sockaddr, socklen_t};
 
 use super::fail;
-use crate::close::{forget, release};
+use crate::close::{forget, release, release_keeping};
 use crate::socket::setup::{self, Connect};
-use crate::socket::{stream, table};
+use crate::socket::{reuse, stream, table};
 use crate::socket::{Socket, State};
 use crate::sys::{guarded, real};
 
 /// Interposed `socket(2)`: TCP sockets of IPv4 and IPv6 become ours (still
-/// real kernel sockets underneath); everything else is untouched.
+/// real kernel sockets underneath, maybe one kept for reuse); everything
+/// else is untouched.
 ///
 /// # Safety
 /// As for `socket(2)`.
 #[no_mangle]
 pub(super) unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int {
-    // SAFETY: the caller's arguments, unchanged.
-    let fd = unsafe { real::socket(domain, ty, proto) };
+    let flags = ty & !0xf;
     let tcp = matches!(domain, libc::AF_INET | libc::AF_INET6)
         && ty & 0xf == libc::SOCK_STREAM
+        && flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) == 0
         && (proto == 0 || proto == libc::IPPROTO_TCP);
-    if fd >= 0 && tcp && !crate::sys::config::get().disabled {
-        let err = real::errno();
-        guarded((), || {
-            let sock = Arc::new(Socket::new(domain, ty & libc::SOCK_NONBLOCK != 0, State::Fresh));
-            // An fd beyond the table stays a plain kernel socket.
-            let _ = table::install(fd, sock);
-        });
-        real::set_errno(err);
+    if !tcp || crate::sys::config::get().disabled {
+        // SAFETY: the caller's arguments, unchanged.
+        return unsafe { real::socket(domain, ty, proto) };
     }
-    fd
+    let err = real::errno();
+    let made = guarded(None, || {
+        let made = match reuse::socket(domain, flags) {
+            Ok(m) => m,
+            Err(e) => return Some(fail(e)),
+        };
+        let sock = Arc::new(Socket::new(domain, flags & libc::SOCK_NONBLOCK != 0, State::Fresh { bound: made.bound }));
+        sock.set_clean();
+        if table::install(made.fd, sock).is_err() && made.bound.is_some() {
+            // An fd beyond the table stays a plain kernel socket, which
+            // must not show a binding of ours: a new one instead.
+            // SAFETY: the socket just made for the program.
+            unsafe { real::close(made.fd) };
+            // SAFETY: the caller's arguments, unchanged.
+            return Some(unsafe { real::socket(domain, ty, proto) });
+        }
+        real::set_errno(err);
+        Some(made.fd)
+    });
+    // SAFETY: the caller's arguments, unchanged (only if ours failed).
+    made.unwrap_or_else(|| unsafe { real::socket(domain, ty, proto) })
+}
+
+/// Interposed `bind(2)`: the program binds, so a kept socket's binding of
+/// ours goes first, and the kernel socket is never reused.
+///
+/// # Safety
+/// As for `bind(2)`.
+#[no_mangle]
+pub(super) unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    unbound(fd);
+    // SAFETY: the caller's arguments, unchanged.
+    unsafe { real::bind(fd, addr, len) }
+}
+
+/// Before a call on `fd` that would show where its kernel socket is bound
+/// or share it: a kept socket's binding of ours goes, and the kernel socket
+/// is never reused.
+fn unbound(fd: c_int) {
+    if let Some(s) = table::get(fd) {
+        s.taint();
+        unbind(fd, &s);
+    }
+}
+
+/// A kept socket's binding of ours goes before `fd` gets a second number
+/// (a later bind through either must see the same kernel socket).
+fn unbind(fd: c_int, s: &Socket) {
+    guarded((), || {
+        reuse::unbind(fd, s, &mut s.lock());
+    });
 }
 
 /// Interposed `listen(2)`: the kernel listens (and stays the authority on
@@ -46,6 +92,7 @@ pub(super) unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -
 /// As for `listen(2)`.
 #[no_mangle]
 pub(super) unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    unbound(fd);
     // SAFETY: the caller's arguments, unchanged.
     let r = unsafe { real::listen(fd, backlog) };
     if r == 0 {
@@ -115,6 +162,7 @@ pub(super) unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: s
                     if s.is_stream() {
                         return fail(libc::EISCONN);
                     }
+                    unbound(fd);
                     forget(fd);
                     real::set_errno(err);
                 }
@@ -136,7 +184,7 @@ pub(super) unsafe extern "C" fn close(fd: c_int) -> c_int {
         // is not open, as if it had never been.
         return fail(libc::EBADF);
     }
-    release(fd);
+    release_keeping(fd);
     crate::ready::epoll::forget(fd);
     // SAFETY: the caller's fd.
     unsafe { real::close(fd) }
@@ -223,6 +271,9 @@ fn copied_fd(fd: c_int, new: c_int) {
 /// As for `dup(2)`.
 #[no_mangle]
 pub(super) unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    if let Some(s) = table::get(fd) {
+        unbind(fd, &s);
+    }
     // SAFETY: the caller's fd.
     let r = unsafe { real::dup(fd) };
     if r >= 0 {
@@ -266,6 +317,9 @@ unsafe fn dup_onto(fd: c_int, new: c_int, flags: Option<c_int>) -> c_int {
                 Some(f) => real::dup3(fd, new, f),
             }
         };
+    }
+    if let Some(s) = &src {
+        unbind(fd, s);
     }
     // SAFETY: the caller's arguments, unchanged.
     let r = unsafe {
@@ -313,6 +367,10 @@ pub(super) unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_in
         }
         libc::F_SETFL => {
             let mut flags = arg as c_int;
+            if flags & !(libc::O_NONBLOCK | libc::O_ACCMODE) != 0 {
+                // O_ASYNC and the like stay on the kernel socket.
+                s.taint();
+            }
             if s.lock().keeps_kernel_nonblocking() {
                 flags |= libc::O_NONBLOCK;
             }
@@ -324,6 +382,7 @@ pub(super) unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_in
             r
         }
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
+            unbind(fd, &s);
             // SAFETY: the caller's arguments, unchanged.
             let r = unsafe { real::fcntl(fd, cmd, arg) };
             if r >= 0 {
@@ -331,8 +390,16 @@ pub(super) unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_in
             }
             r
         }
-        // SAFETY: the caller's arguments, unchanged.
-        _ => unsafe { real::fcntl(fd, cmd, arg) },
+        libc::F_GETFD | libc::F_SETFD | libc::F_GETOWN => {
+            // SAFETY: the caller's arguments, unchanged.
+            unsafe { real::fcntl(fd, cmd, arg) }
+        }
+        _ => {
+            // Owners, signals, leases, locks: on the kernel socket for good.
+            s.taint();
+            // SAFETY: the caller's arguments, unchanged.
+            unsafe { real::fcntl(fd, cmd, arg) }
+        }
     }
 }
 
@@ -387,10 +454,22 @@ pub(super) unsafe extern "C" fn ioctl(fd: c_int, req: libc::c_ulong, arg: usize)
             unsafe { *out = n.min(c_int::MAX as usize) as c_int };
             0
         }
-        // SAFETY: the caller's arguments, unchanged.
-        _ => unsafe { real::ioctl(fd, req, arg) },
+        // Questions leave nothing behind.
+        libc::FIONREAD | libc::TIOCOUTQ | libc::SIOCOUTQNSD | SIOCATMARK => {
+            // SAFETY: the caller's arguments, unchanged.
+            unsafe { real::ioctl(fd, req, arg) }
+        }
+        _ => {
+            // Whatever it does may stay on the kernel socket.
+            s.taint();
+            // SAFETY: the caller's arguments, unchanged.
+            unsafe { real::ioctl(fd, req, arg) }
+        }
     }
 }
+
+/// `SIOCATMARK`, which the libc crate does not name for Linux.
+const SIOCATMARK: libc::c_ulong = 0x8905;
 
 /// Interposed `getsockopt(2)`: `SO_ERROR` of an ipcd stream comes from the
 /// connection; every other option from the kernel socket, where
@@ -446,14 +525,27 @@ pub(super) unsafe extern "C" fn setsockopt(
     if level == libc::IPPROTO_TCP && name == libc::TCP_WINDOW_CLAMP && clears_clamp_of_open(fd, val, len) {
         return fail(libc::EINVAL);
     }
+    let sock = table::get(fd);
+    if let Some(s) = &sock {
+        match reuse::resettable(level, name) {
+            // Noted even if the kernel refuses it: one reset more.
+            Some(bit) => s.note_reset(bit),
+            // It stays on the kernel socket, and some options answer
+            // differently on a bound one (IPV6_V6ONLY).
+            None => {
+                s.taint();
+                unbind(fd, s);
+            }
+        }
+    }
     // SAFETY: the caller's arguments, unchanged.
     let r = unsafe { real::setsockopt(fd, level, name, val, len) };
     if r != 0 || !matches!(level, libc::SOL_SOCKET | libc::IPPROTO_TCP) {
         return r;
     }
-    let Some(s) = table::get(fd) else { return r };
+    let Some(s) = sock else { return r };
     if level == libc::IPPROTO_TCP {
-        if name == super::TCP_INQ && len as usize >= std::mem::size_of::<c_int>() {
+        if name == crate::socket::TCP_INQ && len as usize >= std::mem::size_of::<c_int>() {
             // SAFETY: the kernel accepted it as an int.
             s.set_inq(unsafe { val.cast::<c_int>().read_unaligned() } != 0);
         }
@@ -524,8 +616,15 @@ pub(super) unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len:
     // SAFETY: the caller's buffers.
     match unsafe { name_of(fd, addr, len, Name::Local) } {
         Some(r) => r,
-        // SAFETY: the caller's arguments, unchanged.
-        None => unsafe { real::getsockname(fd, addr, len) },
+        None => {
+            // A kept socket is unbound to the program: the kernel says so
+            // once our binding is gone.
+            if let Some(s) = table::get(fd) {
+                unbind(fd, &s);
+            }
+            // SAFETY: the caller's arguments, unchanged.
+            unsafe { real::getsockname(fd, addr, len) }
+        }
     }
 }
 

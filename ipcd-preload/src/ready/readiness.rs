@@ -37,7 +37,7 @@ fn kind_of(state: &State) -> Kind {
     match state {
         State::Stream(_) => Kind::Stream,
         State::Listening { id, .. } => Kind::Listener(*id),
-        State::Fresh | State::Closed => Kind::Kernel,
+        State::Fresh { .. } | State::Closed => Kind::Kernel,
     }
 }
 

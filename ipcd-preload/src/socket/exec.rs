@@ -19,7 +19,7 @@ use ipcd_proto::message::{Request, Response, Side};
 use libc::{c_char, c_int};
 
 use crate::control;
-use crate::socket::{setup, table};
+use crate::socket::{reuse, setup, table};
 use crate::socket::{Socket, State, Stream};
 use crate::sys::log::{log, Level};
 use crate::sys::real;
@@ -38,7 +38,14 @@ fn describe() -> String {
     table::for_each_fd(|fd, sock| {
         // SAFETY: F_GETFD on an fd in our table.
         let cloexec = unsafe { real::fcntl(fd, libc::F_GETFD, 0) } & libc::FD_CLOEXEC != 0;
-        let entry = match &*sock.lock() {
+        let mut state = sock.lock();
+        let entry = match &mut *state {
+            // The new image sees a plain unbound socket: a kept one's
+            // binding of ours goes.
+            State::Fresh { .. } if !cloexec => {
+                reuse::unbind(fd, sock, &mut state);
+                return;
+            }
             State::Stream(s) => format!(
                 "{fd}:{}:{}:{}:{}",
                 if cloexec { 'd' } else { 's' },
@@ -278,7 +285,7 @@ fn drop_conn(fd: c_int, conn: u64, side: Side, shared: bool) {
 /// `O_NONBLOCK` from the table (its kernel fd is always non-blocking).
 fn relisten(fd: c_int, backlog: c_int, how: Inherited) {
     let family = real::int_opt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
-    let sock = Arc::new(Socket::new(family, how.nonblocking, State::Fresh));
+    let sock = Arc::new(Socket::new(family, how.nonblocking, State::Fresh { bound: None }));
     if table::install(fd, Arc::clone(&sock)).is_ok()
         && !setup::listen_as(fd, &sock, backlog, Some((how.id, how.shared)))
     {

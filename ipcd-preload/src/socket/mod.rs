@@ -1,13 +1,14 @@
 //! Sockets of ours: the object behind an fd ([`object`]), the fd table
 //! ([`table`]), the stream data path ([`stream`]), connection set-up through
 //! the monitor ([`setup`]), hand-over by `SCM_RIGHTS` ([`pass`]) and across
-//! exec ([`exec`]).
+//! exec ([`exec`]), kernel sockets kept for reuse ([`reuse`]).
 
 pub(crate) mod exec;
 mod object;
 pub(crate) mod pass;
+pub(crate) mod reuse;
 pub(crate) mod setup;
 pub(crate) mod stream;
 pub(crate) mod table;
 
-pub(crate) use object::{Call, Socket, State, Stream};
+pub(crate) use object::{Call, Socket, State, Stream, TCP_INQ};

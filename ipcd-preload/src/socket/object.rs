@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ipcd_proto::message::ConnInfo;
-use ipcd_proto::Conn;
+use ipcd_proto::{Conn, SockAddr};
 
 use crate::conn::link::Link;
 use crate::conn::wait::Sleepers;
@@ -40,6 +40,9 @@ pub(crate) struct Stream {
     /// The monitor (pid) that knew of this end when it was made here: only
     /// that one may be asked to release it (see `stream::let_go`).
     pub monitor: u32,
+    /// Where the library bound the kernel socket under it (its port
+    /// reserved for this connection), kept with it for reuse.
+    pub bound: Option<SockAddr>,
 }
 
 impl Stream {
@@ -56,6 +59,7 @@ impl Stream {
             behind: 0,
             pause_scale: 1,
             monitor: crate::control::monitor(),
+            bound: None,
         }
     }
 }
@@ -87,7 +91,10 @@ impl Zerocopy {
 /// What the socket is now.
 pub(crate) enum State {
     /// Made by `socket()`, maybe bound: `connect` or `listen` decides.
-    Fresh,
+    /// `bound`: a reused kernel socket still bound where the library bound
+    /// it for an earlier connection (the program sees it unbound; see
+    /// [`crate::socket::reuse`]).
+    Fresh { bound: Option<SockAddr> },
     /// Listening in the kernel and registered with the monitor.
     Listening {
         /// Our id for it in the monitor.
@@ -195,6 +202,13 @@ pub(crate) struct Socket {
     inflight: AtomicU32,
     /// The last fd was closed during a call: the call's end closes.
     close_deferred: AtomicBool,
+    /// Nothing the program did shows on the kernel socket beyond the
+    /// options in `resets`: it may serve the next socket (see
+    /// [`crate::socket::reuse`]). Set only for sockets this process made.
+    clean: AtomicBool,
+    /// Options the program set that are put back to their defaults before
+    /// the kernel socket is reused (bits of `reuse::RESETTABLE`).
+    resets: AtomicU32,
 }
 
 impl Socket {
@@ -216,6 +230,8 @@ impl Socket {
             zerocopy: AtomicBool::new(false),
             inflight: AtomicU32::new(0),
             close_deferred: AtomicBool::new(false),
+            clean: AtomicBool::new(false),
+            resets: AtomicU32::new(0),
         }
     }
 
@@ -346,11 +362,41 @@ impl Socket {
         self.zerocopy.load(Ordering::Relaxed)
     }
 
+    /// Whether the kernel socket may be reused (see [`Socket::clean`]).
+    pub(crate) fn is_clean(&self) -> bool {
+        self.clean.load(Ordering::Relaxed)
+    }
+
+    /// This process made the kernel socket and nobody else holds it.
+    pub(crate) fn set_clean(&self) {
+        self.clean.store(true, Ordering::Relaxed);
+    }
+
+    /// The program did something to the kernel socket that cannot be
+    /// undone, or shared it: never reused.
+    pub(crate) fn taint(&self) {
+        self.clean.store(false, Ordering::Relaxed);
+    }
+
+    /// The program set resettable option `bit` (see `reuse::RESETTABLE`).
+    pub(crate) fn note_reset(&self, bit: u32) {
+        self.resets.fetch_or(1 << bit, Ordering::Relaxed);
+    }
+
+    /// The resettable options the program set.
+    pub(crate) fn resets(&self) -> u32 {
+        self.resets.load(Ordering::Relaxed)
+    }
+
     /// Records `SO_ZEROCOPY`.
     pub(crate) fn set_zerocopy(&self, on: bool) {
         self.zerocopy.store(on, Ordering::Relaxed);
     }
 }
+
+/// `TCP_INQ` (and its control message's type, `TCP_CM_INQ`), which the
+/// libc crate does not name.
+pub(crate) const TCP_INQ: libc::c_int = 36;
 
 /// A stored timeout that ends a wait at once (set negative).
 const AT_ONCE: u64 = u64::MAX;

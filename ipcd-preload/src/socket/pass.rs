@@ -24,7 +24,7 @@ use ipcd_proto::message::{Request, Response};
 
 use crate::control;
 use crate::socket::State;
-use crate::socket::{setup, table};
+use crate::socket::{reuse, setup, table};
 use crate::sys::log::{log, Level};
 use crate::sys::real;
 use ipcd_proto::channel::scm_rights;
@@ -42,6 +42,10 @@ pub(crate) unsafe fn before_send(msg: &libc::msghdr) {
     // SAFETY: as the caller promises.
     for fd in unsafe { scm_rights(msg) } {
         let Some(sock) = table::get(fd) else { continue };
+        // The receiver holds the kernel socket too: never reused, and a
+        // kept one's binding of ours goes.
+        sock.taint();
+        reuse::unbind(fd, &sock, &mut sock.lock());
         if setup::pass_listener(fd, &sock) {
             continue;
         }

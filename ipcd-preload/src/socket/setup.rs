@@ -13,7 +13,7 @@ use ipcd_ring::Ticket;
 
 use crate::conn::link::Link;
 use crate::control::{self, ListenerBell, Pending};
-use crate::socket::table;
+use crate::socket::{reuse, table};
 use crate::socket::{Socket, State, Stream};
 use crate::sys::log::{log, Level};
 use crate::sys::real;
@@ -195,27 +195,39 @@ pub(crate) fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect
         return Connect::Kernel;
     }
     let mut state = sock.lock();
-    match &mut *state {
-        State::Fresh => {}
+    let want = source_for(&for_family(dest, sock.family));
+    let kept = match &mut *state {
+        State::Fresh { bound } => *bound,
         State::Stream(s) => {
             let pending = std::mem::take(&mut s.connect_pending);
             return Connect::Done(if pending { Ok(()) } else { Err(libc::EISCONN) });
         }
         State::Listening { .. } | State::Closed => return Connect::Kernel,
-    }
+    };
     // The kernel reserves our port: bind as its connect would, if the
-    // program did not bind.
-    let mut source = sockname(fd);
+    // program did not bind. A kept socket is bound already (where a
+    // connect to `dest` would bind it, or it is swapped for a new one);
+    // a clean one is known to be unbound without asking.
+    let mut bound = kept.filter(|b| b.with_port(0) == want);
+    if kept.is_some() && bound.is_none() {
+        reuse::unbind(fd, sock, &mut state);
+    }
+    let mut source = match bound {
+        Some(b) => Some(b),
+        None if sock.is_clean() => None,
+        None => sockname(fd),
+    };
     if source.is_none_or(|s| s.port() == 0) {
         let want = match source {
             // Bound to an address but port 0: keep the address.
             Some(s) if !is_unspecified(&s) => s,
-            _ => source_for(&for_family(dest, sock.family)),
+            _ => want,
         };
         let (ss, len) = want.to_raw();
         // SAFETY: a sockaddr of the length to_raw gives.
         if unsafe { real::bind(fd, (&raw const ss).cast(), len) } == 0 {
             source = sockname(fd);
+            bound = source;
         } else {
             let e = real::errno();
             if e != libc::EADDRINUSE && e != libc::EADDRNOTAVAIL {
@@ -231,7 +243,7 @@ pub(crate) fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect
     }
     // A standby carries no port of its own for us: only with one reserved.
     let reserved = source.is_some_and(|s| s.port() != 0);
-    if let Some(done) = reserved.then(|| connect_standby(sock, &mut state, dest, source)).flatten() {
+    if let Some(done) = reserved.then(|| connect_standby(sock, &mut state, dest, source, bound)).flatten() {
         return done;
     }
     let req = Request::Connect { dest, source, nonblocking: sock.nonblocking() };
@@ -250,7 +262,9 @@ pub(crate) fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect
     match Link::attach(&info, fds.into_vec()) {
         Ok(link) => {
             let nonblocking = sock.nonblocking();
-            sock.become_stream(&mut state, Stream::new(link, info, nonblocking));
+            let mut stream = Stream::new(link, info, nonblocking);
+            stream.bound = bound;
+            sock.become_stream(&mut state, stream);
             // A non-blocking connect to a loopback listener still answers
             // EINPROGRESS on Linux; the brokering is already done, so the
             // connection is writable at once.
@@ -268,7 +282,13 @@ pub(crate) fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect
 /// (`Standby`), if it sent one: no answer to wait for, the listener is
 /// told on the monitor's side (`Use`). `None`: there is none, or it
 /// cannot be mapped (given back); the caller asks the monitor.
-fn connect_standby(sock: &Socket, state: &mut State, dest: SockAddr, source: Option<SockAddr>) -> Option<Connect> {
+fn connect_standby(
+    sock: &Socket,
+    state: &mut State,
+    dest: SockAddr,
+    source: Option<SockAddr>,
+    bound: Option<SockAddr>,
+) -> Option<Connect> {
     // One in hand is used without reading the channel (its refills wait
     // there until the hand is empty: one read for many connects).
     let mut info = control::with(|c| match c.take_standby(&dest) {
@@ -297,7 +317,9 @@ fn connect_standby(sock: &Socket, state: &mut State, dest: SockAddr, source: Opt
                 });
             }
             let nonblocking = sock.nonblocking();
-            sock.become_stream(state, Stream::new(link, info, nonblocking));
+            let mut stream = Stream::new(link, info, nonblocking);
+            stream.bound = bound;
+            sock.become_stream(state, stream);
             // As for an answered connect, below.
             Some(Connect::Done(if nonblocking { Err(libc::EINPROGRESS) } else { Ok(()) }))
         }
@@ -328,12 +350,12 @@ pub(crate) fn listen_as(fd: libc::c_int, sock: &Socket, backlog: libc::c_int, in
         // Listening already: Linux takes the new backlog, so must the monitor.
         (State::Listening { id, backlog: old, .. }, _) if *old != backlog => (*id, true),
         (State::Listening { .. }, _) => return true,
-        (State::Fresh, Some((id, _))) => {
+        (State::Fresh { .. }, Some((id, _))) => {
             // Ids of this image's own listeners come after it.
             NEXT_ID.fetch_max(id.saturating_add(1), Ordering::Relaxed);
             (id, false)
         }
-        (State::Fresh, None) => (NEXT_ID.fetch_add(1, Ordering::Relaxed), false),
+        (State::Fresh { .. }, None) => (NEXT_ID.fetch_add(1, Ordering::Relaxed), false),
         _ => return false,
     };
     let shared = inherited.is_some_and(|(_, shared)| shared);
@@ -425,21 +447,22 @@ fn accepted(sock: &Socket, pending: Pending, pid: u32, flags: libc::c_int) -> Re
         log!(Level::Debug, "connection {conn} went to another process before this accept");
         return Err(Refused::Failed(libc::ECONNABORTED));
     }
-    // A fresh kernel socket under the fd keeps fstat, SO_TYPE and
-    // /proc/self/fd right; it never connects. Its O_NONBLOCK is the
-    // program's, so an exec'd image can read it back.
-    // SAFETY: plain socket creation.
-    let fd = unsafe {
-        real::socket(sock.family, libc::SOCK_STREAM | (flags & (libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)), 0)
+    // A kernel socket under the fd (new, or kept for reuse) keeps fstat,
+    // SO_TYPE and /proc/self/fd right; it never connects. Its O_NONBLOCK
+    // is the program's, so an exec'd image can read it back.
+    let made = match reuse::socket(sock.family, flags & (libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)) {
+        Ok(made) => made,
+        Err(e) => {
+            drop(reset_link(link));
+            return Err(Refused::Failed(fail(e)));
+        }
     };
-    if fd < 0 {
-        let e = real::errno();
-        drop(reset_link(link));
-        return Err(Refused::Failed(fail(e)));
-    }
+    let fd = made.fd;
     let peer = info.peer;
-    let stream = Stream::new(link, info, false);
+    let mut stream = Stream::new(link, info, false);
+    stream.bound = made.bound;
     let new = Arc::new(Socket::new(sock.family, flags & libc::SOCK_NONBLOCK != 0, State::Stream(Box::new(stream))));
+    new.set_clean();
     if let Err(new) = table::install(fd, new) {
         // An fd beyond the table: we cannot serve it.
         if let State::Stream(s) = std::mem::replace(&mut *new.lock(), State::Closed) {

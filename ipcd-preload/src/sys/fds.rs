@@ -16,7 +16,8 @@ use crate::sys::real;
 /// number used, so a huge `RLIMIT_NOFILE` must not make every table huge.
 const MAX_FLOOR: u64 = 4096;
 
-fn floor() -> libc::c_int {
+/// Where our fds go: ¾ of the fd limit, at most [`MAX_FLOOR`].
+pub(crate) fn floor() -> libc::c_int {
     static FLOOR: OnceLock<libc::c_int> = OnceLock::new();
     *FLOOR.get_or_init(|| {
         let mut rl = libc::rlimit { rlim_cur: 1024, rlim_max: 1024 };
@@ -64,10 +65,16 @@ fn bit(fd: RawFd) -> Option<(&'static AtomicU64, u64)> {
 /// calls [`unhide`] before dropping it.
 pub(crate) fn hide(fd: OwnedFd) -> OwnedFd {
     let fd = moved_high(fd);
-    if let Some((w, b)) = bit(fd.as_raw_fd()) {
+    mark(fd.as_raw_fd());
+    fd
+}
+
+/// Marks `fd`, already high and close-on-exec, ours; its owner calls
+/// [`unhide`] before closing it.
+pub(crate) fn mark(fd: RawFd) {
+    if let Some((w, b)) = bit(fd) {
         w.fetch_or(b, Ordering::Relaxed);
     }
-    fd
 }
 
 fn moved_high(fd: OwnedFd) -> OwnedFd {

@@ -23,6 +23,8 @@
 //!                             workers answered
 //! probe diff-trace SEED N     N seeded random call sequences on a pair;
 //!                             prints every observable (compare runs)
+//! probe kept-inode            prints whether a socket made after a
+//!                             connection closed has its kernel socket
 //! probe epoll-serve|epoll-load|conn-serve|conn-client|bench-server|
 //!       bench-client ARGS     the workloads of `ipcd bench`, as
 //!                             `ipcd workload` runs them
@@ -46,7 +48,7 @@ mod checks;
 mod diff;
 mod serve;
 
-use checks::{data::*, exec::*, fork::*, lifecycle::*, pass::*, readiness::*, signals::*};
+use checks::{data::*, exec::*, fork::*, kept::*, lifecycle::*, pass::*, readiness::*, signals::*};
 use diff::*;
 use serve::*;
 
@@ -150,6 +152,7 @@ const CHECKS: &[Check] = &[
     ("fd-limit", fd_limit),
     ("bad-args", bad_args),
     ("closed-names", closed_names),
+    ("kept-sockets", kept_sockets),
 ];
 
 fn check(name: &str) -> Res {
@@ -201,6 +204,7 @@ fn main() {
         "exec-listener-flag" => exec_listener_flag(num(1) as i32, num(2) as u16, num(3) == 1),
         "exec-worker" => exec_worker(num(1) as i32, num(2) as i32, num(3) as u8),
         "diff-trace" => diff_traces(num(1), num(2)),
+        "kept-inode" => kept_inode(),
         "many-clients" => many_clients(num(1) as u16, num(2) as usize),
         other => Err(format!("unknown command {other:?}; see the module docs")),
     };

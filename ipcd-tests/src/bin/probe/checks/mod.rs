@@ -5,6 +5,7 @@
 pub(crate) mod data;
 pub(crate) mod exec;
 pub(crate) mod fork;
+pub(crate) mod kept;
 pub(crate) mod lifecycle;
 pub(crate) mod pass;
 pub(crate) mod readiness;

@@ -1,0 +1,194 @@
+//! Kernel sockets kept for reuse. Making a kernel socket (and binding it to
+//! reserve a port) and destroying it cost more than the rest of an ipcd
+//! connection's set-up, yet the one under an ipcd connection never carries
+//! a byte. So the last close of a clean one keeps it at a hidden fd, and
+//! the next `socket()` or `accept()` of the family takes it with
+//! `F_DUPFD(…, 0)`, which gives the lowest free number as `socket()` would.
+//!
+//! Clean means nobody could tell the kept socket from a new one: made by
+//! this process, never bound or listened by the program, never shared by
+//! fork, exec or `SCM_RIGHTS`, no option, ioctl or fcntl of the program's
+//! left on it except the ones in [`RESETTABLE`], which are put back to
+//! their defaults. A kept socket stays bound where the library bound it
+//! for its connection, so the next connection reuses the port without a
+//! `bind`; to the program such a socket is unbound, and it is swapped for a
+//! truly new one ([`unbind`]) before anything that could show the binding.
+
+use std::sync::{Mutex, MutexGuard};
+
+use ipcd_proto::SockAddr;
+use libc::c_int;
+
+use crate::socket::{Socket, State, TCP_INQ};
+use crate::sys::{fds, real};
+
+/// Options a program commonly sets that can be put back exactly: `(level,
+/// name, size)`; every default is all zeroes (off, no timeout, no linger).
+pub(crate) const RESETTABLE: [(c_int, c_int, usize); 10] = [
+    (libc::IPPROTO_TCP, libc::TCP_NODELAY, 4),
+    (libc::IPPROTO_TCP, TCP_INQ, 4),
+    (libc::SOL_SOCKET, libc::SO_REUSEADDR, 4),
+    (libc::SOL_SOCKET, libc::SO_REUSEPORT, 4),
+    (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 4),
+    (libc::SOL_SOCKET, libc::SO_OOBINLINE, 4),
+    (libc::SOL_SOCKET, libc::SO_ZEROCOPY, 4),
+    (libc::SOL_SOCKET, libc::SO_LINGER, size_of::<libc::linger>()),
+    (libc::SOL_SOCKET, libc::SO_RCVTIMEO, size_of::<libc::timeval>()),
+    (libc::SOL_SOCKET, libc::SO_SNDTIMEO, size_of::<libc::timeval>()),
+];
+
+/// The bit of an option in [`RESETTABLE`].
+pub(crate) fn resettable(level: c_int, name: c_int) -> Option<u32> {
+    RESETTABLE.iter().position(|&(l, n, _)| l == level && n == name).map(|i| i as u32)
+}
+
+/// A kept kernel socket.
+pub(crate) struct Kept {
+    /// Its hidden fd.
+    fd: c_int,
+    family: c_int,
+    /// Where the library bound it, if it did.
+    bound: Option<SockAddr>,
+    /// Its `O_NONBLOCK`.
+    nonblock: bool,
+}
+
+/// Kept sockets. Taken only for short sections that call nothing of ours
+/// (a leaf lock), and across a fork by the forking thread.
+static KEPT: Mutex<Vec<Kept>> = Mutex::new(Vec::new());
+
+/// At most this many are kept: each holds an fd number (and maybe a port)
+/// the program does not see, so few, and fewer under a small fd limit.
+fn capacity() -> usize {
+    (fds::floor() as usize / 48).clamp(1, 16)
+}
+
+fn kept() -> MutexGuard<'static, Vec<Kept>> {
+    KEPT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A kernel socket for the program: `fd` and where it is (invisibly)
+/// bound, or the errno `socket()` gives.
+pub(crate) struct Made {
+    pub fd: c_int,
+    pub bound: Option<SockAddr>,
+}
+
+/// A TCP socket of `family` with `flags` (`SOCK_NONBLOCK`, `SOCK_CLOEXEC`):
+/// a kept one if there is one, else a new one.
+pub(crate) fn socket(family: c_int, flags: c_int) -> Result<Made, c_int> {
+    let nonblock = flags & libc::SOCK_NONBLOCK != 0;
+    let taken = {
+        let mut kept = kept();
+        // Prefer one whose O_NONBLOCK is already right: one call less.
+        let best =
+            kept.iter().enumerate().filter(|(_, k)| k.family == family).max_by_key(|(_, k)| k.nonblock == nonblock);
+        best.map(|(i, _)| i).map(|i| kept.swap_remove(i))
+    };
+    if let Some(k) = taken {
+        let cmd = if flags & libc::SOCK_CLOEXEC != 0 { libc::F_DUPFD_CLOEXEC } else { libc::F_DUPFD };
+        // SAFETY: duplicates our hidden fd to the lowest free number.
+        let fd = unsafe { real::fcntl(k.fd, cmd, 0) };
+        fds::unhide(k.fd);
+        // SAFETY: our hidden fd, which nobody else knows; with `fd` made,
+        // closing it only drops a reference. If `fd` failed (no free
+        // number), this frees one for the new socket below.
+        unsafe { real::close(k.fd) };
+        if fd >= 0 {
+            if k.nonblock != nonblock {
+                real::set_kernel_nonblocking(fd, nonblock);
+            }
+            return Ok(Made { fd, bound: k.bound });
+        }
+    }
+    // SAFETY: plain socket creation.
+    let fd = unsafe { real::socket(family, libc::SOCK_STREAM | flags, 0) };
+    if fd < 0 {
+        return Err(real::errno());
+    }
+    Ok(Made { fd, bound: None })
+}
+
+/// The last close of `sock`, still open as `fd`, is under way (nothing
+/// else uses it): keeps its kernel socket if it is clean.
+pub(crate) fn keep(fd: c_int, sock: &Socket, bound: Option<SockAddr>) {
+    if !sock.is_clean() || kept().iter().filter(|k| k.family == sock.family).count() >= capacity() {
+        return;
+    }
+    let resets = sock.resets();
+    for (i, &(level, name, size)) in RESETTABLE.iter().enumerate() {
+        let zero = [0u8; 16];
+        // SAFETY: `size` zero bytes, at most 16, are the option's default.
+        if resets & (1 << i) != 0 && unsafe { real::setsockopt(fd, level, name, zero.as_ptr().cast(), size as _) } != 0
+        {
+            return;
+        }
+    }
+    // SAFETY: duplicates the program's fd, open for this close.
+    let high = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, fds::floor() as usize) };
+    if high < 0 {
+        return;
+    }
+    fds::mark(high);
+    kept().push(Kept { fd: high, family: sock.family, bound, nonblock: sock.nonblocking() });
+}
+
+/// A fresh socket `fd` of ours was a kept one still bound (`bound` in its
+/// state, locked by the caller): swaps it for a new unbound kernel socket
+/// with the same flags and the resettable options the program set, before
+/// the program does what would show the binding (bind, listen, a kernel
+/// connect, sharing it). Returns false if no socket could be made; the
+/// binding then stays.
+pub(crate) fn unbind(fd: c_int, sock: &Socket, state: &mut State) -> bool {
+    let State::Fresh { bound } = state else { return true };
+    if bound.is_none() {
+        return true;
+    }
+    let flags = if sock.nonblocking() { libc::SOCK_NONBLOCK } else { 0 };
+    // SAFETY: plain socket creation.
+    let new = unsafe { real::socket(sock.family, libc::SOCK_STREAM | flags | libc::SOCK_CLOEXEC, 0) };
+    if new < 0 {
+        return false;
+    }
+    let resets = sock.resets();
+    for (i, &(level, name, _)) in RESETTABLE.iter().enumerate() {
+        if resets & (1 << i) == 0 {
+            continue;
+        }
+        let mut v = [0u8; 16];
+        let mut len = v.len() as libc::socklen_t;
+        // SAFETY: a 16-byte buffer and its length, then as many bytes back.
+        unsafe {
+            if real::getsockopt(fd, level, name, v.as_mut_ptr().cast(), &mut len) == 0 {
+                real::setsockopt(new, level, name, v.as_ptr().cast(), len);
+            }
+        }
+    }
+    // SAFETY: F_GETFD on the program's fd; dup3 replaces the kernel socket
+    // under the same number, keeping its close-on-exec flag.
+    let ok = unsafe {
+        let cloexec = real::fcntl(fd, libc::F_GETFD, 0) > 0;
+        let r = real::dup3(new, fd, if cloexec { libc::O_CLOEXEC } else { 0 });
+        real::close(new);
+        r >= 0
+    };
+    if ok {
+        *bound = None;
+    }
+    ok
+}
+
+/// Locks the kept sockets across a fork (see `fork.rs`).
+pub(crate) fn lock_for_fork() -> MutexGuard<'static, Vec<Kept>> {
+    kept()
+}
+
+/// In a forked child: the kept sockets are the parent's too; the child
+/// closes its copies rather than hand them out a second time.
+pub(crate) fn forget_in_child(kept: &mut Vec<Kept>) {
+    for k in kept.drain(..) {
+        fds::unhide(k.fd);
+        // SAFETY: the child's copy of our hidden fd.
+        unsafe { real::close(k.fd) };
+    }
+}

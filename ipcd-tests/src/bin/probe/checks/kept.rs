@@ -1,0 +1,166 @@
+//! Sockets made after others closed look new, whatever the closed ones went
+//! through (ipcd keeps closed sockets' kernel sockets for the next ones).
+
+use ipcd_tests::net::{self, cvt};
+
+use crate::*;
+
+fn set_int(fd: i32, level: i32, name: i32, v: i32) -> Res {
+    // SAFETY: an int of its size.
+    cvt("setsockopt", unsafe { libc::setsockopt(fd, level, name, (&raw const v).cast(), 4) }).map_err(f)?;
+    Ok(())
+}
+
+fn rcvtimeo(fd: i32) -> Result<(i64, i64), String> {
+    let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
+    let mut len = size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: a timeval and its size.
+    cvt("getsockopt", unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw mut tv).cast(), &mut len)
+    })
+    .map_err(f)?;
+    Ok((tv.tv_sec, tv.tv_usec))
+}
+
+/// The options a program commonly sets, all on.
+fn set_common(fd: i32) -> Res {
+    set_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+    set_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    set_int(fd, libc::SOL_SOCKET, libc::SO_OOBINLINE, 1)?;
+    let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
+    // SAFETY: a timeval of its size.
+    cvt("setsockopt", unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as u32,
+        )
+    })
+    .map_err(f)?;
+    Ok(())
+}
+
+/// Every option of [`set_common`] at its default, and the flags as asked.
+fn looks_new(fd: i32, nonblock: bool, cloexec: bool) -> Res {
+    for (level, name, what) in [
+        (libc::IPPROTO_TCP, libc::TCP_NODELAY, "TCP_NODELAY"),
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, "SO_KEEPALIVE"),
+        (libc::SOL_SOCKET, libc::SO_REUSEADDR, "SO_REUSEADDR"),
+        (libc::SOL_SOCKET, libc::SO_OOBINLINE, "SO_OOBINLINE"),
+    ] {
+        ensure!(int_opt(fd, level, name)? == 0, "{what} of a new socket is on");
+    }
+    ensure!(rcvtimeo(fd)? == (0, 0), "SO_RCVTIMEO of a new socket is {:?}", rcvtimeo(fd)?);
+    // SAFETY: flag queries.
+    let (fl, fdfl) = unsafe { (libc::fcntl(fd, libc::F_GETFL), libc::fcntl(fd, libc::F_GETFD)) };
+    ensure!((fl & libc::O_NONBLOCK != 0) == nonblock, "O_NONBLOCK {fl:#x}, wanted {nonblock}");
+    ensure!((fdfl & libc::FD_CLOEXEC != 0) == cloexec, "FD_CLOEXEC {fdfl:#x}, wanted {cloexec}");
+    Ok(())
+}
+
+/// Connections with options set, each closed from both sides.
+fn churn(v6: bool, l: i32, port: u16) -> Res {
+    for _ in 0..4 {
+        let c = net::connect_loopback(v6, port).map_err(f)?;
+        let s = net::accept(l).map_err(f)?;
+        set_common(c)?;
+        set_common(s)?;
+        net::send_all(c, b"x").map_err(f)?;
+        let mut b = [0u8; 1];
+        net::read_exact(s, &mut b).map_err(f)?;
+        net::send_all(s, &b).map_err(f)?;
+        net::read_exact(c, &mut b).map_err(f)?;
+        net::close(c);
+        net::close(s);
+    }
+    Ok(())
+}
+
+/// After connections closed: new sockets take the lowest free fd, are
+/// unbound, carry default options and the flags asked for, bind, listen
+/// and connect as new ones do; accepted ones carry defaults too.
+pub(crate) fn kept_sockets() -> Res {
+    for v6 in [false, true] {
+        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+        let (l, port) = net::listen_loopback(v6).map_err(f)?;
+        churn(v6, l, port)?;
+        // The number a new file would get.
+        // SAFETY: opening and closing /dev/null.
+        let lowest = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+        // SAFETY: closing what was just opened.
+        unsafe { libc::close(lowest) };
+        // SAFETY: plain socket creation.
+        let a = cvt("socket", unsafe { libc::socket(family, libc::SOCK_STREAM, 0) }).map_err(f)?;
+        ensure!(a == lowest, "socket() gave fd {a}, the lowest free is {lowest}");
+        looks_new(a, false, false)?;
+        let (ip, p) = net::name(a, false).map_err(f)?;
+        ensure!(p == 0 && ip.iter().all(|&b| b == 0), "a new socket is bound: {ip:?} port {p}");
+        // SAFETY: plain socket creation.
+        let b = cvt("socket", unsafe {
+            libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, libc::IPPROTO_TCP)
+        })
+        .map_err(f)?;
+        looks_new(b, true, true)?;
+        if v6 {
+            // Refused on a bound socket: ours must not be.
+            set_int(b, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+        }
+        // A new socket binds where it is told, and listens there.
+        let (ss, len) = net::loopback(v6, 0);
+        // SAFETY: a sockaddr of `len` bytes.
+        cvt("bind", unsafe { libc::bind(a, (&raw const ss).cast(), len) }).map_err(f)?;
+        let (ip, p) = net::name(a, false).map_err(f)?;
+        ensure!(p != 0 && ip.iter().any(|&b| b != 0), "bound to loopback: {ip:?} port {p}");
+        // SAFETY: a bound socket.
+        cvt("listen", unsafe { libc::listen(a, 8) }).map_err(f)?;
+        // An unbound one listens on the wildcard address.
+        // SAFETY: an unbound socket.
+        cvt("listen", unsafe { libc::listen(b, 8) }).map_err(f)?;
+        let (ip, p2) = net::name(b, false).map_err(f)?;
+        ensure!(p2 != 0 && ip.iter().all(|&b| b == 0), "listened unbound: {ip:?} port {p2}");
+        // Both listeners serve, and what they accept looks new too.
+        for (lfd, lport) in [(a, p), (b, p2)] {
+            let c = net::connect_loopback(v6, lport).map_err(f)?;
+            let s = net::accept(lfd).map_err(f)?;
+            looks_new(c, false, true)?;
+            looks_new(s, false, true)?;
+            net::send_all(c, b"y").map_err(f)?;
+            let mut buf = [0u8; 1];
+            net::read_exact(s, &mut buf).map_err(f)?;
+            ensure!(&buf == b"y", "echo through a listener on a new socket");
+            net::close(c);
+            net::close(s);
+        }
+        for fd in [a, b, l] {
+            net::close(fd);
+        }
+    }
+    Ok(())
+}
+
+/// Prints `same` if the kernel socket under a new socket is one that a
+/// closed connection's end had (same inode), else `new`: the integration test
+/// expects `same` under ipcd and `new` on the kernel.
+pub(crate) fn kept_inode() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let c = net::connect_loopback(false, port).map_err(f)?;
+    let s = net::accept(l).map_err(f)?;
+    let inode = |fd: i32| -> Result<u64, String> {
+        // SAFETY: fstat into a zeroed stat.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        cvt("fstat", unsafe { libc::fstat(fd, &mut st) }).map_err(f)?;
+        Ok(st.st_ino)
+    };
+    let old = [inode(c)?, inode(s)?];
+    net::close(c);
+    net::close(s);
+    let n = net::tcp_socket(false).map_err(f)?;
+    println!("{}", if old.contains(&inode(n)?) { "same" } else { "new" });
+    net::close(n);
+    net::close(l);
+    Ok(())
+}
