@@ -656,3 +656,28 @@ fn a_restarted_monitor_gets_running_listeners_back() {
     assert_eq!(st.listeners.len(), 1, "{st:?}");
     drop(server);
 }
+
+/// A program's ipcd connections cost it no more fd numbers than kernel
+/// ones: the library's own fds (doorbells, kept sockets) sit above its
+/// soft limit, so under a soft limit of 256 it holds as many connections
+/// as on the kernel, within 3 (the monitor's fds for a connection arrive
+/// below the limit for a moment), and they went through shared memory.
+#[test]
+fn the_soft_fd_limit_is_reached_at_the_kernels_count() {
+    // SAFETY: an all-zero rlimit is a valid out buffer for getrlimit.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    assert!(lim.rlim_max >= 512, "the hard fd limit ({}) leaves no room above a soft one of 256", lim.rlim_max);
+    let count = |out: Output| -> usize {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        must_pass("fd-capacity", out);
+        stdout.trim().parse().expect("a count")
+    };
+    let kernel = count(probe(&["fd-capacity", "256"]).output().expect("run probe"));
+    let mon = Monitor::start(RING_BYTES);
+    let ipcd = count(mon.under(&mut probe(&["fd-capacity", "256"])).output().expect("run probe"));
+    assert!(ipcd + 3 >= kernel && ipcd <= kernel, "ipcd held {ipcd} connections, the kernel {kernel}");
+    let st = mon.status().status;
+    assert!(st.connects_total as usize + 3 >= ipcd, "only {} of {ipcd} through ipcd ({st:?})", st.connects_total);
+}

@@ -198,7 +198,7 @@ impl Link {
             return Err(AttachError::Map(real::errno()));
         }
         let Some(base) = NonNull::new(p.cast::<u8>()) else { return Err(AttachError::Map(libc::EINVAL)) };
-        let (bell, peer_bell) = (fds::hide(bell), fds::hide(peer_bell));
+        let [bell, peer_bell] = fds::hide_all([bell, peer_bell]);
         Ok(Mapping { base, len, bell, peer_bell, segment: info.segment, side })
     }
 

@@ -14,6 +14,7 @@
 //! `bind`; to the program such a socket is unbound, and it is swapped for a
 //! truly new one ([`unbind`]) before anything that could show the binding.
 
+use std::os::fd::IntoRawFd;
 use std::sync::{Mutex, MutexGuard};
 
 use ipcd_proto::SockAddr;
@@ -57,11 +58,9 @@ pub(crate) struct Kept {
 /// (a leaf lock), and across a fork by the forking thread.
 static KEPT: Mutex<Vec<Kept>> = Mutex::new(Vec::new());
 
-/// At most this many are kept: each holds an fd number (and maybe a port)
-/// the program does not see, so few, and fewer under a small fd limit.
-fn capacity() -> usize {
-    (fds::floor() as usize / 48).clamp(1, 16)
-}
+/// At most this many of a family are kept: each holds an fd (and maybe a
+/// port) the program does not see.
+const CAPACITY: usize = 8;
 
 fn kept() -> MutexGuard<'static, Vec<Kept>> {
     KEPT.lock().unwrap_or_else(|p| p.into_inner())
@@ -112,7 +111,7 @@ pub(crate) fn socket(family: c_int, flags: c_int) -> Result<Made, c_int> {
 /// The last close of `sock`, still open as `fd`, is under way (nothing
 /// else uses it): keeps its kernel socket if it is clean.
 pub(crate) fn keep(fd: c_int, sock: &Socket, bound: Option<SockAddr>) {
-    if !sock.is_clean() || kept().iter().filter(|k| k.family == sock.family).count() >= capacity() {
+    if !sock.is_clean() || kept().iter().filter(|k| k.family == sock.family).count() >= CAPACITY {
         return;
     }
     let resets = sock.resets();
@@ -124,13 +123,9 @@ pub(crate) fn keep(fd: c_int, sock: &Socket, bound: Option<SockAddr>) {
             return;
         }
     }
-    // SAFETY: duplicates the program's fd, open for this close.
-    let high = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, fds::floor() as usize) };
-    if high < 0 {
-        return;
-    }
-    fds::mark(high);
-    kept().push(Kept { fd: high, family: sock.family, bound, nonblock: sock.nonblocking() });
+    let Some(copy) = fds::hidden_copy(fd) else { return };
+    let fd = copy.into_raw_fd();
+    kept().push(Kept { fd, family: sock.family, bound, nonblock: sock.nonblocking() });
 }
 
 /// A fresh socket `fd` of ours was a kept one still bound (`bound` in its

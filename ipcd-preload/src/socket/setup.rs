@@ -11,7 +11,7 @@ use ipcd_proto::message::{ConnInfo, Request, Response, Side};
 use ipcd_proto::{ListenFlags, SockAddr};
 use ipcd_ring::Ticket;
 
-use crate::conn::link::Link;
+use crate::conn::link::{AttachError, Link};
 use crate::control::{self, ListenerBell, Pending};
 use crate::socket::{reuse, table};
 use crate::socket::{Socket, State, Stream};
@@ -271,7 +271,11 @@ pub(crate) fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect
             Connect::Done(if sock.nonblocking() { Err(libc::EINPROGRESS) } else { Ok(()) })
         }
         Err(e) => {
-            log!(Level::Error, "connect to {dest}: cannot map the connection ({e}); kernel connect");
+            // No fds at all: the kernel had no free number for them (the
+            // process is at its fd limit), which the kernel connect does
+            // not need.
+            let level = if matches!(e, AttachError::Fds(0)) { Level::Info } else { Level::Error };
+            log!(level, "connect to {dest}: cannot map the connection ({e}); kernel connect");
             let _ = control::with(|c| c.notify(&Request::Close { conn: info.conn, side: info.side, keep: false }));
             Connect::Kernel
         }

@@ -8,24 +8,72 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard};
 
 use crate::sys::real;
 
-/// Highest floor we use: the kernel grows a process's fd table up to the
-/// number used, so a huge `RLIMIT_NOFILE` must not make every table huge.
-const MAX_FLOOR: u64 = 4096;
+/// Highest floor we use among the program's numbers: the kernel grows a
+/// process's fd table up to the number used, so a huge `RLIMIT_NOFILE`
+/// must not make every table huge.
+const MAX_FLOOR: libc::rlim_t = 4096;
 
-/// Where our fds go: ¾ of the fd limit, at most [`MAX_FLOOR`].
-pub(crate) fn floor() -> libc::c_int {
-    static FLOOR: OnceLock<libc::c_int> = OnceLock::new();
-    *FLOOR.get_or_init(|| {
-        let mut rl = libc::rlimit { rlim_cur: 1024, rlim_max: 1024 };
-        // SAFETY: getrlimit into a live struct.
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
-        (rl.rlim_cur - rl.rlim_cur / 4).min(MAX_FLOOR) as libc::c_int
-    })
+/// Where our fds go for one move.
+enum Place {
+    /// From the program's soft limit up: numbers it can never be given, so
+    /// our fds never bring it to its limit sooner than on the kernel. The
+    /// soft limit is raised to `raised` for the move and put back after
+    /// (the kernel keeps fds above a lowered limit working).
+    Outside { limit: libc::rlimit, raised: libc::rlim_t },
+    /// The hard limit leaves no room above the soft one (or the soft one is
+    /// beyond the bitmap): ¾ of the soft limit, at most [`MAX_FLOOR`].
+    Inside(libc::rlim_t),
 }
+
+/// Held while the soft limit is raised: two threads moving fds at once
+/// would otherwise put back each other's limits at the wrong moment. Only
+/// tried: a thread that finds it taken (or a forked child that inherited
+/// it taken) moves its fds inside instead.
+static RAISING: Mutex<()> = Mutex::new(());
+
+impl Place {
+    fn now() -> (Place, Option<MutexGuard<'static, ()>>) {
+        let guard = RAISING.try_lock().ok();
+        let mut limit = libc::rlimit { rlim_cur: 1024, rlim_max: 1024 };
+        // SAFETY: getrlimit into a live struct.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+        let top = limit.rlim_max.min(TRACKED as libc::rlim_t);
+        if guard.is_some() && limit.rlim_cur.saturating_add(ROOM) <= top {
+            (Place::Outside { limit, raised: top }, guard)
+        } else {
+            (Place::Inside((limit.rlim_cur - limit.rlim_cur / 4).min(MAX_FLOOR)), None)
+        }
+    }
+
+    /// The lowest number of the place; opens it for moves until [`Place::close`].
+    fn open(&self) -> libc::c_int {
+        match *self {
+            Place::Outside { limit, raised } => {
+                let up = libc::rlimit { rlim_cur: raised, rlim_max: limit.rlim_max };
+                // SAFETY: setrlimit from a live struct; only the soft limit
+                // moves, within the hard one.
+                unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &up) };
+                limit.rlim_cur as libc::c_int
+            }
+            Place::Inside(floor) => floor as libc::c_int,
+        }
+    }
+
+    /// Puts the program's soft limit back.
+    fn close(&self) {
+        if let Place::Outside { limit, .. } = self {
+            // SAFETY: setrlimit from a live struct: the values read before.
+            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, limit) };
+        }
+    }
+}
+
+/// Numbers kept free above the soft limit for a move to succeed.
+const ROOM: libc::rlim_t = 256;
 
 /// Grows the process's fd table to hold our numbers, from the library's
 /// constructor. Growing it later, once the program has threads, makes the
@@ -38,9 +86,12 @@ pub(crate) fn reserve_table() {
     if fd < 0 {
         return;
     }
+    let (place, _raising) = Place::now();
+    let base = place.open();
     // SAFETY: `fd` is ours, and so is its copy; both are closed at once.
     unsafe {
-        let high = real::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor() as usize);
+        let high = real::fcntl(fd, libc::F_DUPFD_CLOEXEC, (base + 64) as usize);
+        place.close();
         if high >= 0 {
             real::close(high);
         }
@@ -60,29 +111,57 @@ fn bit(fd: RawFd) -> Option<(&'static AtomicU64, u64)> {
     Some((&HIDDEN[fd / 64], 1 << (fd % 64)))
 }
 
-/// Moves `fd` to a high, close-on-exec number (keeps it where it is if
-/// there is no room up there) and marks it ours. Whoever owns the result
-/// calls [`unhide`] before dropping it.
+/// Moves `fd` out of the program's way, to a close-on-exec number above
+/// its fd limit (or high below it, see [`Place`]; where it is if there is
+/// no room) and marks it ours. Whoever owns the result calls [`unhide`]
+/// before dropping it.
 pub(crate) fn hide(fd: OwnedFd) -> OwnedFd {
-    let fd = moved_high(fd);
-    mark(fd.as_raw_fd());
+    let [fd] = hide_all([fd]);
     fd
 }
 
-/// Marks `fd`, already high and close-on-exec, ours; its owner calls
-/// [`unhide`] before closing it.
-pub(crate) fn mark(fd: RawFd) {
+/// [`hide`] for several fds at once (one change of the limit for all).
+pub(crate) fn hide_all<const N: usize>(fds: [OwnedFd; N]) -> [OwnedFd; N] {
+    let (place, _raising) = Place::now();
+    let base = place.open();
+    let out = fds.map(|fd| {
+        let fd = moved(fd, base);
+        mark(fd.as_raw_fd());
+        fd
+    });
+    place.close();
+    out
+}
+
+/// A hidden copy of `fd` (see [`hide`]), or `None` if there is no room out
+/// of the program's way.
+pub(crate) fn hidden_copy(fd: RawFd) -> Option<OwnedFd> {
+    let (place, _raising) = Place::now();
+    let base = place.open();
+    // SAFETY: duplicates an fd the caller holds open.
+    let copy = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, base as usize) };
+    place.close();
+    if copy < 0 {
+        return None;
+    }
+    mark(copy);
+    // SAFETY: a fresh fd that only we hold.
+    Some(unsafe { OwnedFd::from_raw_fd(copy) })
+}
+
+/// Marks `fd` ours.
+fn mark(fd: RawFd) {
     if let Some((w, b)) = bit(fd) {
         w.fetch_or(b, Ordering::Relaxed);
     }
 }
 
-fn moved_high(fd: OwnedFd) -> OwnedFd {
-    if fd.as_raw_fd() >= floor() {
+fn moved(fd: OwnedFd, base: libc::c_int) -> OwnedFd {
+    if fd.as_raw_fd() >= base {
         return fd;
     }
     // SAFETY: duplicates an fd we own; the original closes when `fd` drops.
-    let high = unsafe { real::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor() as usize) };
+    let high = unsafe { real::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, base as usize) };
     if high < 0 {
         return fd;
     }

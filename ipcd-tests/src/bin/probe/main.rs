@@ -25,6 +25,8 @@
 //!                             prints every observable (compare runs)
 //! probe kept-inode            prints whether a socket made after a
 //!                             connection closed has its kernel socket
+//! probe fd-capacity SOFT      prints how many connections fit under a
+//!                             soft fd limit of SOFT
 //! probe epoll-serve|epoll-load|conn-serve|conn-client|bench-server|
 //!       bench-client ARGS     the workloads of `ipcd bench`, as
 //!                             `ipcd workload` runs them
@@ -205,6 +207,7 @@ fn main() {
         "exec-worker" => exec_worker(num(1) as i32, num(2) as i32, num(3) as u8),
         "diff-trace" => diff_traces(num(1), num(2)),
         "kept-inode" => kept_inode(),
+        "fd-capacity" => fd_capacity(num(1)),
         "many-clients" => many_clients(num(1) as u16, num(2) as usize),
         other => Err(format!("unknown command {other:?}; see the module docs")),
     };

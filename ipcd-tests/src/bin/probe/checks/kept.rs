@@ -164,3 +164,44 @@ pub(crate) fn kept_inode() -> Res {
     net::close(l);
     Ok(())
 }
+
+/// With the soft fd limit lowered to `soft` (the hard one kept), makes
+/// connections to a listener of its own, both ends in this process, until
+/// a call fails; prints how many it held. The integration test compares
+/// the count under ipcd with the kernel's: ipcd's own fds must not make a
+/// program reach its limit sooner.
+pub(crate) fn fd_capacity(soft: u64) -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    // SAFETY: an all-zero rlimit is a valid out buffer.
+    let mut old: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: get/setrlimit on live structs.
+    cvt("getrlimit", unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) }).map_err(f)?;
+    let low = libc::rlimit { rlim_cur: soft, rlim_max: old.rlim_max };
+    // SAFETY: as above.
+    cvt("setrlimit", unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }).map_err(f)?;
+    let mut held = Vec::new();
+    while let Ok(c) = net::connect_loopback(false, port) {
+        let Ok(s) = net::accept(l) else {
+            net::close(c);
+            break;
+        };
+        held.push((c, s));
+    }
+    ensure!(errno() == libc::EMFILE, "the call that failed said {}", errno());
+    // Every connection held still carries bytes both ways.
+    for &(c, s) in &held {
+        net::send_all(c, b"?").map_err(f)?;
+        let mut b = [0u8; 1];
+        net::read_exact(s, &mut b).map_err(f)?;
+        net::send_all(s, b"!").map_err(f)?;
+        net::read_exact(c, &mut b).map_err(f)?;
+        ensure!(&b == b"!", "echo on a held connection");
+    }
+    println!("{}", held.len());
+    for (c, s) in held {
+        net::close(c);
+        net::close(s);
+    }
+    net::close(l);
+    Ok(())
+}
