@@ -119,6 +119,7 @@ checks! {
     bad_arguments_get_the_errors_linux_gives => "bad-args",
     names_and_options_follow_the_connections_state => "closed-names",
     sockets_made_after_connections_closed_look_new => "kept-sockets",
+    a_burst_of_connects_all_goes_through_shared_memory => "burst",
 }
 
 /// A socket made after a connection closed reuses a closed end's kernel

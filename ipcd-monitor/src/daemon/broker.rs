@@ -6,7 +6,7 @@ use ipcd_proto::message::{ConnInfo, Fallback, Response, Side};
 use ipcd_proto::SockAddr;
 use std::os::fd::{AsFd, OwnedFd};
 
-use super::{has_room, peer_closed, port_zero, undeliverable, ConnRec, Daemon, NewConn, Pooled};
+use super::{has_room, peer_closed, port_zero, send_to, undeliverable, ConnRec, Daemon, NewConn, Pooled};
 use crate::log;
 use crate::log::Level;
 use crate::registry::Listener;
@@ -164,13 +164,16 @@ impl Daemon {
         };
         let to_pid = self.clients.get(&acceptor).map_or(0, |c| c.pid);
         // A standby's acceptor was told when it was issued (`Expect`).
-        let sent = match (answer, self.clients.get(&acceptor)) {
-            (None, Some(_)) => Ok(()),
-            (Some(_), Some(a)) => {
+        // A busy acceptor's channel may be full: the connection then waits
+        // in its outbox, as in an accept queue (bounded by the backlog).
+        let sent = match (answer, self.clients.contains_key(&acceptor)) {
+            (None, true) => Ok(()),
+            (Some(_), true) => {
                 seg.view().offer(to_pid);
-                a.chan.send_response(0, &Response::Incoming { listener: id, info: info_b }, &fds_b[..n])
+                let incoming = Response::Incoming { listener: id, info: info_b };
+                send_to(&mut self.clients, &mut self.watch, acceptor, 0, &incoming, &fds_b[..n])
             }
-            (_, None) => Err(ChannelError::Closed),
+            (_, false) => Err(ChannelError::Closed),
         };
         if let Err(e) = &sent {
             log!(Level::Warn, "msg=\"listener cannot take a connection\" pid={to_pid} err=\"{e}\"");

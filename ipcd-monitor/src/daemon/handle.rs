@@ -6,7 +6,7 @@ use ipcd_proto::channel::Fds;
 use ipcd_proto::message::{ErrorCode, Request, Response, Side};
 use ipcd_proto::{Caps, ListenFlags, SockAddr, PROTOCOL_VERSIONS};
 
-use super::{idx, socket_inode, undeliverable, verify_listening_socket, Daemon, Gone, EXECED};
+use super::{idx, send_to, socket_inode, undeliverable, verify_listening_socket, Daemon, Gone, EXECED};
 use crate::log;
 use crate::log::Level;
 use crate::registry::Listener;
@@ -260,8 +260,7 @@ impl Daemon {
             return;
         };
         let (info, fds) = rec.fresh_end(side);
-        let Some(client) = self.clients.get(&token) else { return };
-        if let Err(e) = client.chan.send_response(seq, &Response::Reopened(info), &fds) {
+        if let Err(e) = send_to(&mut self.clients, &mut self.watch, token, seq, &Response::Reopened(info), &fds) {
             self.doom(token, undeliverable("cannot reply", &e));
         }
     }

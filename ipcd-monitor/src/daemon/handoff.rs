@@ -3,7 +3,7 @@
 
 use ipcd_proto::message::{Response, Side};
 
-use super::{ring_side, undeliverable, Daemon};
+use super::{ring_side, send_to, undeliverable, Daemon};
 use crate::log;
 use crate::log::Level;
 use crate::registry::Listener;
@@ -80,7 +80,7 @@ impl Daemon {
             // Only `t` may take it now: the one it waited for may still
             // read the old offer (see `take_from_idle`).
             rec.seg.view().offer(c.pid);
-            match c.chan.send_response(0, &Response::Incoming { listener: id, info }, &fds) {
+            match send_to(&mut self.clients, &mut self.watch, t, 0, &Response::Incoming { listener: id, info }, &fds) {
                 Ok(()) => {
                     sent = Some(t);
                     break;

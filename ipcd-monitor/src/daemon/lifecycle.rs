@@ -7,8 +7,8 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use super::{
-    end_gone, end_state, idx, other, parent_of, ring_side, ConnRec, Daemon, Gone, Orphan, Pooled, CLOSED, EXECED,
-    POOL_PER_PAIR,
+    end_gone, end_state, idx, other, parent_of, ring_side, send_to, ConnRec, Daemon, Gone, Orphan, Pooled, CLOSED,
+    EXECED, POOL_PER_PAIR,
 };
 use crate::log;
 use crate::log::Level;
@@ -75,9 +75,8 @@ impl Daemon {
         if how == Gone::Died {
             let peers = rec.holders[idx(other(side))].clone();
             for p in peers {
-                if let Some(c) = self.clients.get(&p) {
-                    let _ = c.chan.send_response(0, &Response::PeerGone { conn }, &[]);
-                }
+                // Best effort: a client that cannot take it is being dropped.
+                let _ = send_to(&mut self.clients, &mut self.watch, p, 0, &Response::PeerGone { conn }, &[]);
             }
         }
         if rec.gone == [true, true] {
@@ -113,11 +112,9 @@ impl Daemon {
         }
     }
 
-    pub(super) fn tell_forget(&self, token: u64, segment: u64) {
-        if let Some(c) = self.clients.get(&token) {
-            // Best effort: a client that cannot take it is being dropped.
-            let _ = c.chan.send_response(0, &Response::Forget { segment }, &[]);
-        }
+    pub(super) fn tell_forget(&mut self, token: u64, segment: u64) {
+        // Best effort: a client that cannot take it is being dropped.
+        let _ = self.send(token, 0, &Response::Forget { segment }, &[]);
     }
 
     /// A client is gone: the pools it shared are emptied, its partners
@@ -221,14 +218,19 @@ impl Daemon {
             if self.listener_for(&dest).map(|l| (l.owner, l.id)) != Some((token, listener)) {
                 continue;
             }
-            let (Some(rec), Some(c)) = (self.conns.get_mut(&conn), self.clients.get(&token)) else { continue };
+            if !self.clients.contains_key(&token) {
+                continue;
+            }
+            let Some(rec) = self.conns.get_mut(&conn) else { continue };
             let seg = rec.seg.view();
             if !seg.withdraw(pid) {
                 continue;
             }
             seg.offer(pid);
             let (info, fds) = rec.fresh_end(Side::B);
-            if let Err(e) = c.chan.send_response(0, &Response::Incoming { listener, info }, &fds) {
+            let sent =
+                send_to(&mut self.clients, &mut self.watch, token, 0, &Response::Incoming { listener, info }, &fds);
+            if let Err(e) = sent {
                 // It stays held, and is reset as a dead acceptor's when
                 // this client goes.
                 log!(Level::Warn, "msg=\"cannot requeue after exec\" conn={conn} pid={pid} err=\"{e}\"");

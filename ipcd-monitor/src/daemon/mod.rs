@@ -5,7 +5,7 @@
 //! wrong fds, lying credentials, not reading its replies) is dropped alone,
 //! with a log line; its drop is handled exactly as its death.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 
 use std::io;
 
@@ -41,6 +41,7 @@ mod broker;
 mod handle;
 mod handoff;
 mod lifecycle;
+mod outbox;
 mod passing;
 mod standby;
 mod status;
@@ -91,12 +92,36 @@ struct Client {
     holdings: Vec<(u64, Side)>,
     /// Listeners (owner, id) whose bell this client was sent.
     bells: HashSet<(u64, u64)>,
-    /// Replies (without fds) its channel could not take yet, in order:
-    /// sent as it drains (`EPOLLOUT`), so a long report reaches a slow
-    /// reader whole.
-    outbox: VecDeque<(u32, Response)>,
-    /// `EPOLLOUT` is asked for (the outbox is not empty).
-    want_out: bool,
+    /// What its channel could not take yet, in order: sent as it drains
+    /// (`EPOLLOUT`), so a long report reaches a slow reader whole and a
+    /// burst of connections a busy acceptor.
+    outbox: outbox::Outbox,
+}
+
+impl Client {
+    /// Sends `resp` with `fds`, after what waits in the outbox; `Ok(true)`
+    /// if it waits there (see [`outbox::Outbox::send`]).
+    fn send(&mut self, seq: u32, resp: &Response, fds: &[BorrowedFd<'_>]) -> Result<bool, ChannelError> {
+        self.outbox.send(&self.chan, seq, resp, fds)
+    }
+}
+
+/// `clients[token]`'s [`Client::send`]; a client whose outbox it joined
+/// goes on `watch`, to be watched for room ([`Daemon::watch_outboxes`]).
+/// A free function, for callers that hold other fields of the daemon.
+fn send_to(
+    clients: &mut HashMap<u64, Client>,
+    watch: &mut Vec<u64>,
+    token: u64,
+    seq: u32,
+    resp: &Response,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), ChannelError> {
+    let client = clients.get_mut(&token).ok_or(ChannelError::Closed)?;
+    if client.send(seq, resp, fds)? {
+        watch.push(token);
+    }
+    Ok(())
 }
 
 /// A process that announced an exec and whose channel closed: its holdings
@@ -276,6 +301,8 @@ pub struct Daemon {
     running: bool,
     /// Clients to drop after the current event (with the reason).
     doomed: Vec<(u64, String)>,
+    /// Clients whose outbox may have filled during the current event.
+    watch: Vec<u64>,
     /// A connect is reading its listener owner's channel (see `broker`).
     catching_up: bool,
     /// Listeners' bells (eventfds) by (owner, id), rung by connectors
@@ -348,6 +375,7 @@ impl Daemon {
             running: true,
             recv_bufs: vec![[0; MAX_FRAME + 1]; BATCH],
             doomed: Vec::new(),
+            watch: Vec::new(),
             catching_up: false,
             listener_bells: HashMap::new(),
         };
@@ -406,6 +434,7 @@ impl Daemon {
                         }
                     }
                 }
+                self.watch_outboxes();
                 self.drop_doomed();
             }
             self.expire_orphans();
@@ -446,8 +475,7 @@ impl Daemon {
                         exec_pending: false,
                         holdings: Vec::new(),
                         bells: HashSet::new(),
-                        outbox: VecDeque::new(),
-                        want_out: false,
+                        outbox: outbox::Outbox::default(),
                     };
                     self.clients.insert(token, client);
                 }
@@ -547,13 +575,14 @@ impl Daemon {
         }
     }
 
+    /// Sends `resp` to `token` in order, now or from its outbox (see
+    /// [`send_to`]).
+    fn send(&mut self, token: u64, seq: u32, resp: &Response, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
+        send_to(&mut self.clients, &mut self.watch, token, seq, resp, fds)
+    }
+
     fn reply(&mut self, token: u64, seq: u32, resp: &Response, fds: &[BorrowedFd<'_>]) {
-        let Some(client) = self.clients.get(&token) else { return };
-        if fds.is_empty() && !client.outbox.is_empty() {
-            // After what already waits, in order.
-            return self.reply_all(token, seq, [*resp]);
-        }
-        if let Err(e) = client.chan.send_response(seq, resp, fds) {
+        if let Err(e) = self.send(token, seq, resp, fds) {
             // A client that does not read its replies is not served on.
             self.doom(token, undeliverable("cannot reply", &e));
         }
@@ -562,32 +591,36 @@ impl Daemon {
     /// Sends replies without fds in order; what the client's channel cannot
     /// take now waits in its outbox and goes as the channel drains.
     fn reply_all(&mut self, token: u64, seq: u32, replies: impl IntoIterator<Item = Response>) {
-        let Some(client) = self.clients.get_mut(&token) else { return };
-        client.outbox.extend(replies.into_iter().map(|r| (seq, r)));
-        self.flush_outbox(token);
+        for r in replies {
+            self.reply(token, seq, &r, &[]);
+        }
     }
 
-    /// Sends what waits in `token`'s outbox until its channel is full; asks
-    /// epoll for room (`EPOLLOUT`) while anything is left, and stops asking
-    /// once it is empty.
+    /// Sends what waits in `token`'s outbox until its channel is full.
     fn flush_outbox(&mut self, token: u64) {
         let Some(client) = self.clients.get_mut(&token) else { return };
-        while let Some((seq, resp)) = client.outbox.front() {
-            match client.chan.send_response(*seq, resp, &[]) {
-                Ok(()) => {
-                    client.outbox.pop_front();
-                }
-                Err(e) if e.is_would_block() => break,
-                Err(e) => {
-                    client.outbox.clear();
-                    self.doom(token, undeliverable("cannot reply", &e));
-                    return;
-                }
-            }
+        if let Err(e) = client.outbox.flush(&client.chan) {
+            self.doom(token, undeliverable("cannot reply", &e));
+            return;
         }
+        self.watch_out(token);
+    }
+
+    /// Asks epoll for room (`EPOLLOUT`) on the channels of clients whose
+    /// outbox filled during this event.
+    fn watch_outboxes(&mut self) {
+        while let Some(token) = self.watch.pop() {
+            self.watch_out(token);
+        }
+    }
+
+    /// Asks for `EPOLLOUT` on `token`'s channel while its outbox holds
+    /// anything, and stops asking once it is empty.
+    fn watch_out(&mut self, token: u64) {
+        let Some(client) = self.clients.get_mut(&token) else { return };
         let want = !client.outbox.is_empty();
-        if want != client.want_out {
-            client.want_out = want;
+        if want != client.outbox.watching {
+            client.outbox.watching = want;
             let events = libc::EPOLLIN as u32 | if want { libc::EPOLLOUT as u32 } else { 0 };
             let mut ev = libc::epoll_event { events, u64: token };
             let fd = client.chan.as_fd().as_raw_fd();

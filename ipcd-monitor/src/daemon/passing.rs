@@ -6,7 +6,7 @@ use ipcd_proto::message::{ErrorCode, Response, Side};
 use std::time::{Duration, Instant};
 
 use super::handle::From;
-use super::{idx, socket_inode, undeliverable, Daemon, Passed};
+use super::{idx, send_to, socket_inode, undeliverable, Daemon, Passed};
 use crate::log;
 use crate::log::Level;
 
@@ -70,7 +70,7 @@ impl Daemon {
         let resp = Response::Reopened(info);
         let Some(client) = self.clients.get_mut(&token) else { return };
         client.holdings.push((p.conn, p.side));
-        if let Err(e) = client.chan.send_response(seq, &resp, &fds) {
+        if let Err(e) = send_to(&mut self.clients, &mut self.watch, token, seq, &resp, &fds) {
             self.doom(token, undeliverable("cannot reply", &e));
         }
     }

@@ -1,12 +1,11 @@
 //! Standby connections: made ahead for a process's next connect to a
 //! destination, used without the monitor, promoted to connections later.
 
-use ipcd_proto::channel::ChannelError;
 use ipcd_proto::message::{ConnInfo, Response, Side};
 use ipcd_proto::{ListenFlags, SockAddr};
 use std::os::fd::AsFd;
 
-use super::{port_zero, ConnRec, Daemon, NewConn, Standby, STANDBYS_PER_DEST};
+use super::{port_zero, send_to, ConnRec, Daemon, NewConn, Standby, STANDBYS_PER_DEST};
 use crate::log;
 use crate::log::Level;
 use ipcd_ring::Ticket;
@@ -58,10 +57,8 @@ impl Daemon {
         seg.view().offer(to_pid);
         let info_b = ConnInfo { side: Side::B, local: dest, peer: port_zero(dest), ..info };
         let fds_b = [seg.fd(), bells[1].as_fd(), bells[0].as_fd()];
-        let told = match self.clients.get(&acceptor) {
-            Some(a) => a.chan.send_response(0, &Response::Expect { listener: listener.1, info: info_b }, &fds_b[..n]),
-            None => Err(ChannelError::Closed),
-        };
+        let expect = Response::Expect { listener: listener.1, info: info_b };
+        let told = send_to(&mut self.clients, &mut self.watch, acceptor, 0, &expect, &fds_b[..n]);
         if told.is_err() {
             // Not a reason to drop either: the connector has no standby.
             seg.view().cancel(conn);
@@ -76,10 +73,8 @@ impl Daemon {
         let mut fds = vec![seg.fd(), bells[0].as_fd(), bells[1].as_fd()];
         fds.truncate(n);
         fds.extend(bell.filter(|_| send_bell));
-        let sent = match self.clients.get(&token) {
-            Some(c) => c.chan.send_response(0, &Response::Standby { dest, info, bell: send_bell }, &fds),
-            None => Err(ChannelError::Closed),
-        };
+        let standby = Response::Standby { dest, info, bell: send_bell };
+        let sent = send_to(&mut self.clients, &mut self.watch, token, 0, &standby, &fds);
         if sent.is_err() {
             // The acceptor was told: it drops the entry once it sees it
             // cancelled, and its mapping with `Forget`.
@@ -186,9 +181,7 @@ impl Daemon {
             return;
         }
         let Some(sb) = self.standbys.remove(&conn) else { return };
-        if let Some(c) = self.clients.get(&sb.client) {
-            let _ = c.chan.send_response(0, &Response::Withdraw { conn }, &[]);
-        }
+        let _ = self.send(sb.client, 0, &Response::Withdraw { conn }, &[]);
         self.tell_forget(sb.client, sb.info.segment);
         self.tell_forget(sb.listener.0, sb.info.segment);
     }

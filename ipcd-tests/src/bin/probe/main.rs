@@ -155,6 +155,7 @@ const CHECKS: &[Check] = &[
     ("bad-args", bad_args),
     ("closed-names", closed_names),
     ("kept-sockets", kept_sockets),
+    ("burst", burst),
 ];
 
 fn check(name: &str) -> Res {

@@ -642,3 +642,65 @@ pub(crate) fn closed_names() -> Res {
     net::close(s);
     Ok(())
 }
+
+/// A burst of connects to a listener with a deep backlog that accepts only
+/// once they are all made: each waits in the backlog and is then accepted
+/// with its bytes (under ipcd none may go to the kernel, which the
+/// integration test checks: the acceptor's channel filling up with them
+/// once sent a fifth there).
+pub(crate) fn burst() -> Res {
+    ipcd_monitor::limits::raise_nofile();
+    // SAFETY: an all-zero rlimit is a valid out buffer.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    cvt("getrlimit", unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }).map_err(f)?;
+    // Fewer than the backlog, so the kernel never makes a connect wait;
+    // far more than an acceptor's channel to the monitor holds at once.
+    let n: usize = 1500;
+    ensure!(lim.rlim_cur >= (4 * n + 64) as u64, "an fd limit of {} is too small for {n} connections", lim.rlim_cur);
+    let l = net::tcp_socket(false).map_err(f)?;
+    let (ss, len) = net::loopback(false, 0);
+    // SAFETY: a sockaddr of `len` bytes, then a bound socket.
+    unsafe {
+        cvt("bind", libc::bind(l, (&raw const ss).cast(), len)).map_err(f)?;
+        cvt("listen", libc::listen(l, 4096)).map_err(f)?;
+    }
+    let port = net::local_port(l).map_err(f)?;
+    let (made_r, made_w) = pipe()?;
+    let pid = fork()?;
+    if pid == 0 {
+        in_child(|| {
+            net::close(l);
+            net::close(made_r);
+            let conns: Vec<i32> =
+                (0..n).map(|_| net::connect_loopback(false, port)).collect::<Result<_, _>>().map_err(f)?;
+            for (i, &c) in conns.iter().enumerate() {
+                net::send_all(c, &(i as u32).to_le_bytes()).map_err(f)?;
+            }
+            pipe_byte(made_w, true)?;
+            for (i, &c) in conns.iter().enumerate() {
+                let mut b = [0u8; 4];
+                net::read_exact(c, &mut b).map_err(f)?;
+                ensure!(u32::from_le_bytes(b) == i as u32, "connection {i} got {b:?}");
+                net::close(c);
+            }
+            Ok(())
+        });
+    }
+    net::close(made_w);
+    pipe_byte(made_r, false)?;
+    let mut accepted = Vec::with_capacity(n);
+    for _ in 0..n {
+        accepted.push(net::accept(l).map_err(f)?);
+    }
+    for &s in &accepted {
+        let mut b = [0u8; 4];
+        net::read_exact(s, &mut b).map_err(f)?;
+        net::send_all(s, &b).map_err(f)?;
+    }
+    wait_child(pid)?;
+    for s in accepted.into_iter().chain([l, made_r]) {
+        net::close(s);
+    }
+    Ok(())
+}
