@@ -5,7 +5,7 @@
 #![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 
 use std::io::Write;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -42,7 +42,8 @@ enum Cmd {
         #[arg(long)]
         poll: bool,
     },
-    /// Run a command under ipcd, starting a monitor if none answers.
+    /// Run a command under ipcd, starting a monitor if none answers; the
+    /// command then replaces `ipcd run` (same pid, signals, exit status).
     Run {
         /// Abstract socket name of the monitor [default: ipcd-<uid>].
         #[arg(long, env = "IPCD_SOCKET")]
@@ -180,15 +181,23 @@ fn ensure_monitor(socket: &str) -> Result<(), String> {
         .stdin(Stdio::null())
         .stdout(log_file.try_clone().map_err(|e| e.to_string())?);
     cmd.stderr(log_file);
-    // SAFETY: setsid in the child only detaches it from our session, so the
-    // monitor outlives this command and its terminal.
+    // SAFETY: between fork and exec, only async-signal-safe calls. The
+    // child leaves our session (the monitor outlives this command and its
+    // terminal) and forks again: the monitor runs in the grandchild, which
+    // is no child of the program `ipcd run` becomes, so the program never
+    // reaps it or hears of its exit.
     unsafe {
         cmd.pre_exec(|| {
             libc::setsid();
-            Ok(())
+            match libc::fork() {
+                -1 => Err(std::io::Error::last_os_error()),
+                0 => Ok(()),
+                _ => libc::_exit(0),
+            }
         });
     }
-    cmd.spawn().map_err(|e| format!("cannot start the monitor: {e}"))?;
+    let mut middle = cmd.spawn().map_err(|e| format!("cannot start the monitor: {e}"))?;
+    let _ = middle.wait();
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if MonitorClient::connect(socket).is_ok() {
@@ -232,17 +241,13 @@ fn run(socket: &str, command: &[String]) -> Result<ExitCode, String> {
         Ok(old) if !old.is_empty() => format!("{} {old}", lib.display()),
         _ => lib.display().to_string(),
     };
-    let status = Command::new(&command[0])
-        .args(&command[1..])
-        .env("LD_PRELOAD", preload)
-        .env("IPCD_SOCKET", socket)
-        .status()
-        .map_err(|e| format!("cannot run {}: {e}", command[0]))?;
-    Ok(match (status.code(), status.signal()) {
-        (Some(c), _) => ExitCode::from(c as u8),
-        (None, Some(sig)) => ExitCode::from(128u8.wrapping_add(sig as u8)),
-        _ => ExitCode::FAILURE,
-    })
+    // The command replaces this process: its pid, signals and exit status
+    // are its own (a SIGTERM to `ipcd run` reaches it; as a container's
+    // first process it is the init). exec returns only on failure.
+    let e = Command::new(&command[0]).args(&command[1..]).env("LD_PRELOAD", preload).env("IPCD_SOCKET", socket).exec();
+    let code = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+    eprintln!("ipcd: cannot run {}: {e}", command[0]);
+    Ok(ExitCode::from(code))
 }
 
 fn status(socket: &str, json: bool) -> Result<ExitCode, String> {

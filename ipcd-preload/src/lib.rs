@@ -28,6 +28,7 @@ mod sys;
 /// exec'd us.
 extern "C" fn init() {
     sys::guarded((), || {
+        sys::config::report_invalid();
         if !sys::config::get().disabled {
             sys::fds::reserve_table();
             fork::install();

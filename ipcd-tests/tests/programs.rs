@@ -1,8 +1,10 @@
 //! Whole programs under ipcd: a fortified C binary (the `_chk` entry points
 //! and a socket made before `main`), and `ipcd run` of a test program.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use ipcd_monitor::client::MonitorClient;
 use ipcd_tests::harness::{artifacts, die_with_parent, Monitor};
@@ -73,6 +75,41 @@ fn ipcd_run_starts_a_monitor_and_accelerates_the_command() {
         .expect("ipcd run");
     let _ = MonitorClient::connect(&socket).and_then(|mut c| c.stop());
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// `ipcd run` becomes the command: a SIGTERM sent to it reaches the
+/// command (it once stayed in `ipcd run`, and the command ran on), and the
+/// monitor it started is not the command's child (the command would reap
+/// it, or hear of its exit).
+#[test]
+fn ipcd_run_becomes_the_command() {
+    let a = artifacts();
+    let socket = format!("ipcd-run-exec-{}", std::process::id());
+    let mut cmd = Command::new(&a.ipcd);
+    let mut child = die_with_parent(&mut cmd)
+        .args(["run", "--socket", &socket, "--", "sleep", "60"])
+        .env_remove("LD_PRELOAD")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("ipcd run");
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{pid}/comm")).map_or(true, |c| c.trim() != "sleep") {
+        assert!(Instant::now() < deadline, "ipcd run did not become the command");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let report = MonitorClient::connect(&socket).and_then(|mut c| c.status());
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait");
+    let monitor = report.expect("the monitor started by ipcd run answers").status.monitor_pid;
+    let stat = std::fs::read_to_string(format!("/proc/{monitor}/stat")).unwrap_or_default();
+    let _ = MonitorClient::connect(&socket).and_then(|mut c| c.stop());
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    // Field 4 of /proc/PID/stat, after the parenthesised name.
+    let ppid: u32 =
+        stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse().ok()).unwrap_or(0);
+    assert_ne!(ppid, pid, "the monitor is the command's child");
 }
 
 /// Runs `ipcd bench` with `args` and `--out` a fresh directory; returns

@@ -31,6 +31,8 @@ pub(crate) struct Config {
     pub batch: Duration,
     /// `IPCD_LOG`: 0 error, 1 warn (default), 2 info, 3 debug.
     pub log_level: u8,
+    /// What was not understood, and what was used instead.
+    pub invalid: Vec<String>,
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -38,27 +40,99 @@ static CONFIG: OnceLock<Config> = OnceLock::new();
 /// One fewer than the cores this process may run on: a spinner keeps a
 /// core, and the thread it waits for needs one too.
 fn default_spinners() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32 - 1)
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32 - 1).max(1)
 }
 
 /// The settings (read on first use).
 pub(crate) fn get() -> &'static Config {
-    CONFIG.get_or_init(|| {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        // SAFETY: getuid cannot fail.
-        let uid = unsafe { libc::getuid() };
-        Config {
-            disabled: var("IPCD_DISABLE").is_some_and(|v| v != "0"),
-            socket: var("IPCD_SOCKET").unwrap_or_else(|| format!("ipcd-{uid}")),
-            spin: var("IPCD_SPIN_US").and_then(|v| v.parse().ok()).map_or(DEFAULT_SPIN, Duration::from_micros),
-            spinners: var("IPCD_SPINNERS").and_then(|v| v.parse().ok()).unwrap_or_else(default_spinners).max(1),
-            batch: var("IPCD_BATCH_NS").and_then(|v| v.parse().ok()).map_or(DEFAULT_BATCH, Duration::from_nanos),
-            log_level: match var("IPCD_LOG").as_deref() {
-                Some("error") => 0,
-                Some("info") => 2,
-                Some("debug") | Some("trace") => 3,
-                _ => 1,
-            },
+    CONFIG.get_or_init(|| read(&|k| std::env::var(k).ok().filter(|v| !v.is_empty())))
+}
+
+/// Says once, at load, which settings were not understood and what was
+/// used instead (a typo must not pass for the default in silence).
+pub(crate) fn report_invalid() {
+    for m in &get().invalid {
+        crate::sys::log::log!(crate::sys::log::Level::Warn, "{m}");
+    }
+}
+
+/// The settings from `var` (the environment).
+fn read(var: &dyn Fn(&str) -> Option<String>) -> Config {
+    let mut invalid = Vec::new();
+    let mut num = |k: &str, default: u64, shown: &str| -> u64 {
+        match var(k).map(|v| (v.parse::<u64>(), v)) {
+            None => default,
+            Some((Ok(n), _)) => n,
+            Some((Err(_), v)) => {
+                invalid.push(format!("{k}={v:?} is not a whole number; using {shown}"));
+                default
+            }
         }
-    })
+    };
+    let spin = Duration::from_micros(num("IPCD_SPIN_US", DEFAULT_SPIN.as_micros() as u64, "50"));
+    let batch = Duration::from_nanos(num("IPCD_BATCH_NS", DEFAULT_BATCH.as_nanos() as u64, "500"));
+    let cores = default_spinners();
+    let spinners = match num("IPCD_SPINNERS", u64::from(cores), &format!("{cores} (one fewer than the cores)")) {
+        0 => {
+            invalid.push("IPCD_SPINNERS=0 lets no thread spin; using 1".to_string());
+            1
+        }
+        n => u32::try_from(n).unwrap_or(u32::MAX),
+    };
+    let log_level = match var("IPCD_LOG").as_deref() {
+        None | Some("warn") => 1,
+        Some("error") => 0,
+        Some("info") => 2,
+        Some("debug") | Some("trace") => 3,
+        Some(other) => {
+            invalid.push(format!("IPCD_LOG={other:?} is not one of error, warn, info, debug; using warn"));
+            1
+        }
+    };
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    Config {
+        disabled: var("IPCD_DISABLE").is_some_and(|v| v != "0"),
+        socket: var("IPCD_SOCKET").unwrap_or_else(|| format!("ipcd-{uid}")),
+        spin,
+        spinners,
+        batch,
+        log_level,
+        invalid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(vars: &[(&str, &str)]) -> Config {
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        read(&|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn unset_settings_take_the_defaults_quietly() {
+        let c = with(&[]);
+        assert_eq!((c.spin, c.batch, c.log_level), (DEFAULT_SPIN, DEFAULT_BATCH, 1));
+        assert_eq!(c.spinners, default_spinners().max(1));
+        assert!(c.invalid.is_empty());
+    }
+
+    #[test]
+    fn good_settings_are_taken() {
+        let c = with(&[("IPCD_SPIN_US", "7"), ("IPCD_SPINNERS", "3"), ("IPCD_BATCH_NS", "0"), ("IPCD_LOG", "debug")]);
+        assert_eq!((c.spin, c.spinners, c.batch, c.log_level), (Duration::from_micros(7), 3, Duration::ZERO, 3));
+        assert!(c.invalid.is_empty(), "{:?}", c.invalid);
+    }
+
+    #[test]
+    fn bad_settings_are_named_with_what_was_used() {
+        let c = with(&[("IPCD_SPIN_US", "garbage"), ("IPCD_SPINNERS", "0"), ("IPCD_LOG", "loud")]);
+        assert_eq!((c.spin, c.spinners, c.log_level), (DEFAULT_SPIN, 1, 1));
+        assert_eq!(c.invalid.len(), 3, "{:?}", c.invalid);
+        assert!(c.invalid[0].contains("IPCD_SPIN_US=\"garbage\"") && c.invalid[0].ends_with("using 50"));
+        assert!(c.invalid[1].contains("IPCD_SPINNERS=0"));
+        assert!(c.invalid[2].contains("IPCD_LOG=\"loud\"") && c.invalid[2].ends_with("using warn"));
+    }
 }
