@@ -28,19 +28,7 @@ fn set_common(fd: i32) -> Res {
     set_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
     set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     set_int(fd, libc::SOL_SOCKET, libc::SO_OOBINLINE, 1)?;
-    let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
-    // SAFETY: a timeval of its size.
-    cvt("setsockopt", unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const tv).cast(),
-            size_of::<libc::timeval>() as u32,
-        )
-    })
-    .map_err(f)?;
-    Ok(())
+    set_timeout(fd, 5)
 }
 
 /// Every option of [`set_common`] at its default, and the flags as asked.
@@ -172,13 +160,7 @@ pub(crate) fn kept_inode() -> Res {
 /// program reach its limit sooner.
 pub(crate) fn fd_capacity(soft: u64) -> Res {
     let (l, port) = net::listen_loopback(false).map_err(f)?;
-    // SAFETY: an all-zero rlimit is a valid out buffer.
-    let mut old: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: get/setrlimit on live structs.
-    cvt("getrlimit", unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) }).map_err(f)?;
-    let low = libc::rlimit { rlim_cur: soft, rlim_max: old.rlim_max };
-    // SAFETY: as above.
-    cvt("setrlimit", unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }).map_err(f)?;
+    lower_soft_nofile(soft)?;
     let mut held = Vec::new();
     while let Ok(c) = net::connect_loopback(false, port) {
         let Ok(s) = net::accept(l) else {

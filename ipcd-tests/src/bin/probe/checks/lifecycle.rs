@@ -475,6 +475,19 @@ pub(crate) fn reuse() -> Res {
     Ok(())
 }
 
+/// Lowers the soft `RLIMIT_NOFILE` to `soft`, the hard one kept; returns
+/// the limits as they were.
+pub(crate) fn lower_soft_nofile(soft: u64) -> Result<libc::rlimit, String> {
+    // SAFETY: an all-zero rlimit is a valid out buffer.
+    let mut old: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: get/setrlimit on live structs.
+    cvt("getrlimit", unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) }).map_err(f)?;
+    let low = libc::rlimit { rlim_cur: soft, rlim_max: old.rlim_max };
+    // SAFETY: as above.
+    cvt("setrlimit", unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }).map_err(f)?;
+    Ok(old)
+}
+
 /// At the fd limit (`RLIMIT_NOFILE` reached): an accept fails with EMFILE
 /// and its connection stays queued, an established connection keeps
 /// working, and once fds are free again the accept takes the queued
@@ -510,13 +523,7 @@ pub(crate) fn fd_limit() -> Res {
     net::close(go_r);
     net::close(done_w);
     // The limit lowered and every fd below it taken.
-    // SAFETY: an all-zero rlimit is a valid out buffer.
-    let mut old: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: get/setrlimit on live structs.
-    cvt("getrlimit", unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) }).map_err(f)?;
-    let low = libc::rlimit { rlim_cur: 256, rlim_max: old.rlim_max };
-    // SAFETY: as above.
-    cvt("setrlimit", unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }).map_err(f)?;
+    let old = lower_soft_nofile(256)?;
     let mut fillers = Vec::new();
     loop {
         // SAFETY: a NUL-terminated path.
