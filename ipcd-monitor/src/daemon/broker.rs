@@ -173,12 +173,9 @@ impl Daemon {
                 self.doom(acceptor, undeliverable("cannot deliver", e));
             }
         }
-        if let (Err(e), Some(seq)) = (&sent, answer) {
+        if let (Err(_), Some(seq)) = (&sent, answer) {
             self.fallbacks_total += 1;
-            // No room (the kernel's queue takes it), or the acceptor is gone
-            // (its kernel listener with it: the kernel refuses).
-            let reason = if e.is_would_block() { Fallback::BacklogFull } else { Fallback::NoListener };
-            self.reply(token, seq, &Response::UseKernel { reason }, &[]);
+            self.reply(token, seq, &Response::UseKernel { reason: Fallback::BacklogFull }, &[]);
             if reused {
                 // Both still map it; a dropped listener's pool is emptied
                 // (and the connector told to forget it) with its client.
