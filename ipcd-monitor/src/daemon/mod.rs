@@ -230,6 +230,13 @@ const STANDBYS_PER_DEST: usize = 16;
 /// once, up to this); the preload library keeps at most `MAX_CACHED`.
 const POOL_PER_PAIR: usize = 32;
 
+/// Whether a message can go on `chan` now (its peer's queue has room).
+fn has_room(chan: BorrowedFd<'_>) -> bool {
+    let mut p = libc::pollfd { fd: chan.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+    // SAFETY: one live pollfd, no waiting.
+    unsafe { libc::poll(&mut p, 1, 0) == 1 && p.revents & libc::POLLOUT != 0 }
+}
+
 /// A connector's address before its own is known: `dest`'s address, port 0.
 fn port_zero(dest: SockAddr) -> SockAddr {
     match dest {
