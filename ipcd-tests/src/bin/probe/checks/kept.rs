@@ -112,6 +112,12 @@ pub(crate) fn kept_sockets() -> Res {
         // Both listeners serve, and what they accept looks new too.
         for (lfd, lport) in [(a, p), (b, p2)] {
             let c = net::connect_loopback(v6, lport).map_err(f)?;
+            // `b` is non-blocking: wait for the connection as a program
+            // would (under ipcd it may reach the listener a moment after
+            // connect returned).
+            let mut pfd = libc::pollfd { fd: lfd, events: libc::POLLIN, revents: 0 };
+            // SAFETY: one live pollfd.
+            cvt("poll", unsafe { libc::poll(&mut pfd, 1, 10_000) }).map_err(f)?;
             let s = net::accept(lfd).map_err(f)?;
             looks_new(c, false, true)?;
             looks_new(s, false, true)?;
