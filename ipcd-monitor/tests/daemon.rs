@@ -424,3 +424,21 @@ fn a_status_report_lists_every_connection() {
     assert_eq!(report.connections.len(), N, "every connection listed");
     assert_eq!(report.listeners.len(), 1);
 }
+
+/// A connector that could not map its end (its fds never came: it was at
+/// its fd limit) lets it go with `Release { abort }`: the monitor resets
+/// the end for it and rings the acceptor, who would otherwise wait for
+/// ever on a connection nobody holds. (A `Close` says the holder closed
+/// the ring itself, which it never mapped.)
+#[test]
+fn an_end_never_mapped_is_reset_for_its_holder() {
+    let m = Monitor::start();
+    let Brokered { server: _server, mut client, info, cfds, sfds, _lfd, .. } = brokered(&m);
+    drop(cfds);
+    client.notify(&Request::Release { conn: info.conn, side: info.side, abort: true }).unwrap();
+    client.status().unwrap();
+    let b = map(&sfds[0]);
+    let rx = b.seg.consumer(ipcd_ring::Side::B).unwrap();
+    assert_eq!(rx.peer_state(), PeerState::Reset, "the acceptor sees the connector's end reset");
+    assert_eq!(bell_count(&sfds[1]), 1, "the acceptor's doorbell was rung");
+}

@@ -276,7 +276,7 @@ pub(crate) fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect
             // not need.
             let level = if matches!(e, AttachError::Fds(0)) { Level::Info } else { Level::Error };
             log!(level, "connect to {dest}: cannot map the connection ({e}); kernel connect");
-            let _ = control::with(|c| c.notify(&Request::Close { conn: info.conn, side: info.side, keep: false }));
+            let _ = control::with(|c| abandon(c, &info));
             Connect::Kernel
         }
     }
@@ -439,7 +439,8 @@ fn accepted(sock: &Socket, pending: Pending, pid: u32, flags: libc::c_int) -> Re
             };
             let link = Link::attach(&info, fds).map_err(|e| {
                 log!(Level::Error, "cannot map accepted connection {conn}: {e}");
-                Refused::Failed(fail(libc::ECONNABORTED))
+                let _ = control::with(|c| abandon(c, &info));
+                Refused::Failed(libc::ECONNABORTED)
             })?;
             (info, link)
         }
@@ -481,6 +482,14 @@ fn accepted(sock: &Socket, pending: Pending, pid: u32, flags: libc::c_int) -> Re
         Ok(())
     });
     Ok((fd, for_family(peer, sock.family)))
+}
+
+/// Lets go of an end we could not map (its fds never came, or did not
+/// map): the monitor resets it for us, so the peer sees `ECONNRESET`
+/// instead of waiting for ever. (A `Close` would say we had closed it in
+/// the ring ourselves.)
+fn abandon(c: &mut control::Control, info: &ConnInfo) -> Result<(), ipcd_proto::channel::ChannelError> {
+    c.notify(&Request::Release { conn: info.conn, side: info.side, abort: true })
 }
 
 /// Resets a connection we will not serve: the connector sees `ECONNRESET`.
@@ -735,7 +744,10 @@ pub(crate) fn close_listener(id: u64, shared: bool, passed: bool) {
                 // Taken from us for another process: not ours to reset.
                 Some(link) if !link.claim(c.pid()) => continue,
                 Some(link) => drop(reset_link(link)),
-                None => {}
+                None => {
+                    abandon(c, &info)?;
+                    continue;
+                }
             }
             c.notify(&Request::Close { conn: info.conn, side: info.side, keep: false })?;
         }
