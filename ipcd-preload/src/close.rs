@@ -18,15 +18,6 @@ pub(crate) fn forget(fd: c_int) {
     }
 }
 
-/// The last fd of `sock` is gone: FIN or reset, unregister, unmap —
-/// unless a call in another thread still uses it, which then does this.
-pub(crate) fn last_close(sock: &Socket) {
-    if sock.defer_close() {
-        return;
-    }
-    close_now(sock);
-}
-
 /// What the last close does (also run by a call that outlived the close).
 pub(crate) fn close_now(sock: &Socket) {
     let old = std::mem::replace(&mut *sock.lock(), State::Closed);
@@ -45,33 +36,38 @@ pub(crate) fn close_now(sock: &Socket) {
 /// Our bookkeeping for an fd about to be closed (by close, or implicitly by
 /// dup2/dup3 onto it).
 pub(crate) fn release(fd: c_int) {
-    if let Some(s) = table::remove(fd) {
-        if s.drop_fd() {
-            guarded((), || last_close(&s));
-        }
-    }
+    drop_fd(fd, false);
 }
 
 /// [`release`] for the program's `close`, before the kernel's: with the
 /// last fd gone, a clean kernel socket (still open as `fd`) is kept for
 /// the next socket (see [`reuse`]).
 pub(crate) fn release_keeping(fd: c_int) {
-    if let Some(s) = table::remove(fd) {
-        if s.drop_fd() {
-            guarded((), || {
-                if s.defer_close() {
-                    return;
-                }
-                let bound = match &*s.lock() {
-                    State::Fresh { bound } => Some(*bound),
-                    State::Stream(st) => Some(st.bound),
-                    State::Listening { .. } | State::Closed => None,
-                };
-                if let Some(bound) = bound {
-                    reuse::keep(fd, &s, bound);
-                }
-                close_now(&s);
-            });
-        }
+    drop_fd(fd, true);
+}
+
+/// Forgets `fd`. With the last fd of its socket gone: FIN or reset,
+/// unregister, unmap (keeping the kernel socket first if `keep`) — unless
+/// a call in another thread still uses it, which then does this.
+fn drop_fd(fd: c_int, keep: bool) {
+    let Some(s) = table::remove(fd) else { return };
+    if !s.drop_fd() {
+        return;
     }
+    guarded((), || {
+        if s.defer_close() {
+            return;
+        }
+        if keep {
+            let bound = match &*s.lock() {
+                State::Fresh { bound } => Some(*bound),
+                State::Stream(st) => Some(st.bound),
+                State::Listening { .. } | State::Closed => None,
+            };
+            if let Some(bound) = bound {
+                reuse::keep(fd, &s, bound);
+            }
+        }
+        close_now(&s);
+    });
 }

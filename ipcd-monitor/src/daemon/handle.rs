@@ -219,16 +219,25 @@ impl Daemon {
         }
     }
 
-    /// `Close`: an end the client holds is released.
-    fn close(&mut self, token: u64, conn: u64, side: Side, keep: bool) {
+    /// Takes `(conn, side)` off `token`'s holdings for a `what` request
+    /// (`close`, `release`); false (and a warning) if it does not hold it.
+    fn drop_holding(&mut self, token: u64, conn: u64, side: Side, what: &str) -> bool {
         if !self.holds(token, conn, side) {
-            log!(Level::Warn, "msg=\"close of a connection not held\" client={token} conn={conn}");
-            return;
+            log!(Level::Warn, "msg=\"{what} of a connection not held\" client={token} conn={conn}");
+            return false;
         }
         if let Some(c) = self.clients.get_mut(&token) {
             if let Some(pos) = c.holdings.iter().position(|h| *h == (conn, side)) {
                 c.holdings.remove(pos);
             }
+        }
+        true
+    }
+
+    /// `Close`: an end the client holds is released.
+    fn close(&mut self, token: u64, conn: u64, side: Side, keep: bool) {
+        if !self.drop_holding(token, conn, side, "close") {
+            return;
         }
         if let Some(rec) = self.conns.get_mut(&conn) {
             rec.kept[idx(side)] = keep;
@@ -236,18 +245,13 @@ impl Daemon {
         self.release(token, conn, side, false);
     }
 
-    /// `Release`: a shared end the client holds goes; the monitor gives its
-    /// share of the holder count back (and closes the end if it was the
-    /// last), so the share goes exactly once even if the client dies next.
+    /// `Release`: an end the client holds goes (a shared one, or one it
+    /// never mapped); the monitor gives its share of the holder count back
+    /// (and closes the end if it was the last), so the share goes exactly
+    /// once even if the client dies next.
     fn release_shared(&mut self, token: u64, conn: u64, side: Side, abort: bool) {
-        if !self.holds(token, conn, side) {
-            log!(Level::Warn, "msg=\"release of a connection not held\" client={token} conn={conn}");
+        if !self.drop_holding(token, conn, side, "release") {
             return;
-        }
-        if let Some(c) = self.clients.get_mut(&token) {
-            if let Some(pos) = c.holdings.iter().position(|h| *h == (conn, side)) {
-                c.holdings.remove(pos);
-            }
         }
         self.let_go(token, conn, side, Gone::Released { abort });
     }

@@ -134,20 +134,21 @@ struct Orphan {
     deadline: Instant,
 }
 
-/// A connection end passed over `SCM_RIGHTS` and not yet claimed: held
-/// for its receiver by a token no client has, until `deadline`.
 /// How a holding of a connection end ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Gone {
     /// `Close`: the holder gave back its share of the segment's holder
     /// count itself (and closed the end if it was the last).
     Closed,
-    /// `Release`: the holder left its share to the monitor.
+    /// `Release`: the holder left its share to the monitor (a shared end,
+    /// or one it never mapped), which closes the end if it was the last.
     Released { abort: bool },
     /// The holder's process died, or its client was dropped.
     Died,
 }
 
+/// A connection end passed over `SCM_RIGHTS` and not yet claimed: held
+/// for its receiver by a token no client has, until `deadline`.
 struct Passed {
     conn: u64,
     side: Side,

@@ -48,27 +48,24 @@ impl Place {
             (Place::Inside((limit.rlim_cur - limit.rlim_cur / 4).min(MAX_FLOOR)), None)
         }
     }
+}
 
-    /// The lowest number of the place; opens it for moves until [`Place::close`].
-    fn open(&self) -> libc::c_int {
-        match *self {
-            Place::Outside { limit, raised } => {
-                let up = libc::rlimit { rlim_cur: raised, rlim_max: limit.rlim_max };
-                // SAFETY: setrlimit from a live struct; only the soft limit
-                // moves, within the hard one.
-                unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &up) };
-                limit.rlim_cur as libc::c_int
-            }
-            Place::Inside(floor) => floor as libc::c_int,
-        }
-    }
-
-    /// Puts the program's soft limit back.
-    fn close(&self) {
-        if let Place::Outside { limit, .. } = self {
+/// Runs `f` with the lowest number our fds may take now (see [`Place`]),
+/// the soft limit raised around it when they go above it.
+fn moving<R>(f: impl FnOnce(libc::c_int) -> R) -> R {
+    let (place, _raising) = Place::now();
+    match place {
+        Place::Outside { limit, raised } => {
+            let up = libc::rlimit { rlim_cur: raised, rlim_max: limit.rlim_max };
+            // SAFETY: setrlimit from a live struct; only the soft limit
+            // moves, within the hard one.
+            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &up) };
+            let r = f(limit.rlim_cur as libc::c_int);
             // SAFETY: setrlimit from a live struct: the values read before.
-            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, limit) };
+            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+            r
         }
+        Place::Inside(floor) => f(floor as libc::c_int),
     }
 }
 
@@ -86,12 +83,10 @@ pub(crate) fn reserve_table() {
     if fd < 0 {
         return;
     }
-    let (place, _raising) = Place::now();
-    let base = place.open();
     // SAFETY: `fd` is ours, and so is its copy; both are closed at once.
+    let high = moving(|base| unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, (base + 64) as usize) });
+    // SAFETY: as above.
     unsafe {
-        let high = real::fcntl(fd, libc::F_DUPFD_CLOEXEC, (base + 64) as usize);
-        place.close();
         if high >= 0 {
             real::close(high);
         }
@@ -122,25 +117,20 @@ pub(crate) fn hide(fd: OwnedFd) -> OwnedFd {
 
 /// [`hide`] for several fds at once (one change of the limit for all).
 pub(crate) fn hide_all<const N: usize>(fds: [OwnedFd; N]) -> [OwnedFd; N] {
-    let (place, _raising) = Place::now();
-    let base = place.open();
-    let out = fds.map(|fd| {
-        let fd = moved(fd, base);
-        mark(fd.as_raw_fd());
-        fd
-    });
-    place.close();
-    out
+    moving(|base| {
+        fds.map(|fd| {
+            let fd = moved(fd, base);
+            mark(fd.as_raw_fd());
+            fd
+        })
+    })
 }
 
 /// A hidden copy of `fd` (see [`hide`]), or `None` if there is no room out
 /// of the program's way.
 pub(crate) fn hidden_copy(fd: RawFd) -> Option<OwnedFd> {
-    let (place, _raising) = Place::now();
-    let base = place.open();
     // SAFETY: duplicates an fd the caller holds open.
-    let copy = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, base as usize) };
-    place.close();
+    let copy = moving(|base| unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, base as usize) });
     if copy < 0 {
         return None;
     }
