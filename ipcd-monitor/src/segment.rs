@@ -76,6 +76,18 @@ impl SharedSegment {
         self.view.reuse(conn);
     }
 
+    /// Names the processes `pids` (the monitor's numbers: connector,
+    /// acceptor) as the first holders of sides A and B, so that a survivor
+    /// can judge its peer's death after this monitor is gone.
+    pub fn name_holders(&self, pids: [u32; 2]) {
+        let ns = pid_namespace();
+        for (side, pid) in [ipcd_ring::Side::A, ipcd_ring::Side::B].into_iter().zip(pids) {
+            if let Some(id) = ipcd_proto::holder::holder_id(ns, pid) {
+                let _ = self.view().name_holder(side, id);
+            }
+        }
+    }
+
     /// The connection is over and the segment goes to a pool: the pages a
     /// bulk connection touched are given back, so that a pooled segment
     /// does not pin megabytes it may never use again.
@@ -123,4 +135,14 @@ pub fn ring(bell: BorrowedFd<'_>) {
     let one: u64 = 1;
     // SAFETY: writes 8 bytes from a live u64 to an eventfd.
     let _ = unsafe { libc::write(bell.as_raw_fd(), (&raw const one).cast(), 8) };
+}
+
+/// The inode of this process's pid namespace (0 if unknown), which tells
+/// apart the namespaces the pids in segments are valid in.
+pub fn pid_namespace() -> u64 {
+    static NS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *NS.get_or_init(|| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
+    })
 }

@@ -125,6 +125,9 @@ fn share_all(held: &mut Held, child: bool) -> bool {
         match &mut *h.guard {
             State::Stream(st) => {
                 st.link.set_shared();
+                if child {
+                    st.link.name_self();
+                }
                 any = true;
             }
             State::Listening { bell, shared, served, passed, .. } => {
@@ -165,6 +168,7 @@ extern "C" fn parent() {
 extern "C" fn child() {
     crate::sys::guarded((), || {
         process::forked();
+        crate::conn::peer::forked();
         crate::conn::wait::SpinSlot::reset_after_fork();
         PENDING.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let mut known = HashSet::new();

@@ -7,6 +7,8 @@
 //!   allocation to decode, every length checked, fds counted per message);
 //! - [`state`]: one connection end as a pure state machine giving Linux
 //!   TCP's answers (bytes, end-of-stream, errno, `SIGPIPE`, poll mask);
+//! - [`holder`]: how a process names itself among a side's holders in a
+//!   segment;
 //! - `channel` (feature `std`): the framed channel over a Unix
 //!   `SOCK_SEQPACKET` socket with fd passing and peer credentials. It is the
 //!   only part of this crate that makes system calls.
@@ -15,6 +17,7 @@
 
 pub mod addr;
 pub mod error;
+pub mod holder;
 pub mod message;
 pub mod state;
 mod wire;

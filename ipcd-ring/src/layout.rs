@@ -1,6 +1,6 @@
 //! The `#[repr(C)]` structures that live in shared memory, and their offsets.
 //!
-//! A segment is: one [`SegmentHeader`] line, two [`RingControl`] blocks (ring
+//! A segment is: a [`SegmentHeader`] (two lines), two [`RingControl`] blocks (ring
 //! 0 carries A→B, ring 1 carries B→A), then the two data areas. Every field is
 //! an atomic, so a peer writing the header at any moment is a race on atomics,
 //! never on plain memory.
@@ -10,7 +10,7 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 /// `b"IPCDSEG1"` read as a little-endian `u64`: the first word of every segment.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"IPCDSEG1");
 /// Version of this layout. An attach to any other version fails.
-pub const SEGMENT_VERSION: u32 = 5;
+pub const SEGMENT_VERSION: u32 = 6;
 /// Padding unit: x86-64's adjacent-line prefetcher pulls 64-byte lines in
 /// pairs, so two indices 64 bytes apart still share traffic (as crossbeam does).
 pub const CACHE_LINE: usize = 128;
@@ -168,7 +168,7 @@ impl core::fmt::Debug for SegmentHeader {
     }
 }
 
-/// First line of a segment. Written by the monitor before the segment is
+/// First two lines of a segment. Written by the monitor before the segment is
 /// shared; afterwards only the holder counts and locks change.
 #[repr(C)]
 pub struct SegmentHeader {
@@ -203,7 +203,15 @@ pub struct SegmentHeader {
     /// The connector's address, written before its ticket says connected
     /// (opaque words to this crate).
     pub(crate) connector: [AtomicU32; 8],
+    /// Who holds each side: up to [`HOLDER_SLOTS`] opaque nonzero ids
+    /// (to this crate) of holding processes, 0 for a free slot. Written by
+    /// each holder for itself and by the monitor; read by a survivor that
+    /// must judge, with no monitor left, whether its peer died.
+    pub(crate) holder_ids: [[AtomicU64; HOLDER_SLOTS]; 2],
 }
+
+/// How many holders of one side a segment can name (see `Segment::name_holder`).
+pub const HOLDER_SLOTS: usize = 4;
 
 /// Ticket state: not a standby connection.
 pub(crate) const TICKET_NONE: u64 = 0;
@@ -255,9 +263,11 @@ pub mod offsets {
     pub const TICKET: usize = 80;
     /// Header: the connector's address (`[u32; 8]`).
     pub const CONNECTOR: usize = 88;
+    /// Header: the holders' ids, side A's slots then side B's (`[[u64; 4]; 2]`).
+    pub const HOLDER_IDS: usize = 120;
     /// Start of ring `i`'s control block.
     pub const fn ring(i: usize) -> usize {
-        CACHE_LINE + i * 4 * CACHE_LINE
+        2 * CACHE_LINE + i * 4 * CACHE_LINE
     }
     /// Within a ring control block: `tail` (`u64`).
     pub const TAIL: usize = 0;
@@ -308,9 +318,10 @@ const _: () = {
     assert!(offset_of!(SegmentHeader, offer) == offsets::OFFER);
     assert!(offset_of!(SegmentHeader, ticket) == offsets::TICKET);
     assert!(offset_of!(SegmentHeader, connector) == offsets::CONNECTOR);
-    assert!(size_of::<SegmentHeader>() <= CACHE_LINE);
-    assert!(offset_of!(SegmentControl, rings) == CACHE_LINE);
-    assert!(DATA_START == 9 * CACHE_LINE);
+    assert!(offset_of!(SegmentHeader, holder_ids) == offsets::HOLDER_IDS);
+    assert!(size_of::<SegmentHeader>() <= 2 * CACHE_LINE);
+    assert!(offset_of!(SegmentControl, rings) == 2 * CACHE_LINE);
+    assert!(DATA_START == 10 * CACHE_LINE);
     assert!(align_of::<SegmentControl>() == SEGMENT_ALIGN);
     assert!(offset_of!(WriterLine, tail) == 0);
     assert!(offset_of!(WriterLine, flags) == offsets::WRITER_FLAGS);

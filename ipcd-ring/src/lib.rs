@@ -56,7 +56,7 @@ pub mod fuzzing;
 pub use consumer::{Consumer, PeerState};
 pub use error::{Corruption, Error};
 pub use layout::{
-    RingControl, SegmentHeader, CACHE_LINE, FLAG_CLOSED, FLAG_RESET, MAX_CAPACITY, NO_CPU, OFFER_CLAIMED,
+    RingControl, SegmentHeader, CACHE_LINE, FLAG_CLOSED, FLAG_RESET, HOLDER_SLOTS, MAX_CAPACITY, NO_CPU, OFFER_CLAIMED,
     SEGMENT_ALIGN, SEGMENT_MAGIC, SEGMENT_VERSION,
 };
 pub use producer::Producer;

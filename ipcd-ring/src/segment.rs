@@ -1,16 +1,16 @@
 //! A connection segment: header, two rings, their data areas; created by the
 //! monitor, attached by both ends, validated on every attach.
 
-use core::num::NonZeroU32;
+use core::num::{NonZeroU32, NonZeroU64};
 use core::ptr::NonNull;
 
 use crate::consumer::Consumer;
 use crate::error::Error;
 use crate::layout::BUSY;
 use crate::layout::{
-    Line, RingControl, SegmentControl, SegmentHeader, CACHE_LINE, DATA_START, FLAG_RESET, MAX_CAPACITY, NO_CPU,
-    OFFER_CLAIMED, SEGMENT_ALIGN, SEGMENT_MAGIC, SEGMENT_VERSION, TICKET_CANCELLED, TICKET_CONNECTED, TICKET_EXPECTED,
-    TICKET_NONE, TICKET_WATCHED,
+    Line, RingControl, SegmentControl, SegmentHeader, CACHE_LINE, DATA_START, FLAG_RESET, HOLDER_SLOTS, MAX_CAPACITY,
+    NO_CPU, OFFER_CLAIMED, SEGMENT_ALIGN, SEGMENT_MAGIC, SEGMENT_VERSION, TICKET_CANCELLED, TICKET_CONNECTED,
+    TICKET_EXPECTED, TICKET_NONE, TICKET_WATCHED,
 };
 use crate::producer::Producer;
 use crate::span::DataArea;
@@ -155,6 +155,7 @@ impl Segment {
                 offer: AtomicU32::new(0),
                 ticket: AtomicU64::new(TICKET_NONE),
                 connector: core::array::from_fn(|_| AtomicU32::new(0)),
+                holder_ids: core::array::from_fn(|_| core::array::from_fn(|_| AtomicU64::new(0))),
             }),
             rings: [RingControl::new(0), RingControl::new(0)],
         };
@@ -181,6 +182,9 @@ impl Segment {
         }
         header.offer.store(0, Ordering::Relaxed);
         header.ticket.store(TICKET_NONE, Ordering::Relaxed);
+        for id in header.holder_ids.iter().flatten() {
+            id.store(0, Ordering::Relaxed);
+        }
         for r in &control.rings {
             r.writer.tail.store(0, Ordering::Relaxed);
             r.writer.flags.store(0, Ordering::Relaxed);
@@ -300,6 +304,59 @@ impl Segment {
         let woke_reader = close_writer(&rings[side.tx()], FLAG_RESET);
         let woke_writer = close_reader(&rings[side.peer().tx()]);
         woke_reader | woke_writer
+    }
+
+    /// Closes `side` as the kernel closes the socket of a process that
+    /// died: with a reset if bytes it never read were left (or `abort`),
+    /// else with an end of stream both ways. Returns whether the peer's
+    /// doorbell must be rung. Works on a corrupted ring.
+    pub fn close_dead_end(&self, side: Side, abort: bool) -> bool {
+        let unread = self.consumer(side).and_then(|mut c| c.readable()).map_or(true, |n| n > 0);
+        if unread || abort {
+            return self.mark_gone(side);
+        }
+        match self.endpoint(side) {
+            Ok((mut p, mut c)) => {
+                let _ = p.close();
+                let _ = c.close();
+                true
+            }
+            Err(_) => self.mark_gone(side),
+        }
+    }
+
+    /// Names `id` (nonzero, opaque here: the caller's process id and
+    /// namespace) among the holders of `side`, unless it is named
+    /// already. False when every slot is taken: the side then has holders
+    /// nobody can name, and [`Segment::holders_named`] says so.
+    pub fn name_holder(&self, side: Side, id: NonZeroU64) -> bool {
+        let slots = &self.control().header.holder_ids[side.index()];
+        if slots.iter().any(|s| s.load(Ordering::Relaxed) == id.get()) {
+            return true;
+        }
+        slots.iter().any(|s| s.compare_exchange(0, id.get(), Ordering::AcqRel, Ordering::Relaxed).is_ok())
+    }
+
+    /// Takes `id` off the holders of `side` (it let go of its share).
+    pub fn unname_holder(&self, side: Side, id: NonZeroU64) {
+        let slots = &self.control().header.holder_ids[side.index()];
+        if let Some(s) = slots.iter().find(|s| s.load(Ordering::Relaxed) == id.get()) {
+            let _ = s.compare_exchange(id.get(), 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+
+    /// The named holders of `side`, when they can account for every share
+    /// of its holder count: `None` if some holder has no name (more than
+    /// [`HOLDER_SLOTS`], a share passed but not yet received, a forked
+    /// child not yet named) or none is named. Any name may be stale (its
+    /// process died); read as published, never trusted beyond that.
+    pub fn holders_named(&self, side: Side) -> Option<[u64; HOLDER_SLOTS]> {
+        let header = &self.control().header;
+        let ids: [u64; HOLDER_SLOTS] =
+            core::array::from_fn(|i| header.holder_ids[side.index()][i].load(Ordering::Acquire));
+        let named = ids.iter().filter(|&&id| id != 0).count();
+        let count = header.holders[side.index()].load(Ordering::Acquire) as usize;
+        (named > 0 && count <= named).then_some(ids)
     }
 
     /// Bytes `side` has written so far (its ring's `tail`), for reports.

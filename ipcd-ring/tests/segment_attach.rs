@@ -61,7 +61,7 @@ fn attach_rejects_every_broken_header_field() {
 
     r.poke_u32(offsets::DATA_START, 0);
     assert_eq!(attach(&r).unwrap_err(), Error::BadLayout);
-    r.poke_u32(offsets::DATA_START, 9 * 128);
+    r.poke_u32(offsets::DATA_START, 10 * 128);
 
     r.poke_u64(offsets::CAPACITY, 100);
     assert_eq!(attach(&r).unwrap_err(), Error::BadCapacity(100));
@@ -219,4 +219,68 @@ fn a_waiting_end_is_taken_by_whoever_it_is_offered_to_and_only_once() {
     assert!(!other.claim(0) && !other.claim(7 | ipcd_ring::OFFER_CLAIMED));
     assert!(!seg.withdraw(7 | ipcd_ring::OFFER_CLAIMED));
     assert!(other.claim(7));
+}
+
+#[test]
+fn named_holders_count_only_when_they_cover_every_share() {
+    let (r, mut seg) = segment([64, 64]);
+    let id = |n: u64| std::num::NonZeroU64::new(n).unwrap();
+    // One share per side, nobody named: nothing to judge from.
+    assert_eq!(seg.holders_named(Side::A), None);
+    assert!(seg.name_holder(Side::A, id(11)));
+    assert!(seg.name_holder(Side::A, id(11)), "a name already there is kept once");
+    assert_eq!(seg.holders_named(Side::A), Some([11, 0, 0, 0]));
+    assert_eq!(seg.holders_named(Side::B), None, "the other side is apart");
+    // A fork adds a share before its child names itself: not covered.
+    seg.add_holder(Side::A);
+    assert_eq!(seg.holders_named(Side::A), None);
+    assert!(seg.name_holder(Side::A, id(12)));
+    assert_eq!(seg.holders_named(Side::A), Some([11, 12, 0, 0]));
+    // A holder that lets go takes its name off with its share.
+    seg.unname_holder(Side::A, id(11));
+    assert_eq!(seg.holders_named(Side::A), None, "two shares, one name");
+    assert_eq!(seg.release_holder(Side::A), 1);
+    assert_eq!(seg.holders_named(Side::A), Some([0, 12, 0, 0]));
+    // Four names at most; a fifth holder makes the side unknowable.
+    for n in 13..=15 {
+        assert!(seg.name_holder(Side::A, id(n)));
+    }
+    assert!(!seg.name_holder(Side::A, id(16)));
+    for _ in 0..4 {
+        seg.add_holder(Side::A);
+    }
+    assert_eq!(seg.holders_named(Side::A), None, "five shares, four names");
+    // Another view sees the names; a reused segment has none.
+    assert_eq!(attach(&r).unwrap().holders_named(Side::B), None);
+    seg.reuse(43);
+    assert!(seg.name_holder(Side::B, id(21)));
+    assert_eq!(seg.holders_named(Side::A), None);
+    assert_eq!(seg.holders_named(Side::B), Some([21, 0, 0, 0]));
+}
+
+#[test]
+fn a_dead_end_closes_with_a_reset_only_if_it_left_bytes_unread() {
+    use ipcd_ring::PeerState;
+    // Everything read: an end of stream, and the survivor's writes fail.
+    let (_r, seg) = segment([64, 64]);
+    let (mut tx, rx) = seg.endpoint(Side::A).unwrap();
+    let (_ptx, mut prx) = seg.endpoint(Side::B).unwrap();
+    assert_eq!(tx.write(b"read").unwrap().len, 4);
+    let mut buf = [0u8; 4];
+    assert_eq!(prx.read(&mut buf).unwrap().len, 4);
+    assert!(seg.close_dead_end(Side::B, false));
+    assert_eq!(rx.peer_state(), PeerState::Closed);
+    assert!(tx.is_reader_closed());
+    // Bytes it never read: a reset.
+    let (_r, seg) = segment([64, 64]);
+    let (mut tx, rx) = seg.endpoint(Side::A).unwrap();
+    assert_eq!(tx.write(b"unread").unwrap().len, 6);
+    let _ = seg.close_dead_end(Side::B, false);
+    assert_eq!(rx.peer_state(), PeerState::Reset);
+    assert!(tx.is_reader_closed());
+    // Asked to abort: a reset whatever was read.
+    let (_r, seg) = segment([64, 64]);
+    let (_tx, rx) = seg.endpoint(Side::A).unwrap();
+    let _ = seg.close_dead_end(Side::B, true);
+    assert_eq!(rx.peer_state(), PeerState::Reset);
 }

@@ -145,6 +145,10 @@ impl Daemon {
         let (conn, segment, reused) = (info_a.conn, info_a.segment, info_a.reused);
         let pair = (token, acceptor);
         let info_b = ConnInfo { side: Side::B, local: info_a.peer, peer: info_a.local, ..info_a };
+        // Named before either end can run: should this monitor die, a
+        // survivor judges from these names whether its peer did too.
+        let pid_of = |t: u64| self.clients.get(&t).map_or(0, |c| c.pid);
+        seg.name_holders([pid_of(token), pid_of(acceptor)]);
         // A reused segment is already mapped at both ends, doorbells too.
         let fds_b = [seg.fd(), bells[1].as_fd(), bells[0].as_fd()];
         let fds_a = [seg.fd(), bells[0].as_fd(), bells[1].as_fd()];

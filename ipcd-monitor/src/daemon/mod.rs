@@ -652,26 +652,10 @@ fn end_state(rec: &ConnRec, side: Side) -> EndState {
     }
 }
 
-/// Closes a dead process's end as the kernel closes its socket: a reset if
-/// it left bytes unread or `abort` (`SO_LINGER` 0), else a FIN; on a
-/// corrupt ring, a reset.
+/// Closes `side` of `seg` as the kernel closes a dead process's socket
+/// (see `Segment::close_dead_end`).
 fn end_gone(seg: &SharedSegment, side: Side, abort: bool) {
-    let view = seg.view();
-    let s = ring_side(side);
-    let unread = view.consumer(s).and_then(|mut c| c.readable()).map_or(true, |n| n > 0);
-    if unread || abort {
-        let _ = view.mark_gone(s);
-        return;
-    }
-    match (view.producer(s), view.consumer(s)) {
-        (Ok(mut p), Ok(mut c)) => {
-            let _ = p.close();
-            let _ = c.close();
-        }
-        _ => {
-            let _ = view.mark_gone(s);
-        }
-    }
+    let _ = seg.view().close_dead_end(ring_side(side), abort);
 }
 
 /// Where this run's segment ids start: the start time in microseconds, so

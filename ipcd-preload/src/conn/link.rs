@@ -14,6 +14,7 @@ use ipcd_proto::message::{ConnInfo, Side};
 use ipcd_proto::Ring;
 use ipcd_ring::{Consumer, EndLock, Producer, Segment};
 
+use crate::conn::peer;
 use crate::sys::{fds, real};
 
 /// Why a connection from the monitor could not be attached.
@@ -166,7 +167,9 @@ impl Link {
             return Err(AttachError::Size);
         }
         let (tx, rx) = seg.endpoint(side).map_err(AttachError::Ring)?;
-        Ok(Link { tx, rx, conn: info.conn, seg, side, shared: false, map })
+        let link = Link { tx, rx, conn: info.conn, seg, side, shared: false, map };
+        link.name_self();
+        Ok(link)
     }
 
     /// Maps a segment the monitor sent (it is then ours to unmap).
@@ -282,7 +285,38 @@ impl Link {
     /// This process lets go of the end; true if it was the last holder
     /// (the caller then closes the end as Linux would).
     pub(crate) fn release_holder(&self) -> bool {
+        if let Some(id) = peer::my_id() {
+            self.seg.unname_holder(self.side, id);
+        }
         self.seg.release_holder(self.side) == 0
+    }
+
+    /// Names this process among the holders of the end (see `peer`): on
+    /// attach, and in a forked child for what it inherited.
+    pub(crate) fn name_self(&self) {
+        if let Some(id) = peer::my_id() {
+            let _ = self.seg.name_holder(self.side, id);
+        }
+    }
+
+    /// With `monitor` (the pid of the monitor that made the end) gone: if
+    /// every holder of the peer's side is named and none lives, closes
+    /// that side as the monitor closes a dead process's end and returns
+    /// true (see `peer`).
+    pub(crate) fn bury_dead_peer(&self, monitor: u32) -> bool {
+        let peer = self.side.peer();
+        if self.rx.peer_state() != ipcd_ring::PeerState::Open && self.tx.is_reader_closed() {
+            return false;
+        }
+        if peer::monitor_lives(monitor) {
+            return false;
+        }
+        let Some(ids) = self.seg.holders_named(peer) else { return false };
+        if !peer::all_dead(&ids) {
+            return false;
+        }
+        let _ = self.seg.close_dead_end(peer, false);
+        true
     }
 
     /// Whether another process may hold this end.

@@ -37,13 +37,41 @@ use crate::sys::{real, yields};
 /// wake-ups a second, short against any timeout a program sets.
 pub(crate) const SHARED_NAP: Duration = Duration::from_millis(10);
 
-/// When a wait should look again at the latest: `deadline`, or sooner on
-/// an end another process shares.
-pub(crate) fn nap_until(deadline: Option<Instant>, shared: bool) -> Option<Instant> {
-    if !shared {
-        return deadline;
+/// How soon a wait must look again, whatever wakes it: the longest sleep
+/// allowed by the ends it waits on. Ordered: a wait on several ends takes
+/// the largest (the shortest sleep).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Nap {
+    /// No end: sleep until the deadline.
+    #[default]
+    None,
+    /// An end: no longer than `peer::LOOK_NAP` (its monitor and peer may
+    /// die unseen, see `peer`).
+    End,
+    /// An end another process shares: no longer than [`SHARED_NAP`].
+    Shared,
+}
+
+impl Nap {
+    /// The nap of an end, shared or not.
+    pub(crate) fn of_end(shared: bool) -> Nap {
+        if shared {
+            Nap::Shared
+        } else {
+            Nap::End
+        }
     }
-    let nap = Instant::now() + SHARED_NAP;
+}
+
+/// When a wait should look again at the latest: `deadline`, or sooner as
+/// `nap` asks.
+pub(crate) fn nap_until(deadline: Option<Instant>, nap: Nap) -> Option<Instant> {
+    let longest = match nap {
+        Nap::None => return deadline,
+        Nap::End => crate::conn::peer::LOOK_NAP,
+        Nap::Shared => SHARED_NAP,
+    };
+    let nap = Instant::now() + longest;
     Some(deadline.map_or(nap, |d| d.min(nap)))
 }
 

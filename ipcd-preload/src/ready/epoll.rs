@@ -16,7 +16,7 @@ use std::time::Instant;
 use libc::{c_int, epoll_event};
 
 use crate::conn::bell::Bell;
-use crate::conn::wait::{Next, Rounds};
+use crate::conn::wait::{Nap, Next, Rounds};
 use crate::control;
 use crate::ready::readiness::{self, Kind};
 use crate::socket::stream::Edge;
@@ -413,18 +413,18 @@ impl EpollSet {
     /// Makes sure the kernel instance holds every wake-up source of our
     /// members, and arms the streams. `None`: something became ready;
     /// otherwise whether an armed end is shared with another process.
-    fn arm(&self, epfd: c_int) -> Option<bool> {
+    fn arm(&self, epfd: c_int) -> Option<Nap> {
         let members = lock(&self.members);
         let mut sources = lock(&self.sources);
         let mut want: Vec<(c_int, Source, u64, u32)> = Vec::new();
         let mut listeners = Vec::new();
-        let mut shared = false;
+        let mut nap = Nap::None;
         for m in members.iter().filter(|m| !m.disarmed) {
             match readiness::kind(&m.sock) {
                 Kind::Stream => match arm_stream(m) {
                     Some(a) => {
                         want.push((a.bell, Source::Bell, m.sock.serial, libc::EPOLLIN as u32));
-                        shared |= a.shared;
+                        nap = nap.max(a.nap);
                     }
                     None => return None,
                 },
@@ -478,7 +478,7 @@ impl EpollSet {
                 sources.insert(fd, (src, id));
             }
         }
-        Some(shared)
+        Some(nap)
     }
 
     /// Handles a tagged event from the kernel instance.
@@ -574,12 +574,12 @@ pub(crate) fn wait(
             Next::Interrupted => return Err(libc::EINTR),
             Next::Sleep => {}
         }
-        let Some(shared) = set.arm(epfd) else {
+        let Some(nap) = set.arm(epfd) else {
             rounds.look_again();
             continue;
         };
         // A nap that ends before the deadline ends in another round.
-        let timeout = crate::conn::wait::nap_until(deadline, shared).map_or(-1, |d| {
+        let timeout = crate::conn::wait::nap_until(deadline, nap).map_or(-1, |d| {
             let left = d.saturating_duration_since(Instant::now());
             // Round up: waking early only costs another round.
             left.as_micros().div_ceil(1000).min(i32::MAX as u128) as c_int

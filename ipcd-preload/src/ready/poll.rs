@@ -12,7 +12,7 @@ use std::time::Instant;
 use libc::{c_int, pollfd};
 
 use crate::conn::bell::Bell;
-use crate::conn::wait::{self, Next, Rounds};
+use crate::conn::wait::{self, Nap, Next, Rounds};
 use crate::control::{self, ListenerBell};
 use crate::ready::readiness::{self, Kind};
 use crate::socket::Socket;
@@ -86,12 +86,12 @@ pub(crate) fn poll(
         // Arm every stream; if one turned ready meanwhile, look again.
         kfds.truncate(base);
         srcs.truncate(base);
-        let Some(shared) = arm_streams(fds, ours, &streams, &mut kfds, &mut srcs) else {
+        let Some(nap) = arm_streams(fds, ours, &streams, &mut kfds, &mut srcs) else {
             rounds.look_again();
             continue;
         };
         // A nap that ends before the deadline ends in another round.
-        sleep(&mut kfds, wait::nap_until(deadline, shared), sigmask)?;
+        sleep(&mut kfds, wait::nap_until(deadline, nap), sigmask)?;
         for (p, src) in kfds.iter_mut().zip(&srcs) {
             if p.revents != 0 && !took(*src, p.fd, ours, mine.as_deref()) {
                 // Gone for good (the monitor went): poll ignores a negative
@@ -154,16 +154,16 @@ fn arm_streams(
     streams: &[usize],
     kfds: &mut Vec<pollfd>,
     srcs: &mut Vec<Src>,
-) -> Option<bool> {
-    let mut shared = false;
+) -> Option<Nap> {
+    let mut nap = Nap::None;
     for &k in streams {
         let (i, sock, _) = &ours[k];
         let a = readiness::arm(sock, fds[*i].events as u32)?;
         kfds.push(pollfd { fd: a.bell, events: libc::POLLIN, revents: 0 });
         srcs.push(Src::Bell(k));
-        shared |= a.shared;
+        nap = nap.max(a.nap);
     }
-    Some(shared)
+    Some(nap)
 }
 
 /// Sleeps in `ppoll` on `kfds` until `until` (None: no limit) with the

@@ -8,6 +8,7 @@ use ipcd_proto::Request;
 use ipcd_ring::Wait;
 
 use crate::conn::bell::Bell;
+use crate::conn::wait::Nap;
 use crate::control::{self, ListenerBell};
 use crate::socket::stream::Edge;
 use crate::socket::{Socket, State};
@@ -113,9 +114,8 @@ pub(crate) fn watch_listeners<'a>(members: impl Iterator<Item = (&'a Arc<Socket>
 pub(crate) struct Armed {
     /// The end's doorbell, to sleep on.
     pub bell: i32,
-    /// Another process shares the end: sleep no longer than
-    /// `wait::SHARED_NAP` (see `wait`).
-    pub shared: bool,
+    /// How long a wait on it may sleep (see `wait::Nap`).
+    pub nap: Nap,
 }
 
 /// Arms the ring's waiting flags for `events` on a stream and returns its
@@ -125,13 +125,14 @@ pub(crate) struct Armed {
 /// doorbell ring, never a lost wake-up.
 pub(crate) fn arm(sock: &Socket, events: u32) -> Option<Armed> {
     crate::socket::stream::with_stream(sock, |s| {
+        s.look_for_dead_peer();
         if events & IN_BITS != 0 && s.link.rx.prepare_wait() != Ok(Wait::Sleep) {
             return None;
         }
         if events & OUT_BITS != 0 && s.link.tx.prepare_wait(1) != Ok(Wait::Sleep) {
             return None;
         }
-        Some(Armed { bell: s.link.bell(), shared: s.link.is_shared() })
+        Some(Armed { bell: s.link.bell(), nap: Nap::of_end(s.link.is_shared()) })
     })
     .ok()
     .flatten()
@@ -145,13 +146,14 @@ pub(crate) fn arm(sock: &Socket, events: u32) -> Option<Armed> {
 /// us since we had not asked (nginx stalled until its send timeout).
 pub(crate) fn arm_edge(sock: &Socket, events: u32, seen: Edge, out_reported: bool) -> Option<Armed> {
     crate::socket::stream::with_stream(sock, |s| {
+        s.look_for_dead_peer();
         if events & IN_BITS != 0 && s.link.rx.prepare_wait_past(seen.tail, seen.state) != Ok(Wait::Sleep) {
             return None;
         }
         if events & OUT_BITS != 0 && s.link.tx.prepare_wait(1) != Ok(Wait::Sleep) && !out_reported {
             return None;
         }
-        Some(Armed { bell: s.link.bell(), shared: s.link.is_shared() })
+        Some(Armed { bell: s.link.bell(), nap: Nap::of_end(s.link.is_shared()) })
     })
     .ok()
     .flatten()

@@ -43,6 +43,9 @@ pub(crate) struct Stream {
     /// Where the library bound the kernel socket under it (its port
     /// reserved for this connection), kept with it for reuse.
     pub bound: Option<SockAddr>,
+    /// When (`conn::peer::now_ms`) a wait may next look whether the peer
+    /// died unseen: a busy end waits often, and a look costs system calls.
+    pub next_look_ms: u64,
 }
 
 impl Stream {
@@ -60,6 +63,21 @@ impl Stream {
             pause_scale: 1,
             monitor: crate::control::monitor(),
             bound: None,
+            next_look_ms: 0,
+        }
+    }
+
+    /// Before a wait sleeps: closes the peer's side if the peer died where
+    /// no monitor could see it (see `conn::peer`), and wakes this end's
+    /// other waiters.
+    pub(crate) fn look_for_dead_peer(&mut self) {
+        let now = crate::conn::peer::now_ms();
+        if now < self.next_look_ms {
+            return;
+        }
+        self.next_look_ms = now + crate::conn::peer::LOOK_EVERY_MS;
+        if self.link.bury_dead_peer(self.monitor) {
+            crate::conn::bell::ring(self.link.bell());
         }
     }
 }

@@ -146,6 +146,7 @@ fn block(sock: &Socket, call: &Call<'_>, dir: Dir, deadline: Option<Instant>) ->
     // that empties the doorbell in between then still wakes us.
     let prep = sock.sleepers.prepare();
     let prepared = with_stream(sock, |s| {
+        s.look_for_dead_peer();
         let w = match dir {
             Dir::Recv { .. } => s.link.rx.prepare_wait(),
             Dir::Send(want) => s.link.tx.prepare_wait(want),
@@ -153,6 +154,7 @@ fn block(sock: &Socket, call: &Call<'_>, dir: Dir, deadline: Option<Instant>) ->
         (w, s.link.bell(), s.link.is_shared())
     })?;
     let (Ok(Wait::Sleep), bell, shared) = prepared else { return Ok(()) };
+    let nap = wait::Nap::of_end(shared);
     if caught.interrupts(restartable) {
         return Err(libc::EINTR);
     }
@@ -160,9 +162,9 @@ fn block(sock: &Socket, call: &Call<'_>, dir: Dir, deadline: Option<Instant>) ->
     // this process may have armed the same flag and still rely on it (a
     // clear here lost its wake-up: four threads sending on one socket hung).
     // A stale flag costs the peer one doorbell ring, never a lost wake-up.
-    match sock.sleepers.sleep(bell, wait::nap_until(deadline, shared), prep) {
+    match sock.sleepers.sleep(bell, wait::nap_until(deadline, nap), prep) {
         Woken::Retry => Ok(()),
-        // Only a nap on a shared end ended: look again.
+        // Only a nap ended: look again.
         Woken::Timeout if deadline.is_none_or(|d| Instant::now() < d) => Ok(()),
         Woken::Timeout => Err(libc::EAGAIN),
         // Only SA_RESTART handlers ran (or ones we did not install): the

@@ -9,6 +9,9 @@
 //! probe list                  the names of every scenario
 //! probe serve [N]             echo server on loopback; prints its port;
 //!                             serves N connections (default: forever)
+//! probe fork-serve            echo server that accepts one connection,
+//!                             forks a child to echo on it, prints the
+//!                             child's pid and waits (the two share it)
 //! probe client PORT ROUNDS SEED   echo rounds of random sizes, hashed
 //! probe hold PORT             connects, then waits for stdin to close
 //! probe many-clients PORT N   N connections at once, echoes on each
@@ -181,6 +184,7 @@ fn main() {
             Ok(())
         }
         "serve" => serve(args.get(1).map(|_| num(1) as usize)),
+        "fork-serve" => fork_serve(),
         "client" => net::connect_loopback(false, num(1) as u16).map_err(f).and_then(|c| {
             let r = client_rounds(c, num(2) as usize, num(3));
             net::close(c);

@@ -183,6 +183,30 @@ pub(crate) fn serve(count: Option<usize>) -> Res {
     Ok(())
 }
 
+/// Accepts one connection and forks a child that echoes on it; the
+/// parent keeps its copy, prints the child's pid and waits until killed.
+pub(crate) fn fork_serve() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    println!("{port}");
+    let s = net::accept(l).map_err(f)?;
+    // SAFETY: fork in a single-threaded program; the child only echoes.
+    match unsafe { libc::fork() } {
+        -1 => Err(format!("fork: errno {}", errno())),
+        0 => {
+            let r = echo_loop(s).map_err(f);
+            std::process::exit(i32::from(r.is_err()));
+        }
+        child => {
+            use std::io::Write;
+            println!("{child}");
+            let _ = std::io::stdout().flush();
+            loop {
+                std::thread::sleep(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
 /// A server that waits for its one connection in `poll` with no timeout:
 /// prints its port, accepts one connection, exits.
 pub(crate) fn poll_accept() -> Res {
@@ -205,14 +229,17 @@ pub(crate) fn poll_accept() -> Res {
 
 /// The client of the fault-injection test: streams `total` bytes of a
 /// seeded sequence to an echo server on `port` from one thread while
-/// another checks every echoed byte against the same sequence. Prints one
-/// line: `whole N` (every byte back, then end of stream), or `cut N ERR`
+/// another checks every echoed byte against the same sequence. Prints
+/// `connected` once connected, then one line: `whole N` (every byte
+/// back, then end of stream), or `cut N ERR`
 /// (the stream ended early with EOF, ECONNRESET or EPIPE after N correct
 /// bytes: a peer killed). Exits 3 if a byte differs, 4 if a wait went past
 /// its 10 s timeout (a hang).
 pub(crate) fn fault_client(port: u16, seed: u64, total: usize) -> Res {
     let c = net::connect_loopback(false, port).map_err(f)?;
     set_timeout(c, 10)?;
+    // Line-buffered: the driver sees it even if it kills us right after.
+    println!("connected");
     let writer = std::thread::spawn(move || {
         let mut buf = vec![0u8; 16 * 1024];
         let mut sent = 0;
