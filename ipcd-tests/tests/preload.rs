@@ -120,6 +120,7 @@ checks! {
     names_and_options_follow_the_connections_state => "closed-names",
     sockets_made_after_connections_closed_look_new => "kept-sockets",
     a_burst_of_connects_all_goes_through_shared_memory => "burst",
+    accepted_sockets_inherit_the_listeners_options => "inherited-options",
 }
 
 /// A socket made after a connection closed reuses a closed end's kernel

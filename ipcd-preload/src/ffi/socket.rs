@@ -3,7 +3,6 @@
 //! and names.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ipcd_proto::{Phase, SockAddr};
 use libc::{c_int, c_void, sockaddr, socklen_t};
@@ -11,7 +10,7 @@ use libc::{c_int, c_void, sockaddr, socklen_t};
 use super::fail;
 use crate::close::{forget, release, release_keeping};
 use crate::socket::setup::{self, Connect};
-use crate::socket::{reuse, stream, table};
+use crate::socket::{options, reuse, stream, table};
 use crate::socket::{Socket, State};
 use crate::sys::{guarded, real};
 
@@ -510,7 +509,8 @@ pub(super) unsafe extern "C" fn getsockopt(
 }
 
 /// Interposed `setsockopt(2)`: the kernel socket validates and keeps every
-/// option; we also note the ones that change what ipcd does.
+/// option; we also note the ones that change what ipcd does, and what a
+/// listener's accepted connections inherit (see `socket::options`).
 ///
 /// # Safety
 /// As for `setsockopt(2)`.
@@ -527,53 +527,13 @@ pub(super) unsafe extern "C" fn setsockopt(
     }
     let sock = table::get(fd);
     if let Some(s) = &sock {
-        match reuse::resettable(level, name) {
-            // Noted even if the kernel refuses it: one reset more.
-            Some(bit) => s.note_reset(bit),
-            // It stays on the kernel socket, and some options answer
-            // differently on a bound one (IPV6_V6ONLY).
-            None => {
-                s.taint();
-                unbind(fd, s);
-            }
-        }
+        guarded((), || options::before_set(fd, s, level, name));
     }
     // SAFETY: the caller's arguments, unchanged.
     let r = unsafe { real::setsockopt(fd, level, name, val, len) };
-    if r != 0 || !matches!(level, libc::SOL_SOCKET | libc::IPPROTO_TCP) {
-        return r;
-    }
-    let Some(s) = sock else { return r };
-    if level == libc::IPPROTO_TCP {
-        if name == crate::socket::TCP_INQ && len as usize >= std::mem::size_of::<c_int>() {
-            // SAFETY: the kernel accepted it as an int.
-            s.set_inq(unsafe { val.cast::<c_int>().read_unaligned() } != 0);
-        }
-        return r;
-    }
-    match name {
-        libc::SO_RCVTIMEO | libc::SO_SNDTIMEO if len as usize >= std::mem::size_of::<libc::timeval>() => {
-            // SAFETY: the kernel accepted it as a timeval.
-            let tv = unsafe { val.cast::<libc::timeval>().read_unaligned() };
-            let t = if tv.tv_sec < 0 {
-                // Linux takes a negative timeout as none at all: the call
-                // fails with EAGAIN at once (sock_set_timeout).
-                None
-            } else {
-                Some(Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec.max(0) as u64))
-            };
-            s.set_timeout(name == libc::SO_RCVTIMEO, t);
-        }
-        libc::SO_ZEROCOPY if len as usize >= std::mem::size_of::<c_int>() => {
-            // SAFETY: the kernel accepted it as an int.
-            s.set_zerocopy(unsafe { val.cast::<c_int>().read_unaligned() } != 0);
-        }
-        libc::SO_LINGER if len as usize >= std::mem::size_of::<libc::linger>() => {
-            // SAFETY: the kernel accepted it as a linger.
-            let l = unsafe { val.cast::<libc::linger>().read_unaligned() };
-            s.set_linger_zero(l.l_onoff != 0 && l.l_linger == 0);
-        }
-        _ => {}
+    if let (0, Some(s)) = (r, &sock) {
+        // SAFETY: the kernel read `len` bytes at `val`.
+        guarded((), || unsafe { options::after_set(s, level, name, val, len) });
     }
     r
 }

@@ -5,6 +5,7 @@
 
 pub(crate) mod exec;
 mod object;
+pub(crate) mod options;
 pub(crate) mod pass;
 pub(crate) mod reuse;
 pub(crate) mod setup;

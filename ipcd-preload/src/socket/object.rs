@@ -11,6 +11,7 @@ use ipcd_proto::{Conn, SockAddr};
 use crate::conn::link::Link;
 use crate::conn::wait::Sleepers;
 use crate::control::ListenerBell;
+use crate::socket::options::Inherited;
 
 /// An ipcd connection end.
 pub(crate) struct Stream {
@@ -227,6 +228,9 @@ pub(crate) struct Socket {
     /// Options the program set that are put back to their defaults before
     /// the kernel socket is reused (bits of `reuse::RESETTABLE`).
     resets: AtomicU32,
+    /// Options set while it was not a connection, for the connections it
+    /// accepts (see [`crate::socket::options`]).
+    pub inherited: Inherited,
 }
 
 impl Socket {
@@ -250,6 +254,7 @@ impl Socket {
             close_deferred: AtomicBool::new(false),
             clean: AtomicBool::new(false),
             resets: AtomicU32::new(0),
+            inherited: Inherited::default(),
         }
     }
 

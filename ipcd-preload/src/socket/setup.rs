@@ -468,6 +468,7 @@ fn accepted(sock: &Socket, pending: Pending, pid: u32, flags: libc::c_int) -> Re
     stream.bound = made.bound;
     let new = Arc::new(Socket::new(sock.family, flags & libc::SOCK_NONBLOCK != 0, State::Stream(Box::new(stream))));
     new.set_clean();
+    sock.inherited.pass_to(fd, &new);
     if let Err(new) = table::install(fd, new) {
         // An fd beyond the table: we cannot serve it.
         if let State::Stream(s) = std::mem::replace(&mut *new.lock(), State::Closed) {

@@ -159,6 +159,7 @@ const CHECKS: &[Check] = &[
     ("closed-names", closed_names),
     ("kept-sockets", kept_sockets),
     ("burst", burst),
+    ("inherited-options", inherited_options),
 ];
 
 fn check(name: &str) -> Res {

@@ -628,3 +628,91 @@ pub(crate) fn bad_args() -> Res {
     net::close(s);
     Ok(())
 }
+
+/// Sets option `level`/`name` to the bytes of `val` on `fd`.
+fn set_opt<T>(fd: i32, level: i32, name: i32, val: &T) -> Res {
+    let len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `val` is a live value of `len` bytes.
+    cvt("setsockopt", unsafe { libc::setsockopt(fd, level, name, (val as *const T).cast(), len) }).map_err(f)?;
+    Ok(())
+}
+
+/// Reads option `level`/`name` of `fd` as `N` bytes.
+fn opt_bytes<const N: usize>(fd: i32, level: i32, name: i32) -> Result<[u8; N], String> {
+    let mut v = [0u8; N];
+    let mut len = N as libc::socklen_t;
+    // SAFETY: an out buffer of `len` bytes.
+    cvt("getsockopt", unsafe { libc::getsockopt(fd, level, name, v.as_mut_ptr().cast(), &mut len) }).map_err(f)?;
+    Ok(v)
+}
+
+/// An accepted socket is a copy of its listener, options and all:
+/// timeouts, keepalive and its timers, linger, `TCP_NODELAY`,
+/// `TCP_USER_TIMEOUT`, `SO_OOBINLINE` read back the same, the receive
+/// timeout ends a `recv` with `EAGAIN`, and a zero linger makes its close
+/// a reset.
+pub(crate) fn inherited_options() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let rcv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
+    let snd = libc::timeval { tv_sec: 1, tv_usec: 500_000 };
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    set_opt(l, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &rcv)?;
+    set_opt(l, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &snd)?;
+    set_opt(l, libc::SOL_SOCKET, libc::SO_LINGER, &linger)?;
+    let ints = [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::SOL_SOCKET, libc::SO_OOBINLINE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_NODELAY, 1),
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 4321),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 77),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4),
+    ];
+    for (level, name, v) in ints {
+        set_opt(l, level, name, &v)?;
+    }
+    let c = net::connect_loopback(false, port).map_err(f)?;
+    let s = net::accept(l).map_err(f)?;
+    for (level, name, v) in ints {
+        ensure!(int_opt(s, level, name)? == v, "option {level}/{name} not inherited");
+    }
+    let tv = |t: libc::timeval| (t.tv_sec, t.tv_usec);
+    for (name, want) in [(libc::SO_RCVTIMEO, rcv), (libc::SO_SNDTIMEO, snd)] {
+        let got: [u8; 16] = opt_bytes(s, libc::SOL_SOCKET, name)?;
+        // SAFETY: 16 bytes read as the timeval they are.
+        let got: libc::timeval = unsafe { std::ptr::read_unaligned(got.as_ptr().cast()) };
+        ensure!(tv(got) == tv(want), "timeout {name} is {:?}", tv(got));
+    }
+    let got: [u8; 8] = opt_bytes(s, libc::SOL_SOCKET, libc::SO_LINGER)?;
+    ensure!(got == [1, 0, 0, 0, 0, 0, 0, 0], "SO_LINGER {got:?}");
+    // The timeout works: nothing comes, the read gives up. Should it not,
+    // a byte sent after 5 s ends the read (and the check fails).
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let done = std::sync::Arc::clone(&done);
+        std::thread::spawn(move || {
+            for _ in 0..50 {
+                std::thread::sleep(Duration::from_millis(100));
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+            }
+            send(c, b"x", libc::MSG_NOSIGNAL);
+        })
+    };
+    let started = Instant::now();
+    let mut buf = [0u8; 4];
+    let r = recv(s, &mut buf, 0);
+    let e = errno();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = watchdog.join();
+    ensure!(r == -1 && e == libc::EAGAIN, "recv on an idle accepted socket: {r} errno {e}");
+    ensure!(started.elapsed() >= Duration::from_millis(150), "the receive timeout ended early");
+    // A zero linger, inherited: the close resets the connection.
+    net::close(s);
+    let r = recv(c, &mut buf, 0);
+    let e = errno();
+    ensure!(r == -1 && e == libc::ECONNRESET, "after the accepted end closed with zero linger: {r} errno {e}");
+    net::close(c);
+    net::close(l);
+    Ok(())
+}
