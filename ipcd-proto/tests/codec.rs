@@ -75,6 +75,9 @@ fn request() -> impl Strategy<Value = Request> {
         any::<u64>().prop_map(|conn| Request::Decline { conn }),
         (any::<u64>(), prop::option::of(addr())).prop_map(|(conn, source)| Request::Use { conn, source }),
         any::<u64>().prop_map(|conn| Request::Unused { conn }),
+        (any::<u64>(), any::<bool>(), addr(), addr(), any::<bool>()).prop_map(|(conn, b, local, peer, open)| {
+            Request::Held { conn, side: if b { Side::B } else { Side::A }, local, peer, open }
+        }),
     ]
 }
 

@@ -738,6 +738,53 @@ fn a_restarted_monitor_gets_running_listeners_back() {
     drop(server);
 }
 
+/// A connection made before a monitor restart shows in the new monitor's
+/// `ipcd status` once a holder makes a set-up call (the server's next
+/// accept here): its end with the server's pid, the other end unknown
+/// until its own holder reports; it leaves the listing when it closes.
+#[test]
+fn a_restarted_monitor_lists_connections_made_before_it() {
+    let mut mon = Monitor::start(RING_BYTES);
+    let server = Server::start(mon.under(&mut probe(&["serve"])).clone_cmd());
+    let port = server.port.to_string();
+    let mut hold = mon
+        .under(&mut probe(&["hold", &port]))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn hold");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let old = loop {
+        if let Some(c) = mon.status().connections.first() {
+            break c.conn;
+        }
+        assert!(Instant::now() < deadline, "the held connection never reached the monitor");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    mon.restart(RING_BYTES);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seed = 1;
+    let listed = loop {
+        let out = mon.under(&mut probe(&["client", &port, "3", &seed.to_string()])).output().expect("client");
+        must_pass("client", out);
+        seed += 1;
+        if let Some(c) = mon.status().connections.into_iter().find(|c| c.conn == old) {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the old connection was never listed: {:?}", mon.status());
+    };
+    assert_eq!(listed.pids, [0, server.child.id()], "{listed:?}");
+    assert_eq!(listed.states, [EndState::Unknown, EndState::Open], "{listed:?}");
+    assert_eq!(listed.addrs[1].port(), server.port, "{listed:?}");
+    drop(hold.stdin.take());
+    assert!(hold.wait().expect("hold").success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mon.status().connections.iter().any(|c| c.conn == old) {
+        assert!(Instant::now() < deadline, "the closed connection is still listed: {:?}", mon.status());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A program's ipcd connections cost it no more fd numbers than kernel
 /// ones: the library's own fds (doorbells, kept sockets) sit above its
 /// soft limit, so under a soft limit of 256 it holds as many connections

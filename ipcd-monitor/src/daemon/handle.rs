@@ -6,7 +6,7 @@ use ipcd_proto::channel::Fds;
 use ipcd_proto::message::{ErrorCode, Request, Response, Side};
 use ipcd_proto::{Caps, ListenFlags, SockAddr, PROTOCOL_VERSIONS};
 
-use super::{idx, send_to, socket_inode, undeliverable, verify_listening_socket, Daemon, Gone, EXECED};
+use super::{idx, send_to, socket_inode, undeliverable, verify_listening_socket, Daemon, Gone, HeldEnd, EXECED};
 use crate::log;
 use crate::log::Level;
 use crate::registry::Listener;
@@ -59,6 +59,9 @@ impl Daemon {
             Request::Claim => self.claim(from, fds),
             Request::Serve { listener } => self.serve_listener(token, listener),
             Request::Decline { conn } => self.decline(token, conn),
+            Request::Held { conn, side, local, peer, open } => {
+                self.held(token, HeldEnd { conn, side, local, peer }, open)
+            }
             // Who runs what, on which ports: the monitor's own user's
             // business (and root's), as `ss -p` shows only one's own.
             Request::Status if from.uid == self.uid || from.uid == 0 => self.status(token, seq),

@@ -90,6 +90,9 @@ struct Client {
     hello: bool,
     exec_pending: bool,
     holdings: Vec<(u64, Side)>,
+    /// Ends of connections an earlier monitor made that it reports holding
+    /// (`Held`), for `ipcd status` only.
+    held: Vec<HeldEnd>,
     /// Listeners (owner, id) whose bell this client was sent.
     bells: HashSet<(u64, u64)>,
     /// What its channel could not take yet, in order: sent as it drains
@@ -122,6 +125,15 @@ fn send_to(
         watch.push(token);
     }
     Ok(())
+}
+
+/// An end of a connection an earlier monitor made, as its holder reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HeldEnd {
+    conn: u64,
+    side: Side,
+    local: SockAddr,
+    peer: SockAddr,
 }
 
 /// A process that announced an exec and whose channel closed: its holdings
@@ -356,13 +368,13 @@ impl Daemon {
             next_token: FIRST_CLIENT,
             registry: Registry::default(),
             conns: HashMap::new(),
-            next_conn: 1,
+            next_conn: id_base(),
             next_port: 0,
             pools: HashMap::new(),
             standbys: HashMap::new(),
             // Ids of another monitor's run (a process kept segments across
             // a restart) must not match ours.
-            next_segment: segment_id_base(),
+            next_segment: id_base(),
             orphans: Vec::new(),
             passes: HashMap::new(),
             local: LocalAddrs::default(),
@@ -475,6 +487,7 @@ impl Daemon {
                         hello: false,
                         exec_pending: false,
                         holdings: Vec::new(),
+                        held: Vec::new(),
                         bells: HashSet::new(),
                         outbox: outbox::Outbox::default(),
                     };
@@ -658,9 +671,10 @@ fn end_gone(seg: &SharedSegment, side: Side, abort: bool) {
     let _ = seg.view().close_dead_end(ring_side(side), abort);
 }
 
-/// Where this run's segment ids start: the start time in microseconds, so
-/// that two runs of the monitor do not hand out the same ids.
-fn segment_id_base() -> u64 {
+/// Where this run's segment and connection ids start: the start time in
+/// microseconds, so that two runs of the monitor do not hand out the same
+/// ids (processes keep connections an earlier run made, and report them).
+fn id_base() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64).max(1)
 }
 

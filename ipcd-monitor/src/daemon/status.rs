@@ -1,8 +1,14 @@
 //! `ipcd status`: the report of processes, listeners and connections.
 
-use ipcd_proto::message::{ConnStatus, ListenerStatus, Response, Side, Status};
+use std::collections::BTreeMap;
 
-use super::{end_state, Daemon};
+use ipcd_proto::message::{ConnStatus, EndState, ListenerStatus, Response, Side, Status};
+
+use super::{end_state, idx, Daemon, HeldEnd};
+
+/// How many ends of earlier monitors' connections one process may report
+/// (each costs the monitor a few dozen bytes until the process goes).
+const MAX_HELD: usize = 1 << 16;
 
 impl Daemon {
     /// The report goes as one `Status`, an entry per listener and per
@@ -13,11 +19,12 @@ impl Daemon {
         if self.clients.get(&token).is_some_and(|c| !c.outbox.is_empty()) {
             return self.doom(token, "asked for a report before reading the last".into());
         }
+        let held = self.held_conns();
         let status = Status {
             monitor_pid: std::process::id(),
             processes: self.clients.values().filter(|c| c.hello).count() as u32,
             listeners: self.registry.len() as u32,
-            connections: self.conns.len() as u32,
+            connections: (self.conns.len() + held.len()) as u32,
             segment_bytes: self.conns.values().map(|c| c.seg.len() as u64).sum::<u64>()
                 + self.pools.values().flatten().map(|p| p.seg.len() as u64).sum::<u64>(),
             connects_total: self.connects_total,
@@ -49,7 +56,46 @@ impl Daemon {
                 states: [end_state(rec, Side::A), end_state(rec, Side::B)],
             })
         }));
+        out.extend(held.into_values().map(Response::ConnEntry));
         out.push(Response::Ok);
         self.reply_all(token, seq, out);
+    }
+
+    /// `token` holds (`open`) or let go of `end`, an end of a connection
+    /// an earlier monitor made. Believed as said: it only shows in the
+    /// report, bounded per process, and goes with the process.
+    pub(super) fn held(&mut self, token: u64, end: HeldEnd, open: bool) {
+        let Some(c) = self.clients.get_mut(&token) else { return };
+        let at = c.held.iter().position(|h| h.conn == end.conn && h.side == end.side);
+        match (at, open) {
+            (None, true) if c.held.len() < MAX_HELD => c.held.push(end),
+            (Some(i), false) => {
+                c.held.swap_remove(i);
+            }
+            _ => {}
+        }
+    }
+
+    /// The connections earlier monitors made that processes reported, by
+    /// id: each reported end with its process, the other end unknown until
+    /// its holder reports it (no bytes or segment: this monitor has none).
+    fn held_conns(&self) -> BTreeMap<u64, ConnStatus> {
+        let mut out = BTreeMap::new();
+        for c in self.clients.values() {
+            for h in &c.held {
+                let i = idx(h.side);
+                let e = out.entry(h.conn).or_insert_with(|| ConnStatus {
+                    conn: h.conn,
+                    pids: [0; 2],
+                    addrs: if i == 0 { [h.local, h.peer] } else { [h.peer, h.local] },
+                    bytes: [0; 2],
+                    segment_len: 0,
+                    states: [EndState::Unknown; 2],
+                });
+                e.pids[i] = c.pid;
+                e.states[i] = EndState::Open;
+            }
+        }
+        out
     }
 }

@@ -47,6 +47,9 @@ pub(crate) struct Stream {
     /// When (`conn::peer::now_ms`) a wait may next look whether the peer
     /// died unseen: a busy end waits often, and a look costs system calls.
     pub next_look_ms: u64,
+    /// The monitor (pid) this end was reported to as held, when another
+    /// made it (see [`crate::socket::held`]); 0 if none.
+    pub reported_to: u32,
 }
 
 impl Stream {
@@ -65,6 +68,7 @@ impl Stream {
             monitor: crate::control::monitor(),
             bound: None,
             next_look_ms: 0,
+            reported_to: 0,
         }
     }
 

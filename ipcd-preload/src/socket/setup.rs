@@ -194,6 +194,7 @@ pub(crate) fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect
     if !family_ok || !is_local(&dest) {
         return Connect::Kernel;
     }
+    crate::socket::held::report();
     let mut state = sock.lock();
     let want = source_for(&for_family(dest, sock.family));
     let kept = match &mut *state {
@@ -531,6 +532,7 @@ pub(crate) unsafe fn accept(
     // before anything else; `Serve` follows if a fork shared it.
     let _ = control::with(|_| Ok(()));
     reregister(fd, sock);
+    crate::socket::held::report();
     let (bell, serve) = match &mut *sock.lock() {
         State::Listening { bell, shared, served, .. } => (bell.clone(), serve_now(*shared, served)),
         _ => (None, false),

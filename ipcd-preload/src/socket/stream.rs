@@ -538,8 +538,16 @@ pub(crate) fn let_go(mut stream: Stream, linger_zero: bool, may_keep: bool) {
         return;
     }
     close(&mut stream, linger_zero);
-    let keep = may_keep && stream.link.keep();
-    let _ = control::with(|c| c.notify(&Request::Close { conn, side, keep }));
+    if let Some(req) = crate::socket::held::let_go(&stream) {
+        let _ = control::with(|c| c.notify(&req));
+    }
+    // Only the monitor that made it knows the connection, and may reuse
+    // its segment.
+    let known = stream.monitor == control::monitor();
+    let keep = may_keep && known && stream.link.keep();
+    if known {
+        let _ = control::notify_monitor(stream.monitor, &Request::Close { conn, side, keep });
+    }
 }
 
 /// What changes when something new arrives from the peer: bytes ever

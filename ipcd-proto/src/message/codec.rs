@@ -151,6 +151,7 @@ impl Request {
             Request::Use { .. } => 0x0111,
             Request::Unused { .. } => 0x0112,
             Request::Release { .. } => 0x0113,
+            Request::Held { .. } => 0x0114,
         }
     }
 
@@ -215,6 +216,13 @@ impl Request {
                 w.u64(conn);
                 SockAddr::encode_opt(&source, w);
             }
+            Request::Held { conn, side, local, peer, open } => {
+                w.u64(conn);
+                side.encode(w);
+                local.encode(w);
+                peer.encode(w);
+                w.bool(open);
+            }
             Request::ExecPrepare | Request::Status | Request::Stop | Request::Claim => {}
         })
     }
@@ -266,6 +274,13 @@ impl Request {
             0x0111 => Request::Use { conn: r.u64()?, source: SockAddr::decode_opt(r)? },
             0x0112 => Request::Unused { conn: r.u64()? },
             0x0113 => Request::Release { conn: r.u64()?, side: Side::decode(r)?, abort: r.bool("abort")? },
+            0x0114 => Request::Held {
+                conn: r.u64()?,
+                side: Side::decode(r)?,
+                local: SockAddr::decode(r)?,
+                peer: SockAddr::decode(r)?,
+                open: r.bool("open")?,
+            },
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;

@@ -220,11 +220,15 @@ pub enum EndState {
     Reset,
     /// No process holds it any more.
     Gone,
+    /// Not known to this monitor: a connection an earlier monitor made,
+    /// whose holder of this end has not reported it.
+    Unknown,
 }
 
 impl EndState {
     /// Every value, in wire-code order.
-    pub const ALL: &'static [EndState] = &[EndState::Open, EndState::Fin, EndState::Reset, EndState::Gone];
+    pub const ALL: &'static [EndState] =
+        &[EndState::Open, EndState::Fin, EndState::Reset, EndState::Gone, EndState::Unknown];
 
     /// Short name for `ipcd status`.
     pub fn name(self) -> &'static str {
@@ -233,6 +237,7 @@ impl EndState {
             EndState::Fin => "fin",
             EndState::Reset => "reset",
             EndState::Gone => "gone",
+            EndState::Unknown => "unknown",
         }
     }
 }
@@ -406,6 +411,22 @@ pub enum Request {
         side: Side,
         /// `SO_LINGER` 0: the last close resets.
         abort: bool,
+    },
+    /// This process holds (`open`) or no longer holds an end of `conn`, a
+    /// connection an earlier monitor made (the monitor was restarted):
+    /// listed in `ipcd status` as reported, nothing more (the monitor
+    /// has no segment for it). No fds, no reply.
+    Held {
+        /// Connection (its ids are unique across monitor runs).
+        conn: u64,
+        /// Which end.
+        side: Side,
+        /// Its address.
+        local: SockAddr,
+        /// Its peer's address.
+        peer: SockAddr,
+        /// Still held (false: let go).
+        open: bool,
     },
 }
 
