@@ -251,6 +251,28 @@ impl Conn {
         self.closed || (self.rd_shut_local && self.fin_sent)
     }
 
+    /// Linux's TCP state number for `TCP_INFO`'s `tcpi_state`: the peer's
+    /// acknowledgement is immediate in shared memory, so a FIN we sent is
+    /// acknowledged at once (`FIN_WAIT2`, never `FIN_WAIT1`), and both
+    /// FINs make `TCP_CLOSE` as a closed Linux socket reports.
+    pub fn tcp_state(&self) -> u8 {
+        const ESTABLISHED: u8 = 1;
+        const SYN_SENT: u8 = 2;
+        const FIN_WAIT2: u8 = 5;
+        const CLOSE: u8 = 7;
+        const CLOSE_WAIT: u8 = 8;
+        match self.phase {
+            Phase::Connecting => SYN_SENT,
+            Phase::Closed => CLOSE,
+            Phase::Established => match (self.fin_sent, self.peer_fin) {
+                (false, false) => ESTABLISHED,
+                (true, false) => FIN_WAIT2,
+                (false, true) => CLOSE_WAIT,
+                (true, true) => CLOSE,
+            },
+        }
+    }
+
     /// Short name of the state, for `ipcd status` and logs.
     pub fn name(&self) -> &'static str {
         match (self.phase, self.error) {

@@ -90,3 +90,20 @@ proptest! {
         run(connecting, &steps);
     }
 }
+
+#[test]
+fn tcp_info_states_are_linuxs() {
+    let mut c = Conn::established();
+    assert_eq!(c.tcp_state(), 1, "ESTABLISHED");
+    let _ = c.shutdown(&IDLE, How::Write);
+    assert_eq!(c.tcp_state(), 5, "FIN_WAIT2: our FIN is acknowledged at once");
+    let mut d = Conn::established();
+    d.sync(&Ring { peer_fin: true, ..IDLE });
+    assert_eq!(d.tcp_state(), 8, "CLOSE_WAIT");
+    let _ = d.shutdown(&IDLE, How::Write);
+    assert_eq!(d.tcp_state(), 7, "CLOSE after both FINs");
+    assert_eq!(Conn::connecting().tcp_state(), 2, "SYN_SENT");
+    let mut r = Conn::established();
+    r.sync(&Ring { peer_reset: true, ..IDLE });
+    assert_eq!(r.tcp_state(), 7, "CLOSE after a reset");
+}

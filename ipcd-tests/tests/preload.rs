@@ -121,6 +121,7 @@ checks! {
     sockets_made_after_connections_closed_look_new => "kept-sockets",
     a_burst_of_connects_all_goes_through_shared_memory => "burst",
     accepted_sockets_inherit_the_listeners_options => "inherited-options",
+    tcp_info_follows_the_connection => "tcp-info",
 }
 
 /// A socket made after a connection closed reuses a closed end's kernel

@@ -291,6 +291,16 @@ impl Link {
         self.seg.release_holder(self.side) == 0
     }
 
+    /// Bytes this end has written so far.
+    pub(crate) fn sent_total(&self) -> u64 {
+        self.seg.written(self.side)
+    }
+
+    /// Bytes the peer has written to this end so far.
+    pub(crate) fn received_total(&self) -> u64 {
+        self.seg.written(self.side.peer())
+    }
+
     /// Names this process among the holders of the end (see `peer`): on
     /// attach, and in a forked child for what it inherited.
     pub(crate) fn name_self(&self) {

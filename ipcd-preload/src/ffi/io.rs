@@ -3,7 +3,7 @@
 
 use libc::{c_int, c_uint, c_void, iovec, mmsghdr, msghdr, size_t, sockaddr, socklen_t, ssize_t};
 
-use super::{call, chk_fail, iovs, one, ret};
+use super::{call, chk_fail, fail, iovs, one, ret};
 use crate::socket::stream::{self, Flags, IoResult};
 use crate::socket::TCP_INQ;
 use crate::socket::{pass, table};
@@ -394,6 +394,18 @@ pub(super) unsafe extern "C" fn recvmmsg(
         // SAFETY: the caller's arguments, unchanged.
         return unsafe { real::recvmmsg(fd, msgs, n, flags, timeout) };
     }
+    // Linux checks the timeout first (EINVAL for a malformed one), and
+    // looks at it only after each message taken: it never shortens a wait.
+    let deadline = if timeout.is_null() {
+        None
+    } else {
+        // SAFETY: the caller's timespec.
+        let t = unsafe { timeout.read() };
+        if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) {
+            return fail(libc::EINVAL);
+        }
+        Some(std::time::Instant::now() + std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
+    };
     let n = n.min(libc::UIO_MAXIOV as c_uint);
     let mut flags = flags;
     let mut done = 0;
@@ -416,6 +428,9 @@ pub(super) unsafe extern "C" fn recvmmsg(
         done += 1;
         if flags & libc::MSG_WAITFORONE != 0 {
             flags |= libc::MSG_DONTWAIT;
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            break;
         }
     }
     done as c_int

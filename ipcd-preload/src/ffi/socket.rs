@@ -471,8 +471,9 @@ pub(super) unsafe extern "C" fn ioctl(fd: c_int, req: libc::c_ulong, arg: usize)
 const SIOCATMARK: libc::c_ulong = 0x8905;
 
 /// Interposed `getsockopt(2)`: `SO_ERROR` of an ipcd stream comes from the
-/// connection; every other option from the kernel socket, where
-/// `setsockopt` put it.
+/// connection, `TCP_INFO` from the kernel socket with the connection's
+/// state and counts written over it; every other option from the kernel
+/// socket, where `setsockopt` put it.
 ///
 /// # Safety
 /// As for `getsockopt(2)`.
@@ -484,6 +485,20 @@ pub(super) unsafe extern "C" fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> c_int {
+    if level == libc::IPPROTO_TCP && name == libc::TCP_INFO {
+        if let Some(s) = table::get(fd).filter(|s| s.is_stream()) {
+            // SAFETY: the caller's arguments: the kernel checks them and
+            // fills in what its idle socket has.
+            let r = unsafe { real::getsockopt(fd, level, name, val, len) };
+            if r == 0 {
+                if let Ok(info) = stream::tcp_info(&s) {
+                    // SAFETY: the kernel just wrote `*len` bytes at `val`.
+                    unsafe { patch_tcp_info(val.cast::<u8>(), *len as usize, info) };
+                }
+            }
+            return r;
+        }
+    }
     if level == libc::SOL_SOCKET && name == libc::SO_ERROR {
         if let Some(s) = table::get(fd).filter(|s| s.is_stream()) {
             if val.is_null() || len.is_null() {
@@ -506,6 +521,33 @@ pub(super) unsafe extern "C" fn getsockopt(
     }
     // SAFETY: the caller's arguments, unchanged.
     unsafe { real::getsockopt(fd, level, name, val, len) }
+}
+
+/// Writes the connection's own values over a `struct tcp_info` of `len`
+/// bytes at `p` (as far as it reaches): the state, a round trip of 1 µs
+/// (shared memory's is below that), nothing unacknowledged, and the byte
+/// counts (see `stream::tcp_info`).
+///
+/// # Safety
+/// `p` is valid for writes of `len` bytes.
+unsafe fn patch_tcp_info(p: *mut u8, len: usize, (state, acked, received): (u8, u64, u64)) {
+    // Offsets in Linux's `struct tcp_info` (include/uapi/linux/tcp.h).
+    const STATE: usize = 0;
+    const UNACKED: usize = 24;
+    const RTT: usize = 68;
+    const BYTES_ACKED: usize = 120;
+    const BYTES_RECEIVED: usize = 128;
+    let put = |at: usize, bytes: &[u8]| {
+        if at + bytes.len() <= len {
+            // SAFETY: within the caller's `len` bytes (checked above).
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.add(at), bytes.len()) };
+        }
+    };
+    put(STATE, &[state]);
+    put(UNACKED, &0u32.to_ne_bytes());
+    put(RTT, &1u32.to_ne_bytes());
+    put(BYTES_ACKED, &acked.to_ne_bytes());
+    put(BYTES_RECEIVED, &received.to_ne_bytes());
 }
 
 /// Interposed `setsockopt(2)`: the kernel socket validates and keeps every

@@ -611,6 +611,22 @@ pub(crate) fn phase(sock: &Socket) -> Result<Phase, libc::c_int> {
     })
 }
 
+/// What `TCP_INFO` reports of the connection (the kernel socket under it
+/// never connected): Linux's state number, and its sequence-space counts:
+/// bytes acknowledged (everything sent is in the peer's buffer; the
+/// connector's SYN and our FIN count, as on Linux) and received (the
+/// peer's FIN counts).
+pub(crate) fn tcp_info(sock: &Socket) -> Result<(u8, u64, u64), libc::c_int> {
+    with_stream(sock, |s| {
+        let ring = s.observe();
+        s.conn.sync(&ring);
+        let syn = u64::from(s.info.side == ipcd_proto::Side::A);
+        let acked = s.link.sent_total() + syn + u64::from(s.conn.fin_sent());
+        let received = s.link.received_total() + u64::from(ring.peer_fin);
+        (s.conn.tcp_state(), acked, received)
+    })
+}
+
 /// `FIONREAD`: bytes readable now.
 pub(crate) fn readable(sock: &Socket) -> Result<usize, libc::c_int> {
     with_stream(sock, |s| s.link.rx.readable().unwrap_or(0))

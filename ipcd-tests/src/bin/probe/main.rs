@@ -160,6 +160,7 @@ const CHECKS: &[Check] = &[
     ("kept-sockets", kept_sockets),
     ("burst", burst),
     ("inherited-options", inherited_options),
+    ("tcp-info", tcp_info),
 ];
 
 fn check(name: &str) -> Res {

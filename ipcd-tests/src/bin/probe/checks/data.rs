@@ -578,7 +578,8 @@ pub(crate) fn small_writes() -> Res {
 /// Bad arguments get Linux's errors: `MSG_OOB` with no urgent data is
 /// EINVAL (the bytes stay), `recvmsg` with a negative name length is
 /// EINVAL before anything is taken, `recvfrom` with a negative address
-/// length takes the bytes and then fails with EINVAL, and a negative
+/// length takes the bytes and then fails with EINVAL, `recvmmsg` with a
+/// malformed timeout is EINVAL before anything else, and a negative
 /// `SO_RCVTIMEO` makes a receive on an empty socket fail with EAGAIN at
 /// once.
 pub(crate) fn bad_args() -> Res {
@@ -616,6 +617,22 @@ pub(crate) fn bad_args() -> Res {
     let r = unsafe { libc::recvfrom(s, b.as_mut_ptr().cast(), 4, 0, (&raw mut name).cast(), &mut from_len) };
     ensure!(r == -1 && errno() == libc::EINVAL, "recvfrom, address length -1: {r}, errno {}", errno());
     ensure!(recv(s, &mut b, libc::MSG_DONTWAIT) == -1 && errno() == libc::EAGAIN, "recvfrom left its bytes");
+    for bad in [libc::timespec { tv_sec: 0, tv_nsec: 1_000_000_000 }, libc::timespec { tv_sec: -1, tv_nsec: 0 }] {
+        let mut bad = bad;
+        // SAFETY: an all-zero mmsghdr is valid; its one iovec is live.
+        let mut mm: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        mm.msg_hdr.msg_iov = &raw mut iov;
+        mm.msg_hdr.msg_iovlen = 1;
+        // SAFETY: one live mmsghdr and a timespec (the bad argument).
+        let r = unsafe { libc::recvmmsg(s, &mut mm, 1, libc::MSG_DONTWAIT, &mut bad) };
+        ensure!(
+            r == -1 && errno() == libc::EINVAL,
+            "recvmmsg, timeout {}.{}: {r}, errno {}",
+            bad.tv_sec,
+            bad.tv_nsec,
+            errno()
+        );
+    }
     let tv = libc::timeval { tv_sec: -1, tv_usec: 0 };
     let tv_len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
     // SAFETY: a timeval of its size.
@@ -714,5 +731,59 @@ pub(crate) fn inherited_options() -> Res {
     ensure!(r == -1 && e == libc::ECONNRESET, "after the accepted end closed with zero linger: {r} errno {e}");
     net::close(c);
     net::close(l);
+    Ok(())
+}
+
+/// `TCP_INFO`'s state, round trip, bytes acknowledged and received, as a
+/// connection goes: the counts in sequence space (the connector's SYN and
+/// each FIN count; a byte sent is acknowledged once its peer's stack has
+/// it), `FIN_WAIT2` and `CLOSE_WAIT` after a shutdown, `TCP_CLOSE` after
+/// both.
+pub(crate) fn tcp_info() -> Res {
+    #[derive(Debug, PartialEq, Eq, Clone, Copy)]
+    struct Info {
+        state: u8,
+        rtt_set: bool,
+        acked: u64,
+        received: u64,
+    }
+    let info = |fd: i32| -> Result<Info, String> {
+        let b: [u8; 136] = opt_bytes(fd, libc::IPPROTO_TCP, libc::TCP_INFO)?;
+        let u64_at = |at: usize| u64::from_ne_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
+        let rtt = u32::from_ne_bytes(b[68..72].try_into().unwrap_or([0; 4]));
+        Ok(Info { state: b[0], rtt_set: rtt > 0, acked: u64_at(120), received: u64_at(128) })
+    };
+    // Polls `fd`'s info until `want` (the kernel acknowledges asynchronously).
+    let wait_for = |fd: i32, want: Info| -> Res {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = info(fd)?;
+            if got == want {
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "TCP_INFO of fd {fd}: {got:?}, expected {want:?}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    let (c, s) = pair(false)?;
+    wait_for(c, Info { state: 1, rtt_set: true, acked: 1, received: 0 })?;
+    wait_for(s, Info { state: 1, rtt_set: true, acked: 0, received: 0 })?;
+    net::send_all(c, &[7u8; 1000]).map_err(f)?;
+    let mut buf = [0u8; 1000];
+    net::read_exact(s, &mut buf).map_err(f)?;
+    net::send_all(s, &[9u8; 300]).map_err(f)?;
+    net::read_exact(c, &mut buf[..300]).map_err(f)?;
+    wait_for(c, Info { state: 1, rtt_set: true, acked: 1001, received: 300 })?;
+    wait_for(s, Info { state: 1, rtt_set: true, acked: 300, received: 1000 })?;
+    // SAFETY: shutdown of our socket.
+    cvt("shutdown", unsafe { libc::shutdown(c, libc::SHUT_WR) }).map_err(f)?;
+    wait_for(c, Info { state: 5, rtt_set: true, acked: 1002, received: 300 })?;
+    wait_for(s, Info { state: 8, rtt_set: true, acked: 300, received: 1001 })?;
+    // SAFETY: shutdown of our socket.
+    cvt("shutdown", unsafe { libc::shutdown(s, libc::SHUT_WR) }).map_err(f)?;
+    wait_for(c, Info { state: 7, rtt_set: true, acked: 1002, received: 301 })?;
+    wait_for(s, Info { state: 7, rtt_set: true, acked: 301, received: 1001 })?;
+    net::close(c);
+    net::close(s);
     Ok(())
 }
