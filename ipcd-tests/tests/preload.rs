@@ -122,6 +122,7 @@ checks! {
     a_burst_of_connects_all_goes_through_shared_memory => "burst",
     accepted_sockets_inherit_the_listeners_options => "inherited-options",
     tcp_info_follows_the_connection => "tcp-info",
+    a_listener_shut_down_resets_its_queue_and_refuses => "listener-shutdown",
 }
 
 /// A socket made after a connection closed reuses a closed end's kernel

@@ -241,11 +241,14 @@ pub(super) unsafe extern "C" fn closefrom(lowfd: c_int) {
 /// As for `shutdown(2)`.
 #[no_mangle]
 pub(super) unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
-    match table::get(fd).filter(|s| s.is_stream()) {
-        Some(s) => guarded(-1, || match stream::shutdown(&s, how) {
+    match table::get(fd) {
+        Some(s) if s.is_stream() => guarded(-1, || match stream::shutdown(&s, how) {
             Ok(()) => 0,
             Err(e) => fail(e),
         }),
+        // SAFETY: the caller's arguments, unchanged.
+        Some(s) => guarded(None, || setup::shutdown_listener(fd, &s, how))
+            .unwrap_or_else(|| unsafe { real::shutdown(fd, how) }),
         // SAFETY: the caller's arguments, unchanged.
         None => unsafe { real::shutdown(fd, how) },
     }

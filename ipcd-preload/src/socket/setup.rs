@@ -758,6 +758,34 @@ pub(crate) fn close_listener(id: u64, shared: bool, passed: bool) {
     });
 }
 
+/// `shutdown(fd, how)` of our listener. Linux disconnects a listener shut
+/// for reading (`SHUT_RD`, `SHUT_RDWR`): the connections in its queue are
+/// reset, later connects are refused, `accept` fails with EINVAL, and the
+/// socket, still bound, may listen again. Shut for writing alone, nothing
+/// changes. The kernel does that to its own socket and queue; here the
+/// listener leaves the monitor and what waits in its ipcd queue is reset,
+/// as at its close. `None` when `sock` is not our listener.
+pub(crate) fn shutdown_listener(fd: libc::c_int, sock: &Socket, how: libc::c_int) -> Option<libc::c_int> {
+    let mut state = sock.lock();
+    let State::Listening { id, shared, passed, .. } = &*state else { return None };
+    let (id, shared, passed) = (*id, *shared, *passed);
+    // SAFETY: the caller's fd and `how`, unchanged.
+    let r = unsafe { real::shutdown(fd, how) };
+    if r != 0 || !matches!(how, libc::SHUT_RD | libc::SHUT_RDWR) {
+        return Some(r);
+    }
+    // Bound by the program: never reused; its calls go to the kernel now.
+    sock.taint();
+    *state = State::Fresh { bound: None };
+    drop(state);
+    if !passed {
+        real::set_kernel_nonblocking(fd, sock.nonblocking());
+    }
+    close_listener(id, shared, passed);
+    log!(Level::Debug, "listener {id} (fd {fd}) shut down");
+    Some(0)
+}
+
 /// Our listener on `fd` is about to be passed to another process over a
 /// Unix socket. That process's library, if it has one, cannot know it, and
 /// the description it shares carries the `O_NONBLOCK` we set: its blocking

@@ -161,6 +161,7 @@ const CHECKS: &[Check] = &[
     ("burst", burst),
     ("inherited-options", inherited_options),
     ("tcp-info", tcp_info),
+    ("listener-shutdown", listener_shutdown),
 ];
 
 fn check(name: &str) -> Res {

@@ -711,3 +711,57 @@ pub(crate) fn burst() -> Res {
     }
     Ok(())
 }
+
+/// `shutdown(SHUT_RDWR)` of a listener disconnects it as Linux does: a
+/// connection waiting in its queue is reset (poll reports `POLLHUP` and
+/// `POLLERR` within the wait, a read `ECONNRESET`), `accept` fails with
+/// EINVAL, a new connect is refused, the port stays taken (a bind to it
+/// fails with EADDRINUSE, the program having bound it), and the socket
+/// can listen again and serve. `SHUT_WR` alone changes nothing.
+pub(crate) fn listener_shutdown() -> Res {
+    // A port of our choosing (one the kernel picks is given back at the
+    // shutdown): the one a first listener got, closed at once.
+    let (first, port) = net::listen_loopback(false).map_err(f)?;
+    net::close(first);
+    let l = net::tcp_socket(false).map_err(f)?;
+    let (ss, len) = net::loopback(false, port);
+    // SAFETY: a sockaddr of `len` bytes; then a bound socket.
+    cvt("bind", unsafe { libc::bind(l, (&raw const ss).cast(), len) }).map_err(f)?;
+    // SAFETY: a bound socket.
+    cvt("listen", unsafe { libc::listen(l, 8) }).map_err(f)?;
+    // SAFETY: shutdown of our socket.
+    cvt("shutdown", unsafe { libc::shutdown(l, libc::SHUT_WR) }).map_err(f)?;
+    let queued = net::connect_loopback(false, port).map_err(f)?;
+    // The connection is queued (the kernel's handshake, or the monitor's
+    // Incoming) before the listener shows it readable.
+    ensure!(poll_n(&mut [pollfd(l, libc::POLLIN)], 10_000) == 1, "the queued connection never showed");
+    // SAFETY: shutdown of our socket.
+    cvt("shutdown", unsafe { libc::shutdown(l, libc::SHUT_RDWR) }).map_err(f)?;
+    let mut p = [pollfd(queued, libc::POLLIN)];
+    ensure!(poll_n(&mut p, 10_000) == 1, "the queued connection was not told");
+    let hup_err = libc::POLLHUP | libc::POLLERR;
+    ensure!(p[0].revents & hup_err == hup_err, "queued connection's poll: {:#x}", p[0].revents);
+    let mut b = [0u8; 1];
+    ensure!(recv(queued, &mut b, 0) == -1 && errno() == libc::ECONNRESET, "queued read: errno {}", errno());
+    // SAFETY: accept on our socket, no address wanted.
+    let r = unsafe { libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut()) };
+    ensure!(r == -1 && errno() == libc::EINVAL, "accept after shutdown: {r}, errno {}", errno());
+    match net::connect_loopback(false, port) {
+        Err(_) => ensure!(errno() == libc::ECONNREFUSED, "connect after shutdown: errno {}", errno()),
+        Ok(c) => return Err(format!("a connect after shutdown succeeded (fd {c})")),
+    }
+    let other = net::tcp_socket(false).map_err(f)?;
+    // SAFETY: a sockaddr of `len` bytes.
+    let r = unsafe { libc::bind(other, (&raw const ss).cast(), len) };
+    ensure!(r == -1 && errno() == libc::EADDRINUSE, "bind to the shut listener's port: {r}, errno {}", errno());
+    net::close(other);
+    // SAFETY: our socket, still bound.
+    cvt("listen", unsafe { libc::listen(l, 8) }).map_err(f)?;
+    let c = net::connect_loopback(false, port).map_err(f)?;
+    let s = net::accept(l).map_err(f)?;
+    ensure!(send(c, b"k", 0) == 1 && recv(s, &mut b, 0) == 1 && b[0] == b'k', "a connection after listening again");
+    for fd in [c, s, queued, l] {
+        net::close(fd);
+    }
+    Ok(())
+}
