@@ -40,6 +40,20 @@ fn check(name: &str) {
     assert!(!stderr.contains("ipcd["), "{name}: the library complained:\n{stderr}");
 }
 
+/// A listener shut down for reading resets the connection in its queue
+/// and refuses the next connect (which the monitor, no longer knowing the
+/// listener, sends to the kernel: the one fallback).
+#[test]
+fn a_listener_shut_down_resets_its_queue_and_refuses() {
+    must_pass("listener-shutdown on kernel TCP", probe(&["check", "listener-shutdown"]).output().expect("run probe"));
+    let mon = Monitor::start(RING_BYTES);
+    let out = mon.under(&mut probe(&["check", "listener-shutdown"])).output().expect("run probe");
+    let stderr = must_pass("listener-shutdown under ipcd", out);
+    let st = mon.status().status;
+    assert_eq!((st.connects_total, st.fallbacks_total), (2, 1), "{st:?}\n{stderr}");
+    assert!(!stderr.contains("ipcd["), "the library complained:\n{stderr}");
+}
+
 /// A process's later connects to one listener take standby connections;
 /// once the listener closes, the next connect is refused (the one connect
 /// the monitor sends to the kernel).
@@ -122,7 +136,7 @@ checks! {
     a_burst_of_connects_all_goes_through_shared_memory => "burst",
     accepted_sockets_inherit_the_listeners_options => "inherited-options",
     tcp_info_follows_the_connection => "tcp-info",
-    a_listener_shut_down_resets_its_queue_and_refuses => "listener-shutdown",
+    receive_timestamps_come_before_tcp_inq => "timestamps",
 }
 
 /// A socket made after a connection closed reuses a closed end's kernel

@@ -245,7 +245,9 @@ pub(super) unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_in
                     (*msg).msg_namelen = 0;
                     (*msg).msg_flags = 0;
                     let inq = s.inq().then(|| stream::readable(&s).unwrap_or(0));
-                    put_inq(&mut *msg, inq);
+                    // Linux stamps the bytes a read took (none: no stamp).
+                    let stamp = Some(s.timestamp()).filter(|&t| t != 0 && r > 0);
+                    put_control(&mut *msg, stamp, inq);
                 }
             }
             r
@@ -303,51 +305,73 @@ unsafe fn recv_errqueue(s: &Socket, msg: &mut msghdr) -> ssize_t {
     msg.msg_namelen = 0;
     msg.msg_flags = libc::MSG_ERRQUEUE;
     let len = std::mem::size_of::<libc::sock_extended_err>() + offender;
+    let mut used = 0;
     // SAFETY: the caller's control buffer (contract of this function).
-    unsafe { put_cmsg(msg, level, ty, &header[..len]) };
+    unsafe { put_cmsg(msg, &mut used, level, ty, &header[..len]) };
+    msg.msg_controllen = used;
     0
 }
 
-/// Puts one control message into `msg`'s buffer, as Linux's `put_cmsg`:
-/// or, if it does not fit, none and `MSG_CTRUNC`. Sets `msg_controllen` to
-/// the room used.
+/// Puts one control message into `msg`'s buffer at `*used` bytes in, as
+/// Linux's `put_cmsg`: or, if it does not fit in what is left, none and
+/// `MSG_CTRUNC`. Advances `*used`; the caller sets `msg_controllen` to it.
 ///
 /// # Safety
 /// `msg`'s control pointer and length describe the caller's buffer.
-unsafe fn put_cmsg(msg: &mut msghdr, level: c_int, ty: c_int, data: &[u8]) {
+unsafe fn put_cmsg(msg: &mut msghdr, used: &mut usize, level: c_int, ty: c_int, data: &[u8]) {
     let size = data.len() as u32;
     // SAFETY: CMSG_LEN/CMSG_SPACE are arithmetic.
     let (need, space) = unsafe { (libc::CMSG_LEN(size) as usize, libc::CMSG_SPACE(size) as usize) };
-    if msg.msg_control.is_null() || msg.msg_controllen < need {
+    let room = msg.msg_controllen.saturating_sub(*used);
+    if msg.msg_control.is_null() || room < need {
         msg.msg_flags |= libc::MSG_CTRUNC;
-        msg.msg_controllen = 0;
         return;
     }
-    // SAFETY: the buffer holds CMSG_LEN(data) bytes (checked).
+    // SAFETY: the buffer holds CMSG_LEN(data) bytes past `used` (checked).
     unsafe {
-        let c = msg.msg_control.cast::<libc::cmsghdr>();
+        let c = msg.msg_control.cast::<u8>().add(*used).cast::<libc::cmsghdr>();
         c.write_unaligned(libc::cmsghdr { cmsg_len: need, cmsg_level: level, cmsg_type: ty });
         std::ptr::copy_nonoverlapping(data.as_ptr(), libc::CMSG_DATA(c), data.len());
     }
-    msg.msg_controllen = space.min(msg.msg_controllen);
+    *used += space.min(room);
 }
 
-/// Fills `msg`'s control buffer as Linux's `recvmsg` on a TCP socket does:
-/// nothing, or with `TCP_INQ` on, the bytes left to read (truncated, with
-/// `MSG_CTRUNC`, if the buffer cannot hold it).
+/// Fills `msg`'s control buffer as Linux's `recvmsg` on a TCP socket does,
+/// in its order: the receive time if a `SO_TIMESTAMP` kind is on
+/// (`stamp`: the control message type, whose number is the option's),
+/// then with `TCP_INQ` on the bytes left to read; each left out, with
+/// `MSG_CTRUNC`, if the buffer cannot hold it.
 ///
 /// # Safety
 /// `msg`'s control pointer and length describe the caller's buffer.
-unsafe fn put_inq(msg: &mut msghdr, inq: Option<usize>) {
-    match inq {
-        None => msg.msg_controllen = 0,
-        Some(inq) => {
-            let val = inq.min(c_int::MAX as usize) as c_int;
-            // SAFETY: the caller's control buffer (contract of this function).
-            unsafe { put_cmsg(msg, libc::SOL_TCP, TCP_INQ, &val.to_ne_bytes()) };
-        }
+unsafe fn put_control(msg: &mut msghdr, stamp: Option<c_int>, inq: Option<usize>) {
+    let mut used = 0;
+    if let Some(ty) = stamp {
+        // SAFETY: clock_gettime into a zeroed timespec (vDSO).
+        let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid out pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+        // Microseconds for SO_TIMESTAMP (old and new), nanoseconds for
+        // SO_TIMESTAMPNS: two 64-bit words either way on this target.
+        let sub = if matches!(ty, SO_TIMESTAMP_OLD | SO_TIMESTAMP_NEW) { now.tv_nsec / 1000 } else { now.tv_nsec };
+        let mut data = [0u8; 16];
+        data[..8].copy_from_slice(&(now.tv_sec as i64).to_ne_bytes());
+        data[8..].copy_from_slice(&(sub as i64).to_ne_bytes());
+        // SAFETY: the caller's control buffer (contract of this function).
+        unsafe { put_cmsg(msg, &mut used, libc::SOL_SOCKET, ty, &data) };
     }
+    if let Some(inq) = inq {
+        let val = inq.min(c_int::MAX as usize) as c_int;
+        // SAFETY: the caller's control buffer (contract of this function).
+        unsafe { put_cmsg(msg, &mut used, libc::SOL_TCP, TCP_INQ, &val.to_ne_bytes()) };
+    }
+    msg.msg_controllen = used;
 }
+
+/// `SO_TIMESTAMP` as glibc's 64-bit headers name it, and its y2038-safe
+/// twin (the control messages carry the option's number).
+const SO_TIMESTAMP_OLD: c_int = 29;
+const SO_TIMESTAMP_NEW: c_int = 63;
 
 /// Interposed `sendmmsg(2)`: each message in turn, stopping at the first
 /// that fails (reported only if none went).

@@ -219,6 +219,9 @@ pub(crate) struct Socket {
     inq: AtomicBool,
     /// `SO_ZEROCOPY` on: `MSG_ZEROCOPY` sends report completions.
     zerocopy: AtomicBool,
+    /// The `SO_TIMESTAMP` kind on (the option's number, which is its
+    /// control message's type), 0 for none.
+    timestamp: AtomicU32,
     /// Data calls in progress. A close while one is in progress (another
     /// thread blocked in recv) waits for it to end, as Linux's close only
     /// drops the fd and the blocked call keeps the socket open.
@@ -254,6 +257,7 @@ impl Socket {
             linger_zero: AtomicBool::new(false),
             inq: AtomicBool::new(false),
             zerocopy: AtomicBool::new(false),
+            timestamp: AtomicU32::new(0),
             inflight: AtomicU32::new(0),
             close_deferred: AtomicBool::new(false),
             clean: AtomicBool::new(false),
@@ -418,6 +422,18 @@ impl Socket {
     /// Records `SO_ZEROCOPY`.
     pub(crate) fn set_zerocopy(&self, on: bool) {
         self.zerocopy.store(on, Ordering::Relaxed);
+    }
+
+    /// The `SO_TIMESTAMP` kind on (see [`Socket::timestamp`]'s field).
+    pub(crate) fn timestamp(&self) -> libc::c_int {
+        self.timestamp.load(Ordering::Relaxed) as libc::c_int
+    }
+
+    /// Records a `SO_TIMESTAMP` kind turned on (`name`) or off (0): the
+    /// last one set decides, and turning any off turns all off (Linux's
+    /// `sock_set_timestamp`).
+    pub(crate) fn set_timestamp(&self, name: libc::c_int) {
+        self.timestamp.store(name as u32, Ordering::Relaxed);
     }
 }
 

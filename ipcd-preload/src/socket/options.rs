@@ -1,5 +1,5 @@
 //! Socket options the library follows: the ones that change what ipcd
-//! does with a connection (timeouts, `SO_LINGER`, `TCP_INQ`,
+//! does with a connection (timeouts, `SO_LINGER`, `TCP_INQ`, `SO_TIMESTAMP`,
 //! `SO_ZEROCOPY`), and the ones an accepted connection inherits from its
 //! listener. Linux makes each accepted socket a copy of the listening one,
 //! options and all (timeouts, keepalive, linger, `TCP_NODELAY`, buffer
@@ -108,6 +108,12 @@ pub(crate) unsafe fn after_set(s: &Socket, level: c_int, name: c_int, val: *cons
         (libc::SOL_SOCKET, libc::SO_ZEROCOPY) => {
             if let Some(v) = int() {
                 s.set_zerocopy(v != 0);
+            }
+        }
+        // SO_TIMESTAMP and SO_TIMESTAMPNS, old and new (y2038) numbers.
+        (libc::SOL_SOCKET, 29 | 35 | 63 | 64) => {
+            if let Some(v) = int() {
+                s.set_timestamp(if v != 0 { name } else { 0 });
             }
         }
         (libc::SOL_SOCKET, libc::SO_LINGER) if len >= size_of::<libc::linger>() => {

@@ -162,6 +162,7 @@ const CHECKS: &[Check] = &[
     ("inherited-options", inherited_options),
     ("tcp-info", tcp_info),
     ("listener-shutdown", listener_shutdown),
+    ("timestamps", timestamps),
 ];
 
 fn check(name: &str) -> Res {

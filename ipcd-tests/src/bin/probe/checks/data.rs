@@ -787,3 +787,67 @@ pub(crate) fn tcp_info() -> Res {
     net::close(s);
     Ok(())
 }
+
+/// `SO_TIMESTAMP` and `SO_TIMESTAMPNS` stamp what a `recvmsg` reads, in
+/// Linux's order with `TCP_INQ`: the stamp (a `timeval`, then a
+/// `timespec`, near the time of the call) first, the bytes left second;
+/// a read with the stamps off carries `TCP_INQ` alone.
+pub(crate) fn timestamps() -> Res {
+    let (c, s) = pair(false)?;
+    set_opt(s, libc::IPPROTO_TCP, TCP_INQ, &1i32)?;
+    // (option, control message type, sub-second unit per second)
+    for (opt, ty, per_sec) in [(libc::SO_TIMESTAMP, libc::SCM_TIMESTAMP, 1_000_000i64), (35, 35, 1_000_000_000)] {
+        set_opt(s, libc::SOL_SOCKET, opt, &1i32)?;
+        net::send_all(c, b"stamped").map_err(f)?;
+        let (got, cmsgs) = recv_with_control(s)?;
+        ensure!(got == 7, "read {got} bytes");
+        ensure!(cmsgs.len() == 2, "control messages {cmsgs:?}");
+        let (level, t, data) = &cmsgs[0];
+        ensure!((*level, *t) == (libc::SOL_SOCKET, ty), "first control message {level}/{t}, expected the stamp");
+        let sec = i64::from_ne_bytes(data[..8].try_into().unwrap_or([0; 8]));
+        let sub = i64::from_ne_bytes(data[8..16].try_into().unwrap_or([0; 8]));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(|e| e.to_string())?;
+        ensure!((0..per_sec).contains(&sub), "stamp's fraction {sub} of {per_sec}");
+        ensure!((now.as_secs() as i64 - sec).abs() <= 5, "stamp {sec} s, now {:?}", now);
+        ensure!((cmsgs[1].0, cmsgs[1].1) == (libc::SOL_TCP, TCP_INQ), "second control message {:?}", cmsgs[1]);
+    }
+    set_opt(s, libc::SOL_SOCKET, libc::SO_TIMESTAMP, &0i32)?;
+    net::send_all(c, b"plain").map_err(f)?;
+    let (got, cmsgs) = recv_with_control(s)?;
+    ensure!(got == 5 && cmsgs.len() == 1 && cmsgs[0].1 == TCP_INQ, "with the stamps off: {got} bytes, {cmsgs:?}");
+    net::close(c);
+    net::close(s);
+    Ok(())
+}
+
+/// A control message: level, type, data.
+type Cmsg = (i32, i32, Vec<u8>);
+
+/// One `recvmsg` into a 64-byte buffer with room for control messages:
+/// bytes read and the control messages.
+fn recv_with_control(s: i32) -> Result<(isize, Vec<Cmsg>), String> {
+    let mut buf = [0u8; 64];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut cbuf = [0u64; 32];
+    // SAFETY: a zeroed msghdr is valid; the fields set point at live buffers.
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_iov = &raw mut iov;
+    m.msg_iovlen = 1;
+    m.msg_control = cbuf.as_mut_ptr().cast();
+    m.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: the msghdr above.
+    let got = unsafe { libc::recvmsg(s, &mut m, 0) };
+    ensure!(got >= 0, "recvmsg: errno {}", errno());
+    let mut out = Vec::new();
+    // SAFETY: walking the control messages recvmsg wrote into `cbuf`.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&m);
+        while !c.is_null() {
+            let len = (*c).cmsg_len - libc::CMSG_LEN(0) as usize;
+            let data = std::slice::from_raw_parts(libc::CMSG_DATA(c), len).to_vec();
+            out.push(((*c).cmsg_level, (*c).cmsg_type, data));
+            c = libc::CMSG_NXTHDR(&m, c);
+        }
+    }
+    Ok((got, out))
+}
