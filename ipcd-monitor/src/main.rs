@@ -310,15 +310,24 @@ fn to_table(r: &StatusReport) -> String {
         s.standby_total,
         s.fallbacks_total
     );
+    let reasons: Vec<String> = ipcd_proto::Fallback::ALL
+        .iter()
+        .zip(s.fallbacks)
+        .filter(|(_, n)| *n > 0)
+        .map(|(f, n)| format!("{} {n}", f.name()))
+        .collect();
+    if !reasons.is_empty() {
+        out.push_str(&format!("to kernel by reason: {}\n", reasons.join(", ")));
+    }
     if !r.listeners.is_empty() {
         out.push_str(&format!(
-            "\n{:<8} {:<28} {:>8} {:>8} {}\n",
-            "pid", "listening on", "backlog", "pending", "reuseport"
+            "\n{:<24} {:<28} {:>8} {:>8} {}\n",
+            "process", "listening on", "backlog", "pending", "reuseport"
         ));
         for l in &r.listeners {
             out.push_str(&format!(
-                "{:<8} {:<28} {:>8} {:>8} {}\n",
-                l.pid,
+                "{:<24} {:<28} {:>8} {:>8} {}\n",
+                process(l.pid),
                 l.addr.to_string(),
                 l.backlog,
                 l.pending,
@@ -328,13 +337,13 @@ fn to_table(r: &StatusReport) -> String {
     }
     if !r.connections.is_empty() {
         out.push_str(&format!(
-            "\n{:<6} {:<8} {:<24} {:<6} {:<8} {:<24} {:<6} {:>12} {:>12}\n",
-            "conn", "pid A", "address A", "state", "pid B", "address B", "state", "bytes A→B", "bytes B→A"
+            "\n{:<16} {:<24} {:<24} {:<7} {:<24} {:<24} {:<7} {:>12} {:>12}\n",
+            "conn", "process A", "address A", "state", "process B", "address B", "state", "bytes A→B", "bytes B→A"
         ));
         for c in &r.connections {
-            let pid = |p: u32| if p == 0 { "gone".to_string() } else { p.to_string() };
+            let pid = |p: u32| if p == 0 { "-".to_string() } else { process(p) };
             out.push_str(&format!(
-                "{:<6} {:<8} {:<24} {:<6} {:<8} {:<24} {:<6} {:>12} {:>12}\n",
+                "{:<16} {:<24} {:<24} {:<7} {:<24} {:<24} {:<7} {:>12} {:>12}\n",
                 c.conn,
                 pid(c.pids[0]),
                 c.addrs[0].to_string(),
@@ -350,6 +359,40 @@ fn to_table(r: &StatusReport) -> String {
     out
 }
 
+/// The command name of process `pid` (`/proc/<pid>/comm`), if this
+/// process can see it (the monitor's pids are of its pid namespace).
+fn comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_string())
+}
+
+/// `pid/name` as `netstat -p` prints it, or the pid alone.
+fn process(pid: u32) -> String {
+    match comm(pid) {
+        Some(name) => format!("{pid}/{name}"),
+        None => pid.to_string(),
+    }
+}
+
+/// A string as a JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A process's command name as JSON (`null` if unknown).
+fn json_comm(pid: u32) -> String {
+    comm(pid).map_or_else(|| "null".to_string(), |n| json_str(&n))
+}
+
 fn to_json(r: &StatusReport) -> String {
     let s = &r.status;
     let listeners: Vec<String> = r
@@ -357,8 +400,13 @@ fn to_json(r: &StatusReport) -> String {
         .iter()
         .map(|l| {
             format!(
-                r#"{{"pid":{},"addr":"{}","backlog":{},"pending":{},"reuseport":{}}}"#,
-                l.pid, l.addr, l.backlog, l.pending, l.reuseport
+                r#"{{"pid":{},"name":{},"addr":"{}","backlog":{},"pending":{},"reuseport":{}}}"#,
+                l.pid,
+                json_comm(l.pid),
+                l.addr,
+                l.backlog,
+                l.pending,
+                l.reuseport
             )
         })
         .collect();
@@ -367,10 +415,12 @@ fn to_json(r: &StatusReport) -> String {
         .iter()
         .map(|c| {
             format!(
-                r#"{{"conn":{},"pids":[{},{}],"addrs":["{}","{}"],"states":["{}","{}"],"bytes":[{},{}],"segment_bytes":{}}}"#,
+                r#"{{"conn":{},"pids":[{},{}],"names":[{},{}],"addrs":["{}","{}"],"states":["{}","{}"],"bytes":[{},{}],"segment_bytes":{}}}"#,
                 c.conn,
                 c.pids[0],
                 c.pids[1],
+                json_comm(c.pids[0]),
+                json_comm(c.pids[1]),
                 c.addrs[0],
                 c.addrs[1],
                 c.states[0].name(),
@@ -385,7 +435,7 @@ fn to_json(r: &StatusReport) -> String {
         concat!(
             r#"{{"monitor_pid":{},"uptime_ms":{},"processes":{},"listeners":{},"connections":{},"#,
             r#""segment_bytes":{},"connects_total":{},"reused_total":{},"standby_total":{},"#,
-            r#""fallbacks_total":{},"#,
+            r#""fallbacks_total":{},"fallbacks":{{{}}},"#,
             r#""listener_list":[{}],"connection_list":[{}]}}"#,
             "\n"
         ),
@@ -399,6 +449,12 @@ fn to_json(r: &StatusReport) -> String {
         s.reused_total,
         s.standby_total,
         s.fallbacks_total,
+        ipcd_proto::Fallback::ALL
+            .iter()
+            .zip(s.fallbacks)
+            .map(|(f, n)| format!("{}:{n}", json_str(&f.name().replace(' ', "_"))))
+            .collect::<Vec<_>>()
+            .join(","),
         listeners.join(","),
         conns.join(",")
     )

@@ -101,6 +101,17 @@ fn addresses_match_as_the_kernel_would() {
     mapped[10..].copy_from_slice(&[0xff, 0xff, 127, 0, 0, 2]);
     let dest = SockAddr::V6 { ip: mapped, port: oaddr.port(), flowinfo: 0, scope_id: 0 };
     assert!(matches!(connect(&mut client, dest).0, Response::Connected(_)));
+    // The four sent to the kernel are counted by reason, and `ipcd status`
+    // says so, with the listeners' process names.
+    let st = client.status().unwrap().status;
+    let mut by_reason = [0; ipcd_proto::FALLBACK_KINDS];
+    by_reason[Fallback::NoListener.index()] = 4;
+    assert_eq!((st.fallbacks_total, st.fallbacks), (4, by_reason), "{st:?}");
+    let out = Command::new(IPCD).args(["status", "--socket", &m.socket]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("to kernel by reason: no listener under ipcd 4\n"), "{text}");
+    let me = format!("{}/{}", std::process::id(), std::fs::read_to_string("/proc/self/comm").unwrap().trim_end());
+    assert!(text.lines().any(|l| l.starts_with(&me) && l.contains("127.0.0.2:")), "{me} not named:\n{text}");
 }
 
 #[test]

@@ -207,16 +207,8 @@ impl core::fmt::Display for SockAddr {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match *self {
             SockAddr::V4 { ip, port } => write!(f, "{}.{}.{}.{}:{port}", ip[0], ip[1], ip[2], ip[3]),
-            SockAddr::V6 { ip, port, .. } => {
-                f.write_str("[")?;
-                for (i, pair) in ip.chunks(2).enumerate() {
-                    if i > 0 {
-                        f.write_str(":")?;
-                    }
-                    write!(f, "{:x}", u16::from_be_bytes([pair[0], pair[1]]))?;
-                }
-                write!(f, "]:{port}")
-            }
+            // As `ss` prints it: `[::1]:6379`, `[::ffff:10.0.0.1]:80`.
+            SockAddr::V6 { ip, port, .. } => write!(f, "[{}]:{port}", core::net::Ipv6Addr::from(ip)),
         }
     }
 }

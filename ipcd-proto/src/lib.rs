@@ -34,7 +34,7 @@ pub use addr::SockAddr;
 pub use error::{DecodeError, EncodeError};
 pub use message::{
     Caps, ConnInfo, ConnStatus, EndState, ErrorCode, Fallback, ListenFlags, ListenerStatus, Request, Response, Side,
-    Status, CODEC_VERSION, FRAME_MAGIC, HEADER_LEN, MAX_FDS, MAX_FRAME,
+    Status, CODEC_VERSION, FALLBACK_KINDS, FRAME_MAGIC, HEADER_LEN, MAX_FDS, MAX_FRAME,
 };
 pub use state::{CloseAction, Conn, Errno, How, Phase, Readiness, Recv, Ring, Send, Shutdown};
 
@@ -42,4 +42,5 @@ pub use state::{CloseAction, Conn, Errno, How, Phase, Readiness, Recv, Ring, Sen
 /// [`Request::Hello`]).
 /// 3: standby connections (`Standby`, `Withdraw`, `Use`, `Unused`).
 /// 5: `Pass` and `Claim` carry the kernel socket instead of naming its inode.
-pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 5..=5;
+/// 6: `Held`, `EndState::Unknown`, fallbacks by reason in `Status`.
+pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 6..=6;

@@ -98,7 +98,7 @@ fn response() -> impl Strategy<Value = Response> {
         (any::<u64>(), info()).prop_map(|(listener, info)| Response::Expect { listener, info }),
         any::<u64>().prop_map(|conn| Response::Withdraw { conn }),
         info().prop_map(Response::Reopened),
-        any::<[u64; 10]>().prop_map(|v| Response::Status(Status {
+        (any::<[u64; 10]>(), any::<[u64; 6]>()).prop_map(|(v, fallbacks)| Response::Status(Status {
             monitor_pid: v[0] as u32,
             processes: v[1] as u32,
             listeners: v[2] as u32,
@@ -109,6 +109,7 @@ fn response() -> impl Strategy<Value = Response> {
             uptime_ms: v[7],
             reused_total: v[8],
             standby_total: v[9],
+            fallbacks,
         })),
         (any::<u32>(), addr(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(
             |(pid, addr, backlog, pending, reuseport)| Response::ListenerEntry(ListenerStatus {

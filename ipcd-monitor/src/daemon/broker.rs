@@ -77,18 +77,14 @@ impl Daemon {
             Some(_) => None,
         };
         if let Some(reason) = fallback {
-            self.fallbacks_total += 1;
             log!(Level::Debug, "msg=\"use kernel\" pid={pid} dest={dest} reason={reason:?}");
-            self.reply(token, seq, &Response::UseKernel { reason }, &[]);
-            return;
+            return self.use_kernel(token, seq, reason);
         }
         let (l, acceptor) = (found.expect("checked above"), acceptor.expect("checked above"));
         let conn = self.next_conn;
         let pair = (token, acceptor);
         let Some((segment, seg, bells, reused)) = self.take_segment(pair, conn) else {
-            self.fallbacks_total += 1;
-            self.reply(token, seq, &Response::UseKernel { reason: Fallback::NoMemory }, &[]);
-            return;
+            return self.use_kernel(token, seq, Fallback::NoMemory);
         };
         self.next_conn += 1;
         let a_addr = match source {
@@ -107,6 +103,14 @@ impl Daemon {
         // find no standby yet. A pair with a pool has had a connection before.
         self.issue_standby(token, (l.owner, l.id), dest, reused || self.pools.contains_key(&pair));
         self.deliver(new, Some(seq));
+    }
+
+    /// Answers connect request `seq` of `token` with `UseKernel`, counted
+    /// with its reason.
+    fn use_kernel(&mut self, token: u64, seq: u32, reason: Fallback) {
+        self.fallbacks_total += 1;
+        self.fallbacks[reason.index()] += 1;
+        self.reply(token, seq, &Response::UseKernel { reason }, &[]);
     }
 
     /// A segment for a new connection `conn` between `pair`: one of the
@@ -186,8 +190,7 @@ impl Daemon {
             }
         }
         if let (Err(_), false, Some(seq)) = (&sent, answered, answer) {
-            self.fallbacks_total += 1;
-            self.reply(token, seq, &Response::UseKernel { reason: Fallback::BacklogFull }, &[]);
+            self.use_kernel(token, seq, Fallback::BacklogFull);
             if reused {
                 // Both still map it; a dropped listener's pool is emptied
                 // (and the connector told to forget it) with its client.

@@ -308,6 +308,8 @@ pub struct Daemon {
     started: Instant,
     connects_total: u64,
     fallbacks_total: u64,
+    /// Of those, by reason (`Fallback::index`).
+    fallbacks: [u64; ipcd_proto::FALLBACK_KINDS],
     reused_total: u64,
     standby_total: u64,
     uid: u32,
@@ -381,6 +383,7 @@ impl Daemon {
             started: Instant::now(),
             connects_total: 0,
             fallbacks_total: 0,
+            fallbacks: [0; ipcd_proto::FALLBACK_KINDS],
             reused_total: 0,
             standby_total: 0,
             // SAFETY: getuid cannot fail.

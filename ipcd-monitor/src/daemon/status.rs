@@ -29,6 +29,7 @@ impl Daemon {
                 + self.pools.values().flatten().map(|p| p.seg.len() as u64).sum::<u64>(),
             connects_total: self.connects_total,
             fallbacks_total: self.fallbacks_total,
+            fallbacks: self.fallbacks,
             reused_total: self.reused_total,
             standby_total: self.standby_total,
             uptime_ms: self.started.elapsed().as_millis() as u64,

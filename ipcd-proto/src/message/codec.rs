@@ -3,7 +3,7 @@
 
 use super::{
     ConnInfo, ConnStatus, EndState, ErrorCode, Fallback, ListenFlags, ListenerStatus, Request, Response, Side, Status,
-    CODEC_VERSION, FRAME_MAGIC, HEADER_LEN, MAX_FRAME,
+    CODEC_VERSION, FALLBACK_KINDS, FRAME_MAGIC, HEADER_LEN, MAX_FRAME,
 };
 use crate::addr::SockAddr;
 use crate::error::{DecodeError, EncodeError};
@@ -365,6 +365,9 @@ impl Response {
                 w.u64(s.reused_total);
                 w.u64(s.standby_total);
                 w.u64(s.fallbacks_total);
+                for n in s.fallbacks {
+                    w.u64(n);
+                }
                 w.u64(s.uptime_ms);
             }
             Response::ListenerEntry(l) => {
@@ -424,6 +427,13 @@ impl Response {
                 reused_total: r.u64()?,
                 standby_total: r.u64()?,
                 fallbacks_total: r.u64()?,
+                fallbacks: {
+                    let mut n = [0; FALLBACK_KINDS];
+                    for v in &mut n {
+                        *v = r.u64()?;
+                    }
+                    n
+                },
                 uptime_ms: r.u64()?,
             }),
             0x020a => Response::ListenerEntry(ListenerStatus {

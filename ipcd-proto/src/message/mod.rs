@@ -105,7 +105,28 @@ impl Fallback {
         Fallback::NoMemory,
         Fallback::Disabled,
     ];
+
+    /// Its place in [`Fallback::ALL`] (and in [`Status::fallbacks`]).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Short name for `ipcd status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fallback::NoListener => "no listener under ipcd",
+            Fallback::OtherUser => "other user",
+            Fallback::BacklogFull => "backlog full",
+            Fallback::NotLocal => "not local",
+            Fallback::NoMemory => "no memory",
+            Fallback::Disabled => "disabled",
+        }
+    }
 }
+
+/// How many reasons a connect may be sent to the kernel for.
+pub const FALLBACK_KINDS: usize = 6;
+const _: () = assert!(Fallback::ALL.len() == FALLBACK_KINDS);
 
 /// Error codes of [`Response::Error`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -190,6 +211,8 @@ pub struct Status {
     pub standby_total: u64,
     /// Connects sent to the kernel since start.
     pub fallbacks_total: u64,
+    /// Of those, how many for each reason, in [`Fallback::ALL`]'s order.
+    pub fallbacks: [u64; FALLBACK_KINDS],
     /// Milliseconds since the monitor started.
     pub uptime_ms: u64,
 }
