@@ -190,7 +190,11 @@ impl ListenerBell {
 pub(crate) struct Control {
     chan: Channel,
     seq: u32,
+    /// Our process id (a forked child's channel is not the parent's).
     pid: u32,
+    /// Our process id as the monitor sees it (`Welcome`): another in a
+    /// pid namespace of our own. Ends are offered to us under it.
+    seen_pid: u32,
     incoming: HashMap<u64, Queue>,
     /// Connections accepted but not yet reported (`Accepted` only keeps
     /// the monitor's backlog count): sent before the next request, or when
@@ -330,6 +334,7 @@ impl Control {
             chan,
             seq: 0,
             pid,
+            seen_pid: pid,
             incoming: HashMap::new(),
             accepted: Vec::new(),
             unannounced: false,
@@ -340,7 +345,10 @@ impl Control {
         };
         let hello = Request::hello(pid, uid, Caps::empty());
         match c.call(&hello, &[]).map_err(|e| e.to_string())?.0 {
-            Response::Welcome { monitor_pid, .. } => MONITOR.store(monitor_pid, Ordering::Relaxed),
+            Response::Welcome { monitor_pid, pid: seen, .. } => {
+                MONITOR.store(monitor_pid, Ordering::Relaxed);
+                c.seen_pid = seen;
+            }
             other => return Err(format!("monitor refused: {other:?}")),
         }
         log!(Level::Info, "active: monitor @{name} (uid {}, pid {})", cred.uid, cred.pid);
@@ -604,9 +612,9 @@ impl Control {
         self.standby_seen
     }
 
-    /// Our process id, as the monitor knows it.
-    pub(crate) fn pid(&self) -> u32 {
-        self.pid
+    /// Our process id as the monitor sees it (the one it offers ends to).
+    pub(crate) fn seen_pid(&self) -> u32 {
+        self.seen_pid
     }
 
     /// Whether a connection accept may take is queued for `listener`.

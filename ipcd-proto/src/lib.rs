@@ -42,5 +42,6 @@ pub use state::{CloseAction, Conn, Errno, How, Phase, Readiness, Recv, Ring, Sen
 /// [`Request::Hello`]).
 /// 3: standby connections (`Standby`, `Withdraw`, `Use`, `Unused`).
 /// 5: `Pass` and `Claim` carry the kernel socket instead of naming its inode.
-/// 6: `Held`, `EndState::Unknown`, fallbacks by reason in `Status`.
+/// 6: `Held`, `EndState::Unknown`, fallbacks by reason in `Status`, the
+/// client's pid as the monitor sees it in `Welcome`.
 pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 6..=6;

@@ -84,9 +84,15 @@ fn request() -> impl Strategy<Value = Request> {
 fn response() -> impl Strategy<Value = Response> {
     let (codes, reasons) = (ErrorCode::ALL, Fallback::ALL);
     prop_oneof![
-        (any::<u16>(), any::<u32>(), 0u32..8, any::<u64>()).prop_map(|(version, monitor_pid, caps, ring_bytes)| {
-            Response::Welcome { version, monitor_pid, caps: Caps::from_bits_truncate(caps), ring_bytes }
-        }),
+        (any::<u16>(), any::<u32>(), any::<u32>(), 0u32..8, any::<u64>()).prop_map(
+            |(version, monitor_pid, pid, caps, ring_bytes)| Response::Welcome {
+                version,
+                monitor_pid,
+                pid,
+                caps: Caps::from_bits_truncate(caps),
+                ring_bytes
+            }
+        ),
         Just(Response::Ok),
         prop::sample::select(codes.to_vec()).prop_map(|code| Response::Error { code }),
         info().prop_map(Response::Connected),

@@ -754,6 +754,41 @@ fn a_restarted_monitor_gets_running_listeners_back() {
     drop(server);
 }
 
+/// A process in a pid namespace of its own (a container sharing the
+/// host's network) is accelerated: the monitor takes the kernel's view of
+/// who it is, not the pid it knows itself by. A server in such a
+/// namespace serves a client of the host, and a fork hand-off inside one
+/// (the child registers under its parent as the monitor sees it) passes.
+#[test]
+fn a_process_in_its_own_pid_namespace_is_accelerated() {
+    let pidns = |args: &[&str]| {
+        let mut c = Command::new("unshare");
+        die_with_parent(&mut c)
+            .args(["--pid", "--fork", "--mount-proc", PROBE])
+            .args(args)
+            .stdin(Stdio::null())
+            .env_remove("LD_PRELOAD")
+            .env("IPCD_LOG", "warn");
+        c
+    };
+    if !pidns(&["list"]).stdout(Stdio::null()).status().is_ok_and(|s| s.success()) {
+        println!("skipped: needs unshare --pid (root)");
+        return;
+    }
+    let mon = Monitor::start(RING_BYTES);
+    let server = Server::start(mon.under(&mut pidns(&["serve", "1"])).clone_cmd());
+    must_pass("host client", mon.under(&mut client(server.port)).output().expect("client"));
+    server.finish();
+    let st = mon.status().status;
+    assert_eq!((st.connects_total, st.fallbacks_total), (1, 0), "{st:?}");
+    must_pass(
+        "fork-handoff in a pid namespace",
+        mon.under(&mut pidns(&["check", "fork-handoff"])).output().expect("run"),
+    );
+    let st = mon.status().status;
+    assert!(st.connects_total > 1 && st.fallbacks_total == 0, "{st:?}");
+}
+
 /// A connection made before a monitor restart shows in the new monitor's
 /// `ipcd status` once a holder makes a set-up call (the server's next
 /// accept here): its end with the server's pid, the other end unknown

@@ -129,10 +129,18 @@ impl Daemon {
         }
     }
 
-    pub(super) fn forked(&mut self, token: u64, seq: u32, pid: u32, uid: u32, parent_pid: u32) {
-        if parent_of(pid) != Some(parent_pid) {
+    pub(super) fn forked(&mut self, token: u64, seq: u32, pid: u32, uid: u32, claimed_parent: u32) {
+        // The parent as the monitor sees it: the child names its own
+        // namespace's number, the same only when the two share one.
+        let Some(parent_pid) = parent_of(pid) else {
             self.fail(token, seq, ErrorCode::NotOwner);
             return;
+        };
+        if parent_pid != claimed_parent {
+            log!(
+                Level::Debug,
+                "msg=\"fork in another namespace\" client={token} claims={claimed_parent} parent={parent_pid}"
+            );
         }
         let parent = self
             .clients

@@ -550,7 +550,7 @@ pub(crate) unsafe fn accept(
             if let Some(b) = &bell {
                 c.watch(id, b);
             }
-            Ok(c.pop_incoming(id).map(|p| (p, c.pid())))
+            Ok(c.pop_incoming(id).map(|p| (p, c.seen_pid())))
         });
         if let Some(Some((pending, pid))) = next {
             match accepted(sock, pending, pid, flags) {
@@ -745,7 +745,7 @@ pub(crate) fn close_listener(id: u64, shared: bool, passed: bool) {
             };
             match link {
                 // Taken from us for another process: not ours to reset.
-                Some(link) if !link.claim(c.pid()) => continue,
+                Some(link) if !link.claim(c.seen_pid()) => continue,
                 Some(link) => drop(reset_link(link)),
                 None => {
                     abandon(c, &info)?;

@@ -329,9 +329,10 @@ impl Response {
     /// Encodes the frame into `buf`; returns its length.
     pub fn encode(&self, seq: u32, buf: &mut [u8]) -> Result<usize, EncodeError> {
         encode_frame(self.kind(), seq, buf, |w| match *self {
-            Response::Welcome { version, monitor_pid, caps, ring_bytes } => {
+            Response::Welcome { version, monitor_pid, pid, caps, ring_bytes } => {
                 w.u16(version);
                 w.u32(monitor_pid);
+                w.u32(pid);
                 w.u32(caps.bits());
                 w.u64(ring_bytes);
             }
@@ -401,6 +402,7 @@ impl Response {
             0x0201 => Response::Welcome {
                 version: r.u16()?,
                 monitor_pid: r.u32()?,
+                pid: r.u32()?,
                 caps: flags(r, "caps")?,
                 ring_bytes: r.u64()?,
             },

@@ -475,6 +475,10 @@ pub enum Response {
         version: u16,
         /// Monitor process id.
         monitor_pid: u32,
+        /// The client's process id as the monitor sees it (the kernel's
+        /// `SO_PEERCRED`): its own in another pid namespace differs. Ends
+        /// are offered to it under this id.
+        pid: u32,
         /// What the monitor can do.
         caps: Caps,
         /// Default capacity of each ring of a new segment.
