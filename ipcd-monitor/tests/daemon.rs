@@ -189,13 +189,17 @@ fn bad_clients_are_dropped_alone() {
     raw.send_request(1, &Request::Status, &[]).unwrap();
     assert_eq!(raw.recv_response().unwrap().1, Response::Error { code: ErrorCode::NotRegistered });
     assert!(raw.recv_response().is_err());
-    // A hello that lies about its pid.
+    // A hello that claims another pid (as a process in a pid namespace of
+    // its own does) is served as the process the kernel says it is.
     let raw = Channel::connect_abstract(m.socket.as_bytes()).unwrap();
     // SAFETY: getuid cannot fail.
     let uid = unsafe { libc::getuid() };
-    let hello = Request::Hello { version_min: 1, version_max: 1, pid: 1, uid, caps: ipcd_proto::Caps::empty() };
+    let hello = Request::hello(1, uid, ipcd_proto::Caps::empty());
     raw.send_request(1, &hello, &[]).unwrap();
-    assert_eq!(raw.recv_response().unwrap().1, Response::Error { code: ErrorCode::BadRequest });
+    match raw.recv_response().unwrap().1 {
+        Response::Welcome { pid, .. } => assert_eq!(pid, std::process::id(), "the kernel's pid, not the claimed 1"),
+        other => panic!("a hello claiming pid 1: {other:?}"),
+    }
     // No common version.
     let raw = Channel::connect_abstract(m.socket.as_bytes()).unwrap();
     // SAFETY: getpid/getuid cannot fail.
@@ -211,9 +215,10 @@ fn bad_clients_are_dropped_alone() {
     let n = req.encode(5, &mut buf).unwrap();
     c.channel().send_packet(&buf[..n], &[lfd.as_fd(), lfd.as_fd()]).unwrap();
     assert!(c.channel().recv_response().is_err(), "dropped for the wrong fd count");
-    // The well-behaved client never noticed.
+    // The well-behaved client never noticed; the one in "another
+    // namespace" is still served.
     let report = good.status().unwrap();
-    assert_eq!((report.status.processes, report.status.listeners), (1, 0));
+    assert_eq!((report.status.processes, report.status.listeners), (2, 0));
 }
 
 /// An accept frees its place in the backlog for a connect made after it,
