@@ -4,7 +4,7 @@
 use std::io;
 
 use ipcd_proto::channel::{Channel, ChannelError, Fds};
-use ipcd_proto::message::{ConnStatus, ErrorCode, ListenerStatus, Request, Response, Status};
+use ipcd_proto::message::{ConnStatus, ErrorCode, ListenerStatus, ProcessStatus, Request, Response, Status};
 use ipcd_proto::Caps;
 
 /// A registered control channel to the monitor.
@@ -21,6 +21,8 @@ pub struct MonitorClient {
 pub struct StatusReport {
     /// Counters.
     pub status: Status,
+    /// Every process, with what it holds.
+    pub processes: Vec<ProcessStatus>,
     /// Every listener.
     pub listeners: Vec<ListenerStatus>,
     /// Every connection.
@@ -96,9 +98,10 @@ impl MonitorClient {
             }
             other => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("unexpected answer {other:?}"))),
         };
-        let mut report = StatusReport { status, listeners: Vec::new(), connections: Vec::new() };
+        let mut report = StatusReport { status, processes: Vec::new(), listeners: Vec::new(), connections: Vec::new() };
         loop {
             match self.wait_reply()?.0 {
+                Response::ProcessEntry(p) => report.processes.push(p),
                 Response::ListenerEntry(l) => report.listeners.push(l),
                 Response::ConnEntry(c) => report.connections.push(c),
                 Response::Ok => return Ok(report),

@@ -319,6 +319,23 @@ fn to_table(r: &StatusReport) -> String {
     if !reasons.is_empty() {
         out.push_str(&format!("to kernel by reason: {}\n", reasons.join(", ")));
     }
+    if !r.processes.is_empty() {
+        out.push_str(&format!(
+            "\n{:<24} {:>6} {:>11} {:>9} {:>14} {:>14}\n",
+            "process", "uid", "connections", "listeners", "bytes sent", "bytes received"
+        ));
+        for p in &r.processes {
+            out.push_str(&format!(
+                "{:<24} {:>6} {:>11} {:>9} {:>14} {:>14}\n",
+                process(p.pid),
+                p.uid,
+                p.connections,
+                p.listeners,
+                p.sent,
+                p.received
+            ));
+        }
+    }
     if !r.listeners.is_empty() {
         out.push_str(&format!(
             "\n{:<24} {:<28} {:>8} {:>8} {}\n",
@@ -410,6 +427,22 @@ fn to_json(r: &StatusReport) -> String {
             )
         })
         .collect();
+    let processes: Vec<String> = r
+        .processes
+        .iter()
+        .map(|p| {
+            format!(
+                r#"{{"pid":{},"name":{},"uid":{},"connections":{},"listeners":{},"bytes_sent":{},"bytes_received":{}}}"#,
+                p.pid,
+                json_comm(p.pid),
+                p.uid,
+                p.connections,
+                p.listeners,
+                p.sent,
+                p.received
+            )
+        })
+        .collect();
     let conns: Vec<String> = r
         .connections
         .iter()
@@ -436,7 +469,7 @@ fn to_json(r: &StatusReport) -> String {
             r#"{{"monitor_pid":{},"uptime_ms":{},"processes":{},"listeners":{},"connections":{},"#,
             r#""segment_bytes":{},"connects_total":{},"reused_total":{},"standby_total":{},"#,
             r#""fallbacks_total":{},"fallbacks":{{{}}},"#,
-            r#""listener_list":[{}],"connection_list":[{}]}}"#,
+            r#""process_list":[{}],"listener_list":[{}],"connection_list":[{}]}}"#,
             "\n"
         ),
         s.monitor_pid,
@@ -455,6 +488,7 @@ fn to_json(r: &StatusReport) -> String {
             .map(|(f, n)| format!("{}:{n}", json_str(&f.name().replace(' ', "_"))))
             .collect::<Vec<_>>()
             .join(","),
+        processes.join(","),
         listeners.join(","),
         conns.join(",")
     )

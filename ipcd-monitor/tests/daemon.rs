@@ -103,7 +103,12 @@ fn addresses_match_as_the_kernel_would() {
     assert!(matches!(connect(&mut client, dest).0, Response::Connected(_)));
     // The four sent to the kernel are counted by reason, and `ipcd status`
     // says so, with the listeners' process names.
-    let st = client.status().unwrap().status;
+    let report = client.status().unwrap();
+    // The one other process (the asking one is not listed): its two
+    // listeners and the accepting ends of the four connections.
+    let p: Vec<_> = report.processes.iter().map(|p| (p.pid, p.listeners, p.connections)).collect();
+    assert_eq!(p, [(std::process::id(), 2, 4)], "{report:?}");
+    let st = report.status;
     let mut by_reason = [0; ipcd_proto::FALLBACK_KINDS];
     by_reason[Fallback::NoListener.index()] = 4;
     assert_eq!((st.fallbacks_total, st.fallbacks), (4, by_reason), "{st:?}");

@@ -33,8 +33,8 @@ pub mod channel;
 pub use addr::SockAddr;
 pub use error::{DecodeError, EncodeError};
 pub use message::{
-    Caps, ConnInfo, ConnStatus, EndState, ErrorCode, Fallback, ListenFlags, ListenerStatus, Request, Response, Side,
-    Status, CODEC_VERSION, FALLBACK_KINDS, FRAME_MAGIC, HEADER_LEN, MAX_FDS, MAX_FRAME,
+    Caps, ConnInfo, ConnStatus, EndState, ErrorCode, Fallback, ListenFlags, ListenerStatus, ProcessStatus, Request,
+    Response, Side, Status, CODEC_VERSION, FALLBACK_KINDS, FRAME_MAGIC, HEADER_LEN, MAX_FDS, MAX_FRAME,
 };
 pub use state::{CloseAction, Conn, Errno, How, Phase, Readiness, Recv, Ring, Send, Shutdown};
 
@@ -43,5 +43,5 @@ pub use state::{CloseAction, Conn, Errno, How, Phase, Readiness, Recv, Ring, Sen
 /// 3: standby connections (`Standby`, `Withdraw`, `Use`, `Unused`).
 /// 5: `Pass` and `Claim` carry the kernel socket instead of naming its inode.
 /// 6: `Held`, `EndState::Unknown`, fallbacks by reason in `Status`, the
-/// client's pid as the monitor sees it in `Welcome`.
+/// client's pid as the monitor sees it in `Welcome`, `ProcessEntry`.
 pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 6..=6;

@@ -117,6 +117,9 @@ fn response() -> impl Strategy<Value = Response> {
             standby_total: v[9],
             fallbacks,
         })),
+        (any::<[u32; 4]>(), any::<u64>(), any::<u64>()).prop_map(|(v, sent, received)| Response::ProcessEntry(
+            ProcessStatus { pid: v[0], uid: v[1], connections: v[2], listeners: v[3], sent, received }
+        )),
         (any::<u32>(), addr(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(
             |(pid, addr, backlog, pending, reuseport)| Response::ListenerEntry(ListenerStatus {
                 pid,

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use ipcd_proto::message::{ConnStatus, EndState, ListenerStatus, Response, Side, Status};
+use ipcd_proto::message::{ConnStatus, EndState, ListenerStatus, ProcessStatus, Response, Side, Status};
 
 use super::{end_state, idx, Daemon, HeldEnd};
 
@@ -35,6 +35,11 @@ impl Daemon {
             uptime_ms: self.started.elapsed().as_millis() as u64,
         };
         let mut out = vec![Response::Status(status)];
+        // Every process but the one asking (`ipcd status` itself).
+        let mut tokens: Vec<u64> =
+            self.clients.iter().filter(|(&t, c)| c.hello && t != token).map(|(&t, _)| t).collect();
+        tokens.sort_by_key(|t| self.clients.get(t).map_or(0, |c| c.pid));
+        out.extend(tokens.into_iter().map(|t| Response::ProcessEntry(self.process_status(t))));
         out.extend(self.registry.iter().map(|l| {
             Response::ListenerEntry(ListenerStatus {
                 pid: l.pid,
@@ -60,6 +65,30 @@ impl Daemon {
         out.extend(held.into_values().map(Response::ConnEntry));
         out.push(Response::Ok);
         self.reply_all(token, seq, out);
+    }
+
+    /// What client `token` holds, for the report: its ends (and bytes each
+    /// way on them) and its listeners.
+    fn process_status(&self, token: u64) -> ProcessStatus {
+        let Some(c) = self.clients.get(&token) else {
+            return ProcessStatus { pid: 0, uid: 0, connections: 0, listeners: 0, sent: 0, received: 0 };
+        };
+        let (mut sent, mut received) = (0, 0);
+        for &(conn, side) in &c.holdings {
+            if let Some(rec) = self.conns.get(&conn) {
+                let v = rec.seg.view();
+                sent += v.written(super::ring_side(side));
+                received += v.written(super::ring_side(super::other(side)));
+            }
+        }
+        ProcessStatus {
+            pid: c.pid,
+            uid: c.uid,
+            connections: (c.holdings.len() + c.held.len()) as u32,
+            listeners: self.registry.iter().filter(|l| l.owner == token).count() as u32,
+            sent,
+            received,
+        }
     }
 
     /// `token` holds (`open`) or let go of `end`, an end of a connection

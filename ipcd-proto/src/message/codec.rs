@@ -2,8 +2,8 @@
 //! fixed-size encoding of each field, and each message's fd count.
 
 use super::{
-    ConnInfo, ConnStatus, EndState, ErrorCode, Fallback, ListenFlags, ListenerStatus, Request, Response, Side, Status,
-    CODEC_VERSION, FALLBACK_KINDS, FRAME_MAGIC, HEADER_LEN, MAX_FRAME,
+    ConnInfo, ConnStatus, EndState, ErrorCode, Fallback, ListenFlags, ListenerStatus, ProcessStatus, Request, Response,
+    Side, Status, CODEC_VERSION, FALLBACK_KINDS, FRAME_MAGIC, HEADER_LEN, MAX_FRAME,
 };
 use crate::addr::SockAddr;
 use crate::error::{DecodeError, EncodeError};
@@ -304,6 +304,7 @@ impl Response {
             Response::Reopened(_) => 0x0208,
             Response::Status(_) => 0x0209,
             Response::ListenerEntry(_) => 0x020a,
+            Response::ProcessEntry(_) => 0x0210,
             Response::ConnEntry(_) => 0x020b,
             Response::Forget { .. } => 0x020c,
             Response::Standby { .. } => 0x020d,
@@ -371,6 +372,14 @@ impl Response {
                 }
                 w.u64(s.uptime_ms);
             }
+            Response::ProcessEntry(p) => {
+                w.u32(p.pid);
+                w.u32(p.uid);
+                w.u32(p.connections);
+                w.u32(p.listeners);
+                w.u64(p.sent);
+                w.u64(p.received);
+            }
             Response::ListenerEntry(l) => {
                 w.u32(l.pid);
                 l.addr.encode(w);
@@ -437,6 +446,14 @@ impl Response {
                     n
                 },
                 uptime_ms: r.u64()?,
+            }),
+            0x0210 => Response::ProcessEntry(ProcessStatus {
+                pid: r.u32()?,
+                uid: r.u32()?,
+                connections: r.u32()?,
+                listeners: r.u32()?,
+                sent: r.u64()?,
+                received: r.u64()?,
             }),
             0x020a => Response::ListenerEntry(ListenerStatus {
                 pid: r.u32()?,

@@ -217,6 +217,24 @@ pub struct Status {
     pub uptime_ms: u64,
 }
 
+/// One process, in the listing that follows [`Response::Status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProcessStatus {
+    /// Its pid (as the monitor sees it).
+    pub pid: u32,
+    /// Its uid.
+    pub uid: u32,
+    /// Connection ends it holds (those an earlier monitor made included).
+    pub connections: u32,
+    /// ipcd listeners it registered.
+    pub listeners: u32,
+    /// Bytes sent on the ends it holds so far (their rings' totals: an
+    /// end shared by several processes counts in each).
+    pub sent: u64,
+    /// Bytes received on them so far (sent by their peers).
+    pub received: u64,
+}
+
 /// One listener, in the listing that follows [`Response::Status`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ListenerStatus {
@@ -556,6 +574,8 @@ pub enum Response {
     ListenerEntry(ListenerStatus),
     /// A connection in the `Status` listing. No fds.
     ConnEntry(ConnStatus),
+    /// A process in the `Status` listing. No fds.
+    ProcessEntry(ProcessStatus),
 }
 
 // ---- framing shared by both directions -------------------------------
