@@ -798,6 +798,18 @@ pub(crate) fn timestamps() -> Res {
     // (option, control message type, sub-second unit per second)
     for (opt, ty, per_sec) in [(libc::SO_TIMESTAMP, libc::SCM_TIMESTAMP, 1_000_000i64), (35, 35, 1_000_000_000)] {
         set_opt(s, libc::SOL_SOCKET, opt, &1i32)?;
+        // Linux turns receive stamping on through a static key it flips
+        // from a work queue: bytes that arrive first may carry no stamp.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            net::send_all(c, b"?").map_err(f)?;
+            let (_, cmsgs) = recv_with_control(s)?;
+            if cmsgs.iter().any(|m| m.1 == ty) {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "no read carried a stamp in 5 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         net::send_all(c, b"stamped").map_err(f)?;
         let (got, cmsgs) = recv_with_control(s)?;
         ensure!(got == 7, "read {got} bytes");
