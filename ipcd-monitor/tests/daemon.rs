@@ -446,6 +446,39 @@ fn a_status_report_lists_every_connection() {
     assert_eq!(report.listeners.len(), 1);
 }
 
+/// A report of 100 000 connections reaches its reader whole. This host's
+/// fd limit cannot hold 100 000 real ones (three monitor fds each), so
+/// two processes report ends an earlier monitor made (`Held`, which need
+/// no segment and list the same way), 50 000 each, one end of each of
+/// 100 000 connections; both go, and the report is empty again.
+#[test]
+fn a_status_report_of_a_hundred_thousand_connections_is_read_whole() {
+    const PER: u64 = 50_000;
+    let m = Monitor::start();
+    let mut holders = [m.client(), m.client()];
+    let a = SockAddr::V4 { ip: [127, 0, 0, 1], port: 7000 };
+    for (i, h) in holders.iter_mut().enumerate() {
+        for k in 0..PER {
+            let conn = i as u64 * PER + k + 1;
+            let port = 10_000 + (conn % 50_000) as u16;
+            let peer = SockAddr::V4 { ip: [127, 0, 0, 1], port };
+            h.notify(&Request::Held { conn, side: Side::B, local: a, peer, open: true }).unwrap();
+        }
+        // A round trip: the monitor read every report of this channel.
+        let _ = h.status().unwrap();
+    }
+    let report = m.client().status().expect("status with 100 000 connections");
+    assert_eq!(report.status.connections, 100_000);
+    assert_eq!(report.connections.len(), 100_000, "every connection listed");
+    assert!(report.connections.iter().all(|c| c.states == [EndState::Unknown, EndState::Open]));
+    drop(holders);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while m.client().status().unwrap().status.connections != 0 {
+        assert!(Instant::now() < deadline, "the reports outlived their processes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A connector that could not map its end (its fds never came: it was at
 /// its fd limit) lets it go with `Release { abort }`: the monitor resets
 /// the end for it and rings the acceptor, who would otherwise wait for
