@@ -137,6 +137,7 @@ checks! {
     accepted_sockets_inherit_the_listeners_options => "inherited-options",
     tcp_info_follows_the_connection => "tcp-info",
     receive_timestamps_come_before_tcp_inq => "timestamps",
+    the_send_buffer_limits_what_a_connection_holds => "sndbuf",
 }
 
 /// A socket made after a connection closed reuses a closed end's kernel

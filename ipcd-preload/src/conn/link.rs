@@ -139,6 +139,9 @@ pub(crate) struct Link {
     /// Another process holds this end too (after fork): every use takes
     /// the end's locks in the segment and resyncs the handles first.
     shared: bool,
+    /// Ring bytes this end leaves unused because the program set a send
+    /// buffer smaller than the ring (`SO_SNDBUF`): 0 unless it did.
+    reserve: usize,
     /// Declared last: the handles above point into it.
     map: Mapping,
 }
@@ -167,7 +170,7 @@ impl Link {
             return Err(AttachError::Size);
         }
         let (tx, rx) = seg.endpoint(side).map_err(AttachError::Ring)?;
-        let link = Link { tx, rx, conn: info.conn, seg, side, shared: false, map };
+        let link = Link { tx, rx, conn: info.conn, seg, side, shared: false, reserve: 0, map };
         link.name_self();
         Ok(link)
     }
@@ -291,6 +294,30 @@ impl Link {
         self.seg.release_holder(self.side) == 0
     }
 
+    /// Limits what this end holds unread by its peer to `limit` bytes (the
+    /// send buffer the program set; 0: the whole ring), as Linux's send
+    /// buffer limits what a connection holds.
+    pub(crate) fn set_send_limit(&mut self, limit: usize) {
+        let cap = self.tx.capacity();
+        self.reserve = if limit == 0 { 0 } else { cap.saturating_sub(limit.max(1)) };
+    }
+
+    /// Room to send now, within the send limit (the reader's progress
+    /// read afresh).
+    pub(crate) fn send_room(&mut self) -> Result<usize, ipcd_ring::Error> {
+        self.tx.writable().map(|n| n.saturating_sub(self.reserve))
+    }
+
+    /// What this end may hold unread by its peer: the ring, or less.
+    pub(crate) fn send_capacity(&self) -> usize {
+        self.tx.capacity() - self.reserve
+    }
+
+    /// Arms the wait for room to send `want` bytes within the limit.
+    pub(crate) fn prepare_send_wait(&mut self, want: usize) -> Result<ipcd_ring::Wait, ipcd_ring::Error> {
+        self.tx.prepare_wait((want + self.reserve).min(self.tx.capacity()))
+    }
+
     /// Bytes this end has written so far.
     pub(crate) fn sent_total(&self) -> u64 {
         self.seg.written(self.side)
@@ -382,7 +409,7 @@ impl Link {
         let peer_reset = self.rx.peer_state() == ipcd_ring::PeerState::Reset;
         Some(Ring {
             readable: self.rx.readable().ok()?,
-            writable: self.tx.writable_cached().ok()?,
+            writable: self.tx.writable_cached().ok()?.saturating_sub(self.reserve),
             peer_fin,
             peer_reset,
             // Every end closes its writing side before its reading side (the

@@ -578,7 +578,7 @@ pub(super) unsafe extern "C" fn setsockopt(
     let r = unsafe { real::setsockopt(fd, level, name, val, len) };
     if let (0, Some(s)) = (r, &sock) {
         // SAFETY: the kernel read `len` bytes at `val`.
-        guarded((), || unsafe { options::after_set(s, level, name, val, len) });
+        guarded((), || unsafe { options::after_set(fd, s, level, name, val, len) });
     }
     r
 }

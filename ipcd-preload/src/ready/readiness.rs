@@ -129,7 +129,7 @@ pub(crate) fn arm(sock: &Socket, events: u32) -> Option<Armed> {
         if events & IN_BITS != 0 && s.link.rx.prepare_wait() != Ok(Wait::Sleep) {
             return None;
         }
-        if events & OUT_BITS != 0 && s.link.tx.prepare_wait(1) != Ok(Wait::Sleep) {
+        if events & OUT_BITS != 0 && s.link.prepare_send_wait(1) != Ok(Wait::Sleep) {
             return None;
         }
         Some(Armed { bell: s.link.bell(), nap: Nap::of_end(s.link.is_shared()) })
@@ -150,7 +150,7 @@ pub(crate) fn arm_edge(sock: &Socket, events: u32, seen: Edge, out_reported: boo
         if events & IN_BITS != 0 && s.link.rx.prepare_wait_past(seen.tail, seen.state) != Ok(Wait::Sleep) {
             return None;
         }
-        if events & OUT_BITS != 0 && s.link.tx.prepare_wait(1) != Ok(Wait::Sleep) && !out_reported {
+        if events & OUT_BITS != 0 && s.link.prepare_send_wait(1) != Ok(Wait::Sleep) && !out_reported {
             return None;
         }
         Some(Armed { bell: s.link.bell(), nap: Nap::of_end(s.link.is_shared()) })

@@ -222,6 +222,9 @@ pub(crate) struct Socket {
     /// The `SO_TIMESTAMP` kind on (the option's number, which is its
     /// control message's type), 0 for none.
     timestamp: AtomicU32,
+    /// The send buffer the program set (`SO_SNDBUF`, as the kernel took
+    /// it), 0 if none: what a connection may hold unread by its peer.
+    sndbuf: AtomicU32,
     /// Data calls in progress. A close while one is in progress (another
     /// thread blocked in recv) waits for it to end, as Linux's close only
     /// drops the fd and the blocked call keeps the socket open.
@@ -258,6 +261,7 @@ impl Socket {
             inq: AtomicBool::new(false),
             zerocopy: AtomicBool::new(false),
             timestamp: AtomicU32::new(0),
+            sndbuf: AtomicU32::new(0),
             inflight: AtomicU32::new(0),
             close_deferred: AtomicBool::new(false),
             clean: AtomicBool::new(false),
@@ -281,7 +285,8 @@ impl Socket {
     }
 
     /// Makes `state` (locked by the caller) a stream.
-    pub(crate) fn become_stream(&self, state: &mut State, stream: Stream) {
+    pub(crate) fn become_stream(&self, state: &mut State, mut stream: Stream) {
+        stream.link.set_send_limit(self.sndbuf() as usize);
         *state = State::Stream(Box::new(stream));
         self.stream.store(true, Ordering::Release);
     }
@@ -427,6 +432,16 @@ impl Socket {
     /// The `SO_TIMESTAMP` kind on (see [`Socket::timestamp`]'s field).
     pub(crate) fn timestamp(&self) -> libc::c_int {
         self.timestamp.load(Ordering::Relaxed) as libc::c_int
+    }
+
+    /// The send buffer the program set (0: none).
+    pub(crate) fn sndbuf(&self) -> u32 {
+        self.sndbuf.load(Ordering::Relaxed)
+    }
+
+    /// Records the send buffer the kernel took for `SO_SNDBUF`.
+    pub(crate) fn set_sndbuf(&self, bytes: u32) {
+        self.sndbuf.store(bytes, Ordering::Relaxed);
     }
 
     /// Records a `SO_TIMESTAMP` kind turned on (`name`) or off (0): the

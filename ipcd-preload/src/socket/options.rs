@@ -1,6 +1,6 @@
 //! Socket options the library follows: the ones that change what ipcd
 //! does with a connection (timeouts, `SO_LINGER`, `TCP_INQ`, `SO_TIMESTAMP`,
-//! `SO_ZEROCOPY`), and the ones an accepted connection inherits from its
+//! `SO_ZEROCOPY`, `SO_SNDBUF`), and the ones an accepted connection inherits from its
 //! listener. Linux makes each accepted socket a copy of the listening one,
 //! options and all (timeouts, keepalive, linger, `TCP_NODELAY`, buffer
 //! sizes, …); an ipcd connection's socket is made by the library, so it
@@ -77,12 +77,12 @@ pub(crate) fn before_set(fd: c_int, s: &Socket, level: c_int, name: c_int) {
 }
 
 /// After the kernel took `level`/`name` = `val` (`len` bytes) on our
-/// socket `s`: notes what changes ipcd's behaviour, and remembers it for
-/// the connections a listener accepts.
+/// socket `s` (fd `fd`): notes what changes ipcd's behaviour, and
+/// remembers it for the connections a listener accepts.
 ///
 /// # Safety
 /// `val` is valid for `len` bytes (the kernel just read them).
-pub(crate) unsafe fn after_set(s: &Socket, level: c_int, name: c_int, val: *const c_void, len: socklen_t) {
+pub(crate) unsafe fn after_set(fd: c_int, s: &Socket, level: c_int, name: c_int, val: *const c_void, len: socklen_t) {
     let len = len as usize;
     // SAFETY: by contract.
     let bytes = unsafe { std::slice::from_raw_parts(val.cast::<u8>(), len) };
@@ -108,6 +108,22 @@ pub(crate) unsafe fn after_set(s: &Socket, level: c_int, name: c_int, val: *cons
         (libc::SOL_SOCKET, libc::SO_ZEROCOPY) => {
             if let Some(v) = int() {
                 s.set_zerocopy(v != 0);
+            }
+        }
+        // What a connection may hold unread: the size the kernel took (it
+        // doubles what was asked, within its bounds). A sender blocked on
+        // the old limit wakes to look again, as Linux's does.
+        (libc::SOL_SOCKET, libc::SO_SNDBUF | libc::SO_SNDBUFFORCE) => {
+            let mut v: c_int = 0;
+            let mut l = size_of::<c_int>() as socklen_t;
+            // SAFETY: an int out buffer and its size.
+            if unsafe { real::getsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, (&raw mut v).cast(), &mut l) } == 0 {
+                let bytes = v.max(1) as u32;
+                s.set_sndbuf(bytes);
+                let _ = crate::socket::stream::with_stream(s, |st| {
+                    st.link.set_send_limit(bytes as usize);
+                    crate::conn::bell::ring(st.link.bell());
+                });
             }
         }
         // SO_TIMESTAMP and SO_TIMESTAMPNS, old and new (y2038) numbers.
@@ -153,7 +169,7 @@ impl Inherited {
             // SAFETY: our own buffer of `len` bytes, on our new socket.
             if unsafe { real::setsockopt(fd, *level, *name, p, len) } == 0 {
                 // SAFETY: as above.
-                unsafe { after_set(new, *level, *name, p, len) };
+                unsafe { after_set(fd, new, *level, *name, p, len) };
             }
         }
     }

@@ -128,7 +128,7 @@ fn block(sock: &Socket, call: &Call<'_>, dir: Dir, deadline: Option<Instant>) ->
             s.link.rx.readable().map_or(true, |n| n > 0) || s.link.rx.peer_state() != ipcd_ring::PeerState::Open
         }
         Dir::Send(want) => {
-            s.link.tx.writable().map_or(true, |n| n >= want)
+            s.link.send_room().map_or(true, |n| n >= want)
                 || s.link.tx.is_reader_closed()
                 || s.link.rx.peer_state() == ipcd_ring::PeerState::Reset
         }
@@ -149,7 +149,7 @@ fn block(sock: &Socket, call: &Call<'_>, dir: Dir, deadline: Option<Instant>) ->
         s.look_for_dead_peer();
         let w = match dir {
             Dir::Recv { .. } => s.link.rx.prepare_wait(),
-            Dir::Send(want) => s.link.tx.prepare_wait(want),
+            Dir::Send(want) => s.link.prepare_send_wait(want),
         };
         (w, s.link.bell(), s.link.is_shared())
     })?;
@@ -215,14 +215,14 @@ pub(crate) unsafe fn send(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], f
     let mut done = 0;
     loop {
         let looked = with_stream(sock, |s| {
-            let cap = s.link.tx.capacity();
+            let cap = s.link.send_capacity();
             let whole = !flags.nonblock && total <= cap / 4;
             let mut ring = s.observe();
             if ring.writable < total - done {
                 // The cached view of the reader's progress may be stale: a
                 // send that has room must not come back short (Linux sends
                 // it whole, and programs count on that).
-                ring.writable = s.link.tx.writable().unwrap_or(0);
+                ring.writable = s.link.send_room().unwrap_or(0);
             }
             let step = match s.conn.send(&ring, total - done, flags.nosignal) {
                 Send::Write(_) if null => Err(Some((libc::EFAULT, false))),

@@ -163,6 +163,7 @@ const CHECKS: &[Check] = &[
     ("tcp-info", tcp_info),
     ("listener-shutdown", listener_shutdown),
     ("timestamps", timestamps),
+    ("sndbuf", sndbuf),
 ];
 
 fn check(name: &str) -> Res {

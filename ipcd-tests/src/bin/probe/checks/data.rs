@@ -863,3 +863,51 @@ fn recv_with_control(s: i32) -> Result<(isize, Vec<Cmsg>), String> {
     }
     Ok((got, out))
 }
+
+/// `SO_SNDBUF` limits what a connection holds, as on Linux: a
+/// non-blocking write of three times the send buffer is partial; once the
+/// connection is full a blocking send waits, and raising the buffer lets
+/// it go on; every byte then arrives, in order.
+pub(crate) fn sndbuf() -> Res {
+    let (c, s) = pair(false)?;
+    set_opt(c, libc::SOL_SOCKET, libc::SO_SNDBUF, &8192i32)?;
+    let eff = int_opt(c, libc::SOL_SOCKET, libc::SO_SNDBUF)? as usize;
+    let chunk = vec![0x5au8; 3 * eff];
+    let n = send(c, &chunk, libc::MSG_DONTWAIT);
+    ensure!(n > 0 && (n as usize) < chunk.len(), "a non-blocking write of 3 x {eff} took {n} (errno {})", errno());
+    let mut total = n as usize;
+    // Full: Linux's receive queue takes a share too, as acknowledgements
+    // free the send buffer, so full is when writes still find no room
+    // after a pause.
+    let mut refused = 0;
+    while refused < 3 {
+        let n = send(c, &chunk, libc::MSG_DONTWAIT);
+        if n < 0 {
+            ensure!(errno() == libc::EAGAIN, "filling: errno {}", errno());
+            refused += 1;
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        refused = 0;
+        total += n as usize;
+        ensure!(total < 64 << 20, "the connection took 64 MiB without filling");
+    }
+    let sender = std::thread::spawn(move || send(c, &[0x5a; 1000], 0));
+    std::thread::sleep(Duration::from_millis(200));
+    ensure!(!sender.is_finished(), "a send to a full connection did not wait");
+    set_opt(c, libc::SOL_SOCKET, libc::SO_SNDBUF, &(1i32 << 20))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sender.is_finished() {
+        ensure!(Instant::now() < deadline, "the blocked send did not go on once the buffer was raised");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let n = sender.join().map_err(|_| "sender panicked".to_string())?;
+    ensure!(n == 1000, "the blocked send took {n}");
+    total += 1000;
+    let mut got = vec![0u8; total];
+    net::read_exact(s, &mut got).map_err(f)?;
+    ensure!(got.iter().all(|&b| b == 0x5a), "a byte changed");
+    net::close(c);
+    net::close(s);
+    Ok(())
+}
