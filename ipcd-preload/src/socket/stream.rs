@@ -142,35 +142,40 @@ fn block(sock: &Socket, call: &Call<'_>, dir: Dir, deadline: Option<Instant>) ->
         Spun::Interrupted => return Err(libc::EINTR),
         Spun::Done => {}
     }
-    // Watch the end and note the futex generation before arming: a waiter
-    // that empties the doorbell in between then still wakes us.
-    let prep = sock.sleepers.prepare();
-    let prepared = with_stream(sock, |s| {
-        s.look_for_dead_peer();
-        let w = match dir {
-            Dir::Recv { .. } => s.link.rx.prepare_wait(),
-            Dir::Send(want) => s.link.prepare_send_wait(want),
+    loop {
+        // Watch the end and note the futex generation before arming: a
+        // waiter that empties the doorbell in between then still wakes us.
+        let prep = sock.sleepers.prepare();
+        let prepared = with_stream(sock, |s| {
+            s.look_for_dead_peer();
+            let w = match dir {
+                Dir::Recv { .. } => s.link.rx.prepare_wait(),
+                Dir::Send(want) => s.link.prepare_send_wait(want),
+            };
+            (w, s.link.bell(), s.link.is_shared())
+        })?;
+        let (Ok(Wait::Sleep), bell, shared) = prepared else { return Ok(()) };
+        let nap = wait::Nap::of_end(shared);
+        if caught.interrupts(restartable) {
+            return Err(libc::EINTR);
+        }
+        // The waiting flag is not cleared after the sleep: another thread of
+        // this process may have armed the same flag and still rely on it (a
+        // clear here lost its wake-up: four threads sending on one socket
+        // hung). A stale flag costs the peer one doorbell ring, never a lost
+        // wake-up.
+        return match sock.sleepers.sleep(bell, wait::nap_until(deadline, nap), prep) {
+            Woken::Retry => Ok(()),
+            // Only a nap ended: arm and sleep again, without a spin (an
+            // idle end that spun at each nap cost its thread 50 µs a
+            // second; thousands of threads, a core).
+            Woken::Timeout if deadline.is_none_or(|d| Instant::now() < d) => continue,
+            Woken::Timeout => Err(libc::EAGAIN),
+            // Only SA_RESTART handlers ran (or ones we did not install): the
+            // call goes on, as Linux restarts it.
+            Woken::Interrupted if restartable && !caught.interrupts(true) => Ok(()),
+            Woken::Interrupted => Err(libc::EINTR),
         };
-        (w, s.link.bell(), s.link.is_shared())
-    })?;
-    let (Ok(Wait::Sleep), bell, shared) = prepared else { return Ok(()) };
-    let nap = wait::Nap::of_end(shared);
-    if caught.interrupts(restartable) {
-        return Err(libc::EINTR);
-    }
-    // The waiting flag is not cleared after the sleep: another thread of
-    // this process may have armed the same flag and still rely on it (a
-    // clear here lost its wake-up: four threads sending on one socket hung).
-    // A stale flag costs the peer one doorbell ring, never a lost wake-up.
-    match sock.sleepers.sleep(bell, wait::nap_until(deadline, nap), prep) {
-        Woken::Retry => Ok(()),
-        // Only a nap ended: look again.
-        Woken::Timeout if deadline.is_none_or(|d| Instant::now() < d) => Ok(()),
-        Woken::Timeout => Err(libc::EAGAIN),
-        // Only SA_RESTART handlers ran (or ones we did not install): the
-        // call goes on, as Linux restarts it.
-        Woken::Interrupted if restartable && !caught.interrupts(true) => Ok(()),
-        Woken::Interrupted => Err(libc::EINTR),
     }
 }
 
