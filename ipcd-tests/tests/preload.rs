@@ -522,8 +522,10 @@ impl CloneCmd for Command {
 
 /// The same seeded random sequences of non-blocking socket calls on kernel
 /// TCP and under ipcd: every return value, errno, byte, poll mask,
-/// FIONREAD, SO_ERROR and SIGPIPE must agree. A difference names its
-/// `seed.step`; `probe diff-trace SEED 1` replays it.
+/// FIONREAD, SO_ERROR, TCP_INFO state and bytes received, option set and
+/// read back, recvmmsg (good and malformed timeouts) and SIGPIPE must
+/// agree. A difference names its `seed.step`; `probe diff-trace SEED 1`
+/// replays it.
 #[test]
 fn differential_against_the_kernel() {
     const SEEDS: &str = "2000";

@@ -414,10 +414,10 @@ pub(super) unsafe extern "C" fn recvmmsg(
     flags: c_int,
     timeout: *mut libc::timespec,
 ) -> c_int {
-    if stream_of(fd).is_none() {
+    let Some(s) = stream_of(fd) else {
         // SAFETY: the caller's arguments, unchanged.
         return unsafe { real::recvmmsg(fd, msgs, n, flags, timeout) };
-    }
+    };
     // Linux checks the timeout first (EINVAL for a malformed one), and
     // looks at it only after each message taken: it never shortens a wait.
     let deadline = if timeout.is_null() {
@@ -430,6 +430,15 @@ pub(super) unsafe extern "C" fn recvmmsg(
         }
         Some(std::time::Instant::now() + std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
     };
+    // Then it reports (and clears) a pending socket error, even with
+    // bytes waiting.
+    if flags & libc::MSG_ERRQUEUE == 0 {
+        match guarded(Ok(0), || stream::so_error(&s)) {
+            Ok(0) => {}
+            Ok(e) | Err(e) => return fail(e),
+        }
+    }
+    drop(s);
     let n = n.min(libc::UIO_MAXIOV as c_uint);
     let mut flags = flags;
     let mut done = 0;
@@ -438,13 +447,9 @@ pub(super) unsafe extern "C" fn recvmmsg(
         let m = unsafe { &mut *msgs.add(done as usize) };
         // SAFETY: the caller's msghdr.
         let r = unsafe { recvmsg(fd, &mut m.msg_hdr, flags & !libc::MSG_WAITFORONE) };
-        if r <= 0 {
-            if r < 0 && done == 0 {
+        if r < 0 {
+            if done == 0 {
                 return -1;
-            }
-            if r == 0 {
-                m.msg_len = 0;
-                done += 1;
             }
             break;
         }

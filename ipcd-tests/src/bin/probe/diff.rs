@@ -8,8 +8,11 @@ use crate::*;
 
 /// One seeded random sequence of socket calls on a connected pair, every
 /// observable written to `out`: return values, errno, bytes (hashed), poll
-/// masks, FIONREAD, SO_ERROR and SIGPIPE. Only non-blocking calls, and at
-/// most 16 KiB unread each way, so kernel TCP and ipcd both answer at once.
+/// masks, FIONREAD, SO_ERROR, `TCP_INFO`'s state and bytes received,
+/// options set and read back (valid and not), `recvmmsg` with good and
+/// malformed timeouts, and SIGPIPE. Only non-blocking calls, and at most
+/// 16 KiB unread each way, so kernel TCP and ipcd both answer at once.
+/// (`SO_SNDBUF` is left out: ipcd's cap is not the kernel's amount.)
 // Long on purpose: one match arm per random operation, read as a table.
 pub(crate) fn diff_trace(seed: u64, out: &mut String) -> Res {
     use std::fmt::Write as _;
@@ -45,7 +48,7 @@ pub(crate) fn diff_trace(seed: u64, out: &mut String) -> Res {
     for step in 0..80 {
         let e = rng.range(0, 1);
         let Some(fd) = fds[e] else { continue };
-        let op = rng.range(0, 9);
+        let op = rng.range(0, 12);
         let _ = write!(out, "{seed}.{step} end{e} ");
         let r: String = match op {
             0 | 1 => {
@@ -101,6 +104,77 @@ pub(crate) fn diff_trace(seed: u64, out: &mut String) -> Res {
                 // SAFETY: FIONREAD's int out pointer.
                 let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
                 format!("fionread -> {r} {n}")
+            }
+            9 => {
+                let mut b = [0u8; 136];
+                let mut len = b.len() as libc::socklen_t;
+                // SAFETY: an out buffer of `len` bytes.
+                let r =
+                    unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, b.as_mut_ptr().cast(), &mut len) };
+                // bytes_acked waits for the kernel's (maybe delayed) ACK,
+                // and so do the states that wait for one: FIN_WAIT1 (4)
+                // becomes FIN_WAIT2 (5), LAST_ACK (9) and CLOSING (11)
+                // become CLOSE (7), as in ipcd where the ACK is at once.
+                // bytes_received is counted at delivery, as ipcd's.
+                let received = u64::from_ne_bytes(b[128..136].try_into().unwrap_or([0; 8]));
+                let state = match b[0] {
+                    4 => 5,
+                    9 | 11 => 7,
+                    s => s,
+                };
+                format!("tcp_info -> {r} state {state} received {received}")
+            }
+            10 => {
+                // An option set (some values refused) and read back.
+                let (level, name, v) = match rng.range(0, 5) {
+                    // On only: with Nagle the kernel holds small sends back.
+                    0 => (libc::IPPROTO_TCP, libc::TCP_NODELAY, 1),
+                    1 => (libc::SOL_SOCKET, libc::SO_KEEPALIVE, rng.range(0, 1) as i32),
+                    // Read back, a connection's clamp is its negotiated
+                    // window; a small one would slow the kernel's delivery
+                    // (not ipcd's, whose window is its ring).
+                    2 => (libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP, [0, 70_000][rng.range(0, 1)]),
+                    3 => (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, [-1, 0, 5000][rng.range(0, 2)]),
+                    _ => (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, [0, 30, 100_000][rng.range(0, 2)]),
+                };
+                // SAFETY: an int option.
+                let r = unsafe { libc::setsockopt(fd, level, name, (&raw const v).cast(), 4) };
+                let e = if r < 0 { errno() } else { 0 };
+                let reads = if name == libc::TCP_WINDOW_CLAMP { 0 } else { int_opt(fd, level, name)? };
+                format!("setsockopt {level}/{name}={v} -> {r} {e}, reads {reads}")
+            }
+            11 => {
+                // recvmmsg of up to 3 messages, its timeout good or not.
+                let vlen = rng.range(1, 3);
+                let mut bufs = vec![[0u8; 512]; vlen];
+                let mut iovs: Vec<libc::iovec> = bufs
+                    .iter_mut()
+                    .map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() })
+                    .collect();
+                let mut msgs: Vec<libc::mmsghdr> = iovs
+                    .iter_mut()
+                    .map(|iov| {
+                        // SAFETY: an all-zero mmsghdr is valid; it gets its live iovec.
+                        let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                        m.msg_hdr.msg_iov = iov;
+                        m.msg_hdr.msg_iovlen = 1;
+                        m
+                    })
+                    .collect();
+                let mut t = [
+                    libc::timespec { tv_sec: 1, tv_nsec: 0 },
+                    libc::timespec { tv_sec: 0, tv_nsec: 2_000_000_000 },
+                    libc::timespec { tv_sec: -1, tv_nsec: 0 },
+                ][rng.range(0, 2)];
+                let tp = if rng.range(0, 3) == 0 { std::ptr::null_mut() } else { &raw mut t };
+                // SAFETY: `vlen` live mmsghdrs; the timeout live or null.
+                let r = unsafe { libc::recvmmsg(fd, msgs.as_mut_ptr(), vlen as u32, libc::MSG_DONTWAIT, tp) };
+                let mut h = Fnv::default();
+                for (m, b) in msgs.iter().zip(&bufs).take(r.max(0) as usize) {
+                    h.update(&b[..m.msg_len as usize]);
+                    unread[1 - e] = unread[1 - e].saturating_sub(m.msg_len as usize);
+                }
+                format!("recvmmsg {vlen} -> {r} {} {:x}", if r < 0 { errno() } else { 0 }, h.0)
             }
             _ => format!("so_error -> {}", int_opt(fd, libc::SOL_SOCKET, libc::SO_ERROR)?),
         };
