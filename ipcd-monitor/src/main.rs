@@ -321,18 +321,19 @@ fn to_table(r: &StatusReport) -> String {
     }
     if !r.processes.is_empty() {
         out.push_str(&format!(
-            "\n{:<24} {:>6} {:>11} {:>9} {:>14} {:>14}\n",
-            "process", "uid", "connections", "listeners", "bytes sent", "bytes received"
+            "\n{:<24} {:>6} {:>11} {:>9} {:>14} {:>14} {:>9}\n",
+            "process", "uid", "connections", "listeners", "bytes sent", "bytes received", "to kernel"
         ));
         for p in &r.processes {
             out.push_str(&format!(
-                "{:<24} {:>6} {:>11} {:>9} {:>14} {:>14}\n",
+                "{:<24} {:>6} {:>11} {:>9} {:>14} {:>14} {:>9}\n",
                 process(p.pid),
                 p.uid,
                 p.connections,
                 p.listeners,
                 p.sent,
-                p.received
+                p.received,
+                p.to_kernel
             ));
         }
     }
@@ -432,14 +433,15 @@ fn to_json(r: &StatusReport) -> String {
         .iter()
         .map(|p| {
             format!(
-                r#"{{"pid":{},"name":{},"uid":{},"connections":{},"listeners":{},"bytes_sent":{},"bytes_received":{}}}"#,
+                r#"{{"pid":{},"name":{},"uid":{},"connections":{},"listeners":{},"bytes_sent":{},"bytes_received":{},"to_kernel":{}}}"#,
                 p.pid,
                 json_comm(p.pid),
                 p.uid,
                 p.connections,
                 p.listeners,
                 p.sent,
-                p.received
+                p.received,
+                p.to_kernel
             )
         })
         .collect();

@@ -75,6 +75,7 @@ fn request() -> impl Strategy<Value = Request> {
         any::<u64>().prop_map(|conn| Request::Decline { conn }),
         (any::<u64>(), prop::option::of(addr())).prop_map(|(conn, source)| Request::Use { conn, source }),
         any::<u64>().prop_map(|conn| Request::Unused { conn }),
+        any::<[u32; 7]>().prop_map(|counts| Request::Fallbacks { counts }),
         (any::<u64>(), any::<bool>(), addr(), addr(), any::<bool>()).prop_map(|(conn, b, local, peer, open)| {
             Request::Held { conn, side: if b { Side::B } else { Side::A }, local, peer, open }
         }),
@@ -104,7 +105,7 @@ fn response() -> impl Strategy<Value = Response> {
         (any::<u64>(), info()).prop_map(|(listener, info)| Response::Expect { listener, info }),
         any::<u64>().prop_map(|conn| Response::Withdraw { conn }),
         info().prop_map(Response::Reopened),
-        (any::<[u64; 10]>(), any::<[u64; 6]>()).prop_map(|(v, fallbacks)| Response::Status(Status {
+        (any::<[u64; 10]>(), any::<[u64; 7]>()).prop_map(|(v, fallbacks)| Response::Status(Status {
             monitor_pid: v[0] as u32,
             processes: v[1] as u32,
             listeners: v[2] as u32,
@@ -117,9 +118,15 @@ fn response() -> impl Strategy<Value = Response> {
             standby_total: v[9],
             fallbacks,
         })),
-        (any::<[u32; 4]>(), any::<u64>(), any::<u64>()).prop_map(|(v, sent, received)| Response::ProcessEntry(
-            ProcessStatus { pid: v[0], uid: v[1], connections: v[2], listeners: v[3], sent, received }
-        )),
+        (any::<[u32; 4]>(), any::<[u64; 3]>()).prop_map(|(v, b)| Response::ProcessEntry(ProcessStatus {
+            pid: v[0],
+            uid: v[1],
+            connections: v[2],
+            listeners: v[3],
+            sent: b[0],
+            received: b[1],
+            to_kernel: b[2]
+        })),
         (any::<u32>(), addr(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(
             |(pid, addr, backlog, pending, reuseport)| Response::ListenerEntry(ListenerStatus {
                 pid,

@@ -788,6 +788,20 @@ fn a_process_in_its_own_pid_namespace_is_accelerated() {
     assert!(st.connects_total > 1 && st.fallbacks_total == 0, "{st:?}");
 }
 
+/// Connects the library sends to the kernel by itself (a destination not
+/// on this host) are reported to the monitor in batches and counted
+/// under their reason: 70 such connects, of which the 65th carries the
+/// report of the first 64.
+#[test]
+fn connects_to_other_hosts_are_counted_by_reason() {
+    let mon = Monitor::start(RING_BYTES);
+    must_pass("remote-connects", mon.under(&mut probe(&["remote-connects", "70"])).output().expect("run"));
+    let st = mon.status().status;
+    let not_local = st.fallbacks[ipcd_proto::Fallback::NotLocal.index()];
+    assert!((64..=70).contains(&not_local), "{st:?}");
+    assert_eq!(st.fallbacks_total, not_local, "{st:?}");
+}
+
 /// A connection made before a monitor restart shows in the new monitor's
 /// `ipcd status` once a holder makes a set-up call (the server's next
 /// accept here): its end with the server's pid, the other end unknown

@@ -108,9 +108,17 @@ impl Daemon {
     /// Answers connect request `seq` of `token` with `UseKernel`, counted
     /// with its reason.
     fn use_kernel(&mut self, token: u64, seq: u32, reason: Fallback) {
-        self.fallbacks_total += 1;
-        self.fallbacks[reason.index()] += 1;
+        self.count_fallbacks(token, reason, 1);
         self.reply(token, seq, &Response::UseKernel { reason }, &[]);
+    }
+
+    /// `n` connects of `token` went to the kernel for `reason`.
+    pub(super) fn count_fallbacks(&mut self, token: u64, reason: Fallback, n: u64) {
+        self.fallbacks_total += n;
+        self.fallbacks[reason.index()] += n;
+        if let Some(c) = self.clients.get_mut(&token) {
+            c.to_kernel += n;
+        }
     }
 
     /// A segment for a new connection `conn` between `pair`: one of the

@@ -62,6 +62,13 @@ impl Daemon {
             Request::Held { conn, side, local, peer, open } => {
                 self.held(token, HeldEnd { conn, side, local, peer }, open)
             }
+            // Counts a process made itself: believed (they only add to
+            // the report, its own and the totals).
+            Request::Fallbacks { counts } => {
+                for (&reason, n) in ipcd_proto::Fallback::ALL.iter().zip(counts) {
+                    self.count_fallbacks(token, reason, u64::from(n));
+                }
+            }
             // Who runs what, on which ports: the monitor's own user's
             // business (and root's), as `ss -p` shows only one's own.
             Request::Status if from.uid == self.uid || from.uid == 0 => self.status(token, seq),

@@ -93,6 +93,8 @@ struct Client {
     /// Ends of connections an earlier monitor made that it reports holding
     /// (`Held`), for `ipcd status` only.
     held: Vec<HeldEnd>,
+    /// Its connects that went to the kernel (answered so, or reported).
+    to_kernel: u64,
     /// Listeners (owner, id) whose bell this client was sent.
     bells: HashSet<(u64, u64)>,
     /// What its channel could not take yet, in order: sent as it drains
@@ -491,6 +493,7 @@ impl Daemon {
                         exec_pending: false,
                         holdings: Vec::new(),
                         held: Vec::new(),
+                        to_kernel: 0,
                         bells: HashSet::new(),
                         outbox: outbox::Outbox::default(),
                     };

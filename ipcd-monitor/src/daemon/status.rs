@@ -71,7 +71,7 @@ impl Daemon {
     /// way on them) and its listeners.
     fn process_status(&self, token: u64) -> ProcessStatus {
         let Some(c) = self.clients.get(&token) else {
-            return ProcessStatus { pid: 0, uid: 0, connections: 0, listeners: 0, sent: 0, received: 0 };
+            return ProcessStatus { pid: 0, uid: 0, connections: 0, listeners: 0, sent: 0, received: 0, to_kernel: 0 };
         };
         let (mut sent, mut received) = (0, 0);
         for &(conn, side) in &c.holdings {
@@ -88,6 +88,7 @@ impl Daemon {
             listeners: self.registry.iter().filter(|l| l.owner == token).count() as u32,
             sent,
             received,
+            to_kernel: c.to_kernel,
         }
     }
 

@@ -4,6 +4,7 @@
 //! exec ([`exec`]), kernel sockets kept for reuse ([`reuse`]).
 
 pub(crate) mod exec;
+pub(crate) mod fallbacks;
 pub(crate) mod held;
 mod object;
 pub(crate) mod options;

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use ipcd_proto::message::{ConnInfo, Request, Response, Side};
-use ipcd_proto::{ListenFlags, SockAddr};
+use ipcd_proto::{Fallback, ListenFlags, SockAddr};
 use ipcd_ring::Ticket;
 
 use crate::conn::link::{AttachError, Link};
@@ -191,7 +191,12 @@ pub(crate) unsafe fn write_addr(addr: SockAddr, out: *mut libc::sockaddr, len: *
 pub(crate) fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect {
     let family_ok =
         matches!((sock.family, dest), (libc::AF_INET, SockAddr::V4 { .. }) | (libc::AF_INET6, SockAddr::V6 { .. }));
-    if !family_ok || !is_local(&dest) {
+    crate::socket::fallbacks::report();
+    if !family_ok {
+        return Connect::Kernel;
+    }
+    if !is_local(&dest) {
+        crate::socket::fallbacks::count(Fallback::NotLocal);
         return Connect::Kernel;
     }
     crate::socket::held::report();
@@ -248,7 +253,10 @@ pub(crate) fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect
         return done;
     }
     let req = Request::Connect { dest, source, nonblocking: sock.nonblocking() };
-    let Some((resp, fds)) = control::with(|c| c.call(&req, &[])) else { return Connect::Kernel };
+    let Some((resp, fds)) = control::with(|c| c.call(&req, &[])) else {
+        crate::socket::fallbacks::count(Fallback::NoMonitor);
+        return Connect::Kernel;
+    };
     let info = match resp {
         Response::Connected(info) => info,
         Response::UseKernel { reason } => {

@@ -152,6 +152,7 @@ impl Request {
             Request::Unused { .. } => 0x0112,
             Request::Release { .. } => 0x0113,
             Request::Held { .. } => 0x0114,
+            Request::Fallbacks { .. } => 0x0115,
         }
     }
 
@@ -216,6 +217,11 @@ impl Request {
                 w.u64(conn);
                 SockAddr::encode_opt(&source, w);
             }
+            Request::Fallbacks { counts } => {
+                for n in counts {
+                    w.u32(n);
+                }
+            }
             Request::Held { conn, side, local, peer, open } => {
                 w.u64(conn);
                 side.encode(w);
@@ -274,6 +280,13 @@ impl Request {
             0x0111 => Request::Use { conn: r.u64()?, source: SockAddr::decode_opt(r)? },
             0x0112 => Request::Unused { conn: r.u64()? },
             0x0113 => Request::Release { conn: r.u64()?, side: Side::decode(r)?, abort: r.bool("abort")? },
+            0x0115 => {
+                let mut counts = [0; FALLBACK_KINDS];
+                for n in &mut counts {
+                    *n = r.u32()?;
+                }
+                Request::Fallbacks { counts }
+            }
             0x0114 => Request::Held {
                 conn: r.u64()?,
                 side: Side::decode(r)?,
@@ -379,6 +392,7 @@ impl Response {
                 w.u32(p.listeners);
                 w.u64(p.sent);
                 w.u64(p.received);
+                w.u64(p.to_kernel);
             }
             Response::ListenerEntry(l) => {
                 w.u32(l.pid);
@@ -454,6 +468,7 @@ impl Response {
                 listeners: r.u32()?,
                 sent: r.u64()?,
                 received: r.u64()?,
+                to_kernel: r.u64()?,
             }),
             0x020a => Response::ListenerEntry(ListenerStatus {
                 pid: r.u32()?,

@@ -93,6 +93,9 @@ pub enum Fallback {
     NoMemory,
     /// Acceleration is turned off for this process or port.
     Disabled,
+    /// The process found no monitor to ask (counted by the process, and
+    /// reported once one answers).
+    NoMonitor,
 }
 
 impl Fallback {
@@ -104,6 +107,7 @@ impl Fallback {
         Fallback::NotLocal,
         Fallback::NoMemory,
         Fallback::Disabled,
+        Fallback::NoMonitor,
     ];
 
     /// Its place in [`Fallback::ALL`] (and in [`Status::fallbacks`]).
@@ -120,12 +124,13 @@ impl Fallback {
             Fallback::NotLocal => "not local",
             Fallback::NoMemory => "no memory",
             Fallback::Disabled => "disabled",
+            Fallback::NoMonitor => "monitor unreachable",
         }
     }
 }
 
 /// How many reasons a connect may be sent to the kernel for.
-pub const FALLBACK_KINDS: usize = 6;
+pub const FALLBACK_KINDS: usize = 7;
 const _: () = assert!(Fallback::ALL.len() == FALLBACK_KINDS);
 
 /// Error codes of [`Response::Error`].
@@ -233,6 +238,9 @@ pub struct ProcessStatus {
     pub sent: u64,
     /// Bytes received on them so far (sent by their peers).
     pub received: u64,
+    /// Its connects that went to the kernel (the monitor's answers and
+    /// its own reports).
+    pub to_kernel: u64,
 }
 
 /// One listener, in the listing that follows [`Response::Status`].
@@ -452,6 +460,14 @@ pub enum Request {
         side: Side,
         /// `SO_LINGER` 0: the last close resets.
         abort: bool,
+    },
+    /// Connects this process sent to the kernel by itself since its last
+    /// report, by reason (in [`Fallback::ALL`]'s order: a destination not
+    /// on this host, no monitor answering): the monitor adds them to its
+    /// counts. No fds, no reply.
+    Fallbacks {
+        /// How many for each reason.
+        counts: [u32; FALLBACK_KINDS],
     },
     /// This process holds (`open`) or no longer holds an end of `conn`, a
     /// connection an earlier monitor made (the monitor was restarted):

@@ -15,6 +15,8 @@
 //! probe client PORT ROUNDS SEED   echo rounds of random sizes, hashed
 //! probe hold PORT             connects, then waits for stdin to close
 //! probe many-clients PORT N   N connections at once, echoes on each
+//! probe remote-connects N     N non-blocking connects to 192.0.2.1:9
+//!                             (not this host), each then closed
 //! probe poll-accept           waits in poll for one connection; prints
 //!                             its port
 //! probe fault-client PORT SEED N  streams N seeded bytes to an echo
@@ -204,6 +206,7 @@ fn main() {
             net::close(c);
         }),
         "poll-accept" => poll_accept(),
+        "remote-connects" => remote_connects(num(1)),
         "fault-client" => fault_client(num(1) as u16, num(2), num(3) as usize),
         // Only where ports are made scarce (see the check's comment).
         "ports-scarce" => ports_scarce(),

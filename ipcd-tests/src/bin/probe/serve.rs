@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ipcd_monitor::bench::workload::raise_nofile;
+use ipcd_monitor::bench::workload::{raise_nofile, set_nonblocking};
 use ipcd_tests::data::{Fnv, Prng};
 use ipcd_tests::net::{self, cvt, Fail};
 
@@ -205,6 +205,26 @@ pub(crate) fn fork_serve() -> Res {
             }
         }
     }
+}
+
+/// `n` non-blocking connects to a documentation address (192.0.2.1, not
+/// this host), each closed at once, whatever it answered.
+pub(crate) fn remote_connects(n: u64) -> Res {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 9u16.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes([192, 0, 2, 1]) },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    for _ in 0..n {
+        let fd = net::tcp_socket(false).map_err(f)?;
+        set_nonblocking(fd, true).map_err(|e| e.to_string())?;
+        // SAFETY: a sockaddr_in of `len` bytes.
+        let _ = unsafe { libc::connect(fd, (&raw const sin).cast(), len) };
+        net::close(fd);
+    }
+    Ok(())
 }
 
 /// A server that waits for its one connection in `poll` with no timeout:
