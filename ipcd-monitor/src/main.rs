@@ -60,6 +60,15 @@ enum Cmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Instead of one report, a line every SECS seconds with the rates
+        /// over the interval, as `vmstat` prints: connects brokered and
+        /// sent to the kernel, bytes sent on the live connections (one
+        /// that closed takes its bytes with it), connections, processes.
+        #[arg(long, value_name = "SECS", value_parser = parse_interval)]
+        watch: Option<f64>,
+        /// With --watch: stop after N lines [default: never].
+        #[arg(long, value_name = "N", requires = "watch")]
+        count: Option<u64>,
     },
     /// Ask the monitor to broker a connect to ADDR and print its answer
     /// (a debugging aid; the listener sees a real incoming connection).
@@ -114,6 +123,14 @@ enum Cmd {
     },
 }
 
+/// A `--watch` interval: seconds, at least 0.01.
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.01 => Ok(v),
+        _ => Err(format!("'{s}' is not an interval in seconds (at least 0.01)")),
+    }
+}
+
 fn parse_ring_bytes(s: &str) -> Result<u64, String> {
     let n: u64 = s.parse().map_err(|e| format!("{e}"))?;
     if n.is_power_of_two() && (4096..=ipcd_ring::MAX_CAPACITY).contains(&n) {
@@ -138,7 +155,10 @@ fn main() -> ExitCode {
             daemon(cfg)
         }
         Cmd::Run { socket, command } => run(&socket.unwrap_or_else(default_socket_name), &command),
-        Cmd::Status { socket, json } => status(&socket.unwrap_or_else(default_socket_name), json),
+        Cmd::Status { socket, json: _, watch: Some(secs), count } => {
+            watch(&socket.unwrap_or_else(default_socket_name), secs, count)
+        }
+        Cmd::Status { socket, json, .. } => status(&socket.unwrap_or_else(default_socket_name), json),
         Cmd::Bench { quick, out, only } => bench(quick, out, only),
         Cmd::Workload { args } => match ipcd_monitor::bench::workload::run(&args) {
             Some(Ok(())) => Ok(ExitCode::SUCCESS),
@@ -255,6 +275,41 @@ fn status(socket: &str, json: bool) -> Result<ExitCode, String> {
     let r = c.status().map_err(|e| format!("status failed: {e}"))?;
     let out = if json { to_json(&r) } else { to_table(&r) };
     let _ = std::io::stdout().write_all(out.as_bytes());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ipcd status --watch SECS`: a header, then a line of rates per
+/// interval (`count` lines, or until interrupted).
+fn watch(socket: &str, secs: f64, count: Option<u64>) -> Result<ExitCode, String> {
+    let mut c = MonitorClient::connect(socket).map_err(|e| format!("no monitor answers on @{socket}: {e}"))?;
+    let sample = |c: &mut MonitorClient| -> Result<(Instant, StatusReport), String> {
+        let r = c.status().map_err(|e| format!("status failed: {e}"))?;
+        Ok((Instant::now(), r))
+    };
+    let bytes = |r: &StatusReport| r.processes.iter().map(|p| p.sent).sum::<u64>();
+    let (mut t0, mut r0) = sample(&mut c)?;
+    println!(
+        "{:>10} {:>12} {:>12} {:>14} {:>11} {:>9}",
+        "time s", "brokered/s", "kernel/s", "MB/s live", "connections", "processes"
+    );
+    let mut lines = 0;
+    while count.is_none_or(|n| lines < n) {
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        let (t1, r1) = sample(&mut c)?;
+        let dt = t1.duration_since(t0).as_secs_f64().max(1e-6);
+        let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / dt;
+        println!(
+            "{:>10.1} {:>12.0} {:>12.0} {:>14.1} {:>11} {:>9}",
+            r1.status.uptime_ms as f64 / 1000.0,
+            rate(r0.status.connects_total, r1.status.connects_total),
+            rate(r0.status.fallbacks_total, r1.status.fallbacks_total),
+            rate(bytes(&r0), bytes(&r1)) / 1e6,
+            r1.status.connections,
+            r1.status.processes
+        );
+        (t0, r0) = (t1, r1);
+        lines += 1;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

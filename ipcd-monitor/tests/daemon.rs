@@ -446,6 +446,44 @@ fn a_status_report_lists_every_connection() {
     assert_eq!(report.listeners.len(), 1);
 }
 
+/// `ipcd status --watch SECS --count N` prints a header and N lines of
+/// rates; the connects brokered between two samples show in the rate;
+/// a malformed interval is refused.
+#[test]
+fn status_watch_prints_rates() {
+    let m = Monitor::start();
+    let mut server = m.client();
+    let mut client = m.client();
+    let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
+    assert_eq!(listen(&mut server, 1, &lfd, addr, ListenFlags::empty()), Response::Ok);
+    let mut watch = Command::new(IPCD)
+        .args(["status", "--socket", &m.socket, "--watch", "0.5", "--count", "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The header follows the first sample: the connects come after it.
+    let mut out = std::io::BufReader::new(watch.stdout.take().unwrap());
+    let mut header = String::new();
+    std::io::BufRead::read_line(&mut out, &mut header).unwrap();
+    assert!(header.contains("brokered/s"), "{header}");
+    for _ in 0..20 {
+        let (resp, _fds) = connect(&mut client, addr);
+        let Response::Connected(info) = resp else { panic!("{resp:?}") };
+        let _ = next_event(&server);
+        server.notify(&Request::Accepted { conn: info.conn }).unwrap();
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut out, &mut text).unwrap();
+    assert!(watch.wait().unwrap().success());
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines.iter().all(|l| l.split_whitespace().count() == 6), "{text}");
+    let rates: Vec<f64> = lines.iter().map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap()).collect();
+    assert!(rates.iter().sum::<f64>() > 0.0, "20 connects brokered in the two intervals: {text}");
+    let bad = Command::new(IPCD).args(["status", "--socket", &m.socket, "--watch", "0"]).output().unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("not an interval"));
+}
+
 /// A report of 100 000 connections reaches its reader whole. This host's
 /// fd limit cannot hold 100 000 real ones (three monitor fds each), so
 /// two processes report ends an earlier monitor made (`Held`, which need
