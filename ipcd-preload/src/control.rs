@@ -6,8 +6,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use ipcd_proto::channel::{decode_response, Channel, ChannelError, Fds};
 use ipcd_proto::message::{ConnInfo, Request, Response, Side, MAX_FRAME};
@@ -227,11 +227,6 @@ const DRAIN_BATCH: usize = 8;
 /// How long to leave a missing monitor alone before trying again.
 const RETRY: Duration = Duration::from_secs(1);
 
-fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
-
 /// Runs `f` on the channel if it is open (never opens it, never waits for
 /// the monitor).
 pub(crate) fn peek<R>(f: impl FnOnce(&Control) -> R) -> Option<R> {
@@ -275,7 +270,7 @@ pub(crate) fn with<R>(f: impl FnOnce(&mut Control) -> Result<R, ChannelError>) -
         *guard = None;
     }
     if guard.is_none() {
-        if now_ms() < RETRY_AFTER_MS.load(Ordering::Relaxed) {
+        if crate::conn::wait::now_ms() < RETRY_AFTER_MS.load(Ordering::Relaxed) {
             return None;
         }
         match Control::open(pid) {
@@ -288,7 +283,7 @@ pub(crate) fn with<R>(f: impl FnOnce(&mut Control) -> Result<R, ChannelError>) -
             }
             Err(e) => {
                 log!(Level::Warn, "no monitor on @{} ({e}); using kernel sockets", crate::sys::config::get().socket);
-                RETRY_AFTER_MS.store(now_ms() + RETRY.as_millis() as u64, Ordering::Relaxed);
+                RETRY_AFTER_MS.store(crate::conn::wait::now_ms() + RETRY.as_millis() as u64, Ordering::Relaxed);
                 return None;
             }
         }
@@ -304,7 +299,7 @@ pub(crate) fn with<R>(f: impl FnOnce(&mut Control) -> Result<R, ChannelError>) -
             // What was queued goes with the channel: no bell may stay rung.
             c.incoming.values().for_each(Queue::quiet);
             *guard = None;
-            RETRY_AFTER_MS.store(now_ms() + RETRY.as_millis() as u64, Ordering::Relaxed);
+            RETRY_AFTER_MS.store(crate::conn::wait::now_ms() + RETRY.as_millis() as u64, Ordering::Relaxed);
             None
         }
     }

@@ -26,18 +26,6 @@ static PENDING: Mutex<Vec<Arc<Socket>>> = Mutex::new(Vec::new());
 /// it. -1 when the process holds nothing of ours.
 static SYNC: [AtomicI32; 2] = [AtomicI32::new(-1), AtomicI32::new(-1)];
 
-/// Every distinct socket in the table.
-fn sockets() -> Vec<Arc<Socket>> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    table::for_each(|s| {
-        if seen.insert(Arc::as_ptr(s) as usize) {
-            out.push(Arc::clone(s));
-        }
-    });
-    out
-}
-
 /// A socket's lock held across a fork.
 struct HeldSocket {
     guard: MutexGuard<'static, State>,
@@ -76,7 +64,7 @@ extern "C" fn prepare() {
         let epoll = crate::ready::epoll::lock_for_fork();
         let mut ours = false;
         let mut sockets = Vec::new();
-        for s in self::sockets() {
+        for s in table::sockets() {
             let (sock, r) = Pinned::new(&s);
             // Both processes hold its kernel socket now: never reused.
             r.taint();

@@ -40,15 +40,6 @@ static CHECKED_AT_MS: AtomicU64 = AtomicU64::new(0);
 /// a child may be in a new namespace).
 static PID_NS: AtomicU64 = AtomicU64::new(0);
 
-/// A monotonic clock in milliseconds (no system call: vDSO).
-pub(crate) fn now_ms() -> u64 {
-    // SAFETY: clock_gettime into a zeroed timespec (vDSO, no system call).
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
-}
-
 /// The inode of our pid namespace (0 if it cannot be read).
 fn pid_namespace() -> u64 {
     let ns = PID_NS.load(Ordering::Relaxed);
@@ -98,7 +89,7 @@ fn lives(pid: u32) -> bool {
 /// Whether the monitor `pid` (the one that made an end) still lives;
 /// checked at most every [`MONITOR_CHECK_MS`].
 pub(crate) fn monitor_lives(pid: u32) -> bool {
-    let now = now_ms();
+    let now = crate::conn::wait::now_ms();
     if CHECKED_PID.load(Ordering::Relaxed) == pid
         && now.saturating_sub(CHECKED_AT_MS.load(Ordering::Relaxed)) < MONITOR_CHECK_MS
     {

@@ -281,6 +281,11 @@ const CONTENDED_NS: u64 = 100_000_000;
 /// not ours.
 static CONTENDED_UNTIL: AtomicU64 = AtomicU64::new(0);
 
+/// Milliseconds of the monotonic clock (vDSO: no system call).
+pub(crate) fn now_ms() -> u64 {
+    monotonic_ns() / 1_000_000
+}
+
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a live timespec; CLOCK_MONOTONIC cannot fail (vDSO).

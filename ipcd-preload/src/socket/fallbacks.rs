@@ -13,7 +13,7 @@ use crate::control;
 /// Counts not reported yet, by `Fallback::index`.
 static COUNTS: [AtomicU32; FALLBACK_KINDS] = [const { AtomicU32::new(0) }; FALLBACK_KINDS];
 
-/// When (`conn::peer::now_ms`) they were last reported.
+/// When (`conn::wait::now_ms`) they were last reported.
 static REPORTED_MS: AtomicU64 = AtomicU64::new(0);
 
 /// A report waits for this many connects, or for this long (ms).
@@ -33,7 +33,7 @@ pub(crate) fn report() {
     if pending == 0 {
         return;
     }
-    let now = crate::conn::peer::now_ms();
+    let now = crate::conn::wait::now_ms();
     if pending < BATCH && now.saturating_sub(REPORTED_MS.load(Ordering::Relaxed)) < EVERY_MS {
         return;
     }

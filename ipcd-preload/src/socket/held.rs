@@ -5,12 +5,11 @@
 //! (see `conn::peer`).
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 
 use ipcd_proto::Request;
 
 use crate::control;
-use crate::socket::{table, Socket, State, Stream};
+use crate::socket::{table, State, Stream};
 
 /// The monitor (pid) this process last reported to.
 static REPORTED_TO: AtomicU32 = AtomicU32::new(0);
@@ -23,14 +22,8 @@ pub(crate) fn report() {
     if now == 0 || REPORTED_TO.load(Ordering::Relaxed) == now || REPORTED_TO.swap(now, Ordering::Relaxed) == now {
         return;
     }
-    let mut sockets: Vec<Arc<Socket>> = Vec::new();
-    table::for_each(|s| {
-        if !sockets.iter().any(|k| Arc::ptr_eq(k, s)) {
-            sockets.push(Arc::clone(s));
-        }
-    });
     let mut reqs = Vec::new();
-    for s in sockets {
+    for s in table::sockets() {
         if let State::Stream(st) = &mut *s.lock() {
             if st.monitor != now && st.reported_to != now {
                 st.reported_to = now;

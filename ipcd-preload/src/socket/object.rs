@@ -44,7 +44,7 @@ pub(crate) struct Stream {
     /// Where the library bound the kernel socket under it (its port
     /// reserved for this connection), kept with it for reuse.
     pub bound: Option<SockAddr>,
-    /// When (`conn::peer::now_ms`) a wait may next look whether the peer
+    /// When (`conn::wait::now_ms`) a wait may next look whether the peer
     /// died unseen: a busy end waits often, and a look costs system calls.
     pub next_look_ms: u64,
     /// The monitor (pid) this end was reported to as held, when another
@@ -76,7 +76,7 @@ impl Stream {
     /// no monitor could see it (see `conn::peer`), and wakes this end's
     /// other waiters.
     pub(crate) fn look_for_dead_peer(&mut self) {
-        let now = crate::conn::peer::now_ms();
+        let now = crate::conn::wait::now_ms();
         if now < self.next_look_ms {
             return;
         }

@@ -216,6 +216,18 @@ fn retire(old: epoch::Shared<'_, Entry>, guard: &epoch::Guard) -> Option<Arc<Soc
     Some(sock)
 }
 
+/// Every distinct socket in the table (one however many fds it has).
+pub(crate) fn sockets() -> Vec<Arc<Socket>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for_each(|s| {
+        if seen.insert(Arc::as_ptr(s) as usize) {
+            out.push(Arc::clone(s));
+        }
+    });
+    out
+}
+
 /// Calls `f` for every fd's socket (a socket with several fds, once per fd).
 pub(crate) fn for_each(mut f: impl FnMut(&Arc<Socket>)) {
     for_each_fd(|_, s| f(s));
