@@ -32,6 +32,7 @@ extern "C" fn init() {
         if !sys::config::get().disabled {
             sys::fds::reserve_table();
             fork::install();
+            sys::signals::guard_faults();
             socket::exec::restore();
         }
     });

@@ -134,6 +134,7 @@ checks! {
     tcp_info_follows_the_connection => "tcp-info",
     receive_timestamps_come_before_tcp_inq => "timestamps",
     the_send_buffer_limits_what_a_connection_holds => "sndbuf",
+    bad_pointers_give_efault_not_a_crash => "bad-pointers",
 }
 
 /// A socket made after a connection closed reuses a closed end's kernel

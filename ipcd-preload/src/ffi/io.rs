@@ -8,7 +8,7 @@ use crate::socket::stream::{self, Flags, IoResult};
 use crate::socket::TCP_INQ;
 use crate::socket::{pass, table};
 use crate::socket::{Call, Socket};
-use crate::sys::{guarded, real};
+use crate::sys::{guarded, real, user};
 
 /// The ipcd stream behind `fd`, if any. For every other fd this is one
 /// bounds check and one atomic load.
@@ -165,15 +165,16 @@ pub(super) unsafe extern "C" fn recvfrom(
     match stream_of(fd) {
         Some(s) => {
             let r = do_recv(&s, &one(buf, n), flags);
-            if r >= 0 && !addr.is_null() && !len.is_null() {
-                // SAFETY: the caller's length pointer.
-                if (unsafe { *len } as c_int) < 0 {
-                    // Linux checks the length as it copies the address out,
-                    // after the bytes were taken (move_addr_to_user).
-                    return ret(Err(libc::EINVAL));
+            if r >= 0 && !addr.is_null() {
+                // Linux checks the length as it copies the address out,
+                // after the bytes were taken (move_addr_to_user).
+                // SAFETY: a socklen_t is plain data.
+                match unsafe { user::read(len) } {
+                    None => return ret(Err(libc::EFAULT)),
+                    Some(l) if (l as c_int) < 0 => return ret(Err(libc::EINVAL)),
+                    Some(_) if !user::write(len, 0) => return ret(Err(libc::EFAULT)),
+                    Some(_) => {}
                 }
-                // SAFETY: as above.
-                unsafe { *len = 0 };
             }
             r
         }
@@ -191,22 +192,31 @@ pub(super) unsafe extern "C" fn recvfrom(
 pub(super) unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
     match stream_of(fd) {
         Some(s) => {
-            if msg.is_null() {
+            // SAFETY: a msghdr is plain data.
+            let Some(m) = (unsafe { user::read(msg) }) else { return ret(Err(libc::EFAULT)) };
+            // The kernel copies the control data in (and TCP ignores it).
+            if !user::all_accessible(m.msg_control.cast(), m.msg_controllen, false) {
                 return ret(Err(libc::EFAULT));
             }
-            // SAFETY: the caller's msghdr and its iovecs.
-            match unsafe { iovs((*msg).msg_iov, (*msg).msg_iovlen as c_int) } {
+            // SAFETY: the caller's iovecs.
+            match unsafe { iovs(m.msg_iov, m.msg_iovlen as c_int) } {
                 Ok(v) => do_send(&s, v, flags),
                 Err(e) => ret(Err(e)),
             }
         }
         None => {
-            // SAFETY: the caller's msghdr, if any (our own channel's
-            // messages carry no ends of ours).
-            let m = unsafe { msg.as_ref() };
-            if let Some(m) = m.filter(|m| m.msg_controllen != 0 && !crate::sys::fds::is_hidden(fd)) {
-                // SAFETY: the caller's msghdr and control buffer.
-                guarded((), || unsafe { pass::before_send(m) });
+            // The caller's msghdr, if readable (our own channel's messages
+            // carry no ends of ours); with a bad control buffer the kernel
+            // answers EFAULT, and we read nothing of it.
+            // SAFETY: a msghdr is plain data.
+            let m = unsafe { user::read(msg) }.filter(|m| {
+                m.msg_controllen != 0
+                    && !crate::sys::fds::is_hidden(fd)
+                    && user::all_accessible(m.msg_control.cast(), m.msg_controllen, false)
+            });
+            if let Some(m) = m {
+                // SAFETY: the caller's control buffer, readable.
+                guarded((), || unsafe { pass::before_send(&m) });
             }
             // SAFETY: the caller's arguments, unchanged.
             unsafe { real::sendmsg(fd, msg, flags) }
@@ -222,33 +232,38 @@ pub(super) unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_
 pub(super) unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
     match stream_of(fd) {
         Some(s) => {
-            if msg.is_null() {
+            // Worked on as a copy, written back whole: a msghdr we cannot
+            // read or write back fails before anything is received.
+            // SAFETY: a msghdr is plain data.
+            let Some(mut m) = (unsafe { user::read(msg) }) else { return ret(Err(libc::EFAULT)) };
+            if !user::all_accessible(msg.cast(), std::mem::size_of::<msghdr>(), true) {
                 return ret(Err(libc::EFAULT));
             }
-            // SAFETY: the caller's msghdr. A negative name length is
-            // refused before anything is received (copy_msghdr_from_user).
-            if (unsafe { (*msg).msg_namelen } as c_int) < 0 {
+            // A negative name length is refused before anything is
+            // received (copy_msghdr_from_user).
+            if (m.msg_namelen as c_int) < 0 {
                 return ret(Err(libc::EINVAL));
             }
             if flags & libc::MSG_ERRQUEUE != 0 {
-                // SAFETY: the caller's msghdr.
-                return unsafe { recv_errqueue(&s, &mut *msg) };
+                // SAFETY: the caller's control buffer, as described.
+                let r = unsafe { recv_errqueue(&s, &mut m) };
+                user::write(msg, m);
+                return r;
             }
-            // SAFETY: the caller's msghdr and its iovecs.
-            let r = match unsafe { iovs((*msg).msg_iov, (*msg).msg_iovlen as c_int) } {
+            // SAFETY: the caller's iovecs.
+            let r = match unsafe { iovs(m.msg_iov, m.msg_iovlen as c_int) } {
                 Ok(v) => do_recv(&s, v, flags),
                 Err(e) => ret(Err(e)),
             };
             if r >= 0 {
-                // SAFETY: the caller's msghdr.
-                unsafe {
-                    (*msg).msg_namelen = 0;
-                    (*msg).msg_flags = 0;
-                    let inq = s.inq().then(|| stream::readable(&s).unwrap_or(0));
-                    // Linux stamps the bytes a read took (none: no stamp).
-                    let stamp = Some(s.timestamp()).filter(|&t| t != 0 && r > 0);
-                    put_control(&mut *msg, stamp, inq);
-                }
+                m.msg_namelen = 0;
+                m.msg_flags = 0;
+                let inq = s.inq().then(|| stream::readable(&s).unwrap_or(0));
+                // Linux stamps the bytes a read took (none: no stamp).
+                let stamp = Some(s.timestamp()).filter(|&t| t != 0 && r > 0);
+                // SAFETY: the caller's control buffer, as described.
+                unsafe { put_control(&mut m, stamp, inq) };
+                user::write(msg, m);
             }
             r
         }
@@ -327,13 +342,20 @@ unsafe fn put_cmsg(msg: &mut msghdr, used: &mut usize, level: c_int, ty: c_int, 
         msg.msg_flags |= libc::MSG_CTRUNC;
         return;
     }
-    // SAFETY: the buffer holds CMSG_LEN(data) bytes past `used` (checked).
+    // Built here, copied out in one go: a buffer that faults takes no
+    // message (Linux's put_cmsg fails, and TCP goes on without it).
+    let mut out = [0u8; 128];
+    let Some(buf) = out.get_mut(..need) else { return };
+    let c = buf.as_mut_ptr().cast::<libc::cmsghdr>();
+    // SAFETY: `buf` holds CMSG_LEN(data) bytes (checked above).
     unsafe {
-        let c = msg.msg_control.cast::<u8>().add(*used).cast::<libc::cmsghdr>();
         c.write_unaligned(libc::cmsghdr { cmsg_len: need, cmsg_level: level, cmsg_type: ty });
         std::ptr::copy_nonoverlapping(data.as_ptr(), libc::CMSG_DATA(c), data.len());
     }
-    *used += space.min(room);
+    // SAFETY: `buf` is ours; the destination is the program's, checked by the copy.
+    if unsafe { user::copy_out(msg.msg_control.cast::<u8>().wrapping_add(*used), buf.as_ptr(), need) } {
+        *used += space.min(room);
+    }
 }
 
 /// Fills `msg`'s control buffer as Linux's `recvmsg` on a TCP socket does,
@@ -387,17 +409,26 @@ pub(super) unsafe extern "C" fn sendmmsg(fd: c_int, msgs: *mut mmsghdr, n: c_uin
     let n = n.min(libc::UIO_MAXIOV as c_uint);
     let mut done = 0;
     while done < n {
-        // SAFETY: the caller's array of `n` entries.
-        let m = unsafe { &mut *msgs.add(done as usize) };
-        // SAFETY: the caller's msghdr.
-        let r = unsafe { sendmsg(fd, &m.msg_hdr, flags) };
+        let (hdr, len) = mmsg_fields(msgs, done);
+        // SAFETY: the caller's msghdr, read through `user`.
+        let r = unsafe { sendmsg(fd, hdr, flags) };
         if r < 0 {
             return if done > 0 { done as c_int } else { -1 };
         }
-        m.msg_len = r as c_uint;
+        if !user::write(len, r as c_uint) {
+            return if done > 0 { done as c_int } else { fail(libc::EFAULT) };
+        }
         done += 1;
     }
     done as c_int
+}
+
+/// Where entry `i` of the program's `mmsghdr` array keeps its message and
+/// its length: addresses only, each read or written through `user`.
+fn mmsg_fields(msgs: *mut mmsghdr, i: c_uint) -> (*mut msghdr, *mut c_uint) {
+    let entry = msgs.wrapping_add(i as usize).cast::<u8>();
+    let hdr = entry.wrapping_add(std::mem::offset_of!(mmsghdr, msg_hdr)).cast();
+    (hdr, entry.wrapping_add(std::mem::offset_of!(mmsghdr, msg_len)).cast())
 }
 
 /// Interposed `recvmmsg(2)`. As on Linux, the timeout is checked only
@@ -423,8 +454,8 @@ pub(super) unsafe extern "C" fn recvmmsg(
     let deadline = if timeout.is_null() {
         None
     } else {
-        // SAFETY: the caller's timespec.
-        let t = unsafe { timeout.read() };
+        // SAFETY: a timespec is plain data.
+        let Some(t) = (unsafe { user::read(timeout) }) else { return fail(libc::EFAULT) };
         if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) {
             return fail(libc::EINVAL);
         }
@@ -443,17 +474,15 @@ pub(super) unsafe extern "C" fn recvmmsg(
     let mut flags = flags;
     let mut done = 0;
     while done < n {
-        // SAFETY: the caller's array of `n` entries.
-        let m = unsafe { &mut *msgs.add(done as usize) };
-        // SAFETY: the caller's msghdr.
-        let r = unsafe { recvmsg(fd, &mut m.msg_hdr, flags & !libc::MSG_WAITFORONE) };
-        if r < 0 {
+        let (hdr, len) = mmsg_fields(msgs, done);
+        // SAFETY: the caller's msghdr, read through `user`.
+        let r = unsafe { recvmsg(fd, hdr, flags & !libc::MSG_WAITFORONE) };
+        if r < 0 || !user::write(len, r as c_uint) {
             if done == 0 {
-                return -1;
+                return if r < 0 { -1 } else { fail(libc::EFAULT) };
             }
             break;
         }
-        m.msg_len = r as c_uint;
         done += 1;
         if flags & libc::MSG_WAITFORONE != 0 {
             flags |= libc::MSG_DONTWAIT;

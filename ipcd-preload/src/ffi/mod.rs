@@ -46,10 +46,10 @@ unsafe fn iovs<'a>(iov: *const iovec, cnt: c_int) -> Result<&'a [iovec], c_int> 
     if cnt == 0 {
         return Ok(&[]);
     }
-    if iov.is_null() {
+    if !crate::sys::user::all_accessible(iov.cast(), cnt as usize * std::mem::size_of::<iovec>(), false) {
         return Err(libc::EFAULT);
     }
-    // SAFETY: the caller's array of `cnt` iovecs.
+    // SAFETY: the caller's array of `cnt` iovecs, readable.
     Ok(unsafe { std::slice::from_raw_parts(iov, cnt as usize) })
 }
 

@@ -10,7 +10,7 @@ use super::{chk_fail, fail};
 use crate::ready::poll::{self, SelectSets};
 use crate::ready::{epoll, readiness};
 use crate::socket::table;
-use crate::sys::{guarded, real};
+use crate::sys::{guarded, real, user};
 
 fn after(d: Duration) -> Option<Instant> {
     Instant::now().checked_add(d)
@@ -32,8 +32,8 @@ unsafe fn deadline_ts(ts: *const libc::timespec) -> Result<Option<Instant>, c_in
     if ts.is_null() {
         return Ok(None);
     }
-    // SAFETY: the caller's timespec.
-    let t = unsafe { *ts };
+    // SAFETY: a timespec is plain data.
+    let t = unsafe { user::read(ts) }.ok_or(libc::EFAULT)?;
     if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) {
         return Err(libc::EINVAL);
     }
@@ -53,7 +53,11 @@ unsafe fn our_poll(
     if n == 0 || fds.is_null() || n > table::TABLE_LEN as nfds_t {
         return None;
     }
-    // SAFETY: the caller's array of `n` pollfds.
+    // An array we cannot read and write back: the kernel answers EFAULT.
+    if !user::all_accessible(fds.cast(), n as usize * std::mem::size_of::<pollfd>(), true) {
+        return None;
+    }
+    // SAFETY: the caller's array of `n` pollfds, readable and writable.
     let slice = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
     if !slice.iter().any(|p| table::get(p.fd).is_some()) {
         return None;
@@ -64,9 +68,11 @@ unsafe fn our_poll(
             Ok(d) => d,
             Err(e) => return fail(e),
         };
-        // SAFETY: the caller's sigset, if any.
-        let m = unsafe { mask.as_ref() };
-        match poll::poll(slice, &ours, d, m) {
+        let m = match sigmask(mask) {
+            Ok(m) => m,
+            Err(e) => return fail(e),
+        };
+        match poll::poll(slice, &ours, d, m.as_ref()) {
             Ok(k) => k,
             Err(e) => fail(e),
         }
@@ -138,13 +144,33 @@ pub(super) unsafe extern "C" fn __ppoll_chk(
     unsafe { ppoll(fds, n, ts, mask) }
 }
 
-/// Whether any fd below `nfds` in the three sets is ours.
+/// The program's signal mask for a wait, copied: `EFAULT` if unreadable.
+fn sigmask(mask: *const libc::sigset_t) -> Result<Option<libc::sigset_t>, c_int> {
+    if mask.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: a sigset_t is plain data.
+    unsafe { user::read(mask) }.map(Some).ok_or(libc::EFAULT)
+}
+
+/// Whether any fd below `nfds` in the three sets is ours. Nothing of the
+/// sets is read unless some fd below `nfds` is ours, and sets that cannot
+/// be read and written back leave the call to the kernel (`EFAULT`).
 ///
 /// # Safety
-/// Each set null or valid.
+/// Each set null or a pointer from the program.
 unsafe fn sets_have_ours(nfds: c_int, sets: [*mut libc::fd_set; 3]) -> bool {
-    (0..nfds.clamp(0, libc::FD_SETSIZE as c_int)).any(|fd| {
-        // SAFETY: valid sets (caller), fd below FD_SETSIZE.
+    let n = nfds.clamp(0, libc::FD_SETSIZE as c_int);
+    if !(0..n).any(|fd| table::get(fd).is_some()) {
+        return false;
+    }
+    // The kernel's size of a set of `nfds` bits: whole longs.
+    let bytes = (n as usize).div_ceil(64) * 8;
+    if sets.iter().any(|s| !s.is_null() && !user::all_accessible(s.cast(), bytes, true)) {
+        return false;
+    }
+    (0..n).any(|fd| {
+        // SAFETY: accessible sets (above), fd below their size.
         sets.iter().any(|s| !s.is_null() && unsafe { libc::FD_ISSET(fd, *s) }) && table::get(fd).is_some()
     })
 }
@@ -165,9 +191,11 @@ unsafe fn our_select(
         // SAFETY: the caller's sets.
         let mut sets = unsafe { SelectSets::new(nfds, r, w, e) };
         let ours = readiness::ours(sets.fds.iter().map(|p| p.fd));
-        // SAFETY: the caller's mask.
-        let m = unsafe { mask.as_ref() };
-        if let Err(err) = poll::poll(&mut sets.fds, &ours, deadline, m) {
+        let m = match sigmask(mask) {
+            Ok(m) => m,
+            Err(e) => return fail(e),
+        };
+        if let Err(err) = poll::poll(&mut sets.fds, &ours, deadline, m.as_ref()) {
             return fail(err);
         }
         // SAFETY: the caller's sets.
@@ -198,8 +226,8 @@ pub(super) unsafe extern "C" fn select(
     let deadline = if timeout.is_null() {
         None
     } else {
-        // SAFETY: the caller's timeval.
-        let tv = unsafe { *timeout };
+        // SAFETY: a timeval is plain data.
+        let Some(tv) = (unsafe { user::read(timeout) }) else { return fail(libc::EFAULT) };
         if tv.tv_sec < 0 || !(0..1_000_000).contains(&tv.tv_usec) {
             return fail(libc::EINVAL);
         }
@@ -209,11 +237,12 @@ pub(super) unsafe extern "C" fn select(
     let n = unsafe { our_select(nfds, r, w, e, deadline, std::ptr::null()) };
     if let (false, Some(d)) = (timeout.is_null(), deadline) {
         let left = d.saturating_duration_since(Instant::now());
-        // SAFETY: the caller's timeval.
-        unsafe {
-            (*timeout).tv_sec = left.as_secs() as libc::time_t;
-            (*timeout).tv_usec = left.subsec_micros() as libc::suseconds_t;
-        }
+        let tv = libc::timeval {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_usec: left.subsec_micros() as libc::suseconds_t,
+        };
+        // Linux ignores a timeout it cannot write back.
+        user::write(timeout, tv);
     }
     n
 }
@@ -280,9 +309,19 @@ fn created(epfd: c_int) -> c_int {
 pub(super) unsafe extern "C" fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut epoll_event) -> c_int {
     match table::get(fd) {
         // SAFETY: the caller's event, if any.
-        Some(s) => guarded(-1, || match epoll::ctl(epfd, op, fd, s, unsafe { ev.as_ref() }) {
-            Ok(()) => 0,
-            Err(e) => fail(e),
+        Some(s) => guarded(-1, || {
+            // SAFETY: an epoll_event is plain data.
+            let ev = if ev.is_null() { None } else { Some(unsafe { user::read(ev) }) };
+            let ev = match ev {
+                // A delete ignores the event; the others need one.
+                Some(None) if op != libc::EPOLL_CTL_DEL => return fail(libc::EFAULT),
+                Some(e) => e,
+                None => None,
+            };
+            match epoll::ctl(epfd, op, fd, s, ev.as_ref()) {
+                Ok(()) => 0,
+                Err(e) => fail(e),
+            }
         }),
         // SAFETY: the caller's arguments, unchanged.
         None => unsafe { real::epoll_ctl(epfd, op, fd, ev) },
@@ -302,16 +341,23 @@ unsafe fn our_wait(
 ) -> Option<c_int> {
     let set = epoll::get(epfd)?;
     Some(guarded(-1, || {
-        if n <= 0 || evs.is_null() {
+        if n <= 0 {
             return fail(libc::EINVAL);
+        }
+        if !user::all_accessible(evs.cast(), n as usize * std::mem::size_of::<epoll_event>(), true) {
+            return fail(libc::EFAULT);
         }
         let d = match deadline() {
             Ok(d) => d,
             Err(e) => return fail(e),
         };
-        // SAFETY: the caller's array of `n` events and sigset.
-        let (out, m) = unsafe { (std::slice::from_raw_parts_mut(evs, n as usize), mask.as_ref()) };
-        match epoll::wait(epfd, &set, out, d, m) {
+        let m = match sigmask(mask) {
+            Ok(m) => m,
+            Err(e) => return fail(e),
+        };
+        // SAFETY: the caller's array of `n` events, writable (above).
+        let out = unsafe { std::slice::from_raw_parts_mut(evs, n as usize) };
+        match epoll::wait(epfd, &set, out, d, m.as_ref()) {
             Ok(k) => k,
             Err(e) => fail(e),
         }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use ipcd_proto::{Phase, SockAddr};
+use ipcd_proto::Phase;
 use libc::{c_int, c_void, sockaddr, socklen_t};
 
 use super::fail;
@@ -12,7 +12,7 @@ use crate::close::{forget, release, release_keeping};
 use crate::socket::setup::{self, Connect};
 use crate::socket::{options, reuse, stream, table};
 use crate::socket::{Socket, State};
-use crate::sys::{guarded, real};
+use crate::sys::{guarded, real, user};
 
 /// Interposed `socket(2)`: TCP sockets of IPv4 and IPv6 become ours (still
 /// real kernel sockets underneath, maybe one kept for reuse); everything
@@ -151,8 +151,7 @@ pub(super) unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mu
 #[no_mangle]
 pub(super) unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     if let Some(s) = table::get(fd) {
-        // SAFETY: the caller's address of `len` bytes.
-        if let Some(dest) = unsafe { SockAddr::from_raw(addr, len) } {
+        if let Some(dest) = setup::read_addr(addr, len) {
             let err = real::errno();
             match guarded(Connect::Kernel, || setup::connect(fd, &s, dest)) {
                 Connect::Done(Ok(())) => return 0,
@@ -429,11 +428,8 @@ pub(super) unsafe extern "C" fn ioctl(fd: c_int, req: libc::c_ulong, arg: usize)
     let out = arg as *mut c_int;
     match req {
         libc::FIONBIO => {
-            if out.is_null() {
-                return fail(libc::EFAULT);
-            }
-            // SAFETY: FIONBIO's argument is an int pointer.
-            let on = unsafe { *out } != 0;
+            // SAFETY: FIONBIO's argument is an int pointer; an int is plain data.
+            let Some(on) = (unsafe { user::read(out) }).map(|v| v != 0) else { return fail(libc::EFAULT) };
             if !s.lock().keeps_kernel_nonblocking() {
                 // SAFETY: as the caller's contract.
                 let r = unsafe { real::ioctl(fd, req, arg) };
@@ -445,15 +441,14 @@ pub(super) unsafe extern "C" fn ioctl(fd: c_int, req: libc::c_ulong, arg: usize)
             0
         }
         libc::FIONREAD | libc::TIOCOUTQ if s.is_stream() => {
-            if out.is_null() {
-                return fail(libc::EFAULT);
-            }
             let n = match if req == libc::FIONREAD { stream::readable(&s) } else { stream::unread_by_peer(&s) } {
                 Ok(n) => n,
                 Err(e) => return fail(e),
             };
-            // SAFETY: these requests' argument is an int pointer.
-            unsafe { *out = n.min(c_int::MAX as usize) as c_int };
+            // These requests' argument is an int pointer.
+            if !user::write(out, n.min(c_int::MAX as usize) as c_int) {
+                return fail(libc::EFAULT);
+            }
             0
         }
         // Questions leave nothing behind.
@@ -507,17 +502,17 @@ pub(super) unsafe extern "C" fn getsockopt(
             if val.is_null() || len.is_null() {
                 return fail(libc::EFAULT);
             }
-            // SAFETY: the caller's length pointer.
-            let l = unsafe { *len };
+            // SAFETY: a socklen_t is plain data.
+            let Some(l) = (unsafe { user::read(len) }) else { return fail(libc::EFAULT) };
             if (l as i32) < 0 {
                 return fail(libc::EINVAL);
             }
             let e = stream::so_error(&s).unwrap_or(0);
             let n = (l as usize).min(std::mem::size_of::<c_int>());
-            // SAFETY: copies at most the caller's length from a live int.
-            unsafe {
-                std::ptr::copy_nonoverlapping((&raw const e).cast::<u8>(), val.cast::<u8>(), n);
-                *len = n as socklen_t;
+            // SAFETY: copies at most the caller's length from a live int,
+            // to the program's memory through `user`.
+            if !unsafe { user::copy_out(val.cast(), (&raw const e).cast(), n) } || !user::write(len, n as socklen_t) {
+                return fail(libc::EFAULT);
             }
             return 0;
         }
@@ -607,8 +602,9 @@ unsafe fn name_of(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, which: Na
         },
         _ => return Some(fail(libc::EBADF)),
     };
-    // SAFETY: the caller's buffers.
-    unsafe { setup::write_addr(setup::for_family(a, s.family), addr, len) };
+    if !setup::write_addr(setup::for_family(a, s.family), addr, len) {
+        return Some(fail(libc::EFAULT));
+    }
     Some(0)
 }
 

@@ -16,8 +16,8 @@ use crate::control::{self, ListenerBell, Pending};
 use crate::socket::{reuse, table};
 use crate::socket::{Socket, State, Stream};
 use crate::sys::log::{log, Level};
-use crate::sys::real;
 use crate::sys::signals::Caught;
+use crate::sys::{real, user};
 
 /// What `connect` decided.
 pub(crate) enum Connect {
@@ -171,20 +171,32 @@ pub(crate) fn for_family(addr: SockAddr, family: libc::c_int) -> SockAddr {
 
 /// Writes `addr` to a caller's `(sockaddr*, socklen_t*)` pair the way the
 /// kernel does: truncated to the caller's length, full length reported.
-///
-/// # Safety
-/// `out` must be null or hold `*len` writable bytes; `len` null or valid.
-pub(crate) unsafe fn write_addr(addr: SockAddr, out: *mut libc::sockaddr, len: *mut libc::socklen_t) {
-    if out.is_null() || len.is_null() {
-        return;
+/// False if the program's memory faulted (`EFAULT`); nothing asked
+/// (`out` null) is true.
+pub(crate) fn write_addr(addr: SockAddr, out: *mut libc::sockaddr, len: *mut libc::socklen_t) -> bool {
+    if out.is_null() {
+        return true;
     }
     let (ss, full) = addr.to_raw();
-    // SAFETY: the caller's length says how much `out` holds.
-    unsafe {
-        let n = (*len).min(full) as usize;
-        std::ptr::copy_nonoverlapping((&raw const ss).cast::<u8>(), out.cast::<u8>(), n);
-        *len = full;
+    // SAFETY: a socklen_t is plain data.
+    let Some(have) = (unsafe { user::read(len) }) else { return false };
+    let n = have.min(full) as usize;
+    // SAFETY: `ss` holds `full` bytes, at least `n`; `out` goes through `user`.
+    unsafe { user::copy_out(out.cast(), (&raw const ss).cast(), n) && user::write(len, full) }
+}
+
+/// Reads a program's `sockaddr` of `len` bytes; `None` if it is longer
+/// than any address or cannot be read (the kernel then answers).
+pub(crate) fn read_addr(addr: *const libc::sockaddr, len: libc::socklen_t) -> Option<SockAddr> {
+    // SAFETY: an all-zero sockaddr_storage is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let n = usize::try_from(len).ok().filter(|&n| n <= std::mem::size_of_val(&ss))?;
+    // SAFETY: `ss` holds `n` bytes; the source goes through `user`.
+    if !unsafe { user::copy_in((&raw mut ss).cast(), addr.cast(), n) } {
+        return None;
     }
+    // SAFETY: `ss` holds `len` initialised bytes.
+    unsafe { SockAddr::from_raw((&raw const ss).cast(), len) }
 }
 
 /// `connect` of one of our fresh sockets to `dest`.
@@ -563,8 +575,8 @@ pub(crate) unsafe fn accept(
         if let Some(Some((pending, pid))) = next {
             match accepted(sock, pending, pid, flags) {
                 Ok((newfd, peer)) => {
-                    // SAFETY: the caller's buffers.
-                    unsafe { write_addr(peer, addr, len) };
+                    // A buffer that faults loses only the address.
+                    write_addr(peer, addr, len);
                     return Ok(newfd);
                 }
                 Err(Refused::Failed(libc::ECONNABORTED)) => continue,

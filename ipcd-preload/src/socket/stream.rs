@@ -214,10 +214,10 @@ fn deadline(t: Option<std::time::Duration>) -> Option<Instant> {
 pub(crate) unsafe fn send(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], flags: Flags) -> IoResult {
     let mut cur = IoCursor::new(iov);
     let total = cur.total();
-    // Linux copies from the buffers and faults on a null one.
-    let null = cur.has_null();
     let deadline = deadline(sock.sndtimeo());
     let mut done = 0;
+    // A buffer faulted part way: what went in before it is the answer.
+    let mut short = false;
     loop {
         let looked = with_stream(sock, |s| {
             let cap = s.link.send_capacity();
@@ -230,9 +230,15 @@ pub(crate) unsafe fn send(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], f
                 ring.writable = s.link.send_room().unwrap_or(0);
             }
             let step = match s.conn.send(&ring, total - done, flags.nosignal) {
-                Send::Write(_) if null => Err(Some((libc::EFAULT, false))),
                 Send::Write(n) if whole && n < total => Err(None),
-                Send::Write(n) => write(s, &mut cur, n),
+                // Linux copies from the buffers and faults on a bad one.
+                Send::Write(n) => match cur.accessible(n, false) {
+                    0 => Err(Some((libc::EFAULT, false))),
+                    k => {
+                        short = k < n;
+                        write(s, &mut cur, k)
+                    }
+                },
                 Send::Discard(n) => {
                     cur.skip(n);
                     if s.link.tx.reset() {
@@ -258,7 +264,7 @@ pub(crate) unsafe fn send(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], f
         match step {
             Ok(n) => {
                 done += n;
-                if done >= total {
+                if done >= total || short {
                     return Ok(done);
                 }
             }
@@ -407,8 +413,9 @@ pub(crate) unsafe fn recv(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], f
     // (tcp_recvmsg's loop runs once whatever the length; the differential
     // test found this).
     let total = cur.total();
-    let null = cur.has_null();
     let deadline = deadline(sock.rcvtimeo());
+    // As in `send`: a buffer faulted part way.
+    let mut short = false;
     let batch = crate::sys::config::get().batch;
     // No wait so far: what a look finds was already there.
     let mut waited = false;
@@ -432,8 +439,14 @@ pub(crate) unsafe fn recv(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], f
                     let moved = if flags.peek { Ok(false) } else { s.link.rx.consume(n).map(|t| t.wake_peer) };
                     Look::Moved(s.moved(moved, n))
                 }
-                Recv::Read(_) if null => Look::Fail(libc::EFAULT),
                 Recv::Read(n) => {
+                    let n = match cur.accessible(n, true) {
+                        0 => return Look::Fail(libc::EFAULT),
+                        k => {
+                            short = k < n;
+                            k
+                        }
+                    };
                     if !flags.peek {
                         s.note_read(!waited && n < total - done && n <= SMALL_READ, paused_now);
                     }
@@ -458,7 +471,7 @@ pub(crate) unsafe fn recv(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], f
             Look::Moved(n) => {
                 done += n;
                 // MSG_WAITALL waits for the whole buffer (not with PEEK, as Linux).
-                if !flags.waitall || flags.peek || done >= total {
+                if !flags.waitall || flags.peek || done >= total || short {
                     return Ok(done);
                 }
             }

@@ -3,6 +3,8 @@
 
 use ipcd_ring::{Consumer, Producer};
 
+use crate::sys::user;
+
 /// Bytes copied between two publications of the ring's index: a large
 /// write publishes as it goes, so the reader copies the first part while
 /// the writer copies the rest (and a large read frees room as it goes).
@@ -25,9 +27,27 @@ impl<'a> IoCursor<'a> {
         IoCursor { iov, idx: 0, off: 0 }
     }
 
-    /// Whether some buffer is null but not empty: Linux's copy faults on it.
-    pub(crate) fn has_null(&self) -> bool {
-        self.iov.iter().any(|v| v.iov_base.is_null() && v.iov_len > 0)
+    /// How many of the next `n` bytes (at most) the program's buffers let
+    /// us read (`write`: write), from the cursor on: a copy stops at the
+    /// first that faults, as the kernel's does (see `user`).
+    pub(crate) fn accessible(&self, n: usize, write: bool) -> usize {
+        let (mut idx, mut off, mut left, mut ok) = (self.idx, self.off, n, 0);
+        while left > 0 {
+            let Some(v) = self.iov.get(idx) else { break };
+            let k = (v.iov_len - off).min(left);
+            if k > 0 {
+                let p = v.iov_base.cast::<u8>().wrapping_add(off);
+                let got = user::accessible(p, k, write);
+                ok += got;
+                if got < k {
+                    break;
+                }
+                left -= k;
+            }
+            idx += 1;
+            off = 0;
+        }
+        ok
     }
 
     /// Total bytes the array describes (saturating, as the kernel caps at

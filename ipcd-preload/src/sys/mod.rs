@@ -9,6 +9,7 @@ pub(crate) mod log;
 pub(crate) mod process;
 pub(crate) mod real;
 pub(crate) mod signals;
+pub(crate) mod user;
 pub(crate) mod yields;
 
 /// Runs `f`, turning a panic into `fail` with `errno = EIO`: a bug of ours

@@ -18,16 +18,24 @@
 //! whether it was interrupted. A handler we did not install (a raw
 //! `rt_sigaction`, glibc's own) is not counted: a call it interrupts is
 //! restarted, as those handlers ask.
+//!
+//! `SIGSEGV` and `SIGBUS` always go through the relay (installed from the
+//! constructor, whatever the program sets): a fault in the library's
+//! copies of the program's memory is answered with `EFAULT` (`user`), and
+//! only other faults reach the program's handler or its default action.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 use libc::{c_int, c_void, siginfo_t};
 
-use crate::sys::real;
+use crate::sys::{real, user};
 
 /// Signal numbers are below this (`_NSIG` on Linux).
 const NSIG: usize = 65;
+
+/// glibc adds it to every action it installs (`<bits/sigaction.h>`).
+const SA_RESTORER: c_int = 0x0400_0000;
 
 /// The program's handler and flags for each signal we relay.
 static HANDLERS: [AtomicUsize; NSIG] = [const { AtomicUsize::new(0) }; NSIG];
@@ -78,7 +86,22 @@ impl Caught {
 /// installed: counts, then calls the program's handler.
 extern "C" fn relay(sig: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
     let Some(i) = index(sig) else { return };
+    if is_fault(sig) && user::fixup(ctx) {
+        return;
+    }
     let (handler, flags) = (HANDLERS[i].load(Ordering::Acquire), FLAGS[i].load(Ordering::Acquire));
+    if is_fault(sig) {
+        // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+        let sent = unsafe { info.as_ref() }.is_none_or(|i| i.si_code <= 0);
+        if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
+            default_fault(sig, sent && handler == libc::SIG_DFL, sent && handler == libc::SIG_IGN);
+            return;
+        }
+        if flags & libc::SA_RESETHAND != 0 {
+            // Emulated (the relay must stay): the next one is the default's.
+            HANDLERS[i].store(libc::SIG_DFL, Ordering::Release);
+        }
+    }
     bump(&RAN);
     if flags & libc::SA_RESTART == 0 {
         bump(&RAN_NO_RESTART);
@@ -96,6 +119,60 @@ extern "C" fn relay(sig: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
         let f: extern "C" fn(c_int) = unsafe { std::mem::transmute(handler) };
         f(sig);
     }
+}
+
+/// `SIGSEGV` or `SIGBUS`: the relay stays installed for them.
+fn is_fault(sig: c_int) -> bool {
+    sig == libc::SIGSEGV || sig == libc::SIGBUS
+}
+
+/// A fault signal whose action the program left at default or ignored:
+/// what the kernel would do without us. A fault (the faulting instruction
+/// runs again on return) kills under the default action, as the kernel
+/// also kills for an ignored one; a signal sent with `kill` is raised
+/// again under the default (`raise`: it stays pending until we return)
+/// or dropped when ignored.
+fn default_fault(sig: c_int, raise: bool, ignored_send: bool) {
+    if ignored_send {
+        return;
+    }
+    // SAFETY: an all-zero sigaction is SIG_DFL with an empty mask.
+    let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
+    dfl.sa_sigaction = libc::SIG_DFL;
+    // SAFETY: a live struct; sigaction and raise are async-signal-safe.
+    unsafe {
+        real::sigaction(sig, &dfl, std::ptr::null_mut());
+        if raise {
+            libc::raise(sig);
+        }
+    }
+}
+
+/// From the constructor: `SIGSEGV` and `SIGBUS` go through the relay, the
+/// actions found (default, or ignored across exec) kept as the program's.
+pub(crate) fn guard_faults() {
+    for sig in [libc::SIGSEGV, libc::SIGBUS] {
+        let Some(i) = index(sig) else { continue };
+        // SAFETY: an all-zero sigaction is a valid out buffer.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: a query into a live struct.
+        if unsafe { real::sigaction(sig, std::ptr::null(), &mut old) } != 0 {
+            return;
+        }
+        HANDLERS[i].store(old.sa_sigaction, Ordering::Release);
+        FLAGS[i].store(old.sa_flags & !SA_RESTORER, Ordering::Release);
+        // SAFETY: an all-zero sigaction is a valid empty one.
+        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+        act.sa_sigaction = relay as *const () as usize;
+        // On the thread's alternate stack if it has one: a fault may be a
+        // stack overflow (Rust's runtime, for one, expects that).
+        act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        // SAFETY: a live struct.
+        if unsafe { real::sigaction(sig, &act, std::ptr::null_mut()) } != 0 {
+            return;
+        }
+    }
+    user::set_guarded();
 }
 
 fn index(sig: c_int) -> Option<usize> {
@@ -118,7 +195,8 @@ pub(crate) unsafe fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mu
     let mine = unsafe { act.as_ref() }.map(|a| {
         // The relay itself comes back from a program that read the kernel's
         // action around us: it stays as it is (stored, it would call itself).
-        if a.sa_sigaction == libc::SIG_DFL || a.sa_sigaction == libc::SIG_IGN || a.sa_sigaction == relayed {
+        let plain = a.sa_sigaction == libc::SIG_DFL || a.sa_sigaction == libc::SIG_IGN;
+        if a.sa_sigaction == relayed || (plain && !(is_fault(sig) && user::is_guarded())) {
             return *a;
         }
         // Stored first: from the moment the kernel has the relay, it
@@ -128,6 +206,13 @@ pub(crate) unsafe fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mu
         let mut m = *a;
         m.sa_sigaction = relayed;
         m.sa_flags |= libc::SA_SIGINFO;
+        if is_fault(sig) {
+            // The relay stays; it emulates a one-shot handler itself.
+            m.sa_flags &= !libc::SA_RESETHAND;
+            if plain {
+                m.sa_flags |= libc::SA_ONSTACK;
+            }
+        }
         m
     });
     let mine_ptr = mine.as_ref().map_or(std::ptr::null(), |m| m as *const libc::sigaction);
@@ -138,7 +223,7 @@ pub(crate) unsafe fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mu
         if let Some(o) = unsafe { old.as_mut() } {
             if o.sa_sigaction == relayed {
                 o.sa_sigaction = before.0;
-                o.sa_flags = (o.sa_flags & !libc::SA_SIGINFO) | (before.1 & libc::SA_SIGINFO);
+                o.sa_flags = before.1 | (o.sa_flags & SA_RESTORER);
             }
         }
     }

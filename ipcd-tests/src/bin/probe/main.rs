@@ -166,6 +166,7 @@ const CHECKS: &[Check] = &[
     ("listener-shutdown", listener_shutdown),
     ("timestamps", timestamps),
     ("sndbuf", sndbuf),
+    ("bad-pointers", bad_pointers),
 ];
 
 fn check(name: &str) -> Res {

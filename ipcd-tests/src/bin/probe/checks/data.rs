@@ -911,3 +911,113 @@ pub(crate) fn sndbuf() -> Res {
     net::close(s);
     Ok(())
 }
+
+/// A mapping of `len` bytes with protection `prot`, never unmapped (the
+/// check's process ends soon).
+fn mapping(len: usize, prot: i32) -> Result<*mut u8, String> {
+    // SAFETY: a fresh anonymous mapping.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+    ensure!(p != libc::MAP_FAILED, "mmap: errno {}", errno());
+    Ok(p.cast())
+}
+
+/// Waits until `n` bytes are queued on `s`.
+fn queued(s: i32, n: i32) -> Res {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut k: libc::c_int = 0;
+        // SAFETY: FIONREAD into a live int.
+        cvt("ioctl", unsafe { libc::ioctl(s, libc::FIONREAD, &mut k) }).map_err(f)?;
+        if k >= n {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{n} bytes never arrived (FIONREAD {k})");
+        poll_n(&mut [pollfd(s, libc::POLLIN)], 100);
+    }
+}
+
+/// A bad pointer gives `EFAULT`, never a crash, and refused bytes stay
+/// queued: unreadable and unwritable buffers, iovec arrays, a msghdr and
+/// its control buffer, an fd_set, pollfd and epoll arrays, name and
+/// length pointers. A buffer that faults part way moves at most the bytes
+/// before the fault.
+pub(crate) fn bad_pointers() -> Res {
+    let (c, s) = pair(false)?;
+    let none = mapping(8192, libc::PROT_NONE)?;
+    let ro = mapping(4096, libc::PROT_READ)?;
+    let efault = |what: &str, r: isize| -> Res {
+        ensure!(r == -1 && errno() == libc::EFAULT, "{what}: {r}, errno {}", errno());
+        Ok(())
+    };
+    // SAFETY: each call below passes one bad pointer on purpose (`none`,
+    // `ro`) and live buffers otherwise; the call must fail, not touch it.
+    unsafe {
+        efault("send from an unmapped buffer", libc::send(c, none.cast(), 16, 0))?;
+        efault("write from an unmapped buffer", libc::write(c, none.cast(), 16))?;
+        net::send_all(c, b"abcd").map_err(f)?;
+        queued(s, 4)?;
+        efault("recv into an unmapped buffer", libc::recv(s, none.cast(), 4, 0))?;
+        efault("read into a read-only buffer", libc::read(s, ro.cast(), 4))?;
+        let bad_iov = libc::iovec { iov_base: none.cast(), iov_len: 4 };
+        efault("readv into an unmapped buffer", libc::readv(s, &bad_iov, 1))?;
+        efault("writev from an unmapped iovec array", libc::writev(c, none.cast(), 1) as isize)?;
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+        let mut m: libc::msghdr = std::mem::zeroed();
+        m.msg_iov = none.cast();
+        m.msg_iovlen = 1;
+        efault("recvmsg with an unmapped msg_iov", libc::recvmsg(s, &mut m, 0))?;
+        efault("sendmsg with an unmapped msg_iov", libc::sendmsg(c, &m, 0))?;
+        efault("recvmsg with an unmapped msghdr", libc::recvmsg(s, none.cast(), 0))?;
+        efault("sendmsg with an unmapped msghdr", libc::sendmsg(c, none.cast(), 0))?;
+        m.msg_iov = &raw mut iov;
+        m.msg_control = none.cast();
+        m.msg_controllen = 64;
+        efault("sendmsg with an unmapped msg_control", libc::sendmsg(c, &m, 0))?;
+        // Nothing of the refused sends arrived; the four bytes are still there.
+        let mut four = [0u8; 8];
+        ensure!(recv(s, &mut four, libc::MSG_PEEK) == 4 && &four[..4] == b"abcd", "the queue changed: {four:?}");
+        let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
+        let r = libc::select(s + 1, none.cast(), std::ptr::null_mut(), std::ptr::null_mut(), &mut tv);
+        efault("select with an unmapped fd_set", r as isize)?;
+        efault("poll of an unmapped array", libc::poll(none.cast(), 1, 0) as isize)?;
+        let ep = cvt("epoll_create1", libc::epoll_create1(libc::EPOLL_CLOEXEC)).map_err(f)?;
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 1 };
+        cvt("epoll_ctl", libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, s, &mut ev)).map_err(f)?;
+        efault("epoll_ctl with an unmapped event", libc::epoll_ctl(ep, libc::EPOLL_CTL_MOD, s, none.cast()) as isize)?;
+        efault("epoll_wait into an unmapped array", libc::epoll_wait(ep, none.cast(), 4, 1000) as isize)?;
+        net::close(ep);
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        efault("getsockname into an unmapped address", libc::getsockname(s, none.cast(), &mut len) as isize)?;
+        let mut name: libc::sockaddr_storage = std::mem::zeroed();
+        efault(
+            "getpeername with an unmapped length",
+            libc::getpeername(s, (&raw mut name).cast(), none.cast()) as isize,
+        )?;
+        efault("FIONREAD into an unmapped int", libc::ioctl(s, libc::FIONREAD, none) as isize)?;
+        let opt = libc::getsockopt(s, libc::SOL_SOCKET, libc::SO_ERROR, none.cast(), &mut len);
+        efault("SO_ERROR into an unmapped int", opt as isize)?;
+        ensure!(recv(s, &mut four, 0) == 4 && &four[..4] == b"abcd", "after the faults: {four:?}");
+        // A buffer whose second page is unmapped: at most the first page
+        // goes, and what goes arrives intact.
+        let half = mapping(8192, libc::PROT_READ | libc::PROT_WRITE)?;
+        cvt("mprotect", libc::mprotect(half.add(4096).cast(), 4096, libc::PROT_NONE)).map_err(f)?;
+        for i in 0..4096 {
+            *half.add(i) = (i % 251) as u8;
+        }
+        let r = libc::send(c, half.cast(), 8192, 0);
+        ensure!(
+            (r == -1 && errno() == libc::EFAULT) || (1..=4096).contains(&r),
+            "send across a hole: {r}, errno {}",
+            errno()
+        );
+        if r > 0 {
+            let mut got = vec![0u8; r as usize];
+            net::read_exact(s, &mut got).map_err(f)?;
+            ensure!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8), "the bytes before the hole changed");
+        }
+    }
+    net::close(c);
+    net::close(s);
+    Ok(())
+}
