@@ -307,4 +307,11 @@ impl Consumer {
             word.store(u32::from(on), Ordering::Relaxed);
         }
     }
+
+    /// Tells the writer this reader's receive buffer, `bytes` (0: none
+    /// said): what a writer that limits itself may hold unread on top of
+    /// its own send buffer, as TCP's receive window adds to it.
+    pub fn set_window(&self, bytes: u64) {
+        self.ctrl().reader.window.store(bytes, Ordering::Relaxed);
+    }
 }

@@ -10,7 +10,7 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 /// `b"IPCDSEG1"` read as a little-endian `u64`: the first word of every segment.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"IPCDSEG1");
 /// Version of this layout. An attach to any other version fails.
-pub const SEGMENT_VERSION: u32 = 6;
+pub const SEGMENT_VERSION: u32 = 7;
 /// Padding unit: x86-64's adjacent-line prefetcher pulls 64-byte lines in
 /// pairs, so two indices 64 bytes apart still share traffic (as crossbeam does).
 pub const CACHE_LINE: usize = 128;
@@ -104,6 +104,11 @@ pub(crate) struct ReaderLine {
     pub(crate) head: AtomicU64,
     /// [`FLAG_CLOSED`].
     pub(crate) flags: AtomicU32,
+    /// The reader's receive buffer in bytes (0: not said), which a writer
+    /// with a send buffer of its own may hold unread on top of it (see
+    /// [`crate::Producer::peer_window`]). On the `head` line, which the
+    /// writer loads anyway when it looks for room. A hint: any value is safe.
+    pub(crate) window: AtomicU64,
 }
 
 /// The line the writer loads after every publish: written by the reader
@@ -150,7 +155,11 @@ impl RingControl {
     pub(crate) fn new(start: u64) -> Self {
         RingControl {
             writer: Line(WriterLine::new(start)),
-            reader: Line(ReaderLine { head: AtomicU64::new(start), flags: AtomicU32::new(0) }),
+            reader: Line(ReaderLine {
+                head: AtomicU64::new(start),
+                flags: AtomicU32::new(0),
+                window: AtomicU64::new(0),
+            }),
             reader_waiting: Line(ReaderWaitLine { waiting: AtomicU32::new(0), batching: AtomicU32::new(0) }),
             writer_waiting: Line(AtomicU32::new(0)),
         }

@@ -194,6 +194,13 @@ impl Producer {
         }
     }
 
+    /// The reader's receive buffer as it last said it
+    /// ([`Consumer::set_window`](crate::Consumer::set_window)); 0 if it
+    /// said none. A hint from the peer: the caller bounds what it does with it.
+    pub fn peer_window(&self) -> u64 {
+        self.ctrl().reader.window.load(Ordering::Relaxed)
+    }
+
     /// Whether the reader has closed its end (writes would hit `EPIPE`).
     pub fn is_reader_closed(&self) -> bool {
         self.ctrl().reader.flags.load(Ordering::Acquire) & FLAG_CLOSED != 0

@@ -135,6 +135,7 @@ checks! {
     receive_timestamps_come_before_tcp_inq => "timestamps",
     the_send_buffer_limits_what_a_connection_holds => "sndbuf",
     bad_pointers_give_efault_not_a_crash => "bad-pointers",
+    the_receive_buffer_adds_to_what_a_connection_holds => "rcvbuf",
 }
 
 /// A socket made after a connection closed reuses a closed end's kernel

@@ -79,6 +79,22 @@ impl Drop for Mapping {
 /// monitor made and unmapped a segment for most connections.
 pub(crate) const MAX_CACHED: usize = 32;
 
+/// The receive buffer of a socket whose program set none: the system's
+/// default (`net.ipv4.tcp_rmem`'s middle value; Linux grows it only as the
+/// program reads, so an unread connection holds about this much), read
+/// once, when a send limit first needs it.
+fn default_window() -> usize {
+    static WINDOW: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let w = WINDOW.load(std::sync::atomic::Ordering::Relaxed);
+    if w != 0 {
+        return w;
+    }
+    let read = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem").ok();
+    let w = read.and_then(|s| s.split_whitespace().nth(1)?.parse().ok()).unwrap_or(131_072);
+    WINDOW.store(w, std::sync::atomic::Ordering::Relaxed);
+    w
+}
+
 /// The ring side of a connection end.
 fn ring_side(side: Side) -> ipcd_ring::Side {
     match side {
@@ -139,9 +155,9 @@ pub(crate) struct Link {
     /// Another process holds this end too (after fork): every use takes
     /// the end's locks in the segment and resyncs the handles first.
     shared: bool,
-    /// Ring bytes this end leaves unused because the program set a send
-    /// buffer smaller than the ring (`SO_SNDBUF`): 0 unless it did.
-    reserve: usize,
+    /// The send buffer the program set (`SO_SNDBUF`, as the kernel took
+    /// it; 0: none): see [`Link::reserve`].
+    send_limit: usize,
     /// Declared last: the handles above point into it.
     map: Mapping,
 }
@@ -170,7 +186,7 @@ impl Link {
             return Err(AttachError::Size);
         }
         let (tx, rx) = seg.endpoint(side).map_err(AttachError::Ring)?;
-        let link = Link { tx, rx, conn: info.conn, seg, side, shared: false, reserve: 0, map };
+        let link = Link { tx, rx, conn: info.conn, seg, side, shared: false, send_limit: 0, map };
         link.name_self();
         Ok(link)
     }
@@ -294,28 +310,53 @@ impl Link {
         self.seg.release_holder(self.side) == 0
     }
 
-    /// Limits what this end holds unread by its peer to `limit` bytes (the
-    /// send buffer the program set; 0: the whole ring), as Linux's send
-    /// buffer limits what a connection holds.
+    /// Limits what this end holds unread by its peer as Linux's buffers
+    /// limit a connection: `limit` is the send buffer the program set (0:
+    /// none, the whole ring), and on top of it the peer's receive buffer
+    /// (`SO_RCVBUF` as it set it, or the system's default) may fill.
     pub(crate) fn set_send_limit(&mut self, limit: usize) {
-        let cap = self.tx.capacity();
-        self.reserve = if limit == 0 { 0 } else { cap.saturating_sub(limit.max(1)) };
+        self.send_limit = limit;
+    }
+
+    /// The send buffer the program set, if any: a non-blocking send moves
+    /// at most that much at once, as Linux's fills its send queue.
+    pub(crate) fn send_burst(&self) -> Option<usize> {
+        (self.send_limit != 0).then_some(self.send_limit)
+    }
+
+    /// Ring bytes this end leaves unused: with a send buffer set, all but
+    /// it and the peer's receive buffer (0 without one).
+    fn reserve(&self) -> usize {
+        if self.send_limit == 0 {
+            return 0;
+        }
+        let window = match self.tx.peer_window() {
+            0 => default_window(),
+            w => usize::try_from(w).unwrap_or(usize::MAX),
+        };
+        self.tx.capacity().saturating_sub(self.send_limit.saturating_add(window))
+    }
+
+    /// Tells the peer this end's receive buffer, `bytes` (0: the default).
+    pub(crate) fn set_window(&self, bytes: usize) {
+        self.rx.set_window(bytes as u64);
     }
 
     /// Room to send now, within the send limit (the reader's progress
     /// read afresh).
     pub(crate) fn send_room(&mut self) -> Result<usize, ipcd_ring::Error> {
-        self.tx.writable().map(|n| n.saturating_sub(self.reserve))
+        let reserve = self.reserve();
+        self.tx.writable().map(|n| n.saturating_sub(reserve))
     }
 
     /// What this end may hold unread by its peer: the ring, or less.
     pub(crate) fn send_capacity(&self) -> usize {
-        self.tx.capacity() - self.reserve
+        self.tx.capacity() - self.reserve()
     }
 
     /// Arms the wait for room to send `want` bytes within the limit.
     pub(crate) fn prepare_send_wait(&mut self, want: usize) -> Result<ipcd_ring::Wait, ipcd_ring::Error> {
-        self.tx.prepare_wait((want + self.reserve).min(self.tx.capacity()))
+        self.tx.prepare_wait((want + self.reserve()).min(self.tx.capacity()))
     }
 
     /// Bytes this end has written so far.
@@ -409,7 +450,7 @@ impl Link {
         let peer_reset = self.rx.peer_state() == ipcd_ring::PeerState::Reset;
         Some(Ring {
             readable: self.rx.readable().ok()?,
-            writable: self.tx.writable_cached().ok()?.saturating_sub(self.reserve),
+            writable: self.tx.writable_cached().ok()?.saturating_sub(self.reserve()),
             peer_fin,
             peer_reset,
             // Every end closes its writing side before its reading side (the

@@ -225,6 +225,9 @@ pub(crate) struct Socket {
     /// The send buffer the program set (`SO_SNDBUF`, as the kernel took
     /// it), 0 if none: what a connection may hold unread by its peer.
     sndbuf: AtomicU32,
+    /// The receive buffer the program set (`SO_RCVBUF`, as the kernel took
+    /// it), 0 if none: told to the peer, whose send limit it adds to.
+    rcvbuf: AtomicU32,
     /// Data calls in progress. A close while one is in progress (another
     /// thread blocked in recv) waits for it to end, as Linux's close only
     /// drops the fd and the blocked call keeps the socket open.
@@ -262,6 +265,7 @@ impl Socket {
             zerocopy: AtomicBool::new(false),
             timestamp: AtomicU32::new(0),
             sndbuf: AtomicU32::new(0),
+            rcvbuf: AtomicU32::new(0),
             inflight: AtomicU32::new(0),
             close_deferred: AtomicBool::new(false),
             clean: AtomicBool::new(false),
@@ -287,6 +291,7 @@ impl Socket {
     /// Makes `state` (locked by the caller) a stream.
     pub(crate) fn become_stream(&self, state: &mut State, mut stream: Stream) {
         stream.link.set_send_limit(self.sndbuf() as usize);
+        stream.link.set_window(self.rcvbuf() as usize);
         *state = State::Stream(Box::new(stream));
         self.stream.store(true, Ordering::Release);
     }
@@ -442,6 +447,16 @@ impl Socket {
     /// Records the send buffer the kernel took for `SO_SNDBUF`.
     pub(crate) fn set_sndbuf(&self, bytes: u32) {
         self.sndbuf.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The receive buffer the program set (0: none).
+    pub(crate) fn rcvbuf(&self) -> u32 {
+        self.rcvbuf.load(Ordering::Relaxed)
+    }
+
+    /// Records the receive buffer the kernel took for `SO_RCVBUF`.
+    pub(crate) fn set_rcvbuf(&self, bytes: u32) {
+        self.rcvbuf.store(bytes, Ordering::Relaxed);
     }
 
     /// Records a `SO_TIMESTAMP` kind turned on (`name`) or off (0): the

@@ -76,6 +76,16 @@ pub(crate) fn before_set(fd: c_int, s: &Socket, level: c_int, name: c_int) {
     }
 }
 
+/// The size the kernel took for buffer option `name` (it doubles what
+/// was asked, within its bounds), at least 1.
+fn kernel_int(fd: c_int, name: c_int) -> Option<u32> {
+    let mut v: c_int = 0;
+    let mut l = size_of::<c_int>() as socklen_t;
+    // SAFETY: an int out buffer and its size.
+    let r = unsafe { real::getsockopt(fd, libc::SOL_SOCKET, name, (&raw mut v).cast(), &mut l) };
+    (r == 0).then(|| v.max(1) as u32)
+}
+
 /// After the kernel took `level`/`name` = `val` (`len` bytes) on our
 /// socket `s` (fd `fd`): notes what changes ipcd's behaviour, and
 /// remembers it for the connections a listener accepts.
@@ -114,15 +124,22 @@ pub(crate) unsafe fn after_set(fd: c_int, s: &Socket, level: c_int, name: c_int,
         // doubles what was asked, within its bounds). A sender blocked on
         // the old limit wakes to look again, as Linux's does.
         (libc::SOL_SOCKET, libc::SO_SNDBUF | libc::SO_SNDBUFFORCE) => {
-            let mut v: c_int = 0;
-            let mut l = size_of::<c_int>() as socklen_t;
-            // SAFETY: an int out buffer and its size.
-            if unsafe { real::getsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, (&raw mut v).cast(), &mut l) } == 0 {
-                let bytes = v.max(1) as u32;
+            if let Some(bytes) = kernel_int(fd, libc::SO_SNDBUF) {
                 s.set_sndbuf(bytes);
                 let _ = crate::socket::stream::with_stream(s, |st| {
                     st.link.set_send_limit(bytes as usize);
                     crate::conn::bell::ring(st.link.bell());
+                });
+            }
+        }
+        // The receive buffer adds to what the peer may send ahead: a peer
+        // blocked on the old one is woken to look again.
+        (libc::SOL_SOCKET, libc::SO_RCVBUF | libc::SO_RCVBUFFORCE) => {
+            if let Some(bytes) = kernel_int(fd, libc::SO_RCVBUF) {
+                s.set_rcvbuf(bytes);
+                let _ = crate::socket::stream::with_stream(s, |st| {
+                    st.link.set_window(bytes as usize);
+                    st.link.ring_peer();
                 });
             }
         }

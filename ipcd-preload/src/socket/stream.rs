@@ -229,6 +229,12 @@ pub(crate) unsafe fn send(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], f
                 // it whole, and programs count on that).
                 ring.writable = s.link.send_room().unwrap_or(0);
             }
+            if let Some(burst) = s.link.send_burst().filter(|_| flags.nonblock) {
+                // A non-blocking send fills a send buffer's worth at most,
+                // as Linux's fills its send queue before the receiver
+                // takes any of it.
+                ring.writable = ring.writable.min(burst.saturating_sub(done));
+            }
             let step = match s.conn.send(&ring, total - done, flags.nosignal) {
                 Send::Write(n) if whole && n < total => Err(None),
                 // Linux copies from the buffers and faults on a bad one.

@@ -167,6 +167,7 @@ const CHECKS: &[Check] = &[
     ("timestamps", timestamps),
     ("sndbuf", sndbuf),
     ("bad-pointers", bad_pointers),
+    ("rcvbuf", rcvbuf),
 ];
 
 fn check(name: &str) -> Res {

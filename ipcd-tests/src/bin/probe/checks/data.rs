@@ -1021,3 +1021,54 @@ pub(crate) fn bad_pointers() -> Res {
     net::close(s);
     Ok(())
 }
+
+/// Fills a connection whose sender set an 8 KiB send buffer and whose
+/// listener set receive buffer `rcv` (accepted sockets inherit it):
+/// non-blocking writes until three in a row, 50 ms apart, find no room.
+/// Returns how many bytes it took; every one is then read back intact.
+fn fill_with_rcvbuf(rcv: i32) -> Result<usize, String> {
+    let l = net::tcp_socket(false).map_err(f)?;
+    set_opt(l, libc::SOL_SOCKET, libc::SO_RCVBUF, &rcv)?;
+    let (ss, len) = net::loopback(false, 0);
+    // SAFETY: a sockaddr of `len` bytes; then a bound socket.
+    unsafe {
+        cvt("bind", libc::bind(l, (&raw const ss).cast(), len)).map_err(f)?;
+        cvt("listen", libc::listen(l, 8)).map_err(f)?;
+    }
+    let c = net::connect_loopback(false, net::local_port(l).map_err(f)?).map_err(f)?;
+    let s = net::accept(l).map_err(f)?;
+    set_opt(c, libc::SOL_SOCKET, libc::SO_SNDBUF, &8192i32)?;
+    let chunk = vec![0xa5u8; 4096];
+    let (mut total, mut refused) = (0usize, 0);
+    while refused < 3 {
+        let n = send(c, &chunk, libc::MSG_DONTWAIT);
+        if n < 0 {
+            ensure!(errno() == libc::EAGAIN, "filling: errno {}", errno());
+            refused += 1;
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        refused = 0;
+        total += n as usize;
+        ensure!(total < 64 << 20, "the connection took 64 MiB without filling");
+    }
+    let mut got = vec![0u8; total];
+    net::read_exact(s, &mut got).map_err(f)?;
+    ensure!(got.iter().all(|&b| b == 0xa5), "a byte changed");
+    for fd in [c, s, l] {
+        net::close(fd);
+    }
+    Ok(total)
+}
+
+/// `SO_RCVBUF` adds to what a connection holds, as Linux's receive queue
+/// does to its send queue: with the sender's buffer small, a receiver
+/// with a large receive buffer lets more unread bytes in than one with a
+/// small one (on this machine's kernel 20 KiB against 2 MiB; under ipcd
+/// 24 KiB against the ring).
+pub(crate) fn rcvbuf() -> Res {
+    let small = fill_with_rcvbuf(4096)?;
+    let large = fill_with_rcvbuf(1 << 20)?;
+    ensure!(large > small, "a large receive buffer held {large} bytes, a small one {small}");
+    Ok(())
+}
