@@ -34,6 +34,7 @@ extern "C" fn init() {
             fork::install();
             sys::signals::guard_faults();
             socket::exec::restore();
+            ffi::standard_streams();
         }
     });
 }

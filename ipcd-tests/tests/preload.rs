@@ -136,6 +136,7 @@ checks! {
     the_send_buffer_limits_what_a_connection_holds => "sndbuf",
     bad_pointers_give_efault_not_a_crash => "bad-pointers",
     the_receive_buffer_adds_to_what_a_connection_holds => "rcvbuf",
+    every_exec_path_keeps_an_inherited_connection => "spawn-paths",
 }
 
 /// A socket made after a connection closed reuses a closed end's kernel

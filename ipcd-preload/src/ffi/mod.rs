@@ -15,7 +15,10 @@ mod poll;
 mod process;
 mod signal;
 mod socket;
+mod spawn;
 mod stdio;
+
+pub(crate) use stdio::standard_streams;
 mod syscall;
 
 /// Sets `errno` to `e` and returns -1, as a failed libc call does.

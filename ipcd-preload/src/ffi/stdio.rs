@@ -145,3 +145,40 @@ pub(super) unsafe extern "C" fn fileno_unlocked(f: *mut FILE) -> c_int {
         None => unsafe { real::fileno_unlocked(f) },
     }
 }
+
+/// From the constructor, once inherited connections are restored: each
+/// of fds 0, 1 and 2 that is an ipcd connection (an inetd-style program
+/// started with its stdin and stdout on one) gets a stream of ours as
+/// `stdin`, `stdout` or `stderr`. glibc's own streams for them would read
+/// and write the idle kernel socket underneath (`head` died of EPIPE).
+/// `stderr` stays unbuffered, as glibc makes it.
+pub(crate) fn standard_streams() {
+    extern "C" {
+        static mut stdin: *mut FILE;
+        static mut stdout: *mut FILE;
+        static mut stderr: *mut FILE;
+    }
+    for (fd, mode) in [(0, c"r"), (1, c"w"), (2, c"w")] {
+        if table::get(fd).is_none() {
+            continue;
+        }
+        // SAFETY: an fd of ours and a NUL-terminated mode.
+        let f = unsafe { fdopen(fd, mode.as_ptr()) };
+        if f.is_null() {
+            continue;
+        }
+        // SAFETY: the constructor runs before the program's code, alone in
+        // the process: nothing else reads these variables yet; `f` is a
+        // stream just made.
+        unsafe {
+            match fd {
+                0 => stdin = f,
+                1 => stdout = f,
+                _ => {
+                    libc::setvbuf(f, std::ptr::null_mut(), libc::_IONBF, 0);
+                    stderr = f;
+                }
+            }
+        }
+    }
+}

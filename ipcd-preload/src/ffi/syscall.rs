@@ -8,9 +8,9 @@
 //! kernel socket underneath. Every other system call is made as libc's
 //! `syscall` makes it.
 
-use libc::{c_int, c_long, c_uint, c_void, iovec, msghdr, size_t, sockaddr, socklen_t};
+use libc::{c_char, c_int, c_long, c_uint, c_void, iovec, msghdr, size_t, sockaddr, socklen_t};
 
-use crate::ffi::{io, socket};
+use crate::ffi::{io, socket, spawn};
 use crate::sys::real;
 
 /// `syscall` is variadic in C. On x86-64 and aarch64 Linux the variadic
@@ -67,6 +67,18 @@ pub(super) unsafe extern "C" fn syscall(
             libc::SYS_accept4 => {
                 c_long::from(socket::accept4(a1 as c_int, a2 as *mut sockaddr, a3 as *mut socklen_t, a4 as c_int))
             }
+            libc::SYS_execve => c_long::from(crate::socket::exec::execve(
+                a1 as *const c_char,
+                a2 as *const *const c_char,
+                a3 as *const *const c_char,
+            )),
+            libc::SYS_execveat => spawn::execveat(
+                a1 as c_int,
+                a2 as *const c_char,
+                a3 as *const *const c_char,
+                a4 as *const *const c_char,
+                a5 as c_int,
+            ),
             _ => real::syscall(n, a1, a2, a3, a4, a5, a6),
         }
     }

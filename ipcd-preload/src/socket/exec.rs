@@ -19,7 +19,7 @@ use ipcd_proto::message::{Request, Response, Side};
 use libc::{c_char, c_int};
 
 use crate::control;
-use crate::socket::{reuse, setup, table};
+use crate::socket::{pass, reuse, setup, table};
 use crate::socket::{Socket, State, Stream};
 use crate::sys::log::{log, Level};
 use crate::sys::real;
@@ -29,7 +29,8 @@ pub(crate) const VAR: &str = "IPCD_FDS";
 
 /// `fd:kind:value:side:shared` entries, `;`-separated. Kinds: `s` a stream
 /// to keep, `d` a stream the exec closes (value: connection id, side `a`
-/// or `b`), `l` a listener (value: backlog; two more fields: its id, under
+/// or `b`), `c` an end a spawning parent passed, to claim (value: a group
+/// shared by the fds of one socket; written by `spawn`), `l` a listener (value: backlog; two more fields: its id, under
 /// which a listener shared with other processes is registered again, and
 /// the program's `O_NONBLOCK`, which the kernel fd does not show: the
 /// library keeps every listener's kernel fd non-blocking).
@@ -69,7 +70,7 @@ fn describe() -> String {
 
 /// Before an exec: the table for the new image, if there is anything to
 /// hand over; the monitor is told to keep our connections.
-fn prepare() -> Option<CString> {
+pub(crate) fn prepare() -> Option<CString> {
     let table = crate::sys::guarded(String::new(), describe);
     if table.is_empty() {
         return None;
@@ -82,7 +83,7 @@ fn prepare() -> Option<CString> {
 ///
 /// # Safety
 /// `envp` null or a null-terminated array of C strings.
-unsafe fn with_entry(envp: *const *const c_char, entry: &CString) -> Vec<*const c_char> {
+pub(crate) unsafe fn with_entry(envp: *const *const c_char, entry: &CString) -> Vec<*const c_char> {
     let mut v = Vec::new();
     let prefix = format!("{VAR}=");
     let mut p = envp;
@@ -184,6 +185,22 @@ pub(crate) fn restore() {
     // Not for our own children: they get a table of their own, or none.
     std::env::remove_var(VAR);
     let entries = parse(&table);
+    // Ends a spawning parent passed (`spawn`): claimed once per group,
+    // the group's other fds (dups) installed as the same socket.
+    let mut claimed: HashMap<u64, Arc<Socket>> = HashMap::new();
+    for &(fd, kind, group, _, _) in entries.iter().filter(|e| e.1 == b'c') {
+        debug_assert_eq!(kind, b'c');
+        match claimed.get(&group) {
+            Some(sock) => {
+                let _ = table::install(fd, Arc::clone(sock));
+            }
+            None => {
+                if let Some(sock) = pass::claim(fd) {
+                    claimed.insert(group, sock);
+                }
+            }
+        }
+    }
     // Kept streams first: several fds (dups) of one connection share one
     // socket object; a close-on-exec dup of a kept one closes nothing.
     let mut kept: HashMap<(u64, Side), Arc<Socket>> = HashMap::new();
@@ -220,7 +237,7 @@ fn parse(table: &str) -> Vec<Entry> {
     for entry in table.split(';').filter(|e| !e.is_empty()) {
         let parts: Vec<&str> = entry.split(':').collect();
         let parsed = match parts.as_slice() {
-            [fd, kind @ ("s" | "d"), value, side @ ("a" | "b"), shared] => {
+            [fd, kind @ ("s" | "d" | "c"), value, side @ ("a" | "b"), shared] => {
                 Some((fd, kind, value, side, shared, "0", "0"))
             }
             [fd, kind @ "l", value, side @ "a", shared, id, nonblocking @ ("0" | "1")] => {

@@ -19,12 +19,13 @@
 //! (see [`setup::pass_listener`]).
 
 use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::Arc;
 
 use ipcd_proto::message::{Request, Response};
 
 use crate::control;
-use crate::socket::State;
 use crate::socket::{reuse, setup, table};
+use crate::socket::{Socket, State};
 use crate::sys::log::{log, Level};
 use crate::sys::real;
 use ipcd_proto::channel::scm_rights;
@@ -41,29 +42,38 @@ pub(crate) unsafe fn before_send(msg: &libc::msghdr) {
     }
     // SAFETY: as the caller promises.
     for fd in unsafe { scm_rights(msg) } {
-        let Some(sock) = table::get(fd) else { continue };
-        // The receiver holds the kernel socket too: never reused, and a
-        // kept one's binding of ours goes.
-        sock.taint();
-        reuse::unbind(fd, &sock, &mut sock.lock());
-        if setup::pass_listener(fd, &sock) {
-            continue;
+        if let Some(sock) = table::get(fd) {
+            hand_over(fd, &sock);
         }
-        let mut state = sock.lock();
-        let State::Stream(st) = &mut *state else { continue };
-        let (conn, side) = (st.info.conn, st.info.side);
-        st.link.add_holder();
-        st.link.set_shared();
-        // SAFETY: the program's fd, open for the length of this call (it
-        // is about to be sent).
-        let kernel = unsafe { BorrowedFd::borrow_raw(fd) };
-        match control::with(|c| c.call(&Request::Pass { conn, side }, &[kernel])) {
-            Some((Response::Ok, _)) => {}
-            other => {
-                // No receiver will hold it: take the holder back.
-                st.link.release_holder();
-                log!(Level::Warn, "connection {conn} (fd {fd}) passed without the monitor: {other:?}");
-            }
+    }
+}
+
+/// Our socket `sock` at `fd` is about to be held by another process too:
+/// a stream end is handed to the monitor for that process to claim, a
+/// listener becomes the kernel's. True if there is an end to claim.
+pub(crate) fn hand_over(fd: RawFd, sock: &Socket) -> bool {
+    // The receiver holds the kernel socket too: never reused, and a kept
+    // one's binding of ours goes.
+    sock.taint();
+    reuse::unbind(fd, sock, &mut sock.lock());
+    if setup::pass_listener(fd, sock) {
+        return false;
+    }
+    let mut state = sock.lock();
+    let State::Stream(st) = &mut *state else { return false };
+    let (conn, side) = (st.info.conn, st.info.side);
+    st.link.add_holder();
+    st.link.set_shared();
+    // SAFETY: the program's fd, open for the length of this call (it is
+    // about to be sent or inherited).
+    let kernel = unsafe { BorrowedFd::borrow_raw(fd) };
+    match control::with(|c| c.call(&Request::Pass { conn, side }, &[kernel])) {
+        Some((Response::Ok, _)) => true,
+        other => {
+            // No receiver will hold it: take the holder back.
+            st.link.release_holder();
+            log!(Level::Warn, "connection {conn} (fd {fd}) passed without the monitor: {other:?}");
+            false
         }
     }
 }
@@ -79,17 +89,20 @@ pub(crate) unsafe fn after_recv(msg: &libc::msghdr) {
     }
     // SAFETY: as the caller promises.
     for fd in unsafe { scm_rights(msg) } {
-        if table::get(fd).is_some() || !unconnected_tcp(fd) {
-            continue;
-        }
-        // SAFETY: the fd the kernel just installed, open for this call.
-        let received = unsafe { BorrowedFd::borrow_raw(fd) };
-        let answer = control::with(|c| c.call(&Request::Claim, &[received]));
-        let Some((Response::Reopened(info), fds)) = answer else { continue };
-        if let Some(stream) = setup::stream_from(info, fds.into_vec(), true) {
-            setup::adopt(fd, stream);
+        if table::get(fd).is_none() && unconnected_tcp(fd) {
+            claim(fd);
         }
     }
+}
+
+/// Asks the monitor for the end passed with the kernel socket at `fd`
+/// (holding it is the proof) and makes `fd` that end, shared.
+pub(crate) fn claim(fd: RawFd) -> Option<Arc<Socket>> {
+    // SAFETY: an fd this process holds, open for this call.
+    let received = unsafe { BorrowedFd::borrow_raw(fd) };
+    let answer = control::with(|c| c.call(&Request::Claim, &[received]));
+    let Some((Response::Reopened(info), fds)) = answer else { return None };
+    setup::adopt(fd, setup::stream_from(info, fds.into_vec(), true)?)
 }
 
 /// A TCP socket that is neither listening nor connected: what the kernel

@@ -168,6 +168,7 @@ const CHECKS: &[Check] = &[
     ("sndbuf", sndbuf),
     ("bad-pointers", bad_pointers),
     ("rcvbuf", rcvbuf),
+    ("spawn-paths", spawn_paths),
 ];
 
 fn check(name: &str) -> Res {
@@ -217,6 +218,7 @@ fn main() {
         "prefork-clients" => prefork_clients(num(1) as u16, num(2) as usize),
         "exec-exit" => Ok(()),
         "exec-child" => exec_child(num(1) as i32),
+        "echo-line" => echo_line(),
         "exec-accept" => exec_accept(num(1) as i32, num(2) as i32),
         "exec-listener-flag" => exec_listener_flag(num(1) as i32, num(2) as u16, num(3) == 1),
         "exec-worker" => exec_worker(num(1) as i32, num(2) as i32, num(3) as u8),

@@ -381,3 +381,122 @@ pub(crate) fn exec_relay() -> Res {
     net::close(c);
     Ok(())
 }
+
+/// The new image of `spawn_paths`: reads one line from stdin and writes
+/// it back to stdout, both the inherited connection.
+pub(crate) fn echo_line() -> Res {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.last() != Some(&b'\n') {
+        // SAFETY: a one-byte read into a live buffer.
+        let n = unsafe { libc::read(0, b.as_mut_ptr().cast(), 1) };
+        ensure!(n == 1, "stdin ended after {line:?} ({n}, errno {})", errno());
+        line.push(b[0]);
+    }
+    // SAFETY: a write of a live buffer.
+    let n = unsafe { libc::write(1, line.as_ptr().cast(), line.len()) };
+    ensure!(n == line.len() as isize, "stdout took {n} (errno {})", errno());
+    Ok(())
+}
+
+/// How `spawn_paths` starts the new program.
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    PosixSpawn,
+    PosixSpawnp,
+    Execl,
+    Execlp,
+    Execle,
+    SyscallExecve,
+}
+
+/// Starts `probe echo-line` with `s` as its stdin and stdout through
+/// `path`; returns the child's pid.
+fn start_echo(path: Path, s: i32) -> Result<i32, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = std::ffi::CString::new(exe.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    let (arg0, arg1) = (c"probe", c"echo-line");
+    let argv = [arg0.as_ptr().cast_mut(), arg1.as_ptr().cast_mut(), std::ptr::null_mut()];
+    extern "C" {
+        static environ: *const *mut libc::c_char;
+    }
+    match path {
+        Path::PosixSpawn | Path::PosixSpawnp => {
+            // As Rust's Command passes a socket as stdio: the socket is
+            // close-on-exec, the file actions put it on 0 and 1.
+            // SAFETY: F_SETFD on our fd.
+            cvt("fcntl", unsafe { libc::fcntl(s, libc::F_SETFD, libc::FD_CLOEXEC) }).map_err(f)?;
+            // SAFETY: file actions made, used and destroyed here; NUL-terminated
+            // strings and null-terminated arrays.
+            unsafe {
+                let mut fa: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+                cvt("init", libc::posix_spawn_file_actions_init(&mut fa)).map_err(f)?;
+                cvt("adddup2", libc::posix_spawn_file_actions_adddup2(&mut fa, s, 0)).map_err(f)?;
+                cvt("adddup2", libc::posix_spawn_file_actions_adddup2(&mut fa, s, 1)).map_err(f)?;
+                let mut pid = 0;
+                let spawn = if matches!(path, Path::PosixSpawn) { libc::posix_spawn } else { libc::posix_spawnp };
+                let r = spawn(&mut pid, exe.as_ptr(), &fa, std::ptr::null(), argv.as_ptr(), environ);
+                libc::posix_spawn_file_actions_destroy(&mut fa);
+                ensure!(r == 0, "{path:?}: error {r}");
+                Ok(pid)
+            }
+        }
+        _ => {
+            let pid = fork()?;
+            if pid == 0 {
+                in_child(|| {
+                    // SAFETY: dup2 of our fd, then the exec call with
+                    // NUL-terminated strings and null-terminated arrays.
+                    unsafe {
+                        cvt("dup2", libc::dup2(s, 0)).map_err(f)?;
+                        cvt("dup2", libc::dup2(s, 1)).map_err(f)?;
+                        let null = std::ptr::null::<libc::c_char>();
+                        match path {
+                            Path::Execl => libc::execl(exe.as_ptr(), arg0.as_ptr(), arg1.as_ptr(), null),
+                            Path::Execlp => libc::execlp(exe.as_ptr(), arg0.as_ptr(), arg1.as_ptr(), null),
+                            Path::Execle => libc::execle(exe.as_ptr(), arg0.as_ptr(), arg1.as_ptr(), null, environ),
+                            _ => libc::syscall(libc::SYS_execve, exe.as_ptr(), argv.as_ptr(), environ) as i32,
+                        };
+                    }
+                    Err(format!("{path:?} failed: errno {}", errno()))
+                });
+            }
+            Ok(pid)
+        }
+    }
+}
+
+/// Every exec path keeps a connection, inetd style: `posix_spawn`,
+/// `posix_spawnp` (the socket close-on-exec, put on the child's stdin and
+/// stdout by file actions, as Rust's `Command` does), and a forked child's
+/// `execl`, `execlp`, `execle` and raw `syscall(SYS_execve)`. The new
+/// program echoes a line sent before it started; the parent then still
+/// uses the connection both ways, and its close ends it for the peer once
+/// the child is gone.
+pub(crate) fn spawn_paths() -> Res {
+    let paths = [Path::PosixSpawn, Path::PosixSpawnp, Path::Execl, Path::Execlp, Path::Execle, Path::SyscallExecve];
+    for path in paths {
+        let (c, s) = pair(false)?;
+        set_timeout(c, 10)?;
+        set_timeout(s, 10)?;
+        let line = format!("through {path:?}\n");
+        net::send_all(c, line.as_bytes()).map_err(f)?;
+        let pid = start_echo(path, s)?;
+        let mut got = vec![0u8; line.len()];
+        net::read_exact(c, &mut got).map_err(|e| format!("{path:?}: the echo: {e:?}"))?;
+        ensure!(got == line.as_bytes(), "{path:?}: echoed {:?}", String::from_utf8_lossy(&got));
+        wait_child(pid).map_err(|e| format!("{path:?}: {e}"))?;
+        net::send_all(s, b"parent").map_err(f)?;
+        net::send_all(c, b"peer").map_err(f)?;
+        let (mut a, mut b) = ([0u8; 6], [0u8; 4]);
+        net::read_exact(c, &mut a).map_err(|e| format!("{path:?}: after the child: {e:?}"))?;
+        net::read_exact(s, &mut b).map_err(|e| format!("{path:?}: after the child: {e:?}"))?;
+        ensure!(&a == b"parent" && &b == b"peer", "{path:?}: after the child: {a:?} {b:?}");
+        net::close(s);
+        let mut end = [0u8; 1];
+        let n = recv(c, &mut end, 0);
+        ensure!(n == 0, "{path:?}: the peer read {n} (errno {}) after the last close, not EOF", errno());
+        net::close(c);
+    }
+    Ok(())
+}
