@@ -330,11 +330,14 @@ impl Link {
         if self.send_limit == 0 {
             return 0;
         }
+        let cap = self.tx.capacity();
+        // A default share of at most half the ring: a send buffer the
+        // program raises later then always finds room, as on Linux.
         let window = match self.tx.peer_window() {
-            0 => default_window(),
+            0 => default_window().min(cap / 2),
             w => usize::try_from(w).unwrap_or(usize::MAX),
         };
-        self.tx.capacity().saturating_sub(self.send_limit.saturating_add(window))
+        cap.saturating_sub(self.send_limit.saturating_add(window))
     }
 
     /// Tells the peer this end's receive buffer, `bytes` (0: the default).

@@ -235,23 +235,37 @@ pub(crate) unsafe fn send(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], f
                 // takes any of it.
                 ring.writable = ring.writable.min(burst.saturating_sub(done));
             }
+            // A send to a peer that no longer reads resets this end; one
+            // that faults sent nothing, so the reset has not happened yet.
+            let before = ring.peer_reader_closed.then(|| s.conn.clone());
             let step = match s.conn.send(&ring, total - done, flags.nosignal) {
                 Send::Write(n) if whole && n < total => Err(None),
                 // Linux copies from the buffers and faults on a bad one.
                 Send::Write(n) => match cur.accessible(n, false) {
-                    0 => Err(Some((libc::EFAULT, false))),
+                    0 if n > 0 => Err(Some((libc::EFAULT, false))),
                     k => {
                         short = k < n;
                         write(s, &mut cur, k)
                     }
                 },
-                Send::Discard(n) => {
-                    cur.skip(n);
-                    if s.link.tx.reset() {
-                        s.link.ring_peer();
+                // Linux copies these bytes too before the peer's reset
+                // throws them away: a bad buffer faults all the same.
+                Send::Discard(n) => match cur.accessible(n, false) {
+                    0 if n > 0 => {
+                        if let Some(b) = before {
+                            s.conn = b;
+                        }
+                        Err(Some((libc::EFAULT, false)))
                     }
-                    Ok(n)
-                }
+                    k => {
+                        short = k < n;
+                        cur.skip(k);
+                        if s.link.tx.reset() {
+                            s.link.ring_peer();
+                        }
+                        Ok(k)
+                    }
+                },
                 Send::WouldBlock => Err(None),
                 Send::Fail { errno: e, sigpipe } => Err(Some((errno(e), sigpipe))),
             };
@@ -447,7 +461,7 @@ pub(crate) unsafe fn recv(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], f
                 }
                 Recv::Read(n) => {
                     let n = match cur.accessible(n, true) {
-                        0 => return Look::Fail(libc::EFAULT),
+                        0 if n > 0 => return Look::Fail(libc::EFAULT),
                         k => {
                             short = k < n;
                             k

@@ -28,6 +28,12 @@ pub(crate) fn diff_trace(seed: u64, out: &mut String) -> Res {
     let mut unread = [0usize; 2]; // bytes sent by end i not yet read by the other
     let mut rng = Prng::new(seed);
     let mut data = vec![0u8; 8192];
+    // A page nobody may touch, for the bad-pointer calls.
+    // SAFETY: a fresh anonymous mapping, never unmapped (the trace is short-lived).
+    let unmapped = unsafe {
+        libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+    };
+    ensure!(unmapped != libc::MAP_FAILED, "mmap: errno {}", errno());
     let sig_pending = || {
         // SAFETY: sigpending/sigtimedwait on live sets; SIGPIPE is blocked.
         unsafe {
@@ -48,7 +54,7 @@ pub(crate) fn diff_trace(seed: u64, out: &mut String) -> Res {
     for step in 0..80 {
         let e = rng.range(0, 1);
         let Some(fd) = fds[e] else { continue };
-        let op = rng.range(0, 12);
+        let op = rng.range(0, 13);
         let _ = write!(out, "{seed}.{step} end{e} ");
         let r: String = match op {
             0 | 1 => {
@@ -175,6 +181,27 @@ pub(crate) fn diff_trace(seed: u64, out: &mut String) -> Res {
                     unread[1 - e] = unread[1 - e].saturating_sub(m.msg_len as usize);
                 }
                 format!("recvmmsg {vlen} -> {r} {} {:x}", if r < 0 { errno() } else { 0 }, h.0)
+            }
+            12 => {
+                // A bad pointer: EFAULT where something would be copied,
+                // and the other answers (EAGAIN, EPIPE, EOF, MSG_TRUNC's
+                // count) where nothing is.
+                let n = rng.range(0, 3000);
+                let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+                // SAFETY: calls given the unmapped page on purpose; they
+                // must fail or copy nothing.
+                let (what, r) = unsafe {
+                    match rng.range(0, 3) {
+                        0 => ("send", libc::send(fd, unmapped.cast(), n, flags)),
+                        1 => ("recv", libc::recv(fd, unmapped.cast(), n, libc::MSG_DONTWAIT)),
+                        2 => ("recv-trunc", libc::recv(fd, unmapped.cast(), n, libc::MSG_DONTWAIT | libc::MSG_TRUNC)),
+                        _ => ("fionread", libc::ioctl(fd, libc::FIONREAD, unmapped) as isize),
+                    }
+                };
+                if r > 0 && what.starts_with("recv") {
+                    unread[1 - e] = unread[1 - e].saturating_sub(r as usize);
+                }
+                format!("bad-pointer {what} {n} -> {r} {}", if r < 0 { errno() } else { 0 })
             }
             _ => format!("so_error -> {}", int_opt(fd, libc::SOL_SOCKET, libc::SO_ERROR)?),
         };
