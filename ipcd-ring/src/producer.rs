@@ -35,6 +35,9 @@ pub struct Producer {
     ctrl: NonNull<RingControl>,
     data: DataArea,
     tail: u64,
+    /// `tail` as the reader last saw it: bytes past it are written but held
+    /// back ([`Producer::write_vectored_held`]).
+    published: u64,
     head_cache: u64,
     /// The last bytes written, copied beside `tail` on every publish.
     recent: Shadow,
@@ -60,7 +63,7 @@ impl Producer {
     /// # Safety
     /// `ctrl` and `data..data + cap` must stay valid for the handle's life.
     pub(crate) unsafe fn new(ctrl: NonNull<RingControl>, data: DataArea) -> Result<Self, Error> {
-        let mut p = Producer { ctrl, data, tail: 0, head_cache: 0, recent: Shadow::new() };
+        let mut p = Producer { ctrl, data, tail: 0, published: 0, head_cache: 0, recent: Shadow::new() };
         p.resync()?;
         Ok(p)
     }
@@ -75,7 +78,8 @@ impl Producer {
     /// Rereads this end's own `tail` and the reader's `head` from shared
     /// memory and validates them. Needed only when another holder of the same
     /// end (a forked process, another thread's handle) may have written since
-    /// this handle last did, under the end's lock.
+    /// this handle last did, under the end's lock. Bytes held back and not
+    /// published are dropped: publish them first.
     pub fn resync(&mut self) -> Result<(), Error> {
         let tail = self.ctrl().writer.tail.load(Ordering::Acquire);
         // Acquire pairs with the reader's Release store of head.
@@ -84,6 +88,7 @@ impl Producer {
             return Err(Error::Corrupt(Corruption::Tail { found: tail }));
         }
         self.tail = tail;
+        self.published = tail;
         self.head_cache = head;
         self.recent.reset();
         Ok(())
@@ -142,8 +147,54 @@ impl Producer {
         self.write_vectored(&[buf])
     }
 
-    /// Copies as much of `bufs`, in order, as fits and publishes it in one step.
+    /// Copies as much of `bufs`, in order, as fits and publishes it in one
+    /// step, with any bytes held back before it.
     pub fn write_vectored(&mut self, bufs: &[&[u8]]) -> Result<Transfer, Error> {
+        let len = self.copy_in(bufs)?;
+        if len == 0 && self.held() == 0 {
+            return Ok(Transfer::default());
+        }
+        Ok(Transfer { len, wake_peer: self.publish_all() })
+    }
+
+    /// Like [`Producer::write_vectored`], but holds the bytes back: the
+    /// reader sees them only at the next publishing write or
+    /// [`Producer::publish`] (TCP's cork). They count as unread.
+    pub fn write_vectored_held(&mut self, bufs: &[&[u8]]) -> Result<Transfer, Error> {
+        Ok(Transfer { len: self.copy_in(bufs)?, wake_peer: false })
+    }
+
+    /// Bytes written but held back from the reader.
+    pub fn held(&self) -> usize {
+        to_index(self.tail.wrapping_sub(self.published))
+    }
+
+    /// Shows the reader every byte held back; whether it must be woken.
+    #[must_use = "the peer's doorbell must be rung when this is true"]
+    pub fn publish(&mut self) -> bool {
+        self.held() > 0 && self.publish_all()
+    }
+
+    /// Publishes `tail` (with the copy of the last bytes beside it);
+    /// returns whether the reader must be woken.
+    fn publish_all(&mut self) -> bool {
+        let pos = self.tail;
+        self.published = pos;
+        // A reader that batches wants more than the copy holds. Skipping is
+        // safe whatever the hint says: the copy left there is a consistent
+        // one of earlier positions, and a position's byte never changes.
+        if self.ctrl().reader_waiting.batching.load(Ordering::Relaxed) == 0 {
+            self.recent.publish(&self.ctrl().writer);
+        }
+        // Release pairs with the reader's Acquire load of tail: the bytes are
+        // in place before the index that exposes them.
+        self.ctrl().writer.tail.store(pos, Ordering::Release);
+        fence_then_take(&self.ctrl().reader_waiting.waiting)
+    }
+
+    /// Copies as much of `bufs`, in order, as fits, after `tail`, and moves
+    /// `tail` past it without publishing. Returns the count.
+    fn copy_in(&mut self, bufs: &[&[u8]]) -> Result<usize, Error> {
         let want: usize = bufs.iter().map(|b| b.len()).sum();
         if to_index(self.free()) < want {
             self.refresh_head()?;
@@ -164,22 +215,8 @@ impl Producer {
             pos = pos.wrapping_add(chunk.len() as u64);
             room -= chunk.len();
         }
-        let len = to_index(pos.wrapping_sub(start));
-        if len == 0 {
-            return Ok(Transfer::default());
-        }
         self.tail = pos;
-        // A reader that batches wants more than the copy holds. Skipping is
-        // safe whatever the hint says: the copy left there is a consistent
-        // one of earlier positions, and a position's byte never changes.
-        if self.ctrl().reader_waiting.batching.load(Ordering::Relaxed) == 0 {
-            self.recent.publish(&self.ctrl().writer);
-        }
-        // Release pairs with the reader's Acquire load of tail: the bytes are
-        // in place before the index that exposes them.
-        self.ctrl().writer.tail.store(pos, Ordering::Release);
-        let wake_peer = fence_then_take(&self.ctrl().reader_waiting.waiting);
-        Ok(Transfer { len, wake_peer })
+        Ok(to_index(pos.wrapping_sub(start)))
     }
 
     /// Says which CPU this end's writer runs on, as it starts to wait for
@@ -207,9 +244,11 @@ impl Producer {
     }
 
     /// Closes the writing side: the reader sees end-of-stream after the bytes
-    /// already written. Returns whether the reader's doorbell must be rung.
+    /// already written (held ones published first). Returns whether the
+    /// reader's doorbell must be rung.
     pub fn close(&mut self) -> bool {
-        close_writer(self.ctrl(), FLAG_CLOSED)
+        let woke = self.publish();
+        close_writer(self.ctrl(), FLAG_CLOSED) || woke
     }
 
     /// Closes the writing side abortively: the reader reports a reset. Only

@@ -378,3 +378,29 @@ fn resync_picks_up_what_another_holder_of_the_same_end_wrote() {
     assert_eq!(rx.read(&mut buf).unwrap().len, 6);
     assert_eq!(&buf[..6], b"abcdef");
 }
+
+#[test]
+fn held_bytes_reach_the_reader_only_when_published_and_in_order() {
+    let (_r, seg) = segment([64, 64]);
+    let mut tx = seg.producer(Side::A).unwrap();
+    let mut rx = seg.consumer(Side::B).unwrap();
+    let mut buf = [0u8; 16];
+    let t = tx.write_vectored_held(&[b"abc", b"de"]).unwrap();
+    assert_eq!((t.len, t.wake_peer, tx.held(), tx.unread().unwrap()), (5, false, 5, 5));
+    assert_eq!(rx.readable().unwrap(), 0, "held bytes are not the reader's yet");
+    // A publishing write takes the held bytes with it, in order.
+    assert_eq!(tx.write(b"f").unwrap().len, 1);
+    assert_eq!(tx.held(), 0);
+    assert_eq!(rx.read(&mut buf).unwrap().len, 6);
+    assert_eq!(&buf[..6], b"abcdef");
+    // Published on their own, or by a close before its end-of-stream.
+    assert_eq!(tx.write_vectored_held(&[b"gh"]).unwrap().len, 2);
+    assert!(!tx.publish(), "nobody sleeps: no wake-up");
+    assert_eq!(rx.read(&mut buf).unwrap().len, 2);
+    assert_eq!(&buf[..2], b"gh");
+    assert_eq!(tx.write_vectored_held(&[b"ij"]).unwrap().len, 2);
+    let _ = tx.close();
+    assert_eq!(rx.read(&mut buf).unwrap().len, 2);
+    assert_eq!(&buf[..2], b"ij");
+    assert!(rx.at_eof().unwrap());
+}

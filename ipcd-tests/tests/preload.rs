@@ -137,6 +137,7 @@ checks! {
     bad_pointers_give_efault_not_a_crash => "bad-pointers",
     the_receive_buffer_adds_to_what_a_connection_holds => "rcvbuf",
     every_exec_path_keeps_an_inherited_connection => "spawn-paths",
+    cork_and_msg_more_hold_partial_data_back => "cork",
 }
 
 /// A socket made after a connection closed reuses a closed end's kernel

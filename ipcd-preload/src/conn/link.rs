@@ -296,8 +296,12 @@ impl Link {
         self.seg.claim(pid)
     }
 
-    /// A process is about to fork: one more holder of this end.
-    pub(crate) fn add_holder(&self) {
+    /// A process is about to fork: one more holder of this end. Bytes held
+    /// back (`TCP_CORK`) go first: a shared end holds none.
+    pub(crate) fn add_holder(&mut self) {
+        if self.tx.publish() {
+            self.ring_peer();
+        }
         self.seg.add_holder(self.side);
     }
 

@@ -579,7 +579,7 @@ pub(crate) fn wait(
             continue;
         };
         // A nap that ends before the deadline ends in another round.
-        let timeout = crate::conn::wait::nap_until(deadline, nap).map_or(-1, |d| {
+        let timeout = crate::conn::wait::nap_until(crate::socket::cork::cap(deadline), nap).map_or(-1, |d| {
             let left = d.saturating_duration_since(Instant::now());
             // Round up: waking early only costs another round.
             left.as_micros().div_ceil(1000).min(i32::MAX as u128) as c_int

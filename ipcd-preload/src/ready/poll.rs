@@ -91,7 +91,7 @@ pub(crate) fn poll(
             continue;
         };
         // A nap that ends before the deadline ends in another round.
-        sleep(&mut kfds, wait::nap_until(deadline, nap), sigmask)?;
+        sleep(&mut kfds, wait::nap_until(crate::socket::cork::cap(deadline), nap), sigmask)?;
         for (p, src) in kfds.iter_mut().zip(&srcs) {
             if p.revents != 0 && !took(*src, p.fd, ours, mine.as_deref()) {
                 // Gone for good (the monitor went): poll ignores a negative

@@ -4,6 +4,7 @@
 //! exec ([`exec`]) and `posix_spawn` ([`spawn`]), kernel sockets kept for
 //! reuse ([`reuse`]).
 
+pub(crate) mod cork;
 pub(crate) mod exec;
 pub(crate) mod fallbacks;
 pub(crate) mod held;

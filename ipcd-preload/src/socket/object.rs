@@ -50,6 +50,9 @@ pub(crate) struct Stream {
     /// The monitor (pid) this end was reported to as held, when another
     /// made it (see [`crate::socket::held`]); 0 if none.
     pub reported_to: u32,
+    /// When (`now_ms`) the bytes held back now (`TCP_CORK`, `MSG_MORE`)
+    /// were first held (see [`crate::socket::cork`]).
+    pub held_since: u64,
 }
 
 impl Stream {
@@ -69,6 +72,15 @@ impl Stream {
             bound: None,
             next_look_ms: 0,
             reported_to: 0,
+            held_since: 0,
+        }
+    }
+
+    /// Shows the peer the bytes held back (`TCP_CORK`, `MSG_MORE`), waking
+    /// it if it sleeps.
+    pub(crate) fn publish_held(&mut self) {
+        if self.link.tx.publish() {
+            self.link.ring_peer();
         }
     }
 
@@ -228,6 +240,8 @@ pub(crate) struct Socket {
     /// The receive buffer the program set (`SO_RCVBUF`, as the kernel took
     /// it), 0 if none: told to the peer, whose send limit it adds to.
     rcvbuf: AtomicU32,
+    /// `TCP_CORK` is on: sends hold partial data back (see `cork`).
+    corked: AtomicBool,
     /// Data calls in progress. A close while one is in progress (another
     /// thread blocked in recv) waits for it to end, as Linux's close only
     /// drops the fd and the blocked call keeps the socket open.
@@ -266,6 +280,7 @@ impl Socket {
             timestamp: AtomicU32::new(0),
             sndbuf: AtomicU32::new(0),
             rcvbuf: AtomicU32::new(0),
+            corked: AtomicBool::new(false),
             inflight: AtomicU32::new(0),
             close_deferred: AtomicBool::new(false),
             clean: AtomicBool::new(false),
@@ -447,6 +462,16 @@ impl Socket {
     /// Records the send buffer the kernel took for `SO_SNDBUF`.
     pub(crate) fn set_sndbuf(&self, bytes: u32) {
         self.sndbuf.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Whether `TCP_CORK` is on.
+    pub(crate) fn corked(&self) -> bool {
+        self.corked.load(Ordering::Relaxed)
+    }
+
+    /// Records `TCP_CORK` turned on or off.
+    pub(crate) fn set_corked(&self, on: bool) {
+        self.corked.store(on, Ordering::Relaxed);
     }
 
     /// The receive buffer the program set (0: none).

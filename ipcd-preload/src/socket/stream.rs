@@ -11,7 +11,7 @@ use ipcd_proto::message::Request;
 
 use crate::conn::wait::{self, Spun, Woken};
 use crate::control;
-use crate::socket::{Call, Socket, State, Stream};
+use crate::socket::{cork, Call, Socket, State, Stream};
 use crate::sys::iov::IoCursor;
 use crate::sys::signals::Caught;
 
@@ -33,6 +33,8 @@ pub(crate) struct Flags {
     pub trunc: bool,
     /// `MSG_ZEROCOPY` on a send of a socket with `SO_ZEROCOPY`.
     pub zerocopy: bool,
+    /// `MSG_MORE`, or `TCP_CORK` on: a send's partial data is held back.
+    pub more: bool,
 }
 
 impl Flags {
@@ -45,6 +47,7 @@ impl Flags {
             nosignal: flags & libc::MSG_NOSIGNAL != 0,
             trunc: flags & libc::MSG_TRUNC != 0,
             zerocopy: flags & libc::MSG_ZEROCOPY != 0 && sock.zerocopy(),
+            more: flags & libc::MSG_MORE != 0 || sock.corked(),
         }
     }
 }
@@ -164,7 +167,7 @@ fn block(sock: &Socket, call: &Call<'_>, dir: Dir, deadline: Option<Instant>) ->
         // clear here lost its wake-up: four threads sending on one socket
         // hung). A stale flag costs the peer one doorbell ring, never a lost
         // wake-up.
-        return match sock.sleepers.sleep(bell, wait::nap_until(deadline, nap), prep) {
+        return match sock.sleepers.sleep(bell, wait::nap_until(cork::cap(deadline), nap), prep) {
             Woken::Retry => Ok(()),
             // Only a nap ended: arm and sleep again, without a spin (an
             // idle end that spun at each nap cost its thread 50 µs a
@@ -245,7 +248,7 @@ pub(crate) unsafe fn send(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], f
                     0 if n > 0 => Err(Some((libc::EFAULT, false))),
                     k => {
                         short = k < n;
-                        write(s, &mut cur, k)
+                        write(s, &mut cur, k, flags.more)
                     }
                 },
                 // Linux copies these bytes too before the peer's reset
@@ -314,10 +317,24 @@ pub(crate) unsafe fn send(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], f
     }
 }
 
-/// Copies `n` bytes (which the ring has room for) from the cursor.
-fn write(s: &mut Stream, cur: &mut IoCursor<'_>, n: usize) -> Result<usize, Option<(libc::c_int, bool)>> {
+/// Copies `n` bytes (which the ring has room for) from the cursor; with
+/// `more` (`MSG_MORE`, `TCP_CORK`) held back as Linux holds a partial
+/// segment (see `cork`), except on a shared end.
+fn write(s: &mut Stream, cur: &mut IoCursor<'_>, n: usize, more: bool) -> Result<usize, Option<(libc::c_int, bool)>> {
+    let hold = more && !s.link.is_shared();
+    let was_held = s.link.tx.held();
     // SAFETY: the caller's iovecs are readable (contract of `send`).
-    let moved = unsafe { cur.write_to(&mut s.link.tx, n) };
+    let moved = unsafe { cur.write_to(&mut s.link.tx, n, hold) };
+    if hold {
+        // A full segment goes, as Linux sends one; so does half a ring,
+        // which a reader must get before a writer fills the rest.
+        if s.link.tx.held() >= cork::SEGMENT.min(s.link.tx.capacity() / 2) {
+            s.publish_held();
+        } else if was_held == 0 && s.link.tx.held() > 0 {
+            s.held_since = crate::conn::wait::now_ms();
+            cork::note_held(s.held_since);
+        }
+    }
     // A reader that sends is not one side of a one-way stream.
     s.set_behind(0);
     s.pause_scale = 1;

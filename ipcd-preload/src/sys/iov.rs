@@ -97,7 +97,13 @@ impl<'a> IoCursor<'a> {
     ///
     /// # Safety
     /// Every iovec must describe readable memory of its length.
-    pub(crate) unsafe fn write_to(&mut self, tx: &mut Producer, mut n: usize) -> Result<bool, ipcd_ring::Error> {
+    /// With `hold`, the bytes are held back from the reader (`TCP_CORK`).
+    pub(crate) unsafe fn write_to(
+        &mut self,
+        tx: &mut Producer,
+        mut n: usize,
+        hold: bool,
+    ) -> Result<bool, ipcd_ring::Error> {
         let mut wake = false;
         while n > 0 {
             let mut pieces: [&[u8]; GATHER] = [&[]; GATHER];
@@ -113,7 +119,7 @@ impl<'a> IoCursor<'a> {
             if count == 0 {
                 break;
             }
-            let t = tx.write_vectored(&pieces[..count])?;
+            let t = if hold { tx.write_vectored_held(&pieces[..count])? } else { tx.write_vectored(&pieces[..count])? };
             wake |= t.wake_peer;
             n -= n.min(CHUNK) - budget;
         }

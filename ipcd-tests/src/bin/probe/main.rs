@@ -169,6 +169,7 @@ const CHECKS: &[Check] = &[
     ("bad-pointers", bad_pointers),
     ("rcvbuf", rcvbuf),
     ("spawn-paths", spawn_paths),
+    ("cork", cork),
 ];
 
 fn check(name: &str) -> Res {

@@ -1072,3 +1072,55 @@ pub(crate) fn rcvbuf() -> Res {
     ensure!(large > small, "a large receive buffer held {large} bytes, a small one {small}");
     Ok(())
 }
+
+/// `TCP_CORK` and `MSG_MORE` hold partial data back as Linux does: a
+/// reader with `MSG_DONTWAIT` finds nothing until the cork comes off, a
+/// send without `MSG_MORE` follows, or the 200 ms ceiling passes (here
+/// while the writer's process waits in poll), and then every byte.
+pub(crate) fn cork() -> Res {
+    let (c, s) = pair(false)?;
+    let nothing = |what: &str| -> Res {
+        std::thread::sleep(Duration::from_millis(20));
+        let mut b = [0u8; 64];
+        let r = recv(s, &mut b, libc::MSG_DONTWAIT);
+        ensure!(r == -1 && errno() == libc::EAGAIN, "{what}: the reader got {r} (errno {})", errno());
+        Ok(())
+    };
+    let take = |n: usize, what: &str| -> Res {
+        let mut got = vec![0u8; n];
+        net::read_exact(s, &mut got).map_err(|e| format!("{what}: {e:?}"))?;
+        ensure!(got.iter().all(|&b| b == b'k'), "{what}: a byte changed");
+        Ok(())
+    };
+    set_timeout(s, 10)?;
+    set_opt(c, libc::IPPROTO_TCP, libc::TCP_CORK, &1i32)?;
+    ensure!(send(c, &[b'k'; 100], 0) == 100, "corked send: errno {}", errno());
+    nothing("corked")?;
+    set_opt(c, libc::IPPROTO_TCP, libc::TCP_CORK, &0i32)?;
+    take(100, "uncorked")?;
+    ensure!(send(c, &[b'k'; 10], libc::MSG_MORE) == 10, "MSG_MORE send: errno {}", errno());
+    nothing("MSG_MORE")?;
+    ensure!(send(c, &[b'k'; 5], 0) == 5, "plain send: errno {}", errno());
+    take(15, "after a plain send")?;
+    for more in [false, true] {
+        let what = if more { "MSG_MORE" } else { "TCP_CORK" };
+        if !more {
+            set_opt(c, libc::IPPROTO_TCP, libc::TCP_CORK, &1i32)?;
+        }
+        ensure!(send(c, &[b'k'; 10], if more { libc::MSG_MORE } else { 0 }) == 10, "{what} send: errno {}", errno());
+        let t = Instant::now();
+        ensure!(poll_n(&mut [pollfd(s, libc::POLLIN)], 5000) == 1, "{what}: held bytes never went");
+        let waited = t.elapsed();
+        ensure!(
+            waited >= Duration::from_millis(100) && waited < Duration::from_secs(2),
+            "{what}: held bytes went after {waited:?}, not at the 200 ms ceiling"
+        );
+        take(10, what)?;
+        if !more {
+            set_opt(c, libc::IPPROTO_TCP, libc::TCP_CORK, &0i32)?;
+        }
+    }
+    net::close(c);
+    net::close(s);
+    Ok(())
+}
