@@ -14,5 +14,6 @@ pub mod daemon;
 pub mod limits;
 pub mod local_addrs;
 pub mod log;
+pub mod metrics;
 pub mod registry;
 pub mod segment;

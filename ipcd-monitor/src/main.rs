@@ -70,6 +70,15 @@ enum Cmd {
         #[arg(long, value_name = "N", requires = "watch")]
         count: Option<u64>,
     },
+    /// Print the monitor's counters and what it holds in the Prometheus
+    /// (OpenMetrics) text format: connects and fallbacks by reason,
+    /// processes, listeners, connections, and per process its connections
+    /// and bytes each way (labelled with pid and command name).
+    Metrics {
+        /// Abstract socket name of the monitor [default: ipcd-<uid>].
+        #[arg(long, env = "IPCD_SOCKET")]
+        socket: Option<String>,
+    },
     /// Ask the monitor to broker a connect to ADDR and print its answer
     /// (a debugging aid; the listener sees a real incoming connection).
     #[command(hide = true)]
@@ -159,6 +168,7 @@ fn main() -> ExitCode {
             watch(&socket.unwrap_or_else(default_socket_name), secs, count)
         }
         Cmd::Status { socket, json, .. } => status(&socket.unwrap_or_else(default_socket_name), json),
+        Cmd::Metrics { socket } => metrics(&socket.unwrap_or_else(default_socket_name)),
         Cmd::Bench { quick, out, only } => bench(quick, out, only),
         Cmd::Workload { args } => match ipcd_monitor::bench::workload::run(&args) {
             Some(Ok(())) => Ok(ExitCode::SUCCESS),
@@ -274,6 +284,15 @@ fn status(socket: &str, json: bool) -> Result<ExitCode, String> {
     let mut c = MonitorClient::connect(socket).map_err(|e| format!("no monitor answers on @{socket}: {e}"))?;
     let r = c.status().map_err(|e| format!("status failed: {e}"))?;
     let out = if json { to_json(&r) } else { to_table(&r) };
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ipcd metrics`: one scrape's worth of OpenMetrics text.
+fn metrics(socket: &str) -> Result<ExitCode, String> {
+    let mut c = MonitorClient::connect(socket).map_err(|e| format!("no monitor answers on @{socket}: {e}"))?;
+    let r = c.status().map_err(|e| format!("status failed: {e}"))?;
+    let out = ipcd_monitor::metrics::render(&r, |pid| comm(pid).unwrap_or_default());
     let _ = std::io::stdout().write_all(out.as_bytes());
     Ok(ExitCode::SUCCESS)
 }

@@ -505,6 +505,54 @@ fn status_shows_a_program_and_its_connection() {
     server.finish();
 }
 
+/// `ipcd metrics` reads as Prometheus text and says what `ipcd status`
+/// says: the brokered count, a fallback series for every reason, the
+/// holding process by pid and command name, the listener's queue.
+#[test]
+fn metrics_parse_and_agree_with_status() {
+    let mon = Monitor::start(RING_BYTES);
+    let server = Server::start(mon.under(&mut probe(&["serve", "1"])).clone_cmd());
+    let mut hold =
+        mon.under(&mut probe(&["hold", &server.port.to_string()])).stdin(Stdio::piped()).spawn().expect("hold");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mon.status().connections.is_empty() {
+        assert!(Instant::now() < deadline, "no connection in status");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let report = mon.status();
+    let out = Command::new(&mon.artifacts.ipcd).args(["metrics", "--socket", &mon.socket]).output().expect("metrics");
+    assert!(out.status.success(), "ipcd metrics: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    assert!(text.ends_with("# EOF\n"), "not a complete exposition:\n{text}");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses");
+    let value = |name: &str, label: Option<(&str, &str)>| -> Vec<f64> {
+        let number = |v: &prometheus_parse::Value| match v {
+            prometheus_parse::Value::Counter(x)
+            | prometheus_parse::Value::Gauge(x)
+            | prometheus_parse::Value::Untyped(x) => *x,
+            other => panic!("{name}: unexpected {other:?}"),
+        };
+        let wanted = |s: &prometheus_parse::Sample| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v));
+        scrape.samples.iter().filter(|s| s.metric == name && wanted(s)).map(|s| number(&s.value)).collect()
+    };
+    assert_eq!(value("ipcd_connects_total", None), [report.status.connects_total as f64], "{text}");
+    for (reason, n) in ipcd_proto::message::Fallback::ALL.iter().zip(report.status.fallbacks) {
+        let label = ipcd_monitor::metrics::reason_label(*reason);
+        assert_eq!(value("ipcd_fallbacks_total", Some(("reason", &label))), [n as f64], "{label}: {text}");
+    }
+    let pid = hold.id().to_string();
+    assert_eq!(value("ipcd_process_connections", Some(("pid", &pid))), [1.0], "{text}");
+    let named =
+        scrape.samples.iter().find(|s| s.metric == "ipcd_process_connections" && s.labels.get("pid") == Some(&pid));
+    assert_eq!(named.and_then(|s| s.labels.get("name")), Some("probe"), "{text}");
+    let port = format!("127.0.0.1:{}", server.port);
+    assert_eq!(value("ipcd_listener_pending", Some(("addr", &port))).len(), 1, "{text}");
+    assert_eq!(value("ipcd_connections", None), [report.status.connections as f64], "{text}");
+    drop(hold.stdin.take().map(|mut s| s.write_all(b"\n")));
+    assert!(hold.wait().expect("hold").success());
+    server.finish();
+}
+
 /// `Command` has no Clone; this rebuilds one from a configured command.
 trait CloneCmd {
     fn clone_cmd(&mut self) -> Command;
