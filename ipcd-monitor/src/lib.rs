@@ -15,5 +15,6 @@ pub mod limits;
 pub mod local_addrs;
 pub mod log;
 pub mod metrics;
+pub mod notify;
 pub mod registry;
 pub mod segment;

@@ -190,6 +190,10 @@ fn main() -> ExitCode {
 
 fn daemon(cfg: Config) -> Result<ExitCode, String> {
     let mut d = Daemon::bind(cfg).map_err(|e| e.to_string())?;
+    // Bound: clients connecting from now on are answered.
+    if let Err(e) = ipcd_monitor::notify::notify("READY=1") {
+        eprintln!("ipcd: cannot tell the service manager the monitor is ready: {e}");
+    }
     d.run().map_err(|e| format!("monitor failed: {e}"))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,86 @@
+//! The monitor as a service: its readiness notification and the systemd
+//! units shipped in `packaging/systemd`.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ipcd_monitor::client::MonitorClient;
+use ipcd_tests::harness::{artifacts, die_with_parent};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ipcd-service-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Started by a service manager (`NOTIFY_SOCKET` set), the monitor sends
+/// `READY=1` once bound, and answers from then on.
+#[test]
+fn the_monitor_tells_the_service_manager_it_is_ready() {
+    let dir = scratch("notify");
+    let path = dir.join("notify");
+    let manager = UnixDatagram::bind(&path).expect("bind the notify socket");
+    manager.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let socket = format!("ipcd-notify-{}", std::process::id());
+    let mut cmd = Command::new(artifacts().ipcd);
+    let mut daemon = die_with_parent(&mut cmd)
+        .args(["daemon", "--socket", &socket])
+        .env("NOTIFY_SOCKET", &path)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("ipcd daemon");
+    let mut buf = [0u8; 64];
+    let got = manager.recv(&mut buf);
+    let answers = MonitorClient::connect(&socket).is_ok();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let n = got.expect("no readiness notification within 10 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(answers, "the monitor said it was ready but does not answer");
+}
+
+/// `unit` with `ExecStart` pointing at `ipcd` instead of `/usr/bin/ipcd`,
+/// written into `dir`.
+fn unit_for(unit: &Path, ipcd: &Path, dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(unit).expect("read unit");
+    assert!(text.contains("ExecStart=/usr/bin/ipcd daemon"), "{}: ExecStart changed", unit.display());
+    let out = dir.join("ipcd.service");
+    std::fs::write(&out, text.replace("/usr/bin/ipcd", &ipcd.display().to_string())).expect("write unit");
+    out
+}
+
+fn verify(unit: &Path, user: bool, runtime: &Path) -> std::process::Output {
+    let mut cmd = Command::new("systemd-analyze");
+    if user {
+        // A user manager's checks need a runtime directory of their own.
+        cmd.arg("--user").env("XDG_RUNTIME_DIR", runtime);
+    }
+    cmd.arg("verify").arg(unit).output().expect("run systemd-analyze (scripts/setup.sh installs systemd)")
+}
+
+/// Both units pass `systemd-analyze verify` with the binary in place, and
+/// fail it when the binary is missing (the check can fail).
+#[test]
+fn the_systemd_units_verify() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd");
+    let ipcd = artifacts().ipcd;
+    for (unit, user) in [(root.join("ipcd.service"), false), (root.join("user/ipcd.service"), true)] {
+        let dir = scratch(if user { "user" } else { "system" });
+        let runtime = dir.join("run");
+        std::fs::create_dir_all(&runtime).expect("runtime dir");
+        std::fs::set_permissions(&runtime, std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod");
+        let out = verify(&unit_for(&unit, &ipcd, &dir), user, &runtime);
+        assert!(
+            out.status.success(),
+            "{}: {}{}",
+            unit.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let broken = unit_for(&unit, Path::new("/nonexistent/ipcd"), &dir);
+        assert!(!verify(&broken, user, &runtime).status.success(), "{}: a missing binary passed", unit.display());
+    }
+}
