@@ -840,6 +840,45 @@ fn a_process_in_its_own_pid_namespace_is_accelerated() {
     assert!(st.connects_total > 1 && st.fallbacks_total == 0, "{st:?}");
 }
 
+/// A process in a user namespace of its own whose uid (1000 inside) maps
+/// to the host user's (a rootless container's, and with a pid namespace
+/// too, a pod's sidecar) is that user to the monitor, which reads credentials the
+/// kernel translated into its own namespace: its connections with the
+/// host's processes are accelerated, none goes to the kernel as another
+/// user's.
+#[test]
+fn a_process_in_a_user_namespace_of_the_same_user_is_accelerated() {
+    let userns = |extra: &[&str], args: &[&str]| {
+        let mut c = Command::new("unshare");
+        die_with_parent(&mut c)
+            // Inside, the host user is uid 1000: a monitor believing the
+            // number a process sees for itself would take it for another
+            // user (unless the host user is 1000 too).
+            .args(["--user", "--map-user=1000", "--map-group=1000"])
+            .args(extra)
+            .arg(PROBE)
+            .args(args)
+            .stdin(Stdio::null())
+            .env_remove("LD_PRELOAD")
+            .env("IPCD_LOG", "warn");
+        c
+    };
+    if !userns(&[], &["list"]).stdout(Stdio::null()).status().is_ok_and(|s| s.success()) {
+        println!("skipped: needs unshare --user");
+        return;
+    }
+    let mon = Monitor::start(RING_BYTES);
+    for extra in [&[][..], &["--pid", "--fork", "--mount-proc"][..]] {
+        let server = Server::start(mon.under(&mut userns(extra, &["serve", "1"])).clone_cmd());
+        must_pass("host client", mon.under(&mut client(server.port)).output().expect("client"));
+        server.finish();
+    }
+    must_pass("echo in a user namespace", mon.under(&mut userns(&[], &["check", "echo"])).output().expect("run"));
+    let st = mon.status().status;
+    assert!(st.connects_total >= 3, "{st:?}");
+    assert_eq!(st.fallbacks_total, 0, "{st:?}");
+}
+
 /// Connects the library sends to the kernel by itself (a destination not
 /// on this host) are reported to the monitor in batches and counted
 /// under their reason: 70 such connects, of which the 65th carries the
