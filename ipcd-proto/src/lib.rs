@@ -44,4 +44,5 @@ pub use state::{CloseAction, Conn, Errno, How, Phase, Readiness, Recv, Ring, Sen
 /// 5: `Pass` and `Claim` carry the kernel socket instead of naming its inode.
 /// 6: `Held`, `EndState::Unknown`, fallbacks by reason in `Status`, the
 /// client's pid as the monitor sees it in `Welcome`, `ProcessEntry`.
-pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 6..=6;
+/// 7: `Fallback::IoUring` (eight reasons in `Status` and `Fallbacks`).
+pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 7..=7;

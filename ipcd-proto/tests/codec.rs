@@ -75,7 +75,7 @@ fn request() -> impl Strategy<Value = Request> {
         any::<u64>().prop_map(|conn| Request::Decline { conn }),
         (any::<u64>(), prop::option::of(addr())).prop_map(|(conn, source)| Request::Use { conn, source }),
         any::<u64>().prop_map(|conn| Request::Unused { conn }),
-        any::<[u32; 7]>().prop_map(|counts| Request::Fallbacks { counts }),
+        any::<[u32; ipcd_proto::FALLBACK_KINDS]>().prop_map(|counts| Request::Fallbacks { counts }),
         (any::<u64>(), any::<bool>(), addr(), addr(), any::<bool>()).prop_map(|(conn, b, local, peer, open)| {
             Request::Held { conn, side: if b { Side::B } else { Side::A }, local, peer, open }
         }),
@@ -105,19 +105,21 @@ fn response() -> impl Strategy<Value = Response> {
         (any::<u64>(), info()).prop_map(|(listener, info)| Response::Expect { listener, info }),
         any::<u64>().prop_map(|conn| Response::Withdraw { conn }),
         info().prop_map(Response::Reopened),
-        (any::<[u64; 10]>(), any::<[u64; 7]>()).prop_map(|(v, fallbacks)| Response::Status(Status {
-            monitor_pid: v[0] as u32,
-            processes: v[1] as u32,
-            listeners: v[2] as u32,
-            connections: v[3] as u32,
-            segment_bytes: v[4],
-            connects_total: v[5],
-            fallbacks_total: v[6],
-            uptime_ms: v[7],
-            reused_total: v[8],
-            standby_total: v[9],
-            fallbacks,
-        })),
+        (any::<[u64; 10]>(), any::<[u64; ipcd_proto::FALLBACK_KINDS]>()).prop_map(|(v, fallbacks)| Response::Status(
+            Status {
+                monitor_pid: v[0] as u32,
+                processes: v[1] as u32,
+                listeners: v[2] as u32,
+                connections: v[3] as u32,
+                segment_bytes: v[4],
+                connects_total: v[5],
+                fallbacks_total: v[6],
+                uptime_ms: v[7],
+                reused_total: v[8],
+                standby_total: v[9],
+                fallbacks,
+            }
+        )),
         (any::<[u32; 4]>(), any::<[u64; 3]>()).prop_map(|(v, b)| Response::ProcessEntry(ProcessStatus {
             pid: v[0],
             uid: v[1],

@@ -879,6 +879,25 @@ fn a_process_in_a_user_namespace_of_the_same_user_is_accelerated() {
     assert_eq!(st.fallbacks_total, 0, "{st:?}");
 }
 
+/// A process that uses io_uring keeps its connections on the kernel
+/// (io_uring's socket operations would bypass the library), each connect
+/// counted under that reason: whether the ring came through libc's
+/// `syscall` after the process had an ipcd listener (which then becomes
+/// the kernel's) or through an inline system call before it connected
+/// (seen by its fd).
+#[test]
+fn a_process_using_io_uring_keeps_its_connections_on_the_kernel() {
+    for how in ["syscall", "inline"] {
+        let mon = Monitor::start(RING_BYTES);
+        let out = mon.under(&mut probe(&["uring-connects", how, "70"])).output().expect("run");
+        must_pass(&format!("uring-connects {how}"), out);
+        let st = mon.status().status;
+        let uring = st.fallbacks[ipcd_proto::Fallback::IoUring.index()];
+        assert!((64..=70).contains(&uring), "{how}: {st:?}");
+        assert_eq!(st.connects_total, 0, "{how}: {st:?}");
+    }
+}
+
 /// Connects the library sends to the kernel by itself (a destination not
 /// on this host) are reported to the monitor in batches and counted
 /// under their reason: 70 such connects, of which the 65th carries the

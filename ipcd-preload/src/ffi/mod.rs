@@ -17,6 +17,7 @@ mod signal;
 mod socket;
 mod spawn;
 mod stdio;
+mod uring;
 
 pub(crate) use stdio::standard_streams;
 mod syscall;

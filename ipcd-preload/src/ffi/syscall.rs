@@ -67,6 +67,10 @@ pub(super) unsafe extern "C" fn syscall(
             libc::SYS_accept4 => {
                 c_long::from(socket::accept4(a1 as c_int, a2 as *mut sockaddr, a3 as *mut socklen_t, a4 as c_int))
             }
+            libc::SYS_io_uring_setup => {
+                super::uring::noticed();
+                real::syscall(n, a1, a2, a3, a4, a5, a6)
+            }
             libc::SYS_execve => c_long::from(crate::socket::exec::execve(
                 a1 as *const c_char,
                 a2 as *const *const c_char,

@@ -211,6 +211,10 @@ pub(crate) fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect
         crate::socket::fallbacks::count(Fallback::NotLocal);
         return Connect::Kernel;
     }
+    if crate::sys::uring::in_use() {
+        crate::socket::fallbacks::count(Fallback::IoUring);
+        return Connect::Kernel;
+    }
     crate::socket::held::report();
     let mut state = sock.lock();
     let want = source_for(&for_family(dest, sock.family));
@@ -368,6 +372,9 @@ pub(crate) fn listen(fd: libc::c_int, sock: &Socket, backlog: libc::c_int) -> bo
 /// knows it for the socket other processes hold under that id.
 pub(crate) fn listen_as(fd: libc::c_int, sock: &Socket, backlog: libc::c_int, inherited: Option<(u64, bool)>) -> bool {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    if crate::sys::uring::in_use() {
+        return false;
+    }
     let mut state = sock.lock();
     let (id, again) = match (&*state, inherited) {
         // Passed on: the kernel's listener now, whatever its backlog.
@@ -419,6 +426,15 @@ pub(crate) fn listen_as(fd: libc::c_int, sock: &Socket, backlog: libc::c_int, in
     *state = State::Listening { id, backlog, bell, shared, served: false, passed: false, monitor };
     log!(Level::Debug, "listening on {addr} through ipcd (listener {id})");
     true
+}
+
+/// The process turned to io_uring: every listener of ours becomes the
+/// kernel's (as one passed to another process does), so that no new
+/// connection reaches it through ipcd.
+pub(crate) fn listeners_to_kernel() {
+    table::for_each_fd(|fd, sock| {
+        pass_listener(fd, sock);
+    });
 }
 
 /// Why an accept could not give a queued connection an fd.

@@ -9,6 +9,7 @@ pub(crate) mod log;
 pub(crate) mod process;
 pub(crate) mod real;
 pub(crate) mod signals;
+pub(crate) mod uring;
 pub(crate) mod user;
 pub(crate) mod yields;
 

@@ -96,6 +96,9 @@ pub enum Fallback {
     /// The process found no monitor to ask (counted by the process, and
     /// reported once one answers).
     NoMonitor,
+    /// The process uses io_uring, whose socket I/O bypasses the library
+    /// (counted by the process).
+    IoUring,
 }
 
 impl Fallback {
@@ -108,6 +111,7 @@ impl Fallback {
         Fallback::NoMemory,
         Fallback::Disabled,
         Fallback::NoMonitor,
+        Fallback::IoUring,
     ];
 
     /// Its place in [`Fallback::ALL`] (and in [`Status::fallbacks`]).
@@ -125,12 +129,13 @@ impl Fallback {
             Fallback::NoMemory => "no memory",
             Fallback::Disabled => "disabled",
             Fallback::NoMonitor => "monitor unreachable",
+            Fallback::IoUring => "io_uring in use",
         }
     }
 }
 
 /// How many reasons a connect may be sent to the kernel for.
-pub const FALLBACK_KINDS: usize = 7;
+pub const FALLBACK_KINDS: usize = 8;
 const _: () = assert!(Fallback::ALL.len() == FALLBACK_KINDS);
 
 /// Error codes of [`Response::Error`].

@@ -211,6 +211,7 @@ fn main() {
         }),
         "poll-accept" => poll_accept(),
         "remote-connects" => remote_connects(num(1)),
+        "uring-connects" => uring_connects(&arg(1), num(2)),
         "fault-client" => fault_client(num(1) as u16, num(2), num(3) as usize),
         // Only where ports are made scarce (see the check's comment).
         "ports-scarce" => ports_scarce(),

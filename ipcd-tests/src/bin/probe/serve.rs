@@ -323,3 +323,49 @@ fn stream_bytes(seed: u64, at: usize, buf: &mut [u8]) {
         *b = (z >> ((pos % 8) * 8)) as u8;
     }
 }
+
+/// A process that uses io_uring, set up through libc's `syscall`
+/// (`how` = `syscall`, after a listener of its own was registered) or an
+/// inline system call (`inline`, before anything else: only its fd shows
+/// it): then `n` connects to its own listener, each accepted, a byte each
+/// way, closed. Under ipcd all of them use the kernel.
+pub(crate) fn uring_connects(how: &str, n: u64) -> Res {
+    let mut params = [0u8; 120];
+    let setup = |inline: bool, params: &mut [u8; 120]| -> Result<i32, String> {
+        let fd: i64;
+        if inline {
+            // SAFETY: io_uring_setup(4, params) as a raw system call; the
+            // kernel writes the 120-byte params it is given.
+            unsafe {
+                core::arch::asm!("syscall", inlateout("rax") libc::SYS_io_uring_setup => fd,
+                    in("rdi") 4, in("rsi") params.as_mut_ptr(), lateout("rcx") _, lateout("r11") _);
+            }
+        } else {
+            // SAFETY: as above, through libc.
+            fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr()) };
+        }
+        ensure!(fd >= 0, "io_uring_setup: {fd} (errno {})", errno());
+        Ok(fd as i32)
+    };
+    let ring = if how == "inline" { Some(setup(true, &mut params)?) } else { None };
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let ring = match ring {
+        Some(r) => r,
+        None => setup(false, &mut params)?,
+    };
+    for i in 0..n {
+        let c = net::connect_loopback(false, port).map_err(f)?;
+        let s = net::accept(l).map_err(f)?;
+        net::send_all(c, &[i as u8]).map_err(f)?;
+        net::send_all(s, &[i as u8]).map_err(f)?;
+        let (mut a, mut b) = ([0u8; 1], [0u8; 1]);
+        net::read_exact(s, &mut a).map_err(f)?;
+        net::read_exact(c, &mut b).map_err(f)?;
+        ensure!(a[0] == i as u8 && b[0] == i as u8, "connection {i}: {a:?} {b:?}");
+        net::close(c);
+        net::close(s);
+    }
+    net::close(l);
+    net::close(ring);
+    Ok(())
+}
