@@ -48,6 +48,9 @@ pub struct Listener {
     /// the same socket under the same id inherited it across fork and
     /// exec, and shares it (see [`Registry::share_inherited`]).
     pub inode: u64,
+    /// `TCP_DEFER_ACCEPT` of the listening socket, in seconds (0: none):
+    /// its connections are announced once their connector wrote.
+    pub defer_secs: u32,
 }
 
 impl Listener {
@@ -66,6 +69,7 @@ impl Listener {
             servers: Vec::new(),
             turn: 0,
             handed_on: false,
+            defer_secs: 0,
             inode: 0,
         }
     }

@@ -137,6 +137,13 @@ pub fn ring(bell: BorrowedFd<'_>) {
     let _ = unsafe { libc::write(bell.as_raw_fd(), (&raw const one).cast(), 8) };
 }
 
+/// Empties a doorbell; true if it had been rung.
+pub fn take(bell: BorrowedFd<'_>) -> bool {
+    let mut v: u64 = 0;
+    // SAFETY: reads 8 bytes into a live u64 from a non-blocking eventfd.
+    unsafe { libc::read(bell.as_raw_fd(), (&raw mut v).cast(), 8) == 8 }
+}
+
 /// The inode of this process's pid namespace (0 if unknown), which tells
 /// apart the namespaces the pids in segments are valid in.
 pub fn pid_namespace() -> u64 {

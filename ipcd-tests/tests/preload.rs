@@ -138,6 +138,7 @@ checks! {
     the_receive_buffer_adds_to_what_a_connection_holds => "rcvbuf",
     every_exec_path_keeps_an_inherited_connection => "spawn-paths",
     cork_and_msg_more_hold_partial_data_back => "cork",
+    defer_accept_waits_for_the_first_data => "defer-accept",
 }
 
 /// A socket made after a connection closed reuses a closed end's kernel

@@ -97,11 +97,15 @@ impl Daemon {
         };
         let info_a =
             ConnInfo { conn, side: Side::A, local: a_addr, peer: dest, segment_len: seg.len() as u64, segment, reused };
-        let new = NewConn { token, acceptor, listener: (l.owner, l.id), seg, bells, info_a };
+        let new = NewConn { token, acceptor, listener: (l.owner, l.id), seg, bells, info_a, defer: l.defer_secs };
         // Sent before the answer: the connector, woken by the answer,
         // often runs before the rest of this, and its next connect would
-        // find no standby yet. A pair with a pool has had a connection before.
-        self.issue_standby(token, (l.owner, l.id), dest, reused || self.pools.contains_key(&pair));
+        // find no standby yet. A pair with a pool has had a connection
+        // before. None for a deferring listener: a standby reaches the
+        // acceptor before any data.
+        if l.defer_secs == 0 {
+            self.issue_standby(token, (l.owner, l.id), dest, reused || self.pools.contains_key(&pair));
+        }
         self.deliver(new, Some(seq));
     }
 
@@ -153,7 +157,7 @@ impl Daemon {
     // Long on purpose: the order of the two answers, the fallback and the records is the
     // protocol, step by step as the comments say; split, it would hide that order.
     pub(super) fn deliver(&mut self, new: NewConn, answer: Option<u32>) {
-        let NewConn { token, acceptor, listener: (owner, id), seg, bells, info_a } = new;
+        let NewConn { token, acceptor, listener: (owner, id), seg, bells, info_a, defer } = new;
         let (conn, segment, reused) = (info_a.conn, info_a.segment, info_a.reused);
         let pair = (token, acceptor);
         let info_b = ConnInfo { side: Side::B, local: info_a.peer, peer: info_a.local, ..info_a };
@@ -172,7 +176,8 @@ impl Daemon {
         // connection it cannot take still gets the kernel's answer.
         let answered = match answer {
             None => true,
-            Some(seq) if self.clients.get(&acceptor).is_some_and(|o| has_room(o.chan.as_fd())) => {
+            // A deferred connection is announced later (see `defer`).
+            Some(seq) if defer > 0 || self.clients.get(&acceptor).is_some_and(|o| has_room(o.chan.as_fd())) => {
                 self.reply(token, seq, &Response::Connected(info_a), &fds_a[..n]);
                 true
             }
@@ -184,6 +189,7 @@ impl Daemon {
         // in its outbox, as in an accept queue (bounded by the backlog).
         let sent = match (answer, self.clients.contains_key(&acceptor)) {
             (None, true) => Ok(()),
+            (Some(_), true) if defer > 0 => Ok(()),
             (Some(_), true) => {
                 seg.view().offer(to_pid);
                 let incoming = Response::Incoming { listener: id, info: info_b };
@@ -242,6 +248,10 @@ impl Daemon {
             refill: answer.is_none().then_some(((owner, id), info_a.peer)),
         };
         self.conns.insert(conn, rec);
+        if defer > 0 && held {
+            self.defer(conn, defer);
+            return;
+        }
         // Answered, but the acceptor could not be told (its channel full
         // or broken): it goes to another process serving the listener if
         // there is one, else its end goes as a dead acceptor's would (the

@@ -172,10 +172,17 @@ impl Daemon {
             self.fail(token, seq, ErrorCode::NotOwner);
             return;
         }
+        let defer = super::defer::defer_secs(&fds[0]);
         if let Some(l) = self.registry.get_mut(token, listener).filter(|l| l.addr == addr) {
             // `listen` again on a listening socket: Linux takes the new
-            // backlog and keeps the queue.
+            // backlog and keeps the queue. (The library says it again when
+            // an option the monitor reads from the socket changed.)
             l.backlog = backlog;
+            l.defer_secs = defer;
+            if defer > 0 {
+                // Standbys would reach the acceptor before any data.
+                self.withdraw_standbys(|s| s.listener == (token, listener));
+            }
             log!(Level::Info, "msg=\"backlog changed\" client={token} pid={pid} addr={addr} backlog={backlog}");
             self.reply(token, seq, &Response::Ok, &[]);
             return;
@@ -188,6 +195,7 @@ impl Daemon {
         }
         let mut entry = Listener::new(token, listener, pid, uid, addr, backlog, flags - ListenFlags::BELL);
         entry.inode = inode;
+        entry.defer_secs = defer;
         if flags.contains(ListenFlags::BELL) && fds.len() == 2 {
             if let Some(bell) = fds.pop() {
                 self.listener_bells.insert((token, listener), bell);

@@ -38,6 +38,7 @@ use crate::registry::Registry;
 use crate::segment::{cvt, doorbell, SharedSegment};
 
 mod broker;
+mod defer;
 mod handle;
 mod handoff;
 mod lifecycle;
@@ -224,6 +225,8 @@ struct NewConn {
     seg: SharedSegment,
     bells: [OwnedFd; 2],
     info_a: ConnInfo,
+    /// The listener's `TCP_DEFER_ACCEPT` seconds (0: announce at once).
+    defer: u32,
 }
 
 /// A connection held ready for a process's next connect to `dest`
@@ -325,6 +328,8 @@ pub struct Daemon {
     /// Listeners' bells (eventfds) by (owner, id), rung by connectors
     /// that take a standby.
     listener_bells: HashMap<(u64, u64), OwnedFd>,
+    /// Connections not yet announced to their acceptor (`TCP_DEFER_ACCEPT`).
+    deferred: HashMap<u64, defer::Deferred>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -396,6 +401,7 @@ impl Daemon {
             watch: Vec::new(),
             catching_up: false,
             listener_bells: HashMap::new(),
+            deferred: HashMap::new(),
         };
         d.watch(d.listener.as_fd(), TOKEN_LISTENER)?;
         d.watch(d.signals.as_fd(), TOKEN_SIGNAL)?;
@@ -417,7 +423,11 @@ impl Daemon {
         }
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
         while self.running {
-            let timeout = if self.cfg.poll { 0 } else { 1000 };
+            let timeout = match (self.cfg.poll, self.next_deferral()) {
+                (true, _) => 0,
+                (false, Some(d)) => d.as_millis().clamp(1, 1000) as libc::c_int,
+                (false, None) => 1000,
+            };
             // SAFETY: `events` has room for 64 entries.
             let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 64, timeout) };
             if STOP.load(std::sync::atomic::Ordering::Relaxed) {
@@ -433,9 +443,12 @@ impl Daemon {
                 return Err(e);
             }
             for ev in &events[..n as usize] {
-                match ev.u64 {
+                // Copied out: epoll_event is packed.
+                let (token, mask) = (ev.u64, ev.events);
+                match token {
                     TOKEN_LISTENER => self.accept_all(),
                     TOKEN_SIGNAL => {}
+                    t if t & defer::DEFER_TAG != 0 => self.deferred_rang(t & !defer::DEFER_TAG),
                     // What waits, in one call (a process's batch of
                     // `Close`s comes at once): one read that takes fewer
                     // than it had room for found them all, so no call
@@ -444,10 +457,10 @@ impl Daemon {
                     // cost the monitor); epoll, level-triggered, reports
                     // the channel again if more wait.
                     token => {
-                        if ev.events & libc::EPOLLOUT as u32 != 0 {
+                        if mask & libc::EPOLLOUT as u32 != 0 {
                             self.flush_outbox(token);
                         }
-                        if ev.events & !(libc::EPOLLOUT as u32) != 0 {
+                        if mask & !(libc::EPOLLOUT as u32) != 0 {
                             self.serve(token, BATCH);
                         }
                     }
@@ -456,6 +469,9 @@ impl Daemon {
                 self.drop_doomed();
             }
             self.expire_orphans();
+            if !self.deferred.is_empty() {
+                self.expire_deferred();
+            }
             if !self.passes.is_empty() {
                 self.expire_passes();
             }

@@ -98,6 +98,9 @@ pub(crate) unsafe fn after_set(fd: c_int, s: &Socket, level: c_int, name: c_int,
     let bytes = unsafe { std::slice::from_raw_parts(val.cast::<u8>(), len) };
     let int = || bytes.get(..4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
     match (level, name) {
+        // The monitor reads it from the listening socket and defers
+        // announcing connections until their first data.
+        (libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT) => crate::socket::setup::refresh_listener(fd, s),
         // Turned off, it sends what it held at once, as Linux's does.
         (libc::IPPROTO_TCP, libc::TCP_CORK) => {
             if let Some(v) = int() {

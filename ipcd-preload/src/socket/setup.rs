@@ -428,6 +428,24 @@ pub(crate) fn listen_as(fd: libc::c_int, sock: &Socket, backlog: libc::c_int, in
     true
 }
 
+/// An option the monitor reads from a listening socket changed
+/// (`TCP_DEFER_ACCEPT`): our listener `fd` is registered again, as `listen`
+/// again would, so the monitor looks at the socket anew.
+pub(crate) fn refresh_listener(fd: libc::c_int, sock: &Socket) {
+    let (id, backlog) = match &*sock.lock() {
+        State::Listening { id, backlog, passed: false, .. } => (*id, *backlog),
+        _ => return,
+    };
+    let Some(addr) = sockname(fd) else { return };
+    let req =
+        Request::Listen { listener: id, addr, backlog: backlog.max(0) as u32, flags: listen_flags(fd, sock.family) };
+    // SAFETY: `fd` is the open listening socket this call is about.
+    let proof = unsafe { BorrowedFd::borrow_raw(fd) };
+    if let Some((other, _)) = control::with(|c| c.call(&req, &[proof])).filter(|(r, _)| *r != Response::Ok) {
+        log!(Level::Warn, "listener {addr} not updated ({other:?})");
+    }
+}
+
 /// The process turned to io_uring: every listener of ours becomes the
 /// kernel's (as one passed to another process does), so that no new
 /// connection reaches it through ipcd.

@@ -170,6 +170,7 @@ const CHECKS: &[Check] = &[
     ("rcvbuf", rcvbuf),
     ("spawn-paths", spawn_paths),
     ("cork", cork),
+    ("defer-accept", defer_accept),
 ];
 
 fn check(name: &str) -> Res {

@@ -647,7 +647,7 @@ pub(crate) fn bad_args() -> Res {
 }
 
 /// Sets option `level`/`name` to the bytes of `val` on `fd`.
-fn set_opt<T>(fd: i32, level: i32, name: i32, val: &T) -> Res {
+pub(crate) fn set_opt<T>(fd: i32, level: i32, name: i32, val: &T) -> Res {
     let len = std::mem::size_of::<T>() as libc::socklen_t;
     // SAFETY: `val` is a live value of `len` bytes.
     cvt("setsockopt", unsafe { libc::setsockopt(fd, level, name, (val as *const T).cast(), len) }).map_err(f)?;

@@ -1,7 +1,7 @@
 //! Life-cycle checks: reset, close races, refused connects, backlog,
 //! relisten, close of every fd, reuse, the fd table, raw system calls.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipcd_monitor::bench::workload::{epoll_add, set_nonblocking};
 use ipcd_tests::data::Prng;
@@ -761,6 +761,40 @@ pub(crate) fn listener_shutdown() -> Res {
     let s = net::accept(l).map_err(f)?;
     ensure!(send(c, b"k", 0) == 1 && recv(s, &mut b, 0) == 1 && b[0] == b'k', "a connection after listening again");
     for fd in [c, s, queued, l] {
+        net::close(fd);
+    }
+    Ok(())
+}
+
+/// `TCP_DEFER_ACCEPT` (set after `listen`, as nginx does): the listener
+/// turns readable, and accept returns, for a connection whose connector
+/// wrote, with its bytes there; a bare connection comes after the
+/// deferral's second, without data, and works.
+pub(crate) fn defer_accept() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    super::data::set_opt(l, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, &1i32)?;
+    let t0 = Instant::now();
+    let bare = net::connect_loopback(false, port).map_err(f)?;
+    ensure!(poll_n(&mut [pollfd(l, libc::POLLIN)], 300) == 0, "a bare connection made the listener readable");
+    let talker = net::connect_loopback(false, port).map_err(f)?;
+    net::send_all(talker, b"x").map_err(f)?;
+    ensure!(poll_n(&mut [pollfd(l, libc::POLLIN)], 5000) == 1, "the connection with data never came");
+    let s = net::accept(l).map_err(f)?;
+    let mut b = [0u8; 1];
+    ensure!(recv(s, &mut b, libc::MSG_DONTWAIT) == 1 && b[0] == b'x', "accepted without its byte (errno {})", errno());
+    ensure!(poll_n(&mut [pollfd(l, libc::POLLIN)], 10_000) == 1, "the bare connection never came");
+    let waited = t0.elapsed();
+    ensure!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(5),
+        "the bare connection came after {waited:?}, not after the deferral"
+    );
+    let s1 = net::accept(l).map_err(f)?;
+    ensure!(recv(s1, &mut b, libc::MSG_DONTWAIT) == -1 && errno() == libc::EAGAIN, "the bare connection had data");
+    net::send_all(bare, b"y").map_err(f)?;
+    set_timeout(s1, 10)?;
+    net::read_exact(s1, &mut b).map_err(f)?;
+    ensure!(b[0] == b'y', "the bare connection carried {b:?}");
+    for fd in [bare, talker, s, s1, l] {
         net::close(fd);
     }
     Ok(())

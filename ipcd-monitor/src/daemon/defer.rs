@@ -1,0 +1,156 @@
+//! `TCP_DEFER_ACCEPT`: a connection to a listener that set it reaches the
+//! acceptor (`Incoming`) only once the connector sent something (or shut
+//! its side), or when the deferral's seconds are up, as Linux moves such a
+//! connection to the accept queue only then.
+//!
+//! The connector is answered at once, as Linux's connect completes. The
+//! monitor then waits as the acceptor would: it arms the waiting flag of
+//! the ring the connector writes, and watches the acceptor's doorbell,
+//! which the connector's first write (or its FIN) rings. No message, and
+//! nothing in the connector's library, knows of the deferral.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use ipcd_proto::message::{ConnInfo, Response, Side};
+use ipcd_ring::Wait;
+
+use super::{peer_closed, send_to, Daemon};
+use crate::log;
+use crate::log::Level;
+
+/// High bit of an epoll token: an acceptor's doorbell watched for a
+/// deferred connection (the rest is the connection id; ids and client
+/// tokens stay far below it).
+pub(super) const DEFER_TAG: u64 = 1 << 63;
+
+/// A connection not yet announced to its acceptor.
+pub(super) struct Deferred {
+    deadline: Instant,
+}
+
+/// The deferral a listening socket asks for (`TCP_DEFER_ACCEPT`, in
+/// seconds as the kernel reads it back), 0 for none.
+pub(super) fn defer_secs(listening: &OwnedFd) -> u32 {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: an int out buffer on a socket we hold.
+    let r = unsafe {
+        libc::getsockopt(
+            listening.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&raw mut v).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        v.max(0) as u32
+    } else {
+        0
+    }
+}
+
+/// Watches `bell` (level-triggered, one shot) under `token`: a bell kept
+/// for reuse may still be registered, disarmed, from an earlier deferral.
+fn watch_once(epoll: BorrowedFd<'_>, bell: BorrowedFd<'_>, token: u64) {
+    let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLONESHOT) as u32, u64: token };
+    for op in [libc::EPOLL_CTL_ADD, libc::EPOLL_CTL_MOD] {
+        // SAFETY: a live event struct; both fds are ours.
+        if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), op, bell.as_raw_fd(), &mut ev) } == 0 {
+            return;
+        }
+    }
+}
+
+impl Daemon {
+    /// Connection `conn` (recorded, its connector answered) goes to its
+    /// acceptor only when its connector writes or after `secs` seconds.
+    pub(super) fn defer(&mut self, conn: u64, secs: u32) {
+        let deadline = Instant::now() + Duration::from_secs(u64::from(secs));
+        self.deferred.insert(conn, Deferred { deadline });
+        if !self.arm_deferred(conn) {
+            self.announce(conn);
+        }
+    }
+
+    /// Arms the acceptor's side of `conn` as a sleeping reader would and
+    /// watches its doorbell; false if the connector already wrote or shut
+    /// its side (or the connection is gone).
+    fn arm_deferred(&mut self, conn: u64) -> bool {
+        let Some(rec) = self.conns.get(&conn) else { return false };
+        let Ok((_, mut rx)) = rec.seg.view().endpoint(ipcd_ring::Side::B) else { return false };
+        if !matches!(rx.prepare_wait(), Ok(Wait::Sleep)) {
+            return false;
+        }
+        watch_once(self.epoll.as_fd(), rec.bells[1].as_fd(), DEFER_TAG | conn);
+        true
+    }
+
+    /// The doorbell of deferred `conn` rang: announced if its connector
+    /// wrote or shut its side, else watched again (a ring left from before).
+    pub(super) fn deferred_rang(&mut self, conn: u64) {
+        if !self.deferred.contains_key(&conn) {
+            return;
+        }
+        if let Some(rec) = self.conns.get(&conn) {
+            crate::segment::take(rec.bells[1].as_fd());
+        }
+        if !self.arm_deferred(conn) {
+            self.announce(conn);
+        }
+    }
+
+    /// Announces deferred connections whose time is up.
+    pub(super) fn expire_deferred(&mut self) {
+        let now = Instant::now();
+        let due: Vec<u64> = self.deferred.iter().filter(|(_, d)| d.deadline <= now).map(|(&c, _)| c).collect();
+        for conn in due {
+            self.announce(conn);
+        }
+    }
+
+    /// How long the event loop may sleep before a deferral is due.
+    pub(super) fn next_deferral(&self) -> Option<Duration> {
+        self.deferred.values().map(|d| d.deadline.saturating_duration_since(Instant::now())).min()
+    }
+
+    /// Tells the acceptor of deferred `conn` (`Incoming`), as `deliver`
+    /// would have at once.
+    fn announce(&mut self, conn: u64) {
+        if self.deferred.remove(&conn).is_none() {
+            return;
+        }
+        let Some(rec) = self.conns.get(&conn) else { return };
+        // SAFETY: removes our bell from our epoll set (a null event is
+        // allowed for DEL); the bell is alive with the record.
+        unsafe {
+            libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, rec.bells[1].as_raw_fd(), std::ptr::null_mut())
+        };
+        // Its listener and acceptor now: a listener handed on from an
+        // owner that left names its new one.
+        let (Some((owner, id)), Some(&acceptor)) = (rec.pending_in, rec.holders[1].first()) else { return };
+        if self.registry.get(owner, id).is_none() {
+            // The listener closed before the connection was queued: the
+            // half-open connection is reset (Linux's answers the next
+            // segment the connector sends with one).
+            self.let_go(acceptor, conn, Side::B, super::Gone::Released { abort: true });
+            return;
+        }
+        let to_pid = self.clients.get(&acceptor).map_or(0, |c| c.pid);
+        rec.seg.view().offer(to_pid);
+        let info: ConnInfo = rec.info[1];
+        let (fresh, fds) = rec.fresh_end(Side::B);
+        let n = if info.reused { 0 } else { fds.len() };
+        let incoming = Response::Incoming { listener: id, info: ConnInfo { reused: info.reused, ..fresh } };
+        let sent = send_to(&mut self.clients, &mut self.watch, acceptor, 0, &incoming, &fds[..n]);
+        log!(Level::Debug, "msg=\"deferred connection announced\" conn={conn} to_pid={to_pid}");
+        if let Err(e) = sent {
+            log!(Level::Warn, "msg=\"listener cannot take a deferred connection\" pid={to_pid} err=\"{e}\"");
+            let held = peer_closed(&e) && self.clients.contains_key(&acceptor);
+            if !held && !self.hand_on(acceptor, conn) {
+                self.release(acceptor, conn, Side::B, true);
+            }
+        }
+    }
+}
