@@ -612,6 +612,11 @@ impl Control {
         self.seen_pid
     }
 
+    /// How many connections wait here for `listener` (expected ones too).
+    pub(crate) fn queued(&self, listener: u64) -> usize {
+        self.incoming.get(&listener).map_or(0, |q| q.items.len())
+    }
+
     /// Whether a connection accept may take is queued for `listener`.
     pub(crate) fn has_incoming(&self, listener: u64) -> bool {
         self.incoming.get(&listener).is_some_and(Queue::has_ready)

@@ -10,7 +10,7 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 /// `b"IPCDSEG1"` read as a little-endian `u64`: the first word of every segment.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"IPCDSEG1");
 /// Version of this layout. An attach to any other version fails.
-pub const SEGMENT_VERSION: u32 = 7;
+pub const SEGMENT_VERSION: u32 = 8;
 /// Padding unit: x86-64's adjacent-line prefetcher pulls 64-byte lines in
 /// pairs, so two indices 64 bytes apart still share traffic (as crossbeam does).
 pub const CACHE_LINE: usize = 128;
@@ -201,6 +201,10 @@ pub struct SegmentHeader {
     /// it; 0 while nobody may. Written by the monitor (offer, withdraw)
     /// and the acceptor (claim), each a compare-exchange but the offer.
     pub(crate) offer: AtomicU32,
+    /// Where the connection stands against its listener's backlog (see
+    /// [`crate::Admission`]). Written by the monitor, read by the
+    /// connector; any value is safe to read (unknown ones mean admitted).
+    pub(crate) admission: AtomicU32,
     /// A standby connection's ticket: `(connection id << 3) | flags |
     /// state`, the state one of [`TICKET_NONE`], [`TICKET_EXPECTED`],
     /// [`TICKET_CONNECTED`], [`TICKET_CANCELLED`]. The connector moves it

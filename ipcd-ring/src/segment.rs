@@ -17,6 +17,19 @@ use crate::span::DataArea;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::wait::{close_reader, close_writer};
 
+/// Where a connection stands against its listener's backlog, as the
+/// connector sees it ([`Segment::admission`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Admission {
+    /// In the accept queue or accepted: usable (the default).
+    Established = 0,
+    /// The listener's queue was full: still connecting, as a client whose
+    /// SYN the kernel dropped; nothing may be sent or read yet.
+    Waiting = 1,
+    /// The listener went before it had room: the connect is refused.
+    Refused = 2,
+}
+
 /// One end of a connection. `A` is the connecting side, `B` the accepting
 /// side; A writes ring 0 and reads ring 1, B the reverse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -153,6 +166,7 @@ impl Segment {
                 holders: [AtomicU32::new(1), AtomicU32::new(1)],
                 locks: [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)],
                 offer: AtomicU32::new(0),
+                admission: AtomicU32::new(0),
                 ticket: AtomicU64::new(TICKET_NONE),
                 connector: core::array::from_fn(|_| AtomicU32::new(0)),
                 holder_ids: core::array::from_fn(|_| core::array::from_fn(|_| AtomicU64::new(0))),
@@ -181,6 +195,7 @@ impl Segment {
             l.store(0, Ordering::Relaxed);
         }
         header.offer.store(0, Ordering::Relaxed);
+        header.admission.store(0, Ordering::Relaxed);
         header.ticket.store(TICKET_NONE, Ordering::Relaxed);
         for id in header.holder_ids.iter().flatten() {
             id.store(0, Ordering::Relaxed);
@@ -406,6 +421,23 @@ impl Segment {
                 Ok(_) => return left,
                 Err(now) => n = now,
             }
+        }
+    }
+
+    /// Says where the connection stands against its listener's backlog
+    /// (the monitor's to say; the connector reads it).
+    pub fn set_admission(&self, a: Admission) {
+        // Release: the connector that sees `Established` sees the rings as
+        // the monitor left them.
+        self.control().header.admission.store(a as u32, Ordering::Release);
+    }
+
+    /// Where the connection stands against its listener's backlog.
+    pub fn admission(&self) -> Admission {
+        match self.control().header.admission.load(Ordering::Acquire) {
+            1 => Admission::Waiting,
+            2 => Admission::Refused,
+            _ => Admission::Established,
         }
     }
 

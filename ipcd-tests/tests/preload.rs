@@ -139,6 +139,7 @@ checks! {
     every_exec_path_keeps_an_inherited_connection => "spawn-paths",
     cork_and_msg_more_hold_partial_data_back => "cork",
     defer_accept_waits_for_the_first_data => "defer-accept",
+    connects_beyond_the_backlog_wait_and_are_refused_as_on_linux => "backlog-wait",
 }
 
 /// A socket made after a connection closed reuses a closed end's kernel

@@ -55,7 +55,8 @@ impl Daemon {
         // backlog sends the connector to the kernel, read what the owner
         // has sent so far. Once, not nested: a connect met while catching
         // up is judged on what is known.
-        let full = |l: &Listener| l.pending >= l.backlog.max(1);
+        // Linux's accept queue holds one more than the backlog.
+        let full = |l: &Listener| l.pending > l.backlog;
         if let Some(owner) =
             found.as_ref().filter(|l| full(l) && l.owner != token && !self.catching_up).map(|l| l.owner)
         {
@@ -72,7 +73,6 @@ impl Daemon {
         let fallback = match &found {
             None => Some(Fallback::NoListener),
             Some(l) if l.uid != uid && !self.cfg.cross_uid => Some(Fallback::OtherUser),
-            Some(l) if full(l) => Some(Fallback::BacklogFull),
             Some(_) if acceptor.is_none() => Some(Fallback::Disabled),
             Some(_) => None,
         };
@@ -81,6 +81,9 @@ impl Daemon {
             return self.use_kernel(token, seq, reason);
         }
         let (l, acceptor) = (found.expect("checked above"), acceptor.expect("checked above"));
+        // A full queue: the connect waits for room, as a client whose SYN
+        // the kernel dropped (see `admit_waiting`).
+        let waiting = full(&l);
         let conn = self.next_conn;
         let pair = (token, acceptor);
         let Some((segment, seg, bells, reused)) = self.take_segment(pair, conn) else {
@@ -97,13 +100,18 @@ impl Daemon {
         };
         let info_a =
             ConnInfo { conn, side: Side::A, local: a_addr, peer: dest, segment_len: seg.len() as u64, segment, reused };
-        let new = NewConn { token, acceptor, listener: (l.owner, l.id), seg, bells, info_a, defer: l.defer_secs };
+        let new =
+            NewConn { token, acceptor, listener: (l.owner, l.id), seg, bells, info_a, defer: l.defer_secs, waiting };
         // Sent before the answer: the connector, woken by the answer,
         // often runs before the rest of this, and its next connect would
         // find no standby yet. A pair with a pool has had a connection
         // before. None for a deferring listener: a standby reaches the
         // acceptor before any data.
-        if l.defer_secs == 0 {
+        // Nor beyond the queue's room: a standby is used without asking,
+        // and each one used joins the queue.
+        let outstanding = self.standbys.values().filter(|s| s.listener == (l.owner, l.id)).count() as u64;
+        let room = u64::from(l.pending) + outstanding < u64::from(l.backlog);
+        if l.defer_secs == 0 && !waiting && room {
             self.issue_standby(token, (l.owner, l.id), dest, reused || self.pools.contains_key(&pair));
         }
         self.deliver(new, Some(seq));
@@ -157,7 +165,13 @@ impl Daemon {
     // Long on purpose: the order of the two answers, the fallback and the records is the
     // protocol, step by step as the comments say; split, it would hide that order.
     pub(super) fn deliver(&mut self, new: NewConn, answer: Option<u32>) {
-        let NewConn { token, acceptor, listener: (owner, id), seg, bells, info_a, defer } = new;
+        let NewConn { token, acceptor, listener: (owner, id), seg, bells, info_a, defer, waiting } = new;
+        if waiting {
+            // Before the connector can look: it waits, nothing sent or read.
+            seg.view().set_admission(ipcd_ring::Admission::Waiting);
+        }
+        // Told later: when admitted (`admit_waiting`) or when data comes (`defer`).
+        let later = waiting || defer > 0;
         let (conn, segment, reused) = (info_a.conn, info_a.segment, info_a.reused);
         let pair = (token, acceptor);
         let info_b = ConnInfo { side: Side::B, local: info_a.peer, peer: info_a.local, ..info_a };
@@ -176,8 +190,8 @@ impl Daemon {
         // connection it cannot take still gets the kernel's answer.
         let answered = match answer {
             None => true,
-            // A deferred connection is announced later (see `defer`).
-            Some(seq) if defer > 0 || self.clients.get(&acceptor).is_some_and(|o| has_room(o.chan.as_fd())) => {
+            // One told later is answered at once.
+            Some(seq) if later || self.clients.get(&acceptor).is_some_and(|o| has_room(o.chan.as_fd())) => {
                 self.reply(token, seq, &Response::Connected(info_a), &fds_a[..n]);
                 true
             }
@@ -189,7 +203,7 @@ impl Daemon {
         // in its outbox, as in an accept queue (bounded by the backlog).
         let sent = match (answer, self.clients.contains_key(&acceptor)) {
             (None, true) => Ok(()),
-            (Some(_), true) if defer > 0 => Ok(()),
+            (Some(_), true) if later => Ok(()),
             (Some(_), true) => {
                 seg.view().offer(to_pid);
                 let incoming = Response::Incoming { listener: id, info: info_b };
@@ -212,7 +226,7 @@ impl Daemon {
             }
             return;
         }
-        if let Some(entry) = self.registry.get_mut(owner, id) {
+        if let Some(entry) = self.registry.get_mut(owner, id).filter(|_| !waiting) {
             entry.pending += 1;
         }
         if let (false, Some(seq)) = (answered, answer) {
@@ -248,6 +262,10 @@ impl Daemon {
             refill: answer.is_none().then_some(((owner, id), info_a.peer)),
         };
         self.conns.insert(conn, rec);
+        if waiting && held {
+            self.waiting.push_back(conn);
+            return;
+        }
         if defer > 0 && held {
             self.defer(conn, defer);
             return;

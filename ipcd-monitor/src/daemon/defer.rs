@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use ipcd_proto::message::{ConnInfo, Response, Side};
-use ipcd_ring::Wait;
+use ipcd_ring::{PeerState, Wait};
 
 use super::{peer_closed, send_to, Daemon};
 use crate::log;
@@ -115,12 +115,17 @@ impl Daemon {
         self.deferred.values().map(|d| d.deadline.saturating_duration_since(Instant::now())).min()
     }
 
-    /// Tells the acceptor of deferred `conn` (`Incoming`), as `deliver`
-    /// would have at once.
+    /// Tells the acceptor of deferred `conn`.
     fn announce(&mut self, conn: u64) {
-        if self.deferred.remove(&conn).is_none() {
-            return;
+        if self.deferred.remove(&conn).is_some() {
+            self.tell_acceptor(conn);
         }
+    }
+
+    /// Tells the acceptor of `conn` (`Incoming`), as `deliver` would have
+    /// at once, if its listener is still there (else the connection is
+    /// reset).
+    pub(super) fn tell_acceptor(&mut self, conn: u64) {
         let Some(rec) = self.conns.get(&conn) else { return };
         // SAFETY: removes our bell from our epoll set (a null event is
         // allowed for DEL); the bell is alive with the record.
@@ -152,5 +157,51 @@ impl Daemon {
                 self.release(acceptor, conn, Side::B, true);
             }
         }
+    }
+}
+
+impl Daemon {
+    /// Connections waiting for room in a full queue: each admitted, in
+    /// order, once its listener has room (its connector's doorbell rung,
+    /// its acceptor told, or deferred); refused if its listener went;
+    /// dropped if its connector gave up (closed, died, or shut it down).
+    pub(super) fn admit_waiting(&mut self) {
+        let mut still = std::collections::VecDeque::new();
+        while let Some(conn) = self.waiting.pop_front() {
+            let Some(rec) = self.conns.get(&conn) else { continue };
+            let (Some((owner, id)), Some(&acceptor)) = (rec.pending_in, rec.holders[1].first()) else { continue };
+            let given_up = rec.holders[0].is_empty()
+                || rec.gone[0]
+                || rec.seg.view().endpoint(ipcd_ring::Side::B).is_ok_and(|(_, rx)| rx.peer_state() != PeerState::Open);
+            if given_up {
+                self.let_go(acceptor, conn, Side::B, super::Gone::Released { abort: true });
+                continue;
+            }
+            let Some(l) = self.registry.get(owner, id) else {
+                // Its listener went first: the connect is refused, as the
+                // kernel answers the next SYN with a reset.
+                rec.seg.view().set_admission(ipcd_ring::Admission::Refused);
+                crate::segment::ring(rec.bells[0].as_fd());
+                self.let_go(acceptor, conn, Side::B, super::Gone::Released { abort: true });
+                continue;
+            };
+            if l.pending > l.backlog {
+                still.push_back(conn);
+                continue;
+            }
+            let defer = l.defer_secs;
+            rec.seg.view().set_admission(ipcd_ring::Admission::Established);
+            crate::segment::ring(rec.bells[0].as_fd());
+            if let Some(l) = self.registry.get_mut(owner, id) {
+                l.pending += 1;
+            }
+            log!(Level::Debug, "msg=\"admitted from a full queue\" conn={conn}");
+            if defer > 0 {
+                self.defer(conn, defer);
+            } else {
+                self.tell_acceptor(conn);
+            }
+        }
+        self.waiting = still;
     }
 }

@@ -227,6 +227,8 @@ struct NewConn {
     info_a: ConnInfo,
     /// The listener's `TCP_DEFER_ACCEPT` seconds (0: announce at once).
     defer: u32,
+    /// Its queue is full: the connection waits for room (`admit_waiting`).
+    waiting: bool,
 }
 
 /// A connection held ready for a process's next connect to `dest`
@@ -330,6 +332,9 @@ pub struct Daemon {
     listener_bells: HashMap<(u64, u64), OwnedFd>,
     /// Connections not yet announced to their acceptor (`TCP_DEFER_ACCEPT`).
     deferred: HashMap<u64, defer::Deferred>,
+    /// Connections waiting for room in their listener's full queue, in
+    /// the order they came.
+    waiting: std::collections::VecDeque<u64>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -402,6 +407,7 @@ impl Daemon {
             catching_up: false,
             listener_bells: HashMap::new(),
             deferred: HashMap::new(),
+            waiting: std::collections::VecDeque::new(),
         };
         d.watch(d.listener.as_fd(), TOKEN_LISTENER)?;
         d.watch(d.signals.as_fd(), TOKEN_SIGNAL)?;
@@ -469,6 +475,9 @@ impl Daemon {
                 self.drop_doomed();
             }
             self.expire_orphans();
+            if !self.waiting.is_empty() {
+                self.admit_waiting();
+            }
             if !self.deferred.is_empty() {
                 self.expire_deferred();
             }

@@ -122,7 +122,7 @@ impl Daemon {
         let Standby { listener, dest, mut info, seg, bells, .. } = sb;
         info.local = source.unwrap_or(info.local);
         let live = self.registry.get(listener.0, listener.1).is_some() && self.clients.contains_key(&listener.0);
-        let new = NewConn { token, acceptor: listener.0, listener, seg, bells, info_a: info, defer: 0 };
+        let new = NewConn { token, acceptor: listener.0, listener, seg, bells, info_a: info, defer: 0, waiting: false };
         if live {
             // The next one first: the listener, woken by its `Incoming`,
             // often runs before the rest of this, and may answer the

@@ -366,6 +366,12 @@ impl Link {
         self.tx.prepare_wait((want + self.reserve()).min(self.tx.capacity()))
     }
 
+    /// Where the connection stands against its listener's backlog (the
+    /// monitor says it in the segment).
+    pub(crate) fn admission(&self) -> ipcd_ring::Admission {
+        self.seg.admission()
+    }
+
     /// Bytes this end has written so far.
     pub(crate) fn sent_total(&self) -> u64 {
         self.seg.written(self.side)

@@ -156,6 +156,12 @@ pub(super) unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: s
             match guarded(Connect::Kernel, || setup::connect(fd, &s, dest)) {
                 Connect::Done(Ok(())) => return 0,
                 Connect::Done(Err(e)) => return fail(e),
+                Connect::Wait => {
+                    return match guarded(Err(libc::EIO), || stream::wait_connected(&s)) {
+                        Ok(()) => 0,
+                        Err(e) => fail(e),
+                    }
+                }
                 Connect::Kernel => {
                     if s.is_stream() {
                         return fail(libc::EISCONN);

@@ -53,12 +53,24 @@ pub(crate) struct Stream {
     /// When (`now_ms`) the bytes held back now (`TCP_CORK`, `MSG_MORE`)
     /// were first held (see [`crate::socket::cork`]).
     pub held_since: u64,
+    /// The monitor admitted the connection into its listener's queue (see
+    /// [`Stream::admission`]); false while a full backlog keeps it waiting.
+    pub admitted: bool,
+    /// A connect refused (`ECONNREFUSED`) or given up by `shutdown`
+    /// (`ECONNRESET`) while waiting, not yet reported: `SO_ERROR` or the
+    /// next call takes it.
+    pub connect_error: libc::c_int,
+    /// The monitor refused the connect (its listener went while it waited).
+    pub refused: bool,
+    /// The program shut the connection down while it was still waiting.
+    pub shut_waiting: bool,
 }
 
 impl Stream {
     /// A connection just set up (or taken over across exec): established,
     /// nothing sent or blocked yet.
     pub(crate) fn new(link: Link, info: ConnInfo, connect_pending: bool) -> Stream {
+        let admitted = link.admission() == ipcd_ring::Admission::Established;
         Stream {
             conn: Conn::established(),
             link,
@@ -73,7 +85,34 @@ impl Stream {
             next_look_ms: 0,
             reported_to: 0,
             held_since: 0,
+            admitted,
+            connect_error: 0,
+            refused: false,
+            shut_waiting: false,
         }
+    }
+
+    /// Where the connection stands against its listener's backlog: once
+    /// established it stays so (a load of our own flag); before, the
+    /// monitor's word in the segment. A refused one notes `ECONNREFUSED`
+    /// to report once.
+    pub(crate) fn admission(&mut self) -> ipcd_ring::Admission {
+        if self.admitted {
+            return ipcd_ring::Admission::Established;
+        }
+        if self.refused || self.shut_waiting {
+            return ipcd_ring::Admission::Refused;
+        }
+        let a = self.link.admission();
+        match a {
+            ipcd_ring::Admission::Established => self.admitted = true,
+            ipcd_ring::Admission::Refused => {
+                self.refused = true;
+                self.connect_error = libc::ECONNREFUSED;
+            }
+            ipcd_ring::Admission::Waiting => {}
+        }
+        a
     }
 
     /// Shows the peer the bytes held back (`TCP_CORK`, `MSG_MORE`), waking
@@ -242,6 +281,9 @@ pub(crate) struct Socket {
     rcvbuf: AtomicU32,
     /// `TCP_CORK` is on: sends hold partial data back (see `cork`).
     corked: AtomicBool,
+    /// Its connection may still wait for room in a full backlog: data
+    /// calls look at the admission first (see `stream::admitted`).
+    may_wait: AtomicBool,
     /// Data calls in progress. A close while one is in progress (another
     /// thread blocked in recv) waits for it to end, as Linux's close only
     /// drops the fd and the blocked call keeps the socket open.
@@ -281,6 +323,7 @@ impl Socket {
             sndbuf: AtomicU32::new(0),
             rcvbuf: AtomicU32::new(0),
             corked: AtomicBool::new(false),
+            may_wait: AtomicBool::new(false),
             inflight: AtomicU32::new(0),
             close_deferred: AtomicBool::new(false),
             clean: AtomicBool::new(false),
@@ -305,6 +348,9 @@ impl Socket {
 
     /// Makes `state` (locked by the caller) a stream.
     pub(crate) fn become_stream(&self, state: &mut State, mut stream: Stream) {
+        if !stream.admitted {
+            self.may_wait.store(true, Ordering::Relaxed);
+        }
         stream.link.set_send_limit(self.sndbuf() as usize);
         stream.link.set_window(self.rcvbuf() as usize);
         *state = State::Stream(Box::new(stream));
@@ -462,6 +508,16 @@ impl Socket {
     /// Records the send buffer the kernel took for `SO_SNDBUF`.
     pub(crate) fn set_sndbuf(&self, bytes: u32) {
         self.sndbuf.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Whether the connection may still wait for admission (one load).
+    pub(crate) fn may_wait(&self) -> bool {
+        self.may_wait.load(Ordering::Relaxed)
+    }
+
+    /// The connection was admitted (or gave up): calls stop looking.
+    pub(crate) fn admission_settled(&self) {
+        self.may_wait.store(false, Ordering::Relaxed);
     }
 
     /// Whether `TCP_CORK` is on.

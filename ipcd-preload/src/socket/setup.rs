@@ -25,6 +25,10 @@ pub(crate) enum Connect {
     Done(Result<(), libc::c_int>),
     /// Let the kernel connect (the fd is no longer ours).
     Kernel,
+    /// A blocking connect whose listener's queue is full: wait, without
+    /// the socket's lock, for the monitor to admit or refuse it
+    /// (`stream::wait_connected`).
+    Wait,
 }
 
 /// `getsockname` of a kernel fd.
@@ -221,8 +225,15 @@ pub(crate) fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect
     let kept = match &mut *state {
         State::Fresh { bound } => *bound,
         State::Stream(s) => {
-            let pending = std::mem::take(&mut s.connect_pending);
-            return Connect::Done(if pending { Ok(()) } else { Err(libc::EISCONN) });
+            return Connect::Done(match s.admission() {
+                // Linux's answers for a connect in progress and one refused.
+                ipcd_ring::Admission::Waiting => Err(libc::EALREADY),
+                ipcd_ring::Admission::Refused => {
+                    Err(Some(std::mem::take(&mut s.connect_error)).filter(|&e| e != 0).unwrap_or(libc::ECONNREFUSED))
+                }
+                ipcd_ring::Admission::Established if std::mem::take(&mut s.connect_pending) => Ok(()),
+                ipcd_ring::Admission::Established => Err(libc::EISCONN),
+            });
         }
         State::Listening { .. } | State::Closed => return Connect::Kernel,
     };
@@ -289,11 +300,17 @@ pub(crate) fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect
             let nonblocking = sock.nonblocking();
             let mut stream = Stream::new(link, info, nonblocking);
             stream.bound = bound;
+            let waiting = !stream.admitted;
             sock.become_stream(&mut state, stream);
             // A non-blocking connect to a loopback listener still answers
             // EINPROGRESS on Linux; the brokering is already done, so the
-            // connection is writable at once.
-            Connect::Done(if sock.nonblocking() { Err(libc::EINPROGRESS) } else { Ok(()) })
+            // connection is writable at once (or once a full queue admits
+            // it).
+            match (sock.nonblocking(), waiting) {
+                (true, _) => Connect::Done(Err(libc::EINPROGRESS)),
+                (false, true) => Connect::Wait,
+                (false, false) => Connect::Done(Ok(())),
+            }
         }
         Err(e) => {
             // No fds at all: the kernel had no free number for them (the
@@ -587,9 +604,9 @@ pub(crate) unsafe fn accept(
     let _ = control::with(|_| Ok(()));
     reregister(fd, sock);
     crate::socket::held::report();
-    let (bell, serve) = match &mut *sock.lock() {
-        State::Listening { bell, shared, served, .. } => (bell.clone(), serve_now(*shared, served)),
-        _ => (None, false),
+    let (bell, serve, backlog) = match &mut *sock.lock() {
+        State::Listening { bell, shared, served, backlog, .. } => (bell.clone(), serve_now(*shared, served), *backlog),
+        _ => (None, false, 0),
     };
     if serve {
         let _ = control::with(|c| c.notify(&Request::Serve { listener: id }));
@@ -611,6 +628,15 @@ pub(crate) unsafe fn accept(
                 Ok((newfd, peer)) => {
                     // A buffer that faults loses only the address.
                     write_addr(peer, addr, len);
+                    // A queue still at its backlog may have connects
+                    // waiting for room: the monitor hears of this accept
+                    // now, not with the next request.
+                    let _ = control::with(|c| {
+                        if c.queued(id) >= backlog.max(1) as usize {
+                            c.flush_accepted()?;
+                        }
+                        Ok(())
+                    });
                     return Ok(newfd);
                 }
                 Err(Refused::Failed(libc::ECONNABORTED)) => continue,

@@ -13,6 +13,7 @@ use crate::conn::wait::{self, Spun, Woken};
 use crate::control;
 use crate::socket::{cork, Call, Socket, State, Stream};
 use crate::sys::iov::IoCursor;
+use crate::sys::real;
 use crate::sys::signals::Caught;
 
 /// A call's outcome: bytes moved, or an errno.
@@ -203,6 +204,83 @@ fn deadline(t: Option<std::time::Duration>) -> Option<Instant> {
     t.map(|t| Instant::now() + t)
 }
 
+/// Before a data call on a connection that may still wait for room in its
+/// listener's backlog: on with it once admitted; a non-blocking call
+/// answers `EAGAIN` while it waits, a blocking one waits (as Linux's wait
+/// for the connect to complete); a refused or given-up connect answers
+/// its error once, then `ENOTCONN` (`EPIPE` for a send).
+fn admitted(sock: &Socket, flags: &Flags, sending: bool) -> Result<(), libc::c_int> {
+    if !sock.may_wait() {
+        return Ok(());
+    }
+    let deadline = deadline(if sending { sock.sndtimeo() } else { sock.rcvtimeo() });
+    loop {
+        let (a, e) = with_stream(sock, |s| {
+            let a = s.admission();
+            (a, if a == ipcd_ring::Admission::Refused { std::mem::take(&mut s.connect_error) } else { 0 })
+        })?;
+        match a {
+            ipcd_ring::Admission::Established => {
+                sock.admission_settled();
+                return Ok(());
+            }
+            ipcd_ring::Admission::Refused if e != 0 => return Err(e),
+            ipcd_ring::Admission::Refused => return Err(if sending { libc::EPIPE } else { libc::ENOTCONN }),
+            ipcd_ring::Admission::Waiting if flags.nonblock => return Err(libc::EAGAIN),
+            ipcd_ring::Admission::Waiting => wait_admission(sock, deadline)?,
+        }
+    }
+}
+
+/// Sleeps until the monitor admits or refuses the waiting connection (it
+/// rings the connector's doorbell), `deadline` passes (`EAGAIN`) or a
+/// handler interrupts (`EINTR`). Looks again at least every 100 ms.
+pub(crate) fn wait_admission(sock: &Socket, deadline: Option<Instant>) -> Result<(), libc::c_int> {
+    let caught = Caught::now();
+    loop {
+        let (a, bell) = with_stream(sock, |s| (s.admission(), s.link.bell()))?;
+        if a != ipcd_ring::Admission::Waiting {
+            return Ok(());
+        }
+        if caught.interrupts(deadline.is_none()) {
+            return Err(libc::EINTR);
+        }
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return Err(libc::EAGAIN);
+        }
+        let ms = left.map_or(100, |l| l.as_millis().clamp(1, 100)) as libc::c_int;
+        let mut p = libc::pollfd { fd: bell, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one live pollfd on our own doorbell.
+        if unsafe { real::poll(&mut p, 1, ms) } > 0 {
+            // Nothing else rings it yet: the peer has not seen the
+            // connection.
+            crate::conn::bell::take(bell);
+        }
+    }
+}
+
+/// A blocking connect that found its listener's queue full: waits for
+/// the monitor's answer, as Linux's connect waits out its SYN retries.
+/// `ECONNREFUSED` if the listener went; `EINPROGRESS` after `SO_SNDTIMEO`
+/// (the connect goes on, and a later `connect` reports it), `EINTR`.
+pub(crate) fn wait_connected(sock: &Socket) -> Result<(), libc::c_int> {
+    match wait_admission(sock, deadline(sock.sndtimeo())) {
+        Ok(()) => {}
+        Err(libc::EAGAIN) => {
+            let _ = with_stream(sock, |s| s.connect_pending = true);
+            return Err(libc::EINPROGRESS);
+        }
+        Err(e) => return Err(e),
+    }
+    with_stream(sock, |s| match s.admission() {
+        ipcd_ring::Admission::Refused => {
+            Err(Some(std::mem::take(&mut s.connect_error)).filter(|&e| e != 0).unwrap_or(libc::ECONNREFUSED))
+        }
+        _ => Ok(()),
+    })?
+}
+
 /// `send`/`write`/`sendmsg` of the bytes in `iov`.
 ///
 /// A blocking send of up to a quarter of the ring goes in whole (it waits
@@ -215,6 +293,7 @@ fn deadline(t: Option<std::time::Duration>) -> Option<Instant> {
 /// # Safety
 /// `iov` must describe readable memory.
 pub(crate) unsafe fn send(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], flags: Flags) -> IoResult {
+    admitted(sock, &flags, true)?;
     let mut cur = IoCursor::new(iov);
     let total = cur.total();
     let deadline = deadline(sock.sndtimeo());
@@ -444,6 +523,7 @@ enum Look {
 /// # Safety
 /// `iov` must describe writable memory.
 pub(crate) unsafe fn recv(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], flags: Flags) -> IoResult {
+    admitted(sock, &flags, false)?;
     let mut cur = IoCursor::new(iov);
     // A zero-length receive is an ordinary one that copies nothing: 0 with
     // data queued or at end of stream, EAGAIN or a wait on an empty socket
@@ -535,6 +615,25 @@ pub(crate) unsafe fn recv(sock: &Socket, call: &Call<'_>, iov: &[libc::iovec], f
 /// `shutdown(how)`.
 pub(crate) fn shutdown(sock: &Socket, how: libc::c_int) -> Result<(), libc::c_int> {
     let how = How::from_raw(how).map_err(errno)?;
+    let gave_up = with_stream(sock, |s| {
+        if s.admission() != ipcd_ring::Admission::Waiting {
+            return false;
+        }
+        // A connect still waiting is torn down, as Linux's in SYN_SENT:
+        // POLLHUP|POLLERR and ECONNRESET. The reset rings tell the monitor
+        // to drop it from the queue it waits for.
+        s.shut_waiting = true;
+        s.connect_error = libc::ECONNRESET;
+        if s.link.tx.reset() | s.link.rx.close() {
+            s.link.ring_peer();
+        }
+        crate::conn::bell::ring(s.link.bell());
+        true
+    })?;
+    if gave_up {
+        sock.admission_settled();
+        return Ok(());
+    }
     let bell = with_stream(sock, |s| {
         let ring = s.observe();
         let (res, fin) = s.conn.shutdown(&ring, how);
@@ -633,6 +732,18 @@ impl Stream {
     /// The poll mask now and the edge (the caller holds the socket's lock
     /// and has entered the link).
     pub(crate) fn poll(&mut self) -> (u32, Edge) {
+        let edge = |s: &Stream| Edge { tail: s.link.rx.tail_seen(), state: s.link.rx.peer_state(), out: s.out_blocked };
+        match self.admission() {
+            ipcd_ring::Admission::Established => {}
+            // Still connecting, as a client whose SYN found a full queue.
+            ipcd_ring::Admission::Waiting => return (0, edge(self)),
+            // Linux's masks: given up by shutdown, or refused.
+            ipcd_ring::Admission::Refused => {
+                let hup = (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) as u32;
+                let mask = if self.shut_waiting { hup } else { hup | libc::POLLIN as u32 };
+                return (mask, edge(self));
+            }
+        }
         let ring = self.observe();
         let mut mask = self.conn.poll(&ring).bits();
         if self.zerocopy.pending.is_some() {
@@ -645,6 +756,10 @@ impl Stream {
 /// `getsockopt(SO_ERROR)`: the pending error, cleared.
 pub(crate) fn so_error(sock: &Socket) -> Result<libc::c_int, libc::c_int> {
     with_stream(sock, |s| {
+        s.admission();
+        if s.connect_error != 0 {
+            return std::mem::take(&mut s.connect_error);
+        }
         let ring = s.observe();
         s.conn.so_error(&ring).map_or(0, errno)
     })

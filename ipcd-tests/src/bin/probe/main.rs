@@ -171,6 +171,7 @@ const CHECKS: &[Check] = &[
     ("spawn-paths", spawn_paths),
     ("cork", cork),
     ("defer-accept", defer_accept),
+    ("backlog-wait", backlog_wait),
 ];
 
 fn check(name: &str) -> Res {

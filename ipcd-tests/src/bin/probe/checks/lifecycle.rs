@@ -799,3 +799,99 @@ pub(crate) fn defer_accept() -> Res {
     }
     Ok(())
 }
+
+/// Non-blocking connects to 127.0.0.1:`port`, left in progress.
+fn connects_in_progress(port: u16, n: usize) -> Result<Vec<i32>, String> {
+    let (ss, len) = net::loopback(false, port);
+    (0..n)
+        .map(|_| {
+            let c = net::tcp_socket(false).map_err(f)?;
+            set_nonblocking(c, true).map_err(|e| e.to_string())?;
+            // SAFETY: a sockaddr of `len` bytes.
+            let r = unsafe { libc::connect(c, (&raw const ss).cast(), len) };
+            ensure!(r == 0 || errno() == libc::EINPROGRESS, "connect: {r}, errno {}", errno());
+            Ok(c)
+        })
+        .collect()
+}
+
+/// Each socket's poll events now (POLLIN and POLLOUT asked).
+fn events(fds: &[i32]) -> Vec<i16> {
+    fds.iter()
+        .map(|&fd| {
+            let mut p = [pollfd(fd, libc::POLLIN | libc::POLLOUT)];
+            poll_n(&mut p, 0);
+            p[0].revents
+        })
+        .collect()
+}
+
+/// A listener's backlog as Linux's: `listen(fd, 1)` holds two connections;
+/// more stay connecting (no POLLOUT) until an accept makes room, then
+/// complete. A waiting connect shut down reports POLLHUP|POLLERR and
+/// ECONNRESET; one whose listener closes before it had room is refused
+/// (ECONNREFUSED), where a queued one is reset (ECONNRESET).
+pub(crate) fn backlog_wait() -> Res {
+    let l = net::tcp_socket(false).map_err(f)?;
+    let (ss, len) = net::loopback(false, 0);
+    // SAFETY: a sockaddr of `len` bytes; then a bound socket.
+    unsafe {
+        cvt("bind", libc::bind(l, (&raw const ss).cast(), len)).map_err(f)?;
+        cvt("listen", libc::listen(l, 1)).map_err(f)?;
+    }
+    let port = net::local_port(l).map_err(f)?;
+    let cs = connects_in_progress(port, 4)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let ev = events(&cs);
+    let out = libc::POLLOUT;
+    ensure!(ev[0] & out != 0 && ev[1] & out != 0, "the queue's two connections: {ev:?}");
+    ensure!(ev[2] == 0 && ev[3] == 0, "connects beyond the backlog completed: {ev:?}");
+    // SAFETY: shutdown of our socket.
+    cvt("shutdown", unsafe { libc::shutdown(cs[3], libc::SHUT_RDWR) }).map_err(f)?;
+    let hup_err = libc::POLLHUP | libc::POLLERR;
+    let ev = events(&cs[3..]);
+    ensure!(ev[0] & hup_err == hup_err, "a waiting connect shut down: {:#x}", ev[0]);
+    let e = int_opt(cs[3], libc::SOL_SOCKET, libc::SO_ERROR)?;
+    ensure!(e == libc::ECONNRESET, "a waiting connect shut down: SO_ERROR {e}");
+    let s = net::accept(l).map_err(f)?;
+    let mut p = [pollfd(cs[2], libc::POLLOUT)];
+    ensure!(poll_n(&mut p, 10_000) == 1 && p[0].revents & out != 0, "an accept made no room for the waiting one");
+    ensure!(int_opt(cs[2], libc::SOL_SOCKET, libc::SO_ERROR)? == 0, "the admitted connect has an error");
+    // Data goes both ways once it is accepted.
+    let s1 = net::accept(l).map_err(f)?;
+    let s2 = net::accept(l).map_err(f)?;
+    ensure!(send(cs[2], b"w", 0) == 1, "send on the admitted connection: errno {}", errno());
+    set_timeout(s2, 10)?;
+    let mut b = [0u8; 1];
+    net::read_exact(s2, &mut b).map_err(f)?;
+    ensure!(b[0] == b'w', "the admitted connection carried {b:?}");
+    for fd in cs.iter().copied().chain([s, s1, s2, l]) {
+        net::close(fd);
+    }
+    // listen(0) holds one; the listener closes with one queued and two waiting.
+    let (l2, port2) = net::listen_loopback(false).map_err(f)?;
+    // SAFETY: listen again on our listening socket.
+    cvt("listen", unsafe { libc::listen(l2, 0) }).map_err(f)?;
+    let a = connects_in_progress(port2, 3)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let ev = events(&a);
+    ensure!(ev[0] & out != 0 && ev[1] == 0 && ev[2] == 0, "listen(0) queue: {ev:?}");
+    net::close(l2);
+    let mut p = [pollfd(a[2], libc::POLLOUT)];
+    ensure!(poll_n(&mut p, 10_000) == 1, "a waiting connect was not told its listener closed");
+    let ev = events(&a);
+    ensure!(ev.iter().all(|e| e & hup_err == hup_err), "after the listener closed: {ev:?}");
+    let e0 = int_opt(a[0], libc::SOL_SOCKET, libc::SO_ERROR)?;
+    ensure!(e0 == libc::ECONNRESET, "the queued connection: SO_ERROR {e0}");
+    let mut p = [pollfd(a[1], libc::POLLOUT)];
+    ensure!(poll_n(&mut p, 10_000) == 1, "the second waiting connect was not told");
+    let e1 = int_opt(a[1], libc::SOL_SOCKET, libc::SO_ERROR)?;
+    ensure!(e1 == libc::ECONNREFUSED, "a waiting connect: SO_ERROR {e1}");
+    ensure!(
+        recv(a[2], &mut b, 0) == -1 && errno() == libc::ECONNREFUSED,
+        "a waiting connect's read: errno {}",
+        errno()
+    );
+    a.into_iter().for_each(net::close);
+    Ok(())
+}
