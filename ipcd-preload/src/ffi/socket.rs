@@ -505,26 +505,47 @@ pub(super) unsafe extern "C" fn getsockopt(
     }
     if level == libc::SOL_SOCKET && name == libc::SO_ERROR {
         if let Some(s) = table::get(fd).filter(|s| s.is_stream()) {
-            if val.is_null() || len.is_null() {
-                return fail(libc::EFAULT);
+            return answer_int(val, len, || stream::so_error(&s).unwrap_or(0));
+        }
+    }
+    // The segment size of an established connection, which the idle
+    // kernel socket underneath (536, its default) does not know: the
+    // kernel's own for a loopback connection in this state, within what
+    // the program set.
+    if level == libc::IPPROTO_TCP && name == libc::TCP_MAXSEG {
+        if let Some(s) = table::get(fd).filter(|s| s.is_stream()) {
+            if let Some(mss) = stream::fresh_connector(&s).ok().and_then(|f| options::loopback_mss(s.family, f)) {
+                let set = real::int_opt(fd, level, name).filter(|&v| v != DEFAULT_MSS).unwrap_or(c_int::MAX);
+                return answer_int(val, len, || mss.min(set));
             }
-            // SAFETY: a socklen_t is plain data.
-            let Some(l) = (unsafe { user::read(len) }) else { return fail(libc::EFAULT) };
-            if (l as i32) < 0 {
-                return fail(libc::EINVAL);
-            }
-            let e = stream::so_error(&s).unwrap_or(0);
-            let n = (l as usize).min(std::mem::size_of::<c_int>());
-            // SAFETY: copies at most the caller's length from a live int,
-            // to the program's memory through `user`.
-            if !unsafe { user::copy_out(val.cast(), (&raw const e).cast(), n) } || !user::write(len, n as socklen_t) {
-                return fail(libc::EFAULT);
-            }
-            return 0;
         }
     }
     // SAFETY: the caller's arguments, unchanged.
     unsafe { real::getsockopt(fd, level, name, val, len) }
+}
+
+/// The `TCP_MAXSEG` of a socket that never connected and was not set.
+const DEFAULT_MSS: c_int = 536;
+
+/// Answers an int option as the kernel does: `EFAULT` for bad pointers,
+/// `EINVAL` for a negative length, at most the caller's length copied.
+fn answer_int(val: *mut c_void, len: *mut socklen_t, v: impl FnOnce() -> c_int) -> c_int {
+    if val.is_null() || len.is_null() {
+        return fail(libc::EFAULT);
+    }
+    // SAFETY: a socklen_t is plain data.
+    let Some(l) = (unsafe { user::read(len) }) else { return fail(libc::EFAULT) };
+    if (l as i32) < 0 {
+        return fail(libc::EINVAL);
+    }
+    let v = v();
+    let n = (l as usize).min(std::mem::size_of::<c_int>());
+    // SAFETY: copies at most the caller's length from a live int, to the
+    // program's memory through `user`.
+    if !unsafe { user::copy_out(val.cast(), (&raw const v).cast(), n) } || !user::write(len, n as socklen_t) {
+        return fail(libc::EFAULT);
+    }
+    0
 }
 
 /// Writes the connection's own values over a `struct tcp_info` of `len`

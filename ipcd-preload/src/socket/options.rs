@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use libc::{c_int, c_void, socklen_t};
 
+use ipcd_proto::SockAddr;
+
 use crate::socket::{reuse, Socket, TCP_INQ};
 use crate::sys::real;
 
@@ -201,5 +203,73 @@ impl Inherited {
                 unsafe { after_set(fd, new, *level, *name, p, len) };
             }
         }
+    }
+}
+
+/// `TCP_MAXSEG` of an established loopback connection of `family`, as the
+/// kernel reports it: at the connecting end before any byte moved
+/// (`fresh`), or at either end otherwise (they agree once a segment
+/// went). Learnt once per process from a real loopback connection (the
+/// values are the kernel's own, and differ between families and
+/// kernels), the first time a program asks an ipcd connection. `None`
+/// if the kernel would not make one.
+pub(crate) fn loopback_mss(family: c_int, fresh: bool) -> Option<c_int> {
+    use std::sync::atomic::{AtomicI32, Ordering};
+    // v4 fresh, v4 after data, v6 fresh, v6 after data; 0: not learnt.
+    static MSS: [AtomicI32; 4] = [const { AtomicI32::new(0) }; 4];
+    let i = usize::from(family == libc::AF_INET6) * 2 + usize::from(!fresh);
+    let v = MSS[i].load(Ordering::Relaxed);
+    if v > 0 {
+        return Some(v);
+    }
+    let (f, d) = learn_mss(family)?;
+    MSS[i & !1].store(f, Ordering::Relaxed);
+    MSS[i | 1].store(d, Ordering::Relaxed);
+    Some(if fresh { f } else { d })
+}
+
+/// A loopback connection's `TCP_MAXSEG` at the connecting end, before and
+/// after a byte went each way, through the kernel.
+fn learn_mss(family: c_int) -> Option<(c_int, c_int)> {
+    let addr = match family {
+        libc::AF_INET6 => {
+            SockAddr::V6 { ip: std::net::Ipv6Addr::LOCALHOST.octets(), port: 0, flowinfo: 0, scope_id: 0 }
+        }
+        _ => SockAddr::V4 { ip: [127, 0, 0, 1], port: 0 },
+    };
+    let (ss, len) = addr.to_raw();
+    let flags = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
+    let mss = |fd| real::int_opt(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG);
+    // SAFETY: sockets made, used and closed here, through libc's own calls
+    // (none of them becomes ours); out buffers of their sizes.
+    unsafe {
+        let (l, c) = (real::socket(family, flags, 0), real::socket(family, flags, 0));
+        let mut a = -1;
+        let mut got = None;
+        let mut bound: libc::sockaddr_storage = std::mem::zeroed();
+        let mut blen = size_of::<libc::sockaddr_storage>() as socklen_t;
+        if l >= 0
+            && c >= 0
+            && real::bind(l, (&raw const ss).cast(), len) == 0
+            && real::listen(l, 1) == 0
+            && real::getsockname(l, (&raw mut bound).cast(), &mut blen) == 0
+            && real::connect(c, (&raw const bound).cast(), blen) == 0
+        {
+            a = real::accept4(l, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC);
+            let fresh = mss(c);
+            let mut b = [0u8; 1];
+            let moved = a >= 0
+                && real::write(c, b.as_ptr().cast(), 1) == 1
+                && real::read(a, b.as_mut_ptr().cast(), 1) == 1
+                && real::write(a, b.as_ptr().cast(), 1) == 1
+                && real::read(c, b.as_mut_ptr().cast(), 1) == 1;
+            got = fresh.zip(if moved { mss(c) } else { None });
+        }
+        for fd in [a, c, l] {
+            if fd >= 0 {
+                real::close(fd);
+            }
+        }
+        got
     }
 }

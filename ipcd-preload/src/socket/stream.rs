@@ -765,6 +765,14 @@ pub(crate) fn so_error(sock: &Socket) -> Result<libc::c_int, libc::c_int> {
     })
 }
 
+/// Whether this stream connected and no byte has moved on it yet either
+/// way: Linux's connecting end reports a smaller `TCP_MAXSEG` until then.
+pub(crate) fn fresh_connector(sock: &Socket) -> Result<bool, libc::c_int> {
+    with_stream(sock, |s| {
+        s.info.side == ipcd_proto::message::Side::A && s.link.sent_total() == 0 && s.link.received_total() == 0
+    })
+}
+
 /// Takes the pending `MSG_ZEROCOPY` completions (`recvmsg(MSG_ERRQUEUE)`).
 pub(crate) fn take_zerocopy(sock: &Socket) -> Result<Option<(u32, u32)>, libc::c_int> {
     with_stream(sock, |s| s.zerocopy.pending.take())

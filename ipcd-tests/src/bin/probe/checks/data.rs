@@ -768,6 +768,15 @@ pub(crate) fn tcp_info() -> Res {
     let (c, s) = pair(false)?;
     wait_for(c, Info { state: 1, rtt_set: true, acked: 1, received: 0 })?;
     wait_for(s, Info { state: 1, rtt_set: true, acked: 0, received: 0 })?;
+    // TCP_MAXSEG of an established connection is the loopback's segment
+    // size (tens of kilobytes), not an unconnected socket's default 536.
+    let unconnected = net::tcp_socket(false).map_err(f)?;
+    let default = int_opt(unconnected, libc::IPPROTO_TCP, libc::TCP_MAXSEG)?;
+    net::close(unconnected);
+    for fd in [c, s] {
+        let mss = int_opt(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG)?;
+        ensure!(mss > 4 * default, "TCP_MAXSEG of an established connection: {mss} (unconnected: {default})");
+    }
     net::send_all(c, &[7u8; 1000]).map_err(f)?;
     let mut buf = [0u8; 1000];
     net::read_exact(s, &mut buf).map_err(f)?;
