@@ -29,6 +29,35 @@ fn prepare(fa: *const posix_spawn_file_actions_t) -> Option<CString> {
     guarded(None, || spawn::prepare(fa as usize))
 }
 
+/// `posix_spawn` or `posix_spawnp` (`real`), with our entry in the
+/// child's environment when it inherits ends of ours.
+///
+/// # Safety
+/// As for `posix_spawn(3)`; `real` is libc's function of that shape.
+unsafe fn spawn_with(
+    real: unsafe fn(
+        *mut pid_t,
+        *const c_char,
+        *const posix_spawn_file_actions_t,
+        *const posix_spawnattr_t,
+        *const *mut c_char,
+        *const *mut c_char,
+    ) -> c_int,
+    pid: *mut pid_t,
+    path: *const c_char,
+    fa: *const posix_spawn_file_actions_t,
+    attr: *const posix_spawnattr_t,
+    argv: *const *mut c_char,
+    envp: *const *mut c_char,
+) -> c_int {
+    match prepare(fa) {
+        // SAFETY: the caller's arguments, with our entry in a copy of envp.
+        Some(entry) => unsafe { real(pid, path, fa, attr, argv, env_with(envp, &entry).as_ptr().cast()) },
+        // SAFETY: the caller's arguments, unchanged.
+        None => unsafe { real(pid, path, fa, attr, argv, envp) },
+    }
+}
+
 /// Interposed `posix_spawn(3)`.
 ///
 /// # Safety
@@ -42,12 +71,8 @@ pub(super) unsafe extern "C" fn posix_spawn(
     argv: *const *mut c_char,
     envp: *const *mut c_char,
 ) -> c_int {
-    match prepare(fa) {
-        // SAFETY: the caller's arguments, with our entry in a copy of envp.
-        Some(entry) => unsafe { real::posix_spawn(pid, path, fa, attr, argv, env_with(envp, &entry).as_ptr().cast()) },
-        // SAFETY: the caller's arguments, unchanged.
-        None => unsafe { real::posix_spawn(pid, path, fa, attr, argv, envp) },
-    }
+    // SAFETY: the caller's arguments, to libc's function.
+    unsafe { spawn_with(real::posix_spawn, pid, path, fa, attr, argv, envp) }
 }
 
 /// Interposed `posix_spawnp(3)`.
@@ -63,12 +88,8 @@ pub(super) unsafe extern "C" fn posix_spawnp(
     argv: *const *mut c_char,
     envp: *const *mut c_char,
 ) -> c_int {
-    match prepare(fa) {
-        // SAFETY: the caller's arguments, with our entry in a copy of envp.
-        Some(entry) => unsafe { real::posix_spawnp(pid, file, fa, attr, argv, env_with(envp, &entry).as_ptr().cast()) },
-        // SAFETY: the caller's arguments, unchanged.
-        None => unsafe { real::posix_spawnp(pid, file, fa, attr, argv, envp) },
-    }
+    // SAFETY: the caller's arguments, to libc's function.
+    unsafe { spawn_with(real::posix_spawnp, pid, file, fa, attr, argv, envp) }
 }
 
 /// Interposed `posix_spawn_file_actions_init(3)`: a fresh list (the

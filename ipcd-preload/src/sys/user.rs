@@ -178,21 +178,8 @@ pub(crate) fn all_accessible(p: *const u8, n: usize, write: bool) -> bool {
 /// # Safety
 /// `dst` must be valid for `n` bytes of writes.
 pub(crate) unsafe fn copy_in(dst: *mut u8, src: *const u8, n: usize) -> bool {
-    if n == 0 {
-        return true;
-    }
-    if src.is_null() {
-        return false;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if guarded() {
-        // SAFETY: `dst` is valid (the caller); a fault on `src` returns
-        // what was left (see `fixup`).
-        return unsafe { ipcd_user_copy(dst, src, n) } == 0;
-    }
-    // SAFETY: unguarded: the caller's pointers as given.
-    unsafe { std::ptr::copy_nonoverlapping(src, dst, n) };
-    true
+    // SAFETY: as the caller promises; `src` is the program's.
+    unsafe { copy(dst, src, n, src) }
 }
 
 /// Copies `n` bytes from `src` to the program's `dst`; false (and perhaps
@@ -201,16 +188,26 @@ pub(crate) unsafe fn copy_in(dst: *mut u8, src: *const u8, n: usize) -> bool {
 /// # Safety
 /// `src` must be valid for `n` bytes of reads.
 pub(crate) unsafe fn copy_out(dst: *mut u8, src: *const u8, n: usize) -> bool {
+    // SAFETY: as the caller promises; `dst` is the program's.
+    unsafe { copy(dst, src, n, dst) }
+}
+
+/// [`copy_in`] and [`copy_out`]: `program` is whichever of the two
+/// pointers is the program's (the other is valid for `n` bytes).
+///
+/// # Safety
+/// The pointer that is not `program` is valid for `n` bytes.
+unsafe fn copy(dst: *mut u8, src: *const u8, n: usize, program: *const u8) -> bool {
     if n == 0 {
         return true;
     }
-    if dst.is_null() {
+    if program.is_null() {
         return false;
     }
     #[cfg(target_arch = "x86_64")]
     if guarded() {
-        // SAFETY: `src` is valid (the caller); a fault on `dst` returns
-        // what was left (see `fixup`).
+        // SAFETY: the other pointer is valid (the caller); a fault on the
+        // program's returns what was left (see `fixup`).
         return unsafe { ipcd_user_copy(dst, src, n) } == 0;
     }
     // SAFETY: unguarded: the caller's pointers as given.

@@ -884,23 +884,7 @@ pub(crate) fn sndbuf() -> Res {
     let chunk = vec![0x5au8; 3 * eff];
     let n = send(c, &chunk, libc::MSG_DONTWAIT);
     ensure!(n > 0 && (n as usize) < chunk.len(), "a non-blocking write of 3 x {eff} took {n} (errno {})", errno());
-    let mut total = n as usize;
-    // Full: Linux's receive queue takes a share too, as acknowledgements
-    // free the send buffer, so full is when writes still find no room
-    // after a pause.
-    let mut refused = 0;
-    while refused < 3 {
-        let n = send(c, &chunk, libc::MSG_DONTWAIT);
-        if n < 0 {
-            ensure!(errno() == libc::EAGAIN, "filling: errno {}", errno());
-            refused += 1;
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
-        }
-        refused = 0;
-        total += n as usize;
-        ensure!(total < 64 << 20, "the connection took 64 MiB without filling");
-    }
+    let mut total = n as usize + fill(c, &chunk)?;
     let sender = std::thread::spawn(move || send(c, &[0x5a; 1000], 0));
     std::thread::sleep(Duration::from_millis(200));
     ensure!(!sender.is_finished(), "a send to a full connection did not wait");
@@ -1031,6 +1015,27 @@ pub(crate) fn bad_pointers() -> Res {
     Ok(())
 }
 
+/// Sends `chunk` non-blocking on `c` until the connection is full; returns
+/// the bytes it took. Full: Linux's receive queue takes a share too, as
+/// acknowledgements free the send buffer, so full is when three writes in
+/// a row, 50 ms apart, still find no room.
+fn fill(c: i32, chunk: &[u8]) -> Result<usize, String> {
+    let (mut total, mut refused) = (0usize, 0);
+    while refused < 3 {
+        let n = send(c, chunk, libc::MSG_DONTWAIT);
+        if n < 0 {
+            ensure!(errno() == libc::EAGAIN, "filling: errno {}", errno());
+            refused += 1;
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        refused = 0;
+        total += n as usize;
+        ensure!(total < 64 << 20, "the connection took 64 MiB without filling");
+    }
+    Ok(total)
+}
+
 /// Fills a connection whose sender set an 8 KiB send buffer and whose
 /// listener set receive buffer `rcv` (accepted sockets inherit it):
 /// non-blocking writes until three in a row, 50 ms apart, find no room.
@@ -1047,20 +1052,7 @@ fn fill_with_rcvbuf(rcv: i32) -> Result<usize, String> {
     let c = net::connect_loopback(false, net::local_port(l).map_err(f)?).map_err(f)?;
     let s = net::accept(l).map_err(f)?;
     set_opt(c, libc::SOL_SOCKET, libc::SO_SNDBUF, &8192i32)?;
-    let chunk = vec![0xa5u8; 4096];
-    let (mut total, mut refused) = (0usize, 0);
-    while refused < 3 {
-        let n = send(c, &chunk, libc::MSG_DONTWAIT);
-        if n < 0 {
-            ensure!(errno() == libc::EAGAIN, "filling: errno {}", errno());
-            refused += 1;
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
-        }
-        refused = 0;
-        total += n as usize;
-        ensure!(total < 64 << 20, "the connection took 64 MiB without filling");
-    }
+    let total = fill(c, &[0xa5u8; 4096])?;
     let mut got = vec![0u8; total];
     net::read_exact(s, &mut got).map_err(f)?;
     ensure!(got.iter().all(|&b| b == 0xa5), "a byte changed");
