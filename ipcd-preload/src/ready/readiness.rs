@@ -125,6 +125,9 @@ pub(crate) struct Armed {
 /// doorbell ring, never a lost wake-up.
 pub(crate) fn arm(sock: &Socket, events: u32) -> Option<Armed> {
     crate::socket::stream::with_stream(sock, |s| {
+        if let Some(a) = arm_unadmitted(s) {
+            return a;
+        }
         s.look_for_dead_peer();
         if events & IN_BITS != 0 && s.link.rx.prepare_wait() != Ok(Wait::Sleep) {
             return None;
@@ -146,6 +149,9 @@ pub(crate) fn arm(sock: &Socket, events: u32) -> Option<Armed> {
 /// us since we had not asked (nginx stalled until its send timeout).
 pub(crate) fn arm_edge(sock: &Socket, events: u32, seen: Edge, out_reported: bool) -> Option<Armed> {
     crate::socket::stream::with_stream(sock, |s| {
+        if let Some(a) = arm_unadmitted(s) {
+            return a;
+        }
         s.look_for_dead_peer();
         if events & IN_BITS != 0 && s.link.rx.prepare_wait_past(seen.tail, seen.state) != Ok(Wait::Sleep) {
             return None;
@@ -157,6 +163,18 @@ pub(crate) fn arm_edge(sock: &Socket, events: u32, seen: Edge, out_reported: boo
     })
     .ok()
     .flatten()
+}
+
+/// A connect still waiting for room in its listener's queue sleeps on its
+/// doorbell, which the monitor rings when it admits or refuses it (its
+/// rings have room, and asked, would say it is ready); a refused one is
+/// ready (its errors). `None` for an admitted stream: arm its rings.
+fn arm_unadmitted(s: &mut crate::socket::Stream) -> Option<Option<Armed>> {
+    match s.admission() {
+        ipcd_ring::Admission::Established => None,
+        ipcd_ring::Admission::Waiting => Some(Some(Armed { bell: s.link.bell(), nap: Nap::End })),
+        ipcd_ring::Admission::Refused => Some(None),
+    }
 }
 
 /// After a sleep in which the end's doorbell `bell` fired: empty it, and
