@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -254,14 +254,16 @@ fn preload_path() -> Result<PathBuf, String> {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the ipcd binary: {e}"))?;
-    let lib = exe.with_file_name("libipcd_preload.so");
-    if lib.exists() {
-        Ok(lib)
-    } else {
-        Err(format!(
-            "{} not found; build it with `cargo build --release -p ipcd-preload`, or set IPCD_PRELOAD",
-            lib.display()
-        ))
+    // Beside the binary (a build tree), or the installed layout:
+    // `<prefix>/bin/ipcd` and `<prefix>/lib/ipcd/libipcd_preload.so`.
+    let beside = exe.with_file_name("libipcd_preload.so");
+    let installed = exe.parent().and_then(Path::parent).map(|p| p.join("lib/ipcd/libipcd_preload.so"));
+    match [Some(beside.clone()), installed].into_iter().flatten().find(|p| p.exists()) {
+        Some(lib) => Ok(lib),
+        None => Err(format!(
+            "{} not found (nor lib/ipcd/ beside the binary's directory); build it with `cargo build --release -p ipcd-preload`, or set IPCD_PRELOAD",
+            beside.display()
+        )),
     }
 }
 

@@ -1,5 +1,5 @@
-//! The monitor as a service: its readiness notification and the systemd
-//! units shipped in `packaging/systemd`.
+//! The monitor as a service: its readiness notification, the systemd
+//! units shipped in `packaging/systemd`, and the Debian package.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ipcd_monitor::client::MonitorClient;
-use ipcd_tests::harness::{artifacts, die_with_parent};
+use ipcd_tests::harness::{artifacts, die_with_parent, profile_dir};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ipcd-service-{name}-{}", std::process::id()));
@@ -83,4 +83,48 @@ fn the_systemd_units_verify() {
         let broken = unit_for(&unit, Path::new("/nonexistent/ipcd"), &dir);
         assert!(!verify(&broken, user, &runtime).status.success(), "{}: a missing binary passed", unit.display());
     }
+}
+
+/// `scripts/package.sh` makes a Debian package of the built binaries; it
+/// unpacks into a scratch root with the installed layout, and `ipcd run`
+/// from there (no library beside the binary, no `LD_PRELOAD` set) finds
+/// its library under `lib/ipcd` and accelerates a program.
+#[test]
+fn the_package_unpacks_and_runs_from_a_scratch_root() {
+    let dir = scratch("package");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/package.sh");
+    let out = Command::new(&script)
+        .arg(dir.join("out"))
+        .env("IPCD_BIN_DIR", profile_dir())
+        .output()
+        .expect("run scripts/package.sh (dpkg-deb, strip)");
+    assert!(out.status.success(), "package.sh: {}", String::from_utf8_lossy(&out.stderr));
+    let deb = String::from_utf8(out.stdout).expect("UTF-8").trim().to_string();
+    let root = dir.join("root");
+    let x = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root).status().expect("dpkg-deb -x");
+    assert!(x.success(), "dpkg-deb -x {deb}");
+    for f in [
+        "usr/bin/ipcd",
+        "usr/lib/ipcd/libipcd_preload.so",
+        "usr/lib/systemd/system/ipcd.service",
+        "usr/lib/systemd/user/ipcd.service",
+        "usr/share/doc/ipcd/commands.txt",
+    ] {
+        assert!(root.join(f).exists(), "{f} missing from {deb}");
+    }
+    let ipcd = root.join("usr/bin/ipcd");
+    let socket = format!("ipcd-package-{}", std::process::id());
+    let mut cmd = Command::new(&ipcd);
+    let run = die_with_parent(&mut cmd)
+        .args(["run", "--socket", &socket, "--", env!("CARGO_BIN_EXE_probe"), "check", "echo"])
+        .env_remove("LD_PRELOAD")
+        .env_remove("IPCD_PRELOAD")
+        .current_dir(&dir)
+        .output()
+        .expect("ipcd run");
+    let report = MonitorClient::connect(&socket).and_then(|mut c| c.status());
+    let _ = Command::new(&ipcd).args(["stop", "--socket", &socket]).status();
+    assert!(run.status.success(), "ipcd run from the package: {}", String::from_utf8_lossy(&run.stderr));
+    let st = report.expect("the monitor the package's ipcd started").status;
+    assert!(st.connects_total >= 1 && st.fallbacks_total == 0, "{st:?}");
 }
