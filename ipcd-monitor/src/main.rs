@@ -286,27 +286,32 @@ fn run(socket: &str, command: &[String]) -> Result<ExitCode, String> {
     Ok(ExitCode::from(code))
 }
 
-fn status(socket: &str, json: bool) -> Result<ExitCode, String> {
-    let mut c = MonitorClient::connect(socket).map_err(|e| format!("no monitor answers on @{socket}: {e}"))?;
-    let r = c.status().map_err(|e| format!("status failed: {e}"))?;
-    let out = if json { to_json(&r) } else { to_table(&r) };
-    let _ = std::io::stdout().write_all(out.as_bytes());
+/// The monitor on `socket`, or the error every command prints.
+fn monitor(socket: &str) -> Result<MonitorClient, String> {
+    MonitorClient::connect(socket).map_err(|e| format!("no monitor answers on @{socket}: {e}"))
+}
+
+/// Prints the monitor's status report as `render` writes it (`ipcd status`
+/// as a table or JSON, `ipcd metrics`).
+fn print_report(socket: &str, render: impl FnOnce(&StatusReport) -> String) -> Result<ExitCode, String> {
+    let r = monitor(socket)?.status().map_err(|e| format!("status failed: {e}"))?;
+    let _ = std::io::stdout().write_all(render(&r).as_bytes());
     Ok(ExitCode::SUCCESS)
+}
+
+fn status(socket: &str, json: bool) -> Result<ExitCode, String> {
+    print_report(socket, |r| if json { to_json(r) } else { to_table(r) })
 }
 
 /// `ipcd metrics`: one scrape's worth of OpenMetrics text.
 fn metrics(socket: &str) -> Result<ExitCode, String> {
-    let mut c = MonitorClient::connect(socket).map_err(|e| format!("no monitor answers on @{socket}: {e}"))?;
-    let r = c.status().map_err(|e| format!("status failed: {e}"))?;
-    let out = ipcd_monitor::metrics::render(&r, |pid| comm(pid).unwrap_or_default());
-    let _ = std::io::stdout().write_all(out.as_bytes());
-    Ok(ExitCode::SUCCESS)
+    print_report(socket, |r| ipcd_monitor::metrics::render(r, |pid| comm(pid).unwrap_or_default()))
 }
 
 /// `ipcd status --watch SECS`: a header, then a line of rates per
 /// interval (`count` lines, or until interrupted).
 fn watch(socket: &str, secs: f64, count: Option<u64>) -> Result<ExitCode, String> {
-    let mut c = MonitorClient::connect(socket).map_err(|e| format!("no monitor answers on @{socket}: {e}"))?;
+    let mut c = monitor(socket)?;
     let sample = |c: &mut MonitorClient| -> Result<(Instant, StatusReport), String> {
         let r = c.status().map_err(|e| format!("status failed: {e}"))?;
         Ok((Instant::now(), r))
@@ -339,13 +344,13 @@ fn watch(socket: &str, secs: f64, count: Option<u64>) -> Result<ExitCode, String
 }
 
 fn stop(socket: &str) -> Result<ExitCode, String> {
-    let mut c = MonitorClient::connect(socket).map_err(|e| format!("no monitor answers on @{socket}: {e}"))?;
+    let mut c = monitor(socket)?;
     c.stop().map_err(|e| format!("stop failed: {e}"))?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn debug_connect(socket: &str, addr: std::net::SocketAddr) -> Result<ExitCode, String> {
-    let mut c = MonitorClient::connect(socket).map_err(|e| format!("no monitor answers on @{socket}: {e}"))?;
+    let mut c = monitor(socket)?;
     let dest = match addr {
         std::net::SocketAddr::V4(a) => ipcd_proto::SockAddr::V4 { ip: a.ip().octets(), port: a.port() },
         std::net::SocketAddr::V6(a) => ipcd_proto::SockAddr::V6 {
@@ -366,7 +371,7 @@ fn debug_claim(socket: &str, fd: i32) -> Result<ExitCode, String> {
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         return Err(format!("fd {fd} is not open"));
     }
-    let mut c = MonitorClient::connect(socket).map_err(|e| format!("no monitor answers on @{socket}: {e}"))?;
+    let mut c = monitor(socket)?;
     // SAFETY: checked open above, and not closed while borrowed.
     let received = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     let (resp, fds) =

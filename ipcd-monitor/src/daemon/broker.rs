@@ -109,8 +109,11 @@ impl Daemon {
         // acceptor before any data.
         // Nor beyond the queue's room: a standby is used without asking,
         // and each one used joins the queue.
-        let outstanding = self.standbys.values().filter(|s| s.listener == (l.owner, l.id)).count() as u64;
-        let room = u64::from(l.pending) + outstanding < u64::from(l.backlog);
+        // Counting this listener's standbys walks every standby: only when
+        // all of them together could fill its room (not on each connect).
+        let free = u64::from(l.backlog).saturating_sub(u64::from(l.pending));
+        let room = free > self.standbys.len() as u64
+            || (self.standbys.values().filter(|s| s.listener == (l.owner, l.id)).count() as u64) < free;
         if l.defer_secs == 0 && !waiting && room {
             self.issue_standby(token, (l.owner, l.id), dest, reused || self.pools.contains_key(&pair));
         }
