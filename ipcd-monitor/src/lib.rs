@@ -4,7 +4,8 @@
 //! ipcd listeners, brokers connections between processes under ipcd by
 //! handing both ends a sealed shared-memory segment and each other's
 //! doorbell, and cleans up after processes that die. It is on the control
-//! path only and never touches payload bytes.
+//! path only and touches payload bytes only for an end it relays over
+//! kernel TCP to a program that cannot map it ([`relay`]).
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod bench;
@@ -17,4 +18,5 @@ pub mod log;
 pub mod metrics;
 pub mod notify;
 pub mod registry;
+pub mod relay;
 pub mod segment;

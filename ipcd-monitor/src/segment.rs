@@ -60,6 +60,22 @@ impl SharedSegment {
         Ok(SharedSegment { file, map, view })
     }
 
+    /// A second mapping of the same segment, for a thread that outlives
+    /// this record's use of it (a relay): its own memfd and mapping, so it
+    /// stays valid whatever happens to this one.
+    pub fn map_again(&self) -> io::Result<SharedSegment> {
+        let file = self.file.try_clone()?;
+        // SAFETY: the memfd is sealed against shrinking; every index read
+        // through the view is validated.
+        let mut map = unsafe { MmapMut::map_mut(&file)? };
+        let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| io::Error::other("null mapping"))?;
+        // SAFETY: a live, page-aligned shared mapping of the whole segment,
+        // owned by the returned value with the view.
+        let view = unsafe { Segment::attach(base, map.len()) }
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        Ok(SharedSegment { file, map, view })
+    }
+
     /// The memfd, to pass to the two ends.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()

@@ -45,4 +45,5 @@ pub use state::{CloseAction, Conn, Errno, How, Phase, Readiness, Recv, Ring, Sen
 /// 6: `Held`, `EndState::Unknown`, fallbacks by reason in `Status`, the
 /// client's pid as the monitor sees it in `Welcome`, `ProcessEntry`.
 /// 7: `Fallback::IoUring` (eight reasons in `Status` and `Fallbacks`).
-pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 7..=7;
+/// 8: `PassOver`, `Demote`, `Relayed`, `EndState::Relayed`.
+pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 8..=8;

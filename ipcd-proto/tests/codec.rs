@@ -66,6 +66,10 @@ fn request() -> impl Strategy<Value = Request> {
         (any::<u64>(), any::<bool>())
             .prop_map(|(conn, b)| Request::Pass { conn, side: if b { Side::B } else { Side::A } }),
         Just(Request::Claim),
+        (any::<u64>(), any::<bool>())
+            .prop_map(|(conn, b)| Request::Demote { conn, side: if b { Side::B } else { Side::A } }),
+        (any::<u64>(), any::<bool>())
+            .prop_map(|(conn, b)| Request::PassOver { conn, side: if b { Side::B } else { Side::A } }),
         (any::<u64>(), any::<bool>(), any::<bool>()).prop_map(|(conn, b, abort)| Request::Release {
             conn,
             side: if b { Side::B } else { Side::A },
@@ -95,6 +99,7 @@ fn response() -> impl Strategy<Value = Response> {
             }
         ),
         Just(Response::Ok),
+        Just(Response::Relayed),
         prop::sample::select(codes.to_vec()).prop_map(|code| Response::Error { code }),
         info().prop_map(Response::Connected),
         prop::sample::select(reasons.to_vec()).prop_map(|reason| Response::UseKernel { reason }),
@@ -138,8 +143,16 @@ fn response() -> impl Strategy<Value = Response> {
                 reuseport
             })
         ),
-        (any::<u64>(), any::<[u32; 2]>(), addr(), addr(), any::<[u64; 3]>(), 0..4usize, 0..4usize).prop_map(
-            |(conn, pids, a, b, n, s0, s1)| {
+        (
+            any::<u64>(),
+            any::<[u32; 2]>(),
+            addr(),
+            addr(),
+            any::<[u64; 3]>(),
+            0..EndState::ALL.len(),
+            0..EndState::ALL.len()
+        )
+            .prop_map(|(conn, pids, a, b, n, s0, s1)| {
                 let states = [EndState::ALL[s0], EndState::ALL[s1]];
                 Response::ConnEntry(ConnStatus {
                     conn,
@@ -149,8 +162,7 @@ fn response() -> impl Strategy<Value = Response> {
                     segment_len: n[2],
                     states,
                 })
-            }
-        ),
+            }),
     ]
 }
 

@@ -46,6 +46,63 @@ fn check(name: &str) {
     assert_eq!(st.fallbacks_total, 0, "{name}: some connects fell back to the kernel ({st:?})");
 }
 
+/// `relay_echo` (ipcd-tests/c) built static and dynamic, once: the
+/// receivers that cannot run the library.
+fn echo_programs() -> &'static [(&'static str, std::path::PathBuf); 2] {
+    static BUILT: std::sync::OnceLock<[(&str, std::path::PathBuf); 2]> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/c/relay_echo.c");
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let build = |name: &str, flags: &[&str]| {
+            let out = dir.join(name);
+            let st = Command::new("cc").args(["-O2", "-o"]).arg(&out).arg(src).args(flags).status().expect("run cc");
+            assert!(st.success(), "cc {name}: {st}");
+            out
+        };
+        [
+            ("IPCD_TEST_ECHO_STATIC", build("relay_echo_static", &["-static"])),
+            ("IPCD_TEST_ECHO_DYNAMIC", build("relay_echo_dynamic", &[])),
+        ]
+    })
+}
+
+/// A live connection handed mid-stream to a program that cannot run the
+/// library — a static binary, one exec'd or spawned without `LD_PRELOAD`,
+/// a process not under ipcd that receives it over a Unix socket — echoes
+/// byte-exact both ways and ends with its FIN, on the kernel and under
+/// ipcd, where the monitor relays it (the probe asks the monitor's report
+/// for the relayed end while it runs).
+#[test]
+fn receivers_without_ipcd_get_the_connection_relayed() {
+    let programs = echo_programs();
+    let with_programs = |cmd: &mut Command| {
+        for (var, path) in programs {
+            cmd.env(var, path);
+        }
+    };
+    for name in ["relay-exec-static", "relay-exec-env", "relay-spawn-env", "relay-pass"] {
+        let mut cmd = probe(&["check", name]);
+        with_programs(&mut cmd);
+        must_pass(&format!("{name} on kernel TCP"), cmd.output().expect("run probe"));
+        let mon = Monitor::start(RING_BYTES);
+        let mut cmd = probe(&["check", name]);
+        with_programs(&mut cmd);
+        let stderr = must_pass(&format!("{name} under ipcd"), mon.under(&mut cmd).output().expect("run probe"));
+        assert!(!stderr.contains("ipcd["), "{name}: the library complained:\n{stderr}");
+        let st = mon.status();
+        assert_eq!((st.status.connects_total, st.status.fallbacks_total), (1, 0), "{name}: {:?}", st.status);
+        // The relay ends with the connection and gives its end back (its
+        // thread's word may reach the monitor after the probe's exit).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut left = st.connections;
+        while !left.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            left = mon.status().connections;
+        }
+        assert!(left.is_empty(), "{name}: connections left: {left:?}");
+    }
+}
+
 /// A listener shut down for reading resets the connection in its queue
 /// and refuses the next connect (which the monitor, no longer knowing the
 /// listener, sends to the kernel: the one fallback).

@@ -262,6 +262,7 @@ impl Daemon {
             pair,
             kept: [false; 2],
             recyclable: true,
+            relays: [0; 2],
             refill: answer.is_none().then_some(((owner, id), info_a.peer)),
         };
         self.conns.insert(conn, rec);

@@ -55,7 +55,15 @@ impl Daemon {
                 }
             }
             Request::Reopen { conn, side } => self.reopen(from, conn, side),
-            Request::Pass { conn, side } => self.pass(from, conn, side, fds),
+            Request::Pass { conn, side } => match fds.into_vec().pop() {
+                Some(kernel) => self.pass(from, conn, side, kernel),
+                None => self.fail(token, seq, ErrorCode::BadRequest),
+            },
+            Request::PassOver { conn, side } => self.pass_over(from, conn, side, fds.into_vec()),
+            Request::Demote { conn, side } => match fds.into_vec().pop() {
+                Some(kernel) => self.demote(from, conn, side, kernel),
+                None => self.fail(token, seq, ErrorCode::BadRequest),
+            },
             Request::Claim => self.claim(from, fds),
             Request::Serve { listener } => self.serve_listener(token, listener),
             Request::Decline { conn } => self.decline(token, conn),
@@ -84,6 +92,8 @@ impl Daemon {
             Request::Close { conn, .. }
             | Request::Reopen { conn, .. }
             | Request::Pass { conn, .. }
+            | Request::PassOver { conn, .. }
+            | Request::Demote { conn, .. }
             | Request::Release { conn, .. }
             | Request::Decline { conn }
             | Request::Accepted { conn } => self.promote(conn),

@@ -44,6 +44,7 @@ mod handoff;
 mod lifecycle;
 mod outbox;
 mod passing;
+mod relays;
 mod standby;
 mod status;
 mod verify;
@@ -54,7 +55,10 @@ const TOKEN_LISTENER: u64 = 0;
 
 const TOKEN_SIGNAL: u64 = 1;
 
-const FIRST_CLIENT: u64 = 2;
+/// A relay ended (see `relays`).
+const TOKEN_RELAY: u64 = 2;
+
+const FIRST_CLIENT: u64 = 3;
 
 /// Why the daemon could not start.
 #[derive(Debug)]
@@ -190,6 +194,8 @@ struct ConnRec {
     /// Only the original two processes ever held it, and both closed
     /// normally: nobody else maps it, so the pair may reuse it.
     recyclable: bool,
+    /// Relays serving each end (see `relays`).
+    relays: [u32; 2],
     /// Made from a standby: the listener and destination to hold the
     /// connector's next standby for once this one's segment is free.
     refill: Option<((u64, u64), SockAddr)>,
@@ -335,6 +341,11 @@ pub struct Daemon {
     /// Connections waiting for room in their listener's full queue, in
     /// the order they came.
     waiting: std::collections::VecDeque<u64>,
+    /// The loopback listeners demoted sockets connect to.
+    junction: crate::relay::Junction,
+    /// Rung by a relay that ended, after it sent on `relay_done`.
+    relay_bell: OwnedFd,
+    relay_done: (std::sync::mpsc::Sender<crate::relay::Finished>, std::sync::mpsc::Receiver<crate::relay::Finished>),
 }
 
 impl std::fmt::Debug for Daemon {
@@ -408,9 +419,13 @@ impl Daemon {
             listener_bells: HashMap::new(),
             deferred: HashMap::new(),
             waiting: std::collections::VecDeque::new(),
+            junction: crate::relay::Junction::default(),
+            relay_bell: doorbell()?,
+            relay_done: std::sync::mpsc::channel(),
         };
         d.watch(d.listener.as_fd(), TOKEN_LISTENER)?;
         d.watch(d.signals.as_fd(), TOKEN_SIGNAL)?;
+        d.watch(d.relay_bell.as_fd(), TOKEN_RELAY)?;
         Ok(d)
     }
 
@@ -454,6 +469,7 @@ impl Daemon {
                 match token {
                     TOKEN_LISTENER => self.accept_all(),
                     TOKEN_SIGNAL => {}
+                    TOKEN_RELAY => self.relays_finished(),
                     t if t & defer::DEFER_TAG != 0 => self.deferred_rang(t & !defer::DEFER_TAG),
                     // What waits, in one call (a process's batch of
                     // `Close`s comes at once): one read that takes fewer
@@ -690,6 +706,7 @@ fn end_state(rec: &ConnRec, side: Side) -> EndState {
     }
     // The side's sending ring is read by the other side's consumer.
     match rec.seg.view().consumer(ring_side(other(side))).map(|c| c.peer_state()) {
+        Ok(ipcd_ring::PeerState::Open) if rec.relays[idx(side)] > 0 => EndState::Relayed,
         Ok(ipcd_ring::PeerState::Open) => EndState::Open,
         Ok(ipcd_ring::PeerState::Closed) => EndState::Fin,
         Ok(ipcd_ring::PeerState::Reset) | Err(_) => EndState::Reset,

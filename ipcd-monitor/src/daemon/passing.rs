@@ -3,6 +3,7 @@
 
 use ipcd_proto::channel::Fds;
 use ipcd_proto::message::{ErrorCode, Response, Side};
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use super::handle::From;
@@ -16,12 +17,12 @@ impl Daemon {
     /// the kernel socket that came with the request, read from the socket
     /// itself: a sender cannot file its end under a socket it does not
     /// hold (and so slip it to a receiver of another pass).
-    pub(super) fn pass(&mut self, from: From, conn: u64, side: Side, fds: Fds) {
+    pub(super) fn pass(&mut self, from: From, conn: u64, side: Side, kernel: OwnedFd) {
         let From { token, seq, uid, .. } = from;
         if !self.holds(token, conn, side) {
             return self.fail(token, seq, ErrorCode::NoSuchConnection);
         }
-        let Some(inode) = fds.into_vec().first().and_then(socket_inode) else {
+        let Some(inode) = socket_inode(&kernel) else {
             return self.fail(token, seq, ErrorCode::BadRequest);
         };
         let Some(rec) = self.conns.get_mut(&conn) else {

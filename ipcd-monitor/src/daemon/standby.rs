@@ -148,6 +148,7 @@ impl Daemon {
             // A pooled segment is in the acceptor's cache: told to unmap it.
             kept: [false, info.reused],
             recyclable: false,
+            relays: [0; 2],
             refill: None,
         };
         self.conns.insert(conn, rec);

@@ -216,7 +216,7 @@ pub(super) unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_
             });
             if let Some(m) = m {
                 // SAFETY: the caller's control buffer, readable.
-                guarded((), || unsafe { pass::before_send(&m) });
+                guarded((), || unsafe { pass::before_send(fd, &m) });
             }
             // SAFETY: the caller's arguments, unchanged.
             unsafe { real::sendmsg(fd, msg, flags) }

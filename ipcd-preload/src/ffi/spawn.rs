@@ -8,6 +8,7 @@ use std::ffi::CString;
 use libc::{c_char, c_int, mode_t, pid_t, posix_spawn_file_actions_t, posix_spawnattr_t};
 
 use crate::socket::exec;
+use crate::socket::heir::Image;
 use crate::socket::spawn::{self, Action};
 use crate::sys::{config, guarded, real};
 
@@ -21,28 +22,30 @@ unsafe fn env_with(envp: *const *mut c_char, entry: &CString) -> Vec<*const c_ch
     unsafe { exec::with_entry(envp.cast(), entry) }
 }
 
-/// What a spawn with file actions `fa` hands over, if the library is on.
-fn prepare(fa: *const posix_spawn_file_actions_t) -> Option<CString> {
+/// What a spawn of `image` with file actions `fa` and environment
+/// `envp` hands over, if the library is on.
+///
+/// # Safety
+/// `envp` null or a null-terminated array of C strings.
+unsafe fn prepare(
+    fa: *const posix_spawn_file_actions_t,
+    image: Image<'_>,
+    envp: *const *mut c_char,
+) -> Option<CString> {
     if config::get().disabled {
         return None;
     }
-    guarded(None, || spawn::prepare(fa as usize))
+    // SAFETY: as the caller promises.
+    guarded(None, || unsafe { spawn::prepare(fa as usize, image, envp.cast()) })
 }
 
-/// `posix_spawn` or `posix_spawnp` (`real`), with our entry in the
+/// `posix_spawnp` if `search`, else `posix_spawn`, with our entry in the
 /// child's environment when it inherits ends of ours.
 ///
 /// # Safety
-/// As for `posix_spawn(3)`; `real` is libc's function of that shape.
+/// As for `posix_spawn(3)`.
 unsafe fn spawn_with(
-    real: unsafe fn(
-        *mut pid_t,
-        *const c_char,
-        *const posix_spawn_file_actions_t,
-        *const posix_spawnattr_t,
-        *const *mut c_char,
-        *const *mut c_char,
-    ) -> c_int,
+    search: bool,
     pid: *mut pid_t,
     path: *const c_char,
     fa: *const posix_spawn_file_actions_t,
@@ -50,7 +53,9 @@ unsafe fn spawn_with(
     argv: *const *mut c_char,
     envp: *const *mut c_char,
 ) -> c_int {
-    match prepare(fa) {
+    let real = if search { real::posix_spawnp } else { real::posix_spawn };
+    // SAFETY: the caller's path and environment.
+    match unsafe { prepare(fa, Image::from_ptr(path, search), envp) } {
         // SAFETY: the caller's arguments, with our entry in a copy of envp.
         Some(entry) => unsafe { real(pid, path, fa, attr, argv, env_with(envp, &entry).as_ptr().cast()) },
         // SAFETY: the caller's arguments, unchanged.
@@ -72,7 +77,7 @@ pub(super) unsafe extern "C" fn posix_spawn(
     envp: *const *mut c_char,
 ) -> c_int {
     // SAFETY: the caller's arguments, to libc's function.
-    unsafe { spawn_with(real::posix_spawn, pid, path, fa, attr, argv, envp) }
+    unsafe { spawn_with(false, pid, path, fa, attr, argv, envp) }
 }
 
 /// Interposed `posix_spawnp(3)`.
@@ -89,7 +94,7 @@ pub(super) unsafe extern "C" fn posix_spawnp(
     envp: *const *mut c_char,
 ) -> c_int {
     // SAFETY: the caller's arguments, to libc's function.
-    unsafe { spawn_with(real::posix_spawnp, pid, file, fa, attr, argv, envp) }
+    unsafe { spawn_with(true, pid, file, fa, attr, argv, envp) }
 }
 
 /// Interposed `posix_spawn_file_actions_init(3)`: a fresh list (the
@@ -267,7 +272,13 @@ pub(super) unsafe fn execveat(
     envp: *const *const c_char,
     flags: c_int,
 ) -> libc::c_long {
-    let entry = exec::prepare();
+    // SAFETY: the caller's path.
+    let image = match unsafe { Image::from_ptr(path, false) } {
+        Image::Path(p) => Image::At(dirfd, p, flags),
+        other => other,
+    };
+    // SAFETY: the caller's environment.
+    let entry = unsafe { exec::prepare(image, envp) };
     let env = entry.as_ref().map(|e| {
         // SAFETY: the caller's environment array.
         unsafe { exec::with_entry(envp, e) }

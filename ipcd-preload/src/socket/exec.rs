@@ -19,6 +19,7 @@ use ipcd_proto::message::{Request, Response, Side};
 use libc::{c_char, c_int};
 
 use crate::control;
+use crate::socket::heir::{self, Image};
 use crate::socket::{pass, reuse, setup, table};
 use crate::socket::{Socket, State, Stream};
 use crate::sys::log::{log, Level};
@@ -68,15 +69,46 @@ fn describe() -> String {
     out
 }
 
-/// Before an exec: the table for the new image, if there is anything to
-/// hand over; the monitor is told to keep our connections.
-pub(crate) fn prepare() -> Option<CString> {
+/// Before an exec of `image` with environment `envp`: the table for the
+/// new image, if there is anything to hand over; the monitor is told to
+/// keep our connections. A new image that will not run the library (see
+/// `heir`) gets none: its inherited ends are relayed by the monitor
+/// instead, its listeners become the kernel's.
+///
+/// # Safety
+/// `envp` null or a null-terminated array of C strings.
+pub(crate) unsafe fn prepare(image: Image<'_>, envp: *const *const c_char) -> Option<CString> {
+    if table::sockets().is_empty() {
+        return None;
+    }
+    // SAFETY: as the caller promises.
+    if !crate::sys::guarded(true, || unsafe { heir::runs_library(image, envp) }) {
+        crate::sys::guarded((), demote_inherited);
+        return None;
+    }
     let table = crate::sys::guarded(String::new(), describe);
     if table.is_empty() {
         return None;
     }
     let _ = control::with(|c| c.notify(&Request::ExecPrepare));
     CString::new(format!("{VAR}={table}")).ok()
+}
+
+/// Every socket of ours the new image inherits (an fd without
+/// `FD_CLOEXEC`), for a new image without the library: each stream end
+/// relayed, each listener the kernel's.
+fn demote_inherited() {
+    let mut inherited: Vec<(c_int, Arc<Socket>)> = Vec::new();
+    table::for_each_fd(|fd, sock| {
+        // SAFETY: F_GETFD on an fd in our table.
+        let cloexec = unsafe { real::fcntl(fd, libc::F_GETFD, 0) } & libc::FD_CLOEXEC != 0;
+        if !cloexec && !inherited.iter().any(|(_, s)| Arc::ptr_eq(s, sock)) {
+            inherited.push((fd, Arc::clone(sock)));
+        }
+    });
+    for (fd, sock) in inherited {
+        pass::demote(fd, &sock);
+    }
 }
 
 /// `envp` with our entry instead of any inherited one.
@@ -119,7 +151,8 @@ pub(crate) unsafe extern "C" fn execve(
     argv: *const *const c_char,
     envp: *const *const c_char,
 ) -> c_int {
-    match prepare() {
+    // SAFETY: the caller's environment.
+    match unsafe { prepare(Image::from_ptr(path, false), envp) } {
         // SAFETY: the caller's arguments, with our entry added to a copy of envp.
         Some(entry) => unsafe { real::execve(path, argv, with_entry(envp, &entry).as_ptr()) },
         // SAFETY: the caller's arguments, unchanged.
@@ -147,7 +180,8 @@ pub(crate) unsafe extern "C" fn execvpe(
     argv: *const *const c_char,
     envp: *const *const c_char,
 ) -> c_int {
-    match prepare() {
+    // SAFETY: the caller's environment.
+    match unsafe { prepare(Image::from_ptr(file, true), envp) } {
         // SAFETY: the caller's arguments, with our entry added to a copy of envp.
         Some(entry) => unsafe { real::execvpe(file, argv, with_entry(envp, &entry).as_ptr()) },
         // SAFETY: the caller's arguments, unchanged.
@@ -171,7 +205,8 @@ pub(crate) unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const 
 /// As for `fexecve(3)`.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
-    match prepare() {
+    // SAFETY: the caller's environment.
+    match unsafe { prepare(Image::Fd(fd), envp) } {
         // SAFETY: the caller's arguments, with our entry added to a copy of envp.
         Some(entry) => unsafe { real::fexecve(fd, argv, with_entry(envp, &entry).as_ptr()) },
         // SAFETY: the caller's arguments, unchanged.

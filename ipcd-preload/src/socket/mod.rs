@@ -7,6 +7,7 @@
 pub(crate) mod cork;
 pub(crate) mod exec;
 pub(crate) mod fallbacks;
+pub(crate) mod heir;
 pub(crate) mod held;
 mod object;
 pub(crate) mod options;

@@ -30,52 +30,153 @@ use crate::sys::log::{log, Level};
 use crate::sys::real;
 use ipcd_proto::channel::scm_rights;
 
-/// Before a `sendmsg` on a socket that is not ours: every stream end of
-/// ours among the fds it passes is handed to the monitor for the receiver;
-/// every listener of ours becomes the kernel's.
+/// Before a `sendmsg` on `unix`, a socket that is not ours: every stream
+/// end of ours among the fds it passes is handed to the monitor for the
+/// receiver; every listener of ours becomes the kernel's.
 ///
 /// # Safety
 /// `msg` is the caller's valid msghdr.
-pub(crate) unsafe fn before_send(msg: &libc::msghdr) {
+pub(crate) unsafe fn before_send(unix: RawFd, msg: &libc::msghdr) {
     if msg.msg_controllen == 0 || msg.msg_control.is_null() {
         return;
     }
     // SAFETY: as the caller promises.
     for fd in unsafe { scm_rights(msg) } {
         if let Some(sock) = table::get(fd) {
-            hand_over(fd, &sock);
+            hand_over(fd, &sock, To::Over(unix));
         }
     }
 }
 
+/// Who an end handed over goes to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum To {
+    /// Whoever is at the other end of this Unix socket: the monitor looks
+    /// whether it can claim the end, and relays the end if not.
+    Over(RawFd),
+    /// A program this process starts, which runs the library.
+    Spawned,
+}
+
 /// Our socket `sock` at `fd` is about to be held by another process too:
-/// a stream end is handed to the monitor for that process to claim, a
-/// listener becomes the kernel's. True if there is an end to claim.
-pub(crate) fn hand_over(fd: RawFd, sock: &Socket) -> bool {
-    // The receiver holds the kernel socket too: never reused, and a kept
-    // one's binding of ours goes.
-    sock.taint();
-    reuse::unbind(fd, sock, &mut sock.lock());
-    if setup::pass_listener(fd, sock) {
-        return false;
-    }
-    let mut state = sock.lock();
-    let State::Stream(st) = &mut *state else { return false };
-    let (conn, side) = (st.info.conn, st.info.side);
-    st.link.add_holder();
-    st.link.set_shared();
+/// a stream end is handed to the monitor for that process to claim (or
+/// relayed, if it cannot), a listener becomes the kernel's. True if there
+/// is an end to claim.
+pub(crate) fn hand_over(fd: RawFd, sock: &Socket, to: To) -> bool {
+    let Some(link) = leaving(fd, sock) else { return false };
+    let (conn, side) = link;
     // SAFETY: the program's fd, open for the length of this call (it is
     // about to be sent or inherited).
     let kernel = unsafe { BorrowedFd::borrow_raw(fd) };
-    match control::with(|c| c.call(&Request::Pass { conn, side }, &[kernel])) {
+    let answer = match to {
+        To::Spawned => control::with(|c| c.call(&Request::Pass { conn, side }, &[kernel])),
+        To::Over(unix) => {
+            // SAFETY: the caller's Unix socket, open for this call.
+            let unix = unsafe { BorrowedFd::borrow_raw(unix) };
+            control::with(|c| c.call(&Request::PassOver { conn, side }, &[kernel, unix]))
+        }
+    };
+    match answer {
         Some((Response::Ok, _)) => true,
+        Some((Response::Relayed, _)) => {
+            to_kernel(fd, sock);
+            false
+        }
         other => {
-            // No receiver will hold it: take the holder back.
-            st.link.release_holder();
+            give_back(sock);
             log!(Level::Warn, "connection {conn} (fd {fd}) passed without the monitor: {other:?}");
             false
         }
     }
+}
+
+/// Our socket `sock` at `fd` is about to be held by a program that cannot
+/// map our ends (see `heir`): a stream end is relayed by the monitor over
+/// the kernel socket under it, which every fd of it in this process is
+/// from then on, as in the program; a listener becomes the kernel's.
+pub(crate) fn demote(fd: RawFd, sock: &Socket) {
+    if !connected_tcp(fd) {
+        let Some((conn, side)) = leaving(fd, sock) else { return };
+        // SAFETY: the program's fd, open for this call.
+        let kernel = unsafe { BorrowedFd::borrow_raw(fd) };
+        match control::with(|c| c.call(&Request::Demote { conn, side }, &[kernel])) {
+            Some((Response::Relayed, _)) => {}
+            other => {
+                give_back(sock);
+                log!(Level::Warn, "connection {conn} (fd {fd}) not relayed for a program without ipcd: {other:?}");
+                return;
+            }
+        }
+    }
+    // Relayed now, or already by another holder's demotion (the kernel
+    // socket is connected): the kernel's here too.
+    to_kernel(fd, sock);
+}
+
+/// Before a stream end leaves: the receiver holds the kernel socket too,
+/// so it is never reused, and a kept one's binding of ours goes; a
+/// listener becomes the kernel's (`None`); for a stream, one more holder
+/// in the segment for the receiver, and the end shared from now on. The
+/// connection and side to tell the monitor.
+fn leaving(fd: RawFd, sock: &Socket) -> Option<(u64, ipcd_proto::message::Side)> {
+    sock.taint();
+    reuse::unbind(fd, sock, &mut sock.lock());
+    if setup::pass_listener(fd, sock) {
+        return None;
+    }
+    let mut state = sock.lock();
+    let State::Stream(st) = &mut *state else { return None };
+    st.link.add_holder();
+    st.link.set_shared();
+    Some((st.info.conn, st.info.side))
+}
+
+/// The monitor took no holder for the receiver: the one `leaving` added
+/// goes.
+fn give_back(sock: &Socket) {
+    if let State::Stream(st) = &mut *sock.lock() {
+        st.link.release_holder();
+    }
+}
+
+/// The end under `sock` is relayed: this process lets go of its share
+/// (to the monitor, as a shared end's holder does) and every fd of it
+/// here is the plain kernel socket from now on, connected to the relay.
+fn to_kernel(fd: RawFd, sock: &Socket) {
+    let stream = {
+        let mut state = sock.lock();
+        match std::mem::replace(&mut *state, State::Closed) {
+            State::Stream(st) => st,
+            other => {
+                *state = other;
+                return;
+            }
+        }
+    };
+    crate::socket::stream::let_go(*stream, false, false);
+    let mut fds = Vec::new();
+    table::for_each_fd(|f, s| {
+        if std::ptr::eq(Arc::as_ptr(s), sock) {
+            fds.push(f);
+        }
+    });
+    for f in fds {
+        if let Some(s) = table::remove(f) {
+            s.drop_fd();
+        }
+    }
+    real::set_kernel_nonblocking(fd, sock.nonblocking());
+    log!(Level::Debug, "fd {fd}: relayed by the monitor, a kernel socket from now on");
+}
+
+/// A TCP socket connected in the kernel: under an fd of ours, one whose
+/// end another holder had relayed already.
+fn connected_tcp(fd: RawFd) -> bool {
+    // SAFETY: an all-zero sockaddr_storage is a valid out buffer.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the buffer and its length.
+    unsafe { real::getpeername(fd, (&raw mut ss).cast(), &mut len) == 0 }
 }
 
 /// After a `recvmsg` on a socket that is not ours: each unconnected TCP

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use libc::c_int;
 
+use crate::socket::heir::{self, Image};
 use crate::socket::{pass, table, Socket};
 use crate::sys::real;
 
@@ -92,12 +93,23 @@ fn child_fds(fa: usize) -> ChildFds {
     child
 }
 
-/// Before a `posix_spawn` with file actions `fa` (0: none): hands over
-/// every end the child will hold and returns the child's `IPCD_FDS`
-/// entry, or `None` if it inherits none of ours.
-pub(crate) fn prepare(fa: usize) -> Option<CString> {
+/// Before a `posix_spawn` of `image` with file actions `fa` (0: none) and
+/// environment `envp`: hands over every end the child will hold and
+/// returns the child's `IPCD_FDS` entry, or `None` if it inherits none of
+/// ours (or will not run the library: its ends are relayed, see `heir`).
+///
+/// # Safety
+/// `envp` null or a null-terminated array of C strings.
+pub(crate) unsafe fn prepare(fa: usize, image: Image<'_>, envp: *const *const libc::c_char) -> Option<CString> {
     let child = child_fds(fa);
     if child.is_empty() {
+        return None;
+    }
+    // SAFETY: as the caller promises.
+    if !unsafe { heir::runs_library(image, envp) } {
+        for (sock, fd) in parent_fds(&child) {
+            pass::demote(fd, &sock);
+        }
         return None;
     }
     // Each socket once, through one of the parent's fds for it.
@@ -112,7 +124,7 @@ pub(crate) fn prepare(fa: usize) -> Option<CString> {
         let group = match handed.iter().position(|(k, _)| *k == key) {
             Some(i) => i,
             None => {
-                let ok = parent_fd.get(&key).is_some_and(|&pfd| pass::hand_over(pfd, sock));
+                let ok = parent_fd.get(&key).is_some_and(|&pfd| pass::hand_over(pfd, sock, pass::To::Spawned));
                 handed.push((key, ok));
                 handed.len() - 1
             }
@@ -129,6 +141,18 @@ pub(crate) fn prepare(fa: usize) -> Option<CString> {
         return None;
     }
     CString::new(format!("{}={out}", crate::socket::exec::VAR)).ok()
+}
+
+/// Each socket the child will hold once, with an fd of it in this process.
+fn parent_fds(child: &ChildFds) -> Vec<(Arc<Socket>, c_int)> {
+    let mut out: Vec<(Arc<Socket>, c_int)> = Vec::new();
+    table::for_each_fd(|fd, sock| {
+        let wanted = child.values().any(|(s, _)| Arc::ptr_eq(s, sock));
+        if wanted && !out.iter().any(|(s, _)| Arc::ptr_eq(s, sock)) {
+            out.push((Arc::clone(sock), fd));
+        }
+    });
+    out
 }
 
 #[cfg(test)]

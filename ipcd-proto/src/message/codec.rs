@@ -153,6 +153,8 @@ impl Request {
             Request::Release { .. } => 0x0113,
             Request::Held { .. } => 0x0114,
             Request::Fallbacks { .. } => 0x0115,
+            Request::Demote { .. } => 0x0116,
+            Request::PassOver { .. } => 0x0117,
         }
     }
 
@@ -160,7 +162,8 @@ impl Request {
     pub fn fd_count(&self) -> usize {
         match self {
             Request::Listen { flags, .. } if flags.contains(ListenFlags::BELL) => 2,
-            Request::Listen { .. } | Request::Pass { .. } | Request::Claim => 1,
+            Request::PassOver { .. } => 2,
+            Request::Listen { .. } | Request::Pass { .. } | Request::Demote { .. } | Request::Claim => 1,
             _ => 0,
         }
     }
@@ -202,7 +205,7 @@ impl Request {
             }
             Request::Accepted { conn } => w.u64(conn),
             Request::Forked { parent_pid } => w.u32(parent_pid),
-            Request::Pass { conn, side } => {
+            Request::Pass { conn, side } | Request::PassOver { conn, side } | Request::Demote { conn, side } => {
                 w.u64(conn);
                 side.encode(w);
             }
@@ -275,6 +278,8 @@ impl Request {
             0x010c => Request::Stop,
             0x010d => Request::Pass { conn: r.u64()?, side: Side::decode(r)? },
             0x010e => Request::Claim,
+            0x0116 => Request::Demote { conn: r.u64()?, side: Side::decode(r)? },
+            0x0117 => Request::PassOver { conn: r.u64()?, side: Side::decode(r)? },
             0x010f => Request::Serve { listener: r.u64()? },
             0x0110 => Request::Decline { conn: r.u64()? },
             0x0111 => Request::Use { conn: r.u64()?, source: SockAddr::decode_opt(r)? },
@@ -323,6 +328,7 @@ impl Response {
             Response::Standby { .. } => 0x020d,
             Response::Withdraw { .. } => 0x020e,
             Response::Expect { .. } => 0x020f,
+            Response::Relayed => 0x0211,
         }
     }
 
@@ -350,7 +356,7 @@ impl Response {
                 w.u32(caps.bits());
                 w.u64(ring_bytes);
             }
-            Response::Ok => {}
+            Response::Ok | Response::Relayed => {}
             Response::Error { code } => code.encode(w),
             Response::Connected(info) | Response::Reopened(info) => info.encode(w),
             Response::UseKernel { reason } => reason.encode(w),
@@ -430,6 +436,7 @@ impl Response {
                 ring_bytes: r.u64()?,
             },
             0x0202 => Response::Ok,
+            0x0211 => Response::Relayed,
             0x0203 => Response::Error { code: ErrorCode::decode(r)? },
             0x0204 => Response::Connected(ConnInfo::decode(r)?),
             0x0205 => Response::UseKernel { reason: Fallback::decode(r)? },

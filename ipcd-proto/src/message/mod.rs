@@ -277,12 +277,15 @@ pub enum EndState {
     /// Not known to this monitor: a connection an earlier monitor made,
     /// whose holder of this end has not reported it.
     Unknown,
+    /// Open, and served by the monitor over a kernel TCP connection for a
+    /// program that cannot map it (see [`Request::Demote`]).
+    Relayed,
 }
 
 impl EndState {
     /// Every value, in wire-code order.
     pub const ALL: &'static [EndState] =
-        &[EndState::Open, EndState::Fin, EndState::Reset, EndState::Gone, EndState::Unknown];
+        &[EndState::Open, EndState::Fin, EndState::Reset, EndState::Gone, EndState::Unknown, EndState::Relayed];
 
     /// Short name for `ipcd status`.
     pub fn name(self) -> &'static str {
@@ -292,6 +295,7 @@ impl EndState {
             EndState::Reset => "reset",
             EndState::Gone => "gone",
             EndState::Unknown => "unknown",
+            EndState::Relayed => "relayed",
         }
     }
 }
@@ -401,13 +405,37 @@ pub enum Request {
     /// Stop the monitor (same user or root). No fds.
     Stop,
     /// The process is about to pass its end of `conn` to another process
-    /// over a Unix socket (`SCM_RIGHTS`): keep a holder for it until a
-    /// process of the same user claims it with the same kernel socket (or
-    /// a timeout). It has added that holder to the segment already. Fds:
-    /// `[the kernel socket under the end's fd]` (the monitor learns its
-    /// inode from it, so the sender cannot name another socket's); `Ok` or
-    /// `Error`.
+    /// over a Unix socket (`SCM_RIGHTS`), or to a program it spawns, that
+    /// runs the library: keep a holder for it until a process of the same
+    /// user claims it with the same kernel socket (or a timeout). It has
+    /// added that holder to the segment already. Fds: `[the kernel socket
+    /// under the end's fd]` (the monitor learns its inode from it, so the
+    /// sender cannot name another socket's); `Ok` or `Error`.
     Pass {
+        /// Connection.
+        conn: u64,
+        /// Which end.
+        side: Side,
+    },
+    /// `Pass` over the Unix socket that comes with it, to whichever process
+    /// is at its other end: the monitor looks (`SO_PEERCRED`). One that
+    /// can claim the end (under this monitor, or with the library loaded)
+    /// is waited for as with `Pass`, `Ok`; for any other the end is
+    /// relayed as for `Demote`, `Relayed`. Fds: `[the kernel socket under
+    /// the end's fd, the Unix socket]`.
+    PassOver {
+        /// Connection.
+        conn: u64,
+        /// Which end.
+        side: Side,
+    },
+    /// The end of `conn` is about to be held by a program that cannot map
+    /// it (an exec into an image without the library): the monitor
+    /// connects the kernel socket under it to a kernel TCP connection of
+    /// its own and relays between that and the end's rings, holding the
+    /// share of the end the process added to the segment for it. Fds:
+    /// `[the kernel socket under the end's fd]`; `Relayed` or `Error`.
+    Demote {
         /// Connection.
         conn: u64,
         /// Which end.
@@ -559,6 +587,10 @@ pub enum Response {
     },
     /// Answer to `Reopen` and `Claim`. Fds: `[segment memfd, own doorbell, peer doorbell]`.
     Reopened(ConnInfo),
+    /// Answer to `PassOver` and `Demote`: the monitor relays the end over the
+    /// kernel socket, which is connected now; the process's fds of it are
+    /// plain kernel sockets from here on. No fds.
+    Relayed,
     /// Event: a connection to `dest` held ready for this process, so that
     /// its next connect there needs no answer: it takes it and sends `Use`.
     /// Fds: `[segment memfd, own doorbell, peer doorbell]`, none if reused.

@@ -55,7 +55,7 @@ mod checks;
 mod diff;
 mod serve;
 
-use checks::{data::*, exec::*, fork::*, kept::*, lifecycle::*, pass::*, readiness::*, signals::*};
+use checks::{data::*, exec::*, fork::*, kept::*, lifecycle::*, pass::*, readiness::*, relay::*, signals::*};
 use diff::*;
 use serve::*;
 
@@ -169,6 +169,10 @@ const CHECKS: &[Check] = &[
     ("bad-pointers", bad_pointers),
     ("rcvbuf", rcvbuf),
     ("spawn-paths", spawn_paths),
+    ("relay-exec-static", relay_exec_static),
+    ("relay-exec-env", relay_exec_env),
+    ("relay-spawn-env", relay_spawn_env),
+    ("relay-pass", relay_pass),
     ("cork", cork),
     ("defer-accept", defer_accept),
     ("backlog-wait", backlog_wait),

@@ -9,4 +9,5 @@ pub(crate) mod kept;
 pub(crate) mod lifecycle;
 pub(crate) mod pass;
 pub(crate) mod readiness;
+pub(crate) mod relay;
 pub(crate) mod signals;
