@@ -4,7 +4,8 @@
 # prints the .deb's path. Installed layout: /usr/bin/ipcd,
 # /usr/lib/ipcd/libipcd_preload.so (which `ipcd run` finds from the
 # binary's place), the systemd units, and under /usr/share/doc/ipcd the
-# README, the container recipes and every command's --help.
+# README, the container recipes, an example config file and every
+# command's --help.
 # With IPCD_BIN_DIR set (a directory holding a built `ipcd` and
 # `libipcd_preload.so`), those are packaged and nothing is built.
 set -euo pipefail
@@ -28,11 +29,13 @@ install -Dm644 packaging/systemd/user/ipcd.service "$root/usr/lib/systemd/user/i
 doc="$root/usr/share/doc/ipcd"
 install -Dm644 README.md "$doc/README.md"
 install -Dm644 docs/containers.md "$doc/containers.md"
+install -Dm644 packaging/ipcd.toml "$doc/ipcd.toml.example"
 {
     "$bin/ipcd" --help
-    for cmd in daemon run status metrics stop bench; do
+    for cmd in daemon run status metrics stop bench "config show"; do
         printf '\n\n== ipcd %s\n\n' "$cmd"
-        "$bin/ipcd" "$cmd" --help
+        # shellcheck disable=SC2086 # "config show" is two words
+        "$bin/ipcd" $cmd --help
     done
 } > "$doc/commands.txt"
 mkdir -p "$root/DEBIAN"

@@ -20,3 +20,4 @@ pub mod notify;
 pub mod registry;
 pub mod relay;
 pub mod segment;
+pub mod settings_report;

@@ -14,7 +14,8 @@ use clap::{Parser, Subcommand};
 use ipcd_monitor::client::{MonitorClient, StatusReport};
 use ipcd_monitor::config::{default_socket_name, Config, DEFAULT_RING_BYTES};
 use ipcd_monitor::daemon::Daemon;
-use ipcd_monitor::log;
+use ipcd_monitor::log::{self, Level};
+use ipcd_monitor::settings_report;
 
 /// ipcd: TCP between processes on one host, over shared memory.
 #[derive(Parser)]
@@ -31,16 +32,27 @@ enum Cmd {
         /// Abstract socket name of the monitor [default: ipcd-<uid>].
         #[arg(long, env = "IPCD_SOCKET")]
         socket: Option<String>,
-        /// Capacity of each ring of a connection, in bytes (a power of two).
-        #[arg(long, default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
-        ring_bytes: u64,
+        /// Capacity of each ring of a connection, in bytes (a power of
+        /// two) [default: the config file's `[monitor] ring_bytes`, else
+        /// 1048576].
+        #[arg(long, value_parser = parse_ring_bytes)]
+        ring_bytes: Option<u64>,
         /// Also broker shared memory between processes of different users
-        /// (by default such pairs use the kernel).
+        /// (by default such pairs use the kernel; also `[monitor]
+        /// cross_uid` in the config file).
         #[arg(long)]
         cross_uid: bool,
-        /// Busy-poll on one pinned core instead of sleeping in epoll.
+        /// Busy-poll on one pinned core instead of sleeping in epoll (also
+        /// `[monitor] poll` in the config file).
         #[arg(long)]
         poll: bool,
+    },
+    /// The config files: `ipcd config show` prints the settings a program
+    /// gets from /etc/ipcd/ipcd.toml, the user's ipcd.toml, the file
+    /// IPCD_CONFIG names and the environment, and where each came from.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCmd,
     },
     /// Run a command under ipcd, starting a monitor if none answers; the
     /// command then replaces `ipcd run` (same pid, signals, exit status).
@@ -132,6 +144,20 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the effective settings for a program: its profile, spin,
+    /// spinners, batching and log level with their sources, the rules
+    /// that may apply to it, the monitor's settings, and every setting
+    /// not understood with what is used instead.
+    Show {
+        /// The program (a name looked up in PATH, or a path) [default:
+        /// settings for any program].
+        #[arg(long)]
+        program: Option<String>,
+    },
+}
+
 /// A `--watch` interval: seconds, at least 0.01.
 fn parse_interval(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -154,14 +180,33 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Daemon { socket, ring_bytes, cross_uid, poll } => {
+            let file = settings_report::load();
+            for m in &file.invalid {
+                ipcd_monitor::log!(Level::Warn, "msg=\"config: {}\"", m.replace('"', "'"));
+            }
+            let m = &file.monitor;
+            let from_file = m.ring_bytes.as_ref().and_then(|s| match parse_ring_bytes(&s.value.to_string()) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    ipcd_monitor::log!(Level::Warn, "msg=\"config: {}: {e}; using {DEFAULT_RING_BYTES}\"", s.origin);
+                    None
+                }
+            });
             let cfg = Config {
                 socket: socket.unwrap_or_else(default_socket_name),
-                ring_bytes,
-                cross_uid,
-                poll,
+                ring_bytes: ring_bytes.or(from_file).unwrap_or(DEFAULT_RING_BYTES),
+                cross_uid: cross_uid || m.cross_uid.as_ref().is_some_and(|s| s.value),
+                poll: poll || m.poll.as_ref().is_some_and(|s| s.value),
                 ..Config::default()
             };
             daemon(cfg)
+        }
+        Cmd::Config { what: ConfigCmd::Show { program } } => {
+            let given = program.unwrap_or_else(|| "(any program)".to_string());
+            let path = settings_report::program_path(&given);
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+            print!("{}", settings_report::report(&settings_report::load(), &[&path, &given], cores));
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Run { socket, command } => run(&socket.unwrap_or_else(default_socket_name), &command),
         Cmd::Status { socket, json: _, watch: Some(secs), count } => {

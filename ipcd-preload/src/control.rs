@@ -346,7 +346,16 @@ impl Control {
             }
             other => return Err(format!("monitor refused: {other:?}")),
         }
-        log!(Level::Info, "active: monitor @{name} (uid {}, pid {})", cred.uid, cred.pid);
+        let cfg = &crate::sys::config::get().resolved;
+        log!(
+            Level::Info,
+            "active: monitor @{name} (uid {}, pid {}), profile {} ({}), {} rule(s)",
+            cred.uid,
+            cred.pid,
+            cfg.profile.value.name(),
+            cfg.profile.origin,
+            cfg.rules.len()
+        );
         if let Some(parent_pid) = crate::sys::process::take_parent() {
             // A forked child: it holds what the parent held at the fork.
             match c.call(&Request::Forked { parent_pid }, &[]).map_err(|e| e.to_string())?.0 {

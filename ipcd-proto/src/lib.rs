@@ -9,6 +9,8 @@
 //!   TCP's answers (bytes, end-of-stream, errno, `SIGPIPE`, poll mask);
 //! - [`holder`]: how a process names itself among a side's holders in a
 //!   segment;
+//! - `settings` (feature `std`): the config file, `ipcd.toml`, and how it
+//!   and the environment decide a program's settings and rules;
 //! - `channel` (feature `std`): the framed channel over a Unix
 //!   `SOCK_SEQPACKET` socket with fd passing and peer credentials. It is the
 //!   only part of this crate that makes system calls.
@@ -29,6 +31,8 @@ pub mod fuzzing;
 
 #[cfg(feature = "std")]
 pub mod channel;
+#[cfg(feature = "std")]
+pub mod settings;
 
 pub use addr::SockAddr;
 pub use error::{DecodeError, EncodeError};
@@ -45,5 +49,6 @@ pub use state::{CloseAction, Conn, Errno, How, Phase, Readiness, Recv, Ring, Sen
 /// 6: `Held`, `EndState::Unknown`, fallbacks by reason in `Status`, the
 /// client's pid as the monitor sees it in `Welcome`, `ProcessEntry`.
 /// 7: `Fallback::IoUring` (eight reasons in `Status` and `Fallbacks`).
-/// 8: `PassOver`, `Demote`, `Relayed`, `EndState::Relayed`.
+/// 8: `PassOver`, `Demote`, `Relayed`, `EndState::Relayed`;
+/// `Fallback::Rule` (nine reasons).
 pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 8..=8;

@@ -1042,3 +1042,119 @@ fn the_soft_fd_limit_is_reached_at_the_kernels_count() {
     let st = mon.status().status;
     assert!(st.connects_total as usize + 3 >= ipcd, "only {} of {ipcd} through ipcd ({st:?})", st.connects_total);
 }
+
+/// Config files for one test, in a directory of their own: `user` as the
+/// user's file (`XDG_CONFIG_HOME`), `named` as the one `IPCD_CONFIG`
+/// names; the environment `cmd` gets to read them and nothing else.
+fn with_config(cmd: &mut Command, test: &str, user: &str, named: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("config-{test}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("xdg/ipcd")).expect("config dir");
+    std::fs::write(dir.join("xdg/ipcd/ipcd.toml"), user).expect("user config");
+    std::fs::write(dir.join("named.toml"), named).expect("named config");
+    cmd.env("XDG_CONFIG_HOME", dir.join("xdg")).env("IPCD_CONFIG", dir.join("named.toml"));
+    dir
+}
+
+/// A rule of each kind sends a client's connect to the kernel, counted
+/// by reason `rule` (one that does not match leaves it on ipcd), and a
+/// later file's rule is tried before an earlier one's.
+#[test]
+fn rules_leave_connects_to_the_kernel_by_reason() {
+    use ipcd_proto::Fallback;
+    let mon = Monitor::start(RING_BYTES);
+    let server = Server::start(mon.under(&mut probe(&["serve", "6"])).clone_cmd());
+    let p = server.port;
+    let kernel = |what: &str| format!("[[rule]]\n{what}\nuse = \"kernel\"\n");
+    let cases = [
+        ("program-and-port", kernel(&format!("program = \"probe\"\nremote_port = {p}")), String::new(), true),
+        ("network", kernel("remote_addr = \"127.0.0.0/8\""), String::new(), true),
+        ("port-range", kernel(&format!("remote_port = \"{}-{}\"", p.saturating_sub(1), p)), String::new(), true),
+        ("other-program", kernel("program = \"not-the-probe\""), String::new(), false),
+        ("other-port", kernel(&format!("remote_port = {}", p.wrapping_add(1))), String::new(), false),
+        (
+            "later-file-first",
+            kernel(&format!("remote_port = {p}")),
+            format!("[[rule]]\nremote_port = {p}\nuse = \"ipcd\"\n"),
+            false,
+        ),
+    ];
+    let (mut brokered, mut by_rule) = (0, 0);
+    for (name, user, named, to_kernel) in cases {
+        let mut cmd = client(p);
+        with_config(&mut cmd, name, &user, &named);
+        let stderr = must_pass(name, mon.under(&mut cmd).output().expect("client"));
+        assert!(!stderr.contains("ipcd["), "{name}: the library complained:\n{stderr}");
+        if to_kernel {
+            by_rule += 1;
+        } else {
+            brokered += 1;
+        }
+        let st = mon.status().status;
+        assert_eq!(
+            (st.connects_total, st.fallbacks[Fallback::Rule.index()], st.fallbacks_total),
+            (brokered, by_rule, by_rule),
+            "{name}: {st:?}"
+        );
+    }
+    server.finish();
+}
+
+/// A rule about a server's own port leaves its listener to the kernel:
+/// clients under ipcd (with no rule of their own) are sent there by the
+/// monitor, by reason `rule`, and `ipcd status` says so per process.
+#[test]
+fn a_listener_left_to_the_kernel_by_rule_sends_its_clients_there() {
+    use ipcd_proto::Fallback;
+    let mon = Monitor::start(RING_BYTES);
+    let mut serve = probe(&["serve", "1"]);
+    with_config(
+        &mut serve,
+        "listener",
+        "",
+        "[[rule]]\nprogram = \"probe\"\nlocal_port = \"1-65535\"\nuse = \"kernel\"\n",
+    );
+    let server = Server::start(mon.under(&mut serve).clone_cmd());
+    let mut cmd = client(server.port);
+    with_config(&mut cmd, "listener-client", "", "");
+    must_pass("client of a kernel listener", mon.under(&mut cmd).output().expect("client"));
+    server.finish();
+    let st = mon.status().status;
+    assert_eq!((st.connects_total, st.fallbacks[Fallback::Rule.index()]), (0, 1), "{st:?}");
+}
+
+/// `ipcd config show`: each setting with where it came from — a later
+/// file over an earlier one, the environment over both, the program's
+/// profile from its rule — and what was not understood, with what is
+/// used instead.
+#[test]
+fn config_show_says_where_each_setting_came_from() {
+    let ipcd = ipcd_tests::harness::artifacts().ipcd;
+    let user = "[library]\nspin_us = 7\nlog = \"info\"\n[[rule]]\nprogram = \"probe\"\nprofile = \"low-cpu\"\n";
+    let named = "[library]\nspin_us = 9\nspinz = 1\n[monitor]\nring_bytes = 65536\n";
+    let show = |env: &[(&str, &str)]| {
+        let mut cmd = Command::new(&ipcd);
+        cmd.args(["config", "show", "--program", PROBE]);
+        for k in ["IPCD_SPIN_US", "IPCD_LOG", "IPCD_PROFILE", "IPCD_BATCH_NS", "IPCD_SPINNERS", "IPCD_DISABLE"] {
+            cmd.env_remove(k);
+        }
+        let dir = with_config(&mut cmd, "show", user, named);
+        cmd.envs(env.iter().copied());
+        let out = cmd.output().expect("ipcd config show");
+        assert!(out.status.success(), "{out:?}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), dir)
+    };
+    let (text, dir) = show(&[]);
+    let named_path = dir.join("named.toml").display().to_string();
+    let user_path = dir.join("xdg/ipcd/ipcd.toml").display().to_string();
+    let has = |text: &str, line: &str| assert!(text.lines().any(|l| l.contains(line)), "no {line:?} in:\n{text}");
+    has(&text, &format!("spin_us      9          ({named_path}: [library] spin_us)"));
+    has(&text, &format!("profile      low-cpu    ({user_path}: rule 1)"));
+    has(&text, "batch_ns     0          (profile low-cpu)");
+    has(&text, &format!("log          info       ({user_path}: [library] log)"));
+    has(&text, &format!("ring_bytes   65536      ({named_path}: [monitor] ring_bytes)"));
+    has(&text, &format!("{named_path}: [library] spinz: not a setting ipcd knows; ignored"));
+    let (text, _) = show(&[("IPCD_SPIN_US", "11"), ("IPCD_LOG", "garbage")]);
+    has(&text, "spin_us      11         (IPCD_SPIN_US)");
+    has(&text, "IPCD_LOG=\"garbage\" is not one of error, warn, info, debug; using info");
+}

@@ -72,6 +72,7 @@ impl Daemon {
         let acceptor = found.as_ref().and_then(|l| self.registry.get_mut(l.owner, l.id)).and_then(Listener::acceptor);
         let fallback = match &found {
             None => Some(Fallback::NoListener),
+            Some(l) if l.flags.contains(ipcd_proto::ListenFlags::KERNEL) => Some(Fallback::Rule),
             Some(l) if l.uid != uid && !self.cfg.cross_uid => Some(Fallback::OtherUser),
             Some(_) if acceptor.is_none() => Some(Fallback::Disabled),
             Some(_) => None,

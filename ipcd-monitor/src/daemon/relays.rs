@@ -64,6 +64,11 @@ impl Daemon {
         let Some(rec) = self.conns.get_mut(&conn) else { return };
         rec.holders[i].push(holder);
         rec.relays[i] += 1;
+        // Named as the monitor, so that the peer, should the monitor (and
+        // with it the relay) die, can judge the end dead by itself.
+        if let Some(id) = self_holder_id() {
+            let _ = rec.seg.view().name_holder(ring_side(side), id);
+        }
         // A third party maps it: never reused by the pair.
         rec.recyclable = false;
         log!(Level::Info, "msg=\"connection relayed over kernel TCP\" conn={conn} pid={pid}");
@@ -78,6 +83,9 @@ impl Daemon {
             let side = if f.side == ipcd_ring::Side::A { Side::A } else { Side::B };
             if let Some(rec) = self.conns.get_mut(&f.conn) {
                 rec.relays[idx(side)] = rec.relays[idx(side)].saturating_sub(1);
+                if let Some(id) = self_holder_id() {
+                    rec.seg.view().unname_holder(f.side, id);
+                }
             }
             self.let_go(f.holder, f.conn, side, Gone::Released { abort: false });
         }
@@ -98,6 +106,11 @@ impl Daemon {
             _ => true,
         }
     }
+}
+
+/// The monitor's own name among an end's holders (see `ipcd_proto::holder`).
+fn self_holder_id() -> Option<std::num::NonZeroU64> {
+    ipcd_proto::holder::holder_id(crate::segment::pid_namespace(), std::process::id())
 }
 
 /// The pid of the process at the other end of a Unix socket (its

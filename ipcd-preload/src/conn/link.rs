@@ -308,10 +308,16 @@ impl Link {
     /// This process lets go of the end; true if it was the last holder
     /// (the caller then closes the end as Linux would).
     pub(crate) fn release_holder(&self) -> bool {
+        self.unname_self();
+        self.seg.release_holder(self.side) == 0
+    }
+
+    /// Takes this process off the end's named holders (its share goes
+    /// through the monitor).
+    pub(crate) fn unname_self(&self) {
         if let Some(id) = peer::my_id() {
             self.seg.unname_holder(self.side, id);
         }
-        self.seg.release_holder(self.side) == 0
     }
 
     /// Limits what this end holds unread by its peer as Linux's buffers

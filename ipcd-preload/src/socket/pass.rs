@@ -153,6 +153,9 @@ fn to_kernel(fd: RawFd, sock: &Socket) {
             }
         }
     };
+    // No longer a holder here: a survivor judging the end after the
+    // monitor's death must not wait for this process.
+    stream.link.unname_self();
     crate::socket::stream::let_go(*stream, false, false);
     let mut fds = Vec::new();
     table::for_each_fd(|f, s| {

@@ -211,12 +211,20 @@ pub(crate) fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect
     if !family_ok {
         return Connect::Kernel;
     }
-    if !is_local(&dest) {
-        crate::socket::fallbacks::count(Fallback::NotLocal);
-        return Connect::Kernel;
-    }
-    if crate::sys::uring::in_use() {
-        crate::socket::fallbacks::count(Fallback::IoUring);
+    let to_kernel = if !is_local(&dest) {
+        Some(Fallback::NotLocal)
+    } else if crate::sys::uring::in_use() {
+        Some(Fallback::IoUring)
+    } else if crate::sys::config::get().to_kernel(None, Some(&dest)) {
+        Some(Fallback::Rule)
+    } else {
+        None
+    };
+    if let Some(reason) = to_kernel {
+        // The first at once (a program that connects once shows why),
+        // then at most a report a second.
+        crate::socket::fallbacks::count(reason);
+        crate::socket::fallbacks::report();
         return Connect::Kernel;
     }
     crate::socket::held::report();
@@ -751,6 +759,9 @@ fn listen_flags(fd: libc::c_int, family: libc::c_int) -> ListenFlags {
     }
     if family == libc::AF_INET6 && opt_on(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) {
         flags |= ListenFlags::V6ONLY;
+    }
+    if crate::sys::config::get().to_kernel(sockname(fd).as_ref(), None) {
+        flags |= ListenFlags::KERNEL;
     }
     flags
 }

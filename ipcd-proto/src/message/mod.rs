@@ -66,6 +66,9 @@ bitflags! {
         /// The listener's bell (an eventfd) travels with `Listen`, second
         /// fd: connectors taking a standby ring it.
         const BELL = 1 << 3;
+        /// A rule of the config file leaves the listener to the kernel:
+        /// connects to it are sent there, with reason `Fallback::Rule`.
+        const KERNEL = 1 << 4;
     }
 }
 
@@ -99,6 +102,9 @@ pub enum Fallback {
     /// The process uses io_uring, whose socket I/O bypasses the library
     /// (counted by the process).
     IoUring,
+    /// A rule of the config file leaves it to the kernel (counted by the
+    /// process).
+    Rule,
 }
 
 impl Fallback {
@@ -112,6 +118,7 @@ impl Fallback {
         Fallback::Disabled,
         Fallback::NoMonitor,
         Fallback::IoUring,
+        Fallback::Rule,
     ];
 
     /// Its place in [`Fallback::ALL`] (and in [`Status::fallbacks`]).
@@ -130,12 +137,13 @@ impl Fallback {
             Fallback::Disabled => "disabled",
             Fallback::NoMonitor => "monitor unreachable",
             Fallback::IoUring => "io_uring in use",
+            Fallback::Rule => "rule",
         }
     }
 }
 
 /// How many reasons a connect may be sent to the kernel for.
-pub const FALLBACK_KINDS: usize = 8;
+pub const FALLBACK_KINDS: usize = 9;
 const _: () = assert!(Fallback::ALL.len() == FALLBACK_KINDS);
 
 /// Error codes of [`Response::Error`].
