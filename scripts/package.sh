@@ -3,7 +3,8 @@
 #   scripts/package.sh [OUT_DIR]       (default target/package)
 # prints the .deb's path. Installed layout: /usr/bin/ipcd,
 # /usr/lib/ipcd/libipcd_preload.so (which `ipcd run` finds from the
-# binary's place), the systemd units, and under /usr/share/doc/ipcd the
+# binary's place), the systemd units, man pages (ipcd(1), ipcd-status(1),
+# ...), and under /usr/share/doc/ipcd the
 # README, the container recipes, an example config file and every
 # command's --help.
 # With IPCD_BIN_DIR set (a directory holding a built `ipcd` and
@@ -38,6 +39,9 @@ install -Dm644 packaging/ipcd.toml "$doc/ipcd.toml.example"
         "$bin/ipcd" $cmd --help
     done
 } > "$doc/commands.txt"
+# Man pages from the same definitions as --help (`ipcd man`).
+"$bin/ipcd" man --out "$root/usr/share/man/man1"
+gzip -9n "$root"/usr/share/man/man1/*.1
 mkdir -p "$root/DEBIAN"
 cat > "$root/DEBIAN/control" <<CONTROL
 Package: ipcd

@@ -19,7 +19,7 @@ use ipcd_monitor::settings_report;
 
 /// ipcd: TCP between processes on one host, over shared memory.
 #[derive(Parser)]
-#[command(version, about, propagate_version = true)]
+#[command(name = "ipcd", version, about, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -136,6 +136,14 @@ enum Cmd {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Write the man pages (ipcd.1 and one per command, ipcd-status.1 …)
+    /// into DIR, from the same definitions as --help.
+    #[command(hide = true)]
+    Man {
+        /// Where to write them.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
     /// Stop the monitor.
     Stop {
         /// Abstract socket name of the monitor [default: ipcd-<uid>].
@@ -220,6 +228,7 @@ fn main() -> ExitCode {
             Some(Err(e)) => Err(format!("workload {}: {e}", args.join(" "))),
             None => Err(format!("no workload named {:?}", args[0])),
         },
+        Cmd::Man { out } => man(&out),
         Cmd::Stop { socket } => stop(&socket.unwrap_or_else(default_socket_name)),
         Cmd::DebugClaim { socket, fd } => debug_claim(&socket.unwrap_or_else(default_socket_name), fd),
         Cmd::DebugConnect { socket, addr } => debug_connect(&socket.unwrap_or_else(default_socket_name), addr),
@@ -231,6 +240,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `ipcd man`: a page for `ipcd` and one for each visible command.
+fn man(out: &Path) -> Result<ExitCode, String> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let cmd = Cli::command();
+    clap_mangen::generate_to(cmd, out).map_err(|e| format!("writing man pages to {}: {e}", out.display()))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn daemon(cfg: Config) -> Result<ExitCode, String> {

@@ -109,9 +109,17 @@ fn the_package_unpacks_and_runs_from_a_scratch_root() {
         "usr/lib/systemd/system/ipcd.service",
         "usr/lib/systemd/user/ipcd.service",
         "usr/share/doc/ipcd/commands.txt",
+        "usr/share/doc/ipcd/ipcd.toml.example",
+        "usr/share/man/man1/ipcd.1.gz",
+        "usr/share/man/man1/ipcd-status.1.gz",
+        "usr/share/man/man1/ipcd-config-show.1.gz",
     ] {
         assert!(root.join(f).exists(), "{f} missing from {deb}");
     }
+    // The man pages are the commands' own: `ipcd status`'s has its options.
+    let page = Command::new("gzip").arg("-dc").arg(root.join("usr/share/man/man1/ipcd-status.1.gz")).output();
+    let page = String::from_utf8_lossy(&page.expect("gzip -dc").stdout).into_owned();
+    assert!(page.starts_with(".ie") && page.contains(".TH ipcd-status 1") && page.contains("watch"), "{page}");
     let ipcd = root.join("usr/bin/ipcd");
     let socket = format!("ipcd-package-{}", std::process::id());
     let mut cmd = Command::new(&ipcd);
