@@ -50,5 +50,5 @@ pub use state::{CloseAction, Conn, Errno, How, Phase, Readiness, Recv, Ring, Sen
 /// client's pid as the monitor sees it in `Welcome`, `ProcessEntry`.
 /// 7: `Fallback::IoUring` (eight reasons in `Status` and `Fallbacks`).
 /// 8: `PassOver`, `Demote`, `Relayed`, `EndState::Relayed`;
-/// `Fallback::Rule` (nine reasons).
+/// `Fallback::Rule` (nine reasons); `Trace`, `Traced`.
 pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 8..=8;

@@ -66,6 +66,7 @@ fn request() -> impl Strategy<Value = Request> {
         (any::<u64>(), any::<bool>())
             .prop_map(|(conn, b)| Request::Pass { conn, side: if b { Side::B } else { Side::A } }),
         Just(Request::Claim),
+        (any::<u32>(), any::<u16>()).prop_map(|(pid, port)| Request::Trace { pid, port }),
         (any::<u64>(), any::<bool>())
             .prop_map(|(conn, b)| Request::Demote { conn, side: if b { Side::B } else { Side::A } }),
         (any::<u64>(), any::<bool>())
@@ -100,6 +101,8 @@ fn response() -> impl Strategy<Value = Response> {
         ),
         Just(Response::Ok),
         Just(Response::Relayed),
+        (any::<u64>(), any::<[u32; 2]>(), addr(), addr(), any::<u64>())
+            .prop_map(|(conn, pids, a, b, segment_len)| Response::Traced { conn, pids, addrs: [a, b], segment_len }),
         prop::sample::select(codes.to_vec()).prop_map(|code| Response::Error { code }),
         info().prop_map(Response::Connected),
         prop::sample::select(reasons.to_vec()).prop_map(|reason| Response::UseKernel { reason }),

@@ -60,7 +60,7 @@ pub use layout::{
     SEGMENT_ALIGN, SEGMENT_MAGIC, SEGMENT_VERSION,
 };
 pub use producer::Producer;
-pub use segment::{Admission, EndLock, Segment, Side, Ticket};
+pub use segment::{Admission, EndLock, Segment, Side, Tapped, Ticket};
 pub use wait::{Transfer, Wait};
 
 pub use layout::offsets;

@@ -380,6 +380,56 @@ impl Segment {
         self.control().rings[side.tx()].writer.tail.load(Ordering::Relaxed)
     }
 
+    /// Copies what `side` wrote from stream position `from` on into `buf`,
+    /// for an observer that consumes nothing (`ipcd trace`): only reads,
+    /// so a read-only mapping serves. Bytes the writer may have written
+    /// over since (the ring wrapped past them) are not copied but counted
+    /// in [`Tapped::lost`]; `max_unpublished` is how far past its
+    /// published tail the writer may be copying at any moment (its
+    /// largest single copy), which the check allows for. Positions are
+    /// validated against the capacity only: a writer that breaks the
+    /// protocol yields wrong bytes here, never a bad access.
+    pub fn copy_written(&self, side: Side, from: u64, buf: &mut [u8], max_unpublished: u64) -> Tapped {
+        let (ctrl, data) = self.ring(side.tx());
+        // SAFETY: points into the region this view keeps valid.
+        let ctrl = unsafe { ctrl.as_ref() };
+        let cap = data.cap;
+        // Acquire pairs with the writer's Release store of its tail: the
+        // bytes before it are visible.
+        let tail = ctrl.writer.tail.load(Ordering::Acquire);
+        let ahead = tail.wrapping_sub(from);
+        if ahead == 0 || ahead > u64::MAX / 2 {
+            return Tapped { lost: 0, len: 0 };
+        }
+        // What may be written over while we copy starts here.
+        let oldest = |t: u64| t.saturating_add(max_unpublished.min(cap)).saturating_sub(cap);
+        let start = from.max(oldest(tail));
+        let len = usize::try_from(tail - start).unwrap_or(usize::MAX).min(buf.len());
+        // SAFETY: `len <= cap` (start >= tail - cap), and the area is valid
+        // for reads by the view's contract; the bytes are plain `u8`.
+        unsafe { data.copy_out(start, &mut buf[..len]) };
+        // Whatever the writer got to meanwhile may have been overwritten.
+        let after = oldest(ctrl.writer.tail.load(Ordering::Acquire));
+        let bad = usize::try_from(after.saturating_sub(start)).unwrap_or(usize::MAX).min(len);
+        buf.copy_within(bad..len, 0);
+        Tapped { lost: (start - from) + bad as u64, len: len - bad }
+    }
+
+    /// How `side`'s writing stands: open, closed in order (FIN) or reset.
+    /// Only reads (see [`Segment::copy_written`]).
+    pub fn writer_state(&self, side: Side) -> crate::PeerState {
+        let (ctrl, _) = self.ring(side.tx());
+        // SAFETY: points into the region this view keeps valid.
+        let flags = unsafe { ctrl.as_ref() }.writer.flags.load(Ordering::Acquire);
+        if flags & crate::layout::FLAG_RESET != 0 {
+            crate::PeerState::Reset
+        } else if flags & crate::layout::FLAG_CLOSED != 0 {
+            crate::PeerState::Closed
+        } else {
+            crate::PeerState::Open
+        }
+    }
+
     /// Whether `side` has done nothing its peer could see since the
     /// segment was made fresh: read nothing, written nothing, closed
     /// neither direction. Read as published, not validated: a hint for
@@ -594,4 +644,14 @@ fn leave_expected(ticket: &AtomicU64, conn_id: u64, state: u64) -> Option<u64> {
         }
     }
     None
+}
+
+/// What [`Segment::copy_written`] copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tapped {
+    /// Bytes from the asked position on that the ring no longer holds
+    /// (skipped; the copied ones follow them in the stream).
+    pub lost: u64,
+    /// Bytes copied to the start of the buffer.
+    pub len: usize,
 }

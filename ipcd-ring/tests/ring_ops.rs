@@ -404,3 +404,39 @@ fn held_bytes_reach_the_reader_only_when_published_and_in_order() {
     assert_eq!(&buf[..2], b"ij");
     assert!(rx.at_eof().unwrap());
 }
+
+/// An observer's tap copies what a side wrote, consumed or not, as long
+/// as the ring still holds it; what the writer wrapped over (or may be
+/// writing over now) is counted lost, never copied.
+#[test]
+fn a_tap_copies_what_was_written_and_counts_what_the_ring_lost() {
+    let (_r, seg) = segment([64, 64]);
+    let mut tx = seg.producer(Side::A).unwrap();
+    let mut rx = seg.consumer(Side::B).unwrap();
+    let mut buf = [0u8; 128];
+    assert_eq!(seg.copy_written(Side::A, 0, &mut buf, 0), ipcd_ring::Tapped { lost: 0, len: 0 });
+    assert_eq!(tx.write(b"hello, tap").unwrap().len, 10);
+    // Read by the peer: still in the ring for the tap.
+    assert_eq!(rx.read(&mut [0u8; 10]).unwrap().len, 10);
+    assert_eq!(seg.copy_written(Side::A, 0, &mut buf, 0), ipcd_ring::Tapped { lost: 0, len: 10 });
+    assert_eq!(&buf[..10], b"hello, tap");
+    assert_eq!(seg.copy_written(Side::A, 7, &mut buf, 0).len, 3);
+    assert_eq!(&buf[..3], b"tap");
+    // 100 more bytes through a 64-byte ring: the first 46 of all 110 are gone.
+    let more: Vec<u8> = (0..100u8).collect();
+    for chunk in more.chunks(50) {
+        assert_eq!(tx.write(chunk).unwrap().len, 50);
+        assert_eq!(rx.read(&mut [0u8; 50]).unwrap().len, 50);
+    }
+    let t = seg.copy_written(Side::A, 0, &mut buf, 0);
+    assert_eq!((t.lost, t.len), (46, 64));
+    assert_eq!(&buf[..64], &more[36..]);
+    // A writer that may be copying 16 bytes past its tail right now may
+    // be overwriting the oldest 16 the ring holds: those count as lost.
+    let t = seg.copy_written(Side::A, 46, &mut buf, 16);
+    assert_eq!((t.lost, t.len), (16, 48));
+    assert_eq!(&buf[..48], &more[52..]);
+    assert_eq!(seg.writer_state(Side::A), PeerState::Open);
+    tx.close();
+    assert_eq!(seg.writer_state(Side::A), PeerState::Closed);
+}

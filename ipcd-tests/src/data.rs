@@ -53,3 +53,9 @@ impl Fnv {
         }
     }
 }
+
+/// `n` bytes that show where they are: byte `i` is `i % 251` (a prime,
+/// so no power-of-two chunking lines up with the pattern).
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}

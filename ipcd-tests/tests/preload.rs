@@ -1158,3 +1158,93 @@ fn config_show_says_where_each_setting_came_from() {
     has(&text, "spin_us      11         (IPCD_SPIN_US)");
     has(&text, "IPCD_LOG=\"garbage\" is not one of error, warn, info, debug; using info");
 }
+
+/// The TCP packets of a pcap file `ipcd trace` wrote (`LINKTYPE_RAW`,
+/// IPv4): (source port, flags, sequence number, payload) each.
+fn read_pcap(bytes: &[u8]) -> Vec<(u16, u8, u32, Vec<u8>)> {
+    assert_eq!(&bytes[..4], &0xa1b2_c3d4u32.to_le_bytes(), "pcap magic");
+    assert_eq!(u32::from_le_bytes(bytes[20..24].try_into().unwrap()), 101, "LINKTYPE_RAW");
+    let mut at = 24;
+    let mut out = Vec::new();
+    while at + 16 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        let p = &bytes[at + 16..at + 16 + len];
+        at += 16 + len;
+        assert_eq!(p[0] >> 4, 4, "IPv4");
+        let ihl = usize::from(p[0] & 15) * 4;
+        let tcp = &p[ihl..];
+        let off = usize::from(tcp[12] >> 4) * 4;
+        let port = u16::from_be_bytes([tcp[0], tcp[1]]);
+        let seq = u32::from_be_bytes(tcp[4..8].try_into().unwrap());
+        out.push((port, tcp[13], seq, tcp[off..].to_vec()));
+    }
+    out
+}
+
+/// `ipcd trace` writes what each side of a connection sent as a pcap:
+/// read back, the client's bytes and the server's echo are exactly what
+/// was sent, between a handshake and two FINs, and tcpdump reads it.
+#[test]
+fn ipcd_trace_writes_each_sides_bytes_as_a_pcap() {
+    const BYTES: usize = 1 << 20;
+    let mon = Monitor::start(4 << 20);
+    let server = Server::start(mon.under(&mut probe(&["serve", "1"])).clone_cmd());
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("trace.pcap");
+    let ipcd = ipcd_tests::harness::artifacts().ipcd;
+    let mut trace = Command::new(&ipcd);
+    trace.args(["trace", "--port", &server.port.to_string(), "-w"]).arg(&file);
+    let trace = mon.under(&mut trace).env_remove("LD_PRELOAD").stderr(Stdio::piped()).spawn().expect("ipcd trace");
+    // The tracer is a client of the monitor once it says hello.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mon.status().status.processes < 2 {
+        assert!(Instant::now() < deadline, "ipcd trace never reached the monitor");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let client = mon.under(&mut probe(&["pattern-client", &server.port.to_string(), &BYTES.to_string()])).output();
+    must_pass("pattern client", client.expect("client"));
+    server.finish();
+    // Its last look after the FINs, then SIGINT.
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(trace.id() as i32, libc::SIGINT) };
+    let out = output_within_child(trace, Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ipcd trace: {stderr}");
+    assert!(stderr.contains("1 connections") && stderr.contains(" 0 bytes lost"), "{stderr}");
+    let packets = read_pcap(&std::fs::read(&file).expect("the pcap"));
+    let syn = packets.first().expect("packets");
+    assert_eq!(syn.1, 0x02, "a SYN first: {syn:?}");
+    let client_port = syn.0;
+    let want = ipcd_tests::data::pattern(BYTES);
+    for (from_client, what) in [(true, "client"), (false, "echo")] {
+        let mut stream = vec![0u8; 0];
+        let mut fin = false;
+        for (port, flags, seq, payload) in packets.iter().filter(|p| (p.0 == client_port) == from_client) {
+            if payload.is_empty() {
+                fin |= flags & 0x01 != 0;
+                continue;
+            }
+            let at = (*seq - 1) as usize;
+            assert_eq!(at, stream.len(), "{what}: a gap or overlap at {at} (port {port})");
+            stream.extend_from_slice(payload);
+        }
+        assert!(stream == want, "{what}: {} bytes traced, not the {} sent", stream.len(), want.len());
+        assert!(fin, "{what}: no FIN");
+    }
+    let dump = Command::new("tcpdump").args(["-nn", "-r"]).arg(&file).output().expect("tcpdump (scripts/setup.sh)");
+    let text = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.status.success() && text.contains("Flags [S]") && text.contains("Flags [F.]"), "{dump:?}");
+}
+
+/// `child`'s output, killing it if it runs past `limit`.
+fn output_within_child(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("output")
+}

@@ -267,6 +267,7 @@ impl Daemon {
             refill: answer.is_none().then_some(((owner, id), info_a.peer)),
         };
         self.conns.insert(conn, rec);
+        self.show_tracers(conn);
         if waiting && held {
             self.waiting.push_back(conn);
             return;

@@ -65,6 +65,7 @@ impl Daemon {
                 None => self.fail(token, seq, ErrorCode::BadRequest),
             },
             Request::Claim => self.claim(from, fds),
+            Request::Trace { pid, port } => self.trace(from, pid, port),
             Request::Serve { listener } => self.serve_listener(token, listener),
             Request::Decline { conn } => self.decline(token, conn),
             Request::Held { conn, side, local, peer, open } => {

@@ -47,6 +47,7 @@ mod passing;
 mod relays;
 mod standby;
 mod status;
+mod trace;
 mod verify;
 
 use verify::{parent_of, socket_inode, verify_listening_socket};
@@ -343,6 +344,8 @@ pub struct Daemon {
     waiting: std::collections::VecDeque<u64>,
     /// The loopback listeners demoted sockets connect to.
     junction: crate::relay::Junction,
+    /// Clients watching connections (`ipcd trace`).
+    tracers: Vec<trace::Tracer>,
     /// Rung by a relay that ended, after it sent on `relay_done`.
     relay_bell: OwnedFd,
     relay_done: (std::sync::mpsc::Sender<crate::relay::Finished>, std::sync::mpsc::Receiver<crate::relay::Finished>),
@@ -420,6 +423,7 @@ impl Daemon {
             deferred: HashMap::new(),
             waiting: std::collections::VecDeque::new(),
             junction: crate::relay::Junction::default(),
+            tracers: Vec::new(),
             relay_bell: doorbell()?,
             relay_done: std::sync::mpsc::channel(),
         };

@@ -152,6 +152,7 @@ impl Daemon {
             refill: None,
         };
         self.conns.insert(conn, rec);
+        self.show_tracers(conn);
         self.release(listener.0, conn, Side::B, true);
     }
 

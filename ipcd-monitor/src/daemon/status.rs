@@ -49,13 +49,12 @@ impl Daemon {
                 reuseport: l.flags.contains(ipcd_proto::ListenFlags::REUSEPORT),
             })
         }));
-        let pid_of = |t: Option<&u64>| t.and_then(|t| self.clients.get(t)).map_or(0, |c| c.pid);
         let mut conns: Vec<_> = self.conns.iter().collect();
         conns.sort_by_key(|(id, _)| **id);
         out.extend(conns.into_iter().map(|(&conn, rec)| {
             Response::ConnEntry(ConnStatus {
                 conn,
-                pids: [pid_of(rec.holders[0].first()), pid_of(rec.holders[1].first())],
+                pids: self.holder_pids(rec),
                 addrs: [rec.info[0].local, rec.info[1].local],
                 bytes: [rec.seg.view().written(ipcd_ring::Side::A), rec.seg.view().written(ipcd_ring::Side::B)],
                 segment_len: rec.seg.len() as u64,

@@ -155,6 +155,7 @@ impl Request {
             Request::Fallbacks { .. } => 0x0115,
             Request::Demote { .. } => 0x0116,
             Request::PassOver { .. } => 0x0117,
+            Request::Trace { .. } => 0x0118,
         }
     }
 
@@ -210,6 +211,10 @@ impl Request {
                 side.encode(w);
             }
             Request::Serve { listener } => w.u64(listener),
+            Request::Trace { pid, port } => {
+                w.u32(pid);
+                w.u16(port);
+            }
             Request::Decline { conn } | Request::Unused { conn } => w.u64(conn),
             Request::Release { conn, side, abort } => {
                 w.u64(conn);
@@ -280,6 +285,7 @@ impl Request {
             0x010e => Request::Claim,
             0x0116 => Request::Demote { conn: r.u64()?, side: Side::decode(r)? },
             0x0117 => Request::PassOver { conn: r.u64()?, side: Side::decode(r)? },
+            0x0118 => Request::Trace { pid: r.u32()?, port: r.u16()? },
             0x010f => Request::Serve { listener: r.u64()? },
             0x0110 => Request::Decline { conn: r.u64()? },
             0x0111 => Request::Use { conn: r.u64()?, source: SockAddr::decode_opt(r)? },
@@ -329,6 +335,7 @@ impl Response {
             Response::Withdraw { .. } => 0x020e,
             Response::Expect { .. } => 0x020f,
             Response::Relayed => 0x0211,
+            Response::Traced { .. } => 0x0212,
         }
     }
 
@@ -342,6 +349,7 @@ impl Response {
                 0
             }
             Response::Connected(_) | Response::Incoming { .. } | Response::Expect { .. } | Response::Reopened(_) => 3,
+            Response::Traced { .. } => 1,
             _ => 0,
         }
     }
@@ -376,6 +384,14 @@ impl Response {
                 info.encode(w);
             }
             Response::Withdraw { conn } => w.u64(conn),
+            Response::Traced { conn, pids, addrs, segment_len } => {
+                w.u64(conn);
+                w.u32(pids[0]);
+                w.u32(pids[1]);
+                addrs[0].encode(w);
+                addrs[1].encode(w);
+                w.u64(segment_len);
+            }
             Response::Status(s) => {
                 w.u32(s.monitor_pid);
                 w.u32(s.processes);
@@ -437,6 +453,12 @@ impl Response {
             },
             0x0202 => Response::Ok,
             0x0211 => Response::Relayed,
+            0x0212 => Response::Traced {
+                conn: r.u64()?,
+                pids: [r.u32()?, r.u32()?],
+                addrs: [SockAddr::decode(r)?, SockAddr::decode(r)?],
+                segment_len: r.u64()?,
+            },
             0x0203 => Response::Error { code: ErrorCode::decode(r)? },
             0x0204 => Response::Connected(ConnInfo::decode(r)?),
             0x0205 => Response::UseKernel { reason: Fallback::decode(r)? },

@@ -449,6 +449,17 @@ pub enum Request {
         /// Which end.
         side: Side,
     },
+    /// Watch connections for `ipcd trace`: every connection the monitor
+    /// has or makes from now on whose process (either end) is `pid` and
+    /// whose address (either end) has port `port` (0: any, for each) is
+    /// sent as `Traced`. The monitor's own user or root only. No fds; no
+    /// reply but the events (`Error` if refused).
+    Trace {
+        /// A process's pid, or 0.
+        pid: u32,
+        /// A port, or 0.
+        port: u16,
+    },
     /// The process received a socket: map the connection end passed with
     /// it, if any. Fds: `[the received socket]`, which proves the claimer
     /// holds it (a claim cannot name a socket by number). `Reopened`, or
@@ -595,6 +606,19 @@ pub enum Response {
     },
     /// Answer to `Reopen` and `Claim`. Fds: `[segment memfd, own doorbell, peer doorbell]`.
     Reopened(ConnInfo),
+    /// Event for a `Trace`: a connection to watch. Fds: `[segment memfd]`,
+    /// to map read-only (the tracer reads what each side wrote; it holds
+    /// no end).
+    Traced {
+        /// Connection.
+        conn: u64,
+        /// Processes holding side A and side B (0: none, or relayed).
+        pids: [u32; 2],
+        /// Addresses of side A and side B.
+        addrs: [SockAddr; 2],
+        /// Segment length in bytes.
+        segment_len: u64,
+    },
     /// Answer to `PassOver` and `Demote`: the monitor relays the end over the
     /// kernel socket, which is connected now; the process's fds of it are
     /// plain kernel sockets from here on. No fds.

@@ -14,6 +14,8 @@
 //!                             child's pid and waits (the two share it)
 //! probe client PORT ROUNDS SEED   echo rounds of random sizes, hashed
 //! probe hold PORT             connects, then waits for stdin to close
+//! probe pattern-client PORT N  sends N bytes of `pattern` to an echo
+//!                             server and checks the echo
 //! probe many-clients PORT N   N connections at once, echoes on each
 //! probe remote-connects N     N non-blocking connects to 192.0.2.1:9
 //!                             (not this host), each then closed
@@ -207,6 +209,7 @@ fn main() {
             net::close(c);
             r
         }),
+        "pattern-client" => pattern_client(num(1) as u16, num(2) as usize),
         "hold" => net::connect_loopback(false, num(1) as u16).map_err(f).map(|c| {
             let _ = send(c, b"!", 0);
             // Read the echo: closing with it unread would reset the server.

@@ -369,3 +369,22 @@ pub(crate) fn uring_connects(how: &str, n: u64) -> Res {
     net::close(ring);
     Ok(())
 }
+
+/// `pattern-client`: `n` bytes of [`ipcd_tests::data::pattern`] to an echo
+/// server at `port` on loopback (a writer thread, so neither side waits
+/// on a full ring), the echo read back and compared, then a close.
+pub(crate) fn pattern_client(port: u16, n: usize) -> Res {
+    let c = net::connect_loopback(false, port).map_err(f)?;
+    set_timeout(c, 20)?;
+    let data = ipcd_tests::data::pattern(n);
+    let writer = {
+        let data = data.clone();
+        std::thread::spawn(move || net::send_all(c, &data).map_err(f))
+    };
+    let mut got = vec![0u8; n];
+    net::read_exact(c, &mut got).map_err(f)?;
+    writer.join().map_err(|_| "writer panicked".to_string())??;
+    ensure!(got == data, "the echo differs");
+    net::close(c);
+    Ok(())
+}
