@@ -12,7 +12,7 @@ TEST=0
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 # System packages. Keep these lists the one place they are named.
-APT_PACKAGES=(build-essential pkg-config ca-certificates curl systemd tcpdump)
+APT_PACKAGES=(build-essential pkg-config ca-certificates curl systemd tcpdump fonts-dejavu-core)
 # Real programs the compatibility tests and `ipcd bench` run under ipcd.
 # Best effort: a program that cannot be installed makes its test skip, and
 # say so, rather than the whole suite fail.

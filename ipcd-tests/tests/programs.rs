@@ -129,6 +129,11 @@ fn bench(args: &[&str], tag: &str) -> (std::process::Output, Option<String>, Opt
         .expect("ipcd bench");
     let json = std::fs::read_to_string(out_dir.join("results.json")).ok();
     let svg = std::fs::read_to_string(out_dir.join("chart.svg")).ok();
+    // The PNG beside it (a font is installed by scripts/setup.sh).
+    if svg.is_some() {
+        let png = std::fs::read(out_dir.join("chart.png")).unwrap_or_default();
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "no chart.png beside chart.svg");
+    }
     let _ = std::fs::remove_dir_all(&out_dir);
     (out, json, svg)
 }
@@ -149,7 +154,13 @@ fn ipcd_bench_quick_writes_every_result() {
     for r in &rows {
         assert!(!r.contains("\"kernel_tcp\": null") && !r.contains("\"ipcd\": null"), "a run failed: {r}");
     }
+    // Three bars a group, a group per workload and metric (p99.9 and
+    // rows saying what another says are left to the table).
     assert!(svg.starts_with("<svg") && svg.matches("<rect").count() > rows.len(), "chart has no bars");
+    for label in ["kernel TCP", "Unix socket", "round trip 8 B", "connection setup, 1 client thread(s)", "×"] {
+        assert!(svg.contains(label), "chart without {label:?}");
+    }
+    assert!(!svg.contains("p99.9"), "p99.9 is left to the table");
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("ipcd gain") && table.contains("round trip 8 B"), "{table}");
     assert!(table.contains("scaling: 8 pair(s)") && table.contains("CPU per message"), "{table}");

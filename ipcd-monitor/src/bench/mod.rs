@@ -4,6 +4,7 @@
 //! Real programs (`programs`) and the scaling series (`scaling`) have files
 //! of their own.
 
+mod chart;
 pub mod net;
 mod programs;
 mod scaling;
@@ -391,9 +392,11 @@ pub fn run(opts: &Options) -> Result<(), String> {
     print_table(&rows);
     let json = opts.out.join("results.json");
     std::fs::write(&json, to_json(&rows, opts.quick)).map_err(|e| format!("cannot write {}: {e}", json.display()))?;
-    let svg = opts.out.join("chart.svg");
-    chart(&rows, &svg)?;
-    println!("\nraw results: {}\nchart:       {}", json.display(), svg.display());
+    let (svg, png) = (opts.out.join("chart.svg"), opts.out.join("chart.png"));
+    match chart::write(&rows, &run_info(opts.quick), &svg, &png)? {
+        None => println!("\nraw results: {}\nchart:       {} and {}", json.display(), svg.display(), png.display()),
+        Some(why) => println!("\nraw results: {}\nchart:       {} ({why})", json.display(), svg.display()),
+    }
     Ok(())
 }
 
@@ -467,6 +470,32 @@ fn machine() -> (String, String, usize, u64) {
     (kernel, cpu, cores, unix_time)
 }
 
+/// The header of the chart: when, where, what build.
+fn run_info(quick: bool) -> chart::Run {
+    let (kernel, cpu, cores, unix_time) = machine();
+    chart::Run {
+        date: utc(unix_time),
+        machine: format!("{cpu}, {cores} cores, Linux {kernel}"),
+        build: format!("ipcd {} (commit {})", env!("CARGO_PKG_VERSION"), env!("IPCD_COMMIT")),
+        quick,
+    }
+}
+
+/// `YYYY-MM-DD HH:MM UTC` of a Unix time (the civil-from-days algorithm).
+fn utc(t: u64) -> String {
+    let (days, secs) = ((t / 86_400) as i64, t % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", secs / 3600, secs % 3600 / 60)
+}
+
 /// The rows as JSON (written by hand: one flat array of records).
 fn to_json(rows: &[Row], quick: bool) -> String {
     let (kernel, cpu, cores, unix_time) = machine();
@@ -493,37 +522,4 @@ fn to_json(rows: &[Row], quick: bool) -> String {
     }
     o.push_str("  ]\n}\n");
     o
-}
-
-/// A bar chart of ipcd's gain over kernel TCP per row, on a log scale.
-fn chart(rows: &[Row], path: &Path) -> Result<(), String> {
-    use plotters::prelude::*;
-    let bars: Vec<(String, f64)> =
-        rows.iter().filter_map(|r| Some((format!("{} {}", r.workload, r.metric), r.ratio()?))).collect();
-    let err = |e: &dyn std::fmt::Display| format!("chart: {e}");
-    let root = SVGBackend::new(path, (1000, 80 + 26 * bars.len() as u32)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let max = bars.iter().map(|b| b.1).fold(10.0f64, f64::max) * 1.5;
-    let mut c = ChartBuilder::on(&root)
-        .caption("ipcd over kernel TCP (× better, log scale)", ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(380)
-        .build_cartesian_2d((0.1f64..max).log_scale(), 0..bars.len())
-        .map_err(|e| err(&e))?;
-    let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
-    c.configure_mesh()
-        .disable_y_mesh()
-        .y_labels(bars.len())
-        .y_label_formatter(&|i| labels.get(*i).cloned().unwrap_or_default())
-        .x_desc("ipcd / kernel TCP")
-        .draw()
-        .map_err(|e| err(&e))?;
-    c.draw_series(bars.iter().enumerate().map(|(i, (_, r))| {
-        let color = if *r >= 1.0 { BLUE.mix(0.7) } else { RED.mix(0.7) };
-        Rectangle::new([(0.1, i), (r.max(0.1), i + 1)], color.filled())
-    }))
-    .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
 }
