@@ -9,7 +9,8 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod bench;
-pub mod client;
+/// The monitor client lives in `ipcd-proto`, for tools that need only it.
+pub use ipcd_proto::client;
 pub mod config;
 pub mod daemon;
 pub mod limits;

@@ -11,9 +11,13 @@
 //!   segment;
 //! - `settings` (feature `std`): the config file, `ipcd.toml`, and how it
 //!   and the environment decide a program's settings and rules;
+//! - `client` (feature `std`): a client of a running monitor, for status,
+//!   metrics, tracing and stopping it;
 //! - `channel` (feature `std`): the framed channel over a Unix
-//!   `SOCK_SEQPACKET` socket with fd passing and peer credentials. It is the
-//!   only part of this crate that makes system calls.
+//!   `SOCK_SEQPACKET` socket with fd passing and peer credentials.
+//!
+//! `channel` and `client`, which talks through it, are the only parts of
+//! this crate that make system calls; without `std` it makes none.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![warn(missing_docs, missing_debug_implementations)]
 
@@ -31,6 +35,8 @@ pub mod fuzzing;
 
 #[cfg(feature = "std")]
 pub mod channel;
+#[cfg(feature = "std")]
+pub mod client;
 #[cfg(feature = "std")]
 pub mod settings;
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Format, lints (the workspace's and the fuzz crate's, with and without
-# --cfg loom) and rustdoc with warnings denied.
+# --cfg loom), rustdoc with warnings denied, and `cargo package` of the
+# crates others may use.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo fmt --all -- --check
@@ -10,3 +11,5 @@ cargo +nightly clippy --manifest-path fuzz/Cargo.toml --locked -- -D warnings
 # A target directory of its own: --cfg loom would otherwise rebuild everything.
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo clippy -p ipcd-ring --tests --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+# The two crates meant for others package and build alone.
+cargo package -p ipcd-ring -p ipcd-proto --locked --allow-dirty --quiet

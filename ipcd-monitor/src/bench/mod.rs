@@ -500,9 +500,10 @@ fn utc(t: u64) -> String {
 fn to_json(rows: &[Row], quick: bool) -> String {
     let (kernel, cpu, cores, unix_time) = machine();
     let mut o = format!(
-        "{{\n  \"quick\": {quick},\n  \"ipcd_version\": {},\n  \"unix_time\": {unix_time},\n  \
+        "{{\n  \"quick\": {quick},\n  \"ipcd_version\": {},\n  \"commit\": {},\n  \"unix_time\": {unix_time},\n  \
          \"machine\": {{\"kernel\": {}, \"cpu\": {}, \"cores\": {cores}}},\n  \"results\": [\n",
         json_str(env!("CARGO_PKG_VERSION")),
+        json_str(env!("IPCD_COMMIT")),
         json_str(&kernel),
         json_str(&cpu),
     );

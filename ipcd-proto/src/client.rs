@@ -1,11 +1,12 @@
-//! Talking to a running monitor as a process does (used by the `ipcd`
-//! command and by tests).
+//! A client of a running monitor (feature `std`): `ipcd status`,
+//! `metrics`, `trace` and `stop` are built on it, and so can other tools
+//! (an exporter, a dashboard) without the monitor's crate.
 
 use std::io;
 
-use ipcd_proto::channel::{Channel, ChannelError, Fds};
-use ipcd_proto::message::{ConnStatus, ErrorCode, ListenerStatus, ProcessStatus, Request, Response, Status};
-use ipcd_proto::Caps;
+use crate::channel::{Channel, ChannelError, Fds};
+use crate::message::{ConnStatus, ErrorCode, ListenerStatus, ProcessStatus, Request, Response, Status};
+use crate::Caps;
 
 /// A registered control channel to the monitor.
 #[derive(Debug)]
