@@ -7,7 +7,11 @@
 //!
 //! The crate is `no_std`, allocates nothing and makes no system calls. It
 //! works over a raw region (pointer and length): heap memory in tests, an
-//! mmap'd memfd in production. The peer is not trusted: every index read from
+//! mmap'd memfd in production. For programs that embed the ring, the
+//! `std` feature adds the `shm` module: a memfd segment one
+//! process makes and another opens, eventfd doorbells, and an endpoint
+//! per side with blocking spin-then-sleep calls, one endpoint per side
+//! enforced; see `examples/pingpong.rs` for two processes. The peer is not trusted: every index read from
 //! shared memory is validated, and a broken invariant is an [`Error`], never a
 //! panic or an out-of-bounds access.
 //!
@@ -32,7 +36,7 @@
 //! let mut buf = [0u8; 4];
 //! assert_eq!(b_rx.read(&mut buf).unwrap().len, 4);
 //! ```
-#![cfg_attr(not(loom), no_std)]
+#![cfg_attr(not(any(loom, feature = "std")), no_std)]
 #![warn(missing_docs, missing_debug_implementations)]
 #![warn(clippy::cast_possible_truncation, clippy::borrow_as_ptr)]
 
@@ -45,6 +49,9 @@ mod segment;
 mod span;
 mod sync;
 mod wait;
+
+#[cfg(all(feature = "std", not(loom)))]
+pub mod shm;
 
 // Test support for the fuzz targets and this crate's tests (not API).
 #[cfg(all(any(fuzzing, feature = "fuzzing"), not(loom)))]
