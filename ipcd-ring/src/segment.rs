@@ -415,6 +415,14 @@ impl Segment {
         Tapped { lost: (start - from) + bad as u64, len: len - bad }
     }
 
+    /// Whether `side` closed its reading direction (as a socket's last
+    /// close does; `shutdown` of writing alone does not). Only reads.
+    pub fn reader_closed(&self, side: Side) -> bool {
+        let (ctrl, _) = self.ring(side.peer().tx());
+        // SAFETY: points into the region this view keeps valid.
+        unsafe { ctrl.as_ref() }.reader.flags.load(Ordering::Acquire) & crate::layout::FLAG_CLOSED != 0
+    }
+
     /// How `side`'s writing stands: open, closed in order (FIN) or reset.
     /// Only reads (see [`Segment::copy_written`]).
     pub fn writer_state(&self, side: Side) -> crate::PeerState {

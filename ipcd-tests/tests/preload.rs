@@ -1248,3 +1248,25 @@ fn output_within_child(mut child: Child, limit: Duration) -> Output {
     }
     child.wait_with_output().expect("output")
 }
+
+/// A connection both of whose ends closed leaves `ipcd status` at once,
+/// though the server, still running, sends its `Close` only with its next
+/// request (which here never comes).
+#[test]
+fn status_drops_a_connection_once_both_ends_closed() {
+    let mon = Monitor::start(RING_BYTES);
+    let server = Server::start(mon.under(&mut probe(&["serve", "2"])).clone_cmd());
+    must_pass("client", mon.under(&mut client(server.port)).output().expect("client"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let report = mon.status();
+        if report.connections.is_empty() && report.status.connections == 0 {
+            assert!(report.processes.iter().all(|p| p.connections == 0), "{:?}", report.processes);
+            break;
+        }
+        assert!(Instant::now() < deadline, "a closed connection stays listed: {:?}", report.connections);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(mon.status().status.connects_total, 1);
+    drop(server);
+}

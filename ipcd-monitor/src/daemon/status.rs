@@ -20,11 +20,16 @@ impl Daemon {
             return self.doom(token, "asked for a report before reading the last".into());
         }
         let held = self.held_conns();
+        // Connections both of whose ends are closed are over, whether or
+        // not their holders' `Close` reached us yet (a process sends its
+        // closes with its next request).
+        let mut conns: Vec<_> = self.conns.iter().filter(|(_, rec)| !is_over(rec)).collect();
+        conns.sort_by_key(|(id, _)| **id);
         let status = Status {
             monitor_pid: std::process::id(),
             processes: self.clients.values().filter(|c| c.hello).count() as u32,
             listeners: self.registry.len() as u32,
-            connections: (self.conns.len() + held.len()) as u32,
+            connections: (conns.len() + held.len()) as u32,
             segment_bytes: self.conns.values().map(|c| c.seg.len() as u64).sum::<u64>()
                 + self.pools.values().flatten().map(|p| p.seg.len() as u64).sum::<u64>(),
             connects_total: self.connects_total,
@@ -49,8 +54,6 @@ impl Daemon {
                 reuseport: l.flags.contains(ipcd_proto::ListenFlags::REUSEPORT),
             })
         }));
-        let mut conns: Vec<_> = self.conns.iter().collect();
-        conns.sort_by_key(|(id, _)| **id);
         out.extend(conns.into_iter().map(|(&conn, rec)| {
             Response::ConnEntry(ConnStatus {
                 conn,
@@ -83,7 +86,12 @@ impl Daemon {
         ProcessStatus {
             pid: c.pid,
             uid: c.uid,
-            connections: (c.holdings.len() + c.held.len()) as u32,
+            connections: (c
+                .holdings
+                .iter()
+                .filter(|(conn, _)| self.conns.get(conn).is_some_and(|r| !is_over(r)))
+                .count()
+                + c.held.len()) as u32,
             listeners: self.registry.iter().filter(|l| l.owner == token).count() as u32,
             sent,
             received,
@@ -128,4 +136,15 @@ impl Daemon {
         }
         out
     }
+}
+
+/// Whether both ends of a connection are closed: gone from the books, or
+/// their writing and reading directions both closed (a socket's last
+/// close; a half-closed end still reads).
+fn is_over(rec: &super::ConnRec) -> bool {
+    [Side::A, Side::B].into_iter().all(|side| {
+        let v = rec.seg.view();
+        let s = super::ring_side(side);
+        rec.gone[idx(side)] || (v.writer_state(s) != ipcd_ring::PeerState::Open && v.reader_closed(s))
+    })
 }
