@@ -211,8 +211,6 @@ struct Flow {
     in_done: bool,
     /// Bytes from the ring wait for room in the kernel socket.
     out_blocked: bool,
-    /// The kernel socket has nothing to read now.
-    in_dry: bool,
     /// The ring has no room for what the kernel socket holds.
     in_blocked: bool,
 }
@@ -291,7 +289,6 @@ fn run(end: RelayEnd) {
         }
         rx.cancel_wait();
         tx.cancel_wait();
-        flow.in_dry = false;
     }
 }
 
@@ -372,7 +369,6 @@ fn from_kernel(tx: &mut Producer, sock: RawFd, buf: &mut [u8], flow: &mut Flow, 
     if got < 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted {
-            flow.in_dry = true;
             return Step::Idle;
         }
         return Step::Reset;
@@ -405,24 +401,13 @@ fn readable_now(sock: RawFd) -> bool {
 /// Takes both of the end's locks, as every holder of a shared end does
 /// (breaking one a dead process left).
 fn lock(view: &ipcd_ring::Segment, side: Side, me: NonZeroU32) {
+    let dead = |pid: u32| {
+        // SAFETY: signal 0 only asks whether the process exists.
+        let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+        r != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    };
     for l in [EndLock::Send(side), EndLock::Recv(side)] {
-        let mut spins = 0u32;
-        while let Err(owner) = view.try_lock(l, me) {
-            spins += 1;
-            if spins % 1024 == 0 {
-                // SAFETY: signal 0 only asks whether the process exists.
-                let gone = owner != 0
-                    && unsafe { libc::kill(owner as libc::pid_t, 0) } != 0
-                    && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-                if gone {
-                    view.break_lock(l, owner);
-                } else {
-                    std::thread::yield_now();
-                }
-            } else {
-                std::hint::spin_loop();
-            }
-        }
+        view.lock(l, me, dead, std::thread::yield_now);
     }
 }
 

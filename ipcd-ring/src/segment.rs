@@ -614,6 +614,25 @@ impl Segment {
         let word = &self.control().header.locks[lock.index()];
         dead_owner != 0 && word.compare_exchange(dead_owner, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
+
+    /// Takes `lock` for `owner`, spinning; every 1024 tries it asks
+    /// `dead(holder)` whether the holder is gone, and breaks its lock if so
+    /// (a process that crashed holding an end's lock must not stall the
+    /// others forever), or else calls `pause` (a yield of the CPU). The
+    /// two are the caller's: this crate makes no system calls.
+    pub fn lock(&self, lock: EndLock, owner: NonZeroU32, mut dead: impl FnMut(u32) -> bool, mut pause: impl FnMut()) {
+        let mut spins = 0u32;
+        while let Err(holder) = self.try_lock(lock, owner) {
+            spins = spins.wrapping_add(1);
+            if spins % 1024 != 0 {
+                core::hint::spin_loop();
+            } else if holder != 0 && dead(holder) {
+                self.break_lock(lock, holder);
+            } else {
+                pause();
+            }
+        }
+    }
 }
 
 /// A standby connection's ticket, as [`Segment::ticket`] reads it.

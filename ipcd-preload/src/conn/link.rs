@@ -482,23 +482,9 @@ impl Link {
     }
 }
 
-/// Takes `lock`, breaking it if its holder died (a process that crashed
-/// while holding an end's lock must not stall the others forever).
+/// Takes `lock`, breaking it if its holder died (`Segment::lock`).
 fn take(seg: &Segment, lock: EndLock, me: std::num::NonZeroU32) {
-    let mut spins = 0u32;
-    while let Err(owner) = seg.try_lock(lock, me) {
-        spins += 1;
-        if spins % 1024 == 0 {
-            // SAFETY: signal 0 only checks whether the process exists.
-            let gone =
-                owner != 0 && unsafe { libc::kill(owner as libc::pid_t, 0) } != 0 && real::errno() == libc::ESRCH;
-            if gone {
-                seg.break_lock(lock, owner);
-            } else {
-                std::thread::yield_now();
-            }
-        } else {
-            std::hint::spin_loop();
-        }
-    }
+    // SAFETY: signal 0 only checks whether the process exists.
+    let dead = |pid: u32| unsafe { libc::kill(pid as libc::pid_t, 0) } != 0 && real::errno() == libc::ESRCH;
+    seg.lock(lock, me, dead, std::thread::yield_now);
 }

@@ -63,8 +63,7 @@ pub(crate) enum To {
 /// relayed, if it cannot), a listener becomes the kernel's. True if there
 /// is an end to claim.
 pub(crate) fn hand_over(fd: RawFd, sock: &Socket, to: To) -> bool {
-    let Some(link) = leaving(fd, sock) else { return false };
-    let (conn, side) = link;
+    let Some((conn, side)) = leaving(fd, sock) else { return false };
     // SAFETY: the program's fd, open for the length of this call (it is
     // about to be sent or inherited).
     let kernel = unsafe { BorrowedFd::borrow_raw(fd) };
