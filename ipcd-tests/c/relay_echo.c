@@ -4,6 +4,8 @@
  *   relay_echo stdio       the connection is fd 0 and fd 1 (inetd style)
  *   relay_echo recv PATH   it comes over the Unix socket at PATH
  *                          (SCM_RIGHTS)
+ *   relay_echo reset       reads one byte of fd 0 and exits, leaving the
+ *                          rest unread (the kernel then resets)
  *
  * It echoes until end of stream, then exits 0 (its close is the FIN). */
 #include <stdio.h>
@@ -67,10 +69,14 @@ static int receive(const char *path) {
 int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "stdio") == 0)
         return echo(0, 1);
+    if (argc == 2 && strcmp(argv[1], "reset") == 0) {
+        char byte;
+        return read(0, &byte, 1) == 1 ? 0 : 2;
+    }
     if (argc == 3 && strcmp(argv[1], "recv") == 0) {
         int fd = receive(argv[2]);
         return fd < 0 ? 2 : echo(fd, fd);
     }
-    fprintf(stderr, "usage: relay_echo stdio | relay_echo recv PATH\n");
+    fprintf(stderr, "usage: relay_echo stdio | relay_echo recv PATH | relay_echo reset\n");
     return 64;
 }

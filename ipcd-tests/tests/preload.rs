@@ -71,7 +71,8 @@ fn echo_programs() -> &'static [(&'static str, std::path::PathBuf); 2] {
 /// a process not under ipcd that receives it over a Unix socket — echoes
 /// byte-exact both ways and ends with its FIN, on the kernel and under
 /// ipcd, where the monitor relays it (the probe asks the monitor's report
-/// for the relayed end while it runs).
+/// for the relayed end while it runs); one that exits with bytes unread
+/// resets the connection, which the peer reads as `ECONNRESET`.
 #[test]
 fn receivers_without_ipcd_get_the_connection_relayed() {
     let programs = echo_programs();
@@ -80,7 +81,7 @@ fn receivers_without_ipcd_get_the_connection_relayed() {
             cmd.env(var, path);
         }
     };
-    for name in ["relay-exec-static", "relay-exec-env", "relay-spawn-env", "relay-pass"] {
+    for name in ["relay-exec-static", "relay-exec-env", "relay-spawn-env", "relay-pass", "relay-reset"] {
         let mut cmd = probe(&["check", name]);
         with_programs(&mut cmd);
         must_pass(&format!("{name} on kernel TCP"), cmd.output().expect("run probe"));

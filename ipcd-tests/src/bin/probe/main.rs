@@ -175,6 +175,7 @@ const CHECKS: &[Check] = &[
     ("relay-exec-env", relay_exec_env),
     ("relay-spawn-env", relay_spawn_env),
     ("relay-pass", relay_pass),
+    ("relay-reset", relay_reset),
     ("cork", cork),
     ("defer-accept", defer_accept),
     ("backlog-wait", backlog_wait),

@@ -92,12 +92,12 @@ fn relayed_in_report(what: &str) -> Res {
     Ok(())
 }
 
-/// Forks a child that execs `path stdio` with `s` as its fds 0 and 1, with
+/// Forks a child that execs `path MODE` with `s` as its fds 0 and 1, with
 /// `envp` (or this environment); the parent closes its copy.
-fn exec_echo(s: i32, path: &str, envp: Option<Vec<CString>>) -> Result<i32, String> {
+fn exec_echo(s: i32, path: &str, mode: &std::ffi::CStr, envp: Option<Vec<CString>>) -> Result<i32, String> {
     clear_cloexec(s)?;
     let prog = CString::new(path).map_err(|e| e.to_string())?;
-    let args = [prog.clone(), c"stdio".to_owned()];
+    let args = [prog.clone(), mode.to_owned()];
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let envp = envp.unwrap_or_else(|| {
@@ -130,7 +130,7 @@ fn exec_echo(s: i32, path: &str, envp: Option<Vec<CString>>) -> Result<i32, Stri
 pub(crate) fn relay_exec_static() -> Res {
     let path = helper("IPCD_TEST_ECHO_STATIC")?;
     let (c, s, pending) = mid_stream()?;
-    let pid = exec_echo(s, &path, None)?;
+    let pid = exec_echo(s, &path, c"stdio", None)?;
     echo_through(c, &pending, "static exec")?;
     wait_child(pid)
 }
@@ -139,7 +139,7 @@ pub(crate) fn relay_exec_static() -> Res {
 pub(crate) fn relay_exec_env() -> Res {
     let path = helper("IPCD_TEST_ECHO_DYNAMIC")?;
     let (c, s, pending) = mid_stream()?;
-    let pid = exec_echo(s, &path, Some(env_without_preload()))?;
+    let pid = exec_echo(s, &path, c"stdio", Some(env_without_preload()))?;
     echo_through(c, &pending, "exec without LD_PRELOAD")?;
     wait_child(pid)
 }
@@ -186,5 +186,20 @@ pub(crate) fn relay_pass() -> Res {
     echo_through(c, &pending, "passed to a process without ipcd")?;
     let st = child.wait().map_err(|e| e.to_string())?;
     ensure!(st.success(), "the echo program: {st}");
+    Ok(())
+}
+
+/// The static program reads one byte and exits with the rest unread: the
+/// kernel resets its connection, and the peer reads `ECONNRESET`, through
+/// the relay as on Linux.
+pub(crate) fn relay_reset() -> Res {
+    let path = helper("IPCD_TEST_ECHO_STATIC")?;
+    let (c, s, _pending) = mid_stream()?;
+    let pid = exec_echo(s, &path, c"reset", None)?;
+    wait_child(pid)?;
+    let mut buf = [0u8; 4096];
+    let n = recv(c, &mut buf, 0);
+    ensure!(n < 0 && errno() == libc::ECONNRESET, "read {n} (errno {}), not ECONNRESET", errno());
+    net::close(c);
     Ok(())
 }
