@@ -11,6 +11,7 @@
 //! ring and sees nothing change but speed: bytes in order, a FIN for a
 //! FIN, a reset for a reset, either way.
 
+use ipcd_ring::ConnSegment;
 use std::io;
 use std::num::NonZeroU32;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

@@ -1,6 +1,7 @@
 //! Connection segments: a sealed memfd holding an initialised ipcd-ring
 //! segment, mapped here too so the monitor can report and clean up.
 
+use ipcd_ring::ConnSegment;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};

@@ -4,6 +4,7 @@
 
 mod common;
 
+use ipcd_ring::ConnSegment;
 use std::net::TcpListener;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;

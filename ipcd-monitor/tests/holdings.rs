@@ -4,6 +4,7 @@
 
 mod common;
 
+use ipcd_ring::ConnSegment;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};

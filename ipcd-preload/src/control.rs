@@ -129,7 +129,7 @@ impl Queue {
     }
 
     /// Starts or stops watching every expected connection's ticket (see
-    /// `Segment::watch`); true if one says connected after.
+    /// `ConnSegment::watch`); true if one says connected after.
     fn watch(&self, on: bool) -> bool {
         let mut connected = false;
         for p in &self.items {

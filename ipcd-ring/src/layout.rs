@@ -223,7 +223,7 @@ pub struct SegmentHeader {
     pub(crate) holder_ids: [[AtomicU64; HOLDER_SLOTS]; 2],
 }
 
-/// How many holders of one side a segment can name (see `Segment::name_holder`).
+/// How many holders of one side a segment can name (see `ConnSegment::name_holder`).
 pub const HOLDER_SLOTS: usize = 4;
 
 /// Ticket state: not a standby connection.

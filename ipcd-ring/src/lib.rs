@@ -40,6 +40,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 #![warn(clippy::cast_possible_truncation, clippy::borrow_as_ptr)]
 
+mod conn;
 mod consumer;
 mod error;
 mod layout;
@@ -60,6 +61,7 @@ extern crate std;
 #[doc(hidden)]
 pub mod fuzzing;
 
+pub use conn::ConnSegment;
 pub use consumer::{Consumer, PeerState};
 pub use error::{Corruption, Error};
 pub use layout::{

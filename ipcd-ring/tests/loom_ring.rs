@@ -7,6 +7,7 @@
 #![cfg(loom)]
 
 use ipcd_ring::fuzzing::Region;
+use ipcd_ring::ConnSegment;
 use ipcd_ring::{Consumer, Producer, Segment, Side, Wait};
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;

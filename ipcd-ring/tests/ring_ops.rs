@@ -1,6 +1,7 @@
 //! Single-threaded behaviour of the ring: every operation, the wait/wake
 //! decisions, and hostile index values. Miri runs this file in CI.
 
+use ipcd_ring::ConnSegment;
 use std::num::NonZeroU32;
 
 use ipcd_ring::fuzzing::segment;

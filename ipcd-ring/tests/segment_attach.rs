@@ -2,6 +2,7 @@
 //! an error, never a panic. Miri runs this file in CI.
 
 use ipcd_ring::fuzzing::{segment, Region};
+use ipcd_ring::ConnSegment;
 use ipcd_ring::{offsets, Error, Segment, Side, SEGMENT_MAGIC, SEGMENT_VERSION};
 
 fn attach(r: &Region) -> Result<Segment, Error> {

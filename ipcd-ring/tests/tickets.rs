@@ -2,6 +2,7 @@
 //! race by compare-exchange, and exactly one of them wins.
 
 use ipcd_ring::fuzzing::segment;
+use ipcd_ring::ConnSegment;
 use ipcd_ring::Ticket;
 
 const ADDR: [u32; 8] = [2, 8080, 0x7f00_0001, 0, 0, 0, 0, 0];

@@ -4,6 +4,7 @@
 use ipcd_proto::channel::ChannelError;
 use ipcd_proto::message::{ConnInfo, Fallback, Response, Side};
 use ipcd_proto::SockAddr;
+use ipcd_ring::ConnSegment;
 use std::os::fd::{AsFd, OwnedFd};
 
 use super::{has_room, peer_closed, port_zero, send_to, undeliverable, ConnRec, Daemon, NewConn, Pooled};

@@ -9,6 +9,7 @@
 //! which the connector's first write (or its FIN) rings. No message, and
 //! nothing in the connector's library, knows of the deferral.
 
+use ipcd_ring::ConnSegment;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 

@@ -2,6 +2,7 @@
 //! declines or cannot take goes, untouched, to another that accepts.
 
 use ipcd_proto::message::{Response, Side};
+use ipcd_ring::ConnSegment;
 
 use super::{ring_side, send_to, undeliverable, Daemon};
 use crate::log;

@@ -3,6 +3,7 @@
 //! what its old one held, and clients dropped.
 
 use ipcd_proto::message::{EndState, ErrorCode, Response, Side};
+use ipcd_ring::ConnSegment;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 

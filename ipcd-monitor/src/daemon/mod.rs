@@ -5,6 +5,7 @@
 //! wrong fds, lying credentials, not reading its replies) is dropped alone,
 //! with a log line; its drop is handled exactly as its death.
 
+use ipcd_ring::ConnSegment;
 use std::collections::{HashMap, HashSet};
 
 use std::io;
@@ -718,7 +719,7 @@ fn end_state(rec: &ConnRec, side: Side) -> EndState {
 }
 
 /// Closes `side` of `seg` as the kernel closes a dead process's socket
-/// (see `Segment::close_dead_end`).
+/// (see `ConnSegment::close_dead_end`).
 fn end_gone(seg: &SharedSegment, side: Side, abort: bool) {
     let _ = seg.view().close_dead_end(ring_side(side), abort);
 }

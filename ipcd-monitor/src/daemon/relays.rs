@@ -2,6 +2,7 @@
 //! receiver of `SCM_RIGHTS` with no ipcd library to claim the end, and
 //! for an exec into such an image (`Demote`).
 
+use ipcd_ring::ConnSegment;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use ipcd_proto::message::{ErrorCode, Response, Side};

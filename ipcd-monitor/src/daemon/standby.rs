@@ -3,6 +3,7 @@
 
 use ipcd_proto::message::{ConnInfo, Response, Side};
 use ipcd_proto::{ListenFlags, SockAddr};
+use ipcd_ring::ConnSegment;
 use std::os::fd::AsFd;
 
 use super::{port_zero, send_to, ConnRec, Daemon, NewConn, Standby, STANDBYS_PER_DEST};

@@ -6,6 +6,7 @@
 //! between the same two processes: that connection then costs no memfd,
 //! mapping, page faults, unmapping (with its TLB flush) or fd passing.
 
+use ipcd_ring::ConnSegment;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::Mutex;
@@ -272,13 +273,13 @@ impl Link {
 
     /// Connects through this standby's ticket from `addr`: `None` if it
     /// was cancelled (the connection was not made), else whether an
-    /// acceptor watched it (and needs no wake-up; see `Segment::connect`).
+    /// acceptor watched it (and needs no wake-up; see `ConnSegment::connect`).
     pub(crate) fn connect_ticket(&self, addr: [u32; 8]) -> Option<bool> {
         self.seg.connect(self.conn, addr)
     }
 
     /// An acceptor starts or stops watching this expected end's ticket
-    /// (see `Segment::watch`); the ticket as it is after.
+    /// (see `ConnSegment::watch`); the ticket as it is after.
     pub(crate) fn watch_ticket(&self, on: bool) -> ipcd_ring::Ticket {
         self.seg.watch(self.conn, on)
     }
@@ -291,7 +292,7 @@ impl Link {
 
     /// Process `pid` accepts this end, which waited in its accept queue;
     /// false if the monitor withdrew it for another process meanwhile
-    /// (see `Segment::claim`): it is then not ours to use or close.
+    /// (see `ConnSegment::claim`): it is then not ours to use or close.
     pub(crate) fn claim(&self, pid: u32) -> bool {
         self.seg.claim(pid)
     }
@@ -482,7 +483,7 @@ impl Link {
     }
 }
 
-/// Takes `lock`, breaking it if its holder died (`Segment::lock`).
+/// Takes `lock`, breaking it if its holder died (`ConnSegment::lock`).
 fn take(seg: &Segment, lock: EndLock, me: std::num::NonZeroU32) {
     // SAFETY: signal 0 only checks whether the process exists.
     let dead = |pid: u32| unsafe { libc::kill(pid as libc::pid_t, 0) } != 0 && real::errno() == libc::ESRCH;
