@@ -233,10 +233,10 @@ fn main() -> ExitCode {
             daemon(cfg)
         }
         Cmd::Config { what: ConfigCmd::Show { program } } => {
-            let given = program.unwrap_or_else(|| "(any program)".to_string());
-            let path = settings_report::program_path(&given);
+            let path = program.as_deref().map(settings_report::program_path);
+            let names: Vec<&str> = path.iter().map(String::as_str).chain(program.as_deref()).collect();
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-            print!("{}", settings_report::report(&settings_report::load(), &[&path, &given], cores));
+            print!("{}", settings_report::report(&settings_report::load(), &names, cores));
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Run { socket, command } => run(&socket.unwrap_or_else(default_socket_name), &command),

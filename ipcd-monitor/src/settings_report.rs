@@ -39,7 +39,11 @@ pub fn program_path(program: &str) -> String {
 /// the library counts them.
 pub fn report(settings: &Settings, names: &[&str], cores: u32) -> String {
     let r = settings.library_for(names, &env_var, cores);
-    let program = names.join(", started as ");
+    let program = match names {
+        [] => "any program (rules that name one are left out)".to_string(),
+        [a, b] if a == b => a.to_string(),
+        _ => names.join(", started as "),
+    };
     let mut out = String::new();
     let _ = writeln!(out, "config files, later overriding earlier:");
     for path in Settings::paths(&env_var) {
