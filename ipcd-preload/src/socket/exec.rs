@@ -78,7 +78,7 @@ fn describe() -> String {
 /// # Safety
 /// `envp` null or a null-terminated array of C strings.
 pub(crate) unsafe fn prepare(image: Image<'_>, envp: *const *const c_char) -> Option<CString> {
-    if table::sockets().is_empty() {
+    if table::is_empty() {
         return None;
     }
     // SAFETY: as the caller promises.

@@ -174,11 +174,7 @@ fn to_kernel(fd: RawFd, sock: &Socket) {
 /// A TCP socket connected in the kernel: under an fd of ours, one whose
 /// end another holder had relayed already.
 fn connected_tcp(fd: RawFd) -> bool {
-    // SAFETY: an all-zero sockaddr_storage is a valid out buffer.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: the buffer and its length.
-    unsafe { real::getpeername(fd, (&raw mut ss).cast(), &mut len) == 0 }
+    peer_errno(fd) == 0
 }
 
 /// After a `recvmsg` on a socket that is not ours: each unconnected TCP
@@ -218,10 +214,17 @@ fn unconnected_tcp(fd: RawFd) -> bool {
     if !stream_ip {
         return false;
     }
+    peer_errno(fd) == libc::ENOTCONN
+}
+
+/// What `getpeername` says of `fd`: 0 if it has a peer, else the errno.
+fn peer_errno(fd: RawFd) -> libc::c_int {
     // SAFETY: an all-zero sockaddr_storage is a valid out buffer.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: the buffer and its length.
-    let r = unsafe { real::getpeername(fd, (&raw mut ss).cast(), &mut len) };
-    r != 0 && real::errno() == libc::ENOTCONN
+    match unsafe { real::getpeername(fd, (&raw mut ss).cast(), &mut len) } {
+        0 => 0,
+        _ => real::errno(),
+    }
 }

@@ -216,6 +216,11 @@ fn retire(old: epoch::Shared<'_, Entry>, guard: &epoch::Guard) -> Option<Arc<Soc
     Some(sock)
 }
 
+/// Whether no fd is ours (a load).
+pub(crate) fn is_empty() -> bool {
+    LIVE.load(Ordering::Relaxed) == 0
+}
+
 /// Every distinct socket in the table (one however many fds it has).
 pub(crate) fn sockets() -> Vec<Arc<Socket>> {
     let mut seen = std::collections::HashSet::new();
@@ -235,7 +240,7 @@ pub(crate) fn for_each(mut f: impl FnMut(&Arc<Socket>)) {
 
 /// Calls `f` with every fd of ours and its socket.
 pub(crate) fn for_each_fd(mut f: impl FnMut(libc::c_int, &Arc<Socket>)) {
-    if LIVE.load(Ordering::Relaxed) == 0 {
+    if is_empty() {
         return;
     }
     let guard = epoch::pin();

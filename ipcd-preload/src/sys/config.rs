@@ -27,7 +27,7 @@ pub(crate) struct Config {
     /// 0 error, 1 warn (default), 2 info, 3 debug.
     pub log_level: u8,
     /// This program's names as rules match them: its executable's path and
-    /// the name it was started by (`argv[0]`).
+    /// the name it was started by (`argv[0]`); empty when no rule exists.
     pub program: [String; 2],
     /// Everything resolved, with where each value came from and the rules
     /// that may apply to this program.
@@ -57,12 +57,20 @@ fn cores() -> u32 {
 pub(crate) fn get() -> &'static Config {
     CONFIG.get_or_init(|| {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let exe = std::fs::read_link("/proc/self/exe").map(|p| p.to_string_lossy().into_owned());
-        let cmdline = std::fs::read("/proc/self/cmdline").unwrap_or_default();
-        let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
-        let program = [exe.unwrap_or_default(), String::from_utf8_lossy(argv0).into_owned()];
-        read(&files(&var), &var, program)
+        let settings = files(&var);
+        // Only rules look at the program: without any, its names are not
+        // read (two system calls less in every process's start).
+        let program = if settings.rules.is_empty() { Default::default() } else { program_names() };
+        read(&settings, &var, program)
     })
+}
+
+/// This program's executable and the name it was started by (`argv[0]`).
+fn program_names() -> [String; 2] {
+    let exe = std::fs::read_link("/proc/self/exe").map(|p| p.to_string_lossy().into_owned());
+    let cmdline = std::fs::read("/proc/self/cmdline").unwrap_or_default();
+    let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+    [exe.unwrap_or_default(), String::from_utf8_lossy(argv0).into_owned()]
 }
 
 /// The config files that exist, read, in order (see `Settings::paths`).
