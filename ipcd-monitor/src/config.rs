@@ -11,6 +11,8 @@ pub struct Config {
     pub cross_uid: bool,
     /// Busy-poll on one pinned core instead of sleeping in epoll.
     pub poll: bool,
+    /// How processes' requests without fds or replies reach the monitor.
+    pub queues: Queues,
     /// Seconds a handed-over end waits for its new holder: the image of
     /// a process that announced an exec, or the receiver of an end passed
     /// over `SCM_RIGHTS`.
@@ -38,7 +40,46 @@ impl Default for Config {
             ring_bytes: DEFAULT_RING_BYTES,
             cross_uid: false,
             poll: false,
+            queues: Queues::Channel,
             exec_grace_secs: 10,
         }
+    }
+}
+
+/// How requests that carry no fds and wait for no reply reach the monitor
+/// (the IPC-Direct poster's two designs beside the event-driven one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queues {
+    /// On each process's channel (a Unix socket); the monitor sleeps in
+    /// epoll until one is readable. The default: it costs no core.
+    Channel,
+    /// In a ring per process in shared memory, which the monitor polls in
+    /// turn on a core of its own.
+    PerProcess,
+    /// In a ring per process, and one queue all processes share where a
+    /// process writes its number when its ring has work the monitor does
+    /// not know of yet; the monitor polls that one queue.
+    Shared,
+}
+
+impl Queues {
+    /// The name `--queues` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Queues::Channel => "channel",
+            Queues::PerProcess => "per-process",
+            Queues::Shared => "shared",
+        }
+    }
+
+    /// Every mode, in the order benchmarks list them.
+    pub const ALL: [Queues; 3] = [Queues::Channel, Queues::PerProcess, Queues::Shared];
+
+    /// The mode named `name`.
+    pub fn parse(name: &str) -> Result<Queues, String> {
+        Queues::ALL
+            .into_iter()
+            .find(|q| q.name() == name)
+            .ok_or_else(|| format!("unknown queue mode {name:?} (channel, per-process or shared)"))
     }
 }

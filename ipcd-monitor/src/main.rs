@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use ipcd_monitor::client::{MonitorClient, StatusReport};
-use ipcd_monitor::config::{default_socket_name, Config, DEFAULT_RING_BYTES};
+use ipcd_monitor::config::{default_socket_name, Config, Queues, DEFAULT_RING_BYTES};
 use ipcd_monitor::daemon::Daemon;
 use ipcd_monitor::log::{self, Level};
 use ipcd_monitor::settings_report;
@@ -46,6 +46,15 @@ enum Cmd {
         /// `[monitor] poll` in the config file).
         #[arg(long)]
         poll: bool,
+        /// How requests without fds or replies reach the monitor:
+        /// `channel` (each process's Unix socket, the monitor sleeps until
+        /// one is readable), `per-process` (a ring per process in shared
+        /// memory, polled on a core of the monitor's own) or `shared` (a
+        /// ring per process and one queue of process numbers all share,
+        /// polled likewise). The polling modes imply `--poll` [default:
+        /// the config file's `[monitor] queues`, else channel].
+        #[arg(long, value_parser = Queues::parse)]
+        queues: Option<Queues>,
     },
     /// The config files: `ipcd config show` prints the settings a program
     /// gets from /etc/ipcd/ipcd.toml, the user's ipcd.toml, the file
@@ -146,13 +155,13 @@ enum Cmd {
         #[arg(long, default_value = "ipcd-bench")]
         out: PathBuf,
         /// Run only these groups of workloads, comma-separated: latency,
-        /// stream, setup, epoll, programs, scaling [default: all].
+        /// stream, setup, epoll, programs, scaling, monitor [default: all].
         #[arg(long, value_delimiter = ',', value_name = "GROUPS")]
         only: Vec<ipcd_monitor::bench::Group>,
     },
     /// Run one of `ipcd bench`'s workload programs (bench-server,
-    /// bench-client, conn-serve, conn-client, epoll-serve, epoll-load);
-    /// `ipcd bench` runs them itself.
+    /// bench-client, conn-serve, conn-client, epoll-serve, epoll-load,
+    /// monitor-client); `ipcd bench` runs them itself.
     #[command(hide = true)]
     Workload {
         /// The workload and its arguments.
@@ -210,7 +219,7 @@ fn main() -> ExitCode {
     log::init_from_env();
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Daemon { socket, ring_bytes, cross_uid, poll } => {
+        Cmd::Daemon { socket, ring_bytes, cross_uid, poll, queues } => {
             let file = settings_report::load();
             for m in &file.invalid {
                 ipcd_monitor::log!(Level::Warn, "msg=\"config: {}\"", m.replace('"', "'"));
@@ -223,11 +232,20 @@ fn main() -> ExitCode {
                     None
                 }
             });
+            let queues_from_file = m.queues.as_ref().and_then(|s| match Queues::parse(&s.value) {
+                Ok(q) => Some(q),
+                Err(e) => {
+                    ipcd_monitor::log!(Level::Warn, "msg=\"config: {}: {e}; using channel\"", s.origin);
+                    None
+                }
+            });
+            let queues = queues.or(queues_from_file).unwrap_or(Queues::Channel);
             let cfg = Config {
                 socket: socket.unwrap_or_else(default_socket_name),
                 ring_bytes: ring_bytes.or(from_file).unwrap_or(DEFAULT_RING_BYTES),
                 cross_uid: cross_uid || m.cross_uid.as_ref().is_some_and(|s| s.value),
-                poll: poll || m.poll.as_ref().is_some_and(|s| s.value),
+                poll: poll || m.poll.as_ref().is_some_and(|s| s.value) || queues != Queues::Channel,
+                queues,
                 ..Config::default()
             };
             daemon(cfg)

@@ -23,6 +23,30 @@ impl std::fmt::Debug for SharedSegment {
     }
 }
 
+/// A sealed memfd of `len` bytes, mapped here, that `init` fills before
+/// anyone else can see it. Sealed because an unsealed memfd would let a
+/// peer shrink it and kill everyone mapping it with SIGBUS.
+pub(crate) fn sealed_memfd(
+    name: &std::ffi::CStr,
+    len: usize,
+    init: impl FnOnce(NonNull<u8>) -> Result<(), ipcd_ring::Error>,
+) -> io::Result<(File, MmapMut)> {
+    // SAFETY: a NUL-terminated name and valid flags.
+    let fd = cvt(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) })?;
+    // SAFETY: memfd_create returned a fresh fd that we own.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.set_len(len as u64)?;
+    // SAFETY: the memfd is ours; nobody else maps it until we send it,
+    // after initialisation.
+    let mut map = unsafe { MmapMut::map_mut(&file)? };
+    let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| io::Error::other("null mapping"))?;
+    init(base).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on our own memfd.
+    cvt(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) })?;
+    Ok((file, map))
+}
+
 /// A libc return value as an io::Result (negative: errno).
 pub(crate) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
@@ -39,25 +63,14 @@ impl SharedSegment {
         let caps = [ring_bytes, ring_bytes];
         let len =
             Segment::required_len(caps).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        // SAFETY: a NUL-terminated name and valid flags.
-        let fd =
-            cvt(unsafe { libc::memfd_create(c"ipcd-conn".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) })?;
-        // SAFETY: memfd_create returned a fresh fd that we own.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        file.set_len(len as u64)?;
-        // SAFETY: the memfd is ours; nobody else maps it until we send it,
-        // after initialisation.
-        let mut map = unsafe { MmapMut::map_mut(&file)? };
-        let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| io::Error::other("null mapping"))?;
-        // SAFETY: the mapping is page-aligned, `len` bytes, ours alone now, and
-        // lives in `self` as long as the view.
-        let view = unsafe { Segment::init(base, len, conn, caps) }
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        // An unsealed memfd would let a peer shrink it and kill everyone
-        // mapping it with SIGBUS.
-        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-        // SAFETY: fcntl on our own memfd.
-        cvt(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) })?;
+        let mut view = None;
+        let (file, map) = sealed_memfd(c"ipcd-conn", len, |base| {
+            // SAFETY: the mapping is page-aligned, `len` bytes, ours alone
+            // now, and lives in `self` as long as the view.
+            view = Some(unsafe { Segment::init(base, len, conn, caps) }?);
+            Ok(())
+        })?;
+        let view = view.ok_or_else(|| io::Error::other("segment not made"))?;
         Ok(SharedSegment { file, map, view })
     }
 

@@ -215,6 +215,8 @@ pub(crate) struct Control {
     closes: Vec<Request>,
     /// Listeners' bells by destination, rung by a connect through a standby.
     peer_bells: HashMap<SockAddr, PeerBell>,
+    /// The request ring of a monitor in a queue mode.
+    queue: Option<crate::request_queue::RequestQueue>,
 }
 
 static CONTROL: Mutex<Option<Control>> = Mutex::new(None);
@@ -337,6 +339,7 @@ impl Control {
             standby_seen: false,
             closes: Vec::new(),
             peer_bells: HashMap::new(),
+            queue: None,
         };
         let hello = Request::hello(pid, uid, Caps::empty());
         match c.call(&hello, &[]).map_err(|e| e.to_string())?.0 {
@@ -373,7 +376,9 @@ impl Control {
 
     /// Sends a request and waits for its reply, queuing events meanwhile.
     pub(crate) fn call(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<(Response, Fds), ChannelError> {
-        self.send(req, fds)?;
+        // Never through the request ring: the reply comes on the channel.
+        self.flush()?;
+        self.send_now(req, fds)?;
         let want = self.seq;
         loop {
             // Waits first: the reply needs the monitor to wake up, so a
@@ -422,9 +427,14 @@ impl Control {
         self.send_batch(reqs)
     }
 
-    /// Sends requests without fds, in order, several per system call.
+    /// Sends requests without fds, in order: through the request ring
+    /// while it takes them, the rest several per system call.
     fn send_batch(&mut self, reqs: Vec<Request>) -> Result<(), ChannelError> {
-        let batch: Vec<(u32, Request)> = reqs.into_iter().map(|r| (self.next_seq(), r)).collect();
+        let queued = match &mut self.queue {
+            Some(q) => reqs.iter().take_while(|r| q.push(r)).count(),
+            None => 0,
+        };
+        let batch: Vec<(u32, Request)> = reqs.into_iter().skip(queued).map(|r| (self.next_seq(), r)).collect();
         let mut sent = 0;
         while sent < batch.len() {
             match self.chan.send_requests(&batch[sent..]) {
@@ -447,15 +457,21 @@ impl Control {
     /// already carries the close to the peer; the monitor only recycles
     /// the segment later. A process that exits with some held is seen
     /// to die with those ends, which closes them as they already are.
+    /// With a request ring nothing is held: a request there wakes nobody.
     fn send(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
         if let Request::Close { conn, side, .. } = *req {
             if side == Side::B {
                 self.accepted.retain(|&c| c != conn);
             }
-            self.closes.push(*req);
-            return if self.closes.len() < CLOSES_HELD { Ok(()) } else { self.flush() };
+            if self.queue.is_none() {
+                self.closes.push(*req);
+                return if self.closes.len() < CLOSES_HELD { Ok(()) } else { self.flush() };
+            }
         }
         self.flush()?;
+        if fds.is_empty() && self.queue.as_mut().is_some_and(|q| q.push(req)) {
+            return Ok(());
+        }
         self.send_now(req, fds)
     }
 
@@ -569,6 +585,13 @@ impl Control {
                     if let Err(e) = self.send_now(&Request::Unused { conn }, &[]) {
                         log!(Level::Debug, "cannot give back standby {conn}: {e}");
                     }
+                }
+            }
+            // Before `Welcome`, from a monitor in a queue mode.
+            Response::Queue { index, shared } => {
+                match crate::request_queue::RequestQueue::map(index, shared, fds.into_vec()) {
+                    Ok(q) => self.queue = Some(q),
+                    Err(e) => log!(Level::Warn, "request queue not usable ({e}); requests go on the channel"),
                 }
             }
             other => log!(Level::Debug, "unexpected message from the monitor: {other:?}"),

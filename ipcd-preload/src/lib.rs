@@ -9,7 +9,8 @@
 //! - `fork` — the fork handlers; `close` — what closing one of our fds does;
 //! - `ready` — readiness, poll/select and epoll over ring state;
 //! - `socket` — the socket object, fd table, data path, set-up, pass, exec;
-//! - `control` — the channel to the monitor;
+//! - `control` — the channel to the monitor (`request_queue`: its shared-memory
+//!   ring for requests without fds or replies, in the monitor's queue modes);
 //! - `conn` — the link to a segment, doorbells, waiting;
 //! - `sys` — real libc, our own fds, signals, config, log, process identity.
 #![warn(missing_docs, missing_debug_implementations)]
@@ -20,6 +21,7 @@ mod control;
 mod ffi;
 mod fork;
 mod ready;
+mod request_queue;
 mod socket;
 mod sys;
 

@@ -25,6 +25,7 @@ pub mod addr;
 pub mod error;
 pub mod holder;
 pub mod message;
+pub mod queue;
 pub mod state;
 mod wire;
 
@@ -57,4 +58,5 @@ pub use state::{CloseAction, Conn, Errno, How, Phase, Readiness, Recv, Ring, Sen
 /// 7: `Fallback::IoUring` (eight reasons in `Status` and `Fallbacks`).
 /// 8: `PassOver`, `Demote`, `Relayed`, `EndState::Relayed`;
 /// `Fallback::Rule` (nine reasons); `Trace`, `Traced`.
-pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 8..=8;
+/// 9: request queues in shared memory (`Queue`), `Ping`.
+pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 9..=9;

@@ -14,6 +14,7 @@
 //! ring_bytes = 1048576
 //! cross_uid = false
 //! poll = false
+//! queues = "channel"        # or "per-process", "shared" (polling modes)
 //!
 //! [[rule]]                  # the first rule that matches decides
 //! program = "pgbench"       # executable name, or a path (with a '/')
@@ -131,6 +132,8 @@ pub struct Monitor {
     pub cross_uid: Option<Set<bool>>,
     /// `poll`.
     pub poll: Option<Set<bool>>,
+    /// `queues`: `channel`, `per-process` or `shared` (checked by the monitor).
+    pub queues: Option<Set<String>>,
 }
 
 /// What a rule does with the connections and listeners it matches.
@@ -409,13 +412,18 @@ impl Settings {
                 "ring_bytes" => int(v).filter(|n| n.is_power_of_two()).map(|n| mon.ring_bytes = Some(set(n, &origin))),
                 "cross_uid" => v.as_bool().map(|b| mon.cross_uid = Some(set(b, &origin))),
                 "poll" => v.as_bool().map(|b| mon.poll = Some(set(b, &origin))),
+                "queues" => v.as_str().map(|q| mon.queues = Some(set(q.to_string(), &origin))),
                 _ => {
                     self.invalid.push(format!("{origin}: not a setting ipcd knows; ignored"));
                     continue;
                 }
             };
             if ok.is_none() {
-                let want = if key == "ring_bytes" { "a power of two" } else { "true or false" };
+                let want = match key {
+                    "ring_bytes" => "a power of two",
+                    "queues" => "a string",
+                    _ => "true or false",
+                };
                 self.invalid
                     .push(format!("{origin} = {}: not {want}; the earlier value or the default is used", show(v)));
             }

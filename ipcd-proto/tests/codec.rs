@@ -63,6 +63,7 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::Status),
         any::<u64>().prop_map(|conn| Request::Accepted { conn }),
         Just(Request::Stop),
+        Just(Request::Ping),
         (any::<u64>(), any::<bool>())
             .prop_map(|(conn, b)| Request::Pass { conn, side: if b { Side::B } else { Side::A } }),
         Just(Request::Claim),
@@ -101,6 +102,7 @@ fn response() -> impl Strategy<Value = Response> {
         ),
         Just(Response::Ok),
         Just(Response::Relayed),
+        (any::<u32>(), any::<bool>()).prop_map(|(index, shared)| Response::Queue { index, shared }),
         (any::<u64>(), any::<[u32; 2]>(), addr(), addr(), any::<u64>())
             .prop_map(|(conn, pids, a, b, segment_len)| Response::Traced { conn, pids, addrs: [a, b], segment_len }),
         prop::sample::select(codes.to_vec()).prop_map(|code| Response::Error { code }),

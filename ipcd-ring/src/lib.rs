@@ -43,6 +43,7 @@
 mod conn;
 mod consumer;
 mod error;
+mod index_queue;
 mod layout;
 mod producer;
 mod recent;
@@ -64,6 +65,7 @@ pub mod fuzzing;
 pub use conn::ConnSegment;
 pub use consumer::{Consumer, PeerState};
 pub use error::{Corruption, Error};
+pub use index_queue::{IndexQueue, Pop, Popper, INDEX_QUEUE_MAGIC};
 pub use layout::{
     RingControl, SegmentHeader, CACHE_LINE, FLAG_CLOSED, FLAG_RESET, HOLDER_SLOTS, MAX_CAPACITY, NO_CPU, OFFER_CLAIMED,
     SEGMENT_ALIGN, SEGMENT_MAGIC, SEGMENT_VERSION,

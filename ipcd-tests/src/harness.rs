@@ -100,10 +100,15 @@ pub struct Monitor {
 impl Monitor {
     /// Starts a monitor with `ring_bytes` per ring and waits until it answers.
     pub fn start(ring_bytes: u64) -> Monitor {
+        Monitor::start_with(ring_bytes, &[])
+    }
+
+    /// [`Monitor::start`] with more `ipcd daemon` flags (`--queues shared`).
+    pub fn start_with(ring_bytes: u64, flags: &[&str]) -> Monitor {
         static N: AtomicU32 = AtomicU32::new(0);
         let artifacts = artifacts();
         let socket = format!("ipcd-it-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-        let child = spawn_daemon(&artifacts, &socket, ring_bytes);
+        let child = spawn_daemon(&artifacts, &socket, ring_bytes, flags);
         Monitor { child, socket, artifacts }
     }
 
@@ -127,7 +132,7 @@ impl Monitor {
     /// restart, as an upgrade does).
     pub fn restart(&mut self, ring_bytes: u64) {
         self.kill();
-        self.child = spawn_daemon(&self.artifacts, &self.socket, ring_bytes);
+        self.child = spawn_daemon(&self.artifacts, &self.socket, ring_bytes, &[]);
     }
 
     /// Makes `cmd` run under ipcd with this monitor.
@@ -146,10 +151,11 @@ pub fn cpu_ticks(pid: u32) -> u64 {
 }
 
 /// Runs `ipcd daemon` on `socket` and waits until it answers.
-fn spawn_daemon(artifacts: &Artifacts, socket: &str, ring_bytes: u64) -> Child {
+fn spawn_daemon(artifacts: &Artifacts, socket: &str, ring_bytes: u64, flags: &[&str]) -> Child {
     let mut cmd = Command::new(&artifacts.ipcd);
     die_with_parent(&mut cmd)
         .args(["daemon", "--socket", socket, "--ring-bytes", &ring_bytes.to_string()])
+        .args(flags)
         .env("IPCD_LOG", "warn")
         .stdin(Stdio::null());
     let mut child = cmd.spawn().expect("spawn ipcd daemon");

@@ -7,6 +7,7 @@
 mod chart;
 pub mod net;
 mod programs;
+mod queues;
 mod scaling;
 pub mod workload;
 
@@ -48,12 +49,14 @@ pub enum Group {
     Programs,
     /// Throughput as connection pairs grow.
     Scaling,
+    /// Requests a monitor takes per second in each `--queues` mode.
+    Monitor,
 }
 
 impl Group {
     /// Every group, in the order a run takes them.
-    pub const ALL: [Group; 6] =
-        [Group::Latency, Group::Stream, Group::Setup, Group::Epoll, Group::Programs, Group::Scaling];
+    pub const ALL: [Group; 7] =
+        [Group::Latency, Group::Stream, Group::Setup, Group::Epoll, Group::Programs, Group::Scaling, Group::Monitor];
 
     /// The name `--only` takes.
     pub fn name(self) -> &'static str {
@@ -64,6 +67,7 @@ impl Group {
             Group::Epoll => "epoll",
             Group::Programs => "programs",
             Group::Scaling => "scaling",
+            Group::Monitor => "monitor",
         }
     }
 }
@@ -293,8 +297,12 @@ struct Progress {
 
 impl Progress {
     fn step(&mut self, what: &str, t: Transport) {
+        self.step_named(what, t.name());
+    }
+
+    fn step_named(&mut self, what: &str, how: &str) {
         self.done += 1;
-        eprint!("\r[{:>3}/{}] {what:<32} {:<12}", self.done, self.total, t.name());
+        eprint!("\r[{:>3}/{}] {what:<32} {how:<12}", self.done, self.total);
         let _ = std::io::stderr().flush();
     }
 }
@@ -314,7 +322,8 @@ pub fn run(opts: &Options) -> Result<(), String> {
         + steps(Group::Setup, reps * 2 * 2)
         + steps(Group::Epoll, reps * 3 * 2)
         + steps(Group::Programs, programs::steps(reps))
-        + steps(Group::Scaling, scaling::steps(reps, all.len()));
+        + steps(Group::Scaling, scaling::steps(reps, all.len()))
+        + steps(Group::Monitor, queues::steps(reps));
     let mut progress = Progress { done: 0, total };
     let mut rows = Vec::new();
 
@@ -388,10 +397,14 @@ pub fn run(opts: &Options) -> Result<(), String> {
     if opts.runs(Group::Scaling) {
         scaling::run(&runner, opts.quick, reps, &all, &mut progress, &mut rows);
     }
+    let monitor_rows =
+        if opts.runs(Group::Monitor) { queues::run(&opts.ipcd, opts.quick, reps, &mut progress) } else { Vec::new() };
     eprintln!();
     print_table(&rows);
+    print_queue_table(&monitor_rows);
     let json = opts.out.join("results.json");
-    std::fs::write(&json, to_json(&rows, opts.quick)).map_err(|e| format!("cannot write {}: {e}", json.display()))?;
+    std::fs::write(&json, to_json(&rows, &monitor_rows, opts.quick))
+        .map_err(|e| format!("cannot write {}: {e}", json.display()))?;
     let (svg, png) = (opts.out.join("chart.svg"), opts.out.join("chart.png"));
     match chart::write(&rows, &run_info(opts.quick), &svg, &png)? {
         None => println!("\nraw results: {}\nchart:       {} and {}", json.display(), svg.display(), png.display()),
@@ -497,7 +510,32 @@ fn utc(t: u64) -> String {
 }
 
 /// The rows as JSON (written by hand: one flat array of records).
-fn to_json(rows: &[Row], quick: bool) -> String {
+/// The monitor group's table: requests/s by mode, and each polling
+/// mode's gain over the channel.
+fn print_queue_table(rows: &[queues::QueueRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!(
+        "\n{:<42} {:<14} {:>12} {:>12} {:>12} {:>10}",
+        "monitor requests (--queues)", "metric", "channel", "per-process", "shared", "best gain"
+    );
+    for r in rows {
+        let best = r.rates[1].into_iter().chain(r.rates[2]).reduce(f64::max);
+        let gain = best.zip(r.rates[0]).map_or("-".into(), |(b, c)| format!("{:.1}×", b / c));
+        println!(
+            "{:<42} {:<14} {:>12} {:>12} {:>12} {:>10}",
+            format!("{} process(es) sending", r.clients),
+            "requests (k/s)",
+            fmt(r.rates[0].map(|x| x / 1e3)),
+            fmt(r.rates[1].map(|x| x / 1e3)),
+            fmt(r.rates[2].map(|x| x / 1e3)),
+            gain
+        );
+    }
+}
+
+fn to_json(rows: &[Row], monitor: &[queues::QueueRow], quick: bool) -> String {
     let (kernel, cpu, cores, unix_time) = machine();
     let mut o = format!(
         "{{\n  \"quick\": {quick},\n  \"ipcd_version\": {},\n  \"commit\": {},\n  \"unix_time\": {unix_time},\n  \
@@ -519,6 +557,17 @@ fn to_json(rows: &[Row], quick: bool) -> String {
             json_num(r.values[2]),
             json_num(r.ratio()),
             if i + 1 < rows.len() { "," } else { "" }
+        ));
+    }
+    o.push_str("  ],\n  \"monitor_queues\": [\n");
+    for (i, r) in monitor.iter().enumerate() {
+        o.push_str(&format!(
+            "    {{\"clients\": {}, \"unit\": \"requests/s\", \"channel\": {}, \"per_process\": {}, \"shared\": {}}}{}\n",
+            r.clients,
+            json_num(r.rates[0]),
+            json_num(r.rates[1]),
+            json_num(r.rates[2]),
+            if i + 1 < monitor.len() { "," } else { "" }
         ));
     }
     o.push_str("  ]\n}\n");

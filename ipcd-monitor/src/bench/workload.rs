@@ -66,6 +66,7 @@ pub fn run(args: &[String]) -> Option<Result<(), String>> {
             "bench-client" => {
                 (|| bench_client(&arg(1), &arg(2), arg(3).parse().ok(), &arg(4), num(5)? as usize, num(6)?))()
             }
+            "monitor-client" => num(2).and_then(|n| super::queues::client(&arg(1), n)),
             _ => return None,
         };
         Some(r)

@@ -83,6 +83,9 @@ impl Daemon {
             Request::Status if from.uid == self.uid || from.uid == 0 => self.status(token, seq),
             Request::Status => self.fail(token, seq, ErrorCode::NotOwner),
             Request::Stop => self.stop(from),
+            // Everything it sent before was handled: its ring was read
+            // before its channel.
+            Request::Ping => self.reply(token, seq, &Response::Ok, &[]),
         }
     }
 
@@ -148,6 +151,7 @@ impl Daemon {
             caps: Caps::FORK | Caps::EXEC,
             ring_bytes: self.cfg.ring_bytes,
         };
+        self.give_queue(token);
         self.reply(token, seq, &welcome, &[]);
     }
 

@@ -275,7 +275,8 @@ impl Daemon {
                 self.serve(token, 64);
             }
             self.promote_where(|s| s.client == token || s.listener.0 == token);
-            let Some(client) = self.clients.remove(&token) else { continue };
+            let Some(mut client) = self.clients.remove(&token) else { continue };
+            self.drop_queue(token, client.queue.take());
             self.withdraw_standbys(|s| s.client == token || s.listener.0 == token);
             // Its listeners' bells go with it (an exec'd image registers its own).
             self.listener_bells.retain(|&(owner, _), _| owner != token);

@@ -45,6 +45,7 @@ mod handoff;
 mod lifecycle;
 mod outbox;
 mod passing;
+mod queues;
 mod relays;
 mod standby;
 mod status;
@@ -108,6 +109,8 @@ struct Client {
     /// (`EPOLLOUT`), so a long report reaches a slow reader whole and a
     /// burst of connections a busy acceptor.
     outbox: outbox::Outbox,
+    /// Its request ring, in a queue mode.
+    queue: Option<queues::ClientQueue>,
 }
 
 impl Client {
@@ -294,6 +297,10 @@ fn other(side: Side) -> Side {
     }
 }
 
+/// Most of a process's queued requests taken before its channel is read
+/// (its ring holds ~140).
+const QUEUED_FIRST: usize = 1024;
+
 /// The running monitor.
 pub struct Daemon {
     /// Where `serve` reads requests into (kept: 16 KiB zeroed per read
@@ -350,6 +357,8 @@ pub struct Daemon {
     /// Rung by a relay that ended, after it sent on `relay_done`.
     relay_bell: OwnedFd,
     relay_done: (std::sync::mpsc::Sender<crate::relay::Finished>, std::sync::mpsc::Receiver<crate::relay::Finished>),
+    /// Processes' request rings, in a queue mode (`--queues`).
+    queues: queues::RequestQueues,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -427,6 +436,7 @@ impl Daemon {
             tracers: Vec::new(),
             relay_bell: doorbell()?,
             relay_done: std::sync::mpsc::channel(),
+            queues: queues::RequestQueues::default(),
         };
         d.watch(d.listener.as_fd(), TOKEN_LISTENER)?;
         d.watch(d.signals.as_fd(), TOKEN_SIGNAL)?;
@@ -443,7 +453,13 @@ impl Daemon {
 
     /// Serves until SIGTERM, SIGINT or a `Stop` request.
     pub fn run(&mut self) -> io::Result<()> {
-        log!(Level::Info, "msg=\"monitor started\" socket=@{} poll={}", self.cfg.socket, self.cfg.poll);
+        log!(
+            Level::Info,
+            "msg=\"monitor started\" socket=@{} poll={} queues={}",
+            self.cfg.socket,
+            self.cfg.poll,
+            self.cfg.queues.name()
+        );
         if self.cfg.poll {
             pin_to_last_cpu();
         }
@@ -505,6 +521,7 @@ impl Daemon {
             if !self.passes.is_empty() {
                 self.expire_passes();
             }
+            self.poll_queues();
             if self.cfg.poll && n == 0 {
                 std::hint::spin_loop();
             }
@@ -542,6 +559,7 @@ impl Daemon {
                         to_kernel: 0,
                         bells: HashSet::new(),
                         outbox: outbox::Outbox::default(),
+                        queue: None,
                     };
                     self.clients.insert(token, client);
                 }
@@ -568,6 +586,11 @@ impl Daemon {
     }
 
     fn serve_into(&mut self, token: u64, batch: usize, bufs: &mut [[u8; MAX_FRAME + 1]]) {
+        // What it queued came before what its channel holds.
+        let _ = self.take_queued(token, QUEUED_FIRST);
+        if self.doomed.iter().any(|(t, _)| *t == token) {
+            return;
+        }
         let mut reset = false;
         let mut left = batch;
         while left > 0 {

@@ -156,6 +156,7 @@ impl Request {
             Request::Demote { .. } => 0x0116,
             Request::PassOver { .. } => 0x0117,
             Request::Trace { .. } => 0x0118,
+            Request::Ping => 0x0119,
         }
     }
 
@@ -237,7 +238,7 @@ impl Request {
                 peer.encode(w);
                 w.bool(open);
             }
-            Request::ExecPrepare | Request::Status | Request::Stop | Request::Claim => {}
+            Request::ExecPrepare | Request::Status | Request::Stop | Request::Claim | Request::Ping => {}
         })
     }
 
@@ -281,6 +282,7 @@ impl Request {
             0x010a => Request::Status,
             0x010b => Request::Accepted { conn: r.u64()? },
             0x010c => Request::Stop,
+            0x0119 => Request::Ping,
             0x010d => Request::Pass { conn: r.u64()?, side: Side::decode(r)? },
             0x010e => Request::Claim,
             0x0116 => Request::Demote { conn: r.u64()?, side: Side::decode(r)? },
@@ -336,6 +338,7 @@ impl Response {
             Response::Expect { .. } => 0x020f,
             Response::Relayed => 0x0211,
             Response::Traced { .. } => 0x0212,
+            Response::Queue { .. } => 0x0213,
         }
     }
 
@@ -350,6 +353,7 @@ impl Response {
             }
             Response::Connected(_) | Response::Incoming { .. } | Response::Expect { .. } | Response::Reopened(_) => 3,
             Response::Traced { .. } => 1,
+            Response::Queue { shared, .. } => 1 + usize::from(*shared),
             _ => 0,
         }
     }
@@ -391,6 +395,10 @@ impl Response {
                 addrs[0].encode(w);
                 addrs[1].encode(w);
                 w.u64(segment_len);
+            }
+            Response::Queue { index, shared } => {
+                w.u32(index);
+                w.bool(shared);
             }
             Response::Status(s) => {
                 w.u32(s.monitor_pid);
@@ -453,6 +461,7 @@ impl Response {
             },
             0x0202 => Response::Ok,
             0x0211 => Response::Relayed,
+            0x0213 => Response::Queue { index: r.u32()?, shared: r.bool("shared")? },
             0x0212 => Response::Traced {
                 conn: r.u64()?,
                 pids: [r.u32()?, r.u32()?],

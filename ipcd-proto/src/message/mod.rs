@@ -39,6 +39,18 @@ pub const MAX_FRAME: usize = 1024;
 /// Most fds any message carries.
 pub const MAX_FDS: usize = 3;
 
+/// The length of the whole frame whose first [`HEADER_LEN`] bytes are
+/// `header`, from its body length: how a reader of a byte stream (a
+/// request queue) finds where a frame ends. Only the length is checked
+/// here ([`Request::decode`] checks the rest).
+pub fn frame_len(header: &[u8; HEADER_LEN]) -> Result<usize, crate::DecodeError> {
+    let body = u32::from_le_bytes([header[12], header[13], header[14], header[15]]) as usize;
+    match HEADER_LEN.checked_add(body) {
+        Some(n) if n <= MAX_FRAME => Ok(n),
+        _ => Err(crate::DecodeError::TooLong(HEADER_LEN.saturating_add(body))),
+    }
+}
+
 bitflags! {
     /// What a process or the monitor can do, exchanged in the handshake.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -412,6 +424,9 @@ pub enum Request {
     },
     /// Stop the monitor (same user or root). No fds.
     Stop,
+    /// Nothing: answered `Ok` once every request sent before it (through
+    /// the channel or a request queue) was handled. No fds.
+    Ping,
     /// The process is about to pass its end of `conn` to another process
     /// over a Unix socket (`SCM_RIGHTS`), or to a program it spawns, that
     /// runs the library: keep a holder for it until a process of the same
@@ -540,6 +555,27 @@ pub enum Request {
 }
 
 impl Request {
+    /// Whether the request may travel through a request queue: it
+    /// carries no fds and has no reply, so nothing but its order tells
+    /// the sender it was handled. A monitor takes a process's queued
+    /// requests before anything that process sends on its channel, and
+    /// before its death.
+    pub fn queueable(&self) -> bool {
+        matches!(
+            self,
+            Request::Shutdown { .. }
+                | Request::Close { .. }
+                | Request::Accepted { .. }
+                | Request::Serve { .. }
+                | Request::Decline { .. }
+                | Request::Use { .. }
+                | Request::Unused { .. }
+                | Request::Release { .. }
+                | Request::Fallbacks { .. }
+                | Request::Held { .. }
+        )
+    }
+
     /// The `Hello` of a process: every protocol version this build speaks.
     pub fn hello(pid: u32, uid: u32, caps: Caps) -> Request {
         Request::Hello {
@@ -623,6 +659,20 @@ pub enum Response {
     /// kernel socket, which is connected now; the process's fds of it are
     /// plain kernel sockets from here on. No fds.
     Relayed,
+    /// Event, before `Welcome`, from a monitor in a queue mode (`ipcd
+    /// daemon --queues`): requests with no fds and no reply
+    /// ([`Request::queueable`]) may go through shared memory instead of
+    /// the channel. Fds: `[the process's request queue]` (a segment whose
+    /// side-A ring the process writes with encoded frames and the
+    /// monitor reads), and with `shared` `[…, the index queue]` (an
+    /// `ipcd_ring::IndexQueue` all processes share: a process pushes
+    /// `index` when its ring's reader asked to be told).
+    Queue {
+        /// This process's number in the index queue.
+        index: u32,
+        /// The monitor polls the index queue, not every request queue.
+        shared: bool,
+    },
     /// Event: a connection to `dest` held ready for this process, so that
     /// its next connect there needs no answer: it takes it and sends `Use`.
     /// Fds: `[segment memfd, own doorbell, peer doorbell]`, none if reused.

@@ -1,0 +1,118 @@
+//! The request ring a monitor in a queue mode gives each process
+//! (`Response::Queue`): requests with no fds and no reply go there
+//! instead of the channel, and the polling monitor takes them without a
+//! system call on either side. In the shared mode the process also
+//! writes its number on the index queue all processes share, when the
+//! monitor asked to be told (its ring's waiting flag). A full ring or
+//! index queue is never waited on: the request goes on the channel, and
+//! a lost number is found by the monitor's sweep.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::ptr::NonNull;
+
+use ipcd_proto::message::Request;
+use ipcd_ring::{IndexQueue, Producer, Segment};
+
+use crate::sys::real;
+
+/// A shared mapping of a whole memfd, unmapped on drop.
+struct Mapping {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is process-wide memory; it is only reached through
+// atomics (the ring's and the index queue's views).
+unsafe impl Send for Mapping {}
+
+impl Mapping {
+    /// Maps the whole of `fd`, a sealed memfd from the monitor; the fd is
+    /// closed after.
+    fn of(fd: OwnedFd) -> Result<Mapping, i32> {
+        // SAFETY: fstat into a zeroed struct.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid fd and out pointer.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+            return Err(real::errno());
+        }
+        let len = usize::try_from(st.st_size).map_err(|_| libc::EINVAL)?;
+        if len == 0 {
+            return Err(libc::EINVAL);
+        }
+        // SAFETY: a fresh shared mapping of the whole memfd (sealed against
+        // shrinking by the monitor, so every page stays backed).
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(real::errno());
+        }
+        let base = NonNull::new(p.cast::<u8>()).ok_or(libc::EINVAL)?;
+        Ok(Mapping { base, len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; the views into it are dropped first
+        // (they are declared before it in every struct holding both).
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// This process's request ring (and the shared index queue).
+pub(crate) struct RequestQueue {
+    tx: Producer,
+    /// Our number on the index queue, and the queue, in the shared mode.
+    shared: Option<(u32, IndexQueue, Mapping)>,
+    _seg: Segment,
+    _map: Mapping,
+}
+
+impl RequestQueue {
+    /// Maps what `Response::Queue` brought: `[ring]` or `[ring, index queue]`.
+    pub(crate) fn map(index: u32, shared: bool, fds: Vec<OwnedFd>) -> Result<RequestQueue, String> {
+        let mut fds = fds.into_iter();
+        let ring = fds.next().ok_or("no ring")?;
+        let map = Mapping::of(ring).map_err(|e| format!("ring: errno {e}"))?;
+        // SAFETY: a live, page-aligned mapping of the whole memfd, kept in
+        // the returned value beside the view; every index read is validated.
+        let seg = unsafe { Segment::attach(map.base, map.len) }.map_err(|e| format!("ring: {e}"))?;
+        let tx = seg.producer(ipcd_ring::Side::A).map_err(|e| format!("ring: {e}"))?;
+        let shared = match (shared, fds.next()) {
+            (true, Some(fd)) => {
+                let m = Mapping::of(fd).map_err(|e| format!("index queue: errno {e}"))?;
+                // SAFETY: as above, for the index queue's memfd.
+                let q = unsafe { IndexQueue::attach(m.base, m.len) }.map_err(|e| format!("index queue: {e}"))?;
+                Some((index, q, m))
+            }
+            (true, None) => return Err("no index queue".into()),
+            (false, _) => None,
+        };
+        Ok(RequestQueue { tx, shared, _seg: seg, _map: map })
+    }
+
+    /// Queues `req`; false if it must go on the channel (not queueable,
+    /// no room, or the ring is broken).
+    pub(crate) fn push(&mut self, req: &Request) -> bool {
+        match ipcd_proto::queue::push(&mut self.tx, req) {
+            Ok(tell) => {
+                if tell {
+                    if let Some((index, q, _)) = &self.shared {
+                        // Full: the monitor's sweep finds the ring anyway.
+                        let _ = q.push(*index);
+                    }
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
