@@ -654,10 +654,11 @@ mod tests {
     fn bad_settings_and_rules_are_named_and_the_rest_applies() {
         let s = Settings::from_files([(
             "f",
-            "[library]\nprofile = \"fast\"\nspinners = 0\nspinz = 1\n[monitor]\nring_bytes = 1000\npoll = true\n\
+            "[library]\nprofile = \"fast\"\nspinners = 0\nspinz = 1\n[monitor]\nring_bytes = 1000\npoll = true\nqueues = \"shared\"\n\
              [[rule]]\nremote_port = \"9-1\"\nuse = \"kernel\"\n[[rule]]\nprogram = \"a\"\n[[rule]]\nprogram = \"b\"\nuse = \"kernel\"\n[extra]\n",
         )]);
         assert_eq!(s.monitor.poll.as_ref().map(|p| p.value), Some(true));
+        assert_eq!(s.monitor.queues.as_ref().map(|q| q.value.as_str()), Some("shared"));
         assert_eq!(s.monitor.ring_bytes, None);
         assert_eq!(s.rules.len(), 1, "{:?}", s.rules);
         assert_eq!(s.rules[0].program.as_deref(), Some("b"));
