@@ -24,8 +24,10 @@ fuzz_target!(|data: &[u8]| {
     let region = Region::new(len);
     // SAFETY: the region is ours, aligned, large enough, and outlives `seg`.
     let seg = unsafe { Segment::init(region.ptr(), len, 1, caps) }.unwrap();
-    let (mut tx, _) = seg.endpoint(Side::A).unwrap();
-    let (_, mut rx) = seg.endpoint(Side::B).unwrap();
+    // SAFETY: the only handle of its side (ring) in this test or call.
+    let (mut tx, _) = unsafe { seg.endpoint(Side::A) }.unwrap();
+    // SAFETY: the only handle of its side (ring) in this test or call.
+    let (_, mut rx) = unsafe { seg.endpoint(Side::B) }.unwrap();
     let mut model = VecDeque::new();
     let mut honest = true;
     let mut buf = vec![0u8; 2048];

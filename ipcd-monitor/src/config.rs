@@ -13,6 +13,8 @@ pub struct Config {
     pub poll: bool,
     /// How processes' requests without fds or replies reach the monitor.
     pub queues: Queues,
+    /// Where to serve `ipcd metrics` over HTTP (off: `None`).
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// Seconds a handed-over end waits for its new holder: the image of
     /// a process that announced an exec, or the receiver of an end passed
     /// over `SCM_RIGHTS`.
@@ -41,6 +43,7 @@ impl Default for Config {
             cross_uid: false,
             poll: false,
             queues: Queues::Channel,
+            metrics_address: None,
             exec_grace_secs: 10,
         }
     }

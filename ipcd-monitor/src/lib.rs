@@ -17,6 +17,7 @@ pub mod limits;
 pub mod local_addrs;
 pub mod log;
 pub mod metrics;
+pub mod metrics_http;
 pub mod notify;
 pub mod pcap;
 pub mod registry;

@@ -55,6 +55,13 @@ enum Cmd {
         /// the config file's `[monitor] queues`, else channel].
         #[arg(long, value_parser = Queues::parse)]
         queues: Option<Queues>,
+        /// Serve `ipcd metrics` over HTTP at this address (`GET /metrics`,
+        /// e.g. 127.0.0.1:9464, for a Prometheus server to scrape); off by
+        /// default, since the page names processes and pids to whoever
+        /// reaches it [default: the config file's `[monitor]
+        /// metrics_address`].
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics_address: Option<std::net::SocketAddr>,
     },
     /// The config files: `ipcd config show` prints the settings a program
     /// gets from /etc/ipcd/ipcd.toml, the user's ipcd.toml, the file
@@ -219,7 +226,7 @@ fn main() -> ExitCode {
     log::init_from_env();
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Daemon { socket, ring_bytes, cross_uid, poll, queues } => {
+        Cmd::Daemon { socket, ring_bytes, cross_uid, poll, queues, metrics_address } => {
             let file = settings_report::load();
             for m in &file.invalid {
                 ipcd_monitor::log!(Level::Warn, "msg=\"config: {}\"", m.replace('"', "'"));
@@ -240,12 +247,20 @@ fn main() -> ExitCode {
                 }
             });
             let queues = queues.or(queues_from_file).unwrap_or(Queues::Channel);
+            let metrics_from_file = m.metrics_address.as_ref().and_then(|s| match s.value.parse() {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    ipcd_monitor::log!(Level::Warn, "msg=\"config: {}: {e}; metrics not served\"", s.origin);
+                    None
+                }
+            });
             let cfg = Config {
                 socket: socket.unwrap_or_else(default_socket_name),
                 ring_bytes: ring_bytes.or(from_file).unwrap_or(DEFAULT_RING_BYTES),
                 cross_uid: cross_uid || m.cross_uid.as_ref().is_some_and(|s| s.value),
                 poll: poll || m.poll.as_ref().is_some_and(|s| s.value) || queues != Queues::Channel,
                 queues,
+                metrics_address: metrics_address.or(metrics_from_file),
                 ..Config::default()
             };
             daemon(cfg)
@@ -312,7 +327,13 @@ fn man(out: &Path) -> Result<ExitCode, String> {
 }
 
 fn daemon(cfg: Config) -> Result<ExitCode, String> {
+    let metrics = cfg.metrics_address.map(|a| (a, cfg.socket.clone()));
     let mut d = Daemon::bind(cfg).map_err(|e| e.to_string())?;
+    if let Some((addr, socket)) = metrics {
+        let bound = ipcd_monitor::metrics_http::spawn(addr, socket)
+            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+        ipcd_monitor::log!(Level::Info, "msg=\"metrics served\" url=\"http://{bound}/metrics\"");
+    }
     // Bound: clients connecting from now on are answered.
     if let Err(e) = ipcd_monitor::notify::notify("READY=1") {
         eprintln!("ipcd: cannot tell the service manager the monitor is ready: {e}");
@@ -587,9 +608,7 @@ fn to_table(r: &StatusReport) -> String {
 
 /// The command name of process `pid` (`/proc/<pid>/comm`), if this
 /// process can see it (the monitor's pids are of its pid namespace).
-fn comm(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_string())
-}
+use ipcd_monitor::metrics::comm;
 
 /// `pid/name` as `netstat -p` prints it, or the pid alone.
 fn process(pid: u32) -> String {

@@ -35,6 +35,11 @@ pub fn reason_label(reason: Fallback) -> String {
     reason.name().replace(' ', "_")
 }
 
+/// A process's command name (`/proc/PID/comm`), if it is still there.
+pub fn comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_string())
+}
+
 /// `report` as OpenMetrics text; `name_of` gives a process's command name
 /// (empty if unknown).
 pub fn render(report: &StatusReport, name_of: impl Fn(u32) -> String) -> String {

@@ -220,7 +220,9 @@ struct Flow {
 /// either side reset.
 fn run(end: RelayEnd) {
     let view = end.seg.view();
-    let Ok((mut tx, mut rx)) = view.endpoint(end.side) else { return };
+    // SAFETY: the relay is one more holder of a shared end: it takes the
+    // end's locks and resyncs like every holder before moving anything.
+    let Ok((mut tx, mut rx)) = (unsafe { view.endpoint(end.side) }) else { return };
     // SAFETY: gettid cannot fail.
     let me = NonZeroU32::new(unsafe { libc::gettid() } as u32).unwrap_or(NonZeroU32::MIN);
     let sock = end.sock.as_raw_fd();

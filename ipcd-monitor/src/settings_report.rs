@@ -69,6 +69,7 @@ pub fn report(settings: &Settings, names: &[&str], cores: u32) -> String {
     line(&mut out, "cross_uid", &flag(&m.cross_uid), String::clone);
     line(&mut out, "poll", &flag(&m.poll), String::clone);
     line(&mut out, "queues", &m.queues.clone().unwrap_or_else(|| dflt("channel".into())), String::clone);
+    line(&mut out, "metrics_address", &m.metrics_address.clone().unwrap_or_else(|| dflt("off".into())), String::clone);
     if !r.invalid.is_empty() {
         let _ = writeln!(out, "\nnot understood (what is used instead):");
         for m in &r.invalid {

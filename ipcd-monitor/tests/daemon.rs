@@ -56,7 +56,8 @@ fn brokering_works(m: Monitor) {
     assert_eq!(report.listeners[0].pending, 1, "not yet accepted");
     assert_eq!(report.connections[0].states, [EndState::Open, EndState::Open]);
     // A FIN from A shows in the listing.
-    let _ = a.seg.producer(ipcd_ring::Side::A).unwrap().close();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let _ = unsafe { a.seg.producer(ipcd_ring::Side::A) }.unwrap().close();
     assert_eq!(client.status().unwrap().connections[0].states, [EndState::Fin, EndState::Open]);
     server.notify(&Request::Accepted { conn: cinfo.conn }).unwrap();
     client.notify(&Request::Close { conn: cinfo.conn, side: Side::A, keep: false }).unwrap();
@@ -282,7 +283,8 @@ fn a_connection_answered_before_its_acceptor_went_is_closed() {
     let (event, _) = next_event(&client);
     assert_eq!(event, Response::PeerGone { conn: info.conn });
     let a = map(&cfds[0]);
-    let rx = a.seg.consumer(ipcd_ring::Side::A).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let rx = unsafe { a.seg.consumer(ipcd_ring::Side::A) }.unwrap();
     assert_ne!(rx.peer_state(), PeerState::Open, "the acceptor's end is closed");
     drop(lfd);
 }
@@ -294,18 +296,21 @@ fn a_dying_client_loses_its_listeners_and_its_peers_are_told() {
     let a = map(&cfds[0]);
     // The server had written something before it died, and read all it got.
     let b = map(&sfds[0]);
-    let mut stx = b.seg.producer(ipcd_ring::Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut stx = unsafe { b.seg.producer(ipcd_ring::Side::B) }.unwrap();
     assert_eq!(stx.write(b"bye").unwrap().len, 3);
     drop(server);
     drop(sfds);
     let (event, _) = next_event(&client);
     assert_eq!(event, Response::PeerGone { conn: info.conn });
     assert_eq!(bell_count(&cfds[1]), 1, "the client's doorbell was rung");
-    let mut rx = a.seg.consumer(ipcd_ring::Side::A).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { a.seg.consumer(ipcd_ring::Side::A) }.unwrap();
     let mut buf = [0u8; 8];
     assert_eq!(rx.read(&mut buf).unwrap().len, 3, "bytes sent before death are still there");
     assert_eq!(rx.peer_state(), PeerState::Closed, "a clean death is a FIN");
-    assert!(a.seg.producer(ipcd_ring::Side::A).unwrap().is_reader_closed());
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    assert!(unsafe { a.seg.producer(ipcd_ring::Side::A) }.unwrap().is_reader_closed());
     let report = client.status().unwrap();
     assert_eq!(report.status.listeners, 0);
     assert_eq!(report.connections[0].pids[1], 0, "side B shows as gone");
@@ -414,7 +419,8 @@ fn a_connector_that_dies_after_connecting_through_its_ticket_is_closed_for_the_a
     let b = map(&sfds[0]);
     assert!(a.seg.connect(sb.conn, SockAddr::V4 { ip: [127, 0, 0, 1], port: 7 }.to_words()).is_some());
     drop(client);
-    let rx = b.seg.consumer(ipcd_ring::Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let rx = unsafe { b.seg.consumer(ipcd_ring::Side::B) }.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while rx.peer_state() == PeerState::Open {
         assert!(Instant::now() < deadline, "the dead connector's end stayed open");
@@ -531,7 +537,8 @@ fn an_end_never_mapped_is_reset_for_its_holder() {
     client.notify(&Request::Release { conn: info.conn, side: info.side, abort: true }).unwrap();
     client.status().unwrap();
     let b = map(&sfds[0]);
-    let rx = b.seg.consumer(ipcd_ring::Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let rx = unsafe { b.seg.consumer(ipcd_ring::Side::B) }.unwrap();
     assert_eq!(rx.peer_state(), PeerState::Reset, "the acceptor sees the connector's end reset");
     assert_eq!(bell_count(&sfds[1]), 1, "the acceptor's doorbell was rung");
 }

@@ -26,8 +26,10 @@ fn a_segment_both_ends_kept_is_reused_by_the_same_pair_only() {
     assert!(!first.reused);
     let (_, sfds) = next_event(&server);
     let (a, b) = (map(&cfds[0]), map(&sfds[0]));
-    let mut tx = a.seg.producer(ipcd_ring::Side::A).unwrap();
-    let mut rx = b.seg.consumer(ipcd_ring::Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { a.seg.producer(ipcd_ring::Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { b.seg.consumer(ipcd_ring::Side::B) }.unwrap();
     // A bulk connection: 300 KiB through the 4 KiB ring touches every page.
     let mut sink = [0u8; 4096];
     for _ in 0..75 {
@@ -64,7 +66,8 @@ fn a_segment_both_ends_kept_is_reused_by_the_same_pair_only() {
     let (a2, b2) = unsafe { (Segment::attach(a.seg_base(), a.len()), Segment::attach(b.seg_base(), b.len())) };
     let (a2, b2) = (a2.unwrap(), b2.unwrap());
     assert_eq!((a2.conn_id(), b2.conn_id()), (again.conn, again.conn));
-    let mut rx = b2.consumer(ipcd_ring::Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { b2.consumer(ipcd_ring::Side::B) }.unwrap();
     assert_eq!(rx.readable().unwrap(), 0, "the old connection's bytes are gone");
     assert_eq!(rx.peer_state(), PeerState::Open);
     assert_eq!(client.status().unwrap().status.reused_total, 1);
@@ -109,10 +112,13 @@ fn a_passed_end_goes_to_its_claimer_or_closes_unclaimed() {
     // The claimer reads what the client writes: the same segment.
     let a = map(&cfds[0]);
     let w = map(&wfds.into_vec()[0]);
-    assert_eq!(a.seg.producer(ipcd_ring::Side::A).unwrap().write(b"hi").unwrap().len, 2);
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    assert_eq!(unsafe { a.seg.producer(ipcd_ring::Side::A) }.unwrap().write(b"hi").unwrap().len, 2);
     let mut buf = [0u8; 4];
-    assert_eq!(w.seg.consumer(ipcd_ring::Side::B).unwrap().read(&mut buf).unwrap().len, 2);
-    let rx = a.seg.consumer(ipcd_ring::Side::A).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    assert_eq!(unsafe { w.seg.consumer(ipcd_ring::Side::B) }.unwrap().read(&mut buf).unwrap().len, 2);
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let rx = unsafe { a.seg.consumer(ipcd_ring::Side::A) }.unwrap();
     assert_eq!(rx.peer_state(), PeerState::Open, "the sender's close did not end it");
 
     // Passed on again, never claimed: the end closes after the grace.
@@ -146,7 +152,8 @@ fn the_last_share_given_back_closes_an_end_its_survivors_left() {
     // The client closes its copy as the library does: its share goes,
     // another is left, so no FIN; its `Close` is not sent yet.
     assert_eq!(a.seg.release_holder(ipcd_ring::Side::A), 1);
-    let rx = a.seg.consumer(ipcd_ring::Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let rx = unsafe { a.seg.consumer(ipcd_ring::Side::B) }.unwrap();
     assert_eq!(rx.peer_state(), PeerState::Open);
     // The passed end is never claimed: after the grace its share is given
     // back, the last one, and the end closes.
@@ -215,7 +222,8 @@ fn a_standby_used_as_its_listener_closes_is_reset_as_a_queued_connection() {
     assert_eq!(server.call(&Request::Unlisten { listener: 1 }, &[]).unwrap().0, Response::Ok);
     let (event, _) = next_event(&client);
     assert_eq!(event, Response::PeerGone { conn: sb.conn });
-    let rx = a.seg.consumer(ipcd_ring::Side::A).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let rx = unsafe { a.seg.consumer(ipcd_ring::Side::A) }.unwrap();
     assert_ne!(rx.peer_state(), PeerState::Open, "the acceptor's end is closed");
     let _ = client.status().unwrap();
 }

@@ -85,7 +85,8 @@ impl RequestQueue {
         // SAFETY: a live, page-aligned mapping of the whole memfd, kept in
         // the returned value beside the view; every index read is validated.
         let seg = unsafe { Segment::attach(map.base, map.len) }.map_err(|e| format!("ring: {e}"))?;
-        let tx = seg.producer(ipcd_ring::Side::A).map_err(|e| format!("ring: {e}"))?;
+        // SAFETY: the process's one writer of its ring (under the channel's lock).
+        let tx = unsafe { seg.producer(ipcd_ring::Side::A) }.map_err(|e| format!("ring: {e}"))?;
         let shared = match (shared, fds.next()) {
             (true, Some(fd)) => {
                 let m = Mapping::of(fd).map_err(|e| format!("index queue: errno {e}"))?;

@@ -122,9 +122,13 @@ mod tests {
         let base = NonNull::new(r.0.as_mut_ptr()).unwrap();
         // SAFETY: the region outlives the segment and its handles.
         let seg = unsafe { Segment::init(base, r.0.len(), 1, [256, 128]) }.unwrap();
-        let (mut tx, _) = seg.endpoint(ipcd_ring::Side::A).unwrap();
-        let (mut evil, mut rx) =
-            seg.endpoint(ipcd_ring::Side::B).map(|(_, rx)| (seg.producer(ipcd_ring::Side::A).unwrap(), rx)).unwrap();
+        // SAFETY: one writer and one reader of side A's ring in this test,
+        // except `evil` below, which writes only once `tx` is done.
+        let (mut tx, _) = unsafe { seg.endpoint(ipcd_ring::Side::A) }.unwrap();
+        // SAFETY: as above.
+        let mut rx = unsafe { seg.consumer(ipcd_ring::Side::B) }.unwrap();
+        // SAFETY: as above: the hostile writer takes over after `tx`.
+        let mut evil = unsafe { seg.producer(ipcd_ring::Side::A) }.unwrap();
         assert_eq!(pop(&mut rx), Ok(None));
         let close = |conn| Request::Close { conn, side: Side::A, keep: true };
         let mut pushed = 0;

@@ -15,6 +15,7 @@
 //! cross_uid = false
 //! poll = false
 //! queues = "channel"        # or "per-process", "shared" (polling modes)
+//! # metrics_address = "127.0.0.1:9464"   # serve `ipcd metrics` over HTTP
 //!
 //! [[rule]]                  # the first rule that matches decides
 //! program = "pgbench"       # executable name, or a path (with a '/')
@@ -134,6 +135,9 @@ pub struct Monitor {
     pub poll: Option<Set<bool>>,
     /// `queues`: `channel`, `per-process` or `shared` (checked by the monitor).
     pub queues: Option<Set<String>>,
+    /// `metrics_address`: where the monitor serves its metrics over HTTP
+    /// (checked by the monitor).
+    pub metrics_address: Option<Set<String>>,
 }
 
 /// What a rule does with the connections and listeners it matches.
@@ -413,6 +417,7 @@ impl Settings {
                 "cross_uid" => v.as_bool().map(|b| mon.cross_uid = Some(set(b, &origin))),
                 "poll" => v.as_bool().map(|b| mon.poll = Some(set(b, &origin))),
                 "queues" => v.as_str().map(|q| mon.queues = Some(set(q.to_string(), &origin))),
+                "metrics_address" => v.as_str().map(|a| mon.metrics_address = Some(set(a.to_string(), &origin))),
                 _ => {
                     self.invalid.push(format!("{origin}: not a setting ipcd knows; ignored"));
                     continue;
@@ -421,7 +426,7 @@ impl Settings {
             if ok.is_none() {
                 let want = match key {
                     "ring_bytes" => "a power of two",
-                    "queues" => "a string",
+                    "queues" | "metrics_address" => "a string",
                     _ => "true or false",
                 };
                 self.invalid
@@ -654,11 +659,12 @@ mod tests {
     fn bad_settings_and_rules_are_named_and_the_rest_applies() {
         let s = Settings::from_files([(
             "f",
-            "[library]\nprofile = \"fast\"\nspinners = 0\nspinz = 1\n[monitor]\nring_bytes = 1000\npoll = true\nqueues = \"shared\"\n\
+            "[library]\nprofile = \"fast\"\nspinners = 0\nspinz = 1\n[monitor]\nring_bytes = 1000\npoll = true\nqueues = \"shared\"\nmetrics_address = \"127.0.0.1:9464\"\n\
              [[rule]]\nremote_port = \"9-1\"\nuse = \"kernel\"\n[[rule]]\nprogram = \"a\"\n[[rule]]\nprogram = \"b\"\nuse = \"kernel\"\n[extra]\n",
         )]);
         assert_eq!(s.monitor.poll.as_ref().map(|p| p.value), Some(true));
         assert_eq!(s.monitor.queues.as_ref().map(|q| q.value.as_str()), Some("shared"));
+        assert_eq!(s.monitor.metrics_address.as_ref().map(|q| q.value.as_str()), Some("127.0.0.1:9464"));
         assert_eq!(s.monitor.ring_bytes, None);
         assert_eq!(s.rules.len(), 1, "{:?}", s.rules);
         assert_eq!(s.rules[0].program.as_deref(), Some("b"));

@@ -119,7 +119,8 @@ fn ring_rtt(sh: &Shared, iters: u64) -> Duration {
     let seg = fresh_segment(sh, 4096);
     two_processes(
         || {
-            let (mut tx, mut rx) = seg.endpoint(Side::A).unwrap();
+            // SAFETY: test: the handles of each ring side are used one at a time.
+            let (mut tx, mut rx) = unsafe { seg.endpoint(Side::A) }.unwrap();
             let mut buf = [0u8; 8];
             let t = Instant::now();
             for i in 0..iters {
@@ -132,7 +133,8 @@ fn ring_rtt(sh: &Shared, iters: u64) -> Duration {
             t.elapsed() / iters as u32
         },
         || {
-            let (mut tx, mut rx) = seg.endpoint(Side::B).unwrap();
+            // SAFETY: test: the handles of each ring side are used one at a time.
+            let (mut tx, mut rx) = unsafe { seg.endpoint(Side::B) }.unwrap();
             let mut buf = [0u8; 8];
             for _ in 0..iters {
                 while rx.read(&mut buf).unwrap().len == 0 {
@@ -152,7 +154,8 @@ fn stream(sh: &Shared, msg: usize, total: u64) -> (f64, f64) {
     done.store(0, Ordering::Relaxed);
     two_processes(
         || {
-            let mut tx = seg.producer(Side::A).unwrap();
+            // SAFETY: test: the handles of each ring side are used one at a time.
+            let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
             let payload = vec![0xA5u8; msg];
             let t = Instant::now();
             for _ in 0..count {
@@ -166,7 +169,8 @@ fn stream(sh: &Shared, msg: usize, total: u64) -> (f64, f64) {
             (count as f64 / secs, (count * msg as u64) as f64 / secs)
         },
         || {
-            let mut rx = seg.consumer(Side::B).unwrap();
+            // SAFETY: test: the handles of each ring side are used one at a time.
+            let mut rx = unsafe { seg.consumer(Side::B) }.unwrap();
             let mut buf = vec![0u8; 256 << 10];
             let mut left = count * msg as u64;
             while left > 0 {

@@ -25,8 +25,11 @@
 //! let base = NonNull::new(region.0.as_mut_ptr()).unwrap();
 //! // SAFETY: `region` outlives the segment and all handles made from it.
 //! let seg = unsafe { Segment::init(base, 4096, 1, [1024, 1024]) }.unwrap();
-//! let (mut a_tx, _a_rx) = seg.endpoint(Side::A).unwrap();
-//! let (_b_tx, mut b_rx) = seg.endpoint(Side::B).unwrap();
+//! // SAFETY: one handle per side of each ring, in this one thread (the
+//! // `shm` module enforces that for programs that share a memfd).
+//! let (mut a_tx, _a_rx) = unsafe { seg.endpoint(Side::A) }.unwrap();
+//! // SAFETY: as above.
+//! let (_b_tx, mut b_rx) = unsafe { seg.endpoint(Side::B) }.unwrap();
 //!
 //! // The reader finds nothing and may sleep...
 //! assert_eq!(b_rx.prepare_wait().unwrap(), Wait::Sleep);

@@ -247,22 +247,39 @@ impl Segment {
     }
 
     /// The writing handle of `side` (on the ring `side` writes).
-    pub fn producer(&self, side: Side) -> Result<Producer, Error> {
+    ///
+    /// # Safety
+    /// A ring has one writer: while this handle is used, no other
+    /// producer of `side`'s ring (from this view, another view or another
+    /// process) may write, or the two overwrite each other's bytes and
+    /// `tail`. Either it is the only one, or its users serialize all of
+    /// them and [`Producer::resync`] before each use (ipcd's ends shared
+    /// across fork, exec or a pass, under the end locks). For one handle
+    /// per side, enforced, use the `shm` module (feature `std`).
+    pub unsafe fn producer(&self, side: Side) -> Result<Producer, Error> {
         let (ctrl, data) = self.ring(side.tx());
         // SAFETY: both point into the region this view keeps valid by contract.
         unsafe { Producer::new(ctrl, data) }
     }
 
     /// The reading handle of `side` (on the ring the peer writes).
-    pub fn consumer(&self, side: Side) -> Result<Consumer, Error> {
+    ///
+    /// # Safety
+    /// As for [`Segment::producer`], for the ring's one reader
+    /// ([`Consumer::resync`] before each use when several are serialized).
+    pub unsafe fn consumer(&self, side: Side) -> Result<Consumer, Error> {
         let (ctrl, data) = self.ring(side.peer().tx());
         // SAFETY: as in `producer`.
         unsafe { Consumer::new(ctrl, data) }
     }
 
     /// Both handles of `side`.
-    pub fn endpoint(&self, side: Side) -> Result<(Producer, Consumer), Error> {
-        Ok((self.producer(side)?, self.consumer(side)?))
+    ///
+    /// # Safety
+    /// Those of [`Segment::producer`] and [`Segment::consumer`].
+    pub unsafe fn endpoint(&self, side: Side) -> Result<(Producer, Consumer), Error> {
+        // SAFETY: the caller's contract, passed on.
+        Ok((unsafe { self.producer(side) }?, unsafe { self.consumer(side) }?))
     }
 
     /// Bytes `side` has written so far (its ring's `tail`), for reports.

@@ -149,7 +149,8 @@ impl SharedRing {
             return Err(io::Error::new(io::ErrorKind::AddrInUse, "this side already has an endpoint here"));
         }
         let taken = Taken { flags: Arc::clone(&self.taken), i };
-        let (tx, rx) = self.seg.endpoint(side).map_err(ring_err)?;
+        // SAFETY: `taken` was just set: the only endpoint of this side here.
+        let (tx, rx) = unsafe { self.seg.endpoint(side) }.map_err(ring_err)?;
         Ok(Endpoint { tx, rx, bell, peer_bell, spin: DEFAULT_SPIN, _taken: taken, _map: Arc::clone(&self.map) })
     }
 }

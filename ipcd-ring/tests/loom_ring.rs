@@ -91,7 +91,8 @@ fn recv_to_eof(rx: &mut Consumer, mine: &Doorbell, peer: &Doorbell, chunk: usize
 fn bytes_arrive_in_order_once_across_wraparound() {
     loom::model(|| {
         let s = setup(2);
-        let (mut tx, _) = s.seg.endpoint(Side::A).unwrap();
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let (mut tx, _) = unsafe { s.seg.endpoint(Side::A) }.unwrap();
         let (bell_a, bell_b) = (s.bell_a.clone(), s.bell_b.clone());
         let writer = thread::spawn(move || {
             send_all(&mut tx, &bell_a, &bell_b, &[1, 2, 3, 4, 5]);
@@ -99,7 +100,8 @@ fn bytes_arrive_in_order_once_across_wraparound() {
                 bell_b.ring();
             }
         });
-        let (_, mut rx) = s.seg.endpoint(Side::B).unwrap();
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let (_, mut rx) = unsafe { s.seg.endpoint(Side::B) }.unwrap();
         let got = recv_to_eof(&mut rx, &s.bell_b, &s.bell_a, 2);
         writer.join().unwrap();
         assert_eq!(got, [1, 2, 3, 4, 5]);
@@ -110,7 +112,8 @@ fn bytes_arrive_in_order_once_across_wraparound() {
 fn reader_sleeps_writer_wakes_no_lost_wakeup() {
     loom::model(|| {
         let s = setup(4);
-        let (mut tx, _) = s.seg.endpoint(Side::A).unwrap();
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let (mut tx, _) = unsafe { s.seg.endpoint(Side::A) }.unwrap();
         let bell_b = s.bell_b.clone();
         let writer = thread::spawn(move || {
             let t = tx.write(&[9]).unwrap();
@@ -119,7 +122,8 @@ fn reader_sleeps_writer_wakes_no_lost_wakeup() {
                 bell_b.ring();
             }
         });
-        let (_, mut rx) = s.seg.endpoint(Side::B).unwrap();
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let (_, mut rx) = unsafe { s.seg.endpoint(Side::B) }.unwrap();
         let mut buf = [0u8; 1];
         loop {
             if rx.read(&mut buf).unwrap().len == 1 {
@@ -138,10 +142,12 @@ fn reader_sleeps_writer_wakes_no_lost_wakeup() {
 fn writer_sleeps_for_space_reader_wakes_no_lost_wakeup() {
     loom::model(|| {
         let s = setup(1);
-        let (mut tx, _) = s.seg.endpoint(Side::A).unwrap();
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let (mut tx, _) = unsafe { s.seg.endpoint(Side::A) }.unwrap();
         let (bell_a, bell_b) = (s.bell_a.clone(), s.bell_b.clone());
         let writer = thread::spawn(move || send_all(&mut tx, &bell_a, &bell_b, &[1, 2]));
-        let (_, mut rx) = s.seg.endpoint(Side::B).unwrap();
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let (_, mut rx) = unsafe { s.seg.endpoint(Side::B) }.unwrap();
         let mut got = Vec::new();
         while got.len() < 2 {
             let mut b = [0u8; 1];
@@ -164,7 +170,8 @@ fn writer_sleeps_for_space_reader_wakes_no_lost_wakeup() {
 fn close_while_reader_sleeps_wakes_it_to_eof_after_the_last_bytes() {
     loom::model(|| {
         let s = setup(4);
-        let (mut tx, _) = s.seg.endpoint(Side::A).unwrap();
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let (mut tx, _) = unsafe { s.seg.endpoint(Side::A) }.unwrap();
         let bell_b = s.bell_b.clone();
         let writer = thread::spawn(move || {
             let t = tx.write(&[7, 8]).unwrap();
@@ -176,7 +183,8 @@ fn close_while_reader_sleeps_wakes_it_to_eof_after_the_last_bytes() {
                 bell_b.ring();
             }
         });
-        let (_, mut rx) = s.seg.endpoint(Side::B).unwrap();
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let (_, mut rx) = unsafe { s.seg.endpoint(Side::B) }.unwrap();
         let got = recv_to_eof(&mut rx, &s.bell_b, &s.bell_a, 1);
         writer.join().unwrap();
         assert_eq!(got, [7, 8]);
@@ -187,7 +195,8 @@ fn close_while_reader_sleeps_wakes_it_to_eof_after_the_last_bytes() {
 fn reader_close_wakes_a_writer_waiting_for_space() {
     loom::model(|| {
         let s = setup(1);
-        let (mut tx, _) = s.seg.endpoint(Side::A).unwrap();
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let (mut tx, _) = unsafe { s.seg.endpoint(Side::A) }.unwrap();
         let bell_a = s.bell_a.clone();
         let writer = thread::spawn(move || {
             assert_eq!(tx.write(&[1, 2]).unwrap().len, 1);
@@ -198,7 +207,8 @@ fn reader_close_wakes_a_writer_waiting_for_space() {
                 }
             }
         });
-        let (_, mut rx) = s.seg.endpoint(Side::B).unwrap();
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let (_, mut rx) = unsafe { s.seg.endpoint(Side::B) }.unwrap();
         if rx.close() {
             s.bell_a.ring();
         }
@@ -213,14 +223,16 @@ fn reader_close_wakes_a_writer_waiting_for_space() {
 fn the_copy_beside_tail_is_never_read_torn() {
     loom::model(|| {
         let s = setup(64);
-        let (mut tx, _) = s.seg.endpoint(Side::A).unwrap();
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let (mut tx, _) = unsafe { s.seg.endpoint(Side::A) }.unwrap();
         let first: Vec<u8> = (0..32).collect();
         let expect: Vec<u8> = first.iter().copied().chain([100, 101, 102, 103, 104, 105, 106, 107]).collect();
         let writer = thread::spawn(move || {
             assert_eq!(tx.write(&first).unwrap().len, 32);
             assert_eq!(tx.write(&[100, 101, 102, 103, 104, 105, 106, 107]).unwrap().len, 8);
         });
-        let (_, mut rx) = s.seg.endpoint(Side::B).unwrap();
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let (_, mut rx) = unsafe { s.seg.endpoint(Side::B) }.unwrap();
         let mut got = Vec::new();
         while got.len() < expect.len() {
             let mut buf = [0u8; 40];

@@ -97,8 +97,10 @@ proptest! {
     #[test]
     fn ring_matches_vecdeque_model(cap in capacity(), ops in prop::collection::vec(op(false), 1..80)) {
         let (_r, seg) = segment([cap, cap]);
-        let mut tx = seg.producer(Side::A).unwrap();
-        let mut rx = seg.consumer(Side::B).unwrap();
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let mut rx = unsafe { seg.consumer(Side::B) }.unwrap();
         let cap = cap as usize;
         let mut model: VecDeque<u8> = VecDeque::new();
         let (mut closed, mut reset, mut reader_closed) = (false, false, false);
@@ -172,8 +174,10 @@ proptest! {
     #[test]
     fn hostile_header_writes_are_errors_never_panics(cap in capacity(), ops in prop::collection::vec(op(true), 1..120)) {
         let (r, seg) = segment([cap, cap]);
-        let mut tx = seg.producer(Side::A).unwrap();
-        let mut rx = seg.consumer(Side::B).unwrap();
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let mut rx = unsafe { seg.consumer(Side::B) }.unwrap();
         let cap = cap as usize;
         let ok_or_corrupt = |e: &Error| matches!(e, Error::Corrupt(_));
         for op in ops {

@@ -10,8 +10,10 @@ use ipcd_ring::{offsets, Corruption, EndLock, Error, PeerState, Side, Wait};
 #[test]
 fn bytes_written_by_a_arrive_at_b_and_back() {
     let (_r, seg) = segment([64, 64]);
-    let (mut a_tx, mut a_rx) = seg.endpoint(Side::A).unwrap();
-    let (mut b_tx, mut b_rx) = seg.endpoint(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let (mut a_tx, mut a_rx) = unsafe { seg.endpoint(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let (mut b_tx, mut b_rx) = unsafe { seg.endpoint(Side::B) }.unwrap();
     assert_eq!(a_tx.write(b"ping").unwrap().len, 4);
     let mut buf = [0u8; 16];
     assert_eq!(b_rx.read(&mut buf).unwrap().len, 4);
@@ -25,8 +27,10 @@ fn bytes_written_by_a_arrive_at_b_and_back() {
 #[test]
 fn a_small_read_takes_the_copy_beside_tail_unless_it_is_being_rewritten() {
     let (r, seg) = segment([64, 64]);
-    let mut tx = seg.producer(Side::A).unwrap();
-    let mut rx = seg.consumer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { seg.consumer(Side::B) }.unwrap();
     let recent = offsets::ring(0) + offsets::RECENT;
     // The copy on the writer's line is what a small read returns: changed
     // behind the writer's back, the change shows.
@@ -52,8 +56,10 @@ fn a_small_read_takes_the_copy_beside_tail_unless_it_is_being_rewritten() {
 #[test]
 fn a_batching_reader_is_sent_no_copy_and_still_reads_every_byte() {
     let (r, seg) = segment([64, 64]);
-    let mut tx = seg.producer(Side::A).unwrap();
-    let mut rx = seg.consumer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { seg.consumer(Side::B) }.unwrap();
     let end = offsets::ring(0) + offsets::RECENT_END;
     let hint = offsets::ring(0) + offsets::READER_BATCHING;
     assert_eq!(tx.write(b"ping").unwrap().len, 4);
@@ -81,8 +87,10 @@ fn a_batching_reader_is_sent_no_copy_and_still_reads_every_byte() {
 #[test]
 fn the_reader_learns_the_cpu_its_writer_last_waited_on() {
     let (r, seg) = segment([64, 64]);
-    let tx = seg.producer(Side::A).unwrap();
-    let rx = seg.consumer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let tx = unsafe { seg.producer(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let rx = unsafe { seg.consumer(Side::B) }.unwrap();
     assert_eq!(rx.writer_cpu(), ipcd_ring::NO_CPU, "not said yet");
     tx.note_cpu(3);
     assert_eq!(rx.writer_cpu(), 3);
@@ -98,8 +106,10 @@ fn the_reader_learns_the_cpu_its_writer_last_waited_on() {
 #[test]
 fn a_full_ring_accepts_nothing_until_the_reader_frees_space() {
     let (_r, seg) = segment([8, 8]);
-    let mut tx = seg.producer(Side::A).unwrap();
-    let mut rx = seg.consumer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { seg.consumer(Side::B) }.unwrap();
     assert_eq!(tx.write(b"0123456789").unwrap().len, 8);
     assert_eq!(tx.writable().unwrap(), 0);
     assert_eq!(tx.write(b"x").unwrap().len, 0);
@@ -117,8 +127,10 @@ fn a_full_ring_accepts_nothing_until_the_reader_frees_space() {
 #[test]
 fn order_survives_many_wraparounds() {
     let (_r, seg) = segment([8, 8]);
-    let mut tx = seg.producer(Side::A).unwrap();
-    let mut rx = seg.consumer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { seg.consumer(Side::B) }.unwrap();
     let input: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
     let mut out = Vec::new();
     let mut sent = 0;
@@ -137,8 +149,10 @@ fn order_survives_many_wraparounds() {
 #[test]
 fn vectored_write_and_read_cross_the_wrap() {
     let (_r, seg) = segment([16, 16]);
-    let mut tx = seg.producer(Side::B).unwrap();
-    let mut rx = seg.consumer(Side::A).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { seg.producer(Side::B) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { seg.consumer(Side::A) }.unwrap();
     // Move the indices near the end so the next write wraps.
     assert_eq!(tx.write(&[0; 13]).unwrap().len, 13);
     assert_eq!(rx.consume(13).unwrap().len, 13);
@@ -154,8 +168,10 @@ fn vectored_write_and_read_cross_the_wrap() {
 #[test]
 fn peek_copies_without_consuming_from_any_offset() {
     let (_r, seg) = segment([8, 8]);
-    let mut tx = seg.producer(Side::A).unwrap();
-    let mut rx = seg.consumer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { seg.consumer(Side::B) }.unwrap();
     assert_eq!(tx.write(b"abcdef").unwrap().len, 6);
     assert_eq!(rx.consume(4).unwrap().len, 4);
     assert_eq!(tx.write(b"ghij").unwrap().len, 4); // wraps
@@ -175,8 +191,10 @@ fn peek_copies_without_consuming_from_any_offset() {
 #[test]
 fn close_gives_end_of_stream_only_after_the_remaining_bytes() {
     let (_r, seg) = segment([8, 8]);
-    let mut tx = seg.producer(Side::A).unwrap();
-    let mut rx = seg.consumer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { seg.consumer(Side::B) }.unwrap();
     assert_eq!(tx.write(b"last").unwrap().len, 4);
     assert!(!tx.close(), "nobody sleeps, nobody to wake");
     assert_eq!(rx.peer_state(), PeerState::Closed);
@@ -190,8 +208,10 @@ fn close_gives_end_of_stream_only_after_the_remaining_bytes() {
 #[test]
 fn reset_is_reported_as_reset() {
     let (_r, seg) = segment([8, 8]);
-    let mut tx = seg.producer(Side::B).unwrap();
-    let mut rx = seg.consumer(Side::A).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { seg.producer(Side::B) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { seg.consumer(Side::A) }.unwrap();
     assert_eq!(rx.peer_state(), PeerState::Open);
     let _ = tx.reset();
     assert_eq!(rx.peer_state(), PeerState::Reset);
@@ -201,8 +221,10 @@ fn reset_is_reported_as_reset() {
 #[test]
 fn writer_sees_reader_close() {
     let (_r, seg) = segment([8, 8]);
-    let mut tx = seg.producer(Side::A).unwrap();
-    let mut rx = seg.consumer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { seg.consumer(Side::B) }.unwrap();
     assert!(!tx.is_reader_closed());
     let _ = rx.close();
     assert!(tx.is_reader_closed());
@@ -212,8 +234,10 @@ fn writer_sees_reader_close() {
 #[test]
 fn empty_reader_may_sleep_and_the_next_write_must_wake_it() {
     let (r, seg) = segment([8, 8]);
-    let mut tx = seg.producer(Side::A).unwrap();
-    let mut rx = seg.consumer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { seg.consumer(Side::B) }.unwrap();
     assert!(!tx.write(b"a").unwrap().wake_peer, "no sleeper yet");
     assert_eq!(rx.prepare_wait().unwrap(), Wait::Ready, "data is there");
     assert_eq!(rx.read(&mut [0u8; 1]).unwrap().len, 1);
@@ -227,8 +251,10 @@ fn empty_reader_may_sleep_and_the_next_write_must_wake_it() {
 #[test]
 fn close_wakes_a_sleeping_reader() {
     let (_r, seg) = segment([8, 8]);
-    let mut tx = seg.producer(Side::A).unwrap();
-    let mut rx = seg.consumer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { seg.consumer(Side::B) }.unwrap();
     assert_eq!(rx.prepare_wait().unwrap(), Wait::Sleep);
     assert!(tx.close());
     assert_eq!(rx.prepare_wait().unwrap(), Wait::Ready);
@@ -238,8 +264,10 @@ fn close_wakes_a_sleeping_reader() {
 #[test]
 fn full_writer_may_sleep_and_the_next_read_must_wake_it() {
     let (_r, seg) = segment([8, 8]);
-    let mut tx = seg.producer(Side::A).unwrap();
-    let mut rx = seg.consumer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { seg.consumer(Side::B) }.unwrap();
     assert_eq!(tx.write(&[7; 6]).unwrap().len, 6);
     assert_eq!(tx.prepare_wait(2).unwrap(), Wait::Ready, "two bytes free");
     assert_eq!(tx.prepare_wait(100).unwrap(), Wait::Sleep, "wants a full ring");
@@ -252,8 +280,10 @@ fn full_writer_may_sleep_and_the_next_read_must_wake_it() {
 #[test]
 fn cancelled_wait_asks_for_no_doorbell() {
     let (_r, seg) = segment([8, 8]);
-    let mut tx = seg.producer(Side::A).unwrap();
-    let mut rx = seg.consumer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { seg.consumer(Side::B) }.unwrap();
     assert_eq!(rx.prepare_wait().unwrap(), Wait::Sleep);
     rx.cancel_wait();
     assert!(!tx.write(b"z").unwrap().wake_peer);
@@ -262,7 +292,8 @@ fn cancelled_wait_asks_for_no_doorbell() {
 #[test]
 fn tail_beyond_head_plus_capacity_is_corruption() {
     let (r, seg) = segment([8, 8]);
-    let mut rx = seg.consumer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { seg.consumer(Side::B) }.unwrap();
     r.poke_u64(offsets::ring(0) + offsets::TAIL, 9);
     let err = Error::Corrupt(Corruption::Tail { found: 9 });
     assert_eq!(rx.readable(), Err(err));
@@ -277,8 +308,10 @@ fn tail_beyond_head_plus_capacity_is_corruption() {
 #[test]
 fn tail_moving_backwards_is_corruption() {
     let (r, seg) = segment([8, 8]);
-    let mut tx = seg.producer(Side::A).unwrap();
-    let mut rx = seg.consumer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { seg.consumer(Side::B) }.unwrap();
     assert_eq!(tx.write(b"abcd").unwrap().len, 4);
     assert_eq!(rx.readable(), Ok(4));
     r.poke_u64(offsets::ring(0) + offsets::TAIL, 2);
@@ -290,8 +323,10 @@ fn tail_moving_backwards_is_corruption() {
 #[test]
 fn head_beyond_tail_or_backwards_is_corruption() {
     let (r, seg) = segment([8, 8]);
-    let mut tx = seg.producer(Side::A).unwrap();
-    let mut rx = seg.consumer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { seg.consumer(Side::B) }.unwrap();
     assert_eq!(tx.write(b"abcd").unwrap().len, 4);
     assert_eq!(rx.consume(2).unwrap().len, 2);
     assert_eq!(tx.writable(), Ok(6));
@@ -309,16 +344,21 @@ fn head_beyond_tail_or_backwards_is_corruption() {
 fn a_handle_made_over_corrupted_indices_is_refused() {
     let (r, seg) = segment([8, 8]);
     r.poke_u64(offsets::ring(1) + offsets::TAIL, 100);
-    assert!(matches!(seg.producer(Side::B), Err(Error::Corrupt(_))));
-    assert!(matches!(seg.consumer(Side::A), Err(Error::Corrupt(_))));
-    assert!(seg.producer(Side::A).is_ok());
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    assert!(matches!(unsafe { seg.producer(Side::B) }, Err(Error::Corrupt(_))));
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    assert!(matches!(unsafe { seg.consumer(Side::A) }, Err(Error::Corrupt(_))));
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    assert!(unsafe { seg.producer(Side::A) }.is_ok());
 }
 
 #[test]
 fn flags_written_by_a_hostile_peer_only_change_state() {
     let (r, seg) = segment([8, 8]);
-    let mut tx = seg.producer(Side::A).unwrap();
-    let rx = seg.consumer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let rx = unsafe { seg.consumer(Side::B) }.unwrap();
     r.poke_u32(offsets::ring(0) + offsets::WRITER_FLAGS, u32::MAX);
     assert_eq!(rx.peer_state(), PeerState::Reset);
     r.poke_u32(offsets::ring(0) + offsets::READER_FLAGS, u32::MAX);
@@ -330,8 +370,10 @@ fn flags_written_by_a_hostile_peer_only_change_state() {
 #[test]
 fn mark_gone_resets_the_dead_side_for_its_peer() {
     let (_r, seg) = segment([8, 8]);
-    let mut b_rx = seg.consumer(Side::B).unwrap();
-    let b_tx = seg.producer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut b_rx = unsafe { seg.consumer(Side::B) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let b_tx = unsafe { seg.producer(Side::B) }.unwrap();
     assert_eq!(b_rx.prepare_wait().unwrap(), Wait::Sleep);
     assert!(seg.mark_gone(Side::A));
     assert_eq!(b_rx.peer_state(), PeerState::Reset);
@@ -369,12 +411,15 @@ fn end_locks_exclude_and_can_be_broken_only_for_the_dead_owner() {
 #[test]
 fn resync_picks_up_what_another_holder_of_the_same_end_wrote() {
     let (_r, seg) = segment([8, 8]);
-    let mut tx1 = seg.producer(Side::A).unwrap();
-    let mut tx2 = seg.producer(Side::A).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx1 = unsafe { seg.producer(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx2 = unsafe { seg.producer(Side::A) }.unwrap();
     assert_eq!(tx1.write(b"abc").unwrap().len, 3);
     tx2.resync().unwrap();
     assert_eq!(tx2.write(b"def").unwrap().len, 3);
-    let mut rx = seg.consumer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { seg.consumer(Side::B) }.unwrap();
     let mut buf = [0u8; 8];
     assert_eq!(rx.read(&mut buf).unwrap().len, 6);
     assert_eq!(&buf[..6], b"abcdef");
@@ -383,8 +428,10 @@ fn resync_picks_up_what_another_holder_of_the_same_end_wrote() {
 #[test]
 fn held_bytes_reach_the_reader_only_when_published_and_in_order() {
     let (_r, seg) = segment([64, 64]);
-    let mut tx = seg.producer(Side::A).unwrap();
-    let mut rx = seg.consumer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { seg.consumer(Side::B) }.unwrap();
     let mut buf = [0u8; 16];
     let t = tx.write_vectored_held(&[b"abc", b"de"]).unwrap();
     assert_eq!((t.len, t.wake_peer, tx.held(), tx.unread().unwrap()), (5, false, 5, 5));
@@ -412,8 +459,10 @@ fn held_bytes_reach_the_reader_only_when_published_and_in_order() {
 #[test]
 fn a_tap_copies_what_was_written_and_counts_what_the_ring_lost() {
     let (_r, seg) = segment([64, 64]);
-    let mut tx = seg.producer(Side::A).unwrap();
-    let mut rx = seg.consumer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { seg.consumer(Side::B) }.unwrap();
     let mut buf = [0u8; 128];
     assert_eq!(seg.copy_written(Side::A, 0, &mut buf, 0), ipcd_ring::Tapped { lost: 0, len: 0 });
     assert_eq!(tx.write(b"hello, tap").unwrap().len, 10);

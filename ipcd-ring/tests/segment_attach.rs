@@ -21,8 +21,10 @@ fn attach_sees_what_init_wrote() {
     assert_eq!(other.conn_id(), 42);
     assert_eq!(other.capacity(Side::A), 64);
     assert_eq!(other.capacity(Side::B), 256);
-    let mut tx = seg.producer(Side::A).unwrap();
-    let mut rx = other.consumer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { other.consumer(Side::B) }.unwrap();
     assert_eq!(tx.write(b"shared").unwrap().len, 6);
     let mut buf = [0u8; 6];
     assert_eq!(rx.read(&mut buf).unwrap().len, 6);
@@ -78,11 +80,13 @@ fn attach_rejects_every_broken_header_field() {
 #[test]
 fn a_header_rewritten_after_attach_cannot_move_the_rings() {
     let (r, seg) = segment([8, 8]);
-    let mut tx = seg.producer(Side::A).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
     r.poke_u64(offsets::CAPACITY, 1 << 30);
     r.poke_u64(offsets::MAGIC, 0);
     assert_eq!(tx.write(&[1; 100]).unwrap().len, 8, "the capacity read at attach holds");
-    let mut rx = seg.consumer(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { seg.consumer(Side::B) }.unwrap();
     assert_eq!(rx.read(&mut [0u8; 100]).unwrap().len, 8);
 }
 
@@ -117,8 +121,10 @@ fn a_reused_segment_is_fresh_for_its_next_connection() {
     {
         // A first connection that wrote, half-read, closed, reset, waited
         // and left a lock and an extra holder behind.
-        let (mut tx, mut rx) = seg.endpoint(Side::A).unwrap();
-        let (mut ptx, mut prx) = seg.endpoint(Side::B).unwrap();
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let (mut tx, mut rx) = unsafe { seg.endpoint(Side::A) }.unwrap();
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let (mut ptx, mut prx) = unsafe { seg.endpoint(Side::B) }.unwrap();
         assert_eq!(tx.write(b"old bytes").unwrap().len, 9);
         let mut two = [0u8; 2];
         assert_eq!(prx.read(&mut two).unwrap().len, 2);
@@ -137,8 +143,10 @@ fn a_reused_segment_is_fresh_for_its_next_connection() {
     let other = attach(&r).unwrap();
     assert_eq!(other.conn_id(), 43);
     assert_eq!(seg.conn_id(), 43);
-    let (mut tx, mut rx) = other.endpoint(Side::A).unwrap();
-    let (mut ptx, mut prx) = other.endpoint(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let (mut tx, mut rx) = unsafe { other.endpoint(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let (mut ptx, mut prx) = unsafe { other.endpoint(Side::B) }.unwrap();
     for c in [&rx, &prx] {
         assert_eq!(c.peer_state(), ipcd_ring::PeerState::Open);
         assert!(!c.peer_fin());
@@ -185,8 +193,10 @@ fn an_end_is_untouched_until_it_reads_writes_or_closes() {
     ];
     for (what, act) in acts {
         let (_r, seg) = segment([64, 64]);
-        let (mut ptx, _) = seg.endpoint(Side::A).unwrap();
-        let (mut tx, mut rx) = seg.endpoint(Side::B).unwrap();
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let (mut ptx, _) = unsafe { seg.endpoint(Side::A) }.unwrap();
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let (mut tx, mut rx) = unsafe { seg.endpoint(Side::B) }.unwrap();
         // The peer's bytes waiting, unread, and a look at them, leave B untouched.
         assert_eq!(ptx.write(b"hi").unwrap().len, 2);
         assert_eq!(rx.readable().unwrap(), 2);
@@ -264,8 +274,10 @@ fn a_dead_end_closes_with_a_reset_only_if_it_left_bytes_unread() {
     use ipcd_ring::PeerState;
     // Everything read: an end of stream, and the survivor's writes fail.
     let (_r, seg) = segment([64, 64]);
-    let (mut tx, rx) = seg.endpoint(Side::A).unwrap();
-    let (_ptx, mut prx) = seg.endpoint(Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let (mut tx, rx) = unsafe { seg.endpoint(Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let (_ptx, mut prx) = unsafe { seg.endpoint(Side::B) }.unwrap();
     assert_eq!(tx.write(b"read").unwrap().len, 4);
     let mut buf = [0u8; 4];
     assert_eq!(prx.read(&mut buf).unwrap().len, 4);
@@ -274,14 +286,16 @@ fn a_dead_end_closes_with_a_reset_only_if_it_left_bytes_unread() {
     assert!(tx.is_reader_closed());
     // Bytes it never read: a reset.
     let (_r, seg) = segment([64, 64]);
-    let (mut tx, rx) = seg.endpoint(Side::A).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let (mut tx, rx) = unsafe { seg.endpoint(Side::A) }.unwrap();
     assert_eq!(tx.write(b"unread").unwrap().len, 6);
     let _ = seg.close_dead_end(Side::B, false);
     assert_eq!(rx.peer_state(), PeerState::Reset);
     assert!(tx.is_reader_closed());
     // Asked to abort: a reset whatever was read.
     let (_r, seg) = segment([64, 64]);
-    let (_tx, rx) = seg.endpoint(Side::A).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let (_tx, rx) = unsafe { seg.endpoint(Side::A) }.unwrap();
     let _ = seg.close_dead_end(Side::B, true);
     assert_eq!(rx.peer_state(), PeerState::Reset);
 }

@@ -565,12 +565,18 @@ fn status_shows_a_program_and_its_connection() {
     server.finish();
 }
 
-/// `ipcd metrics` reads as Prometheus text and says what `ipcd status`
-/// says: the brokered count, a fallback series for every reason, the
-/// holding process by pid and command name, the listener's queue.
+/// `ipcd metrics`, and the same page the monitor serves over HTTP
+/// (`--metrics-address`), read as Prometheus text and say what `ipcd
+/// status` says: the brokered count, a fallback series for every reason,
+/// the holding process by pid and command name, the listener's queue.
 #[test]
 fn metrics_parse_and_agree_with_status() {
-    let mon = Monitor::start(RING_BYTES);
+    // A free port below the ephemeral range, so no connect takes it
+    // between this look and the monitor's bind.
+    let first = 20_000 + (std::process::id() % 10_000) as u16;
+    let port = (first..32_000).find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()).expect("free port");
+    let http = format!("127.0.0.1:{port}");
+    let mon = Monitor::start_with(RING_BYTES, &["--metrics-address", &http]);
     let server = Server::start(mon.under(&mut probe(&["serve", "1"])).clone_cmd());
     let mut hold =
         mon.under(&mut probe(&["hold", &server.port.to_string()])).stdin(Stdio::piped()).spawn().expect("hold");
@@ -582,35 +588,51 @@ fn metrics_parse_and_agree_with_status() {
     let report = mon.status();
     let out = Command::new(&mon.artifacts.ipcd).args(["metrics", "--socket", &mon.socket]).output().expect("metrics");
     assert!(out.status.success(), "ipcd metrics: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).expect("UTF-8");
-    assert!(text.ends_with("# EOF\n"), "not a complete exposition:\n{text}");
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses");
-    let value = |name: &str, label: Option<(&str, &str)>| -> Vec<f64> {
-        let number = |v: &prometheus_parse::Value| match v {
-            prometheus_parse::Value::Counter(x)
-            | prometheus_parse::Value::Gauge(x)
-            | prometheus_parse::Value::Untyped(x) => *x,
-            other => panic!("{name}: unexpected {other:?}"),
+    let (head, page) = http_get(&http, "/metrics");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("Content-Type: application/openmetrics-text"), "{head}");
+    assert!(http_get(&http, "/other").0.starts_with("HTTP/1.1 404"));
+    for text in [String::from_utf8(out.stdout).expect("UTF-8"), page] {
+        assert!(text.ends_with("# EOF\n"), "not a complete exposition:\n{text}");
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses");
+        let value = |name: &str, label: Option<(&str, &str)>| -> Vec<f64> {
+            let number = |v: &prometheus_parse::Value| match v {
+                prometheus_parse::Value::Counter(x)
+                | prometheus_parse::Value::Gauge(x)
+                | prometheus_parse::Value::Untyped(x) => *x,
+                other => panic!("{name}: unexpected {other:?}"),
+            };
+            let wanted = |s: &prometheus_parse::Sample| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v));
+            scrape.samples.iter().filter(|s| s.metric == name && wanted(s)).map(|s| number(&s.value)).collect()
         };
-        let wanted = |s: &prometheus_parse::Sample| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v));
-        scrape.samples.iter().filter(|s| s.metric == name && wanted(s)).map(|s| number(&s.value)).collect()
-    };
-    assert_eq!(value("ipcd_connects_total", None), [report.status.connects_total as f64], "{text}");
-    for (reason, n) in ipcd_proto::message::Fallback::ALL.iter().zip(report.status.fallbacks) {
-        let label = ipcd_monitor::metrics::reason_label(*reason);
-        assert_eq!(value("ipcd_fallbacks_total", Some(("reason", &label))), [n as f64], "{label}: {text}");
+        assert_eq!(value("ipcd_connects_total", None), [report.status.connects_total as f64], "{text}");
+        for (reason, n) in ipcd_proto::message::Fallback::ALL.iter().zip(report.status.fallbacks) {
+            let label = ipcd_monitor::metrics::reason_label(*reason);
+            assert_eq!(value("ipcd_fallbacks_total", Some(("reason", &label))), [n as f64], "{label}: {text}");
+        }
+        let pid = hold.id().to_string();
+        assert_eq!(value("ipcd_process_connections", Some(("pid", &pid))), [1.0], "{text}");
+        let named =
+            scrape.samples.iter().find(|s| s.metric == "ipcd_process_connections" && s.labels.get("pid") == Some(&pid));
+        assert_eq!(named.and_then(|s| s.labels.get("name")), Some("probe"), "{text}");
+        let port = format!("127.0.0.1:{}", server.port);
+        assert_eq!(value("ipcd_listener_pending", Some(("addr", &port))).len(), 1, "{text}");
+        assert_eq!(value("ipcd_connections", None), [report.status.connections as f64], "{text}");
     }
-    let pid = hold.id().to_string();
-    assert_eq!(value("ipcd_process_connections", Some(("pid", &pid))), [1.0], "{text}");
-    let named =
-        scrape.samples.iter().find(|s| s.metric == "ipcd_process_connections" && s.labels.get("pid") == Some(&pid));
-    assert_eq!(named.and_then(|s| s.labels.get("name")), Some("probe"), "{text}");
-    let port = format!("127.0.0.1:{}", server.port);
-    assert_eq!(value("ipcd_listener_pending", Some(("addr", &port))).len(), 1, "{text}");
-    assert_eq!(value("ipcd_connections", None), [report.status.connections as f64], "{text}");
     drop(hold.stdin.take().map(|mut s| s.write_all(b"\n")));
     assert!(hold.wait().expect("hold").success());
     server.finish();
+}
+
+/// A GET as a scraper sends it: (status line and headers, body).
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics address");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\n\r\n").expect("request");
+    let mut all = String::new();
+    s.read_to_string(&mut all).expect("response");
+    let (head, body) = all.split_once("\r\n\r\n").expect("a header block");
+    (head.to_string(), body.to_string())
 }
 
 /// `Command` has no Clone; this rebuilds one from a configured command.

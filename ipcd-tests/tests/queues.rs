@@ -61,7 +61,8 @@ impl RawClient {
         let (base, len) = map(&fds[0]);
         // SAFETY: the mapping stays for the life of the test process.
         let seg = unsafe { Segment::attach(base, len) }.expect("ring");
-        let tx = seg.producer(ipcd_ring::Side::A).expect("producer");
+        // SAFETY: this client is its ring's one writer.
+        let tx = unsafe { seg.producer(ipcd_ring::Side::A) }.expect("producer");
         let shared = shared.then(|| {
             let (base, len) = map(&fds[1]);
             // SAFETY: as above.

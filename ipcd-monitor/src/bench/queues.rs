@@ -170,7 +170,8 @@ pub(super) fn client(socket: &str, count: u64) -> Result<(), String> {
                 // SAFETY: a live mapping of the whole memfd, kept in
                 // `Mapped` beside the view.
                 let seg = unsafe { Segment::attach(base(ring)?, ring.len()) }.map_err(|e| e.to_string())?;
-                let tx = seg.producer(ipcd_ring::Side::A).map_err(|e| e.to_string())?;
+                // SAFETY: this process is its ring's one writer.
+                let tx = unsafe { seg.producer(ipcd_ring::Side::A) }.map_err(|e| e.to_string())?;
                 let shared = match maps.get_mut(1) {
                     Some(m) if shared => {
                         // SAFETY: as above, for the index queue.

@@ -733,7 +733,9 @@ fn end_state(rec: &ConnRec, side: Side) -> EndState {
         return EndState::Gone;
     }
     // The side's sending ring is read by the other side's consumer.
-    match rec.seg.view().consumer(ring_side(other(side))).map(|c| c.peer_state()) {
+    // SAFETY: a look at the writer's state only: this handle moves no
+    // position, so the end's own reader is undisturbed.
+    match unsafe { rec.seg.view().consumer(ring_side(other(side))) }.map(|c| c.peer_state()) {
         Ok(ipcd_ring::PeerState::Open) if rec.relays[idx(side)] > 0 => EndState::Relayed,
         Ok(ipcd_ring::PeerState::Open) => EndState::Open,
         Ok(ipcd_ring::PeerState::Closed) => EndState::Fin,

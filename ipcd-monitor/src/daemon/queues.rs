@@ -92,7 +92,8 @@ impl Daemon {
                 return;
             }
         };
-        let Ok(rx) = seg.view().consumer(ipcd_ring::Side::B) else { return };
+        // SAFETY: the monitor is the ring's one reader (the process writes).
+        let Ok(rx) = (unsafe { seg.view().consumer(ipcd_ring::Side::B) }) else { return };
         let index = match self.queues.by_index.iter().position(|&t| t == 0) {
             Some(i) => i,
             None => {

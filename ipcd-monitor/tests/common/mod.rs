@@ -226,8 +226,10 @@ pub(crate) fn map(fd: &OwnedFd) -> Mapped {
 
 /// Bytes written by side A's mapping arrive at side B's.
 pub(crate) fn carries_a_to_b(a: &Mapped, b: &Mapped) {
-    let mut tx = a.seg.producer(ipcd_ring::Side::A).unwrap();
-    let mut rx = b.seg.consumer(ipcd_ring::Side::B).unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut tx = unsafe { a.seg.producer(ipcd_ring::Side::A) }.unwrap();
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let mut rx = unsafe { b.seg.consumer(ipcd_ring::Side::B) }.unwrap();
     assert_eq!(tx.write(b"hello").unwrap().len, 5);
     let mut buf = [0u8; 8];
     assert_eq!(rx.read(&mut buf).unwrap().len, 5);

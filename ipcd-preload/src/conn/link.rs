@@ -186,7 +186,9 @@ impl Link {
         if seg.conn_id() != info.conn {
             return Err(AttachError::Size);
         }
-        let (tx, rx) = seg.endpoint(side).map_err(AttachError::Ring)?;
+        // SAFETY: a side of an end is written and read by one holder at a
+        // time: several (fork, exec, pass) take the end's locks and resync.
+        let (tx, rx) = unsafe { seg.endpoint(side) }.map_err(AttachError::Ring)?;
         let link = Link { tx, rx, conn: info.conn, seg, side, shared: false, send_limit: 0, map };
         link.name_self();
         Ok(link)
