@@ -65,11 +65,17 @@ pub fn report(settings: &Settings, names: &[&str], cores: u32) -> String {
     let dflt = |v: String| Set { value: v, origin: "default".to_string() };
     let show = |s: &Option<Set<u64>>, d: u64| s.as_ref().map_or(dflt(d.to_string()), |s| text(s, u64::to_string));
     let flag = |s: &Option<Set<bool>>| s.as_ref().map_or(dflt("false".into()), |s| text(s, bool::to_string));
-    line(&mut out, "ring_bytes", &show(&m.ring_bytes, DEFAULT_RING_BYTES), String::clone);
-    line(&mut out, "cross_uid", &flag(&m.cross_uid), String::clone);
-    line(&mut out, "poll", &flag(&m.poll), String::clone);
-    line(&mut out, "queues", &m.queues.clone().unwrap_or_else(|| dflt("channel".into())), String::clone);
-    line(&mut out, "metrics_address", &m.metrics_address.clone().unwrap_or_else(|| dflt("off".into())), String::clone);
+    line_in(&mut out, 15, "ring_bytes", &show(&m.ring_bytes, DEFAULT_RING_BYTES), String::clone);
+    line_in(&mut out, 15, "cross_uid", &flag(&m.cross_uid), String::clone);
+    line_in(&mut out, 15, "poll", &flag(&m.poll), String::clone);
+    line_in(&mut out, 15, "queues", &m.queues.clone().unwrap_or_else(|| dflt("channel".into())), String::clone);
+    line_in(
+        &mut out,
+        15,
+        "metrics_address",
+        &m.metrics_address.clone().unwrap_or_else(|| dflt("off".into())),
+        String::clone,
+    );
     if !r.invalid.is_empty() {
         let _ = writeln!(out, "\nnot understood (what is used instead):");
         for m in &r.invalid {
@@ -84,7 +90,12 @@ fn text<T>(s: &Set<T>, f: impl Fn(&T) -> String) -> Set<String> {
 }
 
 fn line<T>(out: &mut String, name: &str, s: &Set<T>, f: impl Fn(&T) -> String) {
-    let _ = writeln!(out, "  {name:<12} {:<10} ({})", f(&s.value), s.origin);
+    line_in(out, 12, name, s, f);
+}
+
+/// A setting in a column `width` wide (the monitor's keys are longer).
+fn line_in<T>(out: &mut String, width: usize, name: &str, s: &Set<T>, f: impl Fn(&T) -> String) {
+    let _ = writeln!(out, "  {name:<width$} {:<10} ({})", f(&s.value), s.origin);
 }
 
 fn rules(out: &mut String, r: &Resolved) {

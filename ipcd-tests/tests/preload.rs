@@ -1175,7 +1175,7 @@ fn config_show_says_where_each_setting_came_from() {
     has(&text, &format!("profile      low-cpu    ({user_path}: rule 1)"));
     has(&text, "batch_ns     0          (profile low-cpu)");
     has(&text, &format!("log          info       ({user_path}: [library] log)"));
-    has(&text, &format!("ring_bytes   65536      ({named_path}: [monitor] ring_bytes)"));
+    has(&text, &format!("ring_bytes      65536      ({named_path}: [monitor] ring_bytes)"));
     has(&text, &format!("{named_path}: [library] spinz: not a setting ipcd knows; ignored"));
     let (text, _) = show(&[("IPCD_SPIN_US", "11"), ("IPCD_LOG", "garbage")]);
     has(&text, "spin_us      11         (IPCD_SPIN_US)");
