@@ -7,13 +7,11 @@
 //! index queue is never waited on: the request goes on the channel, and
 //! a lost number is found by the monitor's sweep.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 
 use ipcd_proto::message::Request;
 use ipcd_ring::{IndexQueue, Producer, Segment};
-
-use crate::sys::real;
 
 /// A shared mapping of a whole memfd, unmapped on drop.
 struct Mapping {
@@ -29,32 +27,7 @@ impl Mapping {
     /// Maps the whole of `fd`, a sealed memfd from the monitor; the fd is
     /// closed after.
     fn of(fd: OwnedFd) -> Result<Mapping, i32> {
-        // SAFETY: fstat into a zeroed struct.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: valid fd and out pointer.
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-            return Err(real::errno());
-        }
-        let len = usize::try_from(st.st_size).map_err(|_| libc::EINVAL)?;
-        if len == 0 {
-            return Err(libc::EINVAL);
-        }
-        // SAFETY: a fresh shared mapping of the whole memfd (sealed against
-        // shrinking by the monitor, so every page stays backed).
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(real::errno());
-        }
-        let base = NonNull::new(p.cast::<u8>()).ok_or(libc::EINVAL)?;
+        let (base, len) = crate::sys::memfd::map_whole(fd.as_fd(), None)?;
         Ok(Mapping { base, len })
     }
 }

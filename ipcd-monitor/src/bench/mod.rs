@@ -153,10 +153,18 @@ struct Monitor {
 
 impl Monitor {
     fn start(ipcd: &Path) -> Result<Monitor, String> {
-        let socket = format!("ipcd-bench-{}", std::process::id());
+        Monitor::start_with(ipcd, "", &[])
+    }
+
+    /// A monitor on a socket named after this run and `name`, with more
+    /// `ipcd daemon` flags.
+    fn start_with(ipcd: &Path, name: &str, flags: &[&str]) -> Result<Monitor, String> {
+        let socket = format!("ipcd-bench-{}{name}", std::process::id());
         let child = Command::new(ipcd)
             .args(["daemon", "--socket", &socket])
+            .args(flags)
             .env("IPCD_LOG", "warn")
+            .env_remove("LD_PRELOAD")
             .stdin(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start a monitor: {e}"))?;

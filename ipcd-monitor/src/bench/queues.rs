@@ -11,9 +11,9 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::ptr::NonNull;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ipcd_proto::channel::Channel;
 use ipcd_proto::message::{Caps, Request, Response};
@@ -46,8 +46,9 @@ pub(super) fn run(ipcd: &Path, quick: bool, reps: usize, progress: &mut super::P
     let mut samples = vec![[Vec::new(), Vec::new(), Vec::new()]; CLIENTS.len()];
     for _ in 0..reps {
         for (m, mode) in Queues::ALL.into_iter().enumerate() {
-            let monitor = match ModeMonitor::start(ipcd, mode) {
-                Ok(mm) => mm,
+            let name = format!("-queues-{}", mode.name());
+            let monitor = match super::Monitor::start_with(ipcd, &name, &["--queues", mode.name()]) {
+                Ok(m) => m,
                 Err(e) => {
                     eprintln!("\n  monitor --queues {}: {e}", mode.name());
                     continue;
@@ -63,40 +64,6 @@ pub(super) fn run(ipcd: &Path, quick: bool, reps: usize, progress: &mut super::P
         }
     }
     CLIENTS.iter().zip(samples).map(|(&clients, s)| QueueRow { clients, rates: s.map(median) }).collect()
-}
-
-/// A private monitor in one mode.
-struct ModeMonitor {
-    child: Child,
-    socket: String,
-}
-
-impl ModeMonitor {
-    fn start(ipcd: &Path, mode: Queues) -> Result<ModeMonitor, String> {
-        let socket = format!("ipcd-bench-queues-{}-{}", std::process::id(), mode.name());
-        let child = Command::new(ipcd)
-            .args(["daemon", "--socket", &socket, "--queues", mode.name()])
-            .env("IPCD_LOG", "warn")
-            .env_remove("LD_PRELOAD")
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start: {e}"))?;
-        let m = ModeMonitor { child, socket };
-        for _ in 0..500 {
-            if crate::client::MonitorClient::connect(&m.socket).is_ok() {
-                return Ok(m);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Err("did not come up".into())
-    }
-}
-
-impl Drop for ModeMonitor {
-    fn drop(&mut self) {
-        let _ = crate::client::MonitorClient::connect(&self.socket).and_then(|mut c| c.stop());
-        let _ = self.child.wait();
-    }
 }
 
 /// `n` processes of `count` requests each at once: requests per second.

@@ -7,7 +7,7 @@
 //! mapping, page faults, unmapping (with its TLB flush) or fd passing.
 
 use ipcd_ring::ConnSegment;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
@@ -198,31 +198,14 @@ impl Link {
     fn map(info: &ConnInfo, side: ipcd_ring::Side, fds: Vec<OwnedFd>) -> Result<Mapping, AttachError> {
         let [seg_fd, bell, peer_bell]: [OwnedFd; 3] =
             fds.try_into().map_err(|v: Vec<OwnedFd>| AttachError::Fds(v.len()))?;
-        let len = usize::try_from(info.segment_len).map_err(|_| AttachError::Size)?;
-        // The memfd is sealed against shrinking, so its size now is its size
-        // for good; a monitor that lied about it is caught here.
-        // SAFETY: fstat into a zeroed struct.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: valid fd and out pointer.
-        if unsafe { libc::fstat(seg_fd.as_raw_fd(), &mut st) } != 0 || st.st_size as u64 != info.segment_len || len == 0
-        {
-            return Err(AttachError::Size);
-        }
-        // SAFETY: a fresh shared mapping of the whole memfd.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                seg_fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(AttachError::Map(real::errno()));
-        }
-        let Some(base) = NonNull::new(p.cast::<u8>()) else { return Err(AttachError::Map(libc::EINVAL)) };
+        // A monitor that lied about the size is caught here.
+        let (base, len) = crate::sys::memfd::map_whole(seg_fd.as_fd(), Some(info.segment_len)).map_err(|e| {
+            if e == libc::EINVAL {
+                AttachError::Size
+            } else {
+                AttachError::Map(e)
+            }
+        })?;
         let [bell, peer_bell] = fds::hide_all([bell, peer_bell]);
         Ok(Mapping { base, len, bell, peer_bell, segment: info.segment, side })
     }

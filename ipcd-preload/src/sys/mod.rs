@@ -6,6 +6,7 @@ pub(crate) mod config;
 pub(crate) mod fds;
 pub(crate) mod iov;
 pub(crate) mod log;
+pub(crate) mod memfd;
 pub(crate) mod process;
 pub(crate) mod real;
 pub(crate) mod signals;
