@@ -211,7 +211,9 @@ fn bad_clients_are_dropped_alone() {
     let raw = Channel::connect_abstract(m.socket.as_bytes()).unwrap();
     // SAFETY: getpid/getuid cannot fail.
     let (pid, uid) = unsafe { (libc::getpid() as u32, libc::getuid()) };
-    let hello = Request::Hello { version_min: 9, version_max: 12, pid, uid, caps: ipcd_proto::Caps::empty() };
+    // Versions after every one this build speaks.
+    let next = ipcd_proto::PROTOCOL_VERSIONS.end() + 1;
+    let hello = Request::Hello { version_min: next, version_max: next + 3, pid, uid, caps: ipcd_proto::Caps::empty() };
     raw.send_request(1, &hello, &[]).unwrap();
     assert_eq!(raw.recv_response().unwrap().1, Response::Error { code: ErrorCode::VersionMismatch });
     // A listen request with extra fds.
