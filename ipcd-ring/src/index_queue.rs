@@ -307,7 +307,7 @@ mod tests {
         let base = NonNull::new(r.0.as_mut_ptr()).unwrap();
         // SAFETY: the region outlives the view and the threads (scoped).
         let q = unsafe { IndexQueue::init(base, r.0.len(), SLOTS) }.unwrap();
-        const EACH: u32 = 20_000;
+        const EACH: u32 = if cfg!(miri) { 300 } else { 20_000 };
         let mut seen: Vec<u32> = Vec::new();
         std::thread::scope(|s| {
             for t in 0..4u32 {
