@@ -34,8 +34,10 @@ pub enum PeerState {
 /// let base = NonNull::new(region.0.as_mut_ptr()).unwrap();
 /// // SAFETY: `region` outlives the segment and every handle made from it.
 /// let seg = unsafe { Segment::init(base, 2048, 1, [64, 64]) }.unwrap();
-/// let (mut tx, _) = seg.endpoint(Side::A).unwrap();
-/// let (_, mut rx) = seg.endpoint(Side::B).unwrap();
+/// // SAFETY: one producer and one consumer per ring, in this one thread.
+/// let (mut tx, _) = unsafe { seg.endpoint(Side::A) }.unwrap();
+/// // SAFETY: as above.
+/// let (_, mut rx) = unsafe { seg.endpoint(Side::B) }.unwrap();
 /// let _ = tx.write(b"bye").unwrap();
 /// let _ = tx.close();
 /// let mut buf = [0u8; 2];

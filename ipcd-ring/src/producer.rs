@@ -24,8 +24,10 @@ use crate::wait::{arm, close_writer, disarm, fence_then_take, Transfer, Wait};
 /// let base = NonNull::new(region.0.as_mut_ptr()).unwrap();
 /// // SAFETY: `region` outlives the segment and every handle made from it.
 /// let seg = unsafe { Segment::init(base, 2048, 7, [64, 64]) }.unwrap();
-/// let (mut tx, _) = seg.endpoint(Side::A).unwrap();
-/// let (_, mut rx) = seg.endpoint(Side::B).unwrap();
+/// // SAFETY: one producer and one consumer per ring, in this one thread.
+/// let (mut tx, _) = unsafe { seg.endpoint(Side::A) }.unwrap();
+/// // SAFETY: as above.
+/// let (_, mut rx) = unsafe { seg.endpoint(Side::B) }.unwrap();
 /// assert_eq!(tx.write(b"hello").unwrap().len, 5);
 /// let mut buf = [0u8; 8];
 /// assert_eq!(rx.read(&mut buf).unwrap().len, 5);
