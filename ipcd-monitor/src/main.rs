@@ -15,7 +15,9 @@ use ipcd_monitor::client::{MonitorClient, StatusReport};
 use ipcd_monitor::config::{default_socket_name, Config, Queues, DEFAULT_RING_BYTES};
 use ipcd_monitor::daemon::Daemon;
 use ipcd_monitor::log::{self, Level};
+use ipcd_monitor::metrics::comm;
 use ipcd_monitor::settings_report;
+use ipcd_proto::settings::Set;
 
 /// ipcd: TCP between processes on one host, over shared memory.
 #[derive(Parser)]
@@ -232,28 +234,10 @@ fn main() -> ExitCode {
                 ipcd_monitor::log!(Level::Warn, "msg=\"config: {}\"", m.replace('"', "'"));
             }
             let m = &file.monitor;
-            let from_file = m.ring_bytes.as_ref().and_then(|s| match parse_ring_bytes(&s.value.to_string()) {
-                Ok(n) => Some(n),
-                Err(e) => {
-                    ipcd_monitor::log!(Level::Warn, "msg=\"config: {}: {e}; using {DEFAULT_RING_BYTES}\"", s.origin);
-                    None
-                }
-            });
-            let queues_from_file = m.queues.as_ref().and_then(|s| match Queues::parse(&s.value) {
-                Ok(q) => Some(q),
-                Err(e) => {
-                    ipcd_monitor::log!(Level::Warn, "msg=\"config: {}: {e}; using channel\"", s.origin);
-                    None
-                }
-            });
+            let from_file = file_value(&m.ring_bytes, |n| parse_ring_bytes(&n.to_string()), DEFAULT_RING_BYTES);
+            let queues_from_file = file_value(&m.queues, |q| Queues::parse(q), "channel");
             let queues = queues.or(queues_from_file).unwrap_or(Queues::Channel);
-            let metrics_from_file = m.metrics_address.as_ref().and_then(|s| match s.value.parse() {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    ipcd_monitor::log!(Level::Warn, "msg=\"config: {}: {e}; metrics not served\"", s.origin);
-                    None
-                }
-            });
+            let metrics_from_file = file_value(&m.metrics_address, |a| a.parse(), "none (metrics not served)");
             let cfg = Config {
                 socket: socket.unwrap_or_else(default_socket_name),
                 ring_bytes: ring_bytes.or(from_file).unwrap_or(DEFAULT_RING_BYTES),
@@ -324,6 +308,23 @@ fn man(out: &Path) -> Result<ExitCode, String> {
     let cmd = Cli::command();
     clap_mangen::generate_to(cmd, out).map_err(|e| format!("writing man pages to {}: {e}", out.display()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A `[monitor]` setting of the config file, parsed; one that does not
+/// parse is reported with what is used `instead` (and `None` returned).
+fn file_value<V, T, E: std::fmt::Display>(
+    set: &Option<Set<V>>,
+    parse: impl FnOnce(&V) -> Result<T, E>,
+    instead: impl std::fmt::Display,
+) -> Option<T> {
+    let s = set.as_ref()?;
+    parse(&s.value)
+        .map_err(|e| {
+            // Quotes in the reason would end the log's quoted field.
+            let why = format!("{}: {e}; using {instead}", s.origin).replace('"', "'");
+            ipcd_monitor::log!(Level::Warn, "msg=\"config: {why}\"");
+        })
+        .ok()
 }
 
 fn daemon(cfg: Config) -> Result<ExitCode, String> {
@@ -605,10 +606,6 @@ fn to_table(r: &StatusReport) -> String {
     }
     out
 }
-
-/// The command name of process `pid` (`/proc/<pid>/comm`), if this
-/// process can see it (the monitor's pids are of its pid namespace).
-use ipcd_monitor::metrics::comm;
 
 /// `pid/name` as `netstat -p` prints it, or the pid alone.
 fn process(pid: u32) -> String {

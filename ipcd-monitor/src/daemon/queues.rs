@@ -103,13 +103,9 @@ impl Daemon {
         };
         let Ok(number) = u32::try_from(index) else { return };
         let resp = Response::Queue { index: number, shared };
-        let sent = match &self.queues.shared {
-            Some(s) if shared => {
-                super::send_to(&mut self.clients, &mut self.watch, token, 0, &resp, &[seg.fd(), s.file.as_fd()])
-            }
-            _ => super::send_to(&mut self.clients, &mut self.watch, token, 0, &resp, &[seg.fd()]),
-        };
-        if sent.is_err() {
+        let mut fds = vec![seg.fd()];
+        fds.extend(self.queues.shared.as_ref().filter(|_| shared).map(|s| s.file.as_fd()));
+        if super::send_to(&mut self.clients, &mut self.watch, token, 0, &resp, &fds).is_err() {
             return;
         }
         let mut q = ClientQueue { rx, seg, index: number };
