@@ -11,7 +11,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 
 use ipcd_proto::message::Request;
-use ipcd_ring::{IndexQueue, Producer, Segment};
+use ipcd_proto::queue::RequestRing;
+use ipcd_ring::{IndexQueue, Segment};
 
 /// A shared mapping of a whole memfd, unmapped on drop.
 struct Mapping {
@@ -42,9 +43,9 @@ impl Drop for Mapping {
 
 /// This process's request ring (and the shared index queue).
 pub(crate) struct RequestQueue {
-    tx: Producer,
-    /// Our number on the index queue, and the queue, in the shared mode.
-    shared: Option<(u32, IndexQueue, Mapping)>,
+    ring: RequestRing,
+    /// The index queue's mapping, in the shared mode.
+    _shared: Option<Mapping>,
     _seg: Segment,
     _map: Mapping,
 }
@@ -60,33 +61,22 @@ impl RequestQueue {
         let seg = unsafe { Segment::attach(map.base, map.len) }.map_err(|e| format!("ring: {e}"))?;
         // SAFETY: the process's one writer of its ring (under the channel's lock).
         let tx = unsafe { seg.producer(ipcd_ring::Side::A) }.map_err(|e| format!("ring: {e}"))?;
-        let shared = match (shared, fds.next()) {
+        let (tell, shared) = match (shared, fds.next()) {
             (true, Some(fd)) => {
                 let m = Mapping::of(fd).map_err(|e| format!("index queue: errno {e}"))?;
                 // SAFETY: as above, for the index queue's memfd.
                 let q = unsafe { IndexQueue::attach(m.base, m.len) }.map_err(|e| format!("index queue: {e}"))?;
-                Some((index, q, m))
+                (Some((q, index)), Some(m))
             }
             (true, None) => return Err("no index queue".into()),
-            (false, _) => None,
+            (false, _) => (None, None),
         };
-        Ok(RequestQueue { tx, shared, _seg: seg, _map: map })
+        Ok(RequestQueue { ring: RequestRing::new(tx, tell), _shared: shared, _seg: seg, _map: map })
     }
 
     /// Queues `req`; false if it must go on the channel (not queueable,
     /// no room, or the ring is broken).
     pub(crate) fn push(&mut self, req: &Request) -> bool {
-        match ipcd_proto::queue::push(&mut self.tx, req) {
-            Ok(tell) => {
-                if tell {
-                    if let Some((index, q, _)) = &self.shared {
-                        // Full: the monitor's sweep finds the ring anyway.
-                        let _ = q.push(*index);
-                    }
-                }
-                true
-            }
-            Err(_) => false,
-        }
+        self.ring.push(req).is_ok()
     }
 }

@@ -83,6 +83,36 @@ pub fn push(tx: &mut Producer, req: &Request) -> Result<bool, PushError> {
     Ok(t.wake_peer)
 }
 
+/// A process's side of its request queue: its ring and, in the shared
+/// mode, the index queue with its number there. [`RequestRing::push`]
+/// writes a request and, when the monitor asked to be told, pushes the
+/// number (a full index queue is left alone: the monitor sweeps every
+/// ring now and then).
+#[derive(Debug)]
+pub struct RequestRing {
+    tx: Producer,
+    tell: Option<(ipcd_ring::IndexQueue, u32)>,
+}
+
+impl RequestRing {
+    /// The ring's producer and, in the shared mode, the index queue and
+    /// this process's number on it.
+    pub fn new(tx: Producer, tell: Option<(ipcd_ring::IndexQueue, u32)>) -> RequestRing {
+        RequestRing { tx, tell }
+    }
+
+    /// Writes `req` as one frame ([`push`]) and tells the monitor if it
+    /// asked.
+    pub fn push(&mut self, req: &Request) -> Result<(), PushError> {
+        if push(&mut self.tx, req)? {
+            if let Some((q, number)) = &self.tell {
+                let _ = q.push(*number);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Reads the next frame, if a whole one is there.
 pub fn pop(rx: &mut Consumer) -> Result<Option<Request>, PopError> {
     let have = rx.readable().map_err(PopError::Ring)?;

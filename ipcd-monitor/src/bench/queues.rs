@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use ipcd_proto::channel::Channel;
 use ipcd_proto::message::{Caps, Request, Response};
-use ipcd_proto::queue::PushError;
+use ipcd_proto::queue::{PushError, RequestRing};
 use ipcd_proto::FALLBACK_KINDS;
 use ipcd_ring::{IndexQueue, Segment};
 use memmap2::MmapMut;
@@ -102,8 +102,7 @@ fn burst(ipcd: &Path, socket: &str, n: usize, count: u64) -> Result<f64, String>
 
 /// The process's request ring (and the index queue), mapped.
 struct Mapped {
-    tx: ipcd_ring::Producer,
-    shared: Option<(u32, IndexQueue)>,
+    ring: RequestRing,
     _seg: Segment,
     _maps: Vec<MmapMut>,
 }
@@ -139,15 +138,15 @@ pub(super) fn client(socket: &str, count: u64) -> Result<(), String> {
                 let seg = unsafe { Segment::attach(base(ring)?, ring.len()) }.map_err(|e| e.to_string())?;
                 // SAFETY: this process is its ring's one writer.
                 let tx = unsafe { seg.producer(ipcd_ring::Side::A) }.map_err(|e| e.to_string())?;
-                let shared = match maps.get_mut(1) {
+                let tell = match maps.get_mut(1) {
                     Some(m) if shared => {
                         // SAFETY: as above, for the index queue.
                         let q = unsafe { IndexQueue::attach(base(m)?, m.len()) }.map_err(|e| e.to_string())?;
-                        Some((index, q))
+                        Some((q, index))
                     }
                     _ => None,
                 };
-                mapped = Some(Mapped { tx, shared, _seg: seg, _maps: maps });
+                mapped = Some(Mapped { ring: RequestRing::new(tx, tell), _seg: seg, _maps: maps });
             }
             Response::Welcome { .. } if seq == 1 => break,
             other => return Err(format!("monitor said {other:?}")),
@@ -161,13 +160,8 @@ pub(super) fn client(socket: &str, count: u64) -> Result<(), String> {
     for i in 0..count {
         match &mut mapped {
             Some(m) => loop {
-                match ipcd_proto::queue::push(&mut m.tx, &req) {
-                    Ok(tell) => {
-                        if let (true, Some((index, q))) = (tell, &m.shared) {
-                            let _ = q.push(*index);
-                        }
-                        break;
-                    }
+                match m.ring.push(&req) {
+                    Ok(()) => break,
                     Err(PushError::Full) => std::hint::spin_loop(),
                     Err(e) => return Err(e.to_string()),
                 }
