@@ -14,6 +14,7 @@ pub(crate) fn forget(fd: c_int) {
     if let Some(s) = table::remove(fd) {
         if s.drop_fd() {
             *s.lock() = State::Closed;
+            reuse::give_up(&s);
         }
     }
 }
@@ -31,6 +32,8 @@ pub(crate) fn close_now(sock: &Socket) {
         State::Listening { id, shared, passed, .. } => setup::close_listener(id, shared, passed),
         State::Fresh { .. } | State::Closed => {}
     }
+    // Not kept: a lent copy would hold the kernel socket open.
+    reuse::give_up(sock);
 }
 
 /// Our bookkeeping for an fd about to be closed (by close, or implicitly by

@@ -113,6 +113,15 @@ fn a_listener_shut_down_resets_its_queue_and_refuses() {
     assert_eq!((st.connects_total, st.fallbacks_total), (2, 1), "{st:?}");
 }
 
+/// Sockets made after connections closed, connected to a program without
+/// ipcd (the ten fallbacks), deliver their bytes and their FIN at their
+/// close: a kept kernel socket's hidden copy does not outlive it.
+#[test]
+fn a_kept_socket_connected_in_the_kernel_ends_at_its_close() {
+    let st = dual_run("kept-kernel-peer");
+    assert_eq!((st.connects_total, st.fallbacks_total), (4, 10), "{st:?}");
+}
+
 /// A process's later connects to one listener take standby connections;
 /// once the listener closes, the next connect is refused (the one connect
 /// the monitor sends to the kernel).

@@ -1,7 +1,7 @@
 //! A socket object: what one open TCP socket of ours is (fresh, listening,
 //! an ipcd connection) and the options we emulate for it.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -294,12 +294,23 @@ pub(crate) struct Socket {
     /// options in `resets`: it may serve the next socket (see
     /// [`crate::socket::reuse`]). Set only for sockets this process made.
     clean: AtomicBool,
+    /// The hidden fd of the kept kernel socket this one was duplicated
+    /// from, still open (-1 for none): its last close keeps it again
+    /// without a system call (see [`crate::socket::reuse`]).
+    lent: AtomicI32,
     /// Options the program set that are put back to their defaults before
     /// the kernel socket is reused (bits of `reuse::RESETTABLE`).
     resets: AtomicU32,
     /// Options set while it was not a connection, for the connections it
     /// accepts (see [`crate::socket::options`]).
     pub inherited: Inherited,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        // A socket forgotten on a path that did not close its lent copy.
+        crate::socket::reuse::give_up(self);
+    }
 }
 
 impl Socket {
@@ -327,6 +338,7 @@ impl Socket {
             inflight: AtomicU32::new(0),
             close_deferred: AtomicBool::new(false),
             clean: AtomicBool::new(false),
+            lent: AtomicI32::new(-1),
             resets: AtomicU32::new(0),
             inherited: Inherited::default(),
         }
@@ -475,9 +487,27 @@ impl Socket {
     }
 
     /// The program did something to the kernel socket that cannot be
-    /// undone, or shared it: never reused.
+    /// undone, or shared it: never reused, so the hidden copy it was lent
+    /// goes now (it would keep the kernel socket open past the program's
+    /// last close, and a forked child must not inherit it).
     pub(crate) fn taint(&self) {
         self.clean.store(false, Ordering::Relaxed);
+        crate::socket::reuse::give_up(self);
+    }
+
+    /// Notes `fd`, the hidden kept socket this one duplicates.
+    pub(crate) fn lend(&self, fd: libc::c_int) {
+        self.lent.store(fd, Ordering::Relaxed);
+    }
+
+    /// Whether it holds a lent copy.
+    pub(crate) fn has_lent(&self) -> bool {
+        self.lent.load(Ordering::Relaxed) >= 0
+    }
+
+    /// The hidden fd this socket was lent, now the caller's.
+    pub(crate) fn take_lent(&self) -> Option<libc::c_int> {
+        Some(self.lent.swap(-1, Ordering::Relaxed)).filter(|&fd| fd >= 0)
     }
 
     /// The program set resettable option `bit` (see `reuse::RESETTABLE`).

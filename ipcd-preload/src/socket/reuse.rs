@@ -5,6 +5,18 @@
 //! the next `socket()` or `accept()` of the family takes it with
 //! `F_DUPFD(…, 0)`, which gives the lowest free number as `socket()` would.
 //!
+//! The hidden fd stays open while the program holds the duplicate (it is
+//! *lent*, [`Socket::lend`]): a clean last close is then only the
+//! program's `close`, and the next `socket()` one `fcntl` — two system
+//! calls per connection instead of four (moving the socket out to a
+//! hidden number and back, and closing each old number). Lent and kept
+//! sockets together stay within [`CAPACITY`] per family, so a program
+//! with many connections holds few extra fds. A lent copy goes as soon as
+//! the socket can no longer be kept (tainted, swapped by [`unbind`],
+//! forgotten, or its last close did not keep it): kept open, it would hold
+//! a kernel connection open past the program's close, or reach a forked
+//! child.
+//!
 //! Clean means nobody could tell the kept socket from a new one: made by
 //! this process, never bound or listened by the program, never shared by
 //! fork, exec or `SCM_RIGHTS`, no option, ioctl or fcntl of the program's
@@ -15,6 +27,7 @@
 //! truly new one ([`unbind`]) before anything that could show the binding.
 
 use std::os::fd::IntoRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use ipcd_proto::SockAddr;
@@ -58,9 +71,16 @@ pub(crate) struct Kept {
 /// (a leaf lock), and across a fork by the forking thread.
 static KEPT: Mutex<Vec<Kept>> = Mutex::new(Vec::new());
 
-/// At most this many of a family are kept: each holds an fd (and maybe a
-/// port) the program does not see.
+/// At most this many of a family are kept or lent: each holds an fd (and
+/// maybe a port) the program does not see.
 const CAPACITY: usize = 8;
+
+/// Lent copies open now, by family (`AF_INET`, `AF_INET6`).
+static LENT: [AtomicUsize; 2] = [const { AtomicUsize::new(0) }; 2];
+
+fn lent(family: c_int) -> &'static AtomicUsize {
+    &LENT[usize::from(family == libc::AF_INET6)]
+}
 
 fn kept() -> MutexGuard<'static, Vec<Kept>> {
     KEPT.lock().unwrap_or_else(|p| p.into_inner())
@@ -71,6 +91,17 @@ fn kept() -> MutexGuard<'static, Vec<Kept>> {
 pub(crate) struct Made {
     pub fd: c_int,
     pub bound: Option<SockAddr>,
+    /// The hidden kept socket `fd` duplicates, for [`Socket::lend`].
+    pub lent: Option<c_int>,
+}
+
+impl Made {
+    /// The socket made for the program from this: holds the lent copy.
+    pub(crate) fn lend_to(&self, sock: &Socket) {
+        if let Some(h) = self.lent {
+            sock.lend(h);
+        }
+    }
 }
 
 /// A TCP socket of `family` with `flags` (`SOCK_NONBLOCK`, `SOCK_CLOEXEC`):
@@ -88,30 +119,51 @@ pub(crate) fn socket(family: c_int, flags: c_int) -> Result<Made, c_int> {
         let cmd = if flags & libc::SOCK_CLOEXEC != 0 { libc::F_DUPFD_CLOEXEC } else { libc::F_DUPFD };
         // SAFETY: duplicates our hidden fd to the lowest free number.
         let fd = unsafe { real::fcntl(k.fd, cmd, 0) };
-        fds::unhide(k.fd);
-        // SAFETY: our hidden fd, which nobody else knows; with `fd` made,
-        // closing it only drops a reference. If `fd` failed (no free
-        // number), this frees one for the new socket below.
-        unsafe { real::close(k.fd) };
         if fd >= 0 {
             if k.nonblock != nonblock {
                 real::set_kernel_nonblocking(fd, nonblock);
             }
-            return Ok(Made { fd, bound: k.bound });
+            lent(family).fetch_add(1, Ordering::Relaxed);
+            return Ok(Made { fd, bound: k.bound, lent: Some(k.fd) });
         }
+        // No free number: closing ours frees one for the new socket below.
+        drop_hidden(k.fd);
     }
     // SAFETY: plain socket creation.
     let fd = unsafe { real::socket(family, libc::SOCK_STREAM | flags, 0) };
     if fd < 0 {
         return Err(real::errno());
     }
-    Ok(Made { fd, bound: None })
+    Ok(Made { fd, bound: None, lent: None })
+}
+
+/// Closes hidden `fd`, a kept socket nobody else knows (the program may
+/// still hold a duplicate, which keeps the kernel socket).
+fn drop_hidden(fd: c_int) {
+    fds::unhide(fd);
+    // SAFETY: our hidden fd; closing it drops one reference.
+    unsafe { real::close(fd) };
+}
+
+/// `sock` will not be kept: the copy it was lent, if any, goes.
+pub(crate) fn give_up(sock: &Socket) {
+    if let Some(h) = sock.take_lent() {
+        lent(sock.family).fetch_sub(1, Ordering::Relaxed);
+        drop_hidden(h);
+    }
 }
 
 /// The last close of `sock`, still open as `fd`, is under way (nothing
 /// else uses it): keeps its kernel socket if it is clean.
+/// What is not kept, the caller's `close_now` lets go (see [`give_up`]).
 pub(crate) fn keep(fd: c_int, sock: &Socket, bound: Option<SockAddr>) {
-    if !sock.is_clean() || kept().iter().filter(|k| k.family == sock.family).count() >= CAPACITY {
+    let family = sock.family;
+    let full = || {
+        let kept = kept().iter().filter(|k| k.family == family).count();
+        // A lent copy coming back was counted already.
+        kept + lent(family).load(Ordering::Relaxed) >= CAPACITY + usize::from(sock.has_lent())
+    };
+    if !sock.is_clean() || full() {
         return;
     }
     let resets = sock.resets();
@@ -123,9 +175,17 @@ pub(crate) fn keep(fd: c_int, sock: &Socket, bound: Option<SockAddr>) {
             return;
         }
     }
-    let Some(copy) = fds::hidden_copy(fd) else { return };
-    let fd = copy.into_raw_fd();
-    kept().push(Kept { fd, family: sock.family, bound, nonblock: sock.nonblocking() });
+    let hidden = match sock.take_lent() {
+        Some(h) => {
+            lent(family).fetch_sub(1, Ordering::Relaxed);
+            h
+        }
+        None => match fds::hidden_copy(fd) {
+            Some(copy) => copy.into_raw_fd(),
+            None => return,
+        },
+    };
+    kept().push(Kept { fd: hidden, family, bound, nonblock: sock.nonblocking() });
 }
 
 /// A fresh socket `fd` of ours was a kept one still bound (`bound` in its
@@ -169,6 +229,8 @@ pub(crate) fn unbind(fd: c_int, sock: &Socket, state: &mut State) -> bool {
     };
     if ok {
         *bound = None;
+        // The copy is of the old, bound socket.
+        give_up(sock);
     }
     ok
 }
@@ -182,8 +244,6 @@ pub(crate) fn lock_for_fork() -> MutexGuard<'static, Vec<Kept>> {
 /// closes its copies rather than hand them out a second time.
 pub(crate) fn forget_in_child(kept: &mut Vec<Kept>) {
     for k in kept.drain(..) {
-        fds::unhide(k.fd);
-        // SAFETY: the child's copy of our hidden fd.
-        unsafe { real::close(k.fd) };
+        drop_hidden(k.fd);
     }
 }

@@ -548,6 +548,7 @@ fn accepted(sock: &Socket, pending: Pending, pid: u32, flags: libc::c_int) -> Re
     stream.bound = made.bound;
     let new = Arc::new(Socket::new(sock.family, flags & libc::SOCK_NONBLOCK != 0, State::Stream(Box::new(stream))));
     new.set_clean();
+    made.lend_to(&new);
     sock.inherited.pass_to(fd, &new);
     if let Err(new) = table::install(fd, new) {
         // An fd beyond the table: we cannot serve it.

@@ -32,6 +32,10 @@
 //!                             prints every observable (compare runs)
 //! probe kept-inode            prints whether a socket made after a
 //!                             connection closed has its kernel socket
+//! probe kernel-sink N         prints its port, takes N connections in
+//!                             turn, printing how many bytes came before
+//!                             each one's end (run without ipcd by
+//!                             `kept-kernel-peer`)
 //! probe fd-capacity SOFT      prints how many connections fit under a
 //!                             soft fd limit of SOFT
 //! probe epoll-serve|epoll-load|conn-serve|conn-client|bench-server|
@@ -162,6 +166,7 @@ const CHECKS: &[Check] = &[
     ("bad-args", bad_args),
     ("closed-names", closed_names),
     ("kept-sockets", kept_sockets),
+    ("kept-kernel-peer", kept_kernel_peer),
     ("burst", burst),
     ("inherited-options", inherited_options),
     ("tcp-info", tcp_info),
@@ -236,6 +241,7 @@ fn main() {
         "exec-worker" => exec_worker(num(1) as i32, num(2) as i32, num(3) as u8),
         "diff-trace" => diff_traces(num(1), num(2)),
         "kept-inode" => kept_inode(),
+        "kernel-sink" => kernel_sink(num(1)),
         "fd-capacity" => fd_capacity(num(1)),
         "many-clients" => many_clients(num(1) as u16, num(2) as usize),
         other => Err(format!("unknown command {other:?}; see the module docs")),

@@ -193,3 +193,74 @@ pub(crate) fn fd_capacity(soft: u64) -> Res {
     net::close(l);
     Ok(())
 }
+
+/// After connections closed, new sockets (under ipcd, kept kernel
+/// sockets, bound by the library or not, whose hidden copies the library
+/// holds while the program uses them) connected to a program without
+/// ipcd carry bytes, and each one's close reaches that peer as FIN at
+/// once: nothing of ours keeps a kernel socket open past the program's
+/// close.
+pub(crate) fn kept_kernel_peer() -> Res {
+    use std::io::BufRead;
+    // More than the kept sockets of a family, accepted (unbound) and
+    // connected (bound where the library bound them) alike.
+    const CONNS: usize = 10;
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    churn(false, l, port)?;
+    net::close(l);
+    // Sockets closed unused: under ipcd, kept unbound.
+    let fresh: Vec<i32> = (0..6).map(|_| net::tcp_socket(false)).collect::<Result<_, _>>().map_err(f)?;
+    for fd in fresh {
+        net::close(fd);
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut sink = std::process::Command::new(exe)
+        .args(["kernel-sink", &CONNS.to_string()])
+        .env("IPCD_DISABLE", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("probe kernel-sink: {e}"))?;
+    let mut lines = std::io::BufReader::new(sink.stdout.take().ok_or("no stdout")?).lines();
+    let sink_port: u16 = lines.next().and_then(Result::ok).and_then(|l| l.parse().ok()).ok_or("no port")?;
+    for i in 0..CONNS {
+        let c = net::connect_loopback(false, sink_port).map_err(f)?;
+        net::send_all(c, b"kept").map_err(f)?;
+        net::close(c);
+        let said = lines.next().and_then(Result::ok).unwrap_or_default();
+        ensure!(said == "4", "connection {i}: the peer without ipcd read {said:?} (4 bytes, then the end within 5 s)");
+    }
+    let status = sink.wait().map_err(|e| e.to_string())?;
+    ensure!(status.success(), "kernel-sink: {status}");
+    Ok(())
+}
+
+/// The peer of [`kept_kernel_peer`], run without ipcd: prints its port,
+/// then takes `count` connections one after another, printing for each
+/// how many bytes came before its end, or `no end` if none came within
+/// 5 s.
+pub(crate) fn kernel_sink(count: u64) -> Res {
+    use std::io::Write;
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    println!("{port}");
+    for _ in 0..count {
+        std::io::stdout().flush().map_err(|e| e.to_string())?;
+        let s = net::accept(l).map_err(f)?;
+        set_timeout(s, 5)?;
+        let mut n = 0;
+        let mut buf = [0u8; 64];
+        loop {
+            match recv(s, &mut buf, 0) {
+                0 => break,
+                r if r > 0 => n += r,
+                _ => {
+                    println!("no end");
+                    return Ok(());
+                }
+            }
+        }
+        println!("{n}");
+        net::close(s);
+    }
+    net::close(l);
+    Ok(())
+}
