@@ -164,7 +164,7 @@ enum Cmd {
         #[arg(long, default_value = "ipcd-bench")]
         out: PathBuf,
         /// Run only these groups of workloads, comma-separated: latency,
-        /// stream, setup, epoll, programs, scaling, monitor [default: all].
+        /// stream, setup, epoll, programs, scaling, monitor, footprint [default: all].
         #[arg(long, value_delimiter = ',', value_name = "GROUPS")]
         only: Vec<ipcd_monitor::bench::Group>,
     },

@@ -164,6 +164,7 @@ fn ipcd_bench_quick_writes_every_result() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("ipcd gain") && table.contains("round trip 8 B"), "{table}");
     assert!(table.contains("scaling: 8 pair(s)") && table.contains("CPU per message"), "{table}");
+    assert!(table.contains("idle connections") && table.contains("kB/conn"), "{table}");
 }
 
 #[test]

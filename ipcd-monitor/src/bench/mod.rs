@@ -5,6 +5,7 @@
 //! of their own.
 
 mod chart;
+mod footprint;
 pub mod net;
 mod programs;
 mod queues;
@@ -51,12 +52,22 @@ pub enum Group {
     Scaling,
     /// Requests a monitor takes per second in each `--queues` mode.
     Monitor,
+    /// Memory and fds per idle connection.
+    Footprint,
 }
 
 impl Group {
     /// Every group, in the order a run takes them.
-    pub const ALL: [Group; 7] =
-        [Group::Latency, Group::Stream, Group::Setup, Group::Epoll, Group::Programs, Group::Scaling, Group::Monitor];
+    pub const ALL: [Group; 8] = [
+        Group::Latency,
+        Group::Stream,
+        Group::Setup,
+        Group::Epoll,
+        Group::Programs,
+        Group::Scaling,
+        Group::Monitor,
+        Group::Footprint,
+    ];
 
     /// The name `--only` takes.
     pub fn name(self) -> &'static str {
@@ -68,6 +79,7 @@ impl Group {
             Group::Programs => "programs",
             Group::Scaling => "scaling",
             Group::Monitor => "monitor",
+            Group::Footprint => "footprint",
         }
     }
 }
@@ -186,6 +198,17 @@ impl Drop for Monitor {
     }
 }
 
+/// `ipcd workload ARGS…` over transport `t` (ipcd: under the library,
+/// served by the monitor on `socket`), stdin empty.
+fn workload_cmd(opts: &Options, t: Transport, socket: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(&opts.ipcd);
+    c.arg("workload").args(args).env_remove("LD_PRELOAD").stdin(Stdio::null()).stderr(Stdio::inherit());
+    if t == Transport::Ipcd {
+        c.env("LD_PRELOAD", &opts.preload).env("IPCD_SOCKET", socket);
+    }
+    c
+}
+
 struct Runner<'a> {
     opts: &'a Options,
     monitor: Monitor,
@@ -193,12 +216,7 @@ struct Runner<'a> {
 
 impl Runner<'_> {
     fn cmd(&self, t: Transport, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.opts.ipcd);
-        c.arg("workload").args(args).env_remove("LD_PRELOAD").stdin(Stdio::null()).stderr(Stdio::inherit());
-        if t == Transport::Ipcd {
-            c.env("LD_PRELOAD", &self.opts.preload).env("IPCD_SOCKET", &self.monitor.socket);
-        }
-        c
+        workload_cmd(self.opts, t, &self.monitor.socket, args)
     }
 
     /// Starts a server that prints its address, runs the client, returns
@@ -331,7 +349,8 @@ pub fn run(opts: &Options) -> Result<(), String> {
         + steps(Group::Epoll, reps * 3 * 2)
         + steps(Group::Programs, programs::steps(reps))
         + steps(Group::Scaling, scaling::steps(reps, all.len()))
-        + steps(Group::Monitor, queues::steps(reps));
+        + steps(Group::Monitor, queues::steps(reps))
+        + steps(Group::Footprint, footprint::steps(reps));
     let mut progress = Progress { done: 0, total };
     let mut rows = Vec::new();
 
@@ -407,6 +426,9 @@ pub fn run(opts: &Options) -> Result<(), String> {
     }
     let monitor_rows =
         if opts.runs(Group::Monitor) { queues::run(&opts.ipcd, opts.quick, reps, &mut progress) } else { Vec::new() };
+    if opts.runs(Group::Footprint) {
+        footprint::run(opts, reps, &mut progress, &mut rows);
+    }
     eprintln!();
     print_table(&rows);
     print_queue_table(&monitor_rows);

@@ -12,6 +12,13 @@
 //!                                after N connections closed
 //! epoll-load PORT C R            R rounds of an 8-byte request on each of
 //!                                C connections; prints ns
+//! idle-serve N                   accepts N connections, echoes a byte on
+//!                                each and holds them until stdin ends;
+//!                                prints its port
+//! idle-client PORT N STEP        prints 0, then per line read on stdin
+//!                                STEP more connections (a byte each way),
+//!                                printing how many it holds; at N it
+//!                                holds them until stdin ends
 //! ```
 //!
 //! `IPCD_WORKLOAD_CPU=N` pins the process to core N first.
@@ -67,6 +74,8 @@ pub fn run(args: &[String]) -> Option<Result<(), String>> {
                 (|| bench_client(&arg(1), &arg(2), arg(3).parse().ok(), &arg(4), num(5)? as usize, num(6)?))()
             }
             "monitor-client" => num(2).and_then(|n| super::queues::client(&arg(1), n)),
+            "idle-serve" => num(1).and_then(|n| idle_serve(n as usize)),
+            "idle-client" => (|| idle_client(num(1)? as u16, num(2)? as usize, num(3)? as usize))(),
             _ => return None,
         };
         Some(r)
@@ -100,6 +109,64 @@ fn epoll_load(port: u16, conns: usize, rounds: usize) -> Res {
         net::close(c);
     }
     Ok(())
+}
+
+/// Idle-connection server: accepts `count` connections, echoes one byte
+/// on each and holds them all until its stdin ends. Prints its port.
+fn idle_serve(count: usize) -> Res {
+    raise_nofile();
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    println!("{port}");
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        let s = net::accept(l).map_err(f)?;
+        let mut b = [0u8; 1];
+        net::read_exact(s, &mut b).map_err(f)?;
+        net::send_all(s, &b).map_err(f)?;
+        held.push(s);
+    }
+    until_stdin_ends();
+    for s in held {
+        net::close(s);
+    }
+    net::close(l);
+    Ok(())
+}
+
+/// Idle-connection client: `count` connections in steps of `step`, one
+/// step per line read on stdin, printing how many it holds before each
+/// (0 first); holds them until stdin ends.
+fn idle_client(port: u16, count: usize, step: usize) -> Res {
+    use std::io::{BufRead, Write};
+    ensure!(step > 0, "a step of 0 connections");
+    raise_nofile();
+    let mut held = Vec::with_capacity(count);
+    let mut lines = std::io::stdin().lock().lines();
+    loop {
+        println!("{}", held.len());
+        std::io::stdout().flush().map_err(|e| e.to_string())?;
+        if held.len() >= count || lines.next().is_none() {
+            break;
+        }
+        for _ in 0..step.min(count - held.len()) {
+            let c = net::connect_loopback(false, port).map_err(f)?;
+            net::send_all(c, b"i").map_err(f)?;
+            let mut b = [0u8; 1];
+            net::read_exact(c, &mut b).map_err(f)?;
+            held.push(c);
+        }
+    }
+    drop(lines);
+    until_stdin_ends();
+    for c in held {
+        net::close(c);
+    }
+    Ok(())
+}
+
+/// Blocks until stdin reaches its end (the benchmark closed it).
+fn until_stdin_ends() {
+    let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
 }
 
 /// Connection set-up server: `count` connections, each one byte echoed,
