@@ -500,11 +500,6 @@ impl Socket {
         self.lent.store(fd, Ordering::Relaxed);
     }
 
-    /// Whether it holds a lent copy.
-    pub(crate) fn has_lent(&self) -> bool {
-        self.lent.load(Ordering::Relaxed) >= 0
-    }
-
     /// The hidden fd this socket was lent, now the caller's.
     pub(crate) fn take_lent(&self) -> Option<libc::c_int> {
         Some(self.lent.swap(-1, Ordering::Relaxed)).filter(|&fd| fd >= 0)

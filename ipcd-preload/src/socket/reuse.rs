@@ -9,9 +9,10 @@
 //! *lent*, [`Socket::lend`]): a clean last close is then only the
 //! program's `close`, and the next `socket()` one `fcntl` — two system
 //! calls per connection instead of four (moving the socket out to a
-//! hidden number and back, and closing each old number). Lent and kept
-//! sockets together stay within [`CAPACITY`] per family, so a program
-//! with many connections holds few extra fds. A lent copy goes as soon as
+//! hidden number and back, and closing each old number). At most
+//! [`CAPACITY`] per family are kept and as many lent (more sockets in use
+//! take the four calls), so a program with many connections holds few
+//! extra fds. A lent copy goes as soon as
 //! the socket can no longer be kept (tainted, swapped by [`unbind`],
 //! forgotten, or its last close did not keep it): kept open, it would hold
 //! a kernel connection open past the program's close, or reach a forked
@@ -71,8 +72,10 @@ pub(crate) struct Kept {
 /// (a leaf lock), and across a fork by the forking thread.
 static KEPT: Mutex<Vec<Kept>> = Mutex::new(Vec::new());
 
-/// At most this many of a family are kept or lent: each holds an fd (and
-/// maybe a port) the program does not see.
+/// At most this many of a family are kept, and as many lent: each holds
+/// an fd (and maybe a port) the program does not see. (Counting lent ones
+/// against the kept ones made a server with more connections in flight
+/// than this make and destroy a kernel socket for each extra one.)
 const CAPACITY: usize = 8;
 
 /// Lent copies open now, by family (`AF_INET`, `AF_INET6`).
@@ -123,8 +126,15 @@ pub(crate) fn socket(family: c_int, flags: c_int) -> Result<Made, c_int> {
             if k.nonblock != nonblock {
                 real::set_kernel_nonblocking(fd, nonblock);
             }
-            lent(family).fetch_add(1, Ordering::Relaxed);
-            return Ok(Made { fd, bound: k.bound, lent: Some(k.fd) });
+            // Lent while few are: beyond, one more hidden fd per socket in
+            // use would be one more per connection.
+            let lend = lent(family).fetch_add(1, Ordering::Relaxed) < CAPACITY;
+            if lend {
+                return Ok(Made { fd, bound: k.bound, lent: Some(k.fd) });
+            }
+            lent(family).fetch_sub(1, Ordering::Relaxed);
+            drop_hidden(k.fd);
+            return Ok(Made { fd, bound: k.bound, lent: None });
         }
         // No free number: closing ours frees one for the new socket below.
         drop_hidden(k.fd);
@@ -158,12 +168,7 @@ pub(crate) fn give_up(sock: &Socket) {
 /// What is not kept, the caller's `close_now` lets go (see [`give_up`]).
 pub(crate) fn keep(fd: c_int, sock: &Socket, bound: Option<SockAddr>) {
     let family = sock.family;
-    let full = || {
-        let kept = kept().iter().filter(|k| k.family == family).count();
-        // A lent copy coming back was counted already.
-        kept + lent(family).load(Ordering::Relaxed) >= CAPACITY + usize::from(sock.has_lent())
-    };
-    if !sock.is_clean() || full() {
+    if !sock.is_clean() || kept().iter().filter(|k| k.family == family).count() >= CAPACITY {
         return;
     }
     let resets = sock.resets();
