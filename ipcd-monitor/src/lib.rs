@@ -12,6 +12,7 @@ pub mod bench;
 /// The monitor client lives in `ipcd-proto`, for tools that need only it.
 pub use ipcd_proto::client;
 pub mod config;
+mod control_pages;
 pub mod daemon;
 pub mod limits;
 pub mod local_addrs;

@@ -13,7 +13,15 @@ use memmap2::MmapMut;
 /// One connection's shared memory, owned by the monitor.
 pub struct SharedSegment {
     file: File,
+    /// The whole segment, which the monitor itself never touches (relays
+    /// map their own): touching it would cost a page-table page per
+    /// connection (it is megabytes wide).
     map: MmapMut,
+    /// The segment's first page, where the view reads and writes the
+    /// header and ring controls: these mappings lie side by side and
+    /// share page tables. None for a relay's own mapping, which moves
+    /// bytes.
+    _ctrl: Option<crate::control_pages::ControlPage>,
     view: Segment,
 }
 
@@ -63,20 +71,35 @@ impl SharedSegment {
         let caps = [ring_bytes, ring_bytes];
         let len =
             Segment::required_len(caps).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        let mut view = None;
-        let (file, map) = sealed_memfd(c"ipcd-conn", len, |base| {
+        let (file, init_map) = sealed_memfd(c"ipcd-conn", len, |base| {
             // SAFETY: the mapping is page-aligned, `len` bytes, ours alone
-            // now, and lives in `self` as long as the view.
-            view = Some(unsafe { Segment::init(base, len, conn, caps) }?);
-            Ok(())
+            // now; the view is dropped at once.
+            unsafe { Segment::init(base, len, conn, caps) }.map(drop)
         })?;
-        let view = view.ok_or_else(|| io::Error::other("segment not made"))?;
-        Ok(SharedSegment { file, map, view })
+        // Its first page is touched: mapped afresh, split (see the fields).
+        drop(init_map);
+        SharedSegment::split(file)
+    }
+
+    /// Maps `file`, an initialised segment, as the monitor keeps it: the
+    /// whole, untouched, and its first page for the view.
+    fn split(file: File) -> io::Result<SharedSegment> {
+        // SAFETY: the memfd is sealed against shrinking; every index read
+        // through the view is validated.
+        let mut map = unsafe { MmapMut::map_mut(&file)? };
+        let ctrl = crate::control_pages::ControlPage::map(file.as_fd())?;
+        let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| io::Error::other("null mapping"))?;
+        // SAFETY: two live, page-aligned shared mappings of the same memfd
+        // from offset 0, owned with the view by the returned value.
+        let view = unsafe { Segment::attach_split(ctrl.as_ptr(), ctrl.len(), base, map.len()) }
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        Ok(SharedSegment { file, map, _ctrl: Some(ctrl), view })
     }
 
     /// A second mapping of the same segment, for a thread that outlives
     /// this record's use of it (a relay): its own memfd and mapping, so it
-    /// stays valid whatever happens to this one.
+    /// stays valid whatever happens to this one. Not split: a relay
+    /// touches the data anyway.
     pub fn map_again(&self) -> io::Result<SharedSegment> {
         let file = self.file.try_clone()?;
         // SAFETY: the memfd is sealed against shrinking; every index read
@@ -87,7 +110,7 @@ impl SharedSegment {
         // owned by the returned value with the view.
         let view = unsafe { Segment::attach(base, map.len()) }
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        Ok(SharedSegment { file, map, view })
+        Ok(SharedSegment { file, map, _ctrl: None, view })
     }
 
     /// The memfd, to pass to the two ends.

@@ -85,6 +85,9 @@ impl EndLock {
 #[derive(Debug, Clone, Copy)]
 pub struct Segment {
     base: NonNull<u8>,
+    /// Where the header and ring controls are read: `base`, or a second
+    /// mapping of the segment's first bytes ([`Segment::attach_split`]).
+    ctrl: NonNull<u8>,
     len: usize,
     pub(crate) conn_id: u64,
     caps: [u64; 2],
@@ -128,6 +131,11 @@ fn check_region(base: NonNull<u8>, len: usize, need: usize) -> Result<(), Error>
 }
 
 impl Segment {
+    /// Bytes of the header and the two rings' controls, at the start of
+    /// every segment (the data areas follow): what the `ctrl` region of
+    /// [`Segment::attach_split`] must hold.
+    pub const CONTROL_LEN: usize = DATA_START;
+
     /// Bytes a segment with ring capacities `caps` (A→B, B→A) needs.
     ///
     /// ```
@@ -172,7 +180,7 @@ impl Segment {
         // SAFETY: the region is valid, aligned and large enough (checked above,
         // validity by contract), and nobody else uses it during init.
         unsafe { base.cast::<SegmentControl>().as_ptr().write(control) };
-        Ok(Segment { base, len, conn_id, caps })
+        Ok(Segment { base, ctrl: base, len, conn_id, caps })
     }
 
     /// Validates a segment another process initialised and returns a view.
@@ -186,10 +194,53 @@ impl Segment {
     /// or rejected, never trusted) and stay mapped while the view or any
     /// handle made from it exists.
     pub unsafe fn attach(base: NonNull<u8>, len: usize) -> Result<Segment, Error> {
-        check_region(base, len, DATA_START)?;
+        // SAFETY: the caller's contract, with the control area in the region.
+        unsafe { Segment::attach_split(base, len, base, len) }
+    }
+
+    /// [`Segment::attach`] with the header and ring controls read and
+    /// written through `ctrl`, a second mapping of the segment's first
+    /// [`Segment::CONTROL_LEN`] bytes, and the data through `base`. A
+    /// process that only watches and steers connections (ipcd's monitor)
+    /// touches then only `ctrl`: many segments' control pages mapped side
+    /// by side share page tables, where each whole segment, megabytes
+    /// wide, needs its own as soon as one of its pages is touched.
+    ///
+    /// ```
+    /// # use std::ptr::NonNull;
+    /// use ipcd_ring::{ConnSegment, Segment, Side};
+    /// let len = Segment::required_len([4096, 4096]).unwrap();
+    /// let layout = std::alloc::Layout::from_size_align(len, ipcd_ring::SEGMENT_ALIGN).unwrap();
+    /// // SAFETY: a non-zero size; freed below.
+    /// let base = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }).unwrap();
+    /// // SAFETY: a fresh region of `len` bytes, aligned, ours alone.
+    /// let full = unsafe { Segment::init(base, len, 7, [4096, 4096]) }.unwrap();
+    /// // Here the "second mapping" is the same memory; in ipcd it is a
+    /// // mapping of the memfd's first page.
+    /// // SAFETY: both regions hold the segment `init` wrote and outlive the view.
+    /// let split = unsafe { Segment::attach_split(base, Segment::CONTROL_LEN, base, len) }.unwrap();
+    /// assert_eq!(split.conn_id(), 7);
+    /// split.expect(9);
+    /// assert_eq!(full.ticket(9), ipcd_ring::Ticket::Expected);
+    /// // SAFETY: allocated above with this layout; the views are not used again.
+    /// unsafe { std::alloc::dealloc(base.as_ptr(), layout) };
+    /// ```
+    ///
+    /// # Safety
+    /// As for [`Segment::attach`], for both regions; `ctrl..ctrl +
+    /// ctrl_len` must map the same memory as the first bytes at `base`
+    /// (the same file at offset 0), so that what a peer writes through
+    /// either is seen through the other.
+    pub unsafe fn attach_split(
+        ctrl: NonNull<u8>,
+        ctrl_len: usize,
+        base: NonNull<u8>,
+        len: usize,
+    ) -> Result<Segment, Error> {
+        check_region(ctrl, ctrl_len, DATA_START)?;
         // SAFETY: the control area lies within the region (checked), every
         // field is an atomic integer for which any bit pattern is valid.
-        let header = unsafe { &base.cast::<SegmentControl>().as_ref().header };
+        let header = unsafe { &ctrl.cast::<SegmentControl>().as_ref().header };
         let magic = header.magic.load(Ordering::Acquire);
         if magic != SEGMENT_MAGIC {
             return Err(Error::BadMagic(magic));
@@ -208,7 +259,7 @@ impl Segment {
         }
         check_region(base, len, total)?;
         let conn_id = header.conn_id.load(Ordering::Relaxed);
-        Ok(Segment { base, len, conn_id, caps })
+        Ok(Segment { base, ctrl, len, conn_id, caps })
     }
 
     /// The connection id the monitor assigned.
@@ -232,9 +283,9 @@ impl Segment {
     }
 
     pub(crate) fn control(&self) -> &SegmentControl {
-        // SAFETY: validated to lie in the region, valid per the contract of
-        // `init`/`attach`; all fields are atomics.
-        unsafe { self.base.cast::<SegmentControl>().as_ref() }
+        // SAFETY: validated to lie in the control region, valid per the
+        // contract of `init`/`attach`/`attach_split`; all fields are atomics.
+        unsafe { self.ctrl.cast::<SegmentControl>().as_ref() }
     }
 
     pub(crate) fn ring(&self, ring: usize) -> (NonNull<RingControl>, DataArea) {

@@ -299,3 +299,34 @@ fn a_dead_end_closes_with_a_reset_only_if_it_left_bytes_unread() {
     let _ = seg.close_dead_end(Side::B, true);
     assert_eq!(rx.peer_state(), PeerState::Reset);
 }
+
+#[test]
+fn a_split_view_keeps_controls_in_its_control_region_and_data_in_the_other() {
+    let (r, seg) = segment([64, 256]);
+    // A copy of the control area stands for the second mapping: what the
+    // split view does to controls lands there, bytes in `r`.
+    let ctrl = Region::new(4096);
+    // SAFETY: both regions are valid for the lengths given and outlive the copy.
+    unsafe { std::ptr::copy_nonoverlapping(r.ptr().as_ptr(), ctrl.ptr().as_ptr(), Segment::CONTROL_LEN) };
+    // SAFETY: as above; views used only within this test.
+    let short = unsafe { Segment::attach_split(ctrl.ptr(), Segment::CONTROL_LEN - 1, r.ptr(), r.len()) };
+    assert!(matches!(short, Err(Error::RegionTooSmall { .. })), "a control region shorter than the controls");
+    // SAFETY: as above.
+    let small = unsafe { Segment::attach_split(ctrl.ptr(), ctrl.len(), r.ptr(), r.len() - 1) };
+    assert!(matches!(small, Err(Error::RegionTooSmall { .. })), "a data region shorter than the segment");
+    // SAFETY: as above.
+    let split = unsafe { Segment::attach_split(ctrl.ptr(), ctrl.len(), r.ptr(), r.len()) }.unwrap();
+    assert_eq!((split.conn_id(), split.capacity(Side::B)), (42, 256));
+    split.expect(7);
+    assert_eq!(seg.ticket(7), ipcd_ring::Ticket::Other, "the ticket went to the control region only");
+    // SAFETY: test: the split view's producer of A is the only one.
+    let mut tx = unsafe { split.producer(Side::A) }.unwrap();
+    assert_eq!(tx.write(b"split").unwrap().len, 5);
+    assert_eq!((split.written(Side::A), seg.written(Side::A)), (5, 0), "tail in the control region");
+    // The bytes themselves went to the data region, where ring A's area
+    // starts right after the controls.
+    let mut buf = [0u8; 5];
+    // SAFETY: `r` holds CONTROL_LEN + 5 readable bytes.
+    unsafe { std::ptr::copy_nonoverlapping(r.ptr().as_ptr().add(Segment::CONTROL_LEN), buf.as_mut_ptr(), 5) };
+    assert_eq!(&buf, b"split");
+}
