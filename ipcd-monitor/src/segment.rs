@@ -13,21 +13,19 @@ use memmap2::MmapMut;
 /// One connection's shared memory, owned by the monitor.
 pub struct SharedSegment {
     file: File,
-    /// The whole segment, which the monitor itself never touches (relays
-    /// map their own): touching it would cost a page-table page per
-    /// connection (it is megabytes wide).
-    map: MmapMut,
-    /// The segment's first page, where the view reads and writes the
-    /// header and ring controls: these mappings lie side by side and
-    /// share page tables. None for a relay's own mapping, which moves
-    /// bytes.
-    _ctrl: Option<crate::control_pages::ControlPage>,
+    /// Its first page, for the connection's records: the header and ring
+    /// controls are all the monitor touches, and these pages lie side by
+    /// side (see `control_pages`), where each whole segment, megabytes
+    /// wide, would cost a page-table page and its address space.
+    _page: Option<crate::control_pages::ControlPage>,
+    /// The whole of it, for a relay, which moves bytes.
+    _whole: Option<MmapMut>,
     view: Segment,
 }
 
 impl std::fmt::Debug for SharedSegment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedSegment").field("conn", &self.view.conn_id()).field("len", &self.map.len()).finish()
+        f.debug_struct("SharedSegment").field("conn", &self.view.conn_id()).field("len", &self.len()).finish()
     }
 }
 
@@ -65,41 +63,46 @@ pub(crate) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 impl SharedSegment {
-    /// Creates, sizes, initialises and seals a segment with two rings of
-    /// `ring_bytes` each. Pages are allocated only when touched.
+    /// Creates, sizes, initialises and seals a connection's segment with
+    /// two rings of `ring_bytes` each, kept here through its first page
+    /// alone (see `_page`): the monitor steers the connection and moves
+    /// none of its bytes. Pages are allocated only when touched.
     pub fn create(conn: u64, ring_bytes: u64) -> io::Result<SharedSegment> {
+        let (file, whole) = SharedSegment::create_whole(conn, ring_bytes)?.into_file_and_map();
+        drop(whole);
+        let page = crate::control_pages::ControlPage::map(file.as_fd())?;
+        // SAFETY: a live shared mapping of the memfd's first page, which
+        // `init` filled, owned with the view by the returned value.
+        let view = unsafe { Segment::attach_control(page.as_ptr(), page.len()) }
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        Ok(SharedSegment { file, _page: Some(page), _whole: None, view })
+    }
+
+    /// [`SharedSegment::create`], mapped whole: for a ring whose bytes the
+    /// monitor reads (a process's request queue).
+    pub fn create_whole(conn: u64, ring_bytes: u64) -> io::Result<SharedSegment> {
         let caps = [ring_bytes, ring_bytes];
         let len =
             Segment::required_len(caps).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        let (file, init_map) = sealed_memfd(c"ipcd-conn", len, |base| {
+        let mut view = None;
+        let (file, map) = sealed_memfd(c"ipcd-conn", len, |base| {
             // SAFETY: the mapping is page-aligned, `len` bytes, ours alone
-            // now; the view is dropped at once.
-            unsafe { Segment::init(base, len, conn, caps) }.map(drop)
+            // now, and lives in the result as long as the view.
+            view = Some(unsafe { Segment::init(base, len, conn, caps) }?);
+            Ok(())
         })?;
-        // Its first page is touched: mapped afresh, split (see the fields).
-        drop(init_map);
-        SharedSegment::split(file)
+        let view = view.ok_or_else(|| io::Error::other("segment not made"))?;
+        Ok(SharedSegment { file, _page: None, _whole: Some(map), view })
     }
 
-    /// Maps `file`, an initialised segment, as the monitor keeps it: the
-    /// whole, untouched, and its first page for the view.
-    fn split(file: File) -> io::Result<SharedSegment> {
-        // SAFETY: the memfd is sealed against shrinking; every index read
-        // through the view is validated.
-        let mut map = unsafe { MmapMut::map_mut(&file)? };
-        let ctrl = crate::control_pages::ControlPage::map(file.as_fd())?;
-        let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| io::Error::other("null mapping"))?;
-        // SAFETY: two live, page-aligned shared mappings of the same memfd
-        // from offset 0, owned with the view by the returned value.
-        let view = unsafe { Segment::attach_split(ctrl.as_ptr(), ctrl.len(), base, map.len()) }
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        Ok(SharedSegment { file, map, _ctrl: Some(ctrl), view })
+    /// The memfd and the whole mapping, the view given up.
+    fn into_file_and_map(self) -> (File, Option<MmapMut>) {
+        (self.file, self._whole)
     }
 
     /// A second mapping of the same segment, for a thread that outlives
     /// this record's use of it (a relay): its own memfd and mapping, so it
-    /// stays valid whatever happens to this one. Not split: a relay
-    /// touches the data anyway.
+    /// stays valid whatever happens to this one.
     pub fn map_again(&self) -> io::Result<SharedSegment> {
         let file = self.file.try_clone()?;
         // SAFETY: the memfd is sealed against shrinking; every index read
@@ -110,7 +113,7 @@ impl SharedSegment {
         // owned by the returned value with the view.
         let view = unsafe { Segment::attach(base, map.len()) }
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        Ok(SharedSegment { file, map, _ctrl: None, view })
+        Ok(SharedSegment { file, _page: None, _whole: Some(map), view })
     }
 
     /// The memfd, to pass to the two ends.
@@ -150,7 +153,7 @@ impl SharedSegment {
         if touched.iter().any(|&w| w > KEEP_TOUCHED) {
             // Everything past the first page (the control area lives in it).
             let page = 4096;
-            let len = self.map.len().saturating_sub(page) as libc::off_t;
+            let len = self.len().saturating_sub(page) as libc::off_t;
             // SAFETY: fallocate on our own memfd; punching a hole keeps the
             // size (sealed) and reads back zeros, which no ring index trusts.
             unsafe {
@@ -164,14 +167,14 @@ impl SharedSegment {
         }
     }
 
-    /// Length in bytes.
+    /// Length in bytes of the whole segment.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.view.segment_len()
     }
 
     /// Never empty; for clippy's len/is_empty pairing.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        false
     }
 }
 

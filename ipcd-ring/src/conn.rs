@@ -190,12 +190,14 @@ impl ConnSegment for Segment {
     fn close_dead_end(&self, side: Side, abort: bool) -> bool {
         // SAFETY: the end is dead (its holders are gone): this handle only
         // counts what it left unread and moves nothing.
-        let unread = unsafe { self.consumer(side) }.and_then(|mut c| c.readable()).map_or(true, |n| n > 0);
+        // (Control operations only: a control view serves.)
+        let unread = unsafe { self.consumer_of(side) }.and_then(|mut c| c.readable()).map_or(true, |n| n > 0);
         if unread || abort {
             return self.mark_gone(side);
         }
-        // SAFETY: the end is dead: nobody else writes or reads its side now.
-        match unsafe { self.endpoint(side) } {
+        // SAFETY: the end is dead: nobody else writes or reads its side now;
+        // closing touches controls only.
+        match unsafe { self.producer_of(side) }.and_then(|p| Ok((p, unsafe { self.consumer_of(side) }?))) {
             Ok((mut p, mut c)) => {
                 let _ = p.close();
                 let _ = c.close();

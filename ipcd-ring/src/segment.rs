@@ -85,12 +85,11 @@ impl EndLock {
 #[derive(Debug, Clone, Copy)]
 pub struct Segment {
     base: NonNull<u8>,
-    /// Where the header and ring controls are read: `base`, or a second
-    /// mapping of the segment's first bytes ([`Segment::attach_split`]).
-    ctrl: NonNull<u8>,
     len: usize,
     pub(crate) conn_id: u64,
     caps: [u64; 2],
+    /// The data areas are mapped too (not a [`Segment::attach_control`] view).
+    data: bool,
 }
 
 // SAFETY: the view holds a pointer to a mapping that the creator keeps valid
@@ -132,8 +131,8 @@ fn check_region(base: NonNull<u8>, len: usize, need: usize) -> Result<(), Error>
 
 impl Segment {
     /// Bytes of the header and the two rings' controls, at the start of
-    /// every segment (the data areas follow): what the `ctrl` region of
-    /// [`Segment::attach_split`] must hold.
+    /// every segment (the data areas follow): what a
+    /// [`Segment::attach_control`] region must hold.
     pub const CONTROL_LEN: usize = DATA_START;
 
     /// Bytes a segment with ring capacities `caps` (A→B, B→A) needs.
@@ -180,7 +179,7 @@ impl Segment {
         // SAFETY: the region is valid, aligned and large enough (checked above,
         // validity by contract), and nobody else uses it during init.
         unsafe { base.cast::<SegmentControl>().as_ptr().write(control) };
-        Ok(Segment { base, ctrl: base, len, conn_id, caps })
+        Ok(Segment { base, len, conn_id, caps, data: true })
     }
 
     /// Validates a segment another process initialised and returns a view.
@@ -194,53 +193,51 @@ impl Segment {
     /// or rejected, never trusted) and stay mapped while the view or any
     /// handle made from it exists.
     pub unsafe fn attach(base: NonNull<u8>, len: usize) -> Result<Segment, Error> {
-        // SAFETY: the caller's contract, with the control area in the region.
-        unsafe { Segment::attach_split(base, len, base, len) }
+        // SAFETY: the caller's contract, which covers the control area.
+        let mut seg = unsafe { Segment::attach_control(base, len) }?;
+        let (_, total) = data_layout(seg.caps)?;
+        check_region(base, len, total)?;
+        seg.data = true;
+        Ok(seg)
     }
 
-    /// [`Segment::attach`] with the header and ring controls read and
-    /// written through `ctrl`, a second mapping of the segment's first
-    /// [`Segment::CONTROL_LEN`] bytes, and the data through `base`. A
-    /// process that only watches and steers connections (ipcd's monitor)
-    /// touches then only `ctrl`: many segments' control pages mapped side
-    /// by side share page tables, where each whole segment, megabytes
-    /// wide, needs its own as soon as one of its pages is touched.
+    /// A view of a segment's header and ring controls alone, over a
+    /// region that holds at least [`Segment::CONTROL_LEN`] bytes (a mapping
+    /// of the segment's first page): validated as by [`Segment::attach`]
+    /// except for the data areas, which it never touches. For a process
+    /// that watches and steers connections without moving their bytes
+    /// (ipcd's monitor): such mappings lie side by side and share page
+    /// tables, where a whole segment, megabytes wide, needs its own.
+    /// [`Segment::producer`], [`Segment::consumer`] and
+    /// [`Segment::endpoint`] refuse it (`RegionTooSmall`); the header and
+    /// control operations work as on a whole view.
     ///
     /// ```
     /// # use std::ptr::NonNull;
-    /// use ipcd_ring::{ConnSegment, Segment, Side};
+    /// use ipcd_ring::{ConnSegment, Error, Segment, Side};
     /// let len = Segment::required_len([4096, 4096]).unwrap();
     /// let layout = std::alloc::Layout::from_size_align(len, ipcd_ring::SEGMENT_ALIGN).unwrap();
     /// // SAFETY: a non-zero size; freed below.
     /// let base = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }).unwrap();
     /// // SAFETY: a fresh region of `len` bytes, aligned, ours alone.
-    /// let full = unsafe { Segment::init(base, len, 7, [4096, 4096]) }.unwrap();
-    /// // Here the "second mapping" is the same memory; in ipcd it is a
-    /// // mapping of the memfd's first page.
-    /// // SAFETY: both regions hold the segment `init` wrote and outlive the view.
-    /// let split = unsafe { Segment::attach_split(base, Segment::CONTROL_LEN, base, len) }.unwrap();
-    /// assert_eq!(split.conn_id(), 7);
-    /// split.expect(9);
-    /// assert_eq!(full.ticket(9), ipcd_ring::Ticket::Expected);
+    /// let whole = unsafe { Segment::init(base, len, 7, [4096, 4096]) }.unwrap();
+    /// // SAFETY: the segment `init` wrote, outliving the view.
+    /// let ctrl = unsafe { Segment::attach_control(base, Segment::CONTROL_LEN) }.unwrap();
+    /// ctrl.expect(9);
+    /// assert_eq!(whole.ticket(9), ipcd_ring::Ticket::Expected);
+    /// // SAFETY: refused before any handle exists.
+    /// assert!(matches!(unsafe { ctrl.consumer(Side::B) }, Err(Error::RegionTooSmall { .. })));
     /// // SAFETY: allocated above with this layout; the views are not used again.
     /// unsafe { std::alloc::dealloc(base.as_ptr(), layout) };
     /// ```
     ///
     /// # Safety
-    /// As for [`Segment::attach`], for both regions; `ctrl..ctrl +
-    /// ctrl_len` must map the same memory as the first bytes at `base`
-    /// (the same file at offset 0), so that what a peer writes through
-    /// either is seen through the other.
-    pub unsafe fn attach_split(
-        ctrl: NonNull<u8>,
-        ctrl_len: usize,
-        base: NonNull<u8>,
-        len: usize,
-    ) -> Result<Segment, Error> {
-        check_region(ctrl, ctrl_len, DATA_START)?;
+    /// As for [`Segment::attach`], for `base..base + len`.
+    pub unsafe fn attach_control(base: NonNull<u8>, len: usize) -> Result<Segment, Error> {
+        check_region(base, len, DATA_START)?;
         // SAFETY: the control area lies within the region (checked), every
         // field is an atomic integer for which any bit pattern is valid.
-        let header = unsafe { &ctrl.cast::<SegmentControl>().as_ref().header };
+        let header = unsafe { &base.cast::<SegmentControl>().as_ref().header };
         let magic = header.magic.load(Ordering::Acquire);
         if magic != SEGMENT_MAGIC {
             return Err(Error::BadMagic(magic));
@@ -257,9 +254,8 @@ impl Segment {
         if header.total_len.load(Ordering::Relaxed) != total as u64 {
             return Err(Error::BadLayout);
         }
-        check_region(base, len, total)?;
         let conn_id = header.conn_id.load(Ordering::Relaxed);
-        Ok(Segment { base, ctrl, len, conn_id, caps })
+        Ok(Segment { base, len, conn_id, caps, data: false })
     }
 
     /// The connection id the monitor assigned.
@@ -270,6 +266,12 @@ impl Segment {
     /// Length of the region the view was made over.
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Length of the whole segment (its header's `total_len`, as
+    /// validated): what a mapping of it takes, whatever this view maps.
+    pub fn segment_len(&self) -> usize {
+        data_layout(self.caps).map_or(self.len, |(_, total)| total)
     }
 
     /// Always false: a segment holds at least its control area.
@@ -283,17 +285,23 @@ impl Segment {
     }
 
     pub(crate) fn control(&self) -> &SegmentControl {
-        // SAFETY: validated to lie in the control region, valid per the
-        // contract of `init`/`attach`/`attach_split`; all fields are atomics.
-        unsafe { self.ctrl.cast::<SegmentControl>().as_ref() }
+        // SAFETY: validated to lie in the region, valid per the contract of
+        // `init`/`attach`; all fields are atomics.
+        unsafe { self.base.cast::<SegmentControl>().as_ref() }
     }
 
     pub(crate) fn ring(&self, ring: usize) -> (NonNull<RingControl>, DataArea) {
         let (offsets, _) = data_layout(self.caps).unwrap_or(([DATA_START, DATA_START], 0));
         let ctrl = NonNull::from(&self.control().rings[ring]);
-        // SAFETY: `offsets[ring] + caps[ring] <= total <= len` was checked when
-        // the view was made, so the pointer stays inside the region.
-        let base = unsafe { self.base.add(offsets[ring]) };
+        let base = if self.data {
+            // SAFETY: `offsets[ring] + caps[ring] <= total <= len` was checked
+            // when the view was made, so the pointer stays inside the region.
+            unsafe { self.base.add(offsets[ring]) }
+        } else {
+            // A control view: no data area is mapped, and its handles
+            // (`producer_of`, `consumer_of`) never touch one.
+            self.base
+        };
         (ctrl, DataArea { base, cap: self.caps[ring] })
     }
 
@@ -308,9 +316,40 @@ impl Segment {
     /// across fork, exec or a pass, under the end locks). For one handle
     /// per side, enforced, use the `shm` module (feature `std`).
     pub unsafe fn producer(&self, side: Side) -> Result<Producer, Error> {
+        self.whole()?;
+        // SAFETY: a view with its data mapped.
+        unsafe { self.producer_of(side) }
+    }
+
+    /// [`Segment::producer`] without the check that the data is mapped.
+    ///
+    /// # Safety
+    /// As for [`Segment::producer`]; on an [`Segment::attach_control`] view
+    /// only control operations may be used (close, reset, waits, states),
+    /// never a write.
+    pub(crate) unsafe fn producer_of(&self, side: Side) -> Result<Producer, Error> {
         let (ctrl, data) = self.ring(side.tx());
-        // SAFETY: both point into the region this view keeps valid by contract.
+        // SAFETY: `ctrl` points into the region this view keeps valid; `data`
+        // too when the data is mapped, else the caller touches none of it.
         unsafe { Producer::new(ctrl, data) }
+    }
+
+    /// [`Segment::consumer`] without the check: as [`Segment::producer_of`].
+    ///
+    /// # Safety
+    /// As for [`Segment::producer_of`], never a read of bytes.
+    pub(crate) unsafe fn consumer_of(&self, side: Side) -> Result<Consumer, Error> {
+        let (ctrl, data) = self.ring(side.peer().tx());
+        // SAFETY: as in `producer_of`.
+        unsafe { Consumer::new(ctrl, data) }
+    }
+
+    /// Refuses a view without its data areas.
+    fn whole(&self) -> Result<(), Error> {
+        if self.data {
+            return Ok(());
+        }
+        Err(Error::RegionTooSmall { need: self.segment_len(), have: self.len })
     }
 
     /// The reading handle of `side` (on the ring the peer writes).
@@ -319,9 +358,19 @@ impl Segment {
     /// As for [`Segment::producer`], for the ring's one reader
     /// ([`Consumer::resync`] before each use when several are serialized).
     pub unsafe fn consumer(&self, side: Side) -> Result<Consumer, Error> {
-        let (ctrl, data) = self.ring(side.peer().tx());
-        // SAFETY: as in `producer`.
-        unsafe { Consumer::new(ctrl, data) }
+        self.whole()?;
+        // SAFETY: a view with its data mapped.
+        unsafe { self.consumer_of(side) }
+    }
+
+    /// Step 1 of the wait protocol for data on behalf of `side`'s reader,
+    /// by a watcher that reads no bytes (ipcd's monitor, holding a
+    /// connection back from its acceptor): arms the reader's waiting flag
+    /// and re-checks the ring and the writer's flags, as
+    /// [`Consumer::prepare_wait`]. Works on control views.
+    pub fn prepare_reader_wait(&self, side: Side) -> Result<crate::Wait, Error> {
+        // SAFETY: only the wait protocol's control operations are used.
+        unsafe { self.consumer_of(side) }?.prepare_wait()
     }
 
     /// Both handles of `side`.
@@ -349,6 +398,9 @@ impl Segment {
     /// validated against the capacity only: a writer that breaks the
     /// protocol yields wrong bytes here, never a bad access.
     pub fn copy_written(&self, side: Side, from: u64, buf: &mut [u8], max_unpublished: u64) -> Tapped {
+        if self.whole().is_err() {
+            return Tapped { lost: 0, len: 0 };
+        }
         let (ctrl, data) = self.ring(side.tx());
         // SAFETY: points into the region this view keeps valid.
         let ctrl = unsafe { ctrl.as_ref() };

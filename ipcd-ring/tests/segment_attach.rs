@@ -301,32 +301,52 @@ fn a_dead_end_closes_with_a_reset_only_if_it_left_bytes_unread() {
 }
 
 #[test]
-fn a_split_view_keeps_controls_in_its_control_region_and_data_in_the_other() {
+fn a_control_view_steers_the_connection_and_moves_no_bytes() {
     let (r, seg) = segment([64, 256]);
-    // A copy of the control area stands for the second mapping: what the
-    // split view does to controls lands there, bytes in `r`.
-    let ctrl = Region::new(4096);
-    // SAFETY: both regions are valid for the lengths given and outlive the copy.
-    unsafe { std::ptr::copy_nonoverlapping(r.ptr().as_ptr(), ctrl.ptr().as_ptr(), Segment::CONTROL_LEN) };
-    // SAFETY: as above; views used only within this test.
-    let short = unsafe { Segment::attach_split(ctrl.ptr(), Segment::CONTROL_LEN - 1, r.ptr(), r.len()) };
-    assert!(matches!(short, Err(Error::RegionTooSmall { .. })), "a control region shorter than the controls");
+    // SAFETY: the region is valid for these lengths and outlives the views.
+    let short = unsafe { Segment::attach_control(r.ptr(), Segment::CONTROL_LEN - 1) };
+    assert!(matches!(short, Err(Error::RegionTooSmall { .. })), "shorter than the controls");
     // SAFETY: as above.
-    let small = unsafe { Segment::attach_split(ctrl.ptr(), ctrl.len(), r.ptr(), r.len() - 1) };
-    assert!(matches!(small, Err(Error::RegionTooSmall { .. })), "a data region shorter than the segment");
+    let ctrl = unsafe { Segment::attach_control(r.ptr(), Segment::CONTROL_LEN) }.unwrap();
+    assert_eq!((ctrl.conn_id(), ctrl.capacity(Side::B), ctrl.len()), (42, 256, Segment::CONTROL_LEN));
+    assert_eq!(ctrl.segment_len(), r.len());
+    // No handle that could touch the data.
+    // SAFETY: refused before any handle exists.
+    unsafe {
+        assert!(matches!(ctrl.producer(Side::A), Err(Error::RegionTooSmall { .. })));
+        assert!(matches!(ctrl.consumer(Side::B), Err(Error::RegionTooSmall { .. })));
+        assert!(ctrl.endpoint(Side::A).is_err());
+    }
+    let mut buf = [0u8; 8];
+    assert_eq!(ctrl.copy_written(Side::A, 0, &mut buf, 0), ipcd_ring::Tapped { lost: 0, len: 0 });
+    // Header words are the segment's.
+    ctrl.expect(7);
+    assert_eq!(seg.ticket(7), ipcd_ring::Ticket::Expected);
+    // A watcher arms B's reader and sees A's bytes and FIN come.
+    assert_eq!(ctrl.prepare_reader_wait(Side::B), Ok(ipcd_ring::Wait::Sleep));
+    // SAFETY: test: the only producer of A.
+    let mut tx = unsafe { seg.producer(Side::A) }.unwrap();
+    assert!(tx.write(b"hi").unwrap().wake_peer, "the armed flag asks the writer to wake");
+    assert_eq!(ctrl.prepare_reader_wait(Side::B), Ok(ipcd_ring::Wait::Ready));
+    assert_eq!(ctrl.writer_state(Side::A), ipcd_ring::PeerState::Open);
+    tx.close();
+    assert_eq!(ctrl.writer_state(Side::A), ipcd_ring::PeerState::Closed);
+    // A dead end closes as the kernel closes a dead process's socket:
+    // B, with A's bytes unread, resets; on a fresh segment, A with nothing
+    // unread closes in order.
+    ctrl.close_dead_end(Side::B, false);
+    // SAFETY: test: the only consumer of A's side.
+    let rx = unsafe { seg.consumer(Side::A) }.unwrap();
+    assert_eq!(rx.peer_state(), ipcd_ring::PeerState::Reset, "B left bytes unread");
+    let (r2, seg2) = segment([64, 64]);
     // SAFETY: as above.
-    let split = unsafe { Segment::attach_split(ctrl.ptr(), ctrl.len(), r.ptr(), r.len()) }.unwrap();
-    assert_eq!((split.conn_id(), split.capacity(Side::B)), (42, 256));
-    split.expect(7);
-    assert_eq!(seg.ticket(7), ipcd_ring::Ticket::Other, "the ticket went to the control region only");
-    // SAFETY: test: the split view's producer of A is the only one.
-    let mut tx = unsafe { split.producer(Side::A) }.unwrap();
-    assert_eq!(tx.write(b"split").unwrap().len, 5);
-    assert_eq!((split.written(Side::A), seg.written(Side::A)), (5, 0), "tail in the control region");
-    // The bytes themselves went to the data region, where ring A's area
-    // starts right after the controls.
-    let mut buf = [0u8; 5];
-    // SAFETY: `r` holds CONTROL_LEN + 5 readable bytes.
-    unsafe { std::ptr::copy_nonoverlapping(r.ptr().as_ptr().add(Segment::CONTROL_LEN), buf.as_mut_ptr(), 5) };
-    assert_eq!(&buf, b"split");
+    let ctrl2 = unsafe { Segment::attach_control(r2.ptr(), Segment::CONTROL_LEN) }.unwrap();
+    ctrl2.close_dead_end(Side::A, false);
+    // SAFETY: test: the only consumer of B's side.
+    let rx2 = unsafe { seg2.consumer(Side::B) }.unwrap();
+    assert_eq!(rx2.peer_state(), ipcd_ring::PeerState::Closed, "A left nothing unread: FIN");
+    // A control view also refuses a header that is not a segment's.
+    r.poke_u64(offsets::MAGIC, 0xdead);
+    // SAFETY: as above.
+    assert_eq!(unsafe { Segment::attach_control(r.ptr(), Segment::CONTROL_LEN) }.unwrap_err(), Error::BadMagic(0xdead));
 }

@@ -10,7 +10,9 @@
 //! between the processes that map them, so a segment mapped by client,
 //! server and monitor counts once) and their page tables, plus the
 //! kernel's slab (sockets, files, eventfds, memfd inodes), which is
-//! system-wide: the group runs with nothing else of the benchmark.
+//! system-wide: the group runs with nothing else of the benchmark, but a
+//! program that lists processes' /proc/PID/fd meanwhile leaves about
+//! 1 kB per fd there, which counts against whoever has more fds.
 //! Kernel TCP and ipcd alternate, with a monitor of the group's own.
 
 use std::io::{BufRead, BufReader, Write};
@@ -74,7 +76,7 @@ fn fds(pids: &[u32]) -> Fds {
 /// Connections the run makes: `want`, or fewer if the fd limit (which the
 /// children inherit) cannot hold them. ipcd takes three fds per connection
 /// today in each process and in the monitor; the hard limit is raised
-/// where allowed (root).
+/// where allowed (`CAP_SYS_RESOURCE`).
 fn connections(want: usize) -> usize {
     let need = (want * 4 + 1024) as libc::rlim_t;
     // SAFETY: get/setrlimit on live structs.

@@ -80,10 +80,9 @@ impl Daemon {
     /// its side (or the connection is gone).
     fn arm_deferred(&mut self, conn: u64) -> bool {
         let Some(rec) = self.conns.get(&conn) else { return false };
-        // SAFETY: the acceptor has not been told of the connection, so no
-        // other reader of this ring exists yet; this one only arms its flag.
-        let Ok((_, mut rx)) = (unsafe { rec.seg.view().endpoint(ipcd_ring::Side::B) }) else { return false };
-        if !matches!(rx.prepare_wait(), Ok(Wait::Sleep)) {
+        // The acceptor has not been told of the connection: no reader of
+        // this ring is there to arm its flag but us.
+        if !matches!(rec.seg.view().prepare_reader_wait(ipcd_ring::Side::B), Ok(Wait::Sleep)) {
             return false;
         }
         watch_once(self.epoll.as_fd(), rec.bells[1].as_fd(), DEFER_TAG | conn);
@@ -175,8 +174,7 @@ impl Daemon {
             let (Some((owner, id)), Some(&acceptor)) = (rec.pending_in, rec.holders[1].first()) else { continue };
             let given_up = rec.holders[0].is_empty()
                 || rec.gone[0]
-                // SAFETY: as in `arm_deferred`; only the writer's state is read.
-                || unsafe { rec.seg.view().endpoint(ipcd_ring::Side::B) }.is_ok_and(|(_, rx)| rx.peer_state() != PeerState::Open);
+                || rec.seg.view().writer_state(ipcd_ring::Side::A) != PeerState::Open;
             if given_up {
                 self.let_go(acceptor, conn, Side::B, super::Gone::Released { abort: true });
                 continue;

@@ -732,14 +732,11 @@ fn end_state(rec: &ConnRec, side: Side) -> EndState {
     if rec.gone[idx(side)] {
         return EndState::Gone;
     }
-    // The side's sending ring is read by the other side's consumer.
-    // SAFETY: a look at the writer's state only: this handle moves no
-    // position, so the end's own reader is undisturbed.
-    match unsafe { rec.seg.view().consumer(ring_side(other(side))) }.map(|c| c.peer_state()) {
-        Ok(ipcd_ring::PeerState::Open) if rec.relays[idx(side)] > 0 => EndState::Relayed,
-        Ok(ipcd_ring::PeerState::Open) => EndState::Open,
-        Ok(ipcd_ring::PeerState::Closed) => EndState::Fin,
-        Ok(ipcd_ring::PeerState::Reset) | Err(_) => EndState::Reset,
+    match rec.seg.view().writer_state(ring_side(side)) {
+        ipcd_ring::PeerState::Open if rec.relays[idx(side)] > 0 => EndState::Relayed,
+        ipcd_ring::PeerState::Open => EndState::Open,
+        ipcd_ring::PeerState::Closed => EndState::Fin,
+        ipcd_ring::PeerState::Reset => EndState::Reset,
     }
 }
 

@@ -85,7 +85,7 @@ impl Daemon {
                 }
             }
         }
-        let seg = match SharedSegment::create(0, RING_BYTES) {
+        let seg = match SharedSegment::create_whole(0, RING_BYTES) {
             Ok(s) => s,
             Err(e) => {
                 log!(Level::Warn, "msg=\"no request queue\" client={token} err=\"{e}\"");
