@@ -37,20 +37,35 @@ pub(crate) fn sealed_memfd(
     len: usize,
     init: impl FnOnce(NonNull<u8>) -> Result<(), ipcd_ring::Error>,
 ) -> io::Result<(File, MmapMut)> {
+    let file = memfd(name, len)?;
+    // SAFETY: the memfd is ours; nobody else maps it until we send it,
+    // after initialisation.
+    let mut map = unsafe { MmapMut::map_mut(&file)? };
+    let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| io::Error::other("null mapping"))?;
+    init(base).map_err(ring_error)?;
+    seal(&file)?;
+    Ok((file, map))
+}
+
+/// A new memfd of `len` bytes that may be sealed.
+fn memfd(name: &std::ffi::CStr, len: usize) -> io::Result<File> {
     // SAFETY: a NUL-terminated name and valid flags.
     let fd = cvt(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) })?;
     // SAFETY: memfd_create returned a fresh fd that we own.
     let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     file.set_len(len as u64)?;
-    // SAFETY: the memfd is ours; nobody else maps it until we send it,
-    // after initialisation.
-    let mut map = unsafe { MmapMut::map_mut(&file)? };
-    let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| io::Error::other("null mapping"))?;
-    init(base).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    Ok(file)
+}
+
+/// Seals `file`'s size (see [`sealed_memfd`]).
+fn seal(file: &File) -> io::Result<()> {
     let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
     // SAFETY: fcntl on our own memfd.
-    cvt(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) })?;
-    Ok((file, map))
+    cvt(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) }).map(drop)
+}
+
+fn ring_error(e: ipcd_ring::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
 }
 
 /// A libc return value as an io::Result (negative: errno).
@@ -68,13 +83,14 @@ impl SharedSegment {
     /// alone (see `_page`): the monitor steers the connection and moves
     /// none of its bytes. Pages are allocated only when touched.
     pub fn create(conn: u64, ring_bytes: u64) -> io::Result<SharedSegment> {
-        let (file, whole) = SharedSegment::create_whole(conn, ring_bytes)?.into_file_and_map();
-        drop(whole);
+        let caps = [ring_bytes, ring_bytes];
+        let file = memfd(c"ipcd-conn", Segment::required_len(caps).map_err(ring_error)?)?;
         let page = crate::control_pages::ControlPage::map(file.as_fd())?;
-        // SAFETY: a live shared mapping of the memfd's first page, which
-        // `init` filled, owned with the view by the returned value.
-        let view = unsafe { Segment::attach_control(page.as_ptr(), page.len()) }
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        // SAFETY: a live shared mapping of the fresh memfd's first page,
+        // nobody else's until the memfd is sent, owned with the view by
+        // the returned value.
+        let view = unsafe { Segment::init_control(page.as_ptr(), page.len(), conn, caps) }.map_err(ring_error)?;
+        seal(&file)?;
         Ok(SharedSegment { file, _page: Some(page), _whole: None, view })
     }
 
@@ -82,8 +98,7 @@ impl SharedSegment {
     /// monitor reads (a process's request queue).
     pub fn create_whole(conn: u64, ring_bytes: u64) -> io::Result<SharedSegment> {
         let caps = [ring_bytes, ring_bytes];
-        let len =
-            Segment::required_len(caps).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let len = Segment::required_len(caps).map_err(ring_error)?;
         let mut view = None;
         let (file, map) = sealed_memfd(c"ipcd-conn", len, |base| {
             // SAFETY: the mapping is page-aligned, `len` bytes, ours alone
@@ -93,11 +108,6 @@ impl SharedSegment {
         })?;
         let view = view.ok_or_else(|| io::Error::other("segment not made"))?;
         Ok(SharedSegment { file, _page: None, _whole: Some(map), view })
-    }
-
-    /// The memfd and the whole mapping, the view given up.
-    fn into_file_and_map(self) -> (File, Option<MmapMut>) {
-        (self.file, self._whole)
     }
 
     /// A second mapping of the same segment, for a thread that outlives

@@ -129,6 +129,37 @@ fn check_region(base: NonNull<u8>, len: usize, need: usize) -> Result<(), Error>
     Ok(())
 }
 
+/// Writes a fresh header and two empty rings' controls for a segment of
+/// `total` bytes.
+///
+/// # Safety
+/// `base` must be valid for writes of the control area, aligned, and not in
+/// use by anyone else during this call.
+unsafe fn write_control(base: NonNull<u8>, conn_id: u64, caps: [u64; 2], total: usize) {
+    let control = SegmentControl {
+        header: Line(SegmentHeader {
+            magic: AtomicU64::new(SEGMENT_MAGIC),
+            version: AtomicU32::new(SEGMENT_VERSION),
+            // A few hundred bytes (asserted where DATA_START is defined).
+            #[allow(clippy::cast_possible_truncation)]
+            data_start: AtomicU32::new(DATA_START as u32),
+            conn_id: AtomicU64::new(conn_id),
+            total_len: AtomicU64::new(total as u64),
+            capacity: [AtomicU64::new(caps[0]), AtomicU64::new(caps[1])],
+            holders: [AtomicU32::new(1), AtomicU32::new(1)],
+            locks: [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)],
+            offer: AtomicU32::new(0),
+            admission: AtomicU32::new(0),
+            ticket: AtomicU64::new(TICKET_NONE),
+            connector: core::array::from_fn(|_| AtomicU32::new(0)),
+            holder_ids: core::array::from_fn(|_| core::array::from_fn(|_| AtomicU64::new(0))),
+        }),
+        rings: [RingControl::new(0), RingControl::new(0)],
+    };
+    // SAFETY: the caller's contract.
+    unsafe { base.cast::<SegmentControl>().as_ptr().write(control) };
+}
+
 impl Segment {
     /// Bytes of the header and the two rings' controls, at the start of
     /// every segment (the data areas follow): what a
@@ -156,30 +187,28 @@ impl Segment {
     pub unsafe fn init(base: NonNull<u8>, len: usize, conn_id: u64, caps: [u64; 2]) -> Result<Segment, Error> {
         let (_, total) = data_layout(caps)?;
         check_region(base, len, total)?;
-        let control = SegmentControl {
-            header: Line(SegmentHeader {
-                magic: AtomicU64::new(SEGMENT_MAGIC),
-                version: AtomicU32::new(SEGMENT_VERSION),
-                // A few hundred bytes (asserted where DATA_START is defined).
-                #[allow(clippy::cast_possible_truncation)]
-                data_start: AtomicU32::new(DATA_START as u32),
-                conn_id: AtomicU64::new(conn_id),
-                total_len: AtomicU64::new(total as u64),
-                capacity: [AtomicU64::new(caps[0]), AtomicU64::new(caps[1])],
-                holders: [AtomicU32::new(1), AtomicU32::new(1)],
-                locks: [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)],
-                offer: AtomicU32::new(0),
-                admission: AtomicU32::new(0),
-                ticket: AtomicU64::new(TICKET_NONE),
-                connector: core::array::from_fn(|_| AtomicU32::new(0)),
-                holder_ids: core::array::from_fn(|_| core::array::from_fn(|_| AtomicU64::new(0))),
-            }),
-            rings: [RingControl::new(0), RingControl::new(0)],
-        };
-        // SAFETY: the region is valid, aligned and large enough (checked above,
-        // validity by contract), and nobody else uses it during init.
-        unsafe { base.cast::<SegmentControl>().as_ptr().write(control) };
+        // SAFETY: the region is valid, aligned and large enough (checked
+        // above, validity by contract), and nobody else uses it now.
+        unsafe { write_control(base, conn_id, caps, total) };
         Ok(Segment { base, len, conn_id, caps, data: true })
+    }
+
+    /// [`Segment::init`] through a mapping of the segment's first
+    /// [`Segment::CONTROL_LEN`] bytes alone: writes the header and two
+    /// empty rings' controls and returns a control view (see
+    /// [`Segment::attach_control`]). The data areas, which a fresh segment
+    /// holds as zeroes, are not touched.
+    ///
+    /// # Safety
+    /// As for [`Segment::init`], for `base..base + len`, which must be the
+    /// start of a segment of [`Segment::required_len`]`(caps)` bytes that
+    /// others map whole.
+    pub unsafe fn init_control(base: NonNull<u8>, len: usize, conn_id: u64, caps: [u64; 2]) -> Result<Segment, Error> {
+        let (_, total) = data_layout(caps)?;
+        check_region(base, len, DATA_START)?;
+        // SAFETY: as in `init`, for the control area.
+        unsafe { write_control(base, conn_id, caps, total) };
+        Ok(Segment { base, len, conn_id, caps, data: false })
     }
 
     /// Validates a segment another process initialised and returns a view.

@@ -350,3 +350,25 @@ fn a_control_view_steers_the_connection_and_moves_no_bytes() {
     // SAFETY: as above.
     assert_eq!(unsafe { Segment::attach_control(r.ptr(), Segment::CONTROL_LEN) }.unwrap_err(), Error::BadMagic(0xdead));
 }
+
+#[test]
+fn a_segment_made_through_its_control_area_is_whole_to_others() {
+    let len = Segment::required_len([64, 256]).unwrap();
+    let r = Region::new(len);
+    // SAFETY: the region is valid for `len` bytes, ours alone, and outlives the views.
+    let short = unsafe { Segment::init_control(r.ptr(), Segment::CONTROL_LEN - 1, 5, [64, 256]) };
+    assert!(matches!(short, Err(Error::RegionTooSmall { .. })));
+    // SAFETY: as above.
+    let ctrl = unsafe { Segment::init_control(r.ptr(), Segment::CONTROL_LEN, 5, [64, 256]) }.unwrap();
+    // SAFETY: refused before any handle exists.
+    assert!(unsafe { ctrl.producer(Side::A) }.is_err(), "a control view");
+    let whole = attach(&r).unwrap();
+    assert_eq!((whole.conn_id(), whole.capacity(Side::A), whole.capacity(Side::B)), (5, 64, 256));
+    // SAFETY: test: one producer and one consumer of ring A.
+    let (mut tx, mut rx) = unsafe { (whole.producer(Side::A).unwrap(), whole.consumer(Side::B).unwrap()) };
+    assert_eq!(tx.write(b"made").unwrap().len, 4);
+    assert_eq!(ctrl.written(Side::A), 4);
+    let mut buf = [0u8; 4];
+    assert_eq!(rx.read(&mut buf).unwrap().len, 4);
+    assert_eq!(&buf, b"made");
+}
