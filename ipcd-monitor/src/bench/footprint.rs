@@ -152,18 +152,13 @@ impl Drop for Reaped {
     }
 }
 
-fn line(child: &mut Child) -> Result<String, String> {
-    let out = child.stdout.as_mut().ok_or("no stdout")?;
-    // One byte at a time: a buffered reader would keep what follows.
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    loop {
-        match std::io::Read::read(out, &mut b) {
-            Ok(0) => return Err("ended early".into()),
-            Ok(_) if b[0] == b'\n' => return Ok(String::from_utf8_lossy(&line).trim().to_string()),
-            Ok(_) => line.push(b[0]),
-            Err(e) => return Err(e.to_string()),
-        }
+/// The next line `out` prints, trimmed.
+fn line(out: &mut impl BufRead) -> Result<String, String> {
+    let mut line = String::new();
+    match out.read_line(&mut line) {
+        Ok(0) => Err("ended early".into()),
+        Ok(_) => Ok(line.trim().to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -189,14 +184,15 @@ fn measure(
             .map_err(|e| format!("{}: {e}", args[0]))
     };
     let mut server = spawn(&["idle-serve", &total.to_string()])?;
-    let port = line(&mut server.0)?;
+    let port = line(&mut BufReader::new(server.0.stdout.take().ok_or("no stdout")?))?;
     let step = first.to_string();
     let mut client = spawn(&["idle-client", &port, &total.to_string(), &step])?;
     let pids: Vec<u32> = [Some(client.0.id()), Some(server.0.id()), monitor].into_iter().flatten().collect();
     let mut stdin = client.0.stdin.take().ok_or("no stdin")?;
+    let mut out = BufReader::new(client.0.stdout.take().ok_or("no stdout")?);
     let (mut before, mut mem) = (None, Vec::new());
     loop {
-        let held: usize = line(&mut client.0)?.parse().map_err(|e| format!("client said: {e}"))?;
+        let held: usize = line(&mut out)?.parse().map_err(|e| format!("client said: {e}"))?;
         if held == 0 {
             before = Some(fds(&pids));
         }
@@ -210,7 +206,7 @@ fn measure(
     }
     let after = fds(&pids);
     drop(stdin);
-    let _ = BufReader::new(client.0.stdout.take().ok_or("no stdout")?).lines().count();
+    let _ = out.lines().count();
     let (Some(before), [(a, sa), (b, sb)]) = (before, mem.as_slice()) else {
         return Err("the client skipped a step".into());
     };
