@@ -8,6 +8,7 @@
 //! kernel TCP to a program that cannot map it ([`relay`]).
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod bells;
 pub mod bench;
 /// The monitor client lives in `ipcd-proto`, for tools that need only it.
 pub use ipcd_proto::client;

@@ -160,8 +160,10 @@ pub fn unconnected(fd: BorrowedFd<'_>) -> bool {
 }
 
 /// What a relay needs: its own mapping of the segment, the end it serves,
-/// the end's doorbell (it sleeps on it) and the peer's (it rings it), and
-/// the kernel connection the program's socket is the other end of.
+/// a doorbell of its own (registered; it names it in the end's waiting
+/// lines and sleeps on it), the registered doorbells (to ring the peer's
+/// sleepers), and the kernel connection the program's socket is the
+/// other end of.
 #[derive(Debug)]
 pub struct RelayEnd {
     /// The monitor's connection id.
@@ -170,10 +172,10 @@ pub struct RelayEnd {
     pub seg: SharedSegment,
     /// The end served.
     pub side: Side,
-    /// The end's doorbell.
-    pub bell: OwnedFd,
-    /// The peer's doorbell.
-    pub peer_bell: OwnedFd,
+    /// The relay's doorbell: its id and eventfd.
+    pub bell: (u64, std::sync::Arc<OwnedFd>),
+    /// Every registered doorbell.
+    pub bells: std::sync::Arc<crate::bells::Bells>,
     /// The monitor's end of the kernel connection.
     pub sock: OwnedFd,
 }
@@ -246,10 +248,10 @@ fn run(end: RelayEnd) {
                 // Whichever side reset, the other learns it: the program's
                 // socket by an RST (linger 0), the peer by the ring's flag.
                 if tx.reset() {
-                    ring(end.peer_bell.as_fd());
+                    end.ring_peer();
                 }
                 if rx.close() {
-                    ring(end.peer_bell.as_fd());
+                    end.ring_peer();
                 }
                 unlock(view, end.side, me);
                 abort(sock);
@@ -257,20 +259,22 @@ fn run(end: RelayEnd) {
             }
             Step::Idle if flow.out_done && flow.in_done => {
                 if rx.close() {
-                    ring(end.peer_bell.as_fd());
+                    end.ring_peer();
                 }
                 unlock(view, end.side, me);
                 return;
             }
             Step::Idle => {}
         }
-        // Arm the ring's waiting flags before sleeping, so that the peer's
-        // next write or read rings our doorbell.
+        // Name our doorbell and arm the ring's waiting flags before
+        // sleeping, so that the peer's next write or read rings it.
         let mut ready = false;
         if !flow.out_done && !flow.out_blocked {
+            rx.waiters().name(end.bell.0);
             ready |= matches!(rx.prepare_wait(), Ok(Wait::Ready) | Err(_));
         }
         if !flow.in_done && flow.in_blocked {
+            tx.waiters().name(end.bell.0);
             ready |= matches!(tx.prepare_wait(1), Ok(Wait::Ready) | Err(_));
         }
         unlock(view, end.side, me);
@@ -284,14 +288,22 @@ fn run(end: RelayEnd) {
             }
             let mut fds = [
                 libc::pollfd { fd: sock, events, revents: 0 },
-                libc::pollfd { fd: end.bell.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: end.bell.1.as_raw_fd(), events: libc::POLLIN, revents: 0 },
             ];
             // SAFETY: two live pollfds.
             unsafe { libc::poll(fds.as_mut_ptr(), 2, NAP_MS) };
-            take(end.bell.as_fd());
+            take(end.bell.1.as_fd());
         }
-        rx.cancel_wait();
-        tx.cancel_wait();
+        // Flags stay armed (another holder may rely on them); names go.
+        rx.waiters().unname(end.bell.0);
+        tx.waiters().unname(end.bell.0);
+    }
+}
+
+impl RelayEnd {
+    /// Rings the peer's sleepers (a publish or a close said to).
+    fn ring_peer(&self) {
+        self.bells.ring_side(self.seg.view(), self.side.peer());
     }
 }
 
@@ -341,7 +353,7 @@ fn to_kernel(rx: &mut Consumer, sock: RawFd, buf: &mut [u8], flow: &mut Flow, en
     match rx.consume(sent as usize) {
         Ok(t) => {
             if t.wake_peer {
-                ring(end.peer_bell.as_fd());
+                end.ring_peer();
             }
             Step::Moved
         }
@@ -379,14 +391,14 @@ fn from_kernel(tx: &mut Producer, sock: RawFd, buf: &mut [u8], flow: &mut Flow, 
     if got == 0 {
         flow.in_done = true;
         if tx.close() {
-            ring(end.peer_bell.as_fd());
+            end.ring_peer();
         }
         return Step::Moved;
     }
     match tx.write(&buf[..got as usize]) {
         Ok(t) => {
             if t.wake_peer {
-                ring(end.peer_bell.as_fd());
+                end.ring_peer();
             }
             Step::Moved
         }

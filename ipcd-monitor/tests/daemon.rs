@@ -19,7 +19,7 @@ use ipcd_ring::PeerState;
 use common::*;
 
 #[test]
-fn a_connect_is_brokered_with_a_working_segment_and_doorbells() {
+fn a_connect_is_brokered_with_a_working_segment_and_doorbells_by_id() {
     brokering_works(Monitor::start());
 }
 
@@ -36,20 +36,31 @@ fn brokering_works(m: Monitor) {
 
     let (resp, cfds) = connect(&mut client, addr);
     let Response::Connected(cinfo) = resp else { panic!("expected Connected, got {resp:?}") };
-    assert_eq!((cinfo.side, cinfo.peer, cfds.len()), (Side::A, addr, 3));
+    assert_eq!((cinfo.side, cinfo.peer, cfds.len()), (Side::A, addr, 1), "the segment alone");
     let (event, sfds) = next_event(&server);
     let Response::Incoming { listener: 7, info: sinfo } = event else { panic!("expected Incoming, got {event:?}") };
-    assert_eq!((sinfo.conn, sinfo.side, sinfo.local, sfds.len()), (cinfo.conn, Side::B, addr, 3));
+    assert_eq!((sinfo.conn, sinfo.side, sinfo.local, sfds.len()), (cinfo.conn, Side::B, addr, 1));
 
     // Both ends map the same segment: bytes written by A arrive at B.
     let a = map(&cfds[0]);
     assert_eq!(a.seg.conn_id(), cinfo.conn);
     carries_a_to_b(&a, &map(&sfds[0]));
-    // A's "peer doorbell" is B's "own doorbell".
-    ipcd_monitor::segment::ring(cfds[2].as_fd());
-    assert_eq!(bell_count(&sfds[1]), 1);
-    ipcd_monitor::segment::ring(sfds[2].as_fd());
-    assert_eq!(bell_count(&cfds[1]), 1);
+    // A doorbell the client registered is the one the server gets by its
+    // id; an id nobody registered gets nothing.
+    let (id, bell) = register_bell(&mut client);
+    let (resp, got) = server.call(&Request::BellOf { id }, &[]).unwrap();
+    assert_eq!((resp, got.len()), (Response::Bell { id }, 1));
+    ipcd_monitor::segment::ring(got.into_vec()[0].as_fd());
+    assert_eq!(bell_count(&bell), 1, "the server rang the client's doorbell");
+    let (resp, got) = server.call(&Request::BellOf { id: id + 1_000_000 }, &[]).unwrap();
+    assert_eq!((resp, got.len()), (Response::Error { code: ErrorCode::BadRequest }, 0));
+    // Only its owner takes it back; then nobody gets it.
+    server.notify(&Request::Unbell { id }).unwrap();
+    assert_eq!(server.call(&Request::BellOf { id }, &[]).unwrap().0, Response::Bell { id });
+    client.notify(&Request::Unbell { id }).unwrap();
+    // A round trip on the client's channel orders its notification first.
+    let _ = client.status().unwrap();
+    assert!(matches!(server.call(&Request::BellOf { id }, &[]).unwrap().0, Response::Error { .. }));
 
     let report = client.status().unwrap();
     assert_eq!((report.status.connections, report.status.listeners, report.status.connects_total), (1, 1, 1));
@@ -296,6 +307,7 @@ fn a_dying_client_loses_its_listeners_and_its_peers_are_told() {
     let m = Monitor::start();
     let Brokered { server, mut client, addr, info, cfds, sfds, _lfd } = brokered(&m);
     let a = map(&cfds[0]);
+    let bell = sleeper(&mut client, &a, ipcd_ring::Side::A);
     // The server had written something before it died, and read all it got.
     let b = map(&sfds[0]);
     // SAFETY: test: the handles of each ring side are used one at a time.
@@ -305,7 +317,7 @@ fn a_dying_client_loses_its_listeners_and_its_peers_are_told() {
     drop(sfds);
     let (event, _) = next_event(&client);
     assert_eq!(event, Response::PeerGone { conn: info.conn });
-    assert_eq!(bell_count(&cfds[1]), 1, "the client's doorbell was rung");
+    assert_eq!(bell_count(&bell), 1, "the client's sleeper was rung");
     // SAFETY: test: the handles of each ring side are used one at a time.
     let mut rx = unsafe { a.seg.consumer(ipcd_ring::Side::A) }.unwrap();
     let mut buf = [0u8; 8];
@@ -534,13 +546,14 @@ fn a_status_report_of_a_hundred_thousand_connections_is_read_whole() {
 #[test]
 fn an_end_never_mapped_is_reset_for_its_holder() {
     let m = Monitor::start();
-    let Brokered { server: _server, mut client, info, cfds, sfds, _lfd, .. } = brokered(&m);
+    let Brokered { server: mut srv, mut client, info, cfds, sfds, _lfd, .. } = brokered(&m);
+    let b = map(&sfds[0]);
+    let bell = sleeper(&mut srv, &b, ipcd_ring::Side::B);
     drop(cfds);
     client.notify(&Request::Release { conn: info.conn, side: info.side, abort: true }).unwrap();
     client.status().unwrap();
-    let b = map(&sfds[0]);
     // SAFETY: test: the handles of each ring side are used one at a time.
     let rx = unsafe { b.seg.consumer(ipcd_ring::Side::B) }.unwrap();
     assert_eq!(rx.peer_state(), PeerState::Reset, "the acceptor sees the connector's end reset");
-    assert_eq!(bell_count(&sfds[1]), 1, "the acceptor's doorbell was rung");
+    assert_eq!(bell_count(&bell), 1, "the acceptor's sleeper was rung");
 }

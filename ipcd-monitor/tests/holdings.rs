@@ -52,7 +52,7 @@ fn a_segment_both_ends_kept_is_reused_by_the_same_pair_only() {
 
     // Another process gets a fresh segment, never the pair's.
     let (Response::Connected(other), ofds) = connect(&mut stranger, addr) else { panic!("not brokered") };
-    assert!(!other.reused && other.segment != first.segment && ofds.len() == 3);
+    assert!(!other.reused && other.segment != first.segment && ofds.len() == 1);
     let _ = next_event(&server);
 
     // The same pair: the same segment, no fds, reset for the new connection.
@@ -77,7 +77,7 @@ fn a_segment_both_ends_kept_is_reused_by_the_same_pair_only() {
     let (event, _) = next_event(&client);
     assert_eq!(event, Response::Forget { segment: first.segment });
     let (Response::Connected(fresh), fds) = connect(&mut client, addr) else { panic!("not brokered") };
-    assert!(!fresh.reused && fresh.segment != first.segment && fds.len() == 3);
+    assert!(!fresh.reused && fresh.segment != first.segment && fds.len() == 1);
     let _ = next_event(&server);
 
     // A process that goes away takes its pools with it: its partner forgets.
@@ -107,7 +107,7 @@ fn a_passed_end_goes_to_its_claimer_or_closes_unclaimed() {
     assert_eq!(worker.call(&Request::Claim, &[other.as_fd()]).unwrap().0, refused, "claimed with another socket");
     let (resp, wfds) = worker.call(&Request::Claim, &[sent.as_fd()]).unwrap();
     let Response::Reopened(got) = resp else { panic!("{resp:?}") };
-    assert_eq!((got.conn, got.side, wfds.len()), (info.conn, Side::B, 3));
+    assert_eq!((got.conn, got.side, wfds.len()), (info.conn, Side::B, 1));
     assert_eq!(worker.call(&Request::Claim, &[sent.as_fd()]).unwrap().0, refused, "claimed twice");
     // The claimer reads what the client writes: the same segment.
     let a = map(&cfds[0]);
@@ -177,7 +177,7 @@ fn a_standby_connects_through_its_ticket_and_becomes_a_connection_when_needed() 
     assert!(a.seg.connect(sb.conn, source.to_words()).is_some());
     // The bell the client was given is the listener's own.
     // SAFETY: writes 8 bytes to an eventfd.
-    assert_eq!(unsafe { libc::write(cfds[3].as_raw_fd(), (&1u64 as *const u64).cast(), 8) }, 8);
+    assert_eq!(unsafe { libc::write(cfds[1].as_raw_fd(), (&1u64 as *const u64).cast(), 8) }, 8);
     assert_eq!(bell_count(&lbell), 1);
     let Ticket::Connected(words) = b.seg.ticket(sb.conn) else { panic!("not connected") };
     assert_eq!(SockAddr::from_words(words), Some(source));
@@ -188,7 +188,7 @@ fn a_standby_connects_through_its_ticket_and_becomes_a_connection_when_needed() 
     server.notify(&Request::Accepted { conn: sb.conn }).unwrap();
     let (event, fds) = next_event(&client);
     let Response::Standby { dest, info: next, bell } = event else { panic!("expected a standby, got {event:?}") };
-    assert!(dest == addr && next.conn != sb.conn && !bell && fds.len() == 3, "{next:?}");
+    assert!(dest == addr && next.conn != sb.conn && !bell && fds.len() == 1, "{next:?}");
     let report = client.status().unwrap();
     let conn = report.connections.iter().find(|c| c.conn == sb.conn).expect("the used standby is a connection");
     assert_eq!(conn.addrs[0], source, "{conn:?}");
@@ -315,7 +315,7 @@ fn a_passed_end_is_claimed_only_with_its_socket_and_by_its_user() {
     let mut receiver = m.client();
     let (resp, fds) = receiver.call(&Request::Claim, &[sent.as_fd()]).unwrap();
     assert!(matches!(resp, Response::Reopened(got) if got.conn == info.conn), "{resp:?}");
-    assert_eq!(fds.len(), 3);
+    assert_eq!(fds.len(), 1);
 }
 
 /// A TCP socket of this process, as the kernel socket under an ipcd fd.

@@ -5,7 +5,6 @@
 
 use libc::c_int;
 
-use crate::ready::epoll;
 use crate::socket::{reuse, setup, stream, table, Socket, State};
 use crate::sys::guarded;
 
@@ -24,10 +23,8 @@ pub(crate) fn close_now(sock: &Socket) {
     let old = std::mem::replace(&mut *sock.lock(), State::Closed);
     match old {
         State::Stream(st) => {
-            // Its doorbell may stay open in the cache: out of every epoll
-            // instance, as closing it would have done.
-            epoll::drop_source(st.link.bell());
             stream::let_go(*st, sock.linger_zero(), true);
+            crate::ready::epoll::stream_closed();
         }
         State::Listening { id, shared, passed, .. } => setup::close_listener(id, shared, passed),
         State::Fresh { .. } | State::Closed => {}

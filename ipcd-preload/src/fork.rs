@@ -38,9 +38,10 @@ struct HeldSocket {
 /// (the child's handler hung on a socket a sending thread held, and the
 /// parent with it, waiting for the child to register). Taken in the
 /// library's one order — epoll sets, sockets, the control channel, the
-/// kept segments, the kept kernel sockets — and released in reverse
-/// (fields drop in order).
+/// kept segments, the kept kernel sockets, the doorbell tables — and
+/// released in reverse (fields drop in order).
 struct Held {
+    _bells: crate::conn::bell::ForkLock,
     kept: std::sync::MutexGuard<'static, Vec<crate::socket::reuse::Kept>>,
     cache: crate::conn::link::CacheLock,
     control: MutexGuard<'static, Option<crate::control::Control>>,
@@ -97,7 +98,8 @@ extern "C" fn prepare() {
         }
         let cache = crate::conn::link::lock_for_fork();
         let kept = crate::socket::reuse::lock_for_fork();
-        HELD.with(|h| *h.borrow_mut() = Some(Held { kept, cache, control, sockets, _epoll: epoll }));
+        let bells = crate::conn::bell::lock_for_fork();
+        HELD.with(|h| *h.borrow_mut() = Some(Held { _bells: bells, kept, cache, control, sockets, _epoll: epoll }));
     });
 }
 

@@ -59,4 +59,6 @@ pub use state::{CloseAction, Conn, Errno, How, Phase, Readiness, Recv, Ring, Sen
 /// 8: `PassOver`, `Demote`, `Relayed`, `EndState::Relayed`;
 /// `Fallback::Rule` (nine reasons); `Trace`, `Traced`.
 /// 9: request queues in shared memory (`Queue`), `Ping`.
-pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 9..=9;
+/// 10: doorbells per thread, named in the rings (`Bell`, `BellOf`,
+/// `Unbell`, `BellId`, `Bell`): connections carry only their segment.
+pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 10..=10;

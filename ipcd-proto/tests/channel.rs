@@ -54,9 +54,9 @@ fn a_listen_request_carries_its_socket() {
 }
 
 #[test]
-fn connected_carries_three_fds_in_order() {
+fn a_standby_carries_its_segment_then_the_listeners_bell_in_order() {
     let (a, b) = Channel::pair().unwrap();
-    let pipes: Vec<_> = (0..3).map(|_| pipe()).collect();
+    let pipes: Vec<_> = (0..2).map(|_| pipe()).collect();
     let info = ConnInfo {
         conn: 77,
         side: Side::A,
@@ -66,10 +66,13 @@ fn connected_carries_three_fds_in_order() {
         segment: 5,
         reused: false,
     };
+    let standby = Response::Standby { dest: LOCAL, info, bell: true };
+    assert_eq!(Response::Connected(info).fd_count(), 1, "a connection carries its segment alone");
+    assert_eq!(standby.fd_count(), 2);
     let ws: Vec<_> = pipes.iter().map(|(_, w)| w.as_fd()).collect();
-    b.send_response(0, &Response::Connected(info), &ws).unwrap();
+    b.send_response(0, &standby, &ws).unwrap();
     let (_, resp, fds) = a.recv_response().unwrap();
-    assert_eq!(resp, Response::Connected(info));
+    assert_eq!(resp, standby);
     for (i, fd) in fds.into_vec().iter().enumerate() {
         write_byte(fd, i as u8);
         assert_eq!(read_byte(&pipes[i].0), Some(i as u8));

@@ -64,6 +64,9 @@ fn request() -> impl Strategy<Value = Request> {
         any::<u64>().prop_map(|conn| Request::Accepted { conn }),
         Just(Request::Stop),
         Just(Request::Ping),
+        Just(Request::Bell),
+        any::<u64>().prop_map(|id| Request::BellOf { id }),
+        any::<u64>().prop_map(|id| Request::Unbell { id }),
         (any::<u64>(), any::<bool>())
             .prop_map(|(conn, b)| Request::Pass { conn, side: if b { Side::B } else { Side::A } }),
         Just(Request::Claim),
@@ -114,6 +117,8 @@ fn response() -> impl Strategy<Value = Response> {
         (addr(), info(), any::<bool>()).prop_map(|(dest, info, bell)| Response::Standby { dest, info, bell }),
         (any::<u64>(), info()).prop_map(|(listener, info)| Response::Expect { listener, info }),
         any::<u64>().prop_map(|conn| Response::Withdraw { conn }),
+        any::<u64>().prop_map(|id| Response::BellId { id }),
+        any::<u64>().prop_map(|id| Response::Bell { id }),
         info().prop_map(Response::Reopened),
         (any::<[u64; 10]>(), any::<[u64; ipcd_proto::FALLBACK_KINDS]>()).prop_map(|(v, fallbacks)| Response::Status(
             Status {

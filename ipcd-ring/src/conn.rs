@@ -171,7 +171,9 @@ impl ConnSegment for Segment {
             r.reader.flags.store(0, Ordering::Relaxed);
             r.reader_waiting.waiting.store(0, Ordering::Relaxed);
             r.reader_waiting.batching.store(0, Ordering::Relaxed);
-            r.writer_waiting.store(0, Ordering::Relaxed);
+            r.writer_waiting.waiting.store(0, Ordering::Relaxed);
+            crate::Waiters::of(&r.reader_waiting.waiters).clear();
+            crate::Waiters::of(&r.writer_waiting.waiters).clear();
         }
         // Release: whoever attaches after reading the new id sees the
         // fresh rings (hand-over between processes also goes through a

@@ -207,7 +207,7 @@ impl Consumer {
         // Release pairs with the writer's Acquire load of head: our copies out
         // are done before the writer may reuse the space.
         self.ctrl().reader.head.store(self.head, Ordering::Release);
-        let wake_peer = fence_then_take(&self.ctrl().writer_waiting);
+        let wake_peer = fence_then_take(&self.ctrl().writer_waiting.waiting);
         Ok(Transfer { len: n, wake_peer })
     }
 
@@ -260,7 +260,8 @@ impl Consumer {
             self.cached_readable() > 0
         };
         if ready {
-            self.cancel_wait();
+            // The flag stays: another sleeper may have armed it too (see
+            // `wait`).
             return Ok(Wait::Ready);
         }
         Ok(Wait::Sleep)
@@ -278,13 +279,25 @@ impl Consumer {
             return Err(e);
         }
         if self.tail_cache != seen_tail || self.peer_state() != seen_state {
-            self.cancel_wait();
             return Ok(Wait::Ready);
         }
         Ok(Wait::Sleep)
     }
 
-    /// Clears the reader's waiting flag after a sleep that ended early.
+    /// This reader's sleepers: a thread names its doorbell here before it
+    /// waits for data (see [`crate::Waiters`]).
+    pub fn waiters(&self) -> crate::Waiters<'_> {
+        crate::Waiters::of(&self.ctrl().reader_waiting.waiters)
+    }
+
+    /// The writer's sleepers: the doorbells to ring when a read or a close
+    /// says the writer must be woken.
+    pub fn writer_waiters(&self) -> crate::Waiters<'_> {
+        crate::Waiters::of(&self.ctrl().writer_waiting.waiters)
+    }
+
+    /// Clears the reader's waiting flag after a sleep that ended early,
+    /// when no other sleeper can have armed it.
     pub fn cancel_wait(&self) {
         disarm(&self.ctrl().reader_waiting.waiting);
     }

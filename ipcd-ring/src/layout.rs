@@ -10,7 +10,7 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 /// `b"IPCDSEG1"` read as a little-endian `u64`: the first word of every segment.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"IPCDSEG1");
 /// Version of this layout. An attach to any other version fails.
-pub const SEGMENT_VERSION: u32 = 8;
+pub const SEGMENT_VERSION: u32 = 9;
 /// Padding unit: x86-64's adjacent-line prefetcher pulls 64-byte lines in
 /// pairs, so two indices 64 bytes apart still share traffic (as crossbeam does).
 pub const CACHE_LINE: usize = 128;
@@ -122,7 +122,23 @@ pub(crate) struct ReaderWaitLine {
     /// copy beside `tail` unpublished (see `recent`). A hint: any value is
     /// safe, the copy only ever names bytes the data area holds too.
     pub(crate) batching: AtomicU32,
+    /// Who sleeps for data: the doorbells of the reader's waiting threads
+    /// (see [`crate::Waiters`]).
+    pub(crate) waiters: [AtomicU64; WAITER_SLOTS],
 }
+
+/// The line the reader loads when it takes the writer's flag: written by
+/// the writer only when it goes to sleep for room.
+#[repr(C)]
+pub(crate) struct WriterWaitLine {
+    /// Set by the writer before it sleeps for space; cleared by whoever wakes it.
+    pub(crate) waiting: AtomicU32,
+    /// Who sleeps for room (see [`crate::Waiters`]).
+    pub(crate) waiters: [AtomicU64; WAITER_SLOTS],
+}
+
+/// How many sleepers one waiting line can name (see [`crate::Waiters`]).
+pub const WAITER_SLOTS: usize = 4;
 
 /// Control block of one byte ring.
 ///
@@ -135,8 +151,7 @@ pub struct RingControl {
     pub(crate) writer: Line<WriterLine>,
     pub(crate) reader: Line<ReaderLine>,
     pub(crate) reader_waiting: Line<ReaderWaitLine>,
-    /// Set by the writer before it sleeps for space; cleared by whoever wakes it.
-    pub(crate) writer_waiting: Line<AtomicU32>,
+    pub(crate) writer_waiting: Line<WriterWaitLine>,
 }
 
 impl core::fmt::Debug for RingControl {
@@ -160,8 +175,15 @@ impl RingControl {
                 flags: AtomicU32::new(0),
                 window: AtomicU64::new(0),
             }),
-            reader_waiting: Line(ReaderWaitLine { waiting: AtomicU32::new(0), batching: AtomicU32::new(0) }),
-            writer_waiting: Line(AtomicU32::new(0)),
+            reader_waiting: Line(ReaderWaitLine {
+                waiting: AtomicU32::new(0),
+                batching: AtomicU32::new(0),
+                waiters: core::array::from_fn(|_| AtomicU64::new(0)),
+            }),
+            writer_waiting: Line(WriterWaitLine {
+                waiting: AtomicU32::new(0),
+                waiters: core::array::from_fn(|_| AtomicU64::new(0)),
+            }),
         }
     }
 }
@@ -302,8 +324,12 @@ pub mod offsets {
     pub const READER_WAITING: usize = 2 * CACHE_LINE;
     /// Within a ring control block: the reader's batching hint (`u32`).
     pub const READER_BATCHING: usize = 2 * CACHE_LINE + 4;
+    /// Within a ring control block: the reader's waiting threads' doorbells (`[u64; 4]`).
+    pub const READER_WAITERS: usize = 2 * CACHE_LINE + 8;
     /// Within a ring control block: the writer's waiting flag (`u32`).
     pub const WRITER_WAITING: usize = 3 * CACHE_LINE;
+    /// Within a ring control block: the writer's waiting threads' doorbells (`[u64; 4]`).
+    pub const WRITER_WAITERS: usize = 3 * CACHE_LINE + 8;
 }
 
 /// Offset of the first data byte: data areas start right after the control area.
@@ -358,6 +384,9 @@ const _: () = {
     assert!(offset_of!(ReaderWaitLine, waiting) == 0);
     assert!(offset_of!(ReaderWaitLine, batching) == offsets::READER_BATCHING - offsets::READER_WAITING);
     assert!(offset_of!(RingControl, writer_waiting) == offsets::WRITER_WAITING);
+    assert!(offset_of!(ReaderWaitLine, waiters) == offsets::READER_WAITERS - offsets::READER_WAITING);
+    assert!(offset_of!(WriterWaitLine, waiting) == 0);
+    assert!(offset_of!(WriterWaitLine, waiters) == offsets::WRITER_WAITERS - offsets::WRITER_WAITING);
     assert!(offset_of!(RingControl, reader) == offsets::HEAD);
     assert!(offset_of!(SegmentControl, rings) + size_of::<RingControl>() == offsets::ring(1));
 };

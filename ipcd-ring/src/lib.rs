@@ -71,10 +71,10 @@ pub use error::{Corruption, Error};
 pub use index_queue::{IndexQueue, Pop, Popper, INDEX_QUEUE_MAGIC};
 pub use layout::{
     RingControl, SegmentHeader, CACHE_LINE, FLAG_CLOSED, FLAG_RESET, HOLDER_SLOTS, MAX_CAPACITY, NO_CPU, OFFER_CLAIMED,
-    SEGMENT_ALIGN, SEGMENT_MAGIC, SEGMENT_VERSION,
+    SEGMENT_ALIGN, SEGMENT_MAGIC, SEGMENT_VERSION, WAITER_SLOTS,
 };
 pub use producer::Producer;
 pub use segment::{Admission, EndLock, Segment, Side, Tapped, Ticket};
-pub use wait::{Transfer, Wait};
+pub use wait::{Transfer, Wait, Waiters};
 
 pub use layout::offsets;

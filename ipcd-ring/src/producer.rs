@@ -266,7 +266,7 @@ impl Producer {
     /// for a full ring's worth at most.
     pub fn prepare_wait(&mut self, want: usize) -> Result<Wait, Error> {
         let want = (want as u64).clamp(1, self.data.cap);
-        arm(&self.ctrl().writer_waiting);
+        arm(&self.ctrl().writer_waiting.waiting);
         let ready = self.is_reader_closed() || {
             if let Err(e) = self.refresh_head() {
                 self.cancel_wait();
@@ -275,14 +275,28 @@ impl Producer {
             self.free() >= want
         };
         if ready {
-            self.cancel_wait();
+            // The flag stays: another sleeper may have armed it too (see
+            // `wait`).
             return Ok(Wait::Ready);
         }
         Ok(Wait::Sleep)
     }
 
-    /// Clears the writer's waiting flag after a sleep that ended early.
+    /// This writer's sleepers: a thread names its doorbell here before it
+    /// waits for room (see [`crate::Waiters`]).
+    pub fn waiters(&self) -> crate::Waiters<'_> {
+        crate::Waiters::of(&self.ctrl().writer_waiting.waiters)
+    }
+
+    /// The reader's sleepers: the doorbells to ring when a publish or a
+    /// close says the reader must be woken.
+    pub fn reader_waiters(&self) -> crate::Waiters<'_> {
+        crate::Waiters::of(&self.ctrl().reader_waiting.waiters)
+    }
+
+    /// Clears the writer's waiting flag after a sleep that ended early,
+    /// when no other sleeper can have armed it.
     pub fn cancel_wait(&self) {
-        disarm(&self.ctrl().writer_waiting);
+        disarm(&self.ctrl().writer_waiting.waiting);
     }
 }

@@ -402,6 +402,18 @@ impl Segment {
         unsafe { self.consumer_of(side) }?.prepare_wait()
     }
 
+    /// The sleepers of `side`: those waiting for data (on the ring it
+    /// reads), then those waiting for room (on the ring it writes). The
+    /// monitor rings them when it closes the other side or admits or
+    /// refuses a waiting connect; a control view serves.
+    pub fn waiters_of(&self, side: Side) -> [crate::Waiters<'_>; 2] {
+        let rings = &self.control().rings;
+        [
+            crate::Waiters::of(&rings[side.peer().tx()].reader_waiting.waiters),
+            crate::Waiters::of(&rings[side.tx()].writer_waiting.waiters),
+        ]
+    }
+
     /// Both handles of `side`.
     ///
     /// # Safety

@@ -4,28 +4,33 @@
 //! space) may sleep in the kernel on its own doorbell, and the other side
 //! rings that doorbell only when it is needed:
 //!
-//! 1. the sleeper sets its `*_waiting` flag, issues a `SeqCst` fence, then
-//!    re-checks the ring and the peer's closed flag ([`Consumer::prepare_wait`],
-//!    [`Producer::prepare_wait`]); if progress is possible it clears the flag
-//!    and does not sleep ([`Wait::Ready`]);
-//! 2. otherwise ([`Wait::Sleep`]) it blocks on its doorbell;
+//! 1. the sleeper names its doorbell in the line's [`Waiters`], sets the
+//!    `*_waiting` flag, issues a `SeqCst` fence, then re-checks the ring and
+//!    the peer's closed flag ([`Consumer::prepare_wait`],
+//!    [`Producer::prepare_wait`]); if progress is possible it does not sleep
+//!    ([`Wait::Ready`]) and leaves the flag set: another sleeper of the line
+//!    may have armed it too, and a stale flag only makes the other side look
+//!    at the names once;
+//! 2. otherwise ([`Wait::Sleep`]) it blocks on its doorbell, and takes its
+//!    name back when it wakes;
 //! 3. the other side publishes its index (Release) or its closed flag, issues
 //!    a `SeqCst` fence, and if the sleeper's flag is set clears it and
-//!    reports that the doorbell must be rung ([`Transfer::wake_peer`], or
-//!    `true` from `close`).
+//!    reports that the doorbells named must be rung ([`Transfer::wake_peer`],
+//!    or `true` from `close`).
 //!
 //! The two fences make this Dekker's pattern: either the sleeper's re-check
 //! sees the new index, or the publisher sees the flag. A doorbell rung for a
 //! sleeper that then decided not to sleep leaves a stale token; the next sleep
 //! returns at once, the caller re-checks and waits again, so stale tokens cost
 //! a loop, never a lost byte. After a sleep that ended for another reason
-//! (timeout, signal) the caller calls `cancel_wait`.
+//! (timeout, signal) a caller that alone sleeps on the line may call
+//! `cancel_wait`.
 //!
 //! [`Consumer::prepare_wait`]: crate::Consumer::prepare_wait
 //! [`Producer::prepare_wait`]: crate::Producer::prepare_wait
 
-use crate::layout::{RingControl, FLAG_CLOSED};
-use crate::sync::{AtomicU32, Ordering};
+use crate::layout::{RingControl, FLAG_CLOSED, WAITER_SLOTS};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// What a side may do after `prepare_wait`.
 #[must_use = "sleeping after Wait::Ready can wait forever"]
@@ -51,8 +56,11 @@ pub struct Transfer {
 /// Arms a waiting flag and orders it before the caller's re-check.
 #[inline]
 pub(crate) fn arm(flag: &AtomicU32) {
-    // Relaxed store: the SeqCst fence right after orders it before the re-check.
-    flag.store(1, Ordering::Relaxed);
+    // The SeqCst fence right after orders it before the re-check. A
+    // read-modify-write with Release: whoever takes the flag (Acquire)
+    // then sees every name written before any sleeper armed it (each RMW
+    // continues the release sequence of the ones before).
+    flag.fetch_or(1, Ordering::Release);
     // Pairs with the fence in `publish_then_check` on the other side (Dekker).
     crate::sync::fence(Ordering::SeqCst);
 }
@@ -71,7 +79,7 @@ pub(crate) fn fence_then_take(flag: &AtomicU32) -> bool {
     crate::sync::fence(Ordering::SeqCst);
     // A plain load first: the flag's line stays shared in our cache until the
     // peer actually sleeps, so the common case costs no write.
-    flag.load(Ordering::Relaxed) != 0 && flag.swap(0, Ordering::Relaxed) != 0
+    flag.load(Ordering::Relaxed) != 0 && flag.swap(0, Ordering::Acquire) != 0
 }
 
 /// Sets the writer's flags (`FLAG_CLOSED`, optionally `FLAG_RESET`) and
@@ -87,5 +95,68 @@ pub(crate) fn close_writer(ctrl: &RingControl, flags: u32) -> bool {
 pub(crate) fn close_reader(ctrl: &RingControl) -> bool {
     // Release pairs with the writer's Acquire load in `is_reader_closed`.
     ctrl.reader.flags.fetch_or(FLAG_CLOSED, Ordering::Release);
-    fence_then_take(&ctrl.writer_waiting)
+    fence_then_take(&ctrl.writer_waiting.waiting)
+}
+
+/// The sleepers of one waiting line, named by their doorbells' ids.
+///
+/// A thread about to sleep on a ring names its doorbell here
+/// ([`Waiters::name`]) before it arms the line's waiting flag, and takes
+/// the name back when it wakes ([`Waiters::unname`]); whoever takes the
+/// flag rings every doorbell named ([`Waiters::ids`]). So each sleeper
+/// is rung on a doorbell of its own, whichever process it is in, and a
+/// doorbell serves all the ends its thread waits on: nothing per
+/// connection. The ids mean nothing to this crate (ipcd's monitor gives
+/// them out); a peer can write any value, so they are only looked up,
+/// never trusted.
+#[derive(Clone, Copy)]
+pub struct Waiters<'a> {
+    slots: &'a [AtomicU64; WAITER_SLOTS],
+}
+
+impl core::fmt::Debug for Waiters<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_tuple("Waiters").field(&self.ids()).finish()
+    }
+}
+
+impl<'a> Waiters<'a> {
+    pub(crate) fn of(slots: &'a [AtomicU64; WAITER_SLOTS]) -> Self {
+        Waiters { slots }
+    }
+
+    /// Names doorbell `id` (nonzero) among the sleepers; false if every
+    /// slot is taken (the caller then cannot count on being rung). Before
+    /// arming the flag: arming publishes the name.
+    pub fn name(&self, id: u64) -> bool {
+        if id == 0 {
+            return false;
+        }
+        if self.slots.iter().any(|s| s.load(Ordering::Relaxed) == id) {
+            return true;
+        }
+        self.slots.iter().any(|s| s.compare_exchange(0, id, Ordering::Relaxed, Ordering::Relaxed).is_ok())
+    }
+
+    /// Takes doorbell `id`'s name back (every slot holding it).
+    pub fn unname(&self, id: u64) {
+        for s in self.slots {
+            if s.load(Ordering::Relaxed) == id {
+                let _ = s.compare_exchange(id, 0, Ordering::Relaxed, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The doorbells named, 0 for a free slot. Read after taking the
+    /// line's flag, which orders every name written before it was armed.
+    pub fn ids(&self) -> [u64; WAITER_SLOTS] {
+        core::array::from_fn(|i| self.slots[i].load(Ordering::Relaxed))
+    }
+
+    /// Frees every slot (a segment reset for a new connection).
+    pub(crate) fn clear(&self) {
+        for s in self.slots {
+            s.store(0, Ordering::Relaxed);
+        }
+    }
 }

@@ -271,3 +271,37 @@ fn a_watched_ticket_connects_without_a_lost_wakeup() {
         connector.join().unwrap();
     });
 }
+
+/// Two threads sleep for data on one ring, each on a doorbell of its own
+/// named in the reader's waiting line (as ipcd's threads, or two
+/// processes sharing an end, do); the writer rings every name it finds
+/// after taking the flag. Neither may sleep through the write: a name
+/// not yet visible to the writer would deadlock its sleeper here.
+#[test]
+fn every_named_sleeper_is_rung() {
+    loom::model(|| {
+        let s = Arc::new(setup(4));
+        let bells: Arc<[Doorbell; 2]> = Arc::default();
+        let sleeper = |id: u64| {
+            let (s, bells) = (s.clone(), bells.clone());
+            thread::spawn(move || {
+                let [waiters, _] = s.seg.waiters_of(Side::B);
+                assert!(waiters.name(id));
+                if s.seg.prepare_reader_wait(Side::B).unwrap() == Wait::Sleep {
+                    bells[id as usize - 1].wait(); // deadlocks if never rung
+                }
+                waiters.unname(id);
+            })
+        };
+        let (one, two) = (sleeper(1), sleeper(2));
+        // SAFETY: test: the one producer of side A.
+        let mut tx = unsafe { s.seg.producer(Side::A) }.unwrap();
+        if tx.write(&[7]).unwrap().wake_peer {
+            for id in tx.reader_waiters().ids().into_iter().filter(|&i| i != 0) {
+                bells[id as usize - 1].ring();
+            }
+        }
+        one.join().unwrap();
+        two.join().unwrap();
+    });
+}

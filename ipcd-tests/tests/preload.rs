@@ -193,6 +193,7 @@ checks! {
     a_reader_behind_small_writes_gets_every_byte_in_order => "small-writes",
     a_fork_and_exec_relay_delivers_its_whole_tail => "exec-relay",
     the_fd_limit_fails_only_the_call_that_needs_an_fd => "fd-limit",
+    a_tight_fd_limit_holds_as_many_connections_as_the_kernel => "fd-count",
     bad_arguments_get_the_errors_linux_gives => "bad-args",
     names_and_options_follow_the_connections_state => "closed-names",
     sockets_made_after_connections_closed_look_new => "kept-sockets",

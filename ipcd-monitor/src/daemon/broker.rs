@@ -5,13 +5,13 @@ use ipcd_proto::channel::ChannelError;
 use ipcd_proto::message::{ConnInfo, Fallback, Response, Side};
 use ipcd_proto::SockAddr;
 use ipcd_ring::ConnSegment;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 
 use super::{has_room, peer_closed, port_zero, send_to, undeliverable, ConnRec, Daemon, NewConn, Pooled};
 use crate::log;
 use crate::log::Level;
 use crate::registry::Listener;
-use crate::segment::{doorbell, SharedSegment};
+use crate::segment::SharedSegment;
 
 impl Daemon {
     /// A port for a connector at `source` (port 0) to `dest`: one of the
@@ -88,7 +88,7 @@ impl Daemon {
         let waiting = full(&l);
         let conn = self.next_conn;
         let pair = (token, acceptor);
-        let Some((segment, seg, bells, reused)) = self.take_segment(pair, conn) else {
+        let Some((segment, seg, reused)) = self.take_segment(pair, conn) else {
             return self.use_kernel(token, seq, Fallback::NoMemory);
         };
         self.next_conn += 1;
@@ -102,8 +102,7 @@ impl Daemon {
         };
         let info_a =
             ConnInfo { conn, side: Side::A, local: a_addr, peer: dest, segment_len: seg.len() as u64, segment, reused };
-        let new =
-            NewConn { token, acceptor, listener: (l.owner, l.id), seg, bells, info_a, defer: l.defer_secs, waiting };
+        let new = NewConn { token, acceptor, listener: (l.owner, l.id), seg, info_a, defer: l.defer_secs, waiting };
         // Sent before the answer: the connector, woken by the answer,
         // often runs before the rest of this, and its next connect would
         // find no standby yet. A pair with a pool has had a connection
@@ -141,21 +140,16 @@ impl Daemon {
     /// A segment for a new connection `conn` between `pair`: one of the
     /// pair's pool, made fresh for it (`true`: both ends map it already),
     /// else a new one. `None` when none can be made.
-    pub(super) fn take_segment(
-        &mut self,
-        pair: (u64, u64),
-        conn: u64,
-    ) -> Option<(u64, SharedSegment, [OwnedFd; 2], bool)> {
+    pub(super) fn take_segment(&mut self, pair: (u64, u64), conn: u64) -> Option<(u64, SharedSegment, bool)> {
         if let Some(p) = self.pools.get_mut(&pair).and_then(Vec::pop) {
             let mut seg = p.seg;
             seg.reuse(conn);
-            return Some((p.id, seg, p.bells, true));
+            return Some((p.id, seg, true));
         }
-        let made = SharedSegment::create(conn, self.cfg.ring_bytes).and_then(|s| Ok((s, [doorbell()?, doorbell()?])));
-        match made {
-            Ok((seg, bells)) => {
+        match SharedSegment::create(conn, self.cfg.ring_bytes) {
+            Ok(seg) => {
                 self.next_segment += 1;
-                Some((self.next_segment - 1, seg, bells, false))
+                Some((self.next_segment - 1, seg, false))
             }
             Err(e) => {
                 log!(Level::Error, "msg=\"cannot create segment\" err=\"{e}\"");
@@ -170,7 +164,7 @@ impl Daemon {
     // Long on purpose: the order of the two answers, the fallback and the records is the
     // protocol, step by step as the comments say; split, it would hide that order.
     pub(super) fn deliver(&mut self, new: NewConn, answer: Option<u32>) {
-        let NewConn { token, acceptor, listener: (owner, id), seg, bells, info_a, defer, waiting } = new;
+        let NewConn { token, acceptor, listener: (owner, id), seg, info_a, defer, waiting } = new;
         if waiting {
             // Before the connector can look: it waits, nothing sent or read.
             seg.view().set_admission(ipcd_ring::Admission::Waiting);
@@ -184,10 +178,9 @@ impl Daemon {
         // survivor judges from these names whether its peer did too.
         let pid_of = |t: u64| self.clients.get(&t).map_or(0, |c| c.pid);
         seg.name_holders([pid_of(token), pid_of(acceptor)]);
-        // A reused segment is already mapped at both ends, doorbells too.
-        let fds_b = [seg.fd(), bells[1].as_fd(), bells[0].as_fd()];
-        let fds_a = [seg.fd(), bells[0].as_fd(), bells[1].as_fd()];
-        let n = if reused { 0 } else { 3 };
+        // A reused segment is already mapped at both ends.
+        let fds = [seg.fd()];
+        let n = usize::from(!reused);
         // The connector is answered first when the listener's channel has
         // room: it then writes while the acceptor wakes, instead of waking
         // after it (one connection at a time, 4 alternating runs: ~16 %
@@ -197,7 +190,7 @@ impl Daemon {
             None => true,
             // One told later is answered at once.
             Some(seq) if later || self.clients.get(&acceptor).is_some_and(|o| has_room(o.chan.as_fd())) => {
-                self.reply(token, seq, &Response::Connected(info_a), &fds_a[..n]);
+                self.reply(token, seq, &Response::Connected(info_a), &fds[..n]);
                 true
             }
             Some(_) => false,
@@ -212,7 +205,7 @@ impl Daemon {
             (Some(_), true) => {
                 seg.view().offer(to_pid);
                 let incoming = Response::Incoming { listener: id, info: info_b };
-                send_to(&mut self.clients, &mut self.watch, acceptor, 0, &incoming, &fds_b[..n])
+                send_to(&mut self.clients, &mut self.watch, acceptor, 0, &incoming, &fds[..n])
             }
             (_, false) => Err(ChannelError::Closed),
         };
@@ -227,7 +220,7 @@ impl Daemon {
             if reused {
                 // Both still map it; a dropped listener's pool is emptied
                 // (and the connector told to forget it) with its client.
-                self.pools.entry(pair).or_default().push(Pooled { id: segment, seg, bells });
+                self.pools.entry(pair).or_default().push(Pooled { id: segment, seg });
             }
             return;
         }
@@ -235,7 +228,7 @@ impl Daemon {
             entry.pending += 1;
         }
         if let (false, Some(seq)) = (answered, answer) {
-            self.reply(token, seq, &Response::Connected(info_a), &fds_a[..n]);
+            self.reply(token, seq, &Response::Connected(info_a), &fds[..n]);
         }
         self.connects_total += 1;
         self.reused_total += u64::from(reused);
@@ -256,7 +249,6 @@ impl Daemon {
         }
         let rec = ConnRec {
             seg,
-            bells,
             info: [info_a, info_b],
             holders: [vec![token], vec![acceptor]],
             gone: [false; 2],

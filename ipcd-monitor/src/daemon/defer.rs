@@ -4,13 +4,14 @@
 //! connection to the accept queue only then.
 //!
 //! The connector is answered at once, as Linux's connect completes. The
-//! monitor then waits as the acceptor would: it arms the waiting flag of
-//! the ring the connector writes, and watches the acceptor's doorbell,
-//! which the connector's first write (or its FIN) rings. No message, and
+//! monitor then waits as the acceptor would: it names its own doorbell
+//! (registered like a thread's, watched in its epoll set) among the
+//! sleepers of the ring the connector writes and arms its waiting flag,
+//! so the connector's first write (or its FIN) rings it. No message, and
 //! nothing in the connector's library, knows of the deferral.
 
 use ipcd_ring::ConnSegment;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use ipcd_proto::message::{ConnInfo, Response, Side};
@@ -20,8 +21,7 @@ use super::{peer_closed, send_to, Daemon};
 use crate::log;
 use crate::log::Level;
 
-/// High bit of an epoll token: an acceptor's doorbell watched for a
-/// deferred connection (the rest is the connection id; ids and client
+/// Epoll token of the monitor's doorbell for deferred connections (client
 /// tokens stay far below it).
 pub(super) const DEFER_TAG: u64 = 1 << 63;
 
@@ -52,18 +52,6 @@ pub(super) fn defer_secs(listening: &OwnedFd) -> u32 {
     }
 }
 
-/// Watches `bell` (level-triggered, one shot) under `token`: a bell kept
-/// for reuse may still be registered, disarmed, from an earlier deferral.
-fn watch_once(epoll: BorrowedFd<'_>, bell: BorrowedFd<'_>, token: u64) {
-    let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLONESHOT) as u32, u64: token };
-    for op in [libc::EPOLL_CTL_ADD, libc::EPOLL_CTL_MOD] {
-        // SAFETY: a live event struct; both fds are ours.
-        if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), op, bell.as_raw_fd(), &mut ev) } == 0 {
-            return;
-        }
-    }
-}
-
 impl Daemon {
     /// Connection `conn` (recorded, its connector answered) goes to its
     /// acceptor only when its connector writes or after `secs` seconds.
@@ -75,31 +63,27 @@ impl Daemon {
         }
     }
 
-    /// Arms the acceptor's side of `conn` as a sleeping reader would and
-    /// watches its doorbell; false if the connector already wrote or shut
-    /// its side (or the connection is gone).
+    /// Sleeps on the acceptor's side of `conn` as a reader would, on the
+    /// monitor's doorbell for deferrals; false if the connector already
+    /// wrote or shut its side (or the connection is gone).
     fn arm_deferred(&mut self, conn: u64) -> bool {
         let Some(rec) = self.conns.get(&conn) else { return false };
         // The acceptor has not been told of the connection: no reader of
         // this ring is there to arm its flag but us.
-        if !matches!(rec.seg.view().prepare_reader_wait(ipcd_ring::Side::B), Ok(Wait::Sleep)) {
-            return false;
-        }
-        watch_once(self.epoll.as_fd(), rec.bells[1].as_fd(), DEFER_TAG | conn);
-        true
+        let [reader, _] = rec.seg.view().waiters_of(ipcd_ring::Side::B);
+        reader.name(self.defer_bell.0);
+        matches!(rec.seg.view().prepare_reader_wait(ipcd_ring::Side::B), Ok(Wait::Sleep))
     }
 
-    /// The doorbell of deferred `conn` rang: announced if its connector
-    /// wrote or shut its side, else watched again (a ring left from before).
-    pub(super) fn deferred_rang(&mut self, conn: u64) {
-        if !self.deferred.contains_key(&conn) {
-            return;
-        }
-        if let Some(rec) = self.conns.get(&conn) {
-            crate::segment::take(rec.bells[1].as_fd());
-        }
-        if !self.arm_deferred(conn) {
-            self.announce(conn);
+    /// The doorbell for deferrals rang: each deferred connection whose
+    /// connector wrote or shut its side is announced; the others sleep on.
+    pub(super) fn deferred_rang(&mut self) {
+        crate::segment::take(std::os::fd::AsFd::as_fd(&*self.defer_bell.1));
+        let conns: Vec<u64> = self.deferred.keys().copied().collect();
+        for conn in conns {
+            if !self.arm_deferred(conn) {
+                self.announce(conn);
+            }
         }
     }
 
@@ -129,11 +113,8 @@ impl Daemon {
     /// reset).
     pub(super) fn tell_acceptor(&mut self, conn: u64) {
         let Some(rec) = self.conns.get(&conn) else { return };
-        // SAFETY: removes our bell from our epoll set (a null event is
-        // allowed for DEL); the bell is alive with the record.
-        unsafe {
-            libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, rec.bells[1].as_raw_fd(), std::ptr::null_mut())
-        };
+        // The acceptor sleeps there from now on, not the monitor.
+        rec.seg.view().waiters_of(ipcd_ring::Side::B)[0].unname(self.defer_bell.0);
         // Its listener and acceptor now: a listener handed on from an
         // owner that left names its new one.
         let (Some((owner, id)), Some(&acceptor)) = (rec.pending_in, rec.holders[1].first()) else { return };
@@ -183,7 +164,7 @@ impl Daemon {
                 // Its listener went first: the connect is refused, as the
                 // kernel answers the next SYN with a reset.
                 rec.seg.view().set_admission(ipcd_ring::Admission::Refused);
-                crate::segment::ring(rec.bells[0].as_fd());
+                self.bells.ring_side(rec.seg.view(), ipcd_ring::Side::A);
                 self.let_go(acceptor, conn, Side::B, super::Gone::Released { abort: true });
                 continue;
             };
@@ -193,7 +174,7 @@ impl Daemon {
             }
             let defer = l.defer_secs;
             rec.seg.view().set_admission(ipcd_ring::Admission::Established);
-            crate::segment::ring(rec.bells[0].as_fd());
+            self.bells.ring_side(rec.seg.view(), ipcd_ring::Side::A);
             if let Some(l) = self.registry.get_mut(owner, id) {
                 l.pending += 1;
             }

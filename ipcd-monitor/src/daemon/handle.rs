@@ -5,6 +5,7 @@
 use ipcd_proto::channel::Fds;
 use ipcd_proto::message::{ErrorCode, Request, Response, Side};
 use ipcd_proto::{Caps, ListenFlags, SockAddr, PROTOCOL_VERSIONS};
+use std::os::fd::AsFd;
 
 use super::{idx, send_to, socket_inode, undeliverable, verify_listening_socket, Daemon, Gone, HeldEnd, EXECED};
 use crate::log;
@@ -86,6 +87,27 @@ impl Daemon {
             // Everything it sent before was handled: its ring was read
             // before its channel.
             Request::Ping => self.reply(token, seq, &Response::Ok, &[]),
+            Request::Bell => match fds.into_vec().pop() {
+                Some(fd) => {
+                    let id = self.bells.add(token, from.uid, fd);
+                    self.reply(token, seq, &Response::BellId { id }, &[]);
+                }
+                None => self.fail(token, seq, ErrorCode::BadRequest),
+            },
+            Request::BellOf { id } => self.bell_of(from, id),
+            Request::Unbell { id } => self.bells.remove(token, id),
+        }
+    }
+
+    /// `BellOf`: doorbell `id`, to a process of its owner's user (any with
+    /// `--cross-uid`, where connections cross users too). Ringing it can
+    /// only wake a sleeper to look again.
+    fn bell_of(&mut self, from: From, id: u64) {
+        match self.bells.get(id) {
+            Some((uid, fd)) if uid == from.uid || self.cfg.cross_uid => {
+                self.reply(from.token, from.seq, &Response::Bell { id }, &[fd.as_fd()]);
+            }
+            _ => self.fail(from.token, from.seq, ErrorCode::BadRequest),
         }
     }
 

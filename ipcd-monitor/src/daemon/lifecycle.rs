@@ -13,7 +13,6 @@ use super::{
 };
 use crate::log;
 use crate::log::Level;
-use crate::segment::ring;
 
 impl Daemon {
     /// `token` lets go of its hold on `side` of `conn`. When the last holder
@@ -54,7 +53,7 @@ impl Daemon {
                 && end_state(rec, side) == EndState::Open
             {
                 end_gone(&rec.seg, side, abort);
-                ring(rec.bells[idx(other(side))].as_fd());
+                self.bells.ring_side(rec.seg.view(), ring_side(other(side)));
             }
             return;
         }
@@ -71,7 +70,7 @@ impl Daemon {
         // socket's whatever it last did; a released one only if still open.
         if how == Gone::Died || (ours && open) {
             end_gone(&rec.seg, side, abort);
-            ring(rec.bells[idx(other(side))].as_fd());
+            self.bells.ring_side(rec.seg.view(), ring_side(other(side)));
         }
         if how == Gone::Died {
             let peers = rec.holders[idx(other(side))].clone();
@@ -98,7 +97,7 @@ impl Daemon {
         let room = self.pools.get(&rec.pair).map_or(0, Vec::len) < POOL_PER_PAIR;
         if rec.recyclable && rec.kept == [true, true] && live && room {
             rec.seg.trim();
-            self.pools.entry(rec.pair).or_default().push(Pooled { id: segment, seg: rec.seg, bells: rec.bells });
+            self.pools.entry(rec.pair).or_default().push(Pooled { id: segment, seg: rec.seg });
             // Its connector used a standby and may use more before it
             // says so (it says nothing): the stock is topped up here.
             if let Some((listener, dest)) = rec.refill {
@@ -280,6 +279,9 @@ impl Daemon {
             self.withdraw_standbys(|s| s.client == token || s.listener.0 == token);
             // Its listeners' bells go with it (an exec'd image registers its own).
             self.listener_bells.retain(|&(owner, _), _| owner != token);
+            // So do its threads' doorbells (a peer's copy of one stays
+            // open, rung for nobody).
+            self.bells.drop_owner(token);
             self.drop_pools(token);
             // SAFETY: removes an fd we added; a null event is allowed for DEL.
             unsafe {

@@ -185,7 +185,6 @@ struct Passed {
 
 struct ConnRec {
     seg: SharedSegment,
-    bells: [OwnedFd; 2],
     info: [ConnInfo; 2],
     holders: [Vec<u64>; 2],
     gone: [bool; 2],
@@ -209,12 +208,9 @@ struct ConnRec {
 impl ConnRec {
     /// `side`'s end for a process that maps the segment afresh (an exec'd
     /// image, the receiver of a pass, the next acceptor of a waiting
-    /// connection): its info, and the segment and the end's own and peer
-    /// doorbells to send with it.
-    fn fresh_end(&self, side: Side) -> (ConnInfo, [BorrowedFd<'_>; 3]) {
-        let i = idx(side);
-        let fds = [self.seg.fd(), self.bells[i].as_fd(), self.bells[idx(other(side))].as_fd()];
-        (ConnInfo { reused: false, ..self.info[i] }, fds)
+    /// connection): its info, and the segment to send with it.
+    fn fresh_end(&self, side: Side) -> (ConnInfo, [BorrowedFd<'_>; 1]) {
+        (ConnInfo { reused: false, ..self.info[idx(side)] }, [self.seg.fd()])
     }
 }
 
@@ -224,7 +220,6 @@ impl ConnRec {
 struct Pooled {
     id: u64,
     seg: SharedSegment,
-    bells: [OwnedFd; 2],
 }
 
 /// A connection being set up: the connector's client and end, the
@@ -234,7 +229,6 @@ struct NewConn {
     acceptor: u64,
     listener: (u64, u64),
     seg: SharedSegment,
-    bells: [OwnedFd; 2],
     info_a: ConnInfo,
     /// The listener's `TCP_DEFER_ACCEPT` seconds (0: announce at once).
     defer: u32,
@@ -250,7 +244,6 @@ struct Standby {
     dest: SockAddr,
     info: ConnInfo,
     seg: SharedSegment,
-    bells: [OwnedFd; 2],
 }
 
 /// Standby connections held per process and destination: a client that
@@ -356,6 +349,10 @@ pub struct Daemon {
     tracers: Vec<trace::Tracer>,
     /// Rung by a relay that ended, after it sent on `relay_done`.
     relay_bell: OwnedFd,
+    /// Every doorbell registered, the processes' and the monitor's own.
+    bells: std::sync::Arc<crate::bells::Bells>,
+    /// The monitor's doorbell for deferred connections: its id and eventfd.
+    defer_bell: (u64, std::sync::Arc<OwnedFd>),
     relay_done: (std::sync::mpsc::Sender<crate::relay::Finished>, std::sync::mpsc::Receiver<crate::relay::Finished>),
     /// Processes' request rings, in a queue mode (`--queues`).
     queues: queues::RequestQueues,
@@ -397,6 +394,11 @@ impl Daemon {
         let epoll = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
         let signals = doorbell()?;
         install_stop_handler(&signals)?;
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let bells = std::sync::Arc::new(crate::bells::Bells::default());
+        let defer_id = bells.add(crate::bells::MONITOR, uid, doorbell()?);
+        let defer_bell = (defer_id, bells.get(defer_id).ok_or_else(|| io::Error::other("no doorbell"))?.1);
         let d = Daemon {
             cfg,
             listener,
@@ -422,8 +424,7 @@ impl Daemon {
             fallbacks: [0; ipcd_proto::FALLBACK_KINDS],
             reused_total: 0,
             standby_total: 0,
-            // SAFETY: getuid cannot fail.
-            uid: unsafe { libc::getuid() },
+            uid,
             running: true,
             recv_bufs: vec![[0; MAX_FRAME + 1]; BATCH],
             doomed: Vec::new(),
@@ -435,12 +436,15 @@ impl Daemon {
             junction: crate::relay::Junction::default(),
             tracers: Vec::new(),
             relay_bell: doorbell()?,
+            bells,
+            defer_bell,
             relay_done: std::sync::mpsc::channel(),
             queues: queues::RequestQueues::default(),
         };
         d.watch(d.listener.as_fd(), TOKEN_LISTENER)?;
         d.watch(d.signals.as_fd(), TOKEN_SIGNAL)?;
         d.watch(d.relay_bell.as_fd(), TOKEN_RELAY)?;
+        d.watch(d.defer_bell.1.as_fd(), defer::DEFER_TAG)?;
         Ok(d)
     }
 
@@ -491,7 +495,7 @@ impl Daemon {
                     TOKEN_LISTENER => self.accept_all(),
                     TOKEN_SIGNAL => {}
                     TOKEN_RELAY => self.relays_finished(),
-                    t if t & defer::DEFER_TAG != 0 => self.deferred_rang(t & !defer::DEFER_TAG),
+                    defer::DEFER_TAG => self.deferred_rang(),
                     // What waits, in one call (a process's batch of
                     // `Close`s comes at once): one read that takes fewer
                     // than it had room for found them all, so no call

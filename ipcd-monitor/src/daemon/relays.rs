@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use ipcd_proto::message::{ErrorCode, Response, Side};
 
 use super::handle::From;
-use super::{idx, other, ring_side, Daemon, Gone};
+use super::{idx, ring_side, Daemon, Gone};
 use crate::log;
 use crate::log::Level;
 use crate::relay::{self, RelayEnd};
@@ -45,19 +45,21 @@ impl Daemon {
             return self.fail(token, seq, ErrorCode::NoSuchConnection);
         };
         let i = idx(side);
+        let holder = self.next_token;
         let end = (|| -> std::io::Result<RelayEnd> {
             let seg = rec.seg.map_again()?;
-            let bell = rec.bells[i].try_clone()?;
-            let peer_bell = rec.bells[idx(other(side))].try_clone()?;
             let sock = self.junction.connect(kernel.as_fd())?;
-            Ok(RelayEnd { conn, seg, side: ring_side(side), bell, peer_bell, sock })
+            // Registered under the relay's holder token: dropped when it ends.
+            let id = self.bells.add(holder, self.uid, crate::segment::doorbell()?);
+            let bell = (id, self.bells.get(id).ok_or_else(|| std::io::Error::other("no doorbell"))?.1);
+            Ok(RelayEnd { conn, seg, side: ring_side(side), bell, bells: self.bells.clone(), sock })
         })();
-        let holder = self.next_token;
         let started = end.and_then(|end| {
             let wake = self.relay_bell.try_clone()?;
             relay::spawn(end, holder, self.relay_done.0.clone(), wake)
         });
         if let Err(e) = started {
+            self.bells.drop_owner(holder);
             log!(Level::Warn, "msg=\"cannot relay connection\" conn={conn} pid={pid} err=\"{e}\"");
             return self.fail(token, seq, ErrorCode::Internal);
         }
@@ -88,6 +90,7 @@ impl Daemon {
                     rec.seg.view().unname_holder(f.side, id);
                 }
             }
+            self.bells.drop_owner(f.holder);
             self.let_go(f.holder, f.conn, side, Gone::Released { abort: false });
         }
     }

@@ -37,7 +37,7 @@ impl Daemon {
             return;
         }
         let conn = self.next_conn;
-        let Some((segment, seg, bells, reused)) = self.take_segment(pair, conn) else { return };
+        let Some((segment, seg, reused)) = self.take_segment(pair, conn) else { return };
         self.next_conn += 1;
         let info = ConnInfo {
             conn,
@@ -48,7 +48,7 @@ impl Daemon {
             segment,
             reused,
         };
-        let n = if reused { 0 } else { 3 };
+        let n = usize::from(!reused);
         // The acceptor first: once the connector has the standby it may
         // connect and ring the listener's bell, and the woken acceptor
         // must find the `Expect` on its channel.
@@ -57,7 +57,7 @@ impl Daemon {
         seg.view().expect(conn);
         seg.view().offer(to_pid);
         let info_b = ConnInfo { side: Side::B, local: dest, peer: port_zero(dest), ..info };
-        let fds_b = [seg.fd(), bells[1].as_fd(), bells[0].as_fd()];
+        let fds_b = [seg.fd()];
         let expect = Response::Expect { listener: listener.1, info: info_b };
         let told = send_to(&mut self.clients, &mut self.watch, acceptor, 0, &expect, &fds_b[..n]);
         if told.is_err() {
@@ -71,7 +71,7 @@ impl Daemon {
         }
         let bell = self.listener_bells.get(&listener).map(|b| b.as_fd());
         let send_bell = bell.is_some() && self.clients.get(&token).is_some_and(|c| !c.bells.contains(&listener));
-        let mut fds = vec![seg.fd(), bells[0].as_fd(), bells[1].as_fd()];
+        let mut fds = vec![seg.fd()];
         fds.truncate(n);
         fds.extend(bell.filter(|_| send_bell));
         let standby = Response::Standby { dest, info, bell: send_bell };
@@ -90,7 +90,7 @@ impl Daemon {
             c.bells.insert(listener);
         }
         log!(Level::Debug, "msg=\"standby issued\" conn={conn} client={token} dest={dest} reused={reused}");
-        self.standbys.insert(conn, Standby { client: token, listener, dest, info, seg, bells });
+        self.standbys.insert(conn, Standby { client: token, listener, dest, info, seg });
     }
 
     /// Standby `conn`, if its connector connected through it (its ticket
@@ -120,10 +120,10 @@ impl Daemon {
             log!(Level::Warn, "msg=\"use of an unknown standby\" client={token} conn={conn}");
             return;
         };
-        let Standby { listener, dest, mut info, seg, bells, .. } = sb;
+        let Standby { listener, dest, mut info, seg, .. } = sb;
         info.local = source.unwrap_or(info.local);
         let live = self.registry.get(listener.0, listener.1).is_some() && self.clients.contains_key(&listener.0);
-        let new = NewConn { token, acceptor: listener.0, listener, seg, bells, info_a: info, defer: 0, waiting: false };
+        let new = NewConn { token, acceptor: listener.0, listener, seg, info_a: info, defer: 0, waiting: false };
         if live {
             // The next one first: the listener, woken by its `Incoming`,
             // often runs before the rest of this, and may answer the
@@ -140,7 +140,6 @@ impl Daemon {
         }
         let rec = ConnRec {
             seg: new.seg,
-            bells: new.bells,
             info: [info, info_b],
             holders: [vec![token], vec![listener.0]],
             gone: [false; 2],

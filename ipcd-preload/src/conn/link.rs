@@ -1,5 +1,6 @@
-//! One mapped connection segment: our producer and consumer in it and the
-//! two doorbells (ours, which we sleep on, and the peer's, which we ring).
+//! One mapped connection segment: our producer and consumer in it. No fd
+//! stays open for it: its sleepers are woken through the doorbells they
+//! name in its rings (see `bell`).
 //!
 //! A segment whose connection closed stays mapped here (up to
 //! [`MAX_CACHED`]) when the monitor may hand it to the next connection
@@ -7,7 +8,7 @@
 //! mapping, page faults, unmapping (with its TLB flush) or fd passing.
 
 use ipcd_ring::ConnSegment;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
@@ -16,12 +17,12 @@ use ipcd_proto::Ring;
 use ipcd_ring::{Consumer, EndLock, Producer, Segment};
 
 use crate::conn::peer;
-use crate::sys::{fds, real};
+use crate::sys::real;
 
 /// Why a connection from the monitor could not be attached.
 #[derive(Debug)]
 pub(crate) enum AttachError {
-    /// The message did not carry segment and two doorbells.
+    /// The message did not carry its segment.
     Fds(usize),
     /// The segment's size disagrees with what the monitor said.
     Size,
@@ -36,7 +37,7 @@ pub(crate) enum AttachError {
 impl std::fmt::Display for AttachError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            AttachError::Fds(n) => write!(f, "expected 3 fds, got {n}"),
+            AttachError::Fds(n) => write!(f, "expected 1 fd, got {n}"),
             AttachError::Size => f.write_str("segment size mismatch"),
             AttachError::Map(e) => write!(f, "mmap failed: errno {e}"),
             AttachError::Ring(e) => write!(f, "bad segment: {e}"),
@@ -45,28 +46,20 @@ impl std::fmt::Display for AttachError {
     }
 }
 
-/// A segment mapped here with the two doorbells of one of its ends;
-/// unmapped on drop.
+/// A segment mapped here for one of its ends; unmapped on drop.
 struct Mapping {
     base: NonNull<u8>,
     len: usize,
-    bell: OwnedFd,
-    peer_bell: OwnedFd,
     /// The monitor's segment id.
     segment: u64,
     side: ipcd_ring::Side,
 }
 
-// SAFETY: the mapping is process-wide memory owned by this value; the fds
-// are plain integers.
+// SAFETY: the mapping is process-wide memory owned by this value.
 unsafe impl Send for Mapping {}
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // The doorbells close when the fields drop, through the interposed
-        // `close`, which refuses hidden fds.
-        fds::unhide(self.bell.as_raw_fd());
-        fds::unhide(self.peer_bell.as_raw_fd());
         // SAFETY: the mapping made in `Link::map`; whoever held handles
         // into it (a Link) is gone.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
@@ -74,7 +67,7 @@ impl Drop for Mapping {
 }
 
 /// How many closed connections' segments a process keeps mapped (each
-/// holds two hidden doorbell fds and address space, little memory). The
+/// holds address space, little memory). The
 /// standbys the monitor holds for us live here too: with 16 (wrk's 16
 /// connections plus its standbys) closing ends found it full and the
 /// monitor made and unmapped a segment for most connections.
@@ -164,8 +157,8 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    /// The segment of `info`: mapped from `fds` = `[segment, own bell, peer
-    /// bell]`, or, for a reused one (no fds), the one we kept.
+    /// The segment of `info`: mapped from `fds` = `[segment]`, or, for a
+    /// reused one (no fds), the one we kept.
     pub(crate) fn attach(info: &ConnInfo, fds: Vec<OwnedFd>) -> Result<Link, AttachError> {
         let side = ring_side(info.side);
         let map = if info.reused {
@@ -196,8 +189,7 @@ impl Link {
 
     /// Maps a segment the monitor sent (it is then ours to unmap).
     fn map(info: &ConnInfo, side: ipcd_ring::Side, fds: Vec<OwnedFd>) -> Result<Mapping, AttachError> {
-        let [seg_fd, bell, peer_bell]: [OwnedFd; 3] =
-            fds.try_into().map_err(|v: Vec<OwnedFd>| AttachError::Fds(v.len()))?;
+        let [seg_fd]: [OwnedFd; 1] = fds.try_into().map_err(|v: Vec<OwnedFd>| AttachError::Fds(v.len()))?;
         // A monitor that lied about the size is caught here.
         let (base, len) = crate::sys::memfd::map_whole(seg_fd.as_fd(), Some(info.segment_len)).map_err(|e| {
             if e == libc::EINVAL {
@@ -206,8 +198,7 @@ impl Link {
                 AttachError::Map(e)
             }
         })?;
-        let [bell, peer_bell] = fds::hide_all([bell, peer_bell]);
-        Ok(Mapping { base, len, bell, peer_bell, segment: info.segment, side })
+        Ok(Mapping { base, len, segment: info.segment, side })
     }
 
     /// Maps a new segment the monitor holds a standby connection on and
@@ -438,14 +429,18 @@ impl Link {
         }
     }
 
-    /// The doorbell this end sleeps on.
-    pub(crate) fn bell(&self) -> RawFd {
-        self.map.bell.as_raw_fd()
+    /// Rings the peer's sleepers (a publish or a close said one asked to
+    /// be woken): every doorbell named in the lines it waits on.
+    pub(crate) fn ring_peer(&self) {
+        let [reader, writer] = self.seg.waiters_of(self.side.peer());
+        crate::conn::bell::ring_ids(reader.ids().into_iter().chain(writer.ids()));
     }
 
-    /// Rings the peer's doorbell (it asked to be woken).
-    pub(crate) fn ring_peer(&self) {
-        crate::conn::bell::ring(self.map.peer_bell.as_raw_fd());
+    /// Rings this end's own sleepers in this process and any other (its
+    /// state changed under them: a shutdown, a dead peer, a new buffer).
+    pub(crate) fn ring_own(&self) {
+        let [reader, writer] = self.seg.waiters_of(self.side);
+        crate::conn::bell::ring_ids(reader.ids().into_iter().chain(writer.ids()));
     }
 
     /// What the rings say now, for the state machine. `None`: the ring is

@@ -1,41 +1,28 @@
-//! Sleeping until the peer rings our doorbell, for the blocking calls.
+//! Sleeping until a doorbell rings, for the blocking calls.
 //!
 //! The ring's protocol (ipcd-ring's `wait` module) decides *whether* to
-//! sleep; this module does the sleeping. One end has one doorbell but may
-//! have several threads waiting on it (a reader and a writer, or several
-//! readers). Whoever drains the eventfd would steal the wake-up meant for
-//! another, so exactly one thread at a time (the drainer) sleeps on the
-//! eventfd; the others sleep on a futex over a generation counter that the
-//! drainer bumps each time it wakes. Everyone then re-checks the ring.
+//! sleep; this module does the sleeping. Each waiting thread sleeps on a
+//! doorbell of its own (an epoll wait on its instance's), named in the
+//! waiting lines of the rings it waits on (see `bell`), so whoever takes
+//! a line's flag wakes every sleeper of that line, in any process: no
+//! waiter empties a doorbell another one needed.
 //!
-//! Threads in poll or epoll sleep on the doorbell too, each beside a bell
-//! of its own (its thread's, or its epoll instance's), which it watches on
-//! the end: whoever empties the doorbell rings every other watcher's bell
-//! ([`Sleepers::fan_out`]). Without that, the first waiter to wake took
-//! the ring from all the others, whose kernel waits looked again, saw an
-//! empty doorbell and slept on: a thread polling for room missed the
-//! wake-up a thread polling the same end for input had taken.
-//!
-//! Fan-out reaches the waiters of one process only. When a fork left an
-//! end shared by several processes, a waiter in one of them may empty the
-//! doorbell while a waiter in another has armed its flag but not yet gone
-//! to sleep; that one then sleeps on an empty doorbell. So a wait on a
-//! shared end never sleeps longer than [`SHARED_NAP`] before it looks at
-//! the ring again ([`nap_until`]): a wake-up taken elsewhere costs at most
-//! that, never a hang.
+//! A line names at most `ipcd_ring::WAITER_SLOTS` sleepers; one that
+//! finds no slot free, or no doorbell (no monitor to register it with),
+//! naps instead ([`Nap::Unnamed`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::conn::bell::{self, Bell};
 use crate::sys::signals::Caught;
 use crate::sys::{real, yields};
 
-/// Longest sleep of a wait on an end another process shares (see the
-/// module): long enough that an idle shared end costs about a hundred
-/// wake-ups a second, short against any timeout a program sets.
+/// Longest sleep of a wait on an end another process shares: it may be
+/// made by a holder that cannot name itself (an earlier monitor's end).
 pub(crate) const SHARED_NAP: Duration = Duration::from_millis(10);
+
+/// Longest sleep of a wait that could not name its doorbell.
+pub(crate) const UNNAMED_NAP: Duration = Duration::from_millis(1);
 
 /// How soon a wait must look again, whatever wakes it: the longest sleep
 /// allowed by the ends it waits on. Ordered: a wait on several ends takes
@@ -50,6 +37,8 @@ pub(crate) enum Nap {
     End,
     /// An end another process shares: no longer than [`SHARED_NAP`].
     Shared,
+    /// The waiter's doorbell is not named: no longer than [`UNNAMED_NAP`].
+    Unnamed,
 }
 
 impl Nap {
@@ -70,41 +59,10 @@ pub(crate) fn nap_until(deadline: Option<Instant>, nap: Nap) -> Option<Instant> 
         Nap::None => return deadline,
         Nap::End => crate::conn::peer::LOOK_NAP,
         Nap::Shared => SHARED_NAP,
+        Nap::Unnamed => UNNAMED_NAP,
     };
     let nap = Instant::now() + longest;
     Some(deadline.map_or(nap, |d| d.min(nap)))
-}
-
-/// Waiters of one connection end.
-#[derive(Debug, Default)]
-pub(crate) struct Sleepers {
-    generation: AtomicU32,
-    drainer: AtomicBool,
-    /// Threads in (or about to enter) the futex wait: the drainer wakes
-    /// them only if there are any, saving a system call per sleep.
-    futex_waiters: AtomicU32,
-    /// Bells of the waiters that sleep on the doorbell (see the module).
-    watchers: Mutex<Vec<Weak<Bell>>>,
-}
-
-/// A bell watching an end until dropped.
-pub(crate) struct Watching<'a> {
-    sleepers: &'a Sleepers,
-    bell: Arc<Bell>,
-}
-
-impl Drop for Watching<'_> {
-    fn drop(&mut self) {
-        self.sleepers.unwatch(&self.bell);
-    }
-}
-
-/// Where a blocked call stands before it arms the ring's waiting flag.
-pub(crate) struct Prepared<'a> {
-    /// The futex generation seen (a wake-up after this is not missed).
-    seen: u32,
-    /// This thread's bell, watching the end.
-    watching: Option<Watching<'a>>,
 }
 
 /// Why a sleep ended without the ring telling us anything.
@@ -118,140 +76,29 @@ pub(crate) enum Woken {
     Interrupted,
 }
 
-impl Sleepers {
-    /// `bell` wakes its owner whenever another waiter empties the end's
-    /// doorbell, from now on (until [`Sleepers::unwatch`]). Watch before
-    /// arming the ring's flags, or a wake-up in between is missed.
-    pub(crate) fn watch(&self, bell: &Arc<Bell>) {
-        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        if w.iter().any(|b| std::ptr::eq(b.as_ptr(), Arc::as_ptr(bell))) {
-            return;
-        }
-        // Bells whose owner is gone (a closed epoll set, an ended thread).
-        w.retain(|b| b.strong_count() > 0);
-        w.push(Arc::downgrade(bell));
-    }
-
-    /// `bell` stops watching the end.
-    pub(crate) fn unwatch(&self, bell: &Arc<Bell>) {
-        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        w.retain(|b| b.strong_count() > 0 && !std::ptr::eq(b.as_ptr(), Arc::as_ptr(bell)));
-    }
-
-    /// [`Sleepers::watch`] for as long as the result lives.
-    pub(crate) fn watching(&self, bell: &Arc<Bell>) -> Watching<'_> {
-        self.watch(bell);
-        Watching { sleepers: self, bell: Arc::clone(bell) }
-    }
-
-    /// We emptied the end's doorbell: rings every watcher's bell but `me`
-    /// (the waker), so each looks at the ring again.
-    pub(crate) fn fan_out(&self, me: Option<&Bell>) {
-        let w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        for b in w.iter().filter_map(Weak::upgrade) {
-            if !me.is_some_and(|m| std::ptr::eq(m, &*b)) {
-                b.ring();
-            }
-        }
-    }
-
-    /// Before a blocked call arms the ring's waiting flag: the futex
-    /// generation it has seen, and this thread's bell watching the end.
-    pub(crate) fn prepare(&self) -> Prepared<'_> {
-        let watching = bell::this_thread().map(|b| self.watching(&b));
-        Prepared { seen: self.generation.load(Ordering::Acquire), watching }
-    }
-
-    /// Sleeps until the doorbell `bell` is rung, a sibling drainer wakes, the
-    /// deadline passes, or a signal arrives. The caller made `prep`, then
-    /// armed its waiting flag in the ring and got `Wait::Sleep`.
-    pub(crate) fn sleep(&self, bell: i32, deadline: Option<Instant>, prep: Prepared<'_>) -> Woken {
-        let seen = prep.seen;
-        let mine = prep.watching.as_ref().map(|w| &*w.bell);
-        let timeout = match deadline {
-            None => None,
-            Some(d) => match d.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => Some(timespec(left)),
-                _ => return Woken::Timeout,
-            },
-        };
-        let tp = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
-        if self.drainer.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-            let mut pfds = [
-                libc::pollfd { fd: bell, events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: mine.map_or(-1, Bell::fd), events: libc::POLLIN, revents: 0 },
-            ];
-            // SAFETY: two live pollfds (a negative fd is skipped); a null
-            // timeout means no deadline.
-            let r = unsafe { real::ppoll(pfds.as_mut_ptr(), 2, tp, std::ptr::null()) };
-            let err = real::errno();
-            if pfds[0].revents != 0 && bell::take(bell) {
-                self.fan_out(mine);
-            }
-            if let Some(m) = mine.filter(|_| pfds[1].revents != 0) {
-                m.take();
-            }
-            self.drainer.store(false, Ordering::Release);
-            // SeqCst with the waiters' increment: either we see their count,
-            // or their futex wait sees the new generation and returns.
-            self.generation.fetch_add(1, Ordering::SeqCst);
-            if self.futex_waiters.load(Ordering::SeqCst) != 0 {
-                futex_wake_all(&self.generation);
-            }
-            return match r {
-                0 => Woken::Timeout,
-                r if r < 0 && err == libc::EINTR => Woken::Interrupted,
-                _ => Woken::Retry,
-            };
-        }
-        // A drainer sleeps on the bell already; it bumps `generation` when it
-        // wakes (or gives up the role), so a bump between our load and the
-        // futex call makes the futex return at once.
-        self.futex_waiters.fetch_add(1, Ordering::SeqCst);
-        // SAFETY: futex wait on a live, aligned u32 with an optional relative timeout.
-        let r = unsafe {
-            real::syscall(
-                libc::SYS_futex,
-                self.generation.as_ptr() as libc::c_long,
-                libc::c_long::from(libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG),
-                libc::c_long::from(seen),
-                tp as libc::c_long,
-                0,
-                0,
-            )
-        };
-        let err = real::errno();
-        self.futex_waiters.fetch_sub(1, Ordering::SeqCst);
-        match (r, err) {
-            (0, _) => Woken::Retry,
-            (_, libc::ETIMEDOUT) => Woken::Timeout,
-            (_, libc::EINTR) => Woken::Interrupted,
-            _ => Woken::Retry,
-        }
-    }
-}
-
-impl Sleepers {
-    /// In a forked child: the threads that slept here are not in it.
-    pub(crate) fn forget_threads(&self) {
-        self.drainer.store(false, Ordering::Relaxed);
-        self.futex_waiters.store(0, Ordering::Relaxed);
-    }
-}
-
-fn futex_wake_all(word: &AtomicU32) {
-    // SAFETY: futex wake on a live, aligned u32.
-    unsafe {
-        real::syscall(
-            libc::SYS_futex,
-            word.as_ptr() as libc::c_long,
-            libc::c_long::from(libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG),
-            libc::c_long::from(i32::MAX),
-            0,
-            0,
-            0,
-        )
+/// Sleeps in `ppoll` on doorbell `bell` until it rings, `until` passes
+/// (None: no limit) or a signal arrives, and empties it.
+pub(crate) fn sleep_on(bell: i32, until: Option<Instant>) -> Woken {
+    let timeout = match until {
+        None => None,
+        Some(d) => match d.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Some(timespec(left)),
+            _ => return Woken::Timeout,
+        },
     };
+    let tp = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    let mut p = libc::pollfd { fd: bell, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one live pollfd; a null timeout means no deadline.
+    let r = unsafe { real::ppoll(&mut p, 1, tp, std::ptr::null()) };
+    let err = real::errno();
+    if p.revents != 0 {
+        crate::conn::bell::take(bell);
+    }
+    match r {
+        0 => Woken::Timeout,
+        r if r < 0 && err == libc::EINTR => Woken::Interrupted,
+        _ => Woken::Retry,
+    }
 }
 
 fn timespec(d: Duration) -> libc::timespec {

@@ -3,8 +3,9 @@
 //! The kernel epoll instance stays the program's; its kernel fds are in it
 //! as usual. Our fds are kept beside it, in user space, with their events
 //! and data: their readiness comes from the rings. To sleep on both at
-//! once, the wake-up sources of our fds (their doorbells; for listeners the
-//! kernel fd, the control channel and the listener's bell) are added to the
+//! once, the wake-up sources of our fds (for streams the instance's own
+//! doorbell, which a wait names in their rings; for listeners the kernel
+//! fd, the control channel and the listener's bell) are added to the
 //! kernel instance under tagged data that `epoll_wait` never hands to the
 //! program.
 
@@ -21,7 +22,7 @@ use crate::control;
 use crate::ready::readiness::{self, Kind};
 use crate::socket::stream::Edge;
 use crate::socket::table::TABLE_LEN;
-use crate::socket::{Socket, State};
+use crate::socket::Socket;
 use crate::sys::process::Pinned;
 use crate::sys::real;
 
@@ -34,7 +35,6 @@ const TAG_MASK: u64 = 0xffff_0000_0000_0000;
 /// What a tagged entry is.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Source {
-    Bell = 1,
     Channel = 2,
     Events = 3,
     Kernel = 4,
@@ -80,14 +80,36 @@ pub(crate) struct EpollSet {
     sources: Mutex<HashMap<c_int, (Source, u64)>>,
     /// Where the next scan starts, so no member starves the others.
     cursor: AtomicUsize,
-    /// The instance's own bell, watching every member's end: a waiter
-    /// elsewhere that empties a member's doorbell rings it (see `wait`).
+    /// The instance's own doorbell: a wait names it in the rings of its
+    /// stream members (see `wait`), whose peers then ring it.
     waker: OnceLock<Option<Arc<Bell>>>,
 }
 
 impl EpollSet {
     fn waker(&self) -> Option<&Arc<Bell>> {
         self.waker.get_or_init(|| Bell::new().map(Arc::new)).as_ref()
+    }
+
+    /// The doorbell's registered id (`None`: no monitor; waits nap).
+    fn waker_id(&self) -> Option<u64> {
+        self.waker()?.id()
+    }
+
+    /// The doorbell's id if it was registered (nothing named it otherwise).
+    fn registered_id(&self) -> Option<u64> {
+        self.waker.get()?.as_ref()?.registered()
+    }
+}
+
+impl Drop for EpollSet {
+    /// The instance is gone: its doorbell leaves the rings it was named in.
+    fn drop(&mut self) {
+        let me = self.registered_id();
+        if me.is_some() {
+            for m in self.members.get_mut().unwrap_or_else(|p| p.into_inner()).iter() {
+                readiness::unname(&m.sock, me);
+            }
+        }
     }
 }
 
@@ -216,11 +238,11 @@ pub(crate) fn forget(epfd: c_int) {
     }
 }
 
-/// A doorbell outlives its connection (its segment is kept for reuse):
-/// takes it out of every kernel instance that has it, as closing it would
-/// have. Left in, a set whose member is gone would drain the bell of the
-/// next connection to use it, stealing that connection's wake-ups.
-pub(crate) fn drop_source(bell: c_int) {
+/// A stream closed: a set left with no live stream takes its own
+/// doorbell out of the kernel instance, as closing a program's fds takes
+/// them out (the next stream's wait adds it again): a set of closed fds
+/// holds nothing of ours.
+pub(crate) fn stream_closed() {
     if ANY.load(Ordering::Relaxed) == 0 {
         return;
     }
@@ -229,21 +251,15 @@ pub(crate) fn drop_source(bell: c_int) {
         None => return,
     };
     for (epfd, set) in all {
-        let mut sources = lock(&set.sources);
+        let Some(w) = set.waker.get().and_then(|w| w.as_ref()).map(|w| w.fd()) else { continue };
+        let members = lock(&set.members);
+        if members.iter().any(|m| !closed(&m.sock) && readiness::kind(&m.sock) == Kind::Stream) {
+            continue;
+        }
         // A set with several names (dups) finds it gone the second time.
-        if sources.remove(&bell).is_some() {
-            // SAFETY: removes our doorbell from a live epoll instance.
-            unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, bell, std::ptr::null_mut()) };
-            // With the last doorbell goes the instance's own bell (the
-            // next stream's wait adds it again): a set left with only
-            // kernel fds holds nothing of ours.
-            let waker = set.waker.get().and_then(|w| w.as_ref()).map(|w| w.fd());
-            if let Some(w) = waker.filter(|_| !sources.values().any(|(src, _)| *src == Source::Bell)) {
-                if sources.remove(&w).is_some() {
-                    // SAFETY: removes our bell from a live epoll instance.
-                    unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, w, std::ptr::null_mut()) };
-                }
-            }
+        if lock(&set.sources).remove(&w).is_some() {
+            // SAFETY: removes our bell from a live epoll instance.
+            unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, w, std::ptr::null_mut()) };
         }
     }
 }
@@ -277,11 +293,6 @@ pub(crate) fn ctl(epfd: c_int, op: c_int, fd: c_int, sock: Arc<Socket>, ev: Opti
             if pos.is_some() {
                 return Err(libc::EEXIST);
             }
-            // Before any wait arms it: from now on whoever empties its
-            // doorbell elsewhere rings this instance (until the set goes).
-            if let Some(w) = set.waker() {
-                sock.sleepers.watch(w);
-            }
             members.push(Member {
                 fd,
                 sock,
@@ -305,12 +316,9 @@ pub(crate) fn ctl(epfd: c_int, op: c_int, fd: c_int, sock: Arc<Socket>, ev: Opti
             m.last_mask = 0;
         }
         libc::EPOLL_CTL_DEL => {
-            // The set's bell keeps watching the socket: programs delete
-            // and add again per request (redis-benchmark does, through its
-            // event loop), and a watch left over costs at most a wake-up
-            // for nothing when another waiter empties the doorbell.
             // Order does not matter: scans start at a rotating cursor.
-            members.swap_remove(pos.ok_or(libc::ENOENT)?);
+            let gone = members.swap_remove(pos.ok_or(libc::ENOENT)?);
+            readiness::unname(&gone.sock, set.registered_id());
         }
         _ => return Err(libc::EINVAL),
     }
@@ -413,17 +421,18 @@ impl EpollSet {
     /// Makes sure the kernel instance holds every wake-up source of our
     /// members, and arms the streams. `None`: something became ready;
     /// otherwise whether an armed end is shared with another process.
-    fn arm(&self, epfd: c_int) -> Option<Nap> {
+    fn arm(&self, epfd: c_int, me: Option<u64>) -> Option<Nap> {
         let members = lock(&self.members);
         let mut sources = lock(&self.sources);
         let mut want: Vec<(c_int, Source, u64, u32)> = Vec::new();
         let mut listeners = Vec::new();
         let mut nap = Nap::None;
+        let mut streams = false;
         for m in members.iter().filter(|m| !m.disarmed) {
             match readiness::kind(&m.sock) {
-                Kind::Stream => match arm_stream(m) {
+                Kind::Stream => match arm_stream(m, me) {
                     Some(a) => {
-                        want.push((a.bell, Source::Bell, m.sock.serial, libc::EPOLLIN as u32));
+                        streams = true;
                         nap = nap.max(a.nap);
                     }
                     None => return None,
@@ -458,7 +467,7 @@ impl EpollSet {
                 want.push((bell.fd(), Source::Events, serial, (libc::EPOLLIN | libc::EPOLLET) as u32));
             }
         }
-        if want.iter().any(|(_, src, _, _)| *src == Source::Bell) {
+        if streams {
             if let Some(w) = self.waker() {
                 want.push((w.fd(), Source::Wake, 0, libc::EPOLLIN as u32));
             }
@@ -484,15 +493,7 @@ impl EpollSet {
     /// Handles a tagged event from the kernel instance.
     fn woke(&self, data: u64) {
         let Some((src, fd)) = untag(data) else { return };
-        if src == Source::Bell as u64 {
-            let members = lock(&self.members);
-            match members.iter().find(|m| stream_bell(&m.sock) == Some(fd)) {
-                Some(m) => readiness::drained(&m.sock, fd, self.waker().map(|w| &**w)),
-                None => {
-                    crate::conn::bell::take(fd);
-                }
-            }
-        } else if src == Source::Wake as u64 {
+        if src == Source::Wake as u64 {
             crate::conn::bell::take(fd);
         } else if src == Source::Channel as u64 {
             let _ = control::with(|c| c.drain());
@@ -503,18 +504,11 @@ impl EpollSet {
 /// Arms a stream member: level-triggered waits for readiness; an
 /// edge-triggered one for something new since its last report (readiness
 /// already reported must not keep waking it).
-fn arm_stream(m: &Member) -> Option<readiness::Armed> {
+fn arm_stream(m: &Member, me: Option<u64>) -> Option<readiness::Armed> {
     if m.events & libc::EPOLLET as u32 != 0 {
-        readiness::arm_edge(&m.sock, m.events, m.last_edge, m.last_mask & libc::EPOLLOUT as u32 != 0)
+        readiness::arm_edge(&m.sock, m.events, m.last_edge, m.last_mask & libc::EPOLLOUT as u32 != 0, me)
     } else {
-        readiness::arm(&m.sock, m.events)
-    }
-}
-
-fn stream_bell(sock: &Socket) -> Option<c_int> {
-    match &*sock.lock() {
-        State::Stream(s) => Some(s.link.bell()),
-        _ => None,
+        readiness::arm(&m.sock, m.events, me)
     }
 }
 
@@ -574,7 +568,11 @@ pub(crate) fn wait(
             Next::Interrupted => return Err(libc::EINTR),
             Next::Sleep => {}
         }
-        let Some(nap) = set.arm(epfd) else {
+        // Named in its stream members' rings from the first sleep until
+        // they leave the set (or it goes): a name left while the set is
+        // not waiting costs a peer at most one ring of its doorbell.
+        let me = set.waker_id();
+        let Some(nap) = set.arm(epfd, me) else {
             rounds.look_again();
             continue;
         };

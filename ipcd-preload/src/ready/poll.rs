@@ -3,15 +3,15 @@
 //! The ipcd part is answered from the rings without a system call; the
 //! kernel part by a zero-timeout `poll`. When nothing is ready the caller
 //! spins (checking the rings every round and the kernel now and then),
-//! then arms the rings' waiting flags and sleeps in one `ppoll` on the
-//! kernel fds and the doorbells together.
+//! then names its thread's doorbell in the rings it waits on, arms their
+//! waiting flags and sleeps in one `ppoll` on the kernel fds and that
+//! doorbell together.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use libc::{c_int, pollfd};
 
-use crate::conn::bell::Bell;
 use crate::conn::wait::{self, Nap, Next, Rounds};
 use crate::control::{self, ListenerBell};
 use crate::ready::readiness::{self, Kind};
@@ -30,9 +30,7 @@ enum Src {
     Channel,
     /// A listener's bell, readable while connections wait for it.
     Events,
-    /// A stream's doorbell (only while sleeping); index into `ours`.
-    Bell(usize),
-    /// This thread's bell: another waiter emptied a doorbell of ours.
+    /// This thread's doorbell, named in our streams' rings.
     Wake,
 }
 
@@ -57,15 +55,13 @@ pub(crate) fn poll(
     }
     // Kept open while their fds are in `kfds`.
     let _bells = if any_listener { listener_sources(fds, ours, &mut kfds, &mut srcs) } else { Vec::new() };
-    // This thread's bell watches our streams for the whole call (from
-    // before any arming): a waiter elsewhere that empties one of their
-    // doorbells rings it.
-    let mine = crate::conn::bell::this_thread().filter(|_| !streams.is_empty());
-    let _watching: Vec<_> = mine.iter().flat_map(|b| streams.iter().map(|&k| ours[k].1.sleepers.watching(b))).collect();
+    // This thread's doorbell, named in our streams' rings while it sleeps.
+    let mine = if streams.is_empty() { None } else { crate::conn::bell::Sleeper::this_thread() };
     if let Some(b) = &mine {
-        kfds.push(pollfd { fd: b.fd(), events: libc::POLLIN, revents: 0 });
+        kfds.push(pollfd { fd: b.bell.fd(), events: libc::POLLIN, revents: 0 });
         srcs.push(Src::Wake);
     }
+    let me = mine.as_ref().map(|m| m.id);
     let base = kfds.len();
     let mut rounds = Rounds::new();
     loop {
@@ -86,14 +82,18 @@ pub(crate) fn poll(
         // Arm every stream; if one turned ready meanwhile, look again.
         kfds.truncate(base);
         srcs.truncate(base);
-        let Some(nap) = arm_streams(fds, ours, &streams, &mut kfds, &mut srcs) else {
+        let armed = arm_streams(fds, ours, &streams, me);
+        let Some(nap) = armed else {
+            unname_streams(ours, &streams, me);
             rounds.look_again();
             continue;
         };
         // A nap that ends before the deadline ends in another round.
-        sleep(&mut kfds, wait::nap_until(crate::socket::cork::cap(deadline), nap), sigmask)?;
+        let slept = sleep(&mut kfds, wait::nap_until(crate::socket::cork::cap(deadline), nap), sigmask);
+        unname_streams(ours, &streams, me);
+        slept?;
         for (p, src) in kfds.iter_mut().zip(&srcs) {
-            if p.revents != 0 && !took(*src, p.fd, ours, mine.as_deref()) {
+            if p.revents != 0 && !took(*src, p.fd) {
                 // Gone for good (the monitor went): poll ignores a negative
                 // fd, so its hang-up does not end every later sleep at once.
                 p.fd = -1;
@@ -145,25 +145,24 @@ fn listener_sources(
     bells
 }
 
-/// Arms every stream's waiting flag and adds its doorbell to the sleep.
-/// `None` if one turned ready meanwhile (look again); otherwise whether any
-/// end is shared with another process (the sleep is then a nap).
-fn arm_streams(
-    fds: &[pollfd],
-    ours: &[Ours],
-    streams: &[usize],
-    kfds: &mut Vec<pollfd>,
-    srcs: &mut Vec<Src>,
-) -> Option<Nap> {
+/// Names doorbell `me` in every stream's rings and arms their waiting
+/// flags. `None` if one turned ready meanwhile (look again); otherwise
+/// the nap the sleep must keep (see `wait::Nap`).
+fn arm_streams(fds: &[pollfd], ours: &[Ours], streams: &[usize], me: Option<u64>) -> Option<Nap> {
     let mut nap = Nap::None;
     for &k in streams {
         let (i, sock, _) = &ours[k];
-        let a = readiness::arm(sock, fds[*i].events as u32)?;
-        kfds.push(pollfd { fd: a.bell, events: libc::POLLIN, revents: 0 });
-        srcs.push(Src::Bell(k));
+        let a = readiness::arm(sock, fds[*i].events as u32, me)?;
         nap = nap.max(a.nap);
     }
     Some(nap)
+}
+
+/// Takes doorbell `me` off every stream's rings after a sleep.
+fn unname_streams(ours: &[Ours], streams: &[usize], me: Option<u64>) {
+    for &k in streams {
+        readiness::unname(&ours[k].1, me);
+    }
 }
 
 /// Sleeps in `ppoll` on `kfds` until `until` (None: no limit) with the
@@ -183,13 +182,11 @@ fn sleep(kfds: &mut [pollfd], until: Option<Instant>, sigmask: Option<&libc::sig
     Ok(())
 }
 
-/// What a source that woke the sleep needs: a doorbell emptied (and the
-/// other waiters told), this thread's bell emptied, the channel read.
-/// False when the source is gone for good: the channel broke (the monitor
-/// went) or was replaced.
-fn took(src: Src, fd: c_int, ours: &[Ours], mine: Option<&Bell>) -> bool {
+/// What a source that woke the sleep needs: this thread's doorbell
+/// emptied, the channel read. False when the source is gone for good: the
+/// channel broke (the monitor went) or was replaced.
+fn took(src: Src, fd: c_int) -> bool {
     match src {
-        Src::Bell(k) => readiness::drained(&ours[k].1, fd, mine),
         Src::Wake => {
             crate::conn::bell::take(fd);
         }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use ipcd_proto::Request;
 use ipcd_ring::Wait;
 
-use crate::conn::bell::Bell;
 use crate::conn::wait::Nap;
 use crate::control::{self, ListenerBell};
 use crate::socket::stream::Edge;
@@ -112,30 +111,53 @@ pub(crate) fn watch_listeners<'a>(members: impl Iterator<Item = (&'a Arc<Socket>
 /// A stream armed for a wait.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Armed {
-    /// The end's doorbell, to sleep on.
-    pub bell: i32,
     /// How long a wait on it may sleep (see `wait::Nap`).
     pub nap: Nap,
 }
 
-/// Arms the ring's waiting flags for `events` on a stream and returns its
-/// doorbell; `None` when something became ready meanwhile (do not sleep).
-/// The flags are left armed after the sleep: another waiter on the same
-/// socket may still rely on them, and a stale flag costs the peer one
-/// doorbell ring, never a lost wake-up.
-pub(crate) fn arm(sock: &Socket, events: u32) -> Option<Armed> {
+/// Names doorbell `me` among the sleepers of the lines `events` waits on
+/// (input: the ring we read; output: the ring we write); the nap the wait
+/// must keep if a line had no room for it (or there is no doorbell).
+fn name(s: &crate::socket::Stream, events: u32, me: Option<u64>) -> Nap {
+    let shared = s.nap();
+    let Some(me) = me else { return Nap::Unnamed };
+    let named = (events & IN_BITS == 0 || s.link.rx.waiters().name(me))
+        & (events & OUT_BITS == 0 || s.link.tx.waiters().name(me));
+    if named {
+        shared
+    } else {
+        Nap::Unnamed
+    }
+}
+
+/// Takes doorbell `me` off the stream's waiting lines after a wait.
+pub(crate) fn unname(sock: &Socket, me: Option<u64>) {
+    let Some(me) = me else { return };
+    let _ = crate::socket::stream::with_stream(sock, |s| {
+        s.link.rx.waiters().unname(me);
+        s.link.tx.waiters().unname(me);
+    });
+}
+
+/// Names doorbell `me` and arms the ring's waiting flags for `events` on
+/// a stream; `None` when something became ready meanwhile (do not
+/// sleep). The flags are left armed after the sleep: another waiter on
+/// the same socket may still rely on them, and a stale flag costs the
+/// peer a look at the names, never a lost wake-up.
+pub(crate) fn arm(sock: &Socket, events: u32, me: Option<u64>) -> Option<Armed> {
     crate::socket::stream::with_stream(sock, |s| {
-        if let Some(a) = arm_unadmitted(s) {
+        if let Some(a) = arm_unadmitted(s, me) {
             return a;
         }
         s.look_for_dead_peer();
+        let nap = name(s, events, me);
         if events & IN_BITS != 0 && s.link.rx.prepare_wait() != Ok(Wait::Sleep) {
             return None;
         }
         if events & OUT_BITS != 0 && s.link.prepare_send_wait(1) != Ok(Wait::Sleep) {
             return None;
         }
-        Some(Armed { bell: s.link.bell(), nap: Nap::of_end(s.link.is_shared()) })
+        Some(Armed { nap })
     })
     .ok()
     .flatten()
@@ -147,42 +169,38 @@ pub(crate) fn arm(sock: &Socket, events: u32) -> Option<Armed> {
 /// the last report (`out_reported` false) did not show — the reader may
 /// have drained the ring between that report and now, and would not ring
 /// us since we had not asked (nginx stalled until its send timeout).
-pub(crate) fn arm_edge(sock: &Socket, events: u32, seen: Edge, out_reported: bool) -> Option<Armed> {
+pub(crate) fn arm_edge(sock: &Socket, events: u32, seen: Edge, out_reported: bool, me: Option<u64>) -> Option<Armed> {
     crate::socket::stream::with_stream(sock, |s| {
-        if let Some(a) = arm_unadmitted(s) {
+        if let Some(a) = arm_unadmitted(s, me) {
             return a;
         }
         s.look_for_dead_peer();
+        let nap = name(s, events, me);
         if events & IN_BITS != 0 && s.link.rx.prepare_wait_past(seen.tail, seen.state) != Ok(Wait::Sleep) {
             return None;
         }
         if events & OUT_BITS != 0 && s.link.prepare_send_wait(1) != Ok(Wait::Sleep) && !out_reported {
             return None;
         }
-        Some(Armed { bell: s.link.bell(), nap: Nap::of_end(s.link.is_shared()) })
+        Some(Armed { nap })
     })
     .ok()
     .flatten()
 }
 
-/// A connect still waiting for room in its listener's queue sleeps on its
-/// doorbell, which the monitor rings when it admits or refuses it (its
-/// rings have room, and asked, would say it is ready); a refused one is
-/// ready (its errors). `None` for an admitted stream: arm its rings.
-fn arm_unadmitted(s: &mut crate::socket::Stream) -> Option<Option<Armed>> {
+/// A connect still waiting for room in its listener's queue sleeps until
+/// the monitor admits or refuses it (it rings the sleepers named on the
+/// connector's side; its rings have room, and asked, would say it is
+/// ready); a refused one is ready (its errors). `None` for an admitted
+/// stream: arm its rings.
+fn arm_unadmitted(s: &mut crate::socket::Stream, me: Option<u64>) -> Option<Option<Armed>> {
     match s.admission() {
         ipcd_ring::Admission::Established => None,
-        ipcd_ring::Admission::Waiting => Some(Some(Armed { bell: s.link.bell(), nap: Nap::End })),
+        ipcd_ring::Admission::Waiting => {
+            let named = me.is_some_and(|me| s.link.rx.waiters().name(me));
+            Some(Some(Armed { nap: if named { Nap::End } else { Nap::Unnamed } }))
+        }
         ipcd_ring::Admission::Refused => Some(None),
-    }
-}
-
-/// After a sleep in which the end's doorbell `bell` fired: empty it, and
-/// if we took the ring, pass it on to the end's other waiters (`me` is the
-/// bell we watch it with).
-pub(crate) fn drained(sock: &Socket, bell: i32, me: Option<&Bell>) {
-    if crate::conn::bell::take(bell) {
-        sock.sleepers.fan_out(me);
     }
 }
 

@@ -9,7 +9,6 @@ use ipcd_proto::message::ConnInfo;
 use ipcd_proto::{Conn, SockAddr};
 
 use crate::conn::link::Link;
-use crate::conn::wait::Sleepers;
 use crate::control::ListenerBell;
 use crate::socket::options::Inherited;
 
@@ -123,6 +122,15 @@ impl Stream {
         }
     }
 
+    /// How long a wait on this end may sleep with its doorbell named (see
+    /// `wait::Nap`): a peer finds a doorbell through the monitor that made
+    /// the end, so with that monitor gone (or replaced) a peer that has
+    /// not rung ours yet cannot, and a wait only naps.
+    pub(crate) fn nap(&self) -> crate::conn::wait::Nap {
+        let orphan = self.monitor != crate::control::monitor() || !crate::conn::peer::monitor_lives(self.monitor);
+        crate::conn::wait::Nap::of_end(self.link.is_shared() || orphan)
+    }
+
     /// Before a wait sleeps: closes the peer's side if the peer died where
     /// no monitor could see it (see `conn::peer`), and wakes this end's
     /// other waiters.
@@ -133,7 +141,7 @@ impl Stream {
         }
         self.next_look_ms = now + crate::conn::peer::LOOK_EVERY_MS;
         if self.link.bury_dead_peer(self.monitor) {
-            crate::conn::bell::ring(self.link.bell());
+            self.link.ring_own();
         }
     }
 }
@@ -252,8 +260,6 @@ pub(crate) struct Socket {
     pub family: libc::c_int,
     /// What it is; held only for short sections, never while sleeping.
     pub state: Mutex<State>,
-    /// Threads blocked on this end's doorbell.
-    pub sleepers: Sleepers,
     /// `O_NONBLOCK` as the program set it (the kernel fd of a listener is
     /// always non-blocking underneath).
     nonblock: AtomicBool,
@@ -322,7 +328,6 @@ impl Socket {
             family,
             stream: AtomicBool::new(matches!(state, State::Stream(_))),
             state: Mutex::new(state),
-            sleepers: Sleepers::default(),
             nonblock: AtomicBool::new(nonblock),
             fds: AtomicU32::new(0),
             rcvtimeo_us: AtomicU64::new(0),
@@ -437,7 +442,6 @@ impl Socket {
     pub(crate) fn forget_threads(&self) {
         self.inflight.store(0, Ordering::SeqCst);
         self.close_deferred.store(false, Ordering::SeqCst);
-        self.sleepers.forget_threads();
     }
 
     /// The last fd is closing: true if a call in progress will do the

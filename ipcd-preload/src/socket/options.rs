@@ -142,7 +142,7 @@ pub(crate) unsafe fn after_set(fd: c_int, s: &Socket, level: c_int, name: c_int,
                 s.set_sndbuf(bytes);
                 let _ = crate::socket::stream::with_stream(s, |st| {
                     st.link.set_send_limit(bytes as usize);
-                    crate::conn::bell::ring(st.link.bell());
+                    st.link.ring_own();
                 });
             }
         }

@@ -493,7 +493,7 @@ enum Refused {
 fn refetch(conn: u64) -> Option<Vec<OwnedFd>> {
     let answer = control::with(|c| c.call(&Request::Reopen { conn, side: Side::B }, &[]));
     match answer {
-        Some((Response::Reopened(_), fds)) if fds.len() == 3 => Some(fds.into_vec()),
+        Some((Response::Reopened(_), fds)) if fds.len() == 1 => Some(fds.into_vec()),
         _ => None,
     }
 }

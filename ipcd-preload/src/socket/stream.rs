@@ -13,7 +13,6 @@ use crate::conn::wait::{self, Spun, Woken};
 use crate::control;
 use crate::socket::{cork, Call, Socket, State, Stream};
 use crate::sys::iov::IoCursor;
-use crate::sys::real;
 use crate::sys::signals::Caught;
 
 /// A call's outcome: bytes moved, or an errno.
@@ -146,29 +145,53 @@ fn block(sock: &Socket, call: &Call<'_>, dir: Dir, deadline: Option<Instant>) ->
         Spun::Interrupted => return Err(libc::EINTR),
         Spun::Done => {}
     }
+    // This thread's doorbell, named in the ring's waiting line while it
+    // sleeps (registered with the monitor at its first sleep).
+    let me = crate::conn::bell::Sleeper::this_thread();
     loop {
-        // Watch the end and note the futex generation before arming: a
-        // waiter that empties the doorbell in between then still wakes us.
-        let prep = sock.sleepers.prepare();
         let prepared = with_stream(sock, |s| {
             s.look_for_dead_peer();
+            let waiters = match dir {
+                Dir::Recv { .. } => s.link.rx.waiters(),
+                Dir::Send(_) => s.link.tx.waiters(),
+            };
+            // Before arming: arming publishes the name.
+            let named = me.as_ref().is_some_and(|m| waiters.name(m.id));
             let w = match dir {
                 Dir::Recv { .. } => s.link.rx.prepare_wait(),
                 Dir::Send(want) => s.link.prepare_send_wait(want),
             };
-            (w, s.link.bell(), s.link.is_shared())
+            let nap = if named { s.nap() } else { wait::Nap::Unnamed };
+            (w, nap)
         })?;
-        let (Ok(Wait::Sleep), bell, shared) = prepared else { return Ok(()) };
-        let nap = wait::Nap::of_end(shared);
+        let unname = || {
+            if let Some(m) = &me {
+                let _ = with_stream(sock, |s| match dir {
+                    Dir::Recv { .. } => s.link.rx.waiters().unname(m.id),
+                    Dir::Send(_) => s.link.tx.waiters().unname(m.id),
+                });
+            }
+        };
+        let (Ok(Wait::Sleep), nap) = prepared else {
+            unname();
+            return Ok(());
+        };
         if caught.interrupts(restartable) {
+            unname();
             return Err(libc::EINTR);
         }
-        // The waiting flag is not cleared after the sleep: another thread of
-        // this process may have armed the same flag and still rely on it (a
-        // clear here lost its wake-up: four threads sending on one socket
-        // hung). A stale flag costs the peer one doorbell ring, never a lost
-        // wake-up.
-        return match sock.sleepers.sleep(bell, wait::nap_until(cork::cap(deadline), nap), prep) {
+        // The waiting flag is not cleared after the sleep: another thread
+        // (here or in a process sharing the end) may have armed the same
+        // flag and still rely on it (a clear here lost its wake-up: four
+        // threads sending on one socket hung). A stale flag costs the peer
+        // a look at the names, never a lost wake-up.
+        let until = wait::nap_until(cork::cap(deadline), nap);
+        let woken = match &me {
+            Some(m) => m.sleep(until),
+            None => wait::sleep_on(-1, until),
+        };
+        unname();
+        return match woken {
             Woken::Retry => Ok(()),
             // Only a nap ended: arm and sleep again, without a spin (an
             // idle end that spun at each nap cost its thread 50 µs a
@@ -237,9 +260,19 @@ fn admitted(sock: &Socket, flags: &Flags, sending: bool) -> Result<(), libc::c_i
 /// handler interrupts (`EINTR`). Looks again at least every 100 ms.
 pub(crate) fn wait_admission(sock: &Socket, deadline: Option<Instant>) -> Result<(), libc::c_int> {
     let caught = Caught::now();
+    let me = crate::conn::bell::Sleeper::this_thread();
     loop {
-        let (a, bell) = with_stream(sock, |s| (s.admission(), s.link.bell()))?;
+        // Named where the monitor rings when it admits or refuses it.
+        let a = with_stream(sock, |s| {
+            if let Some(m) = &me {
+                s.link.rx.waiters().name(m.id);
+            }
+            s.admission()
+        })?;
         if a != ipcd_ring::Admission::Waiting {
+            if let Some(m) = &me {
+                let _ = with_stream(sock, |s| s.link.rx.waiters().unname(m.id));
+            }
             return Ok(());
         }
         if caught.interrupts(deadline.is_none()) {
@@ -249,14 +282,12 @@ pub(crate) fn wait_admission(sock: &Socket, deadline: Option<Instant>) -> Result
         if left.is_some_and(|l| l.is_zero()) {
             return Err(libc::EAGAIN);
         }
-        let ms = left.map_or(100, |l| l.as_millis().clamp(1, 100)) as libc::c_int;
-        let mut p = libc::pollfd { fd: bell, events: libc::POLLIN, revents: 0 };
-        // SAFETY: one live pollfd on our own doorbell.
-        if unsafe { real::poll(&mut p, 1, ms) } > 0 {
-            // Nothing else rings it yet: the peer has not seen the
-            // connection.
-            crate::conn::bell::take(bell);
-        }
+        let nap = left.map_or(std::time::Duration::from_millis(100), |l| l.min(std::time::Duration::from_millis(100)));
+        let until = Some(Instant::now() + nap);
+        let _ = match &me {
+            Some(m) => m.sleep(until),
+            None => wait::sleep_on(-1, until),
+        };
     }
 }
 
@@ -627,23 +658,21 @@ pub(crate) fn shutdown(sock: &Socket, how: libc::c_int) -> Result<(), libc::c_in
         if s.link.tx.reset() | s.link.rx.close() {
             s.link.ring_peer();
         }
-        crate::conn::bell::ring(s.link.bell());
+        s.link.ring_own();
         true
     })?;
     if gave_up {
         sock.admission_settled();
         return Ok(());
     }
-    let bell = with_stream(sock, |s| {
+    with_stream(sock, |s| {
         let ring = s.observe();
         let (res, fin) = s.conn.shutdown(&ring, how);
         s.settle(fin);
-        res.map(|()| s.link.bell())
+        // Wake our own blocked readers and writers: they return now, as on Linux.
+        res.map(|()| s.link.ring_own())
     })?
-    .map_err(errno)?;
-    // Wake our own blocked readers and writers: they return now, as on Linux.
-    crate::conn::bell::ring(bell);
-    Ok(())
+    .map_err(errno)
 }
 
 /// The last fd of a stream closed in this process. If another process

@@ -157,6 +157,9 @@ impl Request {
             Request::PassOver { .. } => 0x0117,
             Request::Trace { .. } => 0x0118,
             Request::Ping => 0x0119,
+            Request::Bell => 0x011a,
+            Request::BellOf { .. } => 0x011b,
+            Request::Unbell { .. } => 0x011c,
         }
     }
 
@@ -165,7 +168,9 @@ impl Request {
         match self {
             Request::Listen { flags, .. } if flags.contains(ListenFlags::BELL) => 2,
             Request::PassOver { .. } => 2,
-            Request::Listen { .. } | Request::Pass { .. } | Request::Demote { .. } | Request::Claim => 1,
+            Request::Listen { .. } | Request::Pass { .. } | Request::Demote { .. } | Request::Claim | Request::Bell => {
+                1
+            }
             _ => 0,
         }
     }
@@ -238,7 +243,9 @@ impl Request {
                 peer.encode(w);
                 w.bool(open);
             }
-            Request::ExecPrepare | Request::Status | Request::Stop | Request::Claim | Request::Ping => {}
+            Request::ExecPrepare | Request::Status | Request::Stop | Request::Claim | Request::Ping | Request::Bell => {
+            }
+            Request::BellOf { id } | Request::Unbell { id } => w.u64(id),
         })
     }
 
@@ -288,6 +295,9 @@ impl Request {
             0x0116 => Request::Demote { conn: r.u64()?, side: Side::decode(r)? },
             0x0117 => Request::PassOver { conn: r.u64()?, side: Side::decode(r)? },
             0x0118 => Request::Trace { pid: r.u32()?, port: r.u16()? },
+            0x011a => Request::Bell,
+            0x011b => Request::BellOf { id: r.u64()? },
+            0x011c => Request::Unbell { id: r.u64()? },
             0x010f => Request::Serve { listener: r.u64()? },
             0x0110 => Request::Decline { conn: r.u64()? },
             0x0111 => Request::Use { conn: r.u64()?, source: SockAddr::decode_opt(r)? },
@@ -339,20 +349,22 @@ impl Response {
             Response::Relayed => 0x0211,
             Response::Traced { .. } => 0x0212,
             Response::Queue { .. } => 0x0213,
+            Response::BellId { .. } => 0x0214,
+            Response::Bell { .. } => 0x0215,
         }
     }
 
     /// Fds that travel with this message.
     pub fn fd_count(&self) -> usize {
         match self {
-            Response::Standby { info, bell, .. } => usize::from(*bell) + if info.reused { 0 } else { 3 },
+            Response::Standby { info, bell, .. } => usize::from(*bell) + usize::from(!info.reused),
             Response::Connected(info) | Response::Incoming { info, .. } | Response::Expect { info, .. }
                 if info.reused =>
             {
                 0
             }
-            Response::Connected(_) | Response::Incoming { .. } | Response::Expect { .. } | Response::Reopened(_) => 3,
-            Response::Traced { .. } => 1,
+            Response::Connected(_) | Response::Incoming { .. } | Response::Expect { .. } | Response::Reopened(_) => 1,
+            Response::Traced { .. } | Response::Bell { .. } => 1,
             Response::Queue { shared, .. } => 1 + usize::from(*shared),
             _ => 0,
         }
@@ -388,6 +400,7 @@ impl Response {
                 info.encode(w);
             }
             Response::Withdraw { conn } => w.u64(conn),
+            Response::BellId { id } | Response::Bell { id } => w.u64(id),
             Response::Traced { conn, pids, addrs, segment_len } => {
                 w.u64(conn);
                 w.u32(pids[0]);
@@ -479,6 +492,8 @@ impl Response {
             }
             0x020f => Response::Expect { listener: r.u64()?, info: ConnInfo::decode(r)? },
             0x020e => Response::Withdraw { conn: r.u64()? },
+            0x0214 => Response::BellId { id: r.u64()? },
+            0x0215 => Response::Bell { id: r.u64()? },
             0x0208 => Response::Reopened(ConnInfo::decode(r)?),
             0x0209 => Response::Status(Status {
                 monitor_pid: r.u32()?,

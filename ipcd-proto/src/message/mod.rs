@@ -536,6 +536,23 @@ pub enum Request {
         /// How many for each reason.
         counts: [u32; FALLBACK_KINDS],
     },
+    /// Registers a doorbell of this process (an eventfd one thread or
+    /// one epoll set sleeps on) for other processes to ring: its id is
+    /// what the process names in a ring's waiting line (see
+    /// `ipcd_ring::Waiters`). Fds: `[the eventfd]`; `BellId` or `Error`.
+    Bell,
+    /// The doorbell registered as `id`, to ring a sleeper that named it.
+    /// No fds; `Bell` (with the eventfd) or `Error`.
+    BellOf {
+        /// The doorbell's id.
+        id: u64,
+    },
+    /// A doorbell of this process is gone (its thread ended): nobody will
+    /// sleep on it again. No fds, no reply.
+    Unbell {
+        /// The doorbell's id.
+        id: u64,
+    },
     /// This process holds (`open`) or no longer holds an end of `conn`, a
     /// connection an earlier monitor made (the monitor was restarted):
     /// listed in `ipcd status` as reported, nothing more (the monitor
@@ -573,6 +590,7 @@ impl Request {
                 | Request::Release { .. }
                 | Request::Fallbacks { .. }
                 | Request::Held { .. }
+                | Request::Unbell { .. }
         )
     }
 
@@ -614,7 +632,7 @@ pub enum Response {
         code: ErrorCode,
     },
     /// Answer to `Connect`: an ipcd connection.
-    /// Fds: `[segment memfd, own doorbell, peer doorbell]`, none if reused.
+    /// Fds: `[segment memfd]`, none if reused.
     Connected(ConnInfo),
     /// Answer to `Connect`: use the kernel. No fds.
     UseKernel {
@@ -622,7 +640,7 @@ pub enum Response {
         reason: Fallback,
     },
     /// Event: a connection arrived for a listener.
-    /// Fds: `[segment memfd, own doorbell, peer doorbell]`, none if reused.
+    /// Fds: `[segment memfd]`, none if reused.
     Incoming {
         /// Listener id from `Listen`.
         listener: u64,
@@ -640,7 +658,7 @@ pub enum Response {
         /// Segment id.
         segment: u64,
     },
-    /// Answer to `Reopen` and `Claim`. Fds: `[segment memfd, own doorbell, peer doorbell]`.
+    /// Answer to `Reopen` and `Claim`. Fds: `[segment memfd]`.
     Reopened(ConnInfo),
     /// Event for a `Trace`: a connection to watch. Fds: `[segment memfd]`,
     /// to map read-only (the tracer reads what each side wrote; it holds
@@ -675,7 +693,7 @@ pub enum Response {
     },
     /// Event: a connection to `dest` held ready for this process, so that
     /// its next connect there needs no answer: it takes it and sends `Use`.
-    /// Fds: `[segment memfd, own doorbell, peer doorbell]`, none if reused.
+    /// Fds: `[segment memfd]`, none if reused.
     Standby {
         /// The address the process connected to.
         dest: SockAddr,
@@ -689,7 +707,7 @@ pub enum Response {
     /// Event: a standby connection issued for a listener, told to the
     /// acceptor before it is used: accept takes it once its ticket (in
     /// the segment header) says connected, and drops it if cancelled.
-    /// Fds: `[segment memfd, own doorbell, peer doorbell]`, none if reused.
+    /// Fds: `[segment memfd]`, none if reused.
     Expect {
         /// Listener id from `Listen`.
         listener: u64,
@@ -702,6 +720,16 @@ pub enum Response {
     Withdraw {
         /// Connection.
         conn: u64,
+    },
+    /// Answer to `Bell`: the id the doorbell goes by. No fds.
+    BellId {
+        /// The doorbell's id, unique on this monitor, never 0.
+        id: u64,
+    },
+    /// Answer to `BellOf`. Fds: `[the eventfd]`.
+    Bell {
+        /// The doorbell's id.
+        id: u64,
     },
     /// Answer to `Status`. No fds.
     Status(Status),

@@ -61,7 +61,9 @@ mod checks;
 mod diff;
 mod serve;
 
-use checks::{data::*, exec::*, fork::*, kept::*, lifecycle::*, pass::*, readiness::*, relay::*, signals::*};
+use checks::{
+    data::*, exec::*, fork::*, kept::*, lifecycle::*, limits::*, pass::*, readiness::*, relay::*, signals::*,
+};
 use diff::*;
 use serve::*;
 
@@ -163,6 +165,7 @@ const CHECKS: &[Check] = &[
     ("small-writes", small_writes),
     ("exec-relay", exec_relay),
     ("fd-limit", fd_limit),
+    ("fd-count", fd_count),
     ("bad-args", bad_args),
     ("closed-names", closed_names),
     ("kept-sockets", kept_sockets),

@@ -7,6 +7,7 @@ pub(crate) mod exec;
 pub(crate) mod fork;
 pub(crate) mod kept;
 pub(crate) mod lifecycle;
+pub(crate) mod limits;
 pub(crate) mod pass;
 pub(crate) mod readiness;
 pub(crate) mod relay;
