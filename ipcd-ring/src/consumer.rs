@@ -284,6 +284,15 @@ impl Consumer {
         Ok(Wait::Sleep)
     }
 
+    /// After a wait that no longer sleeps (it found the ring ready, or
+    /// woke), once its doorbell's name is taken back: clears the waiting
+    /// flag unless another sleeper is named, so the writer's next publish
+    /// finds nothing to ring. True when a sleeper named itself meanwhile:
+    /// ring the doorbells of [`Consumer::waiters`].
+    pub fn cancel_wait_alone(&self) -> bool {
+        crate::wait::disarm_alone(&self.ctrl().reader_waiting.waiting, &self.ctrl().reader_waiting.waiters)
+    }
+
     /// This reader's sleepers: a thread names its doorbell here before it
     /// waits for data (see [`crate::Waiters`]).
     pub fn waiters(&self) -> crate::Waiters<'_> {

@@ -282,6 +282,12 @@ impl Producer {
         Ok(Wait::Sleep)
     }
 
+    /// [`crate::Consumer::cancel_wait_alone`] for the writer's line: true
+    /// when the doorbells of [`Producer::waiters`] must be rung.
+    pub fn cancel_wait_alone(&self) -> bool {
+        crate::wait::disarm_alone(&self.ctrl().writer_waiting.waiting, &self.ctrl().writer_waiting.waiters)
+    }
+
     /// This writer's sleepers: a thread names its doorbell here before it
     /// waits for room (see [`crate::Waiters`]).
     pub fn waiters(&self) -> crate::Waiters<'_> {

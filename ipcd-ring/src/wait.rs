@@ -71,6 +71,28 @@ pub(crate) fn disarm(flag: &AtomicU32) {
     flag.store(0, Ordering::Relaxed);
 }
 
+/// Clears a waiting flag a sleeper no longer needs (it took its name back
+/// first), unless another sleeper is named on the line. True when one
+/// named itself meanwhile: the flag is set again, but a publish between
+/// the clear and that may have skipped its doorbell, so the caller rings
+/// the line's doorbells itself.
+#[inline]
+pub(crate) fn disarm_alone(flag: &AtomicU32, slots: &[AtomicU64; WAITER_SLOTS]) -> bool {
+    let named = || slots.iter().any(|s| s.load(Ordering::Relaxed) != 0);
+    if flag.load(Ordering::Relaxed) == 0 || named() {
+        return false;
+    }
+    // Acquire: a sleeper whose arming this swap erases is seen by the
+    // look below (its name was written before its Release arming).
+    flag.swap(0, Ordering::Acquire);
+    crate::sync::fence(Ordering::SeqCst);
+    if named() {
+        flag.fetch_or(1, Ordering::Release);
+        return true;
+    }
+    false
+}
+
 /// After a publish: fence, then take the peer's waiting flag if it is set.
 /// Returns whether the peer's doorbell must be rung.
 #[inline]

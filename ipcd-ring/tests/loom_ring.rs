@@ -305,3 +305,52 @@ fn every_named_sleeper_is_rung() {
         two.join().unwrap();
     });
 }
+
+/// A sleeper that finds the ring ready takes its name back and clears
+/// the flag only if nobody else is named (`cancel_wait_alone`); when
+/// another sleeper named itself meanwhile it rings that one, since a
+/// publish may have found the flag cleared. The other sleeper must not
+/// sleep through the write.
+#[test]
+fn a_cancel_never_loses_another_sleepers_wake_up() {
+    loom::model(|| {
+        let s = Arc::new(setup(4));
+        let bells: Arc<[Doorbell; 2]> = Arc::default();
+        let ring_named = |ids: [u64; ipcd_ring::WAITER_SLOTS], bells: &[Doorbell; 2]| {
+            for id in ids.into_iter().filter(|&i| i != 0) {
+                bells[id as usize - 1].ring();
+            }
+        };
+        let (s2, b2) = (s.clone(), bells.clone());
+        let sleeper = thread::spawn(move || {
+            let [waiters, _] = s2.seg.waiters_of(Side::B);
+            assert!(waiters.name(2));
+            if s2.seg.prepare_reader_wait(Side::B).unwrap() == Wait::Sleep {
+                b2[1].wait(); // deadlocks if never rung
+            }
+            waiters.unname(2);
+        });
+        let (s3, b3) = (s.clone(), bells.clone());
+        let canceller = thread::spawn(move || {
+            // Names itself, arms, and gives up at once (as a wait that
+            // found the ring ready does).
+            let [waiters, _] = s3.seg.waiters_of(Side::B);
+            assert!(waiters.name(1));
+            let _ = s3.seg.prepare_reader_wait(Side::B).unwrap();
+            waiters.unname(1);
+            // SAFETY: test: this thread only touches the reader's flag.
+            let rx = unsafe { s3.seg.consumer(Side::B) }.unwrap();
+            if rx.cancel_wait_alone() {
+                ring_named(rx.waiters().ids(), &b3);
+            }
+        });
+        // SAFETY: test: the one producer of side A.
+        let mut tx = unsafe { s.seg.producer(Side::A) }.unwrap();
+        if tx.write(&[7]).unwrap().wake_peer {
+            ring_named(tx.reader_waiters().ids(), &bells);
+        }
+        canceller.join().unwrap();
+        sleeper.join().unwrap();
+        // The canceller's doorbell may hold a token; nobody waits on it.
+    });
+}

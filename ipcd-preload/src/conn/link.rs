@@ -436,6 +436,29 @@ impl Link {
         crate::conn::bell::ring_ids(reader.ids().into_iter().chain(writer.ids()));
     }
 
+    /// A wait on this end is over (it found the rings ready, or woke):
+    /// takes doorbell `me` off the lines it waited on (`rx`: for data,
+    /// `tx`: for room) and clears their flags unless other sleepers are
+    /// named there, so the peer's next publish has nothing to ring.
+    pub(crate) fn settle_wait(&self, me: Option<u64>, rx: bool, tx: bool) {
+        if rx {
+            if let Some(me) = me {
+                self.rx.waiters().unname(me);
+            }
+            if self.rx.cancel_wait_alone() {
+                crate::conn::bell::ring_ids(self.rx.waiters().ids());
+            }
+        }
+        if tx {
+            if let Some(me) = me {
+                self.tx.waiters().unname(me);
+            }
+            if self.tx.cancel_wait_alone() {
+                crate::conn::bell::ring_ids(self.tx.waiters().ids());
+            }
+        }
+    }
+
     /// Rings this end's own sleepers in this process and any other (its
     /// state changed under them: a shutdown, a dead peer, a new buffer).
     pub(crate) fn ring_own(&self) {

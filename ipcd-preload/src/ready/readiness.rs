@@ -130,13 +130,10 @@ fn name(s: &crate::socket::Stream, events: u32, me: Option<u64>) -> Nap {
     }
 }
 
-/// Takes doorbell `me` off the stream's waiting lines after a wait.
+/// Takes doorbell `me` off the stream's waiting lines after a wait (and
+/// clears flags nobody else waits on, see `Link::settle_wait`).
 pub(crate) fn unname(sock: &Socket, me: Option<u64>) {
-    let Some(me) = me else { return };
-    let _ = crate::socket::stream::with_stream(sock, |s| {
-        s.link.rx.waiters().unname(me);
-        s.link.tx.waiters().unname(me);
-    });
+    let _ = crate::socket::stream::with_stream(sock, |s| s.link.settle_wait(me, true, true));
 }
 
 /// Names doorbell `me` and arms the ring's waiting flags for `events` on

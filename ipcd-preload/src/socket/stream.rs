@@ -165,12 +165,8 @@ fn block(sock: &Socket, call: &Call<'_>, dir: Dir, deadline: Option<Instant>) ->
             (w, nap)
         })?;
         let unname = || {
-            if let Some(m) = &me {
-                let _ = with_stream(sock, |s| match dir {
-                    Dir::Recv { .. } => s.link.rx.waiters().unname(m.id),
-                    Dir::Send(_) => s.link.tx.waiters().unname(m.id),
-                });
-            }
+            let recv = matches!(dir, Dir::Recv { .. });
+            let _ = with_stream(sock, |s| s.link.settle_wait(me.as_ref().map(|m| m.id), recv, !recv));
         };
         let (Ok(Wait::Sleep), nap) = prepared else {
             unname();
@@ -180,11 +176,10 @@ fn block(sock: &Socket, call: &Call<'_>, dir: Dir, deadline: Option<Instant>) ->
             unname();
             return Err(libc::EINTR);
         }
-        // The waiting flag is not cleared after the sleep: another thread
-        // (here or in a process sharing the end) may have armed the same
-        // flag and still rely on it (a clear here lost its wake-up: four
-        // threads sending on one socket hung). A stale flag costs the peer
-        // a look at the names, never a lost wake-up.
+        // After the sleep the flag is cleared only if no other sleeper
+        // (here or in a process sharing the end) is named: one may still
+        // rely on it (a plain clear lost its wake-up: four threads sending
+        // on one socket hung).
         let until = wait::nap_until(cork::cap(deadline), nap);
         let woken = match &me {
             Some(m) => m.sleep(until),
