@@ -190,6 +190,12 @@ fn ring_one(id: u64) {
         drop_peers(old);
         peers = lock(&PEERS);
     }
+    // Another thread may have asked for the same one meanwhile: ours goes.
+    if peers.as_ref().is_some_and(|m| m.contains_key(&id)) {
+        drop(peers);
+        drop_peers(Some(HashMap::from([(id, got)])));
+        return;
+    }
     peers.put(id, got);
 }
 
