@@ -343,12 +343,12 @@ fn a_process_of_another_user_gets_the_kernel() {
     let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
     assert_eq!(listen(&mut server, 1, &lfd, addr, ListenFlags::empty()), Response::Ok);
     let nobody = NobodyIpcd::new();
-    let out = nobody.command(&["debug-connect", "--socket", &m.socket, &addr.to_string()]).output().unwrap();
+    let out = NobodyIpcd::output(&mut nobody.command(&["debug-connect", "--socket", &m.socket, &addr.to_string()]));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("UseKernel { reason: OtherUser }"), "{text}");
     // Nor may it read who runs what on the monitor's user's ports.
-    let out = nobody.command(&["status", "--socket", &m.socket]).output().unwrap();
+    let out = NobodyIpcd::output(&mut nobody.command(&["status", "--socket", &m.socket]));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("another user"), "{err}");
     // The same request from our own user is brokered.

@@ -347,7 +347,7 @@ fn as_nobody(m: &Monitor, sock: &OwnedFd) -> String {
             Ok(())
         });
     }
-    let out = cmd.output().unwrap();
+    let out = NobodyIpcd::output(&mut cmd);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -366,6 +366,22 @@ impl NobodyIpcd {
         cmd.args(args).uid(65534).gid(65534);
         cmd
     }
+
+    /// Runs `cmd` (one of [`NobodyIpcd::command`]) to its end. The copy was
+    /// written by this process, whose other test threads fork children:
+    /// one forked while the copy was open for writing holds that fd until
+    /// it execs, and an exec of the copy meanwhile fails with `ETXTBSY`
+    /// (as a CI run once did). That passes within moments; so is the
+    /// exec retried.
+    pub(crate) fn output(cmd: &mut Command) -> std::process::Output {
+        for _ in 0..200 {
+            match cmd.output() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::sleep(Duration::from_millis(10)),
+                out => return out.expect("run ipcd as nobody"),
+            }
+        }
+        panic!("the copy of ipcd stayed busy for 2 s")
+    }
 }
 
 impl Drop for NobodyIpcd {
