@@ -74,9 +74,7 @@ impl Bell {
             }
         }
         flush_gone();
-        // SAFETY: our own eventfd, open while `self` lives.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
-        let id = crate::control::with(|c| match c.call(&Request::Bell, &[fd]) {
+        let id = crate::control::with(|c| match c.call(&Request::Bell, &[self.as_fd()]) {
             Ok((Response::BellId { id }, _)) => Ok(Some(id)),
             Ok(_) => Ok(None),
             Err(e) => Err(e),
@@ -278,10 +276,10 @@ impl Sleeper {
         Some(Sleeper { bell, id })
     }
 
-    /// Sleeps on the bell until it rings, `until` (None: no limit), or a
-    /// signal; empties it.
-    pub(crate) fn sleep(&self, until: Option<std::time::Instant>) -> crate::conn::wait::Woken {
-        crate::conn::wait::sleep_on(self.bell.fd(), until)
+    /// Sleeps on `me`'s bell until it rings, `until` (None: no limit), or
+    /// a signal, and empties it; without a bell, only until `until`.
+    pub(crate) fn sleep(me: Option<&Sleeper>, until: Option<std::time::Instant>) -> crate::conn::wait::Woken {
+        crate::conn::wait::sleep_on(me.map_or(-1, |m| m.bell.fd()), until)
     }
 }
 

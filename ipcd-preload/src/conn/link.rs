@@ -432,7 +432,12 @@ impl Link {
     /// Rings the peer's sleepers (a publish or a close said one asked to
     /// be woken): every doorbell named in the lines it waits on.
     pub(crate) fn ring_peer(&self) {
-        let [reader, writer] = self.seg.waiters_of(self.side.peer());
+        self.ring_sleepers(self.side.peer());
+    }
+
+    /// Rings every doorbell named on `side`'s two waiting lines.
+    fn ring_sleepers(&self, side: ipcd_ring::Side) {
+        let [reader, writer] = self.seg.waiters_of(side);
         crate::conn::bell::ring_ids(reader.ids().into_iter().chain(writer.ids()));
     }
 
@@ -462,8 +467,7 @@ impl Link {
     /// Rings this end's own sleepers in this process and any other (its
     /// state changed under them: a shutdown, a dead peer, a new buffer).
     pub(crate) fn ring_own(&self) {
-        let [reader, writer] = self.seg.waiters_of(self.side);
-        crate::conn::bell::ring_ids(reader.ids().into_iter().chain(writer.ids()));
+        self.ring_sleepers(self.side);
     }
 
     /// What the rings say now, for the state machine. `None`: the ring is

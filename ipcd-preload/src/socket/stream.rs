@@ -181,10 +181,7 @@ fn block(sock: &Socket, call: &Call<'_>, dir: Dir, deadline: Option<Instant>) ->
         // rely on it (a plain clear lost its wake-up: four threads sending
         // on one socket hung).
         let until = wait::nap_until(cork::cap(deadline), nap);
-        let woken = match &me {
-            Some(m) => m.sleep(until),
-            None => wait::sleep_on(-1, until),
-        };
+        let woken = crate::conn::bell::Sleeper::sleep(me.as_ref(), until);
         unname();
         return match woken {
             Woken::Retry => Ok(()),
@@ -279,10 +276,7 @@ pub(crate) fn wait_admission(sock: &Socket, deadline: Option<Instant>) -> Result
         }
         let nap = left.map_or(std::time::Duration::from_millis(100), |l| l.min(std::time::Duration::from_millis(100)));
         let until = Some(Instant::now() + nap);
-        let _ = match &me {
-            Some(m) => m.sleep(until),
-            None => wait::sleep_on(-1, until),
-        };
+        let _ = crate::conn::bell::Sleeper::sleep(me.as_ref(), until);
     }
 }
 
