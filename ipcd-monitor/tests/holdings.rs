@@ -195,6 +195,60 @@ fn a_standby_connects_through_its_ticket_and_becomes_a_connection_when_needed() 
 }
 
 #[test]
+fn each_standby_reaches_its_acceptor_before_its_connector() {
+    let m = Monitor::start();
+    let WithStandby { mut server, mut client, addr, sb, cfds, .. } = with_standby(&m);
+    // Standbys come when one is used and when a closed one's segment goes
+    // back to the pair's pool; each is checked as it is read.
+    let mut segments = std::collections::HashMap::from([(sb.segment, map(&cfds[0]))]);
+    let mut standbys = std::collections::VecDeque::from([sb]);
+    let mut expected = std::collections::HashSet::from([sb.conn]);
+    let mut reused = 0;
+    for _ in 0..12 {
+        while standbys.is_empty() {
+            let (event, fds) = next_event(&client);
+            let Response::Standby { info, .. } = event else { continue };
+            // Its `Expect` already waits on the acceptor's channel, whether
+            // the two went at once (a pooled segment: no fds) or not.
+            for e in drain_events(&server) {
+                if let Response::Expect { info, .. } = e {
+                    expected.insert(info.conn);
+                }
+            }
+            assert!(expected.contains(&info.conn), "standby {} came before its Expect", info.conn);
+            if info.reused {
+                reused += 1;
+                assert!(fds.is_empty() && segments.contains_key(&info.segment));
+            } else {
+                segments.insert(info.segment, map(&fds[0]));
+            }
+            standbys.push_back(info);
+        }
+        let sb = standbys.pop_front().unwrap();
+        // Connect through it, as the library does, and close both ends
+        // keeping the segment: it goes back to the pair's pool.
+        assert!(segments[&sb.segment].seg.connect(sb.conn, addr.to_words()).is_some());
+        // (Not `close_both`: its round trip would read past the Expects.)
+        server.notify(&Request::Accepted { conn: sb.conn }).unwrap();
+        server.notify(&Request::Close { conn: sb.conn, side: Side::B, keep: true }).unwrap();
+        client.notify(&Request::Close { conn: sb.conn, side: Side::A, keep: true }).unwrap();
+    }
+    assert!(reused > 0, "pooled segments served standbys");
+}
+
+/// Every event waiting on `c`'s channel now (none waited for).
+fn drain_events(c: &ipcd_monitor::client::MonitorClient) -> Vec<Response> {
+    let ch = c.channel();
+    ch.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    while let Ok((_, r, _)) = ch.recv_response() {
+        got.push(r);
+    }
+    ch.set_nonblocking(false).unwrap();
+    got
+}
+
+#[test]
 fn a_standby_is_cancelled_when_its_listener_closes() {
     let m = Monitor::start();
     let WithStandby { mut server, mut client, addr, sb, cfds, sfds, .. } = with_standby(&m);

@@ -359,27 +359,51 @@ impl Channel {
     /// sent (at least one, fewer when the channel filled); an error only
     /// when none was.
     pub fn send_requests(&self, reqs: &[(u32, Request)]) -> Result<usize, ChannelError> {
-        let reqs = &reqs[..reqs.len().min(BATCH)];
         if let Some(r) = reqs.iter().find(|(_, r)| r.fd_count() != 0) {
             return Err(ChannelError::FdCount { expected: 0, got: r.1.fd_count() });
         }
-        let mut buf = vec![0u8; reqs.len() * MAX_FRAME];
+        self.send_frames(reqs.len(), |i, frame| reqs[i].1.encode(reqs[i].0, frame))
+    }
+
+    /// Sends responses or events that carry no fds, as
+    /// [`Channel::send_requests`] sends requests: the monitor's events of
+    /// one report to one process (a standby and its successor's `Expect`
+    /// per connection) go in one call.
+    pub fn send_responses(&self, resps: &[(u32, Response)]) -> Result<usize, ChannelError> {
+        if let Some(r) = resps.iter().find(|(_, r)| r.fd_count() != 0) {
+            return Err(ChannelError::FdCount { expected: 0, got: r.1.fd_count() });
+        }
+        self.send_frames(resps.len(), |i, frame| resps[i].1.encode(resps[i].0, frame))
+    }
+
+    /// Sends up to [`BATCH`] of `count` fd-less packets, the `i`th encoded
+    /// by `encode(i, frame)`, with one `sendmmsg`; how many went.
+    fn send_frames(
+        &self,
+        count: usize,
+        encode: impl Fn(usize, &mut [u8]) -> Result<usize, EncodeError>,
+    ) -> Result<usize, ChannelError> {
+        let count = count.min(BATCH);
+        if count == 0 {
+            return Ok(0);
+        }
+        let mut buf = vec![0u8; count * MAX_FRAME];
         // SAFETY: all-zero iovecs and mmsghdrs are valid (null, empty).
         let mut iovs: [libc::iovec; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
         // SAFETY: as above.
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-        for (i, ((seq, req), frame)) in reqs.iter().zip(buf.chunks_mut(MAX_FRAME)).enumerate() {
-            let n = req.encode(*seq, frame).map_err(ChannelError::Encode)?;
+        for (i, frame) in buf.chunks_mut(MAX_FRAME).enumerate() {
+            let n = encode(i, frame).map_err(ChannelError::Encode)?;
             iovs[i] = libc::iovec { iov_base: frame.as_mut_ptr().cast(), iov_len: n };
         }
         for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
             m.msg_hdr.msg_iov = iov;
             m.msg_hdr.msg_iovlen = 1;
         }
-        // SAFETY: the first `reqs.len()` headers each point at one live
-        // iovec, which points into `buf`; both outlive the call.
+        // SAFETY: the first `count` headers each point at one live iovec,
+        // which points into `buf`; both outlive the call.
         let n = cvt(unsafe {
-            libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), reqs.len() as libc::c_uint, libc::MSG_NOSIGNAL)
+            libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), count as libc::c_uint, libc::MSG_NOSIGNAL)
         })?;
         Ok(n as usize)
     }

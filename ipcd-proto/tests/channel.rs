@@ -219,6 +219,28 @@ fn batches_go_in_order_and_a_bad_packet_among_them_closes_its_fds() {
 }
 
 #[test]
+fn events_batch_in_order_and_refuse_fds() {
+    let (a, b) = Channel::pair().unwrap();
+    let events: Vec<(u32, Response)> = (0..20u64).map(|conn| (0, Response::Withdraw { conn })).collect();
+    let with_fd = [(0, Response::Bell { id: 1 })];
+    assert!(matches!(a.send_responses(&with_fd), Err(ChannelError::FdCount { expected: 0, .. })));
+    assert_eq!(a.send_responses(&[]).unwrap(), 0);
+    let mut sent = 0;
+    let mut calls = 0;
+    while sent < events.len() {
+        let n = a.send_responses(&events[sent..]).unwrap();
+        assert!(n > 0 && n <= ipcd_proto::channel::BATCH, "{n} packets in one call");
+        sent += n;
+        calls += 1;
+    }
+    assert_eq!(calls, 2, "20 packets in two calls of at most 16");
+    let got: Vec<(u32, Response)> = (0..20).map(|_| b.recv_response().map(|(seq, r, _)| (seq, r)).unwrap()).collect();
+    assert_eq!(got, events, "one packet each, in order");
+    let mut bufs = [[0u8; MAX_FRAME + 1]; 2];
+    assert!(b.recv_packets(&mut bufs, |_, _| panic!("nothing more")).unwrap_err().is_would_block());
+}
+
+#[test]
 fn socket_addresses_convert_both_ways() {
     let v6 = SockAddr::V6 { ip: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], port: 443, flowinfo: 0, scope_id: 0 };
     for a in [LOCAL, v6] {

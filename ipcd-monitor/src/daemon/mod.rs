@@ -111,14 +111,58 @@ struct Client {
     outbox: outbox::Outbox,
     /// Its request ring, in a queue mode.
     queue: Option<queues::ClientQueue>,
+    /// Events held back until the end of the current report
+    /// ([`Client::uncork`]), to go in one system call.
+    cork: Vec<(u32, Response)>,
 }
 
 impl Client {
-    /// Sends `resp` with `fds`, after what waits in the outbox; `Ok(true)`
-    /// if it waits there (see [`outbox::Outbox::send`]).
+    /// Sends `resp` with `fds`, after what is corked and what waits in the
+    /// outbox; `Ok(true)` if it is corked or waits in the outbox (the
+    /// caller puts the client on `watch`, see [`outbox::Outbox::send`]).
     fn send(&mut self, seq: u32, resp: &Response, fds: &[BorrowedFd<'_>]) -> Result<bool, ChannelError> {
+        if fds.is_empty() && corkable(resp) && self.outbox.is_empty() {
+            if self.cork.len() == ipcd_proto::channel::BATCH {
+                self.uncork()?;
+            }
+            if self.outbox.is_empty() {
+                self.cork.push((seq, *resp));
+                return Ok(true);
+            }
+        }
+        self.uncork()?;
         self.outbox.send(&self.chan, seq, resp, fds)
     }
+
+    /// Sends what is corked, in one call where the channel takes it all,
+    /// the rest after it through the outbox.
+    fn uncork(&mut self) -> Result<(), ChannelError> {
+        if self.cork.is_empty() {
+            return Ok(());
+        }
+        let cork = std::mem::take(&mut self.cork);
+        let mut sent = 0;
+        if self.outbox.is_empty() {
+            sent = match self.chan.send_responses(&cork) {
+                Ok(n) => n,
+                Err(e) if e.is_would_block() => 0,
+                Err(e) => return Err(e),
+            };
+        }
+        for (seq, resp) in &cork[sent..] {
+            self.outbox.send(&self.chan, *seq, resp, &[])?;
+        }
+        Ok(())
+    }
+}
+
+/// Events the monitor sends per connection in steady state, without fds
+/// and with nothing that waits for them at once: a standby and the
+/// `Expect` of the next one. Held until the end of the report that made
+/// them, they go to each process in one `sendmmsg` (a process's batch of
+/// `Close`s used to cost one `sendmsg` per standby and per `Expect`).
+fn corkable(resp: &Response) -> bool {
+    matches!(resp, Response::Expect { .. } | Response::Standby { .. })
 }
 
 /// `clients[token]`'s [`Client::send`]; a client whose outbox it joined
@@ -514,6 +558,7 @@ impl Daemon {
                 }
                 self.watch_outboxes();
                 self.drop_doomed();
+                self.watch_outboxes();
             }
             self.expire_orphans();
             if !self.waiting.is_empty() {
@@ -526,6 +571,10 @@ impl Daemon {
                 self.expire_passes();
             }
             self.poll_queues();
+            // What the work after the events sent waits no longer.
+            self.watch_outboxes();
+            self.drop_doomed();
+            self.watch_outboxes();
             if self.cfg.poll && n == 0 {
                 std::hint::spin_loop();
             }
@@ -563,6 +612,7 @@ impl Daemon {
                         to_kernel: 0,
                         bells: HashSet::new(),
                         outbox: outbox::Outbox::default(),
+                        cork: Vec::new(),
                         queue: None,
                     };
                     self.clients.insert(token, client);
@@ -699,11 +749,38 @@ impl Daemon {
         self.watch_out(token);
     }
 
-    /// Asks epoll for room (`EPOLLOUT`) on the channels of clients whose
-    /// outbox filled during this event.
+    /// Sends what this event corked, client by client in the order they
+    /// were first sent something (see [`Daemon::uncork_before`]), and asks
+    /// epoll for room (`EPOLLOUT`) on the channels of clients whose outbox
+    /// filled.
     fn watch_outboxes(&mut self) {
-        while let Some(token) = self.watch.pop() {
+        for token in std::mem::take(&mut self.watch) {
+            let Some(client) = self.clients.get_mut(&token) else { continue };
+            if let Err(e) = client.uncork() {
+                self.doom(token, undeliverable("cannot send", &e));
+                continue;
+            }
             self.watch_out(token);
+        }
+    }
+
+    /// Makes what is corked for `first` go before what is sent next to
+    /// `then` (corked if `corks`): sent now, unless `then` is the same
+    /// client or will be uncorked after it. A standby's `Expect` must
+    /// reach its acceptor before the standby its connector, who may use
+    /// it at once and ring the acceptor, which must then find the
+    /// `Expect` on its channel.
+    fn uncork_before(&mut self, first: u64, then: u64, corks: bool) {
+        if first == then {
+            return;
+        }
+        let at = |t: u64| self.watch.iter().position(|&w| w == t);
+        if corks && at(then).is_none_or(|b| at(first).is_some_and(|a| a < b)) {
+            return;
+        }
+        let Some(client) = self.clients.get_mut(&first) else { return };
+        if let Err(e) = client.uncork() {
+            self.doom(first, undeliverable("cannot send", &e));
         }
     }
 

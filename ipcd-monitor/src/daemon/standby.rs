@@ -71,6 +71,8 @@ impl Daemon {
         }
         let bell = self.listener_bells.get(&listener).map(|b| b.as_fd());
         let send_bell = bell.is_some() && self.clients.get(&token).is_some_and(|c| !c.bells.contains(&listener));
+        self.uncork_before(acceptor, token, reused && !send_bell);
+        let bell = self.listener_bells.get(&listener).map(|b| b.as_fd());
         let mut fds = vec![seg.fd()];
         fds.truncate(n);
         fds.extend(bell.filter(|_| send_bell));
