@@ -62,6 +62,9 @@ extern "C" fn prepare() {
     crate::sys::guarded((), || {
         let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
         pending.clear();
+        // Before the sockets are looked at: one made or kept meanwhile
+        // taints itself (see `reuse::fork_begins`).
+        crate::socket::reuse::fork_begins();
         let epoll = crate::ready::epoll::lock_for_fork();
         let mut ours = false;
         let mut sockets = Vec::new();
@@ -137,6 +140,7 @@ fn share_all(held: &mut Held, child: bool) -> bool {
 
 extern "C" fn parent() {
     crate::sys::guarded((), || {
+        crate::socket::reuse::fork_ends();
         if let Some(mut held) = take_held() {
             share_all(&mut held, false);
         }
@@ -157,6 +161,7 @@ extern "C" fn parent() {
 
 extern "C" fn child() {
     crate::sys::guarded((), || {
+        crate::socket::reuse::fork_ends();
         process::forked();
         crate::conn::peer::forked();
         crate::conn::wait::SpinSlot::reset_after_fork();

@@ -210,6 +210,7 @@ checks! {
     bad_arguments_get_the_errors_linux_gives => "bad-args",
     names_and_options_follow_the_connections_state => "closed-names",
     sockets_made_after_connections_closed_look_new => "kept-sockets",
+    a_fork_never_shares_a_kernel_socket_kept_for_reuse => "fork-recycle",
     a_burst_of_connects_all_goes_through_shared_memory => "burst",
     accepted_sockets_inherit_the_listeners_options => "inherited-options",
     tcp_info_follows_the_connection => "tcp-info",

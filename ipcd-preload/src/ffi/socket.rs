@@ -40,6 +40,7 @@ pub(super) unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -
         let sock = Arc::new(Socket::new(domain, flags & libc::SOCK_NONBLOCK != 0, State::Fresh { bound: made.bound }));
         sock.set_clean();
         made.lend_to(&sock);
+        let installed = Arc::clone(&sock);
         if table::install(made.fd, sock).is_err() && made.bound.is_some() {
             // An fd beyond the table stays a plain kernel socket, which
             // must not show a binding of ours: a new one instead.
@@ -48,6 +49,7 @@ pub(super) unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -
             // SAFETY: the caller's arguments, unchanged.
             return Some(unsafe { real::socket(domain, ty, proto) });
         }
+        made.installed(&installed);
         real::set_errno(err);
         Some(made.fd)
     });

@@ -28,7 +28,7 @@
 //! truly new one ([`unbind`]) before anything that could show the binding.
 
 use std::os::fd::IntoRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use ipcd_proto::SockAddr;
@@ -89,6 +89,34 @@ fn kept() -> MutexGuard<'static, Vec<Kept>> {
     KEPT.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Twice the forks this process made, plus one while one is under way
+/// (from its prepare handler to its parent handler).
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+/// A fork begins (its prepare handler, before it taints the sockets it
+/// finds): a socket made or kept from now until [`fork_ends`] may be
+/// missed by that handler and yet be in the child, so it is never reused.
+pub(crate) fn fork_begins() {
+    FORKS.fetch_add(1, Ordering::SeqCst);
+    // Pairs with the fence in `forked_since`: the handler's look at the
+    // table comes after it.
+    std::sync::atomic::fence(Ordering::SeqCst);
+}
+
+/// The fork is over (the parent's handler; a failed fork's too).
+pub(crate) fn fork_ends() {
+    FORKS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Whether a fork was under way at, or began since, the moment [`FORKS`]
+/// read `since`. The fence orders the caller's earlier stores (a socket
+/// put in the table) before the look, as [`fork_begins`] orders its count
+/// before the handler's look at the table: one of the two sees the other.
+fn forked_since(since: u64) -> bool {
+    std::sync::atomic::fence(Ordering::SeqCst);
+    since % 2 == 1 || FORKS.load(Ordering::Relaxed) != since
+}
+
 /// A kernel socket for the program: `fd` and where it is (invisibly)
 /// bound, or the errno `socket()` gives.
 pub(crate) struct Made {
@@ -96,6 +124,8 @@ pub(crate) struct Made {
     pub bound: Option<SockAddr>,
     /// The hidden kept socket `fd` duplicates, for [`Socket::lend`].
     pub lent: Option<c_int>,
+    /// [`FORKS`] before it was made.
+    forks: u64,
 }
 
 impl Made {
@@ -105,12 +135,23 @@ impl Made {
             sock.lend(h);
         }
     }
+
+    /// `sock`, made from this, is in the socket table (and marked clean):
+    /// if a fork began meanwhile, its handler may have looked at the table
+    /// before it was there, and the child may hold its kernel socket (or
+    /// the kept one it duplicates): tainted, never reused.
+    pub(crate) fn installed(&self, sock: &Socket) {
+        if forked_since(self.forks) {
+            sock.taint();
+        }
+    }
 }
 
 /// A TCP socket of `family` with `flags` (`SOCK_NONBLOCK`, `SOCK_CLOEXEC`):
 /// a kept one if there is one, else a new one.
 pub(crate) fn socket(family: c_int, flags: c_int) -> Result<Made, c_int> {
     let nonblock = flags & libc::SOCK_NONBLOCK != 0;
+    let forks = FORKS.load(Ordering::SeqCst);
     let taken = {
         let mut kept = kept();
         // Prefer one whose O_NONBLOCK is already right: one call less.
@@ -130,11 +171,11 @@ pub(crate) fn socket(family: c_int, flags: c_int) -> Result<Made, c_int> {
             // use would be one more per connection.
             let lend = lent(family).fetch_add(1, Ordering::Relaxed) < CAPACITY;
             if lend {
-                return Ok(Made { fd, bound: k.bound, lent: Some(k.fd) });
+                return Ok(Made { fd, bound: k.bound, lent: Some(k.fd), forks });
             }
             lent(family).fetch_sub(1, Ordering::Relaxed);
             drop_hidden(k.fd);
-            return Ok(Made { fd, bound: k.bound, lent: None });
+            return Ok(Made { fd, bound: k.bound, lent: None, forks });
         }
         // No free number: closing ours frees one for the new socket below.
         drop_hidden(k.fd);
@@ -144,7 +185,7 @@ pub(crate) fn socket(family: c_int, flags: c_int) -> Result<Made, c_int> {
     if fd < 0 {
         return Err(real::errno());
     }
-    Ok(Made { fd, bound: None, lent: None })
+    Ok(Made { fd, bound: None, lent: None, forks })
 }
 
 /// Closes hidden `fd`, a kept socket nobody else knows (the program may
@@ -167,6 +208,7 @@ pub(crate) fn give_up(sock: &Socket) {
 /// else uses it): keeps its kernel socket if it is clean.
 /// What is not kept, the caller's `close_now` lets go (see [`give_up`]).
 pub(crate) fn keep(fd: c_int, sock: &Socket, bound: Option<SockAddr>) {
+    let forks = FORKS.load(Ordering::SeqCst);
     let family = sock.family;
     if !sock.is_clean() || kept().iter().filter(|k| k.family == family).count() >= CAPACITY {
         return;
@@ -190,7 +232,16 @@ pub(crate) fn keep(fd: c_int, sock: &Socket, bound: Option<SockAddr>) {
             None => return,
         },
     };
-    kept().push(Kept { fd: hidden, family, bound, nonblock: sock.nonblocking() });
+    let mut kept = kept();
+    // A fork that began since may have tainted the socket after we looked,
+    // and its child holds the copy just made unless the list had it then
+    // (the child closes what the list holds: the fork takes the lock).
+    if forked_since(forks) {
+        drop(kept);
+        drop_hidden(hidden);
+        return;
+    }
+    kept.push(Kept { fd: hidden, family, bound, nonblock: sock.nonblocking() });
 }
 
 /// A fresh socket `fd` of ours was a kept one still bound (`bound` in its

@@ -550,6 +550,7 @@ fn accepted(sock: &Socket, pending: Pending, pid: u32, flags: libc::c_int) -> Re
     new.set_clean();
     made.lend_to(&new);
     sock.inherited.pass_to(fd, &new);
+    let installed = Arc::clone(&new);
     if let Err(new) = table::install(fd, new) {
         // An fd beyond the table: we cannot serve it.
         if let State::Stream(s) = std::mem::replace(&mut *new.lock(), State::Closed) {
@@ -559,6 +560,7 @@ fn accepted(sock: &Socket, pending: Pending, pid: u32, flags: libc::c_int) -> Re
         unsafe { real::close(fd) };
         return Err(Refused::Failed(fail(libc::EMFILE)));
     }
+    made.installed(&installed);
     let _ = control::with(|c| {
         c.accepted(conn);
         Ok(())

@@ -170,6 +170,7 @@ const CHECKS: &[Check] = &[
     ("closed-names", closed_names),
     ("kept-sockets", kept_sockets),
     ("kept-kernel-peer", kept_kernel_peer),
+    ("fork-recycle", fork_while_sockets_recycle),
     ("burst", burst),
     ("inherited-options", inherited_options),
     ("tcp-info", tcp_info),

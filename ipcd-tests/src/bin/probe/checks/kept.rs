@@ -264,3 +264,118 @@ pub(crate) fn kernel_sink(count: u64) -> Res {
     net::close(l);
     Ok(())
 }
+
+/// The kernel socket under `fd` (its inode).
+fn socket_inode(fd: i32) -> Result<u64, String> {
+    // SAFETY: fstat into a zeroed stat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    cvt("fstat", unsafe { libc::fstat(fd, &mut st) }).map_err(f)?;
+    Ok(st.st_ino)
+}
+
+/// Forks while another thread makes and closes sockets (the closed ones'
+/// kernel sockets are kept for the next under ipcd): a socket the parent
+/// makes after a fork never has a kernel socket the child holds too. A
+/// socket made or closed while the fork was under way is in the child
+/// as well, and reused, the parent's next connection would sit on a
+/// kernel socket another process holds open.
+pub(crate) fn fork_while_sockets_recycle() -> Res {
+    // A connection first: its two closed ends' kernel sockets are kept too.
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let c = net::connect_loopback(false, port).map_err(f)?;
+    let s = net::accept(l).map_err(f)?;
+    net::send_all(c, b"k").map_err(f)?;
+    let mut b = [0u8; 1];
+    net::read_exact(s, &mut b).map_err(f)?;
+    for fd in [c, s, l] {
+        net::close(fd);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || -> Res {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let s = net::tcp_socket(false).map_err(f)?;
+                net::close(s);
+            }
+            Ok(())
+        })
+    };
+    let mut verdict = Ok(());
+    for round in 0..40 {
+        verdict = fork_and_compare(round);
+        if verdict.is_err() {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.join().map_err(|_| "the socket thread panicked".to_string())??;
+    verdict
+}
+
+/// One fork: the child sends the inodes of the sockets it holds and waits;
+/// the parent's next sockets must have none of them.
+fn fork_and_compare(round: usize) -> Res {
+    let (inodes_r, inodes_w) = pipe()?;
+    let (exit_r, exit_w) = pipe()?;
+    let pid = fork()?;
+    if pid == 0 {
+        in_child(|| {
+            // SAFETY: our copies of the parent's ends.
+            unsafe {
+                libc::close(inodes_r);
+                libc::close(exit_w);
+            }
+            let mut out = Vec::new();
+            for e in std::fs::read_dir("/proc/self/fd").map_err(|e| e.to_string())? {
+                let link = std::fs::read_link(e.map_err(|e| e.to_string())?.path()).unwrap_or_default();
+                let link = link.to_string_lossy();
+                if let Some(n) = link.strip_prefix("socket:[").and_then(|l| l.strip_suffix(']')) {
+                    out.extend_from_slice(&n.parse::<u64>().map_err(|e| e.to_string())?.to_le_bytes());
+                }
+            }
+            // At most a few kB: a pipe takes it whole.
+            // SAFETY: a live buffer of its length.
+            let n = unsafe { libc::write(inodes_w, out.as_ptr().cast(), out.len()) };
+            ensure!(n == out.len() as isize, "the inodes went short: {n}");
+            net::close(inodes_w);
+            // Held until the parent has looked.
+            let mut b = [0u8; 1];
+            // SAFETY: one byte into a live buffer; EOF ends it.
+            unsafe { libc::read(exit_r, b.as_mut_ptr().cast(), 1) };
+            Ok(())
+        });
+    }
+    net::close(inodes_w);
+    net::close(exit_r);
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: a live buffer of its size.
+        let n = unsafe { libc::read(inodes_r, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        bytes.extend_from_slice(&buf[..n as usize]);
+    }
+    net::close(inodes_r);
+    let child: Vec<u64> = bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
+    let mut made = Vec::new();
+    let mut verdict = Ok(());
+    for _ in 0..16 {
+        let s = net::tcp_socket(false).map_err(f)?;
+        made.push(s);
+        let ino = socket_inode(s)?;
+        if child.contains(&ino) {
+            verdict = Err(format!("fork {round}: a new socket's kernel socket (inode {ino}) is held by the child too"));
+            break;
+        }
+    }
+    for s in made {
+        net::close(s);
+    }
+    net::close(exit_w);
+    wait_child(pid)?;
+    verdict
+}
