@@ -90,7 +90,7 @@ fn kept() -> MutexGuard<'static, Vec<Kept>> {
 }
 
 /// Twice the forks this process made, plus one while one is under way
-/// (from its prepare handler to its parent handler).
+/// (from its prepare handler to its parent or child handler).
 static FORKS: AtomicU64 = AtomicU64::new(0);
 
 /// A fork begins (its prepare handler, before it taints the sockets it
@@ -103,7 +103,8 @@ pub(crate) fn fork_begins() {
     std::sync::atomic::fence(Ordering::SeqCst);
 }
 
-/// The fork is over (the parent's handler; a failed fork's too).
+/// The fork is over (the parent's handler, which glibc runs after a
+/// failed fork too, and the child's, whose count is a copy).
 pub(crate) fn fork_ends() {
     FORKS.fetch_add(1, Ordering::SeqCst);
 }
