@@ -1,4 +1,5 @@
-//! The framed control channel: one message per `SOCK_SEQPACKET` packet, its
+//! The framed control channel: one message per `SOCK_SEQPACKET` packet
+//! (or, for a batch of requests without fds, several whole ones), its
 //! fds beside it (`SCM_RIGHTS`, received with `MSG_CMSG_CLOEXEC`), and the
 //! peer's credentials (`SO_PEERCRED`) on both ends.
 //!
@@ -353,55 +354,82 @@ impl Channel {
         self.send_with(fds, req.fd_count(), |buf| req.encode(seq, buf))
     }
 
-    /// Sends requests that carry no fds, in order, as one packet each but
-    /// several per system call (`sendmmsg`): a process reporting a batch
-    /// of closes pays one call, not one per close. Returns how many were
-    /// sent (at least one, fewer when the channel filled); an error only
-    /// when none was.
+    /// Sends requests that carry no fds, in order, packed whole into as
+    /// few packets as hold them ([`MAX_FRAME`] bytes each, read back with
+    /// [`Request::decode_packet`]), up to [`BATCH`] packets per system call
+    /// (`sendmmsg`): a process reporting a batch of closes pays one call
+    /// and wakes the monitor once (one packet each woke it, and moved it
+    /// to the sender's core, once per close). Returns how many requests
+    /// were sent (at least one, fewer when the channel filled); an error
+    /// only when none was.
     pub fn send_requests(&self, reqs: &[(u32, Request)]) -> Result<usize, ChannelError> {
         if let Some(r) = reqs.iter().find(|(_, r)| r.fd_count() != 0) {
             return Err(ChannelError::FdCount { expected: 0, got: r.1.fd_count() });
         }
-        self.send_frames(reqs.len(), |i, frame| reqs[i].1.encode(reqs[i].0, frame))
+        let mut buf = vec![0u8; BATCH * MAX_FRAME];
+        // (bytes, requests) of each packet; packet `i` starts at `i * MAX_FRAME`.
+        let mut packets: Vec<(usize, usize)> = Vec::new();
+        let mut frame = [0u8; MAX_FRAME];
+        for (seq, req) in reqs {
+            let n = req.encode(*seq, &mut frame).map_err(ChannelError::Encode)?;
+            if packets.last().is_none_or(|&(len, _)| len + n > MAX_FRAME) {
+                if packets.len() == BATCH {
+                    break;
+                }
+                packets.push((0, 0));
+            }
+            let at = (packets.len() - 1) * MAX_FRAME;
+            if let Some((len, count)) = packets.last_mut() {
+                buf[at + *len..at + *len + n].copy_from_slice(&frame[..n]);
+                *len += n;
+                *count += 1;
+            }
+        }
+        let slices: Vec<&[u8]> =
+            packets.iter().enumerate().map(|(i, &(len, _))| &buf[i * MAX_FRAME..i * MAX_FRAME + len]).collect();
+        let sent = self.send_packets(&slices)?;
+        Ok(packets[..sent].iter().map(|&(_, count)| count).sum())
     }
 
-    /// Sends responses or events that carry no fds, as
-    /// [`Channel::send_requests`] sends requests: the monitor's events of
-    /// one report to one process (a standby and its successor's `Expect`
-    /// per connection) go in one call.
+    /// Sends responses or events that carry no fds, one packet each, with
+    /// one `sendmmsg` per [`BATCH`]: the monitor's events of one report
+    /// to one process (a standby and its successor's `Expect` per
+    /// connection). Returns how many were sent, as `send_requests`.
     pub fn send_responses(&self, resps: &[(u32, Response)]) -> Result<usize, ChannelError> {
         if let Some(r) = resps.iter().find(|(_, r)| r.fd_count() != 0) {
             return Err(ChannelError::FdCount { expected: 0, got: r.1.fd_count() });
         }
-        self.send_frames(resps.len(), |i, frame| resps[i].1.encode(resps[i].0, frame))
+        let resps = &resps[..resps.len().min(BATCH)];
+        let mut buf = vec![0u8; resps.len() * MAX_FRAME];
+        let mut lens = Vec::with_capacity(resps.len());
+        for ((seq, resp), frame) in resps.iter().zip(buf.chunks_mut(MAX_FRAME)) {
+            lens.push(resp.encode(*seq, frame).map_err(ChannelError::Encode)?);
+        }
+        let slices: Vec<&[u8]> = buf.chunks(MAX_FRAME).zip(lens).map(|(frame, n)| &frame[..n]).collect();
+        self.send_packets(&slices)
     }
 
-    /// Sends up to [`BATCH`] of `count` fd-less packets, the `i`th encoded
-    /// by `encode(i, frame)`, with one `sendmmsg`; how many went.
-    fn send_frames(
-        &self,
-        count: usize,
-        encode: impl Fn(usize, &mut [u8]) -> Result<usize, EncodeError>,
-    ) -> Result<usize, ChannelError> {
-        let count = count.min(BATCH);
+    /// Sends up to [`BATCH`] fd-less `packets` with one `sendmmsg`; how
+    /// many went.
+    fn send_packets(&self, packets: &[&[u8]]) -> Result<usize, ChannelError> {
+        let count = packets.len().min(BATCH);
         if count == 0 {
             return Ok(0);
         }
-        let mut buf = vec![0u8; count * MAX_FRAME];
         // SAFETY: all-zero iovecs and mmsghdrs are valid (null, empty).
         let mut iovs: [libc::iovec; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
         // SAFETY: as above.
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-        for (i, frame) in buf.chunks_mut(MAX_FRAME).enumerate() {
-            let n = encode(i, frame).map_err(ChannelError::Encode)?;
-            iovs[i] = libc::iovec { iov_base: frame.as_mut_ptr().cast(), iov_len: n };
+        for (iov, p) in iovs.iter_mut().zip(packets) {
+            // The kernel only reads through it (sendmmsg).
+            *iov = libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() };
         }
         for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
             m.msg_hdr.msg_iov = iov;
             m.msg_hdr.msg_iovlen = 1;
         }
         // SAFETY: the first `count` headers each point at one live iovec,
-        // which points into `buf`; both outlive the call.
+        // which points into a packet the caller keeps alive across the call.
         let n = cvt(unsafe {
             libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), count as libc::c_uint, libc::MSG_NOSIGNAL)
         })?;

@@ -61,4 +61,5 @@ pub use state::{CloseAction, Conn, Errno, How, Phase, Readiness, Recv, Ring, Sen
 /// 9: request queues in shared memory (`Queue`), `Ping`.
 /// 10: doorbells per thread, named in the rings (`Bell`, `BellOf`,
 /// `Unbell`, `BellId`, `Bell`): connections carry only their segment.
-pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 10..=10;
+/// 11: a packet of requests without fds may hold several whole frames.
+pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 11..=11;

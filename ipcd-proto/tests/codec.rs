@@ -198,6 +198,36 @@ proptest! {
     }
 
     #[test]
+    fn packed_requests_come_back_in_order(reqs in prop::collection::vec(request(), 1..12), cut in any::<usize>()) {
+        // Requests without fds, back to back in one packet as a batch goes.
+        let reqs: Vec<Request> = reqs.into_iter().filter(|r| r.fd_count() == 0).collect();
+        prop_assume!(!reqs.is_empty());
+        let mut packet = Vec::new();
+        let mut bounds = Vec::new();
+        for (i, req) in reqs.iter().enumerate() {
+            let mut buf = [0u8; MAX_FRAME];
+            let n = req.encode(i as u32 + 1, &mut buf).unwrap();
+            packet.extend_from_slice(&buf[..n]);
+            bounds.push(packet.len());
+        }
+        let got: Vec<_> = Request::decode_packet(&packet, 0).collect();
+        let want: Vec<_> = reqs.iter().enumerate().map(|(i, r)| Ok((i as u32 + 1, *r))).collect();
+        prop_assert_eq!(got, want);
+        // Cut anywhere inside a frame: the whole frames before come, then
+        // one error, never a misread request.
+        let cut = 1 + cut % (packet.len() - 1);
+        let whole = bounds.iter().filter(|&&b| b <= cut).count();
+        let got: Vec<_> = Request::decode_packet(&packet[..cut], 0).collect();
+        prop_assert!(got[..whole.min(got.len())].iter().all(Result::is_ok));
+        if bounds.contains(&cut) {
+            prop_assert_eq!(got.len(), whole);
+        } else {
+            prop_assert_eq!(got.len(), whole + 1);
+            prop_assert!(got[whole].is_err());
+        }
+    }
+
+    #[test]
     fn responses_round_trip(resp in response(), seq in any::<u32>()) {
         let mut buf = [0u8; MAX_FRAME];
         let n = resp.encode(seq, &mut buf).unwrap();

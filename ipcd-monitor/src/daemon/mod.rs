@@ -651,11 +651,19 @@ impl Daemon {
             let Some(client) = self.clients.get(&token) else { return };
             let room = left.min(bufs.len());
             let mut got = Vec::with_capacity(room);
-            let read = client.chan.recv_packets(&mut bufs[..room], |bytes, fds| {
-                got.push(fds.and_then(|fds| match Request::decode(bytes, fds.len()) {
-                    Ok((seq, req)) => Ok((seq, req, fds)),
-                    Err(e) => Err(ChannelError::Decode(e)),
-                }))
+            let read = client.chan.recv_packets(&mut bufs[..room], |bytes, fds| match fds {
+                // A packet carries one request, or (without fds) a batch.
+                Ok(fds) => {
+                    let n = fds.len();
+                    let mut fds = Some(fds);
+                    for r in Request::decode_packet(bytes, n) {
+                        got.push(match r {
+                            Ok((seq, req)) => Ok((seq, req, fds.take().unwrap_or_default())),
+                            Err(e) => Err(ChannelError::Decode(e)),
+                        });
+                    }
+                }
+                Err(e) => got.push(Err(e)),
             });
             let n = match read {
                 Ok(n) => n,

@@ -58,6 +58,40 @@ fn decode_frame(packet: &[u8]) -> Result<(u16, u32, Reader<'_>), DecodeError> {
     Ok((kind, seq, r))
 }
 
+/// The frames of a packet of requests, in order: one, or several whole
+/// ones back to back (see [`super::Request::decode_packet`]). A frame whose
+/// header is cut off or whose declared body runs past the packet ends the
+/// walk with an error.
+pub(super) fn split_frames(packet: &[u8]) -> impl Iterator<Item = Result<&[u8], DecodeError>> + '_ {
+    let mut rest = packet;
+    core::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let frame = match rest.get(12..HEADER_LEN) {
+            Some(len) => {
+                let declared = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                match HEADER_LEN.checked_add(declared).filter(|&n| n <= rest.len()) {
+                    Some(n) => Ok(n),
+                    None => Err(DecodeError::BadLength { declared, actual: rest.len() - HEADER_LEN }),
+                }
+            }
+            None => Err(DecodeError::Truncated { at: packet.len() - rest.len(), need: HEADER_LEN, have: rest.len() }),
+        };
+        match frame {
+            Ok(n) => {
+                let (frame, tail) = rest.split_at(n);
+                rest = tail;
+                Some(Ok(frame))
+            }
+            Err(e) => {
+                rest = &[];
+                Some(Err(e))
+            }
+        }
+    })
+}
+
 fn check_fds(expected: usize, got: usize) -> Result<(), DecodeError> {
     if expected == got {
         Ok(())
@@ -249,7 +283,19 @@ impl Request {
         })
     }
 
-    /// Decodes one packet that arrived with `fds` file descriptors; returns
+    /// Decodes a packet of requests that arrived with `fds` file
+    /// descriptors: one frame, or (without fds) several whole frames back
+    /// to back, as [`crate::channel::Channel::send_requests`] packs a batch
+    /// of requests that carry no fds, so that the batch wakes the monitor
+    /// once. Each request comes with its sequence number, in order; a bad
+    /// frame ends the packet with its error.
+    pub fn decode_packet(packet: &[u8], fds: usize) -> impl Iterator<Item = Result<(u32, Request), DecodeError>> + '_ {
+        let whole = (fds > 0 || packet.len() < HEADER_LEN).then(|| Request::decode(packet, fds));
+        let frames = whole.is_none().then(|| split_frames(packet).map(|f| f.and_then(|f| Request::decode(f, 0))));
+        whole.into_iter().chain(frames.into_iter().flatten())
+    }
+
+    /// Decodes one frame that arrived with `fds` file descriptors; returns
     /// the sequence number and the request.
     pub fn decode(packet: &[u8], fds: usize) -> Result<(u32, Request), DecodeError> {
         let (kind, seq, mut r) = decode_frame(packet)?;
