@@ -50,6 +50,10 @@ pub(crate) fn release_keeping(fd: c_int) {
 /// unregister, unmap (keeping the kernel socket first if `keep`) — unless
 /// a call in another thread still uses it, which then does this.
 fn drop_fd(fd: c_int, keep: bool) {
+    if !table::is_ours(fd) {
+        return;
+    }
+    let forks = if keep { reuse::forks_now() } else { 0 };
     let Some(s) = table::remove(fd) else { return };
     if !s.drop_fd() {
         return;
@@ -65,7 +69,7 @@ fn drop_fd(fd: c_int, keep: bool) {
                 State::Listening { .. } | State::Closed => None,
             };
             if let Some(bound) = bound {
-                reuse::keep(fd, &s, bound);
+                reuse::keep(fd, &s, bound, forks);
             }
         }
         close_now(&s);

@@ -194,7 +194,10 @@ pub(super) unsafe extern "C" fn close(fd: c_int) -> c_int {
     release_keeping(fd);
     crate::ready::epoll::forget(fd);
     // SAFETY: the caller's fd.
-    unsafe { real::close(fd) }
+    let r = unsafe { real::close(fd) };
+    // Linux closes the fd whatever close returns.
+    crate::socket::reuse::commit_kept();
+    r
 }
 
 /// Interposed `close_range(2)`: our bookkeeping for every fd of ours in

@@ -27,6 +27,7 @@
 //! `bind`; to the program such a socket is unbound, and it is swapped for a
 //! truly new one ([`unbind`]) before anything that could show the binding.
 
+use std::cell::Cell;
 use std::os::fd::IntoRawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -205,11 +206,19 @@ pub(crate) fn give_up(sock: &Socket) {
     }
 }
 
+/// The fork count now, for [`keep`]: read by a close before its socket
+/// leaves the table (where a fork's handler could still see and taint it).
+pub(crate) fn forks_now() -> u64 {
+    FORKS.load(Ordering::SeqCst)
+}
+
 /// The last close of `sock`, still open as `fd`, is under way (nothing
-/// else uses it): keeps its kernel socket if it is clean.
+/// else uses it): keeps its kernel socket if it is clean, once the
+/// program's `fd` is closed ([`commit_kept`]) and if no fork began since
+/// `forks` ([`forks_now`] before the socket left the table: a fork from
+/// then on may have missed it and its child may hold `fd`).
 /// What is not kept, the caller's `close_now` lets go (see [`give_up`]).
-pub(crate) fn keep(fd: c_int, sock: &Socket, bound: Option<SockAddr>) {
-    let forks = FORKS.load(Ordering::SeqCst);
+pub(crate) fn keep(fd: c_int, sock: &Socket, bound: Option<SockAddr>, forks: u64) {
     let family = sock.family;
     if !sock.is_clean() || kept().iter().filter(|k| k.family == family).count() >= CAPACITY {
         return;
@@ -233,16 +242,37 @@ pub(crate) fn keep(fd: c_int, sock: &Socket, bound: Option<SockAddr>) {
             None => return,
         },
     };
+    let k = Kept { fd: hidden, family, bound, nonblock: sock.nonblocking() };
+    if let Some((old, _)) = PENDING.with(|p| p.replace(Some((k, forks)))) {
+        drop_hidden(old.fd);
+    }
+}
+
+thread_local! {
+    /// The kernel socket [`keep`] kept, until the program's fd to it is
+    /// closed ([`commit_kept`]).
+    static PENDING: Cell<Option<(Kept, u64)>> = const { Cell::new(None) };
+}
+
+/// The kernel closed the program's fd whose socket [`keep`] kept: the
+/// kept copy joins the list, unless a fork began since `keep` looked.
+/// Such a fork's handler may have tainted the socket after that look,
+/// and its child holds a copy of the kernel socket (the program's fd, or
+/// our copy of it) unless the list had it then (the child closes what
+/// the list holds: the fork takes the lock).
+/// Nothing pending (every other close) costs one thread-local load; it
+/// never panics and leaves `errno` as it was.
+pub(crate) fn commit_kept() {
+    let Some((k, forks)) = PENDING.with(Cell::take) else { return };
     let mut kept = kept();
-    // A fork that began since may have tainted the socket after we looked,
-    // and its child holds the copy just made unless the list had it then
-    // (the child closes what the list holds: the fork takes the lock).
-    if forked_since(forks) {
+    if forked_since(forks) || kept.iter().filter(|x| x.family == k.family).count() >= CAPACITY {
         drop(kept);
-        drop_hidden(hidden);
+        let err = real::errno();
+        drop_hidden(k.fd);
+        real::set_errno(err);
         return;
     }
-    kept.push(Kept { fd: hidden, family, bound, nonblock: sock.nonblocking() });
+    kept.push(k);
 }
 
 /// A fresh socket `fd` of ours was a kept one still bound (`bound` in its

@@ -161,6 +161,12 @@ fn is_set(slot: &Atomic<Entry>) -> bool {
     !slot.load(Ordering::Relaxed, unsafe { epoch::unprotected() }).is_null()
 }
 
+/// Whether `fd` is ours now (the lookup every fd costs).
+#[inline]
+pub(crate) fn is_ours(fd: libc::c_int) -> bool {
+    occupied(fd).is_some()
+}
+
 /// The socket behind `fd`, if it is ours.
 #[inline]
 pub(crate) fn get(fd: libc::c_int) -> Option<Arc<Socket>> {
