@@ -76,23 +76,40 @@ struct Queue {
     bell: Weak<ListenerBell>,
     /// Connections came since the bell last rang.
     fresh: bool,
+    /// Threads of ours asleep waiting on the listener (see
+    /// [`Control::sleep_on`]): connectors of expected connections ring
+    /// its bell only while there are some.
+    asleep: u32,
+    /// A connector may have rung the bell since it was last emptied: a
+    /// thread went to sleep on it since.
+    maybe_rung: bool,
 }
 
 impl Queue {
     /// Nothing waits here any more: the bell is emptied if it rang.
-    /// Connectors ring it too, from other processes: with connections
-    /// expected it is emptied whether we rang it or not, and rung again
-    /// if one connected meanwhile, so that no waiter sleeps past it.
-    fn quiet(&self) {
+    /// Connectors ring it too, from other processes, while a thread of
+    /// ours sleeps on it: with connections expected and a sleep since it
+    /// was last emptied, it is emptied whether we rang it or not, and rung
+    /// again if one connected meanwhile, so that no waiter sleeps past it.
+    /// (A connector's ring that comes after that is one early wake-up of
+    /// the next sleeper, which empties it.)
+    fn quiet(&mut self) {
         let Some(b) = self.bell.upgrade() else { return };
-        if !self.expects() {
+        if !self.expects() || !self.maybe_rung {
             b.quiet();
             return;
         }
         b.settle();
+        self.maybe_rung = self.asleep > 0;
         if self.has_ready() {
             b.ring();
         }
+    }
+
+    /// As [`Queue::quiet`], whether or not a thread slept on it since.
+    fn empty_bell(&mut self) {
+        self.maybe_rung = true;
+        self.quiet();
     }
 
     /// Takes the first connection accept may take, dropping cancelled
@@ -128,7 +145,8 @@ impl Queue {
         self.items.iter().any(|p| matches!(p, Pending::Expected(..)))
     }
 
-    /// Starts or stops watching every expected connection's ticket (see
+    /// Marks every expected connection's ticket watched (nobody of ours
+    /// sleeps on the listener: its connector need not ring) or not (see
     /// `ConnSegment::watch`); true if one says connected after.
     fn watch(&self, on: bool) -> bool {
         let mut connected = false;
@@ -236,6 +254,12 @@ pub(crate) fn peek<R>(f: impl FnOnce(&Control) -> R) -> Option<R> {
     guard.as_ref().map(f)
 }
 
+/// As [`peek`], able to change what the channel delivered.
+pub(crate) fn peek_mut<R>(f: impl FnOnce(&mut Control) -> R) -> Option<R> {
+    let mut guard = CONTROL.lock().unwrap_or_else(|p| p.into_inner());
+    guard.as_mut().map(f)
+}
+
 /// The channel's lock, for a fork: held by the forking thread from the
 /// prepare handler to the parent's and child's (a child must not inherit
 /// it locked by a thread that is not in it).
@@ -299,7 +323,7 @@ pub(crate) fn with<R>(f: impl FnOnce(&mut Control) -> Result<R, ChannelError>) -
         Err(e) => {
             log!(Level::Warn, "monitor channel failed ({e}); new connections use the kernel");
             // What was queued goes with the channel: no bell may stay rung.
-            c.incoming.values().for_each(Queue::quiet);
+            c.incoming.values_mut().for_each(Queue::empty_bell);
             *guard = None;
             RETRY_AFTER_MS.store(crate::conn::wait::now_ms() + RETRY.as_millis() as u64, Ordering::Relaxed);
             None
@@ -543,7 +567,12 @@ impl Control {
             }
             Response::Expect { listener, info } => match Link::attach(&info, fds.into_vec()) {
                 Ok(link) => {
-                    self.incoming.entry(listener).or_default().items.push_back(Pending::Expected(info, Box::new(link)))
+                    let q = self.incoming.entry(listener).or_default();
+                    // Its connector rings the bell only if one of us sleeps.
+                    if q.asleep == 0 {
+                        link.watch_ticket(true);
+                    }
+                    q.items.push_back(Pending::Expected(info, Box::new(link)))
                 }
                 Err(e) => {
                     log!(Level::Debug, "expected connection {} cannot be mapped ({e}); giving it back", info.conn);
@@ -660,13 +689,26 @@ impl Control {
         self.incoming.get(&listener).is_some_and(Queue::expects)
     }
 
-    /// An accept on `listener` starts (`on`) or stops spinning on the
-    /// tickets of the connections expected there: while it does, their
-    /// connectors need not ring the listener's bell. Stopping returns
-    /// true if one connected meanwhile (its connector may not have rung:
-    /// the caller must look again before it sleeps).
-    pub(crate) fn watch_expected(&self, listener: u64, on: bool) -> bool {
-        self.incoming.get(&listener).is_some_and(|q| q.watch(on))
+    /// A thread is about to sleep waiting on `listener` (its bell
+    /// watched, see [`Control::watch`]): from now until its
+    /// [`Control::wake_on`], connectors of expected connections ring the
+    /// bell. Returns true if one connected before it could know (it may
+    /// not have rung: the caller must look again before it sleeps).
+    pub(crate) fn sleep_on(&mut self, listener: u64) -> bool {
+        let q = self.incoming.entry(listener).or_default();
+        q.asleep += 1;
+        q.maybe_rung = true;
+        q.asleep == 1 && q.watch(false)
+    }
+
+    /// The end of a [`Control::sleep_on`]: once no thread of ours sleeps
+    /// on `listener`, its connectors need not ring it.
+    pub(crate) fn wake_on(&mut self, listener: u64) {
+        let Some(q) = self.incoming.get_mut(&listener) else { return };
+        q.asleep = q.asleep.saturating_sub(1);
+        if q.asleep == 0 {
+            q.watch(true);
+        }
     }
 
     /// The next connection accept may take from `listener`'s queue.
@@ -696,8 +738,8 @@ impl Control {
 
     /// Everything still queued for `listener` (it is closing).
     pub(crate) fn take_incoming(&mut self, listener: u64) -> VecDeque<Pending> {
-        let Some(q) = self.incoming.remove(&listener) else { return VecDeque::new() };
-        q.quiet();
+        let Some(mut q) = self.incoming.remove(&listener) else { return VecDeque::new() };
+        q.empty_bell();
         q.items
     }
 }

@@ -106,13 +106,12 @@ pub trait ConnSegment {
     /// when it was, the acceptor sees the connection without being woken.
     fn connect(&self, conn_id: u64, addr: [u32; 8]) -> Option<bool>;
 
-    /// An acceptor starts (`on`) or stops watching `conn_id`'s ticket
-    /// while it spins rather than sleeps. Returns the ticket as it is
-    /// after: stopping on a ticket that says connected means its
-    /// connector may have found it watched and not woken anyone, so the
-    /// caller takes the connection rather than sleep. Watching a ticket
-    /// already watched (by another thread) is harmless; whichever stops
-    /// first clears it, and its connector then wakes the others.
+    /// The acceptor starts (`on`) or stops watching `conn_id`'s ticket:
+    /// it watches while none of its threads sleeps on the listener, and
+    /// stops before one does. Returns the ticket as it is after: stopping
+    /// on a ticket that says connected means its connector may have found
+    /// it watched and not woken anyone, so the caller takes the connection
+    /// rather than sleep. Watching a ticket already watched is harmless.
     fn watch(&self, conn_id: u64, on: bool) -> Ticket;
 
     /// Cancels `conn_id`'s ticket unless its connector used it. Returns the

@@ -232,8 +232,9 @@ pub struct SegmentHeader {
     /// [`TICKET_CONNECTED`], [`TICKET_CANCELLED`]. The connector moves it
     /// from expected to connected, the acceptor or the monitor from
     /// expected to cancelled, each by compare-exchange: whoever wins
-    /// decides. [`TICKET_WATCHED`], beside expected, says an acceptor is
-    /// looking at it without sleeping: its connector need not wake it.
+    /// decides. [`TICKET_WATCHED`], beside expected, says the acceptor
+    /// will look at it without being woken (none of its threads sleeps on
+    /// the listener): its connector need not wake it.
     pub(crate) ticket: AtomicU64,
     /// The connector's address, written before its ticket says connected
     /// (opaque words to this crate).
@@ -256,10 +257,10 @@ pub(crate) const TICKET_EXPECTED: u64 = 1;
 pub(crate) const TICKET_CONNECTED: u64 = 2;
 /// Ticket state: withdrawn before the connector used it.
 pub(crate) const TICKET_CANCELLED: u64 = 3;
-/// Ticket flag, beside [`TICKET_EXPECTED`] only: an acceptor is spinning
-/// on the ticket, so the connector that uses it need not wake it (the
-/// acceptor clears the flag before it sleeps, by compare-exchange, and so
-/// sees a connect that found the flag).
+/// Ticket flag, beside [`TICKET_EXPECTED`] only: the acceptor will look
+/// at the ticket without being woken (it is awake), so the connector that
+/// uses it need not wake it (the acceptor clears the flag before it
+/// sleeps, by compare-exchange, and so sees a connect that found the flag).
 pub(crate) const TICKET_WATCHED: u64 = 4;
 
 /// Bit of the offer word: the process it names has accepted the end.

@@ -224,6 +224,16 @@ checks! {
     connects_beyond_the_backlog_wait_and_are_refused_as_on_linux => "backlog-wait",
 }
 
+/// An acceptor asleep in accept, poll and epoll_wait is woken by each
+/// connect, most of which go through standbys (their connectors ring the
+/// listener only while the acceptor sleeps on it).
+#[test]
+fn a_sleeping_acceptor_wakes_for_every_standby_connect() {
+    let st = dual_run("sleeping-acceptor");
+    assert_eq!((st.connects_total, st.fallbacks_total), (60, 0), "{st:?}");
+    assert!(st.standby_total >= 40, "{st:?}");
+}
+
 /// A socket made after a connection closed reuses a closed end's kernel
 /// socket under ipcd (no socket made or destroyed per connection), and
 /// cannot on the kernel, where the same probe sees a new one.

@@ -420,14 +420,16 @@ impl EpollSet {
 
     /// Makes sure the kernel instance holds every wake-up source of our
     /// members, and arms the streams. `None`: something became ready;
-    /// otherwise whether an armed end is shared with another process.
-    fn arm(&self, epfd: c_int, me: Option<u64>) -> Option<Nap> {
+    /// otherwise how long the sleep may last (see `wait::Nap`) and the
+    /// listeners it sleeps on, to hold until it ends.
+    fn arm(&self, epfd: c_int, me: Option<u64>) -> Option<(Nap, readiness::Asleep)> {
         let members = lock(&self.members);
         let mut sources = lock(&self.sources);
         let mut want: Vec<(c_int, Source, u64, u32)> = Vec::new();
         let mut listeners = Vec::new();
         let mut nap = Nap::None;
         let mut streams = false;
+        let mut asleep = readiness::Asleep::default();
         for m in members.iter().filter(|m| !m.disarmed) {
             match readiness::kind(&m.sock) {
                 Kind::Stream => match arm_stream(m, me) {
@@ -460,6 +462,7 @@ impl EpollSet {
             if watched.pending {
                 return None;
             }
+            asleep = watched.asleep;
             for (serial, bell) in watched.bells {
                 // Edge-triggered: connections left waiting (reported, or a
                 // member not asking) must not keep waking us; each arrival
@@ -487,7 +490,7 @@ impl EpollSet {
                 sources.insert(fd, (src, id));
             }
         }
-        Some(nap)
+        Some((nap, asleep))
     }
 
     /// Handles a tagged event from the kernel instance.
@@ -572,7 +575,7 @@ pub(crate) fn wait(
         // they leave the set (or it goes): a name left while the set is
         // not waiting costs a peer at most one ring of its doorbell.
         let me = set.waker_id();
-        let Some(nap) = set.arm(epfd, me) else {
+        let Some((nap, _asleep)) = set.arm(epfd, me) else {
             rounds.look_again();
             continue;
         };

@@ -54,7 +54,7 @@ pub(crate) fn poll(
         }
     }
     // Kept open while their fds are in `kfds`.
-    let _bells = if any_listener { listener_sources(fds, ours, &mut kfds, &mut srcs) } else { Vec::new() };
+    let _bells = if any_listener { listener_sources(fds, ours, &mut kfds, &mut srcs) } else { Default::default() };
     // This thread's doorbell, named in our streams' rings while it sleeps.
     let mine = if streams.is_empty() { None } else { crate::conn::bell::Sleeper::this_thread() };
     if let Some(b) = &mine {
@@ -124,13 +124,13 @@ fn look_ours(fds: &mut [pollfd], ours: &[Ours]) {
 /// The control channel and each listener's bell as sources of the sleep;
 /// the bells are watched before the first look at the listeners' queues,
 /// so no arrival slips between. Returns the bells, to keep while their fds
-/// are in `kfds`.
+/// are in `kfds`, and the listeners the call sleeps on until it returns.
 fn listener_sources(
     fds: &[pollfd],
     ours: &[Ours],
     kfds: &mut Vec<pollfd>,
     srcs: &mut Vec<Src>,
-) -> Vec<Arc<ListenerBell>> {
+) -> (Vec<Arc<ListenerBell>>, readiness::Asleep) {
     if let Some(chan) = control::peek(|c| c.fd()) {
         kfds.push(pollfd { fd: chan, events: libc::POLLIN, revents: 0 });
         srcs.push(Src::Channel);
@@ -142,7 +142,7 @@ fn listener_sources(
         srcs.push(Src::Events);
         bells.push(bell);
     }
-    bells
+    (bells, watched.asleep)
 }
 
 /// Names doorbell `me` in every stream's rings and arms their waiting

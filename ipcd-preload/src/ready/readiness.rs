@@ -74,6 +74,20 @@ pub(crate) struct Watched {
     pub bells: Vec<(u64, Arc<ListenerBell>)>,
     /// A connection already waits for one of them: do not sleep.
     pub pending: bool,
+    /// Held for the sleep: until dropped, connectors ring the bells.
+    pub asleep: Asleep,
+}
+
+/// Listeners a thread sleeps on (`Control::sleep_on`) until this drops.
+#[derive(Default)]
+pub(crate) struct Asleep(Vec<u64>);
+
+impl Drop for Asleep {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            control::peek_mut(|c| self.0.iter().for_each(|&id| c.wake_on(id)));
+        }
+    }
 }
 
 /// Watches the bells of the listeners among `members` (socket, kind,
@@ -99,13 +113,18 @@ pub(crate) fn watch_listeners<'a>(members: impl Iterator<Item = (&'a Arc<Socket>
     if !serve.is_empty() {
         let _ = control::with(|c| serve.iter().try_for_each(|&listener| c.notify(&Request::Serve { listener })));
     }
+    let mut asleep = Asleep::default();
     let pending = !bells.is_empty()
         && control::with(|c| {
-            bells.iter().for_each(|(id, _, b)| c.watch(*id, b));
+            for (id, _, b) in &bells {
+                c.watch(*id, b);
+                c.sleep_on(*id);
+                asleep.0.push(*id);
+            }
             Ok(bells.iter().any(|(id, _, _)| c.has_incoming(*id)))
         })
         .unwrap_or(false);
-    Watched { bells: bells.into_iter().map(|(_, serial, b)| (serial, b)).collect(), pending }
+    Watched { bells: bells.into_iter().map(|(_, serial, b)| (serial, b)).collect(), pending, asleep }
 }
 
 /// A stream armed for a wait.

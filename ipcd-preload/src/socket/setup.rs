@@ -689,32 +689,31 @@ pub(crate) unsafe fn accept(
         if spin_on_tickets(id, &caught) {
             continue;
         }
-        (kernel_ready, read_one) = sleep_for_accept(fd, bell.as_deref(), deadline, &caught)?;
+        // Asleep: connectors of expected connections ring the bell from
+        // now on; one that connected before may not have.
+        if control::peek_mut(|c| c.sleep_on(id)).unwrap_or(false) {
+            control::peek_mut(|c| c.wake_on(id));
+            continue;
+        }
+        let slept = sleep_for_accept(fd, bell.as_deref(), deadline, &caught);
+        control::peek_mut(|c| c.wake_on(id));
+        (kernel_ready, read_one) = slept?;
     }
 }
 
-/// A blocking accept's spin on the standby tickets it expects: after
+/// A blocking accept's spin on the standby tickets it expects, after
 /// reading the channel (the `Expect` of the standby its connector takes
-/// next may be there), they are watched while we spin, so a connector
-/// that finds its ticket watched skips the bell; unwatching them before we
-/// sleep shows a connect that did. Whether to look again.
+/// next may be there). While no thread of ours sleeps on the listener its
+/// tickets are watched, so a connector that finds its ticket so connects
+/// without ringing the bell (see `Control::sleep_on`). Whether to look
+/// again.
 fn spin_on_tickets(id: u64, caught: &Caught) -> bool {
-    let expecting = control::with(|c| {
-        c.drain().map(|()| {
-            let expects = c.expects(id);
-            if expects {
-                c.watch_expected(id, true);
-            }
-            expects
-        })
-    });
+    let expecting = control::with(|c| c.drain().map(|()| c.expects(id)));
     if !expecting.unwrap_or(false) {
         return false;
     }
     let ready = || control::peek(|c| c.has_incoming(id)).unwrap_or(false);
-    let spun = crate::conn::wait::spin(false, ready, || caught.interrupts(true));
-    let missed = control::peek(|c| c.watch_expected(id, false)).unwrap_or(false);
-    spun == crate::conn::wait::Spun::Ready || missed
+    crate::conn::wait::spin(false, ready, || caught.interrupts(true)) == crate::conn::wait::Spun::Ready
 }
 
 /// A blocking accept's sleep: on the kernel listener, the listener's bell

@@ -171,6 +171,7 @@ const CHECKS: &[Check] = &[
     ("kept-sockets", kept_sockets),
     ("kept-kernel-peer", kept_kernel_peer),
     ("fork-recycle", fork_while_sockets_recycle),
+    ("sleeping-acceptor", sleeping_acceptor_wakes),
     ("burst", burst),
     ("inherited-options", inherited_options),
     ("tcp-info", tcp_info),

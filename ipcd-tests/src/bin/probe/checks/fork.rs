@@ -614,3 +614,65 @@ pub(crate) fn fork_busy() -> Res {
     net::close(l2);
     Ok(())
 }
+
+/// A server that sleeps for each connection — in accept, in poll, then in
+/// epoll_wait — and a forked client that connects only once it sleeps
+/// (2 ms after the last one): under ipcd most of these connect through
+/// standbys, whose connectors ring the listener only while a thread of
+/// the server sleeps on it, so each must still wake the server.
+pub(crate) fn sleeping_acceptor_wakes() -> Res {
+    const EACH: usize = 20;
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let pid = fork()?;
+    if pid == 0 {
+        in_child(|| {
+            net::close(l);
+            for _ in 0..3 * EACH {
+                std::thread::sleep(Duration::from_millis(2));
+                let c = net::connect_loopback(false, port).map_err(f)?;
+                net::send_all(c, b"w").map_err(f)?;
+                let mut b = [0u8; 1];
+                net::read_exact(c, &mut b).map_err(f)?;
+                net::close(c);
+            }
+            Ok(())
+        });
+    }
+    let serve = |s: i32| -> Res {
+        let mut b = [0u8; 1];
+        net::read_exact(s, &mut b).map_err(f)?;
+        net::send_all(s, &b).map_err(f)?;
+        net::close(s);
+        Ok(())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // A lost wake-up fails the accept (EAGAIN) rather than hang.
+    set_timeout(l, 10)?;
+    // Blocking accept.
+    for _ in 0..EACH {
+        serve(net::accept(l).map_err(f)?)?;
+    }
+    // poll, then accept.
+    for _ in 0..EACH {
+        let mut p = libc::pollfd { fd: l, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one live pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, 10_000) };
+        ensure!(n == 1 && p.revents & libc::POLLIN != 0, "poll on the listener gave {n} ({:#x})", p.revents);
+        serve(net::accept(l).map_err(f)?)?;
+    }
+    // epoll_wait, then accept.
+    // SAFETY: plain epoll creation.
+    let ep = cvt("epoll_create1", unsafe { libc::epoll_create1(0) }).map_err(f)?;
+    epoll_add(ep, l, libc::EPOLLIN as u32, 1)?;
+    for _ in 0..EACH {
+        let mut ev = [libc::epoll_event { events: 0, u64: 0 }; 1];
+        // SAFETY: room for one event.
+        let n = unsafe { libc::epoll_wait(ep, ev.as_mut_ptr(), 1, 10_000) };
+        ensure!(n == 1, "epoll_wait on the listener gave {n}");
+        serve(net::accept(l).map_err(f)?)?;
+    }
+    net::close(ep);
+    net::close(l);
+    ensure!(Instant::now() < deadline, "the connections took longer than 20 s");
+    wait_child(pid)
+}
