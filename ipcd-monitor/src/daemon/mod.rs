@@ -556,9 +556,7 @@ impl Daemon {
                         }
                     }
                 }
-                self.watch_outboxes();
-                self.drop_doomed();
-                self.watch_outboxes();
+                self.send_and_drop();
             }
             self.expire_orphans();
             if !self.waiting.is_empty() {
@@ -572,9 +570,7 @@ impl Daemon {
             }
             self.poll_queues();
             // What the work after the events sent waits no longer.
-            self.watch_outboxes();
-            self.drop_doomed();
-            self.watch_outboxes();
+            self.send_and_drop();
             if self.cfg.poll && n == 0 {
                 std::hint::spin_loop();
             }
@@ -770,6 +766,14 @@ impl Daemon {
             }
             self.watch_out(token);
         }
+    }
+
+    /// After a piece of work: what it corked goes, the clients it doomed
+    /// are dropped, and what dropping them sent goes too.
+    fn send_and_drop(&mut self) {
+        self.watch_outboxes();
+        self.drop_doomed();
+        self.watch_outboxes();
     }
 
     /// Makes what is corked for `first` go before what is sent next to

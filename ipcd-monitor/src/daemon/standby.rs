@@ -69,8 +69,8 @@ impl Daemon {
             }
             return;
         }
-        let bell = self.listener_bells.get(&listener).map(|b| b.as_fd());
-        let send_bell = bell.is_some() && self.clients.get(&token).is_some_and(|c| !c.bells.contains(&listener));
+        // (The listener has a bell: checked on entry.)
+        let send_bell = self.clients.get(&token).is_some_and(|c| !c.bells.contains(&listener));
         self.uncork_before(acceptor, token, reused && !send_bell);
         let bell = self.listener_bells.get(&listener).map(|b| b.as_fd());
         let mut fds = vec![seg.fd()];
