@@ -363,9 +363,7 @@ impl Channel {
     /// were sent (at least one, fewer when the channel filled); an error
     /// only when none was.
     pub fn send_requests(&self, reqs: &[(u32, Request)]) -> Result<usize, ChannelError> {
-        if let Some(r) = reqs.iter().find(|(_, r)| r.fd_count() != 0) {
-            return Err(ChannelError::FdCount { expected: 0, got: r.1.fd_count() });
-        }
+        no_fds(reqs.iter().map(|(_, r)| r.fd_count()))?;
         let mut buf = vec![0u8; BATCH * MAX_FRAME];
         // (bytes, requests) of each packet; packet `i` starts at `i * MAX_FRAME`.
         let mut packets: Vec<(usize, usize)> = Vec::new();
@@ -396,9 +394,7 @@ impl Channel {
     /// to one process (a standby and its successor's `Expect` per
     /// connection). Returns how many were sent, as `send_requests`.
     pub fn send_responses(&self, resps: &[(u32, Response)]) -> Result<usize, ChannelError> {
-        if let Some(r) = resps.iter().find(|(_, r)| r.fd_count() != 0) {
-            return Err(ChannelError::FdCount { expected: 0, got: r.1.fd_count() });
-        }
+        no_fds(resps.iter().map(|(_, r)| r.fd_count()))?;
         let resps = &resps[..resps.len().min(BATCH)];
         let mut buf = vec![0u8; resps.len() * MAX_FRAME];
         let mut lens = Vec::with_capacity(resps.len());
@@ -456,6 +452,14 @@ impl Channel {
         let mut buf = [0u8; MAX_FRAME + 1];
         let (n, fds, lost) = self.recv_packet_lossy(&mut buf)?;
         decode_response(&buf[..n], if lost { Err(ChannelError::ControlTruncated) } else { Ok(fds) })
+    }
+}
+
+/// Refuses a batch of messages any of which carries fds (`counts`).
+fn no_fds(mut counts: impl Iterator<Item = usize>) -> Result<(), ChannelError> {
+    match counts.find(|&n| n != 0) {
+        Some(got) => Err(ChannelError::FdCount { expected: 0, got }),
+        None => Ok(()),
     }
 }
 
