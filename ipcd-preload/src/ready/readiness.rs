@@ -82,6 +82,20 @@ pub(crate) struct Watched {
 #[derive(Default)]
 pub(crate) struct Asleep(Vec<u64>);
 
+impl Asleep {
+    /// The calling thread sleeps on `listener` from now until this drops;
+    /// `None` if a connection came before it could say so (look again).
+    pub(crate) fn on(listener: u64) -> Option<Asleep> {
+        match control::peek_mut(|c| c.sleep_on(listener)) {
+            None => Some(Asleep::default()),
+            Some(missed) => {
+                let asleep = Asleep(vec![listener]);
+                (!missed).then_some(asleep)
+            }
+        }
+    }
+}
+
 impl Drop for Asleep {
     fn drop(&mut self) {
         if !self.0.is_empty() {

@@ -691,12 +691,9 @@ pub(crate) unsafe fn accept(
         }
         // Asleep: connectors of expected connections ring the bell from
         // now on; one that connected before may not have.
-        if control::peek_mut(|c| c.sleep_on(id)).unwrap_or(false) {
-            control::peek_mut(|c| c.wake_on(id));
-            continue;
-        }
+        let Some(asleep) = crate::ready::readiness::Asleep::on(id) else { continue };
         let slept = sleep_for_accept(fd, bell.as_deref(), deadline, &caught);
-        control::peek_mut(|c| c.wake_on(id));
+        drop(asleep);
         (kernel_ready, read_one) = slept?;
     }
 }
