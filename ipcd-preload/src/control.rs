@@ -658,8 +658,10 @@ impl Control {
     /// The standby connection to `dest`, if one was read from the
     /// channel (see `drain`).
     pub(crate) fn take_standby(&mut self, dest: &SockAddr) -> Option<ConnInfo> {
+        // The oldest: its `Expect` reached the acceptor longest ago, so an
+        // acceptor that reads its channel only now and then knows it.
         let i = self.standbys.iter().position(|(d, _)| d == dest)?;
-        Some(self.standbys.swap_remove(i).1)
+        Some(self.standbys.remove(i).1)
     }
 
     /// Whether the monitor ever held a connection ready for us: only then

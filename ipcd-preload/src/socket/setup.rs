@@ -698,20 +698,39 @@ pub(crate) unsafe fn accept(
     }
 }
 
-/// A blocking accept's spin on the standby tickets it expects, after
-/// reading the channel (the `Expect` of the standby its connector takes
-/// next may be there). While no thread of ours sleeps on the listener its
-/// tickets are watched, so a connector that finds its ticket so connects
-/// without ringing the bell (see `Control::sleep_on`). Whether to look
-/// again.
+/// A blocking accept's spin on the standby tickets it expects. While no
+/// thread of ours sleeps on the listener its tickets are watched, so a
+/// connector that finds its ticket so connects without ringing the bell
+/// (see `Control::sleep_on`). The channel is read first only if nothing
+/// is expected, then every few batches of looks: connectors take their
+/// oldest standby, whose `Expect` is most likely read already, so reading
+/// the channel before every spin cost one system call per connection.
+/// Whether to look again.
 fn spin_on_tickets(id: u64, caught: &Caught) -> bool {
-    let expecting = control::with(|c| c.drain().map(|()| c.expects(id)));
-    if !expecting.unwrap_or(false) {
+    let known = control::peek(|c| c.expects(id)).unwrap_or(false);
+    let expecting = known || control::with(|c| c.drain().map(|()| c.expects(id))).unwrap_or(false);
+    if !expecting {
         return false;
     }
-    let ready = || control::peek(|c| c.has_incoming(id)).unwrap_or(false);
-    crate::conn::wait::spin(false, ready, || caught.interrupts(true)) == crate::conn::wait::Spun::Ready
+    let mut looks = 0u32;
+    let ready = || {
+        looks = looks.wrapping_add(1);
+        if looks % DRAIN_EVERY == 0 {
+            control::with(|c| c.drain().map(|()| c.has_incoming(id))).unwrap_or(false)
+        } else {
+            control::peek(|c| c.has_incoming(id)).unwrap_or(false)
+        }
+    };
+    match crate::conn::wait::spin(false, ready, || caught.interrupts(true)) {
+        crate::conn::wait::Spun::Ready => true,
+        // Before sleeping: the connection may be one not read yet.
+        _ => control::with(|c| c.drain().map(|()| c.has_incoming(id))).unwrap_or(false),
+    }
 }
+
+/// Looks at the tickets between two reads of the channel in
+/// [`spin_on_tickets`] (a batch of looks is 64, a few microseconds).
+const DRAIN_EVERY: u32 = 256;
 
 /// A blocking accept's sleep: on the kernel listener, the listener's bell
 /// (readable while connections wait here; the accept that takes the last
