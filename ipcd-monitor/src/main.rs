@@ -528,7 +528,7 @@ fn debug_claim(socket: &str, fd: i32) -> Result<ExitCode, String> {
 fn to_table(r: &StatusReport) -> String {
     let s = &r.status;
     let mut out = format!(
-        "monitor pid {}  up {:.1} s  processes {}  listeners {}  connections {}  segments {} KiB  brokered {} ({} reusing a segment, {} from a standby)  to kernel {}\n",
+        "monitor pid {}  up {:.1} s  processes {}  listeners {}  connections {}  segments {} KiB  brokered {} ({} reusing a segment, {} from a standby, {} renewed by their processes)  to kernel {}\n",
         s.monitor_pid,
         s.uptime_ms as f64 / 1000.0,
         s.processes,
@@ -538,6 +538,7 @@ fn to_table(r: &StatusReport) -> String {
         s.connects_total,
         s.reused_total,
         s.standby_total,
+        s.renewed_total,
         s.fallbacks_total
     );
     let reasons: Vec<String> = ipcd_proto::Fallback::ALL
@@ -693,7 +694,7 @@ fn to_json(r: &StatusReport) -> String {
     format!(
         concat!(
             r#"{{"monitor_pid":{},"uptime_ms":{},"processes":{},"listeners":{},"connections":{},"#,
-            r#""segment_bytes":{},"connects_total":{},"reused_total":{},"standby_total":{},"#,
+            r#""segment_bytes":{},"connects_total":{},"reused_total":{},"standby_total":{},"renewed_total":{},"#,
             r#""fallbacks_total":{},"fallbacks":{{{}}},"#,
             r#""process_list":[{}],"listener_list":[{}],"connection_list":[{}]}}"#,
             "\n"
@@ -707,6 +708,7 @@ fn to_json(r: &StatusReport) -> String {
         s.connects_total,
         s.reused_total,
         s.standby_total,
+        s.renewed_total,
         s.fallbacks_total,
         ipcd_proto::Fallback::ALL
             .iter()

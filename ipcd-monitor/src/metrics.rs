@@ -58,6 +58,12 @@ pub fn render(report: &StatusReport, name_of: impl Fn(u32) -> String) -> String 
         "Of those, taken from a standby without waiting for an answer",
         s.standby_total,
     );
+    counter(
+        &mut r,
+        "connects_renewed",
+        "Of those, made by the two processes alone through a standby they renewed (no message to the monitor)",
+        s.renewed_total,
+    );
     let fallbacks = Family::<Labels, Counter>::default();
     for (reason, n) in Fallback::ALL.iter().zip(s.fallbacks) {
         fallbacks.get_or_create(&vec![("reason", reason_label(*reason))]).inc_by(n);

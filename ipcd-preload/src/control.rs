@@ -15,43 +15,81 @@ use ipcd_proto::{Caps, SockAddr};
 use ipcd_ring::Ticket;
 
 use crate::conn::bell::Bell;
-use crate::conn::link::Link;
+use crate::conn::link::{Finished, Link, Renewal, Round};
 use crate::sys::log::{log, Level};
 use crate::sys::real;
+
+/// A standby connection for our next connect to `dest` (side A).
+struct HeldStandby {
+    dest: SockAddr,
+    info: ConnInfo,
+    /// For the next round of a renewed one: its segment, until the round
+    /// begins. Otherwise the segment is in the link cache.
+    renewal: Option<Box<Renewal>>,
+}
 
 /// A connection waiting in a listener's accept queue.
 pub(crate) enum Pending {
     /// Told by `Incoming`: connected; its segment is mapped at accept.
-    Told(ConnInfo, Vec<OwnedFd>),
+    /// With when it was told (`monotonic_ns`), for the accept order.
+    Told(ConnInfo, Vec<OwnedFd>, u64),
     /// Told by `Expect` before its connector used it (a standby): mapped
     /// already, and taken once its ticket says connected.
     Expected(ConnInfo, Box<Link>),
+    /// The next round of a renewed standby whose last round this process
+    /// closed first: expected once its connector's end finishes too.
+    Renewing(ConnInfo, Box<Renewal>),
 }
 
 impl Pending {
     /// The connection as the monitor described it.
     pub(crate) fn info(&self) -> &ConnInfo {
         match self {
-            Pending::Told(info, _) | Pending::Expected(info, _) => info,
+            Pending::Told(info, ..) | Pending::Expected(info, _) | Pending::Renewing(info, _) => info,
         }
     }
 
     /// What accept may do with it now.
     fn look(&self) -> Look {
         match self {
-            Pending::Told(..) => Look::Ready(None),
+            Pending::Told(.., at) => Look::Ready(None, *at),
             Pending::Expected(_, link) => match link.ticket() {
                 Ticket::Expected => Look::Later,
-                Ticket::Connected(words) => Look::Ready(SockAddr::from_words(words)),
+                Ticket::Connected(words) => Look::Ready(SockAddr::from_words(words), link.connected_at()),
                 Ticket::Cancelled | Ticket::Other => Look::Gone,
             },
+            Pending::Renewing(info, r) => match r.ticket(info.conn) {
+                Ticket::Connected(words) => Look::Ready(SockAddr::from_words(words), r.connected_at()),
+                Ticket::Expected => Look::Later,
+                _ if r.awaited() => Look::Later,
+                _ => Look::Gone,
+            },
+        }
+    }
+
+    /// The segment under it, if mapped here already.
+    fn segment(&self) -> Option<u64> {
+        match self {
+            Pending::Told(..) => None,
+            Pending::Expected(_, link) => Some(link.segment()),
+            Pending::Renewing(_, r) => Some(r.segment()),
+        }
+    }
+
+    /// A cancelled one's segment, kept until the monitor's `Forget`.
+    fn drop_kept(self) {
+        match self {
+            Pending::Told(..) => {}
+            Pending::Expected(_, link) => drop((*link).keep()),
+            Pending::Renewing(_, r) => r.keep(),
         }
     }
 }
 
 enum Look {
-    /// Take it (an expected one's connector at this address).
-    Ready(Option<SockAddr>),
+    /// Take it (an expected one's connector at this address), connected
+    /// at that time (`monotonic_ns`).
+    Ready(Option<SockAddr>, u64),
     /// Not connected yet.
     Later,
     /// Cancelled: never connected, drop it.
@@ -112,33 +150,80 @@ impl Queue {
         self.quiet();
     }
 
-    /// Takes the first connection accept may take, dropping cancelled
-    /// ones on the way; an expected one gets its connector's address.
-    fn take_ready(&mut self) -> Option<Pending> {
+    /// Renewed standbys whose new round began become expected ones
+    /// (watched unless one of us sleeps on the listener, as an `Expect`
+    /// that arrives).
+    fn refresh(&mut self) {
         let mut i = 0;
         while i < self.items.len() {
-            match self.items[i].look() {
-                Look::Later => i += 1,
-                Look::Gone => {
-                    if let Some(Pending::Expected(_, link)) = self.items.remove(i) {
-                        // The monitor sends `Forget` for it; kept until then.
-                        let _ = (*link).keep();
+            let begun = matches!(&self.items[i], Pending::Renewing(info, r)
+                if matches!(r.ticket(info.conn), Ticket::Expected | Ticket::Connected(_)));
+            let taken = if begun { self.items.remove(i) } else { None };
+            let Some(Pending::Renewing(info, r)) = taken else {
+                i += 1;
+                continue;
+            };
+            match r.attach(&info) {
+                Ok(link) => {
+                    if self.asleep == 0 {
+                        link.watch_ticket(true);
                     }
+                    self.items.insert(i, Pending::Expected(info, Box::new(link)));
+                    i += 1;
                 }
-                Look::Ready(peer) => {
-                    let mut p = self.items.remove(i)?;
-                    if let (Pending::Expected(info, _), Some(peer)) = (&mut p, peer) {
-                        info.peer = peer;
-                    }
-                    return Some(p);
+                // Only a peer that broke the header gets here: its own
+                // connection is what is lost.
+                Err(e) => log!(Level::Debug, "renewed connection {} cannot be attached ({e})", info.conn),
+            }
+        }
+    }
+
+    /// Takes the connection accept may take that was made first (as
+    /// Linux's accept queue gives them, whichever standby carried it),
+    /// dropping cancelled ones on the way; an expected one gets its
+    /// connector's address.
+    fn take_ready(&mut self) -> Option<Pending> {
+        self.refresh();
+        let mut i = 0;
+        while i < self.items.len() {
+            if matches!(self.items[i].look(), Look::Gone) {
+                // The monitor sends `Forget` for it; kept until then.
+                if let Some(p) = self.items.remove(i) {
+                    p.drop_kept();
+                }
+            } else {
+                i += 1;
+            }
+        }
+        let (i, _, peer) = self.first()?;
+        let mut p = self.items.remove(i)?;
+        if let (Pending::Expected(info, _) | Pending::Renewing(info, _), Some(peer)) = (&mut p, peer) {
+            info.peer = peer;
+        }
+        Some(p)
+    }
+
+    /// The ready connection made first: its place, time and connector.
+    fn first(&self) -> Option<(usize, u64, Option<SockAddr>)> {
+        let mut first: Option<(usize, u64, Option<SockAddr>)> = None;
+        for (i, p) in self.items.iter().enumerate() {
+            if let Look::Ready(peer, at) = p.look() {
+                if first.is_none_or(|(_, t, _)| at < t) {
+                    first = Some((i, at, peer));
                 }
             }
         }
-        None
+        first
+    }
+
+    /// Whether the connection accept would take next came right after
+    /// one the monitor made, which may still be in the channel.
+    fn first_after_brokered(&self) -> bool {
+        self.first().is_some_and(|(_, at, _)| at & AFTER_BROKERED != 0)
     }
 
     fn has_ready(&self) -> bool {
-        self.items.iter().any(|p| matches!(p.look(), Look::Ready(_)))
+        self.items.iter().any(|p| matches!(p.look(), Look::Ready(..)))
     }
 
     fn expects(&self) -> bool {
@@ -223,12 +308,14 @@ pub(crate) struct Control {
     /// Connections were queued since the bells last rang.
     unannounced: bool,
     /// Connections the monitor holds ready for our next connect to an
-    /// address (`Standby`): destination and side A, over a segment in the
-    /// link cache.
-    standbys: Vec<(SockAddr, ConnInfo)>,
+    /// address (`Standby`), oldest first.
+    standbys: Vec<HeldStandby>,
     /// A standby ever came: a connect holding none for its address reads
     /// the channel first.
     standby_seen: bool,
+    /// When the monitor last made a connection of ours, by destination
+    /// (see [`Control::brokered_lately`]).
+    brokered: HashMap<SockAddr, u64>,
     /// `Close`s not sent yet (see `send`).
     closes: Vec<Request>,
     /// Listeners' bells by destination, rung by a connect through a standby.
@@ -242,6 +329,13 @@ static CONTROL: Mutex<Option<Control>> = Mutex::new(None);
 static RETRY_AFTER_MS: AtomicU64 = AtomicU64::new(0);
 /// How many `Close`s a process holds back at most (see `Control::send`).
 const CLOSES_HELD: usize = 8;
+/// How long after the monitor made a connection of ours a standby's
+/// connect to the same place says so (see `Control::brokered_lately`).
+const BROKERING_NS: u64 = 10_000_000;
+/// The bit of a connection's time (`Look::Ready`) that says its
+/// connector's connection before it was the monitor's, which the
+/// acceptor may not have read of yet (see `Control::brokered_lately`).
+pub(crate) const AFTER_BROKERED: u64 = 1;
 /// Most messages one read of the channel takes (see `Control::drain`).
 const DRAIN_BATCH: usize = 8;
 /// How long to leave a missing monitor alone before trying again.
@@ -360,6 +454,7 @@ impl Control {
             accepted: Vec::new(),
             unannounced: false,
             standbys: Vec::new(),
+            brokered: HashMap::new(),
             standby_seen: false,
             closes: Vec::new(),
             peer_bells: HashMap::new(),
@@ -559,9 +654,9 @@ impl Control {
 
     fn event(&mut self, resp: Response, fds: Fds) {
         match resp {
-            Response::Incoming { listener, info } => {
+            Response::Incoming { listener, info, at } => {
                 let q = self.incoming.entry(listener).or_default();
-                q.items.push_back(Pending::Told(info, fds.into_vec()));
+                q.items.push_back(Pending::Told(info, fds.into_vec(), at & !AFTER_BROKERED));
                 q.fresh = true;
                 self.unannounced = true;
             }
@@ -585,8 +680,9 @@ impl Control {
             Response::Forget { segment } => {
                 crate::conn::link::forget(segment);
                 for q in self.incoming.values_mut() {
-                    q.items.retain(|p| !matches!(p, Pending::Expected(_, l) if l.segment() == segment));
+                    q.items.retain(|p| p.segment() != Some(segment));
                 }
+                self.standbys.retain(|s| s.renewal.as_ref().is_none_or(|r| r.segment() != segment));
             }
             Response::Standby { dest, mut info, bell } => {
                 let mut fds = fds.into_vec();
@@ -603,14 +699,16 @@ impl Control {
                     // From now on it is found in the cache, as a reused one.
                     info.reused = true;
                 }
-                self.standbys.push((dest, info));
+                self.standbys.push(HeldStandby { dest, info, renewal: None });
                 self.standby_seen = true;
             }
             Response::Withdraw { conn } => {
                 // Not ours any more if a connect took it: its `Use` is on
                 // its way, and the monitor expects nothing else.
-                if let Some(i) = self.standbys.iter().position(|(_, info)| info.conn == conn) {
-                    self.standbys.swap_remove(i);
+                if let Some(i) = self.standbys.iter().position(|s| s.info.conn == conn) {
+                    if let Some(r) = self.standbys.remove(i).renewal {
+                        r.keep();
+                    }
                     if let Err(e) = self.send_now(&Request::Unused { conn }, &[]) {
                         log!(Level::Debug, "cannot give back standby {conn}: {e}");
                     }
@@ -656,12 +754,61 @@ impl Control {
     }
 
     /// The standby connection to `dest`, if one was read from the
-    /// channel (see `drain`).
-    pub(crate) fn take_standby(&mut self, dest: &SockAddr) -> Option<ConnInfo> {
-        // The oldest: its `Expect` reached the acceptor longest ago, so an
-        // acceptor that reads its channel only now and then knows it.
-        let i = self.standbys.iter().position(|(d, _)| d == dest)?;
-        Some(self.standbys.remove(i).1)
+    /// channel (see `drain`) or renewed, with the segment of a renewed
+    /// one. The oldest: its `Expect` reached the acceptor longest ago, so
+    /// an acceptor that reads its channel only now and then knows it.
+    /// Renewed ones whose acceptor has not closed the last round yet are
+    /// left for later; ones promoted or cancelled meanwhile go.
+    pub(crate) fn take_standby(&mut self, dest: &SockAddr) -> Option<(ConnInfo, Option<Box<Renewal>>)> {
+        let mut i = 0;
+        while i < self.standbys.len() {
+            let s = &self.standbys[i];
+            if s.dest != *dest {
+                i += 1;
+                continue;
+            }
+            match &s.renewal {
+                Some(r) if r.ticket(s.info.conn) != Ticket::Expected => {
+                    if r.awaited() {
+                        i += 1;
+                    } else if let Some(r) = self.standbys.remove(i).renewal {
+                        r.keep();
+                    }
+                }
+                _ => {
+                    let s = self.standbys.remove(i);
+                    return Some((s.info, s.renewal));
+                }
+            }
+        }
+        None
+    }
+
+    /// A renewable connection's end closed here for good (see
+    /// `Link::finish`): its next round waits for our next connect to the
+    /// same address (side A) or for an accept on `listener` (side B).
+    pub(crate) fn renewed(&mut self, info: ConnInfo, listener: Option<u64>, f: Finished) {
+        let info = ConnInfo { conn: f.next, reused: true, ..info };
+        let renewal = Box::new(f.renewal);
+        if f.state == Round::Cancelled {
+            renewal.keep();
+            return;
+        }
+        if info.side == Side::A {
+            let info = ConnInfo { local: info.peer.with_port(0), ..info };
+            self.standbys.push(HeldStandby { dest: info.peer, info, renewal: Some(renewal) });
+            return;
+        }
+        let Some(q) = listener.and_then(|l| self.incoming.get_mut(&l)) else {
+            // Its listener closed: the monitor promotes or cancels it.
+            renewal.keep();
+            return;
+        };
+        q.items.push_back(Pending::Renewing(info, renewal));
+        if f.state == Round::Renewed {
+            // Ours to attach at once: no connect can come before it.
+            q.refresh();
+        }
     }
 
     /// Whether the monitor ever held a connection ready for us: only then
@@ -678,6 +825,23 @@ impl Control {
     /// How many connections wait here for `listener` (expected ones too).
     pub(crate) fn queued(&self, listener: u64) -> usize {
         self.incoming.get(&listener).map_or(0, |q| q.items.len())
+    }
+
+    /// The monitor made a connection of ours to `dest` (`Connected`).
+    pub(crate) fn brokered(&mut self, dest: SockAddr) {
+        if self.brokered.len() >= 64 {
+            self.brokered.clear();
+        }
+        self.brokered.insert(dest, crate::conn::wait::monotonic_ns());
+    }
+
+    /// Whether the monitor made a connection of ours to `dest` lately (10
+    /// ms): its acceptor may not have read of it yet when a standby
+    /// carries our next one, which then tells it to read its channel
+    /// first (see `Link::connect_ticket`), so that it accepts the two in
+    /// the order they were made.
+    pub(crate) fn brokered_lately(&self, dest: &SockAddr) -> bool {
+        self.brokered.get(dest).is_some_and(|&t| crate::conn::wait::monotonic_ns().saturating_sub(t) < BROKERING_NS)
     }
 
     /// Whether a connection accept may take is queued for `listener`.
@@ -715,6 +879,12 @@ impl Control {
 
     /// The next connection accept may take from `listener`'s queue.
     pub(crate) fn pop_incoming(&mut self, listener: u64) -> Option<Pending> {
+        if self.incoming.get(&listener).is_some_and(Queue::first_after_brokered) {
+            // The accept order: the monitor's connection first.
+            if let Err(e) = self.drain() {
+                log!(Level::Debug, "cannot read the channel before an accept: {e}");
+            }
+        }
         let q = self.incoming.get_mut(&listener)?;
         let next = q.take_ready();
         if !q.has_ready() {

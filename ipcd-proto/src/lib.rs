@@ -62,4 +62,4 @@ pub use state::{CloseAction, Conn, Errno, How, Phase, Readiness, Recv, Ring, Sen
 /// 10: doorbells per thread, named in the rings (`Bell`, `BellOf`,
 /// `Unbell`, `BellId`, `Bell`): connections carry only their segment.
 /// 11: a packet of requests without fds may hold several whole frames.
-pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 11..=11;
+pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 12..=12;

@@ -84,7 +84,7 @@ fn a_reused_segment_travels_without_fds() {
     let (a, b) = Channel::pair().unwrap();
     let info =
         ConnInfo { conn: 78, side: Side::B, local: LOCAL, peer: LOCAL, segment_len: 1 << 20, segment: 5, reused: true };
-    let resp = Response::Incoming { listener: 1, info };
+    let resp = Response::Incoming { listener: 1, info, at: 5 };
     assert_eq!(resp.fd_count(), 0);
     b.send_response(0, &resp, &[]).unwrap();
     let (_, got, fds) = a.recv_response().unwrap();

@@ -111,7 +111,7 @@ fn response() -> impl Strategy<Value = Response> {
         prop::sample::select(codes.to_vec()).prop_map(|code| Response::Error { code }),
         info().prop_map(Response::Connected),
         prop::sample::select(reasons.to_vec()).prop_map(|reason| Response::UseKernel { reason }),
-        (any::<u64>(), info()).prop_map(|(listener, info)| Response::Incoming { listener, info }),
+        (any::<u64>(), info(), any::<u64>()).prop_map(|(listener, info, at)| Response::Incoming { listener, info, at }),
         any::<u64>().prop_map(|conn| Response::PeerGone { conn }),
         any::<u64>().prop_map(|segment| Response::Forget { segment }),
         (addr(), info(), any::<bool>()).prop_map(|(dest, info, bell)| Response::Standby { dest, info, bell }),
@@ -120,7 +120,7 @@ fn response() -> impl Strategy<Value = Response> {
         any::<u64>().prop_map(|id| Response::BellId { id }),
         any::<u64>().prop_map(|id| Response::Bell { id }),
         info().prop_map(Response::Reopened),
-        (any::<[u64; 10]>(), any::<[u64; ipcd_proto::FALLBACK_KINDS]>()).prop_map(|(v, fallbacks)| Response::Status(
+        (any::<[u64; 11]>(), any::<[u64; ipcd_proto::FALLBACK_KINDS]>()).prop_map(|(v, fallbacks)| Response::Status(
             Status {
                 monitor_pid: v[0] as u32,
                 processes: v[1] as u32,
@@ -132,6 +132,7 @@ fn response() -> impl Strategy<Value = Response> {
                 uptime_ms: v[7],
                 reused_total: v[8],
                 standby_total: v[9],
+                renewed_total: v[10],
                 fallbacks,
             }
         )),

@@ -9,8 +9,9 @@
 use core::num::{NonZeroU32, NonZeroU64};
 
 use crate::layout::{
-    BUSY, FLAG_RESET, HOLDER_SLOTS, NO_CPU, OFFER_CLAIMED, TICKET_CANCELLED, TICKET_CONNECTED, TICKET_EXPECTED,
-    TICKET_NONE, TICKET_WATCHED,
+    BUSY, FLAG_RESET, HOLDER_SLOTS, NO_CPU, OFFER_CLAIMED, TICKET_CANCELLED, TICKET_CONNECTED, TICKET_DONE_A,
+    TICKET_DONE_B, TICKET_EXPECTED, TICKET_ID_SHIFT, TICKET_NONE, TICKET_PROMOTED, TICKET_RENEW, TICKET_RENEWING,
+    TICKET_STATE, TICKET_WATCHED,
 };
 use crate::segment::{Admission, EndLock, Segment, Side, Ticket};
 use crate::sync::{AtomicU64, Ordering};
@@ -94,10 +95,54 @@ pub trait ConnSegment {
     /// no longer `pid`'s to take (nor to close).
     fn claim(&self, pid: u32) -> bool;
 
+    /// The process that claimed the accepting end, if one did. Read as
+    /// published.
+    fn claimed_by(&self) -> Option<u32>;
+
     /// Makes the segment connection `conn_id`'s ticket, expected: the
     /// acceptor may be told of it before its connector uses it. For the
     /// monitor, before it tells either.
     fn expect(&self, conn_id: u64);
+
+    /// [`ConnSegment::expect`] for a ticket its two processes renew
+    /// themselves after each connection ([`ConnSegment::finish`],
+    /// [`ConnSegment::renew`]) until the monitor promotes or cancels it.
+    /// The renewed ids follow [`next_ticket_id`].
+    fn expect_renewable(&self, conn_id: u64);
+
+    /// Whether `conn_id`'s ticket is renewable and still its processes'
+    /// (connected, not promoted).
+    fn renewable(&self, conn_id: u64) -> bool;
+
+    /// The only holder of `side` of renewable connection `conn_id` closed
+    /// its end (in the ring) for good and keeps the segment for the next
+    /// connection. See [`Finish`].
+    fn finish(&self, conn_id: u64, side: Side) -> Finish;
+
+    /// After [`Finish::Last`]: makes the segment fresh (as
+    /// [`ConnSegment::reuse`], the acceptor's offer kept unclaimed) and
+    /// its ticket expected again as `next` (from [`next_ticket_id`]).
+    /// False if the monitor cancelled it meanwhile: nobody uses it again.
+    fn renew(&self, conn_id: u64, next: u64) -> bool;
+
+    /// Whether the renewal after connection `conn_id` is still to come:
+    /// its ticket is renewable and connected (an end still open) or being
+    /// renewed. False once renewed, promoted or cancelled.
+    fn awaits_renewal(&self, conn_id: u64) -> bool;
+
+    /// The monitor takes connected `conn_id` into its books: from now on
+    /// its ends close through the monitor, and it is not renewed. `None`
+    /// unless the ticket says connected (not promoted already).
+    fn promote(&self, conn_id: u64) -> Option<Promoted>;
+
+    /// How many times the segment's processes renewed its ticket (each a
+    /// connection the monitor never saw). Read as published: a count for
+    /// reports, any value is safe.
+    fn rounds(&self) -> u64;
+
+    /// The id the ticket word carries now (whatever its state), for the
+    /// monitor to follow a renewed ticket. Read as published.
+    fn ticket_id(&self) -> u64;
 
     /// The connector of `conn_id` connects through its ticket, from
     /// `addr` (stored first, for the acceptor). `None` if the ticket was
@@ -105,6 +150,14 @@ pub trait ConnSegment {
     /// Otherwise whether an acceptor was watching it ([`ConnSegment::watch`]):
     /// when it was, the acceptor sees the connection without being woken.
     fn connect(&self, conn_id: u64, addr: [u32; 8]) -> Option<bool>;
+
+    /// Says when the connector connects (`at`, on a clock of the caller's),
+    /// before its [`ConnSegment::connect`].
+    fn set_connected_at(&self, at: u64);
+
+    /// When the connector connected, as it said: for the acceptor, after
+    /// it saw the ticket connected. Read as published: a hint.
+    fn connected_at(&self) -> u64;
 
     /// The acceptor starts (`on`) or stops watching `conn_id`'s ticket:
     /// it watches while none of its threads sleeps on the listener, and
@@ -114,13 +167,15 @@ pub trait ConnSegment {
     /// rather than sleep. Watching a ticket already watched is harmless.
     fn watch(&self, conn_id: u64, on: bool) -> Ticket;
 
-    /// Cancels `conn_id`'s ticket unless its connector used it. Returns the
+    /// Cancels `conn_id`'s ticket unless its connector used it (a
+    /// renewing one is cancelled too: its renewal then fails). Returns the
     /// ticket as it is now: [`Ticket::Cancelled`] (by this call or before),
     /// [`Ticket::Connected`], or [`Ticket::Other`] if the segment is no
     /// longer that connection's ticket.
     fn cancel(&self, conn_id: u64) -> Ticket;
 
-    /// `conn_id`'s ticket as it is now.
+    /// `conn_id`'s ticket as it is now (promoted reads as connected;
+    /// renewing as [`Ticket::Other`]).
     fn ticket(&self, conn_id: u64) -> Ticket;
 
     /// Tries to take `lock` for `owner` (a process-unique id such as a tid).
@@ -144,40 +199,11 @@ pub trait ConnSegment {
 
 impl ConnSegment for Segment {
     fn reuse(&mut self, conn_id: u64) {
-        let control = self.control();
-        let header = &control.header;
-        for h in &header.holders {
-            h.store(1, Ordering::Relaxed);
-        }
-        for l in &header.locks {
-            l.store(0, Ordering::Relaxed);
-        }
+        let header = &self.control().header;
         header.offer.store(0, Ordering::Relaxed);
-        header.admission.store(0, Ordering::Relaxed);
         header.ticket.store(TICKET_NONE, Ordering::Relaxed);
-        for id in header.holder_ids.iter().flatten() {
-            id.store(0, Ordering::Relaxed);
-        }
-        for r in &control.rings {
-            r.writer.tail.store(0, Ordering::Relaxed);
-            r.writer.flags.store(0, Ordering::Relaxed);
-            // The last connection's copy of its last bytes names positions
-            // the new one will reach again.
-            r.writer.recent_end.store(BUSY, Ordering::Relaxed);
-            r.writer.recent_len.store(0, Ordering::Relaxed);
-            r.writer.cpu.store(NO_CPU, Ordering::Relaxed);
-            r.reader.head.store(0, Ordering::Relaxed);
-            r.reader.flags.store(0, Ordering::Relaxed);
-            r.reader_waiting.waiting.store(0, Ordering::Relaxed);
-            r.reader_waiting.batching.store(0, Ordering::Relaxed);
-            r.writer_waiting.waiting.store(0, Ordering::Relaxed);
-            crate::Waiters::of(&r.reader_waiting.waiters).clear();
-            crate::Waiters::of(&r.writer_waiting.waiters).clear();
-        }
-        // Release: whoever attaches after reading the new id sees the
-        // fresh rings (hand-over between processes also goes through a
-        // system call, which orders it anyway).
-        header.conn_id.store(conn_id, Ordering::Release);
+        header.rounds.store(0, Ordering::Relaxed);
+        fresh(self, conn_id);
         self.conn_id = conn_id;
     }
 
@@ -295,11 +321,102 @@ impl ConnSegment for Segment {
         let offer = &self.control().header.offer;
         pid != 0
             && pid & OFFER_CLAIMED == 0
-            && offer.compare_exchange(pid, pid | OFFER_CLAIMED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            // SeqCst, with `promote` and the loads after each: an acceptor
+            // that claims a renewable end and a monitor that promotes it
+            // cannot both miss the other (see `ConnSegment::claimed_by`).
+            && offer.compare_exchange(pid, pid | OFFER_CLAIMED, Ordering::SeqCst, Ordering::Acquire).is_ok()
+    }
+
+    fn claimed_by(&self) -> Option<u32> {
+        let offer = self.control().header.offer.load(Ordering::SeqCst);
+        (offer & OFFER_CLAIMED != 0).then_some(offer & !OFFER_CLAIMED)
     }
 
     fn expect(&self, conn_id: u64) {
         self.control().header.ticket.store(ticket_word(conn_id, TICKET_EXPECTED), Ordering::Release);
+    }
+
+    fn expect_renewable(&self, conn_id: u64) {
+        let word = ticket_word(conn_id, TICKET_EXPECTED | TICKET_RENEW);
+        self.control().header.ticket.store(word, Ordering::Release);
+    }
+
+    fn renewable(&self, conn_id: u64) -> bool {
+        let word = self.control().header.ticket.load(Ordering::SeqCst);
+        is_ticket(word, conn_id) && word & TICKET_RENEW != 0 && word & TICKET_STATE == TICKET_CONNECTED
+    }
+
+    fn finish(&self, conn_id: u64, side: Side) -> Finish {
+        let ticket = &self.control().header.ticket;
+        let (mine, theirs) = match side {
+            Side::A => (TICKET_DONE_A, TICKET_DONE_B),
+            Side::B => (TICKET_DONE_B, TICKET_DONE_A),
+        };
+        let mut w = ticket.load(Ordering::Acquire);
+        loop {
+            if !is_ticket(w, conn_id) || w & TICKET_RENEW == 0 || w & TICKET_STATE != TICKET_CONNECTED || w & mine != 0
+            {
+                return Finish::Not;
+            }
+            // The second to finish takes the segment to renew it; AcqRel:
+            // it sees everything the first did to the rings before.
+            let (to, done) = match w & theirs {
+                0 => (w | mine, Finish::First),
+                _ => (ticket_word(conn_id, TICKET_RENEWING | TICKET_RENEW), Finish::Last),
+            };
+            match ticket.compare_exchange(w, to, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return done,
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    fn renew(&self, conn_id: u64, next: u64) -> bool {
+        let header = &self.control().header;
+        let renewing = ticket_word(conn_id, TICKET_RENEWING | TICKET_RENEW);
+        if header.ticket.load(Ordering::Acquire) != renewing {
+            return false;
+        }
+        // The acceptor's offer stays for its next accept (unclaimed).
+        let offer = header.offer.load(Ordering::Relaxed) & !OFFER_CLAIMED;
+        header.offer.store(offer, Ordering::Relaxed);
+        fresh(self, next);
+        header.rounds.fetch_add(1, Ordering::Relaxed);
+        // Release: whoever sees the new ticket sees the fresh segment.
+        let expected = ticket_word(next, TICKET_EXPECTED | TICKET_RENEW);
+        header.ticket.compare_exchange(renewing, expected, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }
+
+    fn awaits_renewal(&self, conn_id: u64) -> bool {
+        let w = self.control().header.ticket.load(Ordering::Acquire);
+        is_ticket(w, conn_id) && w & TICKET_RENEW != 0 && matches!(w & TICKET_STATE, TICKET_CONNECTED | TICKET_RENEWING)
+    }
+
+    fn promote(&self, conn_id: u64) -> Option<Promoted> {
+        let header = &self.control().header;
+        let ticket = &header.ticket;
+        let mut w = ticket.load(Ordering::Acquire);
+        while is_ticket(w, conn_id) && w & TICKET_STATE == TICKET_CONNECTED {
+            let to = (w & !TICKET_STATE) | TICKET_PROMOTED;
+            match ticket.compare_exchange(w, to, Ordering::SeqCst, Ordering::Acquire) {
+                Ok(_) => {
+                    return Some(Promoted {
+                        addr: core::array::from_fn(|i| header.connector[i].load(Ordering::Relaxed)),
+                        done: [w & TICKET_DONE_A != 0, w & TICKET_DONE_B != 0],
+                    })
+                }
+                Err(now) => w = now,
+            }
+        }
+        None
+    }
+
+    fn rounds(&self) -> u64 {
+        self.control().header.rounds.load(Ordering::Relaxed)
+    }
+
+    fn ticket_id(&self) -> u64 {
+        self.control().header.ticket.load(Ordering::Acquire) >> TICKET_ID_SHIFT
     }
 
     fn connect(&self, conn_id: u64, addr: [u32; 8]) -> Option<bool> {
@@ -311,33 +428,50 @@ impl ConnSegment for Segment {
         leave_expected(&header.ticket, conn_id, TICKET_CONNECTED).map(|was| was & TICKET_WATCHED != 0)
     }
 
+    fn set_connected_at(&self, at: u64) {
+        // Relaxed: published by the ticket's compare-exchange after it.
+        self.control().header.connected_at.store(at, Ordering::Relaxed);
+    }
+
+    fn connected_at(&self) -> u64 {
+        self.control().header.connected_at.load(Ordering::Relaxed)
+    }
+
     fn watch(&self, conn_id: u64, on: bool) -> Ticket {
         let ticket = &self.control().header.ticket;
-        let (plain, watched) =
-            (ticket_word(conn_id, TICKET_EXPECTED), ticket_word(conn_id, TICKET_EXPECTED | TICKET_WATCHED));
-        let (from, to) = if on { (plain, watched) } else { (watched, plain) };
-        match ticket.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire) {
+        let w = ticket.load(Ordering::Acquire);
+        if !is_ticket(w, conn_id) || w & TICKET_STATE != TICKET_EXPECTED {
+            return self.ticket(conn_id);
+        }
+        let to = if on { w | TICKET_WATCHED } else { w & !TICKET_WATCHED };
+        match ticket.compare_exchange(w, to, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => Ticket::Expected,
             Err(_) => self.ticket(conn_id),
         }
     }
 
     fn cancel(&self, conn_id: u64) -> Ticket {
-        match leave_expected(&self.control().header.ticket, conn_id, TICKET_CANCELLED) {
-            Some(_) => Ticket::Cancelled,
-            None => self.ticket(conn_id),
+        let ticket = &self.control().header.ticket;
+        if leave_expected(ticket, conn_id, TICKET_CANCELLED).is_some() {
+            return Ticket::Cancelled;
+        }
+        let renewing = ticket_word(conn_id, TICKET_RENEWING | TICKET_RENEW);
+        let cancelled = ticket_word(conn_id, TICKET_CANCELLED | TICKET_RENEW);
+        match ticket.compare_exchange(renewing, cancelled, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Ticket::Cancelled,
+            Err(_) => self.ticket(conn_id),
         }
     }
 
     fn ticket(&self, conn_id: u64) -> Ticket {
         let header = &self.control().header;
         let word = header.ticket.load(Ordering::Acquire);
-        if word >> TICKET_ID_SHIFT != conn_id & (u64::MAX >> TICKET_ID_SHIFT) {
+        if !is_ticket(word, conn_id) {
             return Ticket::Other;
         }
         match word & TICKET_STATE {
             TICKET_EXPECTED => Ticket::Expected,
-            TICKET_CONNECTED => {
+            TICKET_CONNECTED | TICKET_PROMOTED => {
                 Ticket::Connected(core::array::from_fn(|i| header.connector[i].load(Ordering::Relaxed)))
             }
             TICKET_CANCELLED => Ticket::Cancelled,
@@ -377,23 +511,117 @@ impl ConnSegment for Segment {
     }
 }
 
-/// Bits of the ticket word below the connection id: the state and its flags.
-const TICKET_ID_SHIFT: u32 = 3;
-/// The state's bits (the rest below the id are flags).
-const TICKET_STATE: u64 = 3;
-
 fn ticket_word(conn_id: u64, state: u64) -> u64 {
     (conn_id << TICKET_ID_SHIFT) | state
+}
+
+/// Whether ticket word `w` is `conn_id`'s.
+fn is_ticket(w: u64, conn_id: u64) -> bool {
+    w >> TICKET_ID_SHIFT == conn_id & MAX_TICKET_ID
+}
+
+/// Connection ids a ticket word holds whole: `conn_id & MAX_TICKET_ID`.
+pub const MAX_TICKET_ID: u64 = u64::MAX >> TICKET_ID_SHIFT;
+
+/// The bit every renewed ticket's id has, and no id the monitor gives
+/// (its ids count up from its start time in microseconds, below 2^55
+/// for centuries).
+pub const RENEWED_ID: u64 = 1 << 55;
+
+/// Rounds of one renewable ticket told apart by their ids (the round
+/// count wraps; a round's connection is long gone when it comes back).
+const ROUND_BITS: u32 = 15;
+
+/// The id a renewable ticket `conn_id` is renewed as: [`RENEWED_ID`], the
+/// low 40 bits of the monitor's first id (so ids of two tickets differ),
+/// and a round count.
+pub const fn next_ticket_id(conn_id: u64) -> u64 {
+    let round_mask = (1 << ROUND_BITS) - 1;
+    if conn_id & RENEWED_ID != 0 {
+        (conn_id & !round_mask) | (conn_id.wrapping_add(1) & round_mask)
+    } else {
+        RENEWED_ID | ((conn_id & ((1 << 40) - 1)) << ROUND_BITS)
+    }
+}
+
+/// Whether `id` is a round of the renewable ticket the monitor first
+/// issued as `first` (itself, or one of its renewed ids): what the
+/// monitor checks before it believes an id a segment's ticket names.
+pub const fn is_round_of(first: u64, id: u64) -> bool {
+    let round_mask = (1 << ROUND_BITS) - 1;
+    id == first || (id & !round_mask) == (next_ticket_id(first) & !round_mask)
+}
+
+/// What [`ConnSegment::finish`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The other end finished already: the caller renews the segment
+    /// ([`ConnSegment::renew`]).
+    Last,
+    /// The other end is still open: it renews the segment when it
+    /// finishes.
+    First,
+    /// Not a renewable connection of its processes (promoted, or another
+    /// connection's, or finished already): the caller closes its end as
+    /// any other, through the monitor.
+    Not,
+}
+
+/// What [`ConnSegment::promote`] took into the monitor's books.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Promoted {
+    /// The connector's address, as it connected.
+    pub addr: [u32; 8],
+    /// Which ends (A, B) had finished already: their processes keep the
+    /// segment mapped and will send nothing more about the connection.
+    pub done: [bool; 2],
+}
+
+/// Makes the segment's rings and holders fresh for connection `conn_id`
+/// (every header word but the ticket and the offer), with atomic stores.
+fn fresh(seg: &Segment, conn_id: u64) {
+    let control = seg.control();
+    let header = &control.header;
+    for h in &header.holders {
+        h.store(1, Ordering::Relaxed);
+    }
+    for l in &header.locks {
+        l.store(0, Ordering::Relaxed);
+    }
+    header.admission.store(0, Ordering::Relaxed);
+    for id in header.holder_ids.iter().flatten() {
+        id.store(0, Ordering::Relaxed);
+    }
+    for r in &control.rings {
+        r.writer.tail.store(0, Ordering::Relaxed);
+        r.writer.flags.store(0, Ordering::Relaxed);
+        // The last connection's copy of its last bytes names positions
+        // the new one will reach again.
+        r.writer.recent_end.store(BUSY, Ordering::Relaxed);
+        r.writer.recent_len.store(0, Ordering::Relaxed);
+        r.writer.cpu.store(NO_CPU, Ordering::Relaxed);
+        r.reader.head.store(0, Ordering::Relaxed);
+        r.reader.flags.store(0, Ordering::Relaxed);
+        r.reader_waiting.waiting.store(0, Ordering::Relaxed);
+        r.reader_waiting.batching.store(0, Ordering::Relaxed);
+        r.writer_waiting.waiting.store(0, Ordering::Relaxed);
+        crate::Waiters::of(&r.reader_waiting.waiters).clear();
+        crate::Waiters::of(&r.writer_waiting.waiters).clear();
+    }
+    // Release: whoever attaches after reading the new id sees the
+    // fresh rings (hand-over between processes also goes through a
+    // system call, which orders it anyway).
+    header.conn_id.store(conn_id, Ordering::Release);
 }
 
 /// Moves `conn_id`'s ticket from expected (watched or not) to `state`
 /// by compare-exchange; the word it left, or `None` if it was not
 /// `conn_id`'s or not expected.
 fn leave_expected(ticket: &AtomicU64, conn_id: u64, state: u64) -> Option<u64> {
-    let plain = ticket_word(conn_id, TICKET_EXPECTED);
     let mut w = ticket.load(Ordering::Acquire);
-    while w & !TICKET_WATCHED == plain {
-        match ticket.compare_exchange(w, ticket_word(conn_id, state), Ordering::AcqRel, Ordering::Acquire) {
+    while is_ticket(w, conn_id) && w & TICKET_STATE == TICKET_EXPECTED {
+        let to = ticket_word(conn_id, state | (w & TICKET_RENEW));
+        match ticket.compare_exchange(w, to, Ordering::AcqRel, Ordering::Acquire) {
             Ok(was) => return Some(was),
             // Watched or unwatched meanwhile: try again with what it is.
             Err(now) => w = now,

@@ -10,7 +10,7 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 /// `b"IPCDSEG1"` read as a little-endian `u64`: the first word of every segment.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"IPCDSEG1");
 /// Version of this layout. An attach to any other version fails.
-pub const SEGMENT_VERSION: u32 = 9;
+pub const SEGMENT_VERSION: u32 = 10;
 /// Padding unit: x86-64's adjacent-line prefetcher pulls 64-byte lines in
 /// pairs, so two indices 64 bytes apart still share traffic (as crossbeam does).
 pub const CACHE_LINE: usize = 128;
@@ -227,14 +227,18 @@ pub struct SegmentHeader {
     /// [`crate::Admission`]). Written by the monitor, read by the
     /// connector; any value is safe to read (unknown ones mean admitted).
     pub(crate) admission: AtomicU32,
-    /// A standby connection's ticket: `(connection id << 3) | flags |
+    /// A standby connection's ticket: `(connection id << 8) | flags |
     /// state`, the state one of [`TICKET_NONE`], [`TICKET_EXPECTED`],
-    /// [`TICKET_CONNECTED`], [`TICKET_CANCELLED`]. The connector moves it
-    /// from expected to connected, the acceptor or the monitor from
-    /// expected to cancelled, each by compare-exchange: whoever wins
-    /// decides. [`TICKET_WATCHED`], beside expected, says the acceptor
-    /// will look at it without being woken (none of its threads sleeps on
-    /// the listener): its connector need not wake it.
+    /// [`TICKET_CONNECTED`], [`TICKET_CANCELLED`], [`TICKET_PROMOTED`],
+    /// [`TICKET_RENEWING`]. The connector moves it from expected to
+    /// connected, the acceptor or the monitor from expected to cancelled,
+    /// each by compare-exchange: whoever wins decides. [`TICKET_WATCHED`],
+    /// beside expected, says the acceptor will look at it without being
+    /// woken (none of its threads sleeps on the listener): its connector
+    /// need not wake it. A renewable ticket ([`TICKET_RENEW`]) is made
+    /// expected again by the two processes themselves once both ends
+    /// closed ([`TICKET_DONE_A`], [`TICKET_DONE_B`], then renewing), unless
+    /// the monitor promoted it to a connection of its books first.
     pub(crate) ticket: AtomicU64,
     /// The connector's address, written before its ticket says connected
     /// (opaque words to this crate).
@@ -244,6 +248,14 @@ pub struct SegmentHeader {
     /// each holder for itself and by the monitor; read by a survivor that
     /// must judge, with no monitor left, whether its peer died.
     pub(crate) holder_ids: [[AtomicU64; HOLDER_SLOTS]; 2],
+    /// Rounds of a renewable ticket renewed so far (its processes count
+    /// them for the monitor's totals; a count, never an index).
+    pub(crate) rounds: AtomicU64,
+    /// When the connector connected through the ticket (its clock,
+    /// opaque here), written before the ticket says connected: the
+    /// acceptor takes connections in that order, as Linux's accept queue
+    /// gives them. A hint: any value only reorders accepts.
+    pub(crate) connected_at: AtomicU64,
 }
 
 /// How many holders of one side a segment can name (see `ConnSegment::name_holder`).
@@ -257,11 +269,29 @@ pub(crate) const TICKET_EXPECTED: u64 = 1;
 pub(crate) const TICKET_CONNECTED: u64 = 2;
 /// Ticket state: withdrawn before the connector used it.
 pub(crate) const TICKET_CANCELLED: u64 = 3;
+/// Ticket state: the monitor took the connection into its books (it
+/// is connected, and is no longer renewed by its processes).
+pub(crate) const TICKET_PROMOTED: u64 = 4;
+/// Ticket state: both ends closed; the last to close makes the segment
+/// fresh and the ticket expected again, under the next id.
+pub(crate) const TICKET_RENEWING: u64 = 5;
+/// The state's bits of the ticket word.
+pub(crate) const TICKET_STATE: u64 = 7;
 /// Ticket flag, beside [`TICKET_EXPECTED`] only: the acceptor will look
 /// at the ticket without being woken (it is awake), so the connector that
 /// uses it need not wake it (the acceptor clears the flag before it
 /// sleeps, by compare-exchange, and so sees a connect that found the flag).
-pub(crate) const TICKET_WATCHED: u64 = 4;
+pub(crate) const TICKET_WATCHED: u64 = 8;
+/// Ticket flag, kept through every state: the two processes renew the
+/// ticket themselves after each connection (the monitor's choice).
+pub(crate) const TICKET_RENEW: u64 = 16;
+/// Ticket flag, beside connected or promoted: side A's end was closed
+/// by its only holder, who keeps the segment for the next connection.
+pub(crate) const TICKET_DONE_A: u64 = 32;
+/// [`TICKET_DONE_A`] for side B.
+pub(crate) const TICKET_DONE_B: u64 = 64;
+/// Bits of the ticket word below the connection id.
+pub(crate) const TICKET_ID_SHIFT: u32 = 8;
 
 /// Bit of the offer word: the process it names has accepted the end.
 pub const OFFER_CLAIMED: u32 = 1 << 31;
@@ -301,6 +331,10 @@ pub mod offsets {
     pub const CONNECTOR: usize = 88;
     /// Header: the holders' ids, side A's slots then side B's (`[[u64; 4]; 2]`).
     pub const HOLDER_IDS: usize = 120;
+    /// Header: rounds a renewable ticket was renewed (`u64`).
+    pub const ROUNDS: usize = 184;
+    /// Header: when the connector connected through the ticket (`u64`).
+    pub const CONNECTED_AT: usize = 192;
     /// Start of ring `i`'s control block.
     pub const fn ring(i: usize) -> usize {
         2 * CACHE_LINE + i * 4 * CACHE_LINE
@@ -359,6 +393,8 @@ const _: () = {
     assert!(offset_of!(SegmentHeader, ticket) == offsets::TICKET);
     assert!(offset_of!(SegmentHeader, connector) == offsets::CONNECTOR);
     assert!(offset_of!(SegmentHeader, holder_ids) == offsets::HOLDER_IDS);
+    assert!(offset_of!(SegmentHeader, rounds) == offsets::ROUNDS);
+    assert!(offset_of!(SegmentHeader, connected_at) == offsets::CONNECTED_AT);
     assert!(size_of::<SegmentHeader>() <= 2 * CACHE_LINE);
     assert!(offset_of!(SegmentControl, rings) == 2 * CACHE_LINE);
     assert!(DATA_START == 10 * CACHE_LINE);

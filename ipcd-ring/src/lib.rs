@@ -65,7 +65,7 @@ extern crate std;
 #[doc(hidden)]
 pub mod fuzzing;
 
-pub use conn::ConnSegment;
+pub use conn::{is_round_of, next_ticket_id, ConnSegment, Finish, Promoted, MAX_TICKET_ID, RENEWED_ID};
 pub use consumer::{Consumer, PeerState};
 pub use error::{Corruption, Error};
 pub use index_queue::{IndexQueue, Pop, Popper, INDEX_QUEUE_MAGIC};

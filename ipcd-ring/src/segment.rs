@@ -153,6 +153,8 @@ unsafe fn write_control(base: NonNull<u8>, conn_id: u64, caps: [u64; 2], total: 
             ticket: AtomicU64::new(TICKET_NONE),
             connector: core::array::from_fn(|_| AtomicU32::new(0)),
             holder_ids: core::array::from_fn(|_| core::array::from_fn(|_| AtomicU64::new(0))),
+            rounds: AtomicU64::new(0),
+            connected_at: AtomicU64::new(0),
         }),
         rings: [RingControl::new(0), RingControl::new(0)],
     };

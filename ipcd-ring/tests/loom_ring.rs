@@ -272,6 +272,45 @@ fn a_watched_ticket_connects_without_a_lost_wakeup() {
     });
 }
 
+/// The two ends of a renewable connection finish while the monitor
+/// promotes it: exactly one of them owns the segment afterwards (the last
+/// end to finish renews it, or the monitor has it in its books, told
+/// which ends finished), and a renewal never follows a promotion.
+#[test]
+fn finishing_ends_and_a_promotion_never_both_own_the_segment() {
+    use ipcd_ring::{next_ticket_id, Finish};
+    const ADDR: [u32; 8] = [2, 80, 1, 0, 0, 0, 0, 0];
+    loom::model(|| {
+        let s = Arc::new(setup(4));
+        s.seg.expect_renewable(5);
+        s.seg.connect(5, ADDR).unwrap();
+        let ends: Vec<_> = [Side::A, Side::B]
+            .into_iter()
+            .map(|side| {
+                let s = s.clone();
+                thread::spawn(move || {
+                    let f = s.seg.finish(5, side);
+                    let renewed = f == Finish::Last && s.seg.renew(5, next_ticket_id(5));
+                    (f, renewed)
+                })
+            })
+            .collect();
+        let promoted = s.seg.promote(5);
+        let done: Vec<(Finish, bool)> = ends.into_iter().map(|t| t.join().unwrap()).collect();
+        let renewed = done.iter().filter(|d| d.1).count();
+        match promoted {
+            Some(p) => {
+                assert_eq!(renewed, 0);
+                assert_eq!(p.done, [done[0].0 == Finish::First, done[1].0 == Finish::First]);
+            }
+            None => {
+                assert_eq!(renewed, 1);
+                assert_eq!(s.seg.ticket(next_ticket_id(5)), ipcd_ring::Ticket::Expected);
+            }
+        }
+    });
+}
+
 /// Two threads sleep for data on one ring, each on a doorbell of its own
 /// named in the reader's waiting line (as ipcd's threads, or two
 /// processes sharing an end, do); the writer rings every name it finds

@@ -5,9 +5,8 @@ use ipcd_proto::channel::ChannelError;
 use ipcd_proto::message::{ConnInfo, Fallback, Response, Side};
 use ipcd_proto::SockAddr;
 use ipcd_ring::ConnSegment;
-use std::os::fd::AsFd;
 
-use super::{has_room, peer_closed, port_zero, send_to, undeliverable, ConnRec, Daemon, NewConn, Pooled};
+use super::{peer_closed, port_zero, send_to, undeliverable, ConnRec, Daemon, NewConn, Pooled};
 use crate::log;
 use crate::log::Level;
 use crate::registry::Listener;
@@ -181,15 +180,19 @@ impl Daemon {
         // A reused segment is already mapped at both ends.
         let fds = [seg.fd()];
         let n = usize::from(!reused);
-        // The connector is answered first when the listener's channel has
-        // room: it then writes while the acceptor wakes, instead of waking
-        // after it (one connection at a time, 4 alternating runs: ~16 %
-        // more per second). Without room, the listener first, so that a
-        // connection it cannot take still gets the kernel's answer.
+        // The listener first: its `Incoming` is in its channel before the
+        // connector can make its next connection, which a standby may
+        // carry, so the acceptor that reads its channel sees them in the
+        // order they were made (as Linux's accept queue gives them); and
+        // a connection it cannot take still gets the kernel's answer. A
+        // process connecting to itself is answered first: both come on one
+        // channel, and at its fd limit the `Incoming`'s segment would take
+        // the fd its connect needs (its accept then fails with `EMFILE`,
+        // as it should); it reads the `Incoming` before its next accept.
         let answered = match answer {
             None => true,
             // One told later is answered at once.
-            Some(seq) if later || self.clients.get(&acceptor).is_some_and(|o| has_room(o.chan.as_fd())) => {
+            Some(seq) if later || token == acceptor => {
                 self.reply(token, seq, &Response::Connected(info_a), &fds[..n]);
                 true
             }
@@ -204,7 +207,7 @@ impl Daemon {
             (Some(_), true) if later => Ok(()),
             (Some(_), true) => {
                 seg.view().offer(to_pid);
-                let incoming = Response::Incoming { listener: id, info: info_b };
+                let incoming = Response::Incoming { listener: id, info: info_b, at: super::monotonic_ns() };
                 send_to(&mut self.clients, &mut self.watch, acceptor, 0, &incoming, &fds[..n])
             }
             (_, false) => Err(ChannelError::Closed),
@@ -215,8 +218,11 @@ impl Daemon {
                 self.doom(acceptor, undeliverable("cannot deliver", e));
             }
         }
-        if let (Err(_), false, Some(seq)) = (&sent, answered, answer) {
-            self.use_kernel(token, seq, Fallback::BacklogFull);
+        if let (Err(e), false, Some(seq)) = (&sent, answered, answer) {
+            // A full channel is a full accept queue; a closed one, a
+            // listener whose process went.
+            let reason = if e.is_would_block() { Fallback::BacklogFull } else { Fallback::NoListener };
+            self.use_kernel(token, seq, reason);
             if reused {
                 // Both still map it; a dropped listener's pool is emptied
                 // (and the connector told to forget it) with its client.

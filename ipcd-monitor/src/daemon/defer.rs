@@ -130,7 +130,11 @@ impl Daemon {
         let info: ConnInfo = rec.info[1];
         let (fresh, fds) = rec.fresh_end(Side::B);
         let n = if info.reused { 0 } else { fds.len() };
-        let incoming = Response::Incoming { listener: id, info: ConnInfo { reused: info.reused, ..fresh } };
+        let incoming = Response::Incoming {
+            listener: id,
+            info: ConnInfo { reused: info.reused, ..fresh },
+            at: super::monotonic_ns(),
+        };
         let sent = send_to(&mut self.clients, &mut self.watch, acceptor, 0, &incoming, &fds[..n]);
         log!(Level::Debug, "msg=\"deferred connection announced\" conn={conn} to_pid={to_pid}");
         if let Err(e) = sent {

@@ -123,9 +123,8 @@ impl Daemon {
             | Request::Release { conn, .. }
             | Request::Decline { conn }
             | Request::Accepted { conn } => self.promote(conn),
-            // A connect only needs its own (its stock of standbys); a
-            // process about to exec, its own and its listeners'.
-            Request::Connect { .. } => self.promote_where(|s| s.client == token),
+            // A process about to exec: its own and its listeners'. (Not
+            // a connect: its standbys in use are renewed, not spent.)
             Request::ExecPrepare => self.promote_where(|s| s.client == token || s.listener.0 == token),
             // A fork's parent is known by pid only; a report shows all.
             Request::Forked { .. } | Request::Status => self.promote_where(|_| true),
@@ -267,7 +266,7 @@ impl Daemon {
     }
 
     /// `Accepted`: the connection left its listener's queue.
-    fn accepted(&mut self, token: u64, conn: u64) {
+    pub(super) fn accepted(&mut self, token: u64, conn: u64) {
         let Some(rec) = self.conns.get_mut(&conn) else { return };
         if !rec.holders[1].contains(&token) {
             return;
@@ -295,7 +294,7 @@ impl Daemon {
     }
 
     /// `Close`: an end the client holds is released.
-    fn close(&mut self, token: u64, conn: u64, side: Side, keep: bool) {
+    pub(super) fn close(&mut self, token: u64, conn: u64, side: Side, keep: bool) {
         if !self.drop_holding(token, conn, side, "close") {
             return;
         }

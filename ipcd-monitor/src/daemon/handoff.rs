@@ -81,7 +81,14 @@ impl Daemon {
             // Only `t` may take it now: the one it waited for may still
             // read the old offer (see `take_from_idle`).
             rec.seg.view().offer(c.pid);
-            match send_to(&mut self.clients, &mut self.watch, t, 0, &Response::Incoming { listener: id, info }, &fds) {
+            match send_to(
+                &mut self.clients,
+                &mut self.watch,
+                t,
+                0,
+                &Response::Incoming { listener: id, info, at: super::monotonic_ns() },
+                &fds,
+            ) {
                 Ok(()) => {
                     sent = Some(t);
                     break;

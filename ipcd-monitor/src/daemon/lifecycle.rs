@@ -236,8 +236,14 @@ impl Daemon {
             }
             seg.offer(pid);
             let (info, fds) = rec.fresh_end(Side::B);
-            let sent =
-                send_to(&mut self.clients, &mut self.watch, token, 0, &Response::Incoming { listener, info }, &fds);
+            let sent = send_to(
+                &mut self.clients,
+                &mut self.watch,
+                token,
+                0,
+                &Response::Incoming { listener, info, at: super::monotonic_ns() },
+                &fds,
+            );
             if let Err(e) = sent {
                 // It stays held, and is reset as a dead acceptor's when
                 // this client goes.

@@ -288,6 +288,9 @@ struct Standby {
     dest: SockAddr,
     info: ConnInfo,
     seg: SharedSegment,
+    /// Its processes' renewals already in the totals (see
+    /// `Daemon::count_renewed`).
+    counted: u64,
 }
 
 /// Standby connections held per process and destination: a client that
@@ -297,13 +300,6 @@ const STANDBYS_PER_DEST: usize = 16;
 /// Segments kept per pair of processes (as many as the pair had open at
 /// once, up to this); the preload library keeps at most `MAX_CACHED`.
 const POOL_PER_PAIR: usize = 32;
-
-/// Whether a message can go on `chan` now (its peer's queue has room).
-fn has_room(chan: BorrowedFd<'_>) -> bool {
-    let mut p = libc::pollfd { fd: chan.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
-    // SAFETY: one live pollfd, no waiting.
-    unsafe { libc::poll(&mut p, 1, 0) == 1 && p.revents & libc::POLLOUT != 0 }
-}
 
 /// A connector's address before its own is known: `dest`'s address, port 0.
 fn port_zero(dest: SockAddr) -> SockAddr {
@@ -366,6 +362,8 @@ pub struct Daemon {
     local: LocalAddrs,
     started: Instant,
     connects_total: u64,
+    /// Of those, made by their processes alone (renewed standbys).
+    renewed_total: u64,
     fallbacks_total: u64,
     /// Of those, by reason (`Fallback::index`).
     fallbacks: [u64; ipcd_proto::FALLBACK_KINDS],
@@ -464,6 +462,7 @@ impl Daemon {
             local: LocalAddrs::default(),
             started: Instant::now(),
             connects_total: 0,
+            renewed_total: 0,
             fallbacks_total: 0,
             fallbacks: [0; ipcd_proto::FALLBACK_KINDS],
             reused_total: 0,
@@ -837,6 +836,15 @@ fn end_state(rec: &ConnRec, side: Side) -> EndState {
 /// (see `ConnSegment::close_dead_end`).
 fn end_gone(seg: &SharedSegment, side: Side, abort: bool) {
     let _ = seg.view().close_dead_end(ring_side(side), abort);
+}
+
+/// The monotonic clock in nanoseconds, as the library reads it: when a
+/// connection was made, for the accept order (see `Response::Incoming`).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a live timespec; CLOCK_MONOTONIC cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Where this run's segment and connection ids start: the start time in

@@ -6,7 +6,7 @@ use ipcd_proto::{ListenFlags, SockAddr};
 use ipcd_ring::ConnSegment;
 use std::os::fd::AsFd;
 
-use super::{port_zero, send_to, ConnRec, Daemon, NewConn, Standby, STANDBYS_PER_DEST};
+use super::{idx, port_zero, send_to, ConnRec, Daemon, Gone, NewConn, Standby, STANDBYS_PER_DEST};
 use crate::log;
 use crate::log::Level;
 use ipcd_ring::Ticket;
@@ -54,7 +54,13 @@ impl Daemon {
         // must find the `Expect` on its channel.
         let acceptor = listener.0;
         let to_pid = self.clients.get(&acceptor).map_or(0, |c| c.pid);
-        seg.view().expect(conn);
+        // Renewed by the pair itself after each connection (see
+        // `promote`), unless a tracer must see every connection.
+        if self.tracers.is_empty() {
+            seg.view().expect_renewable(conn);
+        } else {
+            seg.view().expect(conn);
+        }
         seg.view().offer(to_pid);
         let info_b = ConnInfo { side: Side::B, local: dest, peer: port_zero(dest), ..info };
         let fds_b = [seg.fd()];
@@ -92,17 +98,43 @@ impl Daemon {
             c.bells.insert(listener);
         }
         log!(Level::Debug, "msg=\"standby issued\" conn={conn} client={token} dest={dest} reused={reused}");
-        self.standbys.insert(conn, Standby { client: token, listener, dest, info, seg });
+        self.standbys.insert(conn, Standby { client: token, listener, dest, info, seg, counted: 0 });
     }
 
     /// Standby `conn`, if its connector connected through it (its ticket
     /// says so), becomes a connection in the records: the connector does
     /// not report it, so this runs whenever something may concern it.
+    /// `conn` may be a later round of a renewed standby (its two
+    /// processes renew it after each connection, telling nobody): the
+    /// ticket then names it, and the standby it came from is found by
+    /// its ticket (rare: only what is not routine names such a round).
     pub(super) fn promote(&mut self, conn: u64) {
-        let Some(sb) = self.standbys.get(&conn) else { return };
-        let Ticket::Connected(words) = sb.seg.view().ticket(conn) else { return };
+        let Some(key) = self.standby_key(conn) else { return };
+        let Some(sb) = self.standbys.get(&key) else { return };
+        let now = sb.seg.view().ticket_id();
+        // (A round of another ticket is a peer's scribble: its own loss.)
+        if !ipcd_ring::is_round_of(key, now) {
+            return;
+        }
+        let Some(promoted) = sb.seg.view().promote(now) else { return };
         let token = sb.client;
-        self.use_standby(token, conn, SockAddr::from_words(words));
+        self.use_standby(token, key, now, promoted);
+    }
+
+    /// The standby `conn` is a round of: itself, or the renewed one whose
+    /// ticket names it now.
+    fn standby_key(&self, conn: u64) -> Option<u64> {
+        if self.standbys.contains_key(&conn) {
+            return Some(conn);
+        }
+        if conn & ipcd_ring::RENEWED_ID == 0 || self.conns.contains_key(&conn) {
+            return None;
+        }
+        let id = conn & ipcd_ring::MAX_TICKET_ID;
+        // Only a round of the standby's own ticket: an id its processes
+        // wrote there that names another's connection is not believed.
+        let ours = |key: u64, s: &Standby| s.seg.view().ticket_id() == id && ipcd_ring::is_round_of(key, id);
+        self.standbys.iter().find(|(&key, s)| ours(key, s)).map(|(&key, _)| key)
     }
 
     /// [`Daemon::promote`] for every standby `pred` picks.
@@ -113,25 +145,43 @@ impl Daemon {
         }
     }
 
-    /// `token` connected through its standby `conn` from `source`: the
-    /// connection goes to the listener it was held for; if that listener
-    /// went meanwhile, the connector's end is closed as a dead acceptor's
-    /// would be (as a kernel connection queued on a listener that closes).
-    pub(super) fn use_standby(&mut self, token: u64, conn: u64, source: Option<SockAddr>) {
-        let Some(sb) = self.take_standby(token, conn) else {
+    /// `token` connected through its standby `key`, whose current round
+    /// is `conn`, as `promoted` says: the connection goes to the listener
+    /// it was held for, or to its acceptor if that took it already; if
+    /// the listener went before, the connector's end is closed as a dead
+    /// acceptor's would be (as a kernel connection queued on a listener
+    /// that closes). Ends that finished (closed, segment kept) are closed
+    /// in the records as their `Close` would have.
+    pub(super) fn use_standby(&mut self, token: u64, key: u64, conn: u64, promoted: ipcd_ring::Promoted) {
+        let Some(sb) = self.take_standby(token, key) else {
             log!(Level::Warn, "msg=\"use of an unknown standby\" client={token} conn={conn}");
             return;
         };
         let Standby { listener, dest, mut info, seg, .. } = sb;
+        info.conn = conn;
+        // A renewed round's segment is mapped at both ends already.
+        info.reused |= conn != key;
+        let source = SockAddr::from_words(promoted.addr);
         info.local = source.unwrap_or(info.local);
-        let live = self.registry.get(listener.0, listener.1).is_some() && self.clients.contains_key(&listener.0);
-        let new = NewConn { token, acceptor: listener.0, listener, seg, info_a: info, defer: 0, waiting: false };
+        let acceptor = listener.0;
+        let claimed = seg.view().claimed_by().is_some();
+        let live =
+            claimed || (self.registry.get(listener.0, listener.1).is_some() && self.clients.contains_key(&acceptor));
+        let new = NewConn { token, acceptor, listener, seg, info_a: info, defer: 0, waiting: false };
         if live {
             // The next one first: the listener, woken by its `Incoming`,
             // often runs before the rest of this, and may answer the
             // connector before its next standby was sent.
             self.issue_standby(token, listener, dest, true);
             self.deliver(new, None);
+            if claimed {
+                self.accepted(acceptor, conn);
+            }
+            for (side, holder) in [(Side::A, token), (Side::B, acceptor)] {
+                if promoted.done[idx(side)] {
+                    self.close(holder, conn, side, true);
+                }
+            }
             return;
         }
         // Recorded as delivered to an acceptor that went at once.
@@ -155,7 +205,12 @@ impl Daemon {
         };
         self.conns.insert(conn, rec);
         self.show_tracers(conn);
-        self.release(listener.0, conn, Side::B, true);
+        if promoted.done[0] {
+            self.close(token, conn, Side::A, true);
+        }
+        // Reset, as Linux resets what waits in a closed listener's queue
+        // (a dead acceptor's close would end it with a FIN).
+        self.let_go(listener.0, conn, Side::B, Gone::Released { abort: true });
     }
 
     /// Standby `conn`, if it is `token`'s.
@@ -163,14 +218,43 @@ impl Daemon {
         if self.standbys.get(&conn)?.client != token {
             return None;
         }
-        self.standbys.remove(&conn)
+        let sb = self.standbys.remove(&conn)?;
+        self.count_rounds(&sb);
+        Some(sb)
+    }
+
+    /// Connections made through renewed standbys (each renewal ends one;
+    /// their processes count them in the segment) go into the totals, as
+    /// if brokered. Before a report, and as a standby goes.
+    pub(super) fn count_renewed(&mut self) {
+        let mut new = 0;
+        for sb in self.standbys.values_mut() {
+            let rounds = sb.seg.view().rounds();
+            new += rounds.saturating_sub(sb.counted);
+            sb.counted = sb.counted.max(rounds);
+        }
+        self.add_renewed(new);
+    }
+
+    fn count_rounds(&mut self, sb: &Standby) {
+        self.add_renewed(sb.seg.view().rounds().saturating_sub(sb.counted));
+    }
+
+    fn add_renewed(&mut self, n: u64) {
+        // A count its processes keep: a wild one only inflates reports.
+        let n = n.min(u64::from(u32::MAX));
+        self.connects_total += n;
+        self.reused_total += n;
+        self.standby_total += n;
+        self.renewed_total += n;
     }
 
     /// Standby `conn` will not be used: its connector gave it back, or its
     /// acceptor could not map it (`token` is one of the two).
     pub(super) fn unused_standby(&mut self, token: u64, conn: u64) {
-        if self.standbys.get(&conn).is_some_and(|s| s.client == token || s.listener.0 == token) {
-            self.cancel_standby(conn);
+        let Some(key) = self.standby_key(conn) else { return };
+        if self.standbys.get(&key).is_some_and(|s| s.client == token || s.listener.0 == token) {
+            self.cancel_standby(key);
         }
     }
 
@@ -180,12 +264,15 @@ impl Daemon {
     /// acceptor at its `Expect`); the connector is told to drop it.
     pub(super) fn cancel_standby(&mut self, conn: u64) {
         let Some(sb) = self.standbys.get(&conn) else { return };
-        if let Ticket::Connected(_) = sb.seg.view().cancel(conn) {
+        // The round it is in (renewed ones are their processes' to count).
+        let now = sb.seg.view().ticket_id();
+        if let Ticket::Connected(_) = sb.seg.view().cancel(now) {
             self.promote(conn);
             return;
         }
         let Some(sb) = self.standbys.remove(&conn) else { return };
-        let _ = self.send(sb.client, 0, &Response::Withdraw { conn }, &[]);
+        self.count_rounds(&sb);
+        let _ = self.send(sb.client, 0, &Response::Withdraw { conn: now }, &[]);
         self.tell_forget(sb.client, sb.info.segment);
         self.tell_forget(sb.listener.0, sb.info.segment);
     }

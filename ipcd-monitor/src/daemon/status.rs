@@ -19,6 +19,7 @@ impl Daemon {
         if self.clients.get(&token).is_some_and(|c| !c.outbox.is_empty()) {
             return self.doom(token, "asked for a report before reading the last".into());
         }
+        self.count_renewed();
         let held = self.held_conns();
         // Connections both of whose ends are closed are over, whether or
         // not their holders' `Close` reached us yet (a process sends its
@@ -37,6 +38,7 @@ impl Daemon {
             fallbacks: self.fallbacks,
             reused_total: self.reused_total,
             standby_total: self.standby_total,
+            renewed_total: self.renewed_total,
             uptime_ms: self.started.elapsed().as_millis() as u64,
         };
         let mut out = vec![Response::Status(status)];

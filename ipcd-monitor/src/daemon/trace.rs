@@ -27,6 +27,10 @@ impl Daemon {
             return self.fail(token, seq, ErrorCode::NotOwner);
         }
         self.tracers.push(Tracer { token, pid, port });
+        // Renewed standbys would carry connections the monitor never sees:
+        // those in use become connections of its books, the idle ones
+        // go, and standbys are not renewable while a tracer is on.
+        self.withdraw_standbys(|_| true);
         let mut conns: Vec<u64> = self.conns.keys().copied().collect();
         conns.sort_unstable();
         for conn in conns {

@@ -136,6 +136,74 @@ pub(crate) fn forget_all() {
     drop(gone);
 }
 
+/// A closed end's segment, kept for the next round of its renewed
+/// standby (see [`Link::finish`]): its ticket is read from here, without
+/// the cache's lock, until that round can be attached.
+pub(crate) struct Renewal {
+    /// A view of `map` (declared first: it points there).
+    seg: Segment,
+    map: Mapping,
+    /// The round that closed.
+    prev: u64,
+}
+
+impl Renewal {
+    /// The next round's ticket, `conn` being its id.
+    pub(crate) fn ticket(&self, conn: u64) -> ipcd_ring::Ticket {
+        self.seg.ticket(conn)
+    }
+
+    /// Whether the peer's end of the last round is still to finish (or
+    /// is renewing the segment): false once renewed, promoted or
+    /// cancelled.
+    pub(crate) fn awaited(&self) -> bool {
+        self.seg.awaits_renewal(self.prev)
+    }
+
+    /// The monitor's id of the segment.
+    pub(crate) fn segment(&self) -> u64 {
+        self.map.segment
+    }
+
+    /// When the next round's connector connected (see `Link::connected_at`).
+    pub(crate) fn connected_at(&self) -> u64 {
+        self.seg.connected_at()
+    }
+
+    /// The next round's end.
+    pub(crate) fn attach(self, info: &ConnInfo) -> Result<Link, AttachError> {
+        Link::attach_renewed(info, self)
+    }
+
+    /// Not renewed after all (promoted or cancelled): kept with the
+    /// closed ends' segments, where the monitor's `Forget` or its reuse
+    /// of the segment finds it.
+    pub(crate) fn keep(self) {
+        let mut c = cache();
+        if c.len() < MAX_CACHED {
+            c.push(self.map);
+        }
+    }
+}
+
+/// How the round a [`Link::finish`] ended stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Round {
+    /// Renewed here: the next round's ticket is expected.
+    Renewed,
+    /// The peer's end renews it when it finishes.
+    Awaited,
+    /// The monitor cancelled it while it was renewed: not used again.
+    Cancelled,
+}
+
+/// What [`Link::finish`] left: the next round's id and the segment.
+pub(crate) struct Finished {
+    pub next: u64,
+    pub state: Round,
+    pub renewal: Renewal,
+}
+
 /// A mapped segment and our end of it.
 pub(crate) struct Link {
     /// Our side's sending ring.
@@ -185,6 +253,56 @@ impl Link {
         let link = Link { tx, rx, conn: info.conn, seg, side, shared: false, send_limit: 0, map };
         link.name_self();
         Ok(link)
+    }
+
+    /// The end of a renewed standby's next round, over the segment its
+    /// last round left in `renewal` (see [`Link::finish`]).
+    fn attach_renewed(info: &ConnInfo, renewal: Renewal) -> Result<Link, AttachError> {
+        let Renewal { map, .. } = renewal;
+        let side = ring_side(info.side);
+        // SAFETY: as in `attach`: a live shared mapping of `len` bytes.
+        let seg = unsafe { Segment::attach(map.base, map.len) }.map_err(AttachError::Ring)?;
+        if seg.conn_id() != info.conn || map.side != side {
+            return Err(AttachError::Size);
+        }
+        // SAFETY: as in `attach`.
+        let (tx, rx) = unsafe { seg.endpoint(side) }.map_err(AttachError::Ring)?;
+        let link = Link { tx, rx, conn: info.conn, seg, side, shared: false, send_limit: 0, map };
+        link.name_self();
+        Ok(link)
+    }
+
+    /// Whether this end's connection is renewed by its two processes when
+    /// both closed (its standby's ticket says so, and no fork shares it).
+    pub(crate) fn renewable(&self) -> bool {
+        !self.shared && self.seg.renewable(self.conn)
+    }
+
+    /// The end is closed (in the ring) and this process was its only
+    /// holder: if the connection is renewable, its segment is kept for
+    /// the next round (see `ConnSegment::finish`), renewed here if the
+    /// peer's end finished first, and the link is to become that round's
+    /// [`Renewal`] ([`Link::into_finished`]). `None` if it is not: it
+    /// then closes through the monitor as any other.
+    pub(crate) fn finish(&self) -> Option<Round> {
+        if !self.renewable() {
+            return None;
+        }
+        match self.seg.finish(self.conn, self.side) {
+            ipcd_ring::Finish::Not => None,
+            ipcd_ring::Finish::First => Some(Round::Awaited),
+            ipcd_ring::Finish::Last if self.seg.renew(self.conn, ipcd_ring::next_ticket_id(self.conn)) => {
+                Some(Round::Renewed)
+            }
+            ipcd_ring::Finish::Last => Some(Round::Cancelled),
+        }
+    }
+
+    /// What a [`Link::finish`] that said `state` leaves.
+    pub(crate) fn into_finished(self, state: Round) -> Finished {
+        let (prev, next) = (self.conn, ipcd_ring::next_ticket_id(self.conn));
+        let Link { seg, map, .. } = self;
+        Finished { next, state, renewal: Renewal { seg, map, prev } }
     }
 
     /// Maps a segment the monitor sent (it is then ours to unmap).
@@ -250,8 +368,16 @@ impl Link {
     /// Connects through this standby's ticket from `addr`: `None` if it
     /// was cancelled (the connection was not made), else whether an
     /// acceptor watched it (and needs no wake-up; see `ConnSegment::connect`).
-    pub(crate) fn connect_ticket(&self, addr: [u32; 8]) -> Option<bool> {
+    pub(crate) fn connect_ticket(&self, addr: [u32; 8], after_brokered: bool) -> Option<bool> {
+        let at = crate::conn::wait::monotonic_ns() & !crate::control::AFTER_BROKERED;
+        self.seg.set_connected_at(at | u64::from(after_brokered));
         self.seg.connect(self.conn, addr)
+    }
+
+    /// When this expected end's connector connected (its word: a hint for
+    /// the accept order).
+    pub(crate) fn connected_at(&self) -> u64 {
+        self.seg.connected_at()
     }
 
     /// An acceptor starts or stops watching this expected end's ticket

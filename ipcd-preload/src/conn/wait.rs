@@ -133,7 +133,8 @@ pub(crate) fn now_ms() -> u64 {
     monotonic_ns() / 1_000_000
 }
 
-fn monotonic_ns() -> u64 {
+/// Nanoseconds of the monotonic clock (vDSO: no system call).
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a live timespec; CLOCK_MONOTONIC cannot fail (vDSO).
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };

@@ -63,6 +63,9 @@ pub(crate) struct Stream {
     pub refused: bool,
     /// The program shut the connection down while it was still waiting.
     pub shut_waiting: bool,
+    /// The listener an accepted end of a renewable connection came from:
+    /// its next round waits in that listener's queue (see `stream::let_go`).
+    pub listener: Option<u64>,
 }
 
 impl Stream {
@@ -88,6 +91,7 @@ impl Stream {
             connect_error: 0,
             refused: false,
             shut_waiting: false,
+            listener: None,
         }
     }
 

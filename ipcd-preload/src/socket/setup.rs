@@ -288,7 +288,14 @@ pub(crate) fn connect(fd: libc::c_int, sock: &Socket, dest: SockAddr) -> Connect
         return done;
     }
     let req = Request::Connect { dest, source, nonblocking: sock.nonblocking() };
-    let Some((resp, fds)) = control::with(|c| c.call(&req, &[])) else {
+    let answer = control::with(|c| {
+        let answer = c.call(&req, &[])?;
+        if let (Response::Connected(_), _) = &answer {
+            c.brokered(dest);
+        }
+        Ok(answer)
+    });
+    let Some((resp, fds)) = answer else {
         crate::socket::fallbacks::count(Fallback::NoMonitor);
         return Connect::Kernel;
     };
@@ -345,16 +352,23 @@ fn connect_standby(
 ) -> Option<Connect> {
     // One in hand is used without reading the channel (its refills wait
     // there until the hand is empty: one read for many connects).
-    let mut info = control::with(|c| match c.take_standby(&dest) {
-        Some(info) => Ok(Some(info)),
-        None if c.expects_standbys() => c.drain().map(|()| c.take_standby(&dest)),
-        None => Ok(None),
+    let (mut info, renewal, after_brokered) = control::with(|c| {
+        let taken = match c.take_standby(&dest) {
+            Some(taken) => Some(taken),
+            None if c.expects_standbys() => c.drain().map(|()| c.take_standby(&dest))?,
+            None => None,
+        };
+        Ok(taken.map(|(info, renewal)| (info, renewal, c.brokered_lately(&dest))))
     })??;
     let conn = info.conn;
     info.local = source.unwrap_or(info.local);
-    match Link::attach(&info, Vec::new()) {
+    let attached = match renewal {
+        Some(r) => r.attach(&info),
+        None => Link::attach(&info, Vec::new()),
+    };
+    match attached {
         Ok(link) => {
-            let Some(watched) = link.connect_ticket(info.local.to_words()) else {
+            let Some(watched) = link.connect_ticket(info.local.to_words(), after_brokered) else {
                 // Cancelled (its listener went): the monitor has us drop
                 // and unmap it; ask it instead.
                 log!(Level::Debug, "standby {conn} to {dest} was withdrawn; asking the monitor");
@@ -499,21 +513,27 @@ fn refetch(conn: u64) -> Option<Vec<OwnedFd>> {
 }
 
 /// Makes an accepted ipcd connection into a new fd; `pid` is ours.
-fn accepted(sock: &Socket, pending: Pending, pid: u32, flags: libc::c_int) -> Result<(libc::c_int, SockAddr), Refused> {
+fn accepted(
+    sock: &Socket,
+    listener: u64,
+    pending: Pending,
+    pid: u32,
+    flags: libc::c_int,
+) -> Result<(libc::c_int, SockAddr), Refused> {
     let (conn, side) = (pending.info().conn, pending.info().side);
     let fail = |e: libc::c_int| {
         let _ = control::with(|c| c.notify(&Request::Close { conn, side, keep: false }));
         e
     };
     let (info, link) = match pending {
-        Pending::Told(info, fds) => {
+        Pending::Told(info, fds, _) => {
             let fds = match fds {
                 // Its fds were lost (the process was at its fd limit when
                 // the monitor sent them): ask again, or fail as the
                 // kernel's accept does at the limit, the connection kept.
                 fds if fds.is_empty() && !info.reused => match refetch(conn) {
                     Some(fds) => fds,
-                    None => return Err(Refused::Again(Pending::Told(info, Vec::new()))),
+                    None => return Err(Refused::Again(Pending::Told(info, Vec::new(), 0))),
                 },
                 fds => fds,
             };
@@ -525,6 +545,14 @@ fn accepted(sock: &Socket, pending: Pending, pid: u32, flags: libc::c_int) -> Re
             (info, link)
         }
         Pending::Expected(info, link) => (info, *link),
+        // Connected just after the queue last looked (see `Queue::refresh`).
+        Pending::Renewing(info, r) => match r.attach(&info) {
+            Ok(link) => (info, link),
+            Err(e) => {
+                log!(Level::Debug, "renewed connection {conn} cannot be attached ({e})");
+                return Err(Refused::Failed(libc::ECONNABORTED));
+            }
+        },
     };
     if !link.claim(pid) {
         // Handed to a process that accepts while it waited here: its
@@ -544,8 +572,12 @@ fn accepted(sock: &Socket, pending: Pending, pid: u32, flags: libc::c_int) -> Re
     };
     let fd = made.fd;
     let peer = info.peer;
+    // After the claim (see `ConnSegment::claim`): a renewable end is not
+    // reported, the monitor learns it from the claim if it promotes it.
+    let renewable = link.renewable();
     let mut stream = Stream::new(link, info, false);
     stream.bound = made.bound;
+    stream.listener = renewable.then_some(listener);
     let new = Arc::new(Socket::new(sock.family, flags & libc::SOCK_NONBLOCK != 0, State::Stream(Box::new(stream))));
     new.set_clean();
     made.lend_to(&new);
@@ -561,10 +593,12 @@ fn accepted(sock: &Socket, pending: Pending, pid: u32, flags: libc::c_int) -> Re
         return Err(Refused::Failed(fail(libc::EMFILE)));
     }
     made.installed(&installed);
-    let _ = control::with(|c| {
-        c.accepted(conn);
-        Ok(())
-    });
+    if !renewable {
+        let _ = control::with(|c| {
+            c.accepted(conn);
+            Ok(())
+        });
+    }
     Ok((fd, for_family(peer, sock.family)))
 }
 
@@ -635,7 +669,7 @@ pub(crate) unsafe fn accept(
             Ok(c.pop_incoming(id).map(|p| (p, c.seen_pid())))
         });
         if let Some(Some((pending, pid))) = next {
-            match accepted(sock, pending, pid, flags) {
+            match accepted(sock, id, pending, pid, flags) {
                 Ok((newfd, peer)) => {
                     // A buffer that faults loses only the address.
                     write_addr(peer, addr, len);
@@ -838,12 +872,12 @@ pub(crate) fn close_listener(id: u64, shared: bool, passed: bool) {
         c.drain()?;
         for pending in c.take_incoming(id) {
             let (info, link) = match pending {
-                Pending::Told(info, fds) if shared => {
+                Pending::Told(info, fds, _) if shared => {
                     drop(fds);
                     c.notify(&Request::Decline { conn: info.conn })?;
                     continue;
                 }
-                Pending::Told(info, fds) => (info, Link::attach(&info, fds).ok()),
+                Pending::Told(info, fds, _) => (info, Link::attach(&info, fds).ok()),
                 // Never connected: the monitor cancelled it with the
                 // listener (or does now) and has both unmap it.
                 Pending::Expected(_, link) if !matches!(link.cancel_ticket(), Ticket::Connected(_)) => {
@@ -851,6 +885,12 @@ pub(crate) fn close_listener(id: u64, shared: bool, passed: bool) {
                     continue;
                 }
                 Pending::Expected(info, link) => (info, Some(*link)),
+                // Its last round is the monitor's now (promoted with the
+                // listener), the next one never comes.
+                Pending::Renewing(_, r) => {
+                    r.keep();
+                    continue;
+                }
             };
             match link {
                 // Taken from us for another process: not ours to reset.

@@ -716,9 +716,22 @@ pub(crate) fn let_go(mut stream: Stream, linger_zero: bool, may_keep: bool) {
     // Only the monitor that made it knows the connection, and may reuse
     // its segment.
     let known = stream.monitor == control::monitor();
-    let keep = may_keep && known && stream.link.keep();
+    let monitor = stream.monitor;
+    let Stream { link, info, listener, .. } = stream;
+    // A renewable one (a standby's, not shared) tells nobody: the two
+    // processes renew it for their next connection.
+    // (Finishing moves the ticket on: only when it is to be renewed.)
+    if let Some(state) = (known && may_keep).then(|| link.finish()).flatten() {
+        let finished = link.into_finished(state);
+        let _ = control::with(|c| {
+            c.renewed(info, listener, finished);
+            Ok(())
+        });
+        return;
+    }
+    let keep = may_keep && known && link.keep();
     if known {
-        let _ = control::notify_monitor(stream.monitor, &Request::Close { conn, side, keep });
+        let _ = control::notify_monitor(monitor, &Request::Close { conn, side, keep });
     }
 }
 

@@ -430,9 +430,10 @@ impl Response {
             Response::Error { code } => code.encode(w),
             Response::Connected(info) | Response::Reopened(info) => info.encode(w),
             Response::UseKernel { reason } => reason.encode(w),
-            Response::Incoming { listener, info } => {
+            Response::Incoming { listener, info, at } => {
                 w.u64(listener);
                 info.encode(w);
+                w.u64(at);
             }
             Response::PeerGone { conn } => w.u64(conn),
             Response::Forget { segment } => w.u64(segment),
@@ -468,6 +469,7 @@ impl Response {
                 w.u64(s.connects_total);
                 w.u64(s.reused_total);
                 w.u64(s.standby_total);
+                w.u64(s.renewed_total);
                 w.u64(s.fallbacks_total);
                 for n in s.fallbacks {
                     w.u64(n);
@@ -530,7 +532,7 @@ impl Response {
             0x0203 => Response::Error { code: ErrorCode::decode(r)? },
             0x0204 => Response::Connected(ConnInfo::decode(r)?),
             0x0205 => Response::UseKernel { reason: Fallback::decode(r)? },
-            0x0206 => Response::Incoming { listener: r.u64()?, info: ConnInfo::decode(r)? },
+            0x0206 => Response::Incoming { listener: r.u64()?, info: ConnInfo::decode(r)?, at: r.u64()? },
             0x0207 => Response::PeerGone { conn: r.u64()? },
             0x020c => Response::Forget { segment: r.u64()? },
             0x020d => {
@@ -550,6 +552,7 @@ impl Response {
                 connects_total: r.u64()?,
                 reused_total: r.u64()?,
                 standby_total: r.u64()?,
+                renewed_total: r.u64()?,
                 fallbacks_total: r.u64()?,
                 fallbacks: {
                     let mut n = [0; FALLBACK_KINDS];

@@ -239,6 +239,10 @@ pub struct Status {
     /// Of those, how many a process took from a standby (`Use`), without
     /// waiting for an answer.
     pub standby_total: u64,
+    /// Of those, how many the two processes made alone, through a standby
+    /// they renewed after their last connection (no message to the
+    /// monitor: counted from the rounds the segment records).
+    pub renewed_total: u64,
     /// Connects sent to the kernel since start.
     pub fallbacks_total: u64,
     /// Of those, how many for each reason, in [`Fallback::ALL`]'s order.
@@ -646,6 +650,10 @@ pub enum Response {
         listener: u64,
         /// The new connection.
         info: ConnInfo,
+        /// When the monitor made it (`CLOCK_MONOTONIC`, ns): accepts take
+        /// connections in the order they were made, whether the monitor
+        /// or a standby carried them.
+        at: u64,
     },
     /// Event: the process holding the other end died. No fds.
     PeerGone {

@@ -62,7 +62,8 @@ mod diff;
 mod serve;
 
 use checks::{
-    data::*, exec::*, fork::*, kept::*, lifecycle::*, limits::*, pass::*, readiness::*, relay::*, signals::*,
+    data::*, exec::*, fork::*, kept::*, lifecycle::*, limits::*, pass::*, readiness::*, relay::*, renewal::*,
+    signals::*,
 };
 use diff::*;
 use serve::*;
@@ -172,6 +173,10 @@ const CHECKS: &[Check] = &[
     ("kept-kernel-peer", kept_kernel_peer),
     ("fork-recycle", fork_while_sockets_recycle),
     ("sleeping-acceptor", sleeping_acceptor_wakes),
+    ("renewal", renewal_rounds),
+    ("renewal-death", renewal_death),
+    ("renewal-fork-listener", renewal_fork_and_listener),
+    ("accept-order", renewal_accept_order),
     ("burst", burst),
     ("inherited-options", inherited_options),
     ("tcp-info", tcp_info),

@@ -11,4 +11,5 @@ pub(crate) mod limits;
 pub(crate) mod pass;
 pub(crate) mod readiness;
 pub(crate) mod relay;
+pub(crate) mod renewal;
 pub(crate) mod signals;

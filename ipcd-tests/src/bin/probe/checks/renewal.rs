@@ -1,0 +1,373 @@
+//! Renewed standbys: a pair's later connections set up without the
+//! monitor, every round whole and addressed right whichever end closes
+//! first, and what a death, a fork or a closing listener does to a round
+//! in flight.
+
+use ipcd_tests::net;
+
+use crate::checks::fork::{fork, in_child, set_timeout, wait_child};
+use crate::*;
+
+/// Connections in [`renewal_rounds`].
+const ROUNDS: usize = 300;
+
+/// One request of [`renewal_rounds`]: the round, the client's port, a
+/// pattern of the round.
+fn request(round: usize, port: u16) -> [u8; 64] {
+    let mut m = [0u8; 64];
+    m[..8].copy_from_slice(&(round as u64).to_le_bytes());
+    m[8..10].copy_from_slice(&port.to_le_bytes());
+    for (i, b) in m[10..].iter_mut().enumerate() {
+        *b = (round * 7 + i) as u8;
+    }
+    m
+}
+
+/// Reads until the end of stream; error if bytes come instead.
+fn expect_eof(fd: i32) -> Res {
+    let mut b = [0u8; 8];
+    let n = net::read_some(fd, &mut b).map_err(f)?;
+    ensure!(n == 0, "{n} bytes where the end of stream was due");
+    Ok(())
+}
+
+/// A forked client makes `ROUNDS` connections one after another (every
+/// 50th with a second one open beside it), each a 64-byte request and its
+/// reversal; who closes first turns with the round (client, server, or
+/// the client's `SHUT_WR` first). The server checks each request and that
+/// its accept and `getpeername` name the client's own port.
+pub(crate) fn renewal_rounds() -> Res {
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    set_timeout(l, 10)?;
+    let pid = fork()?;
+    if pid == 0 {
+        in_child(|| {
+            net::close(l);
+            let one = |round: usize| -> Result<i32, String> {
+                let c = net::connect_loopback(false, port).map_err(f)?;
+                set_timeout(c, 10)?;
+                let m = request(round, net::local_port(c).map_err(f)?);
+                net::send_all(c, &m).map_err(f)?;
+                let mut back = [0u8; 64];
+                net::read_exact(c, &mut back).map_err(f)?;
+                back.reverse();
+                ensure!(back == m, "round {round}: the reply is not the request reversed");
+                Ok(c)
+            };
+            let mut round = 0;
+            while round < ROUNDS {
+                let mut open = vec![(one(round)?, round)];
+                if round % 50 == 49 {
+                    round += 1;
+                    open.push((one(round)?, round));
+                }
+                for (c, round) in open {
+                    match round % 3 {
+                        0 => {}
+                        1 => expect_eof(c)?,
+                        _ => {
+                            // SAFETY: plain shutdown of our socket.
+                            cvt("shutdown", unsafe { libc::shutdown(c, libc::SHUT_WR) }).map_err(f)?;
+                            expect_eof(c)?;
+                        }
+                    }
+                    net::close(c);
+                }
+                round += 1;
+            }
+            Ok(())
+        });
+    }
+    let serve = |s: i32| -> Result<usize, String> {
+        set_timeout(s, 10)?;
+        let mut m = [0u8; 64];
+        net::read_exact(s, &mut m).map_err(f)?;
+        let round = u64::from_le_bytes(m[..8].try_into().unwrap()) as usize;
+        let client_port = u16::from_le_bytes([m[8], m[9]]);
+        ensure!(m == request(round, client_port), "round {round}: request torn");
+        ensure!(net::name(s, true).map_err(f)?.1 == client_port, "round {round}: getpeername is not the client");
+        let mut back = m;
+        back.reverse();
+        net::send_all(s, &back).map_err(f)?;
+        Ok(round)
+    };
+    let mut served = 0;
+    while served < ROUNDS {
+        let s = net::accept(l).map_err(f)?;
+        let mut open = vec![(s, serve(s)?)];
+        if served % 50 == 49 {
+            let s = net::accept(l).map_err(f)?;
+            open.push((s, serve(s)?));
+        }
+        served += open.len();
+        for (s, round) in open {
+            match round % 3 {
+                // The client closes (or shuts down) first.
+                0 | 2 => expect_eof(s)?,
+                _ => {}
+            }
+            net::close(s);
+        }
+    }
+    net::close(l);
+    wait_child(pid)
+}
+
+/// A few connections so that the pair's standby is renewed, then one more
+/// from a process that dies holding it: the survivor reads the end of
+/// stream. Then the other way round: a server that dies with a renewed
+/// round open leaves its client the end of stream (or a reset).
+pub(crate) fn renewal_death() -> Res {
+    // Enough for the first connections' closes to reach the monitor (they
+    // go held back, with a later request) and a standby to be renewed.
+    const WARM: usize = 20;
+    let echo = |s: i32| -> Res {
+        let mut b = [0u8; 1];
+        net::read_exact(s, &mut b).map_err(f)?;
+        net::send_all(s, &b).map_err(f)?;
+        Ok(())
+    };
+    let ask = |c: i32| -> Res {
+        net::send_all(c, b"r").map_err(f)?;
+        let mut b = [0u8; 1];
+        net::read_exact(c, &mut b).map_err(f)
+    };
+    // The client dies.
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    set_timeout(l, 10)?;
+    let pid = fork()?;
+    if pid == 0 {
+        in_child(|| {
+            net::close(l);
+            for _ in 0..WARM {
+                let c = net::connect_loopback(false, port).map_err(f)?;
+                ask(c)?;
+                net::close(c);
+            }
+            let c = net::connect_loopback(false, port).map_err(f)?;
+            ask(c)?;
+            // SAFETY: dies at once, as a crash would, holding `c`.
+            unsafe { libc::raise(libc::SIGKILL) };
+            Ok(())
+        });
+    }
+    for _ in 0..WARM {
+        let s = net::accept(l).map_err(f)?;
+        echo(s)?;
+        net::close(s);
+    }
+    let s = net::accept(l).map_err(f)?;
+    set_timeout(s, 10)?;
+    echo(s)?;
+    expect_eof(s).map_err(|e| format!("after the client died: {e}"))?;
+    net::close(s);
+    let mut status = 0;
+    // SAFETY: our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    ensure!(libc::WIFSIGNALED(status), "the client did not die as planned ({status:#x})");
+    net::close(l);
+
+    // The server dies.
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    set_timeout(l, 10)?;
+    let pid = fork()?;
+    if pid == 0 {
+        in_child(|| {
+            for _ in 0..WARM {
+                let s = net::accept(l).map_err(f)?;
+                echo(s)?;
+                net::close(s);
+            }
+            let s = net::accept(l).map_err(f)?;
+            echo(s)?;
+            // SAFETY: as above, holding `s` and the listener.
+            unsafe { libc::raise(libc::SIGKILL) };
+            Ok(())
+        });
+    }
+    net::close(l);
+    for _ in 0..WARM {
+        let c = net::connect_loopback(false, port).map_err(f)?;
+        ask(c)?;
+        net::close(c);
+    }
+    let c = net::connect_loopback(false, port).map_err(f)?;
+    set_timeout(c, 10)?;
+    ask(c)?;
+    let mut b = [0u8; 8];
+    // SAFETY: a buffer of its length.
+    let n = unsafe { libc::recv(c, b.as_mut_ptr().cast(), b.len(), 0) };
+    ensure!(n == 0 || (n < 0 && errno() == libc::ECONNRESET), "after the server died: recv {n} (errno {})", errno());
+    net::close(c);
+    let mut status = 0;
+    // SAFETY: our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    ensure!(libc::WIFSIGNALED(status), "the server did not die as planned ({status:#x})");
+    Ok(())
+}
+
+/// A server forks (as redis does to save) while it holds a renewed round;
+/// the child exits at once. The round goes on whole in the parent, its
+/// close reaches the client, and the pair's later connections work.
+/// Then the listener closes: a round connected but not accepted is reset
+/// (Linux resets a closed listener's queue), an accepted one goes on, and
+/// the next connect is refused.
+pub(crate) fn renewal_fork_and_listener() -> Res {
+    const WARM: usize = 20;
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    set_timeout(l, 10)?;
+    let (go_r, go_w) = {
+        let mut p = [0i32; 2];
+        // SAFETY: room for two fds.
+        cvt("pipe", unsafe { libc::pipe(p.as_mut_ptr()) }).map_err(f)?;
+        (p[0], p[1])
+    };
+    let pid = fork()?;
+    if pid == 0 {
+        in_child(|| {
+            net::close(l);
+            net::close(go_w);
+            for i in 0..2 * WARM + 1 {
+                let c = net::connect_loopback(false, port).map_err(f)?;
+                set_timeout(c, 10)?;
+                let m = [i as u8; 32];
+                for _ in 0..3 {
+                    net::send_all(c, &m).map_err(f)?;
+                    let mut back = [0u8; 32];
+                    net::read_exact(c, &mut back).map_err(f)?;
+                    ensure!(back == m, "connection {i}: echo differs");
+                }
+                net::close(c);
+            }
+            // One the server accepts, one it leaves queued; then it
+            // closes its listener.
+            let kept = net::connect_loopback(false, port).map_err(f)?;
+            set_timeout(kept, 10)?;
+            let mut b = [0u8; 1];
+            net::send_all(kept, b"k").map_err(f)?;
+            net::read_exact(kept, &mut b).map_err(f)?;
+            let queued = net::connect_loopback(false, port).map_err(f)?;
+            set_timeout(queued, 10)?;
+            net::send_all(kept, b"q").map_err(f)?;
+            // The server says its listener is closed.
+            // SAFETY: a one-byte buffer.
+            let n = unsafe { libc::read(go_r, b.as_mut_ptr().cast(), 1) };
+            ensure!(n == 1, "the server did not say its listener closed ({n})");
+            let mut buf = [0u8; 8];
+            // SAFETY: a buffer of its length.
+            let n = unsafe { libc::recv(queued, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            ensure!(
+                n < 0 && errno() == libc::ECONNRESET,
+                "a connection queued on a closed listener: recv {n} (errno {})",
+                errno()
+            );
+            net::close(queued);
+            net::send_all(kept, b"z").map_err(f)?;
+            net::read_exact(kept, &mut b).map_err(f)?;
+            ensure!(&b == b"z", "the accepted connection lost its echo");
+            net::close(kept);
+            let refused = net::connect_loopback(false, port);
+            ensure!(refused.is_err(), "a connect after the listener closed went through");
+            Ok(())
+        });
+    }
+    net::close(go_r);
+    let echo3 = |s: i32| -> Res {
+        for _ in 0..3 {
+            let mut m = [0u8; 32];
+            net::read_exact(s, &mut m).map_err(f)?;
+            net::send_all(s, &m).map_err(f)?;
+        }
+        Ok(())
+    };
+    for i in 0..2 * WARM + 1 {
+        let s = net::accept(l).map_err(f)?;
+        set_timeout(s, 10)?;
+        if i == WARM {
+            // Mid-round: a child that exits at once, holding a copy.
+            let mut m = [0u8; 32];
+            net::read_exact(s, &mut m).map_err(f)?;
+            let child = fork()?;
+            if child == 0 {
+                // SAFETY: leaves at once, as a save child that is done.
+                unsafe { libc::_exit(0) };
+            }
+            wait_child(child)?;
+            net::send_all(s, &m).map_err(f)?;
+            for _ in 0..2 {
+                net::read_exact(s, &mut m).map_err(f)?;
+                net::send_all(s, &m).map_err(f)?;
+            }
+        } else {
+            echo3(s)?;
+        }
+        expect_eof(s)?;
+        net::close(s);
+    }
+    let kept = net::accept(l).map_err(f)?;
+    set_timeout(kept, 10)?;
+    let mut b = [0u8; 1];
+    net::read_exact(kept, &mut b).map_err(f)?;
+    ensure!(&b == b"k", "the first connection after the rounds is not the one accepted");
+    net::send_all(kept, b"a").map_err(f)?;
+    // The second is connected (queued here) once the client says so.
+    net::read_exact(kept, &mut b).map_err(f)?;
+    net::close(l);
+    // SAFETY: one byte from a live buffer.
+    cvt("write", unsafe { libc::write(go_w, b"g".as_ptr().cast(), 1) }).map_err(f)?;
+    net::close(go_w);
+    net::read_exact(kept, &mut b).map_err(f)?;
+    net::send_all(kept, &b).map_err(f)?;
+    expect_eof(kept)?;
+    net::close(kept);
+    wait_child(pid)
+}
+
+/// Connections come out of accept in the order they were made, as from
+/// Linux's accept queue, also when several renewed standbys of one pair
+/// (renewed in another order than their connector takes them) carry them.
+pub(crate) fn renewal_accept_order() -> Res {
+    const BURSTS: usize = 30;
+    const AT_ONCE: usize = 4;
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    set_timeout(l, 10)?;
+    let pid = fork()?;
+    if pid == 0 {
+        in_child(|| {
+            net::close(l);
+            for burst in 0..BURSTS {
+                let mut open = Vec::new();
+                for i in 0..AT_ONCE {
+                    let c = net::connect_loopback(false, port).map_err(f)?;
+                    net::send_all(c, &[i as u8]).map_err(f)?;
+                    open.push(c);
+                }
+                // Closed in turns of order, so the standbys are renewed
+                // in another order each burst.
+                let rot = burst % AT_ONCE;
+                open.rotate_left(rot);
+                for c in open {
+                    net::close(c);
+                }
+            }
+            Ok(())
+        });
+    }
+    for burst in 0..BURSTS {
+        let mut open = Vec::new();
+        for i in 0..AT_ONCE {
+            let s = net::accept(l).map_err(f)?;
+            set_timeout(s, 10)?;
+            let mut b = [0u8; 1];
+            net::read_exact(s, &mut b).map_err(f)?;
+            ensure!(b[0] as usize == i, "burst {burst}: accept {i} gave the connection made {}th", b[0]);
+            open.push(s);
+        }
+        for s in open {
+            expect_eof(s)?;
+            net::close(s);
+        }
+    }
+    net::close(l);
+    wait_child(pid)
+}
