@@ -118,7 +118,8 @@ fuzz_target!(|data: &[u8]| {
             _ => {
                 // The peer writes a word of the header: the ticket, the
                 // rounds, the connect time or the offer.
-                let at = [offsets::TICKET, offsets::ROUNDS, offsets::CONNECTED_AT, offsets::OFFER][usize::from(arg % 4)];
+                let at =
+                    [offsets::TICKET, offsets::ROUNDS, offsets::CONNECTED_AT, offsets::OFFER][usize::from(arg % 4)];
                 let word = u64::from_le_bytes(core::array::from_fn(|k| ops.get(1 + k).copied().unwrap_or(arg)));
                 // SAFETY: an aligned u64 inside the region's header (at the
                 // offer, it covers the admission word after it too).
