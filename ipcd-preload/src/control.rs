@@ -31,7 +31,8 @@ struct HeldStandby {
 /// A connection waiting in a listener's accept queue.
 pub(crate) enum Pending {
     /// Told by `Incoming`: connected; its segment is mapped at accept.
-    /// With when it was told (`monotonic_ns`), for the accept order.
+    /// With when the monitor made it (`monotonic_ns`), for the accept
+    /// order.
     Told(ConnInfo, Vec<OwnedFd>, u64),
     /// Told by `Expect` before its connector used it (a standby): mapped
     /// already, and taken once its ticket says connected.
@@ -226,8 +227,10 @@ impl Queue {
         self.items.iter().any(|p| matches!(p.look(), Look::Ready(..)))
     }
 
+    /// Whether connections are expected without the monitor: standbys
+    /// (a renewed one's next round included).
     fn expects(&self) -> bool {
-        self.items.iter().any(|p| matches!(p, Pending::Expected(..)))
+        self.items.iter().any(|p| matches!(p, Pending::Expected(..) | Pending::Renewing(..)))
     }
 
     /// Marks every expected connection's ticket watched (nobody of ours
@@ -333,8 +336,9 @@ const CLOSES_HELD: usize = 8;
 /// connect to the same place says so (see `Control::brokered_lately`).
 const BROKERING_NS: u64 = 10_000_000;
 /// The bit of a connection's time (`Look::Ready`) that says its
-/// connector's connection before it was the monitor's, which the
-/// acceptor may not have read of yet (see `Control::brokered_lately`).
+/// connector's connection just before, to the same place, was made by
+/// the monitor, whose `Incoming` the acceptor may not have read yet
+/// (see `Control::brokered_lately`).
 pub(crate) const AFTER_BROKERED: u64 = 1;
 /// Most messages one read of the channel takes (see `Control::drain`).
 const DRAIN_BATCH: usize = 8;

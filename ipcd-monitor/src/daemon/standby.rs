@@ -209,8 +209,11 @@ impl Daemon {
             self.close(token, conn, Side::A, true);
         }
         // Reset, as Linux resets what waits in a closed listener's queue
-        // (a dead acceptor's close would end it with a FIN).
+        // (a dead acceptor's close would end it with a FIN); the
+        // connector is told as of a dead peer.
         self.let_go(listener.0, conn, Side::B, Gone::Released { abort: true });
+        // Best effort: a client that cannot take it is being dropped.
+        let _ = send_to(&mut self.clients, &mut self.watch, token, 0, &Response::PeerGone { conn }, &[]);
     }
 
     /// Standby `conn`, if it is `token`'s.

@@ -31,53 +31,62 @@ fn expect_eof(fd: i32) -> Res {
     Ok(())
 }
 
-/// A forked client makes `ROUNDS` connections one after another (every
-/// 50th with a second one open beside it), each a 64-byte request and its
-/// reversal; who closes first turns with the round (client, server, or
-/// the client's `SHUT_WR` first). The server checks each request and that
-/// its accept and `getpeername` name the client's own port.
-pub(crate) fn renewal_rounds() -> Res {
+/// A listener here, and a forked child that closed its copy and runs
+/// `client` against it: the listener and the child's pid.
+fn forked_client(client: impl FnOnce(u16) -> Res) -> Result<(i32, i32), String> {
     let (l, port) = net::listen_loopback(false).map_err(f)?;
     set_timeout(l, 10)?;
     let pid = fork()?;
     if pid == 0 {
         in_child(|| {
             net::close(l);
-            let one = |round: usize| -> Result<i32, String> {
-                let c = net::connect_loopback(false, port).map_err(f)?;
-                set_timeout(c, 10)?;
-                let m = request(round, net::local_port(c).map_err(f)?);
-                net::send_all(c, &m).map_err(f)?;
-                let mut back = [0u8; 64];
-                net::read_exact(c, &mut back).map_err(f)?;
-                back.reverse();
-                ensure!(back == m, "round {round}: the reply is not the request reversed");
-                Ok(c)
-            };
-            let mut round = 0;
-            while round < ROUNDS {
-                let mut open = vec![(one(round)?, round)];
-                if round % 50 == 49 {
-                    round += 1;
-                    open.push((one(round)?, round));
-                }
-                for (c, round) in open {
-                    match round % 3 {
-                        0 => {}
-                        1 => expect_eof(c)?,
-                        _ => {
-                            // SAFETY: plain shutdown of our socket.
-                            cvt("shutdown", unsafe { libc::shutdown(c, libc::SHUT_WR) }).map_err(f)?;
-                            expect_eof(c)?;
-                        }
-                    }
-                    net::close(c);
-                }
-                round += 1;
-            }
-            Ok(())
+            client(port)
         });
     }
+    Ok((l, pid))
+}
+
+/// A forked client makes `ROUNDS` connections one after another (every
+/// 50th with a second one open beside it), each a 64-byte request and its
+/// reversal; who closes first turns with the round (client, server, or
+/// the client's `SHUT_WR` first). The server checks each request and that
+/// its accept and `getpeername` name the client's own port.
+pub(crate) fn renewal_rounds() -> Res {
+    let (l, pid) = forked_client(|port| {
+        let one = |round: usize| -> Result<i32, String> {
+            let c = net::connect_loopback(false, port).map_err(f)?;
+            set_timeout(c, 10)?;
+            let m = request(round, net::local_port(c).map_err(f)?);
+            net::send_all(c, &m).map_err(f)?;
+            let mut back = [0u8; 64];
+            net::read_exact(c, &mut back).map_err(f)?;
+            back.reverse();
+            ensure!(back == m, "round {round}: the reply is not the request reversed");
+            Ok(c)
+        };
+        let mut round = 0;
+        while round < ROUNDS {
+            let mut open = vec![(one(round)?, round)];
+            if round % 50 == 49 {
+                round += 1;
+                open.push((one(round)?, round));
+            }
+            for (c, round) in open {
+                match round % 3 {
+                    0 => {}
+                    1 => expect_eof(c)?,
+                    _ => {
+                        // SAFETY: plain shutdown of our socket.
+                        cvt("shutdown", unsafe { libc::shutdown(c, libc::SHUT_WR) }).map_err(f)?;
+                        expect_eof(c)?;
+                    }
+                }
+                net::close(c);
+            }
+            round += 1;
+        }
+        Ok(())
+    })?;
     let serve = |s: i32| -> Result<usize, String> {
         set_timeout(s, 10)?;
         let mut m = [0u8; 64];
@@ -133,24 +142,18 @@ pub(crate) fn renewal_death() -> Res {
         net::read_exact(c, &mut b).map_err(f)
     };
     // The client dies.
-    let (l, port) = net::listen_loopback(false).map_err(f)?;
-    set_timeout(l, 10)?;
-    let pid = fork()?;
-    if pid == 0 {
-        in_child(|| {
-            net::close(l);
-            for _ in 0..WARM {
-                let c = net::connect_loopback(false, port).map_err(f)?;
-                ask(c)?;
-                net::close(c);
-            }
+    let (l, pid) = forked_client(|port| {
+        for _ in 0..WARM {
             let c = net::connect_loopback(false, port).map_err(f)?;
             ask(c)?;
-            // SAFETY: dies at once, as a crash would, holding `c`.
-            unsafe { libc::raise(libc::SIGKILL) };
-            Ok(())
-        });
-    }
+            net::close(c);
+        }
+        let c = net::connect_loopback(false, port).map_err(f)?;
+        ask(c)?;
+        // SAFETY: dies at once, as a crash would, holding `c`.
+        unsafe { libc::raise(libc::SIGKILL) };
+        Ok(())
+    })?;
     for _ in 0..WARM {
         let s = net::accept(l).map_err(f)?;
         echo(s)?;
@@ -214,63 +217,57 @@ pub(crate) fn renewal_death() -> Res {
 /// the next connect is refused.
 pub(crate) fn renewal_fork_and_listener() -> Res {
     const WARM: usize = 20;
-    let (l, port) = net::listen_loopback(false).map_err(f)?;
-    set_timeout(l, 10)?;
     let (go_r, go_w) = {
         let mut p = [0i32; 2];
         // SAFETY: room for two fds.
         cvt("pipe", unsafe { libc::pipe(p.as_mut_ptr()) }).map_err(f)?;
         (p[0], p[1])
     };
-    let pid = fork()?;
-    if pid == 0 {
-        in_child(|| {
-            net::close(l);
-            net::close(go_w);
-            for i in 0..2 * WARM + 1 {
-                let c = net::connect_loopback(false, port).map_err(f)?;
-                set_timeout(c, 10)?;
-                let m = [i as u8; 32];
-                for _ in 0..3 {
-                    net::send_all(c, &m).map_err(f)?;
-                    let mut back = [0u8; 32];
-                    net::read_exact(c, &mut back).map_err(f)?;
-                    ensure!(back == m, "connection {i}: echo differs");
-                }
-                net::close(c);
+    let (l, pid) = forked_client(|port| {
+        net::close(go_w);
+        for i in 0..2 * WARM + 1 {
+            let c = net::connect_loopback(false, port).map_err(f)?;
+            set_timeout(c, 10)?;
+            let m = [i as u8; 32];
+            for _ in 0..3 {
+                net::send_all(c, &m).map_err(f)?;
+                let mut back = [0u8; 32];
+                net::read_exact(c, &mut back).map_err(f)?;
+                ensure!(back == m, "connection {i}: echo differs");
             }
-            // One the server accepts, one it leaves queued; then it
-            // closes its listener.
-            let kept = net::connect_loopback(false, port).map_err(f)?;
-            set_timeout(kept, 10)?;
-            let mut b = [0u8; 1];
-            net::send_all(kept, b"k").map_err(f)?;
-            net::read_exact(kept, &mut b).map_err(f)?;
-            let queued = net::connect_loopback(false, port).map_err(f)?;
-            set_timeout(queued, 10)?;
-            net::send_all(kept, b"q").map_err(f)?;
-            // The server says its listener is closed.
-            // SAFETY: a one-byte buffer.
-            let n = unsafe { libc::read(go_r, b.as_mut_ptr().cast(), 1) };
-            ensure!(n == 1, "the server did not say its listener closed ({n})");
-            let mut buf = [0u8; 8];
-            // SAFETY: a buffer of its length.
-            let n = unsafe { libc::recv(queued, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            ensure!(
-                n < 0 && errno() == libc::ECONNRESET,
-                "a connection queued on a closed listener: recv {n} (errno {})",
-                errno()
-            );
-            net::close(queued);
-            net::send_all(kept, b"z").map_err(f)?;
-            net::read_exact(kept, &mut b).map_err(f)?;
-            ensure!(&b == b"z", "the accepted connection lost its echo");
-            net::close(kept);
-            let refused = net::connect_loopback(false, port);
-            ensure!(refused.is_err(), "a connect after the listener closed went through");
-            Ok(())
-        });
-    }
+            net::close(c);
+        }
+        // One the server accepts, one it leaves queued; then it
+        // closes its listener.
+        let kept = net::connect_loopback(false, port).map_err(f)?;
+        set_timeout(kept, 10)?;
+        let mut b = [0u8; 1];
+        net::send_all(kept, b"k").map_err(f)?;
+        net::read_exact(kept, &mut b).map_err(f)?;
+        let queued = net::connect_loopback(false, port).map_err(f)?;
+        set_timeout(queued, 10)?;
+        net::send_all(kept, b"q").map_err(f)?;
+        // The server says its listener is closed.
+        // SAFETY: a one-byte buffer.
+        let n = unsafe { libc::read(go_r, b.as_mut_ptr().cast(), 1) };
+        ensure!(n == 1, "the server did not say its listener closed ({n})");
+        let mut buf = [0u8; 8];
+        // SAFETY: a buffer of its length.
+        let n = unsafe { libc::recv(queued, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        ensure!(
+            n < 0 && errno() == libc::ECONNRESET,
+            "a connection queued on a closed listener: recv {n} (errno {})",
+            errno()
+        );
+        net::close(queued);
+        net::send_all(kept, b"z").map_err(f)?;
+        net::read_exact(kept, &mut b).map_err(f)?;
+        ensure!(&b == b"z", "the accepted connection lost its echo");
+        net::close(kept);
+        let refused = net::connect_loopback(false, port);
+        ensure!(refused.is_err(), "a connect after the listener closed went through");
+        Ok(())
+    })?;
     net::close(go_r);
     let echo3 = |s: i32| -> Res {
         for _ in 0..3 {
@@ -329,30 +326,24 @@ pub(crate) fn renewal_fork_and_listener() -> Res {
 pub(crate) fn renewal_accept_order() -> Res {
     const BURSTS: usize = 30;
     const AT_ONCE: usize = 4;
-    let (l, port) = net::listen_loopback(false).map_err(f)?;
-    set_timeout(l, 10)?;
-    let pid = fork()?;
-    if pid == 0 {
-        in_child(|| {
-            net::close(l);
-            for burst in 0..BURSTS {
-                let mut open = Vec::new();
-                for i in 0..AT_ONCE {
-                    let c = net::connect_loopback(false, port).map_err(f)?;
-                    net::send_all(c, &[i as u8]).map_err(f)?;
-                    open.push(c);
-                }
-                // Closed in turns of order, so the standbys are renewed
-                // in another order each burst.
-                let rot = burst % AT_ONCE;
-                open.rotate_left(rot);
-                for c in open {
-                    net::close(c);
-                }
+    let (l, pid) = forked_client(|port| {
+        for burst in 0..BURSTS {
+            let mut open = Vec::new();
+            for i in 0..AT_ONCE {
+                let c = net::connect_loopback(false, port).map_err(f)?;
+                net::send_all(c, &[i as u8]).map_err(f)?;
+                open.push(c);
             }
-            Ok(())
-        });
-    }
+            // Closed in turns of order, so the standbys are renewed
+            // in another order each burst.
+            let rot = burst % AT_ONCE;
+            open.rotate_left(rot);
+            for c in open {
+                net::close(c);
+            }
+        }
+        Ok(())
+    })?;
     for burst in 0..BURSTS {
         let mut open = Vec::new();
         for i in 0..AT_ONCE {
