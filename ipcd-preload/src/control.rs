@@ -227,9 +227,15 @@ impl Queue {
         self.items.iter().any(|p| matches!(p.look(), Look::Ready(..)))
     }
 
-    /// Whether connections are expected without the monitor: standbys
-    /// (a renewed one's next round included).
+    /// Whether standbys issued here are expected (their connectors may
+    /// ring the bell while we sleep: see [`Queue::quiet`]).
     fn expects(&self) -> bool {
+        self.items.iter().any(|p| matches!(p, Pending::Expected(..)))
+    }
+
+    /// [`Queue::expects`], or a renewed standby's next round is (an
+    /// accept spins on them before it sleeps).
+    fn awaits(&self) -> bool {
         self.items.iter().any(|p| matches!(p, Pending::Expected(..) | Pending::Renewing(..)))
     }
 
@@ -853,10 +859,11 @@ impl Control {
         self.incoming.get(&listener).is_some_and(Queue::has_ready)
     }
 
-    /// Whether connections are expected on `listener` (standbys issued
-    /// for it, not yet used).
+    /// Whether connections are expected on `listener` without the
+    /// monitor (standbys issued for it, not yet used, or renewed ones'
+    /// next rounds).
     pub(crate) fn expects(&self, listener: u64) -> bool {
-        self.incoming.get(&listener).is_some_and(Queue::expects)
+        self.incoming.get(&listener).is_some_and(Queue::awaits)
     }
 
     /// A thread is about to sleep waiting on `listener` (its bell
