@@ -342,8 +342,7 @@ impl ConnSegment for Segment {
     }
 
     fn renewable(&self, conn_id: u64) -> bool {
-        let word = self.control().header.ticket.load(Ordering::SeqCst);
-        is_ticket(word, conn_id) && word & TICKET_RENEW != 0 && word & TICKET_STATE == TICKET_CONNECTED
+        renewable_connected(self.control().header.ticket.load(Ordering::SeqCst), conn_id)
     }
 
     fn finish(&self, conn_id: u64, side: Side) -> Finish {
@@ -354,15 +353,14 @@ impl ConnSegment for Segment {
         };
         let mut w = ticket.load(Ordering::Acquire);
         loop {
-            if !is_ticket(w, conn_id) || w & TICKET_RENEW == 0 || w & TICKET_STATE != TICKET_CONNECTED || w & mine != 0
-            {
+            if !renewable_connected(w, conn_id) || w & mine != 0 {
                 return Finish::Not;
             }
             // The second to finish takes the segment to renew it; AcqRel:
             // it sees everything the first did to the rings before.
             let (to, done) = match w & theirs {
                 0 => (w | mine, Finish::First),
-                _ => (ticket_word(conn_id, TICKET_RENEWING | TICKET_RENEW), Finish::Last),
+                _ => (renewing_word(conn_id), Finish::Last),
             };
             match ticket.compare_exchange(w, to, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return done,
@@ -373,7 +371,7 @@ impl ConnSegment for Segment {
 
     fn renew(&self, conn_id: u64, next: u64) -> bool {
         let header = &self.control().header;
-        let renewing = ticket_word(conn_id, TICKET_RENEWING | TICKET_RENEW);
+        let renewing = renewing_word(conn_id);
         if header.ticket.load(Ordering::Acquire) != renewing {
             return false;
         }
@@ -455,9 +453,8 @@ impl ConnSegment for Segment {
         if leave_expected(ticket, conn_id, TICKET_CANCELLED).is_some() {
             return Ticket::Cancelled;
         }
-        let renewing = ticket_word(conn_id, TICKET_RENEWING | TICKET_RENEW);
         let cancelled = ticket_word(conn_id, TICKET_CANCELLED | TICKET_RENEW);
-        match ticket.compare_exchange(renewing, cancelled, Ordering::AcqRel, Ordering::Acquire) {
+        match ticket.compare_exchange(renewing_word(conn_id), cancelled, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => Ticket::Cancelled,
             Err(_) => self.ticket(conn_id),
         }
@@ -520,6 +517,17 @@ fn is_ticket(w: u64, conn_id: u64) -> bool {
     w >> TICKET_ID_SHIFT == conn_id & MAX_TICKET_ID
 }
 
+/// Whether ticket word `w` is renewable `conn_id`'s, connected and not
+/// promoted (done bits aside).
+fn renewable_connected(w: u64, conn_id: u64) -> bool {
+    is_ticket(w, conn_id) && w & TICKET_RENEW != 0 && w & TICKET_STATE == TICKET_CONNECTED
+}
+
+/// Renewable `conn_id`'s ticket word while its last finisher renews it.
+fn renewing_word(conn_id: u64) -> u64 {
+    ticket_word(conn_id, TICKET_RENEWING | TICKET_RENEW)
+}
+
 /// Connection ids a ticket word holds whole: `conn_id & MAX_TICKET_ID`.
 pub const MAX_TICKET_ID: u64 = u64::MAX >> TICKET_ID_SHIFT;
 
@@ -578,7 +586,8 @@ pub struct Promoted {
 }
 
 /// Makes the segment's rings and holders fresh for connection `conn_id`
-/// (every header word but the ticket and the offer), with atomic stores.
+/// (holders, locks, admission, names, rings; not the ticket, the offer,
+/// the round count nor the connect time), with atomic stores.
 fn fresh(seg: &Segment, conn_id: u64) {
     let control = seg.control();
     let header = &control.header;
