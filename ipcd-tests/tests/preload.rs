@@ -264,6 +264,15 @@ fn a_fork_or_a_closing_listener_during_a_renewed_round_keeps_linux_semantics() {
     assert!(st.renewed_total >= 10, "{st:?}");
 }
 
+/// The backlog counts connections made through renewed standbys, and a
+/// connect that gave up waiting for room makes none.
+#[test]
+fn renewed_connections_count_against_the_backlog() {
+    let st = dual_run("renewal-backlog");
+    assert_eq!(st.fallbacks_total, 0, "{st:?}");
+    assert!(st.renewed_total >= 10, "{st:?}");
+}
+
 /// Connections made at once come out of accept in the order they were
 /// made, whether the monitor or standbys (renewed in another order)
 /// carried them.

@@ -55,10 +55,8 @@ impl Daemon {
         // backlog sends the connector to the kernel, read what the owner
         // has sent so far. Once, not nested: a connect met while catching
         // up is judged on what is known.
-        // Linux's accept queue holds one more than the backlog.
-        let full = |l: &Listener| l.pending > l.backlog;
         if let Some(owner) =
-            found.as_ref().filter(|l| full(l) && l.owner != token && !self.catching_up).map(|l| l.owner)
+            found.as_ref().filter(|l| self.queue_full(l) && l.owner != token && !self.catching_up).map(|l| l.owner)
         {
             self.catching_up = true;
             // Everything it has sent so far, bounded so that a flooding
@@ -84,7 +82,7 @@ impl Daemon {
         let (l, acceptor) = (found.expect("checked above"), acceptor.expect("checked above"));
         // A full queue: the connect waits for room, as a client whose SYN
         // the kernel dropped (see `admit_waiting`).
-        let waiting = full(&l);
+        let waiting = self.queue_full(&l);
         let conn = self.next_conn;
         let pair = (token, acceptor);
         let Some((segment, seg, reused)) = self.take_segment(pair, conn) else {
@@ -259,6 +257,7 @@ impl Daemon {
             holders: [vec![token], vec![acceptor]],
             gone: [false; 2],
             pending_in: Some((owner, id)),
+            waits: waiting,
             pair,
             kept: [false; 2],
             recyclable: true,

@@ -172,7 +172,7 @@ impl Daemon {
                 self.let_go(acceptor, conn, Side::B, super::Gone::Released { abort: true });
                 continue;
             };
-            if l.pending > l.backlog {
+            if self.queue_full(l) {
                 still.push_back(conn);
                 continue;
             }
@@ -181,6 +181,9 @@ impl Daemon {
             self.bells.ring_side(rec.seg.view(), ipcd_ring::Side::A);
             if let Some(l) = self.registry.get_mut(owner, id) {
                 l.pending += 1;
+            }
+            if let Some(rec) = self.conns.get_mut(&conn) {
+                rec.waits = false;
             }
             log!(Level::Debug, "msg=\"admitted from a full queue\" conn={conn}");
             if defer > 0 {

@@ -271,11 +271,7 @@ impl Daemon {
         if !rec.holders[1].contains(&token) {
             return;
         }
-        if let Some((owner, id)) = rec.pending_in.take() {
-            if let Some(l) = self.registry.get_mut(owner, id) {
-                l.pending = l.pending.saturating_sub(1);
-            }
-        }
+        super::left_queue(rec, &mut self.registry);
     }
 
     /// Takes `(conn, side)` off `token`'s holdings for a `what` request

@@ -8,8 +8,8 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use super::{
-    end_gone, end_state, idx, other, parent_of, ring_side, send_to, ConnRec, Daemon, Gone, Orphan, Pooled, CLOSED,
-    EXECED, POOL_PER_PAIR,
+    end_gone, end_state, idx, left_queue, other, parent_of, ring_side, send_to, ConnRec, Daemon, Gone, Orphan, Pooled,
+    CLOSED, EXECED, POOL_PER_PAIR,
 };
 use crate::log;
 use crate::log::Level;
@@ -60,11 +60,7 @@ impl Daemon {
         let open = end_state(rec, side) == EndState::Open;
         rec.gone[i] = true;
         if side == Side::B {
-            if let Some((owner, id)) = rec.pending_in.take() {
-                if let Some(l) = self.registry.get_mut(owner, id) {
-                    l.pending = l.pending.saturating_sub(1);
-                }
-            }
+            left_queue(rec, &mut self.registry);
         }
         // A dead holder's end is closed as the kernel closes a dead
         // socket's whatever it last did; a released one only if still open.

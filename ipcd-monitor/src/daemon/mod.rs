@@ -234,6 +234,9 @@ struct ConnRec {
     gone: [bool; 2],
     /// The listener whose accept queue this connection still sits in.
     pending_in: Option<(u64, u64)>,
+    /// It waits for room in that queue (`admit_waiting`): not counted in
+    /// its `pending` yet.
+    waits: bool,
     /// The connector's and the acceptor's clients: the pair whose pool the
     /// segment may go back to.
     pair: (u64, u64),
@@ -306,6 +309,20 @@ fn port_zero(dest: SockAddr) -> SockAddr {
     match dest {
         SockAddr::V4 { ip, .. } => SockAddr::V4 { ip, port: 0 },
         SockAddr::V6 { ip, .. } => SockAddr::V6 { ip, port: 0, flowinfo: 0, scope_id: 0 },
+    }
+}
+
+/// `rec` left its listener's accept queue (accepted, or its acceptor's
+/// end went): the listener counts one fewer, unless it was waiting for
+/// room and so never counted (a connect that gave up waiting made room
+/// for one more).
+fn left_queue(rec: &mut ConnRec, registry: &mut Registry) {
+    let Some((owner, id)) = rec.pending_in.take() else { return };
+    if std::mem::take(&mut rec.waits) {
+        return;
+    }
+    if let Some(l) = registry.get_mut(owner, id) {
+        l.pending = l.pending.saturating_sub(1);
     }
 }
 

@@ -9,6 +9,7 @@ use std::os::fd::AsFd;
 use super::{idx, port_zero, send_to, ConnRec, Daemon, Gone, NewConn, Standby, STANDBYS_PER_DEST};
 use crate::log;
 use crate::log::Level;
+use crate::registry::Listener;
 use ipcd_ring::Ticket;
 
 impl Daemon {
@@ -137,6 +138,29 @@ impl Daemon {
         self.standbys.iter().find(|(&key, s)| ours(key, s)).map(|(&key, _)| key)
     }
 
+    /// Whether `l`'s accept queue is full (Linux's holds one more than
+    /// the backlog): the connections the monitor made and its acceptor
+    /// has not reported, and those its connectors made through standbys
+    /// without the monitor (a used ticket no acceptor claimed yet), which
+    /// the monitor reads from their segments. Without the second, every
+    /// renewed chain of a listener that stopped accepting was a
+    /// connection beyond its backlog.
+    pub(super) fn queue_full(&self, l: &Listener) -> bool {
+        if l.pending > l.backlog {
+            return true;
+        }
+        let room = l.backlog - l.pending;
+        if self.standbys.len() as u64 <= u64::from(room) {
+            return false;
+        }
+        let key = (l.owner, l.id);
+        let queued = |s: &&Standby| {
+            let v = s.seg.view();
+            matches!(v.ticket(v.ticket_id()), Ticket::Connected(_)) && v.claimed_by().is_none()
+        };
+        self.standbys.values().filter(|s| s.listener == key).filter(queued).count() as u64 > u64::from(room)
+    }
+
     /// [`Daemon::promote`] for every standby `pred` picks.
     pub(super) fn promote_where(&mut self, pred: impl Fn(&Standby) -> bool) {
         let picked: Vec<u64> = self.standbys.iter().filter(|(_, s)| pred(s)).map(|(&c, _)| c).collect();
@@ -196,6 +220,7 @@ impl Daemon {
             holders: [vec![token], vec![listener.0]],
             gone: [false; 2],
             pending_in: None,
+            waits: false,
             pair: (token, listener.0),
             // A pooled segment is in the acceptor's cache: told to unmap it.
             kept: [false, info.reused],

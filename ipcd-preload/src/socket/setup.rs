@@ -673,11 +673,11 @@ pub(crate) unsafe fn accept(
                 Ok((newfd, peer)) => {
                     // A buffer that faults loses only the address.
                     write_addr(peer, addr, len);
-                    // A queue still at its backlog may have connects
-                    // waiting for room: the monitor hears of this accept
-                    // now, not with the next request.
+                    // A queue that was at its backlog before this accept
+                    // may have connects waiting for room: the monitor
+                    // hears of this accept now, not with the next request.
                     let _ = control::with(|c| {
-                        if c.queued(id) >= backlog.max(1) as usize {
+                        if c.queued(id) + 1 >= backlog.max(1) as usize {
                             c.flush_accepted()?;
                         }
                         Ok(())

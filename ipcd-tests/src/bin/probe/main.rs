@@ -177,6 +177,7 @@ const CHECKS: &[Check] = &[
     ("renewal-death", renewal_death),
     ("renewal-fork-listener", renewal_fork_and_listener),
     ("accept-order", renewal_accept_order),
+    ("renewal-backlog", renewal_backlog),
     ("burst", burst),
     ("inherited-options", inherited_options),
     ("tcp-info", tcp_info),

@@ -801,7 +801,7 @@ pub(crate) fn defer_accept() -> Res {
 }
 
 /// Non-blocking connects to 127.0.0.1:`port`, left in progress.
-fn connects_in_progress(port: u16, n: usize) -> Result<Vec<i32>, String> {
+pub(crate) fn connects_in_progress(port: u16, n: usize) -> Result<Vec<i32>, String> {
     let (ss, len) = net::loopback(false, port);
     (0..n)
         .map(|_| {
@@ -816,7 +816,7 @@ fn connects_in_progress(port: u16, n: usize) -> Result<Vec<i32>, String> {
 }
 
 /// Each socket's poll events now (POLLIN and POLLOUT asked).
-fn events(fds: &[i32]) -> Vec<i16> {
+pub(crate) fn events(fds: &[i32]) -> Vec<i16> {
     fds.iter()
         .map(|&fd| {
             let mut p = [pollfd(fd, libc::POLLIN | libc::POLLOUT)];

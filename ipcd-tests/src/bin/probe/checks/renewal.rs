@@ -362,3 +362,70 @@ pub(crate) fn renewal_accept_order() -> Res {
     net::close(l);
     wait_child(pid)
 }
+
+/// A listener's backlog counts the connections made through renewed
+/// standbys as Linux counts any: after a pair's warm-up (its standby
+/// renewed round after round), `listen(fd, 1)` still holds two, the rest
+/// wait; a connect closed while it waits makes no room, an accept does.
+pub(crate) fn renewal_backlog() -> Res {
+    use crate::checks::lifecycle::{connects_in_progress, events, expect_byte};
+    let l = net::tcp_socket(false).map_err(f)?;
+    let (ss, len) = net::loopback(false, 0);
+    // SAFETY: a sockaddr of `len` bytes; then a bound socket.
+    unsafe {
+        net::cvt("bind", libc::bind(l, (&raw const ss).cast(), len)).map_err(f)?;
+        net::cvt("listen", libc::listen(l, 1)).map_err(f)?;
+    }
+    let port = net::local_port(l).map_err(f)?;
+    set_timeout(l, 10)?;
+    for i in 0..20u8 {
+        let c = net::connect_loopback(false, port).map_err(f)?;
+        let s = net::accept(l).map_err(f)?;
+        net::send_all(c, &[i]).map_err(f)?;
+        expect_byte(s, i)?;
+        net::close(c);
+        net::close(s);
+    }
+    let cs = connects_in_progress(port, 4)?;
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let out = libc::POLLOUT;
+    let ev = events(&cs);
+    ensure!(ev[0] & out != 0 && ev[1] & out != 0, "the queue's two connections: {ev:?}");
+    ensure!(ev[2] == 0 && ev[3] == 0, "connects beyond the backlog completed: {ev:?}");
+    // Closed, and another connect (which carries the close to the
+    // monitor at once).
+    net::close(cs[3]);
+    let late = connects_in_progress(port, 1)?[0];
+    // Past the monitor's idle tick (1 s), when room wrongly made would
+    // admit one.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let ev = events(&[cs[2], late]);
+    ensure!(ev == [0, 0], "a connect closed while waiting made room for another: {ev:?}");
+    // Two accepts make room for both (the kernel admits them at their
+    // next SYN, in either order).
+    let mut accepted = vec![net::accept(l).map_err(f)?, net::accept(l).map_err(f)?];
+    let waited = [cs[2], late];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while events(&waited).iter().any(|e| e & out == 0) {
+        ensure!(std::time::Instant::now() < deadline, "accepts made no room for the waiting ones");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let senders = [cs[0], cs[1], cs[2], late];
+    for (i, &c) in senders.iter().enumerate() {
+        net::send_all(c, &[100 + i as u8]).map_err(f)?;
+    }
+    accepted.push(net::accept(l).map_err(f)?);
+    accepted.push(net::accept(l).map_err(f)?);
+    let mut got = Vec::new();
+    for s in accepted {
+        set_timeout(s, 10)?;
+        let mut b = [0u8; 1];
+        net::read_exact(s, &mut b).map_err(f)?;
+        got.push(b[0]);
+        net::close(s);
+    }
+    got.sort_unstable();
+    ensure!(got == [100, 101, 102, 103], "the accepted connections carried {got:?}");
+    cs[..3].iter().copied().chain([late, l]).for_each(net::close);
+    Ok(())
+}
