@@ -59,11 +59,10 @@ impl Pending {
                 Ticket::Connected(words) => Look::Ready(SockAddr::from_words(words), link.connected_at()),
                 Ticket::Cancelled | Ticket::Other => Look::Gone,
             },
-            Pending::Renewing(info, r) => match r.ticket(info.conn) {
-                Ticket::Connected(words) => Look::Ready(SockAddr::from_words(words), r.connected_at()),
-                Ticket::Expected => Look::Later,
-                _ if r.awaited() => Look::Later,
-                _ => Look::Gone,
+            Pending::Renewing(info, r) => match r.next_round(info.conn) {
+                Some(Ticket::Connected(words)) => Look::Ready(SockAddr::from_words(words), r.connected_at()),
+                None | Some(Ticket::Expected) => Look::Later,
+                Some(_) => Look::Gone,
             },
         }
     }
@@ -777,11 +776,10 @@ impl Control {
                 i += 1;
                 continue;
             }
-            match &s.renewal {
-                Some(r) if r.ticket(s.info.conn) != Ticket::Expected => {
-                    if r.awaited() {
-                        i += 1;
-                    } else if let Some(r) = self.standbys.remove(i).renewal {
+            match s.renewal.as_ref().map(|r| r.next_round(s.info.conn)) {
+                Some(None) => i += 1,
+                Some(Some(t)) if t != Ticket::Expected => {
+                    if let Some(r) = self.standbys.remove(i).renewal {
                         r.keep();
                     }
                 }

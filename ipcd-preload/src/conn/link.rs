@@ -153,11 +153,18 @@ impl Renewal {
         self.seg.ticket(conn)
     }
 
-    /// Whether the peer's end of the last round is still to finish (or
-    /// is renewing the segment): false once renewed, promoted or
-    /// cancelled.
-    pub(crate) fn awaited(&self) -> bool {
-        self.seg.awaits_renewal(self.prev)
+    /// The next round's ticket, `conn` being its id, or `None` while the
+    /// peer's end of the last round is still to finish or is renewing the
+    /// segment. Read in that order: the ticket moves from the last
+    /// round's to the next one's and never back, so a renewal completed
+    /// between the two reads shows as done. (Read the other way round,
+    /// such a round showed as neither awaited nor begun, and was dropped:
+    /// its connector's connection never reached accept.)
+    pub(crate) fn next_round(&self, conn: u64) -> Option<ipcd_ring::Ticket> {
+        if self.seg.awaits_renewal(self.prev) {
+            return None;
+        }
+        Some(self.seg.ticket(conn))
     }
 
     /// The monitor's id of the segment.
