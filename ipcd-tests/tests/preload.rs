@@ -244,6 +244,31 @@ fn renewed_standbys_carry_a_pairs_connections_without_the_monitor() {
     assert!(st.renewed_total <= st.standby_total && st.standby_total <= st.connects_total, "{st:?}");
 }
 
+/// Reports taken all along (`ipcd status`, a metrics scraper) show the
+/// renewed rounds in progress with both processes, and leave the pair
+/// renewing its standbys.
+#[test]
+fn status_reports_show_renewed_rounds_and_leave_them_renewing() {
+    let mon = Monitor::start(RING_BYTES);
+    let child = mon.under(&mut probe(&["check", "renewal"])).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let mut child = child.expect("run probe");
+    let (mut reports, mut shown) = (0, 0);
+    while child.try_wait().expect("probe").is_none() {
+        let r = mon.status();
+        reports += 1;
+        let renewed = |c: &&ipcd_proto::ConnStatus| c.conn & ipcd_ring::RENEWED_ID != 0;
+        for c in r.connections.iter().filter(renewed) {
+            assert!(c.pids.iter().all(|&p| p != 0), "a renewed round without its processes: {c:?}");
+            shown += 1;
+        }
+    }
+    must_pass("renewal under ipcd with reports", child.wait_with_output().expect("probe"));
+    let st = mon.status().status;
+    assert_eq!((st.connects_total, st.fallbacks_total), (301, 0), "{st:?}");
+    assert!(reports >= 20 && shown >= 1, "{reports} reports showed {shown} renewed rounds");
+    assert!(st.renewed_total >= 250, "reports ended the renewal: {st:?}");
+}
+
 /// A process that dies holding a renewed round: its peer reads the end
 /// of stream, whether the dead one connected or accepted.
 #[test]

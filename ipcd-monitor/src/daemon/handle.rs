@@ -126,8 +126,7 @@ impl Daemon {
             // A process about to exec: its own and its listeners'. (Not
             // a connect: its standbys in use are renewed, not spent.)
             Request::ExecPrepare => self.promote_where(|s| s.client == token || s.listener.0 == token),
-            // A fork's parent is known by pid only; a report shows all.
-            Request::Forked { .. } | Request::Status => self.promote_where(|_| true),
+            // A fork: its parent's, in `forked` (known by pid only).
             _ => {}
         }
     }

@@ -138,11 +138,13 @@ impl Daemon {
                 "msg=\"fork in another namespace\" client={token} claims={claimed_parent} parent={parent_pid}"
             );
         }
-        let parent = self
-            .clients
-            .iter()
-            .find(|(&t, c)| t != token && c.pid == parent_pid && c.uid == uid)
-            .map(|(_, c)| c.holdings.clone());
+        let is_parent = |t: u64, c: &super::Client| t != token && c.pid == parent_pid && c.uid == uid;
+        // The child shares the parent's ends of renewed standbys (and its
+        // listeners' queued rounds): they become connections first, as
+        // the ones it holds. Nobody else's: their renewal goes on.
+        let parents: Vec<u64> = self.clients.iter().filter(|(&t, c)| is_parent(t, c)).map(|(&t, _)| t).collect();
+        self.promote_where(|s| parents.contains(&s.client) || parents.contains(&s.listener.0));
+        let parent = self.clients.iter().find(|(&t, c)| is_parent(t, c)).map(|(_, c)| c.holdings.clone());
         let Some(holdings) = parent else {
             self.fail(token, seq, ErrorCode::NotOwner);
             return;

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use ipcd_proto::message::{ConnStatus, EndState, ListenerStatus, ProcessStatus, Response, Side, Status};
+use ipcd_ring::{ConnSegment, PeerState};
 
 use super::{end_state, idx, Daemon, HeldEnd};
 
@@ -26,11 +27,12 @@ impl Daemon {
         // closes with its next request).
         let mut conns: Vec<_> = self.conns.iter().filter(|(_, rec)| !is_over(rec)).collect();
         conns.sort_by_key(|(id, _)| **id);
+        let renewed = self.renewed_conns();
         let status = Status {
             monitor_pid: std::process::id(),
             processes: self.clients.values().filter(|c| c.hello).count() as u32,
             listeners: self.registry.len() as u32,
-            connections: (conns.len() + held.len()) as u32,
+            connections: (conns.len() + renewed.len() + held.len()) as u32,
             segment_bytes: self.conns.values().map(|c| c.seg.len() as u64).sum::<u64>()
                 + self.pools.values().flatten().map(|p| p.seg.len() as u64).sum::<u64>(),
             connects_total: self.connects_total,
@@ -46,7 +48,7 @@ impl Daemon {
         let mut tokens: Vec<u64> =
             self.clients.iter().filter(|(&t, c)| c.hello && t != token).map(|(&t, _)| t).collect();
         tokens.sort_by_key(|t| self.clients.get(t).map_or(0, |c| c.pid));
-        out.extend(tokens.into_iter().map(|t| Response::ProcessEntry(self.process_status(t))));
+        out.extend(tokens.into_iter().map(|t| Response::ProcessEntry(self.process_status(t, &renewed))));
         out.extend(self.registry.iter().map(|l| {
             Response::ListenerEntry(ListenerStatus {
                 pid: l.pid,
@@ -66,18 +68,61 @@ impl Daemon {
                 states: [end_state(rec, Side::A), end_state(rec, Side::B)],
             })
         }));
+        out.extend(renewed.into_iter().map(|(c, _)| Response::ConnEntry(c)));
         out.extend(held.into_values().map(Response::ConnEntry));
         out.push(Response::Ok);
         self.reply_all(token, seq, out);
     }
 
+    /// Rounds of renewed standbys in progress, with the clients of their
+    /// two ends: connections the monitor has no record of, shown as they
+    /// are (taking them into its books for the report, as before, ended
+    /// every pair's renewal at each `ipcd status` or metrics scrape).
+    fn renewed_conns(&self) -> Vec<(ConnStatus, [u64; 2])> {
+        let pid = |t: u64| self.clients.get(&t).map_or(0, |c| c.pid);
+        let mut out = Vec::new();
+        for sb in self.standbys.values() {
+            let v = sb.seg.view();
+            let id = v.ticket_id();
+            let ipcd_ring::Ticket::Connected(words) = v.ticket(id) else { continue };
+            let sides = [ipcd_ring::Side::A, ipcd_ring::Side::B];
+            // Promoted ones are in the records; finished ones are over.
+            if !v.renewable(id) || sides.iter().all(|&s| v.writer_state(s) != PeerState::Open && v.reader_closed(s)) {
+                continue;
+            }
+            let states = sides.map(|s| match v.writer_state(s) {
+                PeerState::Open => EndState::Open,
+                PeerState::Closed => EndState::Fin,
+                PeerState::Reset => EndState::Reset,
+            });
+            let entry = ConnStatus {
+                conn: id,
+                pids: [pid(sb.client), pid(sb.listener.0)],
+                addrs: [ipcd_proto::SockAddr::from_words(words).unwrap_or(sb.info.local), sb.dest],
+                bytes: sides.map(|s| v.written(s)),
+                segment_len: sb.seg.len() as u64,
+                states,
+            };
+            out.push((entry, [sb.client, sb.listener.0]));
+        }
+        out.sort_by_key(|(c, _)| c.conn);
+        out
+    }
+
     /// What client `token` holds, for the report: its ends (and bytes each
-    /// way on them) and its listeners.
-    fn process_status(&self, token: u64) -> ProcessStatus {
+    /// way on them, with its ends of `renewed` rounds) and its listeners.
+    fn process_status(&self, token: u64, renewed: &[(ConnStatus, [u64; 2])]) -> ProcessStatus {
         let Some(c) = self.clients.get(&token) else {
             return ProcessStatus { pid: 0, uid: 0, connections: 0, listeners: 0, sent: 0, received: 0, to_kernel: 0 };
         };
-        let (mut sent, mut received) = (0, 0);
+        let (mut sent, mut received, mut in_renewed) = (0, 0, 0);
+        for (r, clients) in renewed {
+            for (i, _) in clients.iter().enumerate().filter(|(_, &t)| t == token) {
+                sent += r.bytes[i];
+                received += r.bytes[1 - i];
+                in_renewed += 1;
+            }
+        }
         for &(conn, side) in &c.holdings {
             if let Some(rec) = self.conns.get(&conn) {
                 let v = rec.seg.view();
@@ -93,6 +138,7 @@ impl Daemon {
                 .iter()
                 .filter(|(conn, _)| self.conns.get(conn).is_some_and(|r| !is_over(r)))
                 .count()
+                + in_renewed
                 + c.held.len()) as u32,
             listeners: self.registry.iter().filter(|l| l.owner == token).count() as u32,
             sent,
