@@ -86,6 +86,10 @@ impl Pending {
     }
 }
 
+/// A queued connection's place, when it was made (`monotonic_ns`, with
+/// `AFTER_BROKERED`) and its connector's address if the ticket gives it.
+type First = (usize, u64, Option<SockAddr>);
+
 enum Look {
     /// Take it (an expected one's connector at this address), connected
     /// at that time (`monotonic_ns`).
@@ -178,11 +182,11 @@ impl Queue {
         }
     }
 
-    /// Takes the connection accept may take that was made first (as
-    /// Linux's accept queue gives them, whichever standby carried it),
-    /// dropping cancelled ones on the way; an expected one gets its
-    /// connector's address.
-    fn take_ready(&mut self) -> Option<Pending> {
+    /// The connection accept may take that was made first (as Linux's
+    /// accept queue gives them, whichever standby carried it), dropping
+    /// cancelled ones on the way: its place, time and connector, for
+    /// [`Queue::take`].
+    fn look_first(&mut self) -> Option<First> {
         self.refresh();
         let mut i = 0;
         while i < self.items.len() {
@@ -195,7 +199,12 @@ impl Queue {
                 i += 1;
             }
         }
-        let (i, _, peer) = self.first()?;
+        self.first()
+    }
+
+    /// Takes the connection [`Queue::look_first`] found (nothing moved
+    /// in the queue since); an expected one gets its connector's address.
+    fn take(&mut self, (i, _, peer): First) -> Option<Pending> {
         let mut p = self.items.remove(i)?;
         if let (Pending::Expected(info, _) | Pending::Renewing(info, _), Some(peer)) = (&mut p, peer) {
             info.peer = peer;
@@ -203,9 +212,9 @@ impl Queue {
         Some(p)
     }
 
-    /// The ready connection made first: its place, time and connector.
-    fn first(&self) -> Option<(usize, u64, Option<SockAddr>)> {
-        let mut first: Option<(usize, u64, Option<SockAddr>)> = None;
+    /// The ready connection made first.
+    fn first(&self) -> Option<First> {
+        let mut first: Option<First> = None;
         for (i, p) in self.items.iter().enumerate() {
             if let Look::Ready(peer, at) = p.look() {
                 if first.is_none_or(|(_, t, _)| at < t) {
@@ -214,12 +223,6 @@ impl Queue {
             }
         }
         first
-    }
-
-    /// Whether the connection accept would take next came right after
-    /// one the monitor made, which may still be in the channel.
-    fn first_after_brokered(&self) -> bool {
-        self.first().is_some_and(|(_, at, _)| at & AFTER_BROKERED != 0)
     }
 
     fn has_ready(&self) -> bool {
@@ -835,7 +838,8 @@ impl Control {
         self.incoming.get(&listener).map_or(0, |q| q.items.len())
     }
 
-    /// The monitor made a connection of ours to `dest` (`Connected`).
+    /// The monitor made a connection of ours to `dest` (`Connected`), or
+    /// we connected through a first standby there (see `brokered_lately`).
     pub(crate) fn brokered(&mut self, dest: SockAddr) {
         if self.brokered.len() >= 64 {
             self.brokered.clear();
@@ -844,10 +848,11 @@ impl Control {
     }
 
     /// Whether the monitor made a connection of ours to `dest` lately (10
-    /// ms): its acceptor may not have read of it yet when a standby
-    /// carries our next one, which then tells it to read its channel
-    /// first (see `Link::connect_ticket`), so that it accepts the two in
-    /// the order they were made.
+    /// ms), or we used a first standby there (which its acceptor learns
+    /// of from its channel too): its acceptor may not have read of it yet
+    /// when a standby carries our next one, which then tells it to read
+    /// its channel first (see `Link::connect_ticket`), so that it accepts
+    /// the two in the order they were made.
     pub(crate) fn brokered_lately(&self, dest: &SockAddr) -> bool {
         self.brokered.get(dest).is_some_and(|&t| crate::conn::wait::monotonic_ns().saturating_sub(t) < BROKERING_NS)
     }
@@ -888,14 +893,19 @@ impl Control {
 
     /// The next connection accept may take from `listener`'s queue.
     pub(crate) fn pop_incoming(&mut self, listener: u64) -> Option<Pending> {
-        if self.incoming.get(&listener).is_some_and(Queue::first_after_brokered) {
-            // The accept order: the monitor's connection first.
+        let mut first = self.incoming.get_mut(&listener)?.look_first();
+        // Made right after one the monitor made, which may still be in the
+        // channel: the accept order wants that one first. (Judged on the
+        // connection taken: one found ready only after a look without it
+        // was taken without reading the channel.)
+        if first.is_some_and(|(_, at, _)| at & AFTER_BROKERED != 0) {
             if let Err(e) = self.drain() {
                 log!(Level::Debug, "cannot read the channel before an accept: {e}");
             }
+            first = self.incoming.get_mut(&listener)?.look_first();
         }
         let q = self.incoming.get_mut(&listener)?;
-        let next = q.take_ready();
+        let next = first.and_then(|f| q.take(f));
         if !q.has_ready() {
             q.quiet();
         }

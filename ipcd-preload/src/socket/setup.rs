@@ -362,6 +362,9 @@ fn connect_standby(
     })??;
     let conn = info.conn;
     info.local = source.unwrap_or(info.local);
+    // Its acceptor learns of a first standby from its channel (`Expect`),
+    // as of a connection the monitor made.
+    let told_on_channel = renewal.is_none();
     let attached = match renewal {
         Some(r) => r.attach(&info),
         None => Link::attach(&info, Vec::new()),
@@ -378,10 +381,15 @@ fn connect_standby(
             // Connected now: an acceptor spinning on the ticket sees it;
             // otherwise the listener hears it from its bell (the monitor,
             // when it sent none). Not undone if the channel broke.
-            if !watched {
-                let _ = control::with(|c| match c.ring_listener(&dest) {
-                    true => Ok(()),
-                    false => c.notify(&Request::Use { conn, source }),
+            if !watched || told_on_channel {
+                let _ = control::with(|c| {
+                    if told_on_channel {
+                        c.brokered(dest);
+                    }
+                    match watched || c.ring_listener(&dest) {
+                        true => Ok(()),
+                        false => c.notify(&Request::Use { conn, source }),
+                    }
                 });
             }
             let nonblocking = sock.nonblocking();
