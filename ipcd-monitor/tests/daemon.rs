@@ -302,8 +302,10 @@ fn a_dying_client_loses_its_listeners_and_its_peers_are_told() {
     let Brokered { server, mut client, addr, info, cfds, sfds, _lfd } = brokered(&m);
     let a = map(&cfds[0]);
     let bell = sleeper(&mut client, &a, ipcd_ring::Side::A);
-    // The server had written something before it died, and read all it got.
+    // The server had accepted it (claimed, as accept does) and written
+    // something before it died, and read all it got.
     let b = map(&sfds[0]);
+    assert!(b.seg.claim(std::process::id()), "the end was offered to the server");
     // SAFETY: test: the handles of each ring side are used one at a time.
     let mut stx = unsafe { b.seg.producer(ipcd_ring::Side::B) }.unwrap();
     assert_eq!(stx.write(b"bye").unwrap().len, 3);
@@ -323,6 +325,23 @@ fn a_dying_client_loses_its_listeners_and_its_peers_are_told() {
     assert_eq!(report.status.listeners, 0);
     assert_eq!(report.connections[0].pids[1], 0, "side B shows as gone");
     assert_eq!(connect(&mut client, addr).0, Response::UseKernel { reason: Fallback::NoListener });
+}
+
+/// A connection still in a dead acceptor's queue (no accept claimed it)
+/// is reset, as Linux resets a dead listener's queue.
+#[test]
+fn a_dying_acceptor_resets_what_it_never_accepted() {
+    let m = Monitor::start();
+    let Brokered { server, mut client, info, cfds, sfds, _lfd, .. } = brokered(&m);
+    let a = map(&cfds[0]);
+    let _bell = sleeper(&mut client, &a, ipcd_ring::Side::A);
+    drop(server);
+    drop(sfds);
+    let (event, _) = next_event(&client);
+    assert_eq!(event, Response::PeerGone { conn: info.conn });
+    // SAFETY: test: the handles of each ring side are used one at a time.
+    let rx = unsafe { a.seg.consumer(ipcd_ring::Side::A) }.unwrap();
+    assert_eq!(rx.peer_state(), PeerState::Reset, "a queued connection of a dead listener is reset");
 }
 
 #[test]

@@ -298,6 +298,20 @@ fn renewed_connections_count_against_the_backlog() {
     assert!(st.renewed_total >= 10, "{st:?}");
 }
 
+/// A listener a fork shared, closed with a monitor-made connection
+/// queued: the connection is reset.
+#[test]
+fn a_shared_listener_closing_resets_its_queue() {
+    check("shared-listener-close");
+}
+
+/// A listener's process killed with a connection queued: the
+/// connection is reset.
+#[test]
+fn a_dead_listeners_queue_is_reset() {
+    check("dead-listener-close");
+}
+
 /// Connections made at once come out of accept in the order they were
 /// made, whether the monitor or standbys (renewed in another order)
 /// carried them.

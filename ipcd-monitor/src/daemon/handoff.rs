@@ -41,8 +41,11 @@ impl Daemon {
         if let Some(c) = self.clients.get_mut(&token) {
             c.holdings.retain(|h| *h != (conn, Side::B));
         }
+        // Nobody else to take it: reset, as Linux resets what waits in
+        // the queue of a listener whose last copy closes (a dead
+        // acceptor's close would end it with a FIN).
         if !self.hand_on(token, conn) {
-            self.release(token, conn, Side::B, true);
+            self.let_go(token, conn, Side::B, super::Gone::Released { abort: true });
         }
     }
 

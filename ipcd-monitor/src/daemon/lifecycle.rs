@@ -59,6 +59,10 @@ impl Daemon {
         }
         let open = end_state(rec, side) == EndState::Open;
         rec.gone[i] = true;
+        // A connection still in a dead acceptor's queue (never claimed by
+        // an accept) is reset, as Linux resets the queue of a listener
+        // whose process dies.
+        let abort = abort || (how == Gone::Died && queued_unclaimed(rec, side));
         if side == Side::B {
             left_queue(rec, &mut self.registry);
         }
@@ -328,4 +332,11 @@ impl Daemon {
             self.rehome_parked();
         }
     }
+}
+
+/// Whether `side` is the accepting end of a connection still waiting in
+/// its listener's queue: no accept claimed it (accepts are reported
+/// lazily; the claim in the segment is at once).
+fn queued_unclaimed(rec: &ConnRec, side: Side) -> bool {
+    side == Side::B && rec.pending_in.is_some() && rec.seg.view().claimed_by().is_none()
 }

@@ -178,6 +178,8 @@ const CHECKS: &[Check] = &[
     ("renewal-fork-listener", renewal_fork_and_listener),
     ("accept-order", renewal_accept_order),
     ("renewal-backlog", renewal_backlog),
+    ("shared-listener-close", shared_listener_close),
+    ("dead-listener-close", dead_listener_close),
     ("burst", burst),
     ("inherited-options", inherited_options),
     ("tcp-info", tcp_info),

@@ -895,3 +895,83 @@ pub(crate) fn backlog_wait() -> Res {
     a.into_iter().for_each(net::close);
     Ok(())
 }
+
+/// A listener a fork left shared (the forked client closed its copy)
+/// closing with a connection queued that the monitor made: the connection
+/// is reset, as Linux resets the queue of a listener whose last copy
+/// closes (it was ended with a FIN).
+pub(crate) fn shared_listener_close() -> Res {
+    use crate::checks::fork::{set_timeout, wait_child};
+    use crate::checks::readiness::{poll_n, pollfd};
+    let (go_r, go_w) = {
+        let mut p = [0i32; 2];
+        // SAFETY: room for two fds.
+        cvt("pipe", unsafe { libc::pipe(p.as_mut_ptr()) }).map_err(f)?;
+        (p[0], p[1])
+    };
+    let (l, pid) = crate::checks::renewal::forked_client(|port| {
+        net::close(go_w);
+        let c = net::connect_loopback(false, port).map_err(f)?;
+        set_timeout(c, 10)?;
+        let mut b = [0u8; 8];
+        // SAFETY: a one-byte read into a live buffer.
+        let n = unsafe { libc::read(go_r, b.as_mut_ptr().cast(), 1) };
+        ensure!(n == 1, "the server did not say its listener closed ({n})");
+        // SAFETY: a buffer of its length.
+        let n = unsafe { libc::recv(c, b.as_mut_ptr().cast(), b.len(), 0) };
+        ensure!(n < 0 && errno() == libc::ECONNRESET, "queued on a closed listener: recv {n} (errno {})", errno());
+        net::close(c);
+        Ok(())
+    })?;
+    net::close(go_r);
+    let mut p = [pollfd(l, libc::POLLIN)];
+    ensure!(poll_n(&mut p, 10_000) == 1, "the connection never reached the listener's queue");
+    net::close(l);
+    // SAFETY: one byte from a live buffer.
+    cvt("write", unsafe { libc::write(go_w, b"g".as_ptr().cast(), 1) }).map_err(f)?;
+    net::close(go_w);
+    wait_child(pid)
+}
+
+/// A listener's process killed with a connection in its queue: the
+/// connection is reset, as Linux resets the queue of a listener its
+/// process's death closes (it was ended with a FIN).
+pub(crate) fn dead_listener_close() -> Res {
+    use crate::checks::fork::{fork, in_child, set_timeout};
+    let (port_r, port_w) = {
+        let mut p = [0i32; 2];
+        // SAFETY: room for two fds.
+        cvt("pipe", unsafe { libc::pipe(p.as_mut_ptr()) }).map_err(f)?;
+        (p[0], p[1])
+    };
+    let pid = fork()?;
+    if pid == 0 {
+        in_child(|| {
+            let (_l, port) = net::listen_loopback(false).map_err(f)?;
+            // SAFETY: two bytes from a live buffer.
+            cvt("write", unsafe { libc::write(port_w, port.to_le_bytes().as_ptr().cast(), 2) }).map_err(f)?;
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(60));
+            }
+        });
+    }
+    net::close(port_w);
+    let mut p = [0u8; 2];
+    // SAFETY: a two-byte read into a live buffer.
+    let n = unsafe { libc::read(port_r, p.as_mut_ptr().cast(), 2) };
+    net::close(port_r);
+    ensure!(n == 2, "the listener's process sent no port ({n})");
+    let c = net::connect_loopback(false, u16::from_le_bytes(p)).map_err(f)?;
+    set_timeout(c, 10)?;
+    // SAFETY: our own child.
+    cvt("kill", unsafe { libc::kill(pid, libc::SIGKILL) }).map_err(f)?;
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    cvt("waitpid", unsafe { libc::waitpid(pid, &mut status, 0) }).map_err(f)?;
+    let mut b = [0u8; 8];
+    // SAFETY: a buffer of its length.
+    let n = unsafe { libc::recv(c, b.as_mut_ptr().cast(), b.len(), 0) };
+    ensure!(n < 0 && errno() == libc::ECONNRESET, "queued on a dead listener: recv {n} (errno {})", errno());
+    net::close(c);
+    Ok(())
+}

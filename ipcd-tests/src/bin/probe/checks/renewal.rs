@@ -33,7 +33,7 @@ fn expect_eof(fd: i32) -> Res {
 
 /// A listener here, and a forked child that closed its copy and runs
 /// `client` against it: the listener and the child's pid.
-fn forked_client(client: impl FnOnce(u16) -> Res) -> Result<(i32, i32), String> {
+pub(crate) fn forked_client(client: impl FnOnce(u16) -> Res) -> Result<(i32, i32), String> {
     let (l, port) = net::listen_loopback(false).map_err(f)?;
     set_timeout(l, 10)?;
     let pid = fork()?;
