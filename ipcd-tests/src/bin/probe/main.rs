@@ -178,6 +178,7 @@ const CHECKS: &[Check] = &[
     ("renewal-fork-listener", renewal_fork_and_listener),
     ("accept-order", renewal_accept_order),
     ("renewal-backlog", renewal_backlog),
+    ("renewal-held", renewal_held),
     ("shared-listener-close", shared_listener_close),
     ("dead-listener-close", dead_listener_close),
     ("burst", burst),

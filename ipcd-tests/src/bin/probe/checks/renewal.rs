@@ -429,3 +429,59 @@ pub(crate) fn renewal_backlog() -> Res {
     cs[..3].iter().copied().chain([late, l]).for_each(net::close);
     Ok(())
 }
+
+/// Rounds of a renewed standby, one of which both ends hold open until
+/// a line comes on stdin (after printing `held`), for a report to find
+/// it; more rounds after it. Each round: one byte each way, the client
+/// closes first, and connects again only once the server closed too
+/// (told through a pipe), so that every round after the pair's first two
+/// can go through the renewed standby.
+pub(crate) fn renewal_held() -> Res {
+    const ROUNDS: usize = 20;
+    let (step_r, step_w) = {
+        let mut p = [0i32; 2];
+        // SAFETY: room for two fds.
+        cvt("pipe", unsafe { libc::pipe(p.as_mut_ptr()) }).map_err(f)?;
+        (p[0], p[1])
+    };
+    let (l, pid) = forked_client(|port| {
+        net::close(step_w);
+        let round = |hold: bool| -> Res {
+            let c = net::connect_loopback(false, port).map_err(f)?;
+            set_timeout(c, 10)?;
+            net::send_all(c, b"r").map_err(f)?;
+            let mut b = [0u8; 1];
+            net::read_exact(c, &mut b).map_err(f)?;
+            if hold {
+                use std::io::{BufRead, Write};
+                println!("held");
+                std::io::stdout().flush().map_err(|e| e.to_string())?;
+                let mut line = String::new();
+                std::io::stdin().lock().read_line(&mut line).map_err(|e| e.to_string())?;
+            }
+            net::close(c);
+            // SAFETY: a one-byte read into a live buffer.
+            let n = unsafe { libc::read(step_r, b.as_mut_ptr().cast(), 1) };
+            ensure!(n == 1, "the server did not say it closed ({n})");
+            Ok(())
+        };
+        (0..ROUNDS).try_for_each(|_| round(false))?;
+        round(true)?;
+        (0..ROUNDS).try_for_each(|_| round(false))
+    })?;
+    net::close(step_r);
+    for _ in 0..2 * ROUNDS + 1 {
+        let s = net::accept(l).map_err(f)?;
+        set_timeout(s, 30)?;
+        let mut b = [0u8; 1];
+        net::read_exact(s, &mut b).map_err(f)?;
+        net::send_all(s, &b).map_err(f)?;
+        expect_eof(s)?;
+        net::close(s);
+        // SAFETY: one byte from a live buffer.
+        cvt("write", unsafe { libc::write(step_w, b.as_ptr().cast(), 1) }).map_err(f)?;
+    }
+    net::close(step_w);
+    net::close(l);
+    wait_child(pid)
+}
