@@ -903,12 +903,7 @@ pub(crate) fn backlog_wait() -> Res {
 pub(crate) fn shared_listener_close() -> Res {
     use crate::checks::fork::{set_timeout, wait_child};
     use crate::checks::readiness::{poll_n, pollfd};
-    let (go_r, go_w) = {
-        let mut p = [0i32; 2];
-        // SAFETY: room for two fds.
-        cvt("pipe", unsafe { libc::pipe(p.as_mut_ptr()) }).map_err(f)?;
-        (p[0], p[1])
-    };
+    let (go_r, go_w) = crate::checks::readiness::pipe()?;
     let (l, pid) = crate::checks::renewal::forked_client(|port| {
         net::close(go_w);
         let c = net::connect_loopback(false, port).map_err(f)?;
@@ -938,12 +933,7 @@ pub(crate) fn shared_listener_close() -> Res {
 /// process's death closes (it was ended with a FIN).
 pub(crate) fn dead_listener_close() -> Res {
     use crate::checks::fork::{fork, in_child, set_timeout};
-    let (port_r, port_w) = {
-        let mut p = [0i32; 2];
-        // SAFETY: room for two fds.
-        cvt("pipe", unsafe { libc::pipe(p.as_mut_ptr()) }).map_err(f)?;
-        (p[0], p[1])
-    };
+    let (port_r, port_w) = crate::checks::readiness::pipe()?;
     let pid = fork()?;
     if pid == 0 {
         in_child(|| {

@@ -217,12 +217,7 @@ pub(crate) fn renewal_death() -> Res {
 /// the next connect is refused.
 pub(crate) fn renewal_fork_and_listener() -> Res {
     const WARM: usize = 20;
-    let (go_r, go_w) = {
-        let mut p = [0i32; 2];
-        // SAFETY: room for two fds.
-        cvt("pipe", unsafe { libc::pipe(p.as_mut_ptr()) }).map_err(f)?;
-        (p[0], p[1])
-    };
+    let (go_r, go_w) = crate::checks::readiness::pipe()?;
     let (l, pid) = forked_client(|port| {
         net::close(go_w);
         for i in 0..2 * WARM + 1 {
@@ -438,12 +433,7 @@ pub(crate) fn renewal_backlog() -> Res {
 /// can go through the renewed standby.
 pub(crate) fn renewal_held() -> Res {
     const ROUNDS: usize = 20;
-    let (step_r, step_w) = {
-        let mut p = [0i32; 2];
-        // SAFETY: room for two fds.
-        cvt("pipe", unsafe { libc::pipe(p.as_mut_ptr()) }).map_err(f)?;
-        (p[0], p[1])
-    };
+    let (step_r, step_w) = crate::checks::readiness::pipe()?;
     let (l, pid) = forked_client(|port| {
         net::close(step_w);
         let round = |hold: bool| -> Res {
