@@ -94,7 +94,9 @@ fn a_segment_both_ends_kept_is_reused_by_the_same_pair_only() {
 #[test]
 fn a_passed_end_goes_to_its_claimer_or_closes_unclaimed() {
     let m = Monitor::start();
-    let Brokered { mut server, client: _client, info, cfds, _lfd, .. } = brokered(&m);
+    let Brokered { mut server, client: _client, info, cfds, sfds, _lfd, .. } = brokered(&m);
+    // Accepted (claimed, as accept does) before it is passed on.
+    assert!(map(&sfds[0]).seg.claim(std::process::id()), "the end was offered to the server");
     let mut worker = m.client();
     let refused = Response::Error { code: ErrorCode::NoSuchConnection };
     let pass = Request::Pass { conn: info.conn, side: Side::B };
