@@ -841,8 +841,15 @@ fn end_state(rec: &ConnRec, side: Side) -> EndState {
     if rec.gone[idx(side)] {
         return EndState::Gone;
     }
-    match rec.seg.view().writer_state(ring_side(side)) {
-        ipcd_ring::PeerState::Open if rec.relays[idx(side)] > 0 => EndState::Relayed,
+    match writer_end(rec.seg.view(), ring_side(side)) {
+        EndState::Open if rec.relays[idx(side)] > 0 => EndState::Relayed,
+        state => state,
+    }
+}
+
+/// What the ring says of `side`'s end as a writer: open, FIN or reset.
+fn writer_end(seg: &ipcd_ring::Segment, side: ipcd_ring::Side) -> EndState {
+    match seg.writer_state(side) {
         ipcd_ring::PeerState::Open => EndState::Open,
         ipcd_ring::PeerState::Closed => EndState::Fin,
         ipcd_ring::PeerState::Reset => EndState::Reset,

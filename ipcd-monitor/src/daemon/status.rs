@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use ipcd_proto::message::{ConnStatus, EndState, ListenerStatus, ProcessStatus, Response, Side, Status};
 use ipcd_ring::{ConnSegment, PeerState};
 
-use super::{end_state, idx, Daemon, HeldEnd};
+use super::{end_state, idx, writer_end, Daemon, HeldEnd};
 
 /// How many ends of earlier monitors' connections one process may report
 /// (each costs the monitor a few dozen bytes until the process goes).
@@ -87,14 +87,10 @@ impl Daemon {
             let ipcd_ring::Ticket::Connected(words) = v.ticket(id) else { continue };
             let sides = [ipcd_ring::Side::A, ipcd_ring::Side::B];
             // Promoted ones are in the records; finished ones are over.
-            if !v.renewable(id) || sides.iter().all(|&s| v.writer_state(s) != PeerState::Open && v.reader_closed(s)) {
+            if !v.renewable(id) || sides.iter().all(|&s| ended(v, s)) {
                 continue;
             }
-            let states = sides.map(|s| match v.writer_state(s) {
-                PeerState::Open => EndState::Open,
-                PeerState::Closed => EndState::Fin,
-                PeerState::Reset => EndState::Reset,
-            });
+            let states = sides.map(|s| writer_end(v, s));
             let entry = ConnStatus {
                 conn: id,
                 pids: [pid(sb.client), pid(sb.listener.0)],
@@ -190,9 +186,11 @@ impl Daemon {
 /// their writing and reading directions both closed (a socket's last
 /// close; a half-closed end still reads).
 fn is_over(rec: &super::ConnRec) -> bool {
-    [Side::A, Side::B].into_iter().all(|side| {
-        let v = rec.seg.view();
-        let s = super::ring_side(side);
-        rec.gone[idx(side)] || (v.writer_state(s) != ipcd_ring::PeerState::Open && v.reader_closed(s))
-    })
+    [Side::A, Side::B].into_iter().all(|side| rec.gone[idx(side)] || ended(rec.seg.view(), super::ring_side(side)))
+}
+
+/// `side`'s end closed both ways in the rings: it wrote its last and
+/// reads no more.
+fn ended(seg: &ipcd_ring::Segment, side: ipcd_ring::Side) -> bool {
+    seg.writer_state(side) != PeerState::Open && seg.reader_closed(side)
 }
