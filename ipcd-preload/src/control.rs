@@ -344,9 +344,10 @@ const CLOSES_HELD: usize = 8;
 /// connect to the same place says so (see `Control::brokered_lately`).
 const BROKERING_NS: u64 = 10_000_000;
 /// The bit of a connection's time (`Look::Ready`) that says its
-/// connector's connection just before, to the same place, was made by
-/// the monitor, whose `Incoming` the acceptor may not have read yet
-/// (see `Control::brokered_lately`).
+/// connector's connection just before, to the same place, was one the
+/// acceptor learns of from its channel (made by the monitor, or through
+/// a first standby), which it may not have read yet (see
+/// `Control::brokered_lately`).
 pub(crate) const AFTER_BROKERED: u64 = 1;
 /// Most messages one read of the channel takes (see `Control::drain`).
 const DRAIN_BATCH: usize = 8;
@@ -865,7 +866,7 @@ impl Control {
     /// Whether connections are expected on `listener` without the
     /// monitor (standbys issued for it, not yet used, or renewed ones'
     /// next rounds).
-    pub(crate) fn expects(&self, listener: u64) -> bool {
+    pub(crate) fn awaits(&self, listener: u64) -> bool {
         self.incoming.get(&listener).is_some_and(Queue::awaits)
     }
 

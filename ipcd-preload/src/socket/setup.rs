@@ -749,8 +749,8 @@ pub(crate) unsafe fn accept(
 /// the channel before every spin cost one system call per connection.
 /// Whether to look again.
 fn spin_on_tickets(id: u64, caught: &Caught) -> bool {
-    let known = control::peek(|c| c.expects(id)).unwrap_or(false);
-    let expecting = known || control::with(|c| c.drain().map(|()| c.expects(id))).unwrap_or(false);
+    let known = control::peek(|c| c.awaits(id)).unwrap_or(false);
+    let expecting = known || control::with(|c| c.drain().map(|()| c.awaits(id))).unwrap_or(false);
     if !expecting {
         return false;
     }
