@@ -173,9 +173,17 @@ pub(crate) fn renewal_death() -> Res {
     // The server dies.
     let (l, port) = net::listen_loopback(false).map_err(f)?;
     set_timeout(l, 10)?;
+    let (ready_r, ready_w) = crate::checks::readiness::pipe()?;
     let pid = fork()?;
     if pid == 0 {
         in_child(|| {
+            // Serves the listener (a wait on it says so) before the
+            // parent lets go of its copy: until then a connect finds no
+            // process serving it and goes to the kernel.
+            net::close(ready_r);
+            let mut p = [crate::checks::readiness::pollfd(l, libc::POLLIN)];
+            crate::checks::readiness::poll_n(&mut p, 0);
+            crate::checks::lifecycle::pipe_byte(ready_w, true)?;
             for _ in 0..WARM {
                 let s = net::accept(l).map_err(f)?;
                 echo(s)?;
@@ -188,6 +196,9 @@ pub(crate) fn renewal_death() -> Res {
             Ok(())
         });
     }
+    net::close(ready_w);
+    crate::checks::lifecycle::pipe_byte(ready_r, false)?;
+    net::close(ready_r);
     net::close(l);
     for _ in 0..WARM {
         let c = net::connect_loopback(false, port).map_err(f)?;
