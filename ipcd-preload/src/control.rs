@@ -134,11 +134,16 @@ impl Queue {
     /// was last emptied, it is emptied whether we rang it or not, and rung
     /// again if one connected meanwhile, so that no waiter sleeps past it.
     /// (A connector's ring that comes after that is one early wake-up of
-    /// the next sleeper, which empties it.)
+    /// the next sleeper, which empties it.) Emptied of our own ring, it is
+    /// rung again if a renewed round connected meanwhile: its connector
+    /// rang too, and a thread of ours asleep on the bell may not have
+    /// woken for it yet.
     fn quiet(&mut self) {
         let Some(b) = self.bell.upgrade() else { return };
         if !self.expects() || !self.maybe_rung {
-            b.quiet();
+            if b.quiet() && self.has_ready() {
+                b.ring();
+            }
             return;
         }
         b.settle();
@@ -287,10 +292,13 @@ impl ListenerBell {
         self.rung.store(true, Ordering::Relaxed);
     }
 
-    fn quiet(&self) {
-        if self.rung.swap(false, Ordering::Relaxed) {
+    /// Empties it if we rang it; true if so.
+    fn quiet(&self) -> bool {
+        let rung = self.rung.swap(false, Ordering::Relaxed);
+        if rung {
             self.bell.take();
         }
+        rung
     }
 
     /// Empties it whoever rang it.

@@ -244,6 +244,16 @@ fn renewed_standbys_carry_a_pairs_connections_without_the_monitor() {
     assert!(st.renewed_total <= st.standby_total && st.standby_total <= st.connects_total, "{st:?}");
 }
 
+/// Two threads accepting on one listener, two connecting on the other
+/// side, most connections through renewed standbys: each is served once,
+/// and a thread asleep in accept wakes for the last one.
+#[test]
+fn threads_accepting_together_serve_each_renewed_connection_once() {
+    let st = dual_run("acceptor-threads");
+    assert_eq!((st.connects_total, st.fallbacks_total), (302, 0), "{st:?}");
+    assert!(st.renewed_total >= 100, "few connections went through renewed standbys: {st:?}");
+}
+
 /// A report (`ipcd status`, a metrics scrape) shows a renewed round in
 /// progress with both its processes, and leaves the pair renewing: the
 /// rounds after it need the monitor no more than before.

@@ -179,6 +179,7 @@ const CHECKS: &[Check] = &[
     ("accept-order", renewal_accept_order),
     ("renewal-backlog", renewal_backlog),
     ("renewal-held", renewal_held),
+    ("acceptor-threads", acceptor_threads),
     ("shared-listener-close", shared_listener_close),
     ("dead-listener-close", dead_listener_close),
     ("burst", burst),

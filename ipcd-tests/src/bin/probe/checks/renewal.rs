@@ -486,3 +486,58 @@ pub(crate) fn renewal_held() -> Res {
     net::close(l);
     wait_child(pid)
 }
+
+/// A server whose two threads both block in accept on one listener (a
+/// thread pool's acceptors), a forked client whose two threads each make
+/// connections one after another (so that standbys are renewed under
+/// both): each connection is served once, by either thread. Then one
+/// `q` per acceptor, each acknowledged before the next is made: the
+/// second must wake the thread still asleep (its listener's timeout turns
+/// a lost wake-up into an error).
+pub(crate) fn acceptor_threads() -> Res {
+    const EACH: usize = 150;
+    let (l, pid) = forked_client(|port| {
+        let one = |what: u8| -> Res {
+            let c = net::connect_loopback(false, port).map_err(f)?;
+            set_timeout(c, 10)?;
+            net::send_all(c, &[what]).map_err(f)?;
+            let mut b = [0u8; 1];
+            net::read_exact(c, &mut b).map_err(f)?;
+            ensure!(b[0] == what.to_ascii_uppercase(), "{:?} answered {:?}", what as char, b[0] as char);
+            net::close(c);
+            Ok(())
+        };
+        std::thread::scope(|s| {
+            let workers: Vec<_> =
+                (0..2u8).map(|t| s.spawn(move || (0..EACH).try_for_each(|_| one(b'a' + t)))).collect();
+            workers.into_iter().try_for_each(|w| w.join().map_err(|_| "client thread panicked".to_string())?)
+        })?;
+        one(b'q')?;
+        one(b'q')
+    })?;
+    let acceptor = move || -> Result<usize, String> {
+        let mut served = 0;
+        loop {
+            let s = net::accept(l).map_err(f)?;
+            set_timeout(s, 10)?;
+            let mut b = [0u8; 1];
+            net::read_exact(s, &mut b).map_err(f)?;
+            net::send_all(s, &[b[0].to_ascii_uppercase()]).map_err(f)?;
+            net::close(s);
+            if b[0] == b'q' {
+                return Ok(served);
+            }
+            served += 1;
+        }
+    };
+    let served = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..2).map(|_| s.spawn(acceptor)).collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().map_err(|_| "acceptor panicked".to_string())?)
+            .sum::<Result<usize, String>>()
+    })?;
+    ensure!(served == 2 * EACH, "{served} connections served of {}", 2 * EACH);
+    net::close(l);
+    wait_child(pid)
+}
