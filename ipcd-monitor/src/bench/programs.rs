@@ -119,6 +119,7 @@ const WORKLOADS: [Workload; 4] = [
             ("redis-benchmark GET, 50 clients", "requests/s", "k/s", true),
             ("redis-benchmark SET, -P 16", "requests/s", "k/s", true),
             ("redis-benchmark GET, -P 16", "requests/s", "k/s", true),
+            ("redis-benchmark SET, -k 0 (reconnects)", "requests/s", "k/s", true),
         ],
         measure: redis,
     },
@@ -188,6 +189,10 @@ fn redis(r: &Runner, t: Transport, plan: &Plan) -> Result<Vec<f64>, String> {
         v.push(redis_rps(&out, "SET")?);
         v.push(redis_rps(&out, "GET")?);
     }
+    // A new connection per request from 50 clients at once: set-up under
+    // concurrency, as a pool that does not keep connections sees it.
+    let out = r.client(t, "redis-benchmark", &["-p", &p, "-t", "set", "-n", n1, "-k", "0", "-q", "--csv"])?;
+    v.push(redis_rps(&out, "SET")?);
     Ok(v)
 }
 
