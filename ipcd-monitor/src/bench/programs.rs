@@ -13,7 +13,18 @@ use super::{alternate, Progress, Row, Runner, Transport, TCP_IPCD};
 struct Bg(Child);
 
 impl Drop for Bg {
+    /// SIGTERM first, so that a server with workers (nginx's master) ends
+    /// them before it exits: SIGKILL would leave them holding the port.
     fn drop(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.0.id()) {
+            // SAFETY: a signal to our own child, not yet reaped (so the pid
+            // is still its own).
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -138,6 +149,7 @@ const WORKLOADS: [Workload; 4] = [
         rows: &[
             ("nginx + wrk, keep-alive, 16 connections", "requests/s", "k/s", true),
             ("nginx + wrk, Connection: close", "requests/s", "k/s", true),
+            ("nginx, 2 workers, Connection: close", "requests/s", "k/s", true),
         ],
         measure: nginx,
     },
@@ -225,13 +237,21 @@ fn iperf3(r: &Runner, t: Transport, plan: &Plan) -> Result<Vec<f64>, String> {
 }
 
 /// An nginx configuration serving a small page from a directory of its own.
-fn nginx_dir(port: u16) -> Result<PathBuf, String> {
+/// A directory with a page and an nginx configuration serving it on
+/// `port`: one process, or a master and `workers` processes sharing the
+/// listener (nginx's usual set-up).
+fn nginx_dir(port: u16, workers: usize) -> Result<PathBuf, String> {
     let dir = std::env::temp_dir().join(format!("ipcd-bench-nginx-{}-{port}", std::process::id()));
     let io = |e: std::io::Error| format!("nginx directory: {e}");
     std::fs::create_dir_all(dir.join("html")).map_err(io)?;
     std::fs::write(dir.join("html/index.html"), "<html><body>ipcd bench</body></html>\n").map_err(io)?;
+    let procs = if workers == 0 {
+        "master_process off;".to_string()
+    } else {
+        format!("master_process on;\nworker_processes {workers};")
+    };
     let conf = format!(
-        "daemon off;\nmaster_process off;\nerror_log {d}/error.log error;\npid {d}/nginx.pid;\n\
+        "daemon off;\n{procs}\nerror_log {d}/error.log error;\npid {d}/nginx.pid;\n\
          events {{ worker_connections 1024; }}\n\
          http {{ access_log off; keepalive_requests 1000000;\n\
            client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
@@ -243,19 +263,28 @@ fn nginx_dir(port: u16) -> Result<PathBuf, String> {
 }
 
 fn nginx(r: &Runner, t: Transport, plan: &Plan) -> Result<Vec<f64>, String> {
-    let port = free_port()?;
-    let dir = nginx_dir(port)?;
-    let conf = dir.join("nginx.conf");
-    let result = (|| {
-        let _srv = r.server(t, "nginx", &["-e", "stderr", "-c", &path(&conf)], port)?;
-        let url = format!("http://127.0.0.1:{port}/index.html");
-        let d = format!("-d{}s", plan.secs);
-        let keep = r.client(t, "wrk", &["-t1", "-c16", &d, &url])?;
-        let close = r.client(t, "wrk", &["-t1", "-c16", &d, "-H", "Connection: close", &url])?;
-        Ok(vec![number_after(&keep, "Requests/sec:")?, number_after(&close, "Requests/sec:")?])
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let d = format!("-d{}s", plan.secs);
+    let mut v = Vec::new();
+    // One process, then a master and two workers; wrk's 16 connections
+    // kept alive (one process only), then one per request.
+    for workers in [0, 2] {
+        let port = free_port()?;
+        let dir = nginx_dir(port, workers)?;
+        let conf = dir.join("nginx.conf");
+        let result = (|| {
+            let _srv = r.server(t, "nginx", &["-e", "stderr", "-c", &path(&conf)], port)?;
+            let url = format!("http://127.0.0.1:{port}/index.html");
+            if workers == 0 {
+                v.push(number_after(&r.client(t, "wrk", &["-t1", "-c16", &d, &url])?, "Requests/sec:")?);
+            }
+            let close = r.client(t, "wrk", &["-t1", "-c16", &d, "-H", "Connection: close", &url])?;
+            v.push(number_after(&close, "Requests/sec:")?);
+            Ok::<_, String>(())
+        })();
+        let _ = std::fs::remove_dir_all(&dir);
+        result?;
+    }
+    Ok(v)
 }
 
 fn path(p: &Path) -> String {
