@@ -72,6 +72,17 @@ pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
 pub fn output_within(cmd: &mut Command, limit: Duration) -> Option<Output> {
     let mut child = cmd.process_group(0).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
     let group = child.id() as i32;
+    // Read as it comes: a command that writes more than a pipe holds
+    // would otherwise block until the limit and look hung.
+    fn drain(mut r: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    }
+    let stdout = drain(child.stdout.take().expect("stdout"));
+    let stderr = drain(child.stderr.take().expect("stderr"));
     let deadline = Instant::now() + limit;
     let ended = loop {
         if child.try_wait().expect("try_wait").is_some() {
@@ -84,7 +95,9 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> Option<Output> {
     };
     // SAFETY: signals the group made for this command.
     unsafe { libc::kill(-group, libc::SIGKILL) };
-    let out = child.wait_with_output().expect("collect output");
+    let status = child.wait().expect("wait");
+    let out =
+        Output { status, stdout: stdout.join().expect("stdout reader"), stderr: stderr.join().expect("stderr reader") };
     ended.then_some(out)
 }
 

@@ -30,10 +30,14 @@ fn must_pass(what: &str, out: Output) -> String {
 /// Runs `probe check NAME` on the kernel, then under ipcd (which must not
 /// complain); the monitor's counters after the ipcd run.
 fn dual_run(name: &str) -> Status {
-    must_pass(&format!("{name} on kernel TCP"), probe(&["check", name]).output().expect("run probe"));
+    // A probe that hangs (a lost wake-up with no timeout of its own) fails
+    // its test rather than the whole suite's time limit.
+    let limit = Duration::from_secs(180);
+    let kernel = output_within(&mut probe(&["check", name]), limit);
+    must_pass(&format!("{name} on kernel TCP"), kernel.unwrap_or_else(|| panic!("{name} on kernel TCP hung")));
     let mon = Monitor::start(RING_BYTES);
-    let out = mon.under(&mut probe(&["check", name])).output().expect("run probe");
-    let stderr = must_pass(&format!("{name} under ipcd"), out);
+    let out = output_within(mon.under(&mut probe(&["check", name])), limit);
+    let stderr = must_pass(&format!("{name} under ipcd"), out.unwrap_or_else(|| panic!("{name} under ipcd hung")));
     assert!(!stderr.contains("ipcd["), "{name}: the library complained:\n{stderr}");
     mon.status().status
 }
