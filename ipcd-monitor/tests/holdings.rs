@@ -189,7 +189,7 @@ fn a_standby_connects_through_its_ticket_and_becomes_a_connection_when_needed() 
     // connection with the connector's address.
     server.notify(&Request::Accepted { conn: sb.conn }).unwrap();
     let (event, fds) = next_event(&client);
-    let Response::Standby { dest, info: next, bell } = event else { panic!("expected a standby, got {event:?}") };
+    let Response::Standby { dest, info: next, bell, .. } = event else { panic!("expected a standby, got {event:?}") };
     assert!(dest == addr && next.conn != sb.conn && !bell && fds.len() == 1, "{next:?}");
     let report = client.status().unwrap();
     let conn = report.connections.iter().find(|c| c.conn == sb.conn).expect("the used standby is a connection");

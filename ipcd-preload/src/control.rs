@@ -3,7 +3,7 @@
 //! sequence number; events (`Incoming`, `PeerGone`) that arrive in between
 //! are queued for `accept`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -337,8 +337,13 @@ pub(crate) struct Control {
     brokered: HashMap<SockAddr, u64>,
     /// `Close`s not sent yet (see `send`).
     closes: Vec<Request>,
-    /// Listeners' bells by destination, rung by a connect through a standby.
-    peer_bells: HashMap<SockAddr, PeerBell>,
+    /// Listeners' bells by destination and acceptor (a listener a fork
+    /// shared has one in each process that serves it), rung by a connect
+    /// through a standby issued to that acceptor.
+    peer_bells: HashMap<(SockAddr, u64), PeerBell>,
+    /// Whose bell a connect through a standby's segment rings: the
+    /// acceptor it was issued to (see `Response::Standby`).
+    standby_acceptors: HashMap<u64, u64>,
     /// The request ring of a monitor in a queue mode.
     queue: Option<crate::request_queue::RequestQueue>,
 }
@@ -359,6 +364,14 @@ const BROKERING_NS: u64 = 10_000_000;
 pub(crate) const AFTER_BROKERED: u64 = 1;
 /// Most messages one read of the channel takes (see `Control::drain`).
 const DRAIN_BATCH: usize = 8;
+
+/// Listeners' bells a connector keeps (see `Control::keep_peer_bell`):
+/// one per listener and process serving it that it connects to.
+const PEER_BELLS: usize = 64;
+
+/// Standby segments whose acceptor a connector remembers before it
+/// forgets those no standby holds (see `Response::Standby`).
+const STANDBY_SEGMENTS: usize = 4096;
 /// How long to leave a missing monitor alone before trying again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -479,6 +492,7 @@ impl Control {
             standby_seen: false,
             closes: Vec::new(),
             peer_bells: HashMap::new(),
+            standby_acceptors: HashMap::new(),
             queue: None,
         };
         let hello = Request::hello(pid, uid, Caps::empty());
@@ -700,18 +714,26 @@ impl Control {
             Response::PeerGone { .. } => {}
             Response::Forget { segment } => {
                 crate::conn::link::forget(segment);
+                self.standby_acceptors.remove(&segment);
                 for q in self.incoming.values_mut() {
                     q.items.retain(|p| p.segment() != Some(segment));
                 }
                 self.standbys.retain(|s| s.renewal.as_ref().is_none_or(|r| r.segment() != segment));
             }
-            Response::Standby { dest, mut info, bell } => {
+            Response::Standby { dest, mut info, bell, acceptor } => {
                 let mut fds = fds.into_vec();
                 if bell {
                     if let Some(fd) = fds.pop() {
-                        self.peer_bells.insert(dest, PeerBell(crate::sys::fds::hide(fd)));
+                        self.keep_peer_bell((dest, acceptor), fd);
                     }
                 }
+                if self.standby_acceptors.len() >= STANDBY_SEGMENTS {
+                    // Segments the monitor unmapped without a word (ours
+                    // evicted from the cache): keep those still held.
+                    let held: HashSet<u64> = self.standbys.iter().map(|s| s.info.segment).collect();
+                    self.standby_acceptors.retain(|seg, _| held.contains(seg));
+                }
+                self.standby_acceptors.insert(info.segment, acceptor);
                 if !info.reused {
                     if !crate::conn::link::Link::keep_standby(&info, fds) {
                         let _ = self.send_now(&Request::Unused { conn: info.conn }, &[]);
@@ -928,12 +950,44 @@ impl Control {
         self.incoming.entry(listener).or_default().items.push_front(pending);
     }
 
-    /// Rings the bell of the listener at `dest` (a connect took a
-    /// standby there); false if we have none for it.
-    pub(crate) fn ring_listener(&self, dest: &SockAddr) -> bool {
-        let Some(b) = self.peer_bells.get(dest) else { return false };
+    /// Rings the bell of the listener at `dest` in the process the
+    /// standby on `segment` was issued to (a connect took it); false if
+    /// we have none for it.
+    pub(crate) fn ring_listener(&self, dest: &SockAddr, segment: u64) -> bool {
+        let Some(&acceptor) = self.standby_acceptors.get(&segment) else { return false };
+        let Some(b) = self.peer_bells.get(&(*dest, acceptor)) else { return false };
         crate::conn::bell::ring(b.0.as_raw_fd());
         true
+    }
+
+    /// Keeps a listener's bell for connects through standbys issued to
+    /// `key`'s acceptor. At most [`PEER_BELLS`]: a server whose workers
+    /// come and go (each with a bell of its own) must not grow our fds
+    /// without end. One dropped is missed only by standbys still issued
+    /// to its acceptor, whose connects then tell the monitor (`Use`).
+    fn keep_peer_bell(&mut self, key: (SockAddr, u64), fd: OwnedFd) {
+        if self.peer_bells.len() >= PEER_BELLS && !self.peer_bells.contains_key(&key) {
+            // The oldest acceptor: monitor tokens grow with time.
+            if let Some(&old) = self.peer_bells.keys().min_by_key(|(_, acceptor)| *acceptor) {
+                self.peer_bells.remove(&old);
+            }
+        }
+        self.peer_bells.insert(key, PeerBell(crate::sys::fds::hide(fd)));
+    }
+
+    /// Tells the monitor this process accepts on `listener`, a listener
+    /// a fork shared, with its own bell for it (standbys are issued to it
+    /// then).
+    pub(crate) fn serve(&mut self, listener: u64, bell: Option<&ListenerBell>) -> Result<(), ChannelError> {
+        match bell {
+            Some(b) => {
+                // SAFETY: the bell's eventfd, alive while `b` is.
+                let fd = unsafe { BorrowedFd::borrow_raw(b.fd()) };
+                self.flush()?;
+                self.send_now(&Request::Serve { listener, bell: true }, &[fd])
+            }
+            None => self.notify(&Request::Serve { listener, bell: false }),
+        }
     }
 
     /// Everything still queued for `listener` (it is closing).

@@ -62,4 +62,8 @@ pub use state::{CloseAction, Conn, Errno, How, Phase, Readiness, Recv, Ring, Sen
 /// 10: doorbells per thread, named in the rings (`Bell`, `BellOf`,
 /// `Unbell`, `BellId`, `Bell`): connections carry only their segment.
 /// 11: a packet of requests without fds may hold several whole frames.
-pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 12..=12;
+/// 12: standbys renewed by their processes (`Status.renewed_total`,
+/// `Incoming.at`).
+/// 13: `Serve` may carry the server's bell, `Standby` names its acceptor
+/// (standbys for listeners a fork shared).
+pub const PROTOCOL_VERSIONS: core::ops::RangeInclusive<u16> = 13..=13;

@@ -66,7 +66,7 @@ fn a_standby_carries_its_segment_then_the_listeners_bell_in_order() {
         segment: 5,
         reused: false,
     };
-    let standby = Response::Standby { dest: LOCAL, info, bell: true };
+    let standby = Response::Standby { dest: LOCAL, info, bell: true, acceptor: 7 };
     assert_eq!(Response::Connected(info).fd_count(), 1, "a connection carries its segment alone");
     assert_eq!(standby.fd_count(), 2);
     let ws: Vec<_> = pipes.iter().map(|(_, w)| w.as_fd()).collect();

@@ -80,7 +80,7 @@ fn request() -> impl Strategy<Value = Request> {
             side: if b { Side::B } else { Side::A },
             abort
         }),
-        any::<u64>().prop_map(|listener| Request::Serve { listener }),
+        (any::<u64>(), any::<bool>()).prop_map(|(listener, bell)| Request::Serve { listener, bell }),
         any::<u64>().prop_map(|conn| Request::Decline { conn }),
         (any::<u64>(), prop::option::of(addr())).prop_map(|(conn, source)| Request::Use { conn, source }),
         any::<u64>().prop_map(|conn| Request::Unused { conn }),
@@ -114,7 +114,12 @@ fn response() -> impl Strategy<Value = Response> {
         (any::<u64>(), info(), any::<u64>()).prop_map(|(listener, info, at)| Response::Incoming { listener, info, at }),
         any::<u64>().prop_map(|conn| Response::PeerGone { conn }),
         any::<u64>().prop_map(|segment| Response::Forget { segment }),
-        (addr(), info(), any::<bool>()).prop_map(|(dest, info, bell)| Response::Standby { dest, info, bell }),
+        (addr(), info(), any::<bool>(), any::<u64>()).prop_map(|(dest, info, bell, acceptor)| Response::Standby {
+            dest,
+            info,
+            bell,
+            acceptor
+        }),
         (any::<u64>(), info()).prop_map(|(listener, info)| Response::Expect { listener, info }),
         any::<u64>().prop_map(|conn| Response::Withdraw { conn }),
         any::<u64>().prop_map(|id| Response::BellId { id }),

@@ -27,19 +27,25 @@ fn must_pass(what: &str, out: Output) -> String {
     stderr
 }
 
-/// Runs `probe check NAME` on the kernel, then under ipcd (which must not
-/// complain); the monitor's counters after the ipcd run.
-fn dual_run(name: &str) -> Status {
-    // A probe that hangs (a lost wake-up with no timeout of its own) fails
-    // its test rather than the whole suite's time limit.
+/// Runs `probe check NAME` on the kernel, then under ipcd; the ipcd
+/// run's stderr and the monitor's counters after it. A probe that hangs
+/// (a lost wake-up with no timeout of its own) fails its test rather than
+/// the whole suite's time limit.
+fn run_both(name: &str) -> (Status, String) {
     let limit = Duration::from_secs(180);
     let kernel = output_within(&mut probe(&["check", name]), limit);
     must_pass(&format!("{name} on kernel TCP"), kernel.unwrap_or_else(|| panic!("{name} on kernel TCP hung")));
     let mon = Monitor::start(RING_BYTES);
     let out = output_within(mon.under(&mut probe(&["check", name])), limit);
     let stderr = must_pass(&format!("{name} under ipcd"), out.unwrap_or_else(|| panic!("{name} under ipcd hung")));
+    (mon.status().status, stderr)
+}
+
+/// [`run_both`], and the library did not complain.
+fn dual_run(name: &str) -> Status {
+    let (st, stderr) = run_both(name);
     assert!(!stderr.contains("ipcd["), "{name}: the library complained:\n{stderr}");
-    mon.status().status
+    st
 }
 
 /// [`dual_run`], and the ipcd run set up its connections through the
@@ -454,18 +460,15 @@ fn epoll_server(mode: &str) {
 /// ipcd, where every connection to the shared listener must have gone
 /// through ipcd: only each child's one connect to a closed port (its way
 /// to be sure the monitor has read that it serves) falls back.
-fn prefork_check(name: &str, connects: u64) {
-    fork_check(name, connects, 2);
+fn prefork_check(name: &str, connects: u64) -> Status {
+    fork_check(name, connects, 2)
 }
 
 /// `prefork_check` with `fallbacks` connects to closed ports.
-fn fork_check(name: &str, connects: u64, fallbacks: u64) {
-    must_pass(&format!("{name} on kernel TCP"), probe(&["check", name]).output().expect("run probe"));
-    let mon = Monitor::start(RING_BYTES);
-    let stderr =
-        must_pass(&format!("{name} under ipcd"), mon.under(&mut probe(&["check", name])).output().expect("probe"));
-    let st = mon.status().status;
+fn fork_check(name: &str, connects: u64, fallbacks: u64) -> Status {
+    let (st, stderr) = run_both(name);
     assert_eq!((st.connects_total, st.fallbacks_total), (connects, fallbacks), "{name}: {st:?}\n{stderr}");
+    st
 }
 
 /// A listener passed over a Unix socket to a process that accepts on it
@@ -486,6 +489,16 @@ fn a_listener_passed_over_a_unix_socket_is_the_kernels() {
 #[test]
 fn a_pre_fork_server_takes_its_connections_through_ipcd() {
     prefork_check("prefork", 27);
+}
+
+/// nginx's shape as it runs: a master, two workers, clients in their own
+/// process, one at a time and four at once. Most connections go through
+/// standbys issued to either worker; when one worker leaves, the rest are
+/// the other's.
+#[test]
+fn a_pre_fork_servers_workers_take_connections_through_standbys() {
+    let st = prefork_check("prefork-standbys", 502);
+    assert!(st.standby_total >= 250, "few connections went through standbys: {st:?}");
 }
 
 /// A child that closes its copy with a connection in its queue hands it

@@ -5,9 +5,11 @@
 use ipcd_proto::channel::Fds;
 use ipcd_proto::message::{ErrorCode, Request, Response, Side};
 use ipcd_proto::{Caps, ListenFlags, SockAddr, PROTOCOL_VERSIONS};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
-use super::{idx, send_to, socket_inode, undeliverable, verify_listening_socket, Daemon, Gone, HeldEnd, EXECED};
+use super::{
+    idx, is_eventfd, send_to, socket_inode, undeliverable, verify_listening_socket, Daemon, Gone, HeldEnd, EXECED,
+};
 use crate::log;
 use crate::log::Level;
 use crate::registry::Listener;
@@ -67,7 +69,7 @@ impl Daemon {
             },
             Request::Claim => self.claim(from, fds),
             Request::Trace { pid, port } => self.trace(from, pid, port),
-            Request::Serve { listener } => self.serve_listener(token, listener),
+            Request::Serve { listener, .. } => self.serve_listener(token, listener, fds.into_vec().pop()),
             Request::Decline { conn } => self.decline(token, conn),
             Request::Held { conn, side, local, peer, open } => {
                 self.held(token, HeldEnd { conn, side, local, peer }, open)
@@ -125,7 +127,7 @@ impl Daemon {
             | Request::Accepted { conn } => self.promote(conn),
             // A process about to exec: its own and its listeners'. (Not
             // a connect: its standbys in use are renewed, not spent.)
-            Request::ExecPrepare => self.promote_where(|s| s.client == token || s.listener.0 == token),
+            Request::ExecPrepare => self.promote_where(|s| s.client == token || s.acceptor == token),
             // A fork: its parent's, in `forked` (known by pid only).
             _ => {}
         }
@@ -232,7 +234,7 @@ impl Daemon {
         entry.inode = inode;
         entry.defer_secs = defer;
         if flags.contains(ListenFlags::BELL) && fds.len() == 2 {
-            if let Some(bell) = fds.pop() {
+            if let Some(bell) = fds.pop().filter(is_eventfd) {
                 self.listener_bells.insert((token, listener), bell);
             }
         }
@@ -254,7 +256,13 @@ impl Daemon {
         let From { token, seq, .. } = from;
         let (owned, handed) = self.registry.disown(token, Some(listener));
         self.handed_on(token, &handed);
-        self.withdraw_standbys(|s| s.listener == (token, listener));
+        // No more of its connects, nor standbys: those it has go (one
+        // connected is handed to it, and it declines it to the others),
+        // and so do all of a listener nobody holds any more.
+        self.registry.stop_serving(token, listener);
+        self.withdraw_standbys(|s| {
+            (s.acceptor == token && s.listener.1 == listener) || s.listener == (token, listener)
+        });
         self.listener_bells.remove(&(token, listener));
         if owned > 0 || self.registry.unshare(token, Some(listener)) {
             self.reply(token, seq, &Response::Ok, &[]);
@@ -324,8 +332,14 @@ impl Daemon {
     }
 
     /// `Serve`: a process that shares a listener now accepts on it.
-    fn serve_listener(&mut self, token: u64, listener: u64) {
+    /// `Serve`: `token` accepts on `listener`, a listener a fork shared;
+    /// with its own bell for it, standbys may be issued to it.
+    fn serve_listener(&mut self, token: u64, listener: u64, bell: Option<OwnedFd>) {
         if self.registry.serve(token, listener) {
+            if let Some(bell) = bell.filter(is_eventfd) {
+                // The first one stays: connectors were sent that one.
+                self.listener_bells.entry((token, listener)).or_insert(bell);
+            }
             self.take_from_idle(token, listener);
             self.rehome_parked();
         } else {

@@ -23,6 +23,10 @@ impl Daemon {
             for rec in self.conns.values_mut().filter(|r| r.pending_in == Some((old, id))) {
                 rec.pending_in = Some((owner, id));
             }
+            // Standbys issued to its servers go on under its new key.
+            for sb in self.standbys.values_mut().filter(|s| s.listener == (old, id)) {
+                sb.listener = (owner, id);
+            }
             log!(Level::Info, "msg=\"listener handed on\" listener={id} from={old} to={owner} pid={pid}");
         }
     }

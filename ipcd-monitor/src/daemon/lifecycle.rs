@@ -147,7 +147,7 @@ impl Daemon {
         // listeners' queued rounds): they become connections first, as
         // the ones it holds. Nobody else's: their renewal goes on.
         let parents: Vec<u64> = self.clients.iter().filter(|(&t, c)| is_parent(t, c)).map(|(&t, _)| t).collect();
-        self.promote_where(|s| parents.contains(&s.client) || parents.contains(&s.listener.0));
+        self.promote_where(|s| parents.contains(&s.client) || parents.contains(&s.acceptor));
         let parent = self.clients.iter().find(|(&t, c)| is_parent(t, c)).map(|(_, c)| c.holdings.clone());
         let Some(holdings) = parent else {
             self.fail(token, seq, ErrorCode::NotOwner);
@@ -177,8 +177,9 @@ impl Daemon {
         {
             self.registry.mark_forked(parent_token, token);
             // Its listeners are shared now: connects take turns among
-            // the processes that serve them, which a standby would skip.
-            self.withdraw_standbys(|s| s.listener.0 == parent_token);
+            // the processes that serve them, which a standby issued to it
+            // would skip (it may be a master that never accepts again).
+            self.withdraw_standbys(|s| s.acceptor == parent_token);
         }
         if let Some(c) = self.clients.get_mut(&token) {
             c.holdings.extend(holdings);
@@ -281,12 +282,16 @@ impl Daemon {
                 // read reached its `ExecPrepare`.
                 self.serve(token, 64);
             }
-            self.promote_where(|s| s.client == token || s.listener.0 == token);
+            self.promote_where(|s| s.client == token || s.acceptor == token);
             let Some(mut client) = self.clients.remove(&token) else { continue };
             self.drop_queue(token, client.queue.take());
-            self.withdraw_standbys(|s| s.client == token || s.listener.0 == token);
-            // Its listeners' bells go with it (an exec'd image registers its own).
+            self.withdraw_standbys(|s| s.client == token || s.acceptor == token);
+            // Its listeners' bells go with it (an exec'd image registers
+            // its own), and other clients' note of having them.
             self.listener_bells.retain(|&(owner, _), _| owner != token);
+            for c in self.clients.values_mut() {
+                c.bells.retain(|&(acceptor, _)| acceptor != token);
+            }
             // So do its threads' doorbells (a peer's copy of one stays
             // open, rung for nobody).
             self.bells.drop_owner(token);

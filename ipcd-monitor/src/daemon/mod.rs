@@ -52,7 +52,7 @@ mod status;
 mod trace;
 mod verify;
 
-use verify::{parent_of, socket_inode, verify_listening_socket};
+use verify::{is_eventfd, parent_of, socket_inode, verify_listening_socket};
 
 const TOKEN_LISTENER: u64 = 0;
 
@@ -103,7 +103,7 @@ struct Client {
     held: Vec<HeldEnd>,
     /// Its connects that went to the kernel (answered so, or reported).
     to_kernel: u64,
-    /// Listeners (owner, id) whose bell this client was sent.
+    /// Listeners' bells this client was sent, by (acceptor, listener id).
     bells: HashSet<(u64, u64)>,
     /// What its channel could not take yet, in order: sent as it drains
     /// (`EPOLLOUT`), so a long report reaches a slow reader whole and a
@@ -284,10 +284,12 @@ struct NewConn {
 }
 
 /// A connection held ready for a process's next connect to `dest`
-/// (`Response::Standby`): its listener's owner is told only at `Use`.
+/// (`Response::Standby`), for `acceptor` (the listener's owner, or for a
+/// listener a fork shared one of the processes that serve it, in turn).
 struct Standby {
     client: u64,
     listener: (u64, u64),
+    acceptor: u64,
     dest: SockAddr,
     info: ConnInfo,
     seg: SharedSegment,
@@ -396,8 +398,9 @@ pub struct Daemon {
     watch: Vec<u64>,
     /// A connect is reading its listener owner's channel (see `broker`).
     catching_up: bool,
-    /// Listeners' bells (eventfds) by (owner, id), rung by connectors
-    /// that take a standby.
+    /// Listeners' bells (eventfds) by (owner, id), and for a listener a
+    /// fork shared by (server, id) too: rung by connectors that take a
+    /// standby issued to that process.
     listener_bells: HashMap<(u64, u64), OwnedFd>,
     /// Connections not yet announced to their acceptor (`TCP_DEFER_ACCEPT`).
     deferred: HashMap<u64, defer::Deferred>,

@@ -15,28 +15,43 @@ use ipcd_ring::Ticket;
 impl Daemon {
     /// After a connect of `token` to `dest` reached `listener`: holds the
     /// next connection there ready for it (`Standby`), so that its next
-    /// connect to `dest` needs no answer. Only for a listener one process
-    /// owns alone (shared ones and `SO_REUSEPORT` groups take turns, which
-    /// a connection fixed in advance would skip), up to
-    /// `STANDBYS_PER_DEST` per destination, and not for a pair's first connection (`again` false), so a process
-    /// that connects once does not cost a second segment.
+    /// connect to `dest` needs no answer. For the listener's owner, or for
+    /// a listener a fork shared for one of the processes that serve it
+    /// (the one this connector holds fewest standbys for: each carries its
+    /// connections to the process it was issued to, so they spread as the
+    /// monitor's turns do). Not for a `SO_REUSEPORT` group (its own
+    /// turns), nor for an acceptor whose bell the monitor lacks; up to
+    /// `STANDBYS_PER_DEST` per destination, and not for a pair's first
+    /// connection (`again` false), so a process that connects once does
+    /// not cost a second segment.
     pub(super) fn issue_standby(&mut self, token: u64, listener: (u64, u64), dest: SockAddr, again: bool) {
-        let plain = self
-            .registry
-            .get(listener.0, listener.1)
-            .is_some_and(|l| !l.is_shared() && !l.handed_on && !l.flags.contains(ListenFlags::REUSEPORT));
         let held = self.standbys.values().filter(|s| s.client == token && s.dest == dest).count();
-        if !plain || held >= STANDBYS_PER_DEST || !self.listener_bells.contains_key(&listener) {
+        if held >= STANDBYS_PER_DEST {
             return;
         }
-        // A new segment only for the first standby: more would be made here
-        // while a busy pair's closing connections find its pool full and
-        // unmap theirs (nginx + wrk with `Connection: close`: ~13 % of the
-        // monitor's time went to making and unmapping segments).
-        let pair = (token, listener.0);
-        if (!again || held > 0) && self.pools.get(&pair).is_none_or(Vec::is_empty) {
+        let Some(l) = self.registry.get(listener.0, listener.1).filter(|l| !l.flags.contains(ListenFlags::REUSEPORT))
+        else {
             return;
-        }
+        };
+        let candidates = if l.is_shared() || l.handed_on { l.servers.clone() } else { vec![l.owner] };
+        let mine = |a: u64| self.standbys.values().filter(|s| s.client == token && s.acceptor == a).count();
+        // A new segment only for the first standby to an acceptor: more
+        // would be made here while a busy pair's closing connections find
+        // its pool full and unmap theirs (nginx + wrk with `Connection:
+        // close`: ~13 % of the monitor's time went to making and unmapping
+        // segments).
+        let pooled = |a: u64| self.pools.get(&(token, a)).is_some_and(|p| !p.is_empty());
+        let Some(acceptor) = candidates
+            .into_iter()
+            .filter(|&a| self.listener_bells.contains_key(&(a, listener.1)))
+            .map(|a| (a, mine(a)))
+            .filter(|&(a, n)| pooled(a) || (again && n == 0))
+            .min_by_key(|&(_, n)| n)
+            .map(|(a, _)| a)
+        else {
+            return;
+        };
+        let pair = (token, acceptor);
         let conn = self.next_conn;
         let Some((segment, seg, reused)) = self.take_segment(pair, conn) else { return };
         self.next_conn += 1;
@@ -53,7 +68,6 @@ impl Daemon {
         // The acceptor first: once the connector has the standby it may
         // connect and ring the listener's bell, and the woken acceptor
         // must find the `Expect` on its channel.
-        let acceptor = listener.0;
         let to_pid = self.clients.get(&acceptor).map_or(0, |c| c.pid);
         // Renewed by the pair itself after each connection (see
         // `promote`), unless a tracer must see every connection.
@@ -76,14 +90,15 @@ impl Daemon {
             }
             return;
         }
-        // (The listener has a bell: checked on entry.)
-        let send_bell = self.clients.get(&token).is_some_and(|c| !c.bells.contains(&listener));
+        // (The acceptor has a bell: checked on entry.)
+        let bell_key = (acceptor, listener.1);
+        let send_bell = self.clients.get(&token).is_some_and(|c| !c.bells.contains(&bell_key));
         self.uncork_before(acceptor, token, reused && !send_bell);
-        let bell = self.listener_bells.get(&listener).map(|b| b.as_fd());
+        let bell = self.listener_bells.get(&bell_key).map(|b| b.as_fd());
         let mut fds = vec![seg.fd()];
         fds.truncate(n);
         fds.extend(bell.filter(|_| send_bell));
-        let standby = Response::Standby { dest, info, bell: send_bell };
+        let standby = Response::Standby { dest, info, bell: send_bell, acceptor };
         let sent = send_to(&mut self.clients, &mut self.watch, token, 0, &standby, &fds);
         if sent.is_err() {
             // The acceptor was told: it drops the entry once it sees it
@@ -96,10 +111,10 @@ impl Daemon {
             return;
         }
         if let Some(c) = self.clients.get_mut(&token).filter(|_| send_bell) {
-            c.bells.insert(listener);
+            c.bells.insert(bell_key);
         }
         log!(Level::Debug, "msg=\"standby issued\" conn={conn} client={token} dest={dest} reused={reused}");
-        self.standbys.insert(conn, Standby { client: token, listener, dest, info, seg, counted: 0 });
+        self.standbys.insert(conn, Standby { client: token, listener, acceptor, dest, info, seg, counted: 0 });
     }
 
     /// Standby `conn`, if its connector connected through it (its ticket
@@ -181,13 +196,12 @@ impl Daemon {
             log!(Level::Warn, "msg=\"use of an unknown standby\" client={token} conn={conn}");
             return;
         };
-        let Standby { listener, dest, mut info, seg, .. } = sb;
+        let Standby { listener, acceptor, dest, mut info, seg, .. } = sb;
         info.conn = conn;
         // A renewed round's segment is mapped at both ends already.
         info.reused |= conn != key;
         let source = SockAddr::from_words(promoted.addr);
         info.local = source.unwrap_or(info.local);
-        let acceptor = listener.0;
         let claimed = seg.view().claimed_by().is_some();
         let live =
             claimed || (self.registry.get(listener.0, listener.1).is_some() && self.clients.contains_key(&acceptor));
@@ -217,11 +231,11 @@ impl Daemon {
         let rec = ConnRec {
             seg: new.seg,
             info: [info, info_b],
-            holders: [vec![token], vec![listener.0]],
+            holders: [vec![token], vec![acceptor]],
             gone: [false; 2],
             pending_in: None,
             waits: false,
-            pair: (token, listener.0),
+            pair: (token, acceptor),
             // A pooled segment is in the acceptor's cache: told to unmap it.
             kept: [false, info.reused],
             recyclable: false,
@@ -236,7 +250,7 @@ impl Daemon {
         // Reset, as Linux resets what waits in a closed listener's queue
         // (a dead acceptor's close would end it with a FIN); the
         // connector is told as of a dead peer.
-        self.let_go(listener.0, conn, Side::B, Gone::Released { abort: true });
+        self.let_go(acceptor, conn, Side::B, Gone::Released { abort: true });
         // Best effort: a client that cannot take it is being dropped.
         let _ = send_to(&mut self.clients, &mut self.watch, token, 0, &Response::PeerGone { conn }, &[]);
     }
@@ -281,7 +295,7 @@ impl Daemon {
     /// acceptor could not map it (`token` is one of the two).
     pub(super) fn unused_standby(&mut self, token: u64, conn: u64) {
         let Some(key) = self.standby_key(conn) else { return };
-        if self.standbys.get(&key).is_some_and(|s| s.client == token || s.listener.0 == token) {
+        if self.standbys.get(&key).is_some_and(|s| s.client == token || s.acceptor == token) {
             self.cancel_standby(key);
         }
     }
@@ -302,7 +316,7 @@ impl Daemon {
         self.count_rounds(&sb);
         let _ = self.send(sb.client, 0, &Response::Withdraw { conn: now }, &[]);
         self.tell_forget(sb.client, sb.info.segment);
-        self.tell_forget(sb.listener.0, sb.info.segment);
+        self.tell_forget(sb.acceptor, sb.info.segment);
     }
 
     /// Withdraws the standbys `pred` picks (their listener closed, became

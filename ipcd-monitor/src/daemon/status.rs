@@ -93,13 +93,13 @@ impl Daemon {
             let states = sides.map(|s| writer_end(v, s));
             let entry = ConnStatus {
                 conn: id,
-                pids: [pid(sb.client), pid(sb.listener.0)],
+                pids: [pid(sb.client), pid(sb.acceptor)],
                 addrs: [ipcd_proto::SockAddr::from_words(words).unwrap_or(sb.info.local), sb.dest],
                 bytes: sides.map(|s| v.written(s)),
                 segment_len: sb.seg.len() as u64,
                 states,
             };
-            out.push((entry, [sb.client, sb.listener.0]));
+            out.push((entry, [sb.client, sb.acceptor]));
         }
         out.sort_by_key(|(c, _)| c.conn);
         out

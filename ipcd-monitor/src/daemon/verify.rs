@@ -63,3 +63,11 @@ pub(super) fn verify_listening_socket(fd: &OwnedFd, claimed: &SockAddr) -> Resul
         Err("bound elsewhere")
     }
 }
+
+/// Whether `fd` is an eventfd: a bell a process passes that connectors
+/// will write to, which must be one (a pipe or file there would take
+/// their writes, or block them).
+pub(super) fn is_eventfd(fd: &OwnedFd) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|t| t.as_os_str() == "anon_inode:[eventfd]")
+}

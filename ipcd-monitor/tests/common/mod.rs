@@ -318,7 +318,7 @@ pub(crate) fn with_standby(m: &Monitor) -> WithStandby {
     // and the listener is told of it first.
     client.notify(&Request::Connect { dest: addr, source: None, nonblocking: false }).unwrap();
     let (event, cfds) = next_event(&client);
-    let Response::Standby { dest, info: sb, bell } = event else { panic!("expected a standby, got {event:?}") };
+    let Response::Standby { dest, info: sb, bell, .. } = event else { panic!("expected a standby, got {event:?}") };
     let (Response::Connected(again), _) = client.wait_reply().unwrap() else { panic!("not brokered") };
     assert_eq!(dest, addr);
     assert_eq!((again.reused, again.segment), (true, first.segment), "the connect itself takes the pooled segment");

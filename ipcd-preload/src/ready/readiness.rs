@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use ipcd_proto::Request;
 use ipcd_ring::Wait;
 
 use crate::conn::wait::Nap;
@@ -117,7 +116,7 @@ pub(crate) fn watch_listeners<'a>(members: impl Iterator<Item = (&'a Arc<Socket>
         .filter_map(|(sock, kind, _)| match (kind, &mut *sock.lock()) {
             (Kind::Listener(id), State::Listening { bell, shared, served, .. }) => {
                 if crate::socket::setup::serve_now(*shared, served) {
-                    serve.push(id);
+                    serve.push((id, bell.clone()));
                 }
                 bell.as_ref().map(|b| (id, sock.serial, Arc::clone(b)))
             }
@@ -125,7 +124,7 @@ pub(crate) fn watch_listeners<'a>(members: impl Iterator<Item = (&'a Arc<Socket>
         })
         .collect();
     if !serve.is_empty() {
-        let _ = control::with(|c| serve.iter().try_for_each(|&listener| c.notify(&Request::Serve { listener })));
+        let _ = control::with(|c| serve.iter().try_for_each(|(listener, bell)| c.serve(*listener, bell.as_deref())));
     }
     let mut asleep = Asleep::default();
     let pending = !bells.is_empty()

@@ -386,7 +386,7 @@ fn connect_standby(
                     if told_on_channel {
                         c.brokered(dest);
                     }
-                    match watched || c.ring_listener(&dest) {
+                    match watched || c.ring_listener(&dest, info.segment) {
                         true => Ok(()),
                         false => c.notify(&Request::Use { conn, source }),
                     }
@@ -662,7 +662,7 @@ pub(crate) unsafe fn accept(
         _ => (None, false, 0),
     };
     if serve {
-        let _ = control::with(|c| c.notify(&Request::Serve { listener: id }));
+        let _ = control::with(|c| c.serve(id, bell.as_deref()));
     }
     loop {
         let next = control::with(|c| {
@@ -890,6 +890,14 @@ pub(crate) fn close_listener(id: u64, shared: bool, passed: bool) {
                 // listener (or does now) and has both unmap it.
                 Pending::Expected(_, link) if !matches!(link.cancel_ticket(), Ticket::Connected(_)) => {
                     let _ = (*link).keep();
+                    continue;
+                }
+                // Connected through a standby issued to us, and promoted
+                // by the monitor at `Unlisten` (handed to us, read by the
+                // drain): the other processes may take it.
+                Pending::Expected(info, link) if shared && !passed && !link.renewable() => {
+                    let _ = (*link).keep();
+                    c.notify(&Request::Decline { conn: info.conn })?;
                     continue;
                 }
                 Pending::Expected(info, link) => (info, Some(*link)),

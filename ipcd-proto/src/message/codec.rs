@@ -205,6 +205,7 @@ impl Request {
             Request::Listen { .. } | Request::Pass { .. } | Request::Demote { .. } | Request::Claim | Request::Bell => {
                 1
             }
+            Request::Serve { bell, .. } => usize::from(*bell),
             _ => 0,
         }
     }
@@ -250,7 +251,10 @@ impl Request {
                 w.u64(conn);
                 side.encode(w);
             }
-            Request::Serve { listener } => w.u64(listener),
+            Request::Serve { listener, bell } => {
+                w.u64(listener);
+                w.bool(bell);
+            }
             Request::Trace { pid, port } => {
                 w.u32(pid);
                 w.u16(port);
@@ -344,7 +348,7 @@ impl Request {
             0x011a => Request::Bell,
             0x011b => Request::BellOf { id: r.u64()? },
             0x011c => Request::Unbell { id: r.u64()? },
-            0x010f => Request::Serve { listener: r.u64()? },
+            0x010f => Request::Serve { listener: r.u64()?, bell: r.bool("bell")? },
             0x0110 => Request::Decline { conn: r.u64()? },
             0x0111 => Request::Use { conn: r.u64()?, source: SockAddr::decode_opt(r)? },
             0x0112 => Request::Unused { conn: r.u64()? },
@@ -437,10 +441,11 @@ impl Response {
             }
             Response::PeerGone { conn } => w.u64(conn),
             Response::Forget { segment } => w.u64(segment),
-            Response::Standby { dest, info, bell } => {
+            Response::Standby { dest, info, bell, acceptor } => {
                 dest.encode(w);
                 info.encode(w);
                 w.bool(bell);
+                w.u64(acceptor);
             }
             Response::Expect { listener, info } => {
                 w.u64(listener);
@@ -535,9 +540,12 @@ impl Response {
             0x0206 => Response::Incoming { listener: r.u64()?, info: ConnInfo::decode(r)?, at: r.u64()? },
             0x0207 => Response::PeerGone { conn: r.u64()? },
             0x020c => Response::Forget { segment: r.u64()? },
-            0x020d => {
-                Response::Standby { dest: SockAddr::decode(r)?, info: ConnInfo::decode(r)?, bell: r.bool("bell")? }
-            }
+            0x020d => Response::Standby {
+                dest: SockAddr::decode(r)?,
+                info: ConnInfo::decode(r)?,
+                bell: r.bool("bell")?,
+                acceptor: r.u64()?,
+            },
             0x020f => Response::Expect { listener: r.u64()?, info: ConnInfo::decode(r)? },
             0x020e => Response::Withdraw { conn: r.u64()? },
             0x0214 => Response::BellId { id: r.u64()? },

@@ -488,10 +488,14 @@ pub enum Request {
     /// The process accepts on `listener`, a listener a fork left shared
     /// (its id is the one the registering process gave it): connects to
     /// it may be handed to this process. Sent once per process, when it
-    /// first accepts or waits for connections. No fds, no reply.
+    /// first accepts or waits for connections. Fds: `[its bell for the
+    /// listener]` when `bell` (connectors of standbys issued to it ring
+    /// that one); no reply.
     Serve {
         /// Listener id.
         listener: u64,
+        /// The process's own bell for the listener comes with it.
+        bell: bool,
     },
     /// The process closed its copy of a shared listener with `conn` still
     /// in its accept queue: hand the connection to another process that
@@ -587,7 +591,7 @@ impl Request {
             Request::Shutdown { .. }
                 | Request::Close { .. }
                 | Request::Accepted { .. }
-                | Request::Serve { .. }
+                | Request::Serve { bell: false, .. }
                 | Request::Decline { .. }
                 | Request::Use { .. }
                 | Request::Unused { .. }
@@ -707,10 +711,15 @@ pub enum Response {
         dest: SockAddr,
         /// The connection, side A; `local` is the connector's own.
         info: ConnInfo,
-        /// The listener's bell comes last among the fds: a connect
-        /// through this standby rings it (sent once per process and
-        /// listener; the process keeps it per destination).
+        /// The acceptor's bell for the listener comes last among the fds:
+        /// a connect through this standby rings it (sent once per process,
+        /// listener and acceptor; the process keeps it per destination and
+        /// `acceptor`).
         bell: bool,
+        /// Which of the listener's processes the standby was issued to
+        /// (an opaque number: a listener a fork shared has several, each
+        /// with its bell).
+        acceptor: u64,
     },
     /// Event: a standby connection issued for a listener, told to the
     /// acceptor before it is used: accept takes it once its ticket (in

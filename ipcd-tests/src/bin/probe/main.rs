@@ -180,6 +180,7 @@ const CHECKS: &[Check] = &[
     ("renewal-backlog", renewal_backlog),
     ("renewal-held", renewal_held),
     ("acceptor-threads", acceptor_threads),
+    ("prefork-standbys", prefork_standbys),
     ("shared-listener-close", shared_listener_close),
     ("dead-listener-close", dead_listener_close),
     ("burst", burst),

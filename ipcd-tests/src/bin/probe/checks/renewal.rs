@@ -3,7 +3,7 @@
 //! first, and what a death, a fork or a closing listener does to a round
 //! in flight.
 
-use ipcd_tests::net;
+use ipcd_tests::net::{self, cvt};
 
 use crate::checks::fork::{fork, in_child, set_timeout, wait_child};
 use crate::*;
@@ -540,4 +540,77 @@ pub(crate) fn acceptor_threads() -> Res {
     ensure!(served == 2 * EACH, "{served} connections served of {}", 2 * EACH);
     net::close(l);
     wait_child(pid)
+}
+
+/// A pre-fork server (a master that never accepts, two workers sharing
+/// its listener: one in blocking accepts, one through epoll) and a client
+/// in a process of its own: 200 connections one after another, then 200
+/// from four threads at once, each answered with its round and the
+/// worker's number. Then a connection tells the worker that takes it to
+/// close its copy and leave: the next 100 must all be the other's, and
+/// the last tells that one to leave. Under ipcd most of these go through
+/// standbys issued to either worker.
+pub(crate) fn prefork_standbys() -> Res {
+    const QUIT: u64 = u64::MAX;
+    let (l, port) = net::listen_loopback(false).map_err(f)?;
+    let (workers, ready_r) = crate::checks::fork::prefork_children(l, 2, |index, _| {
+        use crate::checks::readiness::{epoll_get, IN};
+        // SAFETY: plain epoll creation.
+        let ep = cvt("epoll_create1", unsafe { libc::epoll_create1(0) }).map_err(f)?;
+        ipcd_monitor::bench::workload::epoll_add(ep, l, IN, 1)?;
+        loop {
+            if index == 1 {
+                ensure!(epoll_get(ep, 10_000)? == [(IN, 1)], "worker 1: the listener never became readable");
+            }
+            let s = net::accept(l).map_err(f)?;
+            set_timeout(s, 10)?;
+            let mut m = [0u8; 8];
+            net::read_exact(s, &mut m).map_err(f)?;
+            let quit = u64::from_le_bytes(m) == QUIT;
+            if quit {
+                // Its copy goes before the answer: the client's next
+                // connect must find the other worker.
+                net::close(l);
+            }
+            net::send_all(s, &[&m[..], &[index]].concat()).map_err(f)?;
+            net::close(s);
+            if quit {
+                return Ok(());
+            }
+        }
+    })?;
+    net::close(ready_r);
+    let pid = fork()?;
+    if pid == 0 {
+        in_child(|| {
+            net::close(l);
+            let ask = |round: u64| -> Result<u8, String> {
+                let c = net::connect_loopback(false, port).map_err(f)?;
+                set_timeout(c, 10)?;
+                net::send_all(c, &round.to_le_bytes()).map_err(f)?;
+                let mut back = [0u8; 9];
+                net::read_exact(c, &mut back).map_err(f)?;
+                net::close(c);
+                ensure!(back[..8] == round.to_le_bytes() && back[8] < 2, "round {round}: answered {back:?}");
+                Ok(back[8])
+            };
+            (0..200).try_for_each(|r| ask(r).map(drop))?;
+            std::thread::scope(|s| {
+                let threads: Vec<_> = (0..4u64)
+                    .map(|t| s.spawn(move || (0..50).try_for_each(|r| ask(1000 * (t + 1) + r).map(drop))))
+                    .collect();
+                threads.into_iter().try_for_each(|t| t.join().map_err(|_| "client thread panicked".to_string())?)
+            })?;
+            let left = ask(QUIT)?;
+            for r in 0..100 {
+                ensure!(ask(10_000 + r)? != left, "worker {left} left, yet answered round {r} after");
+            }
+            ensure!(ask(QUIT)? != left, "worker {left} left, yet answered the last quit");
+            Ok(())
+        });
+    }
+    wait_child(pid)?;
+    workers.into_iter().try_for_each(wait_child)?;
+    net::close(l);
+    Ok(())
 }
