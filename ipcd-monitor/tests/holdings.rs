@@ -407,3 +407,55 @@ fn as_nobody(m: &Monitor, sock: &OwnedFd) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A listener two processes share (the same socket under the same id,
+/// as an exec'd child registers it), only the second serving it, with a
+/// bell of its own: the pair's standby is issued to that process, rings
+/// its bell, and goes on when the owner closes its copy (the listener is
+/// handed on): a connect through it still reaches that process.
+#[test]
+fn a_shared_listeners_standby_goes_to_its_server_and_outlives_the_owner() {
+    let m = Monitor::start();
+    let (mut owner, mut worker, mut client) = (m.client(), m.client(), m.client());
+    let (lfd, addr) = tcp_listener("127.0.0.1:0", false);
+    let obell = eventfd();
+    let req = Request::Listen { listener: 1, addr, backlog: 16, flags: ListenFlags::BELL };
+    assert_eq!(owner.call(&req, &[lfd.as_fd(), obell.as_fd()]).unwrap().0, Response::Ok);
+    let copy = lfd.try_clone().unwrap();
+    let req = Request::Listen { listener: 1, addr, backlog: 16, flags: ListenFlags::empty() };
+    assert_eq!(worker.call(&req, &[copy.as_fd()]).unwrap().0, Response::Ok);
+    let wbell = eventfd();
+    worker.channel().send_request(100, &Request::Serve { listener: 1, bell: true }, &[wbell.as_fd()]).unwrap();
+
+    let (Response::Connected(first), _) = connect(&mut client, addr) else { panic!("not brokered") };
+    let (event, _) = next_event(&worker);
+    assert!(matches!(event, Response::Incoming { info, .. } if info.conn == first.conn), "{event:?}");
+    close_both(&mut client, &mut worker, first.conn, [true, true], true);
+    client.notify(&Request::Connect { dest: addr, source: None, nonblocking: false }).unwrap();
+    let (event, cfds) = next_event(&client);
+    let Response::Standby { info: sb, bell, .. } = event else { panic!("expected a standby, got {event:?}") };
+    let (Response::Connected(again), _) = client.wait_reply().unwrap() else { panic!("not brokered") };
+    assert!(bell && cfds.len() == 2, "the segment and the worker's bell");
+    // SAFETY: writes 8 bytes to an eventfd.
+    assert_eq!(unsafe { libc::write(cfds[1].as_raw_fd(), (&1u64 as *const u64).cast(), 8) }, 8);
+    assert_eq!((bell_count(&wbell), bell_count(&obell)), (1, 0), "the bell is the worker's own");
+    let (event, _) = next_event(&worker);
+    assert!(matches!(event, Response::Expect { listener: 1, info } if info.conn == sb.conn), "{event:?}");
+    let (event, _) = next_event(&worker);
+    assert!(matches!(event, Response::Incoming { info, .. } if info.conn == again.conn), "{event:?}");
+
+    // The owner closes its copy: the listener is the worker's now.
+    assert_eq!(owner.call(&Request::Unlisten { listener: 1 }, &[]).unwrap().0, Response::Ok);
+    let a = map(&cfds[0]);
+    assert!(a.seg.connect(sb.conn, addr.to_words()).is_some(), "the standby outlived the owner's copy");
+    // Told (the worker has its `Expect`), the monitor takes it into its
+    // books as the worker's connection, not one whose listener went.
+    client.notify(&Request::Use { conn: sb.conn, source: None }).unwrap();
+    let report = client.status().unwrap();
+    assert!(
+        !drain_events(&client).contains(&Response::PeerGone { conn: sb.conn }),
+        "the connection was reset as if its listener had gone"
+    );
+    let conn = report.connections.iter().find(|c| c.conn == sb.conn).expect("the used standby is a connection");
+    assert_eq!(conn.states, [ipcd_proto::EndState::Open; 2], "{conn:?}");
+}

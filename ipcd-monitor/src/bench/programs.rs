@@ -236,7 +236,6 @@ fn iperf3(r: &Runner, t: Transport, plan: &Plan) -> Result<Vec<f64>, String> {
     Ok(vec![number_after(received, "\"bits_per_second\":")? / 1e9])
 }
 
-/// An nginx configuration serving a small page from a directory of its own.
 /// A directory with a page and an nginx configuration serving it on
 /// `port`: one process, or a master and `workers` processes sharing the
 /// listener (nginx's usual set-up).

@@ -331,7 +331,6 @@ impl Daemon {
         }
     }
 
-    /// `Serve`: a process that shares a listener now accepts on it.
     /// `Serve`: `token` accepts on `listener`, a listener a fork shared;
     /// with its own bell for it, standbys may be issued to it.
     fn serve_listener(&mut self, token: u64, listener: u64, bell: Option<OwnedFd>) {

@@ -285,7 +285,7 @@ struct NewConn {
 
 /// A connection held ready for a process's next connect to `dest`
 /// (`Response::Standby`), for `acceptor` (the listener's owner, or for a
-/// listener a fork shared one of the processes that serve it, in turn).
+/// listener a fork shared one of the processes that serve it).
 struct Standby {
     client: u64,
     listener: (u64, u64),

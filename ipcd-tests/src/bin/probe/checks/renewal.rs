@@ -546,7 +546,8 @@ pub(crate) fn acceptor_threads() -> Res {
 /// its listener: one in blocking accepts, one through epoll) and a client
 /// in a process of its own: 200 connections one after another, then 200
 /// from four threads at once, each answered with its round and the
-/// worker's number. Then a connection tells the worker that takes it to
+/// worker's number. Then the master closes its copy (the listener goes on
+/// in the workers), and a connection tells the worker that takes it to
 /// close its copy and leave: the next 100 must all be the other's, and
 /// the last tells that one to leave. Under ipcd most of these go through
 /// standbys issued to either worker.
@@ -580,10 +581,14 @@ pub(crate) fn prefork_standbys() -> Res {
         }
     })?;
     net::close(ready_r);
+    let (step_r, step_w) = crate::checks::readiness::pipe()?;
+    let (done_r, done_w) = crate::checks::readiness::pipe()?;
     let pid = fork()?;
     if pid == 0 {
         in_child(|| {
             net::close(l);
+            net::close(step_r);
+            net::close(done_w);
             let ask = |round: u64| -> Result<u8, String> {
                 let c = net::connect_loopback(false, port).map_err(f)?;
                 set_timeout(c, 10)?;
@@ -601,6 +606,9 @@ pub(crate) fn prefork_standbys() -> Res {
                     .collect();
                 threads.into_iter().try_for_each(|t| t.join().map_err(|_| "client thread panicked".to_string())?)
             })?;
+            crate::checks::fork::say(step_w, b's')?;
+            let mut b = [0u8; 1];
+            net::read_exact(done_r, &mut b).map_err(f)?;
             let left = ask(QUIT)?;
             for r in 0..100 {
                 ensure!(ask(10_000 + r)? != left, "worker {left} left, yet answered round {r} after");
@@ -609,8 +617,14 @@ pub(crate) fn prefork_standbys() -> Res {
             Ok(())
         });
     }
+    net::close(step_w);
+    net::close(done_r);
+    let mut b = [0u8; 1];
+    net::read_exact(step_r, &mut b).map_err(f)?;
+    net::close(l);
+    crate::checks::fork::say(done_w, b'd')?;
     wait_child(pid)?;
     workers.into_iter().try_for_each(wait_child)?;
-    net::close(l);
+    [step_r, done_w].into_iter().for_each(net::close);
     Ok(())
 }
