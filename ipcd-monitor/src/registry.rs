@@ -206,14 +206,6 @@ impl Registry {
         any
     }
 
-    /// `client` no longer accepts on listener `id` (it closes its copy):
-    /// no connect or standby is handed to it from now on.
-    pub fn stop_serving(&mut self, client: u64, id: u64) {
-        for l in self.entries.iter_mut().filter(|l| l.id == id) {
-            l.servers.retain(|&t| t != client);
-        }
-    }
-
     /// Registers a listener whose ownership was already proven. A listener
     /// at the same address that is not in a reuseport group with it is
     /// stale (the kernel let the new one bind, so the old one is gone) and

@@ -256,15 +256,16 @@ impl Daemon {
         let From { token, seq, .. } = from;
         let (owned, handed) = self.registry.disown(token, Some(listener));
         self.handed_on(token, &handed);
+        // A sharer gives back its share (and stops serving) first.
+        let held = owned > 0 || self.registry.unshare(token, Some(listener));
         // No more of its connects, nor standbys: those it has go (one
         // connected is handed to it, and it declines it to the others),
         // and so do all of a listener nobody holds any more.
-        self.registry.stop_serving(token, listener);
         self.withdraw_standbys(|s| {
             (s.acceptor == token && s.listener.1 == listener) || s.listener == (token, listener)
         });
         self.listener_bells.remove(&(token, listener));
-        if owned > 0 || self.registry.unshare(token, Some(listener)) {
+        if held {
             self.reply(token, seq, &Response::Ok, &[]);
             self.rehome_parked();
         } else {
