@@ -609,6 +609,9 @@ fn fresh(seg: &Segment, conn_id: u64) {
         r.writer.recent_end.store(BUSY, Ordering::Relaxed);
         r.writer.recent_len.store(0, Ordering::Relaxed);
         r.writer.cpu.store(NO_CPU, Ordering::Relaxed);
+        // The new connection starts in the small area again.
+        r.writer.grown.store(0, Ordering::Relaxed);
+        r.writer.grown_at.store(0, Ordering::Relaxed);
         r.reader.head.store(0, Ordering::Relaxed);
         r.reader.flags.store(0, Ordering::Relaxed);
         r.reader_waiting.waiting.store(0, Ordering::Relaxed);

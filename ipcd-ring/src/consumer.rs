@@ -94,6 +94,7 @@ impl Consumer {
         if tail.wrapping_sub(head) > self.data.cap {
             return Err(Error::Corrupt(Corruption::Tail { found: tail }));
         }
+        self.data.grown_at = crate::span::grown_at(&self.ctrl().writer, &self.data, head, tail)?;
         self.head = head;
         self.tail_cache = tail;
         Ok(())
@@ -113,6 +114,11 @@ impl Consumer {
         let limit = self.head.wrapping_add(self.data.cap);
         if tail.wrapping_sub(self.tail_cache) > limit.wrapping_sub(self.tail_cache) {
             return Err(Error::Corrupt(Corruption::Tail { found: tail }));
+        }
+        // Until the writer switched to the bulk area (once per connection),
+        // look for the switch: on the line just loaded.
+        if self.data.grown_at.is_none() {
+            self.data.grown_at = crate::span::grown_at(&self.ctrl().writer, &self.data, self.head, tail)?;
         }
         // New bytes, few enough to be in the writer's copy: the line holding
         // `tail` is in our cache now, and the copy with it.

@@ -10,7 +10,7 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 /// `b"IPCDSEG1"` read as a little-endian `u64`: the first word of every segment.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"IPCDSEG1");
 /// Version of this layout. An attach to any other version fails.
-pub const SEGMENT_VERSION: u32 = 10;
+pub const SEGMENT_VERSION: u32 = 11;
 /// Padding unit: x86-64's adjacent-line prefetcher pulls 64-byte lines in
 /// pairs, so two indices 64 bytes apart still share traffic (as crossbeam does).
 pub const CACHE_LINE: usize = 128;
@@ -78,6 +78,13 @@ pub(crate) struct WriterLine {
     /// input ([`NO_CPU`] before): a reader on the same CPU yields rather
     /// than spins for it. A hint: any value is safe.
     pub(crate) cpu: AtomicU32,
+    /// Nonzero once the writer moved the ring to its bulk area (see
+    /// `span::DataArea`); set after `grown_at`, before any `tail` past it
+    /// is published, and never cleared within a connection.
+    pub(crate) grown: AtomicU32,
+    /// The switch position: bytes from here on live in the bulk area.
+    /// Meaningful once `grown` is set; validated by the reader.
+    pub(crate) grown_at: AtomicU64,
 }
 
 /// The writer's CPU hint (see [`crate::Producer::note_cpu`]) when the writer has not said.
@@ -93,6 +100,8 @@ impl WriterLine {
             recent_end: AtomicU64::new(BUSY),
             recent: core::array::from_fn(|_| AtomicU64::new(0)),
             cpu: AtomicU32::new(NO_CPU),
+            grown: AtomicU32::new(0),
+            grown_at: AtomicU64::new(0),
         }
     }
 }
@@ -351,6 +360,10 @@ pub mod offsets {
     pub const RECENT: usize = 24;
     /// Within a ring control block: the writer's CPU hint (`u32`).
     pub const WRITER_CPU: usize = 56;
+    /// Within a ring control block: the writer's grown flag (`u32`).
+    pub const GROWN: usize = 60;
+    /// Within a ring control block: the writer's switch position (`u64`).
+    pub const GROWN_AT: usize = 64;
     /// Within a ring control block: `head` (`u64`).
     pub const HEAD: usize = CACHE_LINE;
     /// Within a ring control block: reader flags (`u32`).
@@ -367,8 +380,14 @@ pub mod offsets {
     pub const WRITER_WAITERS: usize = 3 * CACHE_LINE + 8;
 }
 
-/// Offset of the first data byte: data areas start right after the control area.
+/// Offset of the first data byte: data areas start right after the control
+/// area, the two rings' small areas first, then their bulk areas.
 pub(crate) const DATA_START: usize = core::mem::size_of::<SegmentControl>();
+
+/// The most bytes a ring's small area holds (see `span::DataArea`): two
+/// of them fit beside the control area in a segment's first page. A
+/// ring of capacity `cap` has a small area of `min(SMALL_AREA, cap / 2)`.
+pub const SMALL_AREA: u64 = 1024;
 
 // The layout is an ABI between processes built from possibly different
 // builds: pin it. (Loom's atomics are larger, so the checks hold for real builds.)
@@ -406,7 +425,12 @@ const _: () = {
     assert!(offset_of!(WriterLine, recent) == offsets::RECENT);
     assert!(offset_of!(WriterLine, cpu) == offsets::WRITER_CPU);
     // One 64-byte line carries tail and the copy together.
-    assert!(size_of::<WriterLine>() <= 64);
+    assert!(offset_of!(WriterLine, grown) + 4 <= 64);
+    assert!(offset_of!(WriterLine, grown) == offsets::GROWN);
+    assert!(offset_of!(WriterLine, grown_at) == offsets::GROWN_AT);
+    assert!(size_of::<WriterLine>() <= CACHE_LINE);
+    // The small areas fit in the first page beside the control area.
+    assert!(DATA_START as u64 + 2 * SMALL_AREA <= 4096);
     assert!(offset_of!(ReaderLine, head) == 0);
     assert!(offset_of!(ReaderLine, flags) == offsets::READER_FLAGS - CACHE_LINE);
     assert!(offset_of!(SegmentHeader, locks) == offsets::LOCKS);

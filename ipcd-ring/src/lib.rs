@@ -20,11 +20,11 @@
 //! use ipcd_ring::{Segment, Side, Wait};
 //!
 //! #[repr(C, align(128))]
-//! struct Region([u8; 4096]);
-//! let mut region = Region([0; 4096]);
+//! struct Region([u8; 8192]);
+//! let mut region = Region([0; 8192]);
 //! let base = NonNull::new(region.0.as_mut_ptr()).unwrap();
 //! // SAFETY: `region` outlives the segment and all handles made from it.
-//! let seg = unsafe { Segment::init(base, 4096, 1, [1024, 1024]) }.unwrap();
+//! let seg = unsafe { Segment::init(base, 8192, 1, [1024, 1024]) }.unwrap();
 //! // SAFETY: one handle per side of each ring, in this one thread (the
 //! // `shm` module enforces that for programs that share a memfd).
 //! let (mut a_tx, _a_rx) = unsafe { seg.endpoint(Side::A) }.unwrap();
@@ -71,7 +71,7 @@ pub use error::{Corruption, Error};
 pub use index_queue::{IndexQueue, Pop, Popper, INDEX_QUEUE_MAGIC};
 pub use layout::{
     RingControl, SegmentHeader, CACHE_LINE, FLAG_CLOSED, FLAG_RESET, HOLDER_SLOTS, MAX_CAPACITY, NO_CPU, OFFER_CLAIMED,
-    SEGMENT_ALIGN, SEGMENT_MAGIC, SEGMENT_VERSION, WAITER_SLOTS,
+    SEGMENT_ALIGN, SEGMENT_MAGIC, SEGMENT_VERSION, SMALL_AREA, WAITER_SLOTS,
 };
 pub use producer::Producer;
 pub use segment::{Admission, EndLock, Segment, Side, Tapped, Ticket};

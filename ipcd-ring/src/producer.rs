@@ -89,6 +89,8 @@ impl Producer {
         if tail.wrapping_sub(head) > self.data.cap {
             return Err(Error::Corrupt(Corruption::Tail { found: tail }));
         }
+        // Whether an earlier holder of this end moved it to the bulk area.
+        self.data.grown_at = crate::span::grown_at(&self.ctrl().writer, &self.data, head, tail)?;
         self.tail = tail;
         self.published = tail;
         self.head_cache = head;
@@ -198,6 +200,12 @@ impl Producer {
     /// `tail` past it without publishing. Returns the count.
     fn copy_in(&mut self, bufs: &[&[u8]]) -> Result<usize, Error> {
         let want: usize = bufs.iter().map(|b| b.len()).sum();
+        if self.data.grown_at.is_none() && to_index(self.small_room()) < want {
+            self.refresh_head()?;
+            if to_index(self.small_room()) < want {
+                self.grow();
+            }
+        }
         if to_index(self.free()) < want {
             self.refresh_head()?;
         }
@@ -219,6 +227,27 @@ impl Producer {
         }
         self.tail = pos;
         Ok(to_index(pos.wrapping_sub(start)))
+    }
+
+    /// Room left in the small area while the ring is there: what is
+    /// unread there never exceeds its capacity (every write before the
+    /// switch fits, see [`Producer::grow`]).
+    #[inline]
+    fn small_room(&self) -> u64 {
+        self.data.small.cap.saturating_sub(self.tail.wrapping_sub(self.head_cache))
+    }
+
+    /// Moves the ring to its bulk area from `tail` on, for good: a write
+    /// did not fit in the small area. `grown_at` is stored before `grown`
+    /// and both before any `tail` past the switch is published (Release),
+    /// so a reader that sees such a tail sees where its bytes are.
+    #[cold]
+    fn grow(&mut self) {
+        let at = self.tail;
+        self.data.grown_at = Some(at);
+        let w = &self.ctrl().writer;
+        w.grown_at.store(at, Ordering::Relaxed);
+        w.grown.store(1, Ordering::Release);
     }
 
     /// Says which CPU this end's writer runs on, as it starts to wait for

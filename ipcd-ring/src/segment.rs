@@ -7,10 +7,10 @@ use crate::consumer::Consumer;
 use crate::error::Error;
 use crate::layout::{
     Line, RingControl, SegmentControl, SegmentHeader, CACHE_LINE, DATA_START, MAX_CAPACITY, SEGMENT_ALIGN,
-    SEGMENT_MAGIC, SEGMENT_VERSION, TICKET_NONE,
+    SEGMENT_MAGIC, SEGMENT_VERSION, SMALL_AREA, TICKET_NONE,
 };
 use crate::producer::Producer;
-use crate::span::DataArea;
+use crate::span::{Area, DataArea};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// Where a connection stands against its listener's backlog, as the
@@ -105,18 +105,36 @@ fn check_capacity(cap: u64) -> Result<(), Error> {
     Ok(())
 }
 
-/// Offsets of the two data areas for capacities `caps`, and the total length.
-fn data_layout(caps: [u64; 2]) -> Result<([usize; 2], usize), Error> {
+/// Capacity of the small area of a ring of capacity `cap` (see
+/// `span::DataArea`): a power of two (or 0, for a one-byte ring, which
+/// then grows at its first byte) below the ring's own.
+fn small_cap(cap: u64) -> u64 {
+    SMALL_AREA.min(cap / 2)
+}
+
+/// Where the data areas of a segment with capacities `caps` lie: the two
+/// small areas right after the control area, then the two bulk areas.
+#[derive(Debug, Clone, Copy)]
+struct DataLayout {
+    small: [usize; 2],
+    bulk: [usize; 2],
+    total: usize,
+}
+
+/// The data layout for capacities `caps`.
+fn data_layout(caps: [u64; 2]) -> Result<DataLayout, Error> {
     check_capacity(caps[0])?;
     check_capacity(caps[1])?;
     // Both capacities are at most 2^40, so nothing here can overflow a u64;
     // the try_from catches 32-bit targets.
     let line = CACHE_LINE as u64;
-    let first = DATA_START as u64;
+    let small0 = DATA_START as u64;
+    let small1 = small0 + small_cap(caps[0]);
+    let first = (small1 + small_cap(caps[1])).div_ceil(line) * line;
     let second = first + caps[0].div_ceil(line) * line;
     let total = second + caps[1];
     let conv = |v: u64| usize::try_from(v).map_err(|_| Error::BadCapacity(caps[0].max(caps[1])));
-    Ok(([conv(first)?, conv(second)?], conv(total)?))
+    Ok(DataLayout { small: [conv(small0)?, conv(small1)?], bulk: [conv(first)?, conv(second)?], total: conv(total)? })
 }
 
 fn check_region(base: NonNull<u8>, len: usize, need: usize) -> Result<(), Error> {
@@ -176,7 +194,7 @@ impl Segment {
     /// assert!(ipcd_ring::Segment::required_len([3, 4096]).is_err());
     /// ```
     pub fn required_len(caps: [u64; 2]) -> Result<usize, Error> {
-        Ok(data_layout(caps)?.1)
+        Ok(data_layout(caps)?.total)
     }
 
     /// Writes a fresh header and two empty rings into the region.
@@ -187,7 +205,7 @@ impl Segment {
     /// call, and must stay mapped for as long as this view or any handle made
     /// from it exists.
     pub unsafe fn init(base: NonNull<u8>, len: usize, conn_id: u64, caps: [u64; 2]) -> Result<Segment, Error> {
-        let (_, total) = data_layout(caps)?;
+        let total = data_layout(caps)?.total;
         check_region(base, len, total)?;
         // SAFETY: the region is valid, aligned and large enough (checked
         // above, validity by contract), and nobody else uses it now.
@@ -206,7 +224,7 @@ impl Segment {
     /// start of a segment of [`Segment::required_len`]`(caps)` bytes that
     /// others map whole.
     pub unsafe fn init_control(base: NonNull<u8>, len: usize, conn_id: u64, caps: [u64; 2]) -> Result<Segment, Error> {
-        let (_, total) = data_layout(caps)?;
+        let total = data_layout(caps)?.total;
         check_region(base, len, DATA_START)?;
         // SAFETY: as in `init`, for the control area.
         unsafe { write_control(base, conn_id, caps, total) };
@@ -226,7 +244,7 @@ impl Segment {
     pub unsafe fn attach(base: NonNull<u8>, len: usize) -> Result<Segment, Error> {
         // SAFETY: the caller's contract, which covers the control area.
         let mut seg = unsafe { Segment::attach_control(base, len) }?;
-        let (_, total) = data_layout(seg.caps)?;
+        let total = data_layout(seg.caps)?.total;
         check_region(base, len, total)?;
         seg.data = true;
         Ok(seg)
@@ -281,7 +299,7 @@ impl Segment {
             return Err(Error::BadLayout);
         }
         let caps = [header.capacity[0].load(Ordering::Relaxed), header.capacity[1].load(Ordering::Relaxed)];
-        let (_, total) = data_layout(caps)?;
+        let total = data_layout(caps)?.total;
         if header.total_len.load(Ordering::Relaxed) != total as u64 {
             return Err(Error::BadLayout);
         }
@@ -302,7 +320,7 @@ impl Segment {
     /// Length of the whole segment (its header's `total_len`, as
     /// validated): what a mapping of it takes, whatever this view maps.
     pub fn segment_len(&self) -> usize {
-        data_layout(self.caps).map_or(self.len, |(_, total)| total)
+        data_layout(self.caps).map_or(self.len, |l| l.total)
     }
 
     /// Always false: a segment holds at least its control area.
@@ -322,18 +340,24 @@ impl Segment {
     }
 
     pub(crate) fn ring(&self, ring: usize) -> (NonNull<RingControl>, DataArea) {
-        let (offsets, _) = data_layout(self.caps).unwrap_or(([DATA_START, DATA_START], 0));
         let ctrl = NonNull::from(&self.control().rings[ring]);
-        let base = if self.data {
-            // SAFETY: `offsets[ring] + caps[ring] <= total <= len` was checked
-            // when the view was made, so the pointer stays inside the region.
-            unsafe { self.base.add(offsets[ring]) }
-        } else {
-            // A control view: no data area is mapped, and its handles
-            // (`producer_of`, `consumer_of`) never touch one.
-            self.base
+        let cap = self.caps[ring];
+        let area = |at: usize, cap: u64| {
+            let base = if self.data {
+                // SAFETY: every area ends within `total <= len`, checked
+                // when the view was made, so the pointer stays inside the
+                // region.
+                unsafe { self.base.add(at) }
+            } else {
+                // A control view: no data area is mapped, and its handles
+                // (`producer_of`, `consumer_of`) never touch one.
+                self.base
+            };
+            Area { base, cap }
         };
-        (ctrl, DataArea { base, cap: self.caps[ring] })
+        // The capacities were validated when the view was made.
+        let at = data_layout(self.caps).map_or(([DATA_START; 2], [DATA_START; 2]), |l| (l.small, l.bulk));
+        (ctrl, DataArea::new(area(at.0[ring], small_cap(cap)), area(at.1[ring], cap)))
     }
 
     /// The writing handle of `side` (on the ring `side` writes).
@@ -444,23 +468,39 @@ impl Segment {
         if self.whole().is_err() {
             return Tapped { lost: 0, len: 0 };
         }
-        let (ctrl, data) = self.ring(side.tx());
+        let (ctrl, mut data) = self.ring(side.tx());
         // SAFETY: points into the region this view keeps valid.
         let ctrl = unsafe { ctrl.as_ref() };
-        let cap = data.cap;
+        let (cap, small) = (data.cap, data.small.cap);
         // Acquire pairs with the writer's Release store of its tail: the
-        // bytes before it are visible.
+        // bytes before it are visible, and where they lie (`grown_at`).
         let tail = ctrl.writer.tail.load(Ordering::Acquire);
         let ahead = tail.wrapping_sub(from);
         if ahead == 0 || ahead > u64::MAX / 2 {
             return Tapped { lost: 0, len: 0 };
         }
-        // What may be written over while we copy starts here.
-        let oldest = |t: u64| t.saturating_add(max_unpublished.min(cap)).saturating_sub(cap);
-        let start = from.max(oldest(tail));
+        // Unvalidated, and memory-safe at any value (`DataArea::split`).
+        if ctrl.writer.grown.load(Ordering::Acquire) != 0 {
+            data.grown_at = Some(ctrl.writer.grown_at.load(Ordering::Relaxed));
+        }
+        // What may be written over while we copy starts here: in the
+        // small area while the ring is there; once it grew, in the bulk
+        // area, the small one keeping the last bytes before the switch.
+        let oldest = |t: u64| {
+            let last = |c: u64| t.saturating_add(max_unpublished.min(c)).saturating_sub(c);
+            match data.grown_at {
+                None => last(small),
+                Some(at) if last(cap) <= at => at.saturating_sub(small),
+                Some(_) => last(cap),
+            }
+        };
+        // At most `tail`: a false `grown_at` cannot move it past.
+        let start = from.max(oldest(tail)).min(tail);
         let len = usize::try_from(tail - start).unwrap_or(usize::MAX).min(buf.len());
-        // SAFETY: `len <= cap` (start >= tail - cap), and the area is valid
-        // for reads by the view's contract; the bytes are plain `u8`.
+        // SAFETY: `len <= cap`, and at most the small area's capacity
+        // while the ring is there (start >= tail - that capacity), and the
+        // areas are valid for reads by the view's contract; the bytes are
+        // plain `u8`.
         unsafe { data.copy_out(start, &mut buf[..len]) };
         // Whatever the writer got to meanwhile may have been overwritten.
         let after = oldest(ctrl.writer.tail.load(Ordering::Acquire));

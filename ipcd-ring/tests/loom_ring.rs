@@ -109,6 +109,36 @@ fn bytes_arrive_in_order_once_across_wraparound() {
 }
 
 #[test]
+fn bytes_written_across_the_switch_to_the_bulk_area_arrive_in_order() {
+    // Two writes and a close against reads of two: with three preemptions
+    // this model ran for hours (two take over a minute); one takes seconds
+    // and still moves the switch against every point of the reader's.
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(1);
+    model.check(|| {
+        // A small area of 1 byte: the first write stays there, the second
+        // does not fit and moves the ring while the reader may be anywhere.
+        let s = setup(2);
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let (mut tx, _) = unsafe { s.seg.endpoint(Side::A) }.unwrap();
+        let (bell_a, bell_b) = (s.bell_a.clone(), s.bell_b.clone());
+        let writer = thread::spawn(move || {
+            for part in [&[1u8][..], &[2, 3]] {
+                send_all(&mut tx, &bell_a, &bell_b, part);
+            }
+            if tx.close() {
+                bell_b.ring();
+            }
+        });
+        // SAFETY: test: the handles of each ring side are used one at a time.
+        let (_, mut rx) = unsafe { s.seg.endpoint(Side::B) }.unwrap();
+        let got = recv_to_eof(&mut rx, &s.bell_b, &s.bell_a, 2);
+        writer.join().unwrap();
+        assert_eq!(got, [1, 2, 3]);
+    });
+}
+
+#[test]
 fn reader_sleeps_writer_wakes_no_lost_wakeup() {
     loom::model(|| {
         let s = setup(4);

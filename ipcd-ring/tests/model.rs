@@ -60,6 +60,9 @@ fn op(hostile: bool) -> impl Strategy<Value = Op> {
         offsets::ring(0) + offsets::RECENT_END,
         offsets::ring(0) + offsets::RECENT,
         offsets::ring(0) + offsets::RECENT + 24,
+        // The CPU hint and, in its high half, the grown flag.
+        offsets::ring(0) + offsets::WRITER_CPU,
+        offsets::ring(0) + offsets::GROWN_AT,
         offsets::ring(0) + offsets::HEAD,
         offsets::ring(0) + offsets::READER_FLAGS,
         offsets::ring(0) + offsets::READER_WAITING,

@@ -301,6 +301,14 @@ fn tail_beyond_head_plus_capacity_is_corruption() {
     assert_eq!(rx.peek(0, &mut [0u8; 4]), Err(err));
     assert_eq!(rx.prepare_wait(), Err(err));
     assert_eq!(r.peek_u32(offsets::ring(0) + offsets::READER_WAITING), 0, "a failed wait leaves no flag armed");
+    // Past the small area (half of 8) without the switch: corruption too.
+    r.poke_u64(offsets::ring(0) + offsets::TAIL, 5);
+    let err = Error::Corrupt(Corruption::Tail { found: 5 });
+    assert_eq!(rx.readable(), Err(err));
+    r.poke_u64(offsets::ring(0) + offsets::TAIL, 4);
+    assert_eq!(rx.readable(), Ok(4), "a full small area of garbage is only bytes");
+    r.poke_u64(offsets::ring(0) + offsets::GROWN_AT, 4);
+    r.poke_u32(offsets::ring(0) + offsets::GROWN, 1);
     r.poke_u64(offsets::ring(0) + offsets::TAIL, 8);
     assert_eq!(rx.readable(), Ok(8), "a full ring of garbage is only bytes");
 }
